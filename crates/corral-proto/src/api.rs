@@ -1,0 +1,81 @@
+//! JSON bodies of the server's HTTP API (`/v1/…`), shared by the server and the CLI so that
+//! both sides agree on one definition.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Every error answer: `{"error": "…what happened and what to do…"}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct CreateToken {
+    /// Environment name; `default` when absent.
+    pub environment: Option<String>,
+    /// Lifetime in seconds; absent means the default (24 h), 0 means it never expires.
+    pub ttl_seconds: Option<u64>,
+    /// How many hosts may register with it; absent means unlimited within its lifetime.
+    pub max_uses: Option<u32>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreatedToken {
+    pub id: String,
+    /// The secret itself. Shown once; the server keeps only its hash.
+    pub token: String,
+    /// The exact command to run on a host.
+    pub command: String,
+    pub environment: String,
+    pub expires_at: Option<String>,
+    pub max_uses: Option<u32>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TokenView {
+    pub id: String,
+    pub environment: String,
+    pub created_at: String,
+    pub expires_at: Option<String>,
+    pub max_uses: Option<u32>,
+    pub uses: u32,
+    /// `active`, `expired`, `used up` or `revoked`.
+    pub state: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HostView {
+    pub id: String,
+    pub name: String,
+    pub environment: String,
+    pub labels: BTreeMap<String, String>,
+    /// `active` while its tunnel is up, else `disconnected`.
+    pub state: String,
+    pub last_seen_at: String,
+    pub connected_since: Option<String>,
+    pub agent_version: String,
+    pub hostname: String,
+    pub os: String,
+    pub kernel: String,
+    pub arch: String,
+    pub remote_addr: String,
+    pub registered_at: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EventView {
+    pub id: i64,
+    pub at: String,
+    pub kind: String,
+    pub host_id: Option<String>,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EnvironmentView {
+    pub id: String,
+    pub name: String,
+    pub created_at: String,
+}

@@ -1,0 +1,210 @@
+//! Message types. Field names are part of the wire format: renaming one is a protocol change.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::close::CloseReason;
+
+/// Everything an agent sends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum AgentMessage {
+    /// First message on every connection.
+    Hello(Hello),
+    /// Heartbeat; the server answers with [`ServerMessage::Pong`] carrying the same `seq`.
+    Ping { seq: u64 },
+    /// Answer to a server [`ServerMessage::Ping`].
+    Pong { seq: u64 },
+}
+
+/// Everything a server sends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMessage {
+    /// The hello was accepted.
+    Welcome(Welcome),
+    Ping {
+        seq: u64,
+    },
+    Pong {
+        seq: u64,
+    },
+    /// Sent right before the server closes the connection, with the full explanation; the
+    /// WebSocket close frame repeats the reason as a code (see [`CloseReason::code`]).
+    Goodbye {
+        reason: CloseReason,
+        message: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// Protocol versions the agent can speak, preferred first.
+    pub protocol_versions: Vec<u32>,
+    pub agent_version: String,
+    pub auth: Auth,
+    pub facts: HostFacts,
+}
+
+/// How an agent proves who it is.
+///
+/// On first contact the agent generates its own credential, saves it, and sends it together
+/// with the registration token; the server stores only its hash. Because the agent holds the
+/// credential before the server records it, a crash or restart on either side at any point
+/// leaves either no host or a host whose credential the agent has: retrying the same
+/// registration is idempotent.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Auth {
+    Register { token: String, credential: String },
+    Credential { credential: String },
+}
+
+impl std::fmt::Debug for Auth {
+    // Secrets never reach logs, even at debug level.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Auth::Register { .. } => f.write_str("Register { token: <redacted>, credential: <redacted> }"),
+            Auth::Credential { .. } => f.write_str("Credential { credential: <redacted> }"),
+        }
+    }
+}
+
+/// What the agent reports about its host on every connect.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct HostFacts {
+    /// Requested host name (used at registration; later connects keep the registered name).
+    pub name: String,
+    pub hostname: String,
+    pub labels: BTreeMap<String, String>,
+    pub os: String,
+    pub kernel: String,
+    pub arch: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Welcome {
+    pub protocol_version: u32,
+    pub host_id: String,
+    pub host_name: String,
+    pub environment: String,
+    /// The agent sends a ping this often; either end declares the link dead after
+    /// [`Welcome::dead_after_ms`] without receiving anything.
+    pub heartbeat_interval_ms: u64,
+    pub dead_after_ms: u64,
+    pub max_message_bytes: usize,
+}
+
+/// Limits on the strings inside a [`Hello`], checked by the server before it stores anything.
+pub mod limits {
+    pub const NAME_MAX: usize = 63;
+    pub const LABELS_MAX: usize = 64;
+    pub const LABEL_KEY_MAX: usize = 128;
+    pub const LABEL_VALUE_MAX: usize = 256;
+    pub const FACT_MAX: usize = 256;
+}
+
+/// Checks a host name: 1–63 characters of `[a-z0-9-]`, not starting or ending with `-`
+/// (a DNS label, so it can later be used in names).
+pub fn validate_host_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > limits::NAME_MAX {
+        return Err(format!(
+            "host name {name:?} must be 1 to {} characters long",
+            limits::NAME_MAX
+        ));
+    }
+    let ok_chars = name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if !ok_chars || name.starts_with('-') || name.ends_with('-') {
+        return Err(format!(
+            "host name {name:?} may contain only lowercase letters, digits and '-', and may not start or end with '-'"
+        ));
+    }
+    Ok(())
+}
+
+/// Checks one label. Keys: `[A-Za-z0-9._/-]`, non-empty; values: printable, no control chars.
+pub fn validate_label(key: &str, value: &str) -> Result<(), String> {
+    if key.is_empty() || key.len() > limits::LABEL_KEY_MAX {
+        return Err(format!(
+            "label key {key:?} must be 1 to {} characters long",
+            limits::LABEL_KEY_MAX
+        ));
+    }
+    if !key
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'/' | b'-'))
+    {
+        return Err(format!(
+            "label key {key:?} may contain only letters, digits, '.', '_', '/' and '-'"
+        ));
+    }
+    if value.len() > limits::LABEL_VALUE_MAX || value.chars().any(char::is_control) {
+        return Err(format!(
+            "label value for {key:?} must be at most {} printable characters",
+            limits::LABEL_VALUE_MAX
+        ));
+    }
+    Ok(())
+}
+
+impl HostFacts {
+    /// Validates everything the server will store from these facts.
+    pub fn validate(&self) -> Result<(), String> {
+        validate_host_name(&self.name)?;
+        if self.labels.len() > limits::LABELS_MAX {
+            return Err(format!("at most {} labels are allowed", limits::LABELS_MAX));
+        }
+        for (k, v) in &self.labels {
+            validate_label(k, v)?;
+        }
+        for (what, v) in [
+            ("hostname", &self.hostname),
+            ("os", &self.os),
+            ("kernel", &self.kernel),
+            ("arch", &self.arch),
+        ] {
+            if v.len() > limits::FACT_MAX || v.chars().any(char::is_control) {
+                return Err(format!(
+                    "{what} must be at most {} printable characters",
+                    limits::FACT_MAX
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_names() {
+        assert!(validate_host_name("web-1").is_ok());
+        assert!(validate_host_name("").is_err());
+        assert!(validate_host_name("-a").is_err());
+        assert!(validate_host_name("Web").is_err());
+        assert!(validate_host_name(&"a".repeat(64)).is_err());
+    }
+
+    #[test]
+    fn labels() {
+        assert!(validate_label("zone", "eu").is_ok());
+        assert!(validate_label("corral.io/role", "db").is_ok());
+        assert!(validate_label("", "x").is_err());
+        assert!(validate_label("a b", "x").is_err());
+        assert!(validate_label("a", "x\ny").is_err());
+    }
+
+    #[test]
+    fn auth_debug_redacts() {
+        let a = Auth::Register {
+            token: "crl_reg_secret".into(),
+            credential: "crl_host_secret".into(),
+        };
+        assert!(!format!("{a:?}").contains("secret"));
+    }
+}

@@ -1,0 +1,415 @@
+//! HTTP routes and their authentication.
+//!
+//! Every `/v1/` route except the agent tunnel needs an API key (`Authorization: Bearer
+//! crl_key_…`). An agent credential or a registration token is refused with 403 on all of them:
+//! a credential authorizes only its own tunnel at `/v1/connect`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get};
+use axum::{Json, Router};
+use corral_proto::CloseReason;
+use corral_proto::api::{
+    CreateToken, CreatedToken, EnvironmentView, ErrorBody, EventView, HostView, TokenView,
+};
+use corral_proto::secret::SecretKind;
+use serde::Deserialize;
+
+use crate::AppState;
+use crate::secrets::{SecretHash, new_id, new_secret};
+use crate::store::{HostRow, StoreError, TokenRow};
+use crate::time_fmt::{now_unix, rfc3339};
+
+/// Largest API request body accepted.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// Default lifetime of a registration token.
+pub const DEFAULT_TOKEN_TTL_SECS: u64 = 24 * 3600;
+
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics))
+        .route("/v1/connect", get(connect))
+        .route("/v1/environments", get(list_environments))
+        .route("/v1/tokens", get(list_tokens).post(create_token))
+        .route("/v1/tokens/{id}", delete(revoke_token))
+        .route("/v1/hosts", get(list_hosts))
+        .route("/v1/hosts/{id}", get(get_host).delete(remove_host))
+        .route("/v1/events", get(list_events))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+/// An error answer: a status and a message that says what to do.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(ErrorBody {
+                error: self.message,
+            }),
+        )
+            .into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound(m) => ApiError::new(StatusCode::NOT_FOUND, m),
+            StoreError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, m),
+            other => {
+                tracing::error!(error = %other, "datastore failure");
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "the server's datastore failed; see the server log",
+                )
+            }
+        }
+    }
+}
+
+/// Proof that the request carried a valid admin API key.
+pub struct Admin;
+
+impl FromRequestParts<Arc<AppState>> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, Self::Rejection> {
+        authorize(&parts.headers, state).await
+    }
+}
+
+async fn authorize(headers: &HeaderMap, state: &AppState) -> Result<Admin, ApiError> {
+    let unauthorized = |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, m);
+    let value = headers
+        .get(header::AUTHORIZATION)
+        .ok_or_else(|| {
+            unauthorized(
+                "missing API key: send `Authorization: Bearer <key>` (the CLI reads CORRAL_API_KEY; the server's admin.env holds one)",
+            )
+        })?
+        .to_str()
+        .map_err(|_| unauthorized("the Authorization header is not valid text"))?;
+    let key = value
+        .strip_prefix("Bearer ")
+        .ok_or_else(|| unauthorized("the Authorization header must be `Bearer <API key>`"))?
+        .trim();
+    match SecretKind::of(key) {
+        Some(SecretKind::HostCredential) => {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "an agent credential authorizes only its own tunnel (/v1/connect), never the API; use an API key",
+            ));
+        }
+        Some(SecretKind::RegistrationToken) => {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "a registration token can only register a host; use an API key for the API",
+            ));
+        }
+        _ => {}
+    }
+    let row = state.store.api_key_by_hash(&SecretHash::of(key)).await?;
+    match row {
+        Some(k) if k.revoked_at.is_none() && k.role == "admin" => Ok(Admin),
+        Some(k) if k.revoked_at.is_some() => Err(unauthorized("this API key was revoked")),
+        Some(_) => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "this API key's role does not allow this",
+        )),
+        None => Err(unauthorized(
+            "unknown API key: check CORRAL_API_KEY against the server's admin.env",
+        )),
+    }
+}
+
+async fn connect(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    ws: axum::extract::ws::WebSocketUpgrade,
+) -> Response {
+    let limit = state.options.max_message_bytes;
+    ws.max_message_size(limit)
+        .max_frame_size(limit)
+        // Small buffers: an idle tunnel must cost little, so one server holds many thousands.
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(0)
+        .max_write_buffer_size(limit * 2)
+        .on_upgrade(move |socket| crate::tunnel::serve(state, socket, remote))
+}
+
+async fn list_environments(
+    _: Admin,
+    State(state): State<Arc<AppState>>,
+) -> Result<Json<Vec<EnvironmentView>>, ApiError> {
+    let envs = state.store.environments().await?;
+    Ok(Json(
+        envs.into_iter()
+            .map(|e| EnvironmentView {
+                id: e.id,
+                name: e.name,
+                created_at: rfc3339(e.created_at),
+            })
+            .collect(),
+    ))
+}
+
+async fn create_token(
+    _: Admin,
+    State(state): State<Arc<AppState>>,
+    body: Result<Json<CreateToken>, axum::extract::rejection::JsonRejection>,
+) -> Result<(StatusCode, Json<CreatedToken>), ApiError> {
+    let Json(req) = body.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let env_name = req.environment.unwrap_or_else(|| "default".into());
+    let env = state
+        .store
+        .environment_by_name(&env_name)
+        .await?
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("no environment named {env_name:?}"),
+            )
+        })?;
+    let ttl = req.ttl_seconds.unwrap_or(DEFAULT_TOKEN_TTL_SECS);
+    if ttl > 10 * 365 * 86400 {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "ttl must be at most 10 years (0 means the token never expires)",
+        ));
+    }
+    if req.max_uses == Some(0) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "max_uses must be at least 1 (omit it for unlimited uses)",
+        ));
+    }
+    let now = now_unix();
+    let secret = new_secret(SecretKind::RegistrationToken);
+    let row = TokenRow {
+        id: new_id("tok"),
+        environment_id: env.id,
+        secret_hash: SecretHash::of(&secret).as_bytes().to_vec(),
+        created_at: now,
+        expires_at: (ttl > 0).then(|| now + ttl as i64),
+        max_uses: req.max_uses.map(i64::from),
+        uses: 0,
+        revoked_at: None,
+    };
+    state.store.insert_token(&row).await?;
+    let command = format!(
+        "corral agent --server {} --token {} --ca-checksum {}",
+        state.advertise_url, secret, state.checksum
+    );
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedToken {
+            id: row.id,
+            token: secret,
+            command,
+            environment: env.name,
+            expires_at: row.expires_at.map(rfc3339),
+            max_uses: req.max_uses,
+        }),
+    ))
+}
+
+async fn list_tokens(
+    _: Admin,
+    State(state): State<Arc<AppState>>,
+) -> Result<Json<Vec<TokenView>>, ApiError> {
+    let now = now_unix();
+    let envs = state.store.environments().await?;
+    let tokens = state.store.tokens().await?;
+    Ok(Json(
+        tokens
+            .into_iter()
+            .map(|t| {
+                let st = if t.revoked_at.is_some() {
+                    "revoked"
+                } else if t.expires_at.is_some_and(|e| now >= e) {
+                    "expired"
+                } else if t.max_uses.is_some_and(|m| t.uses >= m) {
+                    "used up"
+                } else {
+                    "active"
+                };
+                TokenView {
+                    environment: envs
+                        .iter()
+                        .find(|e| e.id == t.environment_id)
+                        .map(|e| e.name.clone())
+                        .unwrap_or_else(|| t.environment_id.clone()),
+                    id: t.id,
+                    created_at: rfc3339(t.created_at),
+                    expires_at: t.expires_at.map(rfc3339),
+                    max_uses: t.max_uses.map(|m| m as u32),
+                    uses: t.uses as u32,
+                    state: st.into(),
+                }
+            })
+            .collect(),
+    ))
+}
+
+async fn revoke_token(
+    _: Admin,
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    state.store.revoke_token(&id, now_unix()).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+fn host_view(state: &AppState, h: HostRow, env_names: &[(String, String)]) -> HostView {
+    let live = state.registry.info(&h.id);
+    let labels = h.labels();
+    HostView {
+        environment: env_names
+            .iter()
+            .find(|(id, _)| *id == h.environment_id)
+            .map(|(_, n)| n.clone())
+            .unwrap_or_else(|| h.environment_id.clone()),
+        state: if live.is_some() {
+            "active"
+        } else {
+            "disconnected"
+        }
+        .into(),
+        last_seen_at: rfc3339(live.as_ref().map(|l| l.last_rx).unwrap_or(h.last_seen_at)),
+        connected_since: live.as_ref().map(|l| rfc3339(l.connected_at)),
+        remote_addr: live.map(|l| l.remote).unwrap_or(h.remote_addr),
+        id: h.id,
+        name: h.name,
+        labels,
+        agent_version: h.agent_version,
+        hostname: h.hostname,
+        os: h.os,
+        kernel: h.kernel,
+        arch: h.arch,
+        registered_at: rfc3339(h.registered_at),
+    }
+}
+
+async fn env_names(state: &AppState) -> Result<Vec<(String, String)>, ApiError> {
+    Ok(state
+        .store
+        .environments()
+        .await?
+        .into_iter()
+        .map(|e| (e.id, e.name))
+        .collect())
+}
+
+async fn list_hosts(
+    _: Admin,
+    State(state): State<Arc<AppState>>,
+) -> Result<Json<Vec<HostView>>, ApiError> {
+    let envs = env_names(&state).await?;
+    let hosts = state.store.hosts(false).await?;
+    Ok(Json(
+        hosts
+            .into_iter()
+            .map(|h| host_view(&state, h, &envs))
+            .collect(),
+    ))
+}
+
+async fn get_host(
+    _: Admin,
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Json<HostView>, ApiError> {
+    let envs = env_names(&state).await?;
+    let h = state.store.find_host(&id).await?;
+    Ok(Json(host_view(&state, h, &envs)))
+}
+
+async fn remove_host(
+    _: Admin,
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let h = state.store.find_host(&id).await?;
+    state.store.remove_host(&h.id, now_unix()).await?;
+    state.registry.close(
+        &h.id,
+        CloseReason::HostRemoved,
+        format!(
+            "host {} ({}) was removed by an operator; its credential is revoked. The agent stops; to bring the host back, delete its state dir and register it again with a new token",
+            h.name, h.id
+        ),
+    );
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+struct EventsQuery {
+    limit: Option<i64>,
+}
+
+async fn list_events(
+    _: Admin,
+    State(state): State<Arc<AppState>>,
+    Query(q): Query<EventsQuery>,
+) -> Result<Json<Vec<EventView>>, ApiError> {
+    let limit = q.limit.unwrap_or(100).clamp(1, 10_000);
+    let events = state.store.events(limit).await?;
+    Ok(Json(
+        events
+            .into_iter()
+            .map(|e| EventView {
+                id: e.id,
+                at: rfc3339(e.at),
+                kind: e.kind,
+                host_id: e.host_id,
+                message: e.message,
+            })
+            .collect(),
+    ))
+}
+
+async fn metrics(_: Admin, State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
+    let hosts = state.store.hosts(false).await?.len();
+    let rss = crate::resident_bytes().unwrap_or(0);
+    let fds = std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0);
+    let body = format!(
+        "# HELP corral_agents_connected Agents with a live tunnel.\n# TYPE corral_agents_connected gauge\ncorral_agents_connected {}\n\
+# HELP corral_hosts Registered hosts (not removed).\n# TYPE corral_hosts gauge\ncorral_hosts {hosts}\n\
+# HELP process_resident_memory_bytes Resident memory size in bytes.\n# TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes {rss}\n\
+# HELP process_open_fds Number of open file descriptors.\n# TYPE process_open_fds gauge\nprocess_open_fds {fds}\n\
+# HELP process_uptime_seconds Seconds since the server started.\n# TYPE process_uptime_seconds gauge\nprocess_uptime_seconds {}\n",
+        state.registry.len(),
+        state.started.elapsed().as_secs()
+    );
+    Ok((
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        body,
+    )
+        .into_response())
+}

@@ -1,0 +1,238 @@
+//! First start and restart of a server.
+//!
+//! First start creates, in `--data-dir`: the PKI, the SQLite database, the `default`
+//! environment, an admin API key and `admin.env` (mode 0600) with `CORRAL_SERVER`,
+//! `CORRAL_API_KEY` and `CORRAL_CA_CHECKSUM`. A restart reuses all of it. The admin key exists in
+//! clear only in `admin.env`; the database holds its hash.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use corral_proto::secret::SecretKind;
+use corral_tls::CaChecksum;
+use corral_tls::files::write_private;
+
+use crate::secrets::{SecretHash, new_secret};
+use crate::store::Store;
+use crate::time_fmt::now_unix;
+use crate::{ServerError, pki};
+
+#[derive(Debug, Clone)]
+pub enum TlsMode {
+    /// The server's own CA and certificate, created on first start.
+    Generated,
+    /// An operator-supplied chain (leaf first, the CA agents pin last) and key.
+    Custom { cert: PathBuf, key: PathBuf },
+    /// Plain HTTP, for use behind a TLS-terminating proxy only.
+    InsecureHttp,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub advertise_url: Option<String>,
+    pub tls: TlsMode,
+    /// How often agents ping; told to them in the welcome.
+    pub heartbeat_interval: Duration,
+    /// Silence after which either end declares the link dead.
+    pub dead_after: Duration,
+    pub max_message_bytes: usize,
+}
+
+impl ServerOptions {
+    pub fn new(listen: SocketAddr, data_dir: PathBuf) -> Self {
+        ServerOptions {
+            listen,
+            data_dir,
+            advertise_url: None,
+            tls: TlsMode::Generated,
+            heartbeat_interval: Duration::from_secs(15),
+            dead_after: Duration::from_secs(45),
+            max_message_bytes: corral_proto::DEFAULT_MAX_MESSAGE_BYTES,
+        }
+    }
+}
+
+pub(crate) struct Booted {
+    pub store: Store,
+    pub tls: Option<rustls::ServerConfig>,
+    pub checksum: CaChecksum,
+    pub advertise_url: String,
+    pub local_url: String,
+    pub admin_env: PathBuf,
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_default()
+}
+
+/// Host part of a URL such as `https://host:8443/path` (IPv6 brackets removed).
+pub fn url_host(url: &str) -> Option<String> {
+    let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let authority = authority.rsplit_once('@').map(|(_, a)| a).unwrap_or(authority);
+    let host = if let Some(v6) = authority.strip_prefix('[') {
+        v6.split(']').next()?
+    } else {
+        authority.split(':').next()?
+    };
+    (!host.is_empty()).then(|| host.to_owned())
+}
+
+fn validate_url(url: &str) -> Result<(), ServerError> {
+    let ok_scheme = url.starts_with("https://") || url.starts_with("http://");
+    if !ok_scheme || url_host(url).is_none() || url.len() > 2048 {
+        return Err(ServerError::Config(format!(
+            "--advertise-url {url:?} must be an http(s) URL with a host, e.g. https://corral.example.com:8443"
+        )));
+    }
+    Ok(())
+}
+
+pub(crate) async fn bootstrap(
+    options: &ServerOptions,
+    local_addr: SocketAddr,
+) -> Result<Booted, ServerError> {
+    let dir = &options.data_dir;
+    std::fs::create_dir_all(dir).map_err(|source| ServerError::Io {
+        context: format!("cannot create data dir {}", dir.display()),
+        source,
+    })?;
+    let now = now_unix();
+    let scheme = match options.tls {
+        TlsMode::InsecureHttp => "http",
+        _ => "https",
+    };
+    let port = local_addr.port();
+    let local_ip = match local_addr.ip() {
+        ip if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        ip => ip,
+    };
+    let local_url = match local_ip {
+        IpAddr::V6(v6) => format!("{scheme}://[{v6}]:{port}"),
+        IpAddr::V4(v4) => format!("{scheme}://{v4}:{port}"),
+    };
+    let advertise_url = match &options.advertise_url {
+        Some(u) => {
+            validate_url(u)?;
+            u.trim_end_matches('/').to_owned()
+        }
+        None if local_addr.ip().is_unspecified() => {
+            let h = hostname();
+            if h.is_empty() {
+                local_url.clone()
+            } else {
+                format!("{scheme}://{h}:{port}")
+            }
+        }
+        None => local_url.clone(),
+    };
+
+    let mut sans = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+    let h = hostname();
+    if !h.is_empty() {
+        sans.push(h);
+    }
+    if !local_addr.ip().is_unspecified() {
+        sans.push(local_addr.ip().to_string());
+    }
+    if let Some(host) = url_host(&advertise_url) {
+        sans.push(host);
+    }
+    sans.sort();
+    sans.dedup();
+
+    let (tls, checksum) = match &options.tls {
+        TlsMode::InsecureHttp => {
+            tracing::warn!(
+                "--insecure-http: serving plain HTTP. Only run this behind a TLS-terminating proxy; agents pin the proxy's CA instead"
+            );
+            let p = pki::load_or_create(&dir.join("pki"), &sans, now)?;
+            (None, p.checksum)
+        }
+        mode => {
+            let p = match mode {
+                TlsMode::Custom { cert, key } => pki::load_custom(cert, key)?,
+                _ => pki::load_or_create(&dir.join("pki"), &sans, now)?,
+            };
+            let mut cfg = rustls::ServerConfig::builder_with_provider(corral_tls::provider())
+                .with_safe_default_protocol_versions()
+                .map_err(|e| ServerError::Config(e.to_string()))?
+                .with_no_client_auth()
+                .with_single_cert(p.chain, p.key)
+                .map_err(|e| ServerError::Config(format!("the server certificate or key is unusable: {e}")))?;
+            cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+            (Some(cfg), p.checksum)
+        }
+    };
+
+    let store = Store::open_sqlite(&dir.join("corral.db")).await?;
+    store.ensure_environment("default", now).await?;
+
+    let admin_env = dir.join("admin.env");
+    let existing_key = read_env_file(&admin_env)
+        .and_then(|vars| vars.into_iter().find(|(k, _)| k == "CORRAL_API_KEY"))
+        .map(|(_, v)| v);
+    let api_key = match existing_key {
+        Some(k) if store.api_key_by_hash(&SecretHash::of(&k)).await?.is_some() => k,
+        _ => {
+            if store.count_api_keys().await? > 0 {
+                tracing::warn!(
+                    path = %admin_env.display(),
+                    "admin.env is missing or holds an unknown key: minting a new admin API key"
+                );
+            }
+            let k = new_secret(SecretKind::ApiKey);
+            store
+                .insert_api_key("admin", "admin", &SecretHash::of(&k), now)
+                .await?;
+            k
+        }
+    };
+    let text = format!(
+        "# corral admin credentials. Keep this file secret (mode 0600).\n# Use with: set -a; . {}; set +a\nCORRAL_SERVER={local_url}\nCORRAL_API_KEY={api_key}\nCORRAL_CA_CHECKSUM={checksum}\n",
+        admin_env.display()
+    );
+    write_private(&admin_env, text.as_bytes()).map_err(|source| ServerError::Io {
+        context: format!("cannot write {}", admin_env.display()),
+        source,
+    })?;
+    Ok(Booted {
+        store,
+        tls,
+        checksum,
+        advertise_url,
+        local_url,
+        admin_env,
+    })
+}
+
+/// Reads a `KEY=VALUE` file (comments and blank lines ignored).
+pub fn read_env_file(path: &Path) -> Option<Vec<(String, String)>> {
+    let text = std::fs::read_to_string(path).ok()?;
+    Some(
+        text.lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+            .collect(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_of_urls() {
+        assert_eq!(url_host("https://a.example:8443/x").as_deref(), Some("a.example"));
+        assert_eq!(url_host("https://[::1]:8443").as_deref(), Some("::1"));
+        assert_eq!(url_host("http://u@h").as_deref(), Some("h"));
+        assert_eq!(url_host("https://"), None);
+    }
+}

@@ -1,0 +1,99 @@
+//! Which hosts have a live tunnel, and a way to reach that tunnel's session task.
+//!
+//! Two connections presenting the same credential: the newer one wins. The older session is
+//! closed with [`CloseReason::Superseded`] and a security event is recorded. The common cause is
+//! benign (an agent reconnecting before the server noticed its old link died), and then the old
+//! link is already gone and nobody hears the close. If the state dir was copied to a second
+//! machine, the agent that is kicked out hears "superseded", which is permanent, and stops: the
+//! two never flap, and the operator sees the event.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use corral_proto::CloseReason;
+use tokio::sync::mpsc;
+
+/// Orders to a session task.
+#[derive(Debug)]
+pub enum Control {
+    Close(CloseReason, String),
+}
+
+/// One live tunnel.
+pub struct Session {
+    pub conn_id: u64,
+    pub remote: String,
+    pub connected_at: i64,
+    /// Unix seconds of the last frame received; updated by the session task.
+    pub last_rx: Arc<AtomicI64>,
+    pub control: mpsc::Sender<Control>,
+}
+
+/// What others may know of a live session.
+#[derive(Debug, Clone)]
+pub struct SessionInfo {
+    pub remote: String,
+    pub connected_at: i64,
+    pub last_rx: i64,
+}
+
+#[derive(Default)]
+pub struct Registry {
+    sessions: Mutex<HashMap<String, Session>>,
+    next_conn: AtomicU64,
+}
+
+impl Registry {
+    pub fn next_conn_id(&self) -> u64 {
+        self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Session>> {
+        // A panic while holding this lock cannot leave the map inconsistent (single inserts
+        // and removes), so a poisoned lock is still usable.
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Makes `session` the live session of `host_id`, returning the one it replaces.
+    pub fn attach(&self, host_id: &str, session: Session) -> Option<Session> {
+        self.lock().insert(host_id.to_owned(), session)
+    }
+
+    /// Forgets the session of `host_id` if it is still `conn_id` (a newer one stays).
+    pub fn detach(&self, host_id: &str, conn_id: u64) {
+        let mut map = self.lock();
+        if map.get(host_id).is_some_and(|s| s.conn_id == conn_id) {
+            map.remove(host_id);
+        }
+    }
+
+    pub fn info(&self, host_id: &str) -> Option<SessionInfo> {
+        self.lock().get(host_id).map(|s| SessionInfo {
+            remote: s.remote.clone(),
+            connected_at: s.connected_at,
+            last_rx: s.last_rx.load(Ordering::Relaxed),
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Asks the live session of `host_id` to close with `reason`. Returns whether one was live.
+    pub fn close(&self, host_id: &str, reason: CloseReason, message: String) -> bool {
+        match self.lock().get(host_id) {
+            Some(s) => {
+                // A full channel means the session is already busy closing.
+                let _ = s.control.try_send(Control::Close(reason, message));
+                true
+            }
+            None => false,
+        }
+    }
+}

@@ -1,0 +1,557 @@
+//! The datastore: environments, API keys, registration tokens, hosts and security events.
+//!
+//! SQLite in WAL mode with the migrations embedded in the binary. Writes go through a pool of
+//! exactly one connection, so write transactions are serialised inside the process and never
+//! fail with `SQLITE_BUSY`; reads use a separate pool and never wait for writers.
+//!
+//! Invariant: no secret is stored in clear. Tokens, credentials and API keys are 256-bit random
+//! values, so a plain SHA-256 is a sufficient one-way function (a slow password hash only adds
+//! something for low-entropy secrets); lookups go by that hash.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::Serialize;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{FromRow, SqlitePool};
+
+use crate::secrets::{SecretHash, new_id};
+use corral_proto::HostFacts;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("datastore error: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("datastore migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+#[derive(Clone)]
+pub struct Store {
+    writer: SqlitePool,
+    reader: SqlitePool,
+}
+
+#[derive(Debug, Clone, Serialize, FromRow)]
+pub struct Environment {
+    pub id: String,
+    pub name: String,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, Serialize, FromRow)]
+pub struct TokenRow {
+    pub id: String,
+    pub environment_id: String,
+    #[serde(skip)]
+    pub secret_hash: Vec<u8>,
+    pub created_at: i64,
+    pub expires_at: Option<i64>,
+    pub max_uses: Option<i64>,
+    pub uses: i64,
+    pub revoked_at: Option<i64>,
+}
+
+impl TokenRow {
+    /// Why this token cannot be used at `now`, if it cannot.
+    pub fn refusal(&self, now: i64) -> Option<String> {
+        if let Some(at) = self.revoked_at {
+            return Some(format!(
+                "registration token {} was revoked at {}",
+                self.id,
+                crate::time_fmt::rfc3339(at)
+            ));
+        }
+        if let Some(at) = self.expires_at
+            && now >= at
+        {
+            return Some(format!(
+                "registration token {} expired at {}; create a new one with `corral token create`",
+                self.id,
+                crate::time_fmt::rfc3339(at)
+            ));
+        }
+        if let Some(max) = self.max_uses
+            && self.uses >= max
+        {
+            return Some(format!(
+                "registration token {} is used up ({} of {} uses)",
+                self.id, self.uses, max
+            ));
+        }
+        None
+    }
+}
+
+#[derive(Debug, Clone, FromRow)]
+pub struct HostRow {
+    pub id: String,
+    pub environment_id: String,
+    pub name: String,
+    pub labels: String,
+    pub token_id: Option<String>,
+    pub hostname: String,
+    pub agent_version: String,
+    pub os: String,
+    pub kernel: String,
+    pub arch: String,
+    pub remote_addr: String,
+    pub registered_at: i64,
+    pub last_seen_at: i64,
+    pub removed_at: Option<i64>,
+}
+
+impl HostRow {
+    pub fn labels(&self) -> BTreeMap<String, String> {
+        serde_json::from_str(&self.labels).unwrap_or_default()
+    }
+}
+
+#[derive(Debug, Clone, Serialize, FromRow)]
+pub struct EventRow {
+    pub id: i64,
+    pub at: i64,
+    pub kind: String,
+    pub host_id: Option<String>,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, FromRow)]
+pub struct ApiKeyRow {
+    pub id: String,
+    pub name: String,
+    pub role: String,
+    pub revoked_at: Option<i64>,
+}
+
+/// The outcome of presenting a credential (with or without a registration token).
+#[derive(Debug)]
+pub enum AgentAuth {
+    /// Known, live host.
+    Host(HostRow),
+    /// The credential belonged to a host that was removed.
+    Removed { host_id: String, name: String, removed_at: i64 },
+    /// Unknown credential and no token.
+    UnknownCredential,
+    /// The token cannot be used; the text says why.
+    TokenRefused(String),
+    /// The requested name is already used by a live host in the environment.
+    NameTaken { name: String, host_id: String },
+}
+
+const HOST_COLUMNS: &str = "id, environment_id, name, labels, token_id, hostname, agent_version, os, kernel, arch, remote_addr, registered_at, last_seen_at, removed_at";
+
+impl Store {
+    /// Opens (creating if needed) the SQLite database at `path` and runs the migrations.
+    pub async fn open_sqlite(path: &Path) -> Result<Store> {
+        let url = format!("sqlite://{}", path.display());
+        let opts = SqliteConnectOptions::from_str(&url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(opts.clone())
+            .await?;
+        sqlx::migrate!("./migrations").run(&writer).await?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(opts.read_only(true))
+            .await?;
+        Ok(Store { writer, reader })
+    }
+
+    pub async fn close(&self) {
+        self.reader.close().await;
+        self.writer.close().await;
+    }
+
+    // ---- environments -------------------------------------------------------------------
+
+    pub async fn ensure_environment(&self, name: &str, now: i64) -> Result<Environment> {
+        if let Some(env) = self.environment_by_name(name).await? {
+            return Ok(env);
+        }
+        let env = Environment {
+            id: new_id("env"),
+            name: name.to_owned(),
+            created_at: now,
+        };
+        sqlx::query("INSERT INTO environments (id, name, created_at) VALUES (?, ?, ?)")
+            .bind(&env.id)
+            .bind(&env.name)
+            .bind(env.created_at)
+            .execute(&self.writer)
+            .await?;
+        Ok(env)
+    }
+
+    pub async fn environment_by_name(&self, name: &str) -> Result<Option<Environment>> {
+        Ok(
+            sqlx::query_as("SELECT id, name, created_at FROM environments WHERE name = ?")
+                .bind(name)
+                .fetch_optional(&self.reader)
+                .await?,
+        )
+    }
+
+    pub async fn environment_by_id(&self, id: &str) -> Result<Option<Environment>> {
+        Ok(
+            sqlx::query_as("SELECT id, name, created_at FROM environments WHERE id = ?")
+                .bind(id)
+                .fetch_optional(&self.reader)
+                .await?,
+        )
+    }
+
+    pub async fn environments(&self) -> Result<Vec<Environment>> {
+        Ok(
+            sqlx::query_as("SELECT id, name, created_at FROM environments ORDER BY name")
+                .fetch_all(&self.reader)
+                .await?,
+        )
+    }
+
+    // ---- API keys -----------------------------------------------------------------------
+
+    pub async fn count_api_keys(&self) -> Result<i64> {
+        let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM api_keys")
+            .fetch_one(&self.reader)
+            .await?;
+        Ok(n)
+    }
+
+    pub async fn insert_api_key(
+        &self,
+        name: &str,
+        role: &str,
+        hash: &SecretHash,
+        now: i64,
+    ) -> Result<String> {
+        let id = new_id("key");
+        sqlx::query(
+            "INSERT INTO api_keys (id, name, role, secret_hash, created_at) VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(&id)
+        .bind(name)
+        .bind(role)
+        .bind(hash.as_bytes())
+        .bind(now)
+        .execute(&self.writer)
+        .await?;
+        Ok(id)
+    }
+
+    pub async fn api_key_by_hash(&self, hash: &SecretHash) -> Result<Option<ApiKeyRow>> {
+        Ok(sqlx::query_as(
+            "SELECT id, name, role, revoked_at FROM api_keys WHERE secret_hash = ?",
+        )
+        .bind(hash.as_bytes())
+        .fetch_optional(&self.reader)
+        .await?)
+    }
+
+    // ---- registration tokens ------------------------------------------------------------
+
+    pub async fn insert_token(&self, token: &TokenRow) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO registration_tokens (id, environment_id, secret_hash, created_at, expires_at, max_uses, uses) VALUES (?, ?, ?, ?, ?, ?, 0)",
+        )
+        .bind(&token.id)
+        .bind(&token.environment_id)
+        .bind(&token.secret_hash)
+        .bind(token.created_at)
+        .bind(token.expires_at)
+        .bind(token.max_uses)
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn tokens(&self) -> Result<Vec<TokenRow>> {
+        Ok(sqlx::query_as(
+            "SELECT id, environment_id, secret_hash, created_at, expires_at, max_uses, uses, revoked_at FROM registration_tokens ORDER BY created_at, id",
+        )
+        .fetch_all(&self.reader)
+        .await?)
+    }
+
+    /// Revokes a token. Revoking twice is not an error; an unknown id is.
+    pub async fn revoke_token(&self, id: &str, now: i64) -> Result<()> {
+        let done = sqlx::query(
+            "UPDATE registration_tokens SET revoked_at = COALESCE(revoked_at, ?) WHERE id = ?",
+        )
+        .bind(now)
+        .bind(id)
+        .execute(&self.writer)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!(
+                "no registration token with id {id:?}; list them with `corral token ls`"
+            )));
+        }
+        Ok(())
+    }
+
+    // ---- hosts --------------------------------------------------------------------------
+
+    /// Authenticates an agent and, when it carries a registration token, registers it: all in
+    /// one write transaction, so a crash leaves either no trace or a complete host.
+    ///
+    /// A credential that is already registered is accepted as a login even when a token comes
+    /// with it: that is an agent retrying a registration whose answer it never received.
+    pub async fn authenticate_agent(
+        &self,
+        credential: &SecretHash,
+        token: Option<&SecretHash>,
+        facts: &HostFacts,
+        agent_version: &str,
+        remote_addr: &str,
+        now: i64,
+    ) -> Result<AgentAuth> {
+        let mut tx = self.writer.begin().await?;
+        let existing: Option<HostRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {HOST_COLUMNS} FROM hosts WHERE credential_hash = ?"
+        )))
+        .bind(credential.as_bytes())
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(host) = existing {
+            if let Some(removed_at) = host.removed_at {
+                return Ok(AgentAuth::Removed {
+                    host_id: host.id,
+                    name: host.name,
+                    removed_at,
+                });
+            }
+            sqlx::query(
+                "UPDATE hosts SET hostname = ?, agent_version = ?, os = ?, kernel = ?, arch = ?, remote_addr = ?, last_seen_at = ? WHERE id = ?",
+            )
+            .bind(&facts.hostname)
+            .bind(agent_version)
+            .bind(&facts.os)
+            .bind(&facts.kernel)
+            .bind(&facts.arch)
+            .bind(remote_addr)
+            .bind(now)
+            .bind(&host.id)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            let host = HostRow {
+                hostname: facts.hostname.clone(),
+                agent_version: agent_version.to_owned(),
+                os: facts.os.clone(),
+                kernel: facts.kernel.clone(),
+                arch: facts.arch.clone(),
+                remote_addr: remote_addr.to_owned(),
+                last_seen_at: now,
+                ..host
+            };
+            return Ok(AgentAuth::Host(host));
+        }
+        let Some(token_hash) = token else {
+            return Ok(AgentAuth::UnknownCredential);
+        };
+        let token: Option<TokenRow> = sqlx::query_as(
+            "SELECT id, environment_id, secret_hash, created_at, expires_at, max_uses, uses, revoked_at FROM registration_tokens WHERE secret_hash = ?",
+        )
+        .bind(token_hash.as_bytes())
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(token) = token else {
+            return Ok(AgentAuth::TokenRefused(
+                "unknown registration token; create one with `corral token create` on the server"
+                    .into(),
+            ));
+        };
+        if let Some(why) = token.refusal(now) {
+            return Ok(AgentAuth::TokenRefused(why));
+        }
+        let taken: Option<(String,)> = sqlx::query_as(
+            "SELECT id FROM hosts WHERE environment_id = ? AND name = ? AND removed_at IS NULL",
+        )
+        .bind(&token.environment_id)
+        .bind(&facts.name)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some((host_id,)) = taken {
+            return Ok(AgentAuth::NameTaken {
+                name: facts.name.clone(),
+                host_id,
+            });
+        }
+        let labels = serde_json::to_string(&facts.labels)
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let host = HostRow {
+            id: new_id("host"),
+            environment_id: token.environment_id.clone(),
+            name: facts.name.clone(),
+            labels,
+            token_id: Some(token.id.clone()),
+            hostname: facts.hostname.clone(),
+            agent_version: agent_version.to_owned(),
+            os: facts.os.clone(),
+            kernel: facts.kernel.clone(),
+            arch: facts.arch.clone(),
+            remote_addr: remote_addr.to_owned(),
+            registered_at: now,
+            last_seen_at: now,
+            removed_at: None,
+        };
+        sqlx::query(
+            "INSERT INTO hosts (id, environment_id, name, labels, credential_hash, token_id, hostname, agent_version, os, kernel, arch, remote_addr, registered_at, last_seen_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&host.id)
+        .bind(&host.environment_id)
+        .bind(&host.name)
+        .bind(&host.labels)
+        .bind(credential.as_bytes())
+        .bind(&host.token_id)
+        .bind(&host.hostname)
+        .bind(&host.agent_version)
+        .bind(&host.os)
+        .bind(&host.kernel)
+        .bind(&host.arch)
+        .bind(&host.remote_addr)
+        .bind(host.registered_at)
+        .bind(host.last_seen_at)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("UPDATE registration_tokens SET uses = uses + 1 WHERE id = ?")
+            .bind(&token.id)
+            .execute(&mut *tx)
+            .await?;
+        insert_event(
+            &mut tx,
+            now,
+            "host_registered",
+            Some(&host.id),
+            &format!(
+                "host {} registered from {} with token {}",
+                host.name, remote_addr, token.id
+            ),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(AgentAuth::Host(host))
+    }
+
+    pub async fn hosts(&self, include_removed: bool) -> Result<Vec<HostRow>> {
+        let sql = if include_removed {
+            format!("SELECT {HOST_COLUMNS} FROM hosts ORDER BY name, id")
+        } else {
+            format!("SELECT {HOST_COLUMNS} FROM hosts WHERE removed_at IS NULL ORDER BY name, id")
+        };
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .fetch_all(&self.reader)
+            .await?)
+    }
+
+    /// Finds a live host by id or by name (ids win; a name must be unambiguous).
+    pub async fn find_host(&self, id_or_name: &str) -> Result<HostRow> {
+        let rows: Vec<HostRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {HOST_COLUMNS} FROM hosts WHERE removed_at IS NULL AND (id = ? OR name = ?)"
+        )))
+        .bind(id_or_name)
+        .bind(id_or_name)
+        .fetch_all(&self.reader)
+        .await?;
+        if let Some(by_id) = rows.iter().find(|h| h.id == id_or_name) {
+            return Ok(by_id.clone());
+        }
+        match rows.len() {
+            0 => Err(StoreError::NotFound(format!(
+                "no host {id_or_name:?}; list hosts with `corral host ls`"
+            ))),
+            1 => Ok(rows.into_iter().next().ok_or_else(|| {
+                StoreError::Corrupt("host row vanished".into())
+            })?),
+            _ => Err(StoreError::Conflict(format!(
+                "{} hosts are named {id_or_name:?} (in different environments); use the host id",
+                rows.len()
+            ))),
+        }
+    }
+
+    /// Removes a host: its credential is revoked for good; the row stays as a tombstone.
+    pub async fn remove_host(&self, id: &str, now: i64) -> Result<()> {
+        let mut tx = self.writer.begin().await?;
+        let done = sqlx::query("UPDATE hosts SET removed_at = ? WHERE id = ? AND removed_at IS NULL")
+            .bind(now)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!("no live host with id {id:?}")));
+        }
+        insert_event(&mut tx, now, "host_removed", Some(id), "host removed; credential revoked")
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn touch_host(&self, id: &str, last_seen: i64) -> Result<()> {
+        sqlx::query("UPDATE hosts SET last_seen_at = MAX(last_seen_at, ?) WHERE id = ?")
+            .bind(last_seen)
+            .bind(id)
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
+    // ---- events -------------------------------------------------------------------------
+
+    pub async fn record_event(
+        &self,
+        now: i64,
+        kind: &str,
+        host_id: Option<&str>,
+        message: &str,
+    ) -> Result<()> {
+        let mut tx = self.writer.begin().await?;
+        insert_event(&mut tx, now, kind, host_id, message).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn events(&self, limit: i64) -> Result<Vec<EventRow>> {
+        let mut rows: Vec<EventRow> = sqlx::query_as(
+            "SELECT id, at, kind, host_id, message FROM events ORDER BY id DESC LIMIT ?",
+        )
+        .bind(limit)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.reverse();
+        Ok(rows)
+    }
+}
+
+async fn insert_event(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    now: i64,
+    kind: &str,
+    host_id: Option<&str>,
+    message: &str,
+) -> Result<()> {
+    sqlx::query("INSERT INTO events (at, kind, host_id, message) VALUES (?, ?, ?, ?)")
+        .bind(now)
+        .bind(kind)
+        .bind(host_id)
+        .bind(message)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,374 @@
+//! One agent's tunnel, from the WebSocket upgrade to the close.
+//!
+//! 1. The first frame must be a [`Hello`] within [`HELLO_TIMEOUT`].
+//! 2. Version check, then facts validation, then authentication (registration with a token,
+//!    or a known credential) in one datastore transaction.
+//! 3. [`Welcome`], then the loop: answer pings, watch for silence, obey [`Control`] orders.
+//!
+//! Every way out of the loop tells the agent why: a [`ServerMessage::Goodbye`] with the full
+//! explanation, then a WebSocket close frame with the reason's code.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use corral_proto::liveness::{Due, Liveness};
+use corral_proto::secret::{SecretKind, check_secret};
+use corral_proto::{
+    AgentMessage, Auth, CloseReason, CodecError, Hello, PROTOCOL_VERSION, ServerMessage, Welcome,
+};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::AppState;
+use crate::registry::{Control, Session};
+use crate::secrets::SecretHash;
+use crate::store::{AgentAuth, HostRow};
+use crate::time_fmt::{now_unix, rfc3339};
+
+/// How long a new connection may take to say hello.
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+enum Recv {
+    Message(AgentMessage),
+    /// The peer closed or the transport failed.
+    Gone,
+    /// Something we must close the connection for.
+    Refuse(CloseReason, String),
+}
+
+fn is_capacity_error(err: axum::Error) -> bool {
+    err.into_inner()
+        .downcast::<tungstenite::Error>()
+        .is_ok_and(|e| matches!(*e, tungstenite::Error::Capacity(_)))
+}
+
+fn decode(frame: &[u8], limit: usize) -> Recv {
+    match corral_proto::decode::<AgentMessage>(frame, limit) {
+        Ok(m) => Recv::Message(m),
+        Err(CodecError::TooLarge { size, limit }) => Recv::Refuse(
+            CloseReason::TooLarge,
+            format!("message of {size} bytes exceeds the limit of {limit} bytes"),
+        ),
+        Err(CodecError::Malformed(e)) => Recv::Refuse(CloseReason::Malformed, e),
+    }
+}
+
+/// Receives the next protocol message, skipping transport-level pings.
+async fn recv(socket: &mut WebSocket, limit: usize) -> Recv {
+    loop {
+        let msg = match socket.recv().await {
+            None => return Recv::Gone,
+            Some(Err(e)) => {
+                return if is_capacity_error(e) {
+                    Recv::Refuse(
+                        CloseReason::TooLarge,
+                        format!("a frame exceeded the limit of {limit} bytes"),
+                    )
+                } else {
+                    Recv::Gone
+                };
+            }
+            Some(Ok(m)) => m,
+        };
+        match msg {
+            Message::Text(t) => return decode(t.as_bytes(), limit),
+            Message::Binary(_) => {
+                return Recv::Refuse(
+                    CloseReason::Malformed,
+                    "binary frames are not part of the protocol; messages are JSON text".into(),
+                );
+            }
+            Message::Ping(_) | Message::Pong(_) => continue,
+            Message::Close(_) => return Recv::Gone,
+        }
+    }
+}
+
+async fn send(socket: &mut WebSocket, msg: &ServerMessage, limit: usize) -> bool {
+    match corral_proto::encode(msg, limit) {
+        Ok(text) => socket.send(Message::Text(text.into())).await.is_ok(),
+        Err(e) => {
+            tracing::error!(error = %e, "refusing to send an oversized message");
+            false
+        }
+    }
+}
+
+/// Says goodbye with a reason and closes.
+async fn close(socket: &mut WebSocket, reason: CloseReason, message: String, limit: usize) {
+    let mut message = message;
+    message.truncate(4096);
+    let _ = send(
+        socket,
+        &ServerMessage::Goodbye {
+            reason,
+            message,
+        },
+        limit,
+    )
+    .await;
+    let _ = socket
+        .send(Message::Close(Some(CloseFrame {
+            code: reason.code(),
+            reason: reason.as_str().into(),
+        })))
+        .await;
+    // Give the agent a moment to read the goodbye and answer the close.
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while let Some(Ok(_)) = socket.recv().await {}
+    })
+    .await;
+}
+
+/// Serves one agent connection until it ends.
+pub async fn serve(state: Arc<AppState>, mut socket: WebSocket, remote: SocketAddr) {
+    let limit = state.options.max_message_bytes;
+    let hello = match tokio::time::timeout(HELLO_TIMEOUT, recv(&mut socket, limit)).await
+    {
+        Err(_) => {
+            close(
+                &mut socket,
+                CloseReason::Malformed,
+                format!("no hello within {} s", HELLO_TIMEOUT.as_secs()),
+                limit,
+            )
+            .await;
+            return;
+        }
+        Ok(Recv::Gone) => return,
+        Ok(Recv::Refuse(reason, message)) => {
+            tracing::warn!(%remote, %reason, %message, "refused a connection before hello");
+            close(&mut socket, reason, message, limit).await;
+            return;
+        }
+        Ok(Recv::Message(AgentMessage::Hello(h))) => h,
+        Ok(Recv::Message(other)) => {
+            let message = format!("the first message must be a hello, got {other:?}");
+            close(&mut socket, CloseReason::Malformed, message, limit).await;
+            return;
+        }
+    };
+    let host = match admit(&state, &hello, remote).await {
+        Ok(h) => h,
+        Err((reason, message)) => {
+            tracing::warn!(%remote, %reason, %message, "refused an agent");
+            close(&mut socket, reason, message, limit).await;
+            return;
+        }
+    };
+    run_session(state, socket, remote, host).await;
+}
+
+/// Checks version, facts and credentials. On success the host is registered or logged in.
+async fn admit(
+    state: &AppState,
+    hello: &Hello,
+    remote: SocketAddr,
+) -> Result<HostRow, (CloseReason, String)> {
+    if !hello.protocol_versions.contains(&PROTOCOL_VERSION) {
+        return Err((
+            CloseReason::BadVersion,
+            format!(
+                "this server speaks protocol version {PROTOCOL_VERSION}; the agent offered {:?}. Run an agent of the server's release",
+                hello.protocol_versions
+            ),
+        ));
+    }
+    if hello.agent_version.len() > corral_proto::limits::FACT_MAX {
+        return Err((CloseReason::Malformed, "agent_version is too long".into()));
+    }
+    hello
+        .facts
+        .validate()
+        .map_err(|e| (CloseReason::Malformed, e))?;
+    let (credential, token) = match &hello.auth {
+        Auth::Register { token, credential } => {
+            check_secret(SecretKind::RegistrationToken, token)
+                .map_err(|e| (CloseReason::BadToken, e))?;
+            (credential, Some(SecretHash::of(token)))
+        }
+        Auth::Credential { credential } => (credential, None),
+    };
+    check_secret(SecretKind::HostCredential, credential)
+        .map_err(|e| (CloseReason::BadCredential, e))?;
+    let server_error = |e: crate::store::StoreError| {
+        tracing::error!(error = %e, "datastore failure while admitting an agent");
+        (
+            CloseReason::ServerError,
+            "the server could not reach its datastore; retrying later".to_string(),
+        )
+    };
+    let now = now_unix();
+    let outcome = state
+        .store
+        .authenticate_agent(
+            &SecretHash::of(credential),
+            token.as_ref(),
+            &hello.facts,
+            &hello.agent_version,
+            &remote.to_string(),
+            now,
+        )
+        .await
+        .map_err(server_error)?;
+    match outcome {
+        AgentAuth::Host(h) => Ok(h),
+        AgentAuth::Removed {
+            host_id,
+            name,
+            removed_at,
+        } => {
+            let _ = state
+                .store
+                .record_event(
+                    now,
+                    "removed_host_refused",
+                    Some(&host_id),
+                    &format!("removed host {name} tried to connect from {remote}"),
+                )
+                .await;
+            Err((
+                CloseReason::HostRemoved,
+                format!(
+                    "host {name} ({host_id}) was removed at {}; its credential is revoked. To bring it back, delete the agent's state dir and register it again with a new token",
+                    rfc3339(removed_at)
+                ),
+            ))
+        }
+        AgentAuth::UnknownCredential => Err((
+            CloseReason::BadCredential,
+            "unknown agent credential: this host is not registered with this server (was the server's data dir reset?). Register again with `corral agent --token …`".into(),
+        )),
+        AgentAuth::TokenRefused(why) => Err((CloseReason::BadToken, why)),
+        AgentAuth::NameTaken { name, host_id } => Err((
+            CloseReason::NameTaken,
+            format!(
+                "a host named {name} is already registered in this environment ({host_id}); remove it with `corral host rm {name}` or start this agent with another --name"
+            ),
+        )),
+    }
+}
+
+async fn run_session(state: Arc<AppState>, mut socket: WebSocket, remote: SocketAddr, host: HostRow) {
+    let limit = state.options.max_message_bytes;
+    let environment = match state.store.environment_by_id(&host.environment_id).await {
+        Ok(Some(e)) => e.name,
+        _ => host.environment_id.clone(),
+    };
+    let conn_id = state.registry.next_conn_id();
+    let (control_tx, mut control_rx) = mpsc::channel(4);
+    let last_rx = Arc::new(AtomicI64::new(now_unix()));
+    let previous = state.registry.attach(
+        &host.id,
+        Session {
+            conn_id,
+            remote: remote.to_string(),
+            connected_at: now_unix(),
+            last_rx: last_rx.clone(),
+            control: control_tx,
+        },
+    );
+    if let Some(old) = previous {
+        let message = format!(
+            "another agent connected with this host's credential from {remote}; this connection (from {}) is closed. If that was not a restart of this agent, the credential was copied: remove the host and register it again",
+            old.remote
+        );
+        let _ = old
+            .control
+            .try_send(Control::Close(CloseReason::Superseded, message));
+        let _ = state
+            .store
+            .record_event(
+                now_unix(),
+                "credential_superseded",
+                Some(&host.id),
+                &format!(
+                    "host {} connected from {remote} while its tunnel from {} was live; the older tunnel was closed",
+                    host.name, old.remote
+                ),
+            )
+            .await;
+    }
+    tracing::info!(host = %host.name, id = %host.id, %remote, "agent connected");
+    let welcome = ServerMessage::Welcome(Welcome {
+        protocol_version: PROTOCOL_VERSION,
+        host_id: host.id.clone(),
+        host_name: host.name.clone(),
+        environment,
+        heartbeat_interval_ms: state.options.heartbeat_interval.as_millis() as u64,
+        dead_after_ms: state.options.dead_after.as_millis() as u64,
+        max_message_bytes: limit,
+    });
+    if send(&mut socket, &welcome, limit).await {
+        let reason = session_loop(&state, &mut socket, &mut control_rx, &last_rx).await;
+        if let Some((reason, message)) = reason {
+            tracing::info!(host = %host.name, %reason, %message, "closing tunnel");
+            close(&mut socket, reason, message, limit).await;
+        }
+    }
+    state.registry.detach(&host.id, conn_id);
+    let _ = state
+        .store
+        .touch_host(&host.id, last_rx.load(Ordering::Relaxed))
+        .await;
+    tracing::info!(host = %host.name, id = %host.id, "agent disconnected");
+}
+
+/// Runs until the link ends. Returns the reason to give the agent, if it should be told one.
+async fn session_loop(
+    state: &AppState,
+    socket: &mut WebSocket,
+    control_rx: &mut mpsc::Receiver<Control>,
+    last_rx: &AtomicI64,
+) -> Option<(CloseReason, String)> {
+    let limit = state.options.max_message_bytes;
+    let mut live = Liveness::passive(std::time::Instant::now(), state.options.dead_after);
+    let mut shutdown = state.shutdown.clone();
+    if *shutdown.borrow() {
+        return Some((CloseReason::ServerShutdown, "the server is shutting down".into()));
+    }
+    loop {
+        let deadline = Instant::from_std(live.next_deadline());
+        tokio::select! {
+            r = recv(socket, limit) => match r {
+                Recv::Gone => return None,
+                Recv::Refuse(reason, message) => return Some((reason, message)),
+                Recv::Message(AgentMessage::Ping { seq }) => {
+                    live.on_receive(std::time::Instant::now());
+                    last_rx.store(now_unix(), Ordering::Relaxed);
+                    if !send(socket, &ServerMessage::Pong { seq }, limit).await {
+                        return None;
+                    }
+                }
+                Recv::Message(AgentMessage::Pong { .. }) => {
+                    live.on_receive(std::time::Instant::now());
+                    last_rx.store(now_unix(), Ordering::Relaxed);
+                }
+                Recv::Message(AgentMessage::Hello(_)) => {
+                    return Some((CloseReason::Malformed, "hello sent twice".into()));
+                }
+            },
+            order = control_rx.recv() => match order {
+                Some(Control::Close(reason, message)) => return Some((reason, message)),
+                None => return None,
+            },
+            _ = tokio::time::sleep_until(deadline) => {
+                if live.poll(std::time::Instant::now()) == Some(Due::Dead) {
+                    return Some((
+                        CloseReason::HeartbeatTimeout,
+                        format!("nothing received for {} s", state.options.dead_after.as_secs()),
+                    ));
+                }
+            }
+            _ = shutdown.changed() => {
+                return Some((
+                    CloseReason::ServerShutdown,
+                    "the server is shutting down; reconnect with backoff".into(),
+                ));
+            }
+        }
+    }
+}

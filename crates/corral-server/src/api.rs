@@ -62,6 +62,12 @@ impl ApiError {
     }
 }
 
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.message, self.status)
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         (
@@ -185,6 +191,11 @@ async fn create_token(
     body: Result<Json<CreateToken>, axum::extract::rejection::JsonRejection>,
 ) -> Result<(StatusCode, Json<CreatedToken>), ApiError> {
     let Json(req) = body.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    Ok((StatusCode::CREATED, Json(mint_token(&state, req).await?)))
+}
+
+/// Creates a registration token and the agent command that uses it.
+pub async fn mint_token(state: &AppState, req: CreateToken) -> Result<CreatedToken, ApiError> {
     let env_name = req.environment.unwrap_or_else(|| "default".into());
     let env = state
         .store
@@ -226,17 +237,14 @@ async fn create_token(
         "corral agent --server {} --token {} --ca-checksum {}",
         state.advertise_url, secret, state.checksum
     );
-    Ok((
-        StatusCode::CREATED,
-        Json(CreatedToken {
-            id: row.id,
-            token: secret,
-            command,
-            environment: env.name,
-            expires_at: row.expires_at.map(rfc3339),
-            max_uses: req.max_uses,
-        }),
-    ))
+    Ok(CreatedToken {
+        id: row.id,
+        token: secret,
+        command,
+        environment: env.name,
+        expires_at: row.expires_at.map(rfc3339),
+        max_uses: req.max_uses,
+    })
 }
 
 async fn list_tokens(

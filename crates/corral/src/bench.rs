@@ -1,0 +1,328 @@
+//! `corral bench connect`: N simulated agents in one process against a running server.
+//!
+//! The agents are simulated only in that they share a process and run no host work: each one
+//! opens its own TCP connection, TLS session (verified against the pinned CA) and WebSocket,
+//! registers with a real token and its own credential, and sends real heartbeats. The server
+//! cannot tell them from real agents.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use corral_agent::{Dialer, dial};
+use corral_proto::api::{CreateToken, CreatedToken};
+use corral_proto::secret::{SecretKind, format_secret};
+use corral_proto::{AgentMessage, Auth, HostFacts, ServerMessage};
+use futures_util::StreamExt;
+use serde::Serialize;
+use tokio::sync::{Semaphore, mpsc, watch};
+
+use crate::cli::Format;
+use crate::client::{Client, seg};
+
+pub struct ConnectBench {
+    pub client: Client,
+    pub agents: usize,
+    pub concurrency: usize,
+    pub hold: Duration,
+    pub ping_interval: Duration,
+    pub keep: bool,
+    pub format: Format,
+}
+
+#[derive(Serialize)]
+struct Report {
+    agents: usize,
+    connected: usize,
+    failed: usize,
+    first_error: Option<String>,
+    connect_seconds: f64,
+    connect_p50_ms: f64,
+    connect_p99_ms: f64,
+    server_rss_before_bytes: u64,
+    server_rss_connected_bytes: u64,
+    server_rss_per_agent_bytes: u64,
+    heartbeat_samples: usize,
+    heartbeat_rtt_p50_ms: f64,
+    heartbeat_rtt_p99_ms: f64,
+    heartbeat_rtt_max_ms: f64,
+    heartbeat_timeouts: usize,
+}
+
+async fn server_rss(client: &Client) -> anyhow::Result<u64> {
+    let text = client.get_text("/metrics").await?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("process_resident_memory_bytes "))
+        .and_then(|v| v.trim().parse().ok())
+        .context("the server's /metrics has no process_resident_memory_bytes")
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+fn random_u64() -> u64 {
+    u64::from_le_bytes(corral_agent::state::random_bytes::<8>())
+}
+
+struct Progress {
+    bar: indicatif::ProgressBar,
+    plain: bool,
+    total: usize,
+}
+
+impl Progress {
+    fn new(total: usize) -> Self {
+        let plain = !std::io::IsTerminal::is_terminal(&std::io::stderr());
+        let bar = if plain {
+            indicatif::ProgressBar::hidden()
+        } else {
+            let b = indicatif::ProgressBar::new(total as u64);
+            if let Ok(style) = indicatif::ProgressStyle::with_template(
+                "connecting {bar:40} {pos}/{len} agents ({per_sec}, {elapsed})",
+            ) {
+                b.set_style(style);
+            }
+            b
+        };
+        Progress { bar, plain, total }
+    }
+
+    fn set(&self, done: usize) {
+        self.bar.set_position(done as u64);
+        let step = (self.total / 10).max(1);
+        if self.plain && (done % step == 0 || done == self.total) {
+            eprintln!("connected {done}/{} agents", self.total);
+        }
+    }
+}
+
+pub async fn connect(b: ConnectBench) -> anyhow::Result<()> {
+    if b.agents == 0 {
+        bail!("--agents must be at least 1");
+    }
+    let (soft, hard) = corral_server::raise_nofile_limit()?;
+    let need = b.agents as u64 + 256;
+    if soft < need {
+        bail!(
+            "the open-file limit is {soft} (hard limit {hard}), too low for {} agents (about {need} needed): raise the hard limit, e.g. `ulimit -Hn {need}` as root, and make sure the server's limit is high enough too",
+            b.agents
+        );
+    }
+    eprintln!("open-file limit raised to {soft}");
+    let pin = b
+        .client
+        .checksum
+        .context("the benchmark needs an https:// server and CORRAL_CA_CHECKSUM")?;
+    let rss_before = server_rss(&b.client).await?;
+    let token: CreatedToken = b
+        .client
+        .post(
+            "/v1/tokens",
+            &CreateToken {
+                environment: None,
+                ttl_seconds: Some(4 * 3600),
+                max_uses: Some(b.agents as u32),
+            },
+        )
+        .await?;
+    let run_id = format!("{:06x}", random_u64() & 0xff_ffff);
+    let dialer = Arc::new(Dialer::new(b.client.base(), pin)?);
+    let limit = Arc::new(Semaphore::new(b.concurrency.max(1)));
+    let (measure_tx, measure_rx) = watch::channel(false);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Result<(String, f64), String>>();
+    let rtts: Arc<Mutex<Vec<f64>>> = Arc::new(Mutex::new(Vec::new()));
+    let timeouts = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(b.agents);
+    for i in 0..b.agents {
+        let dialer = dialer.clone();
+        let limit = limit.clone();
+        let token = token.token.clone();
+        let done_tx = done_tx.clone();
+        let mut measure_rx = measure_rx.clone();
+        let mut stop_rx = stop_rx.clone();
+        let rtts = rtts.clone();
+        let timeouts = timeouts.clone();
+        let name = format!("bench-{run_id}-{i}");
+        let ping_every = b.ping_interval;
+        tasks.push(tokio::spawn(async move {
+            let permit = limit.acquire_owned().await;
+            let t0 = Instant::now();
+            let credential = format_secret(
+                SecretKind::HostCredential,
+                &corral_agent::state::random_bytes::<32>(),
+            );
+            let hello = dial::hello(
+                Auth::Register { token, credential },
+                HostFacts {
+                    name,
+                    hostname: "bench".into(),
+                    labels: [("corral.bench".to_string(), "1".to_string())].into(),
+                    os: "simulated".into(),
+                    kernel: String::new(),
+                    arch: std::env::consts::ARCH.into(),
+                },
+            );
+            let (mut tunnel, welcome) = match dialer.connect(hello).await {
+                Ok(x) => x,
+                Err(e) => {
+                    let _ = done_tx.send(Err(e.to_string()));
+                    return;
+                }
+            };
+            drop(permit);
+            let _ = done_tx.send(Ok((welcome.host_id.clone(), t0.elapsed().as_secs_f64() * 1e3)));
+            // Heartbeats start at once (the server drops silent tunnels), first after a random
+            // offset so the pings of all agents spread over the interval.
+            let offset = Duration::from_millis(random_u64() % (ping_every.as_millis() as u64).max(1));
+            let mut next = tokio::time::Instant::now() + offset;
+            let mut seq = 0u64;
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(next) => {}
+                    _ = stop_rx.changed() => break,
+                }
+                next += ping_every;
+                seq += 1;
+                let sent = Instant::now();
+                if tunnel.send(&AgentMessage::Ping { seq }).await.is_err() {
+                    break;
+                }
+                let answer = tokio::time::timeout(Duration::from_secs(10), async {
+                    loop {
+                        match tunnel.recv().await {
+                            Ok(ServerMessage::Pong { seq: s }) if s == seq => return true,
+                            Ok(_) => continue,
+                            Err(_) => return false,
+                        }
+                    }
+                })
+                .await;
+                match answer {
+                    Ok(true) => {
+                        if *measure_rx.borrow_and_update() {
+                            let ms = sent.elapsed().as_secs_f64() * 1e3;
+                            if let Ok(mut v) = rtts.lock() {
+                                v.push(ms);
+                            }
+                        }
+                    }
+                    Ok(false) => break,
+                    Err(_) => {
+                        timeouts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+            }
+            tunnel.close().await;
+        }));
+    }
+    drop(done_tx);
+
+    let progress = Progress::new(b.agents);
+    let mut host_ids = Vec::with_capacity(b.agents);
+    let mut connect_ms = Vec::with_capacity(b.agents);
+    let mut failed = 0usize;
+    let mut first_error = None;
+    let mut finished = 0usize;
+    while let Some(r) = done_rx.recv().await {
+        finished += 1;
+        match r {
+            Ok((id, ms)) => {
+                host_ids.push(id);
+                connect_ms.push(ms);
+            }
+            Err(e) => {
+                failed += 1;
+                first_error.get_or_insert(e);
+            }
+        }
+        progress.set(finished);
+        if finished == b.agents {
+            break;
+        }
+    }
+    progress.bar.finish_and_clear();
+    let connect_seconds = started.elapsed().as_secs_f64();
+    eprintln!(
+        "{} agents connected in {connect_seconds:.1} s ({failed} failed); holding for {} s",
+        host_ids.len(),
+        b.hold.as_secs()
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss_connected = server_rss(&b.client).await?;
+    let _ = measure_tx.send(true);
+    tokio::time::sleep(b.hold).await;
+    let _ = stop_tx.send(true);
+    for t in tasks {
+        let _ = t.await;
+    }
+
+    connect_ms.sort_by(f64::total_cmp);
+    let mut samples = rtts.lock().map(|v| v.clone()).unwrap_or_default();
+    samples.sort_by(f64::total_cmp);
+    let report = Report {
+        agents: b.agents,
+        connected: host_ids.len(),
+        failed,
+        first_error,
+        connect_seconds,
+        connect_p50_ms: percentile(&connect_ms, 0.5),
+        connect_p99_ms: percentile(&connect_ms, 0.99),
+        server_rss_before_bytes: rss_before,
+        server_rss_connected_bytes: rss_connected,
+        server_rss_per_agent_bytes: rss_connected.saturating_sub(rss_before)
+            / (host_ids.len().max(1) as u64),
+        heartbeat_samples: samples.len(),
+        heartbeat_rtt_p50_ms: percentile(&samples, 0.5),
+        heartbeat_rtt_p99_ms: percentile(&samples, 0.99),
+        heartbeat_rtt_max_ms: samples.last().copied().unwrap_or(0.0),
+        heartbeat_timeouts: timeouts.load(std::sync::atomic::Ordering::Relaxed),
+    };
+
+    if !b.keep {
+        eprintln!("removing the {} simulated hosts", host_ids.len());
+        let client = &b.client;
+        futures_util::stream::iter(host_ids.iter())
+            .map(|id| async move { client.delete(&format!("/v1/hosts/{}", seg(id))).await })
+            .buffer_unordered(16)
+            .collect::<Vec<_>>()
+            .await;
+        let _ = client.delete(&format!("/v1/tokens/{}", seg(&token.id))).await;
+    }
+
+    match b.format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        Format::Table => {
+            println!("agents connected      {} of {} ({} failed)", report.connected, report.agents, report.failed);
+            if let Some(e) = &report.first_error {
+                println!("first error           {e}");
+            }
+            println!("connect time          {:.1} s total, p50 {:.1} ms, p99 {:.1} ms per agent", report.connect_seconds, report.connect_p50_ms, report.connect_p99_ms);
+            println!(
+                "server RSS            {:.1} MiB before, {:.1} MiB connected, {:.1} KiB per agent",
+                report.server_rss_before_bytes as f64 / 1048576.0,
+                report.server_rss_connected_bytes as f64 / 1048576.0,
+                report.server_rss_per_agent_bytes as f64 / 1024.0
+            );
+            println!(
+                "heartbeat RTT         p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} samples, {} timeouts)",
+                report.heartbeat_rtt_p50_ms,
+                report.heartbeat_rtt_p99_ms,
+                report.heartbeat_rtt_max_ms,
+                report.heartbeat_samples,
+                report.heartbeat_timeouts
+            );
+        }
+    }
+    if report.failed > 0 {
+        bail!("{} of {} agents failed to connect", report.failed, report.agents);
+    }
+    Ok(())
+}

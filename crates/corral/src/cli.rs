@@ -1,0 +1,224 @@
+//! The command line. Definitions only; behaviour lives in `commands`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "corral",
+    version,
+    about = "A single-binary container orchestrator for Docker hosts, secure by construction",
+    long_about = "A single-binary container orchestrator for Docker hosts, secure by construction.\n\nAgents dial out to the server over one TLS WebSocket and listen on no port; the server's CA is pinned; agents are never trusted with more than their own host."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the control plane (API, agent tunnel endpoint, datastore).
+    Server(ServerArgs),
+    /// Run the agent on a host: it dials out to the server and listens on nothing.
+    Agent(AgentArgs),
+    /// Registration tokens for new hosts.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Hosts known to the server.
+    #[command(subcommand)]
+    Host(HostCommand),
+    /// Security events: registrations, removals, refused and superseded credentials.
+    Events {
+        #[command(flatten)]
+        conn: Conn,
+        /// How many of the latest events to show.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        #[command(flatten)]
+        out: Out,
+    },
+    /// Benchmarks against a running server.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Args, Debug)]
+pub struct ServerArgs {
+    /// Address to listen on (the one port: API, agent tunnel and UI).
+    #[arg(long, default_value = "0.0.0.0:8443", env = "CORRAL_LISTEN")]
+    pub listen: SocketAddr,
+    /// Where the database, PKI and admin.env live.
+    #[arg(long, default_value = "./corral-data", env = "CORRAL_DATA_DIR")]
+    pub data_dir: PathBuf,
+    /// The URL agents dial (default: https://<hostname>:<port>).
+    #[arg(long, env = "CORRAL_ADVERTISE_URL")]
+    pub advertise_url: Option<String>,
+    /// Serve this certificate chain (server certificate first, the CA agents pin last)…
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// …with this private key.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Serve plain HTTP, for use behind a TLS-terminating proxy only.
+    #[arg(long, conflicts_with_all = ["tls_cert", "tls_key"])]
+    pub insecure_http: bool,
+    /// Also register and run an agent for this machine, in this process.
+    #[arg(long)]
+    pub with_agent: bool,
+    /// How often agents send heartbeats.
+    #[arg(long, default_value = "15s", value_parser = crate::duration::parse_duration, hide = true)]
+    pub heartbeat_interval: std::time::Duration,
+    /// Silence after which a tunnel is declared dead.
+    #[arg(long, default_value = "45s", value_parser = crate::duration::parse_duration, hide = true)]
+    pub dead_after: std::time::Duration,
+    /// Maximum size of one tunnel message.
+    #[arg(long, default_value_t = corral_proto::DEFAULT_MAX_MESSAGE_BYTES, hide = true)]
+    pub max_message_bytes: usize,
+}
+
+#[derive(Args, Debug)]
+pub struct AgentArgs {
+    /// The server's URL, e.g. https://corral.example.com:8443.
+    #[arg(long, env = "CORRAL_AGENT_SERVER")]
+    pub server: Option<String>,
+    /// Registration token (first start only).
+    #[arg(long, env = "CORRAL_AGENT_TOKEN")]
+    pub token: Option<String>,
+    /// The server CA's checksum to pin: sha256:HEX.
+    #[arg(long, env = "CORRAL_AGENT_CA_CHECKSUM")]
+    pub ca_checksum: Option<String>,
+    /// Where the credential and agent state live.
+    #[arg(long, default_value = "/var/lib/corral-agent", env = "CORRAL_AGENT_STATE_DIR")]
+    pub state_dir: PathBuf,
+    /// Host name to register (default: derived from the hostname).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Host label, k=v (repeatable); used by placement constraints.
+    #[arg(long = "label", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+}
+
+pub fn parse_label(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("label {s:?} must be key=value"))?;
+    corral_proto::validate_label(k, v)?;
+    Ok((k.to_owned(), v.to_owned()))
+}
+
+/// How to reach the server (flags or the variables in admin.env).
+#[derive(Args, Debug, Clone)]
+pub struct Conn {
+    /// Server URL [env: CORRAL_SERVER]
+    #[arg(long = "server", env = "CORRAL_SERVER", hide_env = true)]
+    pub server: Option<String>,
+    /// API key [env: CORRAL_API_KEY]
+    #[arg(long, env = "CORRAL_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// The server CA's checksum to pin [env: CORRAL_CA_CHECKSUM]
+    #[arg(long, env = "CORRAL_CA_CHECKSUM")]
+    pub ca_checksum: Option<String>,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum, Default)]
+pub enum Format {
+    #[default]
+    Table,
+    Json,
+}
+
+#[derive(Args, Debug, Clone, Copy)]
+pub struct Out {
+    /// Output format.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokenCommand {
+    /// Create a registration token and print the agent command to run on a host.
+    Create {
+        #[command(flatten)]
+        conn: Conn,
+        /// Environment the host joins.
+        #[arg(long = "env", default_value = "default")]
+        env: String,
+        /// Lifetime, e.g. 30m, 24h, 7d, or "never".
+        #[arg(long, default_value = "24h")]
+        ttl: String,
+        /// How many hosts may register with it (default: unlimited within its lifetime).
+        #[arg(long)]
+        max_uses: Option<u32>,
+        #[command(flatten)]
+        out: Out,
+    },
+    /// List registration tokens (their secrets are never shown again).
+    Ls {
+        #[command(flatten)]
+        conn: Conn,
+        #[command(flatten)]
+        out: Out,
+    },
+    /// Revoke a registration token.
+    Rm {
+        #[command(flatten)]
+        conn: Conn,
+        id: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum HostCommand {
+    /// List hosts.
+    Ls {
+        #[command(flatten)]
+        conn: Conn,
+        #[command(flatten)]
+        out: Out,
+    },
+    /// Show one host in detail.
+    Inspect {
+        #[command(flatten)]
+        conn: Conn,
+        /// Host name or id.
+        host: String,
+        #[command(flatten)]
+        out: Out,
+    },
+    /// Remove a host: revoke its credential and tell its agent to stop.
+    Rm {
+        #[command(flatten)]
+        conn: Conn,
+        /// Host name or id.
+        host: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BenchCommand {
+    /// Connect N simulated agents (real protocol, real TLS WebSockets, one process) to a running
+    /// server; report connect time, server memory per agent and heartbeat round trips.
+    Connect {
+        #[command(flatten)]
+        conn: Conn,
+        /// Number of simulated agents.
+        #[arg(long, default_value_t = 1000)]
+        agents: usize,
+        /// Connections opened at the same time.
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        /// How long to hold all agents connected while measuring heartbeats.
+        #[arg(long, default_value = "30s", value_parser = crate::duration::parse_duration)]
+        hold: std::time::Duration,
+        /// Heartbeat interval of each simulated agent while holding.
+        #[arg(long, default_value = "5s", value_parser = crate::duration::parse_duration)]
+        ping_interval: std::time::Duration,
+        /// Keep the simulated hosts registered afterwards (default: remove them).
+        #[arg(long)]
+        keep: bool,
+        #[command(flatten)]
+        out: Out,
+    },
+}

@@ -1,0 +1,124 @@
+//! The API client every CLI verb uses. It trusts the server only through the pinned CA
+//! (`CORRAL_CA_CHECKSUM`), exactly like an agent does.
+
+use anyhow::{Context, anyhow, bail};
+use corral_proto::api::ErrorBody;
+use corral_tls::CaChecksum;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::cli::Conn;
+
+pub struct Client {
+    base: String,
+    api_key: String,
+    http: reqwest::Client,
+    pub checksum: Option<CaChecksum>,
+}
+
+const HOW_TO: &str = "on the server's machine, run `set -a; . ./corral-data/admin.env; set +a` (or pass --server, --api-key and --ca-checksum)";
+
+impl Client {
+    pub fn new(conn: &Conn) -> anyhow::Result<Client> {
+        corral_tls::install_default_provider();
+        let base = conn
+            .server
+            .clone()
+            .ok_or_else(|| anyhow!("CORRAL_SERVER is not set: {HOW_TO}"))?
+            .trim_end_matches('/')
+            .to_owned();
+        let api_key = conn
+            .api_key
+            .clone()
+            .ok_or_else(|| anyhow!("CORRAL_API_KEY is not set: {HOW_TO}"))?;
+        let builder = reqwest::Client::builder()
+            .connect_timeout(std::time::Duration::from_secs(10))
+            .timeout(std::time::Duration::from_secs(60))
+            .no_proxy();
+        let (http, checksum) = if base.starts_with("https://") {
+            let text = conn.ca_checksum.as_deref().ok_or_else(|| {
+                anyhow!("CORRAL_CA_CHECKSUM is not set: the CLI trusts only the server CA it pins; {HOW_TO}")
+            })?;
+            let pin = CaChecksum::parse(text)?;
+            let tls = corral_tls::client_config(pin)?;
+            (builder.tls_backend_preconfigured(tls).build()?, Some(pin))
+        } else if base.starts_with("http://") {
+            (builder.build()?, None)
+        } else {
+            bail!("CORRAL_SERVER {base:?} must start with https:// (or http:// behind a TLS proxy)");
+        };
+        Ok(Client {
+            base,
+            api_key,
+            http,
+            checksum,
+        })
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    async fn send(&self, req: reqwest::RequestBuilder) -> anyhow::Result<reqwest::Response> {
+        let resp = req
+            .bearer_auth(&self.api_key)
+            .send()
+            .await
+            .map_err(anyhow::Error::new)
+            .with_context(|| {
+                format!(
+                    "cannot reach the corral server at {} (is `corral server` running there, and is CORRAL_CA_CHECKSUM right?)",
+                    self.base
+                )
+            })?;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(resp);
+        }
+        let text = resp.text().await.unwrap_or_default();
+        let message = serde_json::from_str::<ErrorBody>(&text)
+            .map(|b| b.error)
+            .unwrap_or(text);
+        bail!("{message} (HTTP {})", status.as_u16())
+    }
+
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        let resp = self.send(self.http.get(format!("{}{path}", self.base))).await?;
+        resp.json().await.context("the server sent an unreadable answer")
+    }
+
+    pub async fn get_text(&self, path: &str) -> anyhow::Result<String> {
+        let resp = self.send(self.http.get(format!("{}{path}", self.base))).await?;
+        Ok(resp.text().await?)
+    }
+
+    pub async fn post<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> anyhow::Result<T> {
+        let resp = self
+            .send(self.http.post(format!("{}{path}", self.base)).json(body))
+            .await?;
+        resp.json().await.context("the server sent an unreadable answer")
+    }
+
+    pub async fn delete(&self, path: &str) -> anyhow::Result<()> {
+        self.send(self.http.delete(format!("{}{path}", self.base)))
+            .await?;
+        Ok(())
+    }
+}
+
+/// Escapes one path segment (host names and ids are plain, but input is input).
+pub fn seg(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.') {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}

@@ -1,0 +1,330 @@
+//! One function per verb.
+
+use std::collections::BTreeMap;
+
+use anyhow::{Context, bail};
+use corral_proto::api::{CreateToken, CreatedToken, EventView, HostView, TokenView};
+use corral_server::{ServerOptions, TlsMode};
+use corral_tls::CaChecksum;
+
+use crate::cli::*;
+use crate::client::{Client, seg};
+use crate::output::{print, table};
+
+pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Server(args) => server(args).await,
+        Command::Agent(args) => agent(args).await,
+        Command::Token(cmd) => token(cmd).await,
+        Command::Host(cmd) => host(cmd).await,
+        Command::Events { conn, limit, out } => events(conn, limit, out).await,
+        Command::Bench(BenchCommand::Connect {
+            conn,
+            agents,
+            concurrency,
+            hold,
+            ping_interval,
+            keep,
+            out,
+        }) => {
+            crate::bench::connect(crate::bench::ConnectBench {
+                client: Client::new(&conn)?,
+                agents,
+                concurrency,
+                hold,
+                ping_interval,
+                keep,
+                format: out.format,
+            })
+            .await
+        }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn terminated() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}
+
+async fn server(args: ServerArgs) -> anyhow::Result<()> {
+    if args.with_agent && args.insecure_http {
+        bail!("--with-agent needs TLS: agents always pin the server's CA");
+    }
+    match corral_server::raise_nofile_limit() {
+        Ok((soft, _)) => tracing::info!(open_files = soft, "open-file limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+    }
+    let mut options = ServerOptions::new(args.listen, args.data_dir.clone());
+    options.advertise_url = args.advertise_url;
+    options.tls = match (args.tls_cert, args.tls_key, args.insecure_http) {
+        (Some(cert), Some(key), _) => TlsMode::Custom { cert, key },
+        (_, _, true) => TlsMode::InsecureHttp,
+        _ => TlsMode::Generated,
+    };
+    options.heartbeat_interval = args.heartbeat_interval;
+    options.dead_after = args.dead_after;
+    options.max_message_bytes = args.max_message_bytes;
+    let running = corral_server::start(options).await?;
+    let admin_env = running.admin_env.display().to_string();
+    println!("corral server {} is running", env!("CARGO_PKG_VERSION"));
+    println!("  API:           {}/v1/  (health: {}/healthz)", running.local_url, running.local_url);
+    println!("  agents dial:   {}", running.advertise_url);
+    println!("  CA checksum:   {}", running.checksum);
+    println!("  admin.env:     {admin_env}");
+    println!("  use the CLI:   set -a; . {admin_env}; set +a; corral host ls");
+    println!("  add a host:    corral token create   (prints the agent command to run on it)");
+
+    let agent_task = if args.with_agent {
+        let state_dir = args.data_dir.join("agent");
+        let token = if state_dir.join("agent.json").exists() {
+            None
+        } else {
+            let created = corral_server::api::mint_token(
+                &running.state,
+                CreateToken {
+                    environment: None,
+                    ttl_seconds: Some(600),
+                    max_uses: Some(1),
+                },
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot create a token for the local agent: {e}"))?;
+            Some(created.token)
+        };
+        let mut opts = corral_agent::AgentOptions::new(state_dir.clone());
+        opts.server = Some(running.local_url.clone());
+        opts.ca_checksum = Some(running.checksum);
+        opts.token = token;
+        println!("  local agent:   state in {}", state_dir.display());
+        let stop = running.state.shutdown.clone();
+        Some(tokio::spawn(async move {
+            let mut stop = stop;
+            let res = corral_agent::run(opts, async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await;
+            if let Err(e) = res {
+                tracing::error!(error = %e, "the local agent stopped");
+            }
+        }))
+    } else {
+        None
+    };
+
+    let trigger = running.shutdown_trigger();
+    tokio::spawn(async move {
+        terminated().await;
+        tracing::info!("shutting down");
+        trigger();
+    });
+    running.wait().await?;
+    if let Some(t) = agent_task {
+        let _ = t.await;
+    }
+    Ok(())
+}
+
+async fn agent(args: AgentArgs) -> anyhow::Result<()> {
+    let mut opts = corral_agent::AgentOptions::new(args.state_dir);
+    opts.server = args.server;
+    opts.token = args.token;
+    opts.ca_checksum = args
+        .ca_checksum
+        .as_deref()
+        .map(CaChecksum::parse)
+        .transpose()?;
+    opts.name = args.name;
+    opts.labels = args.labels.into_iter().collect::<BTreeMap<_, _>>();
+    corral_agent::run(opts, terminated()).await?;
+    Ok(())
+}
+
+async fn token(cmd: TokenCommand) -> anyhow::Result<()> {
+    match cmd {
+        TokenCommand::Create {
+            conn,
+            env,
+            ttl,
+            max_uses,
+            out,
+        } => {
+            let ttl = crate::duration::parse_ttl(&ttl).map_err(anyhow::Error::msg)?;
+            let client = Client::new(&conn)?;
+            let created: CreatedToken = client
+                .post(
+                    "/v1/tokens",
+                    &CreateToken {
+                        environment: Some(env),
+                        ttl_seconds: Some(ttl),
+                        max_uses,
+                    },
+                )
+                .await?;
+            match out.format {
+                Format::Json => {
+                    let v = serde_json::json!({
+                        "id": created.id,
+                        "token": created.token,
+                        "command": created.command,
+                        "expires_at": created.expires_at,
+                        "environment": created.environment,
+                        "max_uses": created.max_uses,
+                    });
+                    println!("{}", serde_json::to_string_pretty(&v)?);
+                }
+                Format::Table => {
+                    eprintln!(
+                        "Token {} for environment {} ({}; {}). Run this on the host to add:",
+                        created.id,
+                        created.environment,
+                        created
+                            .expires_at
+                            .as_deref()
+                            .map(|e| format!("expires {e}"))
+                            .unwrap_or_else(|| "never expires".into()),
+                        created
+                            .max_uses
+                            .map(|m| format!("{m} use(s)"))
+                            .unwrap_or_else(|| "unlimited uses".into()),
+                    );
+                    println!("{}", created.command);
+                }
+            }
+            Ok(())
+        }
+        TokenCommand::Ls { conn, out } => {
+            let tokens: Vec<TokenView> = Client::new(&conn)?.get("/v1/tokens").await?;
+            print(out.format, &tokens, |ts| {
+                table(
+                    &["ID", "ENVIRONMENT", "STATE", "USES", "EXPIRES", "CREATED"],
+                    ts.iter()
+                        .map(|t| {
+                            vec![
+                                t.id.clone(),
+                                t.environment.clone(),
+                                t.state.clone(),
+                                match t.max_uses {
+                                    Some(m) => format!("{}/{m}", t.uses),
+                                    None => format!("{}/∞", t.uses),
+                                },
+                                t.expires_at.clone().unwrap_or_else(|| "never".into()),
+                                t.created_at.clone(),
+                            ]
+                        })
+                        .collect(),
+                )
+            })
+        }
+        TokenCommand::Rm { conn, id } => {
+            Client::new(&conn)?
+                .delete(&format!("/v1/tokens/{}", seg(&id)))
+                .await?;
+            eprintln!("revoked token {id}");
+            Ok(())
+        }
+    }
+}
+
+fn labels_text(labels: &BTreeMap<String, String>) -> String {
+    labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+async fn host(cmd: HostCommand) -> anyhow::Result<()> {
+    match cmd {
+        HostCommand::Ls { conn, out } => {
+            let hosts: Vec<HostView> = Client::new(&conn)?.get("/v1/hosts").await?;
+            print(out.format, &hosts, |hs| {
+                table(
+                    &["NAME", "STATE", "LAST SEEN", "ADDRESS", "LABELS", "AGENT", "ID"],
+                    hs.iter()
+                        .map(|h| {
+                            vec![
+                                h.name.clone(),
+                                h.state.clone(),
+                                h.last_seen_at.clone(),
+                                h.remote_addr.clone(),
+                                labels_text(&h.labels),
+                                h.agent_version.clone(),
+                                h.id.clone(),
+                            ]
+                        })
+                        .collect(),
+                )
+            })
+        }
+        HostCommand::Inspect { conn, host, out } => {
+            let h: HostView = Client::new(&conn)?
+                .get(&format!("/v1/hosts/{}", seg(&host)))
+                .await
+                .with_context(|| format!("cannot inspect host {host:?}"))?;
+            print(out.format, &h, |h| {
+                let rows = [
+                    ("Name", h.name.clone()),
+                    ("ID", h.id.clone()),
+                    ("Environment", h.environment.clone()),
+                    ("State", h.state.clone()),
+                    ("Last seen", h.last_seen_at.clone()),
+                    (
+                        "Connected since",
+                        h.connected_since.clone().unwrap_or_else(|| "-".into()),
+                    ),
+                    ("Remote address", h.remote_addr.clone()),
+                    ("Labels", labels_text(&h.labels)),
+                    ("Hostname", h.hostname.clone()),
+                    ("OS", h.os.clone()),
+                    ("Kernel", h.kernel.clone()),
+                    ("Arch", h.arch.clone()),
+                    ("Agent version", h.agent_version.clone()),
+                    ("Registered", h.registered_at.clone()),
+                ];
+                rows.iter()
+                    .map(|(k, v)| format!("{:<16} {v}", format!("{k}:")))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
+        }
+        HostCommand::Rm { conn, host } => {
+            Client::new(&conn)?
+                .delete(&format!("/v1/hosts/{}", seg(&host)))
+                .await?;
+            eprintln!("removed host {host}: its credential is revoked and its agent was told to stop");
+            Ok(())
+        }
+    }
+}
+
+async fn events(conn: Conn, limit: u32, out: Out) -> anyhow::Result<()> {
+    let events: Vec<EventView> = Client::new(&conn)?
+        .get(&format!("/v1/events?limit={limit}"))
+        .await?;
+    print(out.format, &events, |es| {
+        table(
+            &["TIME", "KIND", "HOST", "MESSAGE"],
+            es.iter()
+                .map(|e| {
+                    vec![
+                        e.at.clone(),
+                        e.kind.clone(),
+                        e.host_id.clone().unwrap_or_default(),
+                        e.message.clone(),
+                    ]
+                })
+                .collect(),
+        )
+    })
+}

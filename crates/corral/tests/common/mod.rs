@@ -1,0 +1,380 @@
+//! Test harness: real `corral server` and `corral agent` processes on loopback, each in its own
+//! temporary directory, stopped by process id when the test ends.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub fn corral_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_corral")
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free port on loopback")
+}
+
+/// Polls `f` until it is true or `timeout` passes.
+pub fn wait_until(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("timed out after {timeout:?} waiting for {what}");
+}
+
+/// A child process whose output goes to a log file; killed by pid on drop.
+pub struct Proc {
+    child: Child,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn spawn(args: &[&str], log: PathBuf, envs: &[(&str, &str)]) -> Proc {
+        let out = std::fs::File::create(&log).expect("create log");
+        let err = out.try_clone().expect("clone log");
+        let mut cmd = Command::new(corral_bin());
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .env_remove("CORRAL_SERVER")
+            .env_remove("CORRAL_API_KEY")
+            .env_remove("CORRAL_CA_CHECKSUM")
+            .env("CORRAL_LOG", "info");
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        Proc {
+            child: cmd.spawn().expect("spawn corral"),
+            log,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let _ = Command::new("kill")
+            .args(["-s", sig, &self.child.id().to_string()])
+            .status();
+    }
+
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let start = Instant::now();
+        loop {
+            if let Some(s) = self.try_wait() {
+                return s;
+            }
+            if start.elapsed() > timeout {
+                panic!(
+                    "process {} did not exit within {timeout:?}; log:\n{}",
+                    self.pid(),
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGTERM, then SIGKILL if it lingers.
+    pub fn stop(&mut self) {
+        if self.try_wait().is_some() {
+            return;
+        }
+        self.signal("TERM");
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(10) {
+            if self.try_wait().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What `admin.env` says.
+#[derive(Clone, Debug)]
+pub struct AdminEnv {
+    pub server: String,
+    pub api_key: String,
+    pub checksum: String,
+}
+
+pub fn read_admin_env(path: &Path) -> Option<AdminEnv> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let get = |k: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{k}=")))
+            .map(str::to_owned)
+    };
+    Some(AdminEnv {
+        server: get("CORRAL_SERVER")?,
+        api_key: get("CORRAL_API_KEY")?,
+        checksum: get("CORRAL_CA_CHECKSUM")?,
+    })
+}
+
+pub struct Server {
+    pub dir: PathBuf,
+    pub port: u16,
+    pub extra: Vec<String>,
+    pub proc: Option<Proc>,
+    pub env: AdminEnv,
+    starts: u32,
+}
+
+pub const FAST_HEARTBEATS: &[&str] = &["--heartbeat-interval", "1s", "--dead-after", "3s"];
+
+impl Server {
+    pub fn start(dir: &Path, extra: &[&str]) -> Server {
+        Server::start_on(dir, free_port(), extra)
+    }
+
+    pub fn start_on(dir: &Path, port: u16, extra: &[&str]) -> Server {
+        let mut s = Server {
+            dir: dir.to_owned(),
+            port,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            proc: None,
+            env: AdminEnv {
+                server: String::new(),
+                api_key: String::new(),
+                checksum: String::new(),
+            },
+            starts: 0,
+        };
+        s.launch();
+        s
+    }
+
+    pub fn url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.port)
+    }
+
+    fn launch(&mut self) {
+        std::fs::create_dir_all(&self.dir).expect("data dir");
+        self.starts += 1;
+        let listen = format!("127.0.0.1:{}", self.port);
+        let data = self.dir.display().to_string();
+        let mut args: Vec<&str> = vec!["server", "--listen", &listen, "--data-dir", &data];
+        args.extend(self.extra.iter().map(String::as_str));
+        let log = self.dir.join(format!("server-{}.log", self.starts));
+        let proc = Proc::spawn(&args, log, &[]);
+        let port = self.port;
+        wait_until(Duration::from_secs(20), "the server to listen", || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        self.env = read_admin_env(&self.dir.join("admin.env")).expect("admin.env");
+        self.proc = Some(proc);
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.stop();
+        }
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.kill9();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.stop();
+        self.launch();
+    }
+
+    pub fn start_again(&mut self) {
+        assert!(self.proc.is_none());
+        self.launch();
+    }
+
+    pub fn log(&self) -> String {
+        self.proc.as_ref().map(Proc::log_text).unwrap_or_default()
+    }
+
+    /// Runs a CLI verb against this server with admin.env's variables.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        self.cli_with(args, &self.env.api_key)
+    }
+
+    pub fn cli_with(&self, args: &[&str], api_key: &str) -> Output {
+        Command::new(corral_bin())
+            .args(args)
+            .env("CORRAL_SERVER", &self.env.server)
+            .env("CORRAL_API_KEY", api_key)
+            .env("CORRAL_CA_CHECKSUM", &self.env.checksum)
+            .output()
+            .expect("run corral")
+    }
+
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "corral {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn cli_json(&self, args: &[&str]) -> Value {
+        let mut a = args.to_vec();
+        a.extend(["-o", "json"]);
+        serde_json::from_str(&self.cli_ok(&a)).expect("JSON output")
+    }
+
+    pub fn hosts(&self) -> Vec<Value> {
+        self.cli_json(&["host", "ls"])
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    pub fn host_state(&self, name: &str) -> Option<String> {
+        self.hosts()
+            .into_iter()
+            .find(|h| h["name"] == name)
+            .and_then(|h| h["state"].as_str().map(str::to_owned))
+    }
+
+    /// Creates a token; returns (id, secret).
+    pub fn token(&self, extra: &[&str]) -> (String, String) {
+        let mut args = vec!["token", "create"];
+        args.extend(extra);
+        let v = self.cli_json(&args);
+        (
+            v["id"].as_str().expect("id").to_owned(),
+            v["token"].as_str().expect("token").to_owned(),
+        )
+    }
+
+    pub fn events(&self) -> Vec<Value> {
+        self.cli_json(&["events", "--limit", "1000"])
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Starts `corral agent` with a fresh or existing state dir.
+pub fn start_agent(
+    server: &Server,
+    state_dir: &Path,
+    name: &str,
+    token: Option<&str>,
+    extra: &[&str],
+) -> Proc {
+    std::fs::create_dir_all(state_dir).expect("state dir");
+    let url = server.url();
+    let sd = state_dir.display().to_string();
+    let mut args: Vec<&str> = vec![
+        "agent",
+        "--server",
+        &url,
+        "--ca-checksum",
+        &server.env.checksum,
+        "--state-dir",
+        &sd,
+        "--name",
+        name,
+    ];
+    if let Some(t) = token {
+        args.extend(["--token", t]);
+    }
+    args.extend(extra);
+    let log = state_dir
+        .parent()
+        .unwrap_or(state_dir)
+        .join(format!("agent-{name}-{}.log", std::process::id() ^ rand_suffix()));
+    Proc::spawn(&args, log, &[])
+}
+
+fn rand_suffix() -> u32 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(1);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Inodes of this process's sockets that are listening TCP sockets (IPv4 or IPv6).
+pub fn listening_tcp_sockets(pid: u32) -> Vec<String> {
+    let mut inodes = Vec::new();
+    if let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) {
+        for fd in fds.flatten() {
+            if let Ok(target) = std::fs::read_link(fd.path()) {
+                let t = target.display().to_string();
+                if let Some(inode) = t.strip_prefix("socket:[").and_then(|s| s.strip_suffix(']')) {
+                    inodes.push(inode.to_owned());
+                }
+            }
+        }
+    }
+    let mut listening = Vec::new();
+    for table in ["tcp", "tcp6"] {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            // Columns: sl local rem st ... uid timeout inode
+            if cols.len() > 9 && cols[3] == "0A" && inodes.iter().any(|i| i == cols[9]) {
+                listening.push(format!("{table} {}", cols[1]));
+            }
+        }
+    }
+    listening
+}
+
+/// Number of sockets (of any kind) the process holds.
+pub fn socket_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.flatten()
+                .filter(|fd| {
+                    std::fs::read_link(fd.path())
+                        .map(|t| t.display().to_string().starts_with("socket:"))
+                        .unwrap_or(false)
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}

@@ -5,7 +5,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use corral_proto::{AgentMessage, Auth, CloseReason, CodecError, Hello, HostFacts, PROTOCOL_VERSION, ServerMessage, Welcome};
+use corral_proto::{
+    AgentMessage, Auth, CloseReason, CodecError, Hello, HostFacts, PROTOCOL_VERSION, ServerMessage,
+    Welcome,
+};
 use corral_tls::{CaChecksum, PinMismatch};
 use futures_util::{SinkExt, StreamExt};
 use rustls::pki_types::ServerName;
@@ -72,7 +75,9 @@ pub fn parse_server_url(url: &str) -> Result<(String, u16), AgentError> {
         .ok_or_else(|| bad("must start with https:// (agents always pin the server's CA)"))?;
     let authority = rest.split('/').next().unwrap_or_default();
     let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-        let (h, after) = v6.split_once(']').ok_or_else(|| bad("has an unclosed '['"))?;
+        let (h, after) = v6
+            .split_once(']')
+            .ok_or_else(|| bad("has an unclosed '['"))?;
         (h.to_owned(), after.strip_prefix(':'))
     } else {
         match authority.rsplit_once(':') {
@@ -95,7 +100,8 @@ impl Dialer {
         let (host, port) = parse_server_url(server)?;
         let server_name = ServerName::try_from(host.clone())
             .map_err(|_| AgentError::Config(format!("{host:?} is not a valid server name")))?;
-        let config = corral_tls::client_config(pin).map_err(|e| AgentError::Config(e.to_string()))?;
+        let config =
+            corral_tls::client_config(pin).map_err(|e| AgentError::Config(e.to_string()))?;
         let addr = if host.contains(':') {
             format!("[{host}]:{port}")
         } else {
@@ -153,7 +159,7 @@ impl Dialer {
     /// Opens the tunnel and says hello. Returns the tunnel once the server welcomed us.
     pub async fn connect(&self, hello: Hello) -> Result<(Tunnel, Welcome), DialError> {
         let mut tunnel = self.open().await?;
-        tunnel.send(&AgentMessage::Hello(hello)).await?;
+        tunnel.send(&AgentMessage::hello(hello)).await?;
         let answer = tokio::time::timeout(WELCOME_TIMEOUT, tunnel.recv())
             .await
             .map_err(|_| DialError::Timeout("waiting for the server's welcome"))??;
@@ -162,7 +168,9 @@ impl Dialer {
                 tunnel.limit = w.max_message_bytes.min(tunnel.limit);
                 Ok((tunnel, w))
             }
-            ServerMessage::Goodbye { reason, message } => Err(DialError::Refused { reason, message }),
+            ServerMessage::Goodbye { reason, message } => {
+                Err(DialError::Refused { reason, message })
+            }
             other => Err(DialError::Protocol(format!(
                 "expected a welcome, got {other:?}"
             ))),
@@ -210,7 +218,8 @@ pub struct Tunnel {
 
 impl Tunnel {
     pub async fn send(&mut self, msg: &AgentMessage) -> Result<(), DialError> {
-        let text = corral_proto::encode(msg, self.limit).map_err(|e| DialError::Protocol(e.to_string()))?;
+        let text = corral_proto::encode(msg, self.limit)
+            .map_err(|e| DialError::Protocol(e.to_string()))?;
         self.send_raw(Message::text(text)).await
     }
 
@@ -257,7 +266,11 @@ impl Tunnel {
                                 reason,
                                 message: f.reason.to_string(),
                             },
-                            None => DialError::Closed(format!("close code {}: {}", u16::from(f.code), f.reason)),
+                            None => DialError::Closed(format!(
+                                "close code {}: {}",
+                                u16::from(f.code),
+                                f.reason
+                            )),
                         },
                         None => DialError::Closed("the server closed the connection".into()),
                     });

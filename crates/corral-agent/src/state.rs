@@ -51,7 +51,8 @@ fn io(context: String) -> impl FnOnce(std::io::Error) -> AgentError {
 impl AgentState {
     pub fn load_or_init(options: &AgentOptions) -> Result<Self, AgentError> {
         let dir = options.state_dir.clone();
-        std::fs::create_dir_all(&dir).map_err(io(format!("cannot create state dir {}", dir.display())))?;
+        std::fs::create_dir_all(&dir)
+            .map_err(io(format!("cannot create state dir {}", dir.display())))?;
         let _ = std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700));
         let json_path = dir.join("agent.json");
         let saved: Option<Saved> = match std::fs::read(&json_path) {
@@ -94,9 +95,8 @@ impl AgentState {
         let credential = match std::fs::read_to_string(&cred_path) {
             Ok(text) => {
                 let text = text.trim().to_owned();
-                check_secret(SecretKind::HostCredential, &text).map_err(|e| {
-                    AgentError::Config(format!("{}: {e}", cred_path.display()))
-                })?;
+                check_secret(SecretKind::HostCredential, &text)
+                    .map_err(|e| AgentError::Config(format!("{}: {e}", cred_path.display())))?;
                 text
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -106,7 +106,8 @@ impl AgentState {
                         dir.display()
                     )));
                 }
-                let fresh = format_secret(SecretKind::HostCredential, &random_bytes::<SECRET_BYTES>());
+                let fresh =
+                    format_secret(SecretKind::HostCredential, &random_bytes::<SECRET_BYTES>());
                 write_private(&cred_path, fresh.as_bytes())
                     .map_err(io(format!("cannot write {}", cred_path.display())))?;
                 fresh

@@ -60,7 +60,9 @@ mod tests {
             .collect();
         assert_eq!(
             ceilings,
-            [500, 1000, 2000, 4000, 8000, 16000, 30000, 30000, 30000, 30000]
+            [
+                500, 1000, 2000, 4000, 8000, 16000, 30000, 30000, 30000, 30000
+            ]
         );
         b.reset();
         assert_eq!(b.ceiling(), Duration::from_millis(500));

@@ -42,7 +42,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn hello() -> AgentMessage {
-        AgentMessage::Hello(Hello {
+        AgentMessage::hello(Hello {
             protocol_versions: vec![PROTOCOL_VERSION],
             agent_version: "0.1.0".into(),
             auth: Auth::Credential {

@@ -11,11 +11,17 @@ use crate::close::CloseReason;
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum AgentMessage {
     /// First message on every connection.
-    Hello(Hello),
+    Hello(Box<Hello>),
     /// Heartbeat; the server answers with [`ServerMessage::Pong`] carrying the same `seq`.
     Ping { seq: u64 },
     /// Answer to a server [`ServerMessage::Ping`].
     Pong { seq: u64 },
+}
+
+impl AgentMessage {
+    pub fn hello(hello: Hello) -> Self {
+        AgentMessage::Hello(Box::new(hello))
+    }
 }
 
 /// Everything a server sends.
@@ -65,7 +71,9 @@ impl std::fmt::Debug for Auth {
     // Secrets never reach logs, even at debug level.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Auth::Register { .. } => f.write_str("Register { token: <redacted>, credential: <redacted> }"),
+            Auth::Register { .. } => {
+                f.write_str("Register { token: <redacted>, credential: <redacted> }")
+            }
             Auth::Credential { .. } => f.write_str("Credential { credential: <redacted> }"),
         }
     }

@@ -190,7 +190,7 @@ async fn create_token(
     State(state): State<Arc<AppState>>,
     body: Result<Json<CreateToken>, axum::extract::rejection::JsonRejection>,
 ) -> Result<(StatusCode, Json<CreatedToken>), ApiError> {
-    let Json(req) = body.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let Json(req) = body.map_err(|e| ApiError::new(e.status(), e.body_text()))?;
     Ok((StatusCode::CREATED, Json(mint_token(&state, req).await?)))
 }
 
@@ -405,7 +405,9 @@ async fn list_events(
 async fn metrics(_: Admin, State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
     let hosts = state.store.hosts(false).await?.len();
     let rss = crate::resident_bytes().unwrap_or(0);
-    let fds = std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0);
+    let fds = std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.count())
+        .unwrap_or(0);
     let body = format!(
         "# HELP corral_agents_connected Agents with a live tunnel.\n# TYPE corral_agents_connected gauge\ncorral_agents_connected {}\n\
 # HELP corral_hosts Registered hosts (not removed).\n# TYPE corral_hosts gauge\ncorral_hosts {hosts}\n\
@@ -415,9 +417,5 @@ async fn metrics(_: Admin, State(state): State<Arc<AppState>>) -> Result<Respons
         state.registry.len(),
         state.started.elapsed().as_secs()
     );
-    Ok((
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        body,
-    )
-        .into_response())
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response())
 }

@@ -74,7 +74,10 @@ fn hostname() -> String {
 pub fn url_host(url: &str) -> Option<String> {
     let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
     let authority = rest.split(['/', '?', '#']).next()?;
-    let authority = authority.rsplit_once('@').map(|(_, a)| a).unwrap_or(authority);
+    let authority = authority
+        .rsplit_once('@')
+        .map(|(_, a)| a)
+        .unwrap_or(authority);
     let host = if let Some(v6) = authority.strip_prefix('[') {
         v6.split(']').next()?
     } else {
@@ -164,7 +167,9 @@ pub(crate) async fn bootstrap(
                 .map_err(|e| ServerError::Config(e.to_string()))?
                 .with_no_client_auth()
                 .with_single_cert(p.chain, p.key)
-                .map_err(|e| ServerError::Config(format!("the server certificate or key is unusable: {e}")))?;
+                .map_err(|e| {
+                    ServerError::Config(format!("the server certificate or key is unusable: {e}"))
+                })?;
             cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
             (Some(cfg), p.checksum)
         }
@@ -230,7 +235,10 @@ mod tests {
 
     #[test]
     fn hosts_of_urls() {
-        assert_eq!(url_host("https://a.example:8443/x").as_deref(), Some("a.example"));
+        assert_eq!(
+            url_host("https://a.example:8443/x").as_deref(),
+            Some("a.example")
+        );
         assert_eq!(url_host("https://[::1]:8443").as_deref(), Some("::1"));
         assert_eq!(url_host("http://u@h").as_deref(), Some("h"));
         assert_eq!(url_host("https://"), None);

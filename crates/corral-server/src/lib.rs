@@ -109,10 +109,11 @@ impl RunningServer {
 /// Starts a server: bootstraps the data dir, binds the listener and serves in the background.
 pub async fn start(options: ServerOptions) -> Result<RunningServer, ServerError> {
     corral_tls::install_default_provider();
-    let listener = std::net::TcpListener::bind(options.listen).map_err(|source| ServerError::Io {
-        context: format!("cannot listen on {}", options.listen),
-        source,
-    })?;
+    let listener =
+        std::net::TcpListener::bind(options.listen).map_err(|source| ServerError::Io {
+            context: format!("cannot listen on {}", options.listen),
+            source,
+        })?;
     listener
         .set_nonblocking(true)
         .map_err(|source| ServerError::Io {
@@ -186,7 +187,7 @@ pub fn raise_nofile_limit() -> std::io::Result<(u64, u64)> {
         && lim.current != Some(hard)
     {
         lim.current = Some(hard);
-        setrlimit(Resource::Nofile, lim.clone()).map_err(std::io::Error::from)?;
+        setrlimit(Resource::Nofile, lim).map_err(std::io::Error::from)?;
     }
     let now = getrlimit(Resource::Nofile);
     Ok((

@@ -100,10 +100,11 @@ pub fn load_or_create(dir: &Path, sans: &[String], now: i64) -> Result<Pki, PkiE
         tracing::info!(path = %ca_path.display(), "created the server CA");
     }
     let ca_pem = std::fs::read_to_string(&ca_path).map_err(io(&ca_path))?;
-    let ca_der = CertificateDer::from_pem_slice(ca_pem.as_bytes()).map_err(|e| PkiError::Invalid {
-        path: ca_path.clone(),
-        message: format!("not a PEM certificate: {e}"),
-    })?;
+    let ca_der =
+        CertificateDer::from_pem_slice(ca_pem.as_bytes()).map_err(|e| PkiError::Invalid {
+            path: ca_path.clone(),
+            message: format!("not a PEM certificate: {e}"),
+        })?;
 
     let wanted = LeafMeta {
         sans: sans.to_vec(),
@@ -128,7 +129,8 @@ pub fn load_or_create(dir: &Path, sans: &[String], now: i64) -> Result<Pki, PkiE
         let key = KeyPair::generate()?;
         let mut p = CertificateParams::new(sans.to_vec())?;
         p.distinguished_name = DistinguishedName::new();
-        p.distinguished_name.push(DnType::CommonName, "corral server");
+        p.distinguished_name
+            .push(DnType::CommonName, "corral server");
         p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         p.not_before = offset(now, -3600);
@@ -239,15 +241,22 @@ mod tests {
         let b = load_or_create(&dir, &sans, now).unwrap();
         assert_eq!(a.checksum, b.checksum);
         assert_eq!(a.chain, b.chain, "a restart reuses the leaf");
-        let more = vec!["localhost".into(), "127.0.0.1".into(), "corral.example".into()];
+        let more = vec![
+            "localhost".into(),
+            "127.0.0.1".into(),
+            "corral.example".into(),
+        ];
         let c = load_or_create(&dir, &more, now).unwrap();
         assert_eq!(a.checksum, c.checksum, "the CA never changes");
         assert_ne!(a.chain[0], c.chain[0], "the leaf is re-issued for new SANs");
         // The PEM we write for custom chains round-trips.
-        let der = CertificateDer::from_pem_slice(pem_encode(c.chain[1].as_ref()).as_bytes()).unwrap();
+        let der =
+            CertificateDer::from_pem_slice(pem_encode(c.chain[1].as_ref()).as_bytes()).unwrap();
         assert_eq!(der, c.chain[1]);
         let mode = std::os::unix::fs::PermissionsExt::mode(
-            &std::fs::metadata(dir.join("ca-key.pem")).unwrap().permissions(),
+            &std::fs::metadata(dir.join("ca-key.pem"))
+                .unwrap()
+                .permissions(),
         );
         assert_eq!(mode & 0o777, 0o600);
         std::fs::remove_dir_all(dir).unwrap();

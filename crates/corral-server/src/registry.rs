@@ -8,9 +8,9 @@
 //! two never flap, and the operator sees the event.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::Arc;
 
 use corral_proto::CloseReason;
 use tokio::sync::mpsc;

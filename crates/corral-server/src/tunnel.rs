@@ -101,15 +101,7 @@ async fn send(socket: &mut WebSocket, msg: &ServerMessage, limit: usize) -> bool
 async fn close(socket: &mut WebSocket, reason: CloseReason, message: String, limit: usize) {
     let mut message = message;
     message.truncate(4096);
-    let _ = send(
-        socket,
-        &ServerMessage::Goodbye {
-            reason,
-            message,
-        },
-        limit,
-    )
-    .await;
+    let _ = send(socket, &ServerMessage::Goodbye { reason, message }, limit).await;
     let _ = socket
         .send(Message::Close(Some(CloseFrame {
             code: reason.code(),
@@ -126,8 +118,7 @@ async fn close(socket: &mut WebSocket, reason: CloseReason, message: String, lim
 /// Serves one agent connection until it ends.
 pub async fn serve(state: Arc<AppState>, mut socket: WebSocket, remote: SocketAddr) {
     let limit = state.options.max_message_bytes;
-    let hello = match tokio::time::timeout(HELLO_TIMEOUT, recv(&mut socket, limit)).await
-    {
+    let hello = match tokio::time::timeout(HELLO_TIMEOUT, recv(&mut socket, limit)).await {
         Err(_) => {
             close(
                 &mut socket,
@@ -215,7 +206,7 @@ async fn admit(
         .await
         .map_err(server_error)?;
     match outcome {
-        AgentAuth::Host(h) => Ok(h),
+        AgentAuth::Host(h) => Ok(*h),
         AgentAuth::Removed {
             host_id,
             name,
@@ -252,7 +243,12 @@ async fn admit(
     }
 }
 
-async fn run_session(state: Arc<AppState>, mut socket: WebSocket, remote: SocketAddr, host: HostRow) {
+async fn run_session(
+    state: Arc<AppState>,
+    mut socket: WebSocket,
+    remote: SocketAddr,
+    host: HostRow,
+) {
     let limit = state.options.max_message_bytes;
     let environment = match state.store.environment_by_id(&host.environment_id).await {
         Ok(Some(e)) => e.name,
@@ -328,7 +324,10 @@ async fn session_loop(
     let mut live = Liveness::passive(std::time::Instant::now(), state.options.dead_after);
     let mut shutdown = state.shutdown.clone();
     if *shutdown.borrow() {
-        return Some((CloseReason::ServerShutdown, "the server is shutting down".into()));
+        return Some((
+            CloseReason::ServerShutdown,
+            "the server is shutting down".into(),
+        ));
     }
     loop {
         let deadline = Instant::from_std(live.next_deadline());

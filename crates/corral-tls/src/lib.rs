@@ -141,7 +141,10 @@ impl PinnedCaVerifier {
         }
     }
 
-    fn rooted_at(&self, ca: &CertificateDer<'_>) -> Result<Arc<WebPkiServerVerifier>, rustls::Error> {
+    fn rooted_at(
+        &self,
+        ca: &CertificateDer<'_>,
+    ) -> Result<Arc<WebPkiServerVerifier>, rustls::Error> {
         let mut cached = self
             .rooted
             .lock()
@@ -250,7 +253,14 @@ mod tests {
         assert_eq!(CaChecksum::parse(&text).unwrap(), c);
         assert_eq!(CaChecksum::parse(&text[7..]).unwrap(), c);
         assert_eq!(CaChecksum::parse(&text.to_uppercase()[7..]).unwrap(), c);
-        for bad in ["", "sha256:", "sha256:zz", "md5:abcd", &text[..70], "sha256:é"] {
+        for bad in [
+            "",
+            "sha256:",
+            "sha256:zz",
+            "md5:abcd",
+            &text[..70],
+            "sha256:é",
+        ] {
             assert!(CaChecksum::parse(bad).is_err(), "{bad}");
         }
     }
@@ -298,8 +308,14 @@ mod tests {
             )
             .unwrap_err()
             .to_string();
-        assert!(err.contains(&CaChecksum::of_der(ca_cert.der()).to_string()), "{err}");
-        assert!(err.contains(&CaChecksum::of_der(other_ca.der()).to_string()), "{err}");
+        assert!(
+            err.contains(&CaChecksum::of_der(ca_cert.der()).to_string()),
+            "{err}"
+        );
+        assert!(
+            err.contains(&CaChecksum::of_der(other_ca.der()).to_string()),
+            "{err}"
+        );
 
         // The pinned CA presented next to a leaf it did not sign is refused too.
         let err = v

@@ -95,7 +95,7 @@ impl Progress {
     fn set(&self, done: usize) {
         self.bar.set_position(done as u64);
         let step = (self.total / 10).max(1);
-        if self.plain && (done % step == 0 || done == self.total) {
+        if self.plain && (done.is_multiple_of(step) || done == self.total) {
             eprintln!("connected {done}/{} agents", self.total);
         }
     }
@@ -178,10 +178,14 @@ pub async fn connect(b: ConnectBench) -> anyhow::Result<()> {
                 }
             };
             drop(permit);
-            let _ = done_tx.send(Ok((welcome.host_id.clone(), t0.elapsed().as_secs_f64() * 1e3)));
+            let _ = done_tx.send(Ok((
+                welcome.host_id.clone(),
+                t0.elapsed().as_secs_f64() * 1e3,
+            )));
             // Heartbeats start at once (the server drops silent tunnels), first after a random
             // offset so the pings of all agents spread over the interval.
-            let offset = Duration::from_millis(random_u64() % (ping_every.as_millis() as u64).max(1));
+            let offset =
+                Duration::from_millis(random_u64() % (ping_every.as_millis() as u64).max(1));
             let mut next = tokio::time::Instant::now() + offset;
             let mut seq = 0u64;
             loop {
@@ -294,17 +298,25 @@ pub async fn connect(b: ConnectBench) -> anyhow::Result<()> {
             .buffer_unordered(16)
             .collect::<Vec<_>>()
             .await;
-        let _ = client.delete(&format!("/v1/tokens/{}", seg(&token.id))).await;
+        let _ = client
+            .delete(&format!("/v1/tokens/{}", seg(&token.id)))
+            .await;
     }
 
     match b.format {
         Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),
         Format::Table => {
-            println!("agents connected      {} of {} ({} failed)", report.connected, report.agents, report.failed);
+            println!(
+                "agents connected      {} of {} ({} failed)",
+                report.connected, report.agents, report.failed
+            );
             if let Some(e) = &report.first_error {
                 println!("first error           {e}");
             }
-            println!("connect time          {:.1} s total, p50 {:.1} ms, p99 {:.1} ms per agent", report.connect_seconds, report.connect_p50_ms, report.connect_p99_ms);
+            println!(
+                "connect time          {:.1} s total, p50 {:.1} ms, p99 {:.1} ms per agent",
+                report.connect_seconds, report.connect_p50_ms, report.connect_p99_ms
+            );
             println!(
                 "server RSS            {:.1} MiB before, {:.1} MiB connected, {:.1} KiB per agent",
                 report.server_rss_before_bytes as f64 / 1048576.0,
@@ -322,7 +334,11 @@ pub async fn connect(b: ConnectBench) -> anyhow::Result<()> {
         }
     }
     if report.failed > 0 {
-        bail!("{} of {} agents failed to connect", report.failed, report.agents);
+        bail!(
+            "{} of {} agents failed to connect",
+            report.failed,
+            report.agents
+        );
     }
     Ok(())
 }

@@ -90,7 +90,11 @@ pub struct AgentArgs {
     #[arg(long, env = "CORRAL_AGENT_CA_CHECKSUM")]
     pub ca_checksum: Option<String>,
     /// Where the credential and agent state live.
-    #[arg(long, default_value = "/var/lib/corral-agent", env = "CORRAL_AGENT_STATE_DIR")]
+    #[arg(
+        long,
+        default_value = "/var/lib/corral-agent",
+        env = "CORRAL_AGENT_STATE_DIR"
+    )]
     pub state_dir: PathBuf,
     /// Host name to register (default: derived from the hostname).
     #[arg(long)]

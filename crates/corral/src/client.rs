@@ -45,7 +45,9 @@ impl Client {
         } else if base.starts_with("http://") {
             (builder.build()?, None)
         } else {
-            bail!("CORRAL_SERVER {base:?} must start with https:// (or http:// behind a TLS proxy)");
+            bail!(
+                "CORRAL_SERVER {base:?} must start with https:// (or http:// behind a TLS proxy)"
+            );
         };
         Ok(Client {
             base,
@@ -64,7 +66,7 @@ impl Client {
             .bearer_auth(&self.api_key)
             .send()
             .await
-            .map_err(anyhow::Error::new)
+            .map_err(|e| anyhow!(explain(&e)))
             .with_context(|| {
                 format!(
                     "cannot reach the corral server at {} (is `corral server` running there, and is CORRAL_CA_CHECKSUM right?)",
@@ -83,12 +85,18 @@ impl Client {
     }
 
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
-        let resp = self.send(self.http.get(format!("{}{path}", self.base))).await?;
-        resp.json().await.context("the server sent an unreadable answer")
+        let resp = self
+            .send(self.http.get(format!("{}{path}", self.base)))
+            .await?;
+        resp.json()
+            .await
+            .context("the server sent an unreadable answer")
     }
 
     pub async fn get_text(&self, path: &str) -> anyhow::Result<String> {
-        let resp = self.send(self.http.get(format!("{}{path}", self.base))).await?;
+        let resp = self
+            .send(self.http.get(format!("{}{path}", self.base)))
+            .await?;
         Ok(resp.text().await?)
     }
 
@@ -100,7 +108,9 @@ impl Client {
         let resp = self
             .send(self.http.post(format!("{}{path}", self.base)).json(body))
             .await?;
-        resp.json().await.context("the server sent an unreadable answer")
+        resp.json()
+            .await
+            .context("the server sent an unreadable answer")
     }
 
     pub async fn delete(&self, path: &str) -> anyhow::Result<()> {
@@ -121,4 +131,32 @@ pub fn seg(s: &str) -> String {
             }
         })
         .collect()
+}
+
+/// The most useful line of a transport error: the pin mismatch or TLS failure when there is
+/// one (hyper would otherwise show its debug form), else the innermost cause.
+fn explain(err: &reqwest::Error) -> String {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    let mut innermost = err.to_string();
+    while let Some(mut e) = source {
+        // io::Error hides its payload from source(): look inside.
+        while let Some(inner) = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            e = inner;
+        }
+        if let Some(rustls::Error::InvalidCertificate(rustls::CertificateError::Other(other))) =
+            e.downcast_ref::<rustls::Error>()
+            && let Some(pin) = other.0.downcast_ref::<corral_tls::PinMismatch>()
+        {
+            return pin.to_string();
+        }
+        if let Some(r) = e.downcast_ref::<rustls::Error>() {
+            return format!("TLS: {r}");
+        }
+        innermost = e.to_string();
+        source = e.source();
+    }
+    innermost
 }

@@ -78,7 +78,10 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
     let running = corral_server::start(options).await?;
     let admin_env = running.admin_env.display().to_string();
     println!("corral server {} is running", env!("CARGO_PKG_VERSION"));
-    println!("  API:           {}/v1/  (health: {}/healthz)", running.local_url, running.local_url);
+    println!(
+        "  API:           {}/v1/  (health: {}/healthz)",
+        running.local_url, running.local_url
+    );
     println!("  agents dial:   {}", running.advertise_url);
     println!("  CA checksum:   {}", running.checksum);
     println!("  admin.env:     {admin_env}");
@@ -250,7 +253,15 @@ async fn host(cmd: HostCommand) -> anyhow::Result<()> {
             let hosts: Vec<HostView> = Client::new(&conn)?.get("/v1/hosts").await?;
             print(out.format, &hosts, |hs| {
                 table(
-                    &["NAME", "STATE", "LAST SEEN", "ADDRESS", "LABELS", "AGENT", "ID"],
+                    &[
+                        "NAME",
+                        "STATE",
+                        "LAST SEEN",
+                        "ADDRESS",
+                        "LABELS",
+                        "AGENT",
+                        "ID",
+                    ],
                     hs.iter()
                         .map(|h| {
                             vec![
@@ -302,7 +313,9 @@ async fn host(cmd: HostCommand) -> anyhow::Result<()> {
             Client::new(&conn)?
                 .delete(&format!("/v1/hosts/{}", seg(&host)))
                 .await?;
-            eprintln!("removed host {host}: its credential is revoked and its agent was told to stop");
+            eprintln!(
+                "removed host {host}: its credential is revoked and its agent was told to stop"
+            );
             Ok(())
         }
     }

@@ -48,7 +48,10 @@ mod tests {
     fn durations() {
         assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
         assert_eq!(parse_duration("30m").unwrap(), Duration::from_secs(1800));
-        assert_eq!(parse_duration("7d").unwrap(), Duration::from_secs(7 * 86400));
+        assert_eq!(
+            parse_duration("7d").unwrap(),
+            Duration::from_secs(7 * 86400)
+        );
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
         for bad in ["", "10", "h", "1y", "-1s", "99999999999999999999d"] {
             assert!(parse_duration(bad).is_err(), "{bad}");

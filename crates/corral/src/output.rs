@@ -21,7 +21,11 @@ pub fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
 }
 
 /// Prints `value` as JSON, or as the table `render` makes of it.
-pub fn print<T: Serialize>(format: Format, value: &T, render: impl FnOnce(&T) -> String) -> anyhow::Result<()> {
+pub fn print<T: Serialize>(
+    format: Format,
+    value: &T,
+    render: impl FnOnce(&T) -> String,
+) -> anyhow::Result<()> {
     match format {
         Format::Json => println!("{}", serde_json::to_string_pretty(value)?),
         Format::Table => println!("{}", render(value)),

@@ -9,7 +9,10 @@ use std::time::Duration;
 use common::*;
 
 fn tmp() -> tempfile::TempDir {
-    tempfile::Builder::new().prefix("corral-test-").tempdir().unwrap()
+    tempfile::Builder::new()
+        .prefix("corral-test-")
+        .tempdir()
+        .unwrap()
 }
 
 #[test]
@@ -17,11 +20,20 @@ fn first_start_creates_everything_and_restart_reuses_it() {
     let t = tmp();
     let data = t.path().join("data");
     let mut server = Server::start(&data, &[]);
-    for f in ["corral.db", "admin.env", "pki/ca.pem", "pki/ca-key.pem", "pki/server.pem", "pki/server-key.pem"] {
+    for f in [
+        "corral.db",
+        "admin.env",
+        "pki/ca.pem",
+        "pki/ca-key.pem",
+        "pki/server.pem",
+        "pki/server-key.pem",
+    ] {
         assert!(data.join(f).exists(), "{f} missing");
     }
     let mode = |f: &str| {
-        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(data.join(f)).unwrap().permissions()) & 0o777
+        std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(data.join(f)).unwrap().permissions(),
+        ) & 0o777
     };
     assert_eq!(mode("admin.env"), 0o600);
     assert_eq!(mode("pki/ca-key.pem"), 0o600);
@@ -31,13 +43,19 @@ fn first_start_creates_everything_and_restart_reuses_it() {
     assert!(first.api_key.starts_with("crl_key_"));
     // The admin key is stored hashed only.
     let db = std::fs::read(data.join("corral.db")).unwrap();
-    assert!(!db.windows(first.api_key.len()).any(|w| w == first.api_key.as_bytes()));
+    assert!(
+        !db.windows(first.api_key.len())
+            .any(|w| w == first.api_key.as_bytes())
+    );
 
     let envs = server.cli_json(&["host", "ls"]);
     assert_eq!(envs, serde_json::json!([]));
 
     server.restart();
-    assert_eq!(server.env.api_key, first.api_key, "restart reuses the admin key");
+    assert_eq!(
+        server.env.api_key, first.api_key,
+        "restart reuses the admin key"
+    );
     assert_eq!(server.env.checksum, first.checksum, "restart reuses the CA");
     server.cli_ok(&["host", "ls"]);
 
@@ -58,22 +76,39 @@ fn agent_registers_reconnects_after_server_restart_and_listens_on_nothing() {
     let mut server = Server::start(&t.path().join("data"), FAST_HEARTBEATS);
     let (token_id, token) = server.token(&["--max-uses", "1"]);
     let state = t.path().join("agent1");
-    let mut agent = start_agent(&server, &state, "web-1", Some(&token), &["--label", "zone=eu"]);
+    let mut agent = start_agent(
+        &server,
+        &state,
+        "web-1",
+        Some(&token),
+        &["--label", "zone=eu"],
+    );
     wait_until(Duration::from_secs(20), "web-1 to be active", || {
         server.host_state("web-1").as_deref() == Some("active")
     });
-    let host = server.hosts().into_iter().find(|h| h["name"] == "web-1").unwrap();
+    let host = server
+        .hosts()
+        .into_iter()
+        .find(|h| h["name"] == "web-1")
+        .unwrap();
     assert_eq!(host["labels"]["zone"], "eu");
     assert_eq!(host["environment"], "default");
     assert!(host["kernel"].as_str().unwrap().len() > 1);
     assert!(host["os"].as_str().unwrap().len() > 1);
-    assert!(host["remote_addr"].as_str().unwrap().starts_with("127.0.0.1:"));
+    assert!(
+        host["remote_addr"]
+            .as_str()
+            .unwrap()
+            .starts_with("127.0.0.1:")
+    );
 
     // The credential is on disk with mode 0600, and the server keeps only its hash.
     let cred = std::fs::read_to_string(state.join("credential")).unwrap();
     assert!(cred.starts_with("crl_host_"));
     let mode = std::os::unix::fs::PermissionsExt::mode(
-        &std::fs::metadata(state.join("credential")).unwrap().permissions(),
+        &std::fs::metadata(state.join("credential"))
+            .unwrap()
+            .permissions(),
     );
     assert_eq!(mode & 0o777, 0o600);
     let db = std::fs::read(t.path().join("data/corral.db")).unwrap();
@@ -88,7 +123,12 @@ fn agent_registers_reconnects_after_server_restart_and_listens_on_nothing() {
 
     // The one-use token is used up now.
     let tokens = server.cli_json(&["token", "ls"]);
-    let tok = tokens.as_array().unwrap().iter().find(|x| x["id"] == token_id.as_str()).unwrap();
+    let tok = tokens
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["id"] == token_id.as_str())
+        .unwrap();
     assert_eq!(tok["state"], "used up");
     assert_eq!(tok["uses"], 1);
 
@@ -149,9 +189,11 @@ fn dead_server_is_noticed_by_heartbeats() {
     // Freeze the server: the TCP connection stays up, but nothing answers.
     let server_proc = server.proc.as_ref().unwrap();
     server_proc.signal("STOP");
-    wait_until(Duration::from_secs(15), "the agent to notice the silence", || {
-        agent.log_text().contains("lost the tunnel")
-    });
+    wait_until(
+        Duration::from_secs(15),
+        "the agent to notice the silence",
+        || agent.log_text().contains("lost the tunnel"),
+    );
     server_proc.signal("CONT");
     wait_until(Duration::from_secs(30), "hb to reconnect", || {
         server.host_state("hb").as_deref() == Some("active")
@@ -168,10 +210,16 @@ fn silent_agent_is_dropped_by_the_server() {
         server.host_state("quiet").as_deref() == Some("active")
     });
     agent.signal("STOP");
-    wait_until(Duration::from_secs(15), "the server to drop the silent tunnel", || {
-        server.host_state("quiet").as_deref() == Some("disconnected")
-    });
-    assert!(server.log().contains("heartbeat timeout"), "{}", server.log());
+    wait_until(
+        Duration::from_secs(15),
+        "the server to drop the silent tunnel",
+        || server.host_state("quiet").as_deref() == Some("disconnected"),
+    );
+    assert!(
+        server.log().contains("heartbeat timeout"),
+        "{}",
+        server.log()
+    );
     agent.signal("CONT");
     wait_until(Duration::from_secs(30), "quiet to reconnect", || {
         server.host_state("quiet").as_deref() == Some("active")
@@ -197,10 +245,22 @@ fn copied_credential_newest_wins_and_the_other_stops() {
     let mut second = start_agent(&server, &b, "dup", None, &[]);
     let status = first.wait_exit(Duration::from_secs(15));
     assert!(!status.success());
-    assert!(first.log_text().contains("superseded"), "{}", first.log_text());
-    assert!(second.try_wait().is_none(), "the newer agent keeps the tunnel");
+    assert!(
+        first.log_text().contains("superseded"),
+        "{}",
+        first.log_text()
+    );
+    assert!(
+        second.try_wait().is_none(),
+        "the newer agent keeps the tunnel"
+    );
     assert_eq!(server.host_state("dup").as_deref(), Some("active"));
-    assert!(server.events().iter().any(|e| e["kind"] == "credential_superseded"));
+    assert!(
+        server
+            .events()
+            .iter()
+            .any(|e| e["kind"] == "credential_superseded")
+    );
     second.stop();
 }
 
@@ -210,7 +270,10 @@ fn token_lifecycle_and_listings() {
     let server = Server::start(&t.path().join("data"), &[]);
     let created = server.cli_json(&["token", "create", "--ttl", "2h", "--max-uses", "3"]);
     let token = created["token"].as_str().unwrap();
-    assert!(token.starts_with("crl_reg_") && token.len() == 8 + 64, "256 random bits");
+    assert!(
+        token.starts_with("crl_reg_") && token.len() == 8 + 64,
+        "256 random bits"
+    );
     let command = created["command"].as_str().unwrap();
     assert_eq!(
         command,
@@ -237,7 +300,12 @@ fn token_lifecycle_and_listings() {
     let id = created["id"].as_str().unwrap();
     server.cli_ok(&["token", "rm", id]);
     let ls = server.cli_json(&["token", "ls"]);
-    let row = ls.as_array().unwrap().iter().find(|x| x["id"] == id).unwrap();
+    let row = ls
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["id"] == id)
+        .unwrap();
     assert_eq!(row["state"], "revoked");
     let out = server.cli(&["token", "rm", "tok-nope"]);
     assert!(!out.status.success());
@@ -264,8 +332,14 @@ fn with_agent_runs_a_local_agent_in_process() {
     assert!(log.contains("admin.env:"), "{log}");
     assert!(log.contains("API:"), "{log}");
     server.restart();
-    wait_until(Duration::from_secs(30), "the local agent after restart", || {
-        server.hosts().iter().any(|h| h["state"] == "active")
-    });
-    assert_eq!(server.hosts().len(), 1, "restart reuses the local agent's registration");
+    wait_until(
+        Duration::from_secs(30),
+        "the local agent after restart",
+        || server.hosts().iter().any(|h| h["state"] == "active"),
+    );
+    assert_eq!(
+        server.hosts().len(),
+        1,
+        "restart reuses the local agent's registration"
+    );
 }

@@ -138,9 +138,13 @@ pub struct ApiKeyRow {
 #[derive(Debug)]
 pub enum AgentAuth {
     /// Known, live host.
-    Host(HostRow),
+    Host(Box<HostRow>),
     /// The credential belonged to a host that was removed.
-    Removed { host_id: String, name: String, removed_at: i64 },
+    Removed {
+        host_id: String,
+        name: String,
+        removed_at: i64,
+    },
     /// Unknown credential and no token.
     UnknownCredential,
     /// The token cannot be used; the text says why.
@@ -255,12 +259,12 @@ impl Store {
     }
 
     pub async fn api_key_by_hash(&self, hash: &SecretHash) -> Result<Option<ApiKeyRow>> {
-        Ok(sqlx::query_as(
-            "SELECT id, name, role, revoked_at FROM api_keys WHERE secret_hash = ?",
+        Ok(
+            sqlx::query_as("SELECT id, name, role, revoked_at FROM api_keys WHERE secret_hash = ?")
+                .bind(hash.as_bytes())
+                .fetch_optional(&self.reader)
+                .await?,
         )
-        .bind(hash.as_bytes())
-        .fetch_optional(&self.reader)
-        .await?)
     }
 
     // ---- registration tokens ------------------------------------------------------------
@@ -360,7 +364,7 @@ impl Store {
                 last_seen_at: now,
                 ..host
             };
-            return Ok(AgentAuth::Host(host));
+            return Ok(AgentAuth::Host(Box::new(host)));
         }
         let Some(token_hash) = token else {
             return Ok(AgentAuth::UnknownCredential);
@@ -393,8 +397,8 @@ impl Store {
                 host_id,
             });
         }
-        let labels = serde_json::to_string(&facts.labels)
-            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let labels =
+            serde_json::to_string(&facts.labels).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let host = HostRow {
             id: new_id("host"),
             environment_id: token.environment_id.clone(),
@@ -446,7 +450,7 @@ impl Store {
         )
         .await?;
         tx.commit().await?;
-        Ok(AgentAuth::Host(host))
+        Ok(AgentAuth::Host(Box::new(host)))
     }
 
     pub async fn hosts(&self, include_removed: bool) -> Result<Vec<HostRow>> {
@@ -476,9 +480,10 @@ impl Store {
             0 => Err(StoreError::NotFound(format!(
                 "no host {id_or_name:?}; list hosts with `corral host ls`"
             ))),
-            1 => Ok(rows.into_iter().next().ok_or_else(|| {
-                StoreError::Corrupt("host row vanished".into())
-            })?),
+            1 => Ok(rows
+                .into_iter()
+                .next()
+                .ok_or_else(|| StoreError::Corrupt("host row vanished".into()))?),
             _ => Err(StoreError::Conflict(format!(
                 "{} hosts are named {id_or_name:?} (in different environments); use the host id",
                 rows.len()
@@ -489,16 +494,23 @@ impl Store {
     /// Removes a host: its credential is revoked for good; the row stays as a tombstone.
     pub async fn remove_host(&self, id: &str, now: i64) -> Result<()> {
         let mut tx = self.writer.begin().await?;
-        let done = sqlx::query("UPDATE hosts SET removed_at = ? WHERE id = ? AND removed_at IS NULL")
-            .bind(now)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
+        let done =
+            sqlx::query("UPDATE hosts SET removed_at = ? WHERE id = ? AND removed_at IS NULL")
+                .bind(now)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound(format!("no live host with id {id:?}")));
         }
-        insert_event(&mut tx, now, "host_removed", Some(id), "host removed; credential revoked")
-            .await?;
+        insert_event(
+            &mut tx,
+            now,
+            "host_removed",
+            Some(id),
+            "host removed; credential revoked",
+        )
+        .await?;
         tx.commit().await?;
         Ok(())
     }

@@ -324,10 +324,10 @@ pub fn start_agent(
         args.extend(["--token", t]);
     }
     args.extend(extra);
-    let log = state_dir
-        .parent()
-        .unwrap_or(state_dir)
-        .join(format!("agent-{name}-{}.log", std::process::id() ^ rand_suffix()));
+    let log = state_dir.parent().unwrap_or(state_dir).join(format!(
+        "agent-{name}-{}.log",
+        std::process::id() ^ rand_suffix()
+    ));
     Proc::spawn(&args, log, &[])
 }
 

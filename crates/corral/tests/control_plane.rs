@@ -343,3 +343,121 @@ fn with_agent_runs_a_local_agent_in_process() {
         "restart reuses the local agent's registration"
     );
 }
+
+#[test]
+fn operator_supplied_chain_is_served_and_pinned_by_its_last_certificate() {
+    let t = tmp();
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "Example Corp CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let leaf =
+        rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+            .unwrap()
+            .signed_by(&leaf_key, &issuer)
+            .unwrap();
+    let cert = t.path().join("chain.pem");
+    let key = t.path().join("key.pem");
+    std::fs::write(&cert, format!("{}{}", leaf.pem(), ca.pem())).unwrap();
+    std::fs::write(&key, leaf_key.serialize_pem()).unwrap();
+    let server = Server::start(
+        &t.path().join("data"),
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+    );
+    let expected = corral_tls::CaChecksum::of_der(ca.der()).to_string();
+    assert_eq!(server.env.checksum, expected);
+    let (_, token) = server.token(&[]);
+    let _agent = start_agent(&server, &t.path().join("a"), "custom", Some(&token), &[]);
+    wait_until(Duration::from_secs(20), "custom active", || {
+        server.host_state("custom").as_deref() == Some("active")
+    });
+
+    // A chain without its CA cannot be pinned: refused with a clear message.
+    std::fs::write(&cert, leaf.pem()).unwrap();
+    let data = t.path().join("data2").display().to_string();
+    let mut bad = Proc::spawn(
+        &[
+            "server",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            &data,
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+        t.path().join("bad.log"),
+        &[],
+    );
+    assert!(!bad.wait_exit(Duration::from_secs(20)).success());
+    assert!(bad.log_text().contains("full chain"), "{}", bad.log_text());
+}
+
+#[test]
+fn insecure_http_warns_and_serves_plain_http() {
+    let t = tmp();
+    let port = free_port();
+    let data = t.path().join("data");
+    let listen = format!("127.0.0.1:{port}");
+    let mut server = Proc::spawn(
+        &[
+            "server",
+            "--listen",
+            &listen,
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--insecure-http",
+        ],
+        t.path().join("server.log"),
+        &[],
+    );
+    wait_until(Duration::from_secs(20), "the server to listen", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    assert!(
+        server
+            .log_text()
+            .contains("--insecure-http: serving plain HTTP")
+    );
+    let env = read_admin_env(&data.join("admin.env")).unwrap();
+    assert_eq!(env.server, format!("http://127.0.0.1:{port}"));
+    let out = std::process::Command::new(corral_bin())
+        .args(["host", "ls", "-o", "json"])
+        .env("CORRAL_SERVER", &env.server)
+        .env("CORRAL_API_KEY", &env.api_key)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    server.stop();
+    // An in-process agent always needs TLS.
+    let mut refused = Proc::spawn(
+        &[
+            "server",
+            "--listen",
+            &listen,
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--insecure-http",
+            "--with-agent",
+        ],
+        t.path().join("server2.log"),
+        &[],
+    );
+    assert!(!refused.wait_exit(Duration::from_secs(20)).success());
+    assert!(refused.log_text().contains("needs TLS"));
+}

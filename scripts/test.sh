@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh Debian 12 machine: installs what the tests need, then runs
+# formatting, lints and every test (unit, property, integration with real processes).
+#
+#   bash scripts/test.sh
+#
+# Set CORRAL_TEST_NO_INSTALL=1 to skip package installation.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '==> %s\n' "$*"; }
+
+install_packages() {
+    local missing=()
+    command -v nft >/dev/null 2>&1 || missing+=(nftables)
+    command -v iptables-restore >/dev/null 2>&1 || missing+=(iptables)
+    command -v curl >/dev/null 2>&1 || missing+=(curl)
+    if [ ${#missing[@]} -gt 0 ]; then
+        log "installing ${missing[*]}"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq
+        apt-get install -y -qq "${missing[@]}" >/dev/null
+    fi
+    if ! python3 -c 'import botocore' >/dev/null 2>&1; then
+        log "installing botocore (EC2 API model, to validate AWS exports)"
+        python3 -m pip install -q botocore
+    fi
+}
+
+if [ "${CORRAL_TEST_NO_INSTALL:-0}" != 1 ]; then
+    if [ "$(id -u)" = 0 ]; then
+        install_packages
+    else
+        log "not root: skipping package installation"
+    fi
+fi
+
+log "cargo fmt --check"
+cargo fmt --all -- --check
+log "cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+log "cargo test"
+cargo test --workspace --locked

@@ -15,6 +15,7 @@ install_packages() {
     command -v nft >/dev/null 2>&1 || missing+=(nftables)
     command -v iptables-restore >/dev/null 2>&1 || missing+=(iptables)
     command -v curl >/dev/null 2>&1 || missing+=(curl)
+    command -v dot >/dev/null 2>&1 || missing+=(graphviz)
     if [ ${#missing[@]} -gt 0 ]; then
         log "installing ${missing[*]}"
         export DEBIAN_FRONTEND=noninteractive

@@ -3,6 +3,7 @@
 //! - [`state`]: the state dir: the host's credential (0600) and what it needs to reconnect
 //!   without a token.
 //! - [`dial`]: one connection attempt: TCP, TLS against the pinned CA, WebSocket, hello.
+//! - [`doctor`]: the local checks behind `corral doctor`.
 //! - [`facts`]: what the agent reports about its host.
 //! - [`run`]: the agent's life: dial, serve the tunnel, reconnect with backoff, stop for good on
 //!   a permanent refusal.
@@ -11,6 +12,7 @@
 //! from it arrives over the tunnel the agent opened.
 
 pub mod dial;
+pub mod doctor;
 pub mod facts;
 pub mod state;
 
@@ -20,7 +22,9 @@ use std::time::Duration;
 
 use corral_proto::backoff::Backoff;
 use corral_proto::liveness::{Due, Liveness};
-use corral_proto::{AgentMessage, CloseReason, ServerMessage, Welcome};
+use corral_proto::{
+    AgentMessage, CloseReason, Command, CommandKind, CommandResult, ServerMessage, Welcome,
+};
 use corral_tls::CaChecksum;
 
 pub use dial::{DialError, Dialer, Tunnel};
@@ -95,7 +99,11 @@ pub async fn run(
                         environment = %welcome.environment,
                         "connected to the server"
                     );
-                    Ok(Some(serve(tunnel, &welcome).await))
+                    let ctx = Context {
+                        server: st.server.clone(),
+                        pin: st.ca_checksum.to_string(),
+                    };
+                    Ok(Some(serve(tunnel, &welcome, &ctx).await))
                 }
                 Err(DialError::Refused { reason, message }) => {
                     Ok(Some(Ended::Refused(reason, message)))
@@ -149,8 +157,87 @@ enum Ended {
     Lost(String),
 }
 
-/// Serves an established tunnel: heartbeats now; commands arrive here later.
-async fn serve(mut tunnel: Tunnel, welcome: &Welcome) -> Ended {
+/// What command handlers may know about this agent.
+#[derive(Clone)]
+struct Context {
+    server: String,
+    pin: String,
+}
+
+/// Remembers recent outcomes so a command delivered twice is answered, not run, again.
+#[derive(Default)]
+struct RecentOutcomes {
+    order: std::collections::VecDeque<String>,
+    results: std::collections::HashMap<String, CommandResult>,
+}
+
+impl RecentOutcomes {
+    const KEEP: usize = 1024;
+
+    fn get(&self, id: &str) -> Option<&CommandResult> {
+        self.results.get(id)
+    }
+
+    fn insert(&mut self, id: String, result: CommandResult) {
+        if self.results.insert(id.clone(), result).is_none() {
+            self.order.push_back(id);
+        }
+        while self.order.len() > Self::KEEP {
+            if let Some(old) = self.order.pop_front() {
+                self.results.remove(&old);
+            }
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Carries out one command. Every kind is idempotent.
+async fn execute(command: Command, ctx: Context) -> CommandResult {
+    match command.kind {
+        CommandKind::Doctor => {
+            let server_time_ms = command
+                .payload
+                .get("server_time_ms")
+                .and_then(serde_json::Value::as_i64);
+            let checks = tokio::task::spawn_blocking(move || {
+                doctor::run(&doctor::DoctorInput {
+                    server: &ctx.server,
+                    pin: ctx.pin.clone(),
+                    server_time_ms,
+                    now_ms: now_ms(),
+                    docker_socket: std::path::Path::new("/var/run/docker.sock"),
+                })
+            })
+            .await;
+            match checks.map(serde_json::to_value) {
+                Ok(Ok(value)) => CommandResult::Ok { value },
+                Ok(Err(e)) => CommandResult::Failed {
+                    message: format!("cannot encode the checks: {e}"),
+                },
+                Err(e) => CommandResult::Failed {
+                    message: format!("the checks failed: {e}"),
+                },
+            }
+        }
+        CommandKind::Unknown => CommandResult::Failed {
+            message: format!(
+                "this agent ({AGENT_VERSION}) does not know this command kind; upgrade the agent"
+            ),
+        },
+    }
+}
+
+/// Serves an established tunnel: heartbeats and commands.
+async fn serve(mut tunnel: Tunnel, welcome: &Welcome, ctx: &Context) -> Ended {
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::channel::<(String, CommandResult)>(64);
+    let mut recent = RecentOutcomes::default();
+    let mut running = std::collections::HashSet::new();
     let mut live = Liveness::active(
         std::time::Instant::now(),
         Duration::from_millis(welcome.heartbeat_interval_ms.max(100)),
@@ -170,6 +257,22 @@ async fn serve(mut tunnel: Tunnel, welcome: &Welcome) -> Ended {
                     Ok(ServerMessage::Pong { seq }) => {
                         live.on_pong(std::time::Instant::now(), seq);
                     }
+                    Ok(ServerMessage::Command(command)) => {
+                        if let Some(result) = recent.get(&command.id) {
+                            let reply = AgentMessage::Reply { command_id: command.id.clone(), result: result.clone() };
+                            if let Err(e) = tunnel.send(&reply).await {
+                                return Ended::Lost(e.to_string());
+                            }
+                        } else if running.insert(command.id.clone()) {
+                            let done_tx = done_tx.clone();
+                            let ctx = ctx.clone();
+                            tokio::spawn(async move {
+                                let id = command.id.clone();
+                                let result = execute(command, ctx).await;
+                                let _ = done_tx.send((id, result)).await;
+                            });
+                        }
+                    }
                     Ok(ServerMessage::Welcome(_)) => {
                         return Ended::Lost("the server sent a second welcome".into());
                     }
@@ -178,6 +281,13 @@ async fn serve(mut tunnel: Tunnel, welcome: &Welcome) -> Ended {
                     }
                     Err(DialError::Refused { reason, message }) => return Ended::Refused(reason, message),
                     Err(e) => return Ended::Lost(e.to_string()),
+                }
+            }
+            Some((command_id, result)) = done_rx.recv() => {
+                running.remove(&command_id);
+                recent.insert(command_id.clone(), result.clone());
+                if let Err(e) = tunnel.send(&AgentMessage::Reply { command_id, result }).await {
+                    return Ended::Lost(e.to_string());
                 }
             }
             _ = tokio::time::sleep_until(deadline) => {

@@ -79,3 +79,13 @@ pub struct EnvironmentView {
     pub name: String,
     pub created_at: String,
 }
+
+/// `corral doctor` for one host.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DoctorReport {
+    pub host: String,
+    pub host_id: String,
+    /// `active` or `disconnected`.
+    pub state: String,
+    pub checks: Vec<crate::Check>,
+}

@@ -16,6 +16,12 @@ pub enum AgentMessage {
     Ping { seq: u64 },
     /// Answer to a server [`ServerMessage::Ping`].
     Pong { seq: u64 },
+    /// The outcome of a [`ServerMessage::Command`]. Accepted only from the host the command
+    /// was addressed to, and only once.
+    Reply {
+        command_id: String,
+        result: CommandResult,
+    },
 }
 
 impl AgentMessage {
@@ -36,12 +42,68 @@ pub enum ServerMessage {
     Pong {
         seq: u64,
     },
+    /// Work for the agent. Commands are idempotent: one may be delivered again after a
+    /// reconnect, and carrying it out twice has the effect of carrying it out once.
+    Command(Command),
     /// Sent right before the server closes the connection, with the full explanation; the
     /// WebSocket close frame repeats the reason as a code (see [`CloseReason::code`]).
     Goodbye {
         reason: CloseReason,
         message: String,
     },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Command {
+    pub id: String,
+    pub kind: CommandKind,
+    #[serde(default)]
+    pub payload: serde_json::Value,
+    /// Unix seconds after which the server no longer waits for the outcome.
+    pub deadline: i64,
+}
+
+/// What a command asks for. Unknown kinds from a newer server are answered with an error, not
+/// a dropped connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CommandKind {
+    /// Run the agent's local checks (Docker socket, nft, TUN device, clock) and report them.
+    Doctor,
+    #[serde(other)]
+    Unknown,
+}
+
+impl CommandKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CommandKind::Doctor => "doctor",
+            CommandKind::Unknown => "unknown",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum CommandResult {
+    Ok {
+        #[serde(default)]
+        value: serde_json::Value,
+    },
+    Failed {
+        message: String,
+    },
+}
+
+/// One check of `corral doctor`, as an agent reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Check {
+    pub name: String,
+    pub ok: bool,
+    pub detail: String,
+    /// What would make a failing check pass.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fix: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -11,13 +11,15 @@ use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts, Path, Query
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use corral_proto::CloseReason;
 use corral_proto::api::{
-    CreateToken, CreatedToken, EnvironmentView, ErrorBody, EventView, HostView, TokenView,
+    CreateToken, CreatedToken, DoctorReport, EnvironmentView, ErrorBody, EventView, HostView,
+    TokenView,
 };
 use corral_proto::secret::SecretKind;
+use corral_proto::{Check, CommandKind, CommandResult};
 use serde::Deserialize;
 
 use crate::AppState;
@@ -40,6 +42,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/tokens/{id}", delete(revoke_token))
         .route("/v1/hosts", get(list_hosts))
         .route("/v1/hosts/{id}", get(get_host).delete(remove_host))
+        .route("/v1/hosts/{id}/doctor", post(doctor))
         .route("/v1/events", get(list_events))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -365,6 +368,7 @@ async fn remove_host(
 ) -> Result<StatusCode, ApiError> {
     let h = state.store.find_host(&id).await?;
     state.store.remove_host(&h.id, now_unix()).await?;
+    crate::dispatch::fail_host(&state, &h.id, "the host was removed").await;
     state.registry.close(
         &h.id,
         CloseReason::HostRemoved,
@@ -374,6 +378,71 @@ async fn remove_host(
         ),
     );
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// How long `doctor` waits for an agent's checks.
+const DOCTOR_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
+async fn doctor(
+    _: Admin,
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Json<DoctorReport>, ApiError> {
+    let h = state.store.find_host(&id).await?;
+    let failed = |detail: String, fix: &str| {
+        vec![Check {
+            name: "server tunnel".into(),
+            ok: false,
+            detail,
+            fix: Some(fix.into()),
+        }]
+    };
+    let live = state.registry.info(&h.id).is_some();
+    let checks = if !live {
+        failed(
+            format!("disconnected; last seen {}", rfc3339(h.last_seen_at)),
+            "start the agent on the host, and allow outbound 8443/tcp from the host to the server (nothing inbound is needed)",
+        )
+    } else {
+        let server_time_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
+        let (_, rx) = crate::dispatch::submit(
+            &state,
+            &h.id,
+            CommandKind::Doctor,
+            serde_json::json!({ "server_time_ms": server_time_ms }),
+            DOCTOR_TIMEOUT,
+        )
+        .await?;
+        match tokio::time::timeout(DOCTOR_TIMEOUT + std::time::Duration::from_secs(2), rx).await {
+            Ok(Ok(crate::dispatch::Outcome::Done(CommandResult::Ok { value }))) => {
+                serde_json::from_value(value).map_err(|e| {
+                    ApiError::new(
+                        StatusCode::BAD_GATEWAY,
+                        format!("the agent sent unreadable checks: {e}"),
+                    )
+                })?
+            }
+            Ok(Ok(crate::dispatch::Outcome::Done(CommandResult::Failed { message }))) => {
+                failed(message, "see the agent's log")
+            }
+            _ => failed(
+                format!(
+                    "the agent did not answer within {} s",
+                    DOCTOR_TIMEOUT.as_secs()
+                ),
+                "check the agent's log; the tunnel may be stalled",
+            ),
+        }
+    };
+    Ok(Json(DoctorReport {
+        host: h.name,
+        host_id: h.id,
+        state: if live { "active" } else { "disconnected" }.into(),
+        checks,
+    }))
 }
 
 #[derive(Deserialize)]

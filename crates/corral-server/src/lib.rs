@@ -10,6 +10,7 @@
 //! - [`api`]: HTTP routes and API-key authentication.
 //! - [`tunnel`]: one agent's WebSocket session: hello, authentication, heartbeats, close
 //!   reasons.
+//! - [`dispatch`]: the durable command queue's live half: submit, deliver, accept replies.
 //! - [`registry`]: which hosts are connected right now, and to which session.
 //!
 //! Architecture invariant: the server never opens a connection to a host. Every byte it sends
@@ -17,6 +18,7 @@
 
 pub mod api;
 pub mod bootstrap;
+pub mod dispatch;
 pub mod pki;
 pub mod registry;
 pub mod secrets;
@@ -53,6 +55,7 @@ pub enum ServerError {
 pub struct AppState {
     pub store: store::Store,
     pub registry: registry::Registry,
+    pub dispatcher: dispatch::Dispatcher,
     pub options: ServerOptions,
     /// The URL agents are told to dial (`--advertise-url`).
     pub advertise_url: String,
@@ -129,12 +132,14 @@ pub async fn start(options: ServerOptions) -> Result<RunningServer, ServerError>
     let state = Arc::new(AppState {
         store: boot.store,
         registry: registry::Registry::default(),
+        dispatcher: dispatch::Dispatcher::default(),
         advertise_url: boot.advertise_url.clone(),
         checksum: boot.checksum,
         options: options.clone(),
         shutdown: shutdown_rx,
         started: std::time::Instant::now(),
     });
+    tokio::spawn(dispatch::expiry_loop(state.clone()));
     let app = api::router(state.clone());
     let handle = axum_server::Handle::new();
     let make = app.into_make_service_with_connect_info::<SocketAddr>();

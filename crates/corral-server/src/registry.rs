@@ -19,6 +19,8 @@ use tokio::sync::mpsc;
 #[derive(Debug)]
 pub enum Control {
     Close(CloseReason, String),
+    /// Write this command down the tunnel.
+    Deliver(corral_proto::Command),
 }
 
 /// One live tunnel.
@@ -87,10 +89,15 @@ impl Registry {
 
     /// Asks the live session of `host_id` to close with `reason`. Returns whether one was live.
     pub fn close(&self, host_id: &str, reason: CloseReason, message: String) -> bool {
+        self.send(host_id, Control::Close(reason, message))
+    }
+
+    /// Hands an order to the live session of `host_id`. Returns whether one was live. A full
+    /// channel drops the order: commands stay in the datastore and go out again on reconnect.
+    pub fn send(&self, host_id: &str, order: Control) -> bool {
         match self.lock().get(host_id) {
             Some(s) => {
-                // A full channel means the session is already busy closing.
-                let _ = s.control.try_send(Control::Close(reason, message));
+                let _ = s.control.try_send(order);
                 true
             }
             None => false,

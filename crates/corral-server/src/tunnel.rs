@@ -255,7 +255,7 @@ async fn run_session(
         _ => host.environment_id.clone(),
     };
     let conn_id = state.registry.next_conn_id();
-    let (control_tx, mut control_rx) = mpsc::channel(4);
+    let (control_tx, mut control_rx) = mpsc::channel(64);
     let last_rx = Arc::new(AtomicI64::new(now_unix()));
     let previous = state.registry.attach(
         &host.id,
@@ -298,8 +298,17 @@ async fn run_session(
         dead_after_ms: state.options.dead_after.as_millis() as u64,
         max_message_bytes: limit,
     });
-    if send(&mut socket, &welcome, limit).await {
-        let reason = session_loop(&state, &mut socket, &mut control_rx, &last_rx).await;
+    let mut welcomed = send(&mut socket, &welcome, limit).await;
+    if welcomed {
+        for command in crate::dispatch::backlog(&state, &host.id).await {
+            if !send(&mut socket, &ServerMessage::Command(command), limit).await {
+                welcomed = false;
+                break;
+            }
+        }
+    }
+    if welcomed {
+        let reason = session_loop(&state, &host.id, &mut socket, &mut control_rx, &last_rx).await;
         if let Some((reason, message)) = reason {
             tracing::info!(host = %host.name, %reason, %message, "closing tunnel");
             close(&mut socket, reason, message, limit).await;
@@ -316,6 +325,7 @@ async fn run_session(
 /// Runs until the link ends. Returns the reason to give the agent, if it should be told one.
 async fn session_loop(
     state: &AppState,
+    host_id: &str,
     socket: &mut WebSocket,
     control_rx: &mut mpsc::Receiver<Control>,
     last_rx: &AtomicI64,
@@ -346,12 +356,24 @@ async fn session_loop(
                     live.on_receive(std::time::Instant::now());
                     last_rx.store(now_unix(), Ordering::Relaxed);
                 }
+                Recv::Message(AgentMessage::Reply { command_id, result }) => {
+                    live.on_receive(std::time::Instant::now());
+                    last_rx.store(now_unix(), Ordering::Relaxed);
+                    crate::dispatch::on_reply(state, host_id, &command_id, result).await;
+                }
                 Recv::Message(AgentMessage::Hello(_)) => {
                     return Some((CloseReason::Malformed, "hello sent twice".into()));
                 }
             },
             order = control_rx.recv() => match order {
                 Some(Control::Close(reason, message)) => return Some((reason, message)),
+                Some(Control::Deliver(command)) => {
+                    let id = command.id.clone();
+                    if !send(socket, &ServerMessage::Command(command), limit).await {
+                        return None;
+                    }
+                    let _ = state.store.mark_command_sent(&id, now_unix()).await;
+                }
                 None => return None,
             },
             _ = tokio::time::sleep_until(deadline) => {

@@ -39,6 +39,17 @@ pub enum Command {
         #[command(flatten)]
         out: Out,
     },
+    /// Check every host (or one) from the host itself: tunnel, clock, Docker socket, nft, TUN,
+    /// no listening port. Shows the fix for each failure; exits 1 if any check fails.
+    Doctor {
+        #[command(flatten)]
+        conn: Conn,
+        /// Only this host (name or id).
+        #[arg(long)]
+        host: Option<String>,
+        #[command(flatten)]
+        out: Out,
+    },
     /// Benchmarks against a running server.
     #[command(subcommand)]
     Bench(BenchCommand),

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use anyhow::{Context, bail};
-use corral_proto::api::{CreateToken, CreatedToken, EventView, HostView, TokenView};
+use corral_proto::api::{CreateToken, CreatedToken, DoctorReport, EventView, HostView, TokenView};
 use corral_server::{ServerOptions, TlsMode};
 use corral_tls::CaChecksum;
 
@@ -18,6 +18,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Token(cmd) => token(cmd).await,
         Command::Host(cmd) => host(cmd).await,
         Command::Events { conn, limit, out } => events(conn, limit, out).await,
+        Command::Doctor { conn, host, out } => doctor(conn, host, out).await,
         Command::Bench(BenchCommand::Connect {
             conn,
             agents,
@@ -340,4 +341,60 @@ async fn events(conn: Conn, limit: u32, out: Out) -> anyhow::Result<()> {
                 .collect(),
         )
     })
+}
+
+async fn doctor(conn: Conn, host: Option<String>, out: Out) -> anyhow::Result<()> {
+    use futures_util::StreamExt;
+    let client = Client::new(&conn)?;
+    let targets: Vec<String> = match host {
+        Some(h) => vec![h],
+        None => client
+            .get::<Vec<HostView>>("/v1/hosts")
+            .await?
+            .into_iter()
+            .map(|h| h.id)
+            .collect(),
+    };
+    if targets.is_empty() {
+        bail!("no hosts are registered yet: add one with `corral token create`");
+    }
+    let client = &client;
+    let reports: Vec<DoctorReport> = futures_util::stream::iter(targets)
+        .map(|id| async move {
+            client
+                .post::<_, DoctorReport>(
+                    &format!("/v1/hosts/{}/doctor", seg(&id)),
+                    &serde_json::json!({}),
+                )
+                .await
+                .with_context(|| format!("cannot check host {id:?}"))
+        })
+        .buffered(16)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<anyhow::Result<_>>()?;
+    let failures: usize = reports
+        .iter()
+        .map(|r| r.checks.iter().filter(|c| !c.ok).count())
+        .sum();
+    print(out.format, &reports, |rs| {
+        let mut text = String::new();
+        for r in rs {
+            text.push_str(&format!("{} ({})\n", r.host, r.state));
+            let width = r.checks.iter().map(|c| c.name.len()).max().unwrap_or(0);
+            for c in &r.checks {
+                let mark = if c.ok { "ok  " } else { "FAIL" };
+                text.push_str(&format!("  {mark} {:<width$}  {}\n", c.name, c.detail));
+                if let Some(fix) = &c.fix {
+                    text.push_str(&format!("       {:<width$}  fix: {fix}\n", ""));
+                }
+            }
+        }
+        text.trim_end().to_owned()
+    })?;
+    if failures > 0 {
+        bail!("{failures} check(s) failed");
+    }
+    Ok(())
 }

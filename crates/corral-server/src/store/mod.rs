@@ -153,6 +153,21 @@ pub enum AgentAuth {
     NameTaken { name: String, host_id: String },
 }
 
+/// What became of a reply.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Completion {
+    Accepted,
+    /// The command belongs to another host.
+    WrongHost {
+        owner: String,
+    },
+    /// The command was already acked, failed or expired.
+    AlreadyFinished {
+        state: String,
+    },
+    Unknown,
+}
+
 const HOST_COLUMNS: &str = "id, environment_id, name, labels, token_id, hostname, agent_version, os, kernel, arch, remote_addr, registered_at, last_seen_at, removed_at";
 
 impl Store {
@@ -522,6 +537,155 @@ impl Store {
             .execute(&self.writer)
             .await?;
         Ok(())
+    }
+
+    // ---- commands -----------------------------------------------------------------------
+
+    pub async fn insert_command(
+        &self,
+        host_id: &str,
+        command: &corral_proto::Command,
+        now: i64,
+    ) -> Result<()> {
+        let payload = serde_json::to_string(&command.payload)
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        sqlx::query(
+            "INSERT INTO commands (id, host_id, kind, payload, state, created_at, deadline_at) VALUES (?, ?, ?, ?, 'pending', ?, ?)",
+        )
+        .bind(&command.id)
+        .bind(host_id)
+        .bind(command.kind.as_str())
+        .bind(payload)
+        .bind(now)
+        .bind(command.deadline)
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    /// The host's unfinished commands that are still within their deadline, oldest first;
+    /// they are marked `sent` in the same transaction.
+    pub async fn open_commands(
+        &self,
+        host_id: &str,
+        now: i64,
+    ) -> Result<Vec<corral_proto::Command>> {
+        let mut tx = self.writer.begin().await?;
+        let rows: Vec<(String, String, String, i64)> = sqlx::query_as(
+            "SELECT id, kind, payload, deadline_at FROM commands WHERE host_id = ? AND state IN ('pending', 'sent') AND deadline_at > ? ORDER BY created_at, id",
+        )
+        .bind(host_id)
+        .bind(now)
+        .fetch_all(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE commands SET state = 'sent', sent_at = ? WHERE host_id = ? AND state = 'pending' AND deadline_at > ?",
+        )
+        .bind(now)
+        .bind(host_id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        rows.into_iter()
+            .map(|(id, kind, payload, deadline)| {
+                Ok(corral_proto::Command {
+                    kind: serde_json::from_value(serde_json::Value::String(kind))
+                        .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                    payload: serde_json::from_str(&payload)
+                        .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                    id,
+                    deadline,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn mark_command_sent(&self, id: &str, now: i64) -> Result<()> {
+        sqlx::query(
+            "UPDATE commands SET state = 'sent', sent_at = ? WHERE id = ? AND state = 'pending'",
+        )
+        .bind(now)
+        .bind(id)
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    /// Records a reply if it comes from the command's host and the command is still open.
+    pub async fn complete_command(
+        &self,
+        id: &str,
+        host_id: &str,
+        result: &corral_proto::CommandResult,
+        now: i64,
+    ) -> Result<Completion> {
+        let (new_state, text) = match result {
+            corral_proto::CommandResult::Ok { .. } => ("acked", serde_json::to_string(result)),
+            corral_proto::CommandResult::Failed { .. } => ("failed", serde_json::to_string(result)),
+        };
+        let text = text.map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let mut tx = self.writer.begin().await?;
+        let row: Option<(String, String)> =
+            sqlx::query_as("SELECT host_id, state FROM commands WHERE id = ?")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let completion = match row {
+            None => Completion::Unknown,
+            Some((owner, _)) if owner != host_id => Completion::WrongHost { owner },
+            Some((_, state)) if state != "pending" && state != "sent" => {
+                Completion::AlreadyFinished { state }
+            }
+            Some(_) => {
+                sqlx::query(
+                    "UPDATE commands SET state = ?, finished_at = ?, result = ? WHERE id = ?",
+                )
+                .bind(new_state)
+                .bind(now)
+                .bind(text)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+                Completion::Accepted
+            }
+        };
+        tx.commit().await?;
+        Ok(completion)
+    }
+
+    /// Expires open commands past their deadline; returns their ids.
+    pub async fn expire_commands(&self, now: i64) -> Result<Vec<String>> {
+        let ids: Vec<(String,)> = sqlx::query_as(
+            "UPDATE commands SET state = 'expired', finished_at = ? WHERE state IN ('pending', 'sent') AND deadline_at <= ? RETURNING id",
+        )
+        .bind(now)
+        .bind(now)
+        .fetch_all(&self.writer)
+        .await?;
+        Ok(ids.into_iter().map(|(id,)| id).collect())
+    }
+
+    /// Fails every open command of a host (it was removed).
+    pub async fn fail_host_commands(
+        &self,
+        host_id: &str,
+        message: &str,
+        now: i64,
+    ) -> Result<Vec<String>> {
+        let result = serde_json::to_string(&corral_proto::CommandResult::Failed {
+            message: message.to_owned(),
+        })
+        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let ids: Vec<(String,)> = sqlx::query_as(
+            "UPDATE commands SET state = 'failed', finished_at = ?, result = ? WHERE host_id = ? AND state IN ('pending', 'sent') RETURNING id",
+        )
+        .bind(now)
+        .bind(result)
+        .bind(host_id)
+        .fetch_all(&self.writer)
+        .await?;
+        Ok(ids.into_iter().map(|(id,)| id).collect())
     }
 
     // ---- events -------------------------------------------------------------------------

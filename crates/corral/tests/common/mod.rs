@@ -147,6 +147,14 @@ pub fn read_admin_env(path: &Path) -> Option<AdminEnv> {
     })
 }
 
+/// Waits until a server process has bootstrapped (it binds its port before writing admin.env,
+/// so an open port alone is not enough).
+pub fn wait_for_server(proc: &Proc) {
+    wait_until(Duration::from_secs(20), "the server to start", || {
+        proc.log_text().contains("is running")
+    });
+}
+
 pub struct Server {
     pub dir: PathBuf,
     pub port: u16,
@@ -193,10 +201,7 @@ impl Server {
         args.extend(self.extra.iter().map(String::as_str));
         let log = self.dir.join(format!("server-{}.log", self.starts));
         let proc = Proc::spawn(&args, log, &[]);
-        let port = self.port;
-        wait_until(Duration::from_secs(20), "the server to listen", || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
+        wait_for_server(&proc);
         self.env = read_admin_env(&self.dir.join("admin.env")).expect("admin.env");
         self.proc = Some(proc);
     }

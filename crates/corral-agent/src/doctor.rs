@@ -1,0 +1,203 @@
+//! The agent's local checks for `corral doctor`: what this host needs for corral to work, each
+//! with the fix that would make it pass.
+
+use std::os::unix::fs::FileTypeExt;
+use std::path::Path;
+
+use corral_proto::Check;
+
+/// Largest clock difference from the server that still passes.
+pub const MAX_SKEW_MS: i64 = 2000;
+
+pub struct DoctorInput<'a> {
+    pub server: &'a str,
+    pub pin: String,
+    /// The server's clock when it sent the command, if it said.
+    pub server_time_ms: Option<i64>,
+    pub now_ms: i64,
+    pub docker_socket: &'a Path,
+}
+
+fn check(name: &str, ok: bool, detail: String, fix: Option<&str>) -> Check {
+    Check {
+        name: name.to_owned(),
+        ok,
+        detail,
+        fix: if ok { None } else { fix.map(str::to_owned) },
+    }
+}
+
+pub fn run(input: &DoctorInput<'_>) -> Vec<Check> {
+    let mut checks = vec![check(
+        "server tunnel",
+        true,
+        format!(
+            "connected to {} over TLS; the server's chain contains the pinned CA {}",
+            input.server, input.pin
+        ),
+        None,
+    )];
+    checks.push(match input.server_time_ms {
+        Some(server_ms) => {
+            let skew = input.now_ms - server_ms;
+            check(
+                "clock",
+                skew.abs() <= MAX_SKEW_MS,
+                format!("{skew:+} ms from the server's clock (at most ±{MAX_SKEW_MS} ms, including transit time)"),
+                Some("synchronise the clock with NTP (chrony or systemd-timesyncd); allow outbound 123/udp to your NTP servers"),
+            )
+        }
+        None => check("clock", false, "the server did not send its time".into(), Some("upgrade the server")),
+    });
+    checks.push(docker_socket(input.docker_socket));
+    checks.push(nft());
+    checks.push(tun());
+    let listening = own_listening_tcp();
+    checks.push(check(
+        "no listening TCP port",
+        listening.is_empty(),
+        if listening.is_empty() {
+            "the agent listens on no TCP port".into()
+        } else {
+            format!("the agent process listens on {}", listening.join(", "))
+        },
+        Some("report this: the agent must never listen"),
+    ));
+    checks
+}
+
+fn docker_socket(path: &Path) -> Check {
+    let fix = "install Docker (apt-get install docker.io) and start dockerd; the agent talks to it only over this local socket";
+    match std::fs::metadata(path) {
+        Err(e) => check(
+            "docker socket",
+            false,
+            format!("{}: {e}", path.display()),
+            Some(fix),
+        ),
+        Ok(m) if !m.file_type().is_socket() => check(
+            "docker socket",
+            false,
+            format!("{} is not a socket", path.display()),
+            Some(fix),
+        ),
+        Ok(_) => match std::os::unix::net::UnixStream::connect(path) {
+            Ok(_) => check(
+                "docker socket",
+                true,
+                format!("{} accepts connections", path.display()),
+                None,
+            ),
+            Err(e) => check(
+                "docker socket",
+                false,
+                format!("{} does not accept connections: {e}", path.display()),
+                Some("start dockerd, and run the agent as a user allowed to use the Docker socket"),
+            ),
+        },
+    }
+}
+
+fn nft() -> Check {
+    match std::process::Command::new("nft").arg("--version").output() {
+        Ok(out) if out.status.success() => check(
+            "nft",
+            true,
+            String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+            None,
+        ),
+        Ok(out) => check(
+            "nft",
+            false,
+            format!(
+                "`nft --version` failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+            Some("apt-get install nftables"),
+        ),
+        Err(e) => check(
+            "nft",
+            false,
+            format!("nft not found: {e}"),
+            Some("apt-get install nftables"),
+        ),
+    }
+}
+
+fn tun() -> Check {
+    let path = Path::new("/dev/net/tun");
+    match std::fs::metadata(path) {
+        Ok(m) if m.file_type().is_char_device() => {
+            check("tun device", true, "/dev/net/tun is present".into(), None)
+        }
+        Ok(_) => check(
+            "tun device",
+            false,
+            "/dev/net/tun is not a character device".into(),
+            Some("modprobe tun"),
+        ),
+        Err(e) => check(
+            "tun device",
+            false,
+            format!("/dev/net/tun: {e}"),
+            Some(
+                "modprobe tun (in a container: pass --device /dev/net/tun and --cap-add NET_ADMIN)",
+            ),
+        ),
+    }
+}
+
+/// This process's listening TCP sockets, from `/proc/self`.
+pub fn own_listening_tcp() -> Vec<String> {
+    let mut inodes = Vec::new();
+    if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+        for fd in fds.flatten() {
+            if let Ok(target) = std::fs::read_link(fd.path()) {
+                let t = target.display().to_string();
+                if let Some(inode) = t.strip_prefix("socket:[").and_then(|s| s.strip_suffix(']')) {
+                    inodes.push(inode.to_owned());
+                }
+            }
+        }
+    }
+    let mut found = Vec::new();
+    for table in ["tcp", "tcp6"] {
+        let text = std::fs::read_to_string(format!("/proc/self/net/{table}")).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            if cols.len() > 9 && cols[3] == "0A" && inodes.iter().any(|i| i == cols[9]) {
+                found.push(format!("{table} {}", cols[1]));
+            }
+        }
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checks_report_and_fix() {
+        let input = DoctorInput {
+            server: "https://s:8443",
+            pin: "sha256:00".into(),
+            server_time_ms: Some(1_000_000),
+            now_ms: 1_005_000,
+            docker_socket: Path::new("/nonexistent/docker.sock"),
+        };
+        let checks = run(&input);
+        let clock = checks.iter().find(|c| c.name == "clock").unwrap();
+        assert!(!clock.ok && clock.fix.is_some() && clock.detail.contains("+5000 ms"));
+        let docker = checks.iter().find(|c| c.name == "docker socket").unwrap();
+        assert!(!docker.ok && docker.fix.as_deref().unwrap().contains("docker"));
+        assert!(
+            checks
+                .iter()
+                .find(|c| c.name == "server tunnel")
+                .unwrap()
+                .ok
+        );
+        assert!(checks.iter().all(|c| c.ok == c.fix.is_none()));
+    }
+}

@@ -1,0 +1,216 @@
+//! Commands through the tunnel: delivery, redelivery after a reconnect, replies accepted only
+//! from the addressed host and only once; `corral doctor` end to end.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use corral_agent::{Dialer, Tunnel, dial};
+use corral_proto::secret::{SecretKind, format_secret};
+use corral_proto::{AgentMessage, Auth, Command, CommandResult, HostFacts, ServerMessage};
+use corral_tls::CaChecksum;
+
+fn tmp() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("corral-test-")
+        .tempdir()
+        .unwrap()
+}
+
+async fn raw_agent(server: &Server, token: &str, credential: &str, name: &str) -> Tunnel {
+    corral_tls::install_default_provider();
+    let dialer = Dialer::new(
+        &server.url(),
+        CaChecksum::parse(&server.env.checksum).unwrap(),
+    )
+    .unwrap();
+    let hello = dial::hello(
+        Auth::Register {
+            token: token.into(),
+            credential: credential.into(),
+        },
+        HostFacts {
+            name: name.into(),
+            hostname: name.into(),
+            ..Default::default()
+        },
+    );
+    dialer.connect(hello).await.unwrap().0
+}
+
+async fn next_command(t: &mut Tunnel) -> Command {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(15), t.recv()).await {
+            Ok(Ok(ServerMessage::Command(c))) => return c,
+            Ok(Ok(_)) => continue,
+            other => panic!("no command: {other:?}"),
+        }
+    }
+}
+
+fn cred() -> String {
+    format_secret(
+        SecretKind::HostCredential,
+        &corral_agent::state::random_bytes::<32>(),
+    )
+}
+
+fn doctor_in_background(
+    server: &Server,
+    host: &str,
+) -> std::thread::JoinHandle<std::process::Output> {
+    let env = server.env.clone();
+    let host = host.to_owned();
+    std::thread::spawn(move || {
+        std::process::Command::new(corral_bin())
+            .args(["doctor", "--host", &host, "-o", "json"])
+            .env("CORRAL_SERVER", &env.server)
+            .env("CORRAL_API_KEY", &env.api_key)
+            .env("CORRAL_CA_CHECKSUM", &env.checksum)
+            .output()
+            .unwrap()
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_count_only_from_the_addressed_host_and_only_once() {
+    let t = tmp();
+    let server = Server::start(&t.path().join("data"), &[]);
+    let (_, token) = server.token(&[]);
+    let mut a = raw_agent(&server, &token, &cred(), "host-a").await;
+    let b_cred = cred();
+    let mut b = raw_agent(&server, &token, &b_cred, "host-b").await;
+
+    let waiting = doctor_in_background(&server, "host-b");
+    let command = next_command(&mut b).await;
+    assert_eq!(command.kind, corral_proto::CommandKind::Doctor);
+
+    // Host A forges a reply for B's command: dropped and recorded.
+    a.send(&AgentMessage::Reply {
+        command_id: command.id.clone(),
+        result: CommandResult::Ok {
+            value: serde_json::json!([{ "name": "forged", "ok": true, "detail": "from A" }]),
+        },
+    })
+    .await
+    .unwrap();
+    // A reply for a command that never existed.
+    a.send(&AgentMessage::Reply {
+        command_id: "cmd-000000000000".into(),
+        result: CommandResult::Failed {
+            message: "?".into(),
+        },
+    })
+    .await
+    .unwrap();
+
+    // B's disconnects before answering; the command is delivered again when it comes back.
+    drop(b);
+    let mut b = raw_agent(&server, &token, &b_cred, "host-b").await;
+    let again = next_command(&mut b).await;
+    assert_eq!(again.id, command.id, "redelivered after reconnect");
+
+    let genuine = CommandResult::Ok {
+        value: serde_json::json!([{ "name": "genuine", "ok": true, "detail": "from B" }]),
+    };
+    b.send(&AgentMessage::Reply {
+        command_id: command.id.clone(),
+        result: genuine.clone(),
+    })
+    .await
+    .unwrap();
+    let out = waiting.join().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reports: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(reports[0]["checks"][0]["name"], "genuine", "{reports}");
+
+    // B replays its reply: dropped and recorded.
+    b.send(&AgentMessage::Reply {
+        command_id: command.id.clone(),
+        result: genuine,
+    })
+    .await
+    .unwrap();
+    wait_until(Duration::from_secs(10), "the security events", || {
+        let kinds: Vec<String> = server
+            .events()
+            .iter()
+            .map(|e| e["kind"].as_str().unwrap().to_owned())
+            .collect();
+        ["forged_reply", "unknown_reply", "replayed_reply"]
+            .iter()
+            .all(|k| kinds.iter().any(|x| x == k))
+    });
+    let forged = server
+        .events()
+        .into_iter()
+        .find(|e| e["kind"] == "forged_reply")
+        .unwrap();
+    assert!(forged["message"].as_str().unwrap().contains(&command.id));
+    // Both raw agents are still connected: a bad reply is dropped, not fatal.
+    assert_eq!(server.host_state("host-a").as_deref(), Some("active"));
+    assert_eq!(server.host_state("host-b").as_deref(), Some("active"));
+}
+
+#[test]
+fn doctor_runs_the_checks_on_the_host_and_shows_fixes() {
+    let t = tmp();
+    let server = Server::start(&t.path().join("data"), &[]);
+    let (_, token) = server.token(&[]);
+    let mut agent = start_agent(&server, &t.path().join("a"), "checked", Some(&token), &[]);
+    wait_until(Duration::from_secs(20), "checked active", || {
+        server.host_state("checked").as_deref() == Some("active")
+    });
+    let out = server.cli(&["doctor", "-o", "json"]);
+    let reports: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let checks = reports[0]["checks"].as_array().unwrap();
+    let by_name = |n: &str| checks.iter().find(|c| c["name"] == n).unwrap().clone();
+    assert_eq!(by_name("server tunnel")["ok"], true);
+    assert_eq!(by_name("no listening TCP port")["ok"], true);
+    assert_eq!(by_name("clock")["ok"], true, "same machine, same clock");
+    let has_nft = std::process::Command::new("nft")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert_eq!(by_name("nft")["ok"], has_nft);
+    let docker_ok = std::os::unix::net::UnixStream::connect("/var/run/docker.sock").is_ok();
+    assert_eq!(by_name("docker socket")["ok"], docker_ok);
+    let failures = checks.iter().filter(|c| c["ok"] == false).count();
+    assert_eq!(
+        out.status.success(),
+        failures == 0,
+        "exit status follows the checks"
+    );
+    for c in checks {
+        assert_eq!(
+            c["ok"] == false,
+            c.get("fix").is_some(),
+            "every failure has a fix: {c}"
+        );
+    }
+    // The table form names the host and prints fixes.
+    let text = String::from_utf8_lossy(&server.cli(&["doctor"]).stdout).into_owned();
+    assert!(text.starts_with("checked (active)"), "{text}");
+    if failures > 0 {
+        assert!(text.contains("fix:"), "{text}");
+    }
+
+    // A disconnected host fails the tunnel check with the fix, without waiting.
+    agent.stop();
+    wait_until(Duration::from_secs(10), "checked disconnected", || {
+        server.host_state("checked").as_deref() == Some("disconnected")
+    });
+    let out = server.cli(&["doctor", "--host", "checked", "-o", "json"]);
+    assert!(!out.status.success());
+    let reports: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(reports[0]["state"], "disconnected");
+    let fix = reports[0]["checks"][0]["fix"].as_str().unwrap();
+    assert!(fix.contains("outbound 8443/tcp"), "{fix}");
+}

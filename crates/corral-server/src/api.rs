@@ -44,6 +44,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/hosts/{id}", get(get_host).delete(remove_host))
         .route("/v1/hosts/{id}/doctor", post(doctor))
         .route("/v1/events", get(list_events))
+        .route("/v1/topology", get(topology))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
@@ -378,6 +379,59 @@ async fn remove_host(
         ),
     );
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// The deployment as the firewall planner and the diagram see it, from live state: the
+/// server's listener and advertised URL, every host with the address its tunnel comes from
+/// (loopback addresses are left out: they say nothing about the network), its labels and
+/// environment, and every environment with its overlay mode.
+async fn topology(
+    _: Admin,
+    State(state): State<Arc<AppState>>,
+) -> Result<Json<corral_firewall::Topology>, ApiError> {
+    use corral_firewall::topology as t;
+    let listen = state.options.listen;
+    let mut server = t::Server::at(Vec::new());
+    server.name = "corral".into();
+    if !listen.ip().is_unspecified() {
+        server.listen_addresses = vec![listen.ip()];
+    }
+    server.listen_port = state.local_port;
+    server.advertised_url = Some(state.advertise_url.clone());
+    let envs = state.store.environments().await?;
+    let mut topo = corral_firewall::Topology::new(server);
+    topo.environments = envs
+        .iter()
+        .map(|e| t::Environment {
+            name: e.name.clone(),
+            overlay: t::Overlay::default(),
+        })
+        .collect();
+    for h in state.store.hosts(false).await? {
+        let remote = state
+            .registry
+            .info(&h.id)
+            .map(|l| l.remote)
+            .unwrap_or_else(|| h.remote_addr.clone());
+        let addresses = remote
+            .parse::<SocketAddr>()
+            .ok()
+            .map(|a| a.ip().to_canonical())
+            .filter(|ip| !ip.is_loopback() && !ip.is_unspecified())
+            .into_iter()
+            .collect();
+        topo.hosts.push(t::Host {
+            environment: envs
+                .iter()
+                .find(|e| e.id == h.environment_id)
+                .map(|e| e.name.clone()),
+            labels: h.labels(),
+            name: h.name,
+            addresses,
+            role: None,
+        });
+    }
+    Ok(Json(topo))
 }
 
 /// How long `doctor` waits for an agent's checks.

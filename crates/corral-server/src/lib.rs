@@ -60,6 +60,8 @@ pub struct AppState {
     /// The URL agents are told to dial (`--advertise-url`).
     pub advertise_url: String,
     pub checksum: CaChecksum,
+    /// The port actually bound (differs from `options.listen` when that asked for port 0).
+    pub local_port: u16,
     pub shutdown: watch::Receiver<bool>,
     pub started: std::time::Instant,
 }
@@ -135,6 +137,7 @@ pub async fn start(options: ServerOptions) -> Result<RunningServer, ServerError>
         dispatcher: dispatch::Dispatcher::default(),
         advertise_url: boot.advertise_url.clone(),
         checksum: boot.checksum,
+        local_port: local_addr.port(),
         options: options.clone(),
         shutdown: shutdown_rx,
         started: std::time::Instant::now(),

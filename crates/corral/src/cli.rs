@@ -50,6 +50,22 @@ pub enum Command {
         #[command(flatten)]
         out: Out,
     },
+    /// Least-privilege firewall rules derived from live state, in the format you paste.
+    Firewall(FirewallArgs),
+    /// The architecture and its port flows, drawn from live state.
+    Diagram {
+        #[command(flatten)]
+        conn: Conn,
+        /// svg (laid out by corral itself), dot or mermaid.
+        #[arg(long, default_value = "svg", value_parser = ["svg", "dot", "mermaid"])]
+        format: String,
+        /// Where administrators and API users come from (drawn on the users box).
+        #[arg(long = "admin-cidr")]
+        admin_cidrs: Vec<String>,
+        /// Write to this file instead of standard output.
+        #[arg(long = "out")]
+        out_file: Option<PathBuf>,
+    },
     /// Benchmarks against a running server.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -149,6 +165,34 @@ pub struct Out {
     /// Output format.
     #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Table)]
     pub format: Format,
+}
+
+#[derive(Args, Debug)]
+pub struct FirewallArgs {
+    #[command(flatten)]
+    pub conn: Conn,
+    /// markdown, aws-json, terraform, nftables, iptables, ip6tables, ufw or firewalld.
+    #[arg(long, default_value = "markdown")]
+    pub format: String,
+    /// Whose rules: the server group, the host group, or all.
+    #[arg(long, default_value = "all", value_parser = ["server", "host", "all"])]
+    pub role: String,
+    /// One machine (a host name, or the server's name `corral`); needed by nftables, iptables,
+    /// ufw and firewalld.
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Where administrators come from: allows SSH (22/tcp) from it and limits the API to it.
+    #[arg(long = "admin-cidr")]
+    pub admin_cidrs: Vec<String>,
+    /// Who may reach the API (default: the admin CIDRs, else anywhere).
+    #[arg(long = "api-cidr")]
+    pub api_cidrs: Vec<String>,
+    /// Security group id of the server group (AWS formats).
+    #[arg(long)]
+    pub server_group: Option<String>,
+    /// Security group id of the host group (AWS formats).
+    #[arg(long)]
+    pub host_group: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]

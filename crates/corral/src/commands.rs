@@ -19,6 +19,13 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Host(cmd) => host(cmd).await,
         Command::Events { conn, limit, out } => events(conn, limit, out).await,
         Command::Doctor { conn, host, out } => doctor(conn, host, out).await,
+        Command::Firewall(args) => firewall(args).await,
+        Command::Diagram {
+            conn,
+            format,
+            admin_cidrs,
+            out_file,
+        } => diagram(conn, &format, admin_cidrs, out_file).await,
         Command::Bench(BenchCommand::Connect {
             conn,
             agents,
@@ -395,6 +402,78 @@ async fn doctor(conn: Conn, host: Option<String>, out: Out) -> anyhow::Result<()
     })?;
     if failures > 0 {
         bail!("{failures} check(s) failed");
+    }
+    Ok(())
+}
+
+async fn firewall(args: FirewallArgs) -> anyhow::Result<()> {
+    use corral_firewall::{Format as Fw, Role, Scope};
+    let format: Fw = args
+        .format
+        .parse()
+        .map_err(|e| anyhow::anyhow!("--format: {e}"))?;
+    if matches!(format, Fw::Dot | Fw::Mermaid | Fw::Svg) {
+        bail!(
+            "diagrams are drawn by `corral diagram --format {}`",
+            args.format
+        );
+    }
+    let mut topo: corral_firewall::Topology = Client::new(&args.conn)?.get("/v1/topology").await?;
+    topo.admin_cidrs = args.admin_cidrs;
+    if !args.api_cidrs.is_empty() {
+        topo.api_cidrs = Some(args.api_cidrs);
+    }
+    if let Some(g) = args.server_group {
+        topo.security_groups.server = g;
+    }
+    if let Some(g) = args.host_group {
+        topo.security_groups.hosts = g;
+    }
+    let plan = corral_firewall::plan(&topo).map_err(|e| {
+        let problems: Vec<String> = e.problems().iter().map(|p| format!("  - {p}")).collect();
+        anyhow::anyhow!("cannot derive the rules:\n{}", problems.join("\n"))
+    })?;
+    for w in &plan.warnings {
+        eprintln!("warning: {w}");
+    }
+    let scope = Scope {
+        role: match args.role.as_str() {
+            "server" => Role::Server,
+            "host" => Role::Host,
+            _ => Role::All,
+        },
+        host: args.host,
+    };
+    let text = corral_firewall::render(&plan, format, &scope)?;
+    print!("{text}");
+    if !text.ends_with('\n') {
+        println!();
+    }
+    Ok(())
+}
+
+async fn diagram(
+    conn: Conn,
+    format: &str,
+    admin_cidrs: Vec<String>,
+    out_file: Option<std::path::PathBuf>,
+) -> anyhow::Result<()> {
+    use corral_firewall::DiagramFormat;
+    let mut topo: corral_firewall::Topology = Client::new(&conn)?.get("/v1/topology").await?;
+    topo.admin_cidrs = admin_cidrs;
+    let fmt = match format {
+        "dot" => DiagramFormat::Dot,
+        "mermaid" => DiagramFormat::Mermaid,
+        _ => DiagramFormat::Svg,
+    };
+    let text = corral_firewall::diagram(&topo, fmt);
+    match out_file {
+        Some(path) => {
+            std::fs::write(&path, text)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            eprintln!("wrote {}", path.display());
+        }
+        None => print!("{text}"),
     }
     Ok(())
 }

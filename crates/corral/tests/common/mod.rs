@@ -197,7 +197,10 @@ impl Server {
         self.starts += 1;
         let listen = format!("127.0.0.1:{}", self.port);
         let data = self.dir.display().to_string();
-        let mut args: Vec<&str> = vec!["server", "--listen", &listen, "--data-dir", &data];
+        let mut args: Vec<&str> = vec!["server", "--data-dir", &data];
+        if !self.extra.iter().any(|a| a == "--listen") {
+            args.extend(["--listen", &listen]);
+        }
         args.extend(self.extra.iter().map(String::as_str));
         let log = self.dir.join(format!("server-{}.log", self.starts));
         let proc = Proc::spawn(&args, log, &[]);

@@ -114,21 +114,17 @@ impl RunningServer {
 /// Starts a server: bootstraps the data dir, binds the listener and serves in the background.
 pub async fn start(options: ServerOptions) -> Result<RunningServer, ServerError> {
     corral_tls::install_default_provider();
+    let listener_error = |source| ServerError::Io {
+        context: format!("cannot serve on {}", options.listen),
+        source,
+    };
     let listener =
         std::net::TcpListener::bind(options.listen).map_err(|source| ServerError::Io {
             context: format!("cannot listen on {}", options.listen),
             source,
         })?;
-    listener
-        .set_nonblocking(true)
-        .map_err(|source| ServerError::Io {
-            context: "listener".into(),
-            source,
-        })?;
-    let local_addr = listener.local_addr().map_err(|source| ServerError::Io {
-        context: "listener".into(),
-        source,
-    })?;
+    listener.set_nonblocking(true).map_err(listener_error)?;
+    let local_addr = listener.local_addr().map_err(listener_error)?;
     let boot = bootstrap::bootstrap(&options, local_addr).await?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let state = Arc::new(AppState {
@@ -150,19 +146,13 @@ pub async fn start(options: ServerOptions) -> Result<RunningServer, ServerError>
         Some(tls) => {
             let cfg = axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(tls));
             let server = axum_server::from_tcp_rustls(listener, cfg)
-                .map_err(|source| ServerError::Io {
-                    context: "listener".into(),
-                    source,
-                })?
+                .map_err(listener_error)?
                 .handle(handle.clone());
             tokio::spawn(server.serve(make))
         }
         None => {
             let server = axum_server::from_tcp(listener)
-                .map_err(|source| ServerError::Io {
-                    context: "listener".into(),
-                    source,
-                })?
+                .map_err(listener_error)?
                 .handle(handle.clone());
             tokio::spawn(server.serve(make))
         }

@@ -14,20 +14,6 @@ use corral_proto::{AgentMessage, Auth, CloseReason, HostFacts, ServerMessage};
 use corral_tls::CaChecksum;
 use tokio_tungstenite::tungstenite::Message;
 
-fn tmp() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("corral-test-")
-        .tempdir()
-        .unwrap()
-}
-
-fn credential() -> String {
-    format_secret(
-        SecretKind::HostCredential,
-        &corral_agent::state::random_bytes::<32>(),
-    )
-}
-
 fn facts(name: &str) -> HostFacts {
     HostFacts {
         name: name.into(),

@@ -9,16 +9,8 @@ use std::time::Duration;
 
 use common::*;
 use corral_agent::{Dialer, Tunnel, dial};
-use corral_proto::secret::{SecretKind, format_secret};
 use corral_proto::{AgentMessage, Auth, Command, CommandResult, HostFacts, ServerMessage};
 use corral_tls::CaChecksum;
-
-fn tmp() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("corral-test-")
-        .tempdir()
-        .unwrap()
-}
 
 async fn raw_agent(server: &Server, token: &str, credential: &str, name: &str) -> Tunnel {
     corral_tls::install_default_provider();
@@ -51,13 +43,6 @@ async fn next_command(t: &mut Tunnel) -> Command {
     }
 }
 
-fn cred() -> String {
-    format_secret(
-        SecretKind::HostCredential,
-        &corral_agent::state::random_bytes::<32>(),
-    )
-}
-
 fn doctor_in_background(
     server: &Server,
     host: &str,
@@ -80,8 +65,8 @@ async fn replies_count_only_from_the_addressed_host_and_only_once() {
     let t = tmp();
     let server = Server::start(&t.path().join("data"), &[]);
     let (_, token) = server.token(&[]);
-    let mut a = raw_agent(&server, &token, &cred(), "host-a").await;
-    let b_cred = cred();
+    let mut a = raw_agent(&server, &token, &credential(), "host-a").await;
+    let b_cred = credential();
     let mut b = raw_agent(&server, &token, &b_cred, "host-b").await;
 
     let waiting = doctor_in_background(&server, "host-b");

@@ -8,13 +8,6 @@ use std::time::Duration;
 
 use common::*;
 
-fn tmp() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("corral-test-")
-        .tempdir()
-        .unwrap()
-}
-
 #[test]
 fn first_start_creates_everything_and_restart_reuses_it() {
     let t = tmp();

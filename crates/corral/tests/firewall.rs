@@ -10,10 +10,7 @@ use common::*;
 
 #[test]
 fn rules_and_diagram_follow_live_state() {
-    let t = tempfile::Builder::new()
-        .prefix("corral-test-")
-        .tempdir()
-        .unwrap();
+    let t = tmp();
     let port = free_port();
     let listen = format!("0.0.0.0:{port}");
     let advertise = format!("https://192.0.2.10:{port}");

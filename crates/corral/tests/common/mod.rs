@@ -9,6 +9,22 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+/// A temporary directory for one test, removed when dropped.
+pub fn tmp() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("corral-test-")
+        .tempdir()
+        .expect("temp dir")
+}
+
+/// A fresh, well-formed host credential (what an agent generates).
+pub fn credential() -> String {
+    corral_proto::secret::format_secret(
+        corral_proto::secret::SecretKind::HostCredential,
+        &corral_agent::state::random_bytes::<32>(),
+    )
+}
+
 pub fn corral_bin() -> &'static str {
     env!("CARGO_BIN_EXE_corral")
 }

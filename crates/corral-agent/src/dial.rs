@@ -121,6 +121,39 @@ impl Dialer {
         &self.host
     }
 
+    /// Opens a *new* TLS connection (pinned CA) and asks `/healthz`. Used to confirm the server
+    /// is still reachable after the host's firewall changed.
+    pub async fn probe_health(&self) -> Result<(), DialError> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let tcp = TcpStream::connect(&self.addr)
+            .await
+            .map_err(|source| DialError::Connect {
+                addr: self.addr.clone(),
+                source,
+            })?;
+        let mut tls = self
+            .tls
+            .connect(self.server_name.clone(), tcp)
+            .await
+            .map_err(|e| tls_error(&self.addr, e))?;
+        let request = format!(
+            "GET /healthz HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            self.addr
+        );
+        let io = |e: std::io::Error| DialError::Closed(e.to_string());
+        tls.write_all(request.as_bytes()).await.map_err(io)?;
+        let mut head = [0u8; 12];
+        tls.read_exact(&mut head).await.map_err(io)?;
+        if &head[..] == b"HTTP/1.1 200" {
+            Ok(())
+        } else {
+            Err(DialError::Protocol(format!(
+                "/healthz answered {:?}",
+                String::from_utf8_lossy(&head)
+            )))
+        }
+    }
+
     /// Opens the TLS WebSocket, without saying hello.
     pub async fn open(&self) -> Result<Tunnel, DialError> {
         tokio::time::timeout(CONNECT_TIMEOUT, self.open_inner())

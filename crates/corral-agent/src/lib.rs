@@ -4,6 +4,7 @@
 //!   without a token.
 //! - [`dial`]: one connection attempt: TCP, TLS against the pinned CA, WebSocket, hello.
 //! - [`doctor`]: the local checks behind `corral doctor`.
+//! - [`firewall`]: `firewall apply`: corral's own nftables table, with a dead-man rollback.
 //! - [`facts`]: what the agent reports about its host.
 //! - [`run`]: the agent's life: dial, serve the tunnel, reconnect with backoff, stop for good on
 //!   a permanent refusal.
@@ -14,6 +15,7 @@
 pub mod dial;
 pub mod doctor;
 pub mod facts;
+pub mod firewall;
 pub mod state;
 
 use std::collections::BTreeMap;
@@ -81,7 +83,13 @@ pub async fn run(
 ) -> Result<(), AgentError> {
     corral_tls::install_default_provider();
     let mut st = state::AgentState::load_or_init(&options)?;
-    let dialer = Dialer::new(&st.server, st.ca_checksum)?;
+    let dialer = std::sync::Arc::new(Dialer::new(&st.server, st.ca_checksum)?);
+    // A firewall change left unconfirmed by a previous run is undone before anything else.
+    match firewall::rollback_pending(st.dir()) {
+        Ok(true) => tracing::warn!("rolled back firewall rules that were never confirmed"),
+        Ok(false) => {}
+        Err(e) => tracing::error!(error = %e, "cannot roll back unconfirmed firewall rules"),
+    }
     let facts = facts::collect(st.name.clone(), options.labels.clone());
     let mut backoff = Backoff::new(Duration::from_millis(500), options.backoff_cap);
     tokio::pin!(stop);
@@ -102,6 +110,8 @@ pub async fn run(
                     let ctx = Context {
                         server: st.server.clone(),
                         pin: st.ca_checksum.to_string(),
+                        state_dir: st.dir().to_owned(),
+                        dialer: dialer.clone(),
                     };
                     Ok(Some(serve(tunnel, &welcome, &ctx).await))
                 }
@@ -162,6 +172,8 @@ enum Ended {
 struct Context {
     server: String,
     pin: String,
+    state_dir: std::path::PathBuf,
+    dialer: std::sync::Arc<Dialer>,
 }
 
 /// Remembers recent outcomes so a command delivered twice is answered, not run, again.
@@ -222,6 +234,14 @@ async fn execute(command: Command, ctx: Context) -> CommandResult {
                 },
                 Err(e) => CommandResult::Failed {
                     message: format!("the checks failed: {e}"),
+                },
+            }
+        }
+        CommandKind::FirewallApply => {
+            match serde_json::from_value::<corral_proto::FirewallApply>(command.payload) {
+                Ok(req) => firewall::apply(req, ctx.state_dir, &ctx.dialer).await,
+                Err(e) => CommandResult::Failed {
+                    message: format!("malformed firewall command: {e}"),
                 },
             }
         }

@@ -89,3 +89,26 @@ pub struct DoctorReport {
     pub state: String,
     pub checks: Vec<crate::Check>,
 }
+
+/// `POST /v1/hosts/{id}/firewall`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct FirewallApplyRequest {
+    #[serde(default)]
+    pub admin_cidrs: Vec<String>,
+    #[serde(default)]
+    pub api_cidrs: Vec<String>,
+    #[serde(default)]
+    pub dry_run: bool,
+    /// Dead-man window; 60 s when absent.
+    pub confirm_within_secs: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FirewallApplyReport {
+    pub host: String,
+    pub dry_run: bool,
+    /// The rules are in force (false for a dry run or a rollback).
+    pub applied: bool,
+    pub message: String,
+    pub ruleset: String,
+}

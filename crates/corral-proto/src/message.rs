@@ -70,6 +70,10 @@ pub struct Command {
 pub enum CommandKind {
     /// Run the agent's local checks (Docker socket, nft, TUN device, clock) and report them.
     Doctor,
+    /// Install the host's rules as corral's own nftables table (`table inet corral`), with a
+    /// dead-man timer: if the agent cannot open a new connection to the server within the
+    /// confirmation window, it restores the previous rules by itself.
+    FirewallApply,
     #[serde(other)]
     Unknown,
 }
@@ -78,6 +82,7 @@ impl CommandKind {
     pub fn as_str(self) -> &'static str {
         match self {
             CommandKind::Doctor => "doctor",
+            CommandKind::FirewallApply => "firewall_apply",
             CommandKind::Unknown => "unknown",
         }
     }
@@ -93,6 +98,17 @@ pub enum CommandResult {
     Failed {
         message: String,
     },
+}
+
+/// Payload of [`CommandKind::FirewallApply`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FirewallApply {
+    /// An nftables script that touches only `table inet corral`.
+    pub ruleset: String,
+    /// Only check the ruleset (`nft -c`); change nothing.
+    pub dry_run: bool,
+    /// Roll back unless a new connection to the server succeeds within this many seconds.
+    pub confirm_within_secs: u64,
 }
 
 /// One check of `corral doctor`, as an agent reports it.

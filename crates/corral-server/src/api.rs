@@ -15,8 +15,8 @@ use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use corral_proto::CloseReason;
 use corral_proto::api::{
-    CreateToken, CreatedToken, DoctorReport, EnvironmentView, ErrorBody, EventView, HostView,
-    TokenView,
+    CreateToken, CreatedToken, DoctorReport, EnvironmentView, ErrorBody, EventView,
+    FirewallApplyReport, FirewallApplyRequest, HostView, TokenView,
 };
 use corral_proto::secret::SecretKind;
 use corral_proto::{Check, CommandKind, CommandResult};
@@ -43,6 +43,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/hosts", get(list_hosts))
         .route("/v1/hosts/{id}", get(get_host).delete(remove_host))
         .route("/v1/hosts/{id}/doctor", post(doctor))
+        .route("/v1/hosts/{id}/firewall", post(apply_firewall))
         .route("/v1/events", get(list_events))
         .route("/v1/topology", get(topology))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })
@@ -389,6 +390,10 @@ async fn topology(
     _: Admin,
     State(state): State<Arc<AppState>>,
 ) -> Result<Json<corral_firewall::Topology>, ApiError> {
+    Ok(Json(live_topology(&state).await?))
+}
+
+async fn live_topology(state: &AppState) -> Result<corral_firewall::Topology, ApiError> {
     use corral_firewall::topology as t;
     let listen = state.options.listen;
     let mut server = t::Server::at(Vec::new());
@@ -431,7 +436,83 @@ async fn topology(
             role: None,
         });
     }
-    Ok(Json(topo))
+    Ok(topo)
+}
+
+/// Extra time the API waits beyond an agent's dead-man window.
+const FIREWALL_SLACK: std::time::Duration = std::time::Duration::from_secs(20);
+
+async fn apply_firewall(
+    _: Admin,
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    body: Result<Json<FirewallApplyRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<FirewallApplyReport>, ApiError> {
+    let Json(req) = body.map_err(|e| ApiError::new(e.status(), e.body_text()))?;
+    let h = state.store.find_host(&id).await?;
+    if state.registry.info(&h.id).is_none() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "host {} is disconnected: rules are applied by its agent, which must be connected",
+                h.name
+            ),
+        ));
+    }
+    let window = req.confirm_within_secs.unwrap_or(60);
+    if !(1..=3600).contains(&window) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "the confirmation window must be between 1 s and 1 h",
+        ));
+    }
+    let mut topo = live_topology(&state).await?;
+    topo.admin_cidrs = req.admin_cidrs;
+    if !req.api_cidrs.is_empty() {
+        topo.api_cidrs = Some(req.api_cidrs);
+    }
+    let plan = corral_firewall::plan(&topo).map_err(|e| {
+        let problems: Vec<String> = e.problems().iter().map(|p| p.to_string()).collect();
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("cannot derive the rules: {}", problems.join("; ")),
+        )
+    })?;
+    let ruleset = corral_firewall::render(
+        &plan,
+        corral_firewall::Format::Nftables,
+        &corral_firewall::Scope::host(&h.name),
+    )
+    .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
+    let payload = serde_json::to_value(corral_proto::FirewallApply {
+        ruleset: ruleset.clone(),
+        dry_run: req.dry_run,
+        confirm_within_secs: window,
+    })
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let ttl = std::time::Duration::from_secs(window) + FIREWALL_SLACK;
+    let (_, rx) =
+        crate::dispatch::submit(&state, &h.id, CommandKind::FirewallApply, payload, ttl).await?;
+    let outcome = tokio::time::timeout(ttl + std::time::Duration::from_secs(2), rx).await;
+    let (applied, message) = match outcome {
+        Ok(Ok(crate::dispatch::Outcome::Done(CommandResult::Ok { value }))) => {
+            if req.dry_run {
+                (false, "dry run: the ruleset loads on the host (nft -c); nothing changed".to_string())
+            } else {
+                let ms = value.get("confirmed_after_ms").and_then(serde_json::Value::as_u64).unwrap_or(0);
+                (true, format!("applied as table inet corral; the agent reached the server through the new rules after {ms} ms"))
+            }
+        }
+        Ok(Ok(crate::dispatch::Outcome::Done(CommandResult::Failed { message }))) => (false, message),
+        _ => (false, "the agent did not answer in time; if the rules were applied and not confirmed, the agent rolls them back by itself".to_string()),
+    };
+    Ok(Json(FirewallApplyReport {
+        host: h.name,
+        dry_run: req.dry_run,
+        applied,
+        message,
+        ruleset,
+    }))
 }
 
 /// How long `doctor` waits for an agent's checks.

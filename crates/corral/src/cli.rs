@@ -51,7 +51,7 @@ pub enum Command {
         out: Out,
     },
     /// Least-privilege firewall rules derived from live state, in the format you paste.
-    Firewall(FirewallArgs),
+    Firewall(Box<FirewallArgs>),
     /// The architecture and its port flows, drawn from live state.
     Diagram {
         #[command(flatten)]
@@ -168,7 +168,10 @@ pub struct Out {
 }
 
 #[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct FirewallArgs {
+    #[command(subcommand)]
+    pub action: Option<FirewallAction>,
     #[command(flatten)]
     pub conn: Conn,
     /// markdown, aws-json, terraform, nftables, iptables, ip6tables, ufw or firewalld.
@@ -193,6 +196,32 @@ pub struct FirewallArgs {
     /// Security group id of the host group (AWS formats).
     #[arg(long)]
     pub host_group: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum FirewallAction {
+    /// Make a host's agent install its rules as corral's own nftables table (`table inet
+    /// corral`, no other table is touched). The agent rolls them back by itself unless it can
+    /// open a new connection to the server within the confirmation window.
+    Apply {
+        #[command(flatten)]
+        conn: Conn,
+        /// The host (name or id).
+        #[arg(long)]
+        host: String,
+        /// Only check that the rules load on the host (`nft -c`) and print them.
+        #[arg(long)]
+        dry_run: bool,
+        /// Where administrators come from (SSH 22/tcp).
+        #[arg(long = "admin-cidr")]
+        admin_cidrs: Vec<String>,
+        /// Who may reach the API.
+        #[arg(long = "api-cidr")]
+        api_cidrs: Vec<String>,
+        /// Dead-man window: roll back unless the server is reachable within it.
+        #[arg(long, default_value = "60s", value_parser = crate::duration::parse_duration)]
+        confirm_within: std::time::Duration,
+    },
 }
 
 #[derive(Subcommand, Debug)]

@@ -3,7 +3,10 @@
 use std::collections::BTreeMap;
 
 use anyhow::{Context, bail};
-use corral_proto::api::{CreateToken, CreatedToken, DoctorReport, EventView, HostView, TokenView};
+use corral_proto::api::{
+    CreateToken, CreatedToken, DoctorReport, EventView, FirewallApplyReport, FirewallApplyRequest,
+    HostView, TokenView,
+};
 use corral_server::{ServerOptions, TlsMode};
 use corral_tls::CaChecksum;
 
@@ -19,7 +22,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Host(cmd) => host(cmd).await,
         Command::Events { conn, limit, out } => events(conn, limit, out).await,
         Command::Doctor { conn, host, out } => doctor(conn, host, out).await,
-        Command::Firewall(args) => firewall(args).await,
+        Command::Firewall(args) => firewall(*args).await,
         Command::Diagram {
             conn,
             format,
@@ -406,8 +409,48 @@ async fn doctor(conn: Conn, host: Option<String>, out: Out) -> anyhow::Result<()
     Ok(())
 }
 
+async fn firewall_apply(action: FirewallAction) -> anyhow::Result<()> {
+    let FirewallAction::Apply {
+        conn,
+        host,
+        dry_run,
+        admin_cidrs,
+        api_cidrs,
+        confirm_within,
+    } = action;
+    let client = Client::new(&conn)?;
+    if !dry_run {
+        eprintln!(
+            "applying the rules on {host}; the agent keeps them only if it reaches the server within {} s",
+            confirm_within.as_secs()
+        );
+    }
+    let report: FirewallApplyReport = client
+        .post(
+            &format!("/v1/hosts/{}/firewall", seg(&host)),
+            &FirewallApplyRequest {
+                admin_cidrs,
+                api_cidrs,
+                dry_run,
+                confirm_within_secs: Some(confirm_within.as_secs()),
+            },
+        )
+        .await?;
+    if dry_run {
+        print!("{}", report.ruleset);
+    }
+    eprintln!("{}: {}", report.host, report.message);
+    if !dry_run && !report.applied {
+        bail!("the rules are not in force on {}", report.host);
+    }
+    Ok(())
+}
+
 async fn firewall(args: FirewallArgs) -> anyhow::Result<()> {
     use corral_firewall::{Format as Fw, Role, Scope};
+    if let Some(action) = args.action {
+        return firewall_apply(action).await;
+    }
     let format: Fw = args
         .format
         .parse()

@@ -56,9 +56,19 @@ pub struct Proc {
 
 impl Proc {
     pub fn spawn(args: &[&str], log: PathBuf, envs: &[(&str, &str)]) -> Proc {
+        Proc::spawn_program(corral_bin(), args, log, envs)
+    }
+
+    /// Spawns another program (e.g. `ip netns exec NS corral …`), same log and cleanup rules.
+    pub fn spawn_program(
+        program: &str,
+        args: &[&str],
+        log: PathBuf,
+        envs: &[(&str, &str)],
+    ) -> Proc {
         let out = std::fs::File::create(&log).expect("create log");
         let err = out.try_clone().expect("clone log");
-        let mut cmd = Command::new(corral_bin());
+        let mut cmd = Command::new(program);
         cmd.args(args)
             .stdin(Stdio::null())
             .stdout(out)

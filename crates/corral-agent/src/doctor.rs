@@ -16,6 +16,9 @@ pub struct DoctorInput<'a> {
     pub server_time_ms: Option<i64>,
     pub now_ms: i64,
     pub docker_socket: &'a Path,
+    /// The overlay socket's port, if it is bound, and the port it was asked to bind.
+    pub overlay_port: Option<u16>,
+    pub wanted_overlay_port: u16,
 }
 
 fn check(name: &str, ok: bool, detail: String, fix: Option<&str>) -> Check {
@@ -48,6 +51,20 @@ pub fn run(input: &DoctorInput<'_>) -> Vec<Check> {
             )
         }
         None => check("clock", false, "the server did not send its time".into(), Some("upgrade the server")),
+    });
+    checks.push(match input.overlay_port {
+        Some(port) => check(
+            "overlay socket",
+            true,
+            format!("listening on {port}/udp (the agent's only listening port)"),
+            None,
+        ),
+        None => check(
+            "overlay socket",
+            false,
+            format!("UDP port {} could not be bound", input.wanted_overlay_port),
+            Some("free the port (another agent or WireGuard may hold it) or start the agent with --overlay-port, then restart it"),
+        ),
     });
     checks.push(docker_socket(input.docker_socket));
     checks.push(nft());
@@ -185,6 +202,8 @@ mod tests {
             server_time_ms: Some(1_000_000),
             now_ms: 1_005_000,
             docker_socket: Path::new("/nonexistent/docker.sock"),
+            overlay_port: None,
+            wanted_overlay_port: 51820,
         };
         let checks = run(&input);
         let clock = checks.iter().find(|c| c.name == "clock").unwrap();

@@ -48,7 +48,11 @@ pub fn default_name(hostname: &str) -> String {
     }
 }
 
-pub fn collect(name: String, labels: BTreeMap<String, String>) -> HostFacts {
+pub fn collect(
+    name: String,
+    labels: BTreeMap<String, String>,
+    overlay_port: Option<u16>,
+) -> HostFacts {
     HostFacts {
         name,
         hostname: hostname(),
@@ -56,6 +60,7 @@ pub fn collect(name: String, labels: BTreeMap<String, String>) -> HostFacts {
         os: os_name(),
         kernel: read_trimmed("/proc/sys/kernel/osrelease"),
         arch: std::env::consts::ARCH.to_owned(),
+        overlay_port,
     }
 }
 

@@ -5,17 +5,20 @@
 //! - [`dial`]: one connection attempt: TCP, TLS against the pinned CA, WebSocket, hello.
 //! - [`doctor`]: the local checks behind `corral doctor`.
 //! - [`firewall`]: `firewall apply`: corral's own nftables table, with a dead-man rollback.
+//! - [`overlay`]: the overlay UDP socket (the one port an agent listens on) and its probes.
 //! - [`facts`]: what the agent reports about its host.
 //! - [`run`]: the agent's life: dial, serve the tunnel, reconnect with backoff, stop for good on
 //!   a permanent refusal.
 //!
-//! Architecture invariant: the agent opens no listening socket. Everything the server wants
+//! Architecture invariant: the agent opens no listening TCP socket; its only listener is the
+//! overlay UDP socket. Everything the server wants
 //! from it arrives over the tunnel the agent opened.
 
 pub mod dial;
 pub mod doctor;
 pub mod facts;
 pub mod firewall;
+pub mod overlay;
 pub mod state;
 
 use std::collections::BTreeMap;
@@ -58,6 +61,8 @@ pub struct AgentOptions {
     pub state_dir: PathBuf,
     pub name: Option<String>,
     pub labels: BTreeMap<String, String>,
+    /// UDP port of the overlay socket (0: any free port).
+    pub overlay_port: u16,
     /// Ceiling of the reconnect backoff.
     pub backoff_cap: Duration,
 }
@@ -71,6 +76,7 @@ impl AgentOptions {
             state_dir,
             name: None,
             labels: BTreeMap::new(),
+            overlay_port: overlay::DEFAULT_PORT,
             backoff_cap: Duration::from_secs(30),
         }
     }
@@ -90,7 +96,19 @@ pub async fn run(
         Ok(false) => {}
         Err(e) => tracing::error!(error = %e, "cannot roll back unconfirmed firewall rules"),
     }
-    let facts = facts::collect(st.name.clone(), options.labels.clone());
+    // The control plane works without the overlay socket; doctor reports why it is missing.
+    let overlay = match overlay::Overlay::bind(options.overlay_port).await {
+        Ok(o) => Some(o),
+        Err(e) => {
+            tracing::error!(port = options.overlay_port, error = %e, "cannot bind the overlay UDP port");
+            None
+        }
+    };
+    let facts = facts::collect(
+        st.name.clone(),
+        options.labels.clone(),
+        overlay.as_ref().and_then(|o| o.port()),
+    );
     let mut backoff = Backoff::new(Duration::from_millis(500), options.backoff_cap);
     tokio::pin!(stop);
     loop {
@@ -112,6 +130,8 @@ pub async fn run(
                         pin: st.ca_checksum.to_string(),
                         state_dir: st.dir().to_owned(),
                         dialer: dialer.clone(),
+                        overlay: overlay.clone(),
+                        overlay_port: options.overlay_port,
                     };
                     Ok(Some(serve(tunnel, &welcome, &ctx).await))
                 }
@@ -174,6 +194,8 @@ struct Context {
     pin: String,
     state_dir: std::path::PathBuf,
     dialer: std::sync::Arc<Dialer>,
+    overlay: Option<std::sync::Arc<overlay::Overlay>>,
+    overlay_port: u16,
 }
 
 /// Remembers recent outcomes so a command delivered twice is answered, not run, again.
@@ -217,6 +239,8 @@ async fn execute(command: Command, ctx: Context) -> CommandResult {
                 .payload
                 .get("server_time_ms")
                 .and_then(serde_json::Value::as_i64);
+            let overlay_port = ctx.overlay.as_ref().and_then(|o| o.port());
+            let wanted_overlay_port = ctx.overlay_port;
             let checks = tokio::task::spawn_blocking(move || {
                 doctor::run(&doctor::DoctorInput {
                     server: &ctx.server,
@@ -224,6 +248,8 @@ async fn execute(command: Command, ctx: Context) -> CommandResult {
                     server_time_ms,
                     now_ms: now_ms(),
                     docker_socket: std::path::Path::new("/var/run/docker.sock"),
+                    overlay_port,
+                    wanted_overlay_port,
                 })
             })
             .await;
@@ -243,6 +269,48 @@ async fn execute(command: Command, ctx: Context) -> CommandResult {
                 Err(e) => CommandResult::Failed {
                     message: format!("malformed firewall command: {e}"),
                 },
+            }
+        }
+        CommandKind::OverlayExpect | CommandKind::OverlaySend => {
+            let Some(socket) = ctx.overlay.as_ref() else {
+                return CommandResult::Failed {
+                    message: format!(
+                        "the agent has no overlay socket: UDP port {} could not be bound (see the agent's log)",
+                        ctx.overlay_port
+                    ),
+                };
+            };
+            let probe = match serde_json::from_value::<corral_proto::OverlayProbe>(command.payload)
+            {
+                Ok(p) => p,
+                Err(e) => {
+                    return CommandResult::Failed {
+                        message: format!("malformed probe: {e}"),
+                    };
+                }
+            };
+            let nonce = match overlay::parse_nonce(&probe.nonce) {
+                Ok(n) => n,
+                Err(message) => return CommandResult::Failed { message },
+            };
+            let window = Duration::from_millis(probe.window_ms.clamp(100, 30_000));
+            if command.kind == CommandKind::OverlayExpect {
+                let received = socket.expect(nonce, window).await;
+                CommandResult::Ok {
+                    value: serde_json::json!({ "received": received }),
+                }
+            } else {
+                match probe.peer.parse::<std::net::SocketAddr>() {
+                    Err(_) => CommandResult::Failed {
+                        message: format!("bad peer address {:?}", probe.peer),
+                    },
+                    Ok(peer) => match socket.send(nonce, peer, window).await {
+                        Ok(sent) => CommandResult::Ok {
+                            value: serde_json::json!({ "sent": sent }),
+                        },
+                        Err(message) => CommandResult::Failed { message },
+                    },
+                }
             }
         }
         CommandKind::Unknown => CommandResult::Failed {

@@ -74,6 +74,10 @@ pub enum CommandKind {
     /// dead-man timer: if the agent cannot open a new connection to the server within the
     /// confirmation window, it restores the previous rules by itself.
     FirewallApply,
+    /// Report whether an overlay probe with this nonce arrives on the overlay socket.
+    OverlayExpect,
+    /// Send overlay probes with this nonce to a peer's overlay endpoint.
+    OverlaySend,
     #[serde(other)]
     Unknown,
 }
@@ -83,6 +87,8 @@ impl CommandKind {
         match self {
             CommandKind::Doctor => "doctor",
             CommandKind::FirewallApply => "firewall_apply",
+            CommandKind::OverlayExpect => "overlay_expect",
+            CommandKind::OverlaySend => "overlay_send",
             CommandKind::Unknown => "unknown",
         }
     }
@@ -109,6 +115,20 @@ pub struct FirewallApply {
     pub dry_run: bool,
     /// Roll back unless a new connection to the server succeeds within this many seconds.
     pub confirm_within_secs: u64,
+}
+
+/// Payload of [`CommandKind::OverlayExpect`] and [`CommandKind::OverlaySend`]: a
+/// server-coordinated reachability probe of the overlay port between two hosts. The nonce is
+/// 128 random bits, so only the datagrams the server asked for count.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OverlayProbe {
+    /// 32 hex digits.
+    pub nonce: String,
+    /// For `overlay_send`: where to send (`ip:port`).
+    #[serde(default)]
+    pub peer: String,
+    /// How long to wait (expect) or to keep sending (send), in milliseconds.
+    pub window_ms: u64,
 }
 
 /// One check of `corral doctor`, as an agent reports it.
@@ -167,6 +187,9 @@ pub struct HostFacts {
     pub os: String,
     pub kernel: String,
     pub arch: String,
+    /// The UDP port of the agent's overlay socket, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overlay_port: Option<u16>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

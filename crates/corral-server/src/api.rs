@@ -572,12 +572,165 @@ async fn doctor(
             ),
         }
     };
+    let mut checks = checks;
+    if live {
+        checks.extend(overlay_checks(&state, &h).await?);
+    }
     Ok(Json(DoctorReport {
         host: h.name,
         host_id: h.id,
         state: if live { "active" } else { "disconnected" }.into(),
         checks,
     }))
+}
+
+/// How long a receiving agent waits for an overlay probe.
+const PROBE_WINDOW_MS: u64 = 3000;
+/// At most this many peers are probed by one doctor run.
+const MAX_PROBED_PEERS: usize = 64;
+
+fn overlay_endpoint(info: &crate::registry::SessionInfo) -> Option<SocketAddr> {
+    let ip = info.remote.parse::<SocketAddr>().ok()?.ip().to_canonical();
+    Some(SocketAddr::new(ip, info.overlay_port?))
+}
+
+/// One server-coordinated probe: `receiver` waits for a nonce on its overlay socket while
+/// `sender` sends it there. Neither opens anything new: both use their overlay socket.
+async fn probe(
+    state: &AppState,
+    sender: &str,
+    receiver: &str,
+    endpoint: SocketAddr,
+) -> Result<bool, String> {
+    let nonce: String = crate::secrets::random_bytes::<16>()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let ttl = std::time::Duration::from_secs(10);
+    let submit = |host: &str, kind, peer: String, window_ms| {
+        let payload = serde_json::to_value(corral_proto::OverlayProbe {
+            nonce: nonce.clone(),
+            peer,
+            window_ms,
+        })
+        .unwrap_or_default();
+        let host = host.to_owned();
+        async move { crate::dispatch::submit(state, &host, kind, payload, ttl).await }
+    };
+    let (_, expect_rx) = submit(
+        receiver,
+        CommandKind::OverlayExpect,
+        String::new(),
+        PROBE_WINDOW_MS,
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let (_, send_rx) = submit(sender, CommandKind::OverlaySend, endpoint.to_string(), 1000)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (sent, expected) = futures_util::future::join(send_rx, expect_rx).await;
+    if let Ok(crate::dispatch::Outcome::Done(CommandResult::Failed { message })) = sent {
+        return Err(message);
+    }
+    match expected {
+        Ok(crate::dispatch::Outcome::Done(CommandResult::Ok { value })) => Ok(value
+            .get("received")
+            .and_then(serde_json::Value::as_bool)
+            .unwrap_or(false)),
+        Ok(crate::dispatch::Outcome::Done(CommandResult::Failed { message })) => Err(message),
+        _ => Err("the receiving agent did not answer".into()),
+    }
+}
+
+/// Overlay reachability between `host` and every connected peer of its environment, in both
+/// directions, probed through the agents' own overlay sockets.
+async fn overlay_checks(state: &AppState, host: &HostRow) -> Result<Vec<Check>, ApiError> {
+    let Some(me) = state.registry.info(&host.id) else {
+        return Ok(Vec::new());
+    };
+    // Without an overlay socket the agent's own "overlay socket" check already says why.
+    let Some(my_endpoint) = overlay_endpoint(&me) else {
+        return Ok(Vec::new());
+    };
+    let peers: Vec<(HostRow, SocketAddr)> = state
+        .store
+        .hosts(false)
+        .await?
+        .into_iter()
+        .filter(|p| p.id != host.id && p.environment_id == host.environment_id)
+        .filter_map(|p| {
+            let endpoint = state
+                .registry
+                .info(&p.id)
+                .as_ref()
+                .and_then(overlay_endpoint)?;
+            Some((p, endpoint))
+        })
+        .take(MAX_PROBED_PEERS)
+        .collect();
+    let probes = peers.iter().map(|(peer, endpoint)| async move {
+        let out = probe(state, &host.id, &peer.id, *endpoint).await;
+        let back = probe(state, &peer.id, &host.id, my_endpoint).await;
+        let check = |name: String,
+                     from: &str,
+                     from_addr: SocketAddr,
+                     to: &str,
+                     to_addr: SocketAddr,
+                     r: Result<bool, String>| {
+            let route = format!("{from} ({}) → {to} ({to_addr}/udp)", from_addr.ip());
+            let fix = format!(
+                "allow {}/udp into {to} from {}; `corral firewall` lists the rule",
+                to_addr.port(),
+                from_addr.ip()
+            );
+            match r {
+                Ok(true) => Check {
+                    name,
+                    ok: true,
+                    detail: format!("{route}: probe received"),
+                    fix: None,
+                },
+                Ok(false) => Check {
+                    name,
+                    ok: false,
+                    detail: format!(
+                        "{route}: no probe arrived within {} s",
+                        PROBE_WINDOW_MS / 1000
+                    ),
+                    fix: Some(fix),
+                },
+                Err(e) => Check {
+                    name,
+                    ok: false,
+                    detail: format!("{route}: {e}"),
+                    fix: Some(fix),
+                },
+            }
+        };
+        [
+            check(
+                format!("overlay to {}", peer.name),
+                &host.name,
+                my_endpoint,
+                &peer.name,
+                *endpoint,
+                out,
+            ),
+            check(
+                format!("overlay from {}", peer.name),
+                &peer.name,
+                *endpoint,
+                &host.name,
+                my_endpoint,
+                back,
+            ),
+        ]
+    });
+    Ok(futures_util::future::join_all(probes)
+        .await
+        .into_iter()
+        .flatten()
+        .collect())
 }
 
 #[derive(Deserialize)]

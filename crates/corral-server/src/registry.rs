@@ -31,11 +31,14 @@ pub struct Session {
     /// Unix seconds of the last frame received; updated by the session task.
     pub last_rx: Arc<AtomicI64>,
     pub control: mpsc::Sender<Control>,
+    /// The agent's overlay UDP port, as it reported it.
+    pub overlay_port: Option<u16>,
 }
 
 /// What others may know of a live session.
 #[derive(Debug, Clone)]
 pub struct SessionInfo {
+    pub overlay_port: Option<u16>,
     pub remote: String,
     pub connected_at: i64,
     pub last_rx: i64,
@@ -73,6 +76,7 @@ impl Registry {
 
     pub fn info(&self, host_id: &str) -> Option<SessionInfo> {
         self.lock().get(host_id).map(|s| SessionInfo {
+            overlay_port: s.overlay_port,
             remote: s.remote.clone(),
             connected_at: s.connected_at,
             last_rx: s.last_rx.load(Ordering::Relaxed),

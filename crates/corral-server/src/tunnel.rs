@@ -150,7 +150,7 @@ pub async fn serve(state: Arc<AppState>, mut socket: WebSocket, remote: SocketAd
             return;
         }
     };
-    run_session(state, socket, remote, host).await;
+    run_session(state, socket, remote, host, hello.facts.overlay_port).await;
 }
 
 /// Checks version, facts and credentials. On success the host is registered or logged in.
@@ -248,6 +248,7 @@ async fn run_session(
     mut socket: WebSocket,
     remote: SocketAddr,
     host: HostRow,
+    overlay_port: Option<u16>,
 ) {
     let limit = state.options.max_message_bytes;
     let environment = match state.store.environment_by_id(&host.environment_id).await {
@@ -265,6 +266,7 @@ async fn run_session(
             connected_at: now_unix(),
             last_rx: last_rx.clone(),
             control: control_tx,
+            overlay_port,
         },
     );
     if let Some(old) = previous {

@@ -168,6 +168,7 @@ pub async fn connect(b: ConnectBench) -> anyhow::Result<()> {
                     os: "simulated".into(),
                     kernel: String::new(),
                     arch: std::env::consts::ARCH.into(),
+                    overlay_port: None,
                 },
             );
             let (mut tunnel, welcome) = match dialer.connect(hello).await {

@@ -129,6 +129,9 @@ pub struct AgentArgs {
     /// Host label, k=v (repeatable); used by placement constraints.
     #[arg(long = "label", value_parser = parse_label)]
     pub labels: Vec<(String, String)>,
+    /// UDP port of the overlay socket, the only port the agent listens on.
+    #[arg(long, default_value_t = corral_agent::overlay::DEFAULT_PORT, env = "CORRAL_AGENT_OVERLAY_PORT")]
+    pub overlay_port: u16,
 }
 
 pub fn parse_label(s: &str) -> Result<(String, String), String> {

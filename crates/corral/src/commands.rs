@@ -160,6 +160,7 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
         .transpose()?;
     opts.name = args.name;
     opts.labels = args.labels.into_iter().collect::<BTreeMap<_, _>>();
+    opts.overlay_port = args.overlay_port;
     corral_agent::run(opts, terminated()).await?;
     Ok(())
 }

@@ -199,3 +199,89 @@ fn doctor_runs_the_checks_on_the_host_and_shows_fixes() {
     let fix = reports[0]["checks"][0]["fix"].as_str().unwrap();
     assert!(fix.contains("outbound 8443/tcp"), "{fix}");
 }
+
+#[test]
+fn doctor_probes_the_overlay_between_hosts_in_both_directions() {
+    let t = tmp();
+    let server = Server::start(&t.path().join("data"), &[]);
+    let (_, token) = server.token(&[]);
+    let _a = start_agent(&server, &t.path().join("a"), "peer-a", Some(&token), &[]);
+    let _b = start_agent(&server, &t.path().join("b"), "peer-b", Some(&token), &[]);
+    wait_until(Duration::from_secs(20), "both peers active", || {
+        server.host_state("peer-a").as_deref() == Some("active")
+            && server.host_state("peer-b").as_deref() == Some("active")
+    });
+    let doctor = |host: &str| -> Vec<serde_json::Value> {
+        let out = server.cli(&["doctor", "--host", host, "-o", "json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v[0]["checks"].as_array().unwrap().clone()
+    };
+    let checks = doctor("peer-a");
+    let find = |checks: &[serde_json::Value], name: &str| {
+        checks
+            .iter()
+            .find(|c| c["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {name} in {checks:?}"))
+    };
+    assert_eq!(find(&checks, "overlay socket")["ok"], true);
+    assert_eq!(find(&checks, "overlay to peer-b")["ok"], true, "{checks:?}");
+    assert_eq!(
+        find(&checks, "overlay from peer-b")["ok"],
+        true,
+        "{checks:?}"
+    );
+
+    // Drop UDP to peer-b's overlay port (in a table of the test's own): both directions that
+    // end at peer-b fail, with the rule that would fix them.
+    if !std::process::Command::new("nft")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        println!("SKIP: nft is not installed; the blocked-overlay half was not run");
+        return;
+    }
+    let detail = find(&doctor("peer-b"), "overlay socket")["detail"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let port: u16 = detail
+        .strip_prefix("listening on ")
+        .and_then(|d| d.split('/').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap();
+    let table = format!("corral_test_{}", std::process::id());
+    let script = t.path().join("block.nft");
+    std::fs::write(
+        &script,
+        format!("table inet {table} {{\n chain input {{\n  type filter hook input priority -10; policy accept;\n  udp dport {port} drop\n }}\n}}\n"),
+    )
+    .unwrap();
+    assert!(
+        std::process::Command::new("nft")
+            .arg("-f")
+            .arg(&script)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let checks = doctor("peer-a");
+    let _ = std::process::Command::new("nft")
+        .args(["delete", "table", "inet", &table])
+        .status();
+    let to_b = find(&checks, "overlay to peer-b");
+    assert_eq!(to_b["ok"], false, "{to_b}");
+    assert!(
+        to_b["fix"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("allow {port}/udp into peer-b")),
+        "{to_b}"
+    );
+    assert_eq!(
+        find(&checks, "overlay from peer-b")["ok"],
+        true,
+        "the other direction is open"
+    );
+}

@@ -353,6 +353,9 @@ pub fn start_agent(
         &sd,
         "--name",
         name,
+        // Several agents share this machine in tests: each takes a free overlay port.
+        "--overlay-port",
+        "0",
     ];
     if let Some(t) = token {
         args.extend(["--token", t]);

@@ -16,6 +16,7 @@ install_packages() {
     command -v iptables-restore >/dev/null 2>&1 || missing+=(iptables)
     command -v curl >/dev/null 2>&1 || missing+=(curl)
     command -v dot >/dev/null 2>&1 || missing+=(graphviz)
+    command -v ip >/dev/null 2>&1 || missing+=(iproute2)
     if [ ${#missing[@]} -gt 0 ]; then
         log "installing ${missing[*]}"
         export DEBIAN_FRONTEND=noninteractive

@@ -19,6 +19,8 @@ pub struct DoctorInput<'a> {
     /// The overlay socket's port, if it is bound, and the port it was asked to bind.
     pub overlay_port: Option<u16>,
     pub wanted_overlay_port: u16,
+    /// The agent runs inside the server's process (`--with-agent`).
+    pub embedded: bool,
 }
 
 fn check(name: &str, ok: bool, detail: String, fix: Option<&str>) -> Check {
@@ -70,6 +72,15 @@ pub fn run(input: &DoctorInput<'_>) -> Vec<Check> {
     checks.push(nft());
     checks.push(tun());
     let listening = own_listening_tcp();
+    if input.embedded {
+        checks.push(check(
+            "no listening TCP port",
+            true,
+            "this agent runs inside `corral server --with-agent`: the process's TCP listener is the server's API port; a standalone agent listens on none".into(),
+            None,
+        ));
+        return checks;
+    }
     checks.push(check(
         "no listening TCP port",
         listening.is_empty(),
@@ -204,6 +215,7 @@ mod tests {
             docker_socket: Path::new("/nonexistent/docker.sock"),
             overlay_port: None,
             wanted_overlay_port: 51820,
+            embedded: false,
         };
         let checks = run(&input);
         let clock = checks.iter().find(|c| c.name == "clock").unwrap();

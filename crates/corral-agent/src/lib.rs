@@ -63,6 +63,8 @@ pub struct AgentOptions {
     pub labels: BTreeMap<String, String>,
     /// UDP port of the overlay socket (0: any free port).
     pub overlay_port: u16,
+    /// Runs inside `corral server --with-agent`, whose process also holds the API listener.
+    pub embedded: bool,
     /// Ceiling of the reconnect backoff.
     pub backoff_cap: Duration,
 }
@@ -77,6 +79,7 @@ impl AgentOptions {
             name: None,
             labels: BTreeMap::new(),
             overlay_port: overlay::DEFAULT_PORT,
+            embedded: false,
             backoff_cap: Duration::from_secs(30),
         }
     }
@@ -132,6 +135,7 @@ pub async fn run(
                         dialer: dialer.clone(),
                         overlay: overlay.clone(),
                         overlay_port: options.overlay_port,
+                        embedded: options.embedded,
                     };
                     Ok(Some(serve(tunnel, &welcome, &ctx).await))
                 }
@@ -196,6 +200,7 @@ struct Context {
     dialer: std::sync::Arc<Dialer>,
     overlay: Option<std::sync::Arc<overlay::Overlay>>,
     overlay_port: u16,
+    embedded: bool,
 }
 
 /// Remembers recent outcomes so a command delivered twice is answered, not run, again.
@@ -241,6 +246,7 @@ async fn execute(command: Command, ctx: Context) -> CommandResult {
                 .and_then(serde_json::Value::as_i64);
             let overlay_port = ctx.overlay.as_ref().and_then(|o| o.port());
             let wanted_overlay_port = ctx.overlay_port;
+            let embedded = ctx.embedded;
             let checks = tokio::task::spawn_blocking(move || {
                 doctor::run(&doctor::DoctorInput {
                     server: &ctx.server,
@@ -250,6 +256,7 @@ async fn execute(command: Command, ctx: Context) -> CommandResult {
                     docker_socket: std::path::Path::new("/var/run/docker.sock"),
                     overlay_port,
                     wanted_overlay_port,
+                    embedded,
                 })
             })
             .await;

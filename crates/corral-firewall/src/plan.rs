@@ -188,7 +188,7 @@ impl Traffic {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FlowKind {
-    /// Users / CLI / web UI → server API.
+    /// Users / CLI → server API.
     Api,
     /// Agent → server tunnel (the only control-plane flow).
     AgentTunnel,
@@ -1348,9 +1348,7 @@ pub fn plan(topology: &Topology) -> Result<Plan, PlanError> {
             kind: GroupKind::Server,
             id: sg.server.clone(),
             name: "corral-server".to_string(),
-            description: format!(
-                "corral server: API, web UI and agent tunnel on {listen_port}/tcp"
-            ),
+            description: format!("corral server: API and agent tunnel on {listen_port}/tcp"),
             members: server_members,
         },
         SecurityGroup {
@@ -1412,10 +1410,8 @@ pub fn plan(topology: &Topology) -> Result<Plan, PlanError> {
             destination: srv.clone(),
             kind: FlowKind::Api,
             service: None,
-            purpose: format!(
-                "Users, the CLI and the web UI reach the server API over HTTPS{api_from}"
-            ),
-            impact_if_removed: "Nobody can use the API, CLI or web UI; agents stay connected \
+            purpose: format!("Users and the CLI reach the server API over HTTPS{api_from}"),
+            impact_if_removed: "Nobody can use the API or the CLI; agents stay connected \
                                 and running containers keep running"
                 .to_string(),
         });

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::net::{PortRange, Protocol};
 
-/// Default port of the server's single HTTPS listener (API, web UI, agent tunnel).
+/// Default port of the server's single HTTPS listener (API and agent tunnel).
 pub const DEFAULT_SERVER_PORT: u16 = 8443;
 /// Default UDP port of the encrypted overlay (WireGuard protocol).
 pub const DEFAULT_WIREGUARD_PORT: u16 = 51820;
@@ -70,7 +70,7 @@ pub struct Topology {
     /// `api_cidrs` says otherwise). When empty: no SSH rule at all.
     #[serde(default)]
     pub admin_cidrs: Vec<String>,
-    /// Who may reach the server API / web UI. `None`: `admin_cidrs` if given, else
+    /// Who may reach the server API. `None`: `admin_cidrs` if given, else
     /// `0.0.0.0/0` and `::/0`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_cidrs: Option<Vec<String>>,
@@ -130,7 +130,7 @@ pub struct Server {
     /// Addresses the listener binds; empty (or `0.0.0.0`/`::`) means all.
     #[serde(default)]
     pub listen_addresses: Vec<IpAddr>,
-    /// Port of the HTTPS listener (API, web UI, `/v1/connect` agent tunnel).
+    /// Port of the HTTPS listener (API and the `/v1/connect` agent tunnel).
     #[serde(default = "default_server_port")]
     pub listen_port: u16,
     /// The URL agents and users are given, e.g. `https://corral.example.com:8443`. Its port

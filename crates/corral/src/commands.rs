@@ -73,7 +73,17 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
         bail!("--with-agent needs TLS: agents always pin the server's CA");
     }
     match corral_server::raise_nofile_limit() {
-        Ok((soft, _)) => tracing::info!(open_files = soft, "open-file limit"),
+        Ok((soft, hard)) if soft < 4096 => tracing::warn!(
+            open_files = soft,
+            hard_limit = hard,
+            "the open-file limit allows only about {} agent tunnels; raise the hard limit (ulimit -Hn, LimitNOFILE=) for more",
+            soft.saturating_sub(64)
+        ),
+        Ok((soft, _)) => tracing::info!(
+            open_files = soft,
+            "open-file limit raised to the hard limit: room for about {} agent tunnels",
+            soft.saturating_sub(64)
+        ),
         Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
     }
     let mut options = ServerOptions::new(args.listen, args.data_dir.clone());
@@ -120,6 +130,7 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
         opts.server = Some(running.local_url.clone());
         opts.ca_checksum = Some(running.checksum);
         opts.token = token;
+        opts.embedded = true;
         println!("  local agent:   state in {}", state_dir.display());
         let stop = running.state.shutdown.clone();
         Some(tokio::spawn(async move {

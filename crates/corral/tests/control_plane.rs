@@ -321,6 +321,22 @@ fn with_agent_runs_a_local_agent_in_process() {
     wait_until(Duration::from_secs(20), "the local agent", || {
         server.hosts().iter().any(|h| h["state"] == "active")
     });
+    let out = server.cli(&["doctor", "-o", "json"]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let listening = report[0]["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "no listening TCP port")
+        .unwrap()
+        .clone();
+    assert_eq!(listening["ok"], true, "{listening}");
+    assert!(
+        listening["detail"]
+            .as_str()
+            .unwrap()
+            .contains("--with-agent")
+    );
     let log = server.log();
     assert!(log.contains("admin.env:"), "{log}");
     assert!(log.contains("API:"), "{log}");

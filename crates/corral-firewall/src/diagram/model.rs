@@ -83,7 +83,7 @@ impl Model {
             _ => t.admin_cidrs.clone(),
         };
         let users_sub = if api_sources.is_empty() {
-            "web UI, CLI, API clients".to_string()
+            "CLI and API clients".to_string()
         } else {
             format!("from {}", short_list(&api_sources, 2))
         };
@@ -92,7 +92,7 @@ impl Model {
                 let mut l = vec![
                     t.server.name.clone(),
                     format!("corral server, {port}/tcp"),
-                    "API, web UI, agent tunnel".to_string(),
+                    "API and agent tunnel".to_string(),
                 ];
                 if !t.server.addresses.is_empty() {
                     l.push(short_list(
@@ -111,7 +111,7 @@ impl Model {
             let mut l = vec![
                 r.name.clone(),
                 format!("server replica, {port}/tcp"),
-                "API, web UI, agent tunnel".to_string(),
+                "API and agent tunnel".to_string(),
             ];
             if !r.addresses.is_empty() {
                 l.push(short_list(

@@ -8,7 +8,7 @@ variable "vpc_id" {
 
 resource "aws_security_group" "corral_server" {
   name        = "corral-server"
-  description = "corral server: API, web UI and agent tunnel on 8443/tcp"
+  description = "corral server: API and agent tunnel on 8443/tcp"
   vpc_id      = var.vpc_id
   tags = {
     Name = "corral-server"
@@ -26,7 +26,7 @@ resource "aws_security_group" "corral_hosts" {
 
 resource "aws_vpc_security_group_ingress_rule" "corral_server_in_tcp_8443_198_51_100_7_32" {
   security_group_id            = aws_security_group.corral_server.id
-  description                  = "Users, the CLI and the web UI reach the server API over HTTPS from the admin networks"
+  description                  = "Users and the CLI reach the server API over HTTPS from the admin networks"
   ip_protocol                  = "tcp"
   from_port                    = 8443
   to_port                      = 8443

@@ -17,6 +17,8 @@ install_packages() {
     command -v curl >/dev/null 2>&1 || missing+=(curl)
     command -v dot >/dev/null 2>&1 || missing+=(graphviz)
     command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+    command -v dockerd >/dev/null 2>&1 || missing+=(docker.io)
+    command -v busybox >/dev/null 2>&1 || missing+=(busybox-static)
     if [ ${#missing[@]} -gt 0 ]; then
         log "installing ${missing[*]}"
         export DEBIAN_FRONTEND=noninteractive
@@ -35,6 +37,26 @@ if [ "${CORRAL_TEST_NO_INSTALL:-0}" != 1 ]; then
     else
         log "not root: skipping package installation"
     fi
+fi
+
+# A Docker engine for the container tests: started here if none answers, stopped on exit.
+DOCKERD_PID=
+stop_dockerd() {
+    if [ -n "$DOCKERD_PID" ]; then
+        kill "$DOCKERD_PID" 2>/dev/null || true
+        wait "$DOCKERD_PID" 2>/dev/null || true
+    fi
+}
+trap stop_dockerd EXIT
+if command -v dockerd >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    if ! docker info >/dev/null 2>&1; then
+        log "starting dockerd"
+        dockerd >/tmp/corral-test-dockerd.log 2>&1 &
+        DOCKERD_PID=$!
+        for _ in $(seq 60); do docker info >/dev/null 2>&1 && break; sleep 0.5; done
+    fi
+    docker info >/dev/null 2>&1 || { echo "dockerd did not start; see /tmp/corral-test-dockerd.log" >&2; exit 1; }
+    bash scripts/test-image.sh
 fi
 
 log "cargo fmt --check"

@@ -3,6 +3,7 @@
 //! - [`state`]: the state dir: the host's credential (0600) and what it needs to reconnect
 //!   without a token.
 //! - [`dial`]: one connection attempt: TCP, TLS against the pinned CA, WebSocket, hello.
+//! - [`docker`]: the only code that talks to Docker, over the local socket.
 //! - [`doctor`]: the local checks behind `corral doctor`.
 //! - [`firewall`]: `firewall apply`: corral's own nftables table, with a dead-man rollback.
 //! - [`overlay`]: the overlay UDP socket (the one port an agent listens on) and its probes.
@@ -15,6 +16,7 @@
 //! from it arrives over the tunnel the agent opened.
 
 pub mod dial;
+pub mod docker;
 pub mod doctor;
 pub mod facts;
 pub mod firewall;
@@ -65,6 +67,8 @@ pub struct AgentOptions {
     pub overlay_port: u16,
     /// Runs inside `corral server --with-agent`, whose process also holds the API listener.
     pub embedded: bool,
+    /// The local Docker socket.
+    pub docker_host: String,
     /// Ceiling of the reconnect backoff.
     pub backoff_cap: Duration,
 }
@@ -80,6 +84,7 @@ impl AgentOptions {
             labels: BTreeMap::new(),
             overlay_port: overlay::DEFAULT_PORT,
             embedded: false,
+            docker_host: docker::DEFAULT_DOCKER_HOST.to_owned(),
             backoff_cap: Duration::from_secs(30),
         }
     }
@@ -112,6 +117,8 @@ pub async fn run(
         options.labels.clone(),
         overlay.as_ref().and_then(|o| o.port()),
     );
+    let (reports_tx, mut reports_rx) = tokio::sync::mpsc::channel(256);
+    let engine = docker::Engine::watch(options.docker_host.clone(), st.name.clone(), reports_tx);
     let mut backoff = Backoff::new(Duration::from_millis(500), options.backoff_cap);
     tokio::pin!(stop);
     loop {
@@ -136,8 +143,9 @@ pub async fn run(
                         overlay: overlay.clone(),
                         overlay_port: options.overlay_port,
                         embedded: options.embedded,
+                        engine: engine.clone(),
                     };
-                    Ok(Some(serve(tunnel, &welcome, &ctx).await))
+                    Ok(Some(serve(tunnel, &welcome, &ctx, &mut reports_rx).await))
                 }
                 Err(DialError::Refused { reason, message }) => {
                     Ok(Some(Ended::Refused(reason, message)))
@@ -201,6 +209,7 @@ struct Context {
     overlay: Option<std::sync::Arc<overlay::Overlay>>,
     overlay_port: u16,
     embedded: bool,
+    engine: std::sync::Arc<docker::Engine>,
 }
 
 /// Remembers recent outcomes so a command delivered twice is answered, not run, again.
@@ -234,6 +243,78 @@ fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+fn to_result<T: serde::Serialize>(r: Result<T, String>) -> CommandResult {
+    match r.map(serde_json::to_value) {
+        Ok(Ok(value)) => CommandResult::Ok { value },
+        Ok(Err(e)) => CommandResult::Failed {
+            message: format!("cannot encode the result: {e}"),
+        },
+        Err(message) => CommandResult::Failed { message },
+    }
+}
+
+/// Largest piece of log text sent in one stream message.
+const STREAM_PIECE: usize = 16 * 1024;
+
+/// Streams a container's logs under the server's credit: never more bytes in flight than it
+/// granted, so a slow reader stops the Docker stream instead of growing memory.
+async fn stream_logs(
+    engine: std::sync::Arc<docker::Engine>,
+    command_id: String,
+    r: corral_proto::ContainerRef,
+    stream_id: String,
+    credit: std::sync::Arc<tokio::sync::Semaphore>,
+    done_tx: tokio::sync::mpsc::Sender<(String, CommandResult)>,
+    out_tx: tokio::sync::mpsc::Sender<AgentMessage>,
+) {
+    use futures_util::StreamExt;
+    let stream = match engine.logs(&r.corral_id, r.follow, r.tail).await {
+        Ok(s) => s,
+        Err(message) => {
+            let _ = done_tx.send((command_id, CommandResult::Failed { message })).await;
+            return;
+        }
+    };
+    let opened = CommandResult::Ok {
+        value: serde_json::json!({ "stream_id": stream_id }),
+    };
+    if done_tx.send((command_id, opened)).await.is_err() {
+        return;
+    }
+    let mut stream = std::pin::pin!(stream);
+    let mut error = None;
+    while let Some(item) = stream.next().await {
+        let text = match item {
+            Ok(t) => t,
+            Err(e) => {
+                error = Some(e);
+                break;
+            }
+        };
+        let mut rest = text.as_str();
+        while !rest.is_empty() {
+            let mut cut = rest.len().min(STREAM_PIECE);
+            while !rest.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            let (piece, tail) = rest.split_at(cut);
+            rest = tail;
+            match credit.acquire_many(piece.len() as u32).await {
+                Ok(p) => p.forget(),
+                Err(_) => return,
+            }
+            let msg = AgentMessage::StreamData {
+                stream_id: stream_id.clone(),
+                data: piece.to_owned(),
+            };
+            if out_tx.send(msg).await.is_err() {
+                return;
+            }
+        }
+    }
+    let _ = out_tx.send(AgentMessage::StreamEnd { stream_id, error }).await;
 }
 
 /// Carries out one command. Every kind is idempotent.
@@ -320,6 +401,33 @@ async fn execute(command: Command, ctx: Context) -> CommandResult {
                 }
             }
         }
+        CommandKind::ContainerRun => match serde_json::from_value::<corral_proto::ContainerSpec>(command.payload) {
+            Ok(spec) => to_result(ctx.engine.run(&spec).await),
+            Err(e) => CommandResult::Failed {
+                message: format!("malformed container spec: {e}"),
+            },
+        },
+        CommandKind::ContainerStart | CommandKind::ContainerStop | CommandKind::ContainerRemove => {
+            let r = match serde_json::from_value::<corral_proto::ContainerRef>(command.payload) {
+                Ok(r) => r,
+                Err(e) => {
+                    return CommandResult::Failed {
+                        message: format!("malformed container reference: {e}"),
+                    };
+                }
+            };
+            match command.kind {
+                CommandKind::ContainerStart => to_result(ctx.engine.start(&r.corral_id).await),
+                CommandKind::ContainerStop => {
+                    to_result(ctx.engine.stop(&r.corral_id, r.grace_secs.unwrap_or(10)).await)
+                }
+                _ => to_result(ctx.engine.remove(&r.corral_id).await),
+            }
+        }
+        // Log streams are opened by the session loop, which owns the stream table.
+        CommandKind::ContainerLogs => CommandResult::Failed {
+            message: "log streams are opened by the session".into(),
+        },
         CommandKind::Unknown => CommandResult::Failed {
             message: format!(
                 "this agent ({AGENT_VERSION}) does not know this command kind; upgrade the agent"
@@ -328,8 +436,44 @@ async fn execute(command: Command, ctx: Context) -> CommandResult {
     }
 }
 
-/// Serves an established tunnel: heartbeats and commands.
-async fn serve(mut tunnel: Tunnel, welcome: &Welcome, ctx: &Context) -> Ended {
+/// Serves an established tunnel: heartbeats, commands, reports and streams.
+async fn serve(
+    mut tunnel: Tunnel,
+    welcome: &Welcome,
+    ctx: &Context,
+    reports_rx: &mut tokio::sync::mpsc::Receiver<corral_proto::Report>,
+) -> Ended {
+    // Stale reports are superseded by the inventory sent now.
+    while reports_rx.try_recv().is_ok() {}
+    let inventory = ctx.engine.inventory().await;
+    if let Err(e) = tunnel.send(&AgentMessage::Report(inventory)).await {
+        return Ended::Lost(e.to_string());
+    }
+    let (out_tx, mut out_rx) = tokio::sync::mpsc::channel::<AgentMessage>(16);
+    let mut streams: std::collections::HashMap<
+        String,
+        (std::sync::Arc<tokio::sync::Semaphore>, tokio::task::AbortHandle),
+    > = std::collections::HashMap::new();
+    let ended = serve_loop(&mut tunnel, welcome, ctx, reports_rx, &out_tx, &mut out_rx, &mut streams).await;
+    for (_, (_, task)) in streams {
+        task.abort();
+    }
+    ended
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn serve_loop(
+    tunnel: &mut Tunnel,
+    welcome: &Welcome,
+    ctx: &Context,
+    reports_rx: &mut tokio::sync::mpsc::Receiver<corral_proto::Report>,
+    out_tx: &tokio::sync::mpsc::Sender<AgentMessage>,
+    out_rx: &mut tokio::sync::mpsc::Receiver<AgentMessage>,
+    streams: &mut std::collections::HashMap<
+        String,
+        (std::sync::Arc<tokio::sync::Semaphore>, tokio::task::AbortHandle),
+    >,
+) -> Ended {
     let (done_tx, mut done_rx) = tokio::sync::mpsc::channel::<(String, CommandResult)>(64);
     let mut recent = RecentOutcomes::default();
     let mut running = std::collections::HashSet::new();
@@ -358,6 +502,30 @@ async fn serve(mut tunnel: Tunnel, welcome: &Welcome, ctx: &Context) -> Ended {
                             if let Err(e) = tunnel.send(&reply).await {
                                 return Ended::Lost(e.to_string());
                             }
+                        } else if command.kind == CommandKind::ContainerLogs && running.insert(command.id.clone()) {
+                            match serde_json::from_value::<corral_proto::ContainerRef>(command.payload.clone()) {
+                                Ok(r) => {
+                                    let stream_id = r.stream_id.clone().unwrap_or_default();
+                                    let credit = std::sync::Arc::new(tokio::sync::Semaphore::new(
+                                        (r.credit as usize).min(tokio::sync::Semaphore::MAX_PERMITS),
+                                    ));
+                                    let task = tokio::spawn(stream_logs(
+                                        ctx.engine.clone(),
+                                        command.id.clone(),
+                                        r,
+                                        stream_id.clone(),
+                                        credit.clone(),
+                                        done_tx.clone(),
+                                        out_tx.clone(),
+                                    ));
+                                    streams.insert(stream_id, (credit, task.abort_handle()));
+                                }
+                                Err(e) => {
+                                    let _ = done_tx.try_send((command.id.clone(), CommandResult::Failed {
+                                        message: format!("malformed log request: {e}"),
+                                    }));
+                                }
+                            }
                         } else if running.insert(command.id.clone()) {
                             let done_tx = done_tx.clone();
                             let ctx = ctx.clone();
@@ -368,6 +536,17 @@ async fn serve(mut tunnel: Tunnel, welcome: &Welcome, ctx: &Context) -> Ended {
                             });
                         }
                     }
+                    Ok(ServerMessage::StreamCredit { stream_id, bytes }) => {
+                        if let Some((credit, _)) = streams.get(&stream_id) {
+                            let room = tokio::sync::Semaphore::MAX_PERMITS - credit.available_permits();
+                            credit.add_permits((bytes as usize).min(room).min(16 << 20));
+                        }
+                    }
+                    Ok(ServerMessage::StreamCancel { stream_id }) => {
+                        if let Some((_, task)) = streams.remove(&stream_id) {
+                            task.abort();
+                        }
+                    }
                     Ok(ServerMessage::Welcome(_)) => {
                         return Ended::Lost("the server sent a second welcome".into());
                     }
@@ -376,6 +555,19 @@ async fn serve(mut tunnel: Tunnel, welcome: &Welcome, ctx: &Context) -> Ended {
                     }
                     Err(DialError::Refused { reason, message }) => return Ended::Refused(reason, message),
                     Err(e) => return Ended::Lost(e.to_string()),
+                }
+            }
+            Some(report) = reports_rx.recv() => {
+                if let Err(e) = tunnel.send(&AgentMessage::Report(report)).await {
+                    return Ended::Lost(e.to_string());
+                }
+            }
+            Some(msg) = out_rx.recv() => {
+                if let AgentMessage::StreamEnd { stream_id, .. } = &msg {
+                    streams.remove(stream_id);
+                }
+                if let Err(e) = tunnel.send(&msg).await {
+                    return Ended::Lost(e.to_string());
                 }
             }
             Some((command_id, result)) = done_rx.recv() => {

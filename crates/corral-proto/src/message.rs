@@ -22,6 +22,60 @@ pub enum AgentMessage {
         command_id: String,
         result: CommandResult,
     },
+    /// What the agent sees on its host: the full inventory on every connect (and when Docker
+    /// comes back), then one change at a time from Docker's event stream.
+    Report(Report),
+    /// Bytes of a stream the server opened (container logs), never more than the credit the
+    /// server has granted for it.
+    StreamData {
+        stream_id: String,
+        /// UTF-8 text (Docker log lines, invalid bytes replaced).
+        data: String,
+    },
+    /// The stream ended (the container stopped, or the tail was sent without `follow`).
+    StreamEnd {
+        stream_id: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
+}
+
+/// What an agent reports about its host's containers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Report {
+    Inventory {
+        /// `None` while Docker is unavailable; `docker_error` then says why.
+        docker: Option<DockerInfo>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        docker_error: Option<String>,
+        containers: Vec<ContainerStatus>,
+    },
+    /// One container changed (created, started, died, removed…).
+    Change { container: ContainerStatus },
+    /// A container was removed from Docker.
+    Removed { corral_id: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DockerInfo {
+    pub version: String,
+    pub api_version: String,
+    pub storage_driver: String,
+    pub cpus: u32,
+    pub memory_bytes: u64,
+}
+
+/// A corral container as Docker sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerStatus {
+    pub corral_id: String,
+    pub docker_id: String,
+    pub name: String,
+    /// Docker's state: created, running, paused, restarting, removing, exited, dead.
+    pub state: String,
+    #[serde(default)]
+    pub exit_code: Option<i64>,
 }
 
 impl AgentMessage {
@@ -45,6 +99,11 @@ pub enum ServerMessage {
     /// Work for the agent. Commands are idempotent: one may be delivered again after a
     /// reconnect, and carrying it out twice has the effect of carrying it out once.
     Command(Command),
+    /// More bytes may be sent on a stream: credit-based flow control, so a slow reader never
+    /// grows memory on the agent or the server.
+    StreamCredit { stream_id: String, bytes: u64 },
+    /// The reader went away: stop sending.
+    StreamCancel { stream_id: String },
     /// Sent right before the server closes the connection, with the full explanation; the
     /// WebSocket close frame repeats the reason as a code (see [`CloseReason::code`]).
     Goodbye {
@@ -78,6 +137,14 @@ pub enum CommandKind {
     OverlayExpect,
     /// Send overlay probes with this nonce to a peer's overlay endpoint.
     OverlaySend,
+    /// Create (if absent) and start a container. Idempotent by corral container id.
+    ContainerRun,
+    ContainerStart,
+    /// Stop with a grace period, then kill.
+    ContainerStop,
+    ContainerRemove,
+    /// Open a log stream (answered at once; data follows as stream messages).
+    ContainerLogs,
     #[serde(other)]
     Unknown,
 }
@@ -89,6 +156,11 @@ impl CommandKind {
             CommandKind::FirewallApply => "firewall_apply",
             CommandKind::OverlayExpect => "overlay_expect",
             CommandKind::OverlaySend => "overlay_send",
+            CommandKind::ContainerRun => "container_run",
+            CommandKind::ContainerStart => "container_start",
+            CommandKind::ContainerStop => "container_stop",
+            CommandKind::ContainerRemove => "container_remove",
+            CommandKind::ContainerLogs => "container_logs",
             CommandKind::Unknown => "unknown",
         }
     }
@@ -129,6 +201,85 @@ pub struct OverlayProbe {
     pub peer: String,
     /// How long to wait (expect) or to keep sending (send), in milliseconds.
     pub window_ms: u64,
+}
+
+/// Labels corral puts on every container it creates.
+pub mod labels {
+    pub const MANAGED: &str = "io.corral.managed";
+    pub const CONTAINER_ID: &str = "io.corral.container-id";
+    pub const ENVIRONMENT: &str = "io.corral.environment";
+    pub const STACK: &str = "io.corral.stack";
+    pub const SERVICE: &str = "io.corral.service";
+}
+
+/// A published port: `HOST:CONTAINER[/udp]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortSpec {
+    pub host: u16,
+    pub container: u16,
+    pub udp: bool,
+}
+
+impl PortSpec {
+    /// Parses `8080:80`, `53:53/udp` or `80:80/tcp`.
+    pub fn parse(text: &str) -> Result<PortSpec, String> {
+        let bad = || format!("invalid port spec {text:?}: expected HOSTPORT:CONTAINERPORT[/udp], e.g. 8080:80");
+        let (ports, proto) = match text.split_once('/') {
+            Some((p, "udp")) => (p, true),
+            Some((p, "tcp")) => (p, false),
+            Some(_) => return Err(bad()),
+            None => (text, false),
+        };
+        let (h, c) = ports.split_once(':').ok_or_else(bad)?;
+        let host: u16 = h.parse().map_err(|_| bad())?;
+        let container: u16 = c.parse().map_err(|_| bad())?;
+        if host == 0 || container == 0 {
+            return Err(format!("invalid port spec {text:?}: ports must be 1-65535"));
+        }
+        Ok(PortSpec { host, container, udp: proto })
+    }
+}
+
+impl std::fmt::Display for PortSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}/{}", self.host, self.container, if self.udp { "udp" } else { "tcp" })
+    }
+}
+
+/// What the agent needs to run a container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerSpec {
+    pub corral_id: String,
+    pub name: String,
+    pub environment: String,
+    pub image: String,
+    #[serde(default)]
+    pub env: Vec<String>,
+    #[serde(default)]
+    pub ports: Vec<PortSpec>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub cmd: Vec<String>,
+}
+
+/// Payload of container_start / container_stop / container_remove / container_logs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerRef {
+    pub corral_id: String,
+    /// Stop: seconds before SIGKILL.
+    #[serde(default)]
+    pub grace_secs: Option<u64>,
+    /// Logs: the stream to send on.
+    #[serde(default)]
+    pub stream_id: Option<String>,
+    #[serde(default)]
+    pub follow: bool,
+    #[serde(default)]
+    pub tail: Option<u64>,
+    /// Logs: initial credit in bytes.
+    #[serde(default)]
+    pub credit: u64,
 }
 
 /// One check of `corral doctor`, as an agent reports it.

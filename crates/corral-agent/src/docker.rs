@@ -49,10 +49,12 @@ impl Engine {
     }
 
     async fn connect(&self) -> Result<Docker, String> {
-        let path = self
-            .host
-            .strip_prefix("unix://")
-            .ok_or_else(|| format!("--docker-host {:?} must be unix:///path/to/docker.sock", self.host))?;
+        let path = self.host.strip_prefix("unix://").ok_or_else(|| {
+            format!(
+                "--docker-host {:?} must be unix:///path/to/docker.sock",
+                self.host
+            )
+        })?;
         let docker = Docker::connect_with_unix(path, 120, bollard::API_DEFAULT_VERSION)
             .map_err(unavailable)?
             .negotiate_version()
@@ -121,13 +123,22 @@ impl Engine {
     }
 
     /// Docker's id of the container with this corral id, if it exists.
-    async fn find(&self, docker: &Docker, corral_id: &str) -> Result<Option<ContainerStatus>, String> {
+    async fn find(
+        &self,
+        docker: &Docker,
+        corral_id: &str,
+    ) -> Result<Option<ContainerStatus>, String> {
         let filters = HashMap::from([(
             "label".to_string(),
             vec![format!("{}={corral_id}", labels::CONTAINER_ID)],
         )]);
         let found = docker
-            .list_containers(Some(ListContainersOptionsBuilder::default().all(true).filters(&filters).build()))
+            .list_containers(Some(
+                ListContainersOptionsBuilder::default()
+                    .all(true)
+                    .filters(&filters)
+                    .build(),
+            ))
             .await
             .map_err(unavailable)?;
         Ok(found.into_iter().filter_map(status_of_summary).next())
@@ -138,11 +149,22 @@ impl Engine {
             .inspect_container(docker_id, None)
             .await
             .map_err(|e| format!("cannot inspect container {docker_id}: {e}"))?;
-        let labels = c.config.as_ref().and_then(|c| c.labels.clone()).unwrap_or_default();
+        let labels = c
+            .config
+            .as_ref()
+            .and_then(|c| c.labels.clone())
+            .unwrap_or_default();
         Ok(ContainerStatus {
-            corral_id: labels.get(labels::CONTAINER_ID).cloned().unwrap_or_default(),
+            corral_id: labels
+                .get(labels::CONTAINER_ID)
+                .cloned()
+                .unwrap_or_default(),
             docker_id: c.id.unwrap_or_default(),
-            name: c.name.unwrap_or_default().trim_start_matches('/').to_owned(),
+            name: c
+                .name
+                .unwrap_or_default()
+                .trim_start_matches('/')
+                .to_owned(),
             state: c
                 .state
                 .as_ref()
@@ -162,10 +184,9 @@ impl Engine {
         };
         let current = self.status(&docker, &id).await?;
         if current.state != "running" {
-            docker
-                .start_container(&id, None)
-                .await
-                .map_err(|e| format!("cannot start {} on host {}: {e}", spec.name, self.host_name))?;
+            docker.start_container(&id, None).await.map_err(|e| {
+                format!("cannot start {} on host {}: {e}", spec.name, self.host_name)
+            })?;
         }
         self.status(&docker, &id).await
     }
@@ -177,8 +198,11 @@ impl Engine {
                 spec.image, self.host_name
             ));
         }
-        let mut container_labels: HashMap<String, String> =
-            spec.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let mut container_labels: HashMap<String, String> = spec
+            .labels
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         container_labels.insert(labels::MANAGED.into(), "true".into());
         container_labels.insert(labels::CONTAINER_ID.into(), spec.corral_id.clone());
         container_labels.insert(labels::ENVIRONMENT.into(), spec.environment.clone());
@@ -208,14 +232,26 @@ impl Engine {
             ..Default::default()
         };
         let created = docker
-            .create_container(Some(CreateContainerOptionsBuilder::default().name(&spec.name).build()), body)
+            .create_container(
+                Some(
+                    CreateContainerOptionsBuilder::default()
+                        .name(&spec.name)
+                        .build(),
+                ),
+                body,
+            )
             .await
             .map_err(|e| match e {
-                bollard::errors::Error::DockerResponseServerError { status_code: 409, .. } => format!(
+                bollard::errors::Error::DockerResponseServerError {
+                    status_code: 409, ..
+                } => format!(
                     "a container named {} that corral does not manage already exists on host {}",
                     spec.name, self.host_name
                 ),
-                other => format!("cannot create {} on host {}: {other}", spec.name, self.host_name),
+                other => format!(
+                    "cannot create {} on host {}: {other}",
+                    spec.name, self.host_name
+                ),
             })?;
         Ok(created.id)
     }
@@ -238,13 +274,20 @@ impl Engine {
         self.status(&docker, &c.docker_id).await.map(Some)
     }
 
-    pub async fn stop(&self, corral_id: &str, grace_secs: u64) -> Result<Option<ContainerStatus>, String> {
+    pub async fn stop(
+        &self,
+        corral_id: &str,
+        grace_secs: u64,
+    ) -> Result<Option<ContainerStatus>, String> {
         let (docker, found) = self.existing(corral_id).await?;
         let Some(c) = found else { return Ok(None) };
         if c.state == "running" || c.state == "restarting" || c.state == "paused" {
             let t = i32::try_from(grace_secs).unwrap_or(i32::MAX);
             docker
-                .stop_container(&c.docker_id, Some(StopContainerOptionsBuilder::default().t(t).build()))
+                .stop_container(
+                    &c.docker_id,
+                    Some(StopContainerOptionsBuilder::default().t(t).build()),
+                )
                 .await
                 .map_err(|e| format!("cannot stop {}: {e}", c.name))?;
         }
@@ -256,11 +299,16 @@ impl Engine {
         let (docker, found) = self.existing(corral_id).await?;
         let Some(c) = found else { return Ok(()) };
         match docker
-            .remove_container(&c.docker_id, Some(RemoveContainerOptionsBuilder::default().force(true).build()))
+            .remove_container(
+                &c.docker_id,
+                Some(RemoveContainerOptionsBuilder::default().force(true).build()),
+            )
             .await
         {
             Ok(()) => Ok(()),
-            Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => Ok(()),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(()),
             Err(e) => Err(format!("cannot remove {}: {e}", c.name)),
         }
     }
@@ -306,9 +354,17 @@ fn status_of_summary(c: bollard::models::ContainerSummary) -> Option<ContainerSt
 }
 
 async fn list(docker: &Docker) -> Result<Vec<ContainerStatus>, String> {
-    let filters = HashMap::from([("label".to_string(), vec![format!("{}=true", labels::MANAGED)])]);
+    let filters = HashMap::from([(
+        "label".to_string(),
+        vec![format!("{}=true", labels::MANAGED)],
+    )]);
     let found = docker
-        .list_containers(Some(ListContainersOptionsBuilder::default().all(true).filters(&filters).build()))
+        .list_containers(Some(
+            ListContainersOptionsBuilder::default()
+                .all(true)
+                .filters(&filters)
+                .build(),
+        ))
         .await
         .map_err(unavailable)?;
     Ok(found.into_iter().filter_map(status_of_summary).collect())
@@ -320,7 +376,13 @@ async fn watch(engine: Arc<Engine>) {
     let mut was_available = None;
     loop {
         let inventory = engine.inventory().await;
-        let available = matches!(&inventory, Report::Inventory { docker: Some(_), .. });
+        let available = matches!(
+            &inventory,
+            Report::Inventory {
+                docker: Some(_),
+                ..
+            }
+        );
         // Report transitions (and every reconnect to Docker); while Docker stays down, once.
         if (available || was_available != Some(false)) && !engine.report(inventory) {
             return;
@@ -329,9 +391,14 @@ async fn watch(engine: Arc<Engine>) {
         if available && let Ok(docker) = engine.client().await {
             let filters = HashMap::from([
                 ("type".to_string(), vec!["container".to_string()]),
-                ("label".to_string(), vec![format!("{}=true", labels::MANAGED)]),
+                (
+                    "label".to_string(),
+                    vec![format!("{}=true", labels::MANAGED)],
+                ),
             ]);
-            let mut events = docker.events(Some(EventsOptionsBuilder::default().filters(&filters).build()));
+            let mut events = docker.events(Some(
+                EventsOptionsBuilder::default().filters(&filters).build(),
+            ));
             while let Some(event) = events.next().await {
                 let Ok(event) = event else { break };
                 let actor = event.actor.unwrap_or_default();
@@ -343,7 +410,10 @@ async fn watch(engine: Arc<Engine>) {
                 let report = if action == "destroy" {
                     Report::Removed { corral_id }
                 } else {
-                    match engine.status(&docker, actor.id.as_deref().unwrap_or_default()).await {
+                    match engine
+                        .status(&docker, actor.id.as_deref().unwrap_or_default())
+                        .await
+                    {
                         Ok(container) => Report::Change { container },
                         Err(_) => continue,
                     }

@@ -273,7 +273,9 @@ async fn stream_logs(
     let stream = match engine.logs(&r.corral_id, r.follow, r.tail).await {
         Ok(s) => s,
         Err(message) => {
-            let _ = done_tx.send((command_id, CommandResult::Failed { message })).await;
+            let _ = done_tx
+                .send((command_id, CommandResult::Failed { message }))
+                .await;
             return;
         }
     };
@@ -314,7 +316,9 @@ async fn stream_logs(
             }
         }
     }
-    let _ = out_tx.send(AgentMessage::StreamEnd { stream_id, error }).await;
+    let _ = out_tx
+        .send(AgentMessage::StreamEnd { stream_id, error })
+        .await;
 }
 
 /// Carries out one command. Every kind is idempotent.
@@ -401,12 +405,14 @@ async fn execute(command: Command, ctx: Context) -> CommandResult {
                 }
             }
         }
-        CommandKind::ContainerRun => match serde_json::from_value::<corral_proto::ContainerSpec>(command.payload) {
-            Ok(spec) => to_result(ctx.engine.run(&spec).await),
-            Err(e) => CommandResult::Failed {
-                message: format!("malformed container spec: {e}"),
-            },
-        },
+        CommandKind::ContainerRun => {
+            match serde_json::from_value::<corral_proto::ContainerSpec>(command.payload) {
+                Ok(spec) => to_result(ctx.engine.run(&spec).await),
+                Err(e) => CommandResult::Failed {
+                    message: format!("malformed container spec: {e}"),
+                },
+            }
+        }
         CommandKind::ContainerStart | CommandKind::ContainerStop | CommandKind::ContainerRemove => {
             let r = match serde_json::from_value::<corral_proto::ContainerRef>(command.payload) {
                 Ok(r) => r,
@@ -418,9 +424,11 @@ async fn execute(command: Command, ctx: Context) -> CommandResult {
             };
             match command.kind {
                 CommandKind::ContainerStart => to_result(ctx.engine.start(&r.corral_id).await),
-                CommandKind::ContainerStop => {
-                    to_result(ctx.engine.stop(&r.corral_id, r.grace_secs.unwrap_or(10)).await)
-                }
+                CommandKind::ContainerStop => to_result(
+                    ctx.engine
+                        .stop(&r.corral_id, r.grace_secs.unwrap_or(10))
+                        .await,
+                ),
                 _ => to_result(ctx.engine.remove(&r.corral_id).await),
             }
         }
@@ -452,9 +460,21 @@ async fn serve(
     let (out_tx, mut out_rx) = tokio::sync::mpsc::channel::<AgentMessage>(16);
     let mut streams: std::collections::HashMap<
         String,
-        (std::sync::Arc<tokio::sync::Semaphore>, tokio::task::AbortHandle),
+        (
+            std::sync::Arc<tokio::sync::Semaphore>,
+            tokio::task::AbortHandle,
+        ),
     > = std::collections::HashMap::new();
-    let ended = serve_loop(&mut tunnel, welcome, ctx, reports_rx, &out_tx, &mut out_rx, &mut streams).await;
+    let ended = serve_loop(
+        &mut tunnel,
+        welcome,
+        ctx,
+        reports_rx,
+        &out_tx,
+        &mut out_rx,
+        &mut streams,
+    )
+    .await;
     for (_, (_, task)) in streams {
         task.abort();
     }
@@ -471,7 +491,10 @@ async fn serve_loop(
     out_rx: &mut tokio::sync::mpsc::Receiver<AgentMessage>,
     streams: &mut std::collections::HashMap<
         String,
-        (std::sync::Arc<tokio::sync::Semaphore>, tokio::task::AbortHandle),
+        (
+            std::sync::Arc<tokio::sync::Semaphore>,
+            tokio::task::AbortHandle,
+        ),
     >,
 ) -> Ended {
     let (done_tx, mut done_rx) = tokio::sync::mpsc::channel::<(String, CommandResult)>(64);

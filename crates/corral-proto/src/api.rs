@@ -62,6 +62,9 @@ pub struct HostView {
     pub arch: String,
     pub remote_addr: String,
     pub registered_at: String,
+    /// Docker on the host while it is connected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub docker: Option<DockerView>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -111,4 +114,56 @@ pub struct FirewallApplyReport {
     pub applied: bool,
     pub message: String,
     pub ruleset: String,
+}
+
+/// `POST /v1/containers`: run one container.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RunContainer {
+    pub name: String,
+    pub image: String,
+    /// Host name or id; the connected host with the fewest containers when absent.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// `KEY=VALUE` entries.
+    #[serde(default)]
+    pub env: Vec<String>,
+    /// `HOSTPORT:CONTAINERPORT[/udp]` entries.
+    #[serde(default)]
+    pub ports: Vec<String>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub cmd: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ContainerView {
+    pub id: String,
+    pub name: String,
+    pub host: String,
+    pub host_id: String,
+    pub image: String,
+    /// What was asked for: `running` or `stopped`.
+    pub desired: String,
+    /// What the host last reported: `pending`, a Docker state, or `missing` (removed behind
+    /// corral's back).
+    pub actual: String,
+    pub docker_id: Option<String>,
+    pub exit_code: Option<i64>,
+    pub ports: Vec<String>,
+    pub env: Vec<String>,
+    pub cmd: Vec<String>,
+    pub labels: BTreeMap<String, String>,
+    pub created_at: String,
+}
+
+/// Docker on a host, as its agent last reported.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DockerView {
+    /// `available` or `unavailable`.
+    pub state: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub info: Option<crate::DockerInfo>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }

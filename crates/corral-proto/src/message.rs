@@ -101,9 +101,14 @@ pub enum ServerMessage {
     Command(Command),
     /// More bytes may be sent on a stream: credit-based flow control, so a slow reader never
     /// grows memory on the agent or the server.
-    StreamCredit { stream_id: String, bytes: u64 },
+    StreamCredit {
+        stream_id: String,
+        bytes: u64,
+    },
     /// The reader went away: stop sending.
-    StreamCancel { stream_id: String },
+    StreamCancel {
+        stream_id: String,
+    },
     /// Sent right before the server closes the connection, with the full explanation; the
     /// WebSocket close frame repeats the reason as a code (see [`CloseReason::code`]).
     Goodbye {
@@ -223,7 +228,11 @@ pub struct PortSpec {
 impl PortSpec {
     /// Parses `8080:80`, `53:53/udp` or `80:80/tcp`.
     pub fn parse(text: &str) -> Result<PortSpec, String> {
-        let bad = || format!("invalid port spec {text:?}: expected HOSTPORT:CONTAINERPORT[/udp], e.g. 8080:80");
+        let bad = || {
+            format!(
+                "invalid port spec {text:?}: expected HOSTPORT:CONTAINERPORT[/udp], e.g. 8080:80"
+            )
+        };
         let (ports, proto) = match text.split_once('/') {
             Some((p, "udp")) => (p, true),
             Some((p, "tcp")) => (p, false),
@@ -236,13 +245,23 @@ impl PortSpec {
         if host == 0 || container == 0 {
             return Err(format!("invalid port spec {text:?}: ports must be 1-65535"));
         }
-        Ok(PortSpec { host, container, udp: proto })
+        Ok(PortSpec {
+            host,
+            container,
+            udp: proto,
+        })
     }
 }
 
 impl std::fmt::Display for PortSpec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}:{}/{}", self.host, self.container, if self.udp { "udp" } else { "tcp" })
+        write!(
+            f,
+            "{}:{}/{}",
+            self.host,
+            self.container,
+            if self.udp { "udp" } else { "tcp" }
+        )
     }
 }
 

@@ -44,6 +44,14 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/hosts/{id}", get(get_host).delete(remove_host))
         .route("/v1/hosts/{id}/doctor", post(doctor))
         .route("/v1/hosts/{id}/firewall", post(apply_firewall))
+        .route("/v1/containers", get(list_containers).post(run_container))
+        .route(
+            "/v1/containers/{name}",
+            get(get_container).delete(remove_container),
+        )
+        .route("/v1/containers/{name}/start", post(start_container))
+        .route("/v1/containers/{name}/stop", post(stop_container))
+        .route("/v1/containers/{name}/logs", get(container_logs))
         .route("/v1/events", get(list_events))
         .route("/v1/topology", get(topology))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })
@@ -316,6 +324,7 @@ fn host_view(state: &AppState, h: HostRow, env_names: &[(String, String)]) -> Ho
         .into(),
         last_seen_at: rfc3339(live.as_ref().map(|l| l.last_rx).unwrap_or(h.last_seen_at)),
         connected_since: live.as_ref().map(|l| rfc3339(l.connected_at)),
+        docker: live.as_ref().and_then(|l| l.docker.clone()),
         remote_addr: live.map(|l| l.remote).unwrap_or(h.remote_addr),
         id: h.id,
         name: h.name,
@@ -513,6 +522,84 @@ async fn apply_firewall(
         message,
         ruleset,
     }))
+}
+
+async fn run_container(
+    _: Admin,
+    State(state): State<Arc<AppState>>,
+    body: Result<Json<corral_proto::api::RunContainer>, axum::extract::rejection::JsonRejection>,
+) -> Result<(StatusCode, Json<corral_proto::api::ContainerView>), ApiError> {
+    let Json(req) = body.map_err(|e| ApiError::new(e.status(), e.body_text()))?;
+    let (status, view) = crate::containers::run(&state, req).await?;
+    Ok((status, Json(view)))
+}
+
+async fn list_containers(
+    _: Admin,
+    State(state): State<Arc<AppState>>,
+) -> Result<Json<Vec<corral_proto::api::ContainerView>>, ApiError> {
+    Ok(Json(crate::containers::list(&state).await?))
+}
+
+async fn get_container(
+    _: Admin,
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+) -> Result<Json<corral_proto::api::ContainerView>, ApiError> {
+    Ok(Json(crate::containers::get(&state, &name).await?))
+}
+
+async fn act_on(
+    state: &Arc<AppState>,
+    name: &str,
+    action: crate::containers::Action,
+) -> Result<Response, ApiError> {
+    let (status, view) = crate::containers::act(state, name, action).await?;
+    Ok(match view {
+        Some(v) => (status, Json(v)).into_response(),
+        None => status.into_response(),
+    })
+}
+
+async fn start_container(
+    _: Admin,
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    act_on(&state, &name, crate::containers::Action::Start).await
+}
+
+async fn stop_container(
+    _: Admin,
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    act_on(&state, &name, crate::containers::Action::Stop).await
+}
+
+async fn remove_container(
+    _: Admin,
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    act_on(&state, &name, crate::containers::Action::Remove).await
+}
+
+#[derive(Deserialize)]
+struct LogsQuery {
+    #[serde(default)]
+    follow: bool,
+    tail: Option<u64>,
+}
+
+async fn container_logs(
+    _: Admin,
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    Query(q): Query<LogsQuery>,
+) -> Result<Response, ApiError> {
+    let body = crate::containers::logs(&state, &name, q.follow, q.tail).await?;
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response())
 }
 
 /// How long `doctor` waits for an agent's checks.

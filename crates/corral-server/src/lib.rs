@@ -11,6 +11,8 @@
 //! - [`tunnel`]: one agent's WebSocket session: hello, authentication, heartbeats, close
 //!   reasons.
 //! - [`dispatch`]: the durable command queue's live half: submit, deliver, accept replies.
+//! - [`containers`]: desired vs actual container state; run/start/stop/rm/logs via commands.
+//! - [`streams`]: agent → HTTP byte streams (logs) under credit-based flow control.
 //! - [`registry`]: which hosts are connected right now, and to which session.
 //!
 //! Architecture invariant: the server never opens a connection to a host. Every byte it sends
@@ -18,11 +20,13 @@
 
 pub mod api;
 pub mod bootstrap;
+pub mod containers;
 pub mod dispatch;
 pub mod pki;
 pub mod registry;
 pub mod secrets;
 pub mod store;
+pub mod streams;
 pub mod time_fmt;
 pub mod tunnel;
 
@@ -56,6 +60,7 @@ pub struct AppState {
     pub store: store::Store,
     pub registry: registry::Registry,
     pub dispatcher: dispatch::Dispatcher,
+    pub streams: streams::Streams,
     pub options: ServerOptions,
     /// The URL agents are told to dial (`--advertise-url`).
     pub advertise_url: String,
@@ -131,6 +136,7 @@ pub async fn start(options: ServerOptions) -> Result<RunningServer, ServerError>
         store: boot.store,
         registry: registry::Registry::default(),
         dispatcher: dispatch::Dispatcher::default(),
+        streams: streams::Streams::default(),
         advertise_url: boot.advertise_url.clone(),
         checksum: boot.checksum,
         local_port: local_addr.port(),

@@ -21,6 +21,8 @@ pub enum Control {
     Close(CloseReason, String),
     /// Write this command down the tunnel.
     Deliver(corral_proto::Command),
+    /// Write this message down the tunnel (stream credit and cancellation).
+    Send(corral_proto::ServerMessage),
 }
 
 /// One live tunnel.
@@ -33,11 +35,14 @@ pub struct Session {
     pub control: mpsc::Sender<Control>,
     /// The agent's overlay UDP port, as it reported it.
     pub overlay_port: Option<u16>,
+    /// Docker on the host, as the agent last reported.
+    pub docker: Option<corral_proto::api::DockerView>,
 }
 
 /// What others may know of a live session.
 #[derive(Debug, Clone)]
 pub struct SessionInfo {
+    pub docker: Option<corral_proto::api::DockerView>,
     pub overlay_port: Option<u16>,
     pub remote: String,
     pub connected_at: i64,
@@ -76,11 +81,21 @@ impl Registry {
 
     pub fn info(&self, host_id: &str) -> Option<SessionInfo> {
         self.lock().get(host_id).map(|s| SessionInfo {
+            docker: s.docker.clone(),
             overlay_port: s.overlay_port,
             remote: s.remote.clone(),
             connected_at: s.connected_at,
             last_rx: s.last_rx.load(Ordering::Relaxed),
         })
+    }
+
+    /// Records Docker's state on a connected host.
+    pub fn set_docker(&self, host_id: &str, conn_id: u64, docker: corral_proto::api::DockerView) {
+        if let Some(s) = self.lock().get_mut(host_id)
+            && s.conn_id == conn_id
+        {
+            s.docker = Some(docker);
+        }
     }
 
     pub fn len(&self) -> usize {

@@ -267,6 +267,7 @@ async fn run_session(
             last_rx: last_rx.clone(),
             control: control_tx,
             overlay_port,
+            docker: None,
         },
     );
     if let Some(old) = previous {
@@ -310,13 +311,22 @@ async fn run_session(
         }
     }
     if welcomed {
-        let reason = session_loop(&state, &host.id, &mut socket, &mut control_rx, &last_rx).await;
+        let reason = session_loop(
+            &state,
+            &host.id,
+            conn_id,
+            &mut socket,
+            &mut control_rx,
+            &last_rx,
+        )
+        .await;
         if let Some((reason, message)) = reason {
             tracing::info!(host = %host.name, %reason, %message, "closing tunnel");
             close(&mut socket, reason, message, limit).await;
         }
     }
     state.registry.detach(&host.id, conn_id);
+    crate::streams::end_host(&state, &host.id);
     let _ = state
         .store
         .touch_host(&host.id, last_rx.load(Ordering::Relaxed))
@@ -328,6 +338,7 @@ async fn run_session(
 async fn session_loop(
     state: &AppState,
     host_id: &str,
+    conn_id: u64,
     socket: &mut WebSocket,
     control_rx: &mut mpsc::Receiver<Control>,
     last_rx: &AtomicI64,
@@ -363,12 +374,31 @@ async fn session_loop(
                     last_rx.store(now_unix(), Ordering::Relaxed);
                     crate::dispatch::on_reply(state, host_id, &command_id, result).await;
                 }
+                Recv::Message(AgentMessage::Report(report)) => {
+                    live.on_receive(std::time::Instant::now());
+                    last_rx.store(now_unix(), Ordering::Relaxed);
+                    crate::containers::on_report(state, host_id, conn_id, report).await;
+                }
+                Recv::Message(AgentMessage::StreamData { stream_id, data }) => {
+                    live.on_receive(std::time::Instant::now());
+                    last_rx.store(now_unix(), Ordering::Relaxed);
+                    crate::streams::on_data(state, host_id, &stream_id, data);
+                }
+                Recv::Message(AgentMessage::StreamEnd { stream_id, error }) => {
+                    live.on_receive(std::time::Instant::now());
+                    crate::streams::on_end(state, host_id, &stream_id, error);
+                }
                 Recv::Message(AgentMessage::Hello(_)) => {
                     return Some((CloseReason::Malformed, "hello sent twice".into()));
                 }
             },
             order = control_rx.recv() => match order {
                 Some(Control::Close(reason, message)) => return Some((reason, message)),
+                Some(Control::Send(message)) => {
+                    if !send(socket, &message, limit).await {
+                        return None;
+                    }
+                }
                 Some(Control::Deliver(command)) => {
                     let id = command.id.clone();
                     if !send(socket, &ServerMessage::Command(command), limit).await {

@@ -59,7 +59,16 @@ impl Lab {
         ok(&["ip", "link", "add", &lab.bridge, "type", "bridge"]);
         // Keep bridged lab frames out of iptables (a dockerd in the root namespace sets the
         // FORWARD policy to DROP and turns br_netfilter on).
-        let _ = run(&["ip", "link", "set", &lab.bridge, "type", "bridge", "nf_call_iptables", "0"]);
+        let _ = run(&[
+            "ip",
+            "link",
+            "set",
+            &lab.bridge,
+            "type",
+            "bridge",
+            "nf_call_iptables",
+            "0",
+        ]);
         ok(&["ip", "link", "set", &lab.bridge, "up"]);
         for (veth, ns, ip) in [
             (&lab.veths[0], &lab.server_ns, SERVER_IP),

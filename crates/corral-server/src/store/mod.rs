@@ -168,6 +168,24 @@ pub enum Completion {
     Unknown,
 }
 
+#[derive(Debug, Clone, FromRow)]
+pub struct ContainerRow {
+    pub id: String,
+    pub environment_id: String,
+    pub host_id: String,
+    pub name: String,
+    pub image: String,
+    pub spec: String,
+    pub desired: String,
+    pub actual: String,
+    pub docker_id: Option<String>,
+    pub exit_code: Option<i64>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+const CONTAINER_COLUMNS: &str = "id, environment_id, host_id, name, image, spec, desired, actual, docker_id, exit_code, created_at, updated_at";
+
 const HOST_COLUMNS: &str = "id, environment_id, name, labels, token_id, hostname, agent_version, os, kernel, arch, remote_addr, registered_at, last_seen_at, removed_at";
 
 impl Store {
@@ -686,6 +704,117 @@ impl Store {
         .fetch_all(&self.writer)
         .await?;
         Ok(ids.into_iter().map(|(id,)| id).collect())
+    }
+
+    // ---- containers ---------------------------------------------------------------------
+
+    pub async fn insert_container(&self, c: &ContainerRow) -> Result<()> {
+        let done = sqlx::query(
+            "INSERT INTO containers (id, environment_id, host_id, name, image, spec, desired, actual, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?) ON CONFLICT DO NOTHING",
+        )
+        .bind(&c.id)
+        .bind(&c.environment_id)
+        .bind(&c.host_id)
+        .bind(&c.name)
+        .bind(&c.image)
+        .bind(&c.spec)
+        .bind(&c.desired)
+        .bind(c.created_at)
+        .bind(c.created_at)
+        .execute(&self.writer)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::Conflict(format!(
+                "a container named {:?} already exists; remove it with `corral container rm {}` or pick another name",
+                c.name, c.name
+            )));
+        }
+        Ok(())
+    }
+
+    pub async fn containers(&self) -> Result<Vec<ContainerRow>> {
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {CONTAINER_COLUMNS} FROM containers ORDER BY name"
+        )))
+        .fetch_all(&self.reader)
+        .await?)
+    }
+
+    pub async fn host_containers(&self, host_id: &str) -> Result<Vec<ContainerRow>> {
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {CONTAINER_COLUMNS} FROM containers WHERE host_id = ?"
+        )))
+        .bind(host_id)
+        .fetch_all(&self.reader)
+        .await?)
+    }
+
+    pub async fn find_container(&self, id_or_name: &str) -> Result<ContainerRow> {
+        let rows: Vec<ContainerRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {CONTAINER_COLUMNS} FROM containers WHERE id = ? OR name = ?"
+        )))
+        .bind(id_or_name)
+        .bind(id_or_name)
+        .fetch_all(&self.reader)
+        .await?;
+        if let Some(by_id) = rows.iter().find(|c| c.id == id_or_name) {
+            return Ok(by_id.clone());
+        }
+        match rows.len() {
+            0 => Err(StoreError::NotFound(format!(
+                "no container {id_or_name:?}; list them with `corral container ls`"
+            ))),
+            1 => rows
+                .into_iter()
+                .next()
+                .ok_or_else(|| StoreError::Corrupt("container row vanished".into())),
+            _ => Err(StoreError::Conflict(format!(
+                "{} containers are named {id_or_name:?} (in different environments); use the id",
+                rows.len()
+            ))),
+        }
+    }
+
+    pub async fn set_desired(&self, id: &str, desired: &str, now: i64) -> Result<()> {
+        sqlx::query("UPDATE containers SET desired = ?, updated_at = ? WHERE id = ?")
+            .bind(desired)
+            .bind(now)
+            .bind(id)
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
+    /// Records what the host's agent reports. Only rows of that host are touched.
+    pub async fn set_actual(
+        &self,
+        host_id: &str,
+        corral_id: &str,
+        actual: &str,
+        docker_id: Option<&str>,
+        exit_code: Option<i64>,
+        now: i64,
+    ) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE containers SET actual = ?, docker_id = COALESCE(?, docker_id), exit_code = ?, updated_at = ? WHERE id = ? AND host_id = ?",
+        )
+        .bind(actual)
+        .bind(docker_id)
+        .bind(exit_code)
+        .bind(now)
+        .bind(corral_id)
+        .bind(host_id)
+        .execute(&self.writer)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    pub async fn delete_container(&self, id: &str) -> Result<()> {
+        sqlx::query("DELETE FROM containers WHERE id = ?")
+            .bind(id)
+            .execute(&self.writer)
+            .await?;
+        Ok(())
     }
 
     // ---- events -------------------------------------------------------------------------

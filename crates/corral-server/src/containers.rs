@@ -1,0 +1,540 @@
+//! Containers: desired state from the API, actual state from the agents' reports, and the
+//! commands that bring one to the other.
+//!
+//! The server never talks to Docker. It stores what was asked for, sends `container_*`
+//! commands down the host's tunnel (durable, idempotent by corral container id), and records
+//! what the host's agent reports: its inventory on every connect, then every change. A
+//! container that disappears from a host's inventory behind corral's back becomes `missing`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use corral_proto::api::{ContainerView, DockerView, RunContainer};
+use corral_proto::{
+    CommandKind, CommandResult, ContainerRef, ContainerSpec, ContainerStatus, PortSpec, Report,
+};
+
+use crate::AppState;
+use crate::api::ApiError;
+use crate::dispatch::{Outcome, submit};
+use crate::secrets::new_id;
+use crate::store::{ContainerRow, HostRow};
+use crate::time_fmt::{now_unix, rfc3339};
+
+/// How long `run` waits before answering "accepted, still pending".
+const RUN_WAIT: Duration = Duration::from_secs(30);
+/// How long a container command stays deliverable to a disconnected host.
+const COMMAND_TTL: Duration = Duration::from_secs(600);
+/// Grace period of `stop` before Docker kills the container.
+pub const STOP_GRACE_SECS: u64 = 10;
+
+/// Handles a report from `host_id`'s agent.
+pub async fn on_report(state: &AppState, host_id: &str, conn_id: u64, report: Report) {
+    let now = now_unix();
+    let result = match report {
+        Report::Inventory {
+            docker,
+            docker_error,
+            containers,
+        } => {
+            let available = docker.is_some();
+            state.registry.set_docker(
+                host_id,
+                conn_id,
+                DockerView {
+                    state: if available {
+                        "available"
+                    } else {
+                        "unavailable"
+                    }
+                    .into(),
+                    info: docker,
+                    error: docker_error,
+                },
+            );
+            if available {
+                reconcile_inventory(state, host_id, &containers, now).await
+            } else {
+                Ok(())
+            }
+        }
+        Report::Change { container } => state
+            .store
+            .set_actual(
+                host_id,
+                &container.corral_id,
+                &container.state,
+                Some(&container.docker_id),
+                container.exit_code,
+                now,
+            )
+            .await
+            .map(|_| ()),
+        Report::Removed { corral_id } => state
+            .store
+            .set_actual(host_id, &corral_id, "missing", None, None, now)
+            .await
+            .map(|_| ()),
+    };
+    if let Err(e) = result {
+        tracing::error!(error = %e, "cannot record a host report");
+    }
+}
+
+async fn reconcile_inventory(
+    state: &AppState,
+    host_id: &str,
+    containers: &[ContainerStatus],
+    now: i64,
+) -> Result<(), crate::store::StoreError> {
+    for row in state.store.host_containers(host_id).await? {
+        match containers.iter().find(|c| c.corral_id == row.id) {
+            Some(c) => {
+                state
+                    .store
+                    .set_actual(
+                        host_id,
+                        &row.id,
+                        &c.state,
+                        Some(&c.docker_id),
+                        c.exit_code,
+                        now,
+                    )
+                    .await?;
+            }
+            // Created once and now gone: removed behind corral's back.
+            None if row.docker_id.is_some() && row.actual != "missing" => {
+                state
+                    .store
+                    .set_actual(host_id, &row.id, "missing", None, None, now)
+                    .await?;
+            }
+            None => {}
+        }
+    }
+    Ok(())
+}
+
+fn bad(message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, message)
+}
+
+fn validate_name(name: &str) -> Result<(), ApiError> {
+    corral_proto::validate_host_name(name)
+        .map_err(|e| bad(e.replacen("host name", "container name", 1)))
+}
+
+/// Checks a run request; returns the parsed ports.
+fn validate(req: &RunContainer) -> Result<Vec<PortSpec>, ApiError> {
+    validate_name(&req.name)?;
+    if req.image.is_empty() || req.image.len() > 256 || req.image.chars().any(char::is_whitespace) {
+        return Err(bad(format!("invalid image reference {:?}", req.image)));
+    }
+    if req.env.len() > 256 || req.cmd.len() > 256 || req.ports.len() > 64 {
+        return Err(bad("too many env entries, command arguments or ports"));
+    }
+    for e in &req.env {
+        match e.split_once('=') {
+            Some((k, _)) if !k.is_empty() && !k.contains(char::is_whitespace) => {}
+            _ => {
+                return Err(bad(format!(
+                    "invalid environment entry {e:?}: expected KEY=VALUE"
+                )));
+            }
+        }
+    }
+    for (k, v) in &req.labels {
+        corral_proto::validate_label(k, v).map_err(bad)?;
+        if k.starts_with("io.corral.") {
+            return Err(bad(format!(
+                "label {k:?}: the io.corral. prefix is reserved"
+            )));
+        }
+    }
+    let ports: Vec<PortSpec> = req
+        .ports
+        .iter()
+        .map(|p| PortSpec::parse(p))
+        .collect::<Result<_, _>>()
+        .map_err(bad)?;
+    for (i, p) in ports.iter().enumerate() {
+        if ports[..i]
+            .iter()
+            .any(|q| q.host == p.host && q.udp == p.udp)
+        {
+            return Err(bad(format!("host port {} is published twice", p.host)));
+        }
+    }
+    Ok(ports)
+}
+
+fn spec_of(row: &ContainerRow) -> Option<ContainerSpec> {
+    serde_json::from_str(&row.spec).ok()
+}
+
+pub fn view(row: &ContainerRow, host_name: &str) -> ContainerView {
+    let spec = spec_of(row);
+    ContainerView {
+        id: row.id.clone(),
+        name: row.name.clone(),
+        host: host_name.to_owned(),
+        host_id: row.host_id.clone(),
+        image: row.image.clone(),
+        desired: row.desired.clone(),
+        actual: row.actual.clone(),
+        docker_id: row.docker_id.clone(),
+        exit_code: row.exit_code,
+        ports: spec
+            .as_ref()
+            .map(|s| s.ports.iter().map(ToString::to_string).collect())
+            .unwrap_or_default(),
+        env: spec.as_ref().map(|s| s.env.clone()).unwrap_or_default(),
+        cmd: spec.as_ref().map(|s| s.cmd.clone()).unwrap_or_default(),
+        labels: spec.map(|s| s.labels).unwrap_or_default(),
+        created_at: rfc3339(row.created_at),
+    }
+}
+
+async fn pick_host(state: &AppState, wanted: Option<&str>) -> Result<HostRow, ApiError> {
+    if let Some(name) = wanted {
+        return Ok(state.store.find_host(name).await?);
+    }
+    let hosts = state.store.hosts(false).await?;
+    let containers = state.store.containers().await?;
+    hosts
+        .into_iter()
+        .filter(|h| state.registry.info(&h.id).is_some())
+        .min_by_key(|h| {
+            (
+                containers.iter().filter(|c| c.host_id == h.id).count(),
+                h.name.clone(),
+            )
+        })
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::CONFLICT,
+                "no host is connected: start an agent (`corral token create` prints the command) or name one with --host",
+            )
+        })
+}
+
+/// Applies a container command's outcome to the datastore.
+async fn settle_run(
+    state: &AppState,
+    row: &ContainerRow,
+    outcome: Option<Outcome>,
+) -> Result<ContainerRow, ApiError> {
+    match outcome {
+        Some(Outcome::Done(CommandResult::Ok { value })) => {
+            if let Ok(status) = serde_json::from_value::<ContainerStatus>(value) {
+                state
+                    .store
+                    .set_actual(
+                        &row.host_id,
+                        &row.id,
+                        &status.state,
+                        Some(&status.docker_id),
+                        status.exit_code,
+                        now_unix(),
+                    )
+                    .await?;
+            }
+            Ok(state.store.find_container(&row.id).await?)
+        }
+        Some(Outcome::Done(CommandResult::Failed { message })) => {
+            state.store.delete_container(&row.id).await?;
+            Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, message))
+        }
+        Some(Outcome::Expired) => {
+            state.store.delete_container(&row.id).await?;
+            Err(ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                format!(
+                    "the host did not run {} in time; nothing was created",
+                    row.name
+                ),
+            ))
+        }
+        None => Ok(row.clone()),
+    }
+}
+
+/// `corral run`.
+pub async fn run(
+    state: &Arc<AppState>,
+    req: RunContainer,
+) -> Result<(StatusCode, ContainerView), ApiError> {
+    let ports = validate(&req)?;
+    let host = pick_host(state, req.host.as_deref()).await?;
+    let env_name = state
+        .store
+        .environment_by_id(&host.environment_id)
+        .await?
+        .map(|e| e.name)
+        .unwrap_or_default();
+    let existing = state.store.host_containers(&host.id).await?;
+    for p in &ports {
+        if let Some(other) = existing.iter().find(|c| {
+            c.desired == "running"
+                && spec_of(c)
+                    .is_some_and(|s| s.ports.iter().any(|q| q.host == p.host && q.udp == p.udp))
+        }) {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                format!(
+                    "port {}/{} on host {} is already published by container {}",
+                    p.host,
+                    if p.udp { "udp" } else { "tcp" },
+                    host.name,
+                    other.name
+                ),
+            ));
+        }
+    }
+    let now = now_unix();
+    let spec = ContainerSpec {
+        corral_id: new_id("ctr"),
+        name: req.name.clone(),
+        environment: env_name,
+        image: req.image.clone(),
+        env: req.env.clone(),
+        ports,
+        labels: req.labels.clone(),
+        cmd: req.cmd.clone(),
+    };
+    let row = ContainerRow {
+        id: spec.corral_id.clone(),
+        environment_id: host.environment_id.clone(),
+        host_id: host.id.clone(),
+        name: spec.name.clone(),
+        image: spec.image.clone(),
+        spec: serde_json::to_string(&spec)
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?,
+        desired: "running".into(),
+        actual: "pending".into(),
+        docker_id: None,
+        exit_code: None,
+        created_at: now,
+        updated_at: now,
+    };
+    state.store.insert_container(&row).await?;
+    let payload = serde_json::to_value(&spec)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let (_, mut rx) = match submit(
+        state,
+        &host.id,
+        CommandKind::ContainerRun,
+        payload,
+        COMMAND_TTL,
+    )
+    .await
+    {
+        Ok(x) => x,
+        Err(e) => {
+            let _ = state.store.delete_container(&row.id).await;
+            return Err(e.into());
+        }
+    };
+    match tokio::time::timeout(RUN_WAIT, &mut rx).await {
+        Ok(outcome) => {
+            let row = settle_run(state, &row, outcome.ok()).await?;
+            Ok((StatusCode::CREATED, view(&row, &host.name)))
+        }
+        Err(_) => {
+            // Still pending (the host is disconnected or slow): settle in the background.
+            let bg_state = state.clone();
+            let bg_row = row.clone();
+            tokio::spawn(async move {
+                let outcome = rx.await.ok();
+                if let Err(e) = settle_run(&bg_state, &bg_row, outcome).await {
+                    let _ = bg_state
+                        .store
+                        .record_event(
+                            now_unix(),
+                            "container_failed",
+                            Some(&bg_row.host_id),
+                            &format!("container {}: {}", bg_row.name, e),
+                        )
+                        .await;
+                }
+            });
+            Ok((StatusCode::ACCEPTED, view(&row, &host.name)))
+        }
+    }
+}
+
+async fn host_name(state: &AppState, host_id: &str) -> String {
+    state
+        .store
+        .hosts(true)
+        .await
+        .ok()
+        .and_then(|hs| hs.into_iter().find(|h| h.id == host_id).map(|h| h.name))
+        .unwrap_or_else(|| host_id.to_owned())
+}
+
+pub async fn list(state: &AppState) -> Result<Vec<ContainerView>, ApiError> {
+    let hosts: BTreeMap<String, String> = state
+        .store
+        .hosts(true)
+        .await?
+        .into_iter()
+        .map(|h| (h.id, h.name))
+        .collect();
+    Ok(state
+        .store
+        .containers()
+        .await?
+        .iter()
+        .map(|c| {
+            view(
+                c,
+                hosts
+                    .get(&c.host_id)
+                    .map(String::as_str)
+                    .unwrap_or(&c.host_id),
+            )
+        })
+        .collect())
+}
+
+pub async fn get(state: &AppState, name: &str) -> Result<ContainerView, ApiError> {
+    let row = state.store.find_container(name).await?;
+    Ok(view(&row, &host_name(state, &row.host_id).await))
+}
+
+/// What a lifecycle command does.
+#[derive(Clone, Copy)]
+pub enum Action {
+    Start,
+    Stop,
+    Remove,
+}
+
+/// `corral container start|stop|rm`.
+pub async fn act(
+    state: &Arc<AppState>,
+    name: &str,
+    action: Action,
+) -> Result<(StatusCode, Option<ContainerView>), ApiError> {
+    let row = state.store.find_container(name).await?;
+    let host = host_name(state, &row.host_id).await;
+    let (kind, desired) = match action {
+        Action::Start => (CommandKind::ContainerStart, Some("running")),
+        Action::Stop => (CommandKind::ContainerStop, Some("stopped")),
+        Action::Remove => (CommandKind::ContainerRemove, None),
+    };
+    if let Some(d) = desired {
+        state.store.set_desired(&row.id, d, now_unix()).await?;
+    }
+    let payload = serde_json::to_value(ContainerRef {
+        corral_id: row.id.clone(),
+        grace_secs: Some(STOP_GRACE_SECS),
+        stream_id: None,
+        follow: false,
+        tail: None,
+        credit: 0,
+    })
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let (_, rx) = submit(state, &row.host_id, kind, payload, COMMAND_TTL).await?;
+    let wait = Duration::from_secs(STOP_GRACE_SECS) + RUN_WAIT;
+    let outcome = match tokio::time::timeout(wait, rx).await {
+        Ok(o) => o.ok(),
+        Err(_) => {
+            return Ok((
+                StatusCode::ACCEPTED,
+                Some(view(&state.store.find_container(&row.id).await?, &host)),
+            ));
+        }
+    };
+    match outcome {
+        Some(Outcome::Done(CommandResult::Ok { value })) => {
+            if matches!(action, Action::Remove) {
+                state.store.delete_container(&row.id).await?;
+                return Ok((StatusCode::OK, None));
+            }
+            match serde_json::from_value::<Option<ContainerStatus>>(value) {
+                Ok(Some(s)) => {
+                    state
+                        .store
+                        .set_actual(
+                            &row.host_id,
+                            &row.id,
+                            &s.state,
+                            Some(&s.docker_id),
+                            s.exit_code,
+                            now_unix(),
+                        )
+                        .await?;
+                }
+                _ => {
+                    state
+                        .store
+                        .set_actual(&row.host_id, &row.id, "missing", None, None, now_unix())
+                        .await?;
+                }
+            }
+            Ok((
+                StatusCode::OK,
+                Some(view(&state.store.find_container(&row.id).await?, &host)),
+            ))
+        }
+        Some(Outcome::Done(CommandResult::Failed { message })) => {
+            Err(ApiError::new(StatusCode::BAD_GATEWAY, message))
+        }
+        _ => Err(ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            format!("host {host} did not carry out the command in time"),
+        )),
+    }
+}
+
+/// Opens a log stream of a container; returns the HTTP body.
+pub async fn logs(
+    state: &Arc<AppState>,
+    name: &str,
+    follow: bool,
+    tail: Option<u64>,
+) -> Result<axum::body::Body, ApiError> {
+    let row = state.store.find_container(name).await?;
+    if state.registry.info(&row.host_id).is_none() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "host {} is disconnected: logs are read by its agent",
+                host_name(state, &row.host_id).await
+            ),
+        ));
+    }
+    let (stream_id, rx) = crate::streams::open(state, &row.host_id);
+    let payload = serde_json::to_value(ContainerRef {
+        corral_id: row.id.clone(),
+        grace_secs: None,
+        stream_id: Some(stream_id.clone()),
+        follow,
+        tail,
+        credit: crate::streams::INITIAL_CREDIT,
+    })
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let body = crate::streams::body(state.clone(), stream_id, rx);
+    let (_, answer) = submit(
+        state,
+        &row.host_id,
+        CommandKind::ContainerLogs,
+        payload,
+        Duration::from_secs(15),
+    )
+    .await?;
+    match tokio::time::timeout(Duration::from_secs(20), answer).await {
+        Ok(Ok(Outcome::Done(CommandResult::Ok { .. }))) => Ok(body),
+        Ok(Ok(Outcome::Done(CommandResult::Failed { message }))) => {
+            Err(ApiError::new(StatusCode::BAD_GATEWAY, message))
+        }
+        _ => Err(ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "the agent did not open the log stream in time",
+        )),
+    }
+}

@@ -337,7 +337,13 @@ pub async fn run(
             return Err(e.into());
         }
     };
-    match tokio::time::timeout(RUN_WAIT, &mut rx).await {
+    // A disconnected host gets the command when it reconnects: answer at once.
+    let wait = if state.registry.info(&host.id).is_some() {
+        RUN_WAIT
+    } else {
+        Duration::ZERO
+    };
+    match tokio::time::timeout(wait, &mut rx).await {
         Ok(outcome) => {
             let row = settle_run(state, &row, outcome.ok()).await?;
             Ok((StatusCode::CREATED, view(&row, &host.name)))

@@ -29,6 +29,24 @@ pub enum Command {
     /// Hosts known to the server.
     #[command(subcommand)]
     Host(HostCommand),
+    /// Run a container on a host.
+    Run(RunArgs),
+    /// Containers: list, inspect, start, stop, remove.
+    #[command(subcommand)]
+    Container(ContainerCommand),
+    /// A container's logs, streamed from its host through the agent's tunnel.
+    Logs {
+        #[command(flatten)]
+        conn: Conn,
+        /// Container name or id.
+        name: String,
+        /// Keep streaming new lines.
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// Only the last N lines.
+        #[arg(long)]
+        tail: Option<u64>,
+    },
     /// Security events: registrations, removals, refused and superseded credentials.
     Events {
         #[command(flatten)]
@@ -129,6 +147,9 @@ pub struct AgentArgs {
     /// Host label, k=v (repeatable); used by placement constraints.
     #[arg(long = "label", value_parser = parse_label)]
     pub labels: Vec<(String, String)>,
+    /// The local Docker socket; only the agent talks to Docker, and only through it.
+    #[arg(long, default_value = corral_agent::docker::DEFAULT_DOCKER_HOST, env = "DOCKER_HOST")]
+    pub docker_host: String,
     /// UDP port of the overlay socket, the only port the agent listens on.
     #[arg(long, default_value_t = corral_agent::overlay::DEFAULT_PORT, env = "CORRAL_AGENT_OVERLAY_PORT")]
     pub overlay_port: u16,
@@ -224,6 +245,71 @@ pub enum FirewallAction {
         /// Dead-man window: roll back unless the server is reachable within it.
         #[arg(long, default_value = "60s", value_parser = crate::duration::parse_duration)]
         confirm_within: std::time::Duration,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub conn: Conn,
+    /// Container name (unique in its environment).
+    pub name: String,
+    /// Image, which must be present on the host (corral never pulls implicitly).
+    #[arg(long)]
+    pub image: String,
+    /// Host name or id (default: the connected host with the fewest containers).
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Environment variable KEY=VALUE (repeatable).
+    #[arg(short = 'e', long = "env")]
+    pub env: Vec<String>,
+    /// Published port HOSTPORT:CONTAINERPORT[/udp] (repeatable).
+    #[arg(short = 'p', long = "publish")]
+    pub ports: Vec<String>,
+    /// Container label k=v (repeatable).
+    #[arg(long = "label", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+    #[command(flatten)]
+    pub out: Out,
+    /// Command and arguments, after `--`.
+    #[arg(last = true)]
+    pub cmd: Vec<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ContainerCommand {
+    /// List containers: desired and actual state side by side.
+    Ls {
+        #[command(flatten)]
+        conn: Conn,
+        #[command(flatten)]
+        out: Out,
+    },
+    /// Show one container.
+    Inspect {
+        #[command(flatten)]
+        conn: Conn,
+        name: String,
+        #[command(flatten)]
+        out: Out,
+    },
+    /// Start a stopped container.
+    Start {
+        #[command(flatten)]
+        conn: Conn,
+        name: String,
+    },
+    /// Stop a container (SIGTERM, then SIGKILL after 10 s).
+    Stop {
+        #[command(flatten)]
+        conn: Conn,
+        name: String,
+    },
+    /// Remove a container.
+    Rm {
+        #[command(flatten)]
+        conn: Conn,
+        name: String,
     },
 }
 

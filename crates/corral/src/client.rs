@@ -113,6 +113,23 @@ impl Client {
             .context("the server sent an unreadable answer")
     }
 
+    /// POST without a body; the answer is ignored beyond its status.
+    pub async fn post_empty(&self, path: &str) -> anyhow::Result<()> {
+        self.send(self.http.post(format!("{}{path}", self.base)))
+            .await?;
+        Ok(())
+    }
+
+    /// GET whose body is read as it arrives (no overall timeout: log streams may last).
+    pub async fn get_stream(&self, path: &str) -> anyhow::Result<reqwest::Response> {
+        self.send(
+            self.http
+                .get(format!("{}{path}", self.base))
+                .timeout(std::time::Duration::from_secs(365 * 86400)),
+        )
+        .await
+    }
+
     pub async fn delete(&self, path: &str) -> anyhow::Result<()> {
         self.send(self.http.delete(format!("{}{path}", self.base)))
             .await?;

@@ -21,6 +21,14 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Token(cmd) => token(cmd).await,
         Command::Host(cmd) => host(cmd).await,
         Command::Events { conn, limit, out } => events(conn, limit, out).await,
+        Command::Run(args) => run(args).await,
+        Command::Container(cmd) => container(cmd).await,
+        Command::Logs {
+            conn,
+            name,
+            follow,
+            tail,
+        } => logs(conn, &name, follow, tail).await,
         Command::Doctor { conn, host, out } => doctor(conn, host, out).await,
         Command::Firewall(args) => firewall(*args).await,
         Command::Diagram {
@@ -172,6 +180,7 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     opts.name = args.name;
     opts.labels = args.labels.into_iter().collect::<BTreeMap<_, _>>();
     opts.overlay_port = args.overlay_port;
+    opts.docker_host = args.docker_host;
     corral_agent::run(opts, terminated()).await?;
     Ok(())
 }
@@ -529,6 +538,121 @@ async fn diagram(
             eprintln!("wrote {}", path.display());
         }
         None => print!("{text}"),
+    }
+    Ok(())
+}
+
+fn container_table(cs: &[corral_proto::api::ContainerView]) -> String {
+    table(
+        &["NAME", "HOST", "IMAGE", "DESIRED", "ACTUAL", "PORTS", "ID"],
+        cs.iter()
+            .map(|c| {
+                vec![
+                    c.name.clone(),
+                    c.host.clone(),
+                    c.image.clone(),
+                    c.desired.clone(),
+                    match c.exit_code {
+                        Some(code) if c.actual == "exited" => format!("exited ({code})"),
+                        _ => c.actual.clone(),
+                    },
+                    c.ports.join(","),
+                    c.id.clone(),
+                ]
+            })
+            .collect(),
+    )
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    // Port specs are checked here too, so a typo fails before anything is sent.
+    for p in &args.ports {
+        corral_proto::PortSpec::parse(p).map_err(anyhow::Error::msg)?;
+    }
+    let client = Client::new(&args.conn)?;
+    let view: corral_proto::api::ContainerView = client
+        .post(
+            "/v1/containers",
+            &corral_proto::api::RunContainer {
+                name: args.name,
+                image: args.image,
+                host: args.host,
+                env: args.env,
+                ports: args.ports,
+                labels: args.labels.into_iter().collect(),
+                cmd: args.cmd,
+            },
+        )
+        .await?;
+    print(args.out.format, &view, |c| {
+        if c.actual == "pending" {
+            format!(
+                "{} accepted for host {}: it starts when the host carries out the command (see `corral container ls`)",
+                c.name, c.host
+            )
+        } else {
+            format!("{} is {} on host {} ({})", c.name, c.actual, c.host, c.id)
+        }
+    })
+}
+
+async fn container(cmd: ContainerCommand) -> anyhow::Result<()> {
+    use corral_proto::api::ContainerView;
+    match cmd {
+        ContainerCommand::Ls { conn, out } => {
+            let cs: Vec<ContainerView> = Client::new(&conn)?.get("/v1/containers").await?;
+            print(out.format, &cs, |cs| container_table(cs))
+        }
+        ContainerCommand::Inspect { conn, name, out } => {
+            let c: ContainerView = Client::new(&conn)?
+                .get(&format!("/v1/containers/{}", seg(&name)))
+                .await?;
+            print(out.format, &c, |c| {
+                serde_json::to_string_pretty(c).unwrap_or_default()
+            })
+        }
+        ContainerCommand::Start { conn, name } => {
+            Client::new(&conn)?
+                .post_empty(&format!("/v1/containers/{}/start", seg(&name)))
+                .await?;
+            eprintln!("started {name}");
+            Ok(())
+        }
+        ContainerCommand::Stop { conn, name } => {
+            Client::new(&conn)?
+                .post_empty(&format!("/v1/containers/{}/stop", seg(&name)))
+                .await?;
+            eprintln!("stopped {name}");
+            Ok(())
+        }
+        ContainerCommand::Rm { conn, name } => {
+            Client::new(&conn)?
+                .delete(&format!("/v1/containers/{}", seg(&name)))
+                .await?;
+            eprintln!("removed {name}");
+            Ok(())
+        }
+    }
+}
+
+async fn logs(conn: Conn, name: &str, follow: bool, tail: Option<u64>) -> anyhow::Result<()> {
+    use std::io::Write;
+    let client = Client::new(&conn)?;
+    let mut path = format!("/v1/containers/{}/logs?follow={follow}", seg(name));
+    if let Some(t) = tail {
+        path.push_str(&format!("&tail={t}"));
+    }
+    let mut resp = client.get_stream(&path).await?;
+    let mut stdout = std::io::stdout();
+    while let Some(chunk) = resp.chunk().await? {
+        // A closed pipe (`| head`) ends the command quietly.
+        if stdout
+            .write_all(&chunk)
+            .and_then(|_| stdout.flush())
+            .is_err()
+        {
+            break;
+        }
     }
     Ok(())
 }

@@ -57,17 +57,19 @@ impl Lab {
         }
         ok(&["ip", "netns", "add", &lab.host_ns]);
         ok(&["ip", "link", "add", &lab.bridge, "type", "bridge"]);
-        // Keep bridged lab frames out of iptables (a dockerd in the root namespace sets the
-        // FORWARD policy to DROP and turns br_netfilter on).
+        // A dockerd in the root namespace sets the FORWARD policy to DROP and turns
+        // br_netfilter on, which would drop frames crossing the lab bridge: accept them in
+        // DOCKER-USER while the lab exists (removed on drop).
         let _ = run(&[
-            "ip",
-            "link",
-            "set",
+            "iptables",
+            "-I",
+            "DOCKER-USER",
+            "-i",
             &lab.bridge,
-            "type",
-            "bridge",
-            "nf_call_iptables",
-            "0",
+            "-o",
+            &lab.bridge,
+            "-j",
+            "ACCEPT",
         ]);
         ok(&["ip", "link", "set", &lab.bridge, "up"]);
         for (veth, ns, ip) in [
@@ -123,6 +125,17 @@ impl Drop for Lab {
         for v in &self.veths {
             let _ = run(&["ip", "link", "del", v]);
         }
+        let _ = run(&[
+            "iptables",
+            "-D",
+            "DOCKER-USER",
+            "-i",
+            &self.bridge,
+            "-o",
+            &self.bridge,
+            "-j",
+            "ACCEPT",
+        ]);
         let _ = run(&["ip", "link", "del", &self.bridge]);
         let _ = run(&["ip", "netns", "del", &self.host_ns]);
         let _ = run(&["ip", "netns", "del", &self.server_ns]);
@@ -231,9 +244,16 @@ fn apply_in_a_namespace_allows_flows_drops_the_rest_and_rolls_back_when_cut_off(
         t.path().join("agent.log"),
         &[],
     );
-    wait_until(Duration::from_secs(20), "fw-host active", || {
-        host_state(&lab, &env, "fw-host").as_deref() == Some("active")
-    });
+    let started = std::time::Instant::now();
+    while host_state(&lab, &env, "fw-host").as_deref() != Some("active") {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "fw-host never connected; agent log:\n{}\nserver log:\n{}",
+            agent.log_text(),
+            server.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 
     // A service on the host that no flow allows, and another table the agent must not touch.
     let mut listener = Proc::spawn_program(

@@ -288,8 +288,10 @@ impl Server {
     }
 
     pub fn cli_json(&self, args: &[&str]) -> Value {
+        // `-o json` goes before a `--` that starts a container command.
         let mut a = args.to_vec();
-        a.extend(["-o", "json"]);
+        let at = a.iter().position(|x| *x == "--").unwrap_or(a.len());
+        a.splice(at..at, ["-o", "json"]);
         serde_json::from_str(&self.cli_ok(&a)).expect("JSON output")
     }
 

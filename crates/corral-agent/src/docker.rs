@@ -108,7 +108,7 @@ impl Engine {
         let docker = self.client().await?;
         let version = docker.version().await.map_err(unavailable)?;
         let info = docker.info().await.map_err(unavailable)?;
-        let containers = list(&docker).await?;
+        let containers = list(&docker, &format!("{}=true", labels::MANAGED)).await?;
         Ok(Report::Inventory {
             docker: Some(DockerInfo {
                 version: version.version.unwrap_or_default(),
@@ -122,26 +122,14 @@ impl Engine {
         })
     }
 
-    /// Docker's id of the container with this corral id, if it exists.
+    /// The container with this corral id, if it exists.
     async fn find(
         &self,
         docker: &Docker,
         corral_id: &str,
     ) -> Result<Option<ContainerStatus>, String> {
-        let filters = HashMap::from([(
-            "label".to_string(),
-            vec![format!("{}={corral_id}", labels::CONTAINER_ID)],
-        )]);
-        let found = docker
-            .list_containers(Some(
-                ListContainersOptionsBuilder::default()
-                    .all(true)
-                    .filters(&filters)
-                    .build(),
-            ))
-            .await
-            .map_err(unavailable)?;
-        Ok(found.into_iter().filter_map(status_of_summary).next())
+        let label = format!("{}={corral_id}", labels::CONTAINER_ID);
+        Ok(list(docker, &label).await?.into_iter().next())
     }
 
     async fn status(&self, docker: &Docker, docker_id: &str) -> Result<ContainerStatus, String> {
@@ -353,11 +341,9 @@ fn status_of_summary(c: bollard::models::ContainerSummary) -> Option<ContainerSt
     })
 }
 
-async fn list(docker: &Docker) -> Result<Vec<ContainerStatus>, String> {
-    let filters = HashMap::from([(
-        "label".to_string(),
-        vec![format!("{}=true", labels::MANAGED)],
-    )]);
+/// Containers (in any state) carrying `label` (`key=value`).
+async fn list(docker: &Docker, label: &str) -> Result<Vec<ContainerStatus>, String> {
+    let filters = HashMap::from([("label".to_string(), vec![label.to_owned()])]);
     let found = docker
         .list_containers(Some(
             ListContainersOptionsBuilder::default()

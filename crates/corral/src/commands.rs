@@ -279,6 +279,37 @@ fn labels_text(labels: &BTreeMap<String, String>) -> String {
         .join(",")
 }
 
+/// Docker's state in one word for the host table.
+fn docker_text(h: &HostView) -> String {
+    match &h.docker {
+        Some(d) if d.state == "available" => d
+            .info
+            .as_ref()
+            .map(|i| i.version.clone())
+            .unwrap_or_else(|| "available".into()),
+        Some(_) => "unavailable".into(),
+        None => "-".into(),
+    }
+}
+
+fn docker_detail(h: &HostView) -> String {
+    match &h.docker {
+        Some(d) => match (&d.info, &d.error) {
+            (Some(i), _) => format!(
+                "{} (API {}), storage {}, {} CPUs, {:.1} GiB",
+                i.version,
+                i.api_version,
+                i.storage_driver,
+                i.cpus,
+                i.memory_bytes as f64 / (1u64 << 30) as f64
+            ),
+            (None, Some(e)) => e.clone(),
+            (None, None) => d.state.clone(),
+        },
+        None => "-".into(),
+    }
+}
+
 async fn host(cmd: HostCommand) -> anyhow::Result<()> {
     match cmd {
         HostCommand::Ls { conn, out } => {
@@ -288,6 +319,7 @@ async fn host(cmd: HostCommand) -> anyhow::Result<()> {
                     &[
                         "NAME",
                         "STATE",
+                        "DOCKER",
                         "LAST SEEN",
                         "ADDRESS",
                         "LABELS",
@@ -299,6 +331,7 @@ async fn host(cmd: HostCommand) -> anyhow::Result<()> {
                             vec![
                                 h.name.clone(),
                                 h.state.clone(),
+                                docker_text(h),
                                 h.last_seen_at.clone(),
                                 h.remote_addr.clone(),
                                 labels_text(&h.labels),
@@ -333,6 +366,7 @@ async fn host(cmd: HostCommand) -> anyhow::Result<()> {
                     ("Kernel", h.kernel.clone()),
                     ("Arch", h.arch.clone()),
                     ("Agent version", h.agent_version.clone()),
+                    ("Docker", docker_detail(h)),
                     ("Registered", h.registered_at.clone()),
                 ];
                 rows.iter()

@@ -581,6 +581,16 @@ fn a_dead_dockerd_is_reported_and_recovered_from() {
     });
     let host = server.cli_ok(&["host", "inspect", "fragile", "-o", "json"]);
     assert!(host.contains("docker unavailable"), "{host}");
+    let text = server.cli_ok(&["host", "inspect", "fragile"]);
+    assert!(
+        text.contains("Docker:") && text.contains("docker unavailable"),
+        "{text}"
+    );
+    let table = server.cli_ok(&["host", "ls"]);
+    assert!(
+        table.contains("DOCKER") && table.contains("unavailable"),
+        "{table}"
+    );
     // A command while dockerd is down fails clearly, at once, and leaves nothing behind.
     let started = Instant::now();
     let out = server.cli(&["run", "during", "--image", IMAGE, "--host", "fragile"]);

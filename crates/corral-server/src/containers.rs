@@ -349,25 +349,48 @@ pub async fn run(
             Ok((StatusCode::CREATED, view(&row, &host.name)))
         }
         Err(_) => {
-            // Still pending (the host is disconnected or slow): settle in the background.
-            let bg_state = state.clone();
-            let bg_row = row.clone();
-            tokio::spawn(async move {
-                let outcome = rx.await.ok();
-                if let Err(e) = settle_run(&bg_state, &bg_row, outcome).await {
-                    let _ = bg_state
-                        .store
-                        .record_event(
-                            now_unix(),
-                            "container_failed",
-                            Some(&bg_row.host_id),
-                            &format!("container {}: {}", bg_row.name, e),
-                        )
-                        .await;
-                }
-            });
+            // Still pending (the host is disconnected or slow). Dropping the receiver hands
+            // the outcome to `settle_unwatched` when it comes.
+            drop(rx);
             Ok((StatusCode::ACCEPTED, view(&row, &host.name)))
         }
+    }
+}
+
+/// The outcome of a `container_run` nobody waited for (the server restarted, or `run` already
+/// answered "pending"): the datastore learns it all the same, so a failure never leaves a row
+/// pending forever.
+pub async fn settle_unwatched(state: &AppState, command_id: &str, outcome: Outcome) {
+    let Ok(Some((kind, payload))) = state.store.command(command_id).await else {
+        return;
+    };
+    if kind == CommandKind::ContainerRemove.as_str() {
+        if let (Outcome::Done(CommandResult::Ok { .. }), Ok(r)) =
+            (&outcome, serde_json::from_str::<ContainerRef>(&payload))
+        {
+            let _ = state.store.delete_container(&r.corral_id).await;
+        }
+        return;
+    }
+    if kind != CommandKind::ContainerRun.as_str() {
+        return;
+    }
+    let Ok(spec) = serde_json::from_str::<ContainerSpec>(&payload) else {
+        return;
+    };
+    let Ok(row) = state.store.find_container(&spec.corral_id).await else {
+        return;
+    };
+    if let Err(e) = settle_run(state, &row, Some(outcome)).await {
+        let _ = state
+            .store
+            .record_event(
+                now_unix(),
+                "container_failed",
+                Some(&row.host_id),
+                &format!("container {}: {e}", row.name),
+            )
+            .await;
     }
 }
 

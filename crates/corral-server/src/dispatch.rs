@@ -41,10 +41,20 @@ impl Dispatcher {
         self.waiters.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn wake(&self, id: &str, outcome: Outcome) {
-        if let Some(tx) = self.waiters().remove(id) {
-            let _ = tx.send(outcome);
+    /// Hands the outcome to whoever waits for it. Gives it back when nobody does (the waiter
+    /// gave up, or the server restarted since the command was submitted).
+    fn wake(&self, id: &str, outcome: Outcome) -> Option<Outcome> {
+        match self.waiters().remove(id) {
+            Some(tx) => tx.send(outcome).err(),
+            None => Some(outcome),
         }
+    }
+}
+
+/// Settles an outcome: to its waiter, or else to the datastore.
+async fn finish(state: &AppState, id: &str, outcome: Outcome) {
+    if let Some(unwatched) = state.dispatcher.wake(id, outcome) {
+        crate::containers::settle_unwatched(state, id, unwatched).await;
     }
 }
 
@@ -91,7 +101,7 @@ pub async fn on_reply(state: &AppState, host_id: &str, command_id: &str, result:
     };
     let event = match completion {
         Completion::Accepted => {
-            state.dispatcher.wake(command_id, Outcome::Done(result));
+            finish(state, command_id, Outcome::Done(result)).await;
             return;
         }
         Completion::WrongHost { owner } => (
@@ -143,7 +153,7 @@ pub async fn expiry_loop(state: std::sync::Arc<AppState>) {
         match state.store.expire_commands(now_unix()).await {
             Ok(ids) => {
                 for id in ids {
-                    state.dispatcher.wake(&id, Outcome::Expired);
+                    finish(&state, &id, Outcome::Expired).await;
                 }
             }
             Err(e) => tracing::error!(error = %e, "command expiry failed"),
@@ -160,12 +170,10 @@ pub async fn fail_host(state: &AppState, host_id: &str, why: &str) {
     {
         Ok(ids) => {
             for id in ids {
-                state.dispatcher.wake(
-                    &id,
-                    Outcome::Done(CommandResult::Failed {
-                        message: why.to_owned(),
-                    }),
-                );
+                let failed = Outcome::Done(CommandResult::Failed {
+                    message: why.to_owned(),
+                });
+                finish(state, &id, failed).await;
             }
         }
         Err(e) => tracing::error!(error = %e, "cannot fail a removed host's commands"),

@@ -619,6 +619,16 @@ impl Store {
             .collect()
     }
 
+    /// A command's kind and payload.
+    pub async fn command(&self, id: &str) -> Result<Option<(String, String)>> {
+        Ok(
+            sqlx::query_as("SELECT kind, payload FROM commands WHERE id = ?")
+                .bind(id)
+                .fetch_optional(&self.reader)
+                .await?,
+        )
+    }
+
     pub async fn mark_command_sent(&self, id: &str, now: i64) -> Result<()> {
         sqlx::query(
             "UPDATE commands SET state = 'sent', sent_at = ? WHERE id = ? AND state = 'pending'",

@@ -39,6 +39,8 @@ pub struct ServerOptions {
     /// Silence after which either end declares the link dead.
     pub dead_after: Duration,
     pub max_message_bytes: usize,
+    /// How long a container command waits for a disconnected host before it expires.
+    pub command_ttl: Duration,
 }
 
 impl ServerOptions {
@@ -51,6 +53,7 @@ impl ServerOptions {
             heartbeat_interval: Duration::from_secs(15),
             dead_after: Duration::from_secs(45),
             max_message_bytes: corral_proto::DEFAULT_MAX_MESSAGE_BYTES,
+            command_ttl: Duration::from_secs(600),
         }
     }
 }

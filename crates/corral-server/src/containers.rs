@@ -25,8 +25,6 @@ use crate::time_fmt::{now_unix, rfc3339};
 
 /// How long `run` waits before answering "accepted, still pending".
 const RUN_WAIT: Duration = Duration::from_secs(30);
-/// How long a container command stays deliverable to a disconnected host.
-const COMMAND_TTL: Duration = Duration::from_secs(600);
 /// Grace period of `stop` before Docker kills the container.
 pub const STOP_GRACE_SECS: u64 = 10;
 
@@ -327,7 +325,7 @@ pub async fn run(
         &host.id,
         CommandKind::ContainerRun,
         payload,
-        COMMAND_TTL,
+        state.options.command_ttl,
     )
     .await
     {
@@ -467,7 +465,14 @@ pub async fn act(
         credit: 0,
     })
     .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    let (_, rx) = submit(state, &row.host_id, kind, payload, COMMAND_TTL).await?;
+    let (_, rx) = submit(
+        state,
+        &row.host_id,
+        kind,
+        payload,
+        state.options.command_ttl,
+    )
+    .await?;
     let wait = Duration::from_secs(STOP_GRACE_SECS) + RUN_WAIT;
     let outcome = match tokio::time::timeout(wait, rx).await {
         Ok(o) => o.ok(),

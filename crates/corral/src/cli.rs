@@ -118,6 +118,9 @@ pub struct ServerArgs {
     /// Silence after which a tunnel is declared dead.
     #[arg(long, default_value = "45s", value_parser = crate::duration::parse_duration, hide = true)]
     pub dead_after: std::time::Duration,
+    /// How long a container command waits for a disconnected host before it expires.
+    #[arg(long, default_value = "10m", value_parser = crate::duration::parse_duration, hide = true)]
+    pub command_ttl: std::time::Duration,
     /// Maximum size of one tunnel message.
     #[arg(long, default_value_t = corral_proto::DEFAULT_MAX_MESSAGE_BYTES, hide = true)]
     pub max_message_bytes: usize,

@@ -104,6 +104,7 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
     options.heartbeat_interval = args.heartbeat_interval;
     options.dead_after = args.dead_after;
     options.max_message_bytes = args.max_message_bytes;
+    options.command_ttl = args.command_ttl;
     let running = corral_server::start(options).await?;
     let admin_env = running.admin_env.display().to_string();
     println!("corral server {} is running", env!("CARGO_PKG_VERSION"));

@@ -614,3 +614,38 @@ fn a_dead_dockerd_is_reported_and_recovered_from() {
     let names = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(!names.contains("during"), "{names}");
 }
+
+#[test]
+fn a_command_for_a_disconnected_host_expires_with_a_clear_failure() {
+    require_docker!();
+    let t = tmp();
+    let server = Server::start(&t.path().join("data"), &["--command-ttl", "2s"]);
+    let mut agent = agent_with_docker(&server, t.path(), "dock-7");
+    agent.stop();
+    wait_until(Duration::from_secs(10), "dock-7 disconnected", || {
+        server.host_state("dock-7").as_deref() == Some("disconnected")
+    });
+    let name = unique("never");
+    let _cleanup = Cleanup(vec![name.clone()]);
+    let view = server.cli_json(&["run", &name, "--image", IMAGE, "--host", "dock-7"]);
+    assert_eq!(view["actual"], "pending");
+    wait_until(Duration::from_secs(15), "the command to expire", || {
+        actual(&server, &name).is_none()
+    });
+    let events = server.events();
+    let failed = events
+        .iter()
+        .find(|e| e["kind"] == "container_failed")
+        .expect("an event");
+    assert!(
+        failed["message"].as_str().unwrap().contains("did not run"),
+        "{failed}"
+    );
+    // When the host returns, nothing is created from the expired command.
+    let _agent = start_agent(&server, &t.path().join("dock-7"), "dock-7", None, &[]);
+    wait_until(Duration::from_secs(20), "dock-7 back", || {
+        server.host_state("dock-7").as_deref() == Some("active")
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(!docker(&["inspect", &name]).status.success());
+}

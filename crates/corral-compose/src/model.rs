@@ -1,0 +1,200 @@
+//! The typed result: a [`Project`] of [`Service`]s with everything corral acts on, and nothing
+//! it does not (ignored keys are in [`crate::Loaded::warnings`]).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// A loaded stack.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Project {
+    /// The stack's name: `-p NAME`, else the top-level `name:`.
+    pub name: String,
+    pub services: BTreeMap<String, Service>,
+    /// Named volumes declared at the top level.
+    pub volumes: BTreeSet<String>,
+    /// Service names, every service after the services it `depends_on` (ties broken by name).
+    pub start_order: Vec<String>,
+}
+
+/// One service, with defaults applied.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Service {
+    pub image: String,
+    /// `None`: the image's CMD. Strings are split like a shell would (no expansion).
+    pub command: Option<Vec<String>>,
+    /// `None`: the image's ENTRYPOINT; `Some(vec![])` clears it.
+    pub entrypoint: Option<Vec<String>>,
+    /// `env_file:` files first, then `environment:` on top.
+    pub environment: BTreeMap<String, String>,
+    pub labels: BTreeMap<String, String>,
+    pub ports: Vec<Port>,
+    pub expose: Vec<Expose>,
+    pub volumes: Vec<Mount>,
+    pub restart: RestartPolicy,
+    pub healthcheck: Healthcheck,
+    pub depends_on: BTreeMap<String, Condition>,
+    /// `deploy.replicas` or `scale` (1 when neither is given).
+    pub replicas: u32,
+    pub constraints: Vec<Constraint>,
+    pub reservations: Reservations,
+    pub update: UpdateConfig,
+    /// 10 s when not given.
+    pub stop_grace_period: Duration,
+    pub user: Option<String>,
+    pub working_dir: Option<String>,
+    pub hostname: Option<String>,
+    /// Networks named by the service. Today every service of a stack is attached to the stack's
+    /// one default network whatever is named here.
+    pub networks: Vec<String>,
+    /// `x-corral.affinity`: services of this stack to place on the same host as this one.
+    pub affinity: Vec<String>,
+    /// `x-corral.anti_affinity`: services of this stack never to share a host with this one
+    /// (naming the service itself spreads its replicas one per host).
+    pub anti_affinity: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+/// An inclusive port range (`start == end` for one port).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct PortRange {
+    pub start: u16,
+    pub end: u16,
+}
+
+/// A container port, published on the host when `published` is set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Port {
+    /// Host port(s); `None` leaves the port unpublished.
+    pub published: Option<PortRange>,
+    pub target: u16,
+    pub protocol: Protocol,
+    /// Host address to bind, when given (`127.0.0.1:8080:80`).
+    pub host_ip: Option<IpAddr>,
+}
+
+/// A port exposed to the stack's network only (`expose:`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Expose {
+    pub ports: PortRange,
+    pub protocol: Protocol,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum Mount {
+    /// A named volume of the stack (declared under top-level `volumes:`).
+    Named {
+        source: String,
+        target: String,
+        read_only: bool,
+    },
+    /// A host path, kept as written (a relative path is relative to the first Compose file's
+    /// directory on the machine that sent it; the caller resolves it).
+    Bind {
+        source: String,
+        target: String,
+        read_only: bool,
+    },
+    /// A volume without a name, made for the container.
+    Anonymous { target: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(tag = "policy", rename_all = "kebab-case")]
+pub enum RestartPolicy {
+    No,
+    Always,
+    OnFailure { max_retries: Option<u32> },
+    UnlessStopped,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "mode", rename_all = "lowercase")]
+pub enum Healthcheck {
+    /// No `healthcheck:`: whatever the image says.
+    Inherit,
+    /// `disable: true` or `test: ["NONE"]`.
+    Disabled,
+    Custom(HealthcheckConfig),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HealthcheckConfig {
+    /// `["CMD", …]` or `["CMD-SHELL", "…"]`; `None` keeps the image's test (timings only).
+    pub test: Option<Vec<String>>,
+    pub interval: Option<Duration>,
+    pub timeout: Option<Duration>,
+    pub start_period: Option<Duration>,
+    pub retries: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Condition {
+    ServiceStarted,
+    ServiceHealthy,
+}
+
+/// `deploy.placement.constraints` entry: `node.hostname == x`, `node.labels.K != v`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Constraint {
+    pub attribute: ConstraintAttribute,
+    pub op: ConstraintOp,
+    pub value: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConstraintAttribute {
+    Hostname,
+    Label(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum ConstraintOp {
+    #[serde(rename = "==")]
+    Eq,
+    #[serde(rename = "!=")]
+    Ne,
+}
+
+/// `deploy.resources.reservations` (0 = none).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Reservations {
+    pub cpu_millis: u64,
+    pub memory_bytes: u64,
+}
+
+/// `deploy.update_config`: defaults parallelism 1, delay 0, stop-first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct UpdateConfig {
+    pub parallelism: u32,
+    pub delay: Duration,
+    pub order: UpdateOrder,
+}
+
+impl Default for UpdateConfig {
+    fn default() -> Self {
+        Self {
+            parallelism: 1,
+            delay: Duration::ZERO,
+            order: UpdateOrder::StopFirst,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpdateOrder {
+    StartFirst,
+    StopFirst,
+}

@@ -506,22 +506,7 @@ impl Store {
         .bind(id_or_name)
         .fetch_all(&self.reader)
         .await?;
-        if let Some(by_id) = rows.iter().find(|h| h.id == id_or_name) {
-            return Ok(by_id.clone());
-        }
-        match rows.len() {
-            0 => Err(StoreError::NotFound(format!(
-                "no host {id_or_name:?}; list hosts with `corral host ls`"
-            ))),
-            1 => Ok(rows
-                .into_iter()
-                .next()
-                .ok_or_else(|| StoreError::Corrupt("host row vanished".into()))?),
-            _ => Err(StoreError::Conflict(format!(
-                "{} hosts are named {id_or_name:?} (in different environments); use the host id",
-                rows.len()
-            ))),
-        }
+        one_by_id_or_name(rows, id_or_name, |h| &h.id, "host", "corral host ls")
     }
 
     /// Removes a host: its credential is revoked for good; the row stays as a tombstone.
@@ -767,22 +752,13 @@ impl Store {
         .bind(id_or_name)
         .fetch_all(&self.reader)
         .await?;
-        if let Some(by_id) = rows.iter().find(|c| c.id == id_or_name) {
-            return Ok(by_id.clone());
-        }
-        match rows.len() {
-            0 => Err(StoreError::NotFound(format!(
-                "no container {id_or_name:?}; list them with `corral container ls`"
-            ))),
-            1 => rows
-                .into_iter()
-                .next()
-                .ok_or_else(|| StoreError::Corrupt("container row vanished".into())),
-            _ => Err(StoreError::Conflict(format!(
-                "{} containers are named {id_or_name:?} (in different environments); use the id",
-                rows.len()
-            ))),
-        }
+        one_by_id_or_name(
+            rows,
+            id_or_name,
+            |c| &c.id,
+            "container",
+            "corral container ls",
+        )
     }
 
     pub async fn set_desired(&self, id: &str, desired: &str, now: i64) -> Result<()> {
@@ -851,6 +827,33 @@ impl Store {
         .await?;
         rows.reverse();
         Ok(rows)
+    }
+}
+
+/// The one row matching `id_or_name`: an exact id wins; a name must be unambiguous.
+fn one_by_id_or_name<T>(
+    rows: Vec<T>,
+    id_or_name: &str,
+    id_of: impl Fn(&T) -> &String,
+    what: &str,
+    list_command: &str,
+) -> Result<T> {
+    let count = rows.len();
+    let mut first = None;
+    for row in rows {
+        if id_of(&row) == id_or_name {
+            return Ok(row);
+        }
+        first.get_or_insert(row);
+    }
+    match (count, first) {
+        (1, Some(row)) => Ok(row),
+        (0, _) | (_, None) => Err(StoreError::NotFound(format!(
+            "no {what} {id_or_name:?}; list them with `{list_command}`"
+        ))),
+        (n, _) => Err(StoreError::Conflict(format!(
+            "{n} {what}s are named {id_or_name:?} (in different environments); use the id"
+        ))),
     }
 }
 

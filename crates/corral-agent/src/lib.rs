@@ -429,7 +429,23 @@ async fn execute(command: Command, ctx: Context) -> CommandResult {
                         .stop(&r.corral_id, r.grace_secs.unwrap_or(10))
                         .await,
                 ),
-                _ => to_result(ctx.engine.remove(&r.corral_id).await),
+                _ => to_result(ctx.engine.remove(&r.corral_id, r.grace_secs).await),
+            }
+        }
+        CommandKind::ImageCheck => {
+            match serde_json::from_value::<corral_proto::ImageCheck>(command.payload) {
+                Ok(req) => to_result(ctx.engine.missing_images(&req.images).await),
+                Err(e) => CommandResult::Failed {
+                    message: format!("malformed image check: {e}"),
+                },
+            }
+        }
+        CommandKind::StackCleanup => {
+            match serde_json::from_value::<corral_proto::StackCleanup>(command.payload) {
+                Ok(req) => to_result(ctx.engine.stack_cleanup(&req).await),
+                Err(e) => CommandResult::Failed {
+                    message: format!("malformed stack cleanup: {e}"),
+                },
             }
         }
         // Log streams are opened by the session loop, which owns the stream table.

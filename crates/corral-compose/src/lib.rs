@@ -320,3 +320,58 @@ pub fn load(input: &Input) -> Result<Loaded, LoadErrors> {
         }
     }
 }
+
+/// The `env_file:` entries the services of these Compose files name (after interpolation with
+/// `env_files` and `env`), in first-seen order, so a client can send them along with the
+/// files. Files that do not parse yield nothing here: [`load`] reports their errors.
+pub fn env_file_references(input: &Input) -> Vec<String> {
+    let mut vars = BTreeMap::new();
+    for f in &input.env_files {
+        if let Ok(v) = parse_env_file(&f.name, &f.text) {
+            vars.extend(v);
+        }
+    }
+    vars.extend(input.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    let mut found: Vec<String> = Vec::new();
+    for (i, f) in input.files.iter().enumerate().take(limits::MAX_FILES) {
+        let Ok(mut doc) = yaml::parse(&f.name, &f.text, i) else {
+            continue;
+        };
+        interpolate::interpolate_tree(&mut doc, &vars, &mut Vec::new(), &mut Vec::new());
+        let Some(services) = doc.get("services").and_then(|s| s.as_map()) else {
+            continue;
+        };
+        for (_, service) in services {
+            let Some(entry) = service.get("env_file") else {
+                continue;
+            };
+            let names: Vec<&str> = match &entry.value {
+                Value::Seq(items) => items.iter().filter_map(|n| n.as_str()).collect(),
+                _ => entry.as_str().into_iter().collect(),
+            };
+            for name in names {
+                if !found.iter().any(|f| f == name) {
+                    found.push(name.to_owned());
+                }
+            }
+        }
+    }
+    found
+}
+
+#[cfg(test)]
+mod reference_tests {
+    use super::*;
+
+    #[test]
+    fn env_file_references_are_listed_once_after_interpolation() {
+        let input = Input {
+            files: vec![SourceFile::new(
+                "compose.yaml",
+                "services:\n  a:\n    image: x\n    env_file: ${STAGE:-dev}.env\n  b:\n    image: x\n    env_file: [dev.env, common.env]\n",
+            )],
+            ..Input::default()
+        };
+        assert_eq!(env_file_references(&input), vec!["dev.env", "common.env"]);
+    }
+}

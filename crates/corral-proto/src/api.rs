@@ -167,3 +167,119 @@ pub struct DockerView {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
+
+/// A file sent with `corral up`: its name as given and its text.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileBody {
+    pub name: String,
+    pub text: String,
+}
+
+/// `POST /v1/stacks`: deploy (or update) a stack from Compose files.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct UpRequest {
+    /// `-p NAME`; else the files' top-level `name:`.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Environment name; `default` when absent.
+    #[serde(default)]
+    pub environment: Option<String>,
+    /// Compose files in `-f` order.
+    pub files: Vec<FileBody>,
+    /// `--env-file` files (or the project's `.env`), for interpolation.
+    #[serde(default)]
+    pub env_files: Vec<FileBody>,
+    /// Files the services name in `env_file:`.
+    #[serde(default)]
+    pub referenced_files: Vec<FileBody>,
+    /// The caller's environment variables that the files may interpolate.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+}
+
+/// The answer to `POST /v1/stacks`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UpResponse {
+    pub stack: String,
+    /// The stack did not exist before.
+    pub created: bool,
+    /// Services whose containers will be replaced (rolling update) because their definition
+    /// changed.
+    pub changed: Vec<String>,
+    /// Keys accepted but ignored, and the like.
+    pub warnings: Vec<String>,
+}
+
+/// `POST /v1/stacks/{name}/scale`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ScaleRequest {
+    pub service: String,
+    pub replicas: u32,
+}
+
+/// One line of `corral stack ls`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StackSummary {
+    pub name: String,
+    pub environment: String,
+    /// `active` or `removing`.
+    pub state: String,
+    pub services: usize,
+    /// Replicas running the current definition.
+    pub running: u32,
+    /// Replicas desired.
+    pub desired: u32,
+    pub converged: bool,
+    pub updated_at: String,
+}
+
+/// `GET /v1/stacks/{name}`: a stack with its services and replicas.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StackView {
+    pub name: String,
+    pub environment: String,
+    pub state: String,
+    /// Every service has exactly its desired replicas running the current definition (and
+    /// healthy where a healthcheck exists), nothing else is left, and nothing is unplaced.
+    pub converged: bool,
+    pub services: Vec<ServiceView>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServiceView {
+    pub name: String,
+    pub image: String,
+    pub desired: u32,
+    /// Replicas of the current definition that are running (and healthy, with a healthcheck).
+    pub ready: u32,
+    /// Replicas still running an older definition.
+    pub outdated: u32,
+    pub ports: Vec<String>,
+    /// Why replicas could not be placed ("web.3: no host fits — …").
+    pub unplaced: Vec<String>,
+    /// What the service waits for before it starts (its `depends_on`).
+    #[serde(default)]
+    pub waiting: Option<String>,
+    /// The last failure starting a replica, while it is being retried.
+    #[serde(default)]
+    pub last_error: Option<String>,
+    pub replicas: Vec<ReplicaView>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReplicaView {
+    pub name: String,
+    pub slot: u32,
+    pub host: String,
+    /// `running` or `removed` (being removed).
+    pub desired: String,
+    pub actual: String,
+    #[serde(default)]
+    pub health: Option<String>,
+    #[serde(default)]
+    pub exit_code: Option<i64>,
+    /// Runs the service's current definition.
+    pub current: bool,
+}

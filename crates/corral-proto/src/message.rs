@@ -76,6 +76,13 @@ pub struct ContainerStatus {
     pub state: String,
     #[serde(default)]
     pub exit_code: Option<i64>,
+    /// Docker's health status when the container has a healthcheck: starting, healthy,
+    /// unhealthy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<String>,
+    /// How many times Docker restarted it under its restart policy.
+    #[serde(default)]
+    pub restart_count: i64,
 }
 
 impl AgentMessage {
@@ -150,6 +157,12 @@ pub enum CommandKind {
     ContainerRemove,
     /// Open a log stream (answered at once; data follows as stream messages).
     ContainerLogs,
+    /// Which of these images are missing on the host ([`ImageCheck`]); answered with the
+    /// missing ones. Lets `corral up` refuse a stack before anything is created.
+    ImageCheck,
+    /// Remove what a stack left on the host besides containers ([`StackCleanup`]): its network
+    /// and, when asked, its named volumes.
+    StackCleanup,
     #[serde(other)]
     Unknown,
 }
@@ -166,6 +179,8 @@ impl CommandKind {
             CommandKind::ContainerStop => "container_stop",
             CommandKind::ContainerRemove => "container_remove",
             CommandKind::ContainerLogs => "container_logs",
+            CommandKind::ImageCheck => "image_check",
+            CommandKind::StackCleanup => "stack_cleanup",
             CommandKind::Unknown => "unknown",
         }
     }
@@ -215,6 +230,72 @@ pub mod labels {
     pub const ENVIRONMENT: &str = "io.corral.environment";
     pub const STACK: &str = "io.corral.stack";
     pub const SERVICE: &str = "io.corral.service";
+    /// The replica's slot (1-based) within its service.
+    pub const SLOT: &str = "io.corral.slot";
+}
+
+/// Payload of [`CommandKind::ImageCheck`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageCheck {
+    pub images: Vec<String>,
+}
+
+/// Payload of [`CommandKind::StackCleanup`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StackCleanup {
+    pub stack: String,
+    /// The stack's network, removed if no container uses it any more.
+    pub network: String,
+    /// Named volumes (Docker names) to remove; empty unless `down --volumes`.
+    #[serde(default)]
+    pub volumes: Vec<String>,
+}
+
+/// A mount of a stack container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum MountSpec {
+    /// A named volume (Docker name; created with the stack's labels when absent).
+    Volume {
+        source: String,
+        target: String,
+        #[serde(default)]
+        read_only: bool,
+    },
+    /// A host path.
+    Bind {
+        source: String,
+        target: String,
+        #[serde(default)]
+        read_only: bool,
+    },
+    /// An anonymous volume.
+    Anonymous { target: String },
+}
+
+/// A container's healthcheck (durations in milliseconds; `None` keeps the image's value).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct HealthSpec {
+    /// `["CMD", …]`, `["CMD-SHELL", "…"]` or `["NONE"]` (disabled).
+    #[serde(default)]
+    pub test: Option<Vec<String>>,
+    #[serde(default)]
+    pub interval_ms: Option<u64>,
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    #[serde(default)]
+    pub start_period_ms: Option<u64>,
+    #[serde(default)]
+    pub retries: Option<u32>,
+}
+
+/// A Docker restart policy.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct RestartSpec {
+    /// `no`, `always`, `on-failure` or `unless-stopped`.
+    pub name: String,
+    #[serde(default)]
+    pub max_retries: Option<u32>,
 }
 
 /// A published port: `HOST:CONTAINER[/udp]`.
@@ -223,6 +304,9 @@ pub struct PortSpec {
     pub host: u16,
     pub container: u16,
     pub udp: bool,
+    /// The host address to bind (all addresses when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_ip: Option<std::net::IpAddr>,
 }
 
 impl PortSpec {
@@ -249,6 +333,7 @@ impl PortSpec {
             host,
             container,
             udp: proto,
+            host_ip: None,
         })
     }
 }
@@ -266,7 +351,7 @@ impl std::fmt::Display for PortSpec {
 }
 
 /// What the agent needs to run a container.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContainerSpec {
     pub corral_id: String,
     pub name: String,
@@ -280,6 +365,39 @@ pub struct ContainerSpec {
     pub labels: BTreeMap<String, String>,
     #[serde(default)]
     pub cmd: Vec<String>,
+    /// `Some(vec![])` clears the image's entrypoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entrypoint: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<MountSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart: Option<RestartSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthcheck: Option<HealthSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub working_dir: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    /// A bridge network to attach to (created with the stack's labels when absent), and the
+    /// names the container answers to on it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<NetworkSpec>,
+    /// Ports reachable on the stack network only (`expose:`), e.g. `9000/tcp`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub expose: Vec<String>,
+    /// Seconds between SIGTERM and SIGKILL when the container is stopped or removed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_grace_secs: Option<u64>,
+}
+
+/// The network a stack container joins.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkSpec {
+    pub name: String,
+    #[serde(default)]
+    pub aliases: Vec<String>,
 }
 
 /// Payload of container_start / container_stop / container_remove / container_logs.

@@ -52,6 +52,18 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/containers/{name}/start", post(start_container))
         .route("/v1/containers/{name}/stop", post(stop_container))
         .route("/v1/containers/{name}/logs", get(container_logs))
+        .route(
+            "/v1/stacks",
+            get(list_stacks)
+                .post(up_stack)
+                .layer(DefaultBodyLimit::max(crate::stacks::MAX_UP_BODY_BYTES)),
+        )
+        .route("/v1/stacks/{name}", get(get_stack).delete(down_stack))
+        .route("/v1/stacks/{name}/scale", post(scale_stack))
+        .route(
+            "/v1/stacks/{name}/services/{service}/logs",
+            get(service_logs),
+        )
         .route("/v1/events", get(list_events))
         .route("/v1/topology", get(topology))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })
@@ -599,6 +611,67 @@ async fn container_logs(
     Query(q): Query<LogsQuery>,
 ) -> Result<Response, ApiError> {
     let body = crate::containers::logs(&state, &name, q.follow, q.tail).await?;
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response())
+}
+
+async fn up_stack(
+    _: Admin,
+    State(state): State<Arc<AppState>>,
+    body: Result<Json<corral_proto::api::UpRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<(StatusCode, Json<corral_proto::api::UpResponse>), ApiError> {
+    let Json(req) = body.map_err(|e| ApiError::new(e.status(), e.body_text()))?;
+    let (status, resp) = crate::stacks::up(&state, req).await?;
+    Ok((status, Json(resp)))
+}
+
+async fn list_stacks(
+    _: Admin,
+    State(state): State<Arc<AppState>>,
+) -> Result<Json<Vec<corral_proto::api::StackSummary>>, ApiError> {
+    Ok(Json(crate::stacks::list(&state).await?))
+}
+
+async fn get_stack(
+    _: Admin,
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+) -> Result<Json<corral_proto::api::StackView>, ApiError> {
+    Ok(Json(crate::stacks::get(&state, &name).await?))
+}
+
+#[derive(Deserialize)]
+struct DownQuery {
+    #[serde(default)]
+    volumes: bool,
+}
+
+async fn down_stack(
+    _: Admin,
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    Query(q): Query<DownQuery>,
+) -> Result<(StatusCode, Json<corral_proto::api::StackView>), ApiError> {
+    let view = crate::stacks::down(&state, &name, q.volumes).await?;
+    Ok((StatusCode::ACCEPTED, Json(view)))
+}
+
+async fn scale_stack(
+    _: Admin,
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    body: Result<Json<corral_proto::api::ScaleRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<corral_proto::api::StackView>, ApiError> {
+    let Json(req) = body.map_err(|e| ApiError::new(e.status(), e.body_text()))?;
+    Ok(Json(crate::stacks::scale(&state, &name, req).await?))
+}
+
+async fn service_logs(
+    _: Admin,
+    State(state): State<Arc<AppState>>,
+    Path((name, service)): Path<(String, String)>,
+    Query(q): Query<LogsQuery>,
+) -> Result<Response, ApiError> {
+    let body = crate::stacks::logs(&state, &name, &service, q.follow, q.tail).await?;
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response())
 }
 

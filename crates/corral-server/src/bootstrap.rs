@@ -41,6 +41,9 @@ pub struct ServerOptions {
     pub max_message_bytes: usize,
     /// How long a container command waits for a disconnected host before it expires.
     pub command_ttl: Duration,
+    /// How long a host may be disconnected before the reconciler places its stack replicas
+    /// elsewhere.
+    pub reschedule_after: Duration,
 }
 
 impl ServerOptions {
@@ -54,6 +57,7 @@ impl ServerOptions {
             dead_after: Duration::from_secs(45),
             max_message_bytes: corral_proto::DEFAULT_MAX_MESSAGE_BYTES,
             command_ttl: Duration::from_secs(600),
+            reschedule_after: Duration::from_secs(60),
         }
     }
 }

@@ -60,14 +60,7 @@ pub async fn on_report(state: &AppState, host_id: &str, conn_id: u64, report: Re
         }
         Report::Change { container } => state
             .store
-            .set_actual(
-                host_id,
-                &container.corral_id,
-                &container.state,
-                Some(&container.docker_id),
-                container.exit_code,
-                now,
-            )
+            .record_status(host_id, &container, now)
             .await
             .map(|_| ()),
         Report::Removed { corral_id } => state
@@ -79,6 +72,7 @@ pub async fn on_report(state: &AppState, host_id: &str, conn_id: u64, report: Re
     if let Err(e) = result {
         tracing::error!(error = %e, "cannot record a host report");
     }
+    state.reconciler.wake();
 }
 
 async fn reconcile_inventory(
@@ -90,17 +84,7 @@ async fn reconcile_inventory(
     for row in state.store.host_containers(host_id).await? {
         match containers.iter().find(|c| c.corral_id == row.id) {
             Some(c) => {
-                state
-                    .store
-                    .set_actual(
-                        host_id,
-                        &row.id,
-                        &c.state,
-                        Some(&c.docker_id),
-                        c.exit_code,
-                        now,
-                    )
-                    .await?;
+                state.store.record_status(host_id, c, now).await?;
             }
             // Created once and now gone: removed behind corral's back.
             None if row.docker_id.is_some() && row.actual != "missing" => {
@@ -229,14 +213,7 @@ async fn settle_run(
             if let Ok(status) = serde_json::from_value::<ContainerStatus>(value) {
                 state
                     .store
-                    .set_actual(
-                        &row.host_id,
-                        &row.id,
-                        &status.state,
-                        Some(&status.docker_id),
-                        status.exit_code,
-                        now_unix(),
-                    )
+                    .record_status(&row.host_id, &status, now_unix())
                     .await?;
             }
             Ok(state.store.find_container(&row.id).await?)
@@ -301,6 +278,7 @@ pub async fn run(
         ports,
         labels: req.labels.clone(),
         cmd: req.cmd.clone(),
+        ..ContainerSpec::default()
     };
     let row = ContainerRow {
         id: spec.corral_id.clone(),
@@ -316,6 +294,12 @@ pub async fn run(
         exit_code: None,
         created_at: now,
         updated_at: now,
+        stack_id: None,
+        service: None,
+        slot: None,
+        spec_hash: None,
+        health: None,
+        restart_count: 0,
     };
     state.store.insert_container(&row).await?;
     let payload = serde_json::to_value(&spec)
@@ -493,14 +477,7 @@ pub async fn act(
                 Ok(Some(s)) => {
                     state
                         .store
-                        .set_actual(
-                            &row.host_id,
-                            &row.id,
-                            &s.state,
-                            Some(&s.docker_id),
-                            s.exit_code,
-                            now_unix(),
-                        )
+                        .record_status(&row.host_id, &s, now_unix())
                         .await?;
                 }
                 _ => {

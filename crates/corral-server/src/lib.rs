@@ -12,6 +12,7 @@
 //!   reasons.
 //! - [`dispatch`]: the durable command queue's live half: submit, deliver, accept replies.
 //! - [`containers`]: desired vs actual container state; run/start/stop/rm/logs via commands.
+//! - [`stacks`]: Compose stacks: `up`, the pure reconcile pass and the reconciler loop.
 //! - [`streams`]: agent → HTTP byte streams (logs) under credit-based flow control.
 //! - [`registry`]: which hosts are connected right now, and to which session.
 //!
@@ -25,6 +26,7 @@ pub mod dispatch;
 pub mod pki;
 pub mod registry;
 pub mod secrets;
+pub mod stacks;
 pub mod store;
 pub mod streams;
 pub mod time_fmt;
@@ -61,6 +63,7 @@ pub struct AppState {
     pub registry: registry::Registry,
     pub dispatcher: dispatch::Dispatcher,
     pub streams: streams::Streams,
+    pub reconciler: stacks::reconciler::Reconciler,
     pub options: ServerOptions,
     /// The URL agents are told to dial (`--advertise-url`).
     pub advertise_url: String,
@@ -137,6 +140,7 @@ pub async fn start(options: ServerOptions) -> Result<RunningServer, ServerError>
         registry: registry::Registry::default(),
         dispatcher: dispatch::Dispatcher::default(),
         streams: streams::Streams::default(),
+        reconciler: stacks::reconciler::Reconciler::default(),
         advertise_url: boot.advertise_url.clone(),
         checksum: boot.checksum,
         local_port: local_addr.port(),
@@ -145,6 +149,7 @@ pub async fn start(options: ServerOptions) -> Result<RunningServer, ServerError>
         started: std::time::Instant::now(),
     });
     tokio::spawn(dispatch::expiry_loop(state.clone()));
+    tokio::spawn(stacks::reconciler::run(state.clone()));
     let app = api::router(state.clone());
     let handle = axum_server::Handle::new();
     let make = app.into_make_service_with_connect_info::<SocketAddr>();

@@ -34,11 +34,55 @@ pub enum Command {
     /// Containers: list, inspect, start, stop, remove.
     #[command(subcommand)]
     Container(ContainerCommand),
-    /// A container's logs, streamed from its host through the agent's tunnel.
+    /// Deploy a stack from Compose files, or update it (a rolling update of the services
+    /// whose definition changed).
+    Up(UpArgs),
+    /// A stack's services and replicas (every stack's without -p).
+    Ps {
+        #[command(flatten)]
+        conn: Conn,
+        /// The stack.
+        #[arg(short = 'p', long = "project-name")]
+        project: Option<String>,
+        #[command(flatten)]
+        out: Out,
+    },
+    /// Stacks.
+    #[command(subcommand)]
+    Stack(StackCommand),
+    /// Set a service's replica count: STACK/SERVICE=N.
+    Scale {
+        #[command(flatten)]
+        conn: Conn,
+        /// STACK/SERVICE=N (repeatable).
+        #[arg(required = true)]
+        targets: Vec<String>,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// Remove a stack: its containers, then its network (and its volumes with --volumes).
+    Down {
+        #[command(flatten)]
+        conn: Conn,
+        /// The stack.
+        #[arg(short = 'p', long = "project-name")]
+        project: String,
+        /// Also remove the stack's named volumes.
+        #[arg(long)]
+        volumes: bool,
+        /// Do not wait for the removal to finish.
+        #[arg(long)]
+        detach: bool,
+        /// How long to wait.
+        #[arg(long, default_value = "5m", value_parser = crate::duration::parse_duration)]
+        timeout: std::time::Duration,
+    },
+    /// Logs of a container, or of every replica of a stack's service (STACK/SERVICE, each
+    /// line prefixed with SERVICE.SLOT), streamed from the hosts through the agents' tunnels.
     Logs {
         #[command(flatten)]
         conn: Conn,
-        /// Container name or id.
+        /// Container name or id, or STACK/SERVICE.
         name: String,
         /// Keep streaming new lines.
         #[arg(short = 'f', long)]
@@ -121,6 +165,9 @@ pub struct ServerArgs {
     /// How long a container command waits for a disconnected host before it expires.
     #[arg(long, default_value = "10m", value_parser = crate::duration::parse_duration, hide = true)]
     pub command_ttl: std::time::Duration,
+    /// How long a host may be disconnected before its stack replicas are placed elsewhere.
+    #[arg(long, default_value = "60s", value_parser = crate::duration::parse_duration)]
+    pub reschedule_after: std::time::Duration,
     /// Maximum size of one tunnel message.
     #[arg(long, default_value_t = corral_proto::DEFAULT_MAX_MESSAGE_BYTES, hide = true)]
     pub max_message_bytes: usize,
@@ -277,6 +324,52 @@ pub struct RunArgs {
     /// Command and arguments, after `--`.
     #[arg(last = true)]
     pub cmd: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct UpArgs {
+    #[command(flatten)]
+    pub conn: Conn,
+    /// Compose file (repeatable; later files override earlier ones). Default: compose.yaml,
+    /// compose.yml, docker-compose.yaml or docker-compose.yml here.
+    #[arg(short = 'f', long = "file")]
+    pub files: Vec<PathBuf>,
+    /// Stack name (default: the files' top-level `name:`).
+    #[arg(short = 'p', long = "project-name")]
+    pub project: Option<String>,
+    /// Variables for interpolation (repeatable). Default: `.env` beside the first file, if
+    /// present.
+    #[arg(long = "env-file")]
+    pub env_files: Vec<PathBuf>,
+    /// The environment whose hosts run the stack.
+    #[arg(long = "env", default_value = "default")]
+    pub environment: String,
+    #[command(flatten)]
+    pub wait: WaitArgs,
+    #[command(flatten)]
+    pub out: Out,
+}
+
+#[derive(Args, Debug, Clone, Copy)]
+pub struct WaitArgs {
+    /// Wait until every service runs its desired replicas, showing progress; exit 1 if that
+    /// does not happen within --timeout.
+    #[arg(long)]
+    pub wait: bool,
+    /// How long --wait waits.
+    #[arg(long, default_value = "5m", value_parser = crate::duration::parse_duration)]
+    pub timeout: std::time::Duration,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum StackCommand {
+    /// List stacks: replicas running of desired, converged or not.
+    Ls {
+        #[command(flatten)]
+        conn: Conn,
+        #[command(flatten)]
+        out: Out,
+    },
 }
 
 #[derive(Subcommand, Debug)]

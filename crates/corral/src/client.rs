@@ -113,6 +113,25 @@ impl Client {
             .context("the server sent an unreadable answer")
     }
 
+    /// POST for operations that ask hosts before answering (`up` checks images on them).
+    pub async fn post_long<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> anyhow::Result<T> {
+        let resp = self
+            .send(
+                self.http
+                    .post(format!("{}{path}", self.base))
+                    .timeout(std::time::Duration::from_secs(300))
+                    .json(body),
+            )
+            .await?;
+        resp.json()
+            .await
+            .context("the server sent an unreadable answer")
+    }
+
     /// POST without a body; the answer is ignored beyond its status.
     pub async fn post_empty(&self, path: &str) -> anyhow::Result<()> {
         self.send(self.http.post(format!("{}{path}", self.base)))

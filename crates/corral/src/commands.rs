@@ -29,6 +29,21 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             follow,
             tail,
         } => logs(conn, &name, follow, tail).await,
+        Command::Up(args) => crate::stacks::up(args).await,
+        Command::Ps { conn, project, out } => crate::stacks::ps(conn, project, out).await,
+        Command::Stack(StackCommand::Ls { conn, out }) => crate::stacks::ls(conn, out).await,
+        Command::Scale {
+            conn,
+            targets,
+            wait,
+        } => crate::stacks::scale(conn, targets, wait).await,
+        Command::Down {
+            conn,
+            project,
+            volumes,
+            detach,
+            timeout,
+        } => crate::stacks::down(conn, &project, volumes, detach, timeout).await,
         Command::Doctor { conn, host, out } => doctor(conn, host, out).await,
         Command::Firewall(args) => firewall(*args).await,
         Command::Diagram {
@@ -105,6 +120,7 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
     options.dead_after = args.dead_after;
     options.max_message_bytes = args.max_message_bytes;
     options.command_ttl = args.command_ttl;
+    options.reschedule_after = args.reschedule_after;
     let running = corral_server::start(options).await?;
     let admin_env = running.admin_env.display().to_string();
     println!("corral server {} is running", env!("CARGO_PKG_VERSION"));
@@ -673,7 +689,14 @@ async fn container(cmd: ContainerCommand) -> anyhow::Result<()> {
 async fn logs(conn: Conn, name: &str, follow: bool, tail: Option<u64>) -> anyhow::Result<()> {
     use std::io::Write;
     let client = Client::new(&conn)?;
-    let mut path = format!("/v1/containers/{}/logs?follow={follow}", seg(name));
+    let mut path = match name.split_once('/') {
+        Some((stack, service)) => format!(
+            "/v1/stacks/{}/services/{}/logs?follow={follow}",
+            seg(stack),
+            seg(service)
+        ),
+        None => format!("/v1/containers/{}/logs?follow={follow}", seg(name)),
+    };
     if let Some(t) = tail {
         path.push_str(&format!("&tail={t}"));
     }

@@ -20,6 +20,9 @@ use sqlx::{FromRow, SqlitePool};
 use crate::secrets::{SecretHash, new_id};
 use corral_proto::HostFacts;
 
+mod stacks;
+pub use stacks::{ServiceRow, StackRow, StackWrite};
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("datastore error: {0}")]
@@ -182,9 +185,17 @@ pub struct ContainerRow {
     pub exit_code: Option<i64>,
     pub created_at: i64,
     pub updated_at: i64,
+    /// Set for a replica of a stack's service.
+    pub stack_id: Option<String>,
+    pub service: Option<String>,
+    pub slot: Option<i64>,
+    /// The service definition it was made from (see `services.spec_hash`).
+    pub spec_hash: Option<String>,
+    pub health: Option<String>,
+    pub restart_count: i64,
 }
 
-const CONTAINER_COLUMNS: &str = "id, environment_id, host_id, name, image, spec, desired, actual, docker_id, exit_code, created_at, updated_at";
+const CONTAINER_COLUMNS: &str = "id, environment_id, host_id, name, image, spec, desired, actual, docker_id, exit_code, created_at, updated_at, stack_id, service, slot, spec_hash, health, restart_count";
 
 const HOST_COLUMNS: &str = "id, environment_id, name, labels, token_id, hostname, agent_version, os, kernel, arch, remote_addr, registered_at, last_seen_at, removed_at";
 
@@ -705,7 +716,7 @@ impl Store {
 
     pub async fn insert_container(&self, c: &ContainerRow) -> Result<()> {
         let done = sqlx::query(
-            "INSERT INTO containers (id, environment_id, host_id, name, image, spec, desired, actual, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?) ON CONFLICT DO NOTHING",
+            "INSERT INTO containers (id, environment_id, host_id, name, image, spec, desired, actual, created_at, updated_at, stack_id, service, slot, spec_hash) VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
         )
         .bind(&c.id)
         .bind(&c.environment_id)
@@ -716,6 +727,10 @@ impl Store {
         .bind(&c.desired)
         .bind(c.created_at)
         .bind(c.created_at)
+        .bind(&c.stack_id)
+        .bind(&c.service)
+        .bind(c.slot)
+        .bind(&c.spec_hash)
         .execute(&self.writer)
         .await?;
         if done.rows_affected() == 0 {
@@ -795,6 +810,30 @@ impl Store {
         Ok(done.rows_affected() > 0)
     }
 
+    /// Records what an agent reported of a container: state, Docker id, exit code, health and
+    /// restart count. Returns false when no such container is on that host.
+    pub async fn record_status(
+        &self,
+        host_id: &str,
+        status: &corral_proto::ContainerStatus,
+        now: i64,
+    ) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE containers SET actual = ?, docker_id = ?, exit_code = ?, health = ?, restart_count = ?, updated_at = ? WHERE id = ? AND host_id = ?",
+        )
+        .bind(&status.state)
+        .bind(&status.docker_id)
+        .bind(status.exit_code)
+        .bind(&status.health)
+        .bind(status.restart_count)
+        .bind(now)
+        .bind(&status.corral_id)
+        .bind(host_id)
+        .execute(&self.writer)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
     pub async fn delete_container(&self, id: &str) -> Result<()> {
         sqlx::query("DELETE FROM containers WHERE id = ?")
             .bind(id)
@@ -831,7 +870,7 @@ impl Store {
 }
 
 /// The one row matching `id_or_name`: an exact id wins; a name must be unambiguous.
-fn one_by_id_or_name<T>(
+pub(crate) fn one_by_id_or_name<T>(
     rows: Vec<T>,
     id_or_name: &str,
     id_of: impl Fn(&T) -> &String,

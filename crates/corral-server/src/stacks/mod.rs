@@ -1,0 +1,579 @@
+//! Stacks: Compose files in, services with desired state stored, a reconciler that keeps the
+//! hosts running them.
+//!
+//! - [`define`] (pure): a loaded Compose project → stored service definitions.
+//! - [`reconcile`] (pure): one pass over one stack → actions.
+//! - [`reconciler`]: the loop that gathers each pass's input and carries the actions out as
+//!   `container_*` commands.
+//! - this module: the API (`up`, list, view, `scale`, `down`, logs).
+
+pub mod define;
+pub mod reconcile;
+pub mod reconciler;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use corral_compose as compose;
+use corral_proto::api::{
+    ReplicaView, ScaleRequest, ServiceView, StackSummary, StackView, UpRequest, UpResponse,
+};
+use corral_proto::{CommandKind, CommandResult, ImageCheck};
+
+use crate::AppState;
+use crate::api::ApiError;
+use crate::dispatch::{Outcome, submit};
+use crate::store::{ContainerRow, ServiceRow, StackRow, StackWrite};
+use crate::time_fmt::{now_unix, rfc3339};
+use define::ServiceDef;
+
+/// Largest `corral up` request: every Compose file at its limit, plus env files.
+pub const MAX_UP_BODY_BYTES: usize = (compose::limits::MAX_FILES + 1)
+    * compose::limits::MAX_FILE_BYTES
+    + compose::limits::MAX_ENV_FILES * 64 * 1024;
+
+fn bad(message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, message)
+}
+
+fn unprocessable(message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, message)
+}
+
+fn internal(e: impl std::fmt::Display) -> ApiError {
+    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+}
+
+fn sources(files: &[corral_proto::api::FileBody]) -> Vec<compose::SourceFile> {
+    files
+        .iter()
+        .map(|f| compose::SourceFile::new(f.name.clone(), f.text.clone()))
+        .collect()
+}
+
+/// `corral up`: load, validate, check that the stack can be placed and that every image it
+/// needs is on the hosts chosen for it, then store it in one transaction. A refused `up`
+/// leaves nothing behind.
+pub async fn up(
+    state: &Arc<AppState>,
+    req: UpRequest,
+) -> Result<(StatusCode, UpResponse), ApiError> {
+    if req.env.len() > 4096 {
+        return Err(bad("too many environment variables sent (limit 4096)"));
+    }
+    let input = compose::Input {
+        files: sources(&req.files),
+        env_files: sources(&req.env_files),
+        referenced_files: sources(&req.referenced_files),
+        env: req.env.clone(),
+        project_name: req.name.clone(),
+    };
+    let loaded = compose::load(&input).map_err(|e| bad(e.to_string()))?;
+    let stack = define::define(&loaded.project).map_err(|e| bad(e.join("\n")))?;
+    let env_name = req.environment.clone().unwrap_or_else(|| "default".into());
+    let env = state
+        .store
+        .environment_by_name(&env_name)
+        .await?
+        .ok_or_else(|| bad(format!("no environment {env_name:?}")))?;
+    let mut rows = Vec::new();
+    for (i, (name, replicas, def)) in stack.services.iter().enumerate() {
+        let (spec, spec_hash) = def.encode().map_err(internal)?;
+        rows.push(ServiceRow {
+            stack_id: String::new(),
+            name: name.clone(),
+            spec,
+            spec_hash,
+            replicas: i64::from(*replicas),
+            position: i as i64,
+        });
+    }
+
+    // Dry run: where would the replicas go right now, and is every image there?
+    let services: Vec<reconcile::Service> = stack
+        .services
+        .iter()
+        .zip(&rows)
+        .map(|((name, replicas, def), row)| reconcile::Service {
+            name: name.clone(),
+            replicas: *replicas,
+            def: def.clone(),
+            hash: row.spec_hash.clone(),
+        })
+        .collect();
+    let existing_stack = state
+        .store
+        .stacks()
+        .await?
+        .into_iter()
+        .find(|s| s.environment_id == env.id && s.name == stack.name);
+    let world = reconciler::World::gather(state, &env.id).await?;
+    let containers = match &existing_stack {
+        Some(s) => world.replicas_of(&s.id),
+        None => Vec::new(),
+    };
+    let others = world.others(existing_stack.as_ref().map(|s| s.id.as_str()));
+    let now_ms = now_unix() * 1000;
+    let empty_flight = Default::default();
+    let empty_memory = Default::default();
+    let dry = reconcile::decide(&reconcile::Input {
+        now_ms,
+        stack: &stack.name,
+        removing: false,
+        services: &services,
+        hosts: &world.hosts,
+        containers: &containers,
+        others: &others,
+        in_flight: &empty_flight,
+        // Dependencies gate starts, not placement: plan as if every service could start.
+        memory: &empty_memory,
+    });
+    let mut unplaced: Vec<String> = dry.unplaced.values().flatten().cloned().collect();
+    // A service gated by depends_on was not scheduled in the dry run: schedule the stack
+    // again without the gates to check its placement too.
+    if !dry.waiting.is_empty() {
+        let ungated: Vec<reconcile::Service> = services
+            .iter()
+            .map(|s| {
+                let mut s = s.clone();
+                s.def.depends_on.clear();
+                s
+            })
+            .collect();
+        let again = reconcile::decide(&reconcile::Input {
+            services: &ungated,
+            now_ms,
+            stack: &stack.name,
+            removing: false,
+            hosts: &world.hosts,
+            containers: &containers,
+            others: &others,
+            in_flight: &empty_flight,
+            memory: &empty_memory,
+        });
+        unplaced = again.unplaced.values().flatten().cloned().collect();
+        check_images(state, &world, &services, &again.actions).await?;
+    } else {
+        check_images(state, &world, &services, &dry.actions).await?;
+    }
+    if !unplaced.is_empty() {
+        return Err(unprocessable(format!(
+            "stack {} cannot be placed; nothing was changed:\n  {}",
+            stack.name,
+            unplaced.join("\n  ")
+        )));
+    }
+
+    let write = StackWrite {
+        environment_id: &env.id,
+        name: &stack.name,
+        volumes: &stack.volumes,
+        services: &rows,
+    };
+    let (_, created, changed) = state.store.write_stack(&write, now_unix()).await?;
+    let _ = state
+        .store
+        .record_event(
+            now_unix(),
+            if created {
+                "stack_created"
+            } else {
+                "stack_updated"
+            },
+            None,
+            &format!(
+                "stack {} ({} services{})",
+                stack.name,
+                rows.len(),
+                if changed.is_empty() {
+                    String::new()
+                } else {
+                    format!("; changed: {}", changed.join(", "))
+                }
+            ),
+        )
+        .await;
+    state.reconciler.wake();
+    Ok((
+        if created {
+            StatusCode::CREATED
+        } else {
+            StatusCode::OK
+        },
+        UpResponse {
+            stack: stack.name,
+            created,
+            changed,
+            warnings: loaded.warnings.iter().map(ToString::to_string).collect(),
+        },
+    ))
+}
+
+/// Asks each host chosen in the dry run whether it has the images it would run.
+async fn check_images(
+    state: &Arc<AppState>,
+    world: &reconciler::World,
+    services: &[reconcile::Service],
+    actions: &[reconcile::Action],
+) -> Result<(), ApiError> {
+    let mut wanted: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for a in actions {
+        if let reconcile::Action::Run {
+            service, host_id, ..
+        } = a
+            && let Some(s) = services.iter().find(|s| &s.name == service)
+        {
+            let images = wanted.entry(host_id.clone()).or_default();
+            if !images.contains(&s.def.template.image) {
+                images.push(s.def.template.image.clone());
+            }
+        }
+    }
+    let mut missing = Vec::new();
+    for (host_id, images) in wanted {
+        let host = world.host_name(&host_id);
+        let payload = serde_json::to_value(ImageCheck {
+            images: images.clone(),
+        })
+        .map_err(internal)?;
+        let (_, rx) = submit(
+            state,
+            &host_id,
+            CommandKind::ImageCheck,
+            payload,
+            Duration::from_secs(15),
+        )
+        .await?;
+        match tokio::time::timeout(Duration::from_secs(20), rx).await {
+            Ok(Ok(Outcome::Done(CommandResult::Ok { value }))) => {
+                let absent: Vec<String> = serde_json::from_value(value).unwrap_or_default();
+                for image in absent {
+                    missing.push(format!(
+                        "image {image} is not present on host {host} (corral never pulls implicitly: load or pull it there first)"
+                    ));
+                }
+            }
+            Ok(Ok(Outcome::Done(CommandResult::Failed { message }))) => {
+                missing.push(format!("host {host} cannot check its images: {message}"));
+            }
+            _ => missing.push(format!(
+                "host {host} did not answer the image check in time"
+            )),
+        }
+    }
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(unprocessable(format!(
+            "nothing was changed:\n  {}",
+            missing.join("\n  ")
+        )))
+    }
+}
+
+fn service_def(row: &ServiceRow) -> Option<ServiceDef> {
+    serde_json::from_str(&row.spec).ok()
+}
+
+/// One stack with its services and replicas, as `corral ps` shows it.
+pub async fn view(state: &AppState, stack: &StackRow) -> Result<StackView, ApiError> {
+    let services = state.store.services(&stack.id).await?;
+    let containers = state.store.stack_containers(&stack.id).await?;
+    let hosts: BTreeMap<String, String> = state
+        .store
+        .hosts(true)
+        .await?
+        .into_iter()
+        .map(|h| (h.id, h.name))
+        .collect();
+    let env = state
+        .store
+        .environment_by_id(&stack.environment_id)
+        .await?
+        .map(|e| e.name)
+        .unwrap_or_default();
+    let status = state.reconciler.status(&stack.id);
+    let mut views = Vec::new();
+    let mut converged = stack.state == "active";
+    for svc in &services {
+        let def = service_def(svc);
+        let mine: Vec<&ContainerRow> = containers
+            .iter()
+            .filter(|c| c.service.as_deref() == Some(svc.name.as_str()))
+            .collect();
+        let replicas: Vec<ReplicaView> =
+            mine.iter().map(|c| replica_view(c, svc, &hosts)).collect();
+        let ready = mine
+            .iter()
+            .filter(|c| {
+                c.desired == "running"
+                    && c.spec_hash.as_deref() == Some(svc.spec_hash.as_str())
+                    && c.actual == "running"
+                    && matches!(c.health.as_deref(), None | Some("healthy"))
+            })
+            .count() as u32;
+        let outdated = mine
+            .iter()
+            .filter(|c| c.spec_hash.as_deref() != Some(svc.spec_hash.as_str()))
+            .count() as u32;
+        let unplaced = status
+            .as_ref()
+            .and_then(|s| s.unplaced.get(&svc.name).cloned())
+            .unwrap_or_default();
+        let desired = u32::try_from(svc.replicas).unwrap_or(0);
+        if ready != desired || mine.len() != desired as usize || !unplaced.is_empty() {
+            converged = false;
+        }
+        views.push(ServiceView {
+            name: svc.name.clone(),
+            image: def
+                .as_ref()
+                .map(|d| d.template.image.clone())
+                .unwrap_or_default(),
+            desired,
+            ready,
+            outdated,
+            ports: def
+                .map(|d| d.template.ports.iter().map(ToString::to_string).collect())
+                .unwrap_or_default(),
+            unplaced,
+            waiting: status
+                .as_ref()
+                .and_then(|s| s.waiting.get(&svc.name).cloned()),
+            last_error: state.reconciler.last_error(&stack.id, &svc.name),
+            replicas,
+        });
+    }
+    // Containers of services no longer in the stack.
+    if containers
+        .iter()
+        .any(|c| !services.iter().any(|s| Some(&s.name) == c.service.as_ref()))
+    {
+        converged = false;
+    }
+    Ok(StackView {
+        name: stack.name.clone(),
+        environment: env,
+        state: stack.state.clone(),
+        converged,
+        services: views,
+        created_at: rfc3339(stack.created_at),
+        updated_at: rfc3339(stack.updated_at),
+    })
+}
+
+fn replica_view(
+    c: &ContainerRow,
+    svc: &ServiceRow,
+    hosts: &BTreeMap<String, String>,
+) -> ReplicaView {
+    ReplicaView {
+        name: c.name.clone(),
+        slot: c.slot.and_then(|s| u32::try_from(s).ok()).unwrap_or(0),
+        host: hosts
+            .get(&c.host_id)
+            .cloned()
+            .unwrap_or_else(|| c.host_id.clone()),
+        desired: c.desired.clone(),
+        actual: c.actual.clone(),
+        health: c.health.clone(),
+        exit_code: c.exit_code,
+        current: c.spec_hash.as_deref() == Some(svc.spec_hash.as_str()),
+    }
+}
+
+pub async fn get(state: &AppState, name: &str) -> Result<StackView, ApiError> {
+    let stack = state.store.find_stack(name).await?;
+    view(state, &stack).await
+}
+
+pub async fn list(state: &AppState) -> Result<Vec<StackSummary>, ApiError> {
+    let mut out = Vec::new();
+    for stack in state.store.stacks().await? {
+        let v = view(state, &stack).await?;
+        out.push(StackSummary {
+            name: v.name,
+            environment: v.environment,
+            state: v.state,
+            services: v.services.len(),
+            running: v.services.iter().map(|s| s.ready).sum(),
+            desired: v.services.iter().map(|s| s.desired).sum(),
+            converged: v.converged,
+            updated_at: v.updated_at,
+        });
+    }
+    Ok(out)
+}
+
+/// Largest replica count `corral scale` accepts for one service.
+pub const MAX_REPLICAS: u32 = 10_000;
+
+pub async fn scale(state: &AppState, name: &str, req: ScaleRequest) -> Result<StackView, ApiError> {
+    if req.replicas > MAX_REPLICAS {
+        return Err(bad(format!(
+            "{} replicas: the limit is {MAX_REPLICAS} per service",
+            req.replicas
+        )));
+    }
+    let stack = state.store.find_stack(name).await?;
+    if stack.state != "active" {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("stack {} is being removed", stack.name),
+        ));
+    }
+    if !state
+        .store
+        .set_replicas(&stack.id, &req.service, req.replicas, now_unix())
+        .await?
+    {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!(
+                "stack {} has no service {:?}; see `corral ps -p {}`",
+                stack.name, req.service, stack.name
+            ),
+        ));
+    }
+    let _ = state
+        .store
+        .record_event(
+            now_unix(),
+            "stack_scaled",
+            None,
+            &format!(
+                "{}/{} to {} replicas",
+                stack.name, req.service, req.replicas
+            ),
+        )
+        .await;
+    state.reconciler.wake();
+    view(state, &stack).await
+}
+
+/// `corral down`: mark the stack for removal; the reconciler removes its containers, then its
+/// network (and volumes, when asked) on every connected host, then the stack.
+pub async fn down(state: &AppState, name: &str, volumes: bool) -> Result<StackView, ApiError> {
+    let stack = state.store.find_stack(name).await?;
+    state
+        .store
+        .mark_stack_removing(&stack.id, volumes, now_unix())
+        .await?;
+    let _ = state
+        .store
+        .record_event(
+            now_unix(),
+            "stack_removing",
+            None,
+            &format!(
+                "stack {}{}",
+                stack.name,
+                if volumes { " (with volumes)" } else { "" }
+            ),
+        )
+        .await;
+    state.reconciler.wake();
+    let stack = state.store.find_stack(&stack.id).await?;
+    view(state, &stack).await
+}
+
+/// `corral logs STACK/SERVICE`: every replica's log, each line prefixed with `SERVICE.SLOT | `.
+pub async fn logs(
+    state: &Arc<AppState>,
+    stack: &str,
+    service: &str,
+    follow: bool,
+    tail: Option<u64>,
+) -> Result<axum::body::Body, ApiError> {
+    use futures_util::StreamExt;
+    let stack = state.store.find_stack(stack).await?;
+    let replicas: Vec<ContainerRow> = state
+        .store
+        .stack_containers(&stack.id)
+        .await?
+        .into_iter()
+        .filter(|c| c.service.as_deref() == Some(service) && c.desired == "running")
+        .collect();
+    if replicas.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!(
+                "stack {} has no running replica of {service:?}; see `corral ps -p {}`",
+                stack.name, stack.name
+            ),
+        ));
+    }
+    let mut streams = Vec::new();
+    for c in &replicas {
+        let body = crate::containers::logs(state, &c.id, follow, tail).await?;
+        let prefix = format!("{service}.{} | ", c.slot.unwrap_or(0));
+        streams.push(prefixed_lines(body.into_data_stream(), prefix).boxed());
+    }
+    Ok(axum::body::Body::from_stream(
+        futures_util::stream::select_all(streams),
+    ))
+}
+
+/// Splits a byte stream into lines and prefixes each; a partial last line is flushed at the
+/// end. Lines longer than 64 KiB are cut there.
+fn prefixed_lines(
+    body: axum::body::BodyDataStream,
+    prefix: String,
+) -> impl futures_util::Stream<Item = Result<axum::body::Bytes, axum::Error>> + Send {
+    use futures_util::StreamExt;
+    const MAX_LINE: usize = 64 * 1024;
+    futures_util::stream::unfold(
+        (body, Vec::<u8>::new(), false),
+        move |(mut body, mut pending, done)| {
+            let prefix = prefix.clone();
+            async move {
+                loop {
+                    if let Some(nl) = pending.iter().position(|b| *b == b'\n') {
+                        let line: Vec<u8> = pending.drain(..=nl).collect();
+                        let mut out = prefix.clone().into_bytes();
+                        out.extend_from_slice(&line);
+                        return Some((Ok(axum::body::Bytes::from(out)), (body, pending, done)));
+                    }
+                    if pending.len() >= MAX_LINE || (done && !pending.is_empty()) {
+                        let mut out = prefix.clone().into_bytes();
+                        out.append(&mut pending);
+                        out.push(b'\n');
+                        return Some((Ok(axum::body::Bytes::from(out)), (body, pending, done)));
+                    }
+                    if done {
+                        return None;
+                    }
+                    match body.next().await {
+                        Some(Ok(chunk)) => pending.extend_from_slice(&chunk),
+                        Some(Err(e)) => return Some((Err(e), (body, pending, true))),
+                        None => return Some(flush_or_end(prefix, body, pending)),
+                    }
+                }
+            }
+        },
+    )
+    .filter_map(|item| async move {
+        match item {
+            Ok(b) if b.is_empty() => None,
+            other => Some(other),
+        }
+    })
+}
+
+type LineState = (axum::body::BodyDataStream, Vec<u8>, bool);
+
+fn flush_or_end(
+    prefix: String,
+    body: axum::body::BodyDataStream,
+    mut pending: Vec<u8>,
+) -> (Result<axum::body::Bytes, axum::Error>, LineState) {
+    if pending.is_empty() {
+        return (Ok(axum::body::Bytes::new()), (body, pending, true));
+    }
+    let mut out = prefix.into_bytes();
+    out.append(&mut pending);
+    out.push(b'\n');
+    (Ok(axum::body::Bytes::from(out)), (body, pending, true))
+}

@@ -1,0 +1,230 @@
+//! Stacks and their services: the desired state `corral up` stores and the reconciler reads.
+
+use sqlx::FromRow;
+
+use super::{CONTAINER_COLUMNS, ContainerRow, Result, Store, StoreError, one_by_id_or_name};
+use crate::secrets::new_id;
+
+#[derive(Debug, Clone, FromRow)]
+pub struct StackRow {
+    pub id: String,
+    pub environment_id: String,
+    pub name: String,
+    /// `active` or `removing`.
+    pub state: String,
+    pub remove_volumes: bool,
+    /// JSON array of the Docker names of its named volumes.
+    pub volumes: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, FromRow)]
+pub struct ServiceRow {
+    pub stack_id: String,
+    pub name: String,
+    pub spec: String,
+    pub spec_hash: String,
+    pub replicas: i64,
+    pub position: i64,
+}
+
+/// What `corral up` writes: the whole desired state of one stack.
+pub struct StackWrite<'a> {
+    pub environment_id: &'a str,
+    pub name: &'a str,
+    pub volumes: &'a [String],
+    /// `stack_id` is filled in by [`Store::write_stack`].
+    pub services: &'a [ServiceRow],
+}
+
+const STACK_COLUMNS: &str =
+    "id, environment_id, name, state, remove_volumes, volumes, created_at, updated_at";
+const SERVICE_COLUMNS: &str = "stack_id, name, spec, spec_hash, replicas, position";
+
+impl Store {
+    /// Creates or updates a stack and its services in one transaction. Services no longer in
+    /// the files are deleted (their containers become strays the reconciler removes). Returns
+    /// the stack's id, whether it was created, and the services whose definition changed.
+    pub async fn write_stack(
+        &self,
+        w: &StackWrite<'_>,
+        now: i64,
+    ) -> Result<(String, bool, Vec<String>)> {
+        let mut tx = self.writer.begin().await?;
+        let existing: Option<StackRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {STACK_COLUMNS} FROM stacks WHERE environment_id = ? AND name = ?"
+        )))
+        .bind(w.environment_id)
+        .bind(w.name)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let volumes =
+            serde_json::to_string(w.volumes).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let (stack_id, created) = match existing {
+            Some(s) if s.state == "removing" => {
+                return Err(StoreError::Conflict(format!(
+                    "stack {} is being removed; wait until `corral stack ls` no longer lists it",
+                    w.name
+                )));
+            }
+            Some(s) => {
+                sqlx::query("UPDATE stacks SET volumes = ?, updated_at = ? WHERE id = ?")
+                    .bind(&volumes)
+                    .bind(now)
+                    .bind(&s.id)
+                    .execute(&mut *tx)
+                    .await?;
+                (s.id, false)
+            }
+            None => {
+                let id = new_id("stk");
+                sqlx::query(
+                    "INSERT INTO stacks (id, environment_id, name, volumes, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)",
+                )
+                .bind(&id)
+                .bind(w.environment_id)
+                .bind(w.name)
+                .bind(&volumes)
+                .bind(now)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                (id, true)
+            }
+        };
+        let old: Vec<ServiceRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {SERVICE_COLUMNS} FROM services WHERE stack_id = ?"
+        )))
+        .bind(&stack_id)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut changed = Vec::new();
+        for svc in w.services {
+            if old
+                .iter()
+                .any(|o| o.name == svc.name && o.spec_hash != svc.spec_hash)
+            {
+                changed.push(svc.name.clone());
+            }
+            sqlx::query(
+                "INSERT INTO services (stack_id, name, spec, spec_hash, replicas, position) VALUES (?, ?, ?, ?, ?, ?) \
+                 ON CONFLICT (stack_id, name) DO UPDATE SET spec = excluded.spec, spec_hash = excluded.spec_hash, replicas = excluded.replicas, position = excluded.position",
+            )
+            .bind(&stack_id)
+            .bind(&svc.name)
+            .bind(&svc.spec)
+            .bind(&svc.spec_hash)
+            .bind(svc.replicas)
+            .bind(svc.position)
+            .execute(&mut *tx)
+            .await?;
+        }
+        for o in &old {
+            if !w.services.iter().any(|s| s.name == o.name) {
+                sqlx::query("DELETE FROM services WHERE stack_id = ? AND name = ?")
+                    .bind(&stack_id)
+                    .bind(&o.name)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok((stack_id, created, changed))
+    }
+
+    pub async fn stacks(&self) -> Result<Vec<StackRow>> {
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {STACK_COLUMNS} FROM stacks ORDER BY name"
+        )))
+        .fetch_all(&self.reader)
+        .await?)
+    }
+
+    pub async fn find_stack(&self, id_or_name: &str) -> Result<StackRow> {
+        let rows: Vec<StackRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {STACK_COLUMNS} FROM stacks WHERE id = ? OR name = ?"
+        )))
+        .bind(id_or_name)
+        .bind(id_or_name)
+        .fetch_all(&self.reader)
+        .await?;
+        one_by_id_or_name(rows, id_or_name, |s| &s.id, "stack", "corral stack ls")
+    }
+
+    /// A stack's services in start order.
+    pub async fn services(&self, stack_id: &str) -> Result<Vec<ServiceRow>> {
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {SERVICE_COLUMNS} FROM services WHERE stack_id = ? ORDER BY position, name"
+        )))
+        .bind(stack_id)
+        .fetch_all(&self.reader)
+        .await?)
+    }
+
+    pub async fn stack_containers(&self, stack_id: &str) -> Result<Vec<ContainerRow>> {
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {CONTAINER_COLUMNS} FROM containers WHERE stack_id = ? ORDER BY service, slot, created_at"
+        )))
+        .bind(stack_id)
+        .fetch_all(&self.reader)
+        .await?)
+    }
+
+    /// `corral scale`: returns false when the stack has no such service.
+    pub async fn set_replicas(
+        &self,
+        stack_id: &str,
+        service: &str,
+        replicas: u32,
+        now: i64,
+    ) -> Result<bool> {
+        let mut tx = self.writer.begin().await?;
+        let done = sqlx::query("UPDATE services SET replicas = ? WHERE stack_id = ? AND name = ?")
+            .bind(i64::from(replicas))
+            .bind(stack_id)
+            .bind(service)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("UPDATE stacks SET updated_at = ? WHERE id = ?")
+            .bind(now)
+            .bind(stack_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// `corral down`: the reconciler removes the containers, then the stack.
+    pub async fn mark_stack_removing(
+        &self,
+        stack_id: &str,
+        remove_volumes: bool,
+        now: i64,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE stacks SET state = 'removing', remove_volumes = MAX(remove_volumes, ?), updated_at = ? WHERE id = ?",
+        )
+        .bind(remove_volumes)
+        .bind(now)
+        .bind(stack_id)
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    /// Deletes a stack whose containers are all gone (fails while any container row remains).
+    pub async fn delete_stack(&self, stack_id: &str) -> Result<()> {
+        let mut tx = self.writer.begin().await?;
+        sqlx::query("DELETE FROM services WHERE stack_id = ?")
+            .bind(stack_id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM stacks WHERE id = ?")
+            .bind(stack_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,503 @@
+//! Stack verbs: `up`, `ps`, `stack ls`, `scale`, `down`, and the `--wait` progress display.
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use corral_proto::api::{
+    FileBody, ScaleRequest, ServiceView, StackSummary, StackView, UpRequest, UpResponse,
+};
+
+use crate::cli::{Conn, Format, Out, UpArgs, WaitArgs};
+use crate::client::{Client, seg};
+use crate::output::{print, table};
+
+const DEFAULT_FILES: [&str; 4] = [
+    "compose.yaml",
+    "compose.yml",
+    "docker-compose.yaml",
+    "docker-compose.yml",
+];
+
+/// Largest file `up` reads (the server refuses bigger Compose files anyway).
+const MAX_FILE_BYTES: u64 = corral_compose::limits::MAX_FILE_BYTES as u64;
+
+fn read_file(path: &Path) -> anyhow::Result<FileBody> {
+    let meta =
+        std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
+    if meta.len() > MAX_FILE_BYTES {
+        bail!(
+            "{} is {} bytes; the limit is {MAX_FILE_BYTES}",
+            path.display(),
+            meta.len()
+        );
+    }
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read {} as UTF-8 text", path.display()))?;
+    Ok(FileBody {
+        name: path.display().to_string(),
+        text,
+    })
+}
+
+/// Variables of the caller's environment whose names appear in the files (as `${NAME}`,
+/// `$NAME` or a bare `environment:` entry): only those are sent, not the whole environment.
+fn referenced_env(texts: &[&str]) -> BTreeMap<String, String> {
+    let is_ident = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    let mut words = std::collections::HashSet::new();
+    for text in texts {
+        for w in text.split(|c: char| !is_ident(c)) {
+            if !w.is_empty() {
+                words.insert(w);
+            }
+        }
+    }
+    std::env::vars()
+        .filter(|(k, _)| words.contains(k.as_str()))
+        .collect()
+}
+
+pub async fn up(args: UpArgs) -> anyhow::Result<()> {
+    let paths: Vec<PathBuf> = if args.files.is_empty() {
+        match DEFAULT_FILES.iter().map(PathBuf::from).find(|p| p.exists()) {
+            Some(p) => vec![p],
+            None => bail!(
+                "no Compose file here ({}); name one with -f",
+                DEFAULT_FILES.join(", ")
+            ),
+        }
+    } else {
+        args.files.clone()
+    };
+    let files = paths
+        .iter()
+        .map(|p| read_file(p))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let base = paths[0].parent().map(Path::to_path_buf).unwrap_or_default();
+    let env_paths: Vec<PathBuf> = if args.env_files.is_empty() {
+        let dot_env = base.join(".env");
+        if dot_env.exists() {
+            vec![dot_env]
+        } else {
+            vec![]
+        }
+    } else {
+        args.env_files.clone()
+    };
+    let env_files = env_paths
+        .iter()
+        .map(|p| read_file(p))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let texts: Vec<&str> = files.iter().map(|f| f.text.as_str()).collect();
+    let env = referenced_env(&texts);
+    // Files the services name in `env_file:`, relative to the first file's directory.
+    let input = corral_compose::Input {
+        files: files
+            .iter()
+            .map(|f| corral_compose::SourceFile::new(f.name.clone(), f.text.clone()))
+            .collect(),
+        env_files: env_files
+            .iter()
+            .map(|f| corral_compose::SourceFile::new(f.name.clone(), f.text.clone()))
+            .collect(),
+        env: env.clone(),
+        ..Default::default()
+    };
+    let mut referenced_files = Vec::new();
+    for name in corral_compose::env_file_references(&input) {
+        let path = base.join(&name);
+        let mut f = read_file(&path)?;
+        f.name = name;
+        referenced_files.push(f);
+    }
+    let client = Client::new(&args.conn)?;
+    let resp: UpResponse = client
+        .post_long(
+            "/v1/stacks",
+            &UpRequest {
+                name: args.project.clone(),
+                environment: Some(args.environment.clone()),
+                files,
+                env_files,
+                referenced_files,
+                env,
+            },
+        )
+        .await?;
+    for w in &resp.warnings {
+        eprintln!("warning: {w}");
+    }
+    if args.out.format == Format::Table {
+        eprintln!(
+            "stack {} {}{}",
+            resp.stack,
+            if resp.created { "created" } else { "updated" },
+            if resp.changed.is_empty() {
+                String::new()
+            } else {
+                format!(" (rolling update of {})", resp.changed.join(", "))
+            }
+        );
+    }
+    if args.wait.wait {
+        let view = wait_converged(&client, &resp.stack, args.wait.timeout).await?;
+        return print(args.out.format, &view, |v| {
+            ps_table(std::slice::from_ref(v))
+        });
+    }
+    print(args.out.format, &resp, |r| {
+        format!(
+            "follow it with `corral ps -p {}` (or `corral up --wait`)",
+            r.stack
+        )
+    })
+}
+
+/// Polls the stack until it converges, showing each service's progress: bars on a terminal,
+/// a plain line per change otherwise. Fails with the stack's state after `timeout`.
+async fn wait_converged(
+    client: &Client,
+    stack: &str,
+    timeout: Duration,
+) -> anyhow::Result<StackView> {
+    let started = Instant::now();
+    let tty = std::io::stderr().is_terminal();
+    let multi = indicatif::MultiProgress::new();
+    let mut bars: BTreeMap<String, indicatif::ProgressBar> = BTreeMap::new();
+    let mut last_line: BTreeMap<String, String> = BTreeMap::new();
+    let style =
+        indicatif::ProgressStyle::with_template("{prefix:>16} {bar:30} {pos}/{len} {msg}").ok();
+    loop {
+        let view: StackView = client.get(&format!("/v1/stacks/{}", seg(stack))).await?;
+        for s in &view.services {
+            let line = service_progress(s);
+            if tty {
+                let bar = bars.entry(s.name.clone()).or_insert_with(|| {
+                    let b = multi.add(indicatif::ProgressBar::new(u64::from(s.desired)));
+                    if let Some(st) = &style {
+                        b.set_style(st.clone());
+                    }
+                    b.set_prefix(s.name.clone());
+                    b
+                });
+                bar.set_length(u64::from(s.desired));
+                bar.set_position(u64::from(s.ready.min(s.desired)));
+                bar.set_message(line);
+            } else if last_line.get(&s.name) != Some(&line) {
+                eprintln!(
+                    "{}: {}/{} ready{}",
+                    s.name,
+                    s.ready,
+                    s.desired,
+                    suffix(&line)
+                );
+                last_line.insert(s.name.clone(), line);
+            }
+        }
+        if view.converged {
+            for b in bars.values() {
+                b.finish();
+            }
+            eprintln!(
+                "stack {} converged in {:.1}s",
+                view.name,
+                started.elapsed().as_secs_f64()
+            );
+            return Ok(view);
+        }
+        if started.elapsed() >= timeout {
+            for b in bars.values() {
+                b.abandon();
+            }
+            let mut why = Vec::new();
+            for s in &view.services {
+                if s.ready != s.desired || !s.unplaced.is_empty() || s.outdated > 0 {
+                    why.push(format!(
+                        "  {}: {}/{} ready{}",
+                        s.name,
+                        s.ready,
+                        s.desired,
+                        suffix(&service_progress(s))
+                    ));
+                    for u in &s.unplaced {
+                        why.push(format!("    {u}"));
+                    }
+                }
+            }
+            bail!(
+                "stack {} did not converge within {}s:\n{}",
+                view.name,
+                timeout.as_secs(),
+                why.join("\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+fn suffix(line: &str) -> String {
+    if line.is_empty() {
+        String::new()
+    } else {
+        format!(" — {line}")
+    }
+}
+
+/// What a service is doing, in a few words.
+fn service_progress(s: &ServiceView) -> String {
+    let mut parts = Vec::new();
+    if s.outdated > 0 {
+        parts.push(format!("{} outdated", s.outdated));
+    }
+    if let Some(w) = &s.waiting {
+        parts.push(w.clone());
+    }
+    if !s.unplaced.is_empty() {
+        parts.push(format!("{} unplaced", s.unplaced.len()));
+    }
+    if let Some(e) = &s.last_error {
+        parts.push(format!("retrying: {e}"));
+    }
+    parts.join("; ")
+}
+
+fn ps_table(stacks: &[StackView]) -> String {
+    let mut rows = Vec::new();
+    let mut notes = Vec::new();
+    for v in stacks {
+        for s in &v.services {
+            for r in &s.replicas {
+                let mut state = r.actual.clone();
+                if let Some(h) = &r.health {
+                    state.push_str(&format!(" ({h})"));
+                }
+                if let Some(code) = r.exit_code.filter(|_| r.actual == "exited") {
+                    state.push_str(&format!(" [{code}]"));
+                }
+                if r.desired == "removed" {
+                    state.push_str(", removing");
+                } else if !r.current {
+                    state.push_str(", outdated");
+                }
+                rows.push(vec![
+                    v.name.clone(),
+                    format!("{}.{}", s.name, r.slot),
+                    r.host.clone(),
+                    s.image.clone(),
+                    state,
+                    s.ports.join(","),
+                    r.name.clone(),
+                ]);
+            }
+            if s.replicas.is_empty() {
+                rows.push(vec![
+                    v.name.clone(),
+                    s.name.clone(),
+                    "-".into(),
+                    s.image.clone(),
+                    format!("0/{} ready", s.desired),
+                    s.ports.join(","),
+                    "-".into(),
+                ]);
+            }
+            let p = service_progress(s);
+            if !p.is_empty() {
+                notes.push(format!("{}/{}: {p}", v.name, s.name));
+            }
+            for u in &s.unplaced {
+                notes.push(format!("  {u}"));
+            }
+        }
+    }
+    let mut out = table(
+        &[
+            "STACK",
+            "REPLICA",
+            "HOST",
+            "IMAGE",
+            "STATE",
+            "PORTS",
+            "CONTAINER",
+        ],
+        rows,
+    );
+    for n in notes {
+        out.push('\n');
+        out.push_str(&n);
+    }
+    out
+}
+
+pub async fn ps(conn: Conn, project: Option<String>, out: Out) -> anyhow::Result<()> {
+    let client = Client::new(&conn)?;
+    let views: Vec<StackView> = match project {
+        Some(p) => vec![client.get(&format!("/v1/stacks/{}", seg(&p))).await?],
+        None => {
+            let all: Vec<StackSummary> = client.get("/v1/stacks").await?;
+            let mut views = Vec::new();
+            for s in all {
+                views.push(client.get(&format!("/v1/stacks/{}", seg(&s.name))).await?);
+            }
+            views
+        }
+    };
+    print(out.format, &views, |v| ps_table(v))
+}
+
+pub async fn ls(conn: Conn, out: Out) -> anyhow::Result<()> {
+    let stacks: Vec<StackSummary> = Client::new(&conn)?.get("/v1/stacks").await?;
+    print(out.format, &stacks, |ss| {
+        table(
+            &[
+                "NAME",
+                "ENVIRONMENT",
+                "SERVICES",
+                "REPLICAS",
+                "STATE",
+                "UPDATED",
+            ],
+            ss.iter()
+                .map(|s| {
+                    vec![
+                        s.name.clone(),
+                        s.environment.clone(),
+                        s.services.to_string(),
+                        format!("{}/{}", s.running, s.desired),
+                        if s.state != "active" {
+                            s.state.clone()
+                        } else if s.converged {
+                            "converged".into()
+                        } else {
+                            "converging".into()
+                        },
+                        s.updated_at.clone(),
+                    ]
+                })
+                .collect(),
+        )
+    })
+}
+
+/// Parses `STACK/SERVICE=N`.
+fn parse_target(t: &str) -> anyhow::Result<(String, String, u32)> {
+    let bad = || anyhow::anyhow!("{t:?}: expected STACK/SERVICE=N, e.g. shop/web=3");
+    let (name, n) = t.split_once('=').ok_or_else(bad)?;
+    let (stack, service) = name.split_once('/').ok_or_else(bad)?;
+    if stack.is_empty() || service.is_empty() {
+        return Err(bad());
+    }
+    let n: u32 = n.trim().parse().map_err(|_| bad())?;
+    Ok((stack.to_owned(), service.to_owned(), n))
+}
+
+pub async fn scale(conn: Conn, targets: Vec<String>, wait: WaitArgs) -> anyhow::Result<()> {
+    let parsed = targets
+        .iter()
+        .map(|t| parse_target(t))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let client = Client::new(&conn)?;
+    for (stack, service, replicas) in &parsed {
+        let _: StackView = client
+            .post(
+                &format!("/v1/stacks/{}/scale", seg(stack)),
+                &ScaleRequest {
+                    service: service.clone(),
+                    replicas: *replicas,
+                },
+            )
+            .await?;
+        eprintln!("{stack}/{service} scaled to {replicas}");
+    }
+    if wait.wait {
+        let mut seen = Vec::new();
+        for (stack, _, _) in &parsed {
+            if !seen.contains(stack) {
+                wait_converged(&client, stack, wait.timeout).await?;
+                seen.push(stack.clone());
+            }
+        }
+    }
+    Ok(())
+}
+
+pub async fn down(
+    conn: Conn,
+    project: &str,
+    volumes: bool,
+    detach: bool,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let client = Client::new(&conn)?;
+    client
+        .delete(&format!("/v1/stacks/{}?volumes={volumes}", seg(project)))
+        .await?;
+    if detach {
+        eprintln!("stack {project} is being removed");
+        return Ok(());
+    }
+    let started = Instant::now();
+    let mut last = None;
+    loop {
+        let stacks: Vec<StackSummary> = client.get("/v1/stacks").await?;
+        let Some(s) = stacks.iter().find(|s| s.name == project) else {
+            eprintln!(
+                "stack {project} removed in {:.1}s",
+                started.elapsed().as_secs_f64()
+            );
+            return Ok(());
+        };
+        let view: Option<StackView> = client
+            .get(&format!("/v1/stacks/{}", seg(&s.name)))
+            .await
+            .ok();
+        let left: usize = view
+            .map(|v| v.services.iter().map(|s| s.replicas.len()).sum())
+            .unwrap_or(0);
+        if last != Some(left) {
+            eprintln!("removing {project}: {left} containers left");
+            last = Some(left);
+        }
+        if started.elapsed() >= timeout {
+            bail!(
+                "stack {project} is still being removed after {}s ({left} containers left; hosts that are disconnected remove theirs when they return)",
+                timeout.as_secs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scale_targets_parse_or_say_the_form() {
+        assert_eq!(
+            parse_target("shop/web=3").unwrap(),
+            ("shop".into(), "web".into(), 3)
+        );
+        for bad in [
+            "shop/web",
+            "web=3",
+            "/web=3",
+            "shop/=1",
+            "shop/web=-1",
+            "shop/web=x",
+        ] {
+            let e = parse_target(bad).unwrap_err().to_string();
+            assert!(e.contains("STACK/SERVICE=N"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn only_variables_named_in_the_files_are_sent() {
+        // SAFETY-free: the test only reads variables that every process has.
+        let path = std::env::var("PATH").unwrap();
+        let sent = referenced_env(&["image: x:${PATH}\n"]);
+        assert_eq!(sent.get("PATH"), Some(&path));
+        assert!(!sent.contains_key("HOME") || std::env::var("HOME").is_err());
+    }
+}

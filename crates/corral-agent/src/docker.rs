@@ -278,6 +278,10 @@ impl Engine {
             Ok(n) if n.name.as_deref() == Some(name) => return Ok(()),
             Ok(_) => {}
             Err(e) if status_code(&e) == Some(404) => {}
+            // Two networks of that name (another agent on this engine raced us): keep one.
+            Err(e) if status_code(&e) == Some(400) => {
+                return self.dedupe_network(docker, name).await;
+            }
             Err(e) => {
                 return Err(format!(
                     "cannot inspect network {name} on host {}: {e}",
@@ -292,17 +296,44 @@ impl Engine {
             ..Default::default()
         };
         match docker.create_network(request).await {
-            Ok(_) => {
-                tracing::info!(network = name, "created network");
-                Ok(())
-            }
+            Ok(_) => tracing::info!(network = name, "created network"),
             // Created meanwhile by someone else: just as good.
-            Err(e) if status_code(&e) == Some(409) => Ok(()),
-            Err(e) => Err(format!(
-                "cannot create network {name} on host {}: {e}",
-                self.host_name
-            )),
+            Err(e) if status_code(&e) == Some(409) => {}
+            Err(e) => {
+                return Err(format!(
+                    "cannot create network {name} on host {}: {e}",
+                    self.host_name
+                ));
+            }
         }
+        // Docker before API 1.44 lets two clients create one name twice at the same moment.
+        self.dedupe_network(docker, name).await
+    }
+
+    /// Leaves one network named `name`: the oldest (then the smallest id) survives, so every
+    /// racer keeps the same one.
+    async fn dedupe_network(&self, docker: &Docker, name: &str) -> Result<(), String> {
+        let filters = HashMap::from([("name".to_string(), vec![name.to_owned()])]);
+        let found = docker
+            .list_networks(Some(
+                bollard::query_parameters::ListNetworksOptionsBuilder::default()
+                    .filters(&filters)
+                    .build(),
+            ))
+            .await
+            .map_err(|e| format!("cannot list networks on host {}: {e}", self.host_name))?;
+        let mut same: Vec<(String, String)> = found
+            .into_iter()
+            .filter(|n| n.name.as_deref() == Some(name))
+            .map(|n| (n.created.unwrap_or_default(), n.id.unwrap_or_default()))
+            .collect();
+        same.sort();
+        for (_, id) in same.iter().skip(1) {
+            if let Err(e) = docker.remove_network(id).await {
+                tracing::warn!(network = name, %id, error = %e, "cannot remove a duplicate network");
+            }
+        }
+        Ok(())
     }
 
     /// Creates the named volume `name` unless it exists.

@@ -365,6 +365,15 @@ async fn agent_credentials_and_tokens_are_forbidden_on_every_admin_route() {
         (reqwest::Method::DELETE, format!("/v1/hosts/{host_id}")),
         (reqwest::Method::GET, "/v1/events".into()),
         (reqwest::Method::GET, "/metrics".into()),
+        (reqwest::Method::GET, "/v1/stacks".into()),
+        (reqwest::Method::POST, "/v1/stacks".into()),
+        (reqwest::Method::GET, "/v1/stacks/s".into()),
+        (reqwest::Method::DELETE, "/v1/stacks/s".into()),
+        (reqwest::Method::POST, "/v1/stacks/s/scale".into()),
+        (
+            reqwest::Method::GET,
+            "/v1/stacks/s/services/web/logs".into(),
+        ),
     ];
     for (method, path) in &routes {
         for (secret, status) in [
@@ -410,6 +419,41 @@ async fn agent_credentials_and_tokens_are_forbidden_on_every_admin_route() {
         .await
         .unwrap();
     assert_eq!(resp.status().as_u16(), 413);
+    // `corral up` takes bigger bodies (many Compose files), but not unbounded ones.
+    let resp = http
+        .post(format!("{base}/v1/stacks"))
+        .bearer_auth(&server.env.api_key)
+        .header("content-type", "application/json")
+        .body(vec![b' '; corral_server::stacks::MAX_UP_BODY_BYTES + 1])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 413);
+    // Malformed requests say what is wrong.
+    for (body, expect) in [
+        (serde_json::json!({"files": []}), "no Compose file"),
+        (serde_json::json!({"files": "x"}), "files"),
+        (
+            serde_json::json!({"files": [{"name": "c.yaml", "text": "services: {}"}], "name": "Bad Name"}),
+            "project name",
+        ),
+    ] {
+        let resp = http
+            .post(format!("{base}/v1/stacks"))
+            .bearer_auth(&server.env.api_key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        assert!((400..500).contains(&status), "{body}: {status} {text}");
+        assert!(text.contains(expect), "{body}: {text}");
+    }
+    let out = server.cli(&["scale", "nostack/web=2"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no stack"));
+    let out = server.cli(&["scale", "s/web=100000"]);
+    assert!(!out.status.success());
     agent.stop();
 }
 

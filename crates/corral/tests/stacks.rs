@@ -1,0 +1,618 @@
+//! Compose stacks end to end: real server and agent processes, the machine's dockerd and the
+//! local image `corral-test/busybox:latest` (scripts/test-image.sh).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+
+const IMAGE: &str = "corral-test/busybox:latest";
+
+fn docker(args: &[&str]) -> Output {
+    Command::new("docker").args(args).output().expect("docker")
+}
+
+macro_rules! require_docker {
+    () => {
+        if !docker(&["image", "inspect", IMAGE]).status.success() {
+            println!("SKIP: needs a running dockerd and {IMAGE} (scripts/test.sh sets both up)");
+            return;
+        }
+    };
+}
+
+/// A stack name unique to this test process.
+fn stack_name(name: &str) -> String {
+    format!("t{}-{name}", std::process::id())
+}
+
+/// Removes whatever a test's stack left in Docker (containers, network, volumes), by label.
+struct StackCleanup(String);
+
+impl Drop for StackCleanup {
+    fn drop(&mut self) {
+        for id in docker_ids(&format!("io.corral.stack={}", self.0), true) {
+            let _ = docker(&["rm", "-f", "-v", &id]);
+        }
+        let _ = docker(&["network", "rm", &format!("corral_{}", self.0)]);
+        let out = docker(&[
+            "volume",
+            "ls",
+            "-q",
+            "--filter",
+            &format!("label=io.corral.stack={}", self.0),
+        ]);
+        for v in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+            let _ = docker(&["volume", "rm", v]);
+        }
+    }
+}
+
+/// Docker container ids with this label (running only unless `all`).
+fn docker_ids(label: &str, all: bool) -> Vec<String> {
+    let mut args = vec!["ps", "-q", "--no-trunc", "--filter"];
+    let filter = format!("label={label}");
+    args.push(&filter);
+    if all {
+        args.push("-a");
+    }
+    let out = docker(&args);
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect()
+}
+
+fn inspect(id: &str) -> Value {
+    let out = docker(&["inspect", id]);
+    assert!(out.status.success(), "docker inspect {id}");
+    serde_json::from_slice::<Value>(&out.stdout).unwrap()[0].clone()
+}
+
+fn env_of(c: &Value, key: &str) -> Option<String> {
+    c["Config"]["Env"].as_array().and_then(|env| {
+        env.iter()
+            .filter_map(Value::as_str)
+            .find_map(|e| e.strip_prefix(&format!("{key}=")).map(str::to_owned))
+    })
+}
+
+fn http_get(port: u16) -> String {
+    let out = Command::new("busybox")
+        .args([
+            "sh",
+            "-c",
+            &format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | busybox nc -w 2 127.0.0.1 {port}"),
+        ])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn agent_with_docker(server: &Server, dir: &Path, name: &str) -> Proc {
+    let (_, token) = server.token(&[]);
+    let agent = start_agent(server, &dir.join(name), name, Some(&token), &[]);
+    wait_until(Duration::from_secs(20), "the agent's Docker report", || {
+        server
+            .hosts()
+            .into_iter()
+            .any(|h| h["name"] == name && h["docker"]["state"] == "available")
+    });
+    agent
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path.display().to_string()
+}
+
+fn up(server: &Server, file: &str, stack: &str, extra: &[&str]) -> Output {
+    let mut args = vec!["up", "-f", file, "-p", stack];
+    args.extend(extra);
+    server.cli(&args)
+}
+
+fn up_ok(server: &Server, file: &str, stack: &str) -> Value {
+    let out = up(
+        server,
+        file,
+        stack,
+        &["--wait", "--timeout", "90s", "-o", "json"],
+    );
+    assert!(
+        out.status.success(),
+        "up failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn ps(server: &Server, stack: &str) -> Value {
+    server.cli_json(&["ps", "-p", stack])[0].clone()
+}
+
+fn service<'a>(view: &'a Value, name: &str) -> &'a Value {
+    view["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == name)
+        .unwrap_or_else(|| panic!("no service {name} in {view}"))
+}
+
+/// Running Docker containers of one service of one stack.
+fn running(stack: &str, svc: &str) -> Vec<String> {
+    // Label filters combine with AND.
+    let out = docker(&[
+        "ps",
+        "-q",
+        "--no-trunc",
+        "--filter",
+        &format!("label=io.corral.stack={stack}"),
+        "--filter",
+        &format!("label=io.corral.service={svc}"),
+    ]);
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Exits promptly on SIGTERM, so removals do not wait out the stop grace period.
+const SLEEPER: &str = r#"["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 1 & wait; done"]"#;
+
+#[test]
+fn up_ps_scale_logs_and_down_with_volumes() {
+    require_docker!();
+    let t = tmp();
+    let server = Server::start(&t.path().join("data"), &[]);
+    let _agent = agent_with_docker(&server, t.path(), "h1");
+    let stack = stack_name("shop");
+    let _cleanup = StackCleanup(stack.clone());
+    let port = free_port();
+    let file = write(
+        t.path(),
+        "compose.yaml",
+        &format!(
+            r#"
+x-common: &common
+  image: {IMAGE}
+services:
+  db:
+    <<: *common
+    command: {SLEEPER}
+    healthcheck:
+      test: ["CMD", "true"]
+      interval: 1s
+  web:
+    <<: *common
+    command: ["sh", "-c", "echo hello-$$GREETING > /www/index.html; exec httpd -f -p 80 -h /www"]
+    environment:
+      GREETING: ${{GREETING:-world}}
+    labels: {{ team: shop }}
+    ports: ["{port}:80"]
+    volumes: ["www:/www"]
+    depends_on: {{ db: {{ condition: service_healthy }} }}
+    restart: always
+    stop_grace_period: 2s
+  worker:
+    <<: *common
+    command: {SLEEPER}
+    deploy: {{ replicas: 2 }}
+    privileged: false
+volumes:
+  www: {{}}
+"#
+        ),
+    );
+    let out = up(&server, &file, &stack, &["--wait", "--timeout", "90s"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("converged"), "{stderr}");
+    // The ignored key is named, not dropped silently.
+    assert!(stderr.contains("privileged"), "{stderr}");
+
+    let view = ps(&server, &stack);
+    assert_eq!(view["converged"], true, "{view}");
+    assert_eq!(service(&view, "worker")["ready"], 2);
+    assert!(http_get(port).contains("hello-world"), "{}", http_get(port));
+
+    // Labels, network aliases, volume, restart policy and start order, as Docker sees them.
+    let web = running(&stack, "web");
+    assert_eq!(web.len(), 1);
+    let w = inspect(&web[0]);
+    let labels = &w["Config"]["Labels"];
+    assert_eq!(labels["team"], "shop");
+    assert_eq!(labels["io.corral.slot"], "1");
+    assert_eq!(w["HostConfig"]["RestartPolicy"]["Name"], "always");
+    let net = &w["NetworkSettings"]["Networks"][format!("corral_{stack}")];
+    let aliases: Vec<&str> = net["Aliases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(aliases.contains(&"web"), "{aliases:?}");
+    assert!(
+        aliases.contains(&format!("web.{stack}").as_str()),
+        "{aliases:?}"
+    );
+    assert!(
+        w["Mounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["Name"] == format!("{stack}_www")),
+        "{}",
+        w["Mounts"]
+    );
+    let db = inspect(&running(&stack, "db")[0]);
+    assert!(
+        w["State"]["StartedAt"].as_str().unwrap() > db["State"]["StartedAt"].as_str().unwrap(),
+        "web started before db"
+    );
+
+    // Scale up and down.
+    server.cli_ok(&[
+        "scale",
+        &format!("{stack}/worker=4"),
+        "--wait",
+        "--timeout",
+        "60s",
+    ]);
+    assert_eq!(running(&stack, "worker").len(), 4);
+    server.cli_ok(&[
+        "scale",
+        &format!("{stack}/worker=1"),
+        "--wait",
+        "--timeout",
+        "60s",
+    ]);
+    wait_until(Duration::from_secs(30), "scale down to 1", || {
+        running(&stack, "worker").len() == 1
+    });
+    assert_eq!(
+        ps(&server, &stack)["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["replicas"].as_array().unwrap().len())
+            .sum::<usize>(),
+        3
+    );
+    let bad = server.cli(&["scale", &format!("{stack}/nope=2")]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("no service"));
+
+    // Logs of every replica, prefixed.
+    let logs = server.cli_ok(&["logs", &format!("{stack}/web")]);
+    assert!(
+        logs.is_empty() || logs.lines().all(|l| l.starts_with("web.1 | ")),
+        "{logs}"
+    );
+
+    // stack ls.
+    let ls = server.cli_json(&["stack", "ls"]);
+    let entry = ls
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == stack.as_str())
+        .unwrap();
+    assert_eq!(entry["services"], 3);
+    assert_eq!(entry["desired"], 3);
+
+    // Down with volumes: nothing of the stack remains.
+    server.cli_ok(&["down", "-p", &stack, "--volumes", "--timeout", "60s"]);
+    assert!(docker_ids(&format!("io.corral.stack={stack}"), true).is_empty());
+    assert!(
+        !docker(&["network", "inspect", &format!("corral_{stack}")])
+            .status
+            .success()
+    );
+    assert!(
+        !docker(&["volume", "inspect", &format!("{stack}_www")])
+            .status
+            .success()
+    );
+    assert!(
+        !server
+            .cli_json(&["stack", "ls"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["name"] == stack.as_str())
+    );
+}
+
+#[test]
+fn a_rolling_update_replaces_replicas_in_batches() {
+    require_docker!();
+    let t = tmp();
+    let server = Server::start(&t.path().join("data"), &[]);
+    let _agent = agent_with_docker(&server, t.path(), "h1");
+    let stack = stack_name("roll");
+    let _cleanup = StackCleanup(stack.clone());
+    let compose = |v: &str| {
+        format!(
+            r#"
+services:
+  api:
+    image: {IMAGE}
+    command: {SLEEPER}
+    environment: {{ VERSION: "{v}" }}
+    deploy:
+      replicas: 4
+      update_config: {{ parallelism: 2, order: stop-first }}
+"#
+        )
+    };
+    let file = write(t.path(), "compose.yaml", &compose("1"));
+    up_ok(&server, &file, &stack);
+    assert_eq!(running(&stack, "api").len(), 4);
+
+    // Watch Docker while the update runs: with stop-first and parallelism 2, at least 2
+    // replicas run and never more than 4.
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let stop = stop.clone();
+        let stack = stack.clone();
+        std::thread::spawn(move || {
+            let (mut min, mut max) = (usize::MAX, 0);
+            while !stop.load(Ordering::Relaxed) {
+                let n = running(&stack, "api").len();
+                min = min.min(n);
+                max = max.max(n);
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            (min, max)
+        })
+    };
+    std::fs::write(&file, compose("2")).unwrap();
+    let out = up(&server, &file, &stack, &["--wait", "--timeout", "90s"]);
+    stop.store(true, Ordering::Relaxed);
+    let (min, max) = watcher.join().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("rolling update of api"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ids = running(&stack, "api");
+    assert_eq!(ids.len(), 4);
+    for id in &ids {
+        assert_eq!(env_of(&inspect(id), "VERSION").as_deref(), Some("2"));
+    }
+    assert!(min >= 2, "only {min} replicas ran during the update");
+    assert!(max <= 4, "{max} replicas ran during the update");
+    let events = server.events();
+    assert!(events.iter().any(|e| e["kind"] == "stack_updated"));
+
+    // The same file again changes nothing.
+    let before = ids.clone();
+    up_ok(&server, &file, &stack);
+    let mut after = running(&stack, "api");
+    let mut b = before;
+    b.sort();
+    after.sort();
+    assert_eq!(b, after);
+    server.cli_ok(&["down", "-p", &stack, "--timeout", "60s"]);
+}
+
+#[test]
+fn killed_and_removed_containers_come_back() {
+    require_docker!();
+    let t = tmp();
+    let server = Server::start(&t.path().join("data"), &[]);
+    let _agent = agent_with_docker(&server, t.path(), "h1");
+    let stack = stack_name("heal");
+    let _cleanup = StackCleanup(stack.clone());
+    let file = write(
+        t.path(),
+        "compose.yaml",
+        &format!(
+            r#"
+services:
+  svc:
+    image: {IMAGE}
+    command: {SLEEPER}
+    restart: unless-stopped
+  job:
+    image: {IMAGE}
+    command: ["sh", "-c", "exit 3"]
+    restart: "no"
+"#
+        ),
+    );
+    // `job` exits and, with restart "no", stays exited: the stack never converges.
+    let out = up(&server, &file, &stack, &["--wait", "--timeout", "8s"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("did not converge"), "{err}");
+    let view = ps(&server, &stack);
+    let job = &service(&view, "job")["replicas"][0];
+    assert_eq!(job["actual"], "exited", "{view}");
+    assert_eq!(job["exit_code"], 3, "{view}");
+
+    let first = running(&stack, "svc");
+    assert_eq!(first.len(), 1);
+    // Killed: started again.
+    assert!(docker(&["kill", &first[0]]).status.success());
+    wait_until(
+        Duration::from_secs(30),
+        "the killed container to run again",
+        || running(&stack, "svc").len() == 1,
+    );
+    // Removed behind corral's back: replaced by a new container.
+    let now = running(&stack, "svc");
+    assert!(docker(&["rm", "-f", &now[0]]).status.success());
+    wait_until(Duration::from_secs(30), "a replacement", || {
+        let ids = running(&stack, "svc");
+        ids.len() == 1 && ids[0] != now[0]
+    });
+    server.cli_ok(&["down", "-p", &stack, "--timeout", "60s"]);
+}
+
+#[test]
+fn a_lost_host_is_replaced_and_its_stale_replica_removed_when_it_returns() {
+    require_docker!();
+    let t = tmp();
+    let mut extra = FAST_HEARTBEATS.to_vec();
+    extra.extend(["--reschedule-after", "3s"]);
+    let server = Server::start(&t.path().join("data"), &extra);
+    // Two hosts (sharing this machine's dockerd).
+    let _h1 = agent_with_docker(&server, t.path(), "h1");
+    let h2 = agent_with_docker(&server, t.path(), "h2");
+    let stack = stack_name("lost");
+    let _cleanup = StackCleanup(stack.clone());
+    let file = write(
+        t.path(),
+        "compose.yaml",
+        &format!(
+            "services:\n  svc:\n    image: {IMAGE}\n    command: {SLEEPER}\n    deploy: {{ replicas: 2 }}\n"
+        ),
+    );
+    up_ok(&server, &file, &stack);
+    let view = ps(&server, &stack);
+    let replicas = service(&view, "svc")["replicas"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let on_h2: Vec<&Value> = replicas.iter().filter(|r| r["host"] == "h2").collect();
+    assert_eq!(on_h2.len(), 1, "spread over both hosts: {view}");
+    let stale = on_h2[0]["name"].as_str().unwrap().to_owned();
+
+    // h2 goes silent: after the dead-link timeout and the grace period its replica is placed
+    // on h1.
+    h2.signal("STOP");
+    wait_until(Duration::from_secs(30), "the replica to move to h1", || {
+        let view = ps(&server, &stack);
+        let reps = service(&view, "svc")["replicas"]
+            .as_array()
+            .unwrap()
+            .clone();
+        view["converged"] == true && reps.iter().all(|r| r["host"] == "h1")
+    });
+    assert!(
+        server
+            .events()
+            .iter()
+            .any(|e| e["kind"] == "replica_rescheduled")
+    );
+    // The stale container still runs on h2 (its agent is frozen)…
+    assert!(inspect(&stale)["State"]["Running"] == true);
+    // …until h2 returns and removes it: two replicas remain, not three.
+    h2.signal("CONT");
+    wait_until(Duration::from_secs(30), "the stale replica to go", || {
+        !docker(&["inspect", &stale]).status.success()
+    });
+    assert_eq!(running(&stack, "svc").len(), 2);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(running(&stack, "svc").len(), 2);
+    assert_eq!(ps(&server, &stack)["converged"], true);
+    server.cli_ok(&["down", "-p", &stack, "--timeout", "60s"]);
+}
+
+#[test]
+fn bad_compose_input_is_refused_and_leaves_nothing_behind() {
+    require_docker!();
+    let t = tmp();
+    let server = Server::start(&t.path().join("data"), &[]);
+    let _agent = agent_with_docker(&server, t.path(), "h1");
+    let stack = stack_name("bad");
+    let _cleanup = StackCleanup(stack.clone());
+    let svc = |body: &str| format!("services:\n  a:\n    image: {IMAGE}\n{body}");
+    let bomb = {
+        let mut s = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+        for i in 1..12 {
+            let prev = i - 1;
+            s.push_str(&format!(
+                "a{i}: &a{i} [*a{prev}, *a{prev}, *a{prev}, *a{prev}, *a{prev}, *a{prev}, *a{prev}, *a{prev}, *a{prev}, *a{prev}]\n"
+            ));
+        }
+        s.push_str("services:\n  a:\n    image: x\n    labels: { bomb: *a11 }\n");
+        s
+    };
+    let oversized = format!(
+        "{}# {}\n",
+        svc(""),
+        "x".repeat(corral_compose::limits::MAX_FILE_BYTES)
+    );
+    let cases: Vec<(&str, String, &str)> = vec![
+        (
+            "malformed YAML",
+            "services:\n  a: [\n".into(),
+            "bad.yaml:2:",
+        ),
+        (
+            "schema violation",
+            svc("    ports: { a: 1 }\n"),
+            "services.a.ports",
+        ),
+        (
+            "undefined variable",
+            svc("    command: echo ${NOT_SET_ANYWHERE_42}\n"),
+            "NOT_SET_ANYWHERE_42",
+        ),
+        (
+            "image missing on the host",
+            "services:\n  a:\n    image: corral-test/not-here:1\n".into(),
+            "not present on host h1",
+        ),
+        (
+            "unsatisfiable constraint",
+            svc("    deploy: { placement: { constraints: [\"node.labels.zone == eu\"] } }\n"),
+            "zone",
+        ),
+        (
+            "dependency cycle",
+            format!(
+                "services:\n  a:\n    image: {IMAGE}\n    depends_on: [b]\n  b:\n    image: {IMAGE}\n    depends_on: [a]\n"
+            ),
+            "cycle",
+        ),
+        ("alias bomb", bomb, "alias"),
+        ("oversized file", oversized, "limit"),
+        (
+            "build without image",
+            "services:\n  a:\n    build: .\n".into(),
+            "image",
+        ),
+    ];
+    for (what, text, expect) in cases {
+        let file = write(t.path(), "bad.yaml", &text);
+        let out = up(&server, &file, &stack, &[]);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!out.status.success(), "{what} was accepted");
+        assert!(
+            err.to_lowercase().contains(&expect.to_lowercase()),
+            "{what}: {err}"
+        );
+        assert!(
+            server
+                .cli_json(&["stack", "ls"])
+                .as_array()
+                .unwrap()
+                .is_empty(),
+            "{what} left a stack"
+        );
+        assert!(
+            docker_ids(&format!("io.corral.stack={stack}"), true).is_empty(),
+            "{what} left a container"
+        );
+    }
+}

@@ -616,3 +616,33 @@ fn bad_compose_input_is_refused_and_leaves_nothing_behind() {
         );
     }
 }
+
+#[test]
+fn a_server_restart_changes_nothing_in_a_running_stack() {
+    require_docker!();
+    let t = tmp();
+    let mut server = Server::start(&t.path().join("data"), FAST_HEARTBEATS);
+    let _agent = agent_with_docker(&server, t.path(), "h1");
+    let stack = stack_name("restart");
+    let _cleanup = StackCleanup(stack.clone());
+    let file = write(
+        t.path(),
+        "compose.yaml",
+        &format!(
+            "services:\n  svc:\n    image: {IMAGE}\n    command: {SLEEPER}\n    deploy: {{ replicas: 3 }}\n"
+        ),
+    );
+    up_ok(&server, &file, &stack);
+    let mut before = running(&stack, "svc");
+    before.sort();
+    server.restart();
+    wait_until(Duration::from_secs(20), "the agent to return", || {
+        server.host_state("h1").as_deref() == Some("active")
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    let mut after = running(&stack, "svc");
+    after.sort();
+    assert_eq!(before, after, "containers changed across a server restart");
+    assert_eq!(ps(&server, &stack)["converged"], true);
+    server.cli_ok(&["down", "-p", &stack, "--timeout", "60s"]);
+}

@@ -257,7 +257,9 @@ pub fn decide(input: &Input<'_>) -> Decision {
             existing.push(hold(r, as_service, Some(svc)));
         }
         let current: Vec<&&Replica> = mine.iter().filter(|r| r.hash == svc.hash).collect();
-        let outdated: Vec<&&Replica> = mine.iter().filter(|r| r.hash != svc.hash).collect();
+        let mut outdated: Vec<&&Replica> = mine.iter().filter(|r| r.hash != svc.hash).collect();
+        // Batches go in slot order, whatever order the store listed the containers in.
+        outdated.sort_by_key(|r| (r.slot, r.id.as_str()));
         // An outdated container whose slot already has a current one is being replaced
         // (start-first): it no longer holds its slot, and goes once the new one is ready.
         let mut displaced: HashSet<&str> = HashSet::new();

@@ -49,6 +49,18 @@ GWBRIDGE_EXISTED=1
 CORRAL_USED=0
 SWARM_USED=0
 BIN=
+CHILD=
+
+# Runs a command in the background and waits for it, so that a signal to this script is handled
+# at once (bash defers traps while a foreground command runs); cleanup stops it.
+run() {
+    "$@" &
+    CHILD=$!
+    local rc=0
+    wait "$CHILD" || rc=$?
+    CHILD=
+    return "$rc"
+}
 
 # --- cleanup: runs on every exit --------------------------------------------------------------
 wait_gone() { # wait_gone SECONDS CMD…: until CMD prints nothing
@@ -68,11 +80,19 @@ swarm_leftovers() {
     docker service ls -q --filter "label=com.docker.stack.namespace=$SWARM_STACK"
     docker ps -aq --filter "label=com.docker.stack.namespace=$SWARM_STACK"
     docker network ls -q --filter "label=com.docker.stack.namespace=$SWARM_STACK"
+    # The tasks' gateway endpoints on docker_gwbridge (released asynchronously; leaving the
+    # swarm before they are gone can leak them and make docker_gwbridge unremovable).
+    docker network inspect docker_gwbridge -f '{{range .Containers}}{{.Name}} {{end}}' 2>/dev/null |
+        tr ' ' '\n' | grep -v -e '^$' -e '^gateway_ingress-sbox$' || true
 }
 cleanup() {
     local rc=$?
     set +e
     trap - EXIT INT TERM
+    if [ -n "$CHILD" ]; then
+        kill "$CHILD" 2>/dev/null
+        wait "$CHILD" 2>/dev/null
+    fi
     if [ -n "$SERVER_PID" ] && kill -0 "$SERVER_PID" 2>/dev/null; then
         if [ "$CORRAL_USED" = 1 ]; then
             "$BIN" down -p "$CORRAL_STACK" --timeout 60s >>"$WORK/cleanup.log" 2>&1
@@ -100,7 +120,8 @@ cleanup() {
                 docker network inspect docker_gwbridge >/dev/null 2>&1 || break
                 docker network rm docker_gwbridge >/dev/null 2>&1 || sleep 0.25
             done
-            docker network inspect docker_gwbridge >/dev/null 2>&1 && log "WARNING: could not remove docker_gwbridge"
+            docker network inspect docker_gwbridge >/dev/null 2>&1 &&
+                log "WARNING: docker_gwbridge (made by swarm init, empty) could not be removed: $(docker network rm docker_gwbridge 2>&1 | tail -n 1)"
         fi
         [ "$(docker info -f '{{.Swarm.LocalNodeState}}' 2>/dev/null)" = inactive ] ||
             log "WARNING: the engine is still in swarm mode; run: docker swarm leave --force"
@@ -189,7 +210,7 @@ CORRAL_SELF=()
 CORRAL_USED=1
 for run in $(seq "$RUNS"); do
     t0=$(now)
-    "$BIN" up -f "$FILE" -p "$CORRAL_STACK" --wait --timeout "${TIMEOUT_S}s" >"$WORK/corral-up-$run.out" 2>"$WORK/corral-up-$run.err" ||
+    run "$BIN" up -f "$FILE" -p "$CORRAL_STACK" --wait --timeout "${TIMEOUT_S}s" >"$WORK/corral-up-$run.out" 2>"$WORK/corral-up-$run.err" ||
         die "corral up failed: $(tail -n 20 "$WORK/corral-up-$run.err")"
     t1=$(now)
     running=$(docker ps -q --filter "label=io.corral.stack=$CORRAL_STACK" --filter status=running | wc -l)
@@ -197,7 +218,7 @@ for run in $(seq "$RUNS"); do
     CORRAL_TIMES+=("$(elapsed "$t0" "$t1")")
     CORRAL_SELF+=("$(sed -n 's/.* converged in \([0-9.]*\)s$/\1/p' "$WORK/corral-up-$run.err")")
     log "corral run $run/$RUNS: ${CORRAL_TIMES[-1]} s (corral reports ${CORRAL_SELF[-1]} s)"
-    "$BIN" down -p "$CORRAL_STACK" --timeout "${TIMEOUT_S}s" >"$WORK/corral-down-$run.log" 2>&1 ||
+    run "$BIN" down -p "$CORRAL_STACK" --timeout "${TIMEOUT_S}s" >"$WORK/corral-down-$run.log" 2>&1 ||
         die "corral down failed: $(tail -n 5 "$WORK/corral-down-$run.log")"
     wait_gone 60 corral_leftovers || die "stack $CORRAL_STACK left containers or its network behind"
 done
@@ -223,7 +244,7 @@ SWARM_CMD=()
 SWARM_USED=1
 for run in $(seq "$RUNS"); do
     t0=$(now)
-    docker stack deploy --resolve-image never -c "$FILE" "$SWARM_STACK" >"$WORK/swarm-deploy-$run.log" 2>&1 ||
+    run docker stack deploy --resolve-image never -c "$FILE" "$SWARM_STACK" >"$WORK/swarm-deploy-$run.log" 2>&1 ||
         die "docker stack deploy failed: $(tail -n 5 "$WORK/swarm-deploy-$run.log")"
     tc=$(now)
     until [ "$(swarm_running)" = "$TOTAL" ]; do

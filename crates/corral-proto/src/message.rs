@@ -419,6 +419,20 @@ pub struct ContainerRef {
     pub credit: u64,
 }
 
+impl ContainerRef {
+    /// A lifecycle command's payload (start, stop, remove): no stream.
+    pub fn lifecycle(corral_id: &str, grace_secs: Option<u64>) -> ContainerRef {
+        ContainerRef {
+            corral_id: corral_id.to_owned(),
+            grace_secs,
+            stream_id: None,
+            follow: false,
+            tail: None,
+            credit: 0,
+        }
+    }
+}
+
 /// One check of `corral doctor`, as an agent reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Check {

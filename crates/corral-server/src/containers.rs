@@ -440,15 +440,8 @@ pub async fn act(
     if let Some(d) = desired {
         state.store.set_desired(&row.id, d, now_unix()).await?;
     }
-    let payload = serde_json::to_value(ContainerRef {
-        corral_id: row.id.clone(),
-        grace_secs: Some(STOP_GRACE_SECS),
-        stream_id: None,
-        follow: false,
-        tail: None,
-        credit: 0,
-    })
-    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let payload = serde_json::to_value(ContainerRef::lifecycle(&row.id, Some(STOP_GRACE_SECS)))
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     let (_, rx) = submit(
         state,
         &row.host_id,

@@ -10,16 +10,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-const IMAGE: &str = "corral-test/busybox:latest";
-
-fn docker(args: &[&str]) -> std::process::Output {
-    Command::new("docker").args(args).output().expect("docker")
-}
-
-fn docker_ready() -> bool {
-    docker(&["image", "inspect", IMAGE]).status.success()
-}
-
 macro_rules! require_docker {
     () => {
         if !docker_ready() {
@@ -58,24 +48,6 @@ fn actual(server: &Server, name: &str) -> Option<String> {
         .into_iter()
         .find(|c| c["name"] == name)
         .and_then(|c| c["actual"].as_str().map(str::to_owned))
-}
-
-fn inspect(name: &str) -> serde_json::Value {
-    let out = docker(&["inspect", name]);
-    assert!(out.status.success(), "docker inspect {name}");
-    serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()[0].clone()
-}
-
-fn http_get(port: u16) -> String {
-    let out = Command::new("busybox")
-        .args([
-            "sh",
-            "-c",
-            &format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | busybox nc -w 2 127.0.0.1 {port}"),
-        ])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn agent_with_docker(server: &Server, t: &std::path::Path, name: &str) -> Proc {

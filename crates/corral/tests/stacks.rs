@@ -6,7 +6,7 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -14,15 +14,9 @@ use std::time::Duration;
 use common::*;
 use serde_json::Value;
 
-const IMAGE: &str = "corral-test/busybox:latest";
-
-fn docker(args: &[&str]) -> Output {
-    Command::new("docker").args(args).output().expect("docker")
-}
-
 macro_rules! require_docker {
     () => {
-        if !docker(&["image", "inspect", IMAGE]).status.success() {
+        if !docker_ready() {
             println!("SKIP: needs a running dockerd and {IMAGE} (scripts/test.sh sets both up)");
             return;
         }
@@ -71,30 +65,12 @@ fn docker_ids(label: &str, all: bool) -> Vec<String> {
         .collect()
 }
 
-fn inspect(id: &str) -> Value {
-    let out = docker(&["inspect", id]);
-    assert!(out.status.success(), "docker inspect {id}");
-    serde_json::from_slice::<Value>(&out.stdout).unwrap()[0].clone()
-}
-
 fn env_of(c: &Value, key: &str) -> Option<String> {
     c["Config"]["Env"].as_array().and_then(|env| {
         env.iter()
             .filter_map(Value::as_str)
             .find_map(|e| e.strip_prefix(&format!("{key}=")).map(str::to_owned))
     })
-}
-
-fn http_get(port: u16) -> String {
-    let out = Command::new("busybox")
-        .args([
-            "sh",
-            "-c",
-            &format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | busybox nc -w 2 127.0.0.1 {port}"),
-        ])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn agent_with_docker(server: &Server, dir: &Path, name: &str) -> Proc {

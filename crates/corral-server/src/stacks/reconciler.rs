@@ -507,15 +507,8 @@ async fn send_remove_within(
     grace_secs: u64,
     ttl: Duration,
 ) -> Result<tokio::sync::oneshot::Receiver<Outcome>, StoreError> {
-    let payload = serde_json::to_value(ContainerRef {
-        corral_id: id.to_owned(),
-        grace_secs: Some(grace_secs),
-        stream_id: None,
-        follow: false,
-        tail: None,
-        credit: 0,
-    })
-    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let payload = serde_json::to_value(ContainerRef::lifecycle(id, Some(grace_secs)))
+        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
     let (_, rx) = submit(state, host_id, CommandKind::ContainerRemove, payload, ttl).await?;
     Ok(rx)
 }
@@ -617,15 +610,8 @@ async fn start_replica(
     let Some(r) = containers.iter().find(|r| r.id == id) else {
         return Ok(());
     };
-    let payload = serde_json::to_value(ContainerRef {
-        corral_id: id.to_owned(),
-        grace_secs: None,
-        stream_id: None,
-        follow: false,
-        tail: None,
-        credit: 0,
-    })
-    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let payload = serde_json::to_value(ContainerRef::lifecycle(id, None))
+        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
     state.reconciler.lock().in_flight.insert(id.to_owned());
     let (_, rx) = match submit(
         state,

@@ -417,3 +417,36 @@ pub fn socket_count(pid: u32) -> usize {
         })
         .unwrap_or(0)
 }
+
+/// The local test image (scripts/test-image.sh builds it; nothing is pulled).
+pub const IMAGE: &str = "corral-test/busybox:latest";
+
+/// Runs the docker CLI against the machine's dockerd.
+pub fn docker(args: &[&str]) -> Output {
+    Command::new("docker").args(args).output().expect("docker")
+}
+
+/// A dockerd answers and has the test image.
+pub fn docker_ready() -> bool {
+    docker(&["image", "inspect", IMAGE]).status.success()
+}
+
+/// `docker inspect` of one container.
+pub fn inspect(id: &str) -> Value {
+    let out = docker(&["inspect", id]);
+    assert!(out.status.success(), "docker inspect {id}");
+    serde_json::from_slice::<Value>(&out.stdout).expect("inspect JSON")[0].clone()
+}
+
+/// An HTTP GET to 127.0.0.1:PORT with busybox nc (the reliable probe on these machines).
+pub fn http_get(port: u16) -> String {
+    let out = Command::new("busybox")
+        .args([
+            "sh",
+            "-c",
+            &format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | busybox nc -w 2 127.0.0.1 {port}"),
+        ])
+        .output()
+        .expect("busybox");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

@@ -1,36 +1,55 @@
 #!/usr/bin/env bash
-# Deploy benchmark: the same Compose stack (10 services × 5 replicas of the local busybox image,
-# no published ports) deployed by `corral up --wait` and by `docker stack deploy` (Docker Swarm)
-# on this machine's Docker engine; the median of RUNS wall-clock times to convergence for each.
+# Deploy benchmark: one Compose file (10 services × 5 replicas of the local busybox image, no
+# published ports) deployed by `corral up --wait` and by `docker stack deploy` (Docker Swarm) on
+# this machine's Docker engine; the median of RUNS wall-clock times to convergence for each, and
+# the engine's own floor for the same containers.
 #
-#   bash scripts/bench-deploy.sh                # RUNS=5
+#   bash scripts/bench-deploy.sh                    # RUNS=5
 #   RUNS=3 SERVICES=10 REPLICAS=5 bash scripts/bench-deploy.sh
+#   IMAGE_REF=tag bash scripts/bench-deploy.sh      # name the image by tag (see below)
+#   FLOOR=0 bash scripts/bench-deploy.sh            # skip the engine floor
 #
 # Convergence, for both: every one of the SERVICES × REPLICAS tasks is running.
 #   corral: from the start of `corral up -f FILE -p bench --wait` to its exit (the CLI polls the
 #           stack every 250 ms and exits once every replica is running).
-#   swarm:  from the start of `docker stack deploy` to the first poll (every 250 ms) of
-#           `docker stack ps benchswarm --filter desired-state=running` that shows all tasks
-#           in state Running.
+#   swarm:  from the start of `docker stack deploy --resolve-image never` to the first poll
+#           (every 250 ms) of `docker stack ps benchswarm --filter desired-state=running` that
+#           shows all tasks in state Running.
+#   floor:  the same containers made without an orchestrator, by one python3 process: a bridge
+#           network, then every container created and started through the Docker API at once
+#           (one thread each, as corral's agent runs its commands concurrently); from the first
+#           request to the last start's answer. What this engine itself needs.
 # Between runs the stack is removed (`corral down`, `docker stack rm`) and the script waits
 # until its containers and network are gone.
 #
+# The image is named by its ID (IMAGE_REF=id, the default): a Swarm worker tries to pull every
+# task's image named by tag, even with --resolve-image never, and with no registry reachable
+# (as on the lab machines) those failed pulls add waves of ~5 s to Swarm's time that a real
+# registry would not. IMAGE_REF=tag names it corral-test/busybox:latest instead. corral never
+# pulls either way.
+#
 # Everything it starts is stopped by process id, everything it creates is removed by name, on
 # success and on failure: the corral server (fresh, in a temporary data dir, on a free loopback
-# port), the stacks, dockerd (only if this script started it) and Swarm mode (left only if this
-# script initialised it, with its docker_gwbridge network). Set KEEP=1 to keep the logs.
+# port), the stacks, the floor's containers and network, dockerd (only if this script started
+# it) and Swarm mode (left only if this script initialised it, with its docker_gwbridge network).
+# Set KEEP=1 to keep the logs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 RUNS=${RUNS:-5}
 SERVICES=${SERVICES:-10}
 REPLICAS=${REPLICAS:-5}
+IMAGE_REF=${IMAGE_REF:-id}
+FLOOR=${FLOOR:-1}
+TIMEOUT_S=${TIMEOUT_S:-300}
 TOTAL=$((SERVICES * REPLICAS))
 CORRAL_STACK=bench
 SWARM_STACK=benchswarm
+FLOOR_LABEL=corral-bench-floor
+FLOOR_NET=corral-bench-floor
 IMAGE=corral-test/busybox:latest
+CMD_JSON='["sh", "-c", "trap '"'"'exit 0'"'"' TERM; while :; do sleep 1 & wait; done"]'
 POLL=0.25
-TIMEOUT_S=${TIMEOUT_S:-300}
 
 log() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'bench-deploy: %s\n' "$*" >&2; exit 1; }
@@ -40,6 +59,7 @@ median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) 
 
 [ "$(id -u)" = 0 ] || die "run as root (it drives the Docker engine and Swarm mode)"
 [ "$RUNS" -ge 1 ] 2>/dev/null || die "RUNS must be a positive integer"
+case "$IMAGE_REF" in id | tag) ;; *) die "IMAGE_REF is id or tag" ;; esac
 
 WORK=$(mktemp -d /tmp/corral-bench-deploy.XXXXXX)
 DOCKERD_PID=
@@ -48,6 +68,7 @@ SWARM_INIT=0
 GWBRIDGE_EXISTED=1
 CORRAL_USED=0
 SWARM_USED=0
+FLOOR_USED=0
 BIN=
 CHILD=
 
@@ -80,10 +101,35 @@ swarm_leftovers() {
     docker service ls -q --filter "label=com.docker.stack.namespace=$SWARM_STACK"
     docker ps -aq --filter "label=com.docker.stack.namespace=$SWARM_STACK"
     docker network ls -q --filter "label=com.docker.stack.namespace=$SWARM_STACK"
-    # The tasks' gateway endpoints on docker_gwbridge (released asynchronously; leaving the
-    # swarm before they are gone can leak them and make docker_gwbridge unremovable).
+    # The tasks' gateway endpoints on docker_gwbridge (released asynchronously).
     docker network inspect docker_gwbridge -f '{{range .Containers}}{{.Name}} {{end}}' 2>/dev/null |
         tr ' ' '\n' | grep -v -e '^$' -e '^gateway_ingress-sbox$' || true
+}
+floor_leftovers() {
+    docker ps -aq --filter "label=$FLOOR_LABEL"
+    docker network ls -q --filter "label=$FLOOR_LABEL"
+}
+remove_floor() {
+    docker ps -aq --filter "label=$FLOOR_LABEL" | xargs -r docker rm -f >/dev/null
+    docker network ls -q --filter "label=$FLOOR_LABEL" | xargs -r docker network rm >/dev/null
+}
+start_dockerd() {
+    dockerd >>"$WORK/dockerd.log" 2>&1 &
+    DOCKERD_PID=$!
+    for _ in $(seq 60); do docker info >/dev/null 2>&1 && return 0; sleep 0.5; done
+    return 1
+}
+stop_dockerd() {
+    kill "$DOCKERD_PID" 2>/dev/null
+    wait "$DOCKERD_PID" 2>/dev/null
+    DOCKERD_PID=
+}
+remove_gwbridge() { # true once docker_gwbridge is gone
+    for _ in $(seq 20); do
+        docker network inspect docker_gwbridge >/dev/null 2>&1 || return 0
+        docker network rm docker_gwbridge >/dev/null 2>&1 || sleep 0.25
+    done
+    ! docker network inspect docker_gwbridge >/dev/null 2>&1
 }
 cleanup() {
     local rc=$?
@@ -107,6 +153,10 @@ cleanup() {
         docker ps -aq --filter "label=io.corral.stack=$CORRAL_STACK" | xargs -r docker rm -f >/dev/null
         docker network rm "corral_$CORRAL_STACK" >/dev/null 2>&1
     fi
+    if [ "$FLOOR_USED" = 1 ] && [ -n "$(floor_leftovers)" ]; then
+        log "removing the floor's containers and network"
+        remove_floor
+    fi
     if [ "$SWARM_USED" = 1 ] && [ -n "$(swarm_leftovers)" ]; then
         log "removing swarm stack $SWARM_STACK"
         docker stack rm "$SWARM_STACK" >/dev/null 2>&1
@@ -115,25 +165,28 @@ cleanup() {
     if [ "$SWARM_INIT" = 1 ]; then
         log "leaving swarm mode (initialised by this script)"
         docker swarm leave --force >/dev/null
-        if [ "$GWBRIDGE_EXISTED" = 0 ]; then # made by swarm init; free once the ingress sandbox is gone
-            for _ in $(seq 40); do
-                docker network inspect docker_gwbridge >/dev/null 2>&1 || break
-                docker network rm docker_gwbridge >/dev/null 2>&1 || sleep 0.25
-            done
-            docker network inspect docker_gwbridge >/dev/null 2>&1 &&
-                log "WARNING: docker_gwbridge (made by swarm init, empty) could not be removed: $(docker network rm docker_gwbridge 2>&1 | tail -n 1)"
-        fi
         [ "$(docker info -f '{{.Swarm.LocalNodeState}}' 2>/dev/null)" = inactive ] ||
             log "WARNING: the engine is still in swarm mode; run: docker swarm leave --force"
+        # docker_gwbridge, made by swarm init, outlives the swarm. dockerd 20.10 often refuses to
+        # remove it ("has active endpoints", though it lists none) after many tasks came and
+        # went (moby/moby#37018), until dockerd restarts.
+        if [ "$GWBRIDGE_EXISTED" = 0 ] && ! remove_gwbridge; then
+            if [ -n "$DOCKERD_PID" ]; then
+                log "restarting dockerd (started by this script) to remove docker_gwbridge"
+                stop_dockerd
+                start_dockerd && remove_gwbridge
+            fi
+            docker network inspect docker_gwbridge >/dev/null 2>&1 &&
+                log "WARNING: docker_gwbridge (made by swarm init, empty) could not be removed: $(docker network rm docker_gwbridge 2>&1 | head -n 1); it goes with a restart of dockerd and \`docker network rm docker_gwbridge\`"
+        fi
     fi
     if [ -n "$DOCKERD_PID" ]; then
         log "stopping dockerd (started by this script)"
-        kill "$DOCKERD_PID" 2>/dev/null
-        wait "$DOCKERD_PID" 2>/dev/null
+        stop_dockerd
     fi
-    if [ "$rc" != 0 ] && [ -f "$WORK/server.log" ]; then
-        echo "--- last lines of the corral server's log:" >&2
-        tail -n 30 "$WORK/server.log" >&2
+    if [ "$rc" != 0 ] && [ -s "$WORK/server.log" ]; then
+        echo "--- last lines of the corral server's log ($WORK/server.log):" >&2
+        tail -n 20 "$WORK/server.log" >&2
     fi
     if [ "${KEEP:-0}" = 1 ]; then
         log "logs kept in $WORK"
@@ -147,13 +200,14 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 # --- prerequisites ----------------------------------------------------------------------------
+if ! docker info >/dev/null 2>&1 && [ -f /var/run/docker.pid ] && kill -0 "$(cat /var/run/docker.pid)" 2>/dev/null; then
+    log "a dockerd is running but does not answer yet; waiting for it"
+    for _ in $(seq 60); do docker info >/dev/null 2>&1 && break; sleep 0.5; done
+fi
 if ! docker info >/dev/null 2>&1; then
     command -v dockerd >/dev/null 2>&1 || die "no dockerd: apt-get install -y docker.io"
     log "starting dockerd"
-    dockerd >"$WORK/dockerd.log" 2>&1 &
-    DOCKERD_PID=$!
-    for _ in $(seq 60); do docker info >/dev/null 2>&1 && break; sleep 0.5; done
-    docker info >/dev/null 2>&1 || die "dockerd did not start: $(tail -n 5 "$WORK/dockerd.log")"
+    start_dockerd || die "dockerd did not start: $(tail -n 5 "$WORK/dockerd.log")"
 fi
 bash scripts/test-image.sh "$IMAGE"
 
@@ -161,24 +215,32 @@ BIN=${CARGO_TARGET_DIR:-$PWD/target}/release/corral
 if [ ! -x "$BIN" ] || ! "$BIN" up --help >/dev/null 2>&1; then
     log "building the release binary (cargo build --release -p corral)"
     cargo build --release -p corral --locked -q
+elif [ -n "$(find crates Cargo.toml Cargo.lock -newer "$BIN" \( -name '*.rs' -o -name 'Cargo.*' \) -print -quit)" ]; then
+    log "warning: $BIN is older than the sources; run \`cargo build --release -p corral\` to measure them"
 fi
 [ -n "$(corral_leftovers)" ] && die "a corral stack '$CORRAL_STACK' already has containers or a network here; remove it first"
+[ -n "$(floor_leftovers)" ] && die "containers or networks labelled $FLOOR_LABEL exist here; remove them first"
 if [ "$(docker info -f '{{.Swarm.LocalNodeState}}')" = active ] && [ -n "$(swarm_leftovers)" ]; then
     die "a swarm stack '$SWARM_STACK' already exists; remove it first (docker stack rm $SWARM_STACK)"
 fi
 OTHERS=$(docker ps -q | wc -l)
 [ "$OTHERS" = 0 ] || log "note: $OTHERS other container(s) are running on this engine"
 
-# --- the Compose file (valid for corral and for docker stack deploy) --------------------------
+# --- the Compose file (one file for corral and for docker stack deploy) -----------------------
+if [ "$IMAGE_REF" = id ]; then
+    REF=$(docker image inspect -f '{{.Id}}' "$IMAGE")
+else
+    REF=$IMAGE
+fi
 FILE=$WORK/compose.yaml
 {
     echo "services:"
     for i in $(seq -w 1 "$SERVICES"); do
         cat <<EOF
   svc$i:
-    image: $IMAGE
+    image: $REF
     # Long-lived, and exits at once on SIGTERM (docker stop takes ~0.2 s, not the 10 s grace).
-    command: ["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 1 & wait; done"]
+    command: $CMD_JSON
     deploy:
       replicas: $REPLICAS
 EOF
@@ -226,6 +288,60 @@ kill "$SERVER_PID" 2>/dev/null || true
 wait "$SERVER_PID" 2>/dev/null || true
 SERVER_PID=
 
+# --- the engine's floor: the same containers, no orchestrator ---------------------------------
+# One process (python3, one thread per container) creates and starts them all through the
+# Docker API at once, as corral's agent does; it prints the seconds from the first request to
+# the last start's answer.
+FLOOR_PY='
+import http.client, json, socket, sys, threading, time
+ref, cmd, label, net, n = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3], sys.argv[4], int(sys.argv[5])
+class Conn(http.client.HTTPConnection):
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX)
+        self.sock.connect("/var/run/docker.sock")
+def call(method, path, body=None):
+    c = Conn("localhost", timeout=120)
+    c.request(method, "/v1.41" + path, json.dumps(body) if body is not None else None,
+              {"Content-Type": "application/json"})
+    r = c.getresponse()
+    data = r.read()
+    if r.status >= 300:
+        raise SystemExit(f"{method} {path}: {r.status} {data[:200]!r}")
+    return json.loads(data) if data else None
+errors = []
+def one(i):
+    try:
+        spec = {"Image": ref, "Cmd": cmd, "Labels": {label: "1"}, "HostConfig": {"NetworkMode": net}}
+        cid = call("POST", f"/containers/create?name={net}-{i}", spec)["Id"]
+        call("POST", f"/containers/{cid}/start")
+    except BaseException as e:
+        errors.append(e)
+t0 = time.monotonic()
+call("POST", "/networks/create", {"Name": net, "Labels": {label: "1"}})
+threads = [threading.Thread(target=one, args=(i,)) for i in range(1, n + 1)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+if errors:
+    raise SystemExit(f"floor: {errors[0]}")
+print(f"{time.monotonic() - t0:.2f}")
+'
+FLOOR_TIMES=()
+if [ "$FLOOR" = 1 ]; then
+    FLOOR_USED=1
+    for run in $(seq "$RUNS"); do
+        t=$(python3 -c "$FLOOR_PY" "$REF" "$CMD_JSON" "$FLOOR_LABEL" "$FLOOR_NET" "$TOTAL" 2>"$WORK/floor-$run.err") ||
+            die "the floor failed: $(tail -n 3 "$WORK/floor-$run.err")"
+        running=$(docker ps -q --filter "label=$FLOOR_LABEL" --filter status=running | wc -l)
+        [ "$running" = "$TOTAL" ] || die "the floor started $running of $TOTAL containers"
+        FLOOR_TIMES+=("$t")
+        log "floor run $run/$RUNS: $t s"
+        remove_floor
+        wait_gone 60 floor_leftovers || die "the floor's containers or network were not removed"
+    done
+fi
+
 # --- Docker Swarm -----------------------------------------------------------------------------
 if [ "$(docker info -f '{{.Swarm.LocalNodeState}}')" != active ]; then
     docker network inspect docker_gwbridge >/dev/null 2>&1 || GWBRIDGE_EXISTED=0
@@ -258,7 +374,7 @@ for run in $(seq "$RUNS"); do
     SWARM_TIMES+=("$(elapsed "$t0" "$t1")")
     SWARM_CMD+=("$(elapsed "$t0" "$tc")")
     log "swarm run $run/$RUNS: ${SWARM_TIMES[-1]} s (docker stack deploy itself returned after ${SWARM_CMD[-1]} s)"
-    docker stack rm "$SWARM_STACK" >"$WORK/swarm-rm-$run.log" 2>&1 || die "docker stack rm failed"
+    run docker stack rm "$SWARM_STACK" >"$WORK/swarm-rm-$run.log" 2>&1 || die "docker stack rm failed"
     wait_gone "$TIMEOUT_S" swarm_leftovers || die "stack $SWARM_STACK left services, containers or its network behind"
 done
 
@@ -267,13 +383,19 @@ CM=$(median "${CORRAL_TIMES[@]}")
 SM=$(median "${SWARM_TIMES[@]}")
 RATIO=$(awk -v c="$CM" -v s="$SM" 'BEGIN { printf "%.2f", c / s }')
 echo
-echo "deploy of $SERVICES services × $REPLICAS replicas ($TOTAL containers, $IMAGE), $RUNS runs each"
-printf '%-34s %8s   %s\n' "" "median" "runs (s)"
-printf '%-34s %7ss   %s\n' "corral up --wait" "$CM" "${CORRAL_TIMES[*]}"
-printf '%-34s %7ss   %s\n' "docker stack deploy -> all Running" "$SM" "${SWARM_TIMES[*]}"
-printf '%-34s %8s\n' "ratio corral / swarm" "$RATIO"
-printf '%-34s %7ss   %s\n' "(corral's own 'converged in')" "$(median "${CORRAL_SELF[@]}")" "${CORRAL_SELF[*]}"
-printf '%-34s %7ss   %s\n' "(docker stack deploy returned)" "$(median "${SWARM_CMD[@]}")" "${SWARM_CMD[*]}"
+echo "deploy of $SERVICES services × $REPLICAS replicas ($TOTAL containers of $IMAGE, named by $IMAGE_REF), $RUNS runs each"
+printf '%-36s %8s   %s\n' "" "median" "runs (s)"
+printf '%-36s %7ss   %s\n' "corral up --wait" "$CM" "${CORRAL_TIMES[*]}"
+printf '%-36s %7ss   %s\n' "docker stack deploy -> all Running" "$SM" "${SWARM_TIMES[*]}"
+printf '%-36s %8s\n' "ratio corral / swarm" "$RATIO"
+if [ "$FLOOR" = 1 ]; then
+    FM=$(median "${FLOOR_TIMES[@]}")
+    printf '%-36s %7ss   %s\n' "floor: Docker API, all at once" "$FM" "${FLOOR_TIMES[*]}"
+    printf '%-36s %8s\n' "ratio corral / floor" "$(awk -v c="$CM" -v f="$FM" 'BEGIN { printf "%.2f", c / f }')"
+    printf '%-36s %8s\n' "ratio swarm / floor" "$(awk -v s="$SM" -v f="$FM" 'BEGIN { printf "%.2f", s / f }')"
+fi
+printf '%-36s %7ss   %s\n' "(corral's own 'converged in')" "$(median "${CORRAL_SELF[@]}")" "${CORRAL_SELF[*]}"
+printf '%-36s %7ss   %s\n' "(docker stack deploy returned after)" "$(median "${SWARM_CMD[@]}")" "${SWARM_CMD[*]}"
 if awk -v r="$RATIO" 'BEGIN { exit !(r <= 0.5) }'; then
     echo "target (corral ≤ 0.5 × swarm): met"
 else

@@ -60,6 +60,8 @@ fn referenced_env(texts: &[&str]) -> BTreeMap<String, String> {
 }
 
 pub async fn up(args: UpArgs) -> anyhow::Result<()> {
+    // `--wait` reports the time to convergence from here, the command's start.
+    let started = Instant::now();
     let paths: Vec<PathBuf> = if args.files.is_empty() {
         match DEFAULT_FILES.iter().map(PathBuf::from).find(|p| p.exists()) {
             Some(p) => vec![p],
@@ -142,7 +144,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         );
     }
     if args.wait.wait {
-        let view = wait_converged(&client, &resp.stack, args.wait.timeout).await?;
+        let view = wait_converged(&client, &resp.stack, args.wait.timeout, started).await?;
         return print(args.out.format, &view, |v| {
             ps_table(std::slice::from_ref(v))
         });
@@ -155,14 +157,20 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     })
 }
 
-/// Polls the stack until it converges, showing each service's progress: bars on a terminal,
+/// How long a stack must stay converged before `--wait` believes it: a replica that dies
+/// right after it started (a crash loop, a job that exits) looks running for an instant.
+/// (`docker service create` watches for 5 s for the same reason.)
+const STABLE_FOR: Duration = Duration::from_secs(1);
+
+/// Polls the stack until it converges (and stays so for [`STABLE_FOR`]), showing each service's progress: bars on a terminal,
 /// a plain line per change otherwise. Fails with the stack's state after `timeout`.
 async fn wait_converged(
     client: &Client,
     stack: &str,
     timeout: Duration,
+    started: Instant,
 ) -> anyhow::Result<StackView> {
-    let started = Instant::now();
+    let mut converged_since: Option<Instant> = None;
     let tty = std::io::stderr().is_terminal();
     let multi = indicatif::MultiProgress::new();
     let mut bars: BTreeMap<String, indicatif::ProgressBar> = BTreeMap::new();
@@ -197,15 +205,21 @@ async fn wait_converged(
             }
         }
         if view.converged {
-            for b in bars.values() {
-                b.finish();
+            let since = *converged_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= STABLE_FOR || started.elapsed() >= timeout {
+                for b in bars.values() {
+                    b.finish();
+                }
+                eprintln!(
+                    "stack {} converged in {:.1}s (and held for {:.0}s)",
+                    view.name,
+                    (since - started).as_secs_f64(),
+                    STABLE_FOR.as_secs_f64()
+                );
+                return Ok(view);
             }
-            eprintln!(
-                "stack {} converged in {:.1}s",
-                view.name,
-                started.elapsed().as_secs_f64()
-            );
-            return Ok(view);
+        } else {
+            converged_since = None;
         }
         if started.elapsed() >= timeout {
             for b in bars.values() {
@@ -393,6 +407,7 @@ fn parse_target(t: &str) -> anyhow::Result<(String, String, u32)> {
 }
 
 pub async fn scale(conn: Conn, targets: Vec<String>, wait: WaitArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
     let parsed = targets
         .iter()
         .map(|t| parse_target(t))
@@ -414,7 +429,7 @@ pub async fn scale(conn: Conn, targets: Vec<String>, wait: WaitArgs) -> anyhow::
         let mut seen = Vec::new();
         for (stack, _, _) in &parsed {
             if !seen.contains(stack) {
-                wait_converged(&client, stack, wait.timeout).await?;
+                wait_converged(&client, stack, wait.timeout, started).await?;
                 seen.push(stack.clone());
             }
         }

@@ -151,10 +151,12 @@ const SLEEPER: &str = r#"["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 1 &
 fn up_ps_scale_logs_and_down_with_volumes() {
     require_docker!();
     let t = tmp();
-    let server = Server::start(&t.path().join("data"), &[]);
-    let _agent = agent_with_docker(&server, t.path(), "h1");
+    // Declared first, dropped last: after the server and agents are gone, so nothing
+    // recreates what it removes.
     let stack = stack_name("shop");
     let _cleanup = StackCleanup(stack.clone());
+    let server = Server::start(&t.path().join("data"), &[]);
+    let _agent = agent_with_docker(&server, t.path(), "h1");
     let port = free_port();
     let file = write(
         t.path(),
@@ -315,10 +317,10 @@ volumes:
 fn a_rolling_update_replaces_replicas_in_batches() {
     require_docker!();
     let t = tmp();
-    let server = Server::start(&t.path().join("data"), &[]);
-    let _agent = agent_with_docker(&server, t.path(), "h1");
     let stack = stack_name("roll");
     let _cleanup = StackCleanup(stack.clone());
+    let server = Server::start(&t.path().join("data"), &[]);
+    let _agent = agent_with_docker(&server, t.path(), "h1");
     let compose = |v: &str| {
         format!(
             r#"
@@ -393,10 +395,10 @@ services:
 fn killed_and_removed_containers_come_back() {
     require_docker!();
     let t = tmp();
-    let server = Server::start(&t.path().join("data"), &[]);
-    let _agent = agent_with_docker(&server, t.path(), "h1");
     let stack = stack_name("heal");
     let _cleanup = StackCleanup(stack.clone());
+    let server = Server::start(&t.path().join("data"), &[]);
+    let _agent = agent_with_docker(&server, t.path(), "h1");
     let file = write(
         t.path(),
         "compose.yaml",
@@ -447,14 +449,14 @@ services:
 fn a_lost_host_is_replaced_and_its_stale_replica_removed_when_it_returns() {
     require_docker!();
     let t = tmp();
+    let stack = stack_name("lost");
+    let _cleanup = StackCleanup(stack.clone());
     let mut extra = FAST_HEARTBEATS.to_vec();
     extra.extend(["--reschedule-after", "3s"]);
     let server = Server::start(&t.path().join("data"), &extra);
     // Two hosts (sharing this machine's dockerd).
     let _h1 = agent_with_docker(&server, t.path(), "h1");
     let h2 = agent_with_docker(&server, t.path(), "h2");
-    let stack = stack_name("lost");
-    let _cleanup = StackCleanup(stack.clone());
     let file = write(
         t.path(),
         "compose.yaml",
@@ -507,10 +509,10 @@ fn a_lost_host_is_replaced_and_its_stale_replica_removed_when_it_returns() {
 fn bad_compose_input_is_refused_and_leaves_nothing_behind() {
     require_docker!();
     let t = tmp();
-    let server = Server::start(&t.path().join("data"), &[]);
-    let _agent = agent_with_docker(&server, t.path(), "h1");
     let stack = stack_name("bad");
     let _cleanup = StackCleanup(stack.clone());
+    let server = Server::start(&t.path().join("data"), &[]);
+    let _agent = agent_with_docker(&server, t.path(), "h1");
     let svc = |body: &str| format!("services:\n  a:\n    image: {IMAGE}\n{body}");
     let bomb = {
         let mut s = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
@@ -597,10 +599,10 @@ fn bad_compose_input_is_refused_and_leaves_nothing_behind() {
 fn a_server_restart_changes_nothing_in_a_running_stack() {
     require_docker!();
     let t = tmp();
-    let mut server = Server::start(&t.path().join("data"), FAST_HEARTBEATS);
-    let _agent = agent_with_docker(&server, t.path(), "h1");
     let stack = stack_name("restart");
     let _cleanup = StackCleanup(stack.clone());
+    let mut server = Server::start(&t.path().join("data"), FAST_HEARTBEATS);
+    let _agent = agent_with_docker(&server, t.path(), "h1");
     let file = write(
         t.path(),
         "compose.yaml",

@@ -149,11 +149,7 @@ fn a_stack_spreads_over_three_engines_and_survives_losing_one() {
         3,
         "the replica was placed again on the remaining hosts"
     );
-    assert_eq!(
-        lab.containers("h3"),
-        [stale.clone()],
-        "h3 still runs its copy"
-    );
+    assert_eq!(lab.containers("h3"), [stale], "h3 still runs its copy");
 
     // h3 returns: its stale copy is removed, so three replicas remain, not four.
     assert!(lab_sh(&["agent-start", lab.path(), "h3"]).status.success());

@@ -52,6 +52,7 @@ pub fn collect(
     name: String,
     labels: BTreeMap<String, String>,
     overlay_port: Option<u16>,
+    overlay_public_key: Option<String>,
 ) -> HostFacts {
     HostFacts {
         name,
@@ -61,6 +62,7 @@ pub fn collect(
         kernel: read_trimmed("/proc/sys/kernel/osrelease"),
         arch: std::env::consts::ARCH.to_owned(),
         overlay_port,
+        overlay_public_key,
     }
 }
 

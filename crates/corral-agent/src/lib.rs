@@ -116,6 +116,7 @@ pub async fn run(
         st.name.clone(),
         options.labels.clone(),
         overlay.as_ref().and_then(|o| o.port()),
+        None,
     );
     let (reports_tx, mut reports_rx) = tokio::sync::mpsc::channel(256);
     let engine = docker::Engine::watch(options.docker_host.clone(), st.name.clone(), reports_tx);
@@ -585,6 +586,9 @@ async fn serve_loop(
                         if let Some((_, task)) = streams.remove(&stream_id) {
                             task.abort();
                         }
+                    }
+                    Ok(ServerMessage::Overlay(config)) => {
+                        tracing::debug!(?config, "overlay configuration");
                     }
                     Ok(ServerMessage::Welcome(_)) => {
                         return Ended::Lost("the server sent a second welcome".into());

@@ -65,6 +65,9 @@ pub struct HostView {
     /// Docker on the host while it is connected.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub docker: Option<DockerView>,
+    /// The host's lease of its environment's overlay range.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overlay_subnet: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -81,6 +84,21 @@ pub struct EnvironmentView {
     pub id: String,
     pub name: String,
     pub created_at: String,
+    /// `wireguard` or `vxlan`.
+    #[serde(default)]
+    pub overlay_mode: String,
+    #[serde(default)]
+    pub overlay_cidr: String,
+    /// How many pre-shared keys the environment has had (0: none made yet).
+    #[serde(default)]
+    pub overlay_key_generation: u32,
+}
+
+/// The answer to `POST /v1/environments/{name}/rotate-key`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RotatedKey {
+    pub environment: String,
+    pub generation: u32,
 }
 
 /// `corral doctor` for one host.

@@ -116,6 +116,9 @@ pub enum ServerMessage {
     StreamCancel {
         stream_id: String,
     },
+    /// The overlay as this host should run it: sent after the welcome and whenever it
+    /// changes (a host joins, moves, leaves; the pre-shared key rotates).
+    Overlay(Box<OverlayConfig>),
     /// Sent right before the server closes the connection, with the full explanation; the
     /// WebSocket close frame repeats the reason as a code (see [`CloseReason::code`]).
     Goodbye {
@@ -453,6 +456,52 @@ pub struct Hello {
     pub facts: HostFacts,
 }
 
+/// The overlay of a host's environment, as that host should run it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OverlayConfig {
+    pub environment: String,
+    /// `wireguard` (encrypted, UDP 51820) or `vxlan` (unencrypted, UDP 4789).
+    pub mode: String,
+    /// The environment's overlay range, e.g. `10.42.0.0/16`.
+    pub cidr: String,
+    /// This host's lease, e.g. `10.42.3.0/24`: its container network.
+    pub subnet: String,
+    /// The environment's pre-shared key (64 hex digits; `wireguard` only).
+    #[serde(default)]
+    pub psk: Option<String>,
+    /// Bumped by every rotation.
+    pub psk_generation: u32,
+    /// Every other host of the environment.
+    pub peers: Vec<OverlayPeer>,
+}
+
+impl std::fmt::Debug for OverlayConfig {
+    // The pre-shared key never reaches logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OverlayConfig")
+            .field("environment", &self.environment)
+            .field("mode", &self.mode)
+            .field("cidr", &self.cidr)
+            .field("subnet", &self.subnet)
+            .field("psk", &self.psk.as_ref().map(|_| "<redacted>"))
+            .field("psk_generation", &self.psk_generation)
+            .field("peers", &self.peers)
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OverlayPeer {
+    pub host_id: String,
+    pub name: String,
+    /// X25519 public key, 64 hex digits.
+    pub public_key: String,
+    /// Where its overlay socket was last seen (`ip:port`); absent until it has connected.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    pub subnet: String,
+}
+
 /// How an agent proves who it is.
 ///
 /// On first contact the agent generates its own credential, saves it, and sends it together
@@ -492,6 +541,10 @@ pub struct HostFacts {
     /// The UDP port of the agent's overlay socket, when it has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub overlay_port: Option<u16>,
+    /// The host's overlay public key (X25519, 64 hex digits). Its private key never leaves
+    /// the host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overlay_public_key: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

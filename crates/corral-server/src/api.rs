@@ -38,6 +38,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(metrics))
         .route("/v1/connect", get(connect))
         .route("/v1/environments", get(list_environments))
+        .route(
+            "/v1/environments/{name}/rotate-key",
+            post(rotate_overlay_key),
+        )
         .route("/v1/tokens", get(list_tokens).post(create_token))
         .route("/v1/tokens/{id}", delete(revoke_token))
         .route("/v1/hosts", get(list_hosts))
@@ -198,16 +202,61 @@ async fn list_environments(
     _: Admin,
     State(state): State<Arc<AppState>>,
 ) -> Result<Json<Vec<EnvironmentView>>, ApiError> {
-    let envs = state.store.environments().await?;
-    Ok(Json(
-        envs.into_iter()
-            .map(|e| EnvironmentView {
-                id: e.id,
-                name: e.name,
-                created_at: rfc3339(e.created_at),
-            })
-            .collect(),
-    ))
+    let mut out = Vec::new();
+    for e in state.store.environments().await? {
+        let overlay = state.store.overlay_env(&e.id).await?;
+        out.push(EnvironmentView {
+            overlay_mode: overlay
+                .as_ref()
+                .map(|o| o.overlay_mode.clone())
+                .unwrap_or_default(),
+            overlay_cidr: overlay
+                .as_ref()
+                .map(|o| o.overlay_cidr.clone())
+                .unwrap_or_default(),
+            overlay_key_generation: overlay
+                .map(|o| u32::try_from(o.overlay_psk_generation).unwrap_or(0))
+                .unwrap_or(0),
+            id: e.id,
+            name: e.name,
+            created_at: rfc3339(e.created_at),
+        });
+    }
+    Ok(Json(out))
+}
+
+async fn rotate_overlay_key(
+    _: Admin,
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+) -> Result<Json<corral_proto::api::RotatedKey>, ApiError> {
+    let env = state
+        .store
+        .environment_by_name(&name)
+        .await?
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("no environment {name:?}; list them with `corral env ls`"),
+            )
+        })?;
+    let generation = crate::overlay::rotate(&state, &env.id).await?;
+    let _ = state
+        .store
+        .record_event(
+            now_unix(),
+            "overlay_key_rotated",
+            None,
+            &format!(
+                "environment {} overlay key generation {generation}",
+                env.name
+            ),
+        )
+        .await;
+    Ok(Json(corral_proto::api::RotatedKey {
+        environment: env.name,
+        generation: u32::try_from(generation).unwrap_or(0),
+    }))
 }
 
 async fn create_token(
@@ -319,8 +368,17 @@ async fn revoke_token(
     Ok(StatusCode::NO_CONTENT)
 }
 
-fn host_view(state: &AppState, h: HostRow, env_names: &[(String, String)]) -> HostView {
+fn host_view(
+    state: &AppState,
+    h: HostRow,
+    env_names: &[(String, String)],
+    leases: &[(String, String)],
+) -> HostView {
     let live = state.registry.info(&h.id);
+    let overlay_subnet = leases
+        .iter()
+        .find(|(id, _)| *id == h.id)
+        .map(|(_, s)| s.clone());
     let labels = h.labels();
     HostView {
         environment: env_names
@@ -347,6 +405,7 @@ fn host_view(state: &AppState, h: HostRow, env_names: &[(String, String)]) -> Ho
         kernel: h.kernel,
         arch: h.arch,
         registered_at: rfc3339(h.registered_at),
+        overlay_subnet,
     }
 }
 
@@ -365,11 +424,12 @@ async fn list_hosts(
     State(state): State<Arc<AppState>>,
 ) -> Result<Json<Vec<HostView>>, ApiError> {
     let envs = env_names(&state).await?;
+    let leases = state.store.all_overlay_leases().await?;
     let hosts = state.store.hosts(false).await?;
     Ok(Json(
         hosts
             .into_iter()
-            .map(|h| host_view(&state, h, &envs))
+            .map(|h| host_view(&state, h, &envs, &leases))
             .collect(),
     ))
 }
@@ -380,8 +440,9 @@ async fn get_host(
     Path(id): Path<String>,
 ) -> Result<Json<HostView>, ApiError> {
     let envs = env_names(&state).await?;
+    let leases = state.store.all_overlay_leases().await?;
     let h = state.store.find_host(&id).await?;
-    Ok(Json(host_view(&state, h, &envs)))
+    Ok(Json(host_view(&state, h, &envs, &leases)))
 }
 
 async fn remove_host(
@@ -391,6 +452,7 @@ async fn remove_host(
 ) -> Result<StatusCode, ApiError> {
     let h = state.store.find_host(&id).await?;
     state.store.remove_host(&h.id, now_unix()).await?;
+    state.overlay.wake();
     crate::dispatch::fail_host(&state, &h.id, "the host was removed").await;
     state.registry.close(
         &h.id,

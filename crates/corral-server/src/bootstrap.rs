@@ -64,6 +64,7 @@ impl ServerOptions {
 
 pub(crate) struct Booted {
     pub store: Store,
+    pub vault: crate::vault::Vault,
     pub tls: Option<rustls::ServerConfig>,
     pub checksum: CaChecksum,
     pub advertise_url: String,
@@ -213,8 +214,11 @@ pub(crate) async fn bootstrap(
         context: format!("cannot write {}", admin_env.display()),
         source,
     })?;
+    let vault =
+        crate::vault::Vault::open_or_create(dir).map_err(|e| ServerError::Config(e.to_string()))?;
     Ok(Booted {
         store,
+        vault,
         tls,
         checksum,
         advertise_url,

@@ -14,6 +14,8 @@
 //! - [`containers`]: desired vs actual container state; run/start/stop/rm/logs via commands.
 //! - [`stacks`]: Compose stacks: `up`, the pure reconcile pass and the reconciler loop.
 //! - [`streams`]: agent → HTTP byte streams (logs) under credit-based flow control.
+//! - [`overlay`]: the overlay's control half: keys, leases, each agent's configuration.
+//! - [`vault`]: secrets sealed at rest under the master key file.
 //! - [`registry`]: which hosts are connected right now, and to which session.
 //!
 //! Architecture invariant: the server never opens a connection to a host. Every byte it sends
@@ -23,6 +25,7 @@ pub mod api;
 pub mod bootstrap;
 pub mod containers;
 pub mod dispatch;
+pub mod overlay;
 pub mod pki;
 pub mod registry;
 pub mod secrets;
@@ -31,6 +34,7 @@ pub mod store;
 pub mod streams;
 pub mod time_fmt;
 pub mod tunnel;
+pub mod vault;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -64,6 +68,9 @@ pub struct AppState {
     pub dispatcher: dispatch::Dispatcher,
     pub streams: streams::Streams,
     pub reconciler: stacks::reconciler::Reconciler,
+    /// Seals secrets the server must read back (the overlay keys) under the master key.
+    pub vault: vault::Vault,
+    pub overlay: overlay::OverlaySync,
     pub options: ServerOptions,
     /// The URL agents are told to dial (`--advertise-url`).
     pub advertise_url: String,
@@ -141,6 +148,8 @@ pub async fn start(options: ServerOptions) -> Result<RunningServer, ServerError>
         dispatcher: dispatch::Dispatcher::default(),
         streams: streams::Streams::default(),
         reconciler: stacks::reconciler::Reconciler::default(),
+        vault: boot.vault,
+        overlay: overlay::OverlaySync::default(),
         advertise_url: boot.advertise_url.clone(),
         checksum: boot.checksum,
         local_port: local_addr.port(),
@@ -150,6 +159,7 @@ pub async fn start(options: ServerOptions) -> Result<RunningServer, ServerError>
     });
     tokio::spawn(dispatch::expiry_loop(state.clone()));
     tokio::spawn(stacks::reconciler::run(state.clone()));
+    tokio::spawn(overlay::run(state.clone()));
     let app = api::router(state.clone());
     let handle = axum_server::Handle::new();
     let make = app.into_make_service_with_connect_info::<SocketAddr>();

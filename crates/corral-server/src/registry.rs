@@ -98,6 +98,14 @@ impl Registry {
         }
     }
 
+    /// Every live session: (host id, connection id).
+    pub fn connected(&self) -> Vec<(String, u64)> {
+        self.lock()
+            .iter()
+            .map(|(h, s)| (h.clone(), s.conn_id))
+            .collect()
+    }
+
     pub fn len(&self) -> usize {
         self.lock().len()
     }

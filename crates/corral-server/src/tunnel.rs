@@ -150,7 +150,15 @@ pub async fn serve(state: Arc<AppState>, mut socket: WebSocket, remote: SocketAd
             return;
         }
     };
-    run_session(state, socket, remote, host, hello.facts.overlay_port).await;
+    run_session(
+        state,
+        socket,
+        remote,
+        host,
+        hello.facts.overlay_port,
+        hello.facts.overlay_public_key.clone(),
+    )
+    .await;
 }
 
 /// Checks version, facts and credentials. On success the host is registered or logged in.
@@ -249,6 +257,7 @@ async fn run_session(
     remote: SocketAddr,
     host: HostRow,
     overlay_port: Option<u16>,
+    overlay_public_key: Option<String>,
 ) {
     let limit = state.options.max_message_bytes;
     let environment = match state.store.environment_by_id(&host.environment_id).await {
@@ -292,6 +301,17 @@ async fn run_session(
             .await;
     }
     tracing::info!(host = %host.name, id = %host.id, %remote, "agent connected");
+    if let Err(e) = crate::overlay::on_connect(
+        &state,
+        &host,
+        overlay_public_key.as_deref(),
+        overlay_port,
+        remote,
+    )
+    .await
+    {
+        tracing::error!(host = %host.name, error = %e, "cannot record the host's overlay facts");
+    }
     let welcome = ServerMessage::Welcome(Welcome {
         protocol_version: PROTOCOL_VERSION,
         host_id: host.id.clone(),

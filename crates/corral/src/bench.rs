@@ -169,6 +169,7 @@ pub async fn connect(b: ConnectBench) -> anyhow::Result<()> {
                     kernel: String::new(),
                     arch: std::env::consts::ARCH.into(),
                     overlay_port: None,
+                    overlay_public_key: None,
                 },
             );
             let (mut tunnel, welcome) = match dialer.connect(hello).await {

@@ -29,6 +29,9 @@ pub enum Command {
     /// Hosts known to the server.
     #[command(subcommand)]
     Host(HostCommand),
+    /// Environments: their overlay range, mode and pre-shared key generation.
+    #[command(subcommand)]
+    Env(EnvCommand),
     /// Run a container on a host.
     Run(RunArgs),
     /// Containers: list, inspect, start, stop, remove.
@@ -359,6 +362,24 @@ pub struct WaitArgs {
     /// How long --wait waits.
     #[arg(long, default_value = "5m", value_parser = crate::duration::parse_duration)]
     pub timeout: std::time::Duration,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum EnvCommand {
+    /// List environments with their overlay range, mode and key generation.
+    Ls {
+        #[command(flatten)]
+        conn: Conn,
+        #[command(flatten)]
+        out: Out,
+    },
+    /// Replace the environment's overlay pre-shared key; every agent gets the new one at once.
+    RotateKey {
+        #[command(flatten)]
+        conn: Conn,
+        /// The environment.
+        name: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]

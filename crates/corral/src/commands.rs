@@ -20,6 +20,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Agent(args) => agent(args).await,
         Command::Token(cmd) => token(cmd).await,
         Command::Host(cmd) => host(cmd).await,
+        Command::Env(cmd) => env(cmd).await,
         Command::Events { conn, limit, out } => events(conn, limit, out).await,
         Command::Run(args) => run(args).await,
         Command::Container(cmd) => container(cmd).await,
@@ -398,6 +399,44 @@ async fn host(cmd: HostCommand) -> anyhow::Result<()> {
                 .await?;
             eprintln!(
                 "removed host {host}: its credential is revoked and its agent was told to stop"
+            );
+            Ok(())
+        }
+    }
+}
+
+async fn env(cmd: EnvCommand) -> anyhow::Result<()> {
+    use corral_proto::api::{EnvironmentView, RotatedKey};
+    match cmd {
+        EnvCommand::Ls { conn, out } => {
+            let envs: Vec<EnvironmentView> = Client::new(&conn)?.get("/v1/environments").await?;
+            print(out.format, &envs, |es| {
+                table(
+                    &["NAME", "OVERLAY", "RANGE", "KEY GENERATION", "ID"],
+                    es.iter()
+                        .map(|e| {
+                            vec![
+                                e.name.clone(),
+                                e.overlay_mode.clone(),
+                                e.overlay_cidr.clone(),
+                                e.overlay_key_generation.to_string(),
+                                e.id.clone(),
+                            ]
+                        })
+                        .collect(),
+                )
+            })
+        }
+        EnvCommand::RotateKey { conn, name } => {
+            let r: RotatedKey = Client::new(&conn)?
+                .post(
+                    &format!("/v1/environments/{}/rotate-key", seg(&name)),
+                    &serde_json::json!({}),
+                )
+                .await?;
+            eprintln!(
+                "environment {}: overlay key generation {} sent to every connected agent",
+                r.environment, r.generation
             );
             Ok(())
         }

@@ -20,7 +20,9 @@ use sqlx::{FromRow, SqlitePool};
 use crate::secrets::{SecretHash, new_id};
 use corral_proto::HostFacts;
 
+mod overlay;
 mod stacks;
+pub use overlay::{OverlayEnvRow, OverlayMemberRow};
 pub use stacks::{ServiceRow, StackRow, StackWrite};
 
 #[derive(Debug, thiserror::Error)]
@@ -532,6 +534,11 @@ impl Store {
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound(format!("no live host with id {id:?}")));
         }
+        // Out of the overlay at once: peers drop its key on the next sync.
+        sqlx::query("DELETE FROM overlay_leases WHERE host_id = ?")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
         insert_event(
             &mut tx,
             now,

@@ -1,0 +1,371 @@
+//! The overlay's control half: who is in it, with which key, where, and on which subnet.
+//!
+//! - Each host's agent generates its X25519 key pair and sends only the public key (in its
+//!   hello); the private key never leaves the host.
+//! - Each environment has a range (default `10.42.0.0/16`), a mode (`wireguard` or `vxlan`)
+//!   and a pre-shared key made here, sealed at rest under the master key (`vault`), and sent
+//!   only down the agents' pinned tunnels.
+//! - Each host gets a /24 of the range (a lease, kept while the host exists).
+//! - [`run`] keeps every connected agent's [`OverlayConfig`] current: it recomputes them every
+//!   second (and at once when woken by a connect, a removal or a rotation) and sends a host its
+//!   configuration only when it changed since the last one that connection received. So peers
+//!   learn of a host joining, moving (new endpoint) or leaving within about a second.
+//!
+//! [`plan`] holds the pure parts (allocation, configuration), tested without a datastore.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use corral_proto::{OverlayConfig, ServerMessage};
+use ring::rand::{SecureRandom, SystemRandom};
+use tokio::sync::Notify;
+
+use crate::AppState;
+use crate::registry::Control;
+use crate::store::{HostRow, StoreError};
+
+const TICK: Duration = Duration::from_secs(1);
+
+pub mod plan {
+    //! Pure: leases and configurations.
+    use std::net::Ipv4Addr;
+
+    use corral_proto::{OverlayConfig, OverlayPeer};
+
+    use crate::store::{OverlayEnvRow, OverlayMemberRow};
+
+    /// `A.B.C.D/P` (IPv4 only).
+    pub fn parse_cidr(s: &str) -> Result<(Ipv4Addr, u8), String> {
+        let bad = || format!("{s:?} is not an IPv4 range like 10.42.0.0/16");
+        let (ip, prefix) = s.split_once('/').ok_or_else(bad)?;
+        let ip: Ipv4Addr = ip.parse().map_err(|_| bad())?;
+        let prefix: u8 = prefix.parse().map_err(|_| bad())?;
+        if prefix > 32 {
+            return Err(bad());
+        }
+        let mask = if prefix == 0 {
+            0
+        } else {
+            u32::MAX << (32 - prefix)
+        };
+        Ok((Ipv4Addr::from(u32::from(ip) & mask), prefix))
+    }
+
+    /// The first /24 of `cidr` not in `taken` (the range's first /24 is skipped, so no host
+    /// network starts at the range's base address). `None` when the range is full or smaller
+    /// than two /24s.
+    pub fn allocate(cidr: &str, taken: &[String]) -> Option<String> {
+        let (base, prefix) = parse_cidr(cidr).ok()?;
+        if prefix > 23 {
+            return None;
+        }
+        let count = 1u32 << (24 - prefix);
+        (1..count)
+            .map(|i| format!("{}/24", Ipv4Addr::from(u32::from(base) + (i << 8))))
+            .find(|s| !taken.contains(s))
+    }
+
+    /// 64 hex digits.
+    pub fn valid_public_key(s: &str) -> bool {
+        s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
+    }
+
+    /// What host `me` should run: every other member with a key and a lease is a peer.
+    pub fn config_for(
+        env: &OverlayEnvRow,
+        me: &OverlayMemberRow,
+        members: &[OverlayMemberRow],
+        psk_hex: Option<String>,
+    ) -> Option<OverlayConfig> {
+        let subnet = me.subnet.clone()?;
+        let peers = members
+            .iter()
+            .filter(|m| m.id != me.id)
+            .filter_map(|m| {
+                Some(OverlayPeer {
+                    host_id: m.id.clone(),
+                    name: m.name.clone(),
+                    public_key: m.overlay_public_key.clone()?,
+                    endpoint: m.overlay_endpoint.clone(),
+                    subnet: m.subnet.clone()?,
+                })
+            })
+            .collect();
+        Some(OverlayConfig {
+            environment: env.name.clone(),
+            mode: env.overlay_mode.clone(),
+            cidr: env.overlay_cidr.clone(),
+            subnet,
+            psk: if env.overlay_mode == "wireguard" {
+                psk_hex
+            } else {
+                None
+            },
+            psk_generation: u32::try_from(env.overlay_psk_generation).unwrap_or(0),
+            peers,
+        })
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        fn member(id: &str, key: Option<&str>, subnet: Option<&str>) -> OverlayMemberRow {
+            OverlayMemberRow {
+                id: id.into(),
+                name: id.into(),
+                environment_id: "env".into(),
+                overlay_public_key: key.map(Into::into),
+                overlay_endpoint: Some("192.0.2.11:51820".into()),
+                subnet: subnet.map(Into::into),
+            }
+        }
+
+        #[test]
+        fn leases_are_the_first_free_24s_of_the_range() {
+            assert_eq!(
+                allocate("10.42.0.0/16", &[]).as_deref(),
+                Some("10.42.1.0/24")
+            );
+            let taken = vec!["10.42.1.0/24".to_string(), "10.42.3.0/24".to_string()];
+            assert_eq!(
+                allocate("10.42.0.0/16", &taken).as_deref(),
+                Some("10.42.2.0/24")
+            );
+            // A range given with host bits is normalised.
+            assert_eq!(
+                allocate("10.42.7.9/16", &[]).as_deref(),
+                Some("10.42.1.0/24")
+            );
+            let all: Vec<String> = (1..256).map(|i| format!("10.42.{i}.0/24")).collect();
+            assert_eq!(allocate("10.42.0.0/16", &all), None);
+            assert_eq!(allocate("10.42.0.0/24", &[]), None);
+            assert_eq!(
+                allocate("10.42.0.0/23", &[]).as_deref(),
+                Some("10.42.1.0/24")
+            );
+            assert!(parse_cidr("10.42.0.0").is_err());
+            assert!(parse_cidr("fd00::/8").is_err());
+            assert!(parse_cidr("10.42.0.0/33").is_err());
+        }
+
+        #[test]
+        fn peers_are_the_other_members_with_a_key_and_a_lease() {
+            let env = OverlayEnvRow {
+                id: "env".into(),
+                name: "default".into(),
+                overlay_mode: "wireguard".into(),
+                overlay_cidr: "10.42.0.0/16".into(),
+                overlay_psk: None,
+                overlay_psk_generation: 3,
+            };
+            let key = "ab".repeat(32);
+            let members = vec![
+                member("a", Some(&key), Some("10.42.1.0/24")),
+                member("b", Some(&key), Some("10.42.2.0/24")),
+                member("c", None, Some("10.42.3.0/24")),
+                member("d", Some(&key), None),
+            ];
+            let cfg = config_for(&env, &members[0], &members, Some("cd".repeat(32))).unwrap();
+            assert_eq!(cfg.subnet, "10.42.1.0/24");
+            assert_eq!(cfg.psk_generation, 3);
+            assert_eq!(cfg.psk.as_deref(), Some("cd".repeat(32).as_str()));
+            let names: Vec<&str> = cfg.peers.iter().map(|p| p.name.as_str()).collect();
+            assert_eq!(names, ["b"]);
+            // No lease, no configuration; vxlan carries no key.
+            assert!(config_for(&env, &members[3], &members, None).is_none());
+            let vx = OverlayEnvRow {
+                overlay_mode: "vxlan".into(),
+                ..env
+            };
+            assert!(
+                config_for(&vx, &members[0], &members, Some("x".into()))
+                    .unwrap()
+                    .psk
+                    .is_none()
+            );
+            assert!(valid_public_key(&key));
+            assert!(!valid_public_key("xyz"));
+        }
+    }
+}
+
+/// What the sync loop remembers: the configuration each live connection last received.
+#[derive(Default)]
+pub struct OverlaySync {
+    wake: Notify,
+    sent: Mutex<HashMap<String, (u64, u64)>>,
+}
+
+impl OverlaySync {
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    fn sent(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u64, u64)>> {
+        self.sent.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The environment's pre-shared key in clear (hex), creating it on first use.
+async fn psk_hex(state: &AppState, env_id: &str) -> Result<Option<String>, StoreError> {
+    let Some(env) = state.store.overlay_env(env_id).await? else {
+        return Ok(None);
+    };
+    if let Some(sealed) = &env.overlay_psk {
+        return match state.vault.open(sealed, env_id.as_bytes()) {
+            Ok(psk) => Ok(Some(hex(&psk))),
+            Err(e) => {
+                tracing::error!(environment = %env.name, error = %e, "cannot open the overlay key");
+                Ok(None)
+            }
+        };
+    }
+    new_psk(state, env_id, env.overlay_psk_generation).await?;
+    Box::pin(psk_hex(state, env_id)).await
+}
+
+/// Seals and stores a fresh key if the generation is still `previous`.
+async fn new_psk(state: &AppState, env_id: &str, previous: i64) -> Result<bool, StoreError> {
+    let mut psk = [0u8; 32];
+    SystemRandom::new()
+        .fill(&mut psk)
+        .map_err(|_| StoreError::Corrupt("no randomness available".into()))?;
+    let sealed = state
+        .vault
+        .seal(&psk, env_id.as_bytes())
+        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    state.store.set_overlay_psk(env_id, &sealed, previous).await
+}
+
+/// `corral env rotate-key`: a new pre-shared key for the environment, pushed to every agent
+/// at once. Returns the new generation.
+pub async fn rotate(state: &AppState, env_id: &str) -> Result<i64, StoreError> {
+    loop {
+        let env = state
+            .store
+            .overlay_env(env_id)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("no environment {env_id}")))?;
+        if new_psk(state, env_id, env.overlay_psk_generation).await? {
+            state.overlay.wake();
+            return Ok(env.overlay_psk_generation + 1);
+        }
+    }
+}
+
+/// An agent connected: record its overlay key and endpoint, and give it a lease.
+pub async fn on_connect(
+    state: &AppState,
+    host: &HostRow,
+    public_key: Option<&str>,
+    overlay_port: Option<u16>,
+    remote: SocketAddr,
+) -> Result<(), StoreError> {
+    let key = public_key.filter(|k| plan::valid_public_key(k));
+    if public_key.is_some() && key.is_none() {
+        tracing::warn!(host = %host.name, "ignoring a malformed overlay public key");
+    }
+    let endpoint = overlay_port.map(|p| SocketAddr::new(remote.ip(), p).to_string());
+    state
+        .store
+        .set_host_overlay(&host.id, key, endpoint.as_deref())
+        .await?;
+    let Some(env) = state.store.overlay_env(&host.environment_id).await? else {
+        return Ok(());
+    };
+    loop {
+        let leases = state.store.overlay_leases(&env.id).await?;
+        if leases.iter().any(|(h, _)| *h == host.id) {
+            break;
+        }
+        let taken: Vec<String> = leases.into_iter().map(|(_, s)| s).collect();
+        let Some(subnet) = plan::allocate(&env.overlay_cidr, &taken) else {
+            tracing::error!(environment = %env.name, range = %env.overlay_cidr, "the overlay range is full: no subnet for host {}", host.name);
+            break;
+        };
+        if state.store.insert_lease(&env.id, &host.id, &subnet).await? {
+            tracing::info!(host = %host.name, %subnet, "leased an overlay subnet");
+            break;
+        }
+    }
+    state.overlay.wake();
+    Ok(())
+}
+
+/// Keeps every connected agent's overlay configuration current until shutdown.
+pub async fn run(state: Arc<AppState>) {
+    let mut shutdown = state.shutdown.clone();
+    loop {
+        if let Err(e) = sync(&state).await {
+            tracing::error!(error = %e, "overlay sync failed");
+        }
+        tokio::select! {
+            _ = state.overlay.wake.notified() => {}
+            _ = tokio::time::sleep(TICK) => {}
+            _ = shutdown.changed() => return,
+        }
+        if *shutdown.borrow() {
+            return;
+        }
+    }
+}
+
+async fn sync(state: &AppState) -> Result<(), StoreError> {
+    let live = state.registry.connected();
+    let hosts = state.store.hosts(false).await?;
+    let mut by_env: HashMap<String, Vec<(String, u64)>> = HashMap::new();
+    for (host_id, conn) in &live {
+        if let Some(h) = hosts.iter().find(|h| &h.id == host_id) {
+            by_env
+                .entry(h.environment_id.clone())
+                .or_default()
+                .push((host_id.clone(), *conn));
+        }
+    }
+    for (env_id, connected) in by_env {
+        let Some(env) = state.store.overlay_env(&env_id).await? else {
+            continue;
+        };
+        let psk = psk_hex(state, &env_id).await?;
+        // Re-read: the key may have just been created.
+        let env = state.store.overlay_env(&env_id).await?.unwrap_or(env);
+        let members = state.store.overlay_members(&env_id).await?;
+        for (host_id, conn) in connected {
+            let Some(me) = members.iter().find(|m| m.id == host_id) else {
+                continue;
+            };
+            let Some(config) = plan::config_for(&env, me, &members, psk.clone()) else {
+                continue;
+            };
+            let digest = digest(&config);
+            if state.overlay.sent().get(&host_id) == Some(&(conn, digest)) {
+                continue;
+            }
+            if state.registry.send(
+                &host_id,
+                Control::Send(ServerMessage::Overlay(Box::new(config))),
+            ) {
+                state.overlay.sent().insert(host_id, (conn, digest));
+            }
+        }
+    }
+    let live_ids: Vec<&String> = live.iter().map(|(h, _)| h).collect();
+    state.overlay.sent().retain(|h, _| live_ids.contains(&h));
+    Ok(())
+}
+
+fn digest(config: &OverlayConfig) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    serde_json::to_string(config)
+        .unwrap_or_default()
+        .hash(&mut h);
+    h.finish()
+}

@@ -1,0 +1,118 @@
+//! The overlay's rows: each environment's range, mode and sealed pre-shared key; each host's
+//! public key, last endpoint and lease.
+
+use sqlx::FromRow;
+
+use super::{Result, Store};
+
+#[derive(Debug, Clone, FromRow)]
+pub struct OverlayEnvRow {
+    pub id: String,
+    pub name: String,
+    pub overlay_mode: String,
+    pub overlay_cidr: String,
+    /// Sealed under the master key (see `vault`).
+    pub overlay_psk: Option<Vec<u8>>,
+    pub overlay_psk_generation: i64,
+}
+
+/// A host as a member of the overlay.
+#[derive(Debug, Clone, FromRow)]
+pub struct OverlayMemberRow {
+    pub id: String,
+    pub name: String,
+    pub environment_id: String,
+    pub overlay_public_key: Option<String>,
+    pub overlay_endpoint: Option<String>,
+    pub subnet: Option<String>,
+}
+
+impl Store {
+    pub async fn overlay_env(&self, env_id: &str) -> Result<Option<OverlayEnvRow>> {
+        Ok(sqlx::query_as(
+            "SELECT id, name, overlay_mode, overlay_cidr, overlay_psk, overlay_psk_generation FROM environments WHERE id = ?",
+        )
+        .bind(env_id)
+        .fetch_optional(&self.writer)
+        .await?)
+    }
+
+    /// Stores a new sealed key if the generation is still `previous` (two rotations at once:
+    /// one wins). Returns whether it was stored.
+    pub async fn set_overlay_psk(
+        &self,
+        env_id: &str,
+        sealed: &[u8],
+        previous: i64,
+    ) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE environments SET overlay_psk = ?, overlay_psk_generation = ? WHERE id = ? AND overlay_psk_generation = ?",
+        )
+        .bind(sealed)
+        .bind(previous + 1)
+        .bind(env_id)
+        .bind(previous)
+        .execute(&self.writer)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    pub async fn set_host_overlay(
+        &self,
+        host_id: &str,
+        public_key: Option<&str>,
+        endpoint: Option<&str>,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE hosts SET overlay_public_key = COALESCE(?, overlay_public_key), overlay_endpoint = COALESCE(?, overlay_endpoint) WHERE id = ?",
+        )
+        .bind(public_key)
+        .bind(endpoint)
+        .bind(host_id)
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    /// Live hosts of an environment with their overlay facts and lease.
+    pub async fn overlay_members(&self, env_id: &str) -> Result<Vec<OverlayMemberRow>> {
+        Ok(sqlx::query_as(
+            "SELECT h.id, h.name, h.environment_id, h.overlay_public_key, h.overlay_endpoint, l.subnet \
+             FROM hosts h LEFT JOIN overlay_leases l ON l.host_id = h.id \
+             WHERE h.environment_id = ? AND h.removed_at IS NULL ORDER BY h.name",
+        )
+        .bind(env_id)
+        .fetch_all(&self.writer)
+        .await?)
+    }
+
+    /// Every subnet leased in the environment.
+    pub async fn overlay_leases(&self, env_id: &str) -> Result<Vec<(String, String)>> {
+        Ok(
+            sqlx::query_as("SELECT host_id, subnet FROM overlay_leases WHERE environment_id = ?")
+                .bind(env_id)
+                .fetch_all(&self.writer)
+                .await?,
+        )
+    }
+
+    /// Every lease: (host id, subnet).
+    pub async fn all_overlay_leases(&self) -> Result<Vec<(String, String)>> {
+        Ok(sqlx::query_as("SELECT host_id, subnet FROM overlay_leases")
+            .fetch_all(&self.reader)
+            .await?)
+    }
+
+    /// Records a lease; false if the subnet or the host already has one.
+    pub async fn insert_lease(&self, env_id: &str, host_id: &str, subnet: &str) -> Result<bool> {
+        let done = sqlx::query(
+            "INSERT INTO overlay_leases (environment_id, host_id, subnet) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+        )
+        .bind(env_id)
+        .bind(host_id)
+        .bind(subnet)
+        .execute(&self.writer)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+}

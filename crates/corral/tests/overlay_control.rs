@@ -1,0 +1,177 @@
+//! The overlay's control half with a real server and agents that speak the real protocol:
+//! leases, peers, the pre-shared key (sealed at rest, sent only down the tunnels), rotation,
+//! removal.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use corral_agent::{Dialer, Tunnel, dial};
+use corral_proto::{Auth, HostFacts, OverlayConfig, ServerMessage};
+use corral_tls::CaChecksum;
+
+async fn agent(server: &Server, token: &str, name: &str, key: &str, port: u16) -> Tunnel {
+    connect(
+        server,
+        Auth::Register {
+            token: token.into(),
+            credential: credential(),
+        },
+        name,
+        key,
+        port,
+    )
+    .await
+}
+
+async fn connect(server: &Server, auth: Auth, name: &str, key: &str, port: u16) -> Tunnel {
+    corral_tls::install_default_provider();
+    let dialer = Dialer::new(
+        &server.url(),
+        CaChecksum::parse(&server.env.checksum).unwrap(),
+    )
+    .unwrap();
+    let hello = dial::hello(
+        auth,
+        HostFacts {
+            name: name.into(),
+            hostname: name.into(),
+            overlay_port: Some(port),
+            overlay_public_key: Some(key.into()),
+            ..Default::default()
+        },
+    );
+    dialer.connect(hello).await.unwrap().0
+}
+
+/// The next overlay configuration that satisfies `want`.
+async fn config(t: &mut Tunnel, want: impl Fn(&OverlayConfig) -> bool) -> OverlayConfig {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match tokio::time::timeout_at(deadline, t.recv()).await {
+            Ok(Ok(ServerMessage::Overlay(c))) if want(&c) => return *c,
+            Ok(Ok(_)) => continue,
+            other => panic!("no matching overlay configuration: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_keys_and_leases_follow_the_environment() {
+    let t = tmp();
+    let server = Server::start(&t.path().join("data"), &[]);
+    let (_, token) = server.token(&[]);
+    let key_a = "aa".repeat(32);
+    let key_b = "bb".repeat(32);
+
+    let cred_a = credential();
+    let mut a = connect(
+        &server,
+        Auth::Register {
+            token: token.clone(),
+            credential: cred_a.clone(),
+        },
+        "a",
+        &key_a,
+        51001,
+    )
+    .await;
+    let first = config(&mut a, |_| true).await;
+    assert_eq!(first.mode, "wireguard");
+    assert_eq!(first.cidr, "10.42.0.0/16");
+    assert_eq!(first.subnet, "10.42.1.0/24");
+    assert!(first.peers.is_empty());
+    let psk = first.psk.clone().expect("a pre-shared key");
+    assert_eq!(psk.len(), 64);
+    assert_eq!(first.psk_generation, 1);
+
+    // B joins: both learn of each other, with endpoints and subnets.
+    let mut b = agent(&server, &token, "b", &key_b, 51002).await;
+    let at_b = config(&mut b, |c| c.peers.len() == 1).await;
+    assert_eq!(at_b.subnet, "10.42.2.0/24");
+    assert_eq!(at_b.psk.as_deref(), Some(psk.as_str()));
+    assert_eq!(at_b.peers[0].name, "a");
+    assert_eq!(at_b.peers[0].public_key, key_a);
+    assert_eq!(at_b.peers[0].endpoint.as_deref(), Some("127.0.0.1:51001"));
+    let at_a = config(&mut a, |c| c.peers.len() == 1).await;
+    assert_eq!(at_a.peers[0].public_key, key_b);
+    assert_eq!(at_a.peers[0].subnet, "10.42.2.0/24");
+
+    // A host with a malformed key is not anyone's peer.
+    let mut c = agent(&server, &token, "c", "not-a-key", 51003).await;
+    let at_c = config(&mut c, |c| c.peers.len() == 2).await;
+    assert_eq!(at_c.subnet, "10.42.3.0/24");
+
+    // The key is sealed at rest: neither its hex nor its bytes are in the database files.
+    let raw: Vec<u8> = (0..32)
+        .map(|i| u8::from_str_radix(&psk[2 * i..2 * i + 2], 16).unwrap())
+        .collect();
+    for entry in std::fs::read_dir(server.dir.clone()).unwrap() {
+        let path = entry.unwrap().path();
+        if path
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("corral.db")
+        {
+            let bytes = std::fs::read(&path).unwrap();
+            assert!(!bytes.windows(32).any(|w| w == raw.as_slice()), "{path:?}");
+            assert!(!bytes.windows(64).any(|w| w == psk.as_bytes()), "{path:?}");
+        }
+    }
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(server.dir.join("master.key"))
+            .unwrap()
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+
+    // Rotation reaches every agent at once.
+    let out = server.cli_ok(&["env", "ls", "-o", "json"]);
+    assert!(out.contains("\"overlay_key_generation\": 1"), "{out}");
+    server.cli_ok(&["env", "rotate-key", "default"]);
+    let rotated_a = config(&mut a, |c| c.psk_generation == 2).await;
+    let rotated_b = config(&mut b, |c| c.psk_generation == 2).await;
+    assert_ne!(rotated_a.psk.as_deref(), Some(psk.as_str()));
+    assert_eq!(rotated_a.psk, rotated_b.psk);
+    assert!(
+        server
+            .events()
+            .iter()
+            .any(|e| e["kind"] == "overlay_key_rotated")
+    );
+
+    // Removing B takes it out of A's peers at once.
+    let hosts = server.hosts();
+    let b_id = hosts.iter().find(|h| h["name"] == "b").unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        hosts.iter().find(|h| h["name"] == "b").unwrap()["overlay_subnet"],
+        "10.42.2.0/24"
+    );
+    server.cli_ok(&["host", "rm", &b_id]);
+    let after = config(&mut a, |c| c.peers.iter().all(|p| p.name != "b")).await;
+    assert!(after.peers.is_empty(), "{after:?}");
+
+    // A server restart keeps keys and leases (the master key opens the sealed key again).
+    drop((a, b, c));
+    let mut server = server;
+    server.restart();
+    let mut a = connect(
+        &server,
+        Auth::Credential { credential: cred_a },
+        "a",
+        &key_a,
+        51001,
+    )
+    .await;
+    let again = config(&mut a, |_| true).await;
+    assert_eq!(again.subnet, "10.42.1.0/24");
+    assert_eq!(again.psk, rotated_a.psk);
+    assert_eq!(again.psk_generation, 2);
+}

@@ -7,6 +7,7 @@
 #   bash scripts/lab.sh cli DIR ARGS…                 # the corral CLI, in the server's namespace
 #   bash scripts/lab.sh docker DIR HOST ARGS…         # docker against host HOST's engine (h1…)
 #   bash scripts/lab.sh ns DIR HOST                   # the network namespace of HOST (or srv)
+#   bash scripts/lab.sh bridge DIR                    # the lab bridge (to capture on)
 #   bash scripts/lab.sh agent-stop DIR HOST           # stop HOST's agent (its dockerd stays)
 #   bash scripts/lab.sh agent-start DIR HOST          # start it again (same state dir)
 #   bash scripts/lab.sh down DIR                      # remove everything `up` made
@@ -172,12 +173,16 @@ up() { # N [-- SERVER_ARGS…]
     [ -n "$token" ] || die "cannot create a registration token"
 
     # The hosts: dockerd (its own data root, in its namespace), the test image, the agent.
+    # LAB_DOCKER_IPTABLES=1 lets each dockerd manage its namespace's iptables, as a default
+    # Docker install does.
+    local docker_fw=(--iptables=false --ip-masq=false)
+    if [ "${LAB_DOCKER_IPTABLES:-0}" = 1 ]; then docker_fw=(--iptables=true); fi
     for name in "${names[@]:1}"; do
         local ns; ns=$(host_ns "$name")
         mkdir -p "$DIR/$name/docker" "$rundir/$name"
         nsenter --net="/var/run/netns/$ns" dockerd --data-root "$DIR/$name/docker" \
             --exec-root "$rundir/$name" --pidfile "$DIR/$name/docker.pid" \
-            -H "unix://$(sock "$name")" --bridge=none --iptables=false --ip-masq=false \
+            -H "unix://$(sock "$name")" --bridge=none "${docker_fw[@]}" \
             >"$DIR/$name/dockerd.log" 2>&1 &
         record "pid $!"
         record "dockerd $name"
@@ -195,7 +200,7 @@ up() { # N [-- SERVER_ARGS…]
 }
 
 cmd=${1:-}; DIR=${2:-}
-[ -n "$cmd" ] && [ -n "$DIR" ] || { sed -n '2,16p' "$0" >&2; exit 2; }
+[ -n "$cmd" ] && [ -n "$DIR" ] || { sed -n '2,17p' "$0" >&2; exit 2; }
 shift 2
 case "$cmd" in
     up) up "${1:?N}" "${@:2}" ;;
@@ -203,6 +208,7 @@ case "$cmd" in
     cli) cli "$@" ;;
     docker) h=${1:?HOST}; shift; exec docker -H "unix://$(sock "$h")" "$@" ;;
     ns) host_ns "${1:?HOST}" ;;
+    bridge) echo "cl$(field id)b" ;;
     agent-stop) stop_agent "${1:?HOST}" ;;
     agent-start) start_agent "${1:?HOST}" ;;
     *) die "unknown command $cmd" ;;

@@ -19,6 +19,8 @@ install_packages() {
     command -v ip >/dev/null 2>&1 || missing+=(iproute2)
     command -v dockerd >/dev/null 2>&1 || missing+=(docker.io)
     command -v busybox >/dev/null 2>&1 || missing+=(busybox-static)
+    command -v tcpdump >/dev/null 2>&1 || missing+=(tcpdump)
+    command -v ping >/dev/null 2>&1 || missing+=(iputils-ping)
     if [ ${#missing[@]} -gt 0 ]; then
         log "installing ${missing[*]}"
         export DEBIAN_FRONTEND=noninteractive

@@ -32,6 +32,11 @@ use futures_util::StreamExt;
 use tokio::sync::{Mutex, mpsc};
 
 pub const DEFAULT_DOCKER_HOST: &str = "unix:///var/run/docker.sock";
+/// The host's overlay network: a bridge on the host's lease of the overlay range, shared by
+/// every stack container on the host once the overlay is configured.
+pub const OVERLAY_NETWORK: &str = "corral";
+/// Its Linux bridge.
+pub const OVERLAY_BRIDGE: &str = "corral-br0";
 
 /// How many containers the inventory inspects at once.
 const INSPECT_CONCURRENCY: usize = 8;
@@ -45,6 +50,33 @@ pub struct Engine {
     /// creates two networks with the same name when two creates race, and a name that matches
     /// two networks is unusable afterwards.
     resources: Mutex<()>,
+    /// Set once the host's overlay network exists: stack containers join it instead of a
+    /// per-stack network.
+    overlay: std::sync::Mutex<Option<OverlayNet>>,
+}
+
+/// The host's overlay network as containers join it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OverlayNet {
+    /// e.g. `10.42.3.0/24`.
+    pub subnet: String,
+    /// e.g. `10.42.3.1`: the bridge's address (and the DNS responder's).
+    pub gateway: String,
+}
+
+/// The spec a stack container is created from once the overlay is up: it joins the host's
+/// overlay network, answering there to `SERVICE.STACK` only (stacks share that network, so the
+/// bare service name would be ambiguous between stacks).
+pub fn on_overlay(spec: &ContainerSpec, overlay: &OverlayNet) -> ContainerSpec {
+    let mut spec = spec.clone();
+    if let Some(net) = spec.network.as_mut() {
+        net.name = OVERLAY_NETWORK.into();
+        // Names are answered by the agent's DNS responder for every host's replicas; a Docker
+        // alias would make Docker's own resolver answer with this host's replicas only.
+        net.aliases.clear();
+    }
+    spec.dns = vec![overlay.gateway.clone()];
+    spec
 }
 
 fn unavailable(e: impl std::fmt::Display) -> String {
@@ -97,6 +129,7 @@ impl Engine {
             client: Mutex::new(None),
             reports,
             resources: Mutex::new(()),
+            overlay: std::sync::Mutex::new(None),
         });
         tokio::spawn(watch(engine.clone()));
         engine
@@ -205,8 +238,92 @@ impl Engine {
             .ok_or_else(|| format!("container {docker_id} no longer exists"))
     }
 
+    /// Creates the host's overlay network on `net.subnet` (replacing one on another subnet if
+    /// no container uses it), then has stack containers join it.
+    pub async fn ensure_overlay_network(&self, net: &OverlayNet) -> Result<(), String> {
+        let docker = self.client().await?;
+        let _serialized = self.resources.lock().await;
+        let current = docker
+            .inspect_network(OVERLAY_NETWORK, None::<InspectNetworkOptions>)
+            .await;
+        let fail = |what: &str, e: DockerError| {
+            format!(
+                "cannot {what} the overlay network {OVERLAY_NETWORK} on host {}: {e}",
+                self.host_name
+            )
+        };
+        match current {
+            Ok(n) if n.name.as_deref() == Some(OVERLAY_NETWORK) => {
+                let subnets: Vec<String> = n
+                    .ipam
+                    .and_then(|i| i.config)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter_map(|c| c.subnet)
+                    .collect();
+                if subnets.contains(&net.subnet) {
+                    *self.overlay.lock().unwrap_or_else(|p| p.into_inner()) = Some(net.clone());
+                    return Ok(());
+                }
+                docker
+                    .remove_network(OVERLAY_NETWORK)
+                    .await
+                    .map_err(|e| fail("replace (its subnet changed)", e))?;
+            }
+            Ok(_) => {}
+            Err(e) if status_code(&e) == Some(404) => {}
+            Err(e) => return Err(fail("inspect", e)),
+        }
+        let mut labels = resource_labels(None);
+        labels.insert("io.corral.overlay".into(), "true".into());
+        let request = NetworkCreateRequest {
+            name: OVERLAY_NETWORK.into(),
+            driver: Some("bridge".into()),
+            labels: Some(labels),
+            // Docker would masquerade everything leaving the bridge, overlay traffic
+            // included; the agent masquerades only what leaves the overlay range.
+            options: Some(HashMap::from([
+                (
+                    "com.docker.network.bridge.name".to_string(),
+                    OVERLAY_BRIDGE.to_string(),
+                ),
+                (
+                    "com.docker.network.bridge.enable_ip_masquerade".to_string(),
+                    "false".to_string(),
+                ),
+            ])),
+            ipam: Some(bollard::models::Ipam {
+                config: Some(vec![bollard::models::IpamConfig {
+                    subnet: Some(net.subnet.clone()),
+                    gateway: Some(net.gateway.clone()),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        match docker.create_network(request).await {
+            Ok(_) => {}
+            Err(e) if status_code(&e) == Some(409) => {}
+            Err(e) => return Err(fail("create", e)),
+        }
+        tracing::info!(subnet = %net.subnet, "overlay network ready");
+        *self.overlay.lock().unwrap_or_else(|p| p.into_inner()) = Some(net.clone());
+        Ok(())
+    }
+
     /// Creates (unless it exists) and starts a container.
     pub async fn run(&self, spec: &ContainerSpec) -> Result<ContainerStatus, String> {
+        let overlay = self
+            .overlay
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let spec = match &overlay {
+            Some(net) if spec.labels.contains_key(labels::STACK) => on_overlay(spec, net),
+            _ => spec.clone(),
+        };
+        let spec = &spec;
         let docker = self.client().await?;
         let id = match self.find(&docker, &spec.corral_id).await? {
             Some(existing) => existing.docker_id,
@@ -677,6 +794,12 @@ fn status_of_inspect(c: ContainerInspectResponse) -> ContainerStatus {
             .filter(|s| !matches!(s, HealthStatusEnum::EMPTY | HealthStatusEnum::NONE))
             .map(|s| s.to_string()),
         restart_count: c.restart_count.unwrap_or(0),
+        ip: c
+            .network_settings
+            .and_then(|n| n.networks)
+            .and_then(|mut n| n.remove(OVERLAY_NETWORK))
+            .and_then(|e| e.ip_address)
+            .filter(|ip| !ip.is_empty()),
     }
 }
 
@@ -843,6 +966,7 @@ pub fn create_body(spec: &ContainerSpec) -> Result<ContainerCreateBody, String> 
             mounts: (!mounts.is_empty()).then_some(mounts),
             restart_policy: restart,
             network_mode,
+            dns: (!spec.dns.is_empty()).then(|| spec.dns.clone()),
             ..Default::default()
         }),
         networking_config,
@@ -988,6 +1112,7 @@ mod tests {
             network: None,
             expose: Vec::new(),
             stop_grace_secs: None,
+            dns: Vec::new(),
         }
     }
 

@@ -6,6 +6,7 @@
 //! - [`docker`]: the only code that talks to Docker, over the local socket.
 //! - [`doctor`]: the local checks behind `corral doctor`.
 //! - [`firewall`]: `firewall apply`: corral's own nftables table, with a dead-man rollback.
+//! - [`mesh`]: the agent's side of the encrypted overlay (key pair, configuration, data plane).
 //! - [`overlay`]: the overlay UDP socket (the one port an agent listens on) and its probes.
 //! - [`facts`]: what the agent reports about its host.
 //! - [`run`]: the agent's life: dial, serve the tunnel, reconnect with backoff, stop for good on
@@ -16,10 +17,12 @@
 //! from it arrives over the tunnel the agent opened.
 
 pub mod dial;
+pub mod dns;
 pub mod docker;
 pub mod doctor;
 pub mod facts;
 pub mod firewall;
+pub mod mesh;
 pub mod overlay;
 pub mod state;
 
@@ -65,6 +68,8 @@ pub struct AgentOptions {
     pub labels: BTreeMap<String, String>,
     /// UDP port of the overlay socket (0: any free port).
     pub overlay_port: u16,
+    /// Join the environment's overlay (key pair, TUN device, routes, overlay network).
+    pub overlay: bool,
     /// Runs inside `corral server --with-agent`, whose process also holds the API listener.
     pub embedded: bool,
     /// The local Docker socket.
@@ -83,6 +88,7 @@ impl AgentOptions {
             name: None,
             labels: BTreeMap::new(),
             overlay_port: overlay::DEFAULT_PORT,
+            overlay: true,
             embedded: false,
             docker_host: docker::DEFAULT_DOCKER_HOST.to_owned(),
             backoff_cap: Duration::from_secs(30),
@@ -112,14 +118,29 @@ pub async fn run(
             None
         }
     };
+    let (reports_tx, mut reports_rx) = tokio::sync::mpsc::channel(256);
+    let engine = docker::Engine::watch(options.docker_host.clone(), st.name.clone(), reports_tx);
+    let mesh = if options.overlay {
+        match mesh::Mesh::load_or_create(st.dir(), overlay.clone(), engine.clone()) {
+            Ok(m) => {
+                let m = std::sync::Arc::new(m);
+                m.restore().await;
+                Some(m)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "the overlay is off: cannot load its key pair");
+                None
+            }
+        }
+    } else {
+        None
+    };
     let facts = facts::collect(
         st.name.clone(),
         options.labels.clone(),
         overlay.as_ref().and_then(|o| o.port()),
-        None,
+        mesh.as_ref().map(|m| m.public_key_hex()),
     );
-    let (reports_tx, mut reports_rx) = tokio::sync::mpsc::channel(256);
-    let engine = docker::Engine::watch(options.docker_host.clone(), st.name.clone(), reports_tx);
     let mut backoff = Backoff::new(Duration::from_millis(500), options.backoff_cap);
     tokio::pin!(stop);
     loop {
@@ -145,6 +166,7 @@ pub async fn run(
                         overlay_port: options.overlay_port,
                         embedded: options.embedded,
                         engine: engine.clone(),
+                        mesh: mesh.clone(),
                     };
                     Ok(Some(serve(tunnel, &welcome, &ctx, &mut reports_rx).await))
                 }
@@ -211,6 +233,7 @@ struct Context {
     overlay_port: u16,
     embedded: bool,
     engine: std::sync::Arc<docker::Engine>,
+    mesh: Option<std::sync::Arc<mesh::Mesh>>,
 }
 
 /// Remembers recent outcomes so a command delivered twice is answered, not run, again.
@@ -587,8 +610,16 @@ async fn serve_loop(
                             task.abort();
                         }
                     }
+                    Ok(ServerMessage::Names(table)) => {
+                        if let Some(mesh) = &ctx.mesh {
+                            mesh.set_names(table);
+                        }
+                    }
                     Ok(ServerMessage::Overlay(config)) => {
                         tracing::debug!(?config, "overlay configuration");
+                        if let Some(mesh) = &ctx.mesh {
+                            mesh.apply(*config).await;
+                        }
                     }
                     Ok(ServerMessage::Welcome(_)) => {
                         return Ended::Lost("the server sent a second welcome".into());

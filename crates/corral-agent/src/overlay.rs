@@ -22,9 +22,12 @@ const REMEMBER: usize = 1024;
 const REMEMBER_FOR: Duration = Duration::from_secs(30);
 
 pub struct Overlay {
-    socket: UdpSocket,
+    socket: Arc<UdpSocket>,
     seen: Mutex<HashMap<[u8; 16], Instant>>,
     arrived: Notify,
+    /// The probe-only receive loop, while the encrypted overlay's driver does not own the
+    /// socket's receive side.
+    receiver: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 /// Parses the 32-hex-digit nonce of a probe command.
@@ -43,14 +46,37 @@ pub fn parse_nonce(text: &str) -> Result<[u8; 16], String> {
 impl Overlay {
     /// Binds the overlay port on all addresses (port 0: any free port, for tests).
     pub async fn bind(port: u16) -> std::io::Result<Arc<Overlay>> {
-        let socket = UdpSocket::bind(("0.0.0.0", port)).await?;
+        let socket = Arc::new(UdpSocket::bind(("0.0.0.0", port)).await?);
         let overlay = Arc::new(Overlay {
             socket,
             seen: Mutex::new(HashMap::new()),
             arrived: Notify::new(),
+            receiver: Mutex::new(None),
         });
-        tokio::spawn(receive_loop(overlay.clone()));
+        overlay.receive_probes();
         Ok(overlay)
+    }
+
+    /// (Re)starts the probe-only receive loop.
+    pub fn receive_probes(self: &Arc<Self>) {
+        let mut receiver = self.receiver.lock().unwrap_or_else(|p| p.into_inner());
+        if receiver.as_ref().is_none_or(|h| h.is_finished()) {
+            *receiver = Some(tokio::spawn(receive_loop(self.clone())));
+        }
+    }
+
+    /// Hands the socket's receive side to the encrypted overlay's driver, which passes probes
+    /// back through [`Overlay::record`].
+    pub fn take_socket(&self) -> Arc<UdpSocket> {
+        if let Some(h) = self
+            .receiver
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            h.abort();
+        }
+        self.socket.clone()
     }
 
     pub fn port(&self) -> Option<u16> {
@@ -61,7 +87,8 @@ impl Overlay {
         self.seen.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn record(&self, datagram: &[u8]) {
+    /// Records a probe datagram (anything else is ignored).
+    pub fn record(&self, datagram: &[u8]) {
         if datagram.len() != PROBE_LEN || &datagram[..MAGIC.len()] != MAGIC {
             return;
         }

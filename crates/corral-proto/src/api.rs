@@ -300,4 +300,7 @@ pub struct ReplicaView {
     pub exit_code: Option<i64>,
     /// Runs the service's current definition.
     pub current: bool,
+    /// Its address on the host's overlay network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<String>,
 }

@@ -83,6 +83,9 @@ pub struct ContainerStatus {
     /// How many times Docker restarted it under its restart policy.
     #[serde(default)]
     pub restart_count: i64,
+    /// Its address on the host's overlay network, when attached to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<String>,
 }
 
 impl AgentMessage {
@@ -119,6 +122,9 @@ pub enum ServerMessage {
     /// The overlay as this host should run it: sent after the welcome and whenever it
     /// changes (a host joins, moves, leaves; the pre-shared key rotates).
     Overlay(Box<OverlayConfig>),
+    /// The environment's service names (for the agent's DNS responder): sent after the
+    /// welcome and whenever a replica starts, stops or changes health.
+    Names(NameTable),
     /// Sent right before the server closes the connection, with the full explanation; the
     /// WebSocket close frame repeats the reason as a code (see [`CloseReason::code`]).
     Goodbye {
@@ -393,6 +399,9 @@ pub struct ContainerSpec {
     /// Seconds between SIGTERM and SIGKILL when the container is stopped or removed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop_grace_secs: Option<u64>,
+    /// DNS servers for the container (the agent sets its own responder on the overlay).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns: Vec<String>,
 }
 
 /// The network a stack container joins.
@@ -488,6 +497,25 @@ impl std::fmt::Debug for OverlayConfig {
             .field("peers", &self.peers)
             .finish()
     }
+}
+
+/// Which overlay addresses answer to which service name, in one environment.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NameTable {
+    pub services: Vec<ServiceAddresses>,
+}
+
+/// A service's running (and, with a healthcheck, healthy) replicas' overlay addresses, and
+/// the addresses of all its replicas (so a query can be attributed to the asker's stack).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceAddresses {
+    pub stack: String,
+    pub service: String,
+    /// Addresses to answer with.
+    pub ready: Vec<std::net::Ipv4Addr>,
+    /// Every replica's address, ready or not.
+    #[serde(default)]
+    pub members: Vec<std::net::Ipv4Addr>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -73,6 +73,7 @@ pub async fn on_report(state: &AppState, host_id: &str, conn_id: u64, report: Re
         tracing::error!(error = %e, "cannot record a host report");
     }
     state.reconciler.wake();
+    state.overlay.wake();
 }
 
 async fn reconcile_inventory(
@@ -300,6 +301,7 @@ pub async fn run(
         spec_hash: None,
         health: None,
         restart_count: 0,
+        ip: None,
     };
     state.store.insert_container(&row).await?;
     let payload = serde_json::to_value(&spec)

@@ -19,7 +19,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use corral_proto::{OverlayConfig, ServerMessage};
+use corral_proto::{NameTable, ServerMessage, ServiceAddresses};
 use ring::rand::{SecureRandom, SystemRandom};
 use tokio::sync::Notify;
 
@@ -198,6 +198,8 @@ pub mod plan {
 pub struct OverlaySync {
     wake: Notify,
     sent: Mutex<HashMap<String, (u64, u64)>>,
+    /// The name table each live connection last received.
+    names_sent: Mutex<HashMap<String, (u64, u64)>>,
 }
 
 impl OverlaySync {
@@ -208,6 +210,54 @@ impl OverlaySync {
     fn sent(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u64, u64)>> {
         self.sent.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    fn names_sent(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u64, u64)>> {
+        self.names_sent.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The environment's service names: every stack replica with an overlay address; the ones
+/// running (and healthy, with a healthcheck) are the answers.
+async fn name_table(state: &AppState, env_id: &str) -> Result<NameTable, StoreError> {
+    let stacks: HashMap<String, String> = state
+        .store
+        .stacks()
+        .await?
+        .into_iter()
+        .filter(|s| s.environment_id == env_id)
+        .map(|s| (s.id, s.name))
+        .collect();
+    let mut by_service: std::collections::BTreeMap<(String, String), ServiceAddresses> =
+        std::collections::BTreeMap::new();
+    for c in state.store.containers().await? {
+        let (Some(stack_id), Some(service), Some(ip)) = (&c.stack_id, &c.service, &c.ip) else {
+            continue;
+        };
+        let (Some(stack), Ok(ip)) = (stacks.get(stack_id), ip.parse::<std::net::Ipv4Addr>()) else {
+            continue;
+        };
+        if c.desired != "running" {
+            continue;
+        }
+        let entry = by_service
+            .entry((stack.clone(), service.clone()))
+            .or_insert_with(|| ServiceAddresses {
+                stack: stack.clone(),
+                service: service.clone(),
+                ready: Vec::new(),
+                members: Vec::new(),
+            });
+        entry.members.push(ip);
+        if c.actual == "running" && matches!(c.health.as_deref(), None | Some("healthy")) {
+            entry.ready.push(ip);
+        }
+    }
+    let mut services: Vec<ServiceAddresses> = by_service.into_values().collect();
+    for s in &mut services {
+        s.ready.sort();
+        s.members.sort();
+    }
+    Ok(NameTable { services })
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -334,6 +384,22 @@ async fn sync(state: &AppState) -> Result<(), StoreError> {
         let Some(env) = state.store.overlay_env(&env_id).await? else {
             continue;
         };
+        let names = name_table(state, &env_id).await?;
+        let names_digest = digest(&names);
+        for (host_id, conn) in &connected {
+            if state.overlay.names_sent().get(host_id) == Some(&(*conn, names_digest)) {
+                continue;
+            }
+            if state
+                .registry
+                .send(host_id, Control::Send(ServerMessage::Names(names.clone())))
+            {
+                state
+                    .overlay
+                    .names_sent()
+                    .insert(host_id.clone(), (*conn, names_digest));
+            }
+        }
         let psk = psk_hex(state, &env_id).await?;
         // Re-read: the key may have just been created.
         let env = state.store.overlay_env(&env_id).await?.unwrap_or(env);
@@ -359,12 +425,16 @@ async fn sync(state: &AppState) -> Result<(), StoreError> {
     }
     let live_ids: Vec<&String> = live.iter().map(|(h, _)| h).collect();
     state.overlay.sent().retain(|h, _| live_ids.contains(&h));
+    state
+        .overlay
+        .names_sent()
+        .retain(|h, _| live_ids.contains(&h));
     Ok(())
 }
 
-fn digest(config: &OverlayConfig) -> u64 {
+fn digest(value: &impl serde::Serialize) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    serde_json::to_string(config)
+    serde_json::to_string(value)
         .unwrap_or_default()
         .hash(&mut h);
     h.finish()

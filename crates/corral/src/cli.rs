@@ -159,6 +159,9 @@ pub struct ServerArgs {
     /// Also register and run an agent for this machine, in this process.
     #[arg(long)]
     pub with_agent: bool,
+    /// With --with-agent: the local agent does not join the overlay.
+    #[arg(long, requires = "with_agent")]
+    pub agent_no_overlay: bool,
     /// How often agents send heartbeats.
     #[arg(long, default_value = "15s", value_parser = crate::duration::parse_duration, hide = true)]
     pub heartbeat_interval: std::time::Duration,
@@ -206,6 +209,10 @@ pub struct AgentArgs {
     /// UDP port of the overlay socket, the only port the agent listens on.
     #[arg(long, default_value_t = corral_agent::overlay::DEFAULT_PORT, env = "CORRAL_AGENT_OVERLAY_PORT")]
     pub overlay_port: u16,
+    /// Do not join the environment's overlay: no key pair, TUN device, routes or overlay
+    /// network; this host's containers are reachable only on their published ports.
+    #[arg(long)]
+    pub no_overlay: bool,
 }
 
 pub fn parse_label(s: &str) -> Result<(String, String), String> {

@@ -157,6 +157,7 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
         opts.ca_checksum = Some(running.checksum);
         opts.token = token;
         opts.embedded = true;
+        opts.overlay = !args.agent_no_overlay;
         println!("  local agent:   state in {}", state_dir.display());
         let stop = running.state.shutdown.clone();
         Some(tokio::spawn(async move {
@@ -198,6 +199,7 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     opts.name = args.name;
     opts.labels = args.labels.into_iter().collect::<BTreeMap<_, _>>();
     opts.overlay_port = args.overlay_port;
+    opts.overlay = !args.no_overlay;
     opts.docker_host = args.docker_host;
     corral_agent::run(opts, terminated()).await?;
     Ok(())

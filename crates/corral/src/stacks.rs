@@ -299,6 +299,7 @@ fn ps_table(stacks: &[StackView]) -> String {
                     v.name.clone(),
                     format!("{}.{}", s.name, r.slot),
                     r.host.clone(),
+                    r.ip.clone().unwrap_or_else(|| "-".into()),
                     s.image.clone(),
                     state,
                     s.ports.join(","),
@@ -309,6 +310,7 @@ fn ps_table(stacks: &[StackView]) -> String {
                 rows.push(vec![
                     v.name.clone(),
                     s.name.clone(),
+                    "-".into(),
                     "-".into(),
                     s.image.clone(),
                     format!("0/{} ready", s.desired),
@@ -330,6 +332,7 @@ fn ps_table(stacks: &[StackView]) -> String {
             "STACK",
             "REPLICA",
             "HOST",
+            "ADDRESS",
             "IMAGE",
             "STATE",
             "PORTS",

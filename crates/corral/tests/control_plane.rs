@@ -317,7 +317,7 @@ fn token_lifecycle_and_listings() {
 fn with_agent_runs_a_local_agent_in_process() {
     let t = tmp();
     let data = t.path().join("data");
-    let mut server = Server::start(&data, &["--with-agent"]);
+    let mut server = Server::start(&data, &["--with-agent", "--agent-no-overlay"]);
     wait_until(Duration::from_secs(20), "the local agent", || {
         server.hosts().iter().any(|h| h["state"] == "active")
     });

@@ -219,3 +219,195 @@ fn the_lab_tears_down_everything_it_made() {
         "a lab process survived"
     );
 }
+
+impl Lab {
+    /// The id of the (single) running container of `service` on `host`.
+    fn container_of(&self, host: &str, service: &str) -> String {
+        let label = format!("label=io.corral.service={service}");
+        let out = lab_sh(&["docker", self.path(), host, "ps", "-q", "--filter", &label]);
+        let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        assert!(
+            !id.is_empty() && !id.contains('\n'),
+            "{service} on {host}: {id:?}"
+        );
+        id
+    }
+
+    /// Runs a shell command in a container on `host`; returns (success, stdout).
+    fn exec(&self, host: &str, container: &str, script: &str) -> (bool, String) {
+        let out = lab_sh(&[
+            "docker",
+            self.path(),
+            host,
+            "exec",
+            container,
+            "sh",
+            "-c",
+            script,
+        ]);
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    }
+}
+
+/// An HTTP GET from inside a container (busybox nc), with `path` in the request line.
+fn get_script(addr: &str, path: &str) -> String {
+    format!("printf 'GET /{path} HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {addr} 80")
+}
+
+const NET_COMPOSE: &str = r#"
+name: net
+services:
+  web:
+    image: corral-test/busybox:latest
+    command: ["httpd", "-f", "-p", "80", "-h", "/www"]
+    deploy: { placement: { constraints: ["node.hostname == h2"] } }
+  client:
+    image: corral-test/busybox:latest
+    command: ["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 1 & wait; done"]
+    deploy: { placement: { constraints: ["node.hostname == h1"] } }
+  outsider:
+    image: corral-test/busybox:latest
+    command: ["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 1 & wait; done"]
+    deploy: { placement: { constraints: ["node.hostname == h3"] } }
+"#;
+
+#[test]
+fn containers_on_different_hosts_talk_only_through_the_encrypted_overlay() {
+    let Some(lab) = Lab::up(3, &["--heartbeat-interval", "1s", "--dead-after", "3s"]) else {
+        return;
+    };
+    let file = lab.dir.path().join("compose.yaml");
+    std::fs::write(&file, NET_COMPOSE).unwrap();
+    let out = lab.cli(&[
+        "up",
+        "-f",
+        file.to_str().unwrap(),
+        "--wait",
+        "--timeout",
+        "60s",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let view = &lab.cli_json(&["ps", "-p", "net"])[0];
+    let web = view["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "web")
+        .unwrap();
+    let web_ip = web["replicas"][0]["ip"].as_str().unwrap().to_owned();
+    assert!(web_ip.starts_with("10.42."), "{web_ip}");
+    let client = lab.container_of("h1", "client");
+    let outsider = lab.container_of("h3", "outsider");
+
+    // Across hosts, by overlay address; the lab bridge carries only the agents' tunnels to the
+    // server and UDP between overlay sockets, and never the payload.
+    let bridge = String::from_utf8_lossy(&lab_sh(&["bridge", lab.path()]).stdout)
+        .trim()
+        .to_owned();
+    let pcap = lab.dir.path().join("capture.pcap");
+    let mut capture = Proc::spawn_program(
+        "tcpdump",
+        &[
+            "-i",
+            &bridge,
+            "-U",
+            "-w",
+            pcap.to_str().unwrap(),
+            // IPv4 only: link-local IPv6 chatter (router solicitations) carries no payload.
+            "ip",
+        ],
+        lab.dir.path().join("tcpdump.log"),
+        &[],
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let marker = format!("MARKER-{}-SECRET", std::process::id());
+    let (ok, answer) = lab.exec("h1", &client, &get_script(&web_ip, &marker));
+    assert!(ok && answer.contains("HTTP/1.1 404"), "{answer}");
+    let (_, page) = lab.exec("h1", &client, &get_script(&web_ip, ""));
+    assert!(page.contains("hello from corral"), "{page}");
+    std::thread::sleep(Duration::from_secs(1));
+    capture.stop();
+    let bytes = std::fs::read(&pcap).unwrap();
+    assert!(
+        !bytes.windows(marker.len()).any(|w| w == marker.as_bytes()),
+        "the marker crossed the wire in clear"
+    );
+    let text = Command::new("tcpdump")
+        .args(["-nr", pcap.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    let mut overlay_packets = 0;
+    for line in text.lines() {
+        let to_server = line.contains("192.0.2.1.8443");
+        let overlay = line.contains(".51820 > ") && line.contains(".51820: UDP");
+        assert!(
+            to_server || overlay,
+            "unexpected packet on the lab bridge: {line}"
+        );
+        overlay_packets += usize::from(overlay);
+    }
+    assert!(overlay_packets > 0, "no overlay traffic captured:\n{text}");
+
+    // Service discovery: `web` (same stack) and `web.net` resolve, on every host, to the
+    // replica's overlay address; a name that does not exist is NXDOMAIN.
+    for name in ["web", "web.net"] {
+        let (ok, out) = lab.exec("h1", &client, &format!("nslookup {name}"));
+        assert!(ok && out.contains(&web_ip), "{name}: {out}");
+        let (ok, page) = lab.exec("h1", &client, &get_script(name, ""));
+        assert!(ok && page.contains("hello from corral"), "{name}: {page}");
+    }
+    for name in ["nope", "nope.net"] {
+        let (_, out) = lab.exec("h1", &client, &format!("nslookup {name} 2>&1"));
+        assert!(out.contains("NXDOMAIN"), "{name}: {out}");
+    }
+
+    // Rotating the pre-shared key keeps traffic flowing (at most one handshake lost).
+    let mut failures = Vec::new();
+    for i in 0..30 {
+        if i == 8 {
+            assert!(lab.cli(&["env", "rotate-key", "default"]).status.success());
+        }
+        let (ok, answer) = lab.exec("h1", &client, &get_script(&web_ip, ""));
+        if !(ok && answer.contains("hello from corral")) {
+            failures.push(i);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        failures.len() <= 3,
+        "requests failed around the rotation: {failures:?}"
+    );
+    assert!(
+        failures.iter().all(|i| *i < 25),
+        "traffic did not recover after the rotation: {failures:?}"
+    );
+
+    // A removed host loses the overlay at once.
+    let (ok, _) = lab.exec("h3", &outsider, &get_script(&web_ip, ""));
+    assert!(ok, "h3 reaches web before its removal");
+    let h3_id = lab
+        .cli_json(&["host", "ls"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["name"] == "h3")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(lab.cli(&["host", "rm", &h3_id]).status.success());
+    wait_until(Duration::from_secs(10), "h3 to lose the overlay", || {
+        !lab.exec("h3", &outsider, &get_script(&web_ip, "")).0
+    });
+    // The others still talk.
+    let (ok, page) = lab.exec("h1", &client, &get_script(&web_ip, ""));
+    assert!(ok && page.contains("hello from corral"), "{page}");
+}

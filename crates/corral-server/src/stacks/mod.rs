@@ -381,6 +381,7 @@ fn replica_view(
         health: c.health.clone(),
         exit_code: c.exit_code,
         current: c.spec_hash.as_deref() == Some(svc.spec_hash.as_str()),
+        ip: c.ip.clone(),
     }
 }
 

@@ -430,6 +430,7 @@ async fn run_replica(
         spec_hash: Some(svc.hash.clone()),
         health: None,
         restart_count: 0,
+        ip: None,
     };
     state.store.insert_container(&row).await?;
     let payload = serde_json::to_value(&spec).map_err(|e| StoreError::Corrupt(e.to_string()))?;

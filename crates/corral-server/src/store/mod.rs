@@ -195,9 +195,11 @@ pub struct ContainerRow {
     pub spec_hash: Option<String>,
     pub health: Option<String>,
     pub restart_count: i64,
+    /// Its address on the host's overlay network.
+    pub ip: Option<String>,
 }
 
-const CONTAINER_COLUMNS: &str = "id, environment_id, host_id, name, image, spec, desired, actual, docker_id, exit_code, created_at, updated_at, stack_id, service, slot, spec_hash, health, restart_count";
+const CONTAINER_COLUMNS: &str = "id, environment_id, host_id, name, image, spec, desired, actual, docker_id, exit_code, created_at, updated_at, stack_id, service, slot, spec_hash, health, restart_count, ip";
 
 const HOST_COLUMNS: &str = "id, environment_id, name, labels, token_id, hostname, agent_version, os, kernel, arch, remote_addr, registered_at, last_seen_at, removed_at";
 
@@ -826,13 +828,14 @@ impl Store {
         now: i64,
     ) -> Result<bool> {
         let done = sqlx::query(
-            "UPDATE containers SET actual = ?, docker_id = ?, exit_code = ?, health = ?, restart_count = ?, updated_at = ? WHERE id = ? AND host_id = ?",
+            "UPDATE containers SET actual = ?, docker_id = ?, exit_code = ?, health = ?, restart_count = ?, ip = ?, updated_at = ? WHERE id = ? AND host_id = ?",
         )
         .bind(&status.state)
         .bind(&status.docker_id)
         .bind(status.exit_code)
         .bind(&status.health)
         .bind(status.restart_count)
+        .bind(&status.ip)
         .bind(now)
         .bind(&status.corral_id)
         .bind(host_id)

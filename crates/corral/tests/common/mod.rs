@@ -355,9 +355,12 @@ pub fn start_agent(
         &sd,
         "--name",
         name,
-        // Several agents share this machine in tests: each takes a free overlay port.
+        // Several agents share this machine in tests: each takes a free overlay port, and
+        // none joins the overlay (a TUN device and routes are per machine; tests/lab.rs gives
+        // each host a namespace of its own for that).
         "--overlay-port",
         "0",
+        "--no-overlay",
     ];
     if let Some(t) = token {
         args.extend(["--token", t]);

@@ -1,0 +1,442 @@
+//! The agent's side of the overlay: its key pair, the configuration the server sends, and the
+//! data plane ([`corral_overlay`]) that carries it.
+//!
+//! - The X25519 key pair is generated here on first start and kept in `STATE_DIR/overlay.key`
+//!   (0600). Only the public key is sent, in the hello.
+//! - Each configuration from the server is saved to `STATE_DIR/overlay.json` (0600: it holds
+//!   the environment's pre-shared key) before it is applied, and applied again when the agent
+//!   starts, so a restarted agent brings its tunnels back from its own state without the
+//!   server re-keying anything (and even while the server is away).
+//! - Applying (`wireguard` mode): IPv4 forwarding on; the host's overlay network (a Docker
+//!   bridge on the host's lease, `corral`) exists; the TUN device `corral0` carries the whole
+//!   overlay range (the host's own /24 stays on the bridge, a more specific route); the
+//!   userspace WireGuard driver owns the overlay socket's receive side (probes still reach
+//!   `doctor`); peers and the pre-shared key follow every new configuration.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use corral_overlay::driver::{Driver, DriverConfig, OverlayHandle};
+use corral_overlay::{PeerConfig, Prefix, Router};
+use corral_proto::OverlayConfig;
+
+use crate::docker::{Engine, OverlayNet};
+use crate::overlay::Overlay;
+
+/// The overlay's TUN device.
+pub const TUN: &str = "corral0";
+const KEY_FILE: &str = "overlay.key";
+const CONFIG_FILE: &str = "overlay.json";
+
+struct Running {
+    handle: OverlayHandle,
+    task: tokio::task::JoinHandle<()>,
+    cidr: String,
+    psk: Option<[u8; 32]>,
+}
+
+pub struct Mesh {
+    dir: PathBuf,
+    private: [u8; 32],
+    public_hex: String,
+    socket: Option<Arc<Overlay>>,
+    engine: Arc<Engine>,
+    running: tokio::sync::Mutex<Option<Running>>,
+    /// The environment's service names, as the server last sent them.
+    names: tokio::sync::watch::Sender<crate::dns::Names>,
+    /// The DNS responder on the overlay bridge's address, once it runs.
+    dns: tokio::sync::Mutex<Option<(Ipv4Addr, tokio::task::JoinHandle<()>)>>,
+}
+
+fn psk_of(cfg: &OverlayConfig) -> Result<Option<[u8; 32]>, String> {
+    cfg.psk
+        .as_deref()
+        .map(|p| corral_overlay::from_hex(p).map_err(|e| format!("pre-shared key: {e}")))
+        .transpose()
+}
+
+/// The iptables rules a Docker engine with its own firewall (`--iptables`, the default) needs
+/// for the overlay: new connections from the TUN device to the overlay bridge are accepted
+/// (Docker's FORWARD chain admits only published ports), and what leaves the overlay range is
+/// masqueraded (the overlay network is created without Docker's masquerading, which would
+/// also rewrite overlay traffic). Without Docker's chains (`--iptables=false`) nothing is
+/// needed and nothing is done.
+pub fn docker_firewall_rules(subnet: &str, cidr: &str) -> Vec<Vec<String>> {
+    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    vec![
+        s(&[
+            "-t",
+            "filter",
+            "DOCKER-USER",
+            "-i",
+            TUN,
+            "-o",
+            crate::docker::OVERLAY_BRIDGE,
+            "-j",
+            "ACCEPT",
+        ]),
+        s(&[
+            "-t",
+            "nat",
+            "POSTROUTING",
+            "-s",
+            subnet,
+            "!",
+            "-d",
+            cidr,
+            "!",
+            "-o",
+            crate::docker::OVERLAY_BRIDGE,
+            "-j",
+            "MASQUERADE",
+        ]),
+    ]
+}
+
+async fn iptables(args: &[String]) -> bool {
+    tokio::process::Command::new("iptables")
+        .args(args)
+        .output()
+        .await
+        .is_ok_and(|o| o.status.success())
+}
+
+async fn docker_firewall(subnet: &str, cidr: &str) {
+    if !iptables(&[
+        "-t".into(),
+        "filter".into(),
+        "-n".into(),
+        "-L".into(),
+        "DOCKER-USER".into(),
+    ])
+    .await
+    {
+        return;
+    }
+    for rule in docker_firewall_rules(subnet, cidr) {
+        // rule = [-t, TABLE, CHAIN, match…]: check (-C) first, insert (-I) if missing.
+        let (table, rest) = rule.split_at(2);
+        let (chain, spec) = rest.split_at(1);
+        let with = |op: &str| {
+            let mut v = table.to_vec();
+            v.push(op.into());
+            v.extend_from_slice(chain);
+            v.extend_from_slice(spec);
+            v
+        };
+        if !iptables(&with("-C")).await && !iptables(&with("-I")).await {
+            tracing::warn!(rule = %rule.join(" "), "cannot add an iptables rule the overlay needs next to Docker's");
+        }
+    }
+}
+
+/// The bridge address of a host's lease: its first address (`10.42.3.0/24` → `10.42.3.1`).
+pub fn gateway_of(subnet: &str) -> Result<(Prefix, Ipv4Addr), String> {
+    let prefix: Prefix = subnet
+        .parse()
+        .map_err(|e| format!("overlay subnet {subnet:?}: {e}"))?;
+    let gateway = Ipv4Addr::from(u32::from(prefix.addr()).wrapping_add(1));
+    Ok((prefix, gateway))
+}
+
+/// Peers as the router wants them; a peer whose key or subnet does not parse is left out
+/// (and said so), never crashed on.
+pub fn peers_of(cfg: &OverlayConfig) -> Vec<PeerConfig> {
+    cfg.peers
+        .iter()
+        .filter_map(|p| {
+            let key = corral_overlay::from_hex(&p.public_key);
+            let subnet = p.subnet.parse::<Prefix>();
+            match (key, subnet) {
+                (Ok(public_key), Ok(subnet)) => Some(PeerConfig {
+                    public_key,
+                    endpoint: p
+                        .endpoint
+                        .as_deref()
+                        .and_then(|e| e.parse::<SocketAddr>().ok()),
+                    allowed: vec![(subnet.addr(), subnet.len())],
+                }),
+                _ => {
+                    tracing::warn!(peer = %p.name, "ignoring an overlay peer with a malformed key or subnet");
+                    None
+                }
+            }
+        })
+        .collect()
+}
+
+impl Mesh {
+    /// Loads the key pair from the state dir, making it on first start.
+    pub fn load_or_create(
+        dir: &Path,
+        socket: Option<Arc<Overlay>>,
+        engine: Arc<Engine>,
+    ) -> Result<Mesh, String> {
+        let path = dir.join(KEY_FILE);
+        let private = match std::fs::read_to_string(&path) {
+            Ok(text) => corral_overlay::from_hex(text.trim()).map_err(|e| {
+                format!("{}: {e} (delete it to make a new key pair)", path.display())
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let (private, _) = corral_overlay::keypair().map_err(|e| e.to_string())?;
+                corral_tls::files::write_private(
+                    &path,
+                    corral_overlay::to_hex(&private).as_bytes(),
+                )
+                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+                private
+            }
+            Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+        };
+        Ok(Mesh {
+            dir: dir.to_owned(),
+            public_hex: corral_overlay::to_hex(&corral_overlay::public_key(&private)),
+            private,
+            socket,
+            engine,
+            running: tokio::sync::Mutex::new(None),
+            names: tokio::sync::watch::Sender::new(crate::dns::Names::default()),
+            dns: tokio::sync::Mutex::new(None),
+        })
+    }
+
+    /// A new name table from the server.
+    pub fn set_names(&self, table: corral_proto::NameTable) {
+        self.names.send_replace(crate::dns::Names::new(&table));
+    }
+
+    /// Runs the DNS responder on the overlay bridge's address (and only there), forwarding
+    /// other names to the host's resolvers.
+    async fn ensure_dns(&self, gateway: Ipv4Addr) {
+        let mut dns = self.dns.lock().await;
+        if let Some((addr, task)) = dns.as_ref()
+            && *addr == gateway
+            && !task.is_finished()
+        {
+            return;
+        }
+        if let Some((_, task)) = dns.take() {
+            task.abort();
+        }
+        let upstream = std::fs::read_to_string("/etc/resolv.conf")
+            .map(|t| crate::dns::upstream_from_resolv_conf(&t))
+            .unwrap_or_default();
+        let names = self.names.subscribe();
+        let task = tokio::spawn(async move {
+            if let Err(e) = crate::dns::serve(gateway, names, upstream).await {
+                tracing::error!(address = %gateway, error = %e, "the DNS responder cannot run; containers resolve no service names");
+            }
+        });
+        tracing::info!(address = %gateway, "DNS responder for service names");
+        *dns = Some((gateway, task));
+    }
+
+    pub fn public_key_hex(&self) -> String {
+        self.public_hex.clone()
+    }
+
+    /// Applies the configuration saved by the previous run, if any.
+    pub async fn restore(self: &Arc<Self>) {
+        let path = self.dir.join(CONFIG_FILE);
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            return;
+        };
+        match serde_json::from_str::<OverlayConfig>(&text) {
+            Ok(cfg) => {
+                tracing::info!(subnet = %cfg.subnet, peers = cfg.peers.len(), "restoring the overlay from the last configuration");
+                self.clone().apply_in_background(cfg);
+            }
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "ignoring an unreadable saved overlay configuration")
+            }
+        }
+    }
+
+    /// Saves and applies a configuration from the server.
+    pub async fn apply(self: &Arc<Self>, cfg: OverlayConfig) {
+        let path = self.dir.join(CONFIG_FILE);
+        match serde_json::to_vec(&cfg) {
+            Ok(bytes) => {
+                if let Err(e) = corral_tls::files::write_private(&path, &bytes) {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot save the overlay configuration");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot encode the overlay configuration"),
+        }
+        self.clone().apply_in_background(cfg);
+    }
+
+    /// Configures in a task of its own (Docker or the TUN device may take a moment), retrying
+    /// every 5 s while something it needs (Docker) is missing.
+    fn apply_in_background(self: Arc<Self>, cfg: OverlayConfig) {
+        tokio::spawn(async move {
+            loop {
+                match self.configure(&cfg).await {
+                    Ok(()) => return,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot set up the overlay; retrying in 5 s");
+                        tokio::time::sleep(Duration::from_secs(5)).await;
+                        // A newer configuration supersedes this one.
+                        if self.saved_generation_differs(&cfg) {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+    }
+
+    fn saved_generation_differs(&self, cfg: &OverlayConfig) -> bool {
+        std::fs::read_to_string(self.dir.join(CONFIG_FILE))
+            .ok()
+            .and_then(|t| serde_json::from_str::<OverlayConfig>(&t).ok())
+            .is_some_and(|saved| saved != *cfg)
+    }
+
+    async fn configure(&self, cfg: &OverlayConfig) -> Result<(), String> {
+        if cfg.mode != "wireguard" {
+            return Err(format!(
+                "overlay mode {:?} is not supported by this agent",
+                cfg.mode
+            ));
+        }
+        let (subnet, gateway) = gateway_of(&cfg.subnet)?;
+        let cidr: Prefix = cfg
+            .cidr
+            .parse()
+            .map_err(|e| format!("overlay range {:?}: {e}", cfg.cidr))?;
+        let psk = psk_of(cfg)?;
+        if let Err(e) = std::fs::write("/proc/sys/net/ipv4/ip_forward", "1") {
+            tracing::warn!(error = %e, "cannot turn on IPv4 forwarding; containers of other hosts will not be reachable");
+        }
+        self.engine
+            .ensure_overlay_network(&OverlayNet {
+                subnet: subnet.to_string(),
+                gateway: gateway.to_string(),
+            })
+            .await?;
+        docker_firewall(&subnet.to_string(), &cfg.cidr).await;
+        self.ensure_dns(gateway).await;
+        let mut running = self.running.lock().await;
+        let restart = running.as_ref().is_some_and(|r| r.task.is_finished());
+        if restart {
+            *running = None;
+        }
+        match running.as_mut() {
+            None => {
+                let Some(socket) = &self.socket else {
+                    return Err("the agent has no overlay socket (see its log)".into());
+                };
+                let router = Arc::new(std::sync::Mutex::new(Router::new(self.private, psk)));
+                let probes = socket.clone();
+                let mut config = DriverConfig::new(
+                    TUN,
+                    socket.take_socket(),
+                    router,
+                    Box::new(move |datagram, _from| probes.record(datagram)),
+                );
+                config.routes = vec![cidr];
+                let driver = match Driver::open(config).await {
+                    Ok(d) => d,
+                    Err(e) => {
+                        socket.receive_probes();
+                        return Err(e.to_string());
+                    }
+                };
+                let handle = driver.handle();
+                handle.set_peers(peers_of(cfg)).map_err(|e| e.to_string())?;
+                let probes = socket.clone();
+                let task = tokio::spawn(async move {
+                    if let Err(e) = driver.run(std::future::pending()).await {
+                        tracing::error!(error = %e, "the overlay data plane stopped");
+                    }
+                    probes.receive_probes();
+                });
+                tracing::info!(
+                    subnet = %cfg.subnet,
+                    peers = cfg.peers.len(),
+                    generation = cfg.psk_generation,
+                    "overlay up"
+                );
+                *running = Some(Running {
+                    handle,
+                    task,
+                    cidr: cfg.cidr.clone(),
+                    psk,
+                });
+            }
+            Some(r) => {
+                if r.psk != psk {
+                    r.handle.set_psk(psk).await;
+                    r.psk = psk;
+                    tracing::info!(
+                        generation = cfg.psk_generation,
+                        "overlay pre-shared key rotated"
+                    );
+                }
+                r.handle
+                    .set_peers(peers_of(cfg))
+                    .map_err(|e| e.to_string())?;
+                if r.cidr != cfg.cidr {
+                    let _ = corral_overlay::driver::route_del(TUN, &r.cidr).await;
+                    corral_overlay::driver::route_replace(TUN, &cfg.cidr)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    r.cidr = cfg.cidr.clone();
+                }
+                tracing::debug!(peers = cfg.peers.len(), "overlay peers updated");
+            }
+        }
+        Ok(())
+    }
+
+    /// Per-peer diagnostics of the running data plane.
+    pub async fn stats(&self) -> Option<Vec<corral_overlay::PeerStats>> {
+        self.running.lock().await.as_ref().map(|r| r.handle.stats())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use corral_proto::OverlayPeer;
+
+    #[test]
+    fn peers_and_gateways_come_from_the_configuration() {
+        let (subnet, gw) = gateway_of("10.42.3.0/24").unwrap();
+        assert_eq!(subnet.to_string(), "10.42.3.0/24");
+        assert_eq!(gw, Ipv4Addr::new(10, 42, 3, 1));
+        assert!(gateway_of("nonsense").is_err());
+        let cfg = OverlayConfig {
+            environment: "default".into(),
+            mode: "wireguard".into(),
+            cidr: "10.42.0.0/16".into(),
+            subnet: "10.42.1.0/24".into(),
+            psk: Some("ab".repeat(32)),
+            psk_generation: 1,
+            peers: vec![
+                OverlayPeer {
+                    host_id: "h2".into(),
+                    name: "h2".into(),
+                    public_key: "cd".repeat(32),
+                    endpoint: Some("192.0.2.12:51820".into()),
+                    subnet: "10.42.2.0/24".into(),
+                },
+                OverlayPeer {
+                    host_id: "bad".into(),
+                    name: "bad".into(),
+                    public_key: "zz".into(),
+                    endpoint: None,
+                    subnet: "10.42.3.0/24".into(),
+                },
+            ],
+        };
+        let peers = peers_of(&cfg);
+        assert_eq!(peers.len(), 1);
+        assert_eq!(peers[0].endpoint, Some("192.0.2.12:51820".parse().unwrap()));
+        assert_eq!(peers[0].allowed, vec![(Ipv4Addr::new(10, 42, 2, 0), 24)]);
+        assert_eq!(psk_of(&cfg).unwrap(), Some([0xab; 32]));
+    }
+}

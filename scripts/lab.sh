@@ -10,6 +10,8 @@
 #   bash scripts/lab.sh bridge DIR                    # the lab bridge (to capture on)
 #   bash scripts/lab.sh agent-stop DIR HOST           # stop HOST's agent (its dockerd stays)
 #   bash scripts/lab.sh agent-start DIR HOST          # start it again (same state dir)
+#   bash scripts/lab.sh server-stop DIR               # stop the server (agents keep running)
+#   bash scripts/lab.sh server-start DIR              # start it again (same data dir)
 #   bash scripts/lab.sh down DIR                      # remove everything `up` made
 #
 # Addresses come from TEST-NET-1: the server is 192.0.2.1, host hI is 192.0.2.(10+I); nothing is
@@ -77,6 +79,25 @@ sys.exit(0 if any(h["name"] == sys.argv[1] and h.get("state") == "active"
 
 ours() { # PID: still one of the processes the lab started (not a reused id)
     grep -qaE 'corral|dockerd|nsenter' "/proc/$1/cmdline" 2>/dev/null
+}
+
+start_server() {
+    local args=()
+    if [ -s "$DIR/server/args" ]; then mapfile -t args <"$DIR/server/args"; fi
+    ip netns exec "$(host_ns srv)" "$(corral_bin)" server --listen 192.0.2.1:8443 \
+        --data-dir "$DIR/server" --advertise-url https://192.0.2.1:8443 "${args[@]}" \
+        >>"$DIR/server/server.log" 2>&1 &
+    echo $! >"$DIR/server/server.pid"
+    record "pid $!"
+}
+
+stop_server() {
+    local pid; pid=$(cat "$DIR/server/server.pid" 2>/dev/null) || return 0
+    if ours "$pid"; then
+        kill "$pid" 2>/dev/null || true
+        for _ in $(seq 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
+    fi
+    rm -f "$DIR/server/server.pid"
 }
 
 cli() { # ARGS…
@@ -162,10 +183,9 @@ up() { # N [-- SERVER_ARGS…]
 
     # The server.
     mkdir -p "$DIR/server"
-    ip netns exec "$(host_ns srv)" "$(corral_bin)" server --listen 192.0.2.1:8443 \
-        --data-dir "$DIR/server" --advertise-url https://192.0.2.1:8443 "$@" \
-        >"$DIR/server/server.log" 2>&1 &
-    record "pid $!"
+    : >"$DIR/server/args"
+    if [ $# -gt 0 ]; then printf '%s\n' "$@" >"$DIR/server/args"; fi
+    start_server
     wait_for 30 "the server" grep -q "is running" "$DIR/server/server.log"
     echo "checksum $(sed -n 's/^CORRAL_CA_CHECKSUM=//p' "$DIR/server/admin.env")" >>"$DIR/lab.env"
     local token
@@ -200,7 +220,7 @@ up() { # N [-- SERVER_ARGS…]
 }
 
 cmd=${1:-}; DIR=${2:-}
-[ -n "$cmd" ] && [ -n "$DIR" ] || { sed -n '2,17p' "$0" >&2; exit 2; }
+[ -n "$cmd" ] && [ -n "$DIR" ] || { sed -n '2,19p' "$0" >&2; exit 2; }
 shift 2
 case "$cmd" in
     up) up "${1:?N}" "${@:2}" ;;
@@ -211,5 +231,7 @@ case "$cmd" in
     bridge) echo "cl$(field id)b" ;;
     agent-stop) stop_agent "${1:?HOST}" ;;
     agent-start) start_agent "${1:?HOST}" ;;
+    server-stop) stop_server ;;
+    server-start) start_server ;;
     *) die "unknown command $cmd" ;;
 esac

@@ -356,6 +356,39 @@ fn containers_on_different_hosts_talk_only_through_the_encrypted_overlay() {
     }
     assert!(overlay_packets > 0, "no overlay traffic captured:\n{text}");
 
+    // A flood of garbage and forged WireGuard-looking datagrams at h2's overlay port, from
+    // another machine on the network, changes nothing for the legitimate peers.
+    let srv_ns = String::from_utf8_lossy(&lab_sh(&["ns", lab.path(), "srv"]).stdout)
+        .trim()
+        .to_owned();
+    let mut flood = Proc::spawn_program(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            &srv_ns,
+            "python3",
+            "-c",
+            "import os, socket, time\n\
+             s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+             end = time.time() + 8\n\
+             while time.time() < end:\n\
+             \x20   for kind in (1, 2, 3, 4, 0x42):\n\
+             \x20       s.sendto(bytes([kind, 0, 0, 0]) + os.urandom(144), ('192.0.2.12', 51820))\n",
+        ],
+        lab.dir.path().join("flood.log"),
+        &[],
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    for _ in 0..5 {
+        let (ok, page) = lab.exec("h1", &client, &get_script(&web_ip, ""));
+        assert!(
+            ok && page.contains("hello from corral"),
+            "during the flood: {page}"
+        );
+    }
+    flood.stop();
+
     // Service discovery: `web` (same stack) and `web.net` resolve, on every host, to the
     // replica's overlay address; a name that does not exist is NXDOMAIN.
     for name in ["web", "web.net"] {
@@ -410,4 +443,60 @@ fn containers_on_different_hosts_talk_only_through_the_encrypted_overlay() {
     // The others still talk.
     let (ok, page) = lab.exec("h1", &client, &get_script(&web_ip, ""));
     assert!(ok && page.contains("hello from corral"), "{page}");
+}
+
+#[test]
+fn a_restarted_agent_restores_its_tunnels_from_its_own_state() {
+    let Some(lab) = Lab::up(2, &[]) else {
+        return;
+    };
+    let file = lab.dir.path().join("compose.yaml");
+    let compose = NET_COMPOSE.replace(
+        "  outsider:\n    image: corral-test/busybox:latest\n    command: [\"sh\", \"-c\", \"trap 'exit 0' TERM; while :; do sleep 1 & wait; done\"]\n    deploy: { placement: { constraints: [\"node.hostname == h3\"] } }\n",
+        "",
+    );
+    assert!(!compose.contains("outsider"), "{compose}");
+    std::fs::write(&file, compose).unwrap();
+    let out = lab.cli(&[
+        "up",
+        "-f",
+        file.to_str().unwrap(),
+        "--wait",
+        "--timeout",
+        "60s",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let view = &lab.cli_json(&["ps", "-p", "net"])[0];
+    let web_ip = view["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "web")
+        .unwrap()["replicas"][0]["ip"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let client = lab.container_of("h1", "client");
+    assert!(lab.exec("h1", &client, &get_script(&web_ip, "")).0);
+
+    // The server goes away; h1's agent restarts (its TUN device goes with it) and brings the
+    // overlay back from its saved configuration alone.
+    assert!(lab_sh(&["server-stop", lab.path()]).status.success());
+    assert!(lab_sh(&["agent-stop", lab.path(), "h1"]).status.success());
+    assert!(!lab.exec("h1", &client, &get_script(&web_ip, "")).0);
+    assert!(lab_sh(&["agent-start", lab.path(), "h1"]).status.success());
+    wait_until(Duration::from_secs(20), "the overlay to come back", || {
+        lab.exec("h1", &client, &get_script(&web_ip, "")).0
+    });
+    // Nothing was re-keyed.
+    assert!(lab_sh(&["server-start", lab.path()]).status.success());
+    wait_until(Duration::from_secs(20), "the server", || {
+        lab.cli(&["env", "ls"]).status.success()
+    });
+    let envs = lab.cli_json(&["env", "ls"]);
+    assert_eq!(envs[0]["overlay_key_generation"], 1, "{envs}");
 }

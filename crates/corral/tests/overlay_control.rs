@@ -89,7 +89,18 @@ async fn peers_keys_and_leases_follow_the_environment() {
     assert_eq!(first.psk_generation, 1);
 
     // B joins: both learn of each other, with endpoints and subnets.
-    let mut b = agent(&server, &token, "b", &key_b, 51002).await;
+    let cred_b = credential();
+    let mut b = connect(
+        &server,
+        Auth::Register {
+            token: token.clone(),
+            credential: cred_b.clone(),
+        },
+        "b",
+        &key_b,
+        51002,
+    )
+    .await;
     let at_b = config(&mut b, |c| c.peers.len() == 1).await;
     assert_eq!(at_b.subnet, "10.42.2.0/24");
     assert_eq!(at_b.psk.as_deref(), Some(psk.as_str()));
@@ -99,6 +110,30 @@ async fn peers_keys_and_leases_follow_the_environment() {
     let at_a = config(&mut a, |c| c.peers.len() == 1).await;
     assert_eq!(at_a.peers[0].public_key, key_b);
     assert_eq!(at_a.peers[0].subnet, "10.42.2.0/24");
+
+    // B moves (its overlay socket now answers elsewhere): A learns the new endpoint.
+    drop(b);
+    let mut b = connect(
+        &server,
+        Auth::Credential {
+            credential: cred_b.clone(),
+        },
+        "b",
+        &key_b,
+        51012,
+    )
+    .await;
+    let moved = config(&mut a, |c| {
+        c.peers
+            .iter()
+            .any(|p| p.endpoint.as_deref() == Some("127.0.0.1:51012"))
+    })
+    .await;
+    assert_eq!(
+        moved.peers[0].subnet, "10.42.2.0/24",
+        "same lease after a move"
+    );
+    let _ = config(&mut b, |c| c.peers.len() == 1).await;
 
     // A host with a malformed key is not anyone's peer.
     let mut c = agent(&server, &token, "c", "not-a-key", 51003).await;

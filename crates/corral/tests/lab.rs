@@ -221,6 +221,35 @@ fn the_lab_tears_down_everything_it_made() {
 }
 
 impl Lab {
+    /// Deploys the `net` stack and returns the overlay address of its `web` replica.
+    fn deploy_net(&self, compose: &str) -> String {
+        let file = self.dir.path().join("compose.yaml");
+        std::fs::write(&file, compose).unwrap();
+        let out = self.cli(&[
+            "up",
+            "-f",
+            file.to_str().unwrap(),
+            "--wait",
+            "--timeout",
+            "60s",
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let view = &self.cli_json(&["ps", "-p", "net"])[0];
+        let web = view["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == "web")
+            .unwrap();
+        let ip = web["replicas"][0]["ip"].as_str().unwrap().to_owned();
+        assert!(ip.starts_with("10.42."), "{ip}");
+        ip
+    }
+
     /// The id of the (single) running container of `service` on `host`.
     fn container_of(&self, host: &str, service: &str) -> String {
         let label = format!("label=io.corral.service={service}");
@@ -279,30 +308,7 @@ fn containers_on_different_hosts_talk_only_through_the_encrypted_overlay() {
     let Some(lab) = Lab::up(3, &["--heartbeat-interval", "1s", "--dead-after", "3s"]) else {
         return;
     };
-    let file = lab.dir.path().join("compose.yaml");
-    std::fs::write(&file, NET_COMPOSE).unwrap();
-    let out = lab.cli(&[
-        "up",
-        "-f",
-        file.to_str().unwrap(),
-        "--wait",
-        "--timeout",
-        "60s",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let view = &lab.cli_json(&["ps", "-p", "net"])[0];
-    let web = view["services"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["name"] == "web")
-        .unwrap();
-    let web_ip = web["replicas"][0]["ip"].as_str().unwrap().to_owned();
-    assert!(web_ip.starts_with("10.42."), "{web_ip}");
+    let web_ip = lab.deploy_net(NET_COMPOSE);
     let client = lab.container_of("h1", "client");
     let outsider = lab.container_of("h3", "outsider");
 
@@ -450,36 +456,12 @@ fn a_restarted_agent_restores_its_tunnels_from_its_own_state() {
     let Some(lab) = Lab::up(2, &[]) else {
         return;
     };
-    let file = lab.dir.path().join("compose.yaml");
     let compose = NET_COMPOSE.replace(
         "  outsider:\n    image: corral-test/busybox:latest\n    command: [\"sh\", \"-c\", \"trap 'exit 0' TERM; while :; do sleep 1 & wait; done\"]\n    deploy: { placement: { constraints: [\"node.hostname == h3\"] } }\n",
         "",
     );
     assert!(!compose.contains("outsider"), "{compose}");
-    std::fs::write(&file, compose).unwrap();
-    let out = lab.cli(&[
-        "up",
-        "-f",
-        file.to_str().unwrap(),
-        "--wait",
-        "--timeout",
-        "60s",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let view = &lab.cli_json(&["ps", "-p", "net"])[0];
-    let web_ip = view["services"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["name"] == "web")
-        .unwrap()["replicas"][0]["ip"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let web_ip = lab.deploy_net(&compose);
     let client = lab.container_of("h1", "client");
     assert!(lab.exec("h1", &client, &get_script(&web_ip, "")).0);
 

@@ -57,8 +57,114 @@ fn psk_of(cfg: &OverlayConfig) -> Result<Option<[u8; 32]>, String> {
         .transpose()
 }
 
+/// VXLAN devices (one per peer, point to point) start with this.
+const VXLAN_PREFIX: &str = "corralvx";
+/// VXLAN's UDP port.
+pub const VXLAN_PORT: u16 = 4789;
+
+/// The position of a /24 in the overlay range (`10.42.3.0/24` in `10.42.0.0/16` → 3).
+fn index_in(range: Prefix, subnet: Prefix) -> u32 {
+    u32::from(subnet.addr()).wrapping_sub(u32::from(range.addr())) >> 8
+}
+
+/// The VXLAN network identifier of the link between two hosts: the same at both ends, and
+/// different for every pair (ranges up to 4,096 /24s).
+pub fn pair_vni(a: u32, b: u32) -> Option<u32> {
+    let (lo, hi) = if a < b { (a, b) } else { (b, a) };
+    (hi < 4096 && lo != hi).then(|| 1 + lo * 4096 + hi)
+}
+
+async fn ip_cmd(args: &[&str]) -> Result<(), String> {
+    let out = tokio::process::Command::new("ip")
+        .args(args)
+        .output()
+        .await
+        .map_err(|e| format!("cannot run ip: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "`ip {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// Removes corral's VXLAN devices except `keep`.
+async fn remove_vxlan_devices(keep: &[String]) {
+    let Ok(out) = tokio::process::Command::new("ip")
+        .args(["-o", "link", "show", "type", "vxlan"])
+        .output()
+        .await
+    else {
+        return;
+    };
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Some(name) = line
+            .split(": ")
+            .nth(1)
+            .map(|n| n.split('@').next().unwrap_or(n))
+        else {
+            continue;
+        };
+        if name.starts_with(VXLAN_PREFIX) && !keep.iter().any(|k| k == name) {
+            let _ = ip_cmd(&["link", "del", name]).await;
+        }
+    }
+}
+
+/// The unencrypted mode: one point-to-point VXLAN device per peer (UDP 4789 to the peer's
+/// address), proxy ARP on it so the peer answers for its containers, and a route to the peer's
+/// /24 through it.
+async fn sync_vxlan(cfg: &OverlayConfig, range: Prefix, own: Prefix) -> Result<(), String> {
+    let me = index_in(range, own);
+    let mut keep = Vec::new();
+    for peer in &cfg.peers {
+        let (Ok(subnet), Some(endpoint)) = (
+            peer.subnet.parse::<Prefix>(),
+            peer.endpoint
+                .as_deref()
+                .and_then(|e| e.parse::<SocketAddr>().ok()),
+        ) else {
+            continue;
+        };
+        let other = index_in(range, subnet);
+        let Some(vni) = pair_vni(me, other) else {
+            tracing::warn!(peer = %peer.name, "no VXLAN id for this pair of hosts (range too large)");
+            continue;
+        };
+        let dev = format!("{VXLAN_PREFIX}{other}");
+        let remote = endpoint.ip().to_string();
+        // Recreated each time: cheap, and picks up a moved peer.
+        let _ = ip_cmd(&["link", "del", &dev]).await;
+        ip_cmd(&[
+            "link",
+            "add",
+            &dev,
+            "type",
+            "vxlan",
+            "id",
+            &vni.to_string(),
+            "remote",
+            &remote,
+            "dstport",
+            &VXLAN_PORT.to_string(),
+        ])
+        .await?;
+        let _ = std::fs::write(format!("/proc/sys/net/ipv4/conf/{dev}/proxy_arp"), "1");
+        ip_cmd(&["link", "set", &dev, "up"]).await?;
+        ip_cmd(&["route", "replace", &subnet.to_string(), "dev", &dev]).await?;
+        keep.push(dev);
+    }
+    remove_vxlan_devices(&keep).await;
+    tracing::info!(peers = keep.len(), "overlay up (vxlan, unencrypted)");
+    Ok(())
+}
+
 /// The iptables rules a Docker engine with its own firewall (`--iptables`, the default) needs
-/// for the overlay: new connections from the TUN device to the overlay bridge are accepted
+/// for the overlay: new connections from the TUN device (or the VXLAN devices) to the overlay
+/// bridge are accepted
 /// (Docker's FORWARD chain admits only published ports), and what leaves the overlay range is
 /// masqueraded (the overlay network is created without Docker's masquerading, which would
 /// also rewrite overlay traffic). Without Docker's chains (`--iptables=false`) nothing is
@@ -72,6 +178,17 @@ pub fn docker_firewall_rules(subnet: &str, cidr: &str) -> Vec<Vec<String>> {
             "DOCKER-USER",
             "-i",
             TUN,
+            "-o",
+            crate::docker::OVERLAY_BRIDGE,
+            "-j",
+            "ACCEPT",
+        ]),
+        s(&[
+            "-t",
+            "filter",
+            "DOCKER-USER",
+            "-i",
+            "corralvx+",
             "-o",
             crate::docker::OVERLAY_BRIDGE,
             "-j",
@@ -296,7 +413,7 @@ impl Mesh {
     }
 
     async fn configure(&self, cfg: &OverlayConfig) -> Result<(), String> {
-        if cfg.mode != "wireguard" {
+        if cfg.mode != "wireguard" && cfg.mode != "vxlan" {
             return Err(format!(
                 "overlay mode {:?} is not supported by this agent",
                 cfg.mode
@@ -320,6 +437,17 @@ impl Mesh {
         docker_firewall(&subnet.to_string(), &cfg.cidr).await;
         self.ensure_dns(gateway).await;
         let mut running = self.running.lock().await;
+        if cfg.mode == "vxlan" {
+            if let Some(r) = running.take() {
+                // Leaving the encrypted mode: the TUN device goes with its driver.
+                r.task.abort();
+                if let Some(socket) = &self.socket {
+                    socket.receive_probes();
+                }
+            }
+            return sync_vxlan(cfg, cidr, subnet).await;
+        }
+        remove_vxlan_devices(&[]).await;
         let restart = running.as_ref().is_some_and(|r| r.task.is_finished());
         if restart {
             *running = None;
@@ -438,5 +566,17 @@ mod tests {
         assert_eq!(peers[0].endpoint, Some("192.0.2.12:51820".parse().unwrap()));
         assert_eq!(peers[0].allowed, vec![(Ipv4Addr::new(10, 42, 2, 0), 24)]);
         assert_eq!(psk_of(&cfg).unwrap(), Some([0xab; 32]));
+    }
+
+    #[test]
+    fn vxlan_ids_are_the_same_at_both_ends_and_differ_between_pairs() {
+        assert_eq!(pair_vni(1, 2), pair_vni(2, 1));
+        assert_ne!(pair_vni(1, 2), pair_vni(1, 3));
+        assert_ne!(pair_vni(1, 2), pair_vni(2, 3));
+        assert_eq!(pair_vni(3, 3), None);
+        assert_eq!(pair_vni(1, 4096), None);
+        assert!(pair_vni(4094, 4095).is_some_and(|v| v < 1 << 24));
+        let range: Prefix = "10.42.0.0/16".parse().unwrap();
+        assert_eq!(index_in(range, "10.42.3.0/24".parse().unwrap()), 3);
     }
 }

@@ -42,6 +42,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/v1/environments/{name}/rotate-key",
             post(rotate_overlay_key),
         )
+        .route("/v1/environments/{name}/overlay", post(set_overlay_mode))
         .route("/v1/tokens", get(list_tokens).post(create_token))
         .route("/v1/tokens/{id}", delete(revoke_token))
         .route("/v1/hosts", get(list_hosts))
@@ -223,6 +224,52 @@ async fn list_environments(
         });
     }
     Ok(Json(out))
+}
+
+#[derive(Deserialize)]
+struct OverlayModeBody {
+    mode: String,
+}
+
+/// `corral env set-overlay ENV --mode wireguard|vxlan`.
+async fn set_overlay_mode(
+    _: Admin,
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    body: Result<Json<OverlayModeBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<StatusCode, ApiError> {
+    let Json(body) = body.map_err(|e| ApiError::new(e.status(), e.body_text()))?;
+    if body.mode != "wireguard" && body.mode != "vxlan" {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "overlay mode {:?}: expected wireguard (encrypted) or vxlan (unencrypted, for trusted networks)",
+                body.mode
+            ),
+        ));
+    }
+    let env = state
+        .store
+        .environment_by_name(&name)
+        .await?
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("no environment {name:?}; list them with `corral env ls`"),
+            )
+        })?;
+    state.store.set_overlay_mode(&env.id, &body.mode).await?;
+    let _ = state
+        .store
+        .record_event(
+            now_unix(),
+            "overlay_mode_changed",
+            None,
+            &format!("environment {} overlay mode {}", env.name, body.mode),
+        )
+        .await;
+    state.overlay.wake();
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn rotate_overlay_key(
@@ -488,13 +535,24 @@ async fn live_topology(state: &AppState) -> Result<corral_firewall::Topology, Ap
     server.advertised_url = Some(state.advertise_url.clone());
     let envs = state.store.environments().await?;
     let mut topo = corral_firewall::Topology::new(server);
-    topo.environments = envs
-        .iter()
-        .map(|e| t::Environment {
+    for e in &envs {
+        // The rules follow each environment's overlay mode (51820/udp encrypted, or 4789/udp).
+        let vxlan = state
+            .store
+            .overlay_env(&e.id)
+            .await?
+            .is_some_and(|o| o.overlay_mode == "vxlan");
+        topo.environments.push(t::Environment {
             name: e.name.clone(),
-            overlay: t::Overlay::default(),
-        })
-        .collect();
+            overlay: if vxlan {
+                t::Overlay::Vxlan {
+                    port: corral_firewall::topology::DEFAULT_VXLAN_PORT,
+                }
+            } else {
+                t::Overlay::default()
+            },
+        });
+    }
     for h in state.store.hosts(false).await? {
         let remote = state
             .registry

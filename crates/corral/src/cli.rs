@@ -380,6 +380,16 @@ pub enum EnvCommand {
         #[command(flatten)]
         out: Out,
     },
+    /// Choose the environment's overlay: `wireguard` (encrypted, UDP 51820, the default) or
+    /// `vxlan` (unencrypted VXLAN, UDP 4789: only for networks you trust end to end).
+    SetOverlay {
+        #[command(flatten)]
+        conn: Conn,
+        /// The environment.
+        name: String,
+        #[arg(long, value_parser = ["wireguard", "vxlan"])]
+        mode: String,
+    },
     /// Replace the environment's overlay pre-shared key; every agent gets the new one at once.
     RotateKey {
         #[command(flatten)]

@@ -132,6 +132,13 @@ impl Client {
             .context("the server sent an unreadable answer")
     }
 
+    /// POST with a body whose answer is ignored beyond its status.
+    pub async fn post_no_content<B: Serialize>(&self, path: &str, body: &B) -> anyhow::Result<()> {
+        self.send(self.http.post(format!("{}{path}", self.base)).json(body))
+            .await?;
+        Ok(())
+    }
+
     /// POST without a body; the answer is ignored beyond its status.
     pub async fn post_empty(&self, path: &str) -> anyhow::Result<()> {
         self.send(self.http.post(format!("{}{path}", self.base)))

@@ -429,6 +429,16 @@ async fn env(cmd: EnvCommand) -> anyhow::Result<()> {
                 )
             })
         }
+        EnvCommand::SetOverlay { conn, name, mode } => {
+            Client::new(&conn)?
+                .post_no_content(
+                    &format!("/v1/environments/{}/overlay", seg(&name)),
+                    &serde_json::json!({ "mode": mode }),
+                )
+                .await?;
+            eprintln!("environment {name}: overlay mode {mode} sent to every connected agent");
+            Ok(())
+        }
         EnvCommand::RotateKey { conn, name } => {
             let r: RotatedKey = Client::new(&conn)?
                 .post(

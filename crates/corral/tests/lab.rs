@@ -482,3 +482,82 @@ fn a_restarted_agent_restores_its_tunnels_from_its_own_state() {
     let envs = lab.cli_json(&["env", "ls"]);
     assert_eq!(envs[0]["overlay_key_generation"], 1, "{envs}");
 }
+
+#[test]
+fn the_vxlan_mode_carries_the_same_traffic_unencrypted_and_switches_back() {
+    let Some(lab) = Lab::up(2, &[]) else {
+        return;
+    };
+    assert!(
+        lab.cli(&["env", "set-overlay", "default", "--mode", "vxlan"])
+            .status
+            .success()
+    );
+    let compose = NET_COMPOSE.replace(
+        "  outsider:\n    image: corral-test/busybox:latest\n    command: [\"sh\", \"-c\", \"trap 'exit 0' TERM; while :; do sleep 1 & wait; done\"]\n    deploy: { placement: { constraints: [\"node.hostname == h3\"] } }\n",
+        "",
+    );
+    // The firewall rules derived from live state follow the mode.
+    let rules = String::from_utf8_lossy(&lab.cli(&["firewall"]).stdout).into_owned();
+    assert!(rules.contains("4789"), "{rules}");
+    let web_ip = lab.deploy_net(&compose);
+    let client = lab.container_of("h1", "client");
+    wait_until(Duration::from_secs(20), "web over vxlan", || {
+        lab.exec("h1", &client, &get_script("web", ""))
+            .1
+            .contains("hello from corral")
+    });
+    // In this mode the wire carries the payload in clear, in VXLAN (UDP 4789): the trade-off
+    // the operator chose for a trusted network.
+    let bridge = String::from_utf8_lossy(&lab_sh(&["bridge", lab.path()]).stdout)
+        .trim()
+        .to_owned();
+    let pcap = lab.dir.path().join("vxlan.pcap");
+    let mut capture = Proc::spawn_program(
+        "tcpdump",
+        &[
+            "-i",
+            &bridge,
+            "-U",
+            "-w",
+            pcap.to_str().unwrap(),
+            "udp",
+            "port",
+            "4789",
+        ],
+        lab.dir.path().join("tcpdump.log"),
+        &[],
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let marker = format!("VXLAN-{}-MARKER", std::process::id());
+    let _ = lab.exec("h1", &client, &get_script(&web_ip, &marker));
+    std::thread::sleep(Duration::from_secs(1));
+    capture.stop();
+    let bytes = std::fs::read(&pcap).unwrap();
+    assert!(
+        bytes.windows(marker.len()).any(|w| w == marker.as_bytes()),
+        "the request did not cross in VXLAN"
+    );
+    // Back to the encrypted mode: the VXLAN devices go and traffic flows through WireGuard.
+    assert!(
+        lab.cli(&["env", "set-overlay", "default", "--mode", "wireguard"])
+            .status
+            .success()
+    );
+    let h1 = String::from_utf8_lossy(&lab_sh(&["ns", lab.path(), "h1"]).stdout)
+        .trim()
+        .to_owned();
+    wait_until(Duration::from_secs(20), "the switch back", || {
+        let links = Command::new("ip")
+            .args(["-n", &h1, "-o", "link"])
+            .output()
+            .unwrap();
+        let links = String::from_utf8_lossy(&links.stdout);
+        !links.contains("corralvx")
+            && links.contains("corral0")
+            && lab
+                .exec("h1", &client, &get_script("web", ""))
+                .1
+                .contains("hello from corral")
+    });
+}

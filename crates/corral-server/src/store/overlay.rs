@@ -57,6 +57,16 @@ impl Store {
         Ok(done.rows_affected() > 0)
     }
 
+    /// `wireguard` or `vxlan`.
+    pub async fn set_overlay_mode(&self, env_id: &str, mode: &str) -> Result<()> {
+        sqlx::query("UPDATE environments SET overlay_mode = ? WHERE id = ?")
+            .bind(mode)
+            .bind(env_id)
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
     pub async fn set_host_overlay(
         &self,
         host_id: &str,

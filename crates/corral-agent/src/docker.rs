@@ -439,13 +439,33 @@ impl Engine {
             ))
             .await
             .map_err(|e| format!("cannot list networks on host {}: {e}", self.host_name))?;
-        let mut same: Vec<(String, String)> = found
+        let mut same = Vec::new();
+        for n in found
             .into_iter()
             .filter(|n| n.name.as_deref() == Some(name))
-            .map(|n| (n.created.unwrap_or_default(), n.id.unwrap_or_default()))
-            .collect();
+        {
+            let id = n.id.unwrap_or_default();
+            // The list omits attached containers; a container may already have joined either
+            // copy in the instant both existed.
+            let attached = docker
+                .inspect_network(&id, None::<InspectNetworkOptions>)
+                .await
+                .ok()
+                .and_then(|i| i.containers)
+                .map_or(0, |c| c.len());
+            same.push((
+                std::cmp::Reverse(attached),
+                n.created.unwrap_or_default(),
+                id,
+            ));
+        }
+        // Keep the copy in use (then the oldest, then the smallest id): every racer agrees.
         same.sort();
-        for (_, id) in same.iter().skip(1) {
+        for (std::cmp::Reverse(attached), _, id) in same.iter().skip(1) {
+            if *attached > 0 {
+                tracing::warn!(network = name, %id, "a duplicate network is in use; it goes with its containers");
+                continue;
+            }
             if let Err(e) = docker.remove_network(id).await {
                 tracing::warn!(network = name, %id, error = %e, "cannot remove a duplicate network");
             }

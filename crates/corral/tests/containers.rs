@@ -498,6 +498,11 @@ impl Drop for PrivateDockerd {
             }
         }
         self.stop();
+        // dockerd bind-mounts its data root onto itself; a stop that outran its cleanup leaves
+        // the mount behind, and the temporary directory could not be removed.
+        let _ = Command::new("umount")
+            .args(["-l", &self.dir.join("data").display().to_string()])
+            .output();
         let _ = Command::new("ip")
             .args(["netns", "del", &self.netns])
             .status();

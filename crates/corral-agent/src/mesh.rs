@@ -75,20 +75,9 @@ pub fn pair_vni(a: u32, b: u32) -> Option<u32> {
 }
 
 async fn ip_cmd(args: &[&str]) -> Result<(), String> {
-    let out = tokio::process::Command::new("ip")
-        .args(args)
-        .output()
+    corral_overlay::driver::ip(args)
         .await
-        .map_err(|e| format!("cannot run ip: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "`ip {}` failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
+        .map_err(|e| e.to_string())
 }
 
 /// Removes corral's VXLAN devices except `keep`.

@@ -281,7 +281,8 @@ fn check_device_name(dev: &str) -> Result<(), DriverError> {
     }
 }
 
-async fn ip(args: &[&str]) -> Result<(), DriverError> {
+/// Runs `ip ARGS…` (iproute2), with an error that names the command and its stderr.
+pub async fn ip(args: &[&str]) -> Result<(), DriverError> {
     let command = format!("ip {}", args.join(" "));
     let output = Command::new("ip")
         .args(args)

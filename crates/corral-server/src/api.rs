@@ -110,6 +110,13 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// A body that is not the JSON a route takes: axum's status and explanation.
+impl From<axum::extract::rejection::JsonRejection> for ApiError {
+    fn from(e: axum::extract::rejection::JsonRejection) -> Self {
+        ApiError::new(e.status(), e.body_text())
+    }
+}
+
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
@@ -238,7 +245,7 @@ async fn set_overlay_mode(
     Path(name): Path<String>,
     body: Result<Json<OverlayModeBody>, axum::extract::rejection::JsonRejection>,
 ) -> Result<StatusCode, ApiError> {
-    let Json(body) = body.map_err(|e| ApiError::new(e.status(), e.body_text()))?;
+    let Json(body) = body?;
     if body.mode != "wireguard" && body.mode != "vxlan" {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -311,7 +318,7 @@ async fn create_token(
     State(state): State<Arc<AppState>>,
     body: Result<Json<CreateToken>, axum::extract::rejection::JsonRejection>,
 ) -> Result<(StatusCode, Json<CreatedToken>), ApiError> {
-    let Json(req) = body.map_err(|e| ApiError::new(e.status(), e.body_text()))?;
+    let Json(req) = body?;
     Ok((StatusCode::CREATED, Json(mint_token(&state, req).await?)))
 }
 
@@ -589,7 +596,7 @@ async fn apply_firewall(
     Path(id): Path<String>,
     body: Result<Json<FirewallApplyRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<FirewallApplyReport>, ApiError> {
-    let Json(req) = body.map_err(|e| ApiError::new(e.status(), e.body_text()))?;
+    let Json(req) = body?;
     let h = state.store.find_host(&id).await?;
     if state.registry.info(&h.id).is_none() {
         return Err(ApiError::new(
@@ -661,7 +668,7 @@ async fn run_container(
     State(state): State<Arc<AppState>>,
     body: Result<Json<corral_proto::api::RunContainer>, axum::extract::rejection::JsonRejection>,
 ) -> Result<(StatusCode, Json<corral_proto::api::ContainerView>), ApiError> {
-    let Json(req) = body.map_err(|e| ApiError::new(e.status(), e.body_text()))?;
+    let Json(req) = body?;
     let (status, view) = crate::containers::run(&state, req).await?;
     Ok((status, Json(view)))
 }
@@ -739,7 +746,7 @@ async fn up_stack(
     State(state): State<Arc<AppState>>,
     body: Result<Json<corral_proto::api::UpRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Result<(StatusCode, Json<corral_proto::api::UpResponse>), ApiError> {
-    let Json(req) = body.map_err(|e| ApiError::new(e.status(), e.body_text()))?;
+    let Json(req) = body?;
     let (status, resp) = crate::stacks::up(&state, req).await?;
     Ok((status, Json(resp)))
 }
@@ -781,7 +788,7 @@ async fn scale_stack(
     Path(name): Path<String>,
     body: Result<Json<corral_proto::api::ScaleRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<corral_proto::api::StackView>, ApiError> {
-    let Json(req) = body.map_err(|e| ApiError::new(e.status(), e.body_text()))?;
+    let Json(req) = body?;
     Ok(Json(crate::stacks::scale(&state, &name, req).await?))
 }
 

@@ -191,6 +191,33 @@ pub async fn start(options: ServerOptions) -> Result<RunningServer, ServerError>
     })
 }
 
+/// Runs `pass` now, then again every `tick` and whenever `wake` is notified, until the server
+/// shuts down; a failed pass is logged and the next one runs as usual.
+pub(crate) async fn every<Pass>(
+    state: Arc<AppState>,
+    wake: fn(&AppState) -> &tokio::sync::Notify,
+    tick: Duration,
+    what: &str,
+    pass: impl Fn(Arc<AppState>) -> Pass,
+) where
+    Pass: std::future::Future<Output = Result<(), store::StoreError>>,
+{
+    let mut shutdown = state.shutdown.clone();
+    loop {
+        if let Err(e) = pass(state.clone()).await {
+            tracing::error!(error = %e, "{what} failed");
+        }
+        tokio::select! {
+            _ = wake(&state).notified() => {}
+            _ = tokio::time::sleep(tick) => {}
+            _ = shutdown.changed() => return,
+        }
+        if *shutdown.borrow() {
+            return;
+        }
+    }
+}
+
 /// Reads this process's resident set size from `/proc/self/statm`, in bytes.
 pub fn resident_bytes() -> Option<u64> {
     let statm = std::fs::read_to_string("/proc/self/statm").ok()?;

@@ -25,7 +25,7 @@ use tokio::sync::Notify;
 
 use crate::AppState;
 use crate::registry::Control;
-use crate::store::{HostRow, StoreError};
+use crate::store::{HostRow, OverlayEnvRow, StoreError};
 
 const TICK: Duration = Duration::from_secs(1);
 
@@ -264,22 +264,32 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The environment's pre-shared key in clear (hex), creating it on first use.
-async fn psk_hex(state: &AppState, env_id: &str) -> Result<Option<String>, StoreError> {
-    let Some(env) = state.store.overlay_env(env_id).await? else {
+/// The environment's overlay row and its pre-shared key in clear (hex), making the key on
+/// first use.
+async fn env_with_psk(
+    state: &AppState,
+    env_id: &str,
+) -> Result<Option<(OverlayEnvRow, Option<String>)>, StoreError> {
+    let Some(mut env) = state.store.overlay_env(env_id).await? else {
         return Ok(None);
     };
-    if let Some(sealed) = &env.overlay_psk {
-        return match state.vault.open(sealed, env_id.as_bytes()) {
-            Ok(psk) => Ok(Some(hex(&psk))),
+    if env.overlay_psk.is_none() {
+        new_psk(state, env_id, env.overlay_psk_generation).await?;
+        match state.store.overlay_env(env_id).await? {
+            Some(e) => env = e,
+            None => return Ok(None),
+        }
+    }
+    let psk = env.overlay_psk.as_ref().and_then(|sealed| {
+        match state.vault.open(sealed, env_id.as_bytes()) {
+            Ok(psk) => Some(hex(&psk)),
             Err(e) => {
                 tracing::error!(environment = %env.name, error = %e, "cannot open the overlay key");
-                Ok(None)
+                None
             }
-        };
-    }
-    new_psk(state, env_id, env.overlay_psk_generation).await?;
-    Box::pin(psk_hex(state, env_id)).await
+        }
+    });
+    Ok(Some((env, psk)))
 }
 
 /// Seals and stores a fresh key if the generation is still `previous`.
@@ -352,20 +362,14 @@ pub async fn on_connect(
 
 /// Keeps every connected agent's overlay configuration current until shutdown.
 pub async fn run(state: Arc<AppState>) {
-    let mut shutdown = state.shutdown.clone();
-    loop {
-        if let Err(e) = sync(&state).await {
-            tracing::error!(error = %e, "overlay sync failed");
-        }
-        tokio::select! {
-            _ = state.overlay.wake.notified() => {}
-            _ = tokio::time::sleep(TICK) => {}
-            _ = shutdown.changed() => return,
-        }
-        if *shutdown.borrow() {
-            return;
-        }
-    }
+    crate::every(
+        state,
+        |s| &s.overlay.wake,
+        TICK,
+        "overlay sync",
+        |s| async move { sync(&s).await },
+    )
+    .await;
 }
 
 async fn sync(state: &AppState) -> Result<(), StoreError> {
@@ -381,7 +385,7 @@ async fn sync(state: &AppState) -> Result<(), StoreError> {
         }
     }
     for (env_id, connected) in by_env {
-        let Some(env) = state.store.overlay_env(&env_id).await? else {
+        let Some((env, psk)) = env_with_psk(state, &env_id).await? else {
             continue;
         };
         let names = name_table(state, &env_id).await?;
@@ -400,9 +404,6 @@ async fn sync(state: &AppState) -> Result<(), StoreError> {
                     .insert(host_id.clone(), (*conn, names_digest));
             }
         }
-        let psk = psk_hex(state, &env_id).await?;
-        // Re-read: the key may have just been created.
-        let env = state.store.overlay_env(&env_id).await?.unwrap_or(env);
         let members = state.store.overlay_members(&env_id).await?;
         for (host_id, conn) in connected {
             let Some(me) = members.iter().find(|m| m.id == host_id) else {

@@ -111,21 +111,7 @@ fn a_stack_spreads_over_three_engines_and_survives_losing_one() {
     ) else {
         return;
     };
-    let file = lab.dir.path().join("compose.yaml");
-    std::fs::write(&file, COMPOSE).unwrap();
-    let out = lab.cli(&[
-        "up",
-        "-f",
-        file.to_str().unwrap(),
-        "--wait",
-        "--timeout",
-        "60s",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    lab.deploy(COMPOSE);
     // One replica on each host's own engine.
     for h in ["h1", "h2", "h3"] {
         assert_eq!(lab.containers(h).len(), 1, "{h}: {:?}", lab.containers(h));
@@ -221,8 +207,8 @@ fn the_lab_tears_down_everything_it_made() {
 }
 
 impl Lab {
-    /// Deploys the `net` stack and returns the overlay address of its `web` replica.
-    fn deploy_net(&self, compose: &str) -> String {
+    /// Deploys a Compose file and waits until it converged.
+    fn deploy(&self, compose: &str) {
         let file = self.dir.path().join("compose.yaml");
         std::fs::write(&file, compose).unwrap();
         let out = self.cli(&[
@@ -238,6 +224,11 @@ impl Lab {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
+    }
+
+    /// Deploys the `net` stack and returns the overlay address of its `web` replica.
+    fn deploy_net(&self, compose: &str) -> String {
+        self.deploy(compose);
         let view = &self.cli_json(&["ps", "-p", "net"])[0];
         let web = view["services"]
             .as_array()
@@ -286,6 +277,7 @@ fn get_script(addr: &str, path: &str) -> String {
     format!("printf 'GET /{path} HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {addr} 80")
 }
 
+/// `web` on h2 and `client` on h1.
 const NET_COMPOSE: &str = r#"
 name: net
 services:
@@ -297,7 +289,10 @@ services:
     image: corral-test/busybox:latest
     command: ["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 1 & wait; done"]
     deploy: { placement: { constraints: ["node.hostname == h1"] } }
-  outsider:
+"#;
+
+/// A third service, on h3 (appended to [`NET_COMPOSE`] for three-host labs).
+const OUTSIDER: &str = r#"  outsider:
     image: corral-test/busybox:latest
     command: ["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 1 & wait; done"]
     deploy: { placement: { constraints: ["node.hostname == h3"] } }
@@ -308,7 +303,7 @@ fn containers_on_different_hosts_talk_only_through_the_encrypted_overlay() {
     let Some(lab) = Lab::up(3, &["--heartbeat-interval", "1s", "--dead-after", "3s"]) else {
         return;
     };
-    let web_ip = lab.deploy_net(NET_COMPOSE);
+    let web_ip = lab.deploy_net(&format!("{NET_COMPOSE}{OUTSIDER}"));
     let client = lab.container_of("h1", "client");
     let outsider = lab.container_of("h3", "outsider");
 
@@ -456,12 +451,7 @@ fn a_restarted_agent_restores_its_tunnels_from_its_own_state() {
     let Some(lab) = Lab::up(2, &[]) else {
         return;
     };
-    let compose = NET_COMPOSE.replace(
-        "  outsider:\n    image: corral-test/busybox:latest\n    command: [\"sh\", \"-c\", \"trap 'exit 0' TERM; while :; do sleep 1 & wait; done\"]\n    deploy: { placement: { constraints: [\"node.hostname == h3\"] } }\n",
-        "",
-    );
-    assert!(!compose.contains("outsider"), "{compose}");
-    let web_ip = lab.deploy_net(&compose);
+    let web_ip = lab.deploy_net(NET_COMPOSE);
     let client = lab.container_of("h1", "client");
     assert!(lab.exec("h1", &client, &get_script(&web_ip, "")).0);
 
@@ -493,14 +483,10 @@ fn the_vxlan_mode_carries_the_same_traffic_unencrypted_and_switches_back() {
             .status
             .success()
     );
-    let compose = NET_COMPOSE.replace(
-        "  outsider:\n    image: corral-test/busybox:latest\n    command: [\"sh\", \"-c\", \"trap 'exit 0' TERM; while :; do sleep 1 & wait; done\"]\n    deploy: { placement: { constraints: [\"node.hostname == h3\"] } }\n",
-        "",
-    );
     // The firewall rules derived from live state follow the mode.
     let rules = String::from_utf8_lossy(&lab.cli(&["firewall"]).stdout).into_owned();
     assert!(rules.contains("4789"), "{rules}");
-    let web_ip = lab.deploy_net(&compose);
+    let web_ip = lab.deploy_net(NET_COMPOSE);
     let client = lab.container_of("h1", "client");
     wait_until(Duration::from_secs(20), "web over vxlan", || {
         lab.exec("h1", &client, &get_script("web", ""))

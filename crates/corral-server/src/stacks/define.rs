@@ -277,21 +277,25 @@ pub fn define(project: &compose::Project) -> Result<StackDef, Vec<String>> {
     }
 }
 
+/// Host ports a container publishes (what the scheduler keeps exclusive per host).
+pub fn host_ports(spec: &ContainerSpec) -> Vec<HostPort> {
+    spec.ports
+        .iter()
+        .map(|p| HostPort {
+            port: p.host,
+            protocol: if p.udp {
+                sched::Protocol::Udp
+            } else {
+                sched::Protocol::Tcp
+            },
+        })
+        .collect()
+}
+
 impl ServiceDef {
-    /// Host ports every replica publishes (what the scheduler keeps exclusive per host).
+    /// Host ports every replica publishes.
     pub fn host_ports(&self) -> Vec<HostPort> {
-        self.template
-            .ports
-            .iter()
-            .map(|p| HostPort {
-                port: p.host,
-                protocol: if p.udp {
-                    sched::Protocol::Udp
-                } else {
-                    sched::Protocol::Tcp
-                },
-            })
-            .collect()
+        host_ports(&self.template)
     }
 
     /// The stored JSON and its SHA-256 (hex): a change of definition changes the hash.

@@ -91,16 +91,21 @@ pub async fn up(
         });
     }
 
-    // Dry run: where would the replicas go right now, and is every image there?
+    // Dry run: where would the replicas go right now, and is every image there? Dependencies
+    // gate starts, not placement, so every service is planned as if it could start.
     let services: Vec<reconcile::Service> = stack
         .services
         .iter()
         .zip(&rows)
-        .map(|((name, replicas, def), row)| reconcile::Service {
-            name: name.clone(),
-            replicas: *replicas,
-            def: def.clone(),
-            hash: row.spec_hash.clone(),
+        .map(|((name, replicas, def), row)| {
+            let mut def = def.clone();
+            def.depends_on.clear();
+            reconcile::Service {
+                name: name.clone(),
+                replicas: *replicas,
+                def,
+                hash: row.spec_hash.clone(),
+            }
         })
         .collect();
     let existing_stack = state
@@ -115,49 +120,18 @@ pub async fn up(
         None => Vec::new(),
     };
     let others = world.others(existing_stack.as_ref().map(|s| s.id.as_str()));
-    let now_ms = now_unix() * 1000;
-    let empty_flight = Default::default();
-    let empty_memory = Default::default();
     let dry = reconcile::decide(&reconcile::Input {
-        now_ms,
+        now_ms: now_unix() * 1000,
         stack: &stack.name,
         removing: false,
         services: &services,
         hosts: &world.hosts,
         containers: &containers,
         others: &others,
-        in_flight: &empty_flight,
-        // Dependencies gate starts, not placement: plan as if every service could start.
-        memory: &empty_memory,
+        in_flight: &Default::default(),
+        memory: &Default::default(),
     });
-    let mut unplaced: Vec<String> = dry.unplaced.values().flatten().cloned().collect();
-    // A service gated by depends_on was not scheduled in the dry run: schedule the stack
-    // again without the gates to check its placement too.
-    if !dry.waiting.is_empty() {
-        let ungated: Vec<reconcile::Service> = services
-            .iter()
-            .map(|s| {
-                let mut s = s.clone();
-                s.def.depends_on.clear();
-                s
-            })
-            .collect();
-        let again = reconcile::decide(&reconcile::Input {
-            services: &ungated,
-            now_ms,
-            stack: &stack.name,
-            removing: false,
-            hosts: &world.hosts,
-            containers: &containers,
-            others: &others,
-            in_flight: &empty_flight,
-            memory: &empty_memory,
-        });
-        unplaced = again.unplaced.values().flatten().cloned().collect();
-        check_images(state, &world, &services, &again.actions).await?;
-    } else {
-        check_images(state, &world, &services, &dry.actions).await?;
-    }
+    let unplaced: Vec<String> = dry.unplaced.values().flatten().cloned().collect();
     if !unplaced.is_empty() {
         return Err(unprocessable(format!(
             "stack {} cannot be placed; nothing was changed:\n  {}",
@@ -165,6 +139,7 @@ pub async fn up(
             unplaced.join("\n  ")
         )));
     }
+    check_images(state, &world, &services, &dry.actions).await?;
 
     let write = StackWrite {
         environment_id: &env.id,

@@ -144,6 +144,16 @@ fn should_restart(def: &ServiceDef, r: &Replica) -> bool {
     }
 }
 
+/// Removes `r` (for `reason`) unless a command for it is under way.
+fn remove_unless_busy(d: &mut Decision, r: &Replica, busy: bool, reason: impl Into<String>) {
+    if !busy {
+        d.actions.push(Action::Remove {
+            id: r.id.clone(),
+            reason: reason.into(),
+        });
+    }
+}
+
 /// One pass over one stack.
 pub fn decide(input: &Input<'_>) -> Decision {
     let mut d = Decision::default();
@@ -163,11 +173,8 @@ pub fn decide(input: &Input<'_>) -> Decision {
                     id: r.id.clone(),
                     remove: r.actual != "missing",
                 });
-            } else if !busy(r) {
-                d.actions.push(Action::Remove {
-                    id: r.id.clone(),
-                    reason: "stack removed".into(),
-                });
+            } else {
+                remove_unless_busy(&mut d, r, busy(r), "stack removed");
             }
         }
         d.removed = input.containers.is_empty();
@@ -194,31 +201,17 @@ pub fn decide(input: &Input<'_>) -> Decision {
             continue;
         }
         if r.desired == "removed" {
-            if !busy(r) {
-                d.actions.push(Action::Remove {
-                    id: r.id.clone(),
-                    reason: "removal retried".into(),
-                });
-            }
+            remove_unless_busy(&mut d, r, busy(r), "removal retried");
             removing.entry(r.service.as_str()).or_default().push(r);
             continue;
         }
         let Some(svc) = services.get(r.service.as_str()) else {
-            if !busy(r) {
-                d.actions.push(Action::Remove {
-                    id: r.id.clone(),
-                    reason: format!("service {} is no longer in the stack", r.service),
-                });
-            }
+            let reason = format!("service {} is no longer in the stack", r.service);
+            remove_unless_busy(&mut d, r, busy(r), reason);
             continue;
         };
         if r.actual == "dead" {
-            if !busy(r) {
-                d.actions.push(Action::Remove {
-                    id: r.id.clone(),
-                    reason: "dead".into(),
-                });
-            }
+            remove_unless_busy(&mut d, r, busy(r), "dead");
             removing.entry(r.service.as_str()).or_default().push(r);
             continue;
         }

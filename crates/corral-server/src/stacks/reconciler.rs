@@ -111,20 +111,14 @@ impl Reconciler {
 
 /// Runs passes until the server shuts down.
 pub async fn run(state: Arc<AppState>) {
-    let mut shutdown = state.shutdown.clone();
-    loop {
-        if let Err(e) = pass(&state).await {
-            tracing::error!(error = %e, "reconciler pass failed");
-        }
-        tokio::select! {
-            _ = state.reconciler.wake.notified() => {}
-            _ = tokio::time::sleep(TICK) => {}
-            _ = shutdown.changed() => return,
-        }
-        if *shutdown.borrow() {
-            return;
-        }
-    }
+    crate::every(
+        state,
+        |s| &s.reconciler.wake,
+        TICK,
+        "reconciler pass",
+        |s| async move { pass(&s).await },
+    )
+    .await;
 }
 
 /// Hosts and containers of one environment, as one pass sees them.
@@ -238,35 +232,12 @@ impl World {
                     service: c.service.clone().unwrap_or_else(|| c.name.clone()),
                     slot: 0,
                     ports: spec
-                        .map(|s| {
-                            ServiceDef {
-                                template: s,
-                                ..placeholder_def()
-                            }
-                            .host_ports()
-                        })
+                        .map(|s| super::define::host_ports(&s))
                         .unwrap_or_default(),
                     reservations: def.map(|d| d.reservations).unwrap_or_default(),
                 }
             })
             .collect()
-    }
-}
-
-fn placeholder_def() -> ServiceDef {
-    ServiceDef {
-        template: ContainerSpec::default(),
-        constraints: Vec::new(),
-        reservations: Default::default(),
-        affinity: Vec::new(),
-        anti_affinity: Vec::new(),
-        update: super::define::UpdateDef {
-            parallelism: 1,
-            delay_ms: 0,
-            start_first: false,
-        },
-        depends_on: BTreeMap::new(),
-        restart: Default::default(),
     }
 }
 

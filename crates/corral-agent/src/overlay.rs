@@ -152,7 +152,11 @@ async fn receive_loop(overlay: Arc<Overlay>) {
     let mut buf = vec![0u8; 2048];
     loop {
         match overlay.socket.recv_from(&mut buf).await {
-            Ok((n, _from)) => overlay.record(&buf[..n]),
+            // The encrypted overlay's driver turns UDP GRO on for this socket, and it stays on
+            // after the driver stops: probes that arrive together can come as one train.
+            Ok((n, _from)) => buf[..n]
+                .chunks(PROBE_LEN)
+                .for_each(|probe| overlay.record(probe)),
             Err(e) => {
                 // ICMP errors from earlier sends surface here on Linux; keep serving.
                 tracing::debug!(error = %e, "overlay socket receive error");

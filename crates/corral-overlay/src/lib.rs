@@ -94,7 +94,10 @@ mod router;
 
 pub use ip::{Prefix, ipv4_udp_packet, udp_payload};
 pub use keys::{from_hex, keypair, public_key, to_hex};
-pub use router::{Counters, MAX_PACKET, Out, PROBE_MAGIC, PeerConfig, PeerStats, Router, is_probe};
+pub use router::{
+    Counters, DATA_OVERHEAD, Datagram, MAX_PACKET, Out, PROBE_MAGIC, PeerConfig, PeerStats, Router,
+    is_probe, opened_len, sealed_len,
+};
 
 /// The overlay's UDP port (the agent's overlay socket).
 pub const DEFAULT_PORT: u16 = 51820;

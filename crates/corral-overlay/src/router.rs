@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,7 +30,7 @@ pub fn is_probe(datagram: &[u8]) -> bool {
 /// Largest inner packet the router encapsulates (an IPv4 packet cannot be longer).
 pub const MAX_PACKET: usize = 65535;
 /// Room for a packet plus WireGuard's overhead (and never less than a handshake message).
-const BUF_LEN: usize = MAX_PACKET + 148;
+const BUF_LEN: usize = sealed_len(MAX_PACKET);
 /// Handshake messages accepted per second (all peers together) before the router asks for
 /// cookies, as boringtun's own device does.
 const HANDSHAKE_RATE_LIMIT: u64 = 100;
@@ -50,6 +51,40 @@ pub struct PeerConfig {
     pub allowed: Vec<(Ipv4Addr, u8)>,
 }
 
+/// WireGuard's overhead on a data message: type, receiver index and counter (16 bytes), and
+/// the AEAD tag (16). boringtun does not pad.
+pub const DATA_OVERHEAD: usize = 32;
+/// The longest handshake message (an initiation).
+const HANDSHAKE_MAX: usize = 148;
+
+/// Room [`Router::seal`] needs for a packet of `packet_len` bytes.
+pub const fn sealed_len(packet_len: usize) -> usize {
+    let data = packet_len + DATA_OVERHEAD;
+    if data > HANDSHAKE_MAX {
+        data
+    } else {
+        HANDSHAKE_MAX
+    }
+}
+
+/// Room [`Router::open`] needs for a datagram of `datagram_len` bytes.
+pub const fn opened_len(datagram_len: usize) -> usize {
+    if datagram_len > HANDSHAKE_MAX {
+        datagram_len
+    } else {
+        HANDSHAKE_MAX
+    }
+}
+
+/// A datagram [`Router::seal`] wrote at the start of the caller's buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Datagram {
+    /// Where to send it.
+    pub to: SocketAddr,
+    /// Its length.
+    pub len: usize,
+}
+
 /// What the router asks its driver to do.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Out {
@@ -65,6 +100,8 @@ pub struct Counters {
     /// Packets from the TUN that were not IPv4 (or shorter than a header), or IPv6 packets that
     /// arrived inside the tunnel.
     pub not_ipv4: u64,
+    /// Packets from the TUN longer than an IPv4 packet can be (or than the buffer offered).
+    pub too_long: u64,
     /// Packets from the TUN whose destination is in no peer's allowed ranges.
     pub no_route: u64,
     /// Datagrams the router had to drop because the peer's endpoint is not known yet.
@@ -347,84 +384,121 @@ impl Router {
     }
 
     /// An IP packet read from the TUN device: encrypted to the peer whose allowed range holds
-    /// its destination (longest prefix), or dropped and counted.
+    /// its destination (longest prefix), or dropped and counted. Allocates; the driver uses
+    /// [`seal`](Router::seal).
     pub fn outbound(&mut self, packet: &[u8]) -> Vec<Out> {
-        let mut out = Vec::new();
-        let Some((_, dst)) = ipv4_addrs(packet) else {
+        let mut buf = std::mem::take(&mut self.buf);
+        let out = self
+            .seal(packet, &mut buf)
+            .map(|d| Out::Network(d.to, buf[..d.len].to_vec()))
+            .into_iter()
+            .collect();
+        self.buf = buf;
+        out
+    }
+
+    /// [`outbound`](Router::outbound) into the caller's buffer: the datagram to send is
+    /// `dst[..len]` (a data message, or a handshake initiation while the packet waits for a
+    /// session). `dst` must hold [`sealed_len`]`(packet.len())` bytes; a shorter one drops the
+    /// packet (counted as `too_long`).
+    pub fn seal(&mut self, packet: &[u8], dst: &mut [u8]) -> Option<Datagram> {
+        let Some((_, dst_ip)) = ipv4_addrs(packet) else {
             self.counters.not_ipv4 += 1;
-            return out;
+            return None;
         };
-        if packet.len() > MAX_PACKET {
-            self.counters.not_ipv4 += 1;
-            return out;
+        if packet.len() > MAX_PACKET || dst.len() < sealed_len(packet.len()) {
+            self.counters.too_long += 1;
+            return None;
         }
         let Some(key) = self
             .routes
             .iter()
-            .find(|(prefix, _)| prefix.contains(dst))
+            .find(|(prefix, _)| prefix.contains(dst_ip))
             .map(|(_, key)| *key)
         else {
             self.counters.no_route += 1;
-            return out;
+            return None;
         };
         let Some(peer) = self.peers.get_mut(&key) else {
             self.counters.no_route += 1;
-            return out;
+            return None;
         };
-        match peer.tunn.encapsulate(packet, &mut self.buf) {
+        match peer.tunn.encapsulate(packet, dst) {
             TunnResult::WriteToNetwork(d) => match peer.endpoint {
-                Some(ep) => out.push(Out::Network(ep, d.to_vec())),
-                None => self.counters.no_endpoint += 1,
+                Some(to) => Some(Datagram { to, len: d.len() }),
+                None => {
+                    self.counters.no_endpoint += 1;
+                    None
+                }
             },
-            TunnResult::Err(e) => tracing::debug!(?e, "encapsulate"),
+            TunnResult::Err(e) => {
+                tracing::debug!(?e, "encapsulate");
+                None
+            }
             // Queued until a handshake completes.
-            _ => {}
+            _ => None,
         }
-        out
     }
 
     /// A datagram received on the overlay socket from `from`. Returns packets for the TUN
     /// (decrypted, and only if their source is inside the sender's allowed ranges) and
     /// datagrams to send (handshake responses, packets queued during a handshake, cookies).
     /// Anything malformed, unauthenticated or unknown is counted and otherwise ignored.
+    /// Allocates; the driver uses [`open`](Router::open).
     pub fn inbound(&mut self, from: SocketAddr, datagram: &[u8]) -> Vec<Out> {
         let mut out = Vec::new();
+        let mut buf = std::mem::take(&mut self.buf);
+        if let Some(packet) = self.open(from, datagram, &mut buf, &mut out) {
+            out.push(Out::Tun(buf[packet].to_vec()));
+        }
+        self.buf = buf;
+        out
+    }
+
+    /// [`inbound`](Router::inbound) into the caller's buffer: returns where in `dst` the
+    /// decrypted IP packet for the TUN is; datagrams to send (rare: handshakes, cookies, the
+    /// queue flushed after a handshake) are appended to `replies`. `dst` must be at least
+    /// [`opened_len`]`(datagram.len())` bytes; a longer datagram is counted as `garbage`.
+    pub fn open(
+        &mut self,
+        from: SocketAddr,
+        datagram: &[u8],
+        dst: &mut [u8],
+        replies: &mut Vec<Out>,
+    ) -> Option<Range<usize>> {
         if is_probe(datagram) {
             self.counters.probes += 1;
-            return out;
+            return None;
         }
-        if datagram.len() > self.buf.len() {
+        if datagram.len() > MAX_PACKET + DATA_OVERHEAD || dst.len() < opened_len(datagram.len()) {
             self.counters.garbage += 1;
-            return out;
+            return None;
         }
         let Ok(packet) = Tunn::parse_incoming_packet(datagram) else {
             self.counters.garbage += 1;
-            return out;
+            return None;
         };
         let (kind, key) = match &packet {
             Packet::HandshakeInit(init) => {
                 // MAC1 (keyed by our public key) and the rate limit first: only then spend a
                 // Diffie-Hellman to learn the initiator's static key.
-                match self
-                    .limiter
-                    .verify_packet(Some(from.ip()), datagram, &mut self.buf)
-                {
+                match self.limiter.verify_packet(Some(from.ip()), datagram, dst) {
                     Ok(_) => {}
                     Err(TunnResult::WriteToNetwork(cookie)) => {
                         self.counters.cookies_sent += 1;
-                        out.push(Out::Network(from, cookie.to_vec()));
-                        return out;
+                        replies.push(Out::Network(from, cookie.to_vec()));
+                        return None;
                     }
                     Err(_) => {
                         self.counters.rejected += 1;
-                        return out;
+                        return None;
                     }
                 }
                 match parse_handshake_anon(&self.private, &self.public, init) {
                     Ok(half) => (Kind::Init, Some(half.peer_static_public)),
                     Err(_) => {
                         self.counters.rejected += 1;
-                        return out;
+                        return None;
                     }
                 }
             }
@@ -434,14 +508,13 @@ impl Router {
         };
         let Some(peer) = key.and_then(|k| self.peers.get_mut(&k)) else {
             self.counters.unknown_peer += 1;
-            return out;
+            return None;
         };
 
         let mut authenticated = false;
-        match peer
-            .tunn
-            .decapsulate(Some(from.ip()), datagram, &mut self.buf)
-        {
+        let mut to_tun = None;
+        let base = dst.as_ptr() as usize;
+        match peer.tunn.decapsulate(Some(from.ip()), datagram, dst) {
             TunnResult::Done => authenticated = kind == Kind::Data,
             TunnResult::Err(e) => {
                 self.counters.rejected += 1;
@@ -452,18 +525,20 @@ impl Router {
                 // an unauthenticated handshake; it says nothing about who sent it.
                 if d.first() == Some(&3) {
                     self.counters.cookies_sent += 1;
-                    out.push(Out::Network(from, d.to_vec()));
-                    return out;
+                    replies.push(Out::Network(from, d.to_vec()));
+                    return None;
                 }
                 authenticated = true;
                 if matches!(kind, Kind::Init | Kind::Response) {
                     peer.handshakes += 1;
                 }
-                out.push(Out::Network(from, d.to_vec()));
+                replies.push(Out::Network(from, d.to_vec()));
                 // Packets queued while the handshake was under way.
                 for _ in 0..MAX_FLUSH {
-                    match peer.tunn.decapsulate(None, &[], &mut self.buf) {
-                        TunnResult::WriteToNetwork(d) => out.push(Out::Network(from, d.to_vec())),
+                    match peer.tunn.decapsulate(None, &[], dst) {
+                        TunnResult::WriteToNetwork(d) => {
+                            replies.push(Out::Network(from, d.to_vec()))
+                        }
                         _ => break,
                     }
                 }
@@ -471,7 +546,10 @@ impl Router {
             TunnResult::WriteToTunnelV4(packet, src) => {
                 authenticated = true;
                 if peer.allows(src) {
-                    out.push(Out::Tun(packet.to_vec()));
+                    // boringtun decrypts in place at the start of `dst`; the range is computed
+                    // from the slice it returns all the same.
+                    let start = (packet.as_ptr() as usize).saturating_sub(base);
+                    to_tun = Some(start..start + packet.len());
                 } else {
                     self.counters.spoofed += 1;
                     tracing::debug!(%src, "overlay packet from outside the peer's ranges dropped");
@@ -486,7 +564,7 @@ impl Router {
             tracing::debug!(peer = %crate::keys::to_hex(&peer.public_key), %from, "overlay peer endpoint");
             peer.endpoint = Some(from);
         }
-        out
+        to_tun
     }
 
     fn key_of(&self, receiver_index: u32) -> Option<[u8; 32]> {

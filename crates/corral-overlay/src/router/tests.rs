@@ -557,3 +557,60 @@ fn no_endpoint_yet_is_counted_then_learnt() {
     pair.b_to_a(b"found you");
     assert!(payloads(&pair.a.tun).contains(&b"found you".to_vec()));
 }
+
+#[test]
+fn seal_and_open_work_in_the_callers_buffers_and_refuse_short_ones() {
+    let mut pair = Pair::established(None);
+    let packet = ipv4_udp_packet(a_ip(), b_ip(), 1000, 2000, &random(1392));
+    assert_eq!(packet.len(), 1420);
+
+    // Too short for the sealed datagram: dropped and counted, never a panic.
+    let mut short = vec![0u8; sealed_len(packet.len()) - 1];
+    assert_eq!(pair.a.router.seal(&packet, &mut short), None);
+    assert_eq!(pair.a.router.counters().too_long, 1);
+
+    // Exactly long enough: a data message of the packet's length plus 32, to B.
+    let mut sealed = vec![0u8; sealed_len(packet.len())];
+    let d = pair.a.router.seal(&packet, &mut sealed).unwrap();
+    assert_eq!(
+        d,
+        Datagram {
+            to: pair.b.addr,
+            len: packet.len() + DATA_OVERHEAD
+        }
+    );
+
+    // B opens it in a buffer that has the packet at an offset of its own choosing.
+    let mut replies = Vec::new();
+    let mut short = vec![0u8; opened_len(d.len) - 1];
+    let before = pair.b.router.counters().garbage;
+    assert_eq!(
+        pair.b
+            .router
+            .open(pair.a.addr, &sealed[..d.len], &mut short, &mut replies),
+        None
+    );
+    assert_eq!(pair.b.router.counters().garbage, before + 1);
+    let mut opened = vec![0u8; opened_len(d.len)];
+    let range = pair
+        .b
+        .router
+        .open(pair.a.addr, &sealed[..d.len], &mut opened, &mut replies)
+        .unwrap();
+    assert_eq!(&opened[range], &packet[..]);
+    assert!(replies.is_empty());
+
+    // The same datagram again is a replay.
+    let rejected = pair.b.router.counters().rejected;
+    assert_eq!(
+        pair.b
+            .router
+            .open(pair.a.addr, &sealed[..d.len], &mut opened, &mut replies),
+        None
+    );
+    assert_eq!(pair.b.router.counters().rejected, rejected + 1);
+
+    // Handshake-sized buffers are the floor, for any datagram.
+    assert_eq!(sealed_len(0), 148);
+    assert_eq!(opened_len(32), 148);
+}

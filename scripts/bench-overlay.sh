@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Overlay throughput: TCP between two containers on two lab hosts through corral's encrypted
 # overlay, against the raw path between the same two hosts' namespaces (the lab bridge), with
-# iperf3; and the CPU the two agents spend per Gbit/s.
+# iperf3; the CPU the two agents spend per Gbit/s; and the encryption-only bound (one core
+# sealing and opening WireGuard data messages, examples/bench_crypto.rs).
 #
 #   bash scripts/bench-overlay.sh            # SECS=10 per run, RUNS=3
 #
@@ -92,3 +93,9 @@ printf '%-44s %8s Gbit/s   (%s)\n' "through the encrypted overlay" "$OM" "${OVER
 printf '%-44s %8s Gbit/s   (%s)\n' "raw path between the two namespaces" "$RM" "${RAW[*]}"
 printf '%-44s %8s\n' "ratio overlay / raw" "$(awk -v o="$OM" -v r="$RM" 'BEGIN { printf "%.3f", o / r }')"
 printf '%-44s %8s cores per Gbit/s   (%s)\n' "agents' CPU (both hosts)" "$CM" "${CPU[*]}"
+
+# The encryption-only bound: sealing and opening on one core, no kernel in the way.
+echo
+echo "encryption only (bench_crypto, 1420-byte packets, one core):"
+cargo run --release -q -p corral-overlay --example bench_crypto -- 1420 3 | sed -n '2,4p'
+

@@ -55,6 +55,9 @@ pub struct Engine {
     overlay: std::sync::Mutex<Option<OverlayNet>>,
 }
 
+/// Docker's bridge driver option for the MTU of a network's interfaces.
+const NETWORK_MTU_OPTION: &str = "com.docker.network.driver.mtu";
+
 /// The host's overlay network as containers join it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OverlayNet {
@@ -62,6 +65,9 @@ pub struct OverlayNet {
     pub subnet: String,
     /// e.g. `10.42.3.1`: the bridge's address (and the DNS responder's).
     pub gateway: String,
+    /// The containers' MTU on it: the overlay's, so they never send what the tunnel cannot
+    /// carry whole.
+    pub mtu: u16,
 }
 
 /// The spec a stack container is created from once the overlay is up: it joins the host's
@@ -238,8 +244,9 @@ impl Engine {
             .ok_or_else(|| format!("container {docker_id} no longer exists"))
     }
 
-    /// Creates the host's overlay network on `net.subnet` (replacing one on another subnet if
-    /// no container uses it), then has stack containers join it.
+    /// Creates the host's overlay network on `net.subnet` with MTU `net.mtu` (replacing one on
+    /// another subnet if no container uses it; one with another MTU is replaced only if no
+    /// container uses it, and kept with a warning otherwise), then has stack containers join it.
     pub async fn ensure_overlay_network(&self, net: &OverlayNet) -> Result<(), String> {
         let docker = self.client().await?;
         let _serialized = self.resources.lock().await;
@@ -261,14 +268,30 @@ impl Engine {
                     .into_iter()
                     .filter_map(|c| c.subnet)
                     .collect();
+                let mtu = n
+                    .options
+                    .as_ref()
+                    .and_then(|o| o.get(NETWORK_MTU_OPTION))
+                    .and_then(|m| m.parse::<u16>().ok());
+                let in_use = n.containers.as_ref().is_some_and(|c| !c.is_empty());
                 if subnets.contains(&net.subnet) {
-                    *self.overlay.lock().unwrap_or_else(|p| p.into_inner()) = Some(net.clone());
-                    return Ok(());
+                    if mtu != Some(net.mtu) && in_use {
+                        tracing::warn!(
+                            network = OVERLAY_NETWORK,
+                            current = ?mtu,
+                            wanted = net.mtu,
+                            "the overlay network keeps its MTU while containers use it; it changes when it is next empty"
+                        );
+                    }
+                    if mtu == Some(net.mtu) || in_use {
+                        *self.overlay.lock().unwrap_or_else(|p| p.into_inner()) = Some(net.clone());
+                        return Ok(());
+                    }
                 }
                 docker
                     .remove_network(OVERLAY_NETWORK)
                     .await
-                    .map_err(|e| fail("replace (its subnet changed)", e))?;
+                    .map_err(|e| fail("replace (its subnet or MTU changed)", e))?;
             }
             Ok(_) => {}
             Err(e) if status_code(&e) == Some(404) => {}
@@ -291,6 +314,7 @@ impl Engine {
                     "com.docker.network.bridge.enable_ip_masquerade".to_string(),
                     "false".to_string(),
                 ),
+                (NETWORK_MTU_OPTION.to_string(), net.mtu.to_string()),
             ])),
             ipam: Some(bollard::models::Ipam {
                 config: Some(vec![bollard::models::IpamConfig {

@@ -68,6 +68,8 @@ pub struct AgentOptions {
     pub labels: BTreeMap<String, String>,
     /// UDP port of the overlay socket (0: any free port).
     pub overlay_port: u16,
+    /// MTU of the TUN device and of the containers' overlay network.
+    pub overlay_mtu: u16,
     /// Join the environment's overlay (key pair, TUN device, routes, overlay network).
     pub overlay: bool,
     /// Runs inside `corral server --with-agent`, whose process also holds the API listener.
@@ -88,6 +90,7 @@ impl AgentOptions {
             name: None,
             labels: BTreeMap::new(),
             overlay_port: overlay::DEFAULT_PORT,
+            overlay_mtu: corral_overlay::DEFAULT_MTU,
             overlay: true,
             embedded: false,
             docker_host: docker::DEFAULT_DOCKER_HOST.to_owned(),
@@ -121,7 +124,12 @@ pub async fn run(
     let (reports_tx, mut reports_rx) = tokio::sync::mpsc::channel(256);
     let engine = docker::Engine::watch(options.docker_host.clone(), st.name.clone(), reports_tx);
     let mesh = if options.overlay {
-        match mesh::Mesh::load_or_create(st.dir(), overlay.clone(), engine.clone()) {
+        match mesh::Mesh::load_or_create(
+            st.dir(),
+            overlay.clone(),
+            engine.clone(),
+            options.overlay_mtu,
+        ) {
             Ok(m) => {
                 let m = std::sync::Arc::new(m);
                 m.restore().await;

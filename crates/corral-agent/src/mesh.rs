@@ -38,6 +38,8 @@ struct Running {
 }
 
 pub struct Mesh {
+    /// MTU of the TUN device and of the overlay network (`--overlay-mtu`).
+    mtu: u16,
     dir: PathBuf,
     private: [u8; 32],
     public_hex: String,
@@ -279,6 +281,7 @@ impl Mesh {
         dir: &Path,
         socket: Option<Arc<Overlay>>,
         engine: Arc<Engine>,
+        mtu: u16,
     ) -> Result<Mesh, String> {
         let path = dir.join(KEY_FILE);
         let private = match std::fs::read_to_string(&path) {
@@ -297,6 +300,7 @@ impl Mesh {
             Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
         };
         Ok(Mesh {
+            mtu,
             dir: dir.to_owned(),
             public_hex: corral_overlay::to_hex(&corral_overlay::public_key(&private)),
             private,
@@ -421,6 +425,7 @@ impl Mesh {
             .ensure_overlay_network(&OverlayNet {
                 subnet: subnet.to_string(),
                 gateway: gateway.to_string(),
+                mtu: self.mtu,
             })
             .await?;
         docker_firewall(&subnet.to_string(), &cfg.cidr).await;
@@ -455,6 +460,7 @@ impl Mesh {
                     Box::new(move |datagram, _from| probes.record(datagram)),
                 );
                 config.routes = vec![cidr];
+                config.mtu = self.mtu;
                 let driver = match Driver::open(config).await {
                     Ok(d) => d,
                     Err(e) => {

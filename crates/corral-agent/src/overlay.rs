@@ -17,6 +17,9 @@ use tokio::sync::Notify;
 pub const DEFAULT_PORT: u16 = 51820;
 const MAGIC: &[u8; 8] = b"CRLPROBE";
 const PROBE_LEN: usize = MAGIC.len() + 16;
+/// The overlay MTU's default and bounds (`corral agent --overlay-mtu`).
+pub use corral_overlay::{DEFAULT_MTU, MAX_MTU, MIN_MTU};
+
 /// Probes remembered (so one that arrives before the server's "expect" still counts).
 const REMEMBER: usize = 1024;
 const REMEMBER_FOR: Duration = Duration::from_secs(30);

@@ -104,6 +104,10 @@ pub const DEFAULT_PORT: u16 = 51820;
 /// The TUN device's MTU: 1500 less IPv4 (20), UDP (8) and WireGuard's data header and tag
 /// (32), rounded down to leave room for IPv6 underlays as WireGuard's 1420 does.
 pub const DEFAULT_MTU: u16 = 1420;
+/// The smallest overlay MTU accepted (IPv6's minimum, so no inner stack has to fragment).
+pub const MIN_MTU: u16 = 1280;
+/// The largest overlay MTU accepted: a 9000-byte jumbo underlay less the 60 bytes of overhead.
+pub const MAX_MTU: u16 = 8940;
 
 /// The overlay's errors.
 #[derive(Debug, thiserror::Error)]

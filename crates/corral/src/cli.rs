@@ -209,6 +209,16 @@ pub struct AgentArgs {
     /// UDP port of the overlay socket, the only port the agent listens on.
     #[arg(long, default_value_t = corral_agent::overlay::DEFAULT_PORT, env = "CORRAL_AGENT_OVERLAY_PORT")]
     pub overlay_port: u16,
+    /// MTU of the overlay (the TUN device and the containers' overlay network): the underlay's
+    /// MTU less 80 (60 of IPv4, UDP and WireGuard, rounded as WireGuard does). Lower it where
+    /// the hosts' network carries less than 1500 bytes; datagrams are sent unfragmented.
+    #[arg(
+        long,
+        default_value_t = corral_agent::overlay::DEFAULT_MTU,
+        value_parser = clap::value_parser!(u16).range(i64::from(corral_agent::overlay::MIN_MTU)..=i64::from(corral_agent::overlay::MAX_MTU)),
+        env = "CORRAL_AGENT_OVERLAY_MTU"
+    )]
+    pub overlay_mtu: u16,
     /// Do not join the environment's overlay: no key pair, TUN device, routes or overlay
     /// network; this host's containers are reachable only on their published ports.
     #[arg(long)]

@@ -199,6 +199,7 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     opts.name = args.name;
     opts.labels = args.labels.into_iter().collect::<BTreeMap<_, _>>();
     opts.overlay_port = args.overlay_port;
+    opts.overlay_mtu = args.overlay_mtu;
     opts.overlay = !args.no_overlay;
     opts.docker_host = args.docker_host;
     corral_agent::run(opts, terminated()).await?;

@@ -307,6 +307,10 @@ fn containers_on_different_hosts_talk_only_through_the_encrypted_overlay() {
     let client = lab.container_of("h1", "client");
     let outsider = lab.container_of("h3", "outsider");
 
+    // Containers get the overlay's MTU, so they never send what the tunnel cannot carry whole.
+    let (ok, mtu) = lab.exec("h1", &client, "cat /sys/class/net/eth0/mtu");
+    assert!(ok && mtu.trim() == "1420", "container MTU: {mtu}");
+
     // Across hosts, by overlay address; the lab bridge carries only the agents' tunnels to the
     // server and UDP between overlay sockets, and never the payload.
     let bridge = String::from_utf8_lossy(&lab_sh(&["bridge", lab.path()]).stdout)

@@ -18,6 +18,9 @@ PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); pr
 SERVER=$!
 cleanup() { kill "$SERVER" 2>/dev/null || true; wait "$SERVER" 2>/dev/null || true; rm -rf "$DIR"; }
 trap cleanup EXIT
+# A signal ends the script through its EXIT trap (bash does not run it on a fatal signal).
+trap 'exit 130' INT
+trap 'exit 143' TERM
 for _ in $(seq 100); do [ -f "$DIR/data/admin.env" ] && break; sleep 0.1; done
 sleep 0.5
 set -a; . "$DIR/data/admin.env"; set +a

@@ -5,6 +5,9 @@
 # sealing and opening WireGuard data messages, examples/bench_crypto.rs).
 #
 #   bash scripts/bench-overlay.sh            # SECS=10 per run, RUNS=3
+#   SECS=180 RUNS=1 bash scripts/bench-overlay.sh   # sustained, across the 120 s rekey
+#
+# Each run also prints its slowest second: a session that stalls (rekey trouble) shows there.
 #
 # The lab (scripts/lab.sh: a server and two hosts, each in its own network namespace with its
 # own dockerd and agent) is built with the release binary and removed at the end, on success
@@ -28,6 +31,9 @@ cleanup() {
     rm -rf "$LAB"
 }
 trap cleanup EXIT
+# A signal ends the script through its EXIT trap (bash does not run it on a fatal signal).
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 bash scripts/lab.sh up "$LAB" 2 >/dev/null
 cat >"$LAB/compose.yaml" <<'EOF'
@@ -68,6 +74,9 @@ ip netns exec "$H2" iperf3 -s -p 5202 >/dev/null 2>&1 &
 IPERF_PIDS+=($!)
 sleep 1
 
+slowest_second() { # iperf3 -J output on stdin → the lowest 1-second interval, Gbit/s
+    python3 -c 'import json,sys; print("%.3f" % (min(i["sum"]["bits_per_second"] for i in json.load(sys.stdin)["intervals"]) / 1e9))'
+}
 gbps() { # iperf3 -J output on stdin → receiver Gbit/s
     python3 -c 'import json,sys; print("%.3f" % (json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"] / 1e9))'
 }
@@ -76,12 +85,14 @@ OVERLAY=(); RAW=(); CPU=()
 HZ=$(getconf CLK_TCK)
 for run in $(seq "$RUNS"); do
     a1=$(cpu_ticks "$AGENT1"); a2=$(cpu_ticks "$AGENT2")
-    o=$(nsenter -n -t "$CLIENT_PID" iperf3 -c "$SERVER_IP" -p 5201 -t "$SECS" -J | gbps)
+    nsenter -n -t "$CLIENT_PID" iperf3 -c "$SERVER_IP" -p 5201 -t "$SECS" -J >"$LAB/overlay.json"
+    o=$(gbps <"$LAB/overlay.json")
+    low=$(slowest_second <"$LAB/overlay.json")
     b1=$(cpu_ticks "$AGENT1"); b2=$(cpu_ticks "$AGENT2")
     r=$(ip netns exec "$H1" iperf3 -c 192.0.2.12 -p 5202 -t "$SECS" -J | gbps)
     # CPU-seconds per second of both agents together, per Gbit/s carried.
     c=$(awk -v t=$(( (b1 - a1) + (b2 - a2) )) -v hz="$HZ" -v s="$SECS" -v g="$o" 'BEGIN { printf "%.2f", (t / hz / s) / g }')
-    echo "run $run/$RUNS: overlay $o Gbit/s, raw $r Gbit/s, agents' CPU $c cores per Gbit/s" >&2
+    echo "run $run/$RUNS: overlay $o Gbit/s (slowest second $low), raw $r Gbit/s, agents' CPU $c cores per Gbit/s" >&2
     OVERLAY+=("$o"); RAW+=("$r"); CPU+=("$c")
 done
 

@@ -50,6 +50,8 @@ stop_dockerd() {
     fi
 }
 trap stop_dockerd EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 if command -v dockerd >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
     if ! docker info >/dev/null 2>&1; then
         log "starting dockerd"

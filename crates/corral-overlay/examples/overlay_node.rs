@@ -5,7 +5,7 @@
 //! ```text
 //! overlay_node --tun crl0 --listen 198.51.100.1:51820 --private-key-file KEYFILE \
 //!     --address 10.42.1.1/24 --route 10.42.2.0/24 \
-//!     --peer PUBLIC_HEX@198.51.100.2:51820=10.42.2.0/24 [--psk HEX] [--mtu 1420] [--ready-file F]
+//!     --peer PUBLIC_HEX@198.51.100.2:51820=10.42.2.0/24 [--psk HEX] [--mtu 1420] [--ready-file F] [--no-offload]
 //! ```
 //!
 //! `--peer` repeats; its ranges are comma-separated and the endpoint is optional
@@ -31,6 +31,7 @@ struct Args {
     peers: Vec<PeerConfig>,
     psk: Option<[u8; 32]>,
     mtu: u16,
+    offload: bool,
     ready_file: Option<String>,
 }
 
@@ -72,6 +73,7 @@ fn parse_args() -> Result<Args, String> {
         peers: Vec::new(),
         psk: None,
         mtu: corral_overlay::DEFAULT_MTU,
+        offload: true,
         ready_file: None,
     };
     let mut it = std::env::args().skip(1);
@@ -94,6 +96,7 @@ fn parse_args() -> Result<Args, String> {
             "--psk" => args.psk = Some(from_hex(&value()?).map_err(|e| format!("--psk: {e}"))?),
             "--mtu" => args.mtu = value()?.parse().map_err(|e| format!("--mtu: {e}"))?,
             "--ready-file" => args.ready_file = Some(value()?),
+            "--no-offload" => args.offload = false,
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
@@ -125,13 +128,18 @@ async fn node(args: Args) -> Result<(), String> {
         }),
     );
     config.mtu = args.mtu;
+    config.offload = args.offload;
     if let (Some(prefix), Some(host)) = (args.address, args.address_host) {
         config.address = Some((host, prefix.len()));
     }
     config.routes = args.routes;
     let driver = Driver::open(config).await.map_err(|e| e.to_string())?;
     let handle = driver.handle();
-    eprintln!("TUN {} up", driver.tun_name());
+    eprintln!(
+        "TUN {} up, offloads {}",
+        driver.tun_name(),
+        if driver.offloads() { "on" } else { "off" }
+    );
     if let Some(path) = &args.ready_file {
         std::fs::write(path, "ready\n").map_err(|e| format!("writing {path}: {e}"))?;
     }

@@ -72,6 +72,9 @@ pub struct DriverConfig {
     pub on_other: OnOther,
     /// Router tick period (100–250 ms).
     pub tick: Duration,
+    /// Ask the kernel for the TUN offloads (TSO bursts in, coalesced segments out); `false`
+    /// moves one packet per TUN read and write (as on a kernel that refuses them).
+    pub offload: bool,
 }
 
 impl DriverConfig {
@@ -91,6 +94,7 @@ impl DriverConfig {
             router,
             on_other,
             tick: DEFAULT_TICK,
+            offload: true,
         }
     }
 }
@@ -189,23 +193,39 @@ impl Driver {
     /// configured routes. Must run inside a tokio runtime.
     pub async fn open(config: DriverConfig) -> Result<Driver, DriverError> {
         check_device_name(&config.tun_name)?;
-        let mut builder = DeviceBuilder::new()
-            .name(config.tun_name.clone())
-            .mtu(config.mtu)
-            .offload(true)
-            .enable(true);
-        if let Some((addr, len)) = config.address {
-            if len > 32 {
-                return Err(OverlayError::PrefixLength(len).into());
-            }
-            builder = builder.ipv4(addr, len, None);
+        if let Some((_, len)) = config.address
+            && len > 32
+        {
+            return Err(OverlayError::PrefixLength(len).into());
         }
-        let tun = builder
-            .build_async()
-            .map_err(|source| DriverError::CreateTun {
-                name: config.tun_name.clone(),
-                source,
-            })?;
+        let build = |offload: bool| {
+            let mut builder = DeviceBuilder::new()
+                .name(config.tun_name.clone())
+                .mtu(config.mtu)
+                .offload(offload)
+                .enable(true);
+            if let Some((addr, len)) = config.address {
+                builder = builder.ipv4(addr, len, None);
+            }
+            builder.build_async()
+        };
+        // A kernel that refuses the TUN offloads still gets an overlay, one packet at a time.
+        let tun = match build(config.offload) {
+            Ok(tun) => tun,
+            Err(e) if config.offload => {
+                tracing::warn!(tun = %config.tun_name, error = %e, "cannot create the TUN device with offloads; trying without");
+                build(false).map_err(|source| DriverError::CreateTun {
+                    name: config.tun_name.clone(),
+                    source,
+                })?
+            }
+            Err(source) => {
+                return Err(DriverError::CreateTun {
+                    name: config.tun_name.clone(),
+                    source,
+                });
+            }
+        };
         let name = tun.name().unwrap_or_else(|_| config.tun_name.clone());
         // tun-rs brings the link up; make sure of it (idempotent).
         link_up(&name).await?;
@@ -215,7 +235,7 @@ impl Driver {
         tracing::info!(
             tun = %name,
             mtu = config.mtu,
-            tso = tun.tcp_gso(),
+            offloads = tun.tcp_gso(),
             "overlay TUN device up"
         );
         Ok(Driver {
@@ -227,6 +247,11 @@ impl Driver {
             on_other: config.on_other,
             tick: config.tick,
         })
+    }
+
+    /// Whether the kernel accepted the TUN offloads (TSO bursts in, coalesced segments out).
+    pub fn offloads(&self) -> bool {
+        self.tun.tcp_gso()
     }
 
     /// The TUN device's name.

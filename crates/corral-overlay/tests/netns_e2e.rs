@@ -7,7 +7,8 @@
 //!   UDP between the two overlay ports (and ARP) and never the marker;
 //! - a `CRLPROBE` datagram on the overlay port reaches the probe callback;
 //! - 64 MiB of random bytes cross the overlay over TCP each way unchanged (the batched,
-//!   offloaded paths of the driver).
+//!   offloaded paths of the driver), and again once the second node is restarted without TUN
+//!   offloads (the one-packet-at-a-time path, against the first node's batches).
 //!
 //! Needs root (namespaces, TUN) and iproute2. Skips, saying why, where `ip netns add` fails.
 //! Installs tcpdump, iputils-ping and busybox-static (for `nc`) with apt-get where missing.
@@ -256,8 +257,16 @@ fn lab_body(lab: &mut Lab) -> Result<(), String> {
             format!("{}@198.51.100.1:{PORT}=10.42.1.0/24", to_hex(&pub_a)),
         ),
     ];
-    for (ns, side, ip, address, route, peer) in &sides {
-        let log = std::fs::File::create(dir.join(format!("node-{side}.log"))).unwrap();
+    // Starts one side's node (with `extra` flags), waits until it is ready, and returns it.
+    let start_node = |index: usize, extra: &[&str]| -> Result<Child, String> {
+        let (ns, side, ip, address, route, peer) = &sides[index];
+        let ready = dir.join(format!("{side}.ready"));
+        let _ = std::fs::remove_file(&ready);
+        let log = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(dir.join(format!("node-{side}.log")))
+            .unwrap();
         let child = Command::new("ip")
             .args(["netns", "exec", ns])
             .arg(&node)
@@ -267,12 +276,17 @@ fn lab_body(lab: &mut Lab) -> Result<(), String> {
             .args(["--address", address, "--route", route, "--peer", peer])
             .args(["--psk", &to_hex(&psk)])
             .arg("--ready-file")
-            .arg(dir.join(format!("{side}.ready")))
+            .arg(&ready)
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
             .map_err(|e| format!("starting overlay_node: {e}"))?;
+        Ok(child)
+    };
+    for index in 0..2 {
+        let child = start_node(index, &[])?;
         lab.children.push(child);
     }
     for side in ["a", "b"] {
@@ -396,8 +410,46 @@ fn lab_body(lab: &mut Lab) -> Result<(), String> {
     })?;
     eprintln!("node a: {}", read(&node_a_log));
 
+    ensure!(
+        read(&dir.join("node-a.log")).contains("offloads on"),
+        "node a: {}",
+        read(&dir.join("node-a.log"))
+    );
     // 4. Bulk TCP both ways, byte for byte: the batched paths (TSO bursts split and sealed as
     //    GSO runs; GRO trains opened and coalesced before the TUN write) lose and reorder nothing.
+    bulk_both_ways(lab, &a, &b, &dir, 7778)?;
+
+    // 5. The same with node b restarted without TUN offloads (one packet per TUN read and
+    //    write on that side) talking to a's batches. b pings first: its new session must start
+    //    with a handshake of its own, since a still holds the old one.
+    let mut old_b = lab.children.remove(1);
+    let _ = Command::new("kill").arg(old_b.id().to_string()).status();
+    let _ = old_b.wait();
+    let new_b = start_node(1, &["--no-offload"])?;
+    lab.children.insert(1, new_b);
+    let ready = dir.join("b.ready");
+    wait_for("node b ready again", Duration::from_secs(20), || {
+        ready.exists()
+    })?;
+    let log_b = read(&dir.join("node-b.log"));
+    ensure!(log_b.contains("offloads off"), "node b: {log_b}");
+    let ping: &[&str] = if have("ping") {
+        &["ping", "-c", "3", "-W", "2", "10.42.1.1"]
+    } else {
+        &["busybox", "ping", "-c", "3", "-W", "2", "10.42.1.1"]
+    };
+    let out = ns_run(&b, ping)?;
+    ensure!(
+        out.contains("3 packets received") || out.contains("3 received"),
+        "{out}"
+    );
+    bulk_both_ways(lab, &a, &b, &dir, 7780)?;
+    Ok(())
+}
+
+/// Sends [`BULK`] random bytes over TCP through the overlay from `a` to `b` (on `port`) and
+/// back (on `port + 1`), and checks they arrive unchanged.
+fn bulk_both_ways(lab: &mut Lab, a: &str, b: &str, dir: &Path, port: u16) -> Result<(), String> {
     let data = dir.join("bulk.bin");
     run(&[
         "sh",
@@ -413,11 +465,11 @@ fn lab_body(lab: &mut Lab) -> Result<(), String> {
             .to_string())
     };
     let sent = digest(&data)?;
-    for (from, to, to_addr, port) in [(&a, &b, "10.42.2.1", "7778"), (&b, &a, "10.42.1.1", "7779")]
-    {
+    for (from, to, to_addr, port) in [(a, b, "10.42.2.1", port), (b, a, "10.42.1.1", port + 1)] {
+        let port = port.to_string();
         let received = dir.join(format!("bulk-{port}.out"));
         let listener = Command::new("ip")
-            .args(["netns", "exec", to, "busybox", "nc", "-l", "-p", port])
+            .args(["netns", "exec", to, "busybox", "nc", "-l", "-p", &port])
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&received).unwrap())
             .stderr(Stdio::null())

@@ -21,6 +21,133 @@ pub struct DoctorInput<'a> {
     pub wanted_overlay_port: u16,
     /// The agent runs inside the server's process (`--with-agent`).
     pub embedded: bool,
+    /// The overlay on this host, as the agent's mesh sees it.
+    pub overlay: OverlayView,
+}
+
+/// The overlay on this host, for `corral doctor`.
+#[derive(Clone, Debug)]
+pub enum OverlayView {
+    /// The agent runs with `--no-overlay`.
+    Disabled,
+    /// No configuration from the server yet.
+    Waiting,
+    /// The last configuration could not be applied; why.
+    Failed(String),
+    /// The unencrypted mode, with this many peers.
+    Vxlan { peers: usize },
+    /// The encrypted mode's data plane ended (see the agent's log).
+    Stopped,
+    /// The encrypted mode, running.
+    Encrypted {
+        tunnels: Vec<TunnelView>,
+        counters: corral_overlay::Counters,
+    },
+}
+
+/// One peer host's tunnel.
+#[derive(Clone, Debug)]
+pub struct TunnelView {
+    pub name: String,
+    pub subnet: String,
+    /// `None`: the peer is configured but the data plane does not know it (yet).
+    pub stats: Option<corral_overlay::PeerStats>,
+}
+
+/// `1.2 GB`, `40.1 MB`, `512 B`: decimal units, as network tools count.
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1000.0 && unit + 1 < UNITS.len() {
+        value /= 1000.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+/// The `overlay` check: the mode, each peer's tunnel (endpoint, last handshake, traffic) and
+/// what the data plane refused. Fails only when the overlay should run and does not.
+pub fn overlay(view: &OverlayView) -> Check {
+    const NAME: &str = "overlay";
+    match view {
+        OverlayView::Disabled => check(
+            NAME,
+            true,
+            "this host is not in the overlay (started with --no-overlay, or its key pair could not be loaded: see the agent's log); its containers are reachable only on published ports".into(),
+            None,
+        ),
+        OverlayView::Waiting => check(
+            NAME,
+            true,
+            "waiting for the server's overlay configuration".into(),
+            None,
+        ),
+        OverlayView::Failed(error) => check(
+            NAME,
+            false,
+            format!("cannot set up the overlay (retrying every 5 s): {error}"),
+            Some("fix what the message names (Docker running, /dev/net/tun, CAP_NET_ADMIN), or start the agent with --no-overlay"),
+        ),
+        OverlayView::Vxlan { peers } => check(
+            NAME,
+            true,
+            format!("unencrypted vxlan mode (4789/udp), {peers} peer(s)"),
+            None,
+        ),
+        OverlayView::Stopped => check(
+            NAME,
+            false,
+            "the encrypted overlay's data plane stopped".into(),
+            Some("see the agent's log for \"the overlay data plane stopped\", then restart the agent"),
+        ),
+        OverlayView::Encrypted { tunnels, counters } => {
+            let mut lines = Vec::with_capacity(tunnels.len());
+            for t in tunnels {
+                let state = match &t.stats {
+                    None => "not in the data plane yet".to_owned(),
+                    Some(s) => {
+                        let endpoint = s
+                            .endpoint
+                            .map_or_else(|| "endpoint unknown".to_owned(), |e| format!("at {e}"));
+                        let session = match s.last_handshake {
+                            Some(age) => format!(
+                                "handshake {} s ago, {} sent, {} received",
+                                age.as_secs(),
+                                bytes(s.tx_bytes),
+                                bytes(s.rx_bytes)
+                            ),
+                            None => "no session (idle)".to_owned(),
+                        };
+                        format!("{endpoint}, {session}")
+                    }
+                };
+                lines.push(format!("{} {}: {state}", t.name, t.subnet));
+            }
+            let peers = if lines.is_empty() {
+                "no peers".to_owned()
+            } else {
+                lines.join("; ")
+            };
+            check(
+                NAME,
+                true,
+                format!(
+                    "encrypted (WireGuard), {} peer(s): {peers}; refused: {} unauthenticated or replayed, {} for unknown peers, {} not WireGuard, {} from outside a peer's range",
+                    tunnels.len(),
+                    counters.rejected,
+                    counters.unknown_peer,
+                    counters.garbage,
+                    counters.spoofed
+                ),
+                None,
+            )
+        }
+    }
 }
 
 fn check(name: &str, ok: bool, detail: String, fix: Option<&str>) -> Check {
@@ -68,6 +195,7 @@ pub fn run(input: &DoctorInput<'_>) -> Vec<Check> {
             Some("free the port (another agent or WireGuard may hold it) or start the agent with --overlay-port, then restart it"),
         ),
     });
+    checks.push(overlay(&input.overlay));
     checks.push(docker_socket(input.docker_socket));
     checks.push(nft());
     checks.push(tun());
@@ -215,6 +343,7 @@ mod tests {
             docker_socket: Path::new("/nonexistent/docker.sock"),
             overlay_port: None,
             wanted_overlay_port: 51820,
+            overlay: OverlayView::Disabled,
             embedded: false,
         };
         let checks = run(&input);
@@ -230,5 +359,75 @@ mod tests {
                 .ok
         );
         assert!(checks.iter().all(|c| c.ok == c.fix.is_none()));
+    }
+
+    #[test]
+    fn the_overlay_check_names_each_tunnel_and_fails_only_when_it_should_run_and_does_not() {
+        let stats = corral_overlay::PeerStats {
+            public_key: [1; 32],
+            endpoint: Some("192.0.2.12:51820".parse().unwrap()),
+            allowed: Vec::new(),
+            last_handshake: Some(std::time::Duration::from_secs(12)),
+            tx_bytes: 1_234_000_000,
+            rx_bytes: 40_100_000,
+            handshakes: 3,
+            rtt_ms: Some(1),
+        };
+        let view = OverlayView::Encrypted {
+            tunnels: vec![
+                TunnelView {
+                    name: "h2".into(),
+                    subnet: "10.42.2.0/24".into(),
+                    stats: Some(stats.clone()),
+                },
+                TunnelView {
+                    name: "h3".into(),
+                    subnet: "10.42.3.0/24".into(),
+                    stats: Some(corral_overlay::PeerStats {
+                        endpoint: None,
+                        last_handshake: None,
+                        ..stats
+                    }),
+                },
+            ],
+            counters: corral_overlay::Counters {
+                rejected: 7,
+                ..Default::default()
+            },
+        };
+        let c = overlay(&view);
+        assert!(c.ok);
+        assert!(
+            c.detail.contains(
+                "h2 10.42.2.0/24: at 192.0.2.12:51820, handshake 12 s ago, 1.2 GB sent, 40.1 MB received"
+            ),
+            "{}",
+            c.detail
+        );
+        assert!(
+            c.detail
+                .contains("h3 10.42.3.0/24: endpoint unknown, no session (idle)"),
+            "{}",
+            c.detail
+        );
+        assert!(
+            c.detail.contains("7 unauthenticated or replayed"),
+            "{}",
+            c.detail
+        );
+
+        for (view, ok) in [
+            (OverlayView::Disabled, true),
+            (OverlayView::Waiting, true),
+            (OverlayView::Vxlan { peers: 2 }, true),
+            (OverlayView::Stopped, false),
+            (OverlayView::Failed("Docker is not running".into()), false),
+        ] {
+            let c = overlay(&view);
+            assert_eq!(c.ok, ok, "{view:?}: {}", c.detail);
+            assert_eq!(c.fix.is_some(), !ok, "{view:?}");
+        }
+        assert_eq!(bytes(999), "999 B");
+        assert_eq!(bytes(1_500), "1.5 kB");
     }
 }

@@ -364,6 +364,10 @@ async fn execute(command: Command, ctx: Context) -> CommandResult {
             let overlay_port = ctx.overlay.as_ref().and_then(|o| o.port());
             let wanted_overlay_port = ctx.overlay_port;
             let embedded = ctx.embedded;
+            let overlay = match &ctx.mesh {
+                Some(mesh) => mesh.view().await,
+                None => doctor::OverlayView::Disabled,
+            };
             let checks = tokio::task::spawn_blocking(move || {
                 doctor::run(&doctor::DoctorInput {
                     server: &ctx.server,
@@ -374,6 +378,7 @@ async fn execute(command: Command, ctx: Context) -> CommandResult {
                     overlay_port,
                     wanted_overlay_port,
                     embedded,
+                    overlay,
                 })
             })
             .await;

@@ -23,6 +23,7 @@ use corral_overlay::{PeerConfig, Prefix, Router};
 use corral_proto::OverlayConfig;
 
 use crate::docker::{Engine, OverlayNet};
+use crate::doctor::{OverlayView, TunnelView};
 use crate::overlay::Overlay;
 
 /// The overlay's TUN device.
@@ -50,6 +51,15 @@ pub struct Mesh {
     names: tokio::sync::watch::Sender<crate::dns::Names>,
     /// The DNS responder on the overlay bridge's address, once it runs.
     dns: tokio::sync::Mutex<Option<(Ipv4Addr, tokio::task::JoinHandle<()>)>>,
+    /// The configuration last applied, or why the last attempt failed (for `corral doctor`).
+    applied: std::sync::Mutex<Applied>,
+}
+
+/// The outcome of the latest configuration attempt.
+#[derive(Default)]
+struct Applied {
+    config: Option<OverlayConfig>,
+    error: Option<String>,
 }
 
 fn psk_of(cfg: &OverlayConfig) -> Result<Option<[u8; 32]>, String> {
@@ -309,6 +319,7 @@ impl Mesh {
             running: tokio::sync::Mutex::new(None),
             names: tokio::sync::watch::Sender::new(crate::dns::Names::default()),
             dns: tokio::sync::Mutex::new(None),
+            applied: std::sync::Mutex::new(Applied::default()),
         })
     }
 
@@ -383,7 +394,18 @@ impl Mesh {
     fn apply_in_background(self: Arc<Self>, cfg: OverlayConfig) {
         tokio::spawn(async move {
             loop {
-                match self.configure(&cfg).await {
+                let outcome = self.configure(&cfg).await;
+                {
+                    let mut applied = self.applied.lock().unwrap_or_else(|p| p.into_inner());
+                    match &outcome {
+                        Ok(()) => {
+                            applied.config = Some(cfg.clone());
+                            applied.error = None;
+                        }
+                        Err(e) => applied.error = Some(e.clone()),
+                    }
+                }
+                match outcome {
                     Ok(()) => return,
                     Err(e) => {
                         tracing::error!(error = %e, "cannot set up the overlay; retrying in 5 s");
@@ -515,9 +537,44 @@ impl Mesh {
         Ok(())
     }
 
-    /// Per-peer diagnostics of the running data plane.
-    pub async fn stats(&self) -> Option<Vec<corral_overlay::PeerStats>> {
-        self.running.lock().await.as_ref().map(|r| r.handle.stats())
+    /// What `corral doctor` reports about this host's overlay.
+    pub async fn view(&self) -> OverlayView {
+        let (config, error) = {
+            let applied = self.applied.lock().unwrap_or_else(|p| p.into_inner());
+            (applied.config.clone(), applied.error.clone())
+        };
+        if let Some(error) = error {
+            return OverlayView::Failed(error);
+        }
+        let Some(config) = config else {
+            return OverlayView::Waiting;
+        };
+        if config.mode == "vxlan" {
+            return OverlayView::Vxlan {
+                peers: config.peers.len(),
+            };
+        }
+        let running = self.running.lock().await;
+        let Some(r) = running.as_ref().filter(|r| !r.task.is_finished()) else {
+            return OverlayView::Stopped;
+        };
+        let stats = r.handle.stats();
+        let tunnels = config
+            .peers
+            .iter()
+            .map(|p| TunnelView {
+                name: p.name.clone(),
+                subnet: p.subnet.clone(),
+                stats: stats
+                    .iter()
+                    .find(|s| corral_overlay::to_hex(&s.public_key) == p.public_key)
+                    .cloned(),
+            })
+            .collect();
+        OverlayView::Encrypted {
+            tunnels,
+            counters: r.handle.counters(),
+        }
     }
 }
 

@@ -160,6 +160,15 @@ fn doctor_runs_the_checks_on_the_host_and_shows_fixes() {
     assert_eq!(by_name("server tunnel")["ok"], true);
     assert_eq!(by_name("no listening TCP port")["ok"], true);
     assert_eq!(by_name("clock")["ok"], true, "same machine, same clock");
+    let overlay = by_name("overlay");
+    assert_eq!(overlay["ok"], true);
+    assert!(
+        overlay["detail"]
+            .as_str()
+            .unwrap()
+            .contains("not in the overlay"),
+        "{overlay}"
+    );
     let has_nft = std::process::Command::new("nft")
         .arg("--version")
         .output()

@@ -448,6 +448,29 @@ fn containers_on_different_hosts_talk_only_through_the_encrypted_overlay() {
     // The others still talk.
     let (ok, page) = lab.exec("h1", &client, &get_script(&web_ip, ""));
     assert!(ok && page.contains("hello from corral"), "{page}");
+
+    // `corral doctor` shows h1's tunnel to h2 in use, and h3 gone from its peers.
+    let out = lab.cli(&["doctor", "--host", "h1", "-o", "json"]);
+    let reports: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let overlay = reports[0]["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "overlay")
+        .unwrap()
+        .clone();
+    let detail = overlay["detail"].as_str().unwrap();
+    eprintln!("doctor on h1, overlay: {detail}");
+    assert_eq!(overlay["ok"], true, "{overlay}");
+    assert!(
+        detail.starts_with("encrypted (WireGuard), 1 peer(s): h2 10.42."),
+        "{detail}"
+    );
+    assert!(
+        detail.contains("handshake") && detail.contains("received"),
+        "{detail}"
+    );
+    assert!(!detail.contains("h3"), "{detail}");
 }
 
 #[test]

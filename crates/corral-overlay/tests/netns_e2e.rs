@@ -344,15 +344,7 @@ fn lab_body(lab: &mut Lab) -> Result<(), String> {
 
     let marker = format!("corral-overlay-marker-{}", to_hex(&keypair().unwrap().1));
     let nc_out = dir.join("nc.out");
-    let listener = Command::new("ip")
-        .args(["netns", "exec", &b, "busybox", "nc", "-l", "-p", "7777"])
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&nc_out).unwrap())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("starting busybox nc: {e}"))?;
-    lab.children.push(listener);
-    std::thread::sleep(Duration::from_millis(300));
+    nc_listen(lab, &b, "7777", &nc_out)?;
     ns_run(
         &a,
         &[
@@ -447,6 +439,21 @@ fn lab_body(lab: &mut Lab) -> Result<(), String> {
     Ok(())
 }
 
+/// Starts `busybox nc -l -p PORT` in `ns`, writing what it receives to `out`, and gives it a
+/// moment to listen.
+fn nc_listen(lab: &mut Lab, ns: &str, port: &str, out: &Path) -> Result<(), String> {
+    let listener = Command::new("ip")
+        .args(["netns", "exec", ns, "busybox", "nc", "-l", "-p", port])
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(out).map_err(|e| format!("{}: {e}", out.display()))?)
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("starting busybox nc: {e}"))?;
+    lab.children.push(listener);
+    std::thread::sleep(Duration::from_millis(300));
+    Ok(())
+}
+
 /// Sends [`BULK`] random bytes over TCP through the overlay from `a` to `b` (on `port`) and
 /// back (on `port + 1`), and checks they arrive unchanged.
 fn bulk_both_ways(lab: &mut Lab, a: &str, b: &str, dir: &Path, port: u16) -> Result<(), String> {
@@ -468,15 +475,7 @@ fn bulk_both_ways(lab: &mut Lab, a: &str, b: &str, dir: &Path, port: u16) -> Res
     for (from, to, to_addr, port) in [(a, b, "10.42.2.1", port), (b, a, "10.42.1.1", port + 1)] {
         let port = port.to_string();
         let received = dir.join(format!("bulk-{port}.out"));
-        let listener = Command::new("ip")
-            .args(["netns", "exec", to, "busybox", "nc", "-l", "-p", &port])
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&received).unwrap())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("starting busybox nc: {e}"))?;
-        lab.children.push(listener);
-        std::thread::sleep(Duration::from_millis(300));
+        nc_listen(lab, to, &port, &received)?;
         let started = Instant::now();
         // bash's /dev/tcp: busybox nc quits at the end of its input before sending it all.
         ns_run(

@@ -17,10 +17,15 @@ fn script() -> PathBuf {
 }
 
 fn lab_sh(args: &[&str]) -> Output {
+    lab_sh_env(args, &[])
+}
+
+fn lab_sh_env(args: &[&str], env: &[(&str, &str)]) -> Output {
     Command::new("bash")
         .arg(script())
         .args(args)
         .env("CORRAL_BIN", corral_bin())
+        .envs(env.iter().copied())
         .output()
         .expect("lab.sh")
 }
@@ -32,11 +37,16 @@ struct Lab {
 
 impl Lab {
     fn up(hosts: usize, server_args: &[&str]) -> Option<Lab> {
+        Lab::up_env(hosts, server_args, &[])
+    }
+
+    /// [`Lab::up`] with environment variables for `lab.sh up` (`LAB_DOCKER_IPTABLES=1`).
+    fn up_env(hosts: usize, server_args: &[&str], env: &[(&str, &str)]) -> Option<Lab> {
         let dir = tmp();
         let n = hosts.to_string();
         let mut args = vec!["up", dir.path().to_str().unwrap(), &n, "--"];
         args.extend(server_args);
-        let out = lab_sh(&args);
+        let out = lab_sh_env(&args, env);
         let lab = Lab { dir };
         if !out.status.success() {
             let err = String::from_utf8_lossy(&out.stderr);
@@ -573,4 +583,47 @@ fn the_vxlan_mode_carries_the_same_traffic_unencrypted_and_switches_back() {
                 .1
                 .contains("hello from corral")
     });
+}
+
+#[test]
+fn with_dockers_own_iptables_the_overlay_still_carries_traffic() {
+    // A default Docker install manages iptables itself: FORWARD's policy is DROP and every bridge
+    // network masquerades. The agent adds what the overlay needs next to Docker's rules.
+    let Some(lab) = Lab::up_env(2, &[], &[("LAB_DOCKER_IPTABLES", "1")]) else {
+        return;
+    };
+    let web_ip = lab.deploy_net(NET_COMPOSE);
+    let client = lab.container_of("h1", "client");
+    for target in [web_ip.as_str(), "web"] {
+        wait_until(Duration::from_secs(20), "h1 to reach web on h2", || {
+            let (ok, page) = lab.exec("h1", &client, &get_script(target, ""));
+            ok && page.contains("hello from corral")
+        });
+    }
+    let h2 = String::from_utf8_lossy(&lab_sh(&["ns", lab.path(), "h2"]).stdout)
+        .trim()
+        .to_owned();
+    let iptables = |args: &[&str]| {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &h2, "iptables"])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let user = iptables(&["-S", "DOCKER-USER"]);
+    assert!(
+        user.contains("-i corral0 -o corral-br0 -j ACCEPT"),
+        "DOCKER-USER on h2:\n{user}"
+    );
+    let nat = iptables(&["-t", "nat", "-S", "POSTROUTING"]);
+    // h2's lease, from web's address on it.
+    let (net, _) = web_ip.rsplit_once('.').unwrap();
+    let lease = format!("{net}.0/24");
+    assert!(
+        nat.lines().any(|l| l.contains(&lease)
+            && l.contains("! -d 10.42.0.0/16")
+            && l.contains("MASQUERADE")),
+        "POSTROUTING on h2:\n{nat}"
+    );
 }

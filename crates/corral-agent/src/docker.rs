@@ -141,13 +141,18 @@ impl Engine {
         engine
     }
 
-    async fn connect(&self) -> Result<Docker, String> {
-        let path = self.host.strip_prefix("unix://").ok_or_else(|| {
+    /// The Docker socket's path, from `--docker-host unix:///PATH`.
+    pub fn socket_path(&self) -> Result<&str, String> {
+        self.host.strip_prefix("unix://").ok_or_else(|| {
             format!(
                 "--docker-host {:?} must be unix:///path/to/docker.sock",
                 self.host
             )
-        })?;
+        })
+    }
+
+    async fn connect(&self) -> Result<Docker, String> {
+        let path = self.socket_path()?;
         let docker = Docker::connect_with_unix(path, 120, bollard::API_DEFAULT_VERSION)
             .map_err(unavailable)?
             .negotiate_version()

@@ -15,7 +15,8 @@ pub struct DoctorInput<'a> {
     /// The server's clock when it sent the command, if it said.
     pub server_time_ms: Option<i64>,
     pub now_ms: i64,
-    pub docker_socket: &'a Path,
+    /// The Docker socket (`--docker-host`), or why that is not a socket path.
+    pub docker_socket: Result<&'a Path, &'a str>,
     /// The overlay socket's port, if it is bound, and the port it was asked to bind.
     pub overlay_port: Option<u16>,
     pub wanted_overlay_port: u16,
@@ -196,7 +197,15 @@ pub fn run(input: &DoctorInput<'_>) -> Vec<Check> {
         ),
     });
     checks.push(overlay(&input.overlay));
-    checks.push(docker_socket(input.docker_socket));
+    checks.push(match input.docker_socket {
+        Ok(path) => docker_socket(path),
+        Err(e) => check(
+            "docker socket",
+            false,
+            e.to_owned(),
+            Some("start the agent with --docker-host unix:///var/run/docker.sock (or the engine's socket)"),
+        ),
+    });
     checks.push(nft());
     checks.push(tun());
     let listening = own_listening_tcp();
@@ -340,7 +349,7 @@ mod tests {
             pin: "sha256:00".into(),
             server_time_ms: Some(1_000_000),
             now_ms: 1_005_000,
-            docker_socket: Path::new("/nonexistent/docker.sock"),
+            docker_socket: Ok(Path::new("/nonexistent/docker.sock")),
             overlay_port: None,
             wanted_overlay_port: 51820,
             overlay: OverlayView::Disabled,
@@ -359,6 +368,22 @@ mod tests {
                 .ok
         );
         assert!(checks.iter().all(|c| c.ok == c.fix.is_none()));
+
+        // A --docker-host that is no socket path is named, with the fix.
+        let bad = DoctorInput {
+            docker_socket: Err(
+                "--docker-host \"tcp://x:2375\" must be unix:///path/to/docker.sock",
+            ),
+            ..input
+        };
+        let checks = run(&bad);
+        let docker = checks.iter().find(|c| c.name == "docker socket").unwrap();
+        assert!(
+            !docker.ok && docker.detail.contains("tcp://x:2375"),
+            "{}",
+            docker.detail
+        );
+        assert!(docker.fix.as_deref().unwrap().contains("--docker-host"));
     }
 
     #[test]

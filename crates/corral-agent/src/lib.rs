@@ -364,6 +364,7 @@ async fn execute(command: Command, ctx: Context) -> CommandResult {
             let overlay_port = ctx.overlay.as_ref().and_then(|o| o.port());
             let wanted_overlay_port = ctx.overlay_port;
             let embedded = ctx.embedded;
+            let docker_socket = ctx.engine.socket_path().map(std::path::PathBuf::from);
             let overlay = match &ctx.mesh {
                 Some(mesh) => mesh.view().await,
                 None => doctor::OverlayView::Disabled,
@@ -374,7 +375,7 @@ async fn execute(command: Command, ctx: Context) -> CommandResult {
                     pin: ctx.pin.clone(),
                     server_time_ms,
                     now_ms: now_ms(),
-                    docker_socket: std::path::Path::new("/var/run/docker.sock"),
+                    docker_socket: docker_socket.as_deref().map_err(String::as_str),
                     overlay_port,
                     wanted_overlay_port,
                     embedded,

@@ -462,13 +462,12 @@ fn containers_on_different_hosts_talk_only_through_the_encrypted_overlay() {
     // `corral doctor` shows h1's tunnel to h2 in use, and h3 gone from its peers.
     let out = lab.cli(&["doctor", "--host", "h1", "-o", "json"]);
     let reports: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let overlay = reports[0]["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == "overlay")
-        .unwrap()
-        .clone();
+    let checks = reports[0]["checks"].as_array().unwrap();
+    let by_name = |name: &str| checks.iter().find(|c| c["name"] == name).unwrap().clone();
+    // The agent's own engine (--docker-host), not the machine's default socket.
+    let docker = by_name("docker socket");
+    assert_eq!(docker["ok"], true, "{docker}");
+    let overlay = by_name("overlay");
     let detail = overlay["detail"].as_str().unwrap();
     eprintln!("doctor on h1, overlay: {detail}");
     assert_eq!(overlay["ok"], true, "{overlay}");

@@ -104,6 +104,10 @@ printf '%-44s %8s Gbit/s   (%s)\n' "through the encrypted overlay" "$OM" "${OVER
 printf '%-44s %8s Gbit/s   (%s)\n' "raw path between the two namespaces" "$RM" "${RAW[*]}"
 printf '%-44s %8s\n' "ratio overlay / raw" "$(awk -v o="$OM" -v r="$RM" 'BEGIN { printf "%.3f", o / r }')"
 printf '%-44s %8s cores per Gbit/s   (%s)\n' "agents' CPU (both hosts)" "$CM" "${CPU[*]}"
+peak_rss() { # PID: the process's peak resident set, MiB
+    awk '/^VmHWM:/ {printf "%.1f", $2 / 1024}' "/proc/$1/status"
+}
+printf '%-44s %8s MiB (h1, sending)   %s MiB (h2, receiving)\n' "agents' peak RSS" "$(peak_rss "$AGENT1")" "$(peak_rss "$AGENT2")"
 
 # The encryption-only bound: sealing and opening on one core, no kernel in the way.
 echo

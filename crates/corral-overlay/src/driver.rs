@@ -110,6 +110,8 @@ pub enum DriverError {
     Tun { name: String, source: io::Error },
     #[error("overlay UDP socket: {0}")]
     Socket(io::Error),
+    #[error("an overlay task ended: {0}")]
+    TaskEnded(String),
     #[error("{0:?} is not a usable interface name (1–15 bytes, no '/', spaces or leading '-')")]
     DeviceName(String),
     #[error("`{command}` could not be started: {source} (is iproute2 installed and `ip` on PATH?)")]
@@ -333,15 +335,22 @@ fn size_socket_buffers(socket: &UdpSocket) {
 struct Tasks(Vec<JoinHandle<Result<(), DriverError>>>);
 
 impl Tasks {
-    /// The result of whichever task ends first (they only end on a fatal error).
+    /// The result of whichever task ends first (they only end on a fatal error). That task
+    /// leaves the set: a finished `JoinHandle` must not be awaited again.
     async fn first_to_end(&mut self) -> Result<(), DriverError> {
-        let (result, _, _) = futures_select_all(&mut self.0).await;
-        match result {
-            Ok(r) => r,
-            Err(e) => Err(DriverError::Socket(io::Error::other(format!(
-                "overlay task ended: {e}"
-            )))),
-        }
+        let (index, ended) = std::future::poll_fn(|cx| {
+            self.0
+                .iter_mut()
+                .enumerate()
+                .find_map(|(i, task)| match std::pin::Pin::new(task).poll(cx) {
+                    std::task::Poll::Ready(r) => Some((i, r)),
+                    std::task::Poll::Pending => None,
+                })
+                .map_or(std::task::Poll::Pending, std::task::Poll::Ready)
+        })
+        .await;
+        self.0.swap_remove(index);
+        ended.unwrap_or_else(|e| Err(DriverError::TaskEnded(e.to_string())))
     }
 
     /// Aborts every task and waits until they are gone (and with them the TUN device).
@@ -361,21 +370,6 @@ impl Drop for Tasks {
             task.abort();
         }
     }
-}
-
-/// Waits for the first of `handles` to finish; returns its output and index.
-async fn futures_select_all<T>(
-    handles: &mut [JoinHandle<T>],
-) -> (Result<T, tokio::task::JoinError>, usize, ()) {
-    std::future::poll_fn(|cx| {
-        for (i, h) in handles.iter_mut().enumerate() {
-            if let std::task::Poll::Ready(r) = std::pin::Pin::new(h).poll(cx) {
-                return std::task::Poll::Ready((r, i, ()));
-            }
-        }
-        std::task::Poll::Pending
-    })
-    .await
 }
 
 /// A run of sealed datagrams to one peer laid out back to back, all `segment` bytes long but
@@ -723,6 +717,23 @@ mod tests {
             route_del("-f", "10.42.0.0/16").await,
             Err(DriverError::DeviceName(_))
         ));
+    }
+
+    #[tokio::test]
+    async fn the_first_task_to_fail_ends_the_driver_and_the_rest_are_stopped() {
+        let mut tasks = Tasks(vec![
+            tokio::spawn(std::future::pending()),
+            tokio::spawn(async { Err(DriverError::DeviceName("x".into())) }),
+            tokio::spawn(std::future::pending()),
+        ]);
+        let ended = tasks.first_to_end().await;
+        assert!(
+            matches!(ended, Err(DriverError::DeviceName(_))),
+            "{ended:?}"
+        );
+        // Stopping awaits only the tasks still running (awaiting a finished one would panic).
+        tasks.stop().await;
+        assert!(tasks.0.is_empty());
     }
 
     #[tokio::test]

@@ -6,7 +6,6 @@
 //! what the host's agent reports: its inventory on every connect, then every change. A
 //! container that disappears from a host's inventory behind corral's back becomes `missing`.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -381,21 +380,15 @@ pub async fn settle_unwatched(state: &AppState, command_id: &str, outcome: Outco
 async fn host_name(state: &AppState, host_id: &str) -> String {
     state
         .store
-        .hosts(true)
+        .host_names()
         .await
         .ok()
-        .and_then(|hs| hs.into_iter().find(|h| h.id == host_id).map(|h| h.name))
+        .and_then(|mut names| names.remove(host_id))
         .unwrap_or_else(|| host_id.to_owned())
 }
 
 pub async fn list(state: &AppState) -> Result<Vec<ContainerView>, ApiError> {
-    let hosts: BTreeMap<String, String> = state
-        .store
-        .hosts(true)
-        .await?
-        .into_iter()
-        .map(|h| (h.id, h.name))
-        .collect();
+    let hosts = state.store.host_names().await?;
     Ok(state
         .store
         .containers()

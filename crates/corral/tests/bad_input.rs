@@ -23,15 +23,7 @@ fn facts(name: &str) -> HostFacts {
 }
 
 async fn raw(server: &Server) -> Tunnel {
-    corral_tls::install_default_provider();
-    Dialer::new(
-        &server.url(),
-        CaChecksum::parse(&server.env.checksum).unwrap(),
-    )
-    .unwrap()
-    .open()
-    .await
-    .unwrap()
+    pinned_dialer(server).open().await.unwrap()
 }
 
 /// Reads until the server closes; returns the reason it gave.

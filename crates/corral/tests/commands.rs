@@ -8,29 +8,20 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use corral_agent::{Dialer, Tunnel, dial};
+use corral_agent::Tunnel;
 use corral_proto::{AgentMessage, Auth, Command, CommandResult, HostFacts, ServerMessage};
-use corral_tls::CaChecksum;
 
 async fn raw_agent(server: &Server, token: &str, credential: &str, name: &str) -> Tunnel {
-    corral_tls::install_default_provider();
-    let dialer = Dialer::new(
-        &server.url(),
-        CaChecksum::parse(&server.env.checksum).unwrap(),
-    )
-    .unwrap();
-    let hello = dial::hello(
-        Auth::Register {
-            token: token.into(),
-            credential: credential.into(),
-        },
-        HostFacts {
-            name: name.into(),
-            hostname: name.into(),
-            ..Default::default()
-        },
-    );
-    dialer.connect(hello).await.unwrap().0
+    let auth = Auth::Register {
+        token: token.into(),
+        credential: credential.into(),
+    };
+    let facts = HostFacts {
+        name: name.into(),
+        hostname: name.into(),
+        ..Default::default()
+    };
+    dial_agent(server, auth, facts).await
 }
 
 async fn next_command(t: &mut Tunnel) -> Command {

@@ -188,12 +188,8 @@ fn the_lab_tears_down_everything_it_made() {
     let Some(lab) = Lab::up(1, &[]) else {
         return;
     };
-    let srv_ns = String::from_utf8_lossy(&lab_sh(&["ns", lab.path(), "srv"]).stdout)
-        .trim()
-        .to_owned();
-    let h1_ns = String::from_utf8_lossy(&lab_sh(&["ns", lab.path(), "h1"]).stdout)
-        .trim()
-        .to_owned();
+    let srv_ns = lab.ns("srv");
+    let h1_ns = lab.ns("h1");
     let netns = || {
         String::from_utf8_lossy(
             &Command::new("ip")
@@ -249,6 +245,28 @@ impl Lab {
         let ip = web["replicas"][0]["ip"].as_str().unwrap().to_owned();
         assert!(ip.starts_with("10.42."), "{ip}");
         ip
+    }
+
+    /// The network namespace of lab host `host` (`srv`, `h1`…).
+    fn ns(&self, host: &str) -> String {
+        String::from_utf8_lossy(&lab_sh(&["ns", self.path(), host]).stdout)
+            .trim()
+            .to_owned()
+    }
+
+    /// Starts tcpdump on the lab bridge with `filter`, writing `file` in the lab's directory;
+    /// returns it (stop it to flush) once it has had a second to start, and the file's path.
+    fn capture(&self, file: &str, filter: &[&str]) -> (Proc, PathBuf) {
+        let bridge = String::from_utf8_lossy(&lab_sh(&["bridge", self.path()]).stdout)
+            .trim()
+            .to_owned();
+        let pcap = self.dir.path().join(file);
+        let mut args = vec!["-i", &bridge, "-U", "-w", pcap.to_str().unwrap()];
+        args.extend_from_slice(filter);
+        let capture =
+            Proc::spawn_program("tcpdump", &args, self.dir.path().join("tcpdump.log"), &[]);
+        std::thread::sleep(Duration::from_secs(1));
+        (capture, pcap)
     }
 
     /// The id of the (single) running container of `service` on `host`.
@@ -323,25 +341,8 @@ fn containers_on_different_hosts_talk_only_through_the_encrypted_overlay() {
 
     // Across hosts, by overlay address; the lab bridge carries only the agents' tunnels to the
     // server and UDP between overlay sockets, and never the payload.
-    let bridge = String::from_utf8_lossy(&lab_sh(&["bridge", lab.path()]).stdout)
-        .trim()
-        .to_owned();
-    let pcap = lab.dir.path().join("capture.pcap");
-    let mut capture = Proc::spawn_program(
-        "tcpdump",
-        &[
-            "-i",
-            &bridge,
-            "-U",
-            "-w",
-            pcap.to_str().unwrap(),
-            // IPv4 only: link-local IPv6 chatter (router solicitations) carries no payload.
-            "ip",
-        ],
-        lab.dir.path().join("tcpdump.log"),
-        &[],
-    );
-    std::thread::sleep(Duration::from_secs(1));
+    // IPv4 only: link-local IPv6 chatter (router solicitations) carries no payload.
+    let (mut capture, pcap) = lab.capture("capture.pcap", &["ip"]);
     let marker = format!("MARKER-{}-SECRET", std::process::id());
     let (ok, answer) = lab.exec("h1", &client, &get_script(&web_ip, &marker));
     assert!(ok && answer.contains("HTTP/1.1 404"), "{answer}");
@@ -373,9 +374,7 @@ fn containers_on_different_hosts_talk_only_through_the_encrypted_overlay() {
 
     // A flood of garbage and forged WireGuard-looking datagrams at h2's overlay port, from
     // another machine on the network, changes nothing for the legitimate peers.
-    let srv_ns = String::from_utf8_lossy(&lab_sh(&["ns", lab.path(), "srv"]).stdout)
-        .trim()
-        .to_owned();
+    let srv_ns = lab.ns("srv");
     let mut flood = Proc::spawn_program(
         "ip",
         &[
@@ -531,26 +530,7 @@ fn the_vxlan_mode_carries_the_same_traffic_unencrypted_and_switches_back() {
     });
     // In this mode the wire carries the payload in clear, in VXLAN (UDP 4789): the trade-off
     // the operator chose for a trusted network.
-    let bridge = String::from_utf8_lossy(&lab_sh(&["bridge", lab.path()]).stdout)
-        .trim()
-        .to_owned();
-    let pcap = lab.dir.path().join("vxlan.pcap");
-    let mut capture = Proc::spawn_program(
-        "tcpdump",
-        &[
-            "-i",
-            &bridge,
-            "-U",
-            "-w",
-            pcap.to_str().unwrap(),
-            "udp",
-            "port",
-            "4789",
-        ],
-        lab.dir.path().join("tcpdump.log"),
-        &[],
-    );
-    std::thread::sleep(Duration::from_secs(1));
+    let (mut capture, pcap) = lab.capture("vxlan.pcap", &["udp", "port", "4789"]);
     let marker = format!("VXLAN-{}-MARKER", std::process::id());
     let _ = lab.exec("h1", &client, &get_script(&web_ip, &marker));
     std::thread::sleep(Duration::from_secs(1));
@@ -566,9 +546,7 @@ fn the_vxlan_mode_carries_the_same_traffic_unencrypted_and_switches_back() {
             .status
             .success()
     );
-    let h1 = String::from_utf8_lossy(&lab_sh(&["ns", lab.path(), "h1"]).stdout)
-        .trim()
-        .to_owned();
+    let h1 = lab.ns("h1");
     wait_until(Duration::from_secs(20), "the switch back", || {
         let links = Command::new("ip")
             .args(["-n", &h1, "-o", "link"])
@@ -599,9 +577,7 @@ fn with_dockers_own_iptables_the_overlay_still_carries_traffic() {
             ok && page.contains("hello from corral")
         });
     }
-    let h2 = String::from_utf8_lossy(&lab_sh(&["ns", lab.path(), "h2"]).stdout)
-        .trim()
-        .to_owned();
+    let h2 = lab.ns("h2");
     let iptables = |args: &[&str]| {
         let out = Command::new("ip")
             .args(["netns", "exec", &h2, "iptables"])

@@ -9,9 +9,8 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use corral_agent::{Dialer, Tunnel, dial};
+use corral_agent::Tunnel;
 use corral_proto::{Auth, HostFacts, OverlayConfig, ServerMessage};
-use corral_tls::CaChecksum;
 
 async fn agent(server: &Server, token: &str, name: &str, key: &str, port: u16) -> Tunnel {
     connect(
@@ -28,23 +27,14 @@ async fn agent(server: &Server, token: &str, name: &str, key: &str, port: u16) -
 }
 
 async fn connect(server: &Server, auth: Auth, name: &str, key: &str, port: u16) -> Tunnel {
-    corral_tls::install_default_provider();
-    let dialer = Dialer::new(
-        &server.url(),
-        CaChecksum::parse(&server.env.checksum).unwrap(),
-    )
-    .unwrap();
-    let hello = dial::hello(
-        auth,
-        HostFacts {
-            name: name.into(),
-            hostname: name.into(),
-            overlay_port: Some(port),
-            overlay_public_key: Some(key.into()),
-            ..Default::default()
-        },
-    );
-    dialer.connect(hello).await.unwrap().0
+    let facts = HostFacts {
+        name: name.into(),
+        hostname: name.into(),
+        overlay_port: Some(port),
+        overlay_public_key: Some(key.into()),
+        ..Default::default()
+    };
+    dial_agent(server, auth, facts).await
 }
 
 /// The next overlay configuration that satisfies `want`.

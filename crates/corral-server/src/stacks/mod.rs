@@ -256,13 +256,7 @@ fn service_def(row: &ServiceRow) -> Option<ServiceDef> {
 pub async fn view(state: &AppState, stack: &StackRow) -> Result<StackView, ApiError> {
     let services = state.store.services(&stack.id).await?;
     let containers = state.store.stack_containers(&stack.id).await?;
-    let hosts: BTreeMap<String, String> = state
-        .store
-        .hosts(true)
-        .await?
-        .into_iter()
-        .map(|h| (h.id, h.name))
-        .collect();
+    let hosts = state.store.host_names().await?;
     let env = state
         .store
         .environment_by_id(&stack.environment_id)

@@ -405,7 +405,7 @@ async fn run_replica(
     };
     state.store.insert_container(&row).await?;
     let payload = serde_json::to_value(&spec).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    state.reconciler.lock().in_flight.insert(id.clone());
+    let in_flight = InFlight::mark(state, &id);
     let (_, rx) = match submit(
         state,
         host_id,
@@ -418,7 +418,6 @@ async fn run_replica(
         Ok(x) => x,
         Err(e) => {
             let _ = state.store.delete_container(&id).await;
-            state.reconciler.finished(&id);
             return Err(e);
         }
     };
@@ -455,9 +454,32 @@ async fn run_replica(
                 state.reconciler.failed_start(&stack_id, &service, message);
             }
         }
-        state.reconciler.finished(&row.id);
+        drop(in_flight);
     });
     Ok(())
+}
+
+/// A container marked in flight: no pass acts on it until the mark is dropped — when the host
+/// has answered its command, or when the command could not be sent.
+struct InFlight {
+    state: Arc<AppState>,
+    id: String,
+}
+
+impl InFlight {
+    fn mark(state: &Arc<AppState>, id: &str) -> InFlight {
+        state.reconciler.lock().in_flight.insert(id.to_owned());
+        InFlight {
+            state: state.clone(),
+            id: id.to_owned(),
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.state.reconciler.finished(&self.id);
+    }
 }
 
 /// How long the removal of a replica that left a lost host waits for that host to return.
@@ -505,14 +527,8 @@ async fn remove_replica(
             "removing replica"
         );
     }
-    state.reconciler.lock().in_flight.insert(id.to_owned());
-    let rx = match send_remove(state, &r.host_id, id, grace_of(services, &r.service)).await {
-        Ok(rx) => rx,
-        Err(e) => {
-            state.reconciler.finished(id);
-            return Err(e);
-        }
-    };
+    let in_flight = InFlight::mark(state, id);
+    let rx = send_remove(state, &r.host_id, id, grace_of(services, &r.service)).await?;
     let state = state.clone();
     let id = id.to_owned();
     let host_id = r.host_id.clone();
@@ -536,7 +552,7 @@ async fn remove_replica(
             }
             _ => {}
         }
-        state.reconciler.finished(&id);
+        drop(in_flight);
     });
     Ok(())
 }
@@ -584,24 +600,16 @@ async fn start_replica(
     };
     let payload = serde_json::to_value(ContainerRef::lifecycle(id, None))
         .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    state.reconciler.lock().in_flight.insert(id.to_owned());
-    let (_, rx) = match submit(
+    let in_flight = InFlight::mark(state, id);
+    let (_, rx) = submit(
         state,
         &r.host_id,
         CommandKind::ContainerStart,
         payload,
         Duration::from_secs(60),
     )
-    .await
-    {
-        Ok(x) => x,
-        Err(e) => {
-            state.reconciler.finished(id);
-            return Err(e);
-        }
-    };
+    .await?;
     let state = state.clone();
-    let id = id.to_owned();
     let host_id = r.host_id.clone();
     tokio::spawn(async move {
         if let Ok(Outcome::Done(CommandResult::Ok { value })) = rx.await
@@ -614,7 +622,7 @@ async fn start_replica(
         }
         // Docker's own restart policy may be restarting it too; give it a moment.
         tokio::time::sleep(Duration::from_secs(1)).await;
-        state.reconciler.finished(&id);
+        drop(in_flight);
     });
     Ok(())
 }

@@ -513,6 +513,16 @@ impl Store {
     }
 
     /// Finds a live host by id or by name (ids win; a name must be unambiguous).
+    /// Every host's name by id, removed hosts included (older rows still name them).
+    pub async fn host_names(&self) -> Result<std::collections::BTreeMap<String, String>> {
+        Ok(self
+            .hosts(true)
+            .await?
+            .into_iter()
+            .map(|h| (h.id, h.name))
+            .collect())
+    }
+
     pub async fn find_host(&self, id_or_name: &str) -> Result<HostRow> {
         let rows: Vec<HostRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT {HOST_COLUMNS} FROM hosts WHERE removed_at IS NULL AND (id = ? OR name = ?)"

@@ -25,6 +25,27 @@ pub fn credential() -> String {
     )
 }
 
+/// A dialer pinned to `server`'s CA, as an agent has it.
+pub fn pinned_dialer(server: &Server) -> corral_agent::Dialer {
+    corral_tls::install_default_provider();
+    corral_agent::Dialer::new(
+        &server.url(),
+        corral_tls::CaChecksum::parse(&server.env.checksum).unwrap(),
+    )
+    .unwrap()
+}
+
+/// An agent speaking the protocol from the test itself: says hello with `auth` and `facts`
+/// and returns the tunnel once the server has welcomed it.
+pub async fn dial_agent(
+    server: &Server,
+    auth: corral_proto::Auth,
+    facts: corral_proto::HostFacts,
+) -> corral_agent::Tunnel {
+    let hello = corral_agent::dial::hello(auth, facts);
+    pinned_dialer(server).connect(hello).await.unwrap().0
+}
+
 pub fn corral_bin() -> &'static str {
     env!("CARGO_BIN_EXE_corral")
 }

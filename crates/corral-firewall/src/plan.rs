@@ -16,7 +16,7 @@ use std::net::IpAddr;
 use serde::Serialize;
 
 use crate::net::{Cidr, CidrError, Family, PortRange, Protocol, minimize};
-use crate::topology::{Environment, HostRole, Overlay, SSH_PORT, Topology};
+use crate::topology::{Environment, HostRole, Overlay, PublishedPort, SSH_PORT, Topology};
 
 /// Most hosts a topology may hold.
 pub const MAX_HOSTS: usize = 4096;
@@ -752,6 +752,8 @@ fn address_problem(addr: &IpAddr) -> Option<&'static str> {
     }
 }
 
+/// Problems and warnings collected while planning.
+#[derive(Default)]
 struct Ctx {
     errors: Vec<PlanError>,
     warnings: Vec<PlanWarning>,
@@ -824,6 +826,11 @@ impl Ctx {
         }
         Some(kept)
     }
+
+    /// Ends planning with the problems found so far.
+    fn stop(&mut self) -> PlanError {
+        finish_errors(std::mem::take(&mut self.errors))
+    }
 }
 
 fn or_anywhere(c: Vec<Cidr>) -> Endpoint {
@@ -839,20 +846,78 @@ fn or_anywhere(c: Vec<Cidr>) -> Endpoint {
 /// Every problem found is reported (as [`PlanError::Many`] when there are several); warnings
 /// that do not stop planning are in [`Plan::warnings`].
 pub fn plan(topology: &Topology) -> Result<Plan, PlanError> {
-    let mut cx = Ctx {
-        errors: Vec::new(),
-        warnings: Vec::new(),
-    };
-    let t = topology;
+    let mut cx = Ctx::default();
+    let checked = check(&mut cx, topology)?;
+    let groups = security_groups(&mut cx, topology, &checked);
+    let flows = FlowPlanner::flows(topology, &checked);
+    warn_about_egress(&mut cx, topology);
+    Ok(Plan {
+        topology: topology.clone(),
+        environments: checked.environments,
+        hosts: checked.hosts,
+        groups,
+        flows,
+        warnings: cx.warnings,
+        agent_port: checked.ports.agent,
+    })
+}
+
+/// The topology after every check passed: what the groups and flows are built from.
+struct Checked {
+    ports: ServerPorts,
+    addresses: AddressBook,
+    environments: Vec<Environment>,
+    hosts: Vec<PlannedHost>,
+    cidrs: CidrLists,
+    published: Vec<Published>,
+}
+
+/// The checking phases, in the order their problems are reported. Each phase records every
+/// problem it finds; only a list too long to look at stops planning at once.
+fn check(cx: &mut Ctx, t: &Topology) -> Result<Checked, PlanError> {
+    check_list_lengths(cx, t)?;
+    let host_names = check_names(cx, t)?;
+    check_interfaces_and_group_ids(cx, t)?;
+    let ports = check_server_ports(cx, t);
+    let addresses = check_addresses(cx, t)?;
+    let environments = effective_environments(cx, t);
+    let hosts = place_hosts(cx, t, &environments);
+    let cidrs = parse_cidr_lists(cx, t);
+    let published = PublishChecks {
+        host_names: &host_names,
+        hosts: &hosts,
+        environments: &environments,
+        listen_port: ports.listen,
+        ssh_administered: !cidrs.admin.is_empty(),
+    }
+    .check_all(cx, &t.published);
+    check_port_clashes(cx, &published, &hosts);
+    if !cx.errors.is_empty() {
+        return Err(cx.stop());
+    }
+    Ok(Checked {
+        ports,
+        addresses,
+        environments,
+        hosts,
+        cidrs,
+        published,
+    })
+}
+
+fn check_list_lengths(cx: &mut Ctx, t: &Topology) -> Result<(), PlanError> {
     let hosts_ok = cx.limit("hosts", t.hosts.len(), MAX_HOSTS);
     let pub_ok = cx.limit("published ports", t.published.len(), MAX_PUBLISHED);
     let env_ok = cx.limit("environments", t.environments.len(), MAX_ENVIRONMENTS);
     let rep_ok = cx.limit("server replicas", t.server.replicas.len(), MAX_LIST);
     if !(hosts_ok && pub_ok && env_ok && rep_ok) {
-        return Err(finish_errors(cx.errors));
+        return Err(cx.stop());
     }
+    Ok(())
+}
 
-    // --- Names -----------------------------------------------------------------------------
+/// Checks the names of machines, environments and services; returns the host names.
+fn check_names(cx: &mut Ctx, t: &Topology) -> Result<BTreeSet<String>, PlanError> {
     cx.name("server", &t.server.name);
     for r in &t.server.replicas {
         cx.name("server replica", &r.name);
@@ -884,7 +949,7 @@ pub fn plan(topology: &Topology) -> Result<Plan, PlanError> {
             h.addresses.len(),
             MAX_LIST,
         ) {
-            return Err(finish_errors(cx.errors));
+            return Err(cx.stop());
         }
     }
     let mut env_names = BTreeSet::new();
@@ -903,12 +968,16 @@ pub fn plan(topology: &Topology) -> Result<Plan, PlanError> {
             cx.name("stack", s);
         }
     }
+    Ok(host_names)
+}
+
+fn check_interfaces_and_group_ids(cx: &mut Ctx, t: &Topology) -> Result<(), PlanError> {
     if !cx.limit(
         "bridge interfaces",
         t.bridge_interfaces.len(),
         MAX_ENVIRONMENTS,
     ) {
-        return Err(finish_errors(cx.errors));
+        return Err(cx.stop());
     }
     for i in &t.bridge_interfaces {
         if !valid_interface(i) {
@@ -928,8 +997,20 @@ pub fn plan(topology: &Topology) -> Result<Plan, PlanError> {
             });
         }
     }
+    Ok(())
+}
 
-    // --- Server ports and URL ----------------------------------------------------------------
+/// Where the server listens and where agents dial it.
+struct ServerPorts {
+    /// The port the server listens on.
+    listen: u16,
+    /// The port agents dial: the advertised URL's, else `listen`.
+    agent: u16,
+    /// The advertised URL's host when it is an address.
+    advertised_ip: Option<IpAddr>,
+}
+
+fn check_server_ports(cx: &mut Ctx, t: &Topology) -> ServerPorts {
     let listen_port = t.server.listen_port;
     if listen_port == 0 {
         cx.errors.push(PlanError::ZeroPort {
@@ -976,10 +1057,22 @@ pub fn plan(topology: &Topology) -> Result<Plan, PlanError> {
                 .join(", "),
         });
     }
+    ServerPorts {
+        listen: listen_port,
+        agent: agent_port,
+        advertised_ip,
+    }
+}
 
-    // --- Addresses ---------------------------------------------------------------------------
-    let mut owners: BTreeMap<IpAddr, (String, bool)> = BTreeMap::new();
-    let mut claim = |cx: &mut Ctx, owner: String, is_server_side: bool, addr: &IpAddr| {
+/// The owner of every machine address, so that one address on two machines is refused.
+#[derive(Default)]
+struct AddressBook {
+    /// Owner, and whether it is on the server side (server, replica).
+    owners: BTreeMap<IpAddr, (String, bool)>,
+}
+
+impl AddressBook {
+    fn claim(&mut self, cx: &mut Ctx, owner: String, is_server_side: bool, addr: &IpAddr) {
         if let Some(reason) = address_problem(addr) {
             cx.errors.push(PlanError::BadAddress {
                 owner: owner.clone(),
@@ -988,9 +1081,9 @@ pub fn plan(topology: &Topology) -> Result<Plan, PlanError> {
             });
             return;
         }
-        match owners.get(addr) {
+        match self.owners.get(addr) {
             None => {
-                owners.insert(*addr, (owner, is_server_side));
+                self.owners.insert(*addr, (owner, is_server_side));
             }
             Some((first, _)) if first == &owner => {}
             Some((first, first_server)) => {
@@ -1008,21 +1101,29 @@ pub fn plan(topology: &Topology) -> Result<Plan, PlanError> {
                 });
             }
         }
-    };
+    }
+
+    fn contains(&self, addr: &IpAddr) -> bool {
+        self.owners.contains_key(addr)
+    }
+}
+
+fn check_addresses(cx: &mut Ctx, t: &Topology) -> Result<AddressBook, PlanError> {
+    let mut book = AddressBook::default();
     if !cx.limit("server addresses", t.server.addresses.len(), MAX_LIST) {
-        return Err(finish_errors(cx.errors));
+        return Err(cx.stop());
     }
     for a in &t.server.addresses {
-        claim(&mut cx, format!("server {}", t.server.name), true, a);
+        book.claim(cx, format!("server {}", t.server.name), true, a);
     }
     for r in &t.server.replicas {
         for a in &r.addresses {
-            claim(&mut cx, format!("server replica {}", r.name), true, a);
+            book.claim(cx, format!("server replica {}", r.name), true, a);
         }
     }
     if let Some(ds) = &t.server.datastore {
         for a in &ds.addresses {
-            claim(&mut cx, format!("datastore {}", ds.name), false, a);
+            book.claim(cx, format!("datastore {}", ds.name), false, a);
         }
         if ds.port == 0 {
             cx.errors.push(PlanError::ZeroPort {
@@ -1032,7 +1133,7 @@ pub fn plan(topology: &Topology) -> Result<Plan, PlanError> {
     }
     for h in &t.hosts {
         for a in &h.addresses {
-            claim(&mut cx, format!("host {}", h.name), false, a);
+            book.claim(cx, format!("host {}", h.name), false, a);
         }
         if h.addresses.is_empty() {
             cx.warn(
@@ -1053,8 +1154,11 @@ pub fn plan(topology: &Topology) -> Result<Plan, PlanError> {
             });
         }
     }
+    Ok(book)
+}
 
-    // --- Environments --------------------------------------------------------------------------
+/// The topology's environments, or an implicit `default` when it has none.
+fn effective_environments(cx: &mut Ctx, t: &Topology) -> Vec<Environment> {
     let environments: Vec<Environment> = if t.environments.is_empty() {
         vec![Environment {
             name: "default".to_string(),
@@ -1080,6 +1184,12 @@ pub fn plan(topology: &Topology) -> Result<Plan, PlanError> {
             );
         }
     }
+    environments
+}
+
+/// Gives every host its effective environment and role; hosts whose environment is unknown
+/// or ambiguous are reported and left out.
+fn place_hosts(cx: &mut Ctx, t: &Topology, environments: &[Environment]) -> Vec<PlannedHost> {
     let known_envs = environments
         .iter()
         .map(|e| e.name.clone())
@@ -1119,14 +1229,27 @@ pub fn plan(topology: &Topology) -> Result<Plan, PlanError> {
             role: h.role(),
         });
     }
-    let overlay_of = |env: &str| -> Overlay {
-        environments
-            .iter()
-            .find(|e| e.name == env)
-            .map(|e| e.overlay)
-            .unwrap_or_default()
-    };
-    // --- CIDR lists ----------------------------------------------------------------------------
+    hosts
+}
+
+fn overlay_of(environments: &[Environment], env: &str) -> Overlay {
+    environments
+        .iter()
+        .find(|e| e.name == env)
+        .map(|e| e.overlay)
+        .unwrap_or_default()
+}
+
+/// The topology's CIDR lists, parsed and minimised (empty where they had errors).
+struct CidrLists {
+    admin: Vec<Cidr>,
+    api: Vec<Cidr>,
+    dns: Vec<Cidr>,
+    ntp: Vec<Cidr>,
+    registries: Vec<Cidr>,
+}
+
+fn parse_cidr_lists(cx: &mut Ctx, t: &Topology) -> CidrLists {
     let admin = cx.cidrs("admin_cidrs", &t.admin_cidrs).unwrap_or_default();
     if admin.iter().any(Cidr::is_any) {
         cx.warn(
@@ -1152,34 +1275,59 @@ pub fn plan(topology: &Topology) -> Result<Plan, PlanError> {
     let registries = cx
         .cidrs("registry_cidrs", &t.registry_cidrs)
         .unwrap_or_default();
-
-    // --- Published ports ------------------------------------------------------------------------
-    struct Pub {
-        name: String,
-        service: String,
-        host: Option<String>,
-        protocol: Protocol,
-        ports: PortRange,
-        sources: Endpoint,
+    CidrLists {
+        admin,
+        api,
+        dns,
+        ntp,
+        registries,
     }
-    let mut pubs: Vec<Pub> = Vec::new();
-    for p in &t.published {
+}
+
+/// A published port that passed its checks, with its sources parsed.
+struct Published {
+    /// `web` or `shop/web`.
+    name: String,
+    service: String,
+    host: Option<String>,
+    protocol: Protocol,
+    ports: PortRange,
+    sources: Endpoint,
+}
+
+/// What a published port is checked against.
+struct PublishChecks<'a> {
+    host_names: &'a BTreeSet<String>,
+    hosts: &'a [PlannedHost],
+    environments: &'a [Environment],
+    listen_port: u16,
+    /// Admin networks are given, so 22/tcp of every host is open to them for sshd.
+    ssh_administered: bool,
+}
+
+impl PublishChecks<'_> {
+    fn check_all(&self, cx: &mut Ctx, published: &[PublishedPort]) -> Vec<Published> {
+        published.iter().filter_map(|p| self.check(cx, p)).collect()
+    }
+
+    /// `None` when the port yields no rule: it was refused, or it is open to nobody.
+    fn check(&self, cx: &mut Ctx, p: &PublishedPort) -> Option<Published> {
         let name = p.display_name();
         let label = format!("published port {} {}/{}", name, p.port, p.protocol);
         if p.protocol == Protocol::Icmp {
             cx.errors.push(PlanError::PublishedIcmp {
                 service: shown(&name),
             });
-            continue;
+            return None;
         }
         if let Some(h) = &p.host
-            && !host_names.contains(h)
+            && !self.host_names.contains(h)
         {
             cx.errors.push(PlanError::UnknownHost {
                 service: shown(&name),
                 host: shown(h),
             });
-            continue;
+            return None;
         }
         let sources = match &p.sources {
             None => Endpoint::anywhere(),
@@ -1189,12 +1337,9 @@ pub fn plan(topology: &Topology) -> Result<Plan, PlanError> {
                     "has an empty sources list: the port would be open to nobody, so no rule is \
                      emitted for it",
                 );
-                continue;
+                return None;
             }
-            Some(list) => match cx.cidrs(&format!("{label}, sources"), list) {
-                Some(c) => Endpoint::Cidrs(c),
-                None => continue,
-            },
+            Some(list) => Endpoint::Cidrs(cx.cidrs(&format!("{label}, sources"), list)?),
         };
         let width = u32::from(p.port.to()) - u32::from(p.port.from()) + 1;
         if width > WIDE_RANGE_WARNING {
@@ -1203,55 +1348,10 @@ pub fn plan(topology: &Topology) -> Result<Plan, PlanError> {
                 format!("opens {width} ports; check that the service really needs them all"),
             );
         }
-        // Ports corral needs on the machines that publish it.
-        let targets: Vec<&PlannedHost> = match &p.host {
-            Some(h) => hosts.iter().filter(|x| &x.name == h).collect(),
-            None => hosts.iter().collect(),
-        };
-        let on = match &p.host {
-            Some(h) => format!("host `{h}`"),
-            None => "every host".to_string(),
-        };
-        let mut reserved = false;
-        if p.protocol == Protocol::Udp {
-            let mut seen = BTreeSet::new();
-            for h in &targets {
-                let o = overlay_of(&h.environment);
-                if p.port.contains(o.port()) && seen.insert(o.port()) {
-                    reserved = true;
-                    cx.errors.push(PlanError::PortReservedByCorral {
-                        service: name.clone(),
-                        on: on.clone(),
-                        protocol: Protocol::Udp,
-                        ports: p.port,
-                        port: o.port(),
-                        used_by: format!(
-                            "the host-to-host {} of environment {}",
-                            o.label(),
-                            h.environment
-                        ),
-                    });
-                }
-            }
+        if self.reserved_by_corral(cx, p, &name) {
+            return None;
         }
-        if p.protocol == Protocol::Tcp
-            && p.port.contains(listen_port)
-            && let Some(h) = targets.iter().find(|h| h.role == HostRole::Server)
-        {
-            reserved = true;
-            cx.errors.push(PlanError::PortReservedByCorral {
-                service: name.clone(),
-                on: format!("host `{}` (which runs the server)", h.name),
-                protocol: Protocol::Tcp,
-                ports: p.port,
-                port: listen_port,
-                used_by: "the server API and agent tunnel".to_string(),
-            });
-        }
-        if reserved {
-            continue;
-        }
-        if p.protocol == Protocol::Tcp && p.port.contains(SSH_PORT) && !admin.is_empty() {
+        if p.protocol == Protocol::Tcp && p.port.contains(SSH_PORT) && self.ssh_administered {
             cx.warn(
                 &label,
                 "publishes 22/tcp while SSH administration is configured on the same hosts; \
@@ -1266,18 +1366,71 @@ pub fn plan(topology: &Topology) -> Result<Plan, PlanError> {
                  ufw, firewalld) open it only where it is published",
             );
         }
-        pubs.push(Pub {
+        Some(Published {
             name,
             service: p.service.clone(),
             host: p.host.clone(),
             protocol: p.protocol,
             ports: p.port,
             sources,
-        });
+        })
     }
-    // Clashes between services on one host.
-    for (i, a) in pubs.iter().enumerate() {
-        for b in pubs.iter().skip(i + 1) {
+
+    /// Reports every port corral itself needs on the machines that publish `p`; true when
+    /// there is one.
+    fn reserved_by_corral(&self, cx: &mut Ctx, p: &PublishedPort, name: &str) -> bool {
+        let targets: Vec<&PlannedHost> = match &p.host {
+            Some(h) => self.hosts.iter().filter(|x| &x.name == h).collect(),
+            None => self.hosts.iter().collect(),
+        };
+        let on = match &p.host {
+            Some(h) => format!("host `{h}`"),
+            None => "every host".to_string(),
+        };
+        let mut reserved = false;
+        if p.protocol == Protocol::Udp {
+            let mut seen = BTreeSet::new();
+            for h in &targets {
+                let o = overlay_of(self.environments, &h.environment);
+                if p.port.contains(o.port()) && seen.insert(o.port()) {
+                    reserved = true;
+                    cx.errors.push(PlanError::PortReservedByCorral {
+                        service: name.to_string(),
+                        on: on.clone(),
+                        protocol: Protocol::Udp,
+                        ports: p.port,
+                        port: o.port(),
+                        used_by: format!(
+                            "the host-to-host {} of environment {}",
+                            o.label(),
+                            h.environment
+                        ),
+                    });
+                }
+            }
+        }
+        if p.protocol == Protocol::Tcp
+            && p.port.contains(self.listen_port)
+            && let Some(h) = targets.iter().find(|h| h.role == HostRole::Server)
+        {
+            reserved = true;
+            cx.errors.push(PlanError::PortReservedByCorral {
+                service: name.to_string(),
+                on: format!("host `{}` (which runs the server)", h.name),
+                protocol: Protocol::Tcp,
+                ports: p.port,
+                port: self.listen_port,
+                used_by: "the server API and agent tunnel".to_string(),
+            });
+        }
+        reserved
+    }
+}
+
+/// Reports services publishing overlapping ports of one protocol on one host.
+fn check_port_clashes(cx: &mut Ctx, published: &[Published], hosts: &[PlannedHost]) {
+    for (i, a) in published.iter().enumerate() {
+        for b in published.iter().skip(i + 1) {
             if a.protocol != b.protocol || !a.ports.overlaps(&b.ports) {
                 continue;
             }
@@ -1303,38 +1456,12 @@ pub fn plan(topology: &Topology) -> Result<Plan, PlanError> {
             }
         }
     }
+}
 
-    if !cx.errors.is_empty() {
-        return Err(finish_errors(cx.errors));
-    }
-
-    // --- Groups --------------------------------------------------------------------------------
-    let mut server_members = Vec::new();
-    let mut server_addrs = t.server.addresses.clone();
-    if let Some(ip) = advertised_ip
-        && !server_addrs.contains(&ip)
-        && !owners.contains_key(&ip)
-    {
-        server_addrs.push(ip);
-    }
-    server_members.push(Member {
-        name: t.server.name.clone(),
-        addresses: server_addrs,
-    });
-    for r in &t.server.replicas {
-        server_members.push(Member {
-            name: r.name.clone(),
-            addresses: r.addresses.clone(),
-        });
-    }
-    for h in hosts.iter().filter(|h| h.role == HostRole::Server) {
-        server_members.push(Member {
-            name: h.name.clone(),
-            addresses: h.addresses.clone(),
-        });
-    }
-    let has_server_host = hosts.iter().any(|h| h.role == HostRole::Server);
-    if has_server_host && t.server.addresses.is_empty() && advertised_ip.is_none() {
+fn security_groups(cx: &mut Ctx, t: &Topology, checked: &Checked) -> Vec<SecurityGroup> {
+    let server_members = server_members(t, checked);
+    let has_server_host = checked.hosts.iter().any(|h| h.role == HostRole::Server);
+    if has_server_host && t.server.addresses.is_empty() && checked.ports.advertised_ip.is_none() {
         // The server runs on a host: its addresses are the host's. Nothing to warn about.
     } else if server_members.iter().all(|m| m.addresses.is_empty()) {
         cx.warn(
@@ -1343,6 +1470,8 @@ pub fn plan(topology: &Topology) -> Result<Plan, PlanError> {
              (group-based formats can)",
         );
     }
+    let sg = &t.security_groups;
+    let listen_port = checked.ports.listen;
     let mut groups = vec![
         SecurityGroup {
             kind: GroupKind::Server,
@@ -1357,7 +1486,8 @@ pub fn plan(topology: &Topology) -> Result<Plan, PlanError> {
             name: "corral-hosts".to_string(),
             description: "corral hosts: agents dial out; overlay between hosts; published ports"
                 .to_string(),
-            members: hosts
+            members: checked
+                .hosts
                 .iter()
                 .map(|h| Member {
                     name: h.name.clone(),
@@ -1385,215 +1515,292 @@ pub fn plan(topology: &Topology) -> Result<Plan, PlanError> {
             }],
         });
     }
+    groups
+}
 
-    // --- Flows ---------------------------------------------------------------------------------
-    let mut flows: Vec<Flow> = Vec::new();
-    let single = |p: u16| PortRange::single(p).ok();
-    let srv = Endpoint::Group(GroupKind::Server);
-    let hst = Endpoint::Group(GroupKind::Hosts);
-    let dsg = Endpoint::Group(GroupKind::Datastore);
-    let api_from = if api.is_empty() || api.iter().any(Cidr::is_any) {
-        ""
-    } else if t.api_cidrs.is_some() {
-        " from the allowed API networks"
-    } else {
-        " from the admin networks"
-    };
-
-    // Server group, inbound.
-    if let Some(ports) = single(listen_port) {
-        flows.push(Flow {
-            group: GroupKind::Server,
-            direction: Direction::Inbound,
-            traffic: Traffic::Tcp { ports },
-            source: or_anywhere(api.clone()),
-            destination: srv.clone(),
-            kind: FlowKind::Api,
-            service: None,
-            purpose: format!("Users and the CLI reach the server API over HTTPS{api_from}"),
-            impact_if_removed: "Nobody can use the API or the CLI; agents stay connected \
-                                and running containers keep running"
-                .to_string(),
-        });
-        flows.push(Flow {
-            group: GroupKind::Server,
-            direction: Direction::Inbound,
-            traffic: Traffic::Tcp { ports },
-            source: hst.clone(),
-            destination: srv.clone(),
-            kind: FlowKind::AgentTunnel,
-            service: None,
-            purpose: "Agents dial out to the server: one TLS WebSocket per host carries every \
-                      command and reply; the server never connects to hosts"
-                .to_string(),
-            impact_if_removed: "Agents cannot connect: hosts show as disconnected, no deploys, \
-                                logs or status; running containers keep running"
-                .to_string(),
-        });
-    }
-    let ssh = single(SSH_PORT);
-    if !admin.is_empty()
-        && let Some(ports) = ssh
+/// The server, its replicas and the hosts with role `server`.
+fn server_members(t: &Topology, checked: &Checked) -> Vec<Member> {
+    let mut server_members = Vec::new();
+    let mut server_addrs = t.server.addresses.clone();
+    if let Some(ip) = checked.ports.advertised_ip
+        && !server_addrs.contains(&ip)
+        && !checked.addresses.contains(&ip)
     {
-        flows.push(ssh_flow(GroupKind::Server, &srv, &admin, ports));
+        server_addrs.push(ip);
     }
-    if t.allow_path_mtu_icmp {
-        flows.push(pmtu_flow(GroupKind::Server, &srv));
-    }
-    // Server group, outbound.
-    if let Some(ds) = &t.server.datastore
-        && let Some(ports) = single(ds.port)
-    {
-        flows.push(Flow {
-            group: GroupKind::Server,
-            direction: Direction::Outbound,
-            traffic: Traffic::Tcp { ports },
-            source: srv.clone(),
-            destination: dsg.clone(),
-            kind: FlowKind::Datastore,
-            service: None,
-            purpose: "Server replicas read and write the shared PostgreSQL datastore (TLS)"
-                .to_string(),
-            impact_if_removed: "The server cannot load or store state: API calls and \
-                                scheduling fail"
-                .to_string(),
+    server_members.push(Member {
+        name: t.server.name.clone(),
+        addresses: server_addrs,
+    });
+    for r in &t.server.replicas {
+        server_members.push(Member {
+            name: r.name.clone(),
+            addresses: r.addresses.clone(),
         });
     }
-    flows.extend(egress_basics(GroupKind::Server, &srv, &dns, &ntp));
+    for h in checked.hosts.iter().filter(|h| h.role == HostRole::Server) {
+        server_members.push(Member {
+            name: h.name.clone(),
+            addresses: h.addresses.clone(),
+        });
+    }
+    server_members
+}
 
-    // Host group, inbound.
-    let overlay_groups = overlay_scopes(&environments, &hosts);
-    for (endpoint, overlay, envs) in &overlay_groups {
-        let Some(ports) = single(overlay.port()) else {
-            continue;
+const SERVER_GROUP: Endpoint = Endpoint::Group(GroupKind::Server);
+const HOST_GROUP: Endpoint = Endpoint::Group(GroupKind::Hosts);
+const DATASTORE_GROUP: Endpoint = Endpoint::Group(GroupKind::Datastore);
+
+fn single_port(port: u16) -> Option<PortRange> {
+    PortRange::single(port).ok()
+}
+
+/// Builds the flows in the order the plan lists them: group by group, inbound before
+/// outbound.
+struct FlowPlanner<'a> {
+    t: &'a Topology,
+    checked: &'a Checked,
+    overlay_scopes: Vec<(Endpoint, Overlay, String)>,
+    flows: Vec<Flow>,
+}
+
+impl<'a> FlowPlanner<'a> {
+    fn flows(t: &'a Topology, checked: &'a Checked) -> Vec<Flow> {
+        let mut planner = FlowPlanner {
+            t,
+            checked,
+            overlay_scopes: overlay_scopes(&checked.environments, &checked.hosts),
+            flows: Vec::new(),
         };
-        let what = if overlay.is_encrypted() {
-            "Encrypted overlay between hosts (WireGuard protocol)"
+        planner.server_inbound();
+        planner.server_outbound();
+        planner.hosts_inbound();
+        planner.hosts_outbound();
+        planner.datastore_inbound();
+        planner.flows
+    }
+
+    /// The API and the agent tunnel, then administration.
+    fn server_inbound(&mut self) {
+        let api = &self.checked.cidrs.api;
+        let api_from = if api.is_empty() || api.iter().any(Cidr::is_any) {
+            ""
+        } else if self.t.api_cidrs.is_some() {
+            " from the allowed API networks"
         } else {
-            "Unencrypted vxlan overlay between hosts (trusted networks only)"
+            " from the admin networks"
         };
-        flows.push(Flow {
-            group: GroupKind::Hosts,
-            direction: Direction::Inbound,
-            traffic: Traffic::Udp { ports },
-            source: endpoint.clone(),
-            destination: endpoint.clone(),
-            kind: FlowKind::Overlay,
-            service: None,
-            purpose: format!("{what}, environment {envs}"),
-            impact_if_removed: "Containers on different hosts cannot reach each other; traffic \
-                                within one host still works"
-                .to_string(),
-        });
-    }
-    for p in &pubs {
-        let dest = match &p.host {
-            Some(h) => Endpoint::Host(h.clone()),
-            None => hst.clone(),
-        };
-        let on = match &p.host {
-            Some(h) => format!("on host {h}"),
-            None => "on every host".to_string(),
-        };
-        flows.push(Flow {
-            group: GroupKind::Hosts,
-            direction: Direction::Inbound,
-            traffic: Traffic::of(p.protocol, p.ports),
-            source: p.sources.clone(),
-            destination: dest,
-            kind: FlowKind::Published,
-            service: Some(p.name.clone()),
-            purpose: format!(
-                "Service {} publishes {}/{} {on}",
-                p.name, p.ports, p.protocol
-            ),
-            impact_if_removed: format!(
-                "Clients cannot reach service {} on {}/{}",
-                p.service, p.ports, p.protocol
-            ),
-        });
-    }
-    if !admin.is_empty()
-        && let Some(ports) = ssh
-    {
-        flows.push(ssh_flow(GroupKind::Hosts, &hst, &admin, ports));
-    }
-    if t.allow_path_mtu_icmp {
-        flows.push(pmtu_flow(GroupKind::Hosts, &hst));
-    }
-    // Host group, outbound.
-    if let Some(ports) = single(agent_port) {
-        flows.push(Flow {
-            group: GroupKind::Hosts,
-            direction: Direction::Outbound,
-            traffic: Traffic::Tcp { ports },
-            source: hst.clone(),
-            destination: srv.clone(),
-            kind: FlowKind::AgentTunnel,
-            service: None,
-            purpose: "Agent dials out to the server (TLS WebSocket, CA pinned); the only \
-                      control-plane flow, commands come back over it"
-                .to_string(),
-            impact_if_removed: "The agent cannot reach the server: the host shows as \
-                                disconnected and its containers run unmanaged"
-                .to_string(),
-        });
-    }
-    for (endpoint, overlay, envs) in &overlay_groups {
-        let Some(ports) = single(overlay.port()) else {
-            continue;
-        };
-        flows.push(Flow {
-            group: GroupKind::Hosts,
-            direction: Direction::Outbound,
-            traffic: Traffic::Udp { ports },
-            source: endpoint.clone(),
-            destination: endpoint.clone(),
-            kind: FlowKind::Overlay,
-            service: None,
-            purpose: format!(
-                "Overlay to peer hosts ({}), environment {envs}",
-                overlay.label()
-            ),
-            impact_if_removed: "Containers on different hosts cannot reach each other".to_string(),
-        });
-    }
-    if let Some(ports) = single(443) {
-        flows.push(Flow {
-            group: GroupKind::Hosts,
-            direction: Direction::Outbound,
-            traffic: Traffic::Tcp { ports },
-            source: hst.clone(),
-            destination: or_anywhere(registries.clone()),
-            kind: FlowKind::ImagePull,
-            service: None,
-            purpose: "Docker pulls images from registries over HTTPS".to_string(),
-            impact_if_removed: "Deploys and upgrades cannot pull images; running containers \
-                                keep running"
-                .to_string(),
-        });
-    }
-    flows.extend(egress_basics(GroupKind::Hosts, &hst, &dns, &ntp));
-
-    // Datastore group.
-    if let Some(ds) = &t.server.datastore
-        && let Some(ports) = single(ds.port)
-    {
-        flows.push(Flow {
-            group: GroupKind::Datastore,
-            direction: Direction::Inbound,
-            traffic: Traffic::Tcp { ports },
-            source: srv.clone(),
-            destination: dsg.clone(),
-            kind: FlowKind::Datastore,
-            service: None,
-            purpose: "Server replicas use the shared PostgreSQL datastore".to_string(),
-            impact_if_removed: "The server cannot load or store state: API calls and \
-                                scheduling fail"
-                .to_string(),
-        });
+        if let Some(ports) = single_port(self.checked.ports.listen) {
+            self.flows.push(Flow {
+                group: GroupKind::Server,
+                direction: Direction::Inbound,
+                traffic: Traffic::Tcp { ports },
+                source: or_anywhere(api.clone()),
+                destination: SERVER_GROUP,
+                kind: FlowKind::Api,
+                service: None,
+                purpose: format!("Users and the CLI reach the server API over HTTPS{api_from}"),
+                impact_if_removed: "Nobody can use the API or the CLI; agents stay connected \
+                                    and running containers keep running"
+                    .to_string(),
+            });
+            self.flows.push(Flow {
+                group: GroupKind::Server,
+                direction: Direction::Inbound,
+                traffic: Traffic::Tcp { ports },
+                source: HOST_GROUP,
+                destination: SERVER_GROUP,
+                kind: FlowKind::AgentTunnel,
+                service: None,
+                purpose: "Agents dial out to the server: one TLS WebSocket per host carries \
+                          every command and reply; the server never connects to hosts"
+                    .to_string(),
+                impact_if_removed: "Agents cannot connect: hosts show as disconnected, no \
+                                    deploys, logs or status; running containers keep running"
+                    .to_string(),
+            });
+        }
+        self.administration(GroupKind::Server, &SERVER_GROUP);
     }
 
+    /// The datastore, then DNS and NTP.
+    fn server_outbound(&mut self) {
+        if let Some(ds) = &self.t.server.datastore
+            && let Some(ports) = single_port(ds.port)
+        {
+            self.flows.push(Flow {
+                group: GroupKind::Server,
+                direction: Direction::Outbound,
+                traffic: Traffic::Tcp { ports },
+                source: SERVER_GROUP,
+                destination: DATASTORE_GROUP,
+                kind: FlowKind::Datastore,
+                service: None,
+                purpose: "Server replicas read and write the shared PostgreSQL datastore (TLS)"
+                    .to_string(),
+                impact_if_removed: "The server cannot load or store state: API calls and \
+                                    scheduling fail"
+                    .to_string(),
+            });
+        }
+        let cidrs = &self.checked.cidrs;
+        let basics = egress_basics(GroupKind::Server, &SERVER_GROUP, &cidrs.dns, &cidrs.ntp);
+        self.flows.extend(basics);
+    }
+
+    /// The overlay from peer hosts, published ports, then administration.
+    fn hosts_inbound(&mut self) {
+        for (endpoint, overlay, envs) in &self.overlay_scopes {
+            let Some(ports) = single_port(overlay.port()) else {
+                continue;
+            };
+            let what = if overlay.is_encrypted() {
+                "Encrypted overlay between hosts (WireGuard protocol)"
+            } else {
+                "Unencrypted vxlan overlay between hosts (trusted networks only)"
+            };
+            self.flows.push(Flow {
+                group: GroupKind::Hosts,
+                direction: Direction::Inbound,
+                traffic: Traffic::Udp { ports },
+                source: endpoint.clone(),
+                destination: endpoint.clone(),
+                kind: FlowKind::Overlay,
+                service: None,
+                purpose: format!("{what}, environment {envs}"),
+                impact_if_removed: "Containers on different hosts cannot reach each other; \
+                                    traffic within one host still works"
+                    .to_string(),
+            });
+        }
+        let published = self.checked.published.iter().map(published_flow);
+        self.flows.extend(published);
+        self.administration(GroupKind::Hosts, &HOST_GROUP);
+    }
+
+    /// The agent tunnel, the overlay to peer hosts, image pulls, then DNS and NTP.
+    fn hosts_outbound(&mut self) {
+        if let Some(ports) = single_port(self.checked.ports.agent) {
+            self.flows.push(Flow {
+                group: GroupKind::Hosts,
+                direction: Direction::Outbound,
+                traffic: Traffic::Tcp { ports },
+                source: HOST_GROUP,
+                destination: SERVER_GROUP,
+                kind: FlowKind::AgentTunnel,
+                service: None,
+                purpose: "Agent dials out to the server (TLS WebSocket, CA pinned); the only \
+                          control-plane flow, commands come back over it"
+                    .to_string(),
+                impact_if_removed: "The agent cannot reach the server: the host shows as \
+                                    disconnected and its containers run unmanaged"
+                    .to_string(),
+            });
+        }
+        for (endpoint, overlay, envs) in &self.overlay_scopes {
+            let Some(ports) = single_port(overlay.port()) else {
+                continue;
+            };
+            self.flows.push(Flow {
+                group: GroupKind::Hosts,
+                direction: Direction::Outbound,
+                traffic: Traffic::Udp { ports },
+                source: endpoint.clone(),
+                destination: endpoint.clone(),
+                kind: FlowKind::Overlay,
+                service: None,
+                purpose: format!(
+                    "Overlay to peer hosts ({}), environment {envs}",
+                    overlay.label()
+                ),
+                impact_if_removed: "Containers on different hosts cannot reach each other"
+                    .to_string(),
+            });
+        }
+        let cidrs = &self.checked.cidrs;
+        if let Some(ports) = single_port(443) {
+            self.flows.push(Flow {
+                group: GroupKind::Hosts,
+                direction: Direction::Outbound,
+                traffic: Traffic::Tcp { ports },
+                source: HOST_GROUP,
+                destination: or_anywhere(cidrs.registries.clone()),
+                kind: FlowKind::ImagePull,
+                service: None,
+                purpose: "Docker pulls images from registries over HTTPS".to_string(),
+                impact_if_removed: "Deploys and upgrades cannot pull images; running \
+                                    containers keep running"
+                    .to_string(),
+            });
+        }
+        let basics = egress_basics(GroupKind::Hosts, &HOST_GROUP, &cidrs.dns, &cidrs.ntp);
+        self.flows.extend(basics);
+    }
+
+    fn datastore_inbound(&mut self) {
+        if let Some(ds) = &self.t.server.datastore
+            && let Some(ports) = single_port(ds.port)
+        {
+            self.flows.push(Flow {
+                group: GroupKind::Datastore,
+                direction: Direction::Inbound,
+                traffic: Traffic::Tcp { ports },
+                source: SERVER_GROUP,
+                destination: DATASTORE_GROUP,
+                kind: FlowKind::Datastore,
+                service: None,
+                purpose: "Server replicas use the shared PostgreSQL datastore".to_string(),
+                impact_if_removed: "The server cannot load or store state: API calls and \
+                                    scheduling fail"
+                    .to_string(),
+            });
+        }
+    }
+
+    /// SSH from the admin networks when there are any, and path MTU discovery when allowed.
+    fn administration(&mut self, group: GroupKind, local: &Endpoint) {
+        let admin = &self.checked.cidrs.admin;
+        if !admin.is_empty()
+            && let Some(ports) = single_port(SSH_PORT)
+        {
+            self.flows.push(ssh_flow(group, local, admin, ports));
+        }
+        if self.t.allow_path_mtu_icmp {
+            self.flows.push(pmtu_flow(group, local));
+        }
+    }
+}
+
+fn published_flow(p: &Published) -> Flow {
+    let dest = match &p.host {
+        Some(h) => Endpoint::Host(h.clone()),
+        None => HOST_GROUP,
+    };
+    let on = match &p.host {
+        Some(h) => format!("on host {h}"),
+        None => "on every host".to_string(),
+    };
+    Flow {
+        group: GroupKind::Hosts,
+        direction: Direction::Inbound,
+        traffic: Traffic::of(p.protocol, p.ports),
+        source: p.sources.clone(),
+        destination: dest,
+        kind: FlowKind::Published,
+        service: Some(p.name.clone()),
+        purpose: format!(
+            "Service {} publishes {}/{} {on}",
+            p.name, p.ports, p.protocol
+        ),
+        impact_if_removed: format!(
+            "Clients cannot reach service {} on {}/{}",
+            p.service, p.ports, p.protocol
+        ),
+    }
+}
+
+/// Warnings about the egress every plan hardens.
+fn warn_about_egress(cx: &mut Ctx, t: &Topology) {
     if t.dns_resolvers.is_empty() {
         cx.warn(
             "dns_resolvers",
@@ -1611,16 +1818,6 @@ pub fn plan(topology: &Topology) -> Result<Plan, PlanError> {
         "hardened egress also limits what containers can reach (their traffic leaves through the \
          host); add outbound rules for your services' own dependencies",
     );
-
-    Ok(Plan {
-        topology: t.clone(),
-        environments,
-        hosts,
-        groups,
-        flows,
-        warnings: cx.warnings,
-        agent_port,
-    })
 }
 
 fn finish_errors(mut errors: Vec<PlanError>) -> PlanError {

@@ -25,8 +25,8 @@ use bollard::query_parameters::{
     RemoveVolumeOptions, StopContainerOptionsBuilder,
 };
 use corral_proto::{
-    ContainerSpec, ContainerStatus, DockerInfo, HealthSpec, MountSpec, Report, RestartSpec,
-    StackCleanup, labels,
+    CleanupOutcome, ContainerSpec, ContainerState, ContainerStatus, DockerInfo, Health, HealthSpec,
+    MountSpec, Report, RestartPolicyName, RestartSpec, StackCleanup, labels,
 };
 use futures_util::StreamExt;
 use tokio::sync::{Mutex, mpsc};
@@ -112,18 +112,7 @@ fn patient(docker: &Docker, grace_secs: u64) -> Docker {
 struct Listed {
     docker_id: String,
     name: String,
-    state: String,
-}
-
-/// The outcome of a [`corral_proto::CommandKind::StackCleanup`].
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct CleanupOutcome {
-    pub network_removed: bool,
-    /// Named volumes removed (absent ones are not listed).
-    pub volumes_removed: Vec<String>,
-    /// Networks and volumes left alone because corral did not create them for this stack.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub skipped: Vec<String>,
+    state: ContainerState,
 }
 
 impl Engine {
@@ -359,7 +348,7 @@ impl Engine {
             None => self.create(&docker, spec).await?,
         };
         let current = self.status(&docker, &id).await?;
-        if current.state != "running" {
+        if current.state != ContainerState::Running {
             docker.start_container(&id, None).await.map_err(|e| {
                 format!("cannot start {} on host {}: {e}", spec.name, self.host_name)
             })?;
@@ -547,7 +536,7 @@ impl Engine {
     pub async fn start(&self, corral_id: &str) -> Result<Option<ContainerStatus>, String> {
         let (docker, found) = self.existing(corral_id).await?;
         let Some(c) = found else { return Ok(None) };
-        if c.state != "running" {
+        if c.state != ContainerState::Running {
             docker
                 .start_container(&c.docker_id, None)
                 .await
@@ -563,7 +552,7 @@ impl Engine {
     ) -> Result<Option<ContainerStatus>, String> {
         let (docker, found) = self.existing(corral_id).await?;
         let Some(c) = found else { return Ok(None) };
-        if is_up(&c.state) {
+        if c.state.is_up() {
             stop_container(&docker, &c.docker_id, grace_secs)
                 .await
                 .map_err(|e| format!("cannot stop {}: {e}", c.name))?;
@@ -578,7 +567,7 @@ impl Engine {
         let (docker, found) = self.existing(corral_id).await?;
         let Some(c) = found else { return Ok(()) };
         if let Some(grace) = grace_secs
-            && is_up(&c.state)
+            && c.state.is_up()
         {
             match stop_container(&docker, &c.docker_id, grace).await {
                 Ok(()) => {}
@@ -793,11 +782,6 @@ fn resource_labels(stack: Option<&str>) -> HashMap<String, String> {
     l
 }
 
-/// Whether a container in this state has to be stopped.
-fn is_up(state: &str) -> bool {
-    matches!(state, "running" | "restarting" | "paused")
-}
-
 async fn stop_container(docker: &Docker, id: &str, grace_secs: u64) -> Result<(), DockerError> {
     let t = i32::try_from(grace_secs).unwrap_or(i32::MAX);
     patient(docker, grace_secs)
@@ -835,13 +819,15 @@ fn status_of_inspect(c: ContainerInspectResponse) -> ContainerStatus {
             .unwrap_or_default()
             .trim_start_matches('/')
             .to_owned(),
-        state: state.status.map(|s| s.to_string()).unwrap_or_default(),
+        state: state.status.map_or(ContainerState::Unknown, |s| {
+            ContainerState::parse(s.as_ref())
+        }),
         exit_code: state.exit_code,
         health: state
             .health
             .and_then(|h| h.status)
             .filter(|s| !matches!(s, HealthStatusEnum::EMPTY | HealthStatusEnum::NONE))
-            .map(|s| s.to_string()),
+            .and_then(|s| Health::parse(s.as_ref())),
         restart_count: c.restart_count.unwrap_or(0),
         ip: c
             .network_settings
@@ -869,23 +855,19 @@ fn health_config(h: &HealthSpec) -> HealthConfig {
 }
 
 fn restart_policy(r: &RestartSpec) -> Result<RestartPolicy, String> {
-    let name = match r.name.as_str() {
-        "no" => RestartPolicyNameEnum::NO,
-        "always" => RestartPolicyNameEnum::ALWAYS,
-        "on-failure" => RestartPolicyNameEnum::ON_FAILURE,
-        "unless-stopped" => RestartPolicyNameEnum::UNLESS_STOPPED,
-        other => {
-            return Err(format!(
-                "unknown restart policy {other:?}: expected no, always, on-failure or unless-stopped"
-            ));
-        }
+    let name = match r.name {
+        RestartPolicyName::No => RestartPolicyNameEnum::NO,
+        RestartPolicyName::Always => RestartPolicyNameEnum::ALWAYS,
+        RestartPolicyName::OnFailure => RestartPolicyNameEnum::ON_FAILURE,
+        RestartPolicyName::UnlessStopped => RestartPolicyNameEnum::UNLESS_STOPPED,
     };
-    let maximum_retry_count = match (r.name.as_str(), r.max_retries) {
+    let maximum_retry_count = match (r.name, r.max_retries) {
         (_, None) => None,
-        ("on-failure", Some(n)) => Some(i64::from(n)),
+        (RestartPolicyName::OnFailure, Some(n)) => Some(i64::from(n)),
         (other, Some(_)) => {
             return Err(format!(
-                "max_retries applies only to the on-failure restart policy, not {other:?}"
+                "max_retries applies only to the on-failure restart policy, not {:?}",
+                other.as_str()
             ));
         }
     };
@@ -1034,7 +1016,9 @@ fn listed_of_summary(c: bollard::models::ContainerSummary) -> Option<Listed> {
             .unwrap_or_default()
             .trim_start_matches('/')
             .to_owned(),
-        state: c.state.map(|s| s.to_string()).unwrap_or_default(),
+        state: c.state.map_or(ContainerState::Unknown, |s| {
+            ContainerState::parse(s.as_ref())
+        }),
     })
 }
 
@@ -1213,7 +1197,7 @@ mod tests {
         let policy = |name: &str, max_retries| {
             let mut s = spec();
             s.restart = Some(RestartSpec {
-                name: name.into(),
+                name: serde_json::from_value(serde_json::json!(name)).unwrap(),
                 max_retries,
             });
             create_body(&s).map(|b| b.host_config.unwrap().restart_policy.unwrap())
@@ -1232,7 +1216,11 @@ mod tests {
         let p = policy("on-failure", Some(5)).unwrap();
         assert_eq!(p.maximum_retry_count, Some(5));
         assert!(policy("always", Some(5)).is_err());
-        assert!(policy("sometimes", None).is_err());
+        // An unknown policy does not even decode: the command is unreadable, not guessed.
+        assert!(
+            serde_json::from_value::<RestartSpec>(serde_json::json!({"name": "sometimes"}))
+                .is_err()
+        );
     }
 
     #[test]
@@ -1369,8 +1357,8 @@ mod tests {
         let s = status_of_inspect(c);
         assert_eq!(s.corral_id, "c1");
         assert_eq!(s.name, "shop-web-1");
-        assert_eq!(s.state, "running");
-        assert_eq!(s.health.as_deref(), Some("healthy"));
+        assert_eq!(s.state, ContainerState::Running);
+        assert_eq!(s.health, Some(Health::Healthy));
         assert_eq!(s.restart_count, 2);
         let c: ContainerInspectResponse = serde_json::from_value(serde_json::json!({
             "Id": "abc",

@@ -16,7 +16,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use corral_proto::{CommandResult, FirewallApply};
+use corral_proto::{FirewallApply, FirewallOutcome};
 
 use crate::dial::Dialer;
 
@@ -108,41 +108,30 @@ pub fn rollback_pending(state_dir: &Path) -> Result<bool, String> {
     Ok(true)
 }
 
-fn value(v: serde_json::Value) -> CommandResult {
-    CommandResult::Ok { value: v }
-}
-
-fn failed(message: String) -> CommandResult {
-    CommandResult::Failed { message }
-}
-
 /// Carries out a [`FirewallApply`] command.
-pub async fn apply(req: FirewallApply, state_dir: PathBuf, dialer: &Dialer) -> CommandResult {
-    if let Err(e) = check_ruleset(&req.ruleset) {
-        return failed(format!("refusing the ruleset: {e}"));
-    }
-    let f = match files(&state_dir) {
-        Ok(f) => f,
-        Err(e) => return failed(e),
-    };
-    if let Err(e) = write(&f.next, &req.ruleset) {
-        return failed(e);
-    }
+pub async fn apply(
+    req: FirewallApply,
+    state_dir: PathBuf,
+    dialer: &Dialer,
+) -> Result<FirewallOutcome, String> {
+    check_ruleset(&req.ruleset).map_err(|e| format!("refusing the ruleset: {e}"))?;
+    let f = files(&state_dir)?;
+    write(&f.next, &req.ruleset)?;
     let next = f.next.display().to_string();
-    if let Err(e) = nft(&["-c", "-f", &next]) {
-        return failed(format!("the ruleset does not load: {e}"));
-    }
+    nft(&["-c", "-f", &next]).map_err(|e| format!("the ruleset does not load: {e}"))?;
     if req.dry_run {
-        return value(serde_json::json!({ "dry_run": true, "checked": true }));
+        return Ok(FirewallOutcome {
+            dry_run: true,
+            checked: true,
+            ..FirewallOutcome::default()
+        });
     }
     let previous = nft(&["list", "table", "inet", "corral"]).unwrap_or_default();
     let rollback = format!("table {TABLE}\ndelete table {TABLE}\n{previous}");
-    if let Err(e) = write(&f.rollback, &rollback).and_then(|_| write(&f.pending, "1")) {
-        return failed(e);
-    }
+    write(&f.rollback, &rollback).and_then(|_| write(&f.pending, "1"))?;
     if let Err(e) = nft(&["-f", &next]) {
         let _ = std::fs::remove_file(&f.pending);
-        return failed(format!("applying failed, nothing changed: {e}"));
+        return Err(format!("applying failed, nothing changed: {e}"));
     }
     tracing::info!(
         window_s = req.confirm_within_secs,
@@ -156,7 +145,11 @@ pub async fn apply(req: FirewallApply, state_dir: PathBuf, dialer: &Dialer) -> C
                 let _ = std::fs::remove_file(&f.pending);
                 let ms = started.elapsed().as_millis() as u64;
                 tracing::info!(confirmed_after_ms = ms, "firewall rules confirmed");
-                return value(serde_json::json!({ "applied": true, "confirmed_after_ms": ms }));
+                return Ok(FirewallOutcome {
+                    applied: true,
+                    confirmed_after_ms: Some(ms),
+                    ..FirewallOutcome::default()
+                });
             }
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "cannot reach the server through the new rules")
@@ -178,7 +171,7 @@ pub async fn apply(req: FirewallApply, state_dir: PathBuf, dialer: &Dialer) -> C
         }
     );
     tracing::error!("{message}");
-    failed(message)
+    Err(message)
 }
 
 #[cfg(test)]

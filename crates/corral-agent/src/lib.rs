@@ -16,6 +16,7 @@
 //! overlay UDP socket. Everything the server wants
 //! from it arrives over the tunnel the agent opened.
 
+mod commands;
 pub mod dial;
 pub mod dns;
 pub mod docker;
@@ -33,7 +34,7 @@ use std::time::Duration;
 use corral_proto::backoff::Backoff;
 use corral_proto::liveness::{Due, Liveness};
 use corral_proto::{
-    AgentMessage, CloseReason, Command, CommandKind, CommandResult, ServerMessage, Welcome,
+    AgentMessage, CloseReason, Command, CommandBody, CommandResult, ServerMessage, Welcome,
 };
 use corral_tls::CaChecksum;
 
@@ -232,16 +233,16 @@ enum Ended {
 
 /// What command handlers may know about this agent.
 #[derive(Clone)]
-struct Context {
-    server: String,
-    pin: String,
-    state_dir: std::path::PathBuf,
-    dialer: std::sync::Arc<Dialer>,
-    overlay: Option<std::sync::Arc<overlay::Overlay>>,
-    overlay_port: u16,
-    embedded: bool,
-    engine: std::sync::Arc<docker::Engine>,
-    mesh: Option<std::sync::Arc<mesh::Mesh>>,
+pub(crate) struct Context {
+    pub(crate) server: String,
+    pub(crate) pin: String,
+    pub(crate) state_dir: std::path::PathBuf,
+    pub(crate) dialer: std::sync::Arc<Dialer>,
+    pub(crate) overlay: Option<std::sync::Arc<overlay::Overlay>>,
+    pub(crate) overlay_port: u16,
+    pub(crate) embedded: bool,
+    pub(crate) engine: std::sync::Arc<docker::Engine>,
+    pub(crate) mesh: Option<std::sync::Arc<mesh::Mesh>>,
 }
 
 /// Remembers recent outcomes so a command delivered twice is answered, not run, again.
@@ -270,232 +271,11 @@ impl RecentOutcomes {
     }
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
-}
-
-fn to_result<T: serde::Serialize>(r: Result<T, String>) -> CommandResult {
-    match r.map(serde_json::to_value) {
-        Ok(Ok(value)) => CommandResult::Ok { value },
-        Ok(Err(e)) => CommandResult::Failed {
-            message: format!("cannot encode the result: {e}"),
-        },
-        Err(message) => CommandResult::Failed { message },
-    }
-}
-
-/// Largest piece of log text sent in one stream message.
-const STREAM_PIECE: usize = 16 * 1024;
-
-/// Streams a container's logs under the server's credit: never more bytes in flight than it
-/// granted, so a slow reader stops the Docker stream instead of growing memory.
-async fn stream_logs(
-    engine: std::sync::Arc<docker::Engine>,
-    command_id: String,
-    r: corral_proto::ContainerRef,
-    stream_id: String,
-    credit: std::sync::Arc<tokio::sync::Semaphore>,
-    done_tx: tokio::sync::mpsc::Sender<(String, CommandResult)>,
-    out_tx: tokio::sync::mpsc::Sender<AgentMessage>,
-) {
-    use futures_util::StreamExt;
-    let stream = match engine.logs(&r.corral_id, r.follow, r.tail).await {
-        Ok(s) => s,
-        Err(message) => {
-            let _ = done_tx
-                .send((command_id, CommandResult::Failed { message }))
-                .await;
-            return;
-        }
-    };
-    let opened = CommandResult::Ok {
-        value: serde_json::json!({ "stream_id": stream_id }),
-    };
-    if done_tx.send((command_id, opened)).await.is_err() {
-        return;
-    }
-    let mut stream = std::pin::pin!(stream);
-    let mut error = None;
-    while let Some(item) = stream.next().await {
-        let text = match item {
-            Ok(t) => t,
-            Err(e) => {
-                error = Some(e);
-                break;
-            }
-        };
-        let mut rest = text.as_str();
-        while !rest.is_empty() {
-            let mut cut = rest.len().min(STREAM_PIECE);
-            while !rest.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            let (piece, tail) = rest.split_at(cut);
-            rest = tail;
-            match credit.acquire_many(piece.len() as u32).await {
-                Ok(p) => p.forget(),
-                Err(_) => return,
-            }
-            let msg = AgentMessage::StreamData {
-                stream_id: stream_id.clone(),
-                data: piece.to_owned(),
-            };
-            if out_tx.send(msg).await.is_err() {
-                return;
-            }
-        }
-    }
-    let _ = out_tx
-        .send(AgentMessage::StreamEnd { stream_id, error })
-        .await;
-}
-
-/// Carries out one command. Every kind is idempotent.
-async fn execute(command: Command, ctx: Context) -> CommandResult {
-    match command.kind {
-        CommandKind::Doctor => {
-            let server_time_ms = command
-                .payload
-                .get("server_time_ms")
-                .and_then(serde_json::Value::as_i64);
-            let overlay_port = ctx.overlay.as_ref().and_then(|o| o.port());
-            let wanted_overlay_port = ctx.overlay_port;
-            let embedded = ctx.embedded;
-            let docker_socket = ctx.engine.socket_path().map(std::path::PathBuf::from);
-            let overlay = match &ctx.mesh {
-                Some(mesh) => mesh.view().await,
-                None => doctor::OverlayView::Disabled,
-            };
-            let checks = tokio::task::spawn_blocking(move || {
-                doctor::run(&doctor::DoctorInput {
-                    server: &ctx.server,
-                    pin: ctx.pin.clone(),
-                    server_time_ms,
-                    now_ms: now_ms(),
-                    docker_socket: docker_socket.as_deref().map_err(String::as_str),
-                    overlay_port,
-                    wanted_overlay_port,
-                    embedded,
-                    overlay,
-                })
-            })
-            .await;
-            match checks.map(serde_json::to_value) {
-                Ok(Ok(value)) => CommandResult::Ok { value },
-                Ok(Err(e)) => CommandResult::Failed {
-                    message: format!("cannot encode the checks: {e}"),
-                },
-                Err(e) => CommandResult::Failed {
-                    message: format!("the checks failed: {e}"),
-                },
-            }
-        }
-        CommandKind::FirewallApply => {
-            match serde_json::from_value::<corral_proto::FirewallApply>(command.payload) {
-                Ok(req) => firewall::apply(req, ctx.state_dir, &ctx.dialer).await,
-                Err(e) => CommandResult::Failed {
-                    message: format!("malformed firewall command: {e}"),
-                },
-            }
-        }
-        CommandKind::OverlayExpect | CommandKind::OverlaySend => {
-            let Some(socket) = ctx.overlay.as_ref() else {
-                return CommandResult::Failed {
-                    message: format!(
-                        "the agent has no overlay socket: UDP port {} could not be bound (see the agent's log)",
-                        ctx.overlay_port
-                    ),
-                };
-            };
-            let probe = match serde_json::from_value::<corral_proto::OverlayProbe>(command.payload)
-            {
-                Ok(p) => p,
-                Err(e) => {
-                    return CommandResult::Failed {
-                        message: format!("malformed probe: {e}"),
-                    };
-                }
-            };
-            let nonce = match overlay::parse_nonce(&probe.nonce) {
-                Ok(n) => n,
-                Err(message) => return CommandResult::Failed { message },
-            };
-            let window = Duration::from_millis(probe.window_ms.clamp(100, 30_000));
-            if command.kind == CommandKind::OverlayExpect {
-                let received = socket.expect(nonce, window).await;
-                CommandResult::Ok {
-                    value: serde_json::json!({ "received": received }),
-                }
-            } else {
-                match probe.peer.parse::<std::net::SocketAddr>() {
-                    Err(_) => CommandResult::Failed {
-                        message: format!("bad peer address {:?}", probe.peer),
-                    },
-                    Ok(peer) => match socket.send(nonce, peer, window).await {
-                        Ok(sent) => CommandResult::Ok {
-                            value: serde_json::json!({ "sent": sent }),
-                        },
-                        Err(message) => CommandResult::Failed { message },
-                    },
-                }
-            }
-        }
-        CommandKind::ContainerRun => {
-            match serde_json::from_value::<corral_proto::ContainerSpec>(command.payload) {
-                Ok(spec) => to_result(ctx.engine.run(&spec).await),
-                Err(e) => CommandResult::Failed {
-                    message: format!("malformed container spec: {e}"),
-                },
-            }
-        }
-        CommandKind::ContainerStart | CommandKind::ContainerStop | CommandKind::ContainerRemove => {
-            let r = match serde_json::from_value::<corral_proto::ContainerRef>(command.payload) {
-                Ok(r) => r,
-                Err(e) => {
-                    return CommandResult::Failed {
-                        message: format!("malformed container reference: {e}"),
-                    };
-                }
-            };
-            match command.kind {
-                CommandKind::ContainerStart => to_result(ctx.engine.start(&r.corral_id).await),
-                CommandKind::ContainerStop => to_result(
-                    ctx.engine
-                        .stop(&r.corral_id, r.grace_secs.unwrap_or(10))
-                        .await,
-                ),
-                _ => to_result(ctx.engine.remove(&r.corral_id, r.grace_secs).await),
-            }
-        }
-        CommandKind::ImageCheck => {
-            match serde_json::from_value::<corral_proto::ImageCheck>(command.payload) {
-                Ok(req) => to_result(ctx.engine.missing_images(&req.images).await),
-                Err(e) => CommandResult::Failed {
-                    message: format!("malformed image check: {e}"),
-                },
-            }
-        }
-        CommandKind::StackCleanup => {
-            match serde_json::from_value::<corral_proto::StackCleanup>(command.payload) {
-                Ok(req) => to_result(ctx.engine.stack_cleanup(&req).await),
-                Err(e) => CommandResult::Failed {
-                    message: format!("malformed stack cleanup: {e}"),
-                },
-            }
-        }
-        // Log streams are opened by the session loop, which owns the stream table.
-        CommandKind::ContainerLogs => CommandResult::Failed {
-            message: "log streams are opened by the session".into(),
-        },
-        CommandKind::Unknown => CommandResult::Failed {
-            message: format!(
-                "this agent ({AGENT_VERSION}) does not know this command kind; upgrade the agent"
-            ),
-        },
-    }
 }
 
 /// Serves an established tunnel: heartbeats, commands, reports and streams.
@@ -511,176 +291,210 @@ async fn serve(
     if let Err(e) = tunnel.send(&AgentMessage::Report(inventory)).await {
         return Ended::Lost(e.to_string());
     }
-    let (out_tx, mut out_rx) = tokio::sync::mpsc::channel::<AgentMessage>(16);
-    let mut streams: std::collections::HashMap<
-        String,
-        (
-            std::sync::Arc<tokio::sync::Semaphore>,
-            tokio::task::AbortHandle,
-        ),
-    > = std::collections::HashMap::new();
-    let ended = serve_loop(
-        &mut tunnel,
-        welcome,
-        ctx,
-        reports_rx,
-        &out_tx,
-        &mut out_rx,
-        &mut streams,
-    )
-    .await;
-    for (_, (_, task)) in streams {
-        task.abort();
-    }
+    let mut session = Session::new(welcome, ctx);
+    let ended = session.run(&mut tunnel, reports_rx).await;
+    session.abort_streams();
     ended
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn serve_loop(
-    tunnel: &mut Tunnel,
-    welcome: &Welcome,
-    ctx: &Context,
-    reports_rx: &mut tokio::sync::mpsc::Receiver<corral_proto::Report>,
-    out_tx: &tokio::sync::mpsc::Sender<AgentMessage>,
-    out_rx: &mut tokio::sync::mpsc::Receiver<AgentMessage>,
-    streams: &mut std::collections::HashMap<
+/// One tunnel's session: what is running, what was answered, which streams are open.
+struct Session<'a> {
+    ctx: &'a Context,
+    dead_after_ms: u64,
+    live: Liveness,
+    /// Commands under way (a second delivery of one is ignored until it finishes).
+    running: std::collections::HashSet<String>,
+    /// Answers to recent commands (a redelivered one is answered from here).
+    recent: RecentOutcomes,
+    /// Open log streams: their credit and their task.
+    streams: std::collections::HashMap<
         String,
         (
             std::sync::Arc<tokio::sync::Semaphore>,
             tokio::task::AbortHandle,
         ),
     >,
-) -> Ended {
-    let (done_tx, mut done_rx) = tokio::sync::mpsc::channel::<(String, CommandResult)>(64);
-    let mut recent = RecentOutcomes::default();
-    let mut running = std::collections::HashSet::new();
-    let mut live = Liveness::active(
-        std::time::Instant::now(),
-        Duration::from_millis(welcome.heartbeat_interval_ms.max(100)),
-        Duration::from_millis(welcome.dead_after_ms.max(300)),
-    );
-    loop {
-        let deadline = tokio::time::Instant::from_std(live.next_deadline());
-        tokio::select! {
-            msg = tunnel.recv() => {
-                live.on_receive(std::time::Instant::now());
-                match msg {
-                    Ok(ServerMessage::Ping { seq }) => {
-                        if let Err(e) = tunnel.send(&AgentMessage::Pong { seq }).await {
-                            return Ended::Lost(e.to_string());
+    done_tx: tokio::sync::mpsc::Sender<(String, CommandResult)>,
+    done_rx: tokio::sync::mpsc::Receiver<(String, CommandResult)>,
+    out_tx: tokio::sync::mpsc::Sender<AgentMessage>,
+    out_rx: tokio::sync::mpsc::Receiver<AgentMessage>,
+}
+
+/// What the session does after handling one server message.
+enum Next {
+    Continue,
+    Send(AgentMessage),
+    End(Ended),
+}
+
+impl<'a> Session<'a> {
+    fn new(welcome: &Welcome, ctx: &'a Context) -> Session<'a> {
+        let (done_tx, done_rx) = tokio::sync::mpsc::channel(64);
+        let (out_tx, out_rx) = tokio::sync::mpsc::channel(16);
+        Session {
+            ctx,
+            dead_after_ms: welcome.dead_after_ms,
+            live: Liveness::active(
+                std::time::Instant::now(),
+                Duration::from_millis(welcome.heartbeat_interval_ms.max(100)),
+                Duration::from_millis(welcome.dead_after_ms.max(300)),
+            ),
+            running: std::collections::HashSet::new(),
+            recent: RecentOutcomes::default(),
+            streams: std::collections::HashMap::new(),
+            done_tx,
+            done_rx,
+            out_tx,
+            out_rx,
+        }
+    }
+
+    fn abort_streams(&mut self) {
+        for (_, (_, task)) in self.streams.drain() {
+            task.abort();
+        }
+    }
+
+    /// Until the tunnel ends: messages from the server, reports from Docker, stream data and
+    /// finished commands to the server, heartbeats.
+    async fn run(
+        &mut self,
+        tunnel: &mut Tunnel,
+        reports_rx: &mut tokio::sync::mpsc::Receiver<corral_proto::Report>,
+    ) -> Ended {
+        loop {
+            let deadline = tokio::time::Instant::from_std(self.live.next_deadline());
+            let outgoing = tokio::select! {
+                msg = tunnel.recv() => {
+                    self.live.on_receive(std::time::Instant::now());
+                    match msg {
+                        Ok(msg) => match self.on_message(msg).await {
+                            Next::Continue => None,
+                            Next::Send(reply) => Some(reply),
+                            Next::End(ended) => return ended,
+                        },
+                        Err(DialError::Refused { reason, message }) => {
+                            return Ended::Refused(reason, message);
                         }
+                        Err(e) => return Ended::Lost(e.to_string()),
                     }
-                    Ok(ServerMessage::Pong { seq }) => {
-                        live.on_pong(std::time::Instant::now(), seq);
-                    }
-                    Ok(ServerMessage::Command(command)) => {
-                        if let Some(result) = recent.get(&command.id) {
-                            let reply = AgentMessage::Reply { command_id: command.id.clone(), result: result.clone() };
-                            if let Err(e) = tunnel.send(&reply).await {
-                                return Ended::Lost(e.to_string());
-                            }
-                        } else if command.kind == CommandKind::ContainerLogs && running.insert(command.id.clone()) {
-                            match serde_json::from_value::<corral_proto::ContainerRef>(command.payload.clone()) {
-                                Ok(r) => {
-                                    let stream_id = r.stream_id.clone().unwrap_or_default();
-                                    let credit = std::sync::Arc::new(tokio::sync::Semaphore::new(
-                                        (r.credit as usize).min(tokio::sync::Semaphore::MAX_PERMITS),
-                                    ));
-                                    let task = tokio::spawn(stream_logs(
-                                        ctx.engine.clone(),
-                                        command.id.clone(),
-                                        r,
-                                        stream_id.clone(),
-                                        credit.clone(),
-                                        done_tx.clone(),
-                                        out_tx.clone(),
-                                    ));
-                                    streams.insert(stream_id, (credit, task.abort_handle()));
-                                }
-                                Err(e) => {
-                                    let _ = done_tx.try_send((command.id.clone(), CommandResult::Failed {
-                                        message: format!("malformed log request: {e}"),
-                                    }));
-                                }
-                            }
-                        } else if running.insert(command.id.clone()) {
-                            let done_tx = done_tx.clone();
-                            let ctx = ctx.clone();
-                            tokio::spawn(async move {
-                                let id = command.id.clone();
-                                let result = execute(command, ctx).await;
-                                let _ = done_tx.send((id, result)).await;
-                            });
-                        }
-                    }
-                    Ok(ServerMessage::StreamCredit { stream_id, bytes }) => {
-                        if let Some((credit, _)) = streams.get(&stream_id) {
-                            let room = tokio::sync::Semaphore::MAX_PERMITS - credit.available_permits();
-                            credit.add_permits((bytes as usize).min(room).min(16 << 20));
-                        }
-                    }
-                    Ok(ServerMessage::StreamCancel { stream_id }) => {
-                        if let Some((_, task)) = streams.remove(&stream_id) {
-                            task.abort();
-                        }
-                    }
-                    Ok(ServerMessage::Names(table)) => {
-                        if let Some(mesh) = &ctx.mesh {
-                            mesh.set_names(table);
-                        }
-                    }
-                    Ok(ServerMessage::Overlay(config)) => {
-                        tracing::debug!(?config, "overlay configuration");
-                        if let Some(mesh) = &ctx.mesh {
-                            mesh.apply(*config).await;
-                        }
-                    }
-                    Ok(ServerMessage::Welcome(_)) => {
-                        return Ended::Lost("the server sent a second welcome".into());
-                    }
-                    Ok(ServerMessage::Goodbye { reason, message }) => {
-                        return Ended::Refused(reason, message);
-                    }
-                    Err(DialError::Refused { reason, message }) => return Ended::Refused(reason, message),
-                    Err(e) => return Ended::Lost(e.to_string()),
                 }
-            }
-            Some(report) = reports_rx.recv() => {
-                if let Err(e) = tunnel.send(&AgentMessage::Report(report)).await {
-                    return Ended::Lost(e.to_string());
+                Some(report) = reports_rx.recv() => Some(AgentMessage::Report(report)),
+                Some(msg) = self.out_rx.recv() => {
+                    if let AgentMessage::StreamEnd { stream_id, .. } = &msg {
+                        self.streams.remove(stream_id);
+                    }
+                    Some(msg)
                 }
-            }
-            Some(msg) = out_rx.recv() => {
-                if let AgentMessage::StreamEnd { stream_id, .. } = &msg {
-                    streams.remove(stream_id);
+                Some((command_id, result)) = self.done_rx.recv() => {
+                    self.running.remove(&command_id);
+                    self.recent.insert(command_id.clone(), result.clone());
+                    Some(AgentMessage::Reply { command_id, result })
                 }
-                if let Err(e) = tunnel.send(&msg).await {
-                    return Ended::Lost(e.to_string());
-                }
-            }
-            Some((command_id, result)) = done_rx.recv() => {
-                running.remove(&command_id);
-                recent.insert(command_id.clone(), result.clone());
-                if let Err(e) = tunnel.send(&AgentMessage::Reply { command_id, result }).await {
-                    return Ended::Lost(e.to_string());
-                }
-            }
-            _ = tokio::time::sleep_until(deadline) => {
-                match live.poll(std::time::Instant::now()) {
-                    Some(Due::Ping(seq)) => {
-                        if let Err(e) = tunnel.send(&AgentMessage::Ping { seq }).await {
-                            return Ended::Lost(e.to_string());
+                _ = tokio::time::sleep_until(deadline) => {
+                    match self.live.poll(std::time::Instant::now()) {
+                        Some(Due::Ping(seq)) => Some(AgentMessage::Ping { seq }),
+                        Some(Due::Dead) => {
+                            return Ended::Lost(format!(
+                                "nothing received from the server for {} ms",
+                                self.dead_after_ms
+                            ));
                         }
+                        None => None,
                     }
-                    Some(Due::Dead) => {
-                        return Ended::Lost(format!(
-                            "nothing received from the server for {} ms",
-                            welcome.dead_after_ms
-                        ));
-                    }
-                    None => {}
                 }
+            };
+            if let Some(msg) = outgoing
+                && let Err(e) = tunnel.send(&msg).await
+            {
+                return Ended::Lost(e.to_string());
             }
         }
+    }
+
+    async fn on_message(&mut self, msg: ServerMessage) -> Next {
+        match msg {
+            ServerMessage::Ping { seq } => Next::Send(AgentMessage::Pong { seq }),
+            ServerMessage::Pong { seq } => {
+                self.live.on_pong(std::time::Instant::now(), seq);
+                Next::Continue
+            }
+            ServerMessage::Command(command) => self.on_command(command),
+            ServerMessage::StreamCredit { stream_id, bytes } => {
+                if let Some((credit, _)) = self.streams.get(&stream_id) {
+                    let room = tokio::sync::Semaphore::MAX_PERMITS - credit.available_permits();
+                    credit.add_permits((bytes as usize).min(room).min(16 << 20));
+                }
+                Next::Continue
+            }
+            ServerMessage::StreamCancel { stream_id } => {
+                if let Some((_, task)) = self.streams.remove(&stream_id) {
+                    task.abort();
+                }
+                Next::Continue
+            }
+            ServerMessage::Names(table) => {
+                if let Some(mesh) = &self.ctx.mesh {
+                    mesh.set_names(table);
+                }
+                Next::Continue
+            }
+            ServerMessage::Overlay(config) => {
+                tracing::debug!(?config, "overlay configuration");
+                if let Some(mesh) = &self.ctx.mesh {
+                    mesh.apply(*config).await;
+                }
+                Next::Continue
+            }
+            ServerMessage::Welcome(_) => {
+                Next::End(Ended::Lost("the server sent a second welcome".into()))
+            }
+            ServerMessage::Goodbye { reason, message } => {
+                Next::End(Ended::Refused(reason, message))
+            }
+        }
+    }
+
+    /// A command: answered from memory when it was carried out already, ignored while it
+    /// runs, otherwise started in a task of its own (log streams in the stream table).
+    fn on_command(&mut self, command: Command) -> Next {
+        if let Some(result) = self.recent.get(&command.id) {
+            return Next::Send(AgentMessage::Reply {
+                command_id: command.id,
+                result: result.clone(),
+            });
+        }
+        if !self.running.insert(command.id.clone()) {
+            return Next::Continue;
+        }
+        match command.body {
+            CommandBody::ContainerLogs(r) => {
+                let stream_id = r.stream_id.clone().unwrap_or_default();
+                let credit = std::sync::Arc::new(tokio::sync::Semaphore::new(
+                    (r.credit as usize).min(tokio::sync::Semaphore::MAX_PERMITS),
+                ));
+                let task = tokio::spawn(commands::stream_logs(
+                    self.ctx.engine.clone(),
+                    command.id,
+                    r,
+                    stream_id.clone(),
+                    credit.clone(),
+                    self.done_tx.clone(),
+                    self.out_tx.clone(),
+                ));
+                self.streams
+                    .insert(stream_id, (credit, task.abort_handle()));
+            }
+            body => {
+                let done_tx = self.done_tx.clone();
+                let ctx = self.ctx.clone();
+                let id = command.id;
+                tokio::spawn(async move {
+                    let result = commands::execute(body, ctx).await;
+                    let _ = done_tx.send((id, result)).await;
+                });
+            }
+        }
+        Next::Continue
     }
 }

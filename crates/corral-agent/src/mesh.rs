@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use corral_overlay::driver::{Driver, DriverConfig, OverlayHandle};
 use corral_overlay::{PeerConfig, Prefix, Router};
-use corral_proto::OverlayConfig;
+use corral_proto::{OverlayConfig, OverlayMode};
 
 use crate::docker::{Engine, OverlayNet};
 use crate::doctor::{OverlayView, TunnelView};
@@ -428,12 +428,6 @@ impl Mesh {
     }
 
     async fn configure(&self, cfg: &OverlayConfig) -> Result<(), String> {
-        if cfg.mode != "wireguard" && cfg.mode != "vxlan" {
-            return Err(format!(
-                "overlay mode {:?} is not supported by this agent",
-                cfg.mode
-            ));
-        }
         let (subnet, gateway) = gateway_of(&cfg.subnet)?;
         let cidr: Prefix = cfg
             .cidr
@@ -453,7 +447,7 @@ impl Mesh {
         docker_firewall(&subnet.to_string(), &cfg.cidr).await;
         self.ensure_dns(gateway).await;
         let mut running = self.running.lock().await;
-        if cfg.mode == "vxlan" {
+        if cfg.mode == OverlayMode::Vxlan {
             if let Some(r) = running.take() {
                 // Leaving the encrypted mode: the TUN device goes with its driver.
                 r.task.abort();
@@ -549,7 +543,7 @@ impl Mesh {
         let Some(config) = config else {
             return OverlayView::Waiting;
         };
-        if config.mode == "vxlan" {
+        if config.mode == OverlayMode::Vxlan {
             return OverlayView::Vxlan {
                 peers: config.peers.len(),
             };
@@ -591,7 +585,7 @@ mod tests {
         assert!(gateway_of("nonsense").is_err());
         let cfg = OverlayConfig {
             environment: "default".into(),
-            mode: "wireguard".into(),
+            mode: OverlayMode::Wireguard,
             cidr: "10.42.0.0/16".into(),
             subnet: "10.42.1.0/24".into(),
             psk: Some("ab".repeat(32)),

@@ -14,8 +14,8 @@ use bollard::query_parameters::{
 };
 use corral_agent::docker::{DEFAULT_DOCKER_HOST, Engine};
 use corral_proto::{
-    ContainerSpec, HealthSpec, MountSpec, NetworkSpec, PortSpec, Report, RestartSpec, StackCleanup,
-    labels,
+    ContainerSpec, ContainerState, Health, HealthSpec, MountSpec, NetworkSpec, PortSpec, Report,
+    RestartPolicyName, RestartSpec, StackCleanup, labels,
 };
 
 const IMAGE: &str = "corral-test/busybox:latest";
@@ -200,7 +200,7 @@ async fn stack_containers_on_a_real_docker() {
         },
     ];
     web.restart = Some(RestartSpec {
-        name: "unless-stopped".into(),
+        name: RestartPolicyName::UnlessStopped,
         max_retries: None,
     });
     web.healthcheck = Some(HealthSpec {
@@ -223,8 +223,8 @@ async fn stack_containers_on_a_real_docker() {
     let (w, d) = tokio::join!(engine.run(&web), engine.run(&db));
     let w = w.unwrap();
     let d = d.unwrap();
-    assert_eq!(w.state, "running", "{w:?}");
-    assert_eq!(d.state, "running", "{d:?}");
+    assert_eq!(w.state, ContainerState::Running, "{w:?}");
+    assert_eq!(d.state, ContainerState::Running, "{d:?}");
     // Idempotent by corral id.
     assert_eq!(engine.run(&web).await.unwrap().docker_id, w.docker_id);
 
@@ -291,7 +291,7 @@ async fn stack_containers_on_a_real_docker() {
         };
         containers
             .into_iter()
-            .find(|c| c.corral_id == web.corral_id && c.health.as_deref() == Some("healthy"))
+            .find(|c| c.corral_id == web.corral_id && c.health == Some(Health::Healthy))
     })
     .await;
     assert_eq!(healthy.restart_count, 0);
@@ -299,7 +299,7 @@ async fn stack_containers_on_a_real_docker() {
         while let Ok(r) = reports_rx.try_recv() {
             if let Report::Change { container } = r
                 && container.corral_id == web.corral_id
-                && container.health.as_deref() == Some("healthy")
+                && container.health == Some(Health::Healthy)
             {
                 return Some(());
             }
@@ -314,7 +314,7 @@ async fn stack_containers_on_a_real_docker() {
     let mut flaky = spec(&stack, "flaky");
     flaky.cmd = vec!["sh".into(), "-c".into(), "exit 3".into()];
     flaky.restart = Some(RestartSpec {
-        name: "on-failure".into(),
+        name: RestartPolicyName::OnFailure,
         max_retries: Some(2),
     });
     let _ = engine.run(&flaky).await;
@@ -322,9 +322,11 @@ async fn stack_containers_on_a_real_docker() {
         let Report::Inventory { containers, .. } = engine.inventory().await else {
             return None;
         };
-        containers
-            .into_iter()
-            .find(|c| c.corral_id == flaky.corral_id && c.restart_count == 2 && c.state == "exited")
+        containers.into_iter().find(|c| {
+            c.corral_id == flaky.corral_id
+                && c.restart_count == 2
+                && c.state == ContainerState::Exited
+        })
     })
     .await;
     assert_eq!(flaky_status.exit_code, Some(3));

@@ -8,9 +8,11 @@ use serde::{Deserialize, Serialize};
 /// Every error answer: `{"error": "…what happened and what to do…"}`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ErrorBody {
+    /// What happened and what to do, for people.
     pub error: String,
 }
 
+/// `POST /v1/tokens`: make a registration token.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct CreateToken {
     /// Environment name; `default` when absent.
@@ -21,46 +23,73 @@ pub struct CreateToken {
     pub max_uses: Option<u32>,
 }
 
+/// The answer to `POST /v1/tokens`: the new token, shown this once.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CreatedToken {
+    /// The token's id (`tok-…`), to list or revoke it by.
     pub id: String,
     /// The secret itself. Shown once; the server keeps only its hash.
     pub token: String,
     /// The exact command to run on a host.
     pub command: String,
+    /// The environment that hosts registered with it join.
     pub environment: String,
+    /// When it expires (RFC 3339); `null` when it never does.
     pub expires_at: Option<String>,
+    /// How many hosts may register with it; `null` for unlimited.
     pub max_uses: Option<u32>,
 }
 
+/// A registration token in `GET /v1/tokens` (never its secret).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TokenView {
+    /// The token's id (`tok-…`).
     pub id: String,
+    /// The environment that hosts registered with it join.
     pub environment: String,
+    /// When it was made (RFC 3339).
     pub created_at: String,
+    /// When it expires (RFC 3339); `null` when it never does.
     pub expires_at: Option<String>,
+    /// How many hosts may register with it; `null` for unlimited.
     pub max_uses: Option<u32>,
+    /// How many hosts have registered with it.
     pub uses: u32,
     /// `active`, `expired`, `used up` or `revoked`.
     pub state: String,
 }
 
+/// A host in `GET /v1/hosts` and `GET /v1/hosts/{id}`: its registered facts beside its live
+/// tunnel state.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct HostView {
+    /// The host's id (`host-…`).
     pub id: String,
+    /// The host's name, unique in its environment.
     pub name: String,
+    /// The name of the host's environment.
     pub environment: String,
+    /// Labels for placement constraints, as given at registration.
     pub labels: BTreeMap<String, String>,
     /// `active` while its tunnel is up, else `disconnected`.
     pub state: String,
+    /// When its agent was last heard from (RFC 3339).
     pub last_seen_at: String,
+    /// When its current tunnel opened (RFC 3339); `null` while disconnected.
     pub connected_since: Option<String>,
+    /// The agent's release, as of its last connect.
     pub agent_version: String,
+    /// The machine's own hostname, as its agent last reported it.
     pub hostname: String,
+    /// The OS name (`PRETTY_NAME` of `/etc/os-release`).
     pub os: String,
+    /// The kernel release.
     pub kernel: String,
+    /// The CPU architecture, as Rust names it (`x86_64`, `aarch64`).
     pub arch: String,
+    /// Where its tunnel comes (or last came) from, `ip:port`.
     pub remote_addr: String,
+    /// When it registered (RFC 3339).
     pub registered_at: String,
     /// Docker on the host while it is connected.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -70,23 +99,34 @@ pub struct HostView {
     pub overlay_subnet: Option<String>,
 }
 
+/// One audit or security event of `GET /v1/events`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EventView {
+    /// The event's number; later events have larger ones.
     pub id: i64,
+    /// When it happened (RFC 3339).
     pub at: String,
+    /// What happened, as a `snake_case` name (`stack_created`, `credential_superseded`, …).
     pub kind: String,
+    /// The host it concerns, if any.
     pub host_id: Option<String>,
+    /// What happened, for people.
     pub message: String,
 }
 
+/// An environment in `GET /v1/environments`, with its overlay.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EnvironmentView {
+    /// The environment's id (`env-…`).
     pub id: String,
+    /// The environment's name.
     pub name: String,
+    /// When it was made (RFC 3339).
     pub created_at: String,
     /// `wireguard` or `vxlan`.
     #[serde(default)]
     pub overlay_mode: String,
+    /// The overlay's range, e.g. `10.42.0.0/16` (empty when the environment has no overlay).
     #[serde(default)]
     pub overlay_cidr: String,
     /// How many pre-shared keys the environment has had (0: none made yet).
@@ -97,47 +137,65 @@ pub struct EnvironmentView {
 /// The answer to `POST /v1/environments/{name}/rotate-key`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RotatedKey {
+    /// The environment's name.
     pub environment: String,
+    /// The new key's generation (see [`EnvironmentView::overlay_key_generation`]).
     pub generation: u32,
 }
 
 /// `corral doctor` for one host.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DoctorReport {
+    /// The host's name.
     pub host: String,
+    /// The host's id.
     pub host_id: String,
     /// `active` or `disconnected`.
     pub state: String,
+    /// The agent's own checks, then overlay probes to and from each connected peer; only a
+    /// failed `server tunnel` check when the host is disconnected or its agent did not answer.
     pub checks: Vec<crate::Check>,
 }
 
 /// `POST /v1/hosts/{id}/firewall`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct FirewallApplyRequest {
+    /// Where administrators come from (CIDRs): SSH is allowed from them, and so is the API
+    /// unless `api_cidrs` is given. Empty: no SSH rule at all.
     #[serde(default)]
     pub admin_cidrs: Vec<String>,
+    /// Who may reach the server API (CIDRs); empty: `admin_cidrs`, or everyone when that is
+    /// empty too.
     #[serde(default)]
     pub api_cidrs: Vec<String>,
+    /// Only have the host check the rules (`nft -c`); change nothing.
     #[serde(default)]
     pub dry_run: bool,
     /// Dead-man window; 60 s when absent.
     pub confirm_within_secs: Option<u64>,
 }
 
+/// The answer to `POST /v1/hosts/{id}/firewall`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FirewallApplyReport {
+    /// The host's name.
     pub host: String,
+    /// It was a dry run.
     pub dry_run: bool,
     /// The rules are in force (false for a dry run or a rollback).
     pub applied: bool,
+    /// What happened, for people (the agent's error when it failed).
     pub message: String,
+    /// The nftables script derived for the host.
     pub ruleset: String,
 }
 
 /// `POST /v1/containers`: run one container.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct RunContainer {
+    /// The container's name: 1–63 characters of `[a-z0-9-]`, not starting or ending with `-`.
     pub name: String,
+    /// Image reference; it must already be on the host (corral never pulls).
     pub image: String,
     /// Host name or id; the connected host with the fewest containers when absent.
     #[serde(default)]
@@ -148,30 +206,45 @@ pub struct RunContainer {
     /// `HOSTPORT:CONTAINERPORT[/udp]` entries.
     #[serde(default)]
     pub ports: Vec<String>,
+    /// Container labels; keys starting with `io.corral.` are reserved.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// Command and arguments; the image's own when empty.
     #[serde(default)]
     pub cmd: Vec<String>,
 }
 
+/// A container, as `GET /v1/containers` and the other container routes show it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ContainerView {
+    /// corral's id for it (`ctr-…`).
     pub id: String,
+    /// Its name (Docker's name on the host).
     pub name: String,
+    /// The name of the host it runs on.
     pub host: String,
+    /// The id of the host it runs on.
     pub host_id: String,
+    /// The image reference it runs.
     pub image: String,
     /// What was asked for: `running` or `stopped`.
     pub desired: String,
     /// What the host last reported: `pending`, a Docker state, or `missing` (removed behind
     /// corral's back).
     pub actual: String,
+    /// Docker's id for it, once its host has created it.
     pub docker_id: Option<String>,
+    /// Its main process's exit code, as its host last reported it.
     pub exit_code: Option<i64>,
+    /// Published ports, `HOSTPORT:CONTAINERPORT/tcp` or `…/udp`.
     pub ports: Vec<String>,
+    /// `KEY=VALUE` entries.
     pub env: Vec<String>,
+    /// Command and arguments; empty for the image's own.
     pub cmd: Vec<String>,
+    /// Labels from its definition (the agent adds corral's own on the host).
     pub labels: BTreeMap<String, String>,
+    /// When it was asked for (RFC 3339).
     pub created_at: String,
 }
 
@@ -180,8 +253,10 @@ pub struct ContainerView {
 pub struct DockerView {
     /// `available` or `unavailable`.
     pub state: String,
+    /// The engine's details, while it is available.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub info: Option<crate::DockerInfo>,
+    /// Why Docker is unavailable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
@@ -189,7 +264,9 @@ pub struct DockerView {
 /// A file sent with `corral up`: its name as given and its text.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileBody {
+    /// The name as given (on the command line, or in `env_file:`).
     pub name: String,
+    /// The file's contents.
     pub text: String,
 }
 
@@ -218,6 +295,7 @@ pub struct UpRequest {
 /// The answer to `POST /v1/stacks`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct UpResponse {
+    /// The stack's name.
     pub stack: String,
     /// The stack did not exist before.
     pub created: bool,
@@ -231,49 +309,70 @@ pub struct UpResponse {
 /// `POST /v1/stacks/{name}/scale`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ScaleRequest {
+    /// The service to scale.
     pub service: String,
+    /// How many replicas it should have (at most 10 000).
     pub replicas: u32,
 }
 
 /// One line of `corral stack ls`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StackSummary {
+    /// The stack's name.
     pub name: String,
+    /// The name of its environment.
     pub environment: String,
-    /// `active` or `removing`.
+    /// `active`, `removing`, or `failed` when the server cannot read its definition.
     pub state: String,
+    /// How many services it has.
     pub services: usize,
     /// Replicas running the current definition.
     pub running: u32,
     /// Replicas desired.
     pub desired: u32,
+    /// As [`StackView::converged`].
     pub converged: bool,
+    /// When the stack last changed (RFC 3339).
     pub updated_at: String,
 }
 
 /// `GET /v1/stacks/{name}`: a stack with its services and replicas.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StackView {
+    /// The stack's name.
     pub name: String,
+    /// The name of its environment.
     pub environment: String,
+    /// `active`, `removing`, or `failed` when the server cannot read its definition.
     pub state: String,
+    /// Why the stack is `failed`: nothing of it is touched until it is deployed again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
     /// Every service has exactly its desired replicas running the current definition (and
     /// healthy where a healthcheck exists), nothing else is left, and nothing is unplaced.
     pub converged: bool,
+    /// Its services, with their replicas.
     pub services: Vec<ServiceView>,
+    /// When it was first deployed (RFC 3339).
     pub created_at: String,
+    /// When the stack last changed (RFC 3339).
     pub updated_at: String,
 }
 
+/// One service of a stack, with its replicas.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ServiceView {
+    /// The service's name.
     pub name: String,
+    /// The image of its current definition.
     pub image: String,
+    /// Replicas asked for.
     pub desired: u32,
     /// Replicas of the current definition that are running (and healthy, with a healthcheck).
     pub ready: u32,
     /// Replicas still running an older definition.
     pub outdated: u32,
+    /// Published ports, `HOSTPORT:CONTAINERPORT/tcp` or `…/udp`.
     pub ports: Vec<String>,
     /// Why replicas could not be placed ("web.3: no host fits — …").
     pub unplaced: Vec<String>,
@@ -283,19 +382,27 @@ pub struct ServiceView {
     /// The last failure starting a replica, while it is being retried.
     #[serde(default)]
     pub last_error: Option<String>,
+    /// Its containers, current and outdated.
     pub replicas: Vec<ReplicaView>,
 }
 
+/// One container of a service.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ReplicaView {
+    /// The container's name (`STACK_SERVICE.SLOT.SUFFIX`).
     pub name: String,
+    /// The replica's slot within its service, from 1.
     pub slot: u32,
+    /// The name of the host it runs on.
     pub host: String,
     /// `running` or `removed` (being removed).
     pub desired: String,
+    /// What its host last reported: `pending`, a Docker state, or `missing`.
     pub actual: String,
+    /// Docker's health status (`starting`, `healthy`, `unhealthy`) when it has a healthcheck.
     #[serde(default)]
     pub health: Option<String>,
+    /// Its main process's exit code, as its host last reported it.
     #[serde(default)]
     pub exit_code: Option<i64>,
     /// Runs the service's current definition.

@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+/// One agent's reconnect delays: the ceiling doubles with every attempt, up to a cap, and
+/// falls back to the base after a success.
 #[derive(Debug, Clone)]
 pub struct Backoff {
     base: Duration,
@@ -12,6 +14,7 @@ pub struct Backoff {
 }
 
 impl Backoff {
+    /// Starts at `base`; no ceiling exceeds `cap`.
     pub fn new(base: Duration, cap: Duration) -> Self {
         Backoff {
             base,

@@ -4,6 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
+/// Why the server ends an agent's connection (or refuses it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CloseReason {
@@ -32,6 +33,7 @@ pub enum CloseReason {
 }
 
 impl CloseReason {
+    /// Every reason.
     pub const ALL: [CloseReason; 11] = [
         CloseReason::BadVersion,
         CloseReason::BadCredential,
@@ -63,6 +65,7 @@ impl CloseReason {
         }
     }
 
+    /// The reason a close code stands for, if it is one of [`CloseReason::code`]'s.
     pub fn from_code(code: u16) -> Option<CloseReason> {
         CloseReason::ALL.into_iter().find(|r| r.code() == code)
     }

@@ -4,10 +4,19 @@
 
 use serde::{Serialize, de::DeserializeOwned};
 
+/// Why a message could not be turned into a frame, or a frame into a message.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CodecError {
+    /// Over the size limit (a frame is refused before it is parsed).
     #[error("message of {size} bytes exceeds the limit of {limit} bytes")]
-    TooLarge { size: usize, limit: usize },
+    TooLarge {
+        /// The message's or frame's size, in bytes.
+        size: usize,
+        /// The limit, in bytes.
+        limit: usize,
+    },
+    /// Not JSON of the expected message type (or a message that does not serialize); the
+    /// text is serde_json's explanation.
     #[error("malformed message: {0}")]
     Malformed(String),
 }

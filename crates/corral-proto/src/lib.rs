@@ -8,6 +8,7 @@
 //! This crate is deliberately free of I/O: it knows nothing of sockets, tokio or clocks.
 //!
 //! - [`message`]: the message types (hello/welcome, heartbeats, goodbye).
+//! - [`command`]: commands and their replies, one payload type and one reply type per kind.
 //! - [`codec`]: turning messages into frames and back, with the size limit enforced both ways.
 //! - [`close`]: why a connection ends, as a stable WebSocket close code and text.
 //! - [`liveness`]: the heartbeat state machine: fed with "a frame arrived" and the current
@@ -16,16 +17,20 @@
 //! - [`api`]: the JSON bodies of the HTTP API, shared by server and CLI.
 //! - [`secret`]: the textual form of tokens, credentials and API keys.
 
+#![deny(missing_docs)]
+
 pub mod api;
 pub mod backoff;
 pub mod close;
 pub mod codec;
+pub mod command;
 pub mod liveness;
 pub mod message;
 pub mod secret;
 
 pub use close::CloseReason;
 pub use codec::{CodecError, decode, encode};
+pub use command::*;
 pub use message::*;
 
 /// The protocol version this build speaks. A server accepts an agent whose [`Hello`] lists it.

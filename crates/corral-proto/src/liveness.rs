@@ -13,6 +13,7 @@ pub enum Due {
     Dead,
 }
 
+/// One connection's heartbeat state: when to send a ping, and when the link is dead.
 #[derive(Debug, Clone)]
 pub struct Liveness {
     /// `None` on the passive side (the server), which only watches for silence.

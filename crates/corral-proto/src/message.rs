@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::close::CloseReason;
+use crate::command::{Command, CommandResult};
 
 /// Everything an agent sends.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -13,13 +14,21 @@ pub enum AgentMessage {
     /// First message on every connection.
     Hello(Box<Hello>),
     /// Heartbeat; the server answers with [`ServerMessage::Pong`] carrying the same `seq`.
-    Ping { seq: u64 },
+    Ping {
+        /// This ping's number on the connection; the pong repeats it.
+        seq: u64,
+    },
     /// Answer to a server [`ServerMessage::Ping`].
-    Pong { seq: u64 },
+    Pong {
+        /// The `seq` of the ping it answers.
+        seq: u64,
+    },
     /// The outcome of a [`ServerMessage::Command`]. Accepted only from the host the command
     /// was addressed to, and only once.
     Reply {
+        /// The [`Command::id`] it answers.
         command_id: String,
+        /// Done with a reply, or failed and why.
         result: CommandResult,
     },
     /// What the agent sees on its host: the full inventory on every connect (and when Docker
@@ -28,13 +37,16 @@ pub enum AgentMessage {
     /// Bytes of a stream the server opened (container logs), never more than the credit the
     /// server has granted for it.
     StreamData {
+        /// The stream, as named by the command that opened it.
         stream_id: String,
         /// UTF-8 text (Docker log lines, invalid bytes replaced).
         data: String,
     },
     /// The stream ended (the container stopped, or the tail was sent without `follow`).
     StreamEnd {
+        /// The stream, as named by the command that opened it.
         stream_id: String,
+        /// Why it ended early (Docker's error); absent when it simply ended.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         error: Option<String>,
     },
@@ -44,42 +56,62 @@ pub enum AgentMessage {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Report {
+    /// Everything corral manages on the host: sent on every connect, and whenever Docker
+    /// becomes available or unavailable.
     Inventory {
         /// `None` while Docker is unavailable; `docker_error` then says why.
         docker: Option<DockerInfo>,
+        /// Why Docker is unavailable.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         docker_error: Option<String>,
+        /// Every container labelled `io.corral.managed=true`, in any state (none while Docker
+        /// is unavailable).
         containers: Vec<ContainerStatus>,
     },
     /// One container changed (created, started, died, removed…).
-    Change { container: ContainerStatus },
+    Change {
+        /// The container as it is now.
+        container: ContainerStatus,
+    },
     /// A container was removed from Docker.
-    Removed { corral_id: String },
+    Removed {
+        /// Its corral id.
+        corral_id: String,
+    },
 }
 
+/// The Docker engine on a host, as its agent reads it (empty or 0 where Docker does not say).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DockerInfo {
+    /// The engine's version.
     pub version: String,
+    /// The engine's API version.
     pub api_version: String,
+    /// The engine's storage driver.
     pub storage_driver: String,
+    /// CPUs the engine sees.
     pub cpus: u32,
+    /// Memory the engine sees, in bytes.
     pub memory_bytes: u64,
 }
 
 /// A corral container as Docker sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContainerStatus {
+    /// corral's id for it (`ctr-…`), read from its `io.corral.container-id` label.
     pub corral_id: String,
+    /// Docker's id for it.
     pub docker_id: String,
+    /// Docker's name for it (without the leading `/`).
     pub name: String,
-    /// Docker's state: created, running, paused, restarting, removing, exited, dead.
-    pub state: String,
+    /// Docker's state.
+    pub state: ContainerState,
+    /// Its main process's exit code, as Docker reports it.
     #[serde(default)]
     pub exit_code: Option<i64>,
-    /// Docker's health status when the container has a healthcheck: starting, healthy,
-    /// unhealthy.
+    /// Docker's health status when the container has a healthcheck.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub health: Option<String>,
+    pub health: Option<Health>,
     /// How many times Docker restarted it under its restart policy.
     #[serde(default)]
     pub restart_count: i64,
@@ -88,7 +120,110 @@ pub struct ContainerStatus {
     pub ip: Option<String>,
 }
 
+/// A container's state as Docker reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ContainerState {
+    /// Created, never started.
+    Created,
+    /// Its main process runs.
+    Running,
+    /// Frozen (`docker pause`).
+    Paused,
+    /// Being restarted by Docker's restart policy.
+    Restarting,
+    /// Being removed.
+    Removing,
+    /// Its main process ended.
+    Exited,
+    /// Docker failed to remove or stop it.
+    Dead,
+    /// A state this build does not know (from a newer Docker).
+    #[serde(other)]
+    Unknown,
+}
+
+impl ContainerState {
+    /// Docker's name for the state.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ContainerState::Created => "created",
+            ContainerState::Running => "running",
+            ContainerState::Paused => "paused",
+            ContainerState::Restarting => "restarting",
+            ContainerState::Removing => "removing",
+            ContainerState::Exited => "exited",
+            ContainerState::Dead => "dead",
+            ContainerState::Unknown => "unknown",
+        }
+    }
+
+    /// Reads Docker's name of a state (`Unknown` for anything else).
+    pub fn parse(text: &str) -> ContainerState {
+        serde_json::from_value(serde_json::Value::String(text.to_owned()))
+            .unwrap_or(ContainerState::Unknown)
+    }
+
+    /// Running, paused or restarting: a process exists (or is about to).
+    pub fn is_up(self) -> bool {
+        matches!(
+            self,
+            ContainerState::Running | ContainerState::Paused | ContainerState::Restarting
+        )
+    }
+}
+
+impl std::fmt::Display for ContainerState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A container's health as Docker reports it, when it has a healthcheck.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Health {
+    /// Within the start period, or not yet checked.
+    Starting,
+    /// The last checks passed.
+    Healthy,
+    /// The checks failed `retries` times in a row.
+    Unhealthy,
+    /// A status this build does not know.
+    #[serde(other)]
+    Unknown,
+}
+
+impl Health {
+    /// Docker's name for the status.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Health::Starting => "starting",
+            Health::Healthy => "healthy",
+            Health::Unhealthy => "unhealthy",
+            Health::Unknown => "unknown",
+        }
+    }
+
+    /// Reads Docker's name of a health status; `None` for "none" or anything unknown.
+    pub fn parse(text: &str) -> Option<Health> {
+        match text {
+            "starting" => Some(Health::Starting),
+            "healthy" => Some(Health::Healthy),
+            "unhealthy" => Some(Health::Unhealthy),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Health {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 impl AgentMessage {
+    /// An [`AgentMessage::Hello`] (the variant boxes it).
     pub fn hello(hello: Hello) -> Self {
         AgentMessage::Hello(Box::new(hello))
     }
@@ -100,10 +235,14 @@ impl AgentMessage {
 pub enum ServerMessage {
     /// The hello was accepted.
     Welcome(Welcome),
+    /// Heartbeat; the agent answers with [`AgentMessage::Pong`] carrying the same `seq`.
     Ping {
+        /// This ping's number on the connection; the pong repeats it.
         seq: u64,
     },
+    /// Answer to an agent's [`AgentMessage::Ping`].
     Pong {
+        /// The `seq` of the ping it answers.
         seq: u64,
     },
     /// Work for the agent. Commands are idempotent: one may be delivered again after a
@@ -112,11 +251,14 @@ pub enum ServerMessage {
     /// More bytes may be sent on a stream: credit-based flow control, so a slow reader never
     /// grows memory on the agent or the server.
     StreamCredit {
+        /// The stream, as named by the command that opened it.
         stream_id: String,
+        /// How many more bytes of data the agent may send on it.
         bytes: u64,
     },
     /// The reader went away: stop sending.
     StreamCancel {
+        /// The stream, as named by the command that opened it.
         stream_id: String,
     },
     /// The overlay as this host should run it: sent after the welcome and whenever it
@@ -128,86 +270,14 @@ pub enum ServerMessage {
     /// Sent right before the server closes the connection, with the full explanation; the
     /// WebSocket close frame repeats the reason as a code (see [`CloseReason::code`]).
     Goodbye {
+        /// Why, as a stable reason ([`CloseReason::is_permanent`]: whether to reconnect).
         reason: CloseReason,
+        /// What happened and what to do, for people.
         message: String,
     },
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Command {
-    pub id: String,
-    pub kind: CommandKind,
-    #[serde(default)]
-    pub payload: serde_json::Value,
-    /// Unix seconds after which the server no longer waits for the outcome.
-    pub deadline: i64,
-}
-
-/// What a command asks for. Unknown kinds from a newer server are answered with an error, not
-/// a dropped connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum CommandKind {
-    /// Run the agent's local checks (Docker socket, nft, TUN device, clock) and report them.
-    Doctor,
-    /// Install the host's rules as corral's own nftables table (`table inet corral`), with a
-    /// dead-man timer: if the agent cannot open a new connection to the server within the
-    /// confirmation window, it restores the previous rules by itself.
-    FirewallApply,
-    /// Report whether an overlay probe with this nonce arrives on the overlay socket.
-    OverlayExpect,
-    /// Send overlay probes with this nonce to a peer's overlay endpoint.
-    OverlaySend,
-    /// Create (if absent) and start a container. Idempotent by corral container id.
-    ContainerRun,
-    ContainerStart,
-    /// Stop with a grace period, then kill.
-    ContainerStop,
-    ContainerRemove,
-    /// Open a log stream (answered at once; data follows as stream messages).
-    ContainerLogs,
-    /// Which of these images are missing on the host ([`ImageCheck`]); answered with the
-    /// missing ones. Lets `corral up` refuse a stack before anything is created.
-    ImageCheck,
-    /// Remove what a stack left on the host besides containers ([`StackCleanup`]): its network
-    /// and, when asked, its named volumes.
-    StackCleanup,
-    #[serde(other)]
-    Unknown,
-}
-
-impl CommandKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CommandKind::Doctor => "doctor",
-            CommandKind::FirewallApply => "firewall_apply",
-            CommandKind::OverlayExpect => "overlay_expect",
-            CommandKind::OverlaySend => "overlay_send",
-            CommandKind::ContainerRun => "container_run",
-            CommandKind::ContainerStart => "container_start",
-            CommandKind::ContainerStop => "container_stop",
-            CommandKind::ContainerRemove => "container_remove",
-            CommandKind::ContainerLogs => "container_logs",
-            CommandKind::ImageCheck => "image_check",
-            CommandKind::StackCleanup => "stack_cleanup",
-            CommandKind::Unknown => "unknown",
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "status", rename_all = "snake_case")]
-pub enum CommandResult {
-    Ok {
-        #[serde(default)]
-        value: serde_json::Value,
-    },
-    Failed {
-        message: String,
-    },
-}
-
-/// Payload of [`CommandKind::FirewallApply`].
+/// Payload of [`CommandBody::FirewallApply`](crate::CommandBody::FirewallApply).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FirewallApply {
     /// An nftables script that touches only `table inet corral`.
@@ -218,7 +288,7 @@ pub struct FirewallApply {
     pub confirm_within_secs: u64,
 }
 
-/// Payload of [`CommandKind::OverlayExpect`] and [`CommandKind::OverlaySend`]: a
+/// Payload of [`CommandBody::OverlayExpect`](crate::CommandBody::OverlayExpect) and [`CommandBody::OverlaySend`](crate::CommandBody::OverlaySend): a
 /// server-coordinated reachability probe of the overlay port between two hosts. The nonce is
 /// 128 random bits, so only the datagrams the server asked for count.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -234,24 +304,31 @@ pub struct OverlayProbe {
 
 /// Labels corral puts on every container it creates.
 pub mod labels {
+    /// `true` on every container, network and volume corral creates.
     pub const MANAGED: &str = "io.corral.managed";
+    /// The container's corral id (`ctr-…`).
     pub const CONTAINER_ID: &str = "io.corral.container-id";
+    /// The name of the container's environment.
     pub const ENVIRONMENT: &str = "io.corral.environment";
+    /// The stack a container, network or volume belongs to (absent outside stacks).
     pub const STACK: &str = "io.corral.stack";
+    /// The service a stack container is a replica of.
     pub const SERVICE: &str = "io.corral.service";
     /// The replica's slot (1-based) within its service.
     pub const SLOT: &str = "io.corral.slot";
 }
 
-/// Payload of [`CommandKind::ImageCheck`].
+/// Payload of [`CommandBody::ImageCheck`](crate::CommandBody::ImageCheck).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImageCheck {
+    /// Image references, as the services name them.
     pub images: Vec<String>,
 }
 
-/// Payload of [`CommandKind::StackCleanup`].
+/// Payload of [`CommandBody::StackCleanup`](crate::CommandBody::StackCleanup).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StackCleanup {
+    /// The stack's name: only networks and volumes corral created for it are removed.
     pub stack: String,
     /// The stack's network, removed if no container uses it any more.
     pub network: String,
@@ -266,20 +343,29 @@ pub struct StackCleanup {
 pub enum MountSpec {
     /// A named volume (Docker name; created with the stack's labels when absent).
     Volume {
+        /// The volume's Docker name (a stack's: `STACK_VOLUME`).
         source: String,
+        /// Where it appears in the container.
         target: String,
+        /// Mounted read-only.
         #[serde(default)]
         read_only: bool,
     },
     /// A host path.
     Bind {
+        /// The path on the host (absolute).
         source: String,
+        /// Where it appears in the container.
         target: String,
+        /// Mounted read-only.
         #[serde(default)]
         read_only: bool,
     },
     /// An anonymous volume.
-    Anonymous { target: String },
+    Anonymous {
+        /// Where it appears in the container.
+        target: String,
+    },
 }
 
 /// A container's healthcheck (durations in milliseconds; `None` keeps the image's value).
@@ -288,21 +374,53 @@ pub struct HealthSpec {
     /// `["CMD", …]`, `["CMD-SHELL", "…"]` or `["NONE"]` (disabled).
     #[serde(default)]
     pub test: Option<Vec<String>>,
+    /// Time between two checks.
     #[serde(default)]
     pub interval_ms: Option<u64>,
+    /// How long one check may take before it counts as failed.
     #[serde(default)]
     pub timeout_ms: Option<u64>,
+    /// Time after the start during which failed checks do not count.
     #[serde(default)]
     pub start_period_ms: Option<u64>,
+    /// Failed checks in a row that make the container unhealthy.
     #[serde(default)]
     pub retries: Option<u32>,
+}
+
+/// The name of a Docker restart policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartPolicyName {
+    /// Never restart (Compose's default).
+    #[default]
+    No,
+    /// Always, also after the engine restarts.
+    Always,
+    /// When the main process exits non-zero, up to `max_retries` times.
+    OnFailure,
+    /// Always, unless it was stopped on purpose.
+    UnlessStopped,
+}
+
+impl RestartPolicyName {
+    /// Docker's name for the policy.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RestartPolicyName::No => "no",
+            RestartPolicyName::Always => "always",
+            RestartPolicyName::OnFailure => "on-failure",
+            RestartPolicyName::UnlessStopped => "unless-stopped",
+        }
+    }
 }
 
 /// A Docker restart policy.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct RestartSpec {
-    /// `no`, `always`, `on-failure` or `unless-stopped`.
-    pub name: String,
+    /// Which policy.
+    pub name: RestartPolicyName,
+    /// Most restarts; only with `on-failure` (the agent refuses it with any other policy).
     #[serde(default)]
     pub max_retries: Option<u32>,
 }
@@ -310,8 +428,11 @@ pub struct RestartSpec {
 /// A published port: `HOST:CONTAINER[/udp]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PortSpec {
+    /// The port on the host.
     pub host: u16,
+    /// The port in the container.
     pub container: u16,
+    /// UDP; TCP when false.
     pub udp: bool,
     /// The host address to bind (all addresses when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -362,31 +483,46 @@ impl std::fmt::Display for PortSpec {
 /// What the agent needs to run a container.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContainerSpec {
+    /// corral's id for the container (`ctr-…`): the agent labels the container with it and
+    /// finds it by it, which makes running it idempotent.
     pub corral_id: String,
+    /// Docker's name for it (a stack replica's: `STACK_SERVICE.SLOT.SUFFIX`).
     pub name: String,
+    /// The name of the host's environment.
     pub environment: String,
+    /// Image reference; never pulled: it must already be on the host.
     pub image: String,
+    /// `KEY=VALUE` entries.
     #[serde(default)]
     pub env: Vec<String>,
+    /// Ports published on the host.
     #[serde(default)]
     pub ports: Vec<PortSpec>,
+    /// The container's labels; the agent adds corral's own (see [`labels`]).
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// Command and arguments; the image's own when empty.
     #[serde(default)]
     pub cmd: Vec<String>,
     /// `Some(vec![])` clears the image's entrypoint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub entrypoint: Option<Vec<String>>,
+    /// Volumes and bind mounts.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mounts: Vec<MountSpec>,
+    /// Docker's restart policy; Docker's default when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restart: Option<RestartSpec>,
+    /// The healthcheck, over the image's own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub healthcheck: Option<HealthSpec>,
+    /// The user to run as, in Docker's form (`user[:group]`); the image's when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
+    /// The working directory; the image's when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub working_dir: Option<String>,
+    /// The container's hostname; Docker's default when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hostname: Option<String>,
     /// A bridge network to attach to (created with the stack's labels when absent), and the
@@ -407,7 +543,10 @@ pub struct ContainerSpec {
 /// The network a stack container joins.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NetworkSpec {
+    /// The network's Docker name (a stack's: `corral_STACK`).
     pub name: String,
+    /// Names the container answers to on it (a stack replica's: `SERVICE` and
+    /// `SERVICE.STACK`).
     #[serde(default)]
     pub aliases: Vec<String>,
 }
@@ -415,6 +554,7 @@ pub struct NetworkSpec {
 /// Payload of container_start / container_stop / container_remove / container_logs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContainerRef {
+    /// The container's corral id.
     pub corral_id: String,
     /// Stop: seconds before SIGKILL.
     #[serde(default)]
@@ -422,8 +562,10 @@ pub struct ContainerRef {
     /// Logs: the stream to send on.
     #[serde(default)]
     pub stream_id: Option<String>,
+    /// Logs: keep sending new output until the container stops; else end after the tail.
     #[serde(default)]
     pub follow: bool,
+    /// Logs: only the last this many lines (all of them when absent).
     #[serde(default)]
     pub tail: Option<u64>,
     /// Logs: initial credit in bytes.
@@ -448,29 +590,37 @@ impl ContainerRef {
 /// One check of `corral doctor`, as an agent reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Check {
+    /// What was checked, in a few words (`server tunnel`, `overlay to web-2`, …).
     pub name: String,
+    /// It passed.
     pub ok: bool,
+    /// What was found, for people.
     pub detail: String,
     /// What would make a failing check pass.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fix: Option<String>,
 }
 
+/// The agent's first message on every connection: who it is and what its host is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hello {
     /// Protocol versions the agent can speak, preferred first.
     pub protocol_versions: Vec<u32>,
+    /// The agent's release (at most [`limits::FACT_MAX`] bytes).
     pub agent_version: String,
+    /// How it proves who it is.
     pub auth: Auth,
+    /// What it reports about its host.
     pub facts: HostFacts,
 }
 
 /// The overlay of a host's environment, as that host should run it.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OverlayConfig {
+    /// The environment's name.
     pub environment: String,
-    /// `wireguard` (encrypted, UDP 51820) or `vxlan` (unencrypted, UDP 4789).
-    pub mode: String,
+    /// Encrypted or not.
+    pub mode: OverlayMode,
     /// The environment's overlay range, e.g. `10.42.0.0/16`.
     pub cidr: String,
     /// This host's lease, e.g. `10.42.3.0/24`: its container network.
@@ -499,9 +649,60 @@ impl std::fmt::Debug for OverlayConfig {
     }
 }
 
+/// How an environment's overlay carries traffic between hosts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OverlayMode {
+    /// WireGuard's protocol (encrypted, UDP 51820 by default).
+    #[default]
+    Wireguard,
+    /// Plain VXLAN (unencrypted, UDP 4789), for networks that are trusted.
+    Vxlan,
+}
+
+impl OverlayMode {
+    /// The mode's name in the API, the datastore and the CLI.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OverlayMode::Wireguard => "wireguard",
+            OverlayMode::Vxlan => "vxlan",
+        }
+    }
+
+    /// Reads a mode's name.
+    pub fn parse(text: &str) -> Result<OverlayMode, String> {
+        match text {
+            "wireguard" => Ok(OverlayMode::Wireguard),
+            "vxlan" => Ok(OverlayMode::Vxlan),
+            other => Err(format!(
+                "unknown overlay mode {other:?}: expected wireguard or vxlan"
+            )),
+        }
+    }
+}
+
+/// A name that is not an overlay mode.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown overlay mode {0:?}: expected wireguard or vxlan")]
+pub struct UnknownOverlayMode(pub String);
+
+impl TryFrom<String> for OverlayMode {
+    type Error = UnknownOverlayMode;
+    fn try_from(text: String) -> Result<Self, UnknownOverlayMode> {
+        OverlayMode::parse(&text).map_err(|_| UnknownOverlayMode(text))
+    }
+}
+
+impl std::fmt::Display for OverlayMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Which overlay addresses answer to which service name, in one environment.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NameTable {
+    /// Each stack service with replicas on the overlay.
     pub services: Vec<ServiceAddresses>,
 }
 
@@ -509,7 +710,9 @@ pub struct NameTable {
 /// the addresses of all its replicas (so a query can be attributed to the asker's stack).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServiceAddresses {
+    /// The stack's name.
     pub stack: String,
+    /// The service's name.
     pub service: String,
     /// Addresses to answer with.
     pub ready: Vec<std::net::Ipv4Addr>,
@@ -518,15 +721,19 @@ pub struct ServiceAddresses {
     pub members: Vec<std::net::Ipv4Addr>,
 }
 
+/// Another host of the environment, as an overlay peer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OverlayPeer {
+    /// The peer's host id.
     pub host_id: String,
+    /// The peer's host name.
     pub name: String,
     /// X25519 public key, 64 hex digits.
     pub public_key: String,
     /// Where its overlay socket was last seen (`ip:port`); absent until it has connected.
     #[serde(default)]
     pub endpoint: Option<String>,
+    /// The peer's lease (its container network), e.g. `10.42.4.0/24`.
     pub subnet: String,
 }
 
@@ -540,8 +747,18 @@ pub struct OverlayPeer {
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Auth {
-    Register { token: String, credential: String },
-    Credential { credential: String },
+    /// First contact: a registration token, and the credential the agent made for itself.
+    Register {
+        /// The registration token (`crl_reg_…`).
+        token: String,
+        /// The agent's new credential (`crl_host_…`); the server stores only its hash.
+        credential: String,
+    },
+    /// A registered host: its credential.
+    Credential {
+        /// The host's credential (`crl_host_…`).
+        credential: String,
+    },
 }
 
 impl std::fmt::Debug for Auth {
@@ -561,10 +778,16 @@ impl std::fmt::Debug for Auth {
 pub struct HostFacts {
     /// Requested host name (used at registration; later connects keep the registered name).
     pub name: String,
+    /// The machine's own hostname.
     pub hostname: String,
+    /// Labels for placement constraints (`--label k=v`); the server keeps those sent at
+    /// registration.
     pub labels: BTreeMap<String, String>,
+    /// The OS name (`PRETTY_NAME` of `/etc/os-release`).
     pub os: String,
+    /// The kernel release.
     pub kernel: String,
+    /// The CPU architecture, as Rust names it (`x86_64`, `aarch64`).
     pub arch: String,
     /// The UDP port of the agent's overlay socket, when it has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -575,25 +798,38 @@ pub struct HostFacts {
     pub overlay_public_key: Option<String>,
 }
 
+/// The server's answer to an accepted [`Hello`]: who the host is, and the link's timing and
+/// size limit.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Welcome {
+    /// The protocol version of this connection.
     pub protocol_version: u32,
+    /// The host's id (`host-…`).
     pub host_id: String,
+    /// The host's registered name.
     pub host_name: String,
+    /// The name of the host's environment.
     pub environment: String,
     /// The agent sends a ping this often; either end declares the link dead after
     /// [`Welcome::dead_after_ms`] without receiving anything.
     pub heartbeat_interval_ms: u64,
+    /// Silence after which either end declares the link dead, in milliseconds.
     pub dead_after_ms: u64,
+    /// The server's limit on one message, in bytes.
     pub max_message_bytes: usize,
 }
 
 /// Limits on the strings inside a [`Hello`], checked by the server before it stores anything.
 pub mod limits {
+    /// Longest host name, in bytes.
     pub const NAME_MAX: usize = 63;
+    /// Most labels on one host.
     pub const LABELS_MAX: usize = 64;
+    /// Longest label key, in bytes.
     pub const LABEL_KEY_MAX: usize = 128;
+    /// Longest label value, in bytes.
     pub const LABEL_VALUE_MAX: usize = 256;
+    /// Longest `hostname`, `os`, `kernel`, `arch` and agent version, in bytes.
     pub const FACT_MAX: usize = 256;
 }
 

@@ -5,6 +5,7 @@
 /// Number of random bytes in every secret (256 bits).
 pub const SECRET_BYTES: usize = 32;
 
+/// What a secret is for, as its prefix tells.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SecretKind {
     /// One-time (or few-time) registration token.
@@ -16,6 +17,7 @@ pub enum SecretKind {
 }
 
 impl SecretKind {
+    /// The prefix of every secret of this kind (`crl_reg_`, `crl_host_`, `crl_key_`).
     pub fn prefix(self) -> &'static str {
         match self {
             SecretKind::RegistrationToken => "crl_reg_",
@@ -24,6 +26,7 @@ impl SecretKind {
         }
     }
 
+    /// The kind's name for people, in error messages.
     pub fn describe(self) -> &'static str {
         match self {
             SecretKind::RegistrationToken => "registration token",

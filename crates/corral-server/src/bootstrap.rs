@@ -13,10 +13,10 @@ use corral_proto::secret::SecretKind;
 use corral_tls::CaChecksum;
 use corral_tls::files::write_private;
 
+use crate::pki;
 use crate::secrets::{SecretHash, new_secret};
 use crate::store::Store;
 use crate::time_fmt::now_unix;
-use crate::{ServerError, pki};
 
 #[derive(Debug, Clone)]
 pub enum TlsMode {
@@ -26,6 +26,22 @@ pub enum TlsMode {
     Custom { cert: PathBuf, key: PathBuf },
     /// Plain HTTP, for use behind a TLS-terminating proxy only.
     InsecureHttp,
+}
+
+/// Why a server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Pki(#[from] pki::PkiError),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Config(String),
 }
 
 #[derive(Debug, Clone)]
@@ -201,7 +217,7 @@ pub(crate) async fn bootstrap(
             }
             let k = new_secret(SecretKind::ApiKey);
             store
-                .insert_api_key("admin", "admin", &SecretHash::of(&k), now)
+                .insert_api_key("admin", crate::store::Role::Admin, &SecretHash::of(&k), now)
                 .await?;
             k
         }

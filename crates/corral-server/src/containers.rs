@@ -9,16 +9,17 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::http::StatusCode;
+use corral_control::states::{Actual, Desired};
 use corral_proto::api::{ContainerView, DockerView, RunContainer};
 use corral_proto::{
-    CommandKind, CommandResult, ContainerRef, ContainerSpec, ContainerStatus, PortSpec, Report,
+    CommandBody, ContainerRef, ContainerSpec, ContainerStatus, OpenLogs, PortSpec, RemoveContainer,
+    Report, StartContainer, StopContainer,
 };
 
-use crate::AppState;
-use crate::api::ApiError;
-use crate::dispatch::{Outcome, submit};
+use crate::dispatch::{self, CallError, Outcome};
+use crate::error::{Error, Progress, Result};
 use crate::secrets::new_id;
+use crate::state::AppState;
 use crate::store::{ContainerRow, HostRow};
 use crate::time_fmt::{now_unix, rfc3339};
 
@@ -64,7 +65,7 @@ pub async fn on_report(state: &AppState, host_id: &str, conn_id: u64, report: Re
             .map(|_| ()),
         Report::Removed { corral_id } => state
             .store
-            .set_actual(host_id, &corral_id, "missing", None, None, now)
+            .set_actual(host_id, &corral_id, Actual::Missing, None, None, now)
             .await
             .map(|_| ()),
     };
@@ -87,10 +88,10 @@ async fn reconcile_inventory(
                 state.store.record_status(host_id, c, now).await?;
             }
             // Created once and now gone: removed behind corral's back.
-            None if row.docker_id.is_some() && row.actual != "missing" => {
+            None if row.docker_id.is_some() && row.actual != Actual::Missing => {
                 state
                     .store
-                    .set_actual(host_id, &row.id, "missing", None, None, now)
+                    .set_actual(host_id, &row.id, Actual::Missing, None, None, now)
                     .await?;
             }
             None => {}
@@ -99,17 +100,17 @@ async fn reconcile_inventory(
     Ok(())
 }
 
-fn bad(message: impl Into<String>) -> ApiError {
-    ApiError::new(StatusCode::BAD_REQUEST, message)
+fn bad(message: impl Into<String>) -> Error {
+    Error::invalid(message)
 }
 
-fn validate_name(name: &str) -> Result<(), ApiError> {
+fn validate_name(name: &str) -> Result<()> {
     corral_proto::validate_host_name(name)
         .map_err(|e| bad(e.replacen("host name", "container name", 1)))
 }
 
 /// Checks a run request; returns the parsed ports.
-fn validate(req: &RunContainer) -> Result<Vec<PortSpec>, ApiError> {
+fn validate(req: &RunContainer) -> Result<Vec<PortSpec>> {
     validate_name(&req.name)?;
     if req.image.is_empty() || req.image.len() > 256 || req.image.chars().any(char::is_whitespace) {
         return Err(bad(format!("invalid image reference {:?}", req.image)));
@@ -164,8 +165,8 @@ pub fn view(row: &ContainerRow, host_name: &str) -> ContainerView {
         host: host_name.to_owned(),
         host_id: row.host_id.clone(),
         image: row.image.clone(),
-        desired: row.desired.clone(),
-        actual: row.actual.clone(),
+        desired: row.desired.as_str().into(),
+        actual: row.actual.as_str().into(),
         docker_id: row.docker_id.clone(),
         exit_code: row.exit_code,
         ports: spec
@@ -179,7 +180,7 @@ pub fn view(row: &ContainerRow, host_name: &str) -> ContainerView {
     }
 }
 
-async fn pick_host(state: &AppState, wanted: Option<&str>) -> Result<HostRow, ApiError> {
+async fn pick_host(state: &AppState, wanted: Option<&str>) -> Result<HostRow> {
     if let Some(name) = wanted {
         return Ok(state.store.find_host(name).await?);
     }
@@ -195,52 +196,44 @@ async fn pick_host(state: &AppState, wanted: Option<&str>) -> Result<HostRow, Ap
             )
         })
         .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::CONFLICT,
+            Error::conflict(
                 "no host is connected: start an agent (`corral token create` prints the command) or name one with --host",
             )
         })
 }
 
-/// Applies a container command's outcome to the datastore.
+/// Applies the outcome of a `container_run` to the datastore: the status on success; on
+/// failure or expiry the row goes (nothing is left half-done) and the error says why.
 async fn settle_run(
     state: &AppState,
     row: &ContainerRow,
-    outcome: Option<Outcome>,
-) -> Result<ContainerRow, ApiError> {
+    outcome: std::result::Result<ContainerStatus, CallError>,
+) -> Result<ContainerRow> {
     match outcome {
-        Some(Outcome::Done(CommandResult::Ok { value })) => {
-            if let Ok(status) = serde_json::from_value::<ContainerStatus>(value) {
-                state
-                    .store
-                    .record_status(&row.host_id, &status, now_unix())
-                    .await?;
-            }
+        Ok(status) => {
+            state
+                .store
+                .record_status(&row.host_id, &status, now_unix())
+                .await?;
             Ok(state.store.find_container(&row.id).await?)
         }
-        Some(Outcome::Done(CommandResult::Failed { message })) => {
+        Err(CallError::Failed(message)) => {
             state.store.delete_container(&row.id).await?;
-            Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, message))
+            Err(Error::Refused(message))
         }
-        Some(Outcome::Expired) => {
+        Err(CallError::Expired) => {
             state.store.delete_container(&row.id).await?;
-            Err(ApiError::new(
-                StatusCode::GATEWAY_TIMEOUT,
-                format!(
-                    "the host did not run {} in time; nothing was created",
-                    row.name
-                ),
-            ))
+            Err(Error::Timeout(format!(
+                "the host did not run {} in time; nothing was created",
+                row.name
+            )))
         }
-        None => Ok(row.clone()),
+        Err(e) => Err(e.into()),
     }
 }
 
 /// `corral run`.
-pub async fn run(
-    state: &Arc<AppState>,
-    req: RunContainer,
-) -> Result<(StatusCode, ContainerView), ApiError> {
+pub async fn run(state: &Arc<AppState>, req: RunContainer) -> Result<Progress<ContainerView>> {
     let ports = validate(&req)?;
     let host = pick_host(state, req.host.as_deref()).await?;
     let env_name = state
@@ -252,20 +245,17 @@ pub async fn run(
     let existing = state.store.host_containers(&host.id).await?;
     for p in &ports {
         if let Some(other) = existing.iter().find(|c| {
-            c.desired == "running"
+            c.desired == Desired::Running
                 && spec_of(c)
                     .is_some_and(|s| s.ports.iter().any(|q| q.host == p.host && q.udp == p.udp))
         }) {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                format!(
-                    "port {}/{} on host {} is already published by container {}",
-                    p.host,
-                    if p.udp { "udp" } else { "tcp" },
-                    host.name,
-                    other.name
-                ),
-            ));
+            return Err(Error::conflict(format!(
+                "port {}/{} on host {} is already published by container {}",
+                p.host,
+                if p.udp { "udp" } else { "tcp" },
+                host.name,
+                other.name
+            )));
         }
     }
     let now = now_unix();
@@ -286,10 +276,9 @@ pub async fn run(
         host_id: host.id.clone(),
         name: spec.name.clone(),
         image: spec.image.clone(),
-        spec: serde_json::to_string(&spec)
-            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?,
-        desired: "running".into(),
-        actual: "pending".into(),
+        spec: serde_json::to_string(&spec).map_err(Error::internal)?,
+        desired: Desired::Running,
+        actual: Actual::Pending,
         docker_id: None,
         exit_code: None,
         created_at: now,
@@ -303,18 +292,8 @@ pub async fn run(
         ip: None,
     };
     state.store.insert_container(&row).await?;
-    let payload = serde_json::to_value(&spec)
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    let (_, mut rx) = match submit(
-        state,
-        &host.id,
-        CommandKind::ContainerRun,
-        payload,
-        state.options.command_ttl,
-    )
-    .await
-    {
-        Ok(x) => x,
+    let mut pending = match dispatch::send(state, &host.id, spec, state.options.command_ttl).await {
+        Ok(p) => p,
         Err(e) => {
             let _ = state.store.delete_container(&row.id).await;
             return Err(e.into());
@@ -326,54 +305,52 @@ pub async fn run(
     } else {
         Duration::ZERO
     };
-    match tokio::time::timeout(wait, &mut rx).await {
-        Ok(outcome) => {
-            let row = settle_run(state, &row, outcome.ok()).await?;
-            Ok((StatusCode::CREATED, view(&row, &host.name)))
+    match pending.wait_up_to(wait).await {
+        Some(outcome) => {
+            let row = settle_run(state, &row, outcome).await?;
+            Ok(Progress::Done(view(&row, &host.name)))
         }
-        Err(_) => {
-            // Still pending (the host is disconnected or slow). Dropping the receiver hands
-            // the outcome to `settle_unwatched` when it comes.
-            drop(rx);
-            Ok((StatusCode::ACCEPTED, view(&row, &host.name)))
-        }
+        // Still pending (the host is disconnected or slow). Dropping `pending` hands the
+        // outcome to `settle_unwatched` when it comes.
+        None => Ok(Progress::Accepted(view(&row, &host.name))),
     }
 }
 
-/// The outcome of a `container_run` nobody waited for (the server restarted, or `run` already
+/// The outcome of a command nobody waited for (the server restarted, or `run` already
 /// answered "pending"): the datastore learns it all the same, so a failure never leaves a row
-/// pending forever.
+/// pending forever. Installed as the dispatcher's unwatched-outcome hook.
 pub async fn settle_unwatched(state: &AppState, command_id: &str, outcome: Outcome) {
-    let Ok(Some((kind, payload))) = state.store.command(command_id).await else {
-        return;
+    let body = match state.store.command(command_id).await {
+        Ok(Some(body)) => body,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::error!(error = %e, command = %command_id, "cannot settle a command's outcome");
+            return;
+        }
     };
-    if kind == CommandKind::ContainerRemove.as_str() {
-        if let (Outcome::Done(CommandResult::Ok { .. }), Ok(r)) =
-            (&outcome, serde_json::from_str::<ContainerRef>(&payload))
+    match body {
+        CommandBody::ContainerRemove(r)
+            if dispatch::read_outcome::<RemoveContainer>("container_remove", outcome.clone())
+                .is_ok() =>
         {
             let _ = state.store.delete_container(&r.corral_id).await;
         }
-        return;
-    }
-    if kind != CommandKind::ContainerRun.as_str() {
-        return;
-    }
-    let Ok(spec) = serde_json::from_str::<ContainerSpec>(&payload) else {
-        return;
-    };
-    let Ok(row) = state.store.find_container(&spec.corral_id).await else {
-        return;
-    };
-    if let Err(e) = settle_run(state, &row, Some(outcome)).await {
-        let _ = state
-            .store
-            .record_event(
-                now_unix(),
-                "container_failed",
-                Some(&row.host_id),
-                &format!("container {}: {e}", row.name),
-            )
-            .await;
+        CommandBody::ContainerRun(spec) => {
+            let Ok(row) = state.store.find_container(&spec.corral_id).await else {
+                return;
+            };
+            let outcome = dispatch::read_outcome::<ContainerSpec>("container_run", outcome);
+            if let Err(e) = settle_run(state, &row, outcome).await {
+                state
+                    .record_event(
+                        "container_failed",
+                        Some(&row.host_id),
+                        &format!("container {}: {e}", row.name),
+                    )
+                    .await;
+            }
+        }
+        _ => {}
     }
 }
 
@@ -387,7 +364,7 @@ async fn host_name(state: &AppState, host_id: &str) -> String {
         .unwrap_or_else(|| host_id.to_owned())
 }
 
-pub async fn list(state: &AppState) -> Result<Vec<ContainerView>, ApiError> {
+pub async fn list(state: &AppState) -> Result<Vec<ContainerView>> {
     let hosts = state.store.host_names().await?;
     Ok(state
         .store
@@ -406,7 +383,7 @@ pub async fn list(state: &AppState) -> Result<Vec<ContainerView>, ApiError> {
         .collect())
 }
 
-pub async fn get(state: &AppState, name: &str) -> Result<ContainerView, ApiError> {
+pub async fn get(state: &AppState, name: &str) -> Result<ContainerView> {
     let row = state.store.find_container(name).await?;
     Ok(view(&row, &host_name(state, &row.host_id).await))
 }
@@ -419,75 +396,78 @@ pub enum Action {
     Remove,
 }
 
-/// `corral container start|stop|rm`.
+/// `corral container start|stop|rm`: the container as it is now (`None` once removed).
 pub async fn act(
     state: &Arc<AppState>,
     name: &str,
     action: Action,
-) -> Result<(StatusCode, Option<ContainerView>), ApiError> {
+) -> Result<Progress<Option<ContainerView>>> {
     let row = state.store.find_container(name).await?;
     let host = host_name(state, &row.host_id).await;
-    let (kind, desired) = match action {
-        Action::Start => (CommandKind::ContainerStart, Some("running")),
-        Action::Stop => (CommandKind::ContainerStop, Some("stopped")),
-        Action::Remove => (CommandKind::ContainerRemove, None),
-    };
-    if let Some(d) = desired {
+    if let Some(d) = match action {
+        Action::Start => Some(Desired::Running),
+        Action::Stop => Some(Desired::Stopped),
+        Action::Remove => None,
+    } {
         state.store.set_desired(&row.id, d, now_unix()).await?;
     }
-    let payload = serde_json::to_value(ContainerRef::lifecycle(&row.id, Some(STOP_GRACE_SECS)))
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    let (_, rx) = submit(
-        state,
-        &row.host_id,
-        kind,
-        payload,
-        state.options.command_ttl,
-    )
-    .await?;
+    let target = ContainerRef::lifecycle(&row.id, Some(STOP_GRACE_SECS));
+    let ttl = state.options.command_ttl;
     let wait = Duration::from_secs(STOP_GRACE_SECS) + RUN_WAIT;
-    let outcome = match tokio::time::timeout(wait, rx).await {
-        Ok(o) => o.ok(),
-        Err(_) => {
-            return Ok((
-                StatusCode::ACCEPTED,
-                Some(view(&state.store.find_container(&row.id).await?, &host)),
-            ));
+    let outcome = match action {
+        Action::Start => {
+            let mut p = dispatch::send(state, &row.host_id, StartContainer(target), ttl).await?;
+            p.wait_up_to(wait).await.map(|r| r.map(Some))
+        }
+        Action::Stop => {
+            let mut p = dispatch::send(state, &row.host_id, StopContainer(target), ttl).await?;
+            p.wait_up_to(wait).await.map(|r| r.map(Some))
+        }
+        Action::Remove => {
+            let mut p = dispatch::send(state, &row.host_id, RemoveContainer(target), ttl).await?;
+            p.wait_up_to(wait).await.map(|r| r.map(|()| None))
         }
     };
-    match outcome {
-        Some(Outcome::Done(CommandResult::Ok { value })) => {
-            if matches!(action, Action::Remove) {
-                state.store.delete_container(&row.id).await?;
-                return Ok((StatusCode::OK, None));
-            }
-            match serde_json::from_value::<Option<ContainerStatus>>(value) {
-                Ok(Some(s)) => {
-                    state
-                        .store
-                        .record_status(&row.host_id, &s, now_unix())
-                        .await?;
-                }
-                _ => {
-                    state
-                        .store
-                        .set_actual(&row.host_id, &row.id, "missing", None, None, now_unix())
-                        .await?;
-                }
-            }
-            Ok((
-                StatusCode::OK,
-                Some(view(&state.store.find_container(&row.id).await?, &host)),
-            ))
+    let status = match outcome {
+        None => {
+            let now = state.store.find_container(&row.id).await?;
+            return Ok(Progress::Accepted(Some(view(&now, &host))));
         }
-        Some(Outcome::Done(CommandResult::Failed { message })) => {
-            Err(ApiError::new(StatusCode::BAD_GATEWAY, message))
+        Some(Err(CallError::Expired)) => {
+            return Err(Error::Timeout(format!(
+                "host {host} did not carry out the command in time"
+            )));
         }
-        _ => Err(ApiError::new(
-            StatusCode::GATEWAY_TIMEOUT,
-            format!("host {host} did not carry out the command in time"),
-        )),
+        Some(result) => result?,
+    };
+    match (action, status) {
+        (Action::Remove, _) => {
+            state.store.delete_container(&row.id).await?;
+            return Ok(Progress::Done(None));
+        }
+        (_, Some(Some(s))) => {
+            state
+                .store
+                .record_status(&row.host_id, &s, now_unix())
+                .await?;
+        }
+        // The host has no such container: it vanished behind corral's back.
+        (_, _) => {
+            state
+                .store
+                .set_actual(
+                    &row.host_id,
+                    &row.id,
+                    Actual::Missing,
+                    None,
+                    None,
+                    now_unix(),
+                )
+                .await?;
+        }
     }
+    let now = state.store.find_container(&row.id).await?;
+    Ok(Progress::Done(Some(view(&now, &host))))
 }
 
 /// Opens a log stream of a container; returns the HTTP body.
@@ -496,44 +476,32 @@ pub async fn logs(
     name: &str,
     follow: bool,
     tail: Option<u64>,
-) -> Result<axum::body::Body, ApiError> {
+) -> Result<axum::body::Body> {
     let row = state.store.find_container(name).await?;
     if state.registry.info(&row.host_id).is_none() {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            format!(
-                "host {} is disconnected: logs are read by its agent",
-                host_name(state, &row.host_id).await
-            ),
-        ));
+        return Err(Error::conflict(format!(
+            "host {} is disconnected: logs are read by its agent",
+            host_name(state, &row.host_id).await
+        )));
     }
-    let (stream_id, rx) = crate::streams::open(state, &row.host_id);
-    let payload = serde_json::to_value(ContainerRef {
+    let (stream_id, rx) = crate::state::streams::open(state, &row.host_id);
+    let request = OpenLogs(ContainerRef {
         corral_id: row.id.clone(),
         grace_secs: None,
         stream_id: Some(stream_id.clone()),
         follow,
         tail,
-        credit: crate::streams::INITIAL_CREDIT,
-    })
-    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    let body = crate::streams::body(state.clone(), stream_id, rx);
-    let (_, answer) = submit(
-        state,
-        &row.host_id,
-        CommandKind::ContainerLogs,
-        payload,
-        Duration::from_secs(15),
-    )
-    .await?;
-    match tokio::time::timeout(Duration::from_secs(20), answer).await {
-        Ok(Ok(Outcome::Done(CommandResult::Ok { .. }))) => Ok(body),
-        Ok(Ok(Outcome::Done(CommandResult::Failed { message }))) => {
-            Err(ApiError::new(StatusCode::BAD_GATEWAY, message))
-        }
-        _ => Err(ApiError::new(
-            StatusCode::GATEWAY_TIMEOUT,
-            "the agent did not open the log stream in time",
+        credit: crate::state::streams::INITIAL_CREDIT,
+    });
+    let body = crate::state::streams::body(state.clone(), stream_id, rx);
+    match dispatch::call(state, &row.host_id, request, LOGS_OPEN_TTL).await {
+        Ok(_) => Ok(body),
+        Err(CallError::Expired) => Err(Error::Timeout(
+            "the agent did not open the log stream in time".into(),
         )),
+        Err(e) => Err(e.into()),
     }
 }
+
+/// How long a log stream may take to open.
+const LOGS_OPEN_TTL: Duration = Duration::from_secs(15);

@@ -11,73 +11,156 @@
 //! reply is dropped and recorded as a security event (`forged_reply`, `replayed_reply`,
 //! `unknown_reply`).
 
-use std::collections::HashMap;
-use std::sync::Mutex;
+use std::marker::PhantomData;
 use std::time::Duration;
 
-use corral_proto::{Command, CommandKind, CommandResult};
+use corral_proto::{Command, CommandBody, CommandResult, Request};
 use tokio::sync::oneshot;
 
-use crate::AppState;
-use crate::registry::Control;
+use crate::error::Error;
 use crate::secrets::new_id;
+use crate::state::AppState;
+use crate::state::registry::Control;
+pub use crate::state::waiters::Outcome;
 use crate::store::{Completion, StoreError};
 use crate::time_fmt::now_unix;
 
-/// The end state of a command, as a waiter sees it.
-#[derive(Debug, Clone)]
-pub enum Outcome {
-    Done(CommandResult),
+/// How long past a command's deadline a waiter still waits (the expiry sweep runs every
+/// second, so an expired command is settled within this slack).
+const WAIT_SLACK: Duration = Duration::from_secs(2);
+
+/// Why a call to an agent gave no reply.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// The command could not be stored.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The agent carried it out and it failed; its message says why.
+    #[error("{0}")]
+    Failed(String),
+    /// The agent answered with a reply that does not read as this command's reply type.
+    #[error("the host's answer to {kind} could not be read: {error}")]
+    Unreadable {
+        /// The command's kind.
+        kind: &'static str,
+        /// Why it does not read.
+        error: String,
+    },
+    /// No answer before the deadline.
+    #[error("the host did not answer in time")]
     Expired,
+    /// The outcome was lost with the server's waiter (the server is shutting down).
+    #[error("the server stopped waiting for the host's answer")]
+    Abandoned,
 }
 
-#[derive(Default)]
-pub struct Dispatcher {
-    waiters: Mutex<HashMap<String, oneshot::Sender<Outcome>>>,
-}
-
-impl Dispatcher {
-    fn waiters(&self) -> std::sync::MutexGuard<'_, HashMap<String, oneshot::Sender<Outcome>>> {
-        self.waiters.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Hands the outcome to whoever waits for it. Gives it back when nobody does (the waiter
-    /// gave up, or the server restarted since the command was submitted).
-    fn wake(&self, id: &str, outcome: Outcome) -> Option<Outcome> {
-        match self.waiters().remove(id) {
-            Some(tx) => tx.send(outcome).err(),
-            None => Some(outcome),
+impl From<CallError> for Error {
+    fn from(e: CallError) -> Self {
+        match e {
+            CallError::Store(s) => s.into(),
+            CallError::Failed(m) => Error::Agent(m),
+            e @ CallError::Unreadable { .. } => Error::Agent(e.to_string()),
+            e @ (CallError::Expired | CallError::Abandoned) => Error::Timeout(e.to_string()),
         }
     }
 }
 
-/// Settles an outcome: to its waiter, or else to the datastore.
-async fn finish(state: &AppState, id: &str, outcome: Outcome) {
-    if let Some(unwatched) = state.dispatcher.wake(id, outcome) {
-        crate::containers::settle_unwatched(state, id, unwatched).await;
+/// A submitted command whose typed reply has not been read yet.
+pub struct Pending<R: Request> {
+    /// The command's id.
+    pub id: String,
+    kind: &'static str,
+    rx: oneshot::Receiver<Outcome>,
+    deadline: Duration,
+    reply: PhantomData<fn() -> R>,
+}
+
+impl<R: Request> Pending<R> {
+    /// Waits for the outcome until the command's deadline (and the expiry sweep's slack).
+    pub async fn wait(mut self) -> Result<R::Reply, CallError> {
+        let limit = self.deadline + WAIT_SLACK;
+        match self.wait_up_to(limit).await {
+            Some(result) => result,
+            None => Err(CallError::Expired),
+        }
     }
+
+    /// Waits at most `limit`: `None` when the outcome has not come yet (it still may; drop
+    /// the `Pending` to leave it to the unwatched-outcome hook).
+    pub async fn wait_up_to(&mut self, limit: Duration) -> Option<Result<R::Reply, CallError>> {
+        match tokio::time::timeout(limit, &mut self.rx).await {
+            Err(_) => None,
+            Ok(Err(_)) => Some(Err(CallError::Abandoned)),
+            Ok(Ok(outcome)) => Some(read_outcome::<R>(self.kind, outcome)),
+        }
+    }
+}
+
+/// The typed reply in an outcome.
+pub fn read_outcome<R: Request>(
+    kind: &'static str,
+    outcome: Outcome,
+) -> Result<R::Reply, CallError> {
+    match outcome {
+        Outcome::Done(CommandResult::Ok { value }) => {
+            R::decode_reply(value).map_err(|e| CallError::Unreadable {
+                kind,
+                error: e.to_string(),
+            })
+        }
+        Outcome::Done(CommandResult::Failed { message }) => Err(CallError::Failed(message)),
+        Outcome::Expired => Err(CallError::Expired),
+    }
+}
+
+/// Queues `request` for `host_id` (delivered at once if the host is connected, else when it
+/// reconnects) and returns a handle to its typed reply.
+pub async fn send<R: Request>(
+    state: &AppState,
+    host_id: &str,
+    request: R,
+    ttl: Duration,
+) -> Result<Pending<R>, StoreError> {
+    let body: CommandBody = request.into();
+    let kind = body.kind().as_str();
+    let (id, rx) = submit(state, host_id, body, ttl).await?;
+    Ok(Pending {
+        id,
+        kind,
+        rx,
+        deadline: ttl.max(Duration::from_secs(1)),
+        reply: PhantomData,
+    })
+}
+
+/// Sends `request` to `host_id` and waits for its typed reply (until its deadline).
+pub async fn call<R: Request>(
+    state: &AppState,
+    host_id: &str,
+    request: R,
+    ttl: Duration,
+) -> Result<R::Reply, CallError> {
+    send(state, host_id, request, ttl).await?.wait().await
 }
 
 /// Queues a command for `host_id` and delivers it at once if the host is connected. Returns the
 /// command id and a receiver for its outcome.
-pub async fn submit(
+async fn submit(
     state: &AppState,
     host_id: &str,
-    kind: CommandKind,
-    payload: serde_json::Value,
+    body: CommandBody,
     ttl: Duration,
 ) -> Result<(String, oneshot::Receiver<Outcome>), StoreError> {
     let now = now_unix();
     let command = Command {
         id: new_id("cmd"),
-        kind,
-        payload,
+        body,
         deadline: now + ttl.as_secs().max(1) as i64,
     };
     let (tx, rx) = oneshot::channel();
-    state.dispatcher.waiters().insert(command.id.clone(), tx);
+    state.dispatcher.lock().insert(command.id.clone(), tx);
     if let Err(e) = state.store.insert_command(host_id, &command, now).await {
-        state.dispatcher.waiters().remove(&command.id);
+        state.dispatcher.lock().remove(&command.id);
         return Err(e);
     }
     let id = command.id.clone();
@@ -101,7 +184,10 @@ pub async fn on_reply(state: &AppState, host_id: &str, command_id: &str, result:
     };
     let event = match completion {
         Completion::Accepted => {
-            finish(state, command_id, Outcome::Done(result)).await;
+            state
+                .dispatcher
+                .settle(state, command_id, Outcome::Done(result))
+                .await;
             return;
         }
         Completion::WrongHost { owner } => (
@@ -153,7 +239,7 @@ pub async fn expiry_loop(state: std::sync::Arc<AppState>) {
         match state.store.expire_commands(now_unix()).await {
             Ok(ids) => {
                 for id in ids {
-                    finish(&state, &id, Outcome::Expired).await;
+                    state.dispatcher.settle(&state, &id, Outcome::Expired).await;
                 }
             }
             Err(e) => tracing::error!(error = %e, "command expiry failed"),
@@ -173,7 +259,7 @@ pub async fn fail_host(state: &AppState, host_id: &str, why: &str) {
                 let failed = Outcome::Done(CommandResult::Failed {
                     message: why.to_owned(),
                 });
-                finish(state, &id, failed).await;
+                state.dispatcher.settle(state, &id, failed).await;
             }
         }
         Err(e) => tracing::error!(error = %e, "cannot fail a removed host's commands"),

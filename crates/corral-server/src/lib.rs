@@ -3,20 +3,22 @@
 //! One HTTPS listener carries everything: the REST API under `/v1/`, the agent tunnel at
 //! `/v1/connect` (a WebSocket opened by the agent), `/metrics` and `/healthz`.
 //!
-//! - [`bootstrap`]: first start and restart: data dir, PKI, database, default environment,
-//!   admin API key and `admin.env`.
-//! - [`pki`]: the server's CA and certificate.
-//! - [`store`]: the datastore (SQLite, migrations embedded).
-//! - [`api`]: HTTP routes and API-key authentication.
-//! - [`tunnel`]: one agent's WebSocket session: hello, authentication, heartbeats, close
-//!   reasons.
-//! - [`dispatch`]: the durable command queue's live half: submit, deliver, accept replies.
-//! - [`containers`]: desired vs actual container state; run/start/stop/rm/logs via commands.
-//! - [`stacks`]: Compose stacks: `up`, the pure reconcile pass and the reconciler loop.
-//! - [`streams`]: agent → HTTP byte streams (logs) under credit-based flow control.
-//! - [`overlay`]: the overlay's control half: keys, leases, each agent's configuration.
-//! - [`vault`]: secrets sealed at rest under the master key file.
-//! - [`registry`]: which hosts are connected right now, and to which session.
+//! The modules form layers; a module imports only modules of lower layers (the root, which
+//! composes them, excepted). `tests/layers.rs` enforces it.
+//!
+//! 1. Foundation: [`time_fmt`], [`secrets`], [`process`]; then [`store`] (the datastore), [`vault`]
+//!    (secrets sealed under the master key), [`pki`]; then [`error`] (the domain error) and
+//!    [`bootstrap`] (first start and restart of a data dir).
+//! 2. [`state`]: what a running server holds — [`state::AppState`], the live tunnels
+//!    ([`state::registry`]), command waiters, log streams, the reconciler's and the overlay
+//!    sync's memory.
+//! 3. [`dispatch`]: the durable command queue's live half — typed calls to agents
+//!    ([`dispatch::call`]), replies, redelivery, expiry.
+//! 4. Domain operations: [`containers`], [`overlay`], [`tokens`], [`environments`]; then
+//!    [`stacks`] (with the reconciler loop), [`hosts`], [`topology`], [`doctor`]. The pure
+//!    rules they apply are in `corral_control`.
+//! 5. [`tunnel`]: one agent's WebSocket session.
+//! 6. [`api`]: HTTP routes, authentication, and the only mapping of errors to statuses.
 //!
 //! Architecture invariant: the server never opens a connection to a host. Every byte it sends
 //! an agent goes down a tunnel that agent opened.
@@ -25,14 +27,20 @@ pub mod api;
 pub mod bootstrap;
 pub mod containers;
 pub mod dispatch;
+pub mod doctor;
+pub mod environments;
+pub mod error;
+pub mod hosts;
 pub mod overlay;
 pub mod pki;
-pub mod registry;
+pub mod process;
 pub mod secrets;
 pub mod stacks;
+pub mod state;
 pub mod store;
-pub mod streams;
 pub mod time_fmt;
+pub mod tokens;
+pub mod topology;
 pub mod tunnel;
 pub mod vault;
 
@@ -44,42 +52,9 @@ use std::time::Duration;
 use corral_tls::CaChecksum;
 use tokio::sync::watch;
 
-pub use bootstrap::{ServerOptions, TlsMode};
+use crate::state::AppState;
 
-#[derive(Debug, thiserror::Error)]
-pub enum ServerError {
-    #[error(transparent)]
-    Store(#[from] store::StoreError),
-    #[error(transparent)]
-    Pki(#[from] pki::PkiError),
-    #[error("{context}: {source}")]
-    Io {
-        context: String,
-        source: std::io::Error,
-    },
-    #[error("{0}")]
-    Config(String),
-}
-
-/// Shared state of a running server.
-pub struct AppState {
-    pub store: store::Store,
-    pub registry: registry::Registry,
-    pub dispatcher: dispatch::Dispatcher,
-    pub streams: streams::Streams,
-    pub reconciler: stacks::reconciler::Reconciler,
-    /// Seals secrets the server must read back (the overlay keys) under the master key.
-    pub vault: vault::Vault,
-    pub overlay: overlay::OverlaySync,
-    pub options: ServerOptions,
-    /// The URL agents are told to dial (`--advertise-url`).
-    pub advertise_url: String,
-    pub checksum: CaChecksum,
-    /// The port actually bound (differs from `options.listen` when that asked for port 0).
-    pub local_port: u16,
-    pub shutdown: watch::Receiver<bool>,
-    pub started: std::time::Instant,
-}
+pub use bootstrap::{ServerError, ServerOptions, TlsMode};
 
 /// A server that is accepting connections.
 pub struct RunningServer {
@@ -144,18 +119,21 @@ pub async fn start(options: ServerOptions) -> Result<RunningServer, ServerError>
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let state = Arc::new(AppState {
         store: boot.store,
-        registry: registry::Registry::default(),
-        dispatcher: dispatch::Dispatcher::default(),
-        streams: streams::Streams::default(),
-        reconciler: stacks::reconciler::Reconciler::default(),
+        registry: Default::default(),
+        dispatcher: Default::default(),
+        streams: Default::default(),
+        reconciler: Default::default(),
         vault: boot.vault,
-        overlay: overlay::OverlaySync::default(),
+        overlay: Default::default(),
         advertise_url: boot.advertise_url.clone(),
         checksum: boot.checksum,
         local_port: local_addr.port(),
         options: options.clone(),
         shutdown: shutdown_rx,
         started: std::time::Instant::now(),
+    });
+    state.dispatcher.on_unwatched(|state, id, outcome| {
+        Box::pin(containers::settle_unwatched(state, id, outcome))
     });
     tokio::spawn(dispatch::expiry_loop(state.clone()));
     tokio::spawn(stacks::reconciler::run(state.clone()));
@@ -191,53 +169,4 @@ pub async fn start(options: ServerOptions) -> Result<RunningServer, ServerError>
     })
 }
 
-/// Runs `pass` now, then again every `tick` and whenever `wake` is notified, until the server
-/// shuts down; a failed pass is logged and the next one runs as usual.
-pub(crate) async fn every<Pass>(
-    state: Arc<AppState>,
-    wake: fn(&AppState) -> &tokio::sync::Notify,
-    tick: Duration,
-    what: &str,
-    pass: impl Fn(Arc<AppState>) -> Pass,
-) where
-    Pass: std::future::Future<Output = Result<(), store::StoreError>>,
-{
-    let mut shutdown = state.shutdown.clone();
-    loop {
-        if let Err(e) = pass(state.clone()).await {
-            tracing::error!(error = %e, "{what} failed");
-        }
-        tokio::select! {
-            _ = wake(&state).notified() => {}
-            _ = tokio::time::sleep(tick) => {}
-            _ = shutdown.changed() => return,
-        }
-        if *shutdown.borrow() {
-            return;
-        }
-    }
-}
-
-/// Reads this process's resident set size from `/proc/self/statm`, in bytes.
-pub fn resident_bytes() -> Option<u64> {
-    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
-    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    Some(pages * 4096)
-}
-
-/// Raises the soft open-file limit to the hard limit. Returns (soft, hard) after the change.
-pub fn raise_nofile_limit() -> std::io::Result<(u64, u64)> {
-    use rustix::process::{Resource, getrlimit, setrlimit};
-    let mut lim = getrlimit(Resource::Nofile);
-    if let Some(hard) = lim.maximum
-        && lim.current != Some(hard)
-    {
-        lim.current = Some(hard);
-        setrlimit(Resource::Nofile, lim).map_err(std::io::Error::from)?;
-    }
-    let now = getrlimit(Resource::Nofile);
-    Ok((
-        now.current.unwrap_or(u64::MAX),
-        now.maximum.unwrap_or(u64::MAX),
-    ))
-}
+pub use process::{raise_nofile_limit, resident_bytes};

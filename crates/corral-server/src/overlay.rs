@@ -11,210 +11,25 @@
 //!   configuration only when it changed since the last one that connection received. So peers
 //!   learn of a host joining, moving (new endpoint) or leaving within about a second.
 //!
-//! [`plan`] holds the pure parts (allocation, configuration), tested without a datastore.
+//! The pure parts (allocation, configuration) are `corral_control::overlay`, tested without a
+//! datastore.
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
+use corral_control::overlay as plan;
+use corral_control::states::{Desired, is_ready};
 use corral_proto::{NameTable, ServerMessage, ServiceAddresses};
 use ring::rand::{SecureRandom, SystemRandom};
-use tokio::sync::Notify;
 
-use crate::AppState;
-use crate::registry::Control;
-use crate::store::{HostRow, OverlayEnvRow, StoreError};
+use crate::state::AppState;
+use crate::state::registry::Control;
+use crate::store::{HostRow, OverlayMemberRow, StoreError};
 
 const TICK: Duration = Duration::from_secs(1);
-
-pub mod plan {
-    //! Pure: leases and configurations.
-    use std::net::Ipv4Addr;
-
-    use corral_proto::{OverlayConfig, OverlayPeer};
-
-    use crate::store::{OverlayEnvRow, OverlayMemberRow};
-
-    /// `A.B.C.D/P` (IPv4 only).
-    pub fn parse_cidr(s: &str) -> Result<(Ipv4Addr, u8), String> {
-        let bad = || format!("{s:?} is not an IPv4 range like 10.42.0.0/16");
-        let (ip, prefix) = s.split_once('/').ok_or_else(bad)?;
-        let ip: Ipv4Addr = ip.parse().map_err(|_| bad())?;
-        let prefix: u8 = prefix.parse().map_err(|_| bad())?;
-        if prefix > 32 {
-            return Err(bad());
-        }
-        let mask = if prefix == 0 {
-            0
-        } else {
-            u32::MAX << (32 - prefix)
-        };
-        Ok((Ipv4Addr::from(u32::from(ip) & mask), prefix))
-    }
-
-    /// The first /24 of `cidr` not in `taken` (the range's first /24 is skipped, so no host
-    /// network starts at the range's base address). `None` when the range is full or smaller
-    /// than two /24s.
-    pub fn allocate(cidr: &str, taken: &[String]) -> Option<String> {
-        let (base, prefix) = parse_cidr(cidr).ok()?;
-        if prefix > 23 {
-            return None;
-        }
-        let count = 1u32 << (24 - prefix);
-        (1..count)
-            .map(|i| format!("{}/24", Ipv4Addr::from(u32::from(base) + (i << 8))))
-            .find(|s| !taken.contains(s))
-    }
-
-    /// 64 hex digits.
-    pub fn valid_public_key(s: &str) -> bool {
-        s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
-    }
-
-    /// What host `me` should run: every other member with a key and a lease is a peer.
-    pub fn config_for(
-        env: &OverlayEnvRow,
-        me: &OverlayMemberRow,
-        members: &[OverlayMemberRow],
-        psk_hex: Option<String>,
-    ) -> Option<OverlayConfig> {
-        let subnet = me.subnet.clone()?;
-        let peers = members
-            .iter()
-            .filter(|m| m.id != me.id)
-            .filter_map(|m| {
-                Some(OverlayPeer {
-                    host_id: m.id.clone(),
-                    name: m.name.clone(),
-                    public_key: m.overlay_public_key.clone()?,
-                    endpoint: m.overlay_endpoint.clone(),
-                    subnet: m.subnet.clone()?,
-                })
-            })
-            .collect();
-        Some(OverlayConfig {
-            environment: env.name.clone(),
-            mode: env.overlay_mode.clone(),
-            cidr: env.overlay_cidr.clone(),
-            subnet,
-            psk: if env.overlay_mode == "wireguard" {
-                psk_hex
-            } else {
-                None
-            },
-            psk_generation: u32::try_from(env.overlay_psk_generation).unwrap_or(0),
-            peers,
-        })
-    }
-
-    #[cfg(test)]
-    mod tests {
-        use super::*;
-
-        fn member(id: &str, key: Option<&str>, subnet: Option<&str>) -> OverlayMemberRow {
-            OverlayMemberRow {
-                id: id.into(),
-                name: id.into(),
-                environment_id: "env".into(),
-                overlay_public_key: key.map(Into::into),
-                overlay_endpoint: Some("192.0.2.11:51820".into()),
-                subnet: subnet.map(Into::into),
-            }
-        }
-
-        #[test]
-        fn leases_are_the_first_free_24s_of_the_range() {
-            assert_eq!(
-                allocate("10.42.0.0/16", &[]).as_deref(),
-                Some("10.42.1.0/24")
-            );
-            let taken = vec!["10.42.1.0/24".to_string(), "10.42.3.0/24".to_string()];
-            assert_eq!(
-                allocate("10.42.0.0/16", &taken).as_deref(),
-                Some("10.42.2.0/24")
-            );
-            // A range given with host bits is normalised.
-            assert_eq!(
-                allocate("10.42.7.9/16", &[]).as_deref(),
-                Some("10.42.1.0/24")
-            );
-            let all: Vec<String> = (1..256).map(|i| format!("10.42.{i}.0/24")).collect();
-            assert_eq!(allocate("10.42.0.0/16", &all), None);
-            assert_eq!(allocate("10.42.0.0/24", &[]), None);
-            assert_eq!(
-                allocate("10.42.0.0/23", &[]).as_deref(),
-                Some("10.42.1.0/24")
-            );
-            assert!(parse_cidr("10.42.0.0").is_err());
-            assert!(parse_cidr("fd00::/8").is_err());
-            assert!(parse_cidr("10.42.0.0/33").is_err());
-        }
-
-        #[test]
-        fn peers_are_the_other_members_with_a_key_and_a_lease() {
-            let env = OverlayEnvRow {
-                id: "env".into(),
-                name: "default".into(),
-                overlay_mode: "wireguard".into(),
-                overlay_cidr: "10.42.0.0/16".into(),
-                overlay_psk: None,
-                overlay_psk_generation: 3,
-            };
-            let key = "ab".repeat(32);
-            let members = vec![
-                member("a", Some(&key), Some("10.42.1.0/24")),
-                member("b", Some(&key), Some("10.42.2.0/24")),
-                member("c", None, Some("10.42.3.0/24")),
-                member("d", Some(&key), None),
-            ];
-            let cfg = config_for(&env, &members[0], &members, Some("cd".repeat(32))).unwrap();
-            assert_eq!(cfg.subnet, "10.42.1.0/24");
-            assert_eq!(cfg.psk_generation, 3);
-            assert_eq!(cfg.psk.as_deref(), Some("cd".repeat(32).as_str()));
-            let names: Vec<&str> = cfg.peers.iter().map(|p| p.name.as_str()).collect();
-            assert_eq!(names, ["b"]);
-            // No lease, no configuration; vxlan carries no key.
-            assert!(config_for(&env, &members[3], &members, None).is_none());
-            let vx = OverlayEnvRow {
-                overlay_mode: "vxlan".into(),
-                ..env
-            };
-            assert!(
-                config_for(&vx, &members[0], &members, Some("x".into()))
-                    .unwrap()
-                    .psk
-                    .is_none()
-            );
-            assert!(valid_public_key(&key));
-            assert!(!valid_public_key("xyz"));
-        }
-    }
-}
-
-/// What the sync loop remembers: the configuration each live connection last received.
-#[derive(Default)]
-pub struct OverlaySync {
-    wake: Notify,
-    sent: Mutex<HashMap<String, (u64, u64)>>,
-    /// The name table each live connection last received.
-    names_sent: Mutex<HashMap<String, (u64, u64)>>,
-}
-
-impl OverlaySync {
-    pub fn wake(&self) {
-        self.wake.notify_one();
-    }
-
-    fn sent(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u64, u64)>> {
-        self.sent.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn names_sent(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u64, u64)>> {
-        self.names_sent.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
 
 /// The environment's service names: every stack replica with an overlay address; the ones
 /// running (and healthy, with a healthcheck) are the answers.
@@ -236,7 +51,7 @@ async fn name_table(state: &AppState, env_id: &str) -> Result<NameTable, StoreEr
         let (Some(stack), Ok(ip)) = (stacks.get(stack_id), ip.parse::<std::net::Ipv4Addr>()) else {
             continue;
         };
-        if c.desired != "running" {
+        if c.desired != Desired::Running {
             continue;
         }
         let entry = by_service
@@ -248,7 +63,7 @@ async fn name_table(state: &AppState, env_id: &str) -> Result<NameTable, StoreEr
                 members: Vec::new(),
             });
         entry.members.push(ip);
-        if c.actual == "running" && matches!(c.health.as_deref(), None | Some("healthy")) {
+        if is_ready(c.actual, c.health) {
             entry.ready.push(ip);
         }
     }
@@ -269,7 +84,7 @@ fn hex(bytes: &[u8]) -> String {
 async fn env_with_psk(
     state: &AppState,
     env_id: &str,
-) -> Result<Option<(OverlayEnvRow, Option<String>)>, StoreError> {
+) -> Result<Option<(plan::OverlayEnv, Option<String>)>, StoreError> {
     let Some(mut env) = state.store.overlay_env(env_id).await? else {
         return Ok(None);
     };
@@ -289,7 +104,13 @@ async fn env_with_psk(
             }
         }
     });
-    Ok(Some((env, psk)))
+    let plan_env = plan::OverlayEnv {
+        name: env.name.clone(),
+        mode: env.overlay_mode,
+        cidr: env.overlay_cidr.clone(),
+        psk_generation: u32::try_from(env.overlay_psk_generation).unwrap_or(0),
+    };
+    Ok(Some((plan_env, psk)))
 }
 
 /// Seals and stores a fresh key if the generation is still `previous`.
@@ -362,7 +183,7 @@ pub async fn on_connect(
 
 /// Keeps every connected agent's overlay configuration current until shutdown.
 pub async fn run(state: Arc<AppState>) {
-    crate::every(
+    crate::state::every(
         state,
         |s| &s.overlay.wake,
         TICK,
@@ -405,12 +226,19 @@ async fn sync(state: &AppState) -> Result<(), StoreError> {
             }
         }
         let members = state.store.overlay_members(&env_id).await?;
+        let plan_members: Vec<plan::Member> = members.iter().map(member).collect();
         for (host_id, conn) in connected {
             let Some(me) = members.iter().find(|m| m.id == host_id) else {
                 continue;
             };
-            let Some(config) = plan::config_for(&env, me, &members, psk.clone()) else {
-                continue;
+            let config = match plan::config_for(&env, &member(me), &plan_members, psk.clone()) {
+                Ok(Some(config)) => config,
+                Ok(None) => continue,
+                Err(e) => {
+                    // Fail closed: no configuration rather than one without the key.
+                    tracing::error!(host = %me.name, error = %e, "not sending the overlay configuration");
+                    continue;
+                }
             };
             let digest = digest(&config);
             if state.overlay.sent().get(&host_id) == Some(&(conn, digest)) {
@@ -431,6 +259,16 @@ async fn sync(state: &AppState) -> Result<(), StoreError> {
         .names_sent()
         .retain(|h, _| live_ids.contains(&h));
     Ok(())
+}
+
+fn member(m: &OverlayMemberRow) -> plan::Member {
+    plan::Member {
+        id: m.id.clone(),
+        name: m.name.clone(),
+        public_key: m.overlay_public_key.clone(),
+        endpoint: m.overlay_endpoint.clone(),
+        subnet: m.subnet.clone(),
+    }
 }
 
 fn digest(value: &impl serde::Serialize) -> u64 {

@@ -22,9 +22,9 @@ use corral_proto::{
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::AppState;
-use crate::registry::{Control, Session};
 use crate::secrets::SecretHash;
+use crate::state::AppState;
+use crate::state::registry::{Control, Session};
 use crate::store::{AgentAuth, HostRow};
 use crate::time_fmt::{now_unix, rfc3339};
 
@@ -287,11 +287,7 @@ async fn run_session(
         let _ = old
             .control
             .try_send(Control::Close(CloseReason::Superseded, message));
-        let _ = state
-            .store
-            .record_event(
-                now_unix(),
-                "credential_superseded",
+        state.record_event("credential_superseded",
                 Some(&host.id),
                 &format!(
                     "host {} connected from {remote} while its tunnel from {} was live; the older tunnel was closed",
@@ -346,7 +342,7 @@ async fn run_session(
         }
     }
     state.registry.detach(&host.id, conn_id);
-    crate::streams::end_host(&state, &host.id);
+    crate::state::streams::end_host(&state, &host.id);
     let _ = state
         .store
         .touch_host(&host.id, last_rx.load(Ordering::Relaxed))
@@ -402,11 +398,11 @@ async fn session_loop(
                 Recv::Message(AgentMessage::StreamData { stream_id, data }) => {
                     live.on_receive(std::time::Instant::now());
                     last_rx.store(now_unix(), Ordering::Relaxed);
-                    crate::streams::on_data(state, host_id, &stream_id, data);
+                    crate::state::streams::on_data(state, host_id, &stream_id, data);
                 }
                 Recv::Message(AgentMessage::StreamEnd { stream_id, error }) => {
                     live.on_receive(std::time::Instant::now());
-                    crate::streams::on_end(state, host_id, &stream_id, error);
+                    crate::state::streams::on_end(state, host_id, &stream_id, error);
                 }
                 Recv::Message(AgentMessage::Hello(_)) => {
                     return Some((CloseReason::Malformed, "hello sent twice".into()));

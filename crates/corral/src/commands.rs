@@ -140,7 +140,7 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
         let token = if state_dir.join("agent.json").exists() {
             None
         } else {
-            let created = corral_server::api::mint_token(
+            let created = corral_server::tokens::mint_token(
                 &running.state,
                 CreateToken {
                     environment: None,

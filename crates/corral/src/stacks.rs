@@ -179,6 +179,12 @@ async fn wait_converged(
         indicatif::ProgressStyle::with_template("{prefix:>16} {bar:30} {pos}/{len} {msg}").ok();
     loop {
         let view: StackView = client.get(&format!("/v1/stacks/{}", seg(stack))).await?;
+        if let Some(e) = &view.error {
+            for b in bars.values() {
+                b.abandon();
+            }
+            anyhow::bail!("stack {} failed: {e}", view.name);
+        }
         for s in &view.services {
             let line = service_progress(s);
             if tty {
@@ -281,6 +287,9 @@ fn ps_table(stacks: &[StackView]) -> String {
     let mut rows = Vec::new();
     let mut notes = Vec::new();
     for v in stacks {
+        if let Some(e) = &v.error {
+            notes.push(format!("{}: failed: {e}", v.name));
+        }
         for s in &v.services {
             for r in &s.replicas {
                 let mut state = r.actual.clone();

@@ -62,7 +62,7 @@ async fn replies_count_only_from_the_addressed_host_and_only_once() {
 
     let waiting = doctor_in_background(&server, "host-b");
     let command = next_command(&mut b).await;
-    assert_eq!(command.kind, corral_proto::CommandKind::Doctor);
+    assert_eq!(command.body.kind(), corral_proto::CommandKind::Doctor);
 
     // Host A forges a reply for B's command: dropped and recorded.
     a.send(&AgentMessage::Reply {
@@ -284,4 +284,70 @@ fn doctor_probes_the_overlay_between_hosts_in_both_directions() {
         true,
         "the other direction is open"
     );
+}
+
+/// A reply that does not read as its command's reply type fails the operation: an image check
+/// answered with something other than a list of missing images refuses `corral up`, where it
+/// once counted as "nothing missing" and stored the stack.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_reply_fails_the_operation_and_stores_nothing() {
+    let t = tmp();
+    let server = Server::start(&t.path().join("data"), &[]);
+    let (_, token) = server.token(&[]);
+    let mut a = raw_agent(&server, &token, &credential(), "host-a").await;
+    // A Docker engine that answers, so the scheduler places replicas on this host.
+    a.send(&AgentMessage::Report(corral_proto::Report::Inventory {
+        docker: Some(corral_proto::DockerInfo {
+            version: "20.10".into(),
+            api_version: "1.41".into(),
+            storage_driver: "overlay2".into(),
+            cpus: 2,
+            memory_bytes: 1 << 30,
+        }),
+        docker_error: None,
+        containers: Vec::new(),
+    }))
+    .await
+    .unwrap();
+    wait_until(Duration::from_secs(10), "the host's Docker report", || {
+        server
+            .hosts()
+            .iter()
+            .any(|h| h["name"] == "host-a" && h["docker"]["state"] == "available")
+    });
+    let file = t.path().join("compose.yaml");
+    std::fs::write(
+        &file,
+        "services:\n  web:\n    image: corral-test/busybox:latest\n",
+    )
+    .unwrap();
+    let env = server.env.clone();
+    let up = std::thread::spawn(move || {
+        std::process::Command::new(corral_bin())
+            .args(["up", "-f", file.to_str().unwrap(), "-p", "shop"])
+            .env("CORRAL_SERVER", &env.server)
+            .env("CORRAL_API_KEY", &env.api_key)
+            .env("CORRAL_CA_CHECKSUM", &env.checksum)
+            .output()
+            .unwrap()
+    });
+    let check = next_command(&mut a).await;
+    assert_eq!(check.body.kind(), corral_proto::CommandKind::ImageCheck);
+    a.send(&AgentMessage::Reply {
+        command_id: check.id,
+        result: CommandResult::Ok {
+            value: serde_json::json!({ "missing": "nothing, honestly" }),
+        },
+    })
+    .await
+    .unwrap();
+    let out = up.join().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "up must fail: {stderr}");
+    assert!(
+        stderr.contains("host-a cannot check its images") && stderr.contains("could not be read"),
+        "{stderr}"
+    );
+    let stacks = server.cli_json(&["stack", "ls"]);
+    assert_eq!(stacks, serde_json::json!([]), "nothing stored");
 }

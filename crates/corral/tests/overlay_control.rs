@@ -70,7 +70,7 @@ async fn peers_keys_and_leases_follow_the_environment() {
     )
     .await;
     let first = config(&mut a, |_| true).await;
-    assert_eq!(first.mode, "wireguard");
+    assert_eq!(first.mode, corral_proto::OverlayMode::Wireguard);
     assert_eq!(first.cidr, "10.42.0.0/16");
     assert_eq!(first.subnet, "10.42.1.0/24");
     assert!(first.peers.is_empty());

@@ -624,3 +624,92 @@ fn a_server_restart_changes_nothing_in_a_running_stack() {
     assert_eq!(ps(&server, &stack)["converged"], true);
     server.cli_ok(&["down", "-p", &stack, "--timeout", "60s"]);
 }
+
+/// A stored definition this build cannot read (a field whose type changed in an upgrade)
+/// fails its stack with the reason and touches none of its containers; it never reads as
+/// "the service is gone", which would remove its replicas.
+#[test]
+fn a_definition_that_no_longer_reads_fails_the_stack_and_removes_nothing() {
+    require_docker!();
+    let t = tmp();
+    let stack = stack_name("unreadable");
+    let other = stack_name("witness");
+    let _cleanup = (StackCleanup(stack.clone()), StackCleanup(other.clone()));
+    let data = t.path().join("data");
+    let mut server = Server::start(&data, &[]);
+    let _agent = agent_with_docker(&server, t.path(), "h1");
+    let file = write(
+        t.path(),
+        "compose.yaml",
+        &format!(
+            "services:\n  web:\n    image: {IMAGE}\n    command: {SLEEPER}\n    deploy: {{ replicas: 2 }}\n"
+        ),
+    );
+    up_ok(&server, &file, &stack);
+    up_ok(&server, &file, &other);
+    let before = {
+        let mut ids = running(&stack, "web");
+        ids.sort();
+        ids
+    };
+    assert_eq!(before.len(), 2);
+
+    // The stored definition stops reading: `update` becomes a string.
+    server.stop();
+    let db = data.join("corral.db");
+    let script = format!(
+        "import sqlite3; c = sqlite3.connect({:?}); c.execute(\"UPDATE services SET spec = json_set(spec, '$.update', 'rolling') WHERE stack_id = (SELECT id FROM stacks WHERE name = ?)\", ({stack:?},)); c.commit()",
+        db.display().to_string()
+    );
+    let out = std::process::Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    server.start_again();
+
+    wait_until(Duration::from_secs(30), "the stack reported failed", || {
+        ps(&server, &stack)["state"] == "failed"
+    });
+    let view = ps(&server, &stack);
+    let error = view["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("service web") && error.contains("cannot be read"),
+        "{view}"
+    );
+    assert!(
+        server
+            .events()
+            .iter()
+            .any(|e| e["kind"] == "stack_unreadable"),
+        "an event says why"
+    );
+    // Proof that the reconciler has run with the host connected since: the other stack scales.
+    wait_until(Duration::from_secs(30), "the host back", || {
+        server.host_state("h1").as_deref() == Some("active")
+    });
+    server.cli_ok(&["scale", &format!("{other}/web=3")]);
+    wait_until(Duration::from_secs(60), "the witness stack scaled", || {
+        running(&other, "web").len() == 3
+    });
+    let mut after = running(&stack, "web");
+    after.sort();
+    assert_eq!(after, before, "no replica of the failed stack was touched");
+    let ids: Vec<Value> = server
+        .cli_json(&["container", "ls"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| {
+            c["name"]
+                .as_str()
+                .is_some_and(|n| n.starts_with(&format!("{stack}_")))
+        })
+        .cloned()
+        .collect();
+    assert_eq!(ids.len(), 2, "their rows are kept: {ids:?}");
+}

@@ -1,49 +1,44 @@
 //! Stacks: Compose files in, services with desired state stored, a reconciler that keeps the
 //! hosts running them.
 //!
-//! - [`define`] (pure): a loaded Compose project → stored service definitions.
-//! - [`reconcile`] (pure): one pass over one stack → actions.
+//! - `corral_control::define` (pure): a loaded Compose project → stored service definitions.
+//! - `corral_control::reconcile` (pure): one pass over one stack → actions.
 //! - [`reconciler`]: the loop that gathers each pass's input and carries the actions out as
 //!   `container_*` commands.
-//! - this module: the API (`up`, list, view, `scale`, `down`, logs).
+//! - this module: the operations behind the API (`up`, list, view, `scale`, `down`, logs).
 
-pub mod define;
-pub mod reconcile;
 pub mod reconciler;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::http::StatusCode;
 use corral_compose as compose;
+use corral_control::define::{self, ServiceDef};
+use corral_control::reconcile;
+use corral_control::states::{Desired, StackState, is_ready};
+use corral_proto::ImageCheck;
 use corral_proto::api::{
     ReplicaView, ScaleRequest, ServiceView, StackSummary, StackView, UpRequest, UpResponse,
 };
-use corral_proto::{CommandKind, CommandResult, ImageCheck};
 
-use crate::AppState;
-use crate::api::ApiError;
-use crate::dispatch::{Outcome, submit};
+use crate::dispatch::{self, CallError};
+use crate::error::{Error, Result};
+use crate::state::AppState;
 use crate::store::{ContainerRow, ServiceRow, StackRow, StackWrite};
 use crate::time_fmt::{now_unix, rfc3339};
-use define::ServiceDef;
 
 /// Largest `corral up` request: every Compose file at its limit, plus env files.
 pub const MAX_UP_BODY_BYTES: usize = (compose::limits::MAX_FILES + 1)
     * compose::limits::MAX_FILE_BYTES
     + compose::limits::MAX_ENV_FILES * 64 * 1024;
 
-fn bad(message: impl Into<String>) -> ApiError {
-    ApiError::new(StatusCode::BAD_REQUEST, message)
+fn bad(message: impl Into<String>) -> Error {
+    Error::invalid(message)
 }
 
-fn unprocessable(message: impl Into<String>) -> ApiError {
-    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, message)
-}
-
-fn internal(e: impl std::fmt::Display) -> ApiError {
-    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+fn unprocessable(message: impl Into<String>) -> Error {
+    Error::Refused(message.into())
 }
 
 fn sources(files: &[corral_proto::api::FileBody]) -> Vec<compose::SourceFile> {
@@ -56,10 +51,7 @@ fn sources(files: &[corral_proto::api::FileBody]) -> Vec<compose::SourceFile> {
 /// `corral up`: load, validate, check that the stack can be placed and that every image it
 /// needs is on the hosts chosen for it, then store it in one transaction. A refused `up`
 /// leaves nothing behind.
-pub async fn up(
-    state: &Arc<AppState>,
-    req: UpRequest,
-) -> Result<(StatusCode, UpResponse), ApiError> {
+pub async fn up(state: &Arc<AppState>, req: UpRequest) -> Result<UpResponse> {
     if req.env.len() > 4096 {
         return Err(bad("too many environment variables sent (limit 4096)"));
     }
@@ -80,7 +72,7 @@ pub async fn up(
         .ok_or_else(|| bad(format!("no environment {env_name:?}")))?;
     let mut rows = Vec::new();
     for (i, (name, replicas, def)) in stack.services.iter().enumerate() {
-        let (spec, spec_hash) = def.encode().map_err(internal)?;
+        let (spec, spec_hash) = def.encode().map_err(Error::internal)?;
         rows.push(ServiceRow {
             stack_id: String::new(),
             name: name.clone(),
@@ -115,6 +107,14 @@ pub async fn up(
         .into_iter()
         .find(|s| s.environment_id == env.id && s.name == stack.name);
     let world = reconciler::World::gather(state, &env.id).await?;
+    if let Some(why) = world.unreadable_stack(existing_stack.as_ref().map(|s| s.id.as_str())) {
+        // Replacing a definition nobody can read is fine; placing beside one is not: its
+        // replicas' reservations are unknown.
+        return Err(Error::Refused(format!(
+            "stack {} cannot be placed; nothing was changed: {why}",
+            stack.name
+        )));
+    }
     let containers = match &existing_stack {
         Some(s) => world.replicas_of(&s.id),
         None => Vec::new(),
@@ -148,10 +148,8 @@ pub async fn up(
         services: &rows,
     };
     let (_, created, changed) = state.store.write_stack(&write, now_unix()).await?;
-    let _ = state
-        .store
+    state
         .record_event(
-            now_unix(),
             if created {
                 "stack_created"
             } else {
@@ -171,19 +169,12 @@ pub async fn up(
         )
         .await;
     state.reconciler.wake();
-    Ok((
-        if created {
-            StatusCode::CREATED
-        } else {
-            StatusCode::OK
-        },
-        UpResponse {
-            stack: stack.name,
-            created,
-            changed,
-            warnings: loaded.warnings.iter().map(ToString::to_string).collect(),
-        },
-    ))
+    Ok(UpResponse {
+        stack: stack.name,
+        created,
+        changed,
+        warnings: loaded.warnings.iter().map(ToString::to_string).collect(),
+    })
 }
 
 /// Asks each host chosen in the dry run whether it has the images it would run.
@@ -192,7 +183,7 @@ async fn check_images(
     world: &reconciler::World,
     services: &[reconcile::Service],
     actions: &[reconcile::Action],
-) -> Result<(), ApiError> {
+) -> Result<()> {
     let mut wanted: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for a in actions {
         if let reconcile::Action::Run {
@@ -209,33 +200,21 @@ async fn check_images(
     let mut missing = Vec::new();
     for (host_id, images) in wanted {
         let host = world.host_name(&host_id);
-        let payload = serde_json::to_value(ImageCheck {
-            images: images.clone(),
-        })
-        .map_err(internal)?;
-        let (_, rx) = submit(
-            state,
-            &host_id,
-            CommandKind::ImageCheck,
-            payload,
-            Duration::from_secs(15),
-        )
-        .await?;
-        match tokio::time::timeout(Duration::from_secs(20), rx).await {
-            Ok(Ok(Outcome::Done(CommandResult::Ok { value }))) => {
-                let absent: Vec<String> = serde_json::from_value(value).unwrap_or_default();
+        let check = ImageCheck { images };
+        // An answer that does not read is a failed check, never "nothing missing".
+        match dispatch::call(state, &host_id, check, IMAGE_CHECK_TTL).await {
+            Ok(absent) => {
                 for image in absent {
                     missing.push(format!(
                         "image {image} is not present on host {host} (corral never pulls implicitly: load or pull it there first)"
                     ));
                 }
             }
-            Ok(Ok(Outcome::Done(CommandResult::Failed { message }))) => {
-                missing.push(format!("host {host} cannot check its images: {message}"));
-            }
-            _ => missing.push(format!(
+            Err(CallError::Expired) => missing.push(format!(
                 "host {host} did not answer the image check in time"
             )),
+            Err(CallError::Store(e)) => return Err(e.into()),
+            Err(e) => missing.push(format!("host {host} cannot check its images: {e}")),
         }
     }
     if missing.is_empty() {
@@ -248,12 +227,15 @@ async fn check_images(
     }
 }
 
+/// How long a host may take to say which images it lacks.
+const IMAGE_CHECK_TTL: Duration = Duration::from_secs(15);
+
 fn service_def(row: &ServiceRow) -> Option<ServiceDef> {
     serde_json::from_str(&row.spec).ok()
 }
 
 /// One stack with its services and replicas, as `corral ps` shows it.
-pub async fn view(state: &AppState, stack: &StackRow) -> Result<StackView, ApiError> {
+pub async fn view(state: &AppState, stack: &StackRow) -> Result<StackView> {
     let services = state.store.services(&stack.id).await?;
     let containers = state.store.stack_containers(&stack.id).await?;
     let hosts = state.store.host_names().await?;
@@ -265,7 +247,8 @@ pub async fn view(state: &AppState, stack: &StackRow) -> Result<StackView, ApiEr
         .unwrap_or_default();
     let status = state.reconciler.status(&stack.id);
     let mut views = Vec::new();
-    let mut converged = stack.state == "active";
+    let error = status.as_ref().and_then(|s| s.unreadable.clone());
+    let mut converged = stack.state == StackState::Active && error.is_none();
     for svc in &services {
         let def = service_def(svc);
         let mine: Vec<&ContainerRow> = containers
@@ -277,10 +260,9 @@ pub async fn view(state: &AppState, stack: &StackRow) -> Result<StackView, ApiEr
         let ready = mine
             .iter()
             .filter(|c| {
-                c.desired == "running"
+                c.desired == Desired::Running
                     && c.spec_hash.as_deref() == Some(svc.spec_hash.as_str())
-                    && c.actual == "running"
-                    && matches!(c.health.as_deref(), None | Some("healthy"))
+                    && is_ready(c.actual, c.health)
             })
             .count() as u32;
         let outdated = mine
@@ -325,7 +307,12 @@ pub async fn view(state: &AppState, stack: &StackRow) -> Result<StackView, ApiEr
     Ok(StackView {
         name: stack.name.clone(),
         environment: env,
-        state: stack.state.clone(),
+        state: if error.is_some() {
+            "failed".into()
+        } else {
+            stack.state.as_str().into()
+        },
+        error,
         converged,
         services: views,
         created_at: rfc3339(stack.created_at),
@@ -345,21 +332,21 @@ fn replica_view(
             .get(&c.host_id)
             .cloned()
             .unwrap_or_else(|| c.host_id.clone()),
-        desired: c.desired.clone(),
-        actual: c.actual.clone(),
-        health: c.health.clone(),
+        desired: c.desired.as_str().into(),
+        actual: c.actual.as_str().into(),
+        health: c.health.map(|h| h.as_str().into()),
         exit_code: c.exit_code,
         current: c.spec_hash.as_deref() == Some(svc.spec_hash.as_str()),
         ip: c.ip.clone(),
     }
 }
 
-pub async fn get(state: &AppState, name: &str) -> Result<StackView, ApiError> {
+pub async fn get(state: &AppState, name: &str) -> Result<StackView> {
     let stack = state.store.find_stack(name).await?;
     view(state, &stack).await
 }
 
-pub async fn list(state: &AppState) -> Result<Vec<StackSummary>, ApiError> {
+pub async fn list(state: &AppState) -> Result<Vec<StackSummary>> {
     let mut out = Vec::new();
     for stack in state.store.stacks().await? {
         let v = view(state, &stack).await?;
@@ -380,7 +367,7 @@ pub async fn list(state: &AppState) -> Result<Vec<StackSummary>, ApiError> {
 /// Largest replica count `corral scale` accepts for one service.
 pub const MAX_REPLICAS: u32 = 10_000;
 
-pub async fn scale(state: &AppState, name: &str, req: ScaleRequest) -> Result<StackView, ApiError> {
+pub async fn scale(state: &AppState, name: &str, req: ScaleRequest) -> Result<StackView> {
     if req.replicas > MAX_REPLICAS {
         return Err(bad(format!(
             "{} replicas: the limit is {MAX_REPLICAS} per service",
@@ -388,29 +375,24 @@ pub async fn scale(state: &AppState, name: &str, req: ScaleRequest) -> Result<St
         )));
     }
     let stack = state.store.find_stack(name).await?;
-    if stack.state != "active" {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            format!("stack {} is being removed", stack.name),
-        ));
+    if stack.state != StackState::Active {
+        return Err(Error::conflict(format!(
+            "stack {} is being removed",
+            stack.name
+        )));
     }
     if !state
         .store
         .set_replicas(&stack.id, &req.service, req.replicas, now_unix())
         .await?
     {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            format!(
-                "stack {} has no service {:?}; see `corral ps -p {}`",
-                stack.name, req.service, stack.name
-            ),
-        ));
+        return Err(Error::NotFound(format!(
+            "stack {} has no service {:?}; see `corral ps -p {}`",
+            stack.name, req.service, stack.name
+        )));
     }
-    let _ = state
-        .store
+    state
         .record_event(
-            now_unix(),
             "stack_scaled",
             None,
             &format!(
@@ -425,16 +407,14 @@ pub async fn scale(state: &AppState, name: &str, req: ScaleRequest) -> Result<St
 
 /// `corral down`: mark the stack for removal; the reconciler removes its containers, then its
 /// network (and volumes, when asked) on every connected host, then the stack.
-pub async fn down(state: &AppState, name: &str, volumes: bool) -> Result<StackView, ApiError> {
+pub async fn down(state: &AppState, name: &str, volumes: bool) -> Result<StackView> {
     let stack = state.store.find_stack(name).await?;
     state
         .store
         .mark_stack_removing(&stack.id, volumes, now_unix())
         .await?;
-    let _ = state
-        .store
+    state
         .record_event(
-            now_unix(),
             "stack_removing",
             None,
             &format!(
@@ -456,7 +436,7 @@ pub async fn logs(
     service: &str,
     follow: bool,
     tail: Option<u64>,
-) -> Result<axum::body::Body, ApiError> {
+) -> Result<axum::body::Body> {
     use futures_util::StreamExt;
     let stack = state.store.find_stack(stack).await?;
     let replicas: Vec<ContainerRow> = state
@@ -464,16 +444,13 @@ pub async fn logs(
         .stack_containers(&stack.id)
         .await?
         .into_iter()
-        .filter(|c| c.service.as_deref() == Some(service) && c.desired == "running")
+        .filter(|c| c.service.as_deref() == Some(service) && c.desired == Desired::Running)
         .collect();
     if replicas.is_empty() {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            format!(
-                "stack {} has no running replica of {service:?}; see `corral ps -p {}`",
-                stack.name, stack.name
-            ),
-        ));
+        return Err(Error::NotFound(format!(
+            "stack {} has no running replica of {service:?}; see `corral ps -p {}`",
+            stack.name, stack.name
+        )));
     }
     let mut streams = Vec::new();
     for c in &replicas {
@@ -491,7 +468,7 @@ pub async fn logs(
 fn prefixed_lines(
     body: axum::body::BodyDataStream,
     prefix: String,
-) -> impl futures_util::Stream<Item = Result<axum::body::Bytes, axum::Error>> + Send {
+) -> impl futures_util::Stream<Item = std::result::Result<axum::body::Bytes, axum::Error>> + Send {
     use futures_util::StreamExt;
     const MAX_LINE: usize = 64 * 1024;
     futures_util::stream::unfold(
@@ -538,7 +515,10 @@ fn flush_or_end(
     prefix: String,
     body: axum::body::BodyDataStream,
     mut pending: Vec<u8>,
-) -> (Result<axum::body::Bytes, axum::Error>, LineState) {
+) -> (
+    std::result::Result<axum::body::Bytes, axum::Error>,
+    LineState,
+) {
     if pending.is_empty() {
         return (Ok(axum::body::Bytes::new()), (body, pending, true));
     }

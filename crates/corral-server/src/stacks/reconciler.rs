@@ -1,117 +1,39 @@
 //! The reconciler loop: every second (and at once when woken by `up`, `scale`, `down` or an
-//! agent's report) it reads the datastore and the live tunnels, runs [`reconcile::decide`] for
-//! each stack, and carries the actions out as durable `container_*` commands. Outcomes land in
-//! the datastore; a failed start backs its service off (1 s doubling to 30 s) and is recorded
-//! as a `container_failed` event.
+//! agent's report) it reads the datastore and the live tunnels, runs
+//! [`reconcile::decide`] for each stack, and carries the actions out as durable `container_*`
+//! commands. Outcomes land in the datastore; a failed start backs its service off (1 s
+//! doubling to 30 s) and is recorded as a `container_failed` event.
+//!
+//! Fail closed: a stack whose stored definition no longer reads (written by another version,
+//! or damaged) is not reconciled at all — none of its containers is touched — and reports
+//! why; a `stack_unreadable` event is recorded once. Its containers hold their hosts entirely
+//! for the other stacks' placement, since their reservations are unknown.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
-use corral_proto::{
-    CommandKind, CommandResult, ContainerRef, ContainerSpec, ContainerStatus, StackCleanup,
+use corral_control::define::{ServiceDef, host_ports, network_name};
+use corral_control::reconcile::{
+    self, Action, HostState, LostHostPolicy, Replica, ServiceMemory, host_is_ready,
 };
-use corral_scheduler::Existing;
-use tokio::sync::Notify;
+use corral_control::states::{Actual, Desired, StackState};
+use corral_proto::{ContainerRef, ContainerSpec, RemoveContainer, StackCleanup, StartContainer};
+use corral_scheduler::{Existing, Resources};
 
-use super::define::{ServiceDef, network_name};
-use super::reconcile::{self, Action, HostState, Replica, ServiceMemory};
-use crate::AppState;
-use crate::dispatch::{Outcome, submit};
+use crate::dispatch::{self, CallError};
 use crate::secrets::new_id;
+use crate::state::AppState;
+use crate::state::reconciler::StackStatus;
 use crate::store::{ContainerRow, StackRow, StoreError};
 use crate::time_fmt::now_unix;
 
 /// How often the reconciler looks even when nothing woke it.
 const TICK: Duration = Duration::from_secs(1);
-const BACKOFF_START_MS: i64 = 1_000;
-const BACKOFF_MAX_MS: i64 = 30_000;
-
-/// What the reconciler learnt in its last pass over a stack (for `corral ps`).
-#[derive(Debug, Clone, Default)]
-pub struct StackStatus {
-    pub unplaced: BTreeMap<String, Vec<String>>,
-    pub waiting: BTreeMap<String, String>,
-}
-
-#[derive(Debug, Default)]
-struct ServiceState {
-    memory: ServiceMemory,
-    backoff_ms: i64,
-    last_error: Option<String>,
-}
-
-#[derive(Default)]
-struct Inner {
-    /// (stack id, service) → memory.
-    services: HashMap<(String, String), ServiceState>,
-    /// Containers with a command under way.
-    in_flight: HashSet<String>,
-    status: HashMap<String, StackStatus>,
-}
-
-#[derive(Default)]
-pub struct Reconciler {
-    wake: Notify,
-    inner: Mutex<Inner>,
-}
-
-impl Reconciler {
-    /// Asks for a pass now.
-    pub fn wake(&self) {
-        self.wake.notify_one();
-    }
-
-    fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    pub fn status(&self, stack_id: &str) -> Option<StackStatus> {
-        self.lock().status.get(stack_id).cloned()
-    }
-
-    pub fn last_error(&self, stack_id: &str, service: &str) -> Option<String> {
-        self.lock()
-            .services
-            .get(&(stack_id.to_owned(), service.to_owned()))
-            .and_then(|s| s.last_error.clone())
-    }
-
-    fn finished(&self, container_id: &str) {
-        self.lock().in_flight.remove(container_id);
-        self.wake();
-    }
-
-    fn failed_start(&self, stack_id: &str, service: &str, message: String) {
-        let now_ms = now_unix() * 1000;
-        let mut inner = self.lock();
-        let s = inner
-            .services
-            .entry((stack_id.to_owned(), service.to_owned()))
-            .or_default();
-        s.backoff_ms = (s.backoff_ms * 2).clamp(BACKOFF_START_MS, BACKOFF_MAX_MS);
-        s.memory.not_before_ms = now_ms + s.backoff_ms;
-        s.last_error = Some(message);
-    }
-
-    fn started(&self, stack_id: &str, service: &str) {
-        let mut inner = self.lock();
-        if let Some(s) = inner
-            .services
-            .get_mut(&(stack_id.to_owned(), service.to_owned()))
-        {
-            s.backoff_ms = 0;
-            s.memory.not_before_ms = 0;
-            s.last_error = None;
-        }
-    }
-}
 
 /// Runs passes until the server shuts down.
 pub async fn run(state: Arc<AppState>) {
-    crate::every(
+    crate::state::every(
         state,
         |s| &s.reconciler.wake,
         TICK,
@@ -128,13 +50,46 @@ pub struct World {
     containers: Vec<ContainerRow>,
     /// Service definitions by (stack id, service), for the reservations of other stacks.
     defs: HashMap<(String, String), ServiceDef>,
+    /// Stacks whose stored definitions do not read, and why.
+    unreadable: HashMap<String, String>,
+}
+
+/// The services of one stack as stored, or why they cannot be read.
+fn read_services(
+    stack: &StackRow,
+    rows: &[crate::store::ServiceRow],
+) -> Result<Vec<reconcile::Service>, String> {
+    rows.iter()
+        .map(|r| {
+            let def: ServiceDef = serde_json::from_str(&r.spec).map_err(|e| {
+                format!(
+                    "the stored definition of service {} of stack {} cannot be read ({e}); nothing of the stack is changed until it is deployed again with `corral up`",
+                    r.name, stack.name
+                )
+            })?;
+            let replicas = u32::try_from(r.replicas).map_err(|_| {
+                format!(
+                    "service {} of stack {} has an impossible replica count {}",
+                    r.name, stack.name, r.replicas
+                )
+            })?;
+            Ok(reconcile::Service {
+                name: r.name.clone(),
+                replicas,
+                def,
+                hash: r.spec_hash.clone(),
+            })
+        })
+        .collect()
 }
 
 impl World {
     pub async fn gather(state: &AppState, environment_id: &str) -> Result<World, StoreError> {
         let now = now_unix();
-        let grace = state.options.reschedule_after.as_secs() as i64;
-        let started_at = now - state.started.elapsed().as_secs() as i64;
+        let policy = LostHostPolicy {
+            grace_secs: state.options.reschedule_after.as_secs() as i64,
+            server_started_at: now - state.started.elapsed().as_secs() as i64,
+        };
         let mut hosts = Vec::new();
         let mut host_names = HashMap::new();
         for h in state.store.hosts(true).await? {
@@ -145,16 +100,20 @@ impl World {
             let info = state.registry.info(&h.id);
             let docker = info.as_ref().and_then(|i| i.docker.as_ref());
             let docker_info = docker.and_then(|d| d.info.as_ref());
-            // A host counts as lost after the grace period, measured from when it was last
-            // seen or from when this server started, whichever is later: a restarted server
-            // gives every host the full grace period to reconnect.
-            let disconnected_since = h.last_seen_at.max(started_at);
-            let lost =
-                h.removed_at.is_some() || (info.is_none() && now - disconnected_since > grace);
+            // A host whose labels do not read takes no new replica (its constraints cannot
+            // be checked); its replicas stay where they are.
+            let labels = h.labels();
+            if let Err(e) = &labels {
+                tracing::error!(host = %h.name, error = %e, "host not schedulable");
+            }
             hosts.push(HostState {
-                labels: h.labels(),
-                ready: info.is_some() && docker.is_some_and(|d| d.state == "available"),
-                lost,
+                ready: labels.is_ok()
+                    && host_is_ready(
+                        info.is_some(),
+                        docker.is_some_and(|d| d.state == "available"),
+                    ),
+                labels: labels.unwrap_or_default(),
+                lost: policy.is_lost(h.removed_at.is_some(), info.is_some(), h.last_seen_at, now),
                 cpu_millis: docker_info.map_or(0, |d| u64::from(d.cpus) * 1000),
                 memory_bytes: docker_info.map_or(0, |d| d.memory_bytes),
                 id: h.id,
@@ -169,13 +128,20 @@ impl World {
             .filter(|c| c.environment_id == environment_id)
             .collect();
         let mut defs = HashMap::new();
+        let mut unreadable = HashMap::new();
         for stack in state.store.stacks().await? {
             if stack.environment_id != environment_id {
                 continue;
             }
-            for svc in state.store.services(&stack.id).await? {
-                if let Ok(def) = serde_json::from_str::<ServiceDef>(&svc.spec) {
-                    defs.insert((stack.id.clone(), svc.name), def);
+            let rows = state.store.services(&stack.id).await?;
+            match read_services(&stack, &rows) {
+                Ok(services) => {
+                    for svc in services {
+                        defs.insert((stack.id.clone(), svc.name), svc.def);
+                    }
+                }
+                Err(why) => {
+                    unreadable.insert(stack.id.clone(), why);
                 }
             }
         }
@@ -184,6 +150,7 @@ impl World {
             host_names,
             containers,
             defs,
+            unreadable,
         })
     }
 
@@ -192,6 +159,14 @@ impl World {
             .get(id)
             .cloned()
             .unwrap_or_else(|| id.to_owned())
+    }
+
+    /// Why some stack of this environment other than `except` cannot be read, if one cannot.
+    pub fn unreadable_stack(&self, except: Option<&str>) -> Option<&str> {
+        self.unreadable
+            .iter()
+            .find(|(id, _)| Some(id.as_str()) != except)
+            .map(|(_, why)| why.as_str())
     }
 
     pub fn replicas_of(&self, stack_id: &str) -> Vec<Replica> {
@@ -204,40 +179,55 @@ impl World {
                 service: c.service.clone().unwrap_or_default(),
                 slot: c.slot.and_then(|s| u32::try_from(s).ok()).unwrap_or(0),
                 hash: c.spec_hash.clone().unwrap_or_default(),
-                desired: c.desired.clone(),
-                actual: c.actual.clone(),
-                health: c.health.clone(),
+                desired: c.desired,
+                actual: c.actual,
+                health: c.health,
                 exit_code: c.exit_code,
                 restart_count: c.restart_count,
             })
             .collect()
     }
 
-    /// Every container not of `stack_id` that holds ports or reservations on a host.
+    /// Every container not of `stack_id` that holds ports or reservations on a host. One whose
+    /// definition cannot be read holds its whole host: its reservation is unknown, and
+    /// guessing none could over-commit the host.
     pub fn others(&self, stack_id: Option<&str>) -> Vec<Existing> {
         self.containers
             .iter()
             .filter(|c| c.stack_id.is_none() || c.stack_id.as_deref() != stack_id)
-            .filter(|c| c.actual != "missing")
+            .filter(|c| c.actual != Actual::Missing)
             .map(|c| {
                 let spec: Option<ContainerSpec> = serde_json::from_str(&c.spec).ok();
-                let def = c
-                    .stack_id
-                    .as_ref()
-                    .zip(c.service.as_ref())
-                    .and_then(|(s, v)| self.defs.get(&(s.clone(), v.clone())));
+                let reservations = match (&c.stack_id, &c.service) {
+                    (Some(s), _) if self.unreadable.contains_key(s) => self.capacity_of(&c.host_id),
+                    (Some(s), Some(v)) => self
+                        .defs
+                        .get(&(s.clone(), v.clone()))
+                        .map(|d| d.reservations)
+                        .unwrap_or_default(),
+                    _ => Resources::default(),
+                };
                 Existing {
                     host_id: c.host_id.clone(),
                     stack: c.stack_id.clone().unwrap_or_default(),
                     service: c.service.clone().unwrap_or_else(|| c.name.clone()),
                     slot: 0,
-                    ports: spec
-                        .map(|s| super::define::host_ports(&s))
-                        .unwrap_or_default(),
-                    reservations: def.map(|d| d.reservations).unwrap_or_default(),
+                    ports: spec.map(|s| host_ports(&s)).unwrap_or_default(),
+                    reservations,
                 }
             })
             .collect()
+    }
+
+    fn capacity_of(&self, host_id: &str) -> Resources {
+        self.hosts
+            .iter()
+            .find(|h| h.id == host_id)
+            .map(|h| Resources {
+                cpu_millis: h.cpu_millis,
+                memory_bytes: h.memory_bytes,
+            })
+            .unwrap_or_default()
     }
 }
 
@@ -265,18 +255,19 @@ async fn pass_stack(
     world: &World,
     stack: &StackRow,
 ) -> Result<(), StoreError> {
+    if let Some(why) = world.unreadable.get(&stack.id) {
+        report_unreadable(state, stack, why).await;
+        return Ok(());
+    }
     let rows = state.store.services(&stack.id).await?;
-    let services: Vec<reconcile::Service> = rows
-        .iter()
-        .filter_map(|r| {
-            Some(reconcile::Service {
-                name: r.name.clone(),
-                replicas: u32::try_from(r.replicas).ok()?,
-                def: serde_json::from_str(&r.spec).ok()?,
-                hash: r.spec_hash.clone(),
-            })
-        })
-        .collect();
+    let services = match read_services(stack, &rows) {
+        Ok(services) => services,
+        // Changed since the world was gathered: next pass.
+        Err(why) => {
+            report_unreadable(state, stack, &why).await;
+            return Ok(());
+        }
+    };
     let containers = world.replicas_of(&stack.id);
     let others = world.others(Some(&stack.id));
     let now_ms = now_unix() * 1000;
@@ -293,7 +284,7 @@ async fn pass_stack(
     let decision = reconcile::decide(&reconcile::Input {
         now_ms,
         stack: &stack.name,
-        removing: stack.state == "removing",
+        removing: stack.state == StackState::Removing,
         services: &services,
         hosts: &world.hosts,
         containers: &containers,
@@ -316,6 +307,7 @@ async fn pass_stack(
             StackStatus {
                 unplaced: decision.unplaced.clone(),
                 waiting: decision.waiting.clone(),
+                unreadable: None,
             },
         );
     }
@@ -351,6 +343,21 @@ async fn pass_stack(
         finish_removal(state, world, stack).await?;
     }
     Ok(())
+}
+
+/// Marks a stack failed with the reason (and records it once, when it starts failing).
+async fn report_unreadable(state: &AppState, stack: &StackRow, why: &str) {
+    let first = {
+        let mut inner = state.reconciler.lock();
+        let status = inner.status.entry(stack.id.clone()).or_default();
+        let first = status.unreadable.as_deref() != Some(why);
+        status.unreadable = Some(why.to_owned());
+        first
+    };
+    if first {
+        tracing::error!(stack = %stack.name, "{why}");
+        state.record_event("stack_unreadable", None, why).await;
+    }
 }
 
 fn grace_of(services: &[reconcile::Service], service: &str) -> u64 {
@@ -389,8 +396,8 @@ async fn run_replica(
         name: spec.name.clone(),
         image: spec.image.clone(),
         spec: serde_json::to_string(&spec).map_err(|e| StoreError::Corrupt(e.to_string()))?,
-        desired: "running".into(),
-        actual: "pending".into(),
+        desired: Desired::Running,
+        actual: Actual::Pending,
         docker_id: None,
         exit_code: None,
         created_at: now,
@@ -404,18 +411,9 @@ async fn run_replica(
         ip: None,
     };
     state.store.insert_container(&row).await?;
-    let payload = serde_json::to_value(&spec).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     let in_flight = InFlight::mark(state, &id);
-    let (_, rx) = match submit(
-        state,
-        host_id,
-        CommandKind::ContainerRun,
-        payload,
-        state.options.command_ttl,
-    )
-    .await
-    {
-        Ok(x) => x,
+    let pending = match dispatch::send(state, host_id, spec, state.options.command_ttl).await {
+        Ok(p) => p,
         Err(e) => {
             let _ = state.store.delete_container(&id).await;
             return Err(e);
@@ -426,26 +424,22 @@ async fn run_replica(
     let service = svc.name.clone();
     let host_id = host_id.to_owned();
     tokio::spawn(async move {
-        match rx.await {
-            Ok(Outcome::Done(CommandResult::Ok { value })) => {
-                if let Ok(status) = serde_json::from_value::<ContainerStatus>(value) {
-                    let _ = state
-                        .store
-                        .record_status(&host_id, &status, now_unix())
-                        .await;
-                }
-                state.reconciler.started(&stack_id, &service);
-            }
-            outcome => {
-                let message = match outcome {
-                    Ok(Outcome::Done(CommandResult::Failed { message })) => message,
-                    _ => format!("host did not run {} in time", row.name),
-                };
-                let _ = state.store.delete_container(&row.id).await;
+        match pending.wait().await {
+            Ok(status) => {
                 let _ = state
                     .store
+                    .record_status(&host_id, &status, now_unix())
+                    .await;
+                state.reconciler.started(&stack_id, &service);
+            }
+            Err(e) => {
+                let message = match e {
+                    CallError::Expired => format!("host did not run {} in time", row.name),
+                    other => other.to_string(),
+                };
+                let _ = state.store.delete_container(&row.id).await;
+                state
                     .record_event(
-                        now_unix(),
                         "container_failed",
                         Some(&host_id),
                         &format!("replica {}: {message}", row.name),
@@ -482,6 +476,11 @@ impl Drop for InFlight {
     }
 }
 
+/// How long a restart of an exited replica may take.
+const START_TTL: Duration = Duration::from_secs(60);
+/// How long a host may take to remove a stack's network and volumes.
+const CLEANUP_TTL: Duration = Duration::from_secs(30);
+
 /// How long the removal of a replica that left a lost host waits for that host to return.
 const LOST_HOST_REMOVE_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
@@ -490,21 +489,10 @@ async fn send_remove(
     host_id: &str,
     id: &str,
     grace_secs: u64,
-) -> Result<tokio::sync::oneshot::Receiver<Outcome>, StoreError> {
-    send_remove_within(state, host_id, id, grace_secs, state.options.command_ttl).await
-}
-
-async fn send_remove_within(
-    state: &Arc<AppState>,
-    host_id: &str,
-    id: &str,
-    grace_secs: u64,
     ttl: Duration,
-) -> Result<tokio::sync::oneshot::Receiver<Outcome>, StoreError> {
-    let payload = serde_json::to_value(ContainerRef::lifecycle(id, Some(grace_secs)))
-        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    let (_, rx) = submit(state, host_id, CommandKind::ContainerRemove, payload, ttl).await?;
-    Ok(rx)
+) -> Result<dispatch::Pending<RemoveContainer>, StoreError> {
+    let request = RemoveContainer(ContainerRef::lifecycle(id, Some(grace_secs)));
+    dispatch::send(state, host_id, request, ttl).await
 }
 
 async fn remove_replica(
@@ -518,8 +506,11 @@ async fn remove_replica(
     let Some(r) = containers.iter().find(|r| r.id == id) else {
         return Ok(());
     };
-    if r.desired != "removed" {
-        state.store.set_desired(id, "removed", now_unix()).await?;
+    if r.desired != Desired::Removed {
+        state
+            .store
+            .set_desired(id, Desired::Removed, now_unix())
+            .await?;
         tracing::info!(
             container = %id,
             host = %world.host_name(&r.host_id),
@@ -528,20 +519,21 @@ async fn remove_replica(
         );
     }
     let in_flight = InFlight::mark(state, id);
-    let rx = send_remove(state, &r.host_id, id, grace_of(services, &r.service)).await?;
+    let grace = grace_of(services, &r.service);
+    let pending = send_remove(state, &r.host_id, id, grace, state.options.command_ttl).await?;
     let state = state.clone();
     let id = id.to_owned();
     let host_id = r.host_id.clone();
     tokio::spawn(async move {
-        match rx.await {
-            Ok(Outcome::Done(CommandResult::Ok { .. })) => {
+        match pending.wait().await {
+            Ok(()) => {
                 let _ = state.store.delete_container(&id).await;
             }
-            Ok(Outcome::Done(CommandResult::Failed { message })) => {
-                let _ = state
-                    .store
+            Err(CallError::Expired | CallError::Abandoned) => {}
+            Err(e) => {
+                let message = e.to_string();
+                state
                     .record_event(
-                        now_unix(),
                         "container_remove_failed",
                         Some(&host_id),
                         &format!("container {id}: {message}"),
@@ -550,7 +542,6 @@ async fn remove_replica(
                 // Retried by a later pass; not at once.
                 tokio::time::sleep(Duration::from_secs(5)).await;
             }
-            _ => {}
         }
         drop(in_flight);
     });
@@ -569,11 +560,7 @@ async fn forget_replica(
     };
     state.store.delete_container(id).await?;
     if remove {
-        let _ = state
-            .store
-            .record_event(
-                now_unix(),
-                "replica_rescheduled",
+        state.record_event("replica_rescheduled",
                 Some(&r.host_id),
                 &format!(
                     "replica {}.{} left host {} (disconnected longer than {}s); its removal waits for the host",
@@ -585,7 +572,7 @@ async fn forget_replica(
             )
             .await;
         // Queued (durably) for the host's return.
-        let _ = send_remove_within(state, &r.host_id, id, 0, LOST_HOST_REMOVE_TTL).await;
+        let _ = send_remove(state, &r.host_id, id, 0, LOST_HOST_REMOVE_TTL).await;
     }
     Ok(())
 }
@@ -598,23 +585,13 @@ async fn start_replica(
     let Some(r) = containers.iter().find(|r| r.id == id) else {
         return Ok(());
     };
-    let payload = serde_json::to_value(ContainerRef::lifecycle(id, None))
-        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
     let in_flight = InFlight::mark(state, id);
-    let (_, rx) = submit(
-        state,
-        &r.host_id,
-        CommandKind::ContainerStart,
-        payload,
-        Duration::from_secs(60),
-    )
-    .await?;
+    let request = StartContainer(ContainerRef::lifecycle(id, None));
+    let pending = dispatch::send(state, &r.host_id, request, START_TTL).await?;
     let state = state.clone();
     let host_id = r.host_id.clone();
     tokio::spawn(async move {
-        if let Ok(Outcome::Done(CommandResult::Ok { value })) = rx.await
-            && let Ok(Some(status)) = serde_json::from_value::<Option<ContainerStatus>>(value)
-        {
+        if let Ok(Some(status)) = pending.wait().await {
             let _ = state
                 .store
                 .record_status(&host_id, &status, now_unix())
@@ -635,7 +612,8 @@ async fn finish_removal(
     stack: &StackRow,
 ) -> Result<(), StoreError> {
     let volumes: Vec<String> = if stack.remove_volumes {
-        serde_json::from_str(&stack.volumes).unwrap_or_default()
+        serde_json::from_str(&stack.volumes)
+            .map_err(|e| StoreError::Corrupt(format!("stack {}: volumes: {e}", stack.name)))?
     } else {
         Vec::new()
     };
@@ -644,45 +622,29 @@ async fn finish_removal(
         network: network_name(&stack.name),
         volumes,
     };
-    let payload = serde_json::to_value(&cleanup).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     let mut waits = Vec::new();
     for h in world.hosts.iter().filter(|h| h.ready) {
-        let (_, rx) = submit(
-            state,
-            &h.id,
-            CommandKind::StackCleanup,
-            payload.clone(),
-            Duration::from_secs(30),
-        )
-        .await?;
-        waits.push((h.name.clone(), rx));
+        let pending = dispatch::send(state, &h.id, cleanup.clone(), CLEANUP_TTL).await?;
+        waits.push((h.name.clone(), pending));
     }
-    for (host, rx) in waits {
-        match tokio::time::timeout(Duration::from_secs(35), rx).await {
-            Ok(Ok(Outcome::Done(CommandResult::Ok { .. }))) => {}
-            Ok(Ok(Outcome::Done(CommandResult::Failed { message }))) => {
-                let _ = state
-                    .store
+    for (host, pending) in waits {
+        match pending.wait().await {
+            Ok(_) | Err(CallError::Expired | CallError::Abandoned) => {}
+            Err(e) => {
+                let message = e.to_string();
+                state
                     .record_event(
-                        now_unix(),
                         "stack_cleanup_failed",
                         None,
                         &format!("stack {} on host {host}: {message}", stack.name),
                     )
                     .await;
             }
-            _ => {}
         }
     }
     state.store.delete_stack(&stack.id).await?;
-    let _ = state
-        .store
-        .record_event(
-            now_unix(),
-            "stack_removed",
-            None,
-            &format!("stack {}", stack.name),
-        )
+    state
+        .record_event("stack_removed", None, &format!("stack {}", stack.name))
         .await;
     Ok(())
 }

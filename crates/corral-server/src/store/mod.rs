@@ -17,8 +17,10 @@ use serde::Serialize;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{FromRow, SqlitePool};
 
+use corral_control::states::{Actual, Desired, parse_health};
+use corral_proto::{Health, HostFacts};
+
 use crate::secrets::{SecretHash, new_id};
-use corral_proto::HostFacts;
 
 mod overlay;
 mod stacks;
@@ -117,8 +119,11 @@ pub struct HostRow {
 }
 
 impl HostRow {
-    pub fn labels(&self) -> BTreeMap<String, String> {
-        serde_json::from_str(&self.labels).unwrap_or_default()
+    /// The host's labels. Ones that do not read are an error, never "no labels": a `!=`
+    /// placement constraint would match a host whose labels were lost.
+    pub fn labels(&self) -> Result<BTreeMap<String, String>> {
+        serde_json::from_str(&self.labels)
+            .map_err(|e| StoreError::Corrupt(format!("host {}: labels: {e}", self.name)))
     }
 }
 
@@ -135,8 +140,40 @@ pub struct EventRow {
 pub struct ApiKeyRow {
     pub id: String,
     pub name: String,
-    pub role: String,
+    #[sqlx(try_from = "String")]
+    pub role: Role,
     pub revoked_at: Option<i64>,
+}
+
+/// What an API key may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Everything.
+    Admin,
+}
+
+impl Role {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+        }
+    }
+}
+
+/// A stored role name this build does not know.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown API key role {0:?}")]
+pub struct UnknownRole(String);
+
+impl TryFrom<String> for Role {
+    type Error = UnknownRole;
+    fn try_from(text: String) -> std::result::Result<Self, UnknownRole> {
+        match text.as_str() {
+            "admin" => Ok(Role::Admin),
+            _ => Err(UnknownRole(text)),
+        }
+    }
 }
 
 /// The outcome of presenting a credential (with or without a registration token).
@@ -173,7 +210,7 @@ pub enum Completion {
     Unknown,
 }
 
-#[derive(Debug, Clone, FromRow)]
+#[derive(Debug, Clone)]
 pub struct ContainerRow {
     pub id: String,
     pub environment_id: String,
@@ -181,8 +218,8 @@ pub struct ContainerRow {
     pub name: String,
     pub image: String,
     pub spec: String,
-    pub desired: String,
-    pub actual: String,
+    pub desired: Desired,
+    pub actual: Actual,
     pub docker_id: Option<String>,
     pub exit_code: Option<i64>,
     pub created_at: i64,
@@ -193,10 +230,47 @@ pub struct ContainerRow {
     pub slot: Option<i64>,
     /// The service definition it was made from (see `services.spec_hash`).
     pub spec_hash: Option<String>,
-    pub health: Option<String>,
+    pub health: Option<Health>,
     pub restart_count: i64,
     /// Its address on the host's overlay network.
     pub ip: Option<String>,
+}
+
+/// A row whose states do not read is an error, never a default state: acting on a guess
+/// could remove or restart the wrong container.
+impl<'r> FromRow<'r, sqlx::sqlite::SqliteRow> for ContainerRow {
+    fn from_row(row: &'r sqlx::sqlite::SqliteRow) -> std::result::Result<Self, sqlx::Error> {
+        use sqlx::Row;
+        let bad =
+            |column: &str, e: corral_control::states::UnknownState| sqlx::Error::ColumnDecode {
+                index: column.to_owned(),
+                source: Box::new(e),
+            };
+        let desired: String = row.try_get("desired")?;
+        let actual: String = row.try_get("actual")?;
+        let health: Option<String> = row.try_get("health")?;
+        Ok(ContainerRow {
+            id: row.try_get("id")?,
+            environment_id: row.try_get("environment_id")?,
+            host_id: row.try_get("host_id")?,
+            name: row.try_get("name")?,
+            image: row.try_get("image")?,
+            spec: row.try_get("spec")?,
+            desired: Desired::parse(&desired).map_err(|e| bad("desired", e))?,
+            actual: Actual::parse(&actual).map_err(|e| bad("actual", e))?,
+            docker_id: row.try_get("docker_id")?,
+            exit_code: row.try_get("exit_code")?,
+            created_at: row.try_get("created_at")?,
+            updated_at: row.try_get("updated_at")?,
+            stack_id: row.try_get("stack_id")?,
+            service: row.try_get("service")?,
+            slot: row.try_get("slot")?,
+            spec_hash: row.try_get("spec_hash")?,
+            health: parse_health(health.as_deref()).map_err(|e| bad("health", e))?,
+            restart_count: row.try_get("restart_count")?,
+            ip: row.try_get("ip")?,
+        })
+    }
 }
 
 const CONTAINER_COLUMNS: &str = "id, environment_id, host_id, name, image, spec, desired, actual, docker_id, exit_code, created_at, updated_at, stack_id, service, slot, spec_hash, health, restart_count, ip";
@@ -288,7 +362,7 @@ impl Store {
     pub async fn insert_api_key(
         &self,
         name: &str,
-        role: &str,
+        role: Role,
         hash: &SecretHash,
         now: i64,
     ) -> Result<String> {
@@ -298,7 +372,7 @@ impl Store {
         )
         .bind(&id)
         .bind(name)
-        .bind(role)
+        .bind(role.as_str())
         .bind(hash.as_bytes())
         .bind(now)
         .execute(&self.writer)
@@ -580,14 +654,18 @@ impl Store {
         command: &corral_proto::Command,
         now: i64,
     ) -> Result<()> {
-        let payload = serde_json::to_string(&command.payload)
+        let (kind, payload) = command
+            .body
+            .to_wire()
             .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let payload =
+            serde_json::to_string(&payload).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         sqlx::query(
             "INSERT INTO commands (id, host_id, kind, payload, state, created_at, deadline_at) VALUES (?, ?, ?, ?, 'pending', ?, ?)",
         )
         .bind(&command.id)
         .bind(host_id)
-        .bind(command.kind.as_str())
+        .bind(kind)
         .bind(payload)
         .bind(now)
         .bind(command.deadline)
@@ -623,10 +701,7 @@ impl Store {
         rows.into_iter()
             .map(|(id, kind, payload, deadline)| {
                 Ok(corral_proto::Command {
-                    kind: serde_json::from_value(serde_json::Value::String(kind))
-                        .map_err(|e| StoreError::Corrupt(e.to_string()))?,
-                    payload: serde_json::from_str(&payload)
-                        .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                    body: command_body(&id, &kind, &payload)?,
                     id,
                     deadline,
                 })
@@ -634,14 +709,15 @@ impl Store {
             .collect()
     }
 
-    /// A command's kind and payload.
-    pub async fn command(&self, id: &str) -> Result<Option<(String, String)>> {
-        Ok(
+    /// What a command asked for (`None`: no such command).
+    pub async fn command(&self, id: &str) -> Result<Option<corral_proto::CommandBody>> {
+        let row: Option<(String, String)> =
             sqlx::query_as("SELECT kind, payload FROM commands WHERE id = ?")
                 .bind(id)
                 .fetch_optional(&self.reader)
-                .await?,
-        )
+                .await?;
+        row.map(|(kind, payload)| command_body(id, &kind, &payload))
+            .transpose()
     }
 
     pub async fn mark_command_sent(&self, id: &str, now: i64) -> Result<()> {
@@ -743,7 +819,7 @@ impl Store {
         .bind(&c.name)
         .bind(&c.image)
         .bind(&c.spec)
-        .bind(&c.desired)
+        .bind(c.desired.as_str())
         .bind(c.created_at)
         .bind(c.created_at)
         .bind(&c.stack_id)
@@ -795,9 +871,9 @@ impl Store {
         )
     }
 
-    pub async fn set_desired(&self, id: &str, desired: &str, now: i64) -> Result<()> {
+    pub async fn set_desired(&self, id: &str, desired: Desired, now: i64) -> Result<()> {
         sqlx::query("UPDATE containers SET desired = ?, updated_at = ? WHERE id = ?")
-            .bind(desired)
+            .bind(desired.as_str())
             .bind(now)
             .bind(id)
             .execute(&self.writer)
@@ -810,7 +886,7 @@ impl Store {
         &self,
         host_id: &str,
         corral_id: &str,
-        actual: &str,
+        actual: Actual,
         docker_id: Option<&str>,
         exit_code: Option<i64>,
         now: i64,
@@ -818,7 +894,7 @@ impl Store {
         let done = sqlx::query(
             "UPDATE containers SET actual = ?, docker_id = COALESCE(?, docker_id), exit_code = ?, updated_at = ? WHERE id = ? AND host_id = ?",
         )
-        .bind(actual)
+        .bind(actual.as_str())
         .bind(docker_id)
         .bind(exit_code)
         .bind(now)
@@ -840,10 +916,10 @@ impl Store {
         let done = sqlx::query(
             "UPDATE containers SET actual = ?, docker_id = ?, exit_code = ?, health = ?, restart_count = ?, ip = ?, updated_at = ? WHERE id = ? AND host_id = ?",
         )
-        .bind(&status.state)
+        .bind(status.state.as_str())
         .bind(&status.docker_id)
         .bind(status.exit_code)
-        .bind(&status.health)
+        .bind(status.health.map(Health::as_str))
         .bind(status.restart_count)
         .bind(&status.ip)
         .bind(now)
@@ -931,4 +1007,17 @@ async fn insert_event(
         .execute(&mut **tx)
         .await?;
     Ok(())
+}
+
+/// A stored command's body. One that no longer reads (written by another version) is
+/// corrupt state, never an empty command.
+fn command_body(id: &str, kind: &str, payload: &str) -> Result<corral_proto::CommandBody> {
+    let payload: serde_json::Value = serde_json::from_str(payload)
+        .map_err(|e| StoreError::Corrupt(format!("command {id}: payload: {e}")))?;
+    match corral_proto::CommandBody::from_wire(kind, payload) {
+        corral_proto::CommandBody::Unreadable { kind, error } => Err(StoreError::Corrupt(format!(
+            "command {id} ({kind}) no longer reads: {error}"
+        ))),
+        body => Ok(body),
+    }
 }

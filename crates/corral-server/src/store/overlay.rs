@@ -1,6 +1,7 @@
 //! The overlay's rows: each environment's range, mode and sealed pre-shared key; each host's
 //! public key, last endpoint and lease.
 
+use corral_proto::OverlayMode;
 use sqlx::FromRow;
 
 use super::{Result, Store};
@@ -9,7 +10,8 @@ use super::{Result, Store};
 pub struct OverlayEnvRow {
     pub id: String,
     pub name: String,
-    pub overlay_mode: String,
+    #[sqlx(try_from = "String")]
+    pub overlay_mode: OverlayMode,
     pub overlay_cidr: String,
     /// Sealed under the master key (see `vault`).
     pub overlay_psk: Option<Vec<u8>>,
@@ -57,10 +59,9 @@ impl Store {
         Ok(done.rows_affected() > 0)
     }
 
-    /// `wireguard` or `vxlan`.
-    pub async fn set_overlay_mode(&self, env_id: &str, mode: &str) -> Result<()> {
+    pub async fn set_overlay_mode(&self, env_id: &str, mode: OverlayMode) -> Result<()> {
         sqlx::query("UPDATE environments SET overlay_mode = ? WHERE id = ?")
-            .bind(mode)
+            .bind(mode.as_str())
             .bind(env_id)
             .execute(&self.writer)
             .await?;

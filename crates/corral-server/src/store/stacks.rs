@@ -1,5 +1,6 @@
 //! Stacks and their services: the desired state `corral up` stores and the reconciler reads.
 
+use corral_control::states::StackState;
 use sqlx::FromRow;
 
 use super::{CONTAINER_COLUMNS, ContainerRow, Result, Store, StoreError, one_by_id_or_name};
@@ -10,8 +11,8 @@ pub struct StackRow {
     pub id: String,
     pub environment_id: String,
     pub name: String,
-    /// `active` or `removing`.
-    pub state: String,
+    #[sqlx(try_from = "String")]
+    pub state: StackState,
     pub remove_volumes: bool,
     /// JSON array of the Docker names of its named volumes.
     pub volumes: String,
@@ -62,7 +63,7 @@ impl Store {
         let volumes =
             serde_json::to_string(w.volumes).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let (stack_id, created) = match existing {
-            Some(s) if s.state == "removing" => {
+            Some(s) if s.state == StackState::Removing => {
                 return Err(StoreError::Conflict(format!(
                     "stack {} is being removed; wait until `corral stack ls` no longer lists it",
                     w.name

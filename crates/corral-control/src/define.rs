@@ -1,11 +1,12 @@
-//! Pure: a loaded Compose project becomes the service definitions the datastore keeps and the
+//! A loaded Compose project becomes the service definitions the datastore keeps and the
 //! reconciler acts on. No I/O.
 
 use std::collections::BTreeMap;
 
 use corral_compose as compose;
 use corral_proto::{
-    ContainerSpec, HealthSpec, MountSpec, NetworkSpec, PortSpec, RestartSpec, labels,
+    ContainerSpec, HealthSpec, MountSpec, NetworkSpec, PortSpec, RestartPolicyName, RestartSpec,
+    labels,
 };
 use corral_scheduler::{self as sched, HostPort, Resources};
 use serde::{Deserialize, Serialize};
@@ -67,15 +68,14 @@ fn millis(d: std::time::Duration) -> u64 {
 
 fn restart_of(policy: compose::RestartPolicy) -> RestartSpec {
     let (name, max_retries) = match policy {
-        compose::RestartPolicy::No => ("no", None),
-        compose::RestartPolicy::Always => ("always", None),
-        compose::RestartPolicy::OnFailure { max_retries } => ("on-failure", max_retries),
-        compose::RestartPolicy::UnlessStopped => ("unless-stopped", None),
+        compose::RestartPolicy::No => (RestartPolicyName::No, None),
+        compose::RestartPolicy::Always => (RestartPolicyName::Always, None),
+        compose::RestartPolicy::OnFailure { max_retries } => {
+            (RestartPolicyName::OnFailure, max_retries)
+        }
+        compose::RestartPolicy::UnlessStopped => (RestartPolicyName::UnlessStopped, None),
     };
-    RestartSpec {
-        name: name.into(),
-        max_retries,
-    }
+    RestartSpec { name, max_retries }
 }
 
 fn health_of(h: &compose::Healthcheck) -> Option<HealthSpec> {
@@ -407,7 +407,7 @@ volumes:
         assert_eq!(
             t.restart,
             Some(RestartSpec {
-                name: "on-failure".into(),
+                name: RestartPolicyName::OnFailure,
                 max_retries: Some(3)
             })
         );

@@ -1,4 +1,4 @@
-//! Pure: one reconciliation pass of one stack. Given the desired services, the hosts and the
+//! One reconciliation pass of one stack. Given the desired services, the hosts and the
 //! stack's containers as the datastore knows them, decide what to do now. No I/O, no clock
 //! (the time is an argument); `reconciler` gathers the input and carries the actions out.
 //!
@@ -26,9 +26,11 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
+use corral_proto::{ContainerState, Health, RestartPolicyName};
 use corral_scheduler::{self as sched, Existing, RemovalReason, ServiceRef};
 
-use super::define::{DependsOn, ServiceDef};
+use crate::define::{DependsOn, ServiceDef};
+use crate::states::{self, Actual, Desired};
 
 /// A desired service.
 #[derive(Debug, Clone)]
@@ -62,10 +64,10 @@ pub struct Replica {
     pub service: String,
     pub slot: u32,
     pub hash: String,
-    /// `running`, or `removed` while its removal is under way.
-    pub desired: String,
-    pub actual: String,
-    pub health: Option<String>,
+    /// `Running`, or `Removed` while its removal is under way.
+    pub desired: Desired,
+    pub actual: Actual,
+    pub health: Option<Health>,
     pub exit_code: Option<i64>,
     pub restart_count: i64,
 }
@@ -127,20 +129,44 @@ pub struct Decision {
 
 /// Running, and healthy when it has a healthcheck.
 pub fn is_ready(r: &Replica) -> bool {
-    r.actual == "running" && matches!(r.health.as_deref(), None | Some("healthy"))
+    states::is_ready(r.actual, r.health)
+}
+
+/// When a disconnected host counts as lost, so its replicas are placed elsewhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LostHostPolicy {
+    /// How long a host may stay disconnected (`--reschedule-after`), in seconds.
+    pub grace_secs: i64,
+    /// When this server started (Unix seconds).
+    pub server_started_at: i64,
+}
+
+impl LostHostPolicy {
+    /// A removed host is lost at once. A disconnected one is lost after the grace period,
+    /// measured from when it was last seen or from when this server started, whichever is
+    /// later: a restarted server gives every host the full grace period to reconnect.
+    pub fn is_lost(&self, removed: bool, connected: bool, last_seen: i64, now: i64) -> bool {
+        let disconnected_since = last_seen.max(self.server_started_at);
+        removed || (!connected && now - disconnected_since > self.grace_secs)
+    }
+}
+
+/// A host takes new replicas only with a live tunnel and a Docker engine that answers.
+pub fn host_is_ready(connected: bool, docker_available: bool) -> bool {
+    connected && docker_available
 }
 
 fn should_restart(def: &ServiceDef, r: &Replica) -> bool {
-    match def.restart.name.as_str() {
-        "always" | "unless-stopped" => true,
-        "on-failure" => {
+    match def.restart.name {
+        RestartPolicyName::Always | RestartPolicyName::UnlessStopped => true,
+        RestartPolicyName::OnFailure => {
             r.exit_code.unwrap_or(1) != 0
                 && def
                     .restart
                     .max_retries
                     .is_none_or(|max| r.restart_count < i64::from(max))
         }
-        _ => false,
+        RestartPolicyName::No => false,
     }
 }
 
@@ -154,214 +180,292 @@ fn remove_unless_busy(d: &mut Decision, r: &Replica, busy: bool, reason: impl In
     }
 }
 
-/// One pass over one stack.
-pub fn decide(input: &Input<'_>) -> Decision {
-    let mut d = Decision::default();
-    let hosts: HashMap<&str, &HostState> = input.hosts.iter().map(|h| (h.id.as_str(), h)).collect();
-    let services: HashMap<&str, &Service> = input
-        .services
-        .iter()
-        .map(|s| (s.name.as_str(), s))
-        .collect();
-    let busy = |r: &Replica| input.in_flight.contains(&r.id);
+/// The input of one pass, indexed.
+struct Pass<'i, 'a> {
+    input: &'i Input<'a>,
+    hosts: HashMap<&'i str, &'i HostState>,
+    services: HashMap<&'i str, &'i Service>,
+}
 
-    if input.removing {
-        for r in input.containers {
-            let lost = hosts.get(r.host_id.as_str()).is_none_or(|h| h.lost);
-            if r.actual == "missing" || lost {
-                d.actions.push(Action::Forget {
-                    id: r.id.clone(),
-                    remove: r.actual != "missing",
-                });
-            } else {
-                remove_unless_busy(&mut d, r, busy(r), "stack removed");
-            }
+impl<'i, 'a> Pass<'i, 'a> {
+    fn new(input: &'i Input<'a>) -> Self {
+        Pass {
+            input,
+            hosts: input.hosts.iter().map(|h| (h.id.as_str(), h)).collect(),
+            services: input
+                .services
+                .iter()
+                .map(|s| (s.name.as_str(), s))
+                .collect(),
         }
-        d.removed = input.containers.is_empty();
-        return d;
     }
 
-    // 1–3: sort the containers into alive (per service) and removing.
-    let mut alive: BTreeMap<&str, Vec<&Replica>> = BTreeMap::new();
-    let mut removing: BTreeMap<&str, Vec<&Replica>> = BTreeMap::new();
-    for r in input.containers {
-        let lost = hosts.get(r.host_id.as_str()).is_none_or(|h| h.lost);
-        if r.actual == "missing" {
+    fn busy(&self, r: &Replica) -> bool {
+        self.input.in_flight.contains(&r.id)
+    }
+
+    fn on_lost_host(&self, r: &Replica) -> bool {
+        self.hosts.get(r.host_id.as_str()).is_none_or(|h| h.lost)
+    }
+
+    /// What a replica holds on its host: ports and reservations, and its slot unless it is
+    /// listed under `as_service = ""`.
+    fn hold(&self, r: &Replica, as_service: &str, svc: &Service) -> Existing {
+        Existing {
+            host_id: r.host_id.clone(),
+            stack: self.input.stack.to_owned(),
+            service: as_service.to_owned(),
+            slot: r.slot,
+            ports: svc.def.host_ports(),
+            reservations: svc.def.reservations,
+        }
+    }
+}
+
+/// The stack's containers after rules 1–3, per service.
+#[derive(Default)]
+struct Sorted<'i> {
+    alive: BTreeMap<&'i str, Vec<&'i Replica>>,
+    removing: BTreeMap<&'i str, Vec<&'i Replica>>,
+}
+
+/// One pass over one stack.
+pub fn decide(input: &Input<'_>) -> Decision {
+    let pass = Pass::new(input);
+    let mut d = Decision::default();
+    if input.removing {
+        remove_stack(&pass, &mut d);
+        return d;
+    }
+    let sorted = sort_replicas(&pass, &mut d);
+    let mut existing: Vec<Existing> = input.others.to_vec();
+    let mut scheduled = Vec::new();
+    for svc in input.services {
+        update_step(&pass, svc, &sorted, &mut d, &mut existing);
+        match unmet_dependencies(&pass, svc, &sorted) {
+            None => scheduled.push(svc),
+            Some(waits) => {
+                d.waiting.insert(svc.name.clone(), waits);
+            }
+        }
+    }
+    schedule(&pass, &sorted, &scheduled, existing, &mut d);
+    d
+}
+
+/// Rule 1: every container goes; the stack is done when none is left.
+fn remove_stack(pass: &Pass<'_, '_>, d: &mut Decision) {
+    for r in pass.input.containers {
+        if r.actual == Actual::Missing || pass.on_lost_host(r) {
+            d.actions.push(Action::Forget {
+                id: r.id.clone(),
+                remove: r.actual != Actual::Missing,
+            });
+        } else {
+            remove_unless_busy(d, r, pass.busy(r), "stack removed");
+        }
+    }
+    d.removed = pass.input.containers.is_empty();
+}
+
+/// Rules 2–3: forget the missing and the lost, retry removals, remove the dead and what
+/// left the stack, restart per policy; sort the rest into alive and removing.
+fn sort_replicas<'i>(pass: &Pass<'i, '_>, d: &mut Decision) -> Sorted<'i> {
+    let mut sorted = Sorted::default();
+    for r in pass.input.containers {
+        if r.actual == Actual::Missing {
             d.actions.push(Action::Forget {
                 id: r.id.clone(),
                 remove: false,
             });
             continue;
         }
-        if lost {
+        if pass.on_lost_host(r) {
             d.actions.push(Action::Forget {
                 id: r.id.clone(),
                 remove: true,
             });
             continue;
         }
-        if r.desired == "removed" {
-            remove_unless_busy(&mut d, r, busy(r), "removal retried");
-            removing.entry(r.service.as_str()).or_default().push(r);
+        if r.desired == Desired::Removed {
+            remove_unless_busy(d, r, pass.busy(r), "removal retried");
+            sorted
+                .removing
+                .entry(r.service.as_str())
+                .or_default()
+                .push(r);
             continue;
         }
-        let Some(svc) = services.get(r.service.as_str()) else {
+        let Some(svc) = pass.services.get(r.service.as_str()) else {
             let reason = format!("service {} is no longer in the stack", r.service);
-            remove_unless_busy(&mut d, r, busy(r), reason);
+            remove_unless_busy(d, r, pass.busy(r), reason);
             continue;
         };
-        if r.actual == "dead" {
-            remove_unless_busy(&mut d, r, busy(r), "dead");
-            removing.entry(r.service.as_str()).or_default().push(r);
+        if r.actual == Actual::Docker(ContainerState::Dead) {
+            remove_unless_busy(d, r, pass.busy(r), "dead");
+            sorted
+                .removing
+                .entry(r.service.as_str())
+                .or_default()
+                .push(r);
             continue;
         }
-        if r.actual == "exited" && !busy(r) && should_restart(&svc.def, r) {
+        if r.actual == Actual::Docker(ContainerState::Exited)
+            && !pass.busy(r)
+            && should_restart(&svc.def, r)
+        {
             d.actions.push(Action::Start { id: r.id.clone() });
         }
-        alive.entry(r.service.as_str()).or_default().push(r);
+        sorted.alive.entry(r.service.as_str()).or_default().push(r);
     }
+    sorted
+}
 
-    // 4–5: per service, the update step, the dependency gate and the scheduler's view.
-    let mut existing: Vec<Existing> = input.others.to_vec();
-    let mut scheduled = Vec::new();
-    let hold = |r: &Replica, as_service: &str, svc: Option<&Service>| Existing {
-        host_id: r.host_id.clone(),
-        stack: input.stack.to_owned(),
-        service: as_service.to_owned(),
-        slot: r.slot,
-        ports: svc.map(|s| s.def.host_ports()).unwrap_or_default(),
-        reservations: svc.map(|s| s.def.reservations).unwrap_or_default(),
-    };
+/// Rule 4 for one service: the rolling update's next batch, and what its containers hold
+/// for the scheduler.
+fn update_step<'i>(
+    pass: &Pass<'i, '_>,
+    svc: &'i Service,
+    sorted: &Sorted<'i>,
+    d: &mut Decision,
+    existing: &mut Vec<Existing>,
+) {
     let empty = Vec::new();
-    for svc in input.services {
-        let mine = alive.get(svc.name.as_str()).unwrap_or(&empty);
-        let going = removing.get(svc.name.as_str()).unwrap_or(&empty);
-        // Removing containers keep their slot until they are gone (stop-first), and their
-        // ports and reservations. One whose slot a live container already holds (the old
-        // container of a start-first update, removed once its replacement was ready) holds
-        // only its ports and reservation: holding the slot too would make the scheduler name
-        // its replacement a duplicate.
-        for r in going {
-            let as_service = if mine.iter().any(|m| m.slot == r.slot) {
-                ""
-            } else {
-                svc.name.as_str()
-            };
-            existing.push(hold(r, as_service, Some(svc)));
+    let mine = sorted.alive.get(svc.name.as_str()).unwrap_or(&empty);
+    let going = sorted.removing.get(svc.name.as_str()).unwrap_or(&empty);
+    // Removing containers keep their slot until they are gone (stop-first), and their
+    // ports and reservations. One whose slot a live container already holds (the old
+    // container of a start-first update, removed once its replacement was ready) holds
+    // only its ports and reservation: holding the slot too would make the scheduler name
+    // its replacement a duplicate.
+    for r in going {
+        let as_service = if mine.iter().any(|m| m.slot == r.slot) {
+            ""
+        } else {
+            svc.name.as_str()
+        };
+        existing.push(pass.hold(r, as_service, svc));
+    }
+    let current: Vec<&&Replica> = mine.iter().filter(|r| r.hash == svc.hash).collect();
+    let mut outdated: Vec<&&Replica> = mine.iter().filter(|r| r.hash != svc.hash).collect();
+    // Batches go in slot order, whatever order the store listed the containers in.
+    outdated.sort_by_key(|r| (r.slot, r.id.as_str()));
+    // An outdated container whose slot already has a current one is being replaced
+    // (start-first): it no longer holds its slot, and goes once the new one is ready.
+    let mut displaced: HashSet<&str> = HashSet::new();
+    for o in &outdated {
+        if let Some(n) = current.iter().find(|n| n.slot == o.slot) {
+            displaced.insert(o.id.as_str());
+            if is_ready(n) && !pass.busy(o) {
+                d.actions.push(Action::Remove {
+                    id: o.id.clone(),
+                    reason: "updated".into(),
+                });
+            }
         }
-        let current: Vec<&&Replica> = mine.iter().filter(|r| r.hash == svc.hash).collect();
-        let mut outdated: Vec<&&Replica> = mine.iter().filter(|r| r.hash != svc.hash).collect();
-        // Batches go in slot order, whatever order the store listed the containers in.
-        outdated.sort_by_key(|r| (r.slot, r.id.as_str()));
-        // An outdated container whose slot already has a current one is being replaced
-        // (start-first): it no longer holds its slot, and goes once the new one is ready.
-        let mut displaced: HashSet<&str> = HashSet::new();
-        for o in &outdated {
-            if let Some(n) = current.iter().find(|n| n.slot == o.slot) {
-                displaced.insert(o.id.as_str());
-                if is_ready(n) && !busy(o) {
+    }
+    if !outdated.is_empty() {
+        // Start-first removes old containers only once their replacements are ready, so
+        // those removals do not hold the next batch back; stop-first ones do, and so does
+        // a slot left empty (its old container gone, its replacement placed in this pass
+        // or not placeable yet): otherwise stop-first would remove the next batch before
+        // the previous one's replacements exist, and go on removing while they cannot be
+        // placed.
+        let in_progress = current.iter().filter(|r| !is_ready(r)).count()
+            + if svc.def.update.start_first {
+                0
+            } else {
+                let held: HashSet<u32> = mine.iter().chain(going).map(|r| r.slot).collect();
+                going.len() + (1..=svc.replicas).filter(|s| !held.contains(s)).count()
+            };
+        let parallelism = match svc.def.update.parallelism {
+            0 => usize::MAX,
+            p => p as usize,
+        };
+        let memory = pass.input.memory.get(&svc.name);
+        let delay_over = memory.and_then(|m| m.last_batch_ms).is_none_or(|at| {
+            svc.def.update.delay_ms == 0
+                || (in_progress == 0 && pass.input.now_ms - at >= svc.def.update.delay_ms as i64)
+        });
+        let capacity = parallelism.saturating_sub(in_progress);
+        if capacity > 0 && delay_over {
+            let batch: Vec<&&&Replica> = outdated
+                .iter()
+                .filter(|o| !displaced.contains(o.id.as_str()) && !pass.busy(o))
+                .take(capacity)
+                .collect();
+            if !batch.is_empty() {
+                d.batches.push(svc.name.clone());
+            }
+            for o in batch {
+                if svc.def.update.start_first {
+                    displaced.insert(o.id.as_str());
+                } else {
                     d.actions.push(Action::Remove {
                         id: o.id.clone(),
-                        reason: "updated".into(),
+                        reason: "update".into(),
                     });
                 }
             }
         }
-        if !outdated.is_empty() {
-            // Start-first removes old containers only once their replacements are ready, so
-            // those removals do not hold the next batch back; stop-first ones do, and so does
-            // a slot left empty (its old container gone, its replacement placed in this pass
-            // or not placeable yet): otherwise stop-first would remove the next batch before
-            // the previous one's replacements exist, and go on removing while they cannot be
-            // placed.
-            let in_progress = current.iter().filter(|r| !is_ready(r)).count()
-                + if svc.def.update.start_first {
-                    0
-                } else {
-                    let held: HashSet<u32> = mine.iter().chain(going).map(|r| r.slot).collect();
-                    going.len() + (1..=svc.replicas).filter(|s| !held.contains(s)).count()
-                };
-            let parallelism = match svc.def.update.parallelism {
-                0 => usize::MAX,
-                p => p as usize,
-            };
-            let memory = input.memory.get(&svc.name);
-            let delay_over = memory.and_then(|m| m.last_batch_ms).is_none_or(|at| {
-                svc.def.update.delay_ms == 0
-                    || (in_progress == 0 && input.now_ms - at >= svc.def.update.delay_ms as i64)
-            });
-            let capacity = parallelism.saturating_sub(in_progress);
-            if capacity > 0 && delay_over {
-                let batch: Vec<&&&Replica> = outdated
-                    .iter()
-                    .filter(|o| !displaced.contains(o.id.as_str()) && !busy(o))
-                    .take(capacity)
-                    .collect();
-                if !batch.is_empty() {
-                    d.batches.push(svc.name.clone());
-                }
-                for o in batch {
-                    if svc.def.update.start_first {
-                        displaced.insert(o.id.as_str());
-                    } else {
-                        d.actions.push(Action::Remove {
-                            id: o.id.clone(),
-                            reason: "update".into(),
-                        });
-                    }
-                }
-            }
-        }
-        for r in mine {
-            // A displaced container holds its ports and reservation but not its slot, so the
-            // scheduler places the new replica beside it.
-            let as_service = if displaced.contains(r.id.as_str()) {
-                ""
-            } else {
-                svc.name.as_str()
-            };
-            existing.push(hold(r, as_service, Some(svc)));
-        }
-        // 5: the dependency gate.
-        let mut waits = Vec::new();
-        for (dep, cond) in &svc.def.depends_on {
-            let Some(dep_svc) = services.get(dep.as_str()) else {
-                continue;
-            };
-            let ok = alive
-                .get(dep.as_str())
-                .map(|rs| {
-                    rs.iter()
-                        .filter(|r| {
-                            r.hash == dep_svc.hash
-                                && match cond {
-                                    DependsOn::Started => r.actual == "running",
-                                    DependsOn::Healthy => is_ready(r),
-                                }
-                        })
-                        .count()
-                })
-                .unwrap_or(0);
-            if (ok as u64) < u64::from(dep_svc.replicas) {
-                waits.push(format!(
-                    "{dep} ({})",
-                    match cond {
-                        DependsOn::Started => "started",
-                        DependsOn::Healthy => "healthy",
-                    }
-                ));
-            }
-        }
-        if waits.is_empty() {
-            scheduled.push(svc);
+    }
+    for r in mine {
+        // A displaced container holds its ports and reservation but not its slot, so the
+        // scheduler places the new replica beside it.
+        let as_service = if displaced.contains(r.id.as_str()) {
+            ""
         } else {
-            d.waiting.insert(
-                svc.name.clone(),
-                format!("waiting for {}", waits.join(", ")),
-            );
+            svc.name.as_str()
+        };
+        existing.push(pass.hold(r, as_service, svc));
+    }
+}
+
+/// Rule 5: what `svc` still waits for (`None` when every dependency is met).
+fn unmet_dependencies(pass: &Pass<'_, '_>, svc: &Service, sorted: &Sorted<'_>) -> Option<String> {
+    let mut waits = Vec::new();
+    for (dep, cond) in &svc.def.depends_on {
+        let Some(dep_svc) = pass.services.get(dep.as_str()) else {
+            continue;
+        };
+        let ok = sorted
+            .alive
+            .get(dep.as_str())
+            .map(|rs| {
+                rs.iter()
+                    .filter(|r| {
+                        r.hash == dep_svc.hash
+                            && match cond {
+                                DependsOn::Started => r.actual.is_running(),
+                                DependsOn::Healthy => is_ready(r),
+                            }
+                    })
+                    .count()
+            })
+            .unwrap_or(0);
+        if (ok as u64) < u64::from(dep_svc.replicas) {
+            waits.push(format!(
+                "{dep} ({})",
+                match cond {
+                    DependsOn::Started => "started",
+                    DependsOn::Healthy => "healthy",
+                }
+            ));
         }
     }
-    // 6: the scheduler.
+    (!waits.is_empty()).then(|| format!("waiting for {}", waits.join(", ")))
+}
+
+/// Rule 6: the scheduler places missing slots (unless the service backs off) and names
+/// surplus and duplicate containers.
+fn schedule(
+    pass: &Pass<'_, '_>,
+    sorted: &Sorted<'_>,
+    scheduled: &[&Service],
+    existing: Vec<Existing>,
+    d: &mut Decision,
+) {
+    let input = pass.input;
     let snapshot = sched::Snapshot {
         hosts: input
             .hosts
@@ -428,27 +532,24 @@ pub fn decide(input: &Input<'_>) -> Decision {
             continue;
         }
         // The live container of that slot on that host (the newest, for a duplicate).
-        let target = alive.get(rm.service.as_str()).and_then(|rs| {
+        let target = sorted.alive.get(rm.service.as_str()).and_then(|rs| {
             rs.iter()
                 .rev()
-                .find(|r| r.slot == rm.slot && r.host_id == rm.host_id && !busy(r))
+                .find(|r| r.slot == rm.slot && r.host_id == rm.host_id && !pass.busy(r))
         });
         if let Some(r) = target {
-            let action = Action::Remove {
-                id: r.id.clone(),
-                reason: rm.reason.to_string(),
-            };
-            if !d.actions.contains(&action)
-                && !d
-                    .actions
-                    .iter()
-                    .any(|a| matches!(a, Action::Remove { id, .. } if *id == r.id))
-            {
-                d.actions.push(action);
+            let already = d
+                .actions
+                .iter()
+                .any(|a| matches!(a, Action::Remove { id, .. } if *id == r.id));
+            if !already {
+                d.actions.push(Action::Remove {
+                    id: r.id.clone(),
+                    reason: rm.reason.to_string(),
+                });
             }
         }
     }
-    d
 }
 
 #[cfg(test)]
@@ -457,8 +558,8 @@ mod tests {
     use corral_scheduler::{HostPort, Resources};
     use proptest::prelude::*;
 
-    use super::super::define::{self, UpdateDef};
     use super::*;
+    use crate::define::{self, UpdateDef};
 
     const NOW: i64 = 1_000_000;
 
@@ -486,7 +587,7 @@ mod tests {
 
     fn restart(name: &str, max_retries: Option<u32>) -> RestartSpec {
         RestartSpec {
-            name: name.into(),
+            name: serde_json::from_value(serde_json::Value::String(name.into())).unwrap(),
             max_retries,
         }
     }
@@ -561,8 +662,8 @@ mod tests {
             service: svc.into(),
             slot,
             hash: hash.into(),
-            desired: "running".into(),
-            actual: "running".into(),
+            desired: Desired::Running,
+            actual: Actual::Docker(ContainerState::Running),
             health: None,
             exit_code: None,
             restart_count: 0,
@@ -570,7 +671,7 @@ mod tests {
     }
 
     fn actual(mut r: Replica, actual: &str) -> Replica {
-        r.actual = actual.into();
+        r.actual = Actual::parse(actual).unwrap();
         r
     }
 
@@ -582,12 +683,12 @@ mod tests {
     }
 
     fn being_removed(mut r: Replica) -> Replica {
-        r.desired = "removed".into();
+        r.desired = Desired::Removed;
         r
     }
 
     fn health(mut r: Replica, h: &str) -> Replica {
-        r.health = Some(h.into());
+        r.health = Some(Health::parse(h).unwrap());
         r
     }
 
@@ -1725,9 +1826,13 @@ mod tests {
                             service: SERVICE_NAMES[g.service].into(),
                             slot: g.slot,
                             hash: if g.outdated { "old" } else { "new" }.into(),
-                            desired: if g.removing { "removed" } else { "running" }.into(),
-                            actual: ACTUALS[g.actual].into(),
-                            health: HEALTHS[g.health].map(str::to_owned),
+                            desired: if g.removing {
+                                Desired::Removed
+                            } else {
+                                Desired::Running
+                            },
+                            actual: Actual::parse(ACTUALS[g.actual]).unwrap(),
+                            health: HEALTHS[g.health].and_then(Health::parse),
                             exit_code: g.exit_code,
                             restart_count: g.restart_count,
                         }
@@ -1779,10 +1884,13 @@ mod tests {
             }
         }
         for r in &w.containers {
-            if r.actual == "missing" && !d.actions.contains(&forget(&r.id, false)) {
+            if r.actual == Actual::Missing && !d.actions.contains(&forget(&r.id, false)) {
                 bad.push(format!("missing {} not forgotten", r.id));
             }
-            if r.actual != "missing" && on_lost(r) && !d.actions.contains(&forget(&r.id, true)) {
+            if r.actual != Actual::Missing
+                && on_lost(r)
+                && !d.actions.contains(&forget(&r.id, true))
+            {
                 bad.push(format!("{} on a lost host not forgotten", r.id));
             }
         }
@@ -1849,17 +1957,23 @@ mod tests {
             let mine: Vec<&Replica> = w
                 .containers
                 .iter()
-                .filter(|r| r.service == s.name && r.actual != "missing" && !on_lost(r))
+                .filter(|r| r.service == s.name && r.actual != Actual::Missing && !on_lost(r))
                 .collect();
             let alive: Vec<&Replica> = mine
                 .iter()
                 .copied()
-                .filter(|r| r.desired != "removed" && r.actual != "dead")
+                .filter(|r| {
+                    r.desired != Desired::Removed
+                        && r.actual != Actual::Docker(ContainerState::Dead)
+                })
                 .collect();
             let going: Vec<&Replica> = mine
                 .iter()
                 .copied()
-                .filter(|r| r.desired == "removed" || r.actual == "dead")
+                .filter(|r| {
+                    r.desired == Desired::Removed
+                        || r.actual == Actual::Docker(ContainerState::Dead)
+                })
                 .collect();
             let ran = |slot: u32| run_keys.contains(&(s.name.clone(), slot));
             let mut outdated_replaced = 0usize;
@@ -1966,5 +2080,26 @@ mod tests {
             prop_assert!(bad.is_empty(), "{bad:?}\n{d:#?}");
             prop_assert_eq!(&d, &w.decide(), "deterministic");
         }
+    }
+
+    #[test]
+    fn a_host_is_lost_after_the_grace_measured_from_the_later_of_last_seen_and_server_start() {
+        let policy = LostHostPolicy {
+            grace_secs: 60,
+            server_started_at: 1_000,
+        };
+        // Connected: never lost, however long ago it was "seen".
+        assert!(!policy.is_lost(false, true, 0, 5_000));
+        // Disconnected before the server started: the grace runs from the start.
+        assert!(!policy.is_lost(false, false, 10, 1_060));
+        assert!(policy.is_lost(false, false, 10, 1_061));
+        // Seen after the start: the grace runs from then.
+        assert!(!policy.is_lost(false, false, 2_000, 2_060));
+        assert!(policy.is_lost(false, false, 2_000, 2_061));
+        // Removed: lost at once.
+        assert!(policy.is_lost(true, true, 2_000, 2_000));
+        assert!(host_is_ready(true, true));
+        assert!(!host_is_ready(true, false));
+        assert!(!host_is_ready(false, true));
     }
 }

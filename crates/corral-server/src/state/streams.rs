@@ -14,8 +14,8 @@ use axum::body::Bytes;
 use corral_proto::ServerMessage;
 use tokio::sync::mpsc;
 
-use crate::AppState;
-use crate::registry::Control;
+use crate::state::AppState;
+use crate::state::registry::Control;
 
 /// Bytes an agent may send before the reader has taken any.
 pub const INITIAL_CREDIT: u64 = 64 * 1024;

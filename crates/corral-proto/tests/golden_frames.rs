@@ -1,0 +1,239 @@
+//! The wire format is pinned: `golden/frames.jsonl` holds frames as the protocol has always
+//! written them (payload keys sorted), one command of every kind and one reply of every reply
+//! type. The typed messages must encode to exactly these bytes and decode back to themselves.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+
+use corral_proto::*;
+
+fn spec() -> ContainerSpec {
+    let mut labels = BTreeMap::new();
+    labels.insert("io.corral.stack".to_string(), "shop".to_string());
+    labels.insert("io.corral.managed".to_string(), "true".to_string());
+    ContainerSpec {
+        corral_id: "ctr_1".into(),
+        name: "shop_web.1".into(),
+        environment: "default".into(),
+        image: "corral-test/busybox:latest".into(),
+        env: vec!["A=1".into()],
+        ports: vec![PortSpec {
+            host: 8080,
+            container: 80,
+            udp: false,
+            host_ip: None,
+        }],
+        labels,
+        cmd: vec!["httpd".into(), "-f".into()],
+        entrypoint: Some(vec![]),
+        mounts: vec![
+            MountSpec::Volume {
+                source: "shop_data".into(),
+                target: "/data".into(),
+                read_only: false,
+            },
+            MountSpec::Anonymous {
+                target: "/tmp".into(),
+            },
+        ],
+        restart: Some(RestartSpec {
+            name: RestartPolicyName::OnFailure,
+            max_retries: Some(3),
+        }),
+        healthcheck: Some(HealthSpec {
+            test: Some(vec!["CMD".into(), "true".into()]),
+            interval_ms: Some(2000),
+            ..Default::default()
+        }),
+        user: None,
+        working_dir: Some("/www".into()),
+        hostname: None,
+        network: Some(NetworkSpec {
+            name: "corral_shop".into(),
+            aliases: vec!["web".into()],
+        }),
+        expose: vec!["9000/tcp".into()],
+        stop_grace_secs: Some(10),
+        dns: vec!["10.42.1.1".into()],
+    }
+}
+
+fn status() -> ContainerStatus {
+    ContainerStatus {
+        corral_id: "ctr_1".into(),
+        docker_id: "abc".into(),
+        name: "shop_web.1".into(),
+        state: ContainerState::Running,
+        exit_code: None,
+        health: Some(Health::Healthy),
+        restart_count: 0,
+        ip: Some("10.42.1.2".into()),
+    }
+}
+
+fn command(body: impl Into<CommandBody>) -> ServerMessage {
+    let body = body.into();
+    ServerMessage::Command(Command {
+        id: format!("cmd_{}", body.kind().as_str()),
+        body,
+        deadline: 1_800_000_000,
+    })
+}
+
+fn reply<R: Request>(reply: R::Reply) -> AgentMessage {
+    AgentMessage::Reply {
+        command_id: "cmd_x".into(),
+        result: CommandResult::of::<R>(Ok(reply)),
+    }
+}
+
+fn lifecycle(grace: Option<u64>) -> ContainerRef {
+    ContainerRef::lifecycle("ctr_1", grace)
+}
+
+fn probe(peer: &str, window_ms: u64) -> OverlayProbe {
+    OverlayProbe {
+        nonce: "00112233445566778899aabbccddeeff".into(),
+        peer: peer.into(),
+        window_ms,
+    }
+}
+
+fn golden() -> Vec<String> {
+    include_str!("golden/frames.jsonl")
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn commands_encode_to_the_golden_bytes_and_back() {
+    let commands = vec![
+        command(DoctorRequest {
+            server_time_ms: Some(1_700_000_000_123),
+        }),
+        command(FirewallApply {
+            ruleset: "table inet corral {}\n".into(),
+            dry_run: false,
+            confirm_within_secs: 60,
+        }),
+        command(ExpectProbe(probe("", 3000))),
+        command(SendProbe(probe("192.0.2.3:51820", 1000))),
+        command(spec()),
+        command(StartContainer(lifecycle(Some(10)))),
+        command(StopContainer(lifecycle(Some(10)))),
+        command(RemoveContainer(lifecycle(None))),
+        command(OpenLogs(ContainerRef {
+            corral_id: "ctr_1".into(),
+            grace_secs: None,
+            stream_id: Some("str_1".into()),
+            follow: true,
+            tail: Some(100),
+            credit: 65536,
+        })),
+        command(ImageCheck {
+            images: vec!["a:1".into(), "b:2".into()],
+        }),
+        command(StackCleanup {
+            stack: "shop".into(),
+            network: "corral_shop".into(),
+            volumes: vec!["shop_data".into()],
+        }),
+    ];
+    let golden = golden();
+    for (i, message) in commands.iter().enumerate() {
+        let text = serde_json::to_string(message).unwrap();
+        assert_eq!(text, golden[i], "command frame {i}");
+        let back: ServerMessage = serde_json::from_str(&golden[i]).unwrap();
+        assert_eq!(
+            &back, message,
+            "command frame {i} decodes to the same message"
+        );
+    }
+}
+
+#[test]
+fn replies_encode_to_the_golden_bytes_and_decode_typed() {
+    let replies = vec![
+        reply::<DoctorRequest>(vec![Check {
+            name: "docker".into(),
+            ok: true,
+            detail: "ok".into(),
+            fix: None,
+        }]),
+        reply::<FirewallApply>(FirewallOutcome {
+            dry_run: true,
+            checked: true,
+            ..FirewallOutcome::default()
+        }),
+        reply::<FirewallApply>(FirewallOutcome {
+            applied: true,
+            confirmed_after_ms: Some(42),
+            ..FirewallOutcome::default()
+        }),
+        reply::<ExpectProbe>(ProbeReceived { received: true }),
+        reply::<SendProbe>(ProbeSent { sent: 5 }),
+        reply::<ContainerSpec>(status()),
+        reply::<StartContainer>(Some(status())),
+        reply::<StopContainer>(None),
+        reply::<RemoveContainer>(()),
+        reply::<OpenLogs>(StreamOpened {
+            stream_id: "str_1".into(),
+        }),
+        reply::<ImageCheck>(vec!["b:2".into()]),
+        reply::<StackCleanup>(CleanupOutcome {
+            network_removed: true,
+            volumes_removed: vec!["shop_data".into()],
+            skipped: vec![],
+        }),
+        AgentMessage::Reply {
+            command_id: "cmd_x".into(),
+            result: CommandResult::Failed {
+                message: "no such image".into(),
+            },
+        },
+    ];
+    let golden = &golden()[11..];
+    assert_eq!(golden.len(), replies.len());
+    for (i, message) in replies.iter().enumerate() {
+        let text = serde_json::to_string(message).unwrap();
+        assert_eq!(text, golden[i], "reply frame {i}");
+        let back: AgentMessage = serde_json::from_str(&golden[i]).unwrap();
+        assert_eq!(
+            &back, message,
+            "reply frame {i} decodes to the same message"
+        );
+    }
+    // A typed reply reads back from its frame.
+    let AgentMessage::Reply {
+        result: CommandResult::Ok { value },
+        ..
+    } = serde_json::from_str(&golden[5]).unwrap()
+    else {
+        panic!("frame 5 is an ok reply");
+    };
+    assert_eq!(ContainerSpec::decode_reply(value).unwrap(), status());
+}
+
+#[test]
+fn an_unknown_kind_or_a_bad_payload_is_readable_as_unreadable() {
+    let newer = r#"{"type":"command","id":"cmd_9","kind":"volume_snapshot","payload":{"x":1},"deadline":5}"#;
+    let ServerMessage::Command(c) = serde_json::from_str(newer).unwrap() else {
+        panic!("a command");
+    };
+    assert_eq!(c.id, "cmd_9");
+    assert_eq!(c.body.kind(), CommandKind::Unknown);
+    assert_eq!(c.body.kind_name(), "volume_snapshot");
+    let bad = r#"{"type":"command","id":"cmd_8","kind":"container_run","payload":{"image":7},"deadline":5}"#;
+    let ServerMessage::Command(c) = serde_json::from_str(bad).unwrap() else {
+        panic!("a command");
+    };
+    match c.body {
+        CommandBody::Unreadable { kind, error } => {
+            assert_eq!(kind, "container_run");
+            assert!(!error.is_empty());
+        }
+        other => panic!("expected unreadable, got {other:?}"),
+    }
+}

@@ -1,0 +1,38 @@
+//! `GET /v1/events`: the latest audit and security events (the newest `limit`, oldest first).
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Query, State};
+use corral_proto::api::EventView;
+use serde::Deserialize;
+
+use super::{Admin, ApiError};
+use crate::state::AppState;
+use crate::time_fmt::rfc3339;
+
+#[derive(Deserialize)]
+pub(super) struct EventsQuery {
+    limit: Option<i64>,
+}
+
+pub(super) async fn list(
+    _: Admin,
+    State(state): State<Arc<AppState>>,
+    Query(q): Query<EventsQuery>,
+) -> Result<Json<Vec<EventView>>, ApiError> {
+    let limit = q.limit.unwrap_or(100).clamp(1, 10_000);
+    let events = state.store.events(limit).await?;
+    Ok(Json(
+        events
+            .into_iter()
+            .map(|e| EventView {
+                id: e.id,
+                at: rfc3339(e.at),
+                kind: e.kind,
+                host_id: e.host_id,
+                message: e.message,
+            })
+            .collect(),
+    ))
+}

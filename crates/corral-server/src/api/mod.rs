@@ -1,0 +1,252 @@
+//! The HTTP layer: routes, API-key authentication, and the mapping of the server's domain
+//! errors to status codes. Each resource's handlers live in a submodule and only translate:
+//! path, query and body in; a call to the module that owns the operation; JSON or a status
+//! out. Nothing below this layer knows HTTP, and no module imports this one.
+//!
+//! Every `/v1/` route except the agent tunnel needs an API key (`Authorization: Bearer
+//! crl_key_…`). An agent credential or a registration token is refused with 403 on all of them:
+//! a credential authorizes only its own tunnel at `/v1/connect`.
+
+mod containers;
+mod doctor;
+mod environments;
+mod events;
+mod hosts;
+mod metrics;
+mod network;
+mod stacks;
+mod tokens;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use corral_proto::api::ErrorBody;
+use corral_proto::secret::SecretKind;
+
+use crate::error::{Error, Progress};
+use crate::secrets::SecretHash;
+use crate::state::AppState;
+use crate::store::Role;
+
+/// Largest API request body accepted.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics::metrics))
+        .route("/v1/connect", get(connect))
+        .route("/v1/environments", get(environments::list))
+        .route(
+            "/v1/environments/{name}/rotate-key",
+            post(environments::rotate_key),
+        )
+        .route(
+            "/v1/environments/{name}/overlay",
+            post(environments::set_overlay_mode),
+        )
+        .route("/v1/tokens", get(tokens::list).post(tokens::create))
+        .route("/v1/tokens/{id}", delete(tokens::revoke))
+        .route("/v1/hosts", get(hosts::list))
+        .route("/v1/hosts/{id}", get(hosts::get).delete(hosts::remove))
+        .route("/v1/hosts/{id}/doctor", post(doctor::run))
+        .route("/v1/hosts/{id}/firewall", post(network::apply_firewall))
+        .route(
+            "/v1/containers",
+            get(containers::list).post(containers::run),
+        )
+        .route(
+            "/v1/containers/{name}",
+            get(containers::get).delete(containers::remove),
+        )
+        .route("/v1/containers/{name}/start", post(containers::start))
+        .route("/v1/containers/{name}/stop", post(containers::stop))
+        .route("/v1/containers/{name}/logs", get(containers::logs))
+        .route(
+            "/v1/stacks",
+            get(stacks::list)
+                .post(stacks::up)
+                .layer(DefaultBodyLimit::max(crate::stacks::MAX_UP_BODY_BYTES)),
+        )
+        .route("/v1/stacks/{name}", get(stacks::get).delete(stacks::down))
+        .route("/v1/stacks/{name}/scale", post(stacks::scale))
+        .route(
+            "/v1/stacks/{name}/services/{service}/logs",
+            get(stacks::logs),
+        )
+        .route("/v1/events", get(events::list))
+        .route("/v1/topology", get(network::topology))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+/// An error answer: a status and a message that says what to do.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.message, self.status)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(ErrorBody {
+                error: self.message,
+            }),
+        )
+            .into_response()
+    }
+}
+
+/// A body that is not the JSON a route takes: axum's status and explanation.
+impl From<JsonRejection> for ApiError {
+    fn from(e: JsonRejection) -> Self {
+        ApiError::new(e.status(), e.body_text())
+    }
+}
+
+/// The one place a domain error becomes an HTTP status.
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
+        let status = match &e {
+            Error::Invalid(_) => StatusCode::BAD_REQUEST,
+            Error::NotFound(_) => StatusCode::NOT_FOUND,
+            Error::Conflict(_) => StatusCode::CONFLICT,
+            Error::Refused(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Error::Agent(_) => StatusCode::BAD_GATEWAY,
+            Error::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            Error::Store(_) | Error::Internal(_) => {
+                tracing::error!(error = %e, "server failure");
+                return ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "the server failed; see the server log",
+                );
+            }
+        };
+        ApiError::new(status, e.to_string())
+    }
+}
+
+impl From<crate::store::StoreError> for ApiError {
+    fn from(e: crate::store::StoreError) -> Self {
+        Error::from(e).into()
+    }
+}
+
+/// `201 Created` (or `200 OK` when `created` is false) with a JSON body.
+fn created<T: serde::Serialize>(created: bool, body: T) -> Response {
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    (status, Json(body)).into_response()
+}
+
+/// Done: `done` with the body; accepted and still under way: `202 Accepted`.
+fn progress<T: serde::Serialize>(p: Progress<T>, done: StatusCode) -> Response {
+    match p {
+        Progress::Done(body) => (done, Json(body)).into_response(),
+        Progress::Accepted(body) => (StatusCode::ACCEPTED, Json(body)).into_response(),
+    }
+}
+
+/// The JSON body of a route, or the rejection as an [`ApiError`].
+type Body<T> = Result<Json<T>, JsonRejection>;
+
+/// Proof that the request carried a valid admin API key.
+pub struct Admin;
+
+impl FromRequestParts<Arc<AppState>> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, Self::Rejection> {
+        authorize(&parts.headers, state).await
+    }
+}
+
+async fn authorize(headers: &HeaderMap, state: &AppState) -> Result<Admin, ApiError> {
+    let unauthorized = |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, m);
+    let value = headers
+        .get(header::AUTHORIZATION)
+        .ok_or_else(|| {
+            unauthorized(
+                "missing API key: send `Authorization: Bearer <key>` (the CLI reads CORRAL_API_KEY; the server's admin.env holds one)",
+            )
+        })?
+        .to_str()
+        .map_err(|_| unauthorized("the Authorization header is not valid text"))?;
+    let key = value
+        .strip_prefix("Bearer ")
+        .ok_or_else(|| unauthorized("the Authorization header must be `Bearer <API key>`"))?
+        .trim();
+    match SecretKind::of(key) {
+        Some(SecretKind::HostCredential) => {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "an agent credential authorizes only its own tunnel (/v1/connect), never the API; use an API key",
+            ));
+        }
+        Some(SecretKind::RegistrationToken) => {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "a registration token can only register a host; use an API key for the API",
+            ));
+        }
+        _ => {}
+    }
+    let row = state.store.api_key_by_hash(&SecretHash::of(key)).await?;
+    match row {
+        Some(k) if k.revoked_at.is_none() && k.role == Role::Admin => Ok(Admin),
+        Some(k) if k.revoked_at.is_some() => Err(unauthorized("this API key was revoked")),
+        Some(_) => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "this API key's role does not allow this",
+        )),
+        None => Err(unauthorized(
+            "unknown API key: check CORRAL_API_KEY against the server's admin.env",
+        )),
+    }
+}
+
+async fn connect(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    ws: axum::extract::ws::WebSocketUpgrade,
+) -> Response {
+    let limit = state.options.max_message_bytes;
+    ws.max_message_size(limit)
+        .max_frame_size(limit)
+        // Small buffers: an idle tunnel must cost little, so one server holds many thousands.
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(0)
+        .max_write_buffer_size(limit * 2)
+        .on_upgrade(move |socket| crate::tunnel::serve(state, socket, remote))
+}

@@ -1,0 +1,78 @@
+//! What a running server holds: the datastore and the vault, and everything it keeps only in
+//! memory — the live tunnels, the waiters of commands, the open log streams, the reconciler's
+//! and the overlay sync's memory. [`AppState`] ties them together; every layer above takes it.
+//!
+//! This layer holds data and the small operations on it; it imports only the foundation
+//! (`store`, `vault`, `secrets`, `time_fmt`, `error`) and the pure crates.
+
+pub mod overlay;
+pub mod reconciler;
+pub mod registry;
+pub mod streams;
+pub mod waiters;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use corral_tls::CaChecksum;
+use tokio::sync::watch;
+
+use crate::bootstrap::ServerOptions;
+
+/// Shared state of a running server.
+pub struct AppState {
+    pub store: crate::store::Store,
+    pub registry: registry::Registry,
+    pub dispatcher: waiters::Waiters,
+    pub streams: streams::Streams,
+    pub reconciler: reconciler::Reconciler,
+    /// Seals secrets the server must read back (the overlay keys) under the master key.
+    pub vault: crate::vault::Vault,
+    pub overlay: overlay::OverlaySync,
+    pub options: ServerOptions,
+    /// The URL agents are told to dial (`--advertise-url`).
+    pub advertise_url: String,
+    pub checksum: CaChecksum,
+    /// The port actually bound (differs from `options.listen` when that asked for port 0).
+    pub local_port: u16,
+    pub shutdown: watch::Receiver<bool>,
+    pub started: std::time::Instant,
+}
+
+/// Runs `pass` now, then again every `tick` and whenever `wake` is notified, until the server
+/// shuts down; a failed pass is logged and the next one runs as usual.
+pub(crate) async fn every<Pass>(
+    state: Arc<AppState>,
+    wake: fn(&AppState) -> &tokio::sync::Notify,
+    tick: Duration,
+    what: &str,
+    pass: impl Fn(Arc<AppState>) -> Pass,
+) where
+    Pass: std::future::Future<Output = Result<(), crate::store::StoreError>>,
+{
+    let mut shutdown = state.shutdown.clone();
+    loop {
+        if let Err(e) = pass(state.clone()).await {
+            tracing::error!(error = %e, "{what} failed");
+        }
+        tokio::select! {
+            _ = wake(&state).notified() => {}
+            _ = tokio::time::sleep(tick) => {}
+            _ = shutdown.changed() => return,
+        }
+        if *shutdown.borrow() {
+            return;
+        }
+    }
+}
+
+impl AppState {
+    /// Records an audit or security event now. A failure to record is logged: the operation
+    /// that caused the event has already happened and is not undone for it.
+    pub async fn record_event(&self, kind: &str, host_id: Option<&str>, message: &str) {
+        let now = crate::time_fmt::now_unix();
+        if let Err(e) = self.store.record_event(now, kind, host_id, message).await {
+            tracing::error!(error = %e, %kind, "cannot record an event");
+        }
+    }
+}

@@ -1,0 +1,97 @@
+//! The reconciler's memory between passes: each stack's last status (for `ps`), each
+//! service's back-off and update timing, and which containers have a command under way.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Mutex, MutexGuard};
+
+use corral_control::reconcile::ServiceMemory;
+use tokio::sync::Notify;
+
+use crate::time_fmt::now_unix;
+
+const BACKOFF_START_MS: i64 = 1_000;
+const BACKOFF_MAX_MS: i64 = 30_000;
+
+/// What the reconciler learnt in its last pass over a stack (for `corral ps`).
+#[derive(Debug, Clone, Default)]
+pub struct StackStatus {
+    pub unplaced: BTreeMap<String, Vec<String>>,
+    pub waiting: BTreeMap<String, String>,
+    /// Why the stack is not reconciled: its stored definition cannot be read.
+    pub unreadable: Option<String>,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct ServiceState {
+    pub(crate) memory: ServiceMemory,
+    backoff_ms: i64,
+    last_error: Option<String>,
+}
+
+#[derive(Default)]
+pub(crate) struct Inner {
+    /// (stack id, service) → memory.
+    pub(crate) services: HashMap<(String, String), ServiceState>,
+    /// Containers with a command under way.
+    pub(crate) in_flight: HashSet<String>,
+    pub(crate) status: HashMap<String, StackStatus>,
+}
+
+#[derive(Default)]
+pub struct Reconciler {
+    pub(crate) wake: Notify,
+    inner: Mutex<Inner>,
+}
+
+impl Reconciler {
+    /// Asks for a pass now.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub fn status(&self, stack_id: &str) -> Option<StackStatus> {
+        self.lock().status.get(stack_id).cloned()
+    }
+
+    pub fn last_error(&self, stack_id: &str, service: &str) -> Option<String> {
+        self.lock()
+            .services
+            .get(&(stack_id.to_owned(), service.to_owned()))
+            .and_then(|s| s.last_error.clone())
+    }
+
+    pub(crate) fn finished(&self, container_id: &str) {
+        self.lock().in_flight.remove(container_id);
+        self.wake();
+    }
+
+    pub(crate) fn failed_start(&self, stack_id: &str, service: &str, message: String) {
+        let now_ms = now_unix() * 1000;
+        let mut inner = self.lock();
+        let s = inner
+            .services
+            .entry((stack_id.to_owned(), service.to_owned()))
+            .or_default();
+        s.backoff_ms = (s.backoff_ms * 2).clamp(BACKOFF_START_MS, BACKOFF_MAX_MS);
+        s.memory.not_before_ms = now_ms + s.backoff_ms;
+        s.last_error = Some(message);
+    }
+
+    pub(crate) fn started(&self, stack_id: &str, service: &str) {
+        let mut inner = self.lock();
+        if let Some(s) = inner
+            .services
+            .get_mut(&(stack_id.to_owned(), service.to_owned()))
+        {
+            s.backoff_ms = 0;
+            s.memory.not_before_ms = 0;
+            s.last_error = None;
+        }
+    }
+}

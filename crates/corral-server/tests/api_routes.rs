@@ -1,0 +1,282 @@
+//! The HTTP routes in process: a real server (data dir, datastore, listener on loopback), its
+//! router driven request by request. Authentication on every route, and each resource's
+//! answers and error statuses.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode, header};
+use corral_server::state::AppState;
+use corral_server::{RunningServer, ServerOptions, api};
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+struct Api {
+    _dir: tempfile::TempDir,
+    server: RunningServer,
+    key: String,
+}
+
+async fn start() -> Api {
+    let dir = tempfile::tempdir().unwrap();
+    let options = ServerOptions::new("127.0.0.1:0".parse().unwrap(), dir.path().join("data"));
+    let server = corral_server::start(options).await.unwrap();
+    let env = std::fs::read_to_string(&server.admin_env).unwrap();
+    let key = env
+        .lines()
+        .find_map(|l| l.strip_prefix("CORRAL_API_KEY="))
+        .unwrap()
+        .trim_matches('\'')
+        .trim_matches('"')
+        .to_owned();
+    Api {
+        _dir: dir,
+        server,
+        key,
+    }
+}
+
+impl Api {
+    fn state(&self) -> Arc<AppState> {
+        self.server.state.clone()
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        uri: &str,
+        auth: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut req = Request::builder().method(method).uri(uri);
+        if let Some(a) = auth {
+            req = req.header(header::AUTHORIZATION, format!("Bearer {a}"));
+        }
+        let req = match body {
+            Some(b) => req
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from(b.to_string())),
+            None => req.body(Body::empty()),
+        }
+        .unwrap();
+        let resp = api::router(self.state()).oneshot(req).await.unwrap();
+        let status = resp.status();
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        let value = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+        (status, value)
+    }
+
+    async fn admin(&self, method: Method, uri: &str, body: Option<Value>) -> (StatusCode, Value) {
+        self.send(method, uri, Some(&self.key.clone()), body).await
+    }
+}
+
+const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/metrics"),
+    ("GET", "/v1/environments"),
+    ("POST", "/v1/environments/default/rotate-key"),
+    ("POST", "/v1/environments/default/overlay"),
+    ("GET", "/v1/tokens"),
+    ("POST", "/v1/tokens"),
+    ("DELETE", "/v1/tokens/tok-x"),
+    ("GET", "/v1/hosts"),
+    ("GET", "/v1/hosts/h"),
+    ("DELETE", "/v1/hosts/h"),
+    ("POST", "/v1/hosts/h/doctor"),
+    ("POST", "/v1/hosts/h/firewall"),
+    ("GET", "/v1/containers"),
+    ("POST", "/v1/containers"),
+    ("GET", "/v1/containers/c"),
+    ("DELETE", "/v1/containers/c"),
+    ("POST", "/v1/containers/c/start"),
+    ("POST", "/v1/containers/c/stop"),
+    ("GET", "/v1/containers/c/logs"),
+    ("GET", "/v1/stacks"),
+    ("POST", "/v1/stacks"),
+    ("GET", "/v1/stacks/s"),
+    ("DELETE", "/v1/stacks/s"),
+    ("POST", "/v1/stacks/s/scale"),
+    ("GET", "/v1/stacks/s/services/web/logs"),
+    ("GET", "/v1/events"),
+    ("GET", "/v1/topology"),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_needs_an_api_key_and_refuses_agent_secrets() {
+    let api = start().await;
+    let (_, token) = api.admin(Method::POST, "/v1/tokens", Some(json!({}))).await;
+    let token = token["token"].as_str().unwrap().to_owned();
+    for (method, uri) in ROUTES {
+        let method: Method = method.parse().unwrap();
+        let (status, body) = api.send(method.clone(), uri, None, None).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{method} {uri}: {body}");
+        assert!(
+            body["error"].as_str().unwrap().contains("API key"),
+            "{body}"
+        );
+        let (status, _) = api
+            .send(method.clone(), uri, Some("crl_key_wrong"), None)
+            .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{method} {uri}");
+        let (status, body) = api.send(method.clone(), uri, Some(&token), None).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{method} {uri}: {body}");
+    }
+    let (status, _) = api.admin(Method::GET, "/v1/nothing", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, body) = api.send(Method::GET, "/healthz", None, None).await;
+    assert_eq!(
+        (status, body),
+        (StatusCode::OK, Value::String("ok\n".into()))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_environments_and_events() {
+    let api = start().await;
+    let (status, created) = api
+        .admin(Method::POST, "/v1/tokens", Some(json!({ "max_uses": 1 })))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    assert!(
+        created["command"]
+            .as_str()
+            .unwrap()
+            .starts_with("corral agent --server ")
+    );
+    let (status, listed) = api.admin(Method::GET, "/v1/tokens", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(listed[0]["state"], "active");
+    let uri = format!("/v1/tokens/{}", created["id"].as_str().unwrap());
+    let (status, _) = api.admin(Method::DELETE, &uri, None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (_, listed) = api.admin(Method::GET, "/v1/tokens", None).await;
+    assert_eq!(listed[0]["state"], "revoked");
+    let (status, body) = api
+        .admin(Method::POST, "/v1/tokens", Some(json!({ "max_uses": 0 })))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let (status, body) = api
+        .admin(
+            Method::POST,
+            "/v1/tokens",
+            Some(json!({ "environment": "nope" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    // A body that is not JSON: axum's status and explanation.
+    let (status, _) = api
+        .send(
+            Method::POST,
+            "/v1/tokens",
+            Some(&api.key),
+            Some(Value::String("x".into())),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+
+    let (status, envs) = api.admin(Method::GET, "/v1/environments", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(envs[0]["name"], "default");
+    assert_eq!(envs[0]["overlay_mode"], "wireguard");
+    let (status, body) = api
+        .admin(
+            Method::POST,
+            "/v1/environments/default/overlay",
+            Some(json!({ "mode": "plaintext" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let (status, _) = api
+        .admin(
+            Method::POST,
+            "/v1/environments/default/overlay",
+            Some(json!({ "mode": "vxlan" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (_, envs) = api.admin(Method::GET, "/v1/environments", None).await;
+    assert_eq!(envs[0]["overlay_mode"], "vxlan");
+    let (status, rotated) = api
+        .admin(Method::POST, "/v1/environments/default/rotate-key", None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let first = rotated["generation"].as_u64().unwrap();
+    let (_, rotated) = api
+        .admin(Method::POST, "/v1/environments/default/rotate-key", None)
+        .await;
+    assert_eq!(rotated["generation"].as_u64().unwrap(), first + 1);
+    let (status, _) = api
+        .admin(Method::POST, "/v1/environments/nope/rotate-key", None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    let (status, events) = api.admin(Method::GET, "/v1/events?limit=10", None).await;
+    assert_eq!(status, StatusCode::OK);
+    let kinds: Vec<&str> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["kind"].as_str())
+        .collect();
+    assert!(kinds.contains(&"overlay_mode_changed"), "{kinds:?}");
+    assert!(kinds.contains(&"overlay_key_rotated"), "{kinds:?}");
+    let (status, metrics) = api.admin(Method::GET, "/metrics", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        metrics
+            .as_str()
+            .unwrap()
+            .contains("corral_agents_connected 0")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hosts_containers_and_stacks_without_hosts() {
+    let api = start().await;
+    let (status, hosts) = api.admin(Method::GET, "/v1/hosts", None).await;
+    assert_eq!((status, hosts), (StatusCode::OK, json!([])));
+    let (status, _) = api.admin(Method::GET, "/v1/hosts/h1", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = api.admin(Method::POST, "/v1/hosts/h1/doctor", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    let run = json!({ "name": "web", "image": "corral-test/busybox:latest" });
+    let (status, body) = api.admin(Method::POST, "/v1/containers", Some(run)).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("no host is connected")
+    );
+    let bad = json!({ "name": "Bad Name", "image": "x" });
+    let (status, _) = api.admin(Method::POST, "/v1/containers", Some(bad)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _) = api.admin(Method::GET, "/v1/containers/web", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    let compose = "services:\n  web:\n    image: corral-test/busybox:latest\n";
+    let up = json!({ "name": "shop", "files": [{ "name": "compose.yaml", "text": compose }] });
+    let (status, body) = api.admin(Method::POST, "/v1/stacks", Some(up)).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("cannot be placed"),
+        "{body}"
+    );
+    let broken =
+        json!({ "name": "shop", "files": [{ "name": "compose.yaml", "text": "services: [" }] });
+    let (status, _) = api.admin(Method::POST, "/v1/stacks", Some(broken)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, stacks) = api.admin(Method::GET, "/v1/stacks", None).await;
+    assert_eq!((status, stacks), (StatusCode::OK, json!([])));
+    let (status, _) = api.admin(Method::DELETE, "/v1/stacks/shop", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, topology) = api.admin(Method::GET, "/v1/topology", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(topology["environments"][0]["name"], "default");
+}

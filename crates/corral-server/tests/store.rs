@@ -1,0 +1,236 @@
+//! The datastore in process, on a real SQLite file: the durable command queue's states and
+//! its rules for replies, and rows that no longer read failing instead of reading as defaults.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use corral_control::states::{Actual, Desired};
+use corral_proto::{
+    Command, CommandBody, CommandResult, ContainerRef, ContainerState, ContainerStatus, Health,
+    HostFacts, ImageCheck,
+};
+use corral_server::secrets::{SecretHash, new_id};
+use corral_server::store::{AgentAuth, Completion, ContainerRow, Store, StoreError, TokenRow};
+
+async fn store() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_sqlite(&dir.path().join("corral.db"))
+        .await
+        .unwrap();
+    (dir, store)
+}
+
+/// A registered host (through a token, as an agent registers).
+async fn host(store: &Store, name: &str) -> String {
+    let env = store.ensure_environment("default", 1).await.unwrap();
+    let token = format!("tok-{name}");
+    store
+        .insert_token(&TokenRow {
+            id: new_id("tok"),
+            environment_id: env.id,
+            secret_hash: SecretHash::of(&token).as_bytes().to_vec(),
+            created_at: 1,
+            expires_at: None,
+            max_uses: None,
+            uses: 0,
+            revoked_at: None,
+        })
+        .await
+        .unwrap();
+    let facts = HostFacts {
+        name: name.into(),
+        hostname: name.into(),
+        ..HostFacts::default()
+    };
+    let auth = store
+        .authenticate_agent(
+            &SecretHash::of(&format!("cred-{name}")),
+            Some(&SecretHash::of(&token)),
+            &facts,
+            "0.1.0",
+            "127.0.0.1:1",
+            2,
+        )
+        .await
+        .unwrap();
+    match auth {
+        AgentAuth::Host(h) => h.id,
+        other => panic!("not registered: {other:?}"),
+    }
+}
+
+fn command(id: &str, deadline: i64) -> Command {
+    Command {
+        id: id.into(),
+        body: CommandBody::ImageCheck(ImageCheck {
+            images: vec!["a:1".into()],
+        }),
+        deadline,
+    }
+}
+
+#[tokio::test]
+async fn commands_go_pending_sent_then_acked_once_and_only_from_their_host() {
+    let (_dir, store) = store().await;
+    let a = host(&store, "a").await;
+    let b = host(&store, "b").await;
+    store
+        .insert_command(&a, &command("cmd-1", 100), 10)
+        .await
+        .unwrap();
+    store
+        .insert_command(&a, &command("cmd-2", 20), 10)
+        .await
+        .unwrap();
+
+    // The backlog is what is open and within its deadline, typed as it was stored.
+    let open = store.open_commands(&a, 30).await.unwrap();
+    assert_eq!(open, vec![command("cmd-1", 100)]);
+    assert!(store.open_commands(&b, 30).await.unwrap().is_empty());
+    assert_eq!(
+        store.command("cmd-1").await.unwrap(),
+        Some(command("cmd-1", 100).body)
+    );
+
+    let ok = CommandResult::Ok {
+        value: serde_json::json!([]),
+    };
+    assert!(matches!(
+        store.complete_command("cmd-1", &b, &ok, 31).await.unwrap(),
+        Completion::WrongHost { owner } if owner == a
+    ));
+    assert!(matches!(
+        store.complete_command("cmd-1", &a, &ok, 31).await.unwrap(),
+        Completion::Accepted
+    ));
+    assert!(matches!(
+        store.complete_command("cmd-1", &a, &ok, 32).await.unwrap(),
+        Completion::AlreadyFinished { .. }
+    ));
+    assert!(matches!(
+        store
+            .complete_command("cmd-nope", &a, &ok, 32)
+            .await
+            .unwrap(),
+        Completion::Unknown
+    ));
+    // cmd-2 passed its deadline: the sweep expires it, once.
+    assert_eq!(store.expire_commands(40).await.unwrap(), vec!["cmd-2"]);
+    assert!(store.expire_commands(41).await.unwrap().is_empty());
+    // Removing a host fails what it still had open.
+    store
+        .insert_command(&b, &command("cmd-3", 100), 50)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.fail_host_commands(&b, "removed", 51).await.unwrap(),
+        vec!["cmd-3"]
+    );
+}
+
+#[tokio::test]
+async fn a_stored_command_that_no_longer_reads_is_an_error_not_an_empty_command() {
+    let (dir, store) = store().await;
+    let a = host(&store, "a").await;
+    store
+        .insert_command(&a, &command("cmd-1", 100), 10)
+        .await
+        .unwrap();
+    store.close().await;
+    let db = dir.path().join("corral.db");
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
+        .await
+        .unwrap();
+    sqlx::query("UPDATE commands SET payload = '{\"images\": 7}' WHERE id = 'cmd-1'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    let store = Store::open_sqlite(&db).await.unwrap();
+    assert!(matches!(
+        store.command("cmd-1").await,
+        Err(StoreError::Corrupt(m)) if m.contains("cmd-1")
+    ));
+    assert!(store.open_commands(&a, 20).await.is_err());
+}
+
+fn container(id: &str, host_id: &str, env_id: &str) -> ContainerRow {
+    ContainerRow {
+        id: id.into(),
+        environment_id: env_id.into(),
+        host_id: host_id.into(),
+        name: format!("name-{id}"),
+        image: "i".into(),
+        spec: "{}".into(),
+        desired: Desired::Running,
+        actual: Actual::Pending,
+        docker_id: None,
+        exit_code: None,
+        created_at: 1,
+        updated_at: 1,
+        stack_id: None,
+        service: None,
+        slot: None,
+        spec_hash: None,
+        health: None,
+        restart_count: 0,
+        ip: None,
+    }
+}
+
+#[tokio::test]
+async fn container_states_are_typed_and_an_unknown_state_fails_the_read() {
+    let (dir, store) = store().await;
+    let a = host(&store, "a").await;
+    let env = store.environment_by_name("default").await.unwrap().unwrap();
+    store
+        .insert_container(&container("ctr-1", &a, &env.id))
+        .await
+        .unwrap();
+    // A second container with the same name is a conflict, not a silent overwrite.
+    let mut twin = container("ctr-2", &a, &env.id);
+    twin.name = "name-ctr-1".into();
+    assert!(matches!(
+        store.insert_container(&twin).await,
+        Err(StoreError::Conflict(_))
+    ));
+    let status = ContainerStatus {
+        corral_id: "ctr-1".into(),
+        docker_id: "d1".into(),
+        name: "name-ctr-1".into(),
+        state: ContainerState::Running,
+        exit_code: None,
+        health: Some(Health::Starting),
+        restart_count: 0,
+        ip: None,
+    };
+    // Another host's report does not touch it.
+    let b = host(&store, "b").await;
+    assert!(!store.record_status(&b, &status, 5).await.unwrap());
+    assert!(store.record_status(&a, &status, 5).await.unwrap());
+    let row = store.find_container("ctr-1").await.unwrap();
+    assert_eq!(row.actual, Actual::Docker(ContainerState::Running));
+    assert_eq!(row.health, Some(Health::Starting));
+    store
+        .set_desired("ctr-1", Desired::Stopped, 6)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.find_container("ctr-1").await.unwrap().desired,
+        Desired::Stopped
+    );
+
+    store.close().await;
+    let db = dir.path().join("corral.db");
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
+        .await
+        .unwrap();
+    sqlx::query("UPDATE containers SET actual = 'frozen' WHERE id = 'ctr-1'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    let store = Store::open_sqlite(&db).await.unwrap();
+    let err = store.containers().await.unwrap_err().to_string();
+    assert!(err.contains("frozen"), "{err}");
+    let _ = ContainerRef::lifecycle("x", None);
+}

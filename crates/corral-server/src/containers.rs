@@ -236,12 +236,7 @@ async fn settle_run(
 pub async fn run(state: &Arc<AppState>, req: RunContainer) -> Result<Progress<ContainerView>> {
     let ports = validate(&req)?;
     let host = pick_host(state, req.host.as_deref()).await?;
-    let env_name = state
-        .store
-        .environment_by_id(&host.environment_id)
-        .await?
-        .map(|e| e.name)
-        .unwrap_or_default();
+    let env_name = state.store.environment_name(&host.environment_id).await?;
     let existing = state.store.host_containers(&host.id).await?;
     for p in &ports {
         if let Some(other) = existing.iter().find(|c| {

@@ -712,4 +712,14 @@ fn a_definition_that_no_longer_reads_fails_the_stack_and_removes_nothing() {
         .cloned()
         .collect();
     assert_eq!(ids.len(), 2, "their rows are kept: {ids:?}");
+
+    // Deploying the stack again stores a definition that reads: it is active again, and
+    // since the definition is the same as before, its replicas are kept as they are.
+    up_ok(&server, &file, &stack);
+    let view = ps(&server, &stack);
+    assert_eq!(view["state"], "active", "{view}");
+    assert!(view.get("error").is_none(), "{view}");
+    let mut healed = running(&stack, "web");
+    healed.sort();
+    assert_eq!(healed, before, "nothing restarted");
 }

@@ -147,7 +147,8 @@ pub async fn up(state: &Arc<AppState>, req: UpRequest) -> Result<UpResponse> {
         volumes: &stack.volumes,
         services: &rows,
     };
-    let (_, created, changed) = state.store.write_stack(&write, now_unix()).await?;
+    let (stack_id, created, changed) = state.store.write_stack(&write, now_unix()).await?;
+    state.reconciler.definition_replaced(&stack_id);
     state
         .record_event(
             if created {
@@ -239,12 +240,7 @@ pub async fn view(state: &AppState, stack: &StackRow) -> Result<StackView> {
     let services = state.store.services(&stack.id).await?;
     let containers = state.store.stack_containers(&stack.id).await?;
     let hosts = state.store.host_names().await?;
-    let env = state
-        .store
-        .environment_by_id(&stack.environment_id)
-        .await?
-        .map(|e| e.name)
-        .unwrap_or_default();
+    let env = state.store.environment_name(&stack.environment_id).await?;
     let status = state.reconciler.status(&stack.id);
     let mut views = Vec::new();
     let error = status.as_ref().and_then(|s| s.unreadable.clone());

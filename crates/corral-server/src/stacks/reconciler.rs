@@ -127,6 +127,16 @@ impl World {
             .into_iter()
             .filter(|c| c.environment_id == environment_id)
             .collect();
+        // A container whose spec does not read holds ports nobody can know: its host takes
+        // no new replica until it is gone.
+        for c in &containers {
+            if let Err(e) = serde_json::from_str::<ContainerSpec>(&c.spec) {
+                tracing::error!(container = %c.name, error = %e, "container spec unreadable; its host is not schedulable");
+                if let Some(h) = hosts.iter_mut().find(|h| h.id == c.host_id) {
+                    h.ready = false;
+                }
+            }
+        }
         let mut defs = HashMap::new();
         let mut unreadable = HashMap::new();
         for stack in state.store.stacks().await? {
@@ -311,12 +321,7 @@ async fn pass_stack(
             },
         );
     }
-    let env_name = state
-        .store
-        .environment_by_id(&stack.environment_id)
-        .await?
-        .map(|e| e.name)
-        .unwrap_or_default();
+    let env_name = state.store.environment_name(&stack.environment_id).await?;
     for action in decision.actions {
         let result = match action {
             Action::Run {

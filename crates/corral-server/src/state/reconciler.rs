@@ -55,6 +55,14 @@ impl Reconciler {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// A new definition was stored: what made the stack unreadable is gone.
+    pub fn definition_replaced(&self, stack_id: &str) {
+        if let Some(s) = self.lock().status.get_mut(stack_id) {
+            s.unreadable = None;
+        }
+        self.wake();
+    }
+
     pub fn status(&self, stack_id: &str) -> Option<StackStatus> {
         self.lock().status.get(stack_id).cloned()
     }

@@ -342,6 +342,16 @@ impl Store {
         )
     }
 
+    /// The name of an environment that rows refer to: one that is missing is corrupt state.
+    pub async fn environment_name(&self, id: &str) -> Result<String> {
+        self.environment_by_id(id)
+            .await?
+            .map(|e| e.name)
+            .ok_or_else(|| {
+                StoreError::Corrupt(format!("environment {id} is referred to but missing"))
+            })
+    }
+
     pub async fn environments(&self) -> Result<Vec<Environment>> {
         Ok(
             sqlx::query_as("SELECT id, name, created_at FROM environments ORDER BY name")

@@ -20,7 +20,6 @@ use tokio::sync::oneshot;
 use crate::error::Error;
 use crate::secrets::new_id;
 use crate::state::AppState;
-use crate::state::registry::Control;
 pub use crate::state::waiters::Outcome;
 use crate::store::{Completion, StoreError};
 use crate::time_fmt::now_unix;
@@ -163,9 +162,8 @@ async fn submit(
         state.dispatcher.lock().remove(&command.id);
         return Err(e);
     }
-    let id = command.id.clone();
-    state.registry.send(host_id, Control::Deliver(command));
-    Ok((id, rx))
+    state.registry.wake_commands(host_id);
+    Ok((command.id, rx))
 }
 
 /// Handles a reply that arrived on `host_id`'s tunnel.
@@ -216,15 +214,28 @@ pub async fn on_reply(state: &AppState, host_id: &str, command_id: &str, result:
         .await;
 }
 
-/// Commands a (re)connected host has not finished, marked sent as they go out.
-pub async fn backlog(state: &AppState, host_id: &str) -> Vec<Command> {
-    match state.store.open_commands(host_id, now_unix()).await {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot load a host's pending commands");
-            Vec::new()
-        }
+/// How many commands a session reads from the datastore at a time.
+pub const BATCH: usize = 64;
+
+/// A (re)connected host's commands that went out on an earlier connection and were never
+/// answered are pending again, to go out on this one.
+pub async fn redeliver(state: &AppState, host_id: &str) -> Result<(), StoreError> {
+    state.store.requeue_sent_commands(host_id).await
+}
+
+/// The host's next pending commands (oldest first, at most [`BATCH`]), marked sent. A stored
+/// command that no longer reads fails at once with the reason, and its waiter hears it.
+pub async fn next_batch(state: &AppState, host_id: &str) -> Result<Vec<Command>, StoreError> {
+    let taken = state
+        .store
+        .take_pending_commands(host_id, now_unix(), BATCH)
+        .await?;
+    for (id, why) in taken.unreadable {
+        tracing::error!(command = %id, "{why}");
+        let failed = Outcome::Done(CommandResult::Failed { message: why });
+        state.dispatcher.settle(state, &id, failed).await;
     }
+    Ok(taken.commands)
 }
 
 /// Marks overdue commands expired and wakes their waiters. Runs until the server shuts down.

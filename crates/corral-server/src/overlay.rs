@@ -26,7 +26,7 @@ use corral_proto::{NameTable, ServerMessage, ServiceAddresses};
 use ring::rand::{SecureRandom, SystemRandom};
 
 use crate::state::AppState;
-use crate::state::registry::Control;
+use crate::state::registry::Queued;
 use crate::store::{HostRow, OverlayMemberRow, StoreError};
 
 const TICK: Duration = Duration::from_secs(1);
@@ -217,7 +217,8 @@ async fn sync(state: &AppState) -> Result<(), StoreError> {
             }
             if state
                 .registry
-                .send(host_id, Control::Send(ServerMessage::Names(names.clone())))
+                .try_send(host_id, ServerMessage::Names(names.clone()))
+                == Queued::Yes
             {
                 state
                     .overlay
@@ -244,10 +245,12 @@ async fn sync(state: &AppState) -> Result<(), StoreError> {
             if state.overlay.sent().get(&host_id) == Some(&(conn, digest)) {
                 continue;
             }
-            if state.registry.send(
-                &host_id,
-                Control::Send(ServerMessage::Overlay(Box::new(config))),
-            ) {
+            // A full queue leaves it unrecorded: the next tick sends it again.
+            if state
+                .registry
+                .try_send(&host_id, ServerMessage::Overlay(Box::new(config)))
+                == Queued::Yes
+            {
                 state.overlay.sent().insert(host_id, (conn, digest));
             }
         }

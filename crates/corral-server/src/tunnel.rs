@@ -3,7 +3,8 @@
 //! 1. The first frame must be a [`Hello`] within [`HELLO_TIMEOUT`].
 //! 2. Version check, then facts validation, then authentication (registration with a token,
 //!    or a known credential) in one datastore transaction.
-//! 3. [`Welcome`], then the loop: answer pings, watch for silence, obey [`Control`] orders.
+//! 3. [`Welcome`], then the loop: answer pings, watch for silence, deliver the host's pending
+//!    commands from the datastore, pass on queued messages, close when told.
 //!
 //! Every way out of the loop tells the agent why: a [`ServerMessage::Goodbye`] with the full
 //! explanation, then a WebSocket close frame with the reason's code.
@@ -19,12 +20,11 @@ use corral_proto::secret::{SecretKind, check_secret};
 use corral_proto::{
     AgentMessage, Auth, CloseReason, CodecError, Hello, PROTOCOL_VERSION, ServerMessage, Welcome,
 };
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::secrets::SecretHash;
 use crate::state::AppState;
-use crate::state::registry::{Control, Session};
+use crate::state::registry::{LinkEnds, Session, links};
 use crate::store::{AgentAuth, HostRow};
 use crate::time_fmt::{now_unix, rfc3339};
 
@@ -265,7 +265,7 @@ async fn run_session(
         _ => host.environment_id.clone(),
     };
     let conn_id = state.registry.next_conn_id();
-    let (control_tx, mut control_rx) = mpsc::channel(64);
+    let (links, mut ends) = links();
     let last_rx = Arc::new(AtomicI64::new(now_unix()));
     let previous = state.registry.attach(
         &host.id,
@@ -274,7 +274,7 @@ async fn run_session(
             remote: remote.to_string(),
             connected_at: now_unix(),
             last_rx: last_rx.clone(),
-            control: control_tx,
+            links,
             overlay_port,
             docker: None,
         },
@@ -284,9 +284,9 @@ async fn run_session(
             "another agent connected with this host's credential from {remote}; this connection (from {}) is closed. If that was not a restart of this agent, the credential was copied: remove the host and register it again",
             old.remote
         );
-        let _ = old
-            .control
-            .try_send(Control::Close(CloseReason::Superseded, message));
+        old.links
+            .close
+            .send_replace(Some((CloseReason::Superseded, message)));
         state.record_event("credential_superseded",
                 Some(&host.id),
                 &format!(
@@ -317,25 +317,9 @@ async fn run_session(
         dead_after_ms: state.options.dead_after.as_millis() as u64,
         max_message_bytes: limit,
     });
-    let mut welcomed = send(&mut socket, &welcome, limit).await;
-    if welcomed {
-        for command in crate::dispatch::backlog(&state, &host.id).await {
-            if !send(&mut socket, &ServerMessage::Command(command), limit).await {
-                welcomed = false;
-                break;
-            }
-        }
-    }
-    if welcomed {
-        let reason = session_loop(
-            &state,
-            &host.id,
-            conn_id,
-            &mut socket,
-            &mut control_rx,
-            &last_rx,
-        )
-        .await;
+    if send(&mut socket, &welcome, limit).await {
+        let reason =
+            session_loop(&state, &host.id, conn_id, &mut socket, &mut ends, &last_rx).await;
         if let Some((reason, message)) = reason {
             tracing::info!(host = %host.name, %reason, %message, "closing tunnel");
             close(&mut socket, reason, message, limit).await;
@@ -352,11 +336,11 @@ async fn run_session(
 
 /// Runs until the link ends. Returns the reason to give the agent, if it should be told one.
 async fn session_loop(
-    state: &AppState,
+    state: &Arc<AppState>,
     host_id: &str,
     conn_id: u64,
     socket: &mut WebSocket,
-    control_rx: &mut mpsc::Receiver<Control>,
+    ends: &mut LinkEnds,
     last_rx: &AtomicI64,
 ) -> Option<(CloseReason, String)> {
     let limit = state.options.max_message_bytes;
@@ -368,6 +352,12 @@ async fn session_loop(
             "the server is shutting down".into(),
         ));
     }
+    // Commands sent on an earlier connection and never answered go out again, with every
+    // pending one, straight from the datastore.
+    if let Err(e) = crate::dispatch::redeliver(state, host_id).await {
+        tracing::error!(error = %e, "cannot queue a host's unanswered commands again");
+    }
+    let mut more_commands = true;
     loop {
         let deadline = Instant::from_std(live.next_deadline());
         tokio::select! {
@@ -408,19 +398,40 @@ async fn session_loop(
                     return Some((CloseReason::Malformed, "hello sent twice".into()));
                 }
             },
-            order = control_rx.recv() => match order {
-                Some(Control::Close(reason, message)) => return Some((reason, message)),
-                Some(Control::Send(message)) => {
+            _ = ends.commands.notified() => more_commands = true,
+            // Drain the host's pending commands a batch at a time, each written (and so
+            // waited for) before the next is read: the datastore is the queue, bounded
+            // memory here, backpressure from the socket.
+            batch = crate::dispatch::next_batch(state, host_id), if more_commands => {
+                match batch {
+                    Ok(batch) => {
+                        more_commands = batch.len() == crate::dispatch::BATCH;
+                        for command in batch {
+                            if !send(socket, &ServerMessage::Command(command), limit).await {
+                                return None;
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        // Retried on the next wake-up or reconnect; the commands stay pending.
+                        tracing::error!(error = %e, "cannot read a host's pending commands");
+                        more_commands = false;
+                    }
+                }
+            }
+            changed = ends.close.changed() => {
+                let order = ends.close.borrow_and_update().clone();
+                match (changed, order) {
+                    (_, Some(order)) => return Some(order),
+                    (Err(_), None) => return None,
+                    (Ok(()), None) => {}
+                }
+            }
+            message = ends.messages.recv() => match message {
+                Some(message) => {
                     if !send(socket, &message, limit).await {
                         return None;
                     }
-                }
-                Some(Control::Deliver(command)) => {
-                    let id = command.id.clone();
-                    if !send(socket, &ServerMessage::Command(command), limit).await {
-                        return None;
-                    }
-                    let _ = state.store.mark_command_sent(&id, now_unix()).await;
                 }
                 None => return None,
             },

@@ -82,10 +82,46 @@ async fn commands_go_pending_sent_then_acked_once_and_only_from_their_host() {
         .await
         .unwrap();
 
-    // The backlog is what is open and within its deadline, typed as it was stored.
-    let open = store.open_commands(&a, 30).await.unwrap();
-    assert_eq!(open, vec![command("cmd-1", 100)]);
-    assert!(store.open_commands(&b, 30).await.unwrap().is_empty());
+    // What goes out is what is pending and within its deadline, typed as it was stored, and
+    // it goes out once: taken, it is sent.
+    let taken = store.take_pending_commands(&a, 30, 64).await.unwrap();
+    assert_eq!(taken.commands, vec![command("cmd-1", 100)]);
+    assert!(taken.unreadable.is_empty());
+    assert!(
+        store
+            .take_pending_commands(&a, 30, 64)
+            .await
+            .unwrap()
+            .commands
+            .is_empty()
+    );
+    assert!(
+        store
+            .take_pending_commands(&b, 30, 64)
+            .await
+            .unwrap()
+            .commands
+            .is_empty()
+    );
+    // A reconnect makes what was sent and never answered pending again.
+    store.requeue_sent_commands(&a).await.unwrap();
+    let again = store.take_pending_commands(&a, 30, 64).await.unwrap();
+    assert_eq!(again.commands, vec![command("cmd-1", 100)]);
+    // Batches are bounded, oldest first.
+    for i in 0..5 {
+        store
+            .insert_command(&b, &command(&format!("cmd-b{i}"), 100), 11 + i)
+            .await
+            .unwrap();
+    }
+    let first = store
+        .take_pending_commands(&b, 30, 2)
+        .await
+        .unwrap()
+        .commands;
+    let ids: Vec<&str> = first.iter().map(|c| c.id.as_str()).collect();
+    assert_eq!(ids, ["cmd-b0", "cmd-b1"]);
+    store.fail_host_commands(&b, "cleared", 30).await.unwrap();
     assert_eq!(
         store.command("cmd-1").await.unwrap(),
         Some(command("cmd-1", 100).body)
@@ -150,7 +186,15 @@ async fn a_stored_command_that_no_longer_reads_is_an_error_not_an_empty_command(
         store.command("cmd-1").await,
         Err(StoreError::Corrupt(m)) if m.contains("cmd-1")
     ));
-    assert!(store.open_commands(&a, 20).await.is_err());
+    // Taking it fails it with the reason, and the queue behind it moves on.
+    store
+        .insert_command(&a, &command("cmd-2", 100), 11)
+        .await
+        .unwrap();
+    let taken = store.take_pending_commands(&a, 20, 64).await.unwrap();
+    assert_eq!(taken.commands, vec![command("cmd-2", 100)]);
+    assert_eq!(taken.unreadable.len(), 1);
+    assert_eq!(taken.unreadable[0].0, "cmd-1");
 }
 
 fn container(id: &str, host_id: &str, env_id: &str) -> ContainerRow {

@@ -351,3 +351,76 @@ async fn an_unreadable_reply_fails_the_operation_and_stores_nothing() {
     let stacks = server.cli_json(&["stack", "ls"]);
     assert_eq!(stacks, serde_json::json!([]), "nothing stored");
 }
+
+/// A burst of commands for one connected host all arrive, without a reconnect: the session
+/// reads them from the datastore in batches instead of a queue that dropped what did not fit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_commands_all_reach_a_connected_host() {
+    const REPLICAS: usize = 300;
+    let t = tmp();
+    let server = Server::start(&t.path().join("data"), &[]);
+    let (_, token) = server.token(&[]);
+    let mut a = raw_agent(&server, &token, &credential(), "host-a").await;
+    a.send(&AgentMessage::Report(corral_proto::Report::Inventory {
+        docker: Some(corral_proto::DockerInfo {
+            version: "20.10".into(),
+            api_version: "1.41".into(),
+            storage_driver: "overlay2".into(),
+            cpus: 2,
+            memory_bytes: 1 << 30,
+        }),
+        docker_error: None,
+        containers: Vec::new(),
+    }))
+    .await
+    .unwrap();
+    wait_until(Duration::from_secs(10), "the host's Docker report", || {
+        server
+            .hosts()
+            .iter()
+            .any(|h| h["name"] == "host-a" && h["docker"]["state"] == "available")
+    });
+    let file = t.path().join("compose.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "services:\n  web:\n    image: corral-test/busybox:latest\n    deploy: {{ replicas: {REPLICAS} }}\n"
+        ),
+    )
+    .unwrap();
+    let env = server.env.clone();
+    let up = std::thread::spawn(move || {
+        std::process::Command::new(corral_bin())
+            .args(["up", "-f", file.to_str().unwrap(), "-p", "burst"])
+            .env("CORRAL_SERVER", &env.server)
+            .env("CORRAL_API_KEY", &env.api_key)
+            .env("CORRAL_CA_CHECKSUM", &env.checksum)
+            .output()
+            .unwrap()
+    });
+    let check = next_command(&mut a).await;
+    assert_eq!(check.body.kind(), corral_proto::CommandKind::ImageCheck);
+    a.send(&AgentMessage::Reply {
+        command_id: check.id,
+        result: CommandResult::Ok {
+            value: serde_json::json!([]),
+        },
+    })
+    .await
+    .unwrap();
+    let out = up.join().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // Nothing is answered, so nothing is retried: every replica's run command arrives once.
+    let mut slots = std::collections::BTreeSet::new();
+    while slots.len() < REPLICAS {
+        let c = next_command(&mut a).await;
+        match c.body {
+            corral_proto::CommandBody::ContainerRun(spec) => {
+                let slot = spec.labels[corral_proto::labels::SLOT].clone();
+                assert!(slots.insert(slot.clone()), "slot {slot} delivered twice");
+            }
+            other => panic!("unexpected command {other:?}"),
+        }
+    }
+    assert_eq!(slots.len(), REPLICAS);
+}

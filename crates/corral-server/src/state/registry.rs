@@ -12,17 +12,63 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
-use corral_proto::CloseReason;
-use tokio::sync::mpsc;
+use corral_proto::{CloseReason, ServerMessage};
+use tokio::sync::{Notify, mpsc, watch};
 
-/// Orders to a session task.
-#[derive(Debug)]
-pub enum Control {
-    Close(CloseReason, String),
-    /// Write this command down the tunnel.
-    Deliver(corral_proto::Command),
-    /// Write this message down the tunnel (stream credit and cancellation).
-    Send(corral_proto::ServerMessage),
+/// How many messages (stream credit, overlay configurations, name tables) may wait for one
+/// session's socket. Commands do not go through this queue: they wait in the datastore.
+pub const QUEUE_DEPTH: usize = 64;
+
+/// Why a session should close, once it is asked to.
+pub type CloseOrder = Option<(CloseReason, String)>;
+
+/// The three ways to reach a session task, none of which can lose an order:
+/// - commands wait in the datastore; `commands` only says "look again" (wake-ups coalesce);
+/// - a close order replaces any earlier one (`watch`), so it never waits for room;
+/// - other messages go through a bounded queue: a sender either waits for room
+///   ([`Registry::send`]) or is told the queue is full ([`Registry::try_send`]) and keeps the
+///   message to send again (the overlay sync does, on its next tick).
+pub struct Links {
+    pub commands: Arc<Notify>,
+    pub close: watch::Sender<CloseOrder>,
+    pub messages: mpsc::Sender<ServerMessage>,
+}
+
+/// The session task's ends of its [`Links`].
+pub struct LinkEnds {
+    pub commands: Arc<Notify>,
+    pub close: watch::Receiver<CloseOrder>,
+    pub messages: mpsc::Receiver<ServerMessage>,
+}
+
+/// A session's links and the task's ends of them.
+pub fn links() -> (Links, LinkEnds) {
+    let commands = Arc::new(Notify::new());
+    let (close_tx, close_rx) = watch::channel(None);
+    let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+    (
+        Links {
+            commands: commands.clone(),
+            close: close_tx,
+            messages: tx,
+        },
+        LinkEnds {
+            commands,
+            close: close_rx,
+            messages: rx,
+        },
+    )
+}
+
+/// What became of a message handed to a session without waiting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Queued {
+    /// In the session's queue.
+    Yes,
+    /// The queue is full: send it again later.
+    Full,
+    /// The host has no live session.
+    NotConnected,
 }
 
 /// One live tunnel.
@@ -32,7 +78,7 @@ pub struct Session {
     pub connected_at: i64,
     /// Unix seconds of the last frame received; updated by the session task.
     pub last_rx: Arc<AtomicI64>,
-    pub control: mpsc::Sender<Control>,
+    pub links: Links,
     /// The agent's overlay UDP port, as it reported it.
     pub overlay_port: Option<u16>,
     /// Docker on the host, as the agent last reported.
@@ -116,17 +162,40 @@ impl Registry {
 
     /// Asks the live session of `host_id` to close with `reason`. Returns whether one was live.
     pub fn close(&self, host_id: &str, reason: CloseReason, message: String) -> bool {
-        self.send(host_id, Control::Close(reason, message))
-    }
-
-    /// Hands an order to the live session of `host_id`. Returns whether one was live. A full
-    /// channel drops the order: commands stay in the datastore and go out again on reconnect.
-    pub fn send(&self, host_id: &str, order: Control) -> bool {
         match self.lock().get(host_id) {
             Some(s) => {
-                let _ = s.control.try_send(order);
+                s.links.close.send_replace(Some((reason, message)));
                 true
             }
+            None => false,
+        }
+    }
+
+    /// Tells the live session of `host_id`, if any, that the datastore holds commands for it.
+    pub fn wake_commands(&self, host_id: &str) {
+        if let Some(s) = self.lock().get(host_id) {
+            s.links.commands.notify_one();
+        }
+    }
+
+    /// Queues a message for the live session of `host_id` without waiting.
+    pub fn try_send(&self, host_id: &str, message: ServerMessage) -> Queued {
+        match self.lock().get(host_id) {
+            Some(s) => match s.links.messages.try_send(message) {
+                Ok(()) => Queued::Yes,
+                Err(mpsc::error::TrySendError::Full(_)) => Queued::Full,
+                Err(mpsc::error::TrySendError::Closed(_)) => Queued::NotConnected,
+            },
+            None => Queued::NotConnected,
+        }
+    }
+
+    /// Queues a message for the live session of `host_id`, waiting for room (backpressure).
+    /// Returns whether a session took it.
+    pub async fn send(&self, host_id: &str, message: ServerMessage) -> bool {
+        let tx = self.lock().get(host_id).map(|s| s.links.messages.clone());
+        match tx {
+            Some(tx) => tx.send(message).await.is_ok(),
             None => false,
         }
     }

@@ -15,7 +15,7 @@ use corral_proto::ServerMessage;
 use tokio::sync::mpsc;
 
 use crate::state::AppState;
-use crate::state::registry::Control;
+use crate::state::registry::Queued;
 
 /// Bytes an agent may send before the reader has taken any.
 pub const INITIAL_CREDIT: u64 = 64 * 1024;
@@ -73,7 +73,7 @@ fn violation(state: &AppState, host_id: &str, stream_id: &str, what: String) {
 }
 
 /// Data from an agent.
-pub fn on_data(state: &AppState, host_id: &str, stream_id: &str, data: String) {
+pub fn on_data(state: &Arc<AppState>, host_id: &str, stream_id: &str, data: String) {
     let mut map = state.streams.lock();
     let Some(entry) = map.get_mut(stream_id) else {
         // A stream that just ended or was cancelled; data may still be in flight.
@@ -138,17 +138,24 @@ pub fn end_host(state: &AppState, host_id: &str) {
     }
 }
 
-fn cancel_on_agent(state: &AppState, host_id: &str, stream_id: &str) {
-    state.registry.send(
-        host_id,
-        Control::Send(ServerMessage::StreamCancel {
-            stream_id: stream_id.to_owned(),
-        }),
-    );
+fn cancel_on_agent(state: &Arc<AppState>, host_id: &str, stream_id: &str) {
+    let cancel = ServerMessage::StreamCancel {
+        stream_id: stream_id.to_owned(),
+    };
+    if state.registry.try_send(host_id, cancel.clone()) == Queued::Full {
+        // The session's queue is full: wait for room rather than lose the cancellation (one
+        // task per stream at most, and it ends when the session takes it or goes away).
+        let state = state.clone();
+        let host_id = host_id.to_owned();
+        tokio::spawn(async move {
+            state.registry.send(&host_id, cancel).await;
+        });
+    }
 }
 
-/// The reader took `bytes`: let the agent send that many more.
-fn grant(state: &AppState, stream_id: &str, bytes: u64) {
+/// The reader took `bytes`: let the agent send that many more. Waits for room in the
+/// session's queue, so a congested session slows the reader instead of losing the credit.
+async fn grant(state: &AppState, stream_id: &str, bytes: u64) {
     let host = {
         let mut map = state.streams.lock();
         let Some(e) = map.get_mut(stream_id) else {
@@ -157,13 +164,11 @@ fn grant(state: &AppState, stream_id: &str, bytes: u64) {
         e.outstanding += bytes;
         e.host_id.clone()
     };
-    state.registry.send(
-        &host,
-        Control::Send(ServerMessage::StreamCredit {
-            stream_id: stream_id.to_owned(),
-            bytes,
-        }),
-    );
+    let credit = ServerMessage::StreamCredit {
+        stream_id: stream_id.to_owned(),
+        bytes,
+    };
+    state.registry.send(&host, credit).await;
 }
 
 /// Cancels the stream when the HTTP body is dropped (client gone or finished).
@@ -199,7 +204,7 @@ pub fn body(
             }
             match rx.recv().await {
                 Some(Ok(bytes)) => {
-                    grant(&state, &guard.stream_id, bytes.len() as u64);
+                    grant(&state, &guard.stream_id, bytes.len() as u64).await;
                     Some((Ok::<Bytes, std::io::Error>(bytes), (rx, guard, false)))
                 }
                 Some(Err(e)) => Some((

@@ -176,6 +176,15 @@ impl TryFrom<String> for Role {
     }
 }
 
+/// What [`Store::take_pending_commands`] took.
+#[derive(Debug, Default)]
+pub struct TakenCommands {
+    /// Marked sent, to go out now.
+    pub commands: Vec<corral_proto::Command>,
+    /// Marked failed: (command id, why it does not read).
+    pub unreadable: Vec<(String, String)>,
+}
+
 /// The outcome of presenting a credential (with or without a registration token).
 #[derive(Debug)]
 pub enum AgentAuth {
@@ -684,39 +693,67 @@ impl Store {
         Ok(())
     }
 
-    /// The host's unfinished commands that are still within their deadline, oldest first;
-    /// they are marked `sent` in the same transaction.
-    pub async fn open_commands(
+    /// Commands sent to `host_id` and never answered become pending again (its connection
+    /// ended before the answer came).
+    pub async fn requeue_sent_commands(&self, host_id: &str) -> Result<()> {
+        sqlx::query("UPDATE commands SET state = 'pending' WHERE host_id = ? AND state = 'sent'")
+            .bind(host_id)
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
+    /// Up to `limit` of the host's pending commands still within their deadline, oldest
+    /// first, marked `sent` in the same transaction. One whose payload no longer reads is
+    /// marked `failed` with the reason instead, and listed apart.
+    pub async fn take_pending_commands(
         &self,
         host_id: &str,
         now: i64,
-    ) -> Result<Vec<corral_proto::Command>> {
+        limit: usize,
+    ) -> Result<TakenCommands> {
         let mut tx = self.writer.begin().await?;
         let rows: Vec<(String, String, String, i64)> = sqlx::query_as(
-            "SELECT id, kind, payload, deadline_at FROM commands WHERE host_id = ? AND state IN ('pending', 'sent') AND deadline_at > ? ORDER BY created_at, id",
+            "SELECT id, kind, payload, deadline_at FROM commands WHERE host_id = ? AND state = 'pending' AND deadline_at > ? ORDER BY created_at, id LIMIT ?",
         )
         .bind(host_id)
         .bind(now)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
         .fetch_all(&mut *tx)
         .await?;
-        sqlx::query(
-            "UPDATE commands SET state = 'sent', sent_at = ? WHERE host_id = ? AND state = 'pending' AND deadline_at > ?",
-        )
-        .bind(now)
-        .bind(host_id)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
+        let mut taken = TakenCommands::default();
+        for (id, kind, payload, deadline) in rows {
+            match command_body(&id, &kind, &payload) {
+                Ok(body) => {
+                    sqlx::query("UPDATE commands SET state = 'sent', sent_at = ? WHERE id = ?")
+                        .bind(now)
+                        .bind(&id)
+                        .execute(&mut *tx)
+                        .await?;
+                    taken
+                        .commands
+                        .push(corral_proto::Command { id, body, deadline });
+                }
+                Err(e) => {
+                    let why = e.to_string();
+                    let result = serde_json::to_string(&corral_proto::CommandResult::Failed {
+                        message: why.clone(),
+                    })
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                    sqlx::query(
+                        "UPDATE commands SET state = 'failed', finished_at = ?, result = ? WHERE id = ?",
+                    )
+                    .bind(now)
+                    .bind(result)
+                    .bind(&id)
+                    .execute(&mut *tx)
+                    .await?;
+                    taken.unreadable.push((id, why));
+                }
+            }
+        }
         tx.commit().await?;
-        rows.into_iter()
-            .map(|(id, kind, payload, deadline)| {
-                Ok(corral_proto::Command {
-                    body: command_body(&id, &kind, &payload)?,
-                    id,
-                    deadline,
-                })
-            })
-            .collect()
+        Ok(taken)
     }
 
     /// What a command asked for (`None`: no such command).
@@ -728,17 +765,6 @@ impl Store {
                 .await?;
         row.map(|(kind, payload)| command_body(id, &kind, &payload))
             .transpose()
-    }
-
-    pub async fn mark_command_sent(&self, id: &str, now: i64) -> Result<()> {
-        sqlx::query(
-            "UPDATE commands SET state = 'sent', sent_at = ? WHERE id = ? AND state = 'pending'",
-        )
-        .bind(now)
-        .bind(id)
-        .execute(&self.writer)
-        .await?;
-        Ok(())
     }
 
     /// Records a reply if it comes from the command's host and the command is still open.

@@ -80,7 +80,7 @@ impl ServerOptions {
 
 pub(crate) struct Booted {
     pub store: Store,
-    pub vault: crate::vault::Vault,
+    pub vault: std::sync::Arc<crate::vault::Vault>,
     pub tls: Option<rustls::ServerConfig>,
     pub checksum: CaChecksum,
     pub advertise_url: String,
@@ -199,7 +199,17 @@ pub(crate) async fn bootstrap(
         }
     };
 
-    let store = Store::open_sqlite(&dir.join("corral.db")).await?;
+    let vault = std::sync::Arc::new(
+        crate::vault::Vault::open_or_create(dir).map_err(|e| ServerError::Config(e.to_string()))?,
+    );
+    let store = Store::open_sqlite(&dir.join("corral.db"), vault.clone()).await?;
+    let sealed = store.seal_clear_columns().await?;
+    if sealed > 0 {
+        tracing::info!(
+            values = sealed,
+            "sealed values an earlier version stored in clear"
+        );
+    }
     store.ensure_environment("default", now).await?;
 
     let admin_env = dir.join("admin.env");
@@ -230,8 +240,6 @@ pub(crate) async fn bootstrap(
         context: format!("cannot write {}", admin_env.display()),
         source,
     })?;
-    let vault =
-        crate::vault::Vault::open_or_create(dir).map_err(|e| ServerError::Config(e.to_string()))?;
     Ok(Booted {
         store,
         vault,

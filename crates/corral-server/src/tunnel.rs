@@ -359,6 +359,27 @@ async fn session_loop(
     }
     let mut more_commands = true;
     loop {
+        // Drain the host's pending commands a batch at a time, each written (and so waited
+        // for) before the next is read: the datastore is the queue, memory here is bounded,
+        // the socket applies backpressure. Outside the select below, so that taking a batch
+        // (which marks it sent) is never cancelled halfway by another event.
+        if more_commands {
+            match crate::dispatch::next_batch(state, host_id).await {
+                Ok(batch) => {
+                    more_commands = batch.len() == crate::dispatch::BATCH;
+                    for command in batch {
+                        if !send(socket, &ServerMessage::Command(command), limit).await {
+                            return None;
+                        }
+                    }
+                }
+                Err(e) => {
+                    // Retried on the next wake-up or reconnect; the commands stay pending.
+                    tracing::error!(error = %e, "cannot read a host's pending commands");
+                    more_commands = false;
+                }
+            }
+        }
         let deadline = Instant::from_std(live.next_deadline());
         tokio::select! {
             r = recv(socket, limit) => match r {
@@ -399,26 +420,8 @@ async fn session_loop(
                 }
             },
             _ = ends.commands.notified() => more_commands = true,
-            // Drain the host's pending commands a batch at a time, each written (and so
-            // waited for) before the next is read: the datastore is the queue, bounded
-            // memory here, backpressure from the socket.
-            batch = crate::dispatch::next_batch(state, host_id), if more_commands => {
-                match batch {
-                    Ok(batch) => {
-                        more_commands = batch.len() == crate::dispatch::BATCH;
-                        for command in batch {
-                            if !send(socket, &ServerMessage::Command(command), limit).await {
-                                return None;
-                            }
-                        }
-                    }
-                    Err(e) => {
-                        // Retried on the next wake-up or reconnect; the commands stay pending.
-                        tracing::error!(error = %e, "cannot read a host's pending commands");
-                        more_commands = false;
-                    }
-                }
-            }
+            // More commands wait: go round again (after anything else that is ready).
+            _ = std::future::ready(()), if more_commands => {}
             changed = ends.close.changed() => {
                 let order = ends.close.borrow_and_update().clone();
                 match (changed, order) {

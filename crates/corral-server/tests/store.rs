@@ -10,13 +10,18 @@ use corral_proto::{
 };
 use corral_server::secrets::{SecretHash, new_id};
 use corral_server::store::{AgentAuth, Completion, ContainerRow, Store, StoreError, TokenRow};
+use corral_server::vault::Vault;
 
 async fn store() -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open_sqlite(&dir.path().join("corral.db"))
+    let store = Store::open_sqlite(&dir.path().join("corral.db"), vault(dir.path()))
         .await
         .unwrap();
     (dir, store)
+}
+
+fn vault(dir: &std::path::Path) -> std::sync::Arc<Vault> {
+    std::sync::Arc::new(Vault::open_or_create(dir).unwrap())
 }
 
 /// A registered host (through a token, as an agent registers).
@@ -181,7 +186,7 @@ async fn a_stored_command_that_no_longer_reads_is_an_error_not_an_empty_command(
         .await
         .unwrap();
     pool.close().await;
-    let store = Store::open_sqlite(&db).await.unwrap();
+    let store = Store::open_sqlite(&db, vault(dir.path())).await.unwrap();
     assert!(matches!(
         store.command("cmd-1").await,
         Err(StoreError::Corrupt(m)) if m.contains("cmd-1")
@@ -273,7 +278,7 @@ async fn container_states_are_typed_and_an_unknown_state_fails_the_read() {
         .await
         .unwrap();
     pool.close().await;
-    let store = Store::open_sqlite(&db).await.unwrap();
+    let store = Store::open_sqlite(&db, vault(dir.path())).await.unwrap();
     let err = store.containers().await.unwrap_err().to_string();
     assert!(err.contains("frozen"), "{err}");
     let _ = ContainerRef::lifecycle("x", None);

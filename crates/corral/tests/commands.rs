@@ -409,7 +409,11 @@ async fn a_burst_of_commands_all_reach_a_connected_host() {
     .await
     .unwrap();
     let out = up.join().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // Nothing is answered, so nothing is retried: every replica's run command arrives once.
     let mut slots = std::collections::BTreeSet::new();
     while slots.len() < REPLICAS {

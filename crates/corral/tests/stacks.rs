@@ -654,11 +654,12 @@ fn a_definition_that_no_longer_reads_fails_the_stack_and_removes_nothing() {
     };
     assert_eq!(before.len(), 2);
 
-    // The stored definition stops reading: `update` becomes a string.
+    // The stored definition stops reading: as an earlier version would have written it, in
+    // clear, but with `update` a string.
     server.stop();
     let db = data.join("corral.db");
     let script = format!(
-        "import sqlite3; c = sqlite3.connect({:?}); c.execute(\"UPDATE services SET spec = json_set(spec, '$.update', 'rolling') WHERE stack_id = (SELECT id FROM stacks WHERE name = ?)\", ({stack:?},)); c.commit()",
+        "import sqlite3; c = sqlite3.connect({:?}); c.execute(\"UPDATE services SET spec = '{{\\\"update\\\": \\\"rolling\\\"}}' WHERE stack_id = (SELECT id FROM stacks WHERE name = ?)\", ({stack:?},)); c.commit()",
         db.display().to_string()
     );
     let out = std::process::Command::new("python3")
@@ -722,4 +723,69 @@ fn a_definition_that_no_longer_reads_fails_the_stack_and_removes_nothing() {
     let mut healed = running(&stack, "web");
     healed.sort();
     assert_eq!(healed, before, "nothing restarted");
+}
+
+/// Environment values (`corral run -e`, Compose `environment:`) reach the container but are
+/// never stored in clear: the datastore files hold them only sealed under the master key.
+#[test]
+fn environment_values_are_sealed_at_rest() {
+    require_docker!();
+    let t = tmp();
+    let stack = stack_name("sealed");
+    let _cleanup = StackCleanup(stack.clone());
+    let data = t.path().join("data");
+    let server = Server::start(&data, &[]);
+    let _agent = agent_with_docker(&server, t.path(), "h1");
+    let secret = format!("s3cret-{}-value", std::process::id());
+    let file = write(
+        t.path(),
+        "compose.yaml",
+        &format!(
+            "services:\n  db:\n    image: {IMAGE}\n    command: {SLEEPER}\n    environment:\n      DB_PASSWORD: {secret}-compose\n"
+        ),
+    );
+    up_ok(&server, &file, &stack);
+    let single = format!("{stack}-single");
+    let _single = RemoveContainer(single.clone());
+    server.cli_ok(&[
+        "run",
+        &single,
+        "--image",
+        IMAGE,
+        "-e",
+        &format!("API_TOKEN={secret}-run"),
+        "--",
+        "sleep",
+        "600",
+    ]);
+    // The containers have their values.
+    let ids = running(&stack, "db");
+    assert_eq!(ids.len(), 1);
+    assert_eq!(
+        env_of(&inspect(&ids[0]), "DB_PASSWORD").as_deref(),
+        Some(format!("{secret}-compose").as_str())
+    );
+    // No datastore file holds them in clear.
+    for entry in std::fs::read_dir(&data).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if !name.starts_with("corral.db") {
+            continue;
+        }
+        let bytes = std::fs::read(&path).unwrap();
+        assert!(
+            !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+            "{name} holds an environment value in clear"
+        );
+    }
+    server.cli_ok(&["container", "rm", &single]);
+}
+
+/// Removes a Docker container by name when dropped.
+struct RemoveContainer(String);
+
+impl Drop for RemoveContainer {
+    fn drop(&mut self) {
+        let _ = docker(&["rm", "-f", "-v", &self.0]);
+    }
 }

@@ -237,13 +237,20 @@ fn service_def(row: &ServiceRow) -> Option<ServiceDef> {
 
 /// One stack with its services and replicas, as `corral ps` shows it.
 pub async fn view(state: &AppState, stack: &StackRow) -> Result<StackView> {
-    let services = state.store.services(&stack.id).await?;
+    let (services, unopened) = match state.store.services(&stack.id).await {
+        Ok(services) => (services, None),
+        Err(crate::store::StoreError::Corrupt(why)) => (Vec::new(), Some(why)),
+        Err(e) => return Err(e.into()),
+    };
     let containers = state.store.stack_containers(&stack.id).await?;
     let hosts = state.store.host_names().await?;
     let env = state.store.environment_name(&stack.environment_id).await?;
     let status = state.reconciler.status(&stack.id);
     let mut views = Vec::new();
-    let error = status.as_ref().and_then(|s| s.unreadable.clone());
+    let error = status
+        .as_ref()
+        .and_then(|s| s.unreadable.clone())
+        .or(unopened);
     let mut converged = stack.state == StackState::Active && error.is_none();
     for svc in &services {
         let def = service_def(svc);

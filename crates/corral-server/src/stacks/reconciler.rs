@@ -143,8 +143,15 @@ impl World {
             if stack.environment_id != environment_id {
                 continue;
             }
-            let rows = state.store.services(&stack.id).await?;
-            match read_services(&stack, &rows) {
+            let read = match state.store.services(&stack.id).await {
+                Ok(rows) => read_services(&stack, &rows),
+                Err(StoreError::Corrupt(why)) => Err(format!(
+                    "the stored definitions of stack {} cannot be read ({why}); nothing of the stack is changed until it is deployed again with `corral up`",
+                    stack.name
+                )),
+                Err(e) => return Err(e),
+            };
+            match read {
                 Ok(services) => {
                     for svc in services {
                         defs.insert((stack.id.clone(), svc.name), svc.def);
@@ -269,7 +276,14 @@ async fn pass_stack(
         report_unreadable(state, stack, why).await;
         return Ok(());
     }
-    let rows = state.store.services(&stack.id).await?;
+    let rows = match state.store.services(&stack.id).await {
+        Ok(rows) => rows,
+        Err(StoreError::Corrupt(why)) => {
+            report_unreadable(state, stack, &why).await;
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    };
     let services = match read_services(stack, &rows) {
         Ok(services) => services,
         // Changed since the world was gathered: next pass.

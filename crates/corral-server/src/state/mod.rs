@@ -27,7 +27,7 @@ pub struct AppState {
     pub streams: streams::Streams,
     pub reconciler: reconciler::Reconciler,
     /// Seals secrets the server must read back (the overlay keys) under the master key.
-    pub vault: crate::vault::Vault,
+    pub vault: Arc<crate::vault::Vault>,
     pub overlay: overlay::OverlaySync,
     pub options: ServerOptions,
     /// The URL agents are told to dial (`--advertise-url`).

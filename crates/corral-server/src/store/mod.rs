@@ -11,6 +11,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -21,8 +22,11 @@ use corral_control::states::{Actual, Desired, parse_health};
 use corral_proto::{Health, HostFacts};
 
 use crate::secrets::{SecretHash, new_id};
+use crate::vault::Vault;
+use sealed::Column;
 
 mod overlay;
+mod sealed;
 mod stacks;
 pub use overlay::{OverlayEnvRow, OverlayMemberRow};
 pub use stacks::{ServiceRow, StackRow, StackWrite};
@@ -47,6 +51,8 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 pub struct Store {
     writer: SqlitePool,
     reader: SqlitePool,
+    /// Seals the columns that may carry secrets (see `sealed`).
+    vault: Arc<Vault>,
 }
 
 #[derive(Debug, Clone, Serialize, FromRow)]
@@ -288,7 +294,8 @@ const HOST_COLUMNS: &str = "id, environment_id, name, labels, token_id, hostname
 
 impl Store {
     /// Opens (creating if needed) the SQLite database at `path` and runs the migrations.
-    pub async fn open_sqlite(path: &Path) -> Result<Store> {
+    /// Columns that may carry secrets are sealed under `vault`.
+    pub async fn open_sqlite(path: &Path, vault: Arc<Vault>) -> Result<Store> {
         let url = format!("sqlite://{}", path.display());
         let opts = SqliteConnectOptions::from_str(&url)?
             .create_if_missing(true)
@@ -305,7 +312,68 @@ impl Store {
             .max_connections(4)
             .connect_with(opts.read_only(true))
             .await?;
-        Ok(Store { writer, reader })
+        Ok(Store {
+            writer,
+            reader,
+            vault,
+        })
+    }
+
+    /// Seals every value an earlier version wrote in clear into a column that may carry
+    /// secrets. Returns how many were sealed.
+    pub async fn seal_clear_columns(&self) -> Result<u64> {
+        let mut sealed_count = 0;
+        let clear: Vec<(String, String)> =
+            sqlx::query_as("SELECT id, spec FROM containers WHERE spec NOT LIKE 'sealed:%'")
+                .fetch_all(&self.writer)
+                .await?;
+        for (id, spec) in clear {
+            let value = sealed::seal(&self.vault, Column::ContainerSpec, &id, &spec)?;
+            sqlx::query("UPDATE containers SET spec = ? WHERE id = ?")
+                .bind(value)
+                .bind(&id)
+                .execute(&self.writer)
+                .await?;
+            sealed_count += 1;
+        }
+        let clear: Vec<(String, String, String)> = sqlx::query_as(
+            "SELECT stack_id, name, spec FROM services WHERE spec NOT LIKE 'sealed:%'",
+        )
+        .fetch_all(&self.writer)
+        .await?;
+        for (stack_id, name, spec) in clear {
+            let key = format!("{stack_id}/{name}");
+            let value = sealed::seal(&self.vault, Column::ServiceSpec, &key, &spec)?;
+            sqlx::query("UPDATE services SET spec = ? WHERE stack_id = ? AND name = ?")
+                .bind(value)
+                .bind(&stack_id)
+                .bind(&name)
+                .execute(&self.writer)
+                .await?;
+            sealed_count += 1;
+        }
+        let clear: Vec<(String, String)> =
+            sqlx::query_as("SELECT id, payload FROM commands WHERE payload NOT LIKE 'sealed:%'")
+                .fetch_all(&self.writer)
+                .await?;
+        for (id, payload) in clear {
+            let value = sealed::seal(&self.vault, Column::CommandPayload, &id, &payload)?;
+            sqlx::query("UPDATE commands SET payload = ? WHERE id = ?")
+                .bind(value)
+                .bind(&id)
+                .execute(&self.writer)
+                .await?;
+            sealed_count += 1;
+        }
+        Ok(sealed_count)
+    }
+
+    /// Container rows with their specs opened.
+    fn open_containers(&self, mut rows: Vec<ContainerRow>) -> Result<Vec<ContainerRow>> {
+        for row in &mut rows {
+            row.spec = sealed::open(&self.vault, Column::ContainerSpec, &row.id, &row.spec)?;
+        }
+        Ok(rows)
     }
 
     pub async fn close(&self) {
@@ -679,6 +747,7 @@ impl Store {
             .map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let payload =
             serde_json::to_string(&payload).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let payload = sealed::seal(&self.vault, Column::CommandPayload, &command.id, &payload)?;
         sqlx::query(
             "INSERT INTO commands (id, host_id, kind, payload, state, created_at, deadline_at) VALUES (?, ?, ?, ?, 'pending', ?, ?)",
         )
@@ -723,7 +792,9 @@ impl Store {
         .await?;
         let mut taken = TakenCommands::default();
         for (id, kind, payload, deadline) in rows {
-            match command_body(&id, &kind, &payload) {
+            let body = sealed::open(&self.vault, Column::CommandPayload, &id, &payload)
+                .and_then(|payload| command_body(&id, &kind, &payload));
+            match body {
                 Ok(body) => {
                     sqlx::query("UPDATE commands SET state = 'sent', sent_at = ? WHERE id = ?")
                         .bind(now)
@@ -763,8 +834,11 @@ impl Store {
                 .bind(id)
                 .fetch_optional(&self.reader)
                 .await?;
-        row.map(|(kind, payload)| command_body(id, &kind, &payload))
-            .transpose()
+        row.map(|(kind, payload)| {
+            let payload = sealed::open(&self.vault, Column::CommandPayload, id, &payload)?;
+            command_body(id, &kind, &payload)
+        })
+        .transpose()
     }
 
     /// Records a reply if it comes from the command's host and the command is still open.
@@ -854,7 +928,7 @@ impl Store {
         .bind(&c.host_id)
         .bind(&c.name)
         .bind(&c.image)
-        .bind(&c.spec)
+        .bind(sealed::seal(&self.vault, Column::ContainerSpec, &c.id, &c.spec)?)
         .bind(c.desired.as_str())
         .bind(c.created_at)
         .bind(c.created_at)
@@ -874,20 +948,22 @@ impl Store {
     }
 
     pub async fn containers(&self) -> Result<Vec<ContainerRow>> {
-        Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        let rows = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT {CONTAINER_COLUMNS} FROM containers ORDER BY name"
         )))
         .fetch_all(&self.reader)
-        .await?)
+        .await?;
+        self.open_containers(rows)
     }
 
     pub async fn host_containers(&self, host_id: &str) -> Result<Vec<ContainerRow>> {
-        Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        let rows = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT {CONTAINER_COLUMNS} FROM containers WHERE host_id = ?"
         )))
         .bind(host_id)
         .fetch_all(&self.reader)
-        .await?)
+        .await?;
+        self.open_containers(rows)
     }
 
     pub async fn find_container(&self, id_or_name: &str) -> Result<ContainerRow> {
@@ -898,13 +974,14 @@ impl Store {
         .bind(id_or_name)
         .fetch_all(&self.reader)
         .await?;
-        one_by_id_or_name(
+        let row = one_by_id_or_name(
             rows,
             id_or_name,
             |c| &c.id,
             "container",
             "corral container ls",
-        )
+        )?;
+        Ok(self.open_containers(vec![row])?.remove(0))
     }
 
     pub async fn set_desired(&self, id: &str, desired: Desired, now: i64) -> Result<()> {

@@ -3,6 +3,7 @@
 use corral_control::states::StackState;
 use sqlx::FromRow;
 
+use super::sealed::{self, Column};
 use super::{CONTAINER_COLUMNS, ContainerRow, Result, Store, StoreError, one_by_id_or_name};
 use crate::secrets::new_id;
 
@@ -114,7 +115,12 @@ impl Store {
             )
             .bind(&stack_id)
             .bind(&svc.name)
-            .bind(&svc.spec)
+            .bind(sealed::seal(
+                &self.vault,
+                Column::ServiceSpec,
+                &format!("{stack_id}/{}", svc.name),
+                &svc.spec,
+            )?)
             .bind(&svc.spec_hash)
             .bind(svc.replicas)
             .bind(svc.position)
@@ -154,22 +160,30 @@ impl Store {
     }
 
     /// A stack's services in start order.
+    /// The stack's services with their definitions opened; one that does not open is
+    /// [`StoreError::Corrupt`].
     pub async fn services(&self, stack_id: &str) -> Result<Vec<ServiceRow>> {
-        Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        let mut rows: Vec<ServiceRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT {SERVICE_COLUMNS} FROM services WHERE stack_id = ? ORDER BY position, name"
         )))
         .bind(stack_id)
         .fetch_all(&self.reader)
-        .await?)
+        .await?;
+        for row in &mut rows {
+            let key = format!("{}/{}", row.stack_id, row.name);
+            row.spec = sealed::open(&self.vault, Column::ServiceSpec, &key, &row.spec)?;
+        }
+        Ok(rows)
     }
 
     pub async fn stack_containers(&self, stack_id: &str) -> Result<Vec<ContainerRow>> {
-        Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        let rows = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT {CONTAINER_COLUMNS} FROM containers WHERE stack_id = ? ORDER BY service, slot, created_at"
         )))
         .bind(stack_id)
         .fetch_all(&self.reader)
-        .await?)
+        .await?;
+        self.open_containers(rows)
     }
 
     /// `corral scale`: returns false when the stack has no such service.

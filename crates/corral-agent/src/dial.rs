@@ -121,21 +121,25 @@ impl Dialer {
         &self.host
     }
 
-    /// Opens a *new* TLS connection (pinned CA) and asks `/healthz`. Used to confirm the server
-    /// is still reachable after the host's firewall changed.
-    pub async fn probe_health(&self) -> Result<(), DialError> {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    /// Opens a new TLS connection to the server (pinned CA), handshake done, nothing sent.
+    pub async fn tls(&self) -> Result<tokio_rustls::client::TlsStream<TcpStream>, DialError> {
         let tcp = TcpStream::connect(&self.addr)
             .await
             .map_err(|source| DialError::Connect {
                 addr: self.addr.clone(),
                 source,
             })?;
-        let mut tls = self
-            .tls
+        self.tls
             .connect(self.server_name.clone(), tcp)
             .await
-            .map_err(|e| tls_error(&self.addr, e))?;
+            .map_err(|e| tls_error(&self.addr, e))
+    }
+
+    /// Opens a *new* TLS connection (pinned CA) and asks `/healthz`. Used to confirm the server
+    /// is still reachable after the host's firewall changed.
+    pub async fn probe_health(&self) -> Result<(), DialError> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut tls = self.tls().await?;
         let request = format!(
             "GET /healthz HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
             self.addr

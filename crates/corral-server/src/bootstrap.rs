@@ -60,6 +60,8 @@ pub struct ServerOptions {
     /// How long a host may be disconnected before the reconciler places its stack replicas
     /// elsewhere.
     pub reschedule_after: Duration,
+    /// Cap on connections that have not authenticated (see `state::gate`).
+    pub max_unauthenticated: usize,
 }
 
 impl ServerOptions {
@@ -74,6 +76,7 @@ impl ServerOptions {
             max_message_bytes: corral_proto::DEFAULT_MAX_MESSAGE_BYTES,
             command_ttl: Duration::from_secs(600),
             reschedule_after: Duration::from_secs(60),
+            max_unauthenticated: crate::state::gate::DEFAULT_CAP,
         }
     }
 }

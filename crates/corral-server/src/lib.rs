@@ -125,6 +125,7 @@ pub async fn start(options: ServerOptions) -> Result<RunningServer, ServerError>
         reconciler: Default::default(),
         vault: boot.vault,
         overlay: Default::default(),
+        gate: Arc::new(state::gate::Gate::new(options.max_unauthenticated)),
         advertise_url: boot.advertise_url.clone(),
         checksum: boot.checksum,
         local_port: local_addr.port(),
@@ -141,18 +142,25 @@ pub async fn start(options: ServerOptions) -> Result<RunningServer, ServerError>
     let app = api::router(state.clone());
     let handle = axum_server::Handle::new();
     let make = app.into_make_service_with_connect_info::<SocketAddr>();
+    let gate = state::gate::GateAcceptor {
+        gate: state.gate.clone(),
+    };
     let task = match boot.tls {
         Some(tls) => {
             let cfg = axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(tls));
-            let server = axum_server::from_tcp_rustls(listener, cfg)
+            let mut server = axum_server::from_tcp_rustls(listener, cfg)
                 .map_err(listener_error)?
+                .map(|tls| tls.acceptor(gate))
                 .handle(handle.clone());
+            limit_headers(server.http_builder());
             tokio::spawn(server.serve(make))
         }
         None => {
-            let server = axum_server::from_tcp(listener)
+            let mut server = axum_server::from_tcp(listener)
                 .map_err(listener_error)?
+                .acceptor(gate)
                 .handle(handle.clone());
+            limit_headers(server.http_builder());
             tokio::spawn(server.serve(make))
         }
     };
@@ -170,3 +178,17 @@ pub async fn start(options: ServerOptions) -> Result<RunningServer, ServerError>
 }
 
 pub use process::{raise_nofile_limit, resident_bytes};
+
+/// How long a client may take to send a request's headers, the first request's as much as
+/// the next one's on a kept-alive connection: a peer that connects and sends nothing, or
+/// stops halfway, is closed then (TLS handshakes have the same 10 s).
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn limit_headers(
+    builder: &mut hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
+) {
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT);
+}

@@ -143,7 +143,12 @@ pub async fn serve(state: Arc<AppState>, mut socket: WebSocket, remote: SocketAd
         }
     };
     let host = match admit(&state, &hello, remote).await {
-        Ok(h) => h,
+        Ok(h) => {
+            // An authenticated tunnel no longer counts against the cap on unauthenticated
+            // connections (and is never closed by it).
+            state.gate.authenticated(remote);
+            h
+        }
         Err((reason, message)) => {
             tracing::warn!(%remote, %reason, %message, "refused an agent");
             close(&mut socket, reason, message, limit).await;

@@ -174,6 +174,10 @@ pub struct ServerArgs {
     /// How long a host may be disconnected before its stack replicas are placed elsewhere.
     #[arg(long, default_value = "60s", value_parser = crate::duration::parse_duration)]
     pub reschedule_after: std::time::Duration,
+    /// How many connections that have not (yet) authenticated are held at once; one more
+    /// closes the oldest of them. Authenticated agents and API clients never count.
+    #[arg(long, default_value_t = corral_server::state::gate::DEFAULT_CAP)]
+    pub max_unauthenticated_connections: usize,
     /// Maximum size of one tunnel message.
     #[arg(long, default_value_t = corral_proto::DEFAULT_MAX_MESSAGE_BYTES, hide = true)]
     pub max_message_bytes: usize,

@@ -23,9 +23,15 @@ pub(super) async fn metrics(
 # HELP corral_hosts Registered hosts (not removed).\n# TYPE corral_hosts gauge\ncorral_hosts {hosts}\n\
 # HELP process_resident_memory_bytes Resident memory size in bytes.\n# TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes {rss}\n\
 # HELP process_open_fds Number of open file descriptors.\n# TYPE process_open_fds gauge\nprocess_open_fds {fds}\n\
-# HELP process_uptime_seconds Seconds since the server started.\n# TYPE process_uptime_seconds gauge\nprocess_uptime_seconds {}\n",
+# HELP process_uptime_seconds Seconds since the server started.\n# TYPE process_uptime_seconds gauge\nprocess_uptime_seconds {}\n\
+# HELP corral_unauthenticated_connections Connections held that have not authenticated.\n# TYPE corral_unauthenticated_connections gauge\ncorral_unauthenticated_connections {}\n\
+# HELP corral_unauthenticated_connections_max The cap on them (--max-unauthenticated-connections).\n# TYPE corral_unauthenticated_connections_max gauge\ncorral_unauthenticated_connections_max {}\n\
+# HELP corral_connections_evicted_total Unauthenticated connections closed because the cap was reached.\n# TYPE corral_connections_evicted_total counter\ncorral_connections_evicted_total {}\n",
         state.registry.len(),
-        state.started.elapsed().as_secs()
+        state.started.elapsed().as_secs(),
+        state.gate.unauthenticated(),
+        state.gate.cap(),
+        state.gate.evictions(),
     );
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response())
 }

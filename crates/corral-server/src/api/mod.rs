@@ -188,7 +188,13 @@ impl FromRequestParts<Arc<AppState>> for Admin {
         parts: &mut Parts,
         state: &Arc<AppState>,
     ) -> Result<Self, Self::Rejection> {
-        authorize(&parts.headers, state).await
+        let admin = authorize(&parts.headers, state).await?;
+        // An authenticated connection no longer counts against the cap on unauthenticated
+        // ones (and is never closed by it).
+        if let Some(ConnectInfo(addr)) = parts.extensions.get::<ConnectInfo<SocketAddr>>() {
+            state.gate.authenticated(*addr);
+        }
+        Ok(admin)
     }
 }
 

@@ -5,6 +5,7 @@
 //! This layer holds data and the small operations on it; it imports only the foundation
 //! (`store`, `vault`, `secrets`, `time_fmt`, `error`) and the pure crates.
 
+pub mod gate;
 pub mod overlay;
 pub mod reconciler;
 pub mod registry;
@@ -29,6 +30,8 @@ pub struct AppState {
     /// Seals secrets the server must read back (the overlay keys) under the master key.
     pub vault: Arc<crate::vault::Vault>,
     pub overlay: overlay::OverlaySync,
+    /// Counts and bounds the connections that have not authenticated.
+    pub gate: Arc<gate::Gate>,
     pub options: ServerOptions,
     /// The URL agents are told to dial (`--advertise-url`).
     pub advertise_url: String,

@@ -344,3 +344,201 @@ pub async fn connect(b: ConnectBench) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+pub struct IdleBench {
+    pub client: Client,
+    pub connections: usize,
+    pub concurrency: usize,
+    pub duration: Duration,
+    pub format: Format,
+}
+
+#[derive(Serialize)]
+struct IdleReport {
+    connections: usize,
+    duration_seconds: f64,
+    handshakes: u64,
+    handshake_failures: u64,
+    closed_by_server: u64,
+    held_min: u64,
+    held_max: u64,
+    host_ls_samples: usize,
+    host_ls_failures: usize,
+    host_ls_p50_ms: f64,
+    host_ls_p99_ms: f64,
+    host_ls_max_ms: f64,
+    agents_connected_before: u64,
+    agents_connected_min: u64,
+    agents_connected_max: u64,
+    server_evictions: u64,
+    server_unauthenticated_max: u64,
+    server_rss_max_bytes: u64,
+}
+
+/// Reads one gauge or counter from the server's `/metrics`.
+async fn server_metric(client: &Client, name: &str) -> anyhow::Result<u64> {
+    let text = client.get_text("/metrics").await?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .with_context(|| format!("the server's /metrics has no {name}"))
+}
+
+/// `corral bench idle`.
+pub async fn idle(b: IdleBench) -> anyhow::Result<()> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use tokio::io::AsyncReadExt;
+    let (soft, hard) = corral_server::raise_nofile_limit()?;
+    let need = b.connections as u64 + 256;
+    if soft < need {
+        bail!(
+            "the open-file limit is {soft} (hard limit {hard}), too low for {} connections (about {need} needed)",
+            b.connections
+        );
+    }
+    let pin = b
+        .client
+        .checksum
+        .context("the benchmark needs an https:// server and CORRAL_CA_CHECKSUM")?;
+    let dialer = Arc::new(Dialer::new(b.client.base(), pin)?);
+    let agents_before = server_metric(&b.client, "corral_agents_connected").await?;
+    let handshakes = Arc::new(AtomicU64::new(0));
+    let failures = Arc::new(AtomicU64::new(0));
+    let closed = Arc::new(AtomicU64::new(0));
+    let held = Arc::new(AtomicU64::new(0));
+    let limit = Arc::new(Semaphore::new(b.concurrency.max(1)));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut tasks = Vec::with_capacity(b.connections);
+    for _ in 0..b.connections {
+        let (dialer, limit, mut stop) = (dialer.clone(), limit.clone(), stop_rx.clone());
+        let (handshakes, failures, closed, held) = (
+            handshakes.clone(),
+            failures.clone(),
+            closed.clone(),
+            held.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            while !*stop.borrow() {
+                let tls = {
+                    let Ok(_permit) = limit.acquire().await else {
+                        return;
+                    };
+                    dialer.tls().await
+                };
+                let mut tls = match tls {
+                    Ok(t) => t,
+                    Err(_) => {
+                        failures.fetch_add(1, Ordering::Relaxed);
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                handshakes.fetch_add(1, Ordering::Relaxed);
+                held.fetch_add(1, Ordering::Relaxed);
+                let mut buf = [0u8; 512];
+                tokio::select! {
+                    _ = async { while matches!(tls.read(&mut buf).await, Ok(n) if n > 0) {} } => {
+                        closed.fetch_add(1, Ordering::Relaxed);
+                    }
+                    _ = stop.changed() => {}
+                }
+                held.fetch_sub(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    let exe = std::env::current_exe()?;
+    let started = Instant::now();
+    let (mut ls, mut ls_failures) = (Vec::new(), 0usize);
+    let (mut held_min, mut held_max) = (u64::MAX, 0u64);
+    let (mut agents_min, mut agents_max) = (u64::MAX, 0u64);
+    let (mut unauth_max, mut rss_max) = (0u64, 0u64);
+    // Let the flood build up before measuring.
+    tokio::time::sleep(b.duration.min(Duration::from_secs(10)) / 2).await;
+    while started.elapsed() < b.duration {
+        let t = Instant::now();
+        let out = tokio::process::Command::new(&exe)
+            .args(["host", "ls", "-o", "json"])
+            .output()
+            .await?;
+        if out.status.success() {
+            ls.push(t.elapsed().as_secs_f64() * 1000.0);
+        } else {
+            ls_failures += 1;
+        }
+        let now_held = held.load(Ordering::Relaxed);
+        held_min = held_min.min(now_held);
+        held_max = held_max.max(now_held);
+        if let Ok(a) = server_metric(&b.client, "corral_agents_connected").await {
+            agents_min = agents_min.min(a);
+            agents_max = agents_max.max(a);
+        }
+        if let Ok(u) = server_metric(&b.client, "corral_unauthenticated_connections").await {
+            unauth_max = unauth_max.max(u);
+        }
+        if let Ok(r) = server_rss(&b.client).await {
+            rss_max = rss_max.max(r);
+        }
+        eprintln!(
+            "held {now_held} idle connections; host ls {:.1} ms; agents connected {agents_min}..{agents_max}",
+            ls.last().copied().unwrap_or(f64::NAN)
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let _ = stop_tx.send(true);
+    for t in tasks {
+        let _ = t.await;
+    }
+    ls.sort_by(f64::total_cmp);
+    let report = IdleReport {
+        connections: b.connections,
+        duration_seconds: started.elapsed().as_secs_f64(),
+        handshakes: handshakes.load(Ordering::Relaxed),
+        handshake_failures: failures.load(Ordering::Relaxed),
+        closed_by_server: closed.load(Ordering::Relaxed),
+        held_min: if held_min == u64::MAX { 0 } else { held_min },
+        held_max,
+        host_ls_samples: ls.len(),
+        host_ls_failures: ls_failures,
+        host_ls_p50_ms: percentile(&ls, 0.5),
+        host_ls_p99_ms: percentile(&ls, 0.99),
+        host_ls_max_ms: ls.last().copied().unwrap_or(0.0),
+        agents_connected_before: agents_before,
+        agents_connected_min: if agents_min == u64::MAX {
+            0
+        } else {
+            agents_min
+        },
+        agents_connected_max: agents_max,
+        server_evictions: server_metric(&b.client, "corral_connections_evicted_total").await?,
+        server_unauthenticated_max: unauth_max,
+        server_rss_max_bytes: rss_max,
+    };
+    match b.format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        Format::Table => {
+            println!(
+                "{} idle connections for {:.0}s: {} handshakes, {} closed by the server ({} evicted at the cap)",
+                report.connections,
+                report.duration_seconds,
+                report.handshakes,
+                report.closed_by_server,
+                report.server_evictions
+            );
+            println!(
+                "host ls: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} samples, {} failed)",
+                report.host_ls_p50_ms,
+                report.host_ls_p99_ms,
+                report.host_ls_max_ms,
+                report.host_ls_samples,
+                report.host_ls_failures
+            );
+            println!(
+                "agents connected: {} before, {}..{} during",
+                report.agents_connected_before,
+                report.agents_connected_min,
+                report.agents_connected_max
+            );
+        }
+    }
+    Ok(())
+}

@@ -546,4 +546,22 @@ pub enum BenchCommand {
         #[command(flatten)]
         out: Out,
     },
+    /// Hold N connections that complete the TLS handshake and then send nothing (reopening
+    /// each one the server closes), while timing `corral host ls` and watching the server's
+    /// connected agents: what an unauthenticated flood costs everyone else.
+    Idle {
+        #[command(flatten)]
+        conn: Conn,
+        /// Idle connections to hold.
+        #[arg(long, default_value_t = 10_000)]
+        connections: usize,
+        /// TLS handshakes in flight at once.
+        #[arg(long, default_value_t = 256)]
+        concurrency: usize,
+        /// How long to hold them.
+        #[arg(long, default_value = "60s", value_parser = crate::duration::parse_duration)]
+        duration: std::time::Duration,
+        #[command(flatten)]
+        out: Out,
+    },
 }

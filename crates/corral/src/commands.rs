@@ -73,6 +73,22 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             })
             .await
         }
+        Command::Bench(BenchCommand::Idle {
+            conn,
+            connections,
+            concurrency,
+            duration,
+            out,
+        }) => {
+            crate::bench::idle(crate::bench::IdleBench {
+                client: Client::new(&conn)?,
+                connections,
+                concurrency,
+                duration,
+                format: out.format,
+            })
+            .await
+        }
     }
 }
 

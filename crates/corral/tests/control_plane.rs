@@ -431,14 +431,14 @@ fn insecure_http_warns_and_serves_plain_http() {
         t.path().join("server.log"),
         &[],
     );
+    // The port is bound before the data dir is ready: wait for the admin.env it writes last.
     wait_until(Duration::from_secs(20), "the server to listen", || {
         std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+            && read_admin_env(&data.join("admin.env")).is_some()
+            && server
+                .log_text()
+                .contains("--insecure-http: serving plain HTTP")
     });
-    assert!(
-        server
-            .log_text()
-            .contains("--insecure-http: serving plain HTTP")
-    );
     let env = read_admin_env(&data.join("admin.env")).unwrap();
     assert_eq!(env.server, format!("http://127.0.0.1:{port}"));
     let out = std::process::Command::new(corral_bin())

@@ -6,8 +6,8 @@
 //! The modules form layers; a module imports only modules of lower layers (the root, which
 //! composes them, excepted). `tests/layers.rs` enforces it.
 //!
-//! 1. Foundation: [`time_fmt`], [`secrets`], [`process`]; then [`store`] (the datastore), [`vault`]
-//!    (secrets sealed under the master key), [`pki`]; then [`error`] (the domain error) and
+//! 1. Foundation: [`time_fmt`], [`secrets`], [`process`], [`vault`] (secrets sealed under the
+//!    master key); then [`store`] (the datastore, which seals what may carry secrets), [`pki`]; then [`error`] (the domain error) and
 //!    [`bootstrap`] (first start and restart of a data dir).
 //! 2. [`state`]: what a running server holds — [`state::AppState`], the live tunnels
 //!    ([`state::registry`]), command waiters, log streams, the reconciler's and the overlay

@@ -100,7 +100,7 @@ fn wrong_ca_checksum_is_refused_naming_the_mismatch() {
     let wrong = format!("sha256:{}", "ab".repeat(32));
     let url = server.url();
     let dir = t.path().join("a").display().to_string();
-    let mut agent = Proc::spawn(
+    let mut agent = spawn_corral(
         &[
             "agent",
             "--server",
@@ -128,7 +128,7 @@ fn wrong_ca_checksum_is_refused_naming_the_mismatch() {
     assert!(server.hosts().is_empty());
 
     // A malformed checksum is a clear usage error.
-    let mut bad = Proc::spawn(
+    let mut bad = spawn_corral(
         &[
             "agent",
             "--server",

@@ -14,15 +14,6 @@ use std::time::Duration;
 use common::*;
 use serde_json::Value;
 
-macro_rules! require_docker {
-    () => {
-        if !docker_ready() {
-            println!("SKIP: needs a running dockerd and {IMAGE} (scripts/test.sh sets both up)");
-            return;
-        }
-    };
-}
-
 /// A stack name unique to this test process.
 fn stack_name(name: &str) -> String {
     format!("t{}-{name}", std::process::id())
@@ -149,7 +140,7 @@ const SLEEPER: &str = r#"["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 1 &
 
 #[test]
 fn up_ps_scale_logs_and_down_with_volumes() {
-    require_docker!();
+    require_docker();
     let t = tmp();
     // Declared first, dropped last: after the server and agents are gone, so nothing
     // recreates what it removes.
@@ -315,7 +306,7 @@ volumes:
 
 #[test]
 fn a_rolling_update_replaces_replicas_in_batches() {
-    require_docker!();
+    require_docker();
     let t = tmp();
     let stack = stack_name("roll");
     let _cleanup = StackCleanup(stack.clone());
@@ -393,7 +384,7 @@ services:
 
 #[test]
 fn killed_and_removed_containers_come_back() {
-    require_docker!();
+    require_docker();
     let t = tmp();
     let stack = stack_name("heal");
     let _cleanup = StackCleanup(stack.clone());
@@ -447,7 +438,7 @@ services:
 
 #[test]
 fn a_lost_host_is_replaced_and_its_stale_replica_removed_when_it_returns() {
-    require_docker!();
+    require_docker();
     let t = tmp();
     let stack = stack_name("lost");
     let _cleanup = StackCleanup(stack.clone());
@@ -507,7 +498,7 @@ fn a_lost_host_is_replaced_and_its_stale_replica_removed_when_it_returns() {
 
 #[test]
 fn bad_compose_input_is_refused_and_leaves_nothing_behind() {
-    require_docker!();
+    require_docker();
     let t = tmp();
     let stack = stack_name("bad");
     let _cleanup = StackCleanup(stack.clone());
@@ -597,7 +588,7 @@ fn bad_compose_input_is_refused_and_leaves_nothing_behind() {
 
 #[test]
 fn a_server_restart_changes_nothing_in_a_running_stack() {
-    require_docker!();
+    require_docker();
     let t = tmp();
     let stack = stack_name("restart");
     let _cleanup = StackCleanup(stack.clone());

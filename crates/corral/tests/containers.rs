@@ -42,6 +42,28 @@ fn actual(server: &Server, name: &str) -> Option<String> {
         .and_then(|c| c["actual"].as_str().map(str::to_owned))
 }
 
+/// Runs a container on `host` and removes it: proof that a command sent now reached the
+/// agent and was carried out.
+fn command_after_reconnection_runs(server: &Server, host: &str) {
+    let probe = unique(&format!("probe-{host}"));
+    let _cleanup = Cleanup(vec![probe.clone()]);
+    // Exits at once on SIGTERM: the removal fits a short command lifetime.
+    let view = server.cli_json(&[
+        "run",
+        &probe,
+        "--image",
+        IMAGE,
+        "--host",
+        host,
+        "--",
+        "sh",
+        "-c",
+        "trap 'exit 0' TERM; while :; do sleep 1 & wait; done",
+    ]);
+    assert_eq!(view["actual"], "running", "{view}");
+    server.cli_ok(&["container", "rm", &probe]);
+}
+
 fn agent_with_docker(server: &Server, t: &std::path::Path, name: &str) -> Proc {
     let (_, token) = server.token(&[]);
     let agent = start_agent(server, &t.join(name), name, Some(&token), &[]);
@@ -238,15 +260,27 @@ fn a_stalled_log_reader_does_not_grow_memory() {
         .spawn()
         .unwrap();
     let server_pid = server.proc.as_ref().unwrap().pid();
-    std::thread::sleep(Duration::from_secs(3));
+    let log_path = inspect(&name)["LogPath"].as_str().unwrap().to_owned();
+    let log_bytes = || std::fs::metadata(&log_path).map_or(0, |m| m.len());
+    // Measured over what the container writes, not over a span of time: first, since the
+    // reader started, enough to fill its pipe and every buffer and credit window on the way
+    // (a few hundred KiB)…
+    let started = log_bytes();
+    wait_until(
+        Duration::from_secs(60),
+        "4 MiB of output, to fill every buffer",
+        || log_bytes() >= started + (4 << 20),
+    );
     let (server_before, agent_before) = (rss_kib(server_pid), rss_kib(agent.pid()));
-    std::thread::sleep(Duration::from_secs(6));
+    // …then 17 MiB more while the reader stays stalled.
+    let mark = log_bytes();
+    wait_until(
+        Duration::from_secs(120),
+        "17 MiB more output with the reader stalled",
+        || log_bytes() >= mark + (17 << 20),
+    );
     let (server_after, agent_after) = (rss_kib(server_pid), rss_kib(agent.pid()));
-    let docker_log_bytes = inspect(&name)["LogPath"]
-        .as_str()
-        .and_then(|p| std::fs::metadata(p).ok())
-        .map(|m| m.len())
-        .unwrap_or(0);
+    let docker_log_bytes = log_bytes();
     assert!(
         docker_log_bytes > 20 << 20,
         "the container wrote plenty: {docker_log_bytes} bytes"
@@ -331,7 +365,9 @@ fn pending_commands_survive_a_server_restart_and_run_exactly_once() {
     wait_until(Duration::from_secs(30), "dock-5 back", || {
         server.host_state("dock-5").as_deref() == Some("active")
     });
-    std::thread::sleep(Duration::from_secs(2));
+    // On a reconnection the server sends the unfinished commands before any new one: once a
+    // command sent now has run, a redelivered `run` would have arrived before it.
+    command_after_reconnection_runs(&server, "dock-5");
     let out = docker(&[
         "ps",
         "-a",
@@ -505,6 +541,8 @@ fn a_command_for_a_disconnected_host_expires_with_a_clear_failure() {
     wait_until(Duration::from_secs(20), "dock-7 back", || {
         server.host_state("dock-7").as_deref() == Some("active")
     });
-    std::thread::sleep(Duration::from_secs(2));
+    // Unfinished commands go out on a reconnection before any new one: once a command sent
+    // now has run, the expired one would have arrived before it.
+    command_after_reconnection_runs(&server, "dock-7");
     assert!(!docker(&["inspect", &name]).status.success());
 }

@@ -138,6 +138,23 @@ fn running(stack: &str, svc: &str) -> Vec<String> {
 /// Exits promptly on SIGTERM, so removals do not wait out the stop grace period.
 const SLEEPER: &str = r#"["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 1 & wait; done"]"#;
 
+/// Returns once the reconciler has run a pass that began after the call, by deploying a
+/// one-replica probe stack next to `stack` and waiting until it converged (then removing it).
+/// A pass goes over every stack and records each stack's decisions (new replicas, removals)
+/// before any container of them runs: had the pass that placed the probe meant to change
+/// `stack`, `corral ps` and Docker would show it now.
+fn after_a_reconciler_pass(server: &Server, dir: &Path, stack: &str) {
+    let probe = format!("{stack}-probe");
+    let _cleanup = StackCleanup(probe.clone());
+    let file = write(
+        dir,
+        "probe.yaml",
+        &format!("services:\n  probe:\n    image: {IMAGE}\n    command: {SLEEPER}\n"),
+    );
+    up_ok(server, &file, &probe);
+    server.cli_ok(&["down", "-p", &probe, "--timeout", "60s"]);
+}
+
 #[test]
 fn up_ps_scale_logs_and_down_with_volumes() {
     require_docker();
@@ -490,7 +507,8 @@ fn a_lost_host_is_replaced_and_its_stale_replica_removed_when_it_returns() {
         !docker(&["inspect", &stale]).status.success()
     });
     assert_eq!(running(&stack, "svc").len(), 2);
-    std::thread::sleep(Duration::from_secs(2));
+    // And nothing more happens: a reconciler pass that starts now leaves two replicas.
+    after_a_reconciler_pass(&server, t.path(), &stack);
     assert_eq!(running(&stack, "svc").len(), 2);
     assert_eq!(ps(&server, &stack)["converged"], true);
     server.cli_ok(&["down", "-p", &stack, "--timeout", "60s"]);
@@ -608,7 +626,8 @@ fn a_server_restart_changes_nothing_in_a_running_stack() {
     wait_until(Duration::from_secs(20), "the agent to return", || {
         server.host_state("h1").as_deref() == Some("active")
     });
-    std::thread::sleep(Duration::from_secs(3));
+    // The reconciler of the new server process has run with the agent back.
+    after_a_reconciler_pass(&server, t.path(), &stack);
     let mut after = running(&stack, "svc");
     after.sort();
     assert_eq!(before, after, "containers changed across a server restart");

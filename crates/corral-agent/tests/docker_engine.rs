@@ -1,6 +1,6 @@
-//! The agent's Docker engine against a real dockerd (skipped when none is reachable at
-//! /var/run/docker.sock). Needs the local image `corral-test/busybox:latest`
-//! (`scripts/test-image.sh`).
+//! The agent's Docker engine against a real dockerd at /var/run/docker.sock, with the local
+//! image `corral-test/busybox:latest` (`scripts/test-image.sh`); without them the test fails,
+//! saying so.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{BTreeMap, HashMap};
@@ -17,8 +17,9 @@ use corral_proto::{
     ContainerSpec, ContainerState, Health, HealthSpec, MountSpec, NetworkSpec, PortSpec, Report,
     RestartPolicyName, RestartSpec, StackCleanup, labels,
 };
+use corral_testkit::require;
 
-const IMAGE: &str = "corral-test/busybox:latest";
+const IMAGE: &str = require::TEST_IMAGE;
 
 fn spec(stack: &str, name: &str) -> ContainerSpec {
     ContainerSpec {
@@ -142,14 +143,16 @@ async fn stack_containers_on_a_real_docker() {
     let engine = Engine::watch(DEFAULT_DOCKER_HOST.into(), "local".into(), reports_tx);
     let docker = match engine.client().await {
         Ok(d) => d,
-        Err(e) => {
-            eprintln!("skipped: {e}");
-            return;
-        }
+        Err(e) => require::missing(
+            &format!("a running dockerd at {DEFAULT_DOCKER_HOST} ({e})"),
+            "run `bash scripts/test.sh`, which installs and starts it",
+        ),
     };
-    if docker.inspect_image(IMAGE).await.is_err() {
-        eprintln!("skipped: {IMAGE} is absent (scripts/test-image.sh builds it)");
-        return;
+    if let Err(e) = docker.inspect_image(IMAGE).await {
+        require::missing(
+            &format!("the image {IMAGE} in the dockerd at {DEFAULT_DOCKER_HOST} ({e})"),
+            "run `bash scripts/test.sh` or `bash scripts/test-image.sh`, which build it",
+        );
     }
     let stack = format!("agt{}", std::process::id());
     let network = format!("{stack}_default");

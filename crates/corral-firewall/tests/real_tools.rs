@@ -1,13 +1,14 @@
 //! The rendered rulesets checked by the real tools: `nft -c -f`, `iptables-restore --test`,
-//! `ip6tables-restore --test`, and botocore's EC2 service model (tests/validate_aws.py).
-//! A test is skipped, with a printed SKIP line, only when its tool is not installed
-//! (apt-get install nftables iptables; pip install botocore).
+//! `ip6tables-restore --test`, botocore's EC2 service model (tests/validate_aws.py), graphviz
+//! and an XML parser. A test whose tool is missing fails, naming it (`bash scripts/test.sh`
+//! installs them all).
 
 mod common;
 
 use std::process::Command;
 
 use corral_firewall::{Format, Scope, render};
+use corral_testkit::require;
 
 /// (fixture, machine) pairs every per-machine format is checked for.
 const MACHINES: &[(&str, &str)] = &[
@@ -42,11 +43,10 @@ fn run(cmd: &str, args: &[&str], text: &str, ext: &str) -> (bool, String) {
     (output.status.success(), msg)
 }
 
-fn check_all(tool: &str, args: &[&str], format: Format, ext: &str) {
-    if !common::have(tool) {
-        println!("SKIP: {tool} is not installed; {format} output not checked by the real tool");
-        return;
-    }
+fn check_all(tool: &str, package: &str, args: &[&str], format: Format, ext: &str) {
+    // The checks run against the kernel's netfilter, which takes root.
+    require::root(&format!("for `{tool} {}`", args.join(" ")));
+    require::tool(tool, package);
     // The check must be able to fail: a broken file is refused.
     let broken = match format {
         Format::Nftables => "table inet corral {\n chain input { tcp dport 99999 accept\n }\n}\n",
@@ -78,13 +78,14 @@ fn check_all(tool: &str, args: &[&str], format: Format, ext: &str) {
 
 #[test]
 fn nft_accepts_every_ruleset() {
-    check_all("nft", &["-c", "-f"], Format::Nftables, "nft");
+    check_all("nft", "nftables", &["-c", "-f"], Format::Nftables, "nft");
 }
 
 #[test]
 fn iptables_restore_accepts_every_ruleset() {
     check_all(
         "iptables-restore",
+        "iptables",
         &["--test", "--noflush"],
         Format::Iptables,
         "rules",
@@ -95,6 +96,7 @@ fn iptables_restore_accepts_every_ruleset() {
 fn ip6tables_restore_accepts_every_ruleset() {
     check_all(
         "ip6tables-restore",
+        "iptables",
         &["--test", "--noflush"],
         Format::Ip6tables,
         "rules",
@@ -103,17 +105,7 @@ fn ip6tables_restore_accepts_every_ruleset() {
 
 #[test]
 fn aws_json_matches_botocore_ec2_model() {
-    let have_botocore = Command::new("python3")
-        .args(["-c", "import botocore"])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if !have_botocore {
-        println!(
-            "SKIP: python3 with botocore is not available (pip install botocore); aws-json not checked against the EC2 model"
-        );
-        return;
-    }
+    require::python_module("botocore", "python3 -m pip install botocore");
     let script = common::crate_dir().join("tests/validate_aws.py");
     let script = script.to_string_lossy().to_string();
     // A wrong document must be refused.
@@ -137,12 +129,7 @@ fn aws_json_matches_botocore_ec2_model() {
 
 #[test]
 fn graphviz_accepts_every_dot_diagram() {
-    if !common::have("dot") {
-        println!(
-            "SKIP: graphviz (dot) is not installed; DOT diagrams not checked by the real tool"
-        );
-        return;
-    }
+    require::tool("dot", "graphviz");
     let (ok, _) = run(
         "dot",
         &["-Tsvg", "-o", "/dev/null"],
@@ -160,15 +147,7 @@ fn graphviz_accepts_every_dot_diagram() {
 
 #[test]
 fn svg_diagrams_are_well_formed_xml() {
-    let have_python = Command::new("python3")
-        .args(["-c", "import xml.dom.minidom"])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if !have_python {
-        println!("SKIP: python3 is not available; SVG not checked by an XML parser");
-        return;
-    }
+    require::python_module("xml.dom.minidom", "apt-get install -y python3");
     let parse = "import sys, xml.dom.minidom; xml.dom.minidom.parse(sys.argv[1]); print('OK')";
     let (ok, _) = run("python3", &["-c", parse], "<svg><text></svg>", "svg");
     assert!(!ok, "the XML parser accepted a broken document");

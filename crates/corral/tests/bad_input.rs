@@ -68,8 +68,15 @@ fn unknown_expired_revoked_and_used_up_tokens_are_refused() {
         "not a registration token",
     );
 
-    let (_, expiring) = server.token(&["--ttl", "1s"]);
-    std::thread::sleep(Duration::from_millis(2100));
+    let (expiring_id, expiring) = server.token(&["--ttl", "1s"]);
+    wait_until(Duration::from_secs(10), "the token to expire", || {
+        server
+            .cli_json(&["token", "ls"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["id"] == expiring_id.as_str() && x["state"] == "expired")
+    });
     agent_refused(&server, &t.path().join("a3"), &expiring, "expired at");
 
     let (id, revoked) = server.token(&[]);
@@ -100,7 +107,7 @@ fn wrong_ca_checksum_is_refused_naming_the_mismatch() {
     let wrong = format!("sha256:{}", "ab".repeat(32));
     let url = server.url();
     let dir = t.path().join("a").display().to_string();
-    let mut agent = Proc::spawn(
+    let mut agent = spawn_corral(
         &[
             "agent",
             "--server",
@@ -128,7 +135,7 @@ fn wrong_ca_checksum_is_refused_naming_the_mismatch() {
     assert!(server.hosts().is_empty());
 
     // A malformed checksum is a clear usage error.
-    let mut bad = Proc::spawn(
+    let mut bad = spawn_corral(
         &[
             "agent",
             "--server",
@@ -516,7 +523,16 @@ async fn server_restart_during_registration_leaves_nothing_half_done() {
             let _ = d.connect(hello).await;
         }));
     }
-    tokio::time::sleep(Duration::from_millis(60)).await;
+    // Killed as soon as the first of them is through: the others are under way.
+    let started = std::time::Instant::now();
+    while !server.log().contains("agent connected host=burst-") {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no registration of the burst got through:\n{}",
+            server.log()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     server.kill9();
     for task in tasks {
         let _ = task.await;

@@ -9,15 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-
-macro_rules! require_docker {
-    () => {
-        if !docker_ready() {
-            println!("SKIP: needs a running dockerd and {IMAGE} (scripts/test.sh sets both up)");
-            return;
-        }
-    };
-}
+use corral_testkit::{DockerFirewall, Dockerd, Netns};
 
 /// A container name unique to this test process.
 fn unique(name: &str) -> String {
@@ -50,6 +42,28 @@ fn actual(server: &Server, name: &str) -> Option<String> {
         .and_then(|c| c["actual"].as_str().map(str::to_owned))
 }
 
+/// Runs a container on `host` and removes it: proof that a command sent now reached the
+/// agent and was carried out.
+fn command_after_reconnection_runs(server: &Server, host: &str) {
+    let probe = unique(&format!("probe-{host}"));
+    let _cleanup = Cleanup(vec![probe.clone()]);
+    // Exits at once on SIGTERM: the removal fits a short command lifetime.
+    let view = server.cli_json(&[
+        "run",
+        &probe,
+        "--image",
+        IMAGE,
+        "--host",
+        host,
+        "--",
+        "sh",
+        "-c",
+        "trap 'exit 0' TERM; while :; do sleep 1 & wait; done",
+    ]);
+    assert_eq!(view["actual"], "running", "{view}");
+    server.cli_ok(&["container", "rm", &probe]);
+}
+
 fn agent_with_docker(server: &Server, t: &std::path::Path, name: &str) -> Proc {
     let (_, token) = server.token(&[]);
     let agent = start_agent(server, &t.join(name), name, Some(&token), &[]);
@@ -67,7 +81,7 @@ fn agent_with_docker(server: &Server, t: &std::path::Path, name: &str) -> Proc {
 
 #[test]
 fn run_stop_start_rm_with_labels_ports_env_and_command() {
-    require_docker!();
+    require_docker();
     let t = tmp();
     let server = Server::start(&t.path().join("data"), &[]);
     let _agent = agent_with_docker(&server, t.path(), "dock-1");
@@ -157,7 +171,7 @@ fn run_stop_start_rm_with_labels_ports_env_and_command() {
 
 #[test]
 fn logs_tail_and_follow() {
-    require_docker!();
+    require_docker();
     let t = tmp();
     let server = Server::start(&t.path().join("data"), &[]);
     let _agent = agent_with_docker(&server, t.path(), "dock-2");
@@ -225,7 +239,7 @@ fn rss_kib(pid: u32) -> u64 {
 
 #[test]
 fn a_stalled_log_reader_does_not_grow_memory() {
-    require_docker!();
+    require_docker();
     let t = tmp();
     let server = Server::start(&t.path().join("data"), &[]);
     let agent = agent_with_docker(&server, t.path(), "dock-3");
@@ -246,15 +260,27 @@ fn a_stalled_log_reader_does_not_grow_memory() {
         .spawn()
         .unwrap();
     let server_pid = server.proc.as_ref().unwrap().pid();
-    std::thread::sleep(Duration::from_secs(3));
+    let log_path = inspect(&name)["LogPath"].as_str().unwrap().to_owned();
+    let log_bytes = || std::fs::metadata(&log_path).map_or(0, |m| m.len());
+    // Measured over what the container writes, not over a span of time: first, since the
+    // reader started, enough to fill its pipe and every buffer and credit window on the way
+    // (a few hundred KiB)…
+    let started = log_bytes();
+    wait_until(
+        Duration::from_secs(60),
+        "4 MiB of output, to fill every buffer",
+        || log_bytes() >= started + (4 << 20),
+    );
     let (server_before, agent_before) = (rss_kib(server_pid), rss_kib(agent.pid()));
-    std::thread::sleep(Duration::from_secs(6));
+    // …then 17 MiB more while the reader stays stalled.
+    let mark = log_bytes();
+    wait_until(
+        Duration::from_secs(120),
+        "17 MiB more output with the reader stalled",
+        || log_bytes() >= mark + (17 << 20),
+    );
     let (server_after, agent_after) = (rss_kib(server_pid), rss_kib(agent.pid()));
-    let docker_log_bytes = inspect(&name)["LogPath"]
-        .as_str()
-        .and_then(|p| std::fs::metadata(p).ok())
-        .map(|m| m.len())
-        .unwrap_or(0);
+    let docker_log_bytes = log_bytes();
     assert!(
         docker_log_bytes > 20 << 20,
         "the container wrote plenty: {docker_log_bytes} bytes"
@@ -287,7 +313,7 @@ fn a_stalled_log_reader_does_not_grow_memory() {
 
 #[test]
 fn removed_behind_corrals_back_while_the_agent_was_down() {
-    require_docker!();
+    require_docker();
     let t = tmp();
     let server = Server::start(&t.path().join("data"), &[]);
     let mut agent = agent_with_docker(&server, t.path(), "dock-4");
@@ -313,7 +339,7 @@ fn removed_behind_corrals_back_while_the_agent_was_down() {
 
 #[test]
 fn pending_commands_survive_a_server_restart_and_run_exactly_once() {
-    require_docker!();
+    require_docker();
     let t = tmp();
     let mut server = Server::start(&t.path().join("data"), &[]);
     let mut agent = agent_with_docker(&server, t.path(), "dock-5");
@@ -339,7 +365,9 @@ fn pending_commands_survive_a_server_restart_and_run_exactly_once() {
     wait_until(Duration::from_secs(30), "dock-5 back", || {
         server.host_state("dock-5").as_deref() == Some("active")
     });
-    std::thread::sleep(Duration::from_secs(2));
+    // On a reconnection the server sends the unfinished commands before any new one: once a
+    // command sent now has run, a redelivered `run` would have arrived before it.
+    command_after_reconnection_runs(&server, "dock-5");
     let out = docker(&[
         "ps",
         "-a",
@@ -359,7 +387,7 @@ fn pending_commands_survive_a_server_restart_and_run_exactly_once() {
 
 #[test]
 fn bad_container_input_is_refused_and_leaves_nothing_behind() {
-    require_docker!();
+    require_docker();
     let t = tmp();
     let server = Server::start(&t.path().join("data"), &[]);
     let _agent = agent_with_docker(&server, t.path(), "dock-6");
@@ -411,123 +439,17 @@ fn bad_container_input_is_refused_and_leaves_nothing_behind() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("no host \"gone\""));
 }
 
-/// A dockerd of the test's own (its own socket and data dirs, no bridge, no iptables) in a
-/// network namespace of its own, so it can be stopped and started without disturbing the
-/// machine's engine (two engines in one namespace fight over docker0).
-struct PrivateDockerd {
-    proc: Option<Proc>,
-    dir: std::path::PathBuf,
-    netns: String,
-}
-
-impl PrivateDockerd {
-    fn socket(&self) -> String {
-        format!("unix://{}", self.dir.join("docker.sock").display())
-    }
-
-    fn start(dir: &std::path::Path) -> PrivateDockerd {
-        std::fs::create_dir_all(dir).unwrap();
-        let netns = format!("corral-dk-{}", std::process::id() % 100_000);
-        let made = Command::new("ip")
-            .args(["netns", "add", &netns])
-            .status()
-            .unwrap();
-        assert!(made.success(), "ip netns add {netns}");
-        let mut d = PrivateDockerd {
-            proc: None,
-            dir: dir.to_owned(),
-            netns,
-        };
-        d.launch();
-        d
-    }
-
-    fn launch(&mut self) {
-        let s = |p: &str| self.dir.join(p).display().to_string();
-        let args = [
-            format!("--net=/var/run/netns/{}", self.netns),
-            "dockerd".into(),
-            "--data-root".to_string(),
-            s("data"),
-            "--exec-root".into(),
-            s("exec"),
-            "--pidfile".into(),
-            s("docker.pid"),
-            "-H".into(),
-            self.socket(),
-            "--bridge=none".into(),
-            "--iptables=false".into(),
-            "--ip-masq=false".into(),
-        ];
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        self.proc = Some(Proc::spawn_program(
-            "nsenter",
-            &args,
-            self.dir.join("dockerd.log"),
-            &[],
-        ));
-        let sock = self.socket();
-        wait_until(Duration::from_secs(30), "the private dockerd", || {
-            Command::new("docker")
-                .args(["-H", &sock, "info"])
-                .output()
-                .is_ok_and(|o| o.status.success())
-        });
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut p) = self.proc.take() {
-            p.stop();
-        }
-    }
-}
-
-impl Drop for PrivateDockerd {
-    fn drop(&mut self) {
-        let sock = self.socket();
-        if self.proc.is_some() {
-            let out = Command::new("docker")
-                .args(["-H", &sock, "ps", "-aq"])
-                .output();
-            if let Ok(out) = out {
-                for id in String::from_utf8_lossy(&out.stdout).lines() {
-                    let _ = Command::new("docker")
-                        .args(["-H", &sock, "rm", "-f", id])
-                        .output();
-                }
-            }
-        }
-        self.stop();
-        // dockerd bind-mounts its data root onto itself; a stop that outran its cleanup leaves
-        // the mount behind, and the temporary directory could not be removed.
-        let _ = Command::new("umount")
-            .args(["-l", &self.dir.join("data").display().to_string()])
-            .output();
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.netns])
-            .status();
-    }
-}
-
 #[test]
 fn a_dead_dockerd_is_reported_and_recovered_from() {
-    require_docker!();
+    require_docker();
     let t = tmp();
-    let mut dockerd = PrivateDockerd::start(&t.path().join("dockerd"));
-    let sock = dockerd.socket();
-    // The test image, exported from the main engine into the private one.
-    let save = Command::new("sh")
-        .args([
-            "-c",
-            &format!("docker save {IMAGE} | docker -H {sock} load"),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        save.status.success(),
-        "{}",
-        String::from_utf8_lossy(&save.stderr)
-    );
+    // A dockerd of the test's own, in a network namespace of its own, so it can be stopped
+    // and started without disturbing the machine's engine (two engines in one namespace fight
+    // over docker0).
+    let ns = Netns::new("dk");
+    let mut dockerd = Dockerd::start(&ns, &t.path().join("dockerd"), DockerFirewall::Off);
+    let sock = dockerd.host();
+    dockerd.load_test_image();
 
     let server = Server::start(&t.path().join("data"), &[]);
     let (_, token) = server.token(&[]);
@@ -584,17 +506,13 @@ fn a_dead_dockerd_is_reported_and_recovered_from() {
         "run", "after", "--image", IMAGE, "--host", "fragile", "--", "sleep", "600",
     ]);
     assert_eq!(actual(&server, "after").as_deref(), Some("running"));
-    let out = Command::new("docker")
-        .args(["-H", &sock, "ps", "-a", "--format", "{{.Names}}"])
-        .output()
-        .unwrap();
-    let names = String::from_utf8_lossy(&out.stdout).into_owned();
+    let names = dockerd.docker_ok(&["ps", "-a", "--format", "{{.Names}}"]);
     assert!(!names.contains("during"), "{names}");
 }
 
 #[test]
 fn a_command_for_a_disconnected_host_expires_with_a_clear_failure() {
-    require_docker!();
+    require_docker();
     let t = tmp();
     let server = Server::start(&t.path().join("data"), &["--command-ttl", "2s"]);
     let mut agent = agent_with_docker(&server, t.path(), "dock-7");
@@ -623,6 +541,8 @@ fn a_command_for_a_disconnected_host_expires_with_a_clear_failure() {
     wait_until(Duration::from_secs(20), "dock-7 back", || {
         server.host_state("dock-7").as_deref() == Some("active")
     });
-    std::thread::sleep(Duration::from_secs(2));
+    // Unfinished commands go out on a reconnection before any new one: once a command sent
+    // now has run, the expired one would have arrived before it.
+    command_after_reconnection_runs(&server, "dock-7");
     assert!(!docker(&["inspect", &name]).status.success());
 }

@@ -394,7 +394,7 @@ fn operator_supplied_chain_is_served_and_pinned_by_its_last_certificate() {
     // A chain without its CA cannot be pinned: refused with a clear message.
     std::fs::write(&cert, leaf.pem()).unwrap();
     let data = t.path().join("data2").display().to_string();
-    let mut bad = Proc::spawn(
+    let mut bad = spawn_corral(
         &[
             "server",
             "--listen",
@@ -419,7 +419,7 @@ fn insecure_http_warns_and_serves_plain_http() {
     let port = free_port();
     let data = t.path().join("data");
     let listen = format!("127.0.0.1:{port}");
-    let mut server = Proc::spawn(
+    let mut server = spawn_corral(
         &[
             "server",
             "--listen",
@@ -454,7 +454,7 @@ fn insecure_http_warns_and_serves_plain_http() {
     );
     server.stop();
     // An in-process agent always needs TLS.
-    let mut refused = Proc::spawn(
+    let mut refused = spawn_corral(
         &[
             "server",
             "--listen",

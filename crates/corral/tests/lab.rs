@@ -1,223 +1,62 @@
-//! Stacks over several real hosts: `scripts/lab.sh` builds a server and three hosts, each in its
-//! own network namespace with its own dockerd and agent, joined by a lab bridge.
+//! Stacks over several real hosts: a lab of the test kit (`corral-testkit`) builds a server and
+//! hosts, each in its own network namespace with its own dockerd and agent, joined by a bridge.
+//! One test checks `scripts/lab.sh`, the same lab by hand for users.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::io::Read;
+use std::path::Path;
 use std::process::{Command, Output};
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use common::*;
+use corral_testkit::corral::SERVER_PORT;
+use corral_testkit::{DockerFirewall, Lab, LabConfig, leftovers};
 use serde_json::Value;
 
-fn script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/lab.sh")
+/// A lab of `hosts` hosts whose server runs with `server_args`; torn down when dropped.
+fn lab(hosts: usize, server_args: &[&str], docker_firewall: DockerFirewall) -> Lab {
+    Lab::up(LabConfig {
+        bin: Path::new(corral_bin()),
+        hosts,
+        server_args,
+        docker_firewall,
+    })
 }
 
-fn lab_sh(args: &[&str]) -> Output {
-    lab_sh_env(args, &[])
+/// What these tests do with a lab.
+trait LabTests {
+    fn cli_json(&self, args: &[&str]) -> Value;
+    fn containers(&self, host: &str) -> Vec<String>;
+    fn deploy(&self, compose: &str);
+    fn deploy_net(&self, compose: &str) -> String;
+    fn container_of(&self, host: &str, service: &str) -> String;
+    fn exec(&self, host: &str, container: &str, script: &str) -> (bool, String);
 }
 
-fn lab_sh_env(args: &[&str], env: &[(&str, &str)]) -> Output {
-    Command::new("bash")
-        .arg(script())
-        .args(args)
-        .env("CORRAL_BIN", corral_bin())
-        .envs(env.iter().copied())
-        .output()
-        .expect("lab.sh")
-}
-
-/// A lab that is torn down (by the script, from its recorded state) when dropped.
-struct Lab {
-    dir: tempfile::TempDir,
-}
-
-impl Lab {
-    fn up(hosts: usize, server_args: &[&str]) -> Option<Lab> {
-        Lab::up_env(hosts, server_args, &[])
-    }
-
-    /// [`Lab::up`] with environment variables for `lab.sh up` (`LAB_DOCKER_IPTABLES=1`).
-    fn up_env(hosts: usize, server_args: &[&str], env: &[(&str, &str)]) -> Option<Lab> {
-        let dir = tmp();
-        let n = hosts.to_string();
-        let mut args = vec!["up", dir.path().to_str().unwrap(), &n, "--"];
-        args.extend(server_args);
-        let out = lab_sh_env(&args, env);
-        let lab = Lab { dir };
-        if !out.status.success() {
-            let err = String::from_utf8_lossy(&out.stderr);
-            if err.contains("no dockerd") || err.contains("Operation not permitted") {
-                println!("SKIP: {err}");
-                return None;
-            }
-            panic!("lab up failed: {err}");
-        }
-        Some(lab)
-    }
-
-    fn path(&self) -> &str {
-        self.dir.path().to_str().unwrap()
-    }
-
-    fn cli(&self, args: &[&str]) -> Output {
-        let mut all = vec!["cli", self.path()];
-        all.extend(args);
-        lab_sh(&all)
-    }
-
+impl LabTests for Lab {
     fn cli_json(&self, args: &[&str]) -> Value {
-        let mut all = args.to_vec();
-        all.extend(["-o", "json"]);
-        let out = self.cli(&all);
-        assert!(
-            out.status.success(),
-            "corral {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
+        self.server.cli_json(args)
     }
 
     /// Names of the running containers on one host's own engine.
     fn containers(&self, host: &str) -> Vec<String> {
-        let out = lab_sh(&["docker", self.path(), host, "ps", "--format", "{{.Names}}"]);
-        String::from_utf8_lossy(&out.stdout)
+        self.dockerd(host)
+            .docker_ok(&["ps", "--format", "{{.Names}}"])
             .lines()
             .map(str::to_owned)
             .collect()
     }
-}
 
-impl Drop for Lab {
-    fn drop(&mut self) {
-        let _ = lab_sh(&["down", self.path()]);
-    }
-}
-
-const COMPOSE: &str = r#"
-name: spread
-services:
-  web:
-    image: corral-test/busybox:latest
-    command: ["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 1 & wait; done"]
-    deploy: { replicas: 3 }
-"#;
-
-#[test]
-fn a_stack_spreads_over_three_engines_and_survives_losing_one() {
-    let Some(lab) = Lab::up(
-        3,
-        &[
-            "--heartbeat-interval",
-            "1s",
-            "--dead-after",
-            "3s",
-            "--reschedule-after",
-            "3s",
-        ],
-    ) else {
-        return;
-    };
-    lab.deploy(COMPOSE);
-    // One replica on each host's own engine.
-    for h in ["h1", "h2", "h3"] {
-        assert_eq!(lab.containers(h).len(), 1, "{h}: {:?}", lab.containers(h));
-    }
-    let stale = lab.containers("h3")[0].clone();
-
-    // h3's agent stops (its engine keeps running): after the dead-link timeout and the grace
-    // period, its replica is started on h1 or h2.
-    assert!(lab_sh(&["agent-stop", lab.path(), "h3"]).status.success());
-    wait_until(Duration::from_secs(40), "the replica to leave h3", || {
-        let view = &lab.cli_json(&["ps", "-p", "spread"])[0];
-        view["converged"] == true
-            && view["services"][0]["replicas"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .all(|r| r["host"] != "h3")
-    });
-    assert_eq!(
-        lab.containers("h1").len() + lab.containers("h2").len(),
-        3,
-        "the replica was placed again on the remaining hosts"
-    );
-    assert_eq!(lab.containers("h3"), [stale], "h3 still runs its copy");
-
-    // h3 returns: its stale copy is removed, so three replicas remain, not four.
-    assert!(lab_sh(&["agent-start", lab.path(), "h3"]).status.success());
-    wait_until(Duration::from_secs(40), "the stale replica to go", || {
-        lab.containers("h3").is_empty()
-    });
-    let total: usize = ["h1", "h2", "h3"]
-        .iter()
-        .map(|h| lab.containers(h).len())
-        .sum();
-    assert_eq!(total, 3);
-
-    // Down removes everything from every engine.
-    let out = lab.cli(&["down", "-p", "spread", "--timeout", "60s"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    for h in ["h1", "h2", "h3"] {
-        assert!(lab.containers(h).is_empty(), "{h}");
-        let nets = lab_sh(&[
-            "docker",
-            lab.path(),
-            h,
-            "network",
-            "ls",
-            "--format",
-            "{{.Name}}",
-        ]);
-        assert!(
-            !String::from_utf8_lossy(&nets.stdout).contains("corral_spread"),
-            "{h} kept the stack network"
-        );
-    }
-}
-
-#[test]
-fn the_lab_tears_down_everything_it_made() {
-    let Some(lab) = Lab::up(1, &[]) else {
-        return;
-    };
-    let srv_ns = lab.ns("srv");
-    let h1_ns = lab.ns("h1");
-    let netns = || {
-        String::from_utf8_lossy(
-            &Command::new("ip")
-                .args(["netns", "list"])
-                .output()
-                .unwrap()
-                .stdout,
-        )
-        .into_owned()
-    };
-    assert!(netns().contains(&srv_ns) && netns().contains(&h1_ns));
-    let out = lab_sh(&["down", lab.path()]);
-    assert!(out.status.success());
-    assert!(!netns().contains(&srv_ns) && !netns().contains(&h1_ns));
-    // The processes it started are gone: no agent or dockerd uses the lab's state dir.
-    let ps = Command::new("ps").args(["-eo", "args"]).output().unwrap();
-    assert!(
-        !String::from_utf8_lossy(&ps.stdout).contains(lab.path()),
-        "a lab process survived"
-    );
-}
-
-impl Lab {
     /// Deploys a Compose file and waits until it converged.
     fn deploy(&self, compose: &str) {
-        let file = self.dir.path().join("compose.yaml");
+        let file = self.dir().join("compose.yaml");
         std::fs::write(&file, compose).unwrap();
-        let out = self.cli(&[
+        self.server.cli_ok(&[
             "up",
             "-f",
             file.to_str().unwrap(),
@@ -225,11 +64,6 @@ impl Lab {
             "--timeout",
             "60s",
         ]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
     }
 
     /// Deploys the `net` stack and returns the overlay address of its `web` replica.
@@ -247,33 +81,14 @@ impl Lab {
         ip
     }
 
-    /// The network namespace of lab host `host` (`srv`, `h1`…).
-    fn ns(&self, host: &str) -> String {
-        String::from_utf8_lossy(&lab_sh(&["ns", self.path(), host]).stdout)
-            .trim()
-            .to_owned()
-    }
-
-    /// Starts tcpdump on the lab bridge with `filter`, writing `file` in the lab's directory;
-    /// returns it (stop it to flush) once it has had a second to start, and the file's path.
-    fn capture(&self, file: &str, filter: &[&str]) -> (Proc, PathBuf) {
-        let bridge = String::from_utf8_lossy(&lab_sh(&["bridge", self.path()]).stdout)
-            .trim()
-            .to_owned();
-        let pcap = self.dir.path().join(file);
-        let mut args = vec!["-i", &bridge, "-U", "-w", pcap.to_str().unwrap()];
-        args.extend_from_slice(filter);
-        let capture =
-            Proc::spawn_program("tcpdump", &args, self.dir.path().join("tcpdump.log"), &[]);
-        std::thread::sleep(Duration::from_secs(1));
-        (capture, pcap)
-    }
-
     /// The id of the (single) running container of `service` on `host`.
     fn container_of(&self, host: &str, service: &str) -> String {
         let label = format!("label=io.corral.service={service}");
-        let out = lab_sh(&["docker", self.path(), host, "ps", "-q", "--filter", &label]);
-        let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        let id = self
+            .dockerd(host)
+            .docker_ok(&["ps", "-q", "--filter", &label])
+            .trim()
+            .to_owned();
         assert!(
             !id.is_empty() && !id.contains('\n'),
             "{service} on {host}: {id:?}"
@@ -283,20 +98,239 @@ impl Lab {
 
     /// Runs a shell command in a container on `host`; returns (success, stdout).
     fn exec(&self, host: &str, container: &str, script: &str) -> (bool, String) {
-        let out = lab_sh(&[
-            "docker",
-            self.path(),
-            host,
-            "exec",
-            container,
-            "sh",
-            "-c",
-            script,
-        ]);
+        let out = self
+            .dockerd(host)
+            .docker(&["exec", container, "sh", "-c", script]);
         (
             out.status.success(),
             String::from_utf8_lossy(&out.stdout).into_owned(),
         )
+    }
+}
+
+const COMPOSE: &str = r#"
+name: spread
+services:
+  web:
+    image: corral-test/busybox:latest
+    command: ["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 1 & wait; done"]
+    deploy: { replicas: 3 }
+"#;
+
+#[test]
+fn a_stack_spreads_over_three_engines_and_survives_losing_one() {
+    let mut lab = lab(
+        3,
+        &[
+            "--heartbeat-interval",
+            "1s",
+            "--dead-after",
+            "3s",
+            "--reschedule-after",
+            "3s",
+        ],
+        DockerFirewall::Off,
+    );
+    lab.deploy(COMPOSE);
+    // One replica on each host's own engine.
+    for h in ["h1", "h2", "h3"] {
+        assert_eq!(lab.containers(h).len(), 1, "{h}: {:?}", lab.containers(h));
+    }
+    let stale = lab.containers("h3")[0].clone();
+
+    // h3's agent stops (its engine keeps running): after the dead-link timeout and the grace
+    // period, its replica is started on h1 or h2.
+    lab.stop_agent("h3");
+    wait_until(Duration::from_secs(40), "the replica to leave h3", || {
+        let view = &lab.cli_json(&["ps", "-p", "spread"])[0];
+        view["converged"] == true
+            && view["services"][0]["replicas"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|r| r["host"] != "h3")
+    });
+    assert_eq!(
+        lab.containers("h1").len() + lab.containers("h2").len(),
+        3,
+        "the replica was placed again on the remaining hosts"
+    );
+    assert_eq!(lab.containers("h3"), [stale], "h3 still runs its copy");
+
+    // h3 returns: its stale copy is removed, so three replicas remain, not four.
+    lab.start_agent("h3");
+    wait_until(Duration::from_secs(40), "the stale replica to go", || {
+        lab.containers("h3").is_empty()
+    });
+    let total: usize = ["h1", "h2", "h3"]
+        .iter()
+        .map(|h| lab.containers(h).len())
+        .sum();
+    assert_eq!(total, 3);
+
+    // Down removes everything from every engine.
+    lab.server
+        .cli_ok(&["down", "-p", "spread", "--timeout", "60s"]);
+    for h in ["h1", "h2", "h3"] {
+        assert!(lab.containers(h).is_empty(), "{h}");
+        let nets = lab
+            .dockerd(h)
+            .docker_ok(&["network", "ls", "--format", "{{.Name}}"]);
+        assert!(
+            !nets.contains("corral_spread"),
+            "{h} kept the stack network"
+        );
+    }
+}
+
+#[test]
+fn a_lab_tears_down_everything_it_made() {
+    let lab = lab(1, &[], DockerFirewall::Off);
+    let namespaces = [
+        lab.ns("srv").name().to_owned(),
+        lab.ns("h1").name().to_owned(),
+    ];
+    let bridge = lab.net.bridge().to_owned();
+    let dir = lab.dir().to_owned();
+    let dir_s = dir.display().to_string();
+    assert!(namespaces.iter().all(|n| leftovers::netns_exists(n)));
+    assert!(leftovers::link_exists(&bridge));
+    assert!(!leftovers::processes_mentioning(&dir_s).is_empty());
+    drop(lab);
+    for n in &namespaces {
+        assert!(!leftovers::netns_exists(n), "namespace {n} survived");
+    }
+    assert!(!leftovers::link_exists(&bridge), "bridge {bridge} survived");
+    // The processes it started are gone: no agent, server, dockerd or containerd uses its
+    // directory, which is gone too, with nothing left mounted there.
+    assert_eq!(
+        leftovers::processes_mentioning(&dir_s),
+        Vec::<String>::new(),
+        "lab processes survived"
+    );
+    assert_eq!(leftovers::mounts_under(&dir), Vec::<String>::new());
+    assert!(!dir.exists(), "{dir_s} survived");
+}
+
+/// `scripts/lab.sh` (the lab by hand, for users) with `CORRAL_BIN` set to this build.
+fn lab_sh(args: &[&str]) -> Output {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/lab.sh");
+    Command::new("bash")
+        .arg(script)
+        .args(args)
+        .env("CORRAL_BIN", corral_bin())
+        .output()
+        .expect("lab.sh")
+}
+
+/// Runs `lab.sh down DIR` when dropped.
+struct LabShDown<'a>(&'a str);
+
+impl Drop for LabShDown<'_> {
+    fn drop(&mut self) {
+        let _ = lab_sh(&["down", self.0]);
+    }
+}
+
+#[test]
+fn scripts_lab_sh_builds_a_lab_and_tears_down_everything_it_made() {
+    require::netns();
+    require::tool("dockerd", "docker.io");
+    require::tool("busybox", "busybox-static");
+    require::tool("python3", "python3");
+    let dir = tmp();
+    let path = dir.path().to_str().unwrap();
+    let _down = LabShDown(path);
+    let out = lab_sh(&["up", path, "1"]);
+    assert!(
+        out.status.success(),
+        "lab.sh up: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ns = |host: &str| {
+        String::from_utf8_lossy(&lab_sh(&["ns", path, host]).stdout)
+            .trim()
+            .to_owned()
+    };
+    let (srv_ns, h1_ns) = (ns("srv"), ns("h1"));
+    assert!(leftovers::netns_exists(&srv_ns) && leftovers::netns_exists(&h1_ns));
+    // The CLI runs in the server's namespace; h1 is connected with its own engine.
+    let out = lab_sh(&["cli", path, "host", "ls", "-o", "json"]);
+    let hosts: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let h1 = hosts
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["name"] == "h1")
+        .unwrap();
+    assert_eq!(h1["state"], "active", "{hosts}");
+    assert_eq!(h1["docker"]["state"], "available", "{hosts}");
+
+    let out = lab_sh(&["down", path]);
+    assert!(out.status.success());
+    assert!(!leftovers::netns_exists(&srv_ns) && !leftovers::netns_exists(&h1_ns));
+    // The processes it started are gone: no agent or dockerd uses the lab's state dir.
+    assert_eq!(
+        leftovers::processes_mentioning(path),
+        Vec::<String>::new(),
+        "a lab process survived"
+    );
+}
+
+/// Garbage and forged WireGuard-looking datagrams (each kind of message, then random bytes)
+/// from `socket` to `target`, about 100 000 a second, until dropped.
+struct Flood {
+    stop: Arc<AtomicBool>,
+    sent: Arc<AtomicU64>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Flood {
+    fn start(socket: std::net::UdpSocket, target: String) -> Flood {
+        let stop = Arc::new(AtomicBool::new(false));
+        let sent = Arc::new(AtomicU64::new(0));
+        let thread = {
+            let (stop, sent) = (stop.clone(), sent.clone());
+            std::thread::spawn(move || {
+                let mut random = std::fs::File::open("/dev/urandom").unwrap();
+                let mut datagram = [0u8; 148];
+                while !stop.load(Ordering::Relaxed) {
+                    let tick = Instant::now();
+                    for _ in 0..20 {
+                        for kind in [1u8, 2, 3, 4, 0x42] {
+                            datagram[..4].copy_from_slice(&[kind, 0, 0, 0]);
+                            random.read_exact(&mut datagram[4..]).unwrap();
+                            if socket.send_to(&datagram, &target).is_ok() {
+                                sent.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                    // 100 datagrams a millisecond.
+                    if let Some(rest) = Duration::from_millis(1).checked_sub(tick.elapsed()) {
+                        std::thread::sleep(rest);
+                    }
+                }
+            })
+        };
+        Flood {
+            stop,
+            sent,
+            thread: Some(thread),
+        }
+    }
+
+    fn sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Flood {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 
@@ -328,9 +362,11 @@ const OUTSIDER: &str = r#"  outsider:
 
 #[test]
 fn containers_on_different_hosts_talk_only_through_the_encrypted_overlay() {
-    let Some(lab) = Lab::up(3, &["--heartbeat-interval", "1s", "--dead-after", "3s"]) else {
-        return;
-    };
+    let lab = lab(
+        3,
+        &["--heartbeat-interval", "1s", "--dead-after", "3s"],
+        DockerFirewall::Off,
+    );
     let web_ip = lab.deploy_net(&format!("{NET_COMPOSE}{OUTSIDER}"));
     let client = lab.container_of("h1", "client");
     let outsider = lab.container_of("h3", "outsider");
@@ -342,27 +378,25 @@ fn containers_on_different_hosts_talk_only_through_the_encrypted_overlay() {
     // Across hosts, by overlay address; the lab bridge carries only the agents' tunnels to the
     // server and UDP between overlay sockets, and never the payload.
     // IPv4 only: link-local IPv6 chatter (router solicitations) carries no payload.
-    let (mut capture, pcap) = lab.capture("capture.pcap", &["ip"]);
+    let capture = lab.capture("capture.pcap", &["ip"]);
     let marker = format!("MARKER-{}-SECRET", std::process::id());
     let (ok, answer) = lab.exec("h1", &client, &get_script(&web_ip, &marker));
     assert!(ok && answer.contains("HTTP/1.1 404"), "{answer}");
     let (_, page) = lab.exec("h1", &client, &get_script(&web_ip, ""));
     assert!(page.contains("hello from corral"), "{page}");
-    std::thread::sleep(Duration::from_secs(1));
-    capture.stop();
-    let bytes = std::fs::read(&pcap).unwrap();
+    // Every frame of those requests is in the file before the capture is read.
+    capture.sync(&lab.net, lab.ns("srv"));
+    let pcap = capture.stop();
     assert!(
-        !bytes.windows(marker.len()).any(|w| w == marker.as_bytes()),
+        !pcap.contains(marker.as_bytes()),
         "the marker crossed the wire in clear"
     );
-    let text = Command::new("tcpdump")
-        .args(["-nr", pcap.to_str().unwrap()])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&text.stdout);
+    let packets = pcap.packets();
+    let text = packets.join("\n");
+    let server_port = format!("{}.{SERVER_PORT}", lab.ns("srv").ip());
     let mut overlay_packets = 0;
-    for line in text.lines() {
-        let to_server = line.contains("192.0.2.1.8443");
+    for line in &packets {
+        let to_server = line.contains(&server_port);
         let overlay = line.contains(".51820 > ") && line.contains(".51820: UDP");
         assert!(
             to_server || overlay,
@@ -374,26 +408,14 @@ fn containers_on_different_hosts_talk_only_through_the_encrypted_overlay() {
 
     // A flood of garbage and forged WireGuard-looking datagrams at h2's overlay port, from
     // another machine on the network, changes nothing for the legitimate peers.
-    let srv_ns = lab.ns("srv");
-    let mut flood = Proc::spawn_program(
-        "ip",
-        &[
-            "netns",
-            "exec",
-            &srv_ns,
-            "python3",
-            "-c",
-            "import os, socket, time\n\
-             s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
-             end = time.time() + 8\n\
-             while time.time() < end:\n\
-             \x20   for kind in (1, 2, 3, 4, 0x42):\n\
-             \x20       s.sendto(bytes([kind, 0, 0, 0]) + os.urandom(144), ('192.0.2.12', 51820))\n",
-        ],
-        lab.dir.path().join("flood.log"),
-        &[],
+    let flood = Flood::start(
+        lab.ns("srv").udp_socket(),
+        format!("{}:51820", lab.ns("h2").ip()),
     );
-    std::thread::sleep(Duration::from_secs(1));
+    wait_until(Duration::from_secs(10), "the flood to be under way", || {
+        flood.sent() >= 10_000
+    });
+    let before = flood.sent();
     for _ in 0..5 {
         let (ok, page) = lab.exec("h1", &client, &get_script(&web_ip, ""));
         assert!(
@@ -401,7 +423,11 @@ fn containers_on_different_hosts_talk_only_through_the_encrypted_overlay() {
             "during the flood: {page}"
         );
     }
-    flood.stop();
+    assert!(
+        flood.sent() > before,
+        "the flood went on during the requests"
+    );
+    drop(flood);
 
     // Service discovery: `web` (same stack) and `web.net` resolve, on every host, to the
     // replica's overlay address; a name that does not exist is NXDOMAIN.
@@ -483,24 +509,22 @@ fn containers_on_different_hosts_talk_only_through_the_encrypted_overlay() {
 
 #[test]
 fn a_restarted_agent_restores_its_tunnels_from_its_own_state() {
-    let Some(lab) = Lab::up(2, &[]) else {
-        return;
-    };
+    let mut lab = lab(2, &[], DockerFirewall::Off);
     let web_ip = lab.deploy_net(NET_COMPOSE);
     let client = lab.container_of("h1", "client");
     assert!(lab.exec("h1", &client, &get_script(&web_ip, "")).0);
 
     // The server goes away; h1's agent restarts (its TUN device goes with it) and brings the
     // overlay back from its saved configuration alone.
-    assert!(lab_sh(&["server-stop", lab.path()]).status.success());
-    assert!(lab_sh(&["agent-stop", lab.path(), "h1"]).status.success());
+    lab.server.stop();
+    lab.stop_agent("h1");
     assert!(!lab.exec("h1", &client, &get_script(&web_ip, "")).0);
-    assert!(lab_sh(&["agent-start", lab.path(), "h1"]).status.success());
+    lab.start_agent("h1");
     wait_until(Duration::from_secs(20), "the overlay to come back", || {
         lab.exec("h1", &client, &get_script(&web_ip, "")).0
     });
     // Nothing was re-keyed.
-    assert!(lab_sh(&["server-start", lab.path()]).status.success());
+    lab.server.start_again();
     wait_until(Duration::from_secs(20), "the server", || {
         lab.cli(&["env", "ls"]).status.success()
     });
@@ -510,9 +534,7 @@ fn a_restarted_agent_restores_its_tunnels_from_its_own_state() {
 
 #[test]
 fn the_vxlan_mode_carries_the_same_traffic_unencrypted_and_switches_back() {
-    let Some(lab) = Lab::up(2, &[]) else {
-        return;
-    };
+    let lab = lab(2, &[], DockerFirewall::Off);
     assert!(
         lab.cli(&["env", "set-overlay", "default", "--mode", "vxlan"])
             .status
@@ -530,16 +552,15 @@ fn the_vxlan_mode_carries_the_same_traffic_unencrypted_and_switches_back() {
     });
     // In this mode the wire carries the payload in clear, in VXLAN (UDP 4789): the trade-off
     // the operator chose for a trusted network.
-    let (mut capture, pcap) = lab.capture("vxlan.pcap", &["udp", "port", "4789"]);
+    let capture = lab.capture("vxlan.pcap", &["udp", "port", "4789"]);
     let marker = format!("VXLAN-{}-MARKER", std::process::id());
     let _ = lab.exec("h1", &client, &get_script(&web_ip, &marker));
-    std::thread::sleep(Duration::from_secs(1));
-    capture.stop();
-    let bytes = std::fs::read(&pcap).unwrap();
-    assert!(
-        bytes.windows(marker.len()).any(|w| w == marker.as_bytes()),
-        "the request did not cross in VXLAN"
+    wait_until(
+        Duration::from_secs(10),
+        "the request to cross in VXLAN, in clear",
+        || capture.contains(marker.as_bytes()),
     );
+    capture.stop();
     // Back to the encrypted mode: the VXLAN devices go and traffic flows through WireGuard.
     assert!(
         lab.cli(&["env", "set-overlay", "default", "--mode", "wireguard"])
@@ -548,11 +569,7 @@ fn the_vxlan_mode_carries_the_same_traffic_unencrypted_and_switches_back() {
     );
     let h1 = lab.ns("h1");
     wait_until(Duration::from_secs(20), "the switch back", || {
-        let links = Command::new("ip")
-            .args(["-n", &h1, "-o", "link"])
-            .output()
-            .unwrap();
-        let links = String::from_utf8_lossy(&links.stdout);
+        let links = h1.run_ok(&["ip", "-o", "link"]);
         !links.contains("corralvx")
             && links.contains("corral0")
             && lab
@@ -566,9 +583,7 @@ fn the_vxlan_mode_carries_the_same_traffic_unencrypted_and_switches_back() {
 fn with_dockers_own_iptables_the_overlay_still_carries_traffic() {
     // A default Docker install manages iptables itself: FORWARD's policy is DROP and every bridge
     // network masquerades. The agent adds what the overlay needs next to Docker's rules.
-    let Some(lab) = Lab::up_env(2, &[], &[("LAB_DOCKER_IPTABLES", "1")]) else {
-        return;
-    };
+    let lab = lab(2, &[], DockerFirewall::Managed);
     let web_ip = lab.deploy_net(NET_COMPOSE);
     let client = lab.container_of("h1", "client");
     for target in [web_ip.as_str(), "web"] {
@@ -579,12 +594,9 @@ fn with_dockers_own_iptables_the_overlay_still_carries_traffic() {
     }
     let h2 = lab.ns("h2");
     let iptables = |args: &[&str]| {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &h2, "iptables"])
-            .args(args)
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        let mut all = vec!["iptables"];
+        all.extend(args);
+        h2.run_ok(&all)
     };
     let user = iptables(&["-S", "DOCKER-USER"]);
     assert!(

@@ -14,15 +14,6 @@ use std::time::Duration;
 use common::*;
 use serde_json::Value;
 
-macro_rules! require_docker {
-    () => {
-        if !docker_ready() {
-            println!("SKIP: needs a running dockerd and {IMAGE} (scripts/test.sh sets both up)");
-            return;
-        }
-    };
-}
-
 /// A stack name unique to this test process.
 fn stack_name(name: &str) -> String {
     format!("t{}-{name}", std::process::id())
@@ -147,9 +138,26 @@ fn running(stack: &str, svc: &str) -> Vec<String> {
 /// Exits promptly on SIGTERM, so removals do not wait out the stop grace period.
 const SLEEPER: &str = r#"["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 1 & wait; done"]"#;
 
+/// Returns once the reconciler has run a pass that began after the call, by deploying a
+/// one-replica probe stack next to `stack` and waiting until it converged (then removing it).
+/// A pass goes over every stack and records each stack's decisions (new replicas, removals)
+/// before any container of them runs: had the pass that placed the probe meant to change
+/// `stack`, `corral ps` and Docker would show it now.
+fn after_a_reconciler_pass(server: &Server, dir: &Path, stack: &str) {
+    let probe = format!("{stack}-probe");
+    let _cleanup = StackCleanup(probe.clone());
+    let file = write(
+        dir,
+        "probe.yaml",
+        &format!("services:\n  probe:\n    image: {IMAGE}\n    command: {SLEEPER}\n"),
+    );
+    up_ok(server, &file, &probe);
+    server.cli_ok(&["down", "-p", &probe, "--timeout", "60s"]);
+}
+
 #[test]
 fn up_ps_scale_logs_and_down_with_volumes() {
-    require_docker!();
+    require_docker();
     let t = tmp();
     // Declared first, dropped last: after the server and agents are gone, so nothing
     // recreates what it removes.
@@ -315,7 +323,7 @@ volumes:
 
 #[test]
 fn a_rolling_update_replaces_replicas_in_batches() {
-    require_docker!();
+    require_docker();
     let t = tmp();
     let stack = stack_name("roll");
     let _cleanup = StackCleanup(stack.clone());
@@ -393,7 +401,7 @@ services:
 
 #[test]
 fn killed_and_removed_containers_come_back() {
-    require_docker!();
+    require_docker();
     let t = tmp();
     let stack = stack_name("heal");
     let _cleanup = StackCleanup(stack.clone());
@@ -447,7 +455,7 @@ services:
 
 #[test]
 fn a_lost_host_is_replaced_and_its_stale_replica_removed_when_it_returns() {
-    require_docker!();
+    require_docker();
     let t = tmp();
     let stack = stack_name("lost");
     let _cleanup = StackCleanup(stack.clone());
@@ -499,7 +507,8 @@ fn a_lost_host_is_replaced_and_its_stale_replica_removed_when_it_returns() {
         !docker(&["inspect", &stale]).status.success()
     });
     assert_eq!(running(&stack, "svc").len(), 2);
-    std::thread::sleep(Duration::from_secs(2));
+    // And nothing more happens: a reconciler pass that starts now leaves two replicas.
+    after_a_reconciler_pass(&server, t.path(), &stack);
     assert_eq!(running(&stack, "svc").len(), 2);
     assert_eq!(ps(&server, &stack)["converged"], true);
     server.cli_ok(&["down", "-p", &stack, "--timeout", "60s"]);
@@ -507,7 +516,7 @@ fn a_lost_host_is_replaced_and_its_stale_replica_removed_when_it_returns() {
 
 #[test]
 fn bad_compose_input_is_refused_and_leaves_nothing_behind() {
-    require_docker!();
+    require_docker();
     let t = tmp();
     let stack = stack_name("bad");
     let _cleanup = StackCleanup(stack.clone());
@@ -597,7 +606,7 @@ fn bad_compose_input_is_refused_and_leaves_nothing_behind() {
 
 #[test]
 fn a_server_restart_changes_nothing_in_a_running_stack() {
-    require_docker!();
+    require_docker();
     let t = tmp();
     let stack = stack_name("restart");
     let _cleanup = StackCleanup(stack.clone());
@@ -617,7 +626,8 @@ fn a_server_restart_changes_nothing_in_a_running_stack() {
     wait_until(Duration::from_secs(20), "the agent to return", || {
         server.host_state("h1").as_deref() == Some("active")
     });
-    std::thread::sleep(Duration::from_secs(3));
+    // The reconciler of the new server process has run with the agent back.
+    after_a_reconciler_pass(&server, t.path(), &stack);
     let mut after = running(&stack, "svc");
     after.sort();
     assert_eq!(before, after, "containers changed across a server restart");
@@ -630,7 +640,7 @@ fn a_server_restart_changes_nothing_in_a_running_stack() {
 /// "the service is gone", which would remove its replicas.
 #[test]
 fn a_definition_that_no_longer_reads_fails_the_stack_and_removes_nothing() {
-    require_docker!();
+    require_docker();
     let t = tmp();
     let stack = stack_name("unreadable");
     let other = stack_name("witness");
@@ -729,7 +739,7 @@ fn a_definition_that_no_longer_reads_fails_the_stack_and_removes_nothing() {
 /// never stored in clear: the datastore files hold them only sealed under the master key.
 #[test]
 fn environment_values_are_sealed_at_rest() {
-    require_docker!();
+    require_docker();
     let t = tmp();
     let stack = stack_name("sealed");
     let _cleanup = StackCleanup(stack.clone());

@@ -32,13 +32,3 @@ pub fn temp_file(stem: &str, ext: &str) -> PathBuf {
         std::process::id()
     ))
 }
-
-/// True when `cmd` can be started (it exists on PATH).
-pub fn have(cmd: &str) -> bool {
-    std::process::Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {cmd} >/dev/null 2>&1"))
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
-}

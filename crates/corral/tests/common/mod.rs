@@ -1,13 +1,19 @@
 //! Test harness: real `corral server` and `corral agent` processes on loopback, each in its own
-//! temporary directory, stopped by process id when the test ends.
+//! temporary directory, stopped by process id when the test ends. Processes, waits and
+//! prerequisites come from `corral-testkit`; tests in network namespaces use its labs.
 
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
 
 use serde_json::Value;
+
+// Each test file uses some of these.
+#[allow(unused_imports)]
+pub use corral_testkit::require::TEST_IMAGE as IMAGE;
+#[allow(unused_imports)]
+pub use corral_testkit::{AdminEnv, Proc, read_admin_env, require, wait_for_server, wait_until};
 
 /// A temporary directory for one test, removed when dropped.
 pub fn tmp() -> tempfile::TempDir {
@@ -57,149 +63,11 @@ pub fn free_port() -> u16 {
         .expect("no free port on loopback")
 }
 
-/// Polls `f` until it is true or `timeout` passes.
-pub fn wait_until(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while start.elapsed() < timeout {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("timed out after {timeout:?} waiting for {what}");
-}
-
-/// A child process whose output goes to a log file; killed by pid on drop.
-pub struct Proc {
-    child: Child,
-    pub log: PathBuf,
-}
-
-impl Proc {
-    pub fn spawn(args: &[&str], log: PathBuf, envs: &[(&str, &str)]) -> Proc {
-        Proc::spawn_program(corral_bin(), args, log, envs)
-    }
-
-    /// Spawns another program (e.g. `ip netns exec NS corral …`), same log and cleanup rules.
-    pub fn spawn_program(
-        program: &str,
-        args: &[&str],
-        log: PathBuf,
-        envs: &[(&str, &str)],
-    ) -> Proc {
-        let out = std::fs::File::create(&log).expect("create log");
-        let err = out.try_clone().expect("clone log");
-        let mut cmd = Command::new(program);
-        cmd.args(args)
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .env_remove("CORRAL_SERVER")
-            .env_remove("CORRAL_API_KEY")
-            .env_remove("CORRAL_CA_CHECKSUM")
-            .env("CORRAL_LOG", "info");
-        for (k, v) in envs {
-            cmd.env(k, v);
-        }
-        Proc {
-            child: cmd.spawn().expect("spawn corral"),
-            log,
-        }
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    pub fn signal(&self, sig: &str) {
-        let _ = Command::new("kill")
-            .args(["-s", sig, &self.child.id().to_string()])
-            .status();
-    }
-
-    pub fn try_wait(&mut self) -> Option<ExitStatus> {
-        self.child.try_wait().ok().flatten()
-    }
-
-    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
-        let start = Instant::now();
-        loop {
-            if let Some(s) = self.try_wait() {
-                return s;
-            }
-            if start.elapsed() > timeout {
-                panic!(
-                    "process {} did not exit within {timeout:?}; log:\n{}",
-                    self.pid(),
-                    self.log_text()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// SIGTERM, then SIGKILL if it lingers.
-    pub fn stop(&mut self) {
-        if self.try_wait().is_some() {
-            return;
-        }
-        self.signal("TERM");
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(10) {
-            if self.try_wait().is_some() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    pub fn kill9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// What `admin.env` says.
-#[derive(Clone, Debug)]
-pub struct AdminEnv {
-    pub server: String,
-    pub api_key: String,
-    pub checksum: String,
-}
-
-pub fn read_admin_env(path: &Path) -> Option<AdminEnv> {
-    let text = std::fs::read_to_string(path).ok()?;
-    let get = |k: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(&format!("{k}=")))
-            .map(str::to_owned)
-    };
-    Some(AdminEnv {
-        server: get("CORRAL_SERVER")?,
-        api_key: get("CORRAL_API_KEY")?,
-        checksum: get("CORRAL_CA_CHECKSUM")?,
-    })
-}
-
-/// Waits until a server process has bootstrapped (it binds its port before writing admin.env,
-/// so an open port alone is not enough).
-pub fn wait_for_server(proc: &Proc) {
-    wait_until(Duration::from_secs(20), "the server to start", || {
-        proc.log_text().contains("is running")
-    });
+/// Starts `corral ARGS…` (none of the caller's CLI variables, `info` logs) as a [`Proc`].
+pub fn spawn_corral(args: &[&str], log: PathBuf, envs: &[(&str, &str)]) -> Proc {
+    let mut cmd = corral_testkit::corral_command(Path::new(corral_bin()), None);
+    cmd.args(args).envs(envs.iter().copied());
+    Proc::spawn(cmd, log)
 }
 
 pub struct Server {
@@ -250,8 +118,8 @@ impl Server {
         }
         args.extend(self.extra.iter().map(String::as_str));
         let log = self.dir.join(format!("server-{}.log", self.starts));
-        let proc = Proc::spawn(&args, log, &[]);
-        wait_for_server(&proc);
+        let mut proc = spawn_corral(&args, log, &[]);
+        wait_for_server(&mut proc);
         self.env = read_admin_env(&self.dir.join("admin.env")).expect("admin.env");
         self.proc = Some(proc);
     }
@@ -391,7 +259,7 @@ pub fn start_agent(
         "agent-{name}-{}.log",
         std::process::id() ^ rand_suffix()
     ));
-    Proc::spawn(&args, log, &[])
+    spawn_corral(&args, log, &[])
 }
 
 fn rand_suffix() -> u32 {
@@ -442,17 +310,15 @@ pub fn socket_count(pid: u32) -> usize {
         .unwrap_or(0)
 }
 
-/// The local test image (scripts/test-image.sh builds it; nothing is pulled).
-pub const IMAGE: &str = "corral-test/busybox:latest";
-
 /// Runs the docker CLI against the machine's dockerd.
 pub fn docker(args: &[&str]) -> Output {
     Command::new("docker").args(args).output().expect("docker")
 }
 
-/// A dockerd answers and has the test image.
-pub fn docker_ready() -> bool {
-    docker(&["image", "inspect", IMAGE]).status.success()
+/// The machine's dockerd answers and holds the test image; otherwise the test fails saying so.
+#[track_caller]
+pub fn require_docker() {
+    require::docker_with_test_image();
 }
 
 /// `docker inspect` of one container.

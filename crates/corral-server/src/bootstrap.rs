@@ -44,6 +44,9 @@ pub enum ServerError {
     Config(String),
 }
 
+/// Default cap on connections that have not authenticated (`--max-unauthenticated-connections`).
+pub const DEFAULT_MAX_UNAUTHENTICATED: usize = 1024;
+
 #[derive(Debug, Clone)]
 pub struct ServerOptions {
     pub listen: SocketAddr,
@@ -76,7 +79,7 @@ impl ServerOptions {
             max_message_bytes: corral_proto::DEFAULT_MAX_MESSAGE_BYTES,
             command_ttl: Duration::from_secs(600),
             reschedule_after: Duration::from_secs(60),
-            max_unauthenticated: crate::state::gate::DEFAULT_CAP,
+            max_unauthenticated: DEFAULT_MAX_UNAUTHENTICATED,
         }
     }
 }

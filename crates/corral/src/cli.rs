@@ -176,7 +176,7 @@ pub struct ServerArgs {
     pub reschedule_after: std::time::Duration,
     /// How many connections that have not (yet) authenticated are held at once; one more
     /// closes the oldest of them. Authenticated agents and API clients never count.
-    #[arg(long, default_value_t = corral_server::state::gate::DEFAULT_CAP)]
+    #[arg(long, default_value_t = corral_server::bootstrap::DEFAULT_MAX_UNAUTHENTICATED)]
     pub max_unauthenticated_connections: usize,
     /// Maximum size of one tunnel message.
     #[arg(long, default_value_t = corral_proto::DEFAULT_MAX_MESSAGE_BYTES, hide = true)]

@@ -1,6 +1,6 @@
 //! The gate in front of the listener: every TCP connection counts as unauthenticated from the
 //! moment it is accepted until it presents an API key or an agent's credential. An
-//! unauthenticated connection lives at most [`UNAUTHENTICATED_FOR`] (a peer that completes
+//! unauthenticated connection lives at most [`UNAUTHENTICATED_FOR`] (15 s) (a peer that completes
 //! the TLS handshake and then sends nothing is closed then: before its first request nothing
 //! else would time it out), and at most `cap` of them are held: one more closes the oldest.
 //! With the HTTP header timeout for kept-alive connections, a peer can hold neither file
@@ -19,11 +19,9 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// Default cap on unauthenticated connections (`--max-unauthenticated-connections`).
-pub const DEFAULT_CAP: usize = 1024;
-
-/// How long a connection may stay unauthenticated.
-pub const UNAUTHENTICATED_FOR: Duration = Duration::from_secs(10);
+/// How long a connection may stay unauthenticated: longer than the tunnel's own hello
+/// deadline (10 s), so an agent that is too slow hears why from the tunnel.
+pub const UNAUTHENTICATED_FOR: Duration = Duration::from_secs(15);
 
 /// How often, at most, the gate logs that it closed connections.
 const LOG_EVERY: Duration = Duration::from_secs(10);

@@ -34,21 +34,53 @@ async fn next_command(t: &mut Tunnel) -> Command {
     }
 }
 
-fn doctor_in_background(
+/// Reports a Docker engine that answers, so the scheduler places replicas on the raw agent's
+/// host; returns once the server shows it.
+async fn docker_available(server: &Server, a: &mut Tunnel, name: &str) {
+    a.send(&AgentMessage::Report(corral_proto::Report::Inventory {
+        docker: Some(corral_proto::DockerInfo {
+            version: "20.10".into(),
+            api_version: "1.41".into(),
+            storage_driver: "overlay2".into(),
+            cpus: 2,
+            memory_bytes: 1 << 30,
+        }),
+        docker_error: None,
+        containers: Vec::new(),
+    }))
+    .await
+    .unwrap();
+    wait_until(Duration::from_secs(10), "the host's Docker report", || {
+        server
+            .hosts()
+            .iter()
+            .any(|h| h["name"] == name && h["docker"]["state"] == "available")
+    });
+}
+
+/// Runs the CLI with the server's admin credentials on a thread of its own.
+fn cli_in_background(
     server: &Server,
-    host: &str,
+    args: &[&str],
 ) -> std::thread::JoinHandle<std::process::Output> {
     let env = server.env.clone();
-    let host = host.to_owned();
+    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
     std::thread::spawn(move || {
         std::process::Command::new(corral_bin())
-            .args(["doctor", "--host", &host, "-o", "json"])
+            .args(&args)
             .env("CORRAL_SERVER", &env.server)
             .env("CORRAL_API_KEY", &env.api_key)
             .env("CORRAL_CA_CHECKSUM", &env.checksum)
             .output()
             .unwrap()
     })
+}
+
+fn doctor_in_background(
+    server: &Server,
+    host: &str,
+) -> std::thread::JoinHandle<std::process::Output> {
+    cli_in_background(server, &["doctor", "--host", host, "-o", "json"])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -290,42 +322,14 @@ async fn an_unreadable_reply_fails_the_operation_and_stores_nothing() {
     let server = Server::start(&t.path().join("data"), &[]);
     let (_, token) = server.token(&[]);
     let mut a = raw_agent(&server, &token, &credential(), "host-a").await;
-    // A Docker engine that answers, so the scheduler places replicas on this host.
-    a.send(&AgentMessage::Report(corral_proto::Report::Inventory {
-        docker: Some(corral_proto::DockerInfo {
-            version: "20.10".into(),
-            api_version: "1.41".into(),
-            storage_driver: "overlay2".into(),
-            cpus: 2,
-            memory_bytes: 1 << 30,
-        }),
-        docker_error: None,
-        containers: Vec::new(),
-    }))
-    .await
-    .unwrap();
-    wait_until(Duration::from_secs(10), "the host's Docker report", || {
-        server
-            .hosts()
-            .iter()
-            .any(|h| h["name"] == "host-a" && h["docker"]["state"] == "available")
-    });
+    docker_available(&server, &mut a, "host-a").await;
     let file = t.path().join("compose.yaml");
     std::fs::write(
         &file,
         "services:\n  web:\n    image: corral-test/busybox:latest\n",
     )
     .unwrap();
-    let env = server.env.clone();
-    let up = std::thread::spawn(move || {
-        std::process::Command::new(corral_bin())
-            .args(["up", "-f", file.to_str().unwrap(), "-p", "shop"])
-            .env("CORRAL_SERVER", &env.server)
-            .env("CORRAL_API_KEY", &env.api_key)
-            .env("CORRAL_CA_CHECKSUM", &env.checksum)
-            .output()
-            .unwrap()
-    });
+    let up = cli_in_background(&server, &["up", "-f", file.to_str().unwrap(), "-p", "shop"]);
     let check = next_command(&mut a).await;
     assert_eq!(check.body.kind(), corral_proto::CommandKind::ImageCheck);
     a.send(&AgentMessage::Reply {
@@ -356,25 +360,7 @@ async fn a_burst_of_commands_all_reach_a_connected_host() {
     let server = Server::start(&t.path().join("data"), &[]);
     let (_, token) = server.token(&[]);
     let mut a = raw_agent(&server, &token, &credential(), "host-a").await;
-    a.send(&AgentMessage::Report(corral_proto::Report::Inventory {
-        docker: Some(corral_proto::DockerInfo {
-            version: "20.10".into(),
-            api_version: "1.41".into(),
-            storage_driver: "overlay2".into(),
-            cpus: 2,
-            memory_bytes: 1 << 30,
-        }),
-        docker_error: None,
-        containers: Vec::new(),
-    }))
-    .await
-    .unwrap();
-    wait_until(Duration::from_secs(10), "the host's Docker report", || {
-        server
-            .hosts()
-            .iter()
-            .any(|h| h["name"] == "host-a" && h["docker"]["state"] == "available")
-    });
+    docker_available(&server, &mut a, "host-a").await;
     let file = t.path().join("compose.yaml");
     std::fs::write(
         &file,
@@ -383,16 +369,10 @@ async fn a_burst_of_commands_all_reach_a_connected_host() {
         ),
     )
     .unwrap();
-    let env = server.env.clone();
-    let up = std::thread::spawn(move || {
-        std::process::Command::new(corral_bin())
-            .args(["up", "-f", file.to_str().unwrap(), "-p", "burst"])
-            .env("CORRAL_SERVER", &env.server)
-            .env("CORRAL_API_KEY", &env.api_key)
-            .env("CORRAL_CA_CHECKSUM", &env.checksum)
-            .output()
-            .unwrap()
-    });
+    let up = cli_in_background(
+        &server,
+        &["up", "-f", file.to_str().unwrap(), "-p", "burst"],
+    );
     let check = next_command(&mut a).await;
     assert_eq!(check.body.kind(), corral_proto::CommandKind::ImageCheck);
     a.send(&AgentMessage::Reply {

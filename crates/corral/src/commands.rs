@@ -122,6 +122,7 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
     options.max_message_bytes = args.max_message_bytes;
     options.command_ttl = args.command_ttl;
     options.reschedule_after = args.reschedule_after;
+    options.init = args.init;
     let running = corral_server::start(options).await?;
     let admin_env = running.admin_env.display().to_string();
     println!("corral server {} is running", env!("CARGO_PKG_VERSION"));

@@ -931,6 +931,16 @@ impl Store {
         )
     }
 
+    /// The host a container belongs to, if there is such a container.
+    pub async fn container_host(&self, id: &str) -> Result<Option<String>> {
+        Ok(
+            sqlx::query_scalar("SELECT host_id FROM containers WHERE id = ?")
+                .bind(id)
+                .fetch_optional(&self.reader)
+                .await?,
+        )
+    }
+
     pub async fn set_desired(&self, id: &str, desired: Desired, now: i64) -> Result<()> {
         sqlx::query("UPDATE containers SET desired = ?, updated_at = ? WHERE id = ?")
             .bind(desired.as_str())

@@ -60,6 +60,7 @@ pub(crate) async fn execute(body: CommandBody, ctx: Context) -> CommandResult {
 async fn run_doctor(req: DoctorRequest, ctx: Context) -> Result<Vec<corral_proto::Check>, String> {
     let overlay_port = ctx.overlay.as_ref().and_then(|o| o.port());
     let wanted_overlay_port = ctx.overlay_port;
+    let overlay_enabled = ctx.overlay_enabled;
     let embedded = ctx.embedded;
     let docker_socket = ctx.engine.socket_path().map(std::path::PathBuf::from);
     let overlay = match &ctx.mesh {
@@ -75,6 +76,7 @@ async fn run_doctor(req: DoctorRequest, ctx: Context) -> Result<Vec<corral_proto
             docker_socket: docker_socket.as_deref().map_err(String::as_str),
             overlay_port,
             wanted_overlay_port,
+            overlay_enabled,
             embedded,
             overlay,
         })
@@ -86,10 +88,14 @@ async fn run_doctor(req: DoctorRequest, ctx: Context) -> Result<Vec<corral_proto
 /// The overlay socket, or why there is none.
 fn overlay_socket(ctx: &Context) -> Result<&Arc<overlay::Overlay>, String> {
     ctx.overlay.as_ref().ok_or_else(|| {
-        format!(
-            "the agent has no overlay socket: UDP port {} could not be bound (see the agent's log)",
-            ctx.overlay_port
-        )
+        if ctx.overlay_enabled {
+            format!(
+                "the agent has no overlay socket: UDP port {} could not be bound (see the agent's log)",
+                ctx.overlay_port
+            )
+        } else {
+            "the agent runs with --no-overlay: it has no overlay socket".to_owned()
+        }
     })
 }
 

@@ -20,6 +20,8 @@ pub struct DoctorInput<'a> {
     /// The overlay socket's port, if it is bound, and the port it was asked to bind.
     pub overlay_port: Option<u16>,
     pub wanted_overlay_port: u16,
+    /// Started without `--no-overlay` (with it, the agent binds no socket at all).
+    pub overlay_enabled: bool,
     /// The agent runs inside the server's process (`--with-agent`).
     pub embedded: bool,
     /// The overlay on this host, as the agent's mesh sees it.
@@ -183,6 +185,12 @@ pub fn run(input: &DoctorInput<'_>) -> Vec<Check> {
         None => check("clock", false, "the server did not send its time".into(), Some("upgrade the server")),
     });
     checks.push(match input.overlay_port {
+        None if !input.overlay_enabled => check(
+            "overlay socket",
+            true,
+            "none: the agent runs with --no-overlay, so it binds no UDP port (and no TCP port); overlay probes with other hosts are skipped".into(),
+            None,
+        ),
         Some(port) => check(
             "overlay socket",
             true,
@@ -352,10 +360,13 @@ mod tests {
             docker_socket: Ok(Path::new("/nonexistent/docker.sock")),
             overlay_port: None,
             wanted_overlay_port: 51820,
+            overlay_enabled: true,
             overlay: OverlayView::Disabled,
             embedded: false,
         };
         let checks = run(&input);
+        let socket = checks.iter().find(|c| c.name == "overlay socket").unwrap();
+        assert!(!socket.ok && socket.detail.contains("51820"), "bind failed");
         let clock = checks.iter().find(|c| c.name == "clock").unwrap();
         assert!(!clock.ok && clock.fix.is_some() && clock.detail.contains("+5000 ms"));
         let docker = checks.iter().find(|c| c.name == "docker socket").unwrap();
@@ -384,6 +395,20 @@ mod tests {
             docker.detail
         );
         assert!(docker.fix.as_deref().unwrap().contains("--docker-host"));
+
+        // Without the overlay, no socket is the expected state, not a failure.
+        let apart = DoctorInput {
+            overlay_enabled: false,
+            docker_socket: Ok(Path::new("/nonexistent/docker.sock")),
+            ..bad
+        };
+        let checks = run(&apart);
+        let socket = checks.iter().find(|c| c.name == "overlay socket").unwrap();
+        assert!(
+            socket.ok && socket.detail.contains("--no-overlay"),
+            "{}",
+            socket.detail
+        );
     }
 
     #[test]

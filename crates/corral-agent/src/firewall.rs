@@ -81,9 +81,17 @@ struct Files {
     pending: PathBuf,
 }
 
+/// The `firewall/` state dir (0700, made private if an earlier release left it readable) and
+/// its files.
 fn files(state_dir: &Path) -> Result<Files, String> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     let dir = state_dir.join("firewall");
-    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .and_then(|()| std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)))
+        .map_err(|e| format!("{}: {e}", dir.display()))?;
     Ok(Files {
         next: dir.join("next.nft"),
         rollback: dir.join("rollback.nft"),

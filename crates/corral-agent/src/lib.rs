@@ -114,12 +114,17 @@ pub async fn run(
         Ok(false) => {}
         Err(e) => tracing::error!(error = %e, "cannot roll back unconfirmed firewall rules"),
     }
-    // The control plane works without the overlay socket; doctor reports why it is missing.
-    let overlay = match overlay::Overlay::bind(options.overlay_port).await {
-        Ok(o) => Some(o),
-        Err(e) => {
-            tracing::error!(port = options.overlay_port, error = %e, "cannot bind the overlay UDP port");
-            None
+    // Without the overlay the agent binds nothing at all. With it, the control plane still
+    // works when the overlay socket cannot be bound; doctor reports why it is missing.
+    let overlay = if !options.overlay {
+        None
+    } else {
+        match overlay::Overlay::bind(options.overlay_port).await {
+            Ok(o) => Some(o),
+            Err(e) => {
+                tracing::error!(port = options.overlay_port, error = %e, "cannot bind the overlay UDP port");
+                None
+            }
         }
     };
     let (reports_tx, mut reports_rx) = tokio::sync::mpsc::channel(256);
@@ -173,6 +178,7 @@ pub async fn run(
                         dialer: dialer.clone(),
                         overlay: overlay.clone(),
                         overlay_port: options.overlay_port,
+                        overlay_enabled: options.overlay,
                         embedded: options.embedded,
                         engine: engine.clone(),
                         mesh: mesh.clone(),
@@ -240,6 +246,8 @@ pub(crate) struct Context {
     pub(crate) dialer: std::sync::Arc<Dialer>,
     pub(crate) overlay: Option<std::sync::Arc<overlay::Overlay>>,
     pub(crate) overlay_port: u16,
+    /// Started without `--no-overlay`.
+    pub(crate) overlay_enabled: bool,
     pub(crate) embedded: bool,
     pub(crate) engine: std::sync::Arc<docker::Engine>,
     pub(crate) mesh: Option<std::sync::Arc<mesh::Mesh>>,

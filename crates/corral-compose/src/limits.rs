@@ -22,5 +22,6 @@ pub const MAX_INTERPOLATION_DEPTH: usize = 16;
 pub const MAX_INTERPOLATED_BYTES: usize = 1024 * 1024;
 /// Most errors reported at once (schema violations in particular).
 pub const MAX_ERRORS: usize = 20;
-/// Most replicas a service may ask for.
+/// Most replicas a service may ask for, in a Compose file and with `corral scale` alike (the
+/// server's `scale` uses this constant).
 pub const MAX_REPLICAS: u32 = 1000;

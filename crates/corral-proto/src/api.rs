@@ -1,5 +1,7 @@
 //! JSON bodies of the server's HTTP API (`/v1/…`), shared by the server and the CLI so that
-//! both sides agree on one definition.
+//! both sides agree on one definition. The request bodies the server reads refuse fields they
+//! do not know (`deny_unknown_fields`), so a misspelt field is an error naming it, never a
+//! silent default.
 
 use std::collections::BTreeMap;
 
@@ -14,6 +16,7 @@ pub struct ErrorBody {
 
 /// `POST /v1/tokens`: make a registration token.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct CreateToken {
     /// Environment name; `default` when absent.
     pub environment: Option<String>,
@@ -159,6 +162,7 @@ pub struct DoctorReport {
 
 /// `POST /v1/hosts/{id}/firewall`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct FirewallApplyRequest {
     /// Where administrators come from (CIDRs): SSH is allowed from them, and so is the API
     /// unless `api_cidrs` is given. Empty: no SSH rule at all.
@@ -192,6 +196,7 @@ pub struct FirewallApplyReport {
 
 /// `POST /v1/containers`: run one container.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RunContainer {
     /// The container's name: 1–63 characters of `[a-z0-9-]`, not starting or ending with `-`.
     pub name: String,
@@ -263,6 +268,7 @@ pub struct DockerView {
 
 /// A file sent with `corral up`: its name as given and its text.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct FileBody {
     /// The name as given (on the command line, or in `env_file:`).
     pub name: String,
@@ -272,6 +278,7 @@ pub struct FileBody {
 
 /// `POST /v1/stacks`: deploy (or update) a stack from Compose files.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct UpRequest {
     /// `-p NAME`; else the files' top-level `name:`.
     #[serde(default)]
@@ -308,10 +315,11 @@ pub struct UpResponse {
 
 /// `POST /v1/stacks/{name}/scale`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ScaleRequest {
     /// The service to scale.
     pub service: String,
-    /// How many replicas it should have (at most 10 000).
+    /// How many replicas it should have (at most 1 000, as in a Compose file).
     pub replicas: u32,
 }
 

@@ -1,9 +1,14 @@
 //! First start and restart of a server.
 //!
-//! First start creates, in `--data-dir`: the PKI, the SQLite database, the `default`
-//! environment, an admin API key and `admin.env` (mode 0600) with `CORRAL_SERVER`,
-//! `CORRAL_API_KEY` and `CORRAL_CA_CHECKSUM`. A restart reuses all of it. The admin key exists in
-//! clear only in `admin.env`; the database holds its hash.
+//! First start creates, in `--data-dir` (mode 0700): the master key, the SQLite database (0600)
+//! with a check value sealed under that key, the `default` environment, the PKI, an admin API
+//! key and `admin.env` (mode 0600) with `CORRAL_SERVER`, `CORRAL_API_KEY` and
+//! `CORRAL_CA_CHECKSUM`. A restart reuses all of it, and refuses to start when the datastore is
+//! missing or empty or the master key is missing or is not the datastore's (see [`data_dir`];
+//! `--init` starts over on purpose). The admin key exists in clear only in `admin.env`; the
+//! database holds its hash.
+
+mod data_dir;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -42,6 +47,9 @@ pub enum ServerError {
     },
     #[error("{0}")]
     Config(String),
+    /// The data dir is not one the server may start on; the text says why and what to do.
+    #[error("{0}")]
+    DataDir(String),
 }
 
 /// Default cap on connections that have not authenticated (`--max-unauthenticated-connections`).
@@ -65,6 +73,8 @@ pub struct ServerOptions {
     pub reschedule_after: Duration,
     /// Cap on connections that have not authenticated (see `state::gate`).
     pub max_unauthenticated: usize,
+    /// Start a new datastore in a data dir whose datastore is missing or empty (`--init`).
+    pub init: bool,
 }
 
 impl ServerOptions {
@@ -80,6 +90,7 @@ impl ServerOptions {
             command_ttl: Duration::from_secs(600),
             reschedule_after: Duration::from_secs(60),
             max_unauthenticated: DEFAULT_MAX_UNAUTHENTICATED,
+            init: false,
         }
     }
 }
@@ -131,10 +142,6 @@ pub(crate) async fn bootstrap(
     local_addr: SocketAddr,
 ) -> Result<Booted, ServerError> {
     let dir = &options.data_dir;
-    std::fs::create_dir_all(dir).map_err(|source| ServerError::Io {
-        context: format!("cannot create data dir {}", dir.display()),
-        source,
-    })?;
     let now = now_unix();
     let scheme = match options.tls {
         TlsMode::InsecureHttp => "http",
@@ -179,6 +186,30 @@ pub(crate) async fn bootstrap(
     sans.sort();
     sans.dedup();
 
+    // Nothing is written before the options are known to be sound.
+    let custom = match &options.tls {
+        TlsMode::Custom { cert, key } => Some(pki::load_custom(cert, key)?),
+        _ => None,
+    };
+    let own_ca = !matches!(options.tls, TlsMode::Custom { .. });
+    let start = data_dir::prepare(dir, options.init, own_ca)?;
+    let vault = match start {
+        data_dir::Start::New => crate::vault::Vault::open_or_create(dir),
+        data_dir::Start::Existing => crate::vault::Vault::load(dir),
+    }
+    .map_err(|e| ServerError::Config(e.to_string()))?;
+    let vault = std::sync::Arc::new(vault);
+    let store = Store::open_sqlite(&dir.join(data_dir::DB_FILE), vault.clone()).await?;
+    check_master_key(&store, &vault, dir).await?;
+    let sealed = store.seal_clear_columns().await?;
+    if sealed > 0 {
+        tracing::info!(
+            values = sealed,
+            "sealed values an earlier version stored in clear"
+        );
+    }
+    store.ensure_environment("default", now).await?;
+
     let (tls, checksum) = match &options.tls {
         TlsMode::InsecureHttp => {
             tracing::warn!(
@@ -187,10 +218,10 @@ pub(crate) async fn bootstrap(
             let p = pki::load_or_create(&dir.join("pki"), &sans, now)?;
             (None, p.checksum)
         }
-        mode => {
-            let p = match mode {
-                TlsMode::Custom { cert, key } => pki::load_custom(cert, key)?,
-                _ => pki::load_or_create(&dir.join("pki"), &sans, now)?,
+        _ => {
+            let p = match custom {
+                Some(p) => p,
+                None => pki::load_or_create(&dir.join("pki"), &sans, now)?,
             };
             let mut cfg = rustls::ServerConfig::builder_with_provider(corral_tls::provider())
                 .with_safe_default_protocol_versions()
@@ -204,19 +235,6 @@ pub(crate) async fn bootstrap(
             (Some(cfg), p.checksum)
         }
     };
-
-    let vault = std::sync::Arc::new(
-        crate::vault::Vault::open_or_create(dir).map_err(|e| ServerError::Config(e.to_string()))?,
-    );
-    let store = Store::open_sqlite(&dir.join("corral.db"), vault.clone()).await?;
-    let sealed = store.seal_clear_columns().await?;
-    if sealed > 0 {
-        tracing::info!(
-            values = sealed,
-            "sealed values an earlier version stored in clear"
-        );
-    }
-    store.ensure_environment("default", now).await?;
 
     let admin_env = dir.join("admin.env");
     let existing_key = read_env_file(&admin_env)
@@ -255,6 +273,49 @@ pub(crate) async fn bootstrap(
         local_url,
         admin_env,
     })
+}
+
+/// What the check value seals, and the owner it is bound to.
+const KEY_CHECK: &[u8] = b"corral master key";
+const KEY_CHECK_OWNER: &[u8] = b"key_check";
+
+/// Refuses a master key that does not open the datastore's check value. A datastore without
+/// one (new, or made before the check existed) gets it, once every secret it holds sealed
+/// opens with this key.
+async fn check_master_key(
+    store: &Store,
+    vault: &crate::vault::Vault,
+    dir: &Path,
+) -> Result<(), ServerError> {
+    let mismatch = || {
+        ServerError::DataDir(format!(
+            "{} does not open this datastore's sealed secrets: it is not the key {} was made with (it was replaced, or comes from another data dir). Put the original master.key back from a backup of this data dir; the server does not start with a key that cannot open the overlay's pre-shared keys",
+            dir.join(crate::vault::MASTER_KEY_FILE).display(),
+            dir.join(data_dir::DB_FILE).display()
+        ))
+    };
+    if let Some(sealed) = store.key_check().await? {
+        return match vault.open(&sealed, KEY_CHECK_OWNER) {
+            Ok(plain) if plain == KEY_CHECK => Ok(()),
+            _ => Err(mismatch()),
+        };
+    }
+    for env in store.environments().await? {
+        let sealed = store
+            .overlay_env(&env.id)
+            .await?
+            .and_then(|o| o.overlay_psk);
+        if let Some(sealed) = sealed
+            && vault.open(&sealed, env.id.as_bytes()).is_err()
+        {
+            return Err(mismatch());
+        }
+    }
+    let sealed = vault
+        .seal(KEY_CHECK, KEY_CHECK_OWNER)
+        .map_err(|e| ServerError::Config(e.to_string()))?;
+    store.set_key_check(&sealed).await?;
+    Ok(())
 }
 
 /// Reads a `KEY=VALUE` file (comments and blank lines ignored).

@@ -28,7 +28,8 @@ const RUN_WAIT: Duration = Duration::from_secs(30);
 /// Grace period of `stop` before Docker kills the container.
 pub const STOP_GRACE_SECS: u64 = 10;
 
-/// Handles a report from `host_id`'s agent.
+/// Handles a report from `host_id`'s agent. Only that host's containers are touched; a report
+/// that names another host's container is ignored and recorded (`foreign_report`).
 pub async fn on_report(state: &AppState, host_id: &str, conn_id: u64, report: Report) {
     let now = now_unix();
     let result = match report {
@@ -52,28 +53,37 @@ pub async fn on_report(state: &AppState, host_id: &str, conn_id: u64, report: Re
                     error: docker_error,
                 },
             );
-            if available {
+            let recorded = if available {
                 reconcile_inventory(state, host_id, &containers, now).await
             } else {
                 Ok(())
+            };
+            match recorded {
+                Ok(()) => not_this_hosts(state, host_id, &containers).await,
+                Err(e) => Err(e),
             }
         }
         Report::Change { container } => state
             .store
             .record_status(host_id, &container, now)
             .await
-            .map(|_| ()),
+            .map(|found| unmatched(found, container.corral_id)),
         Report::Removed { corral_id } => state
             .store
             .set_actual(host_id, &corral_id, Actual::Missing, None, None, now)
             .await
-            .map(|_| ()),
+            .map(|found| unmatched(found, corral_id)),
     };
-    if let Err(e) = result {
-        tracing::error!(error = %e, "cannot record a host report");
+    match result {
+        Ok(ids) => record_foreign(state, host_id, ids).await,
+        Err(e) => tracing::error!(error = %e, "cannot record a host report"),
     }
     state.reconciler.wake();
     state.overlay.wake();
+}
+
+fn unmatched(found: bool, id: String) -> Vec<String> {
+    if found { Vec::new() } else { vec![id] }
 }
 
 async fn reconcile_inventory(
@@ -98,6 +108,79 @@ async fn reconcile_inventory(
         }
     }
     Ok(())
+}
+
+/// The ids an inventory names that are not this host's containers.
+async fn not_this_hosts(
+    state: &AppState,
+    host_id: &str,
+    containers: &[ContainerStatus],
+) -> Result<Vec<String>, crate::store::StoreError> {
+    if containers.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows = state.store.host_containers(host_id).await?;
+    let own: std::collections::HashSet<&str> = rows.iter().map(|r| r.id.as_str()).collect();
+    Ok(containers
+        .iter()
+        .filter(|c| !own.contains(c.corral_id.as_str()))
+        .map(|c| c.corral_id.clone())
+        .collect())
+}
+
+/// At most this many ids of one report are looked up as another host's.
+const FOREIGN_CHECKS: usize = 256;
+/// At most this many foreign containers are named in the event, each id cut to this length.
+const FOREIGN_NAMED: usize = 3;
+const ID_SHOWN: usize = 64;
+
+/// An id as an event shows it: at most [`ID_SHOWN`] characters.
+fn shown(id: &str) -> String {
+    match id.char_indices().nth(ID_SHOWN) {
+        Some((at, _)) => format!("{}…", &id[..at]),
+        None => id.to_owned(),
+    }
+}
+
+/// Ids a report named that are not the reporting host's: those of another host's containers
+/// (not merely unknown or already deleted) make one `foreign_report` event for the report.
+async fn record_foreign(state: &AppState, host_id: &str, ids: Vec<String>) {
+    let mut foreign = Vec::new();
+    for id in ids.iter().take(FOREIGN_CHECKS) {
+        match state.store.container_host(id).await {
+            Ok(Some(owner)) if owner != host_id => foreign.push((id, owner)),
+            Ok(_) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "cannot look up a reported container");
+                return;
+            }
+        }
+    }
+    if foreign.is_empty() {
+        return;
+    }
+    let names = state.store.host_names().await.unwrap_or_default();
+    let name = |id: &str| names.get(id).cloned().unwrap_or_else(|| shown(id));
+    let mut listed: Vec<String> = foreign
+        .iter()
+        .take(FOREIGN_NAMED)
+        .map(|(id, owner)| format!("{} of host {}", shown(id), name(owner)))
+        .collect();
+    if foreign.len() > FOREIGN_NAMED {
+        listed.push(format!("and {} more", foreign.len() - FOREIGN_NAMED));
+    }
+    tracing::warn!(host = %host_id, count = foreign.len(), "a host reported on other hosts' containers; ignored");
+    state
+        .record_event(
+            "foreign_report",
+            Some(host_id),
+            &format!(
+                "host {} reported on containers of other hosts: {}; the report was ignored",
+                name(host_id),
+                listed.join(", ")
+            ),
+        )
+        .await;
 }
 
 fn bad(message: impl Into<String>) -> Error {

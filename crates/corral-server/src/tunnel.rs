@@ -14,13 +14,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use corral_proto::liveness::{Due, Liveness};
 use corral_proto::secret::{SecretKind, check_secret};
 use corral_proto::{
     AgentMessage, Auth, CloseReason, CodecError, Hello, PROTOCOL_VERSION, ServerMessage, Welcome,
 };
+use futures_util::{SinkExt, StreamExt};
 use tokio::time::Instant;
+use tungstenite::Message;
+use tungstenite::protocol::CloseFrame;
 
 use crate::secrets::SecretHash;
 use crate::state::AppState;
@@ -30,6 +32,12 @@ use crate::time_fmt::{now_unix, rfc3339};
 
 /// How long a new connection may take to say hello.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the rest of an over-size frame is read and discarded after the close frame.
+pub const DISCARD_AFTER_TOO_LARGE: Duration = Duration::from_secs(5);
+
+/// An agent's WebSocket over its upgraded HTTPS connection (see `api::connect`).
+pub type WebSocket =
+    tokio_tungstenite::WebSocketStream<hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>>;
 
 enum Recv {
     Message(AgentMessage),
@@ -37,12 +45,6 @@ enum Recv {
     Gone,
     /// Something we must close the connection for.
     Refuse(CloseReason, String),
-}
-
-fn is_capacity_error(err: axum::Error) -> bool {
-    err.into_inner()
-        .downcast::<tungstenite::Error>()
-        .is_ok_and(|e| matches!(*e, tungstenite::Error::Capacity(_)))
 }
 
 fn decode(frame: &[u8], limit: usize) -> Recv {
@@ -59,18 +61,15 @@ fn decode(frame: &[u8], limit: usize) -> Recv {
 /// Receives the next protocol message, skipping transport-level pings.
 async fn recv(socket: &mut WebSocket, limit: usize) -> Recv {
     loop {
-        let msg = match socket.recv().await {
+        let msg = match socket.next().await {
             None => return Recv::Gone,
-            Some(Err(e)) => {
-                return if is_capacity_error(e) {
-                    Recv::Refuse(
-                        CloseReason::TooLarge,
-                        format!("a frame exceeded the limit of {limit} bytes"),
-                    )
-                } else {
-                    Recv::Gone
-                };
+            Some(Err(tungstenite::Error::Capacity(_))) => {
+                return Recv::Refuse(
+                    CloseReason::TooLarge,
+                    format!("a frame exceeded the limit of {limit} bytes"),
+                );
             }
+            Some(Err(_)) => return Recv::Gone,
             Some(Ok(m)) => m,
         };
         match msg {
@@ -81,7 +80,7 @@ async fn recv(socket: &mut WebSocket, limit: usize) -> Recv {
                     "binary frames are not part of the protocol; messages are JSON text".into(),
                 );
             }
-            Message::Ping(_) | Message::Pong(_) => continue,
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
             Message::Close(_) => return Recv::Gone,
         }
     }
@@ -100,17 +99,40 @@ async fn send(socket: &mut WebSocket, msg: &ServerMessage, limit: usize) -> bool
 /// Says goodbye with a reason and closes.
 async fn close(socket: &mut WebSocket, reason: CloseReason, message: String, limit: usize) {
     let mut message = message;
-    message.truncate(4096);
+    message.truncate(message.floor_char_boundary(4096));
     let _ = send(socket, &ServerMessage::Goodbye { reason, message }, limit).await;
     let _ = socket
         .send(Message::Close(Some(CloseFrame {
-            code: reason.code(),
+            code: reason.code().into(),
             reason: reason.as_str().into(),
         })))
         .await;
+    if reason == CloseReason::TooLarge {
+        discard_input(socket).await;
+        return;
+    }
     // Give the agent a moment to read the goodbye and answer the close.
     let _ = tokio::time::timeout(Duration::from_secs(2), async {
-        while let Some(Ok(_)) = socket.recv().await {}
+        while let Some(Ok(_)) = socket.next().await {}
+    })
+    .await;
+}
+
+/// After an over-size frame the WebSocket reader has stopped while the rest of the frame is
+/// still arriving, and an agent reads only once it has written the whole frame: dropping the
+/// connection now would reset it before the agent sees the goodbye and the close frame (1009).
+/// So the rest is read and discarded, unparsed, until the agent closes or
+/// [`DISCARD_AFTER_TOO_LARGE`] passes.
+async fn discard_input(socket: &mut WebSocket) {
+    use tokio::io::AsyncReadExt;
+    let io = socket.get_mut();
+    let mut buf = vec![0u8; 16 * 1024];
+    let _ = tokio::time::timeout(DISCARD_AFTER_TOO_LARGE, async {
+        while let Ok(n) = io.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+        }
     })
     .await;
 }

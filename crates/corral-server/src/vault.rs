@@ -38,30 +38,46 @@ pub struct Vault {
 }
 
 impl Vault {
-    /// Loads `DATA_DIR/master.key`, creating it on first start.
+    /// Loads `DATA_DIR/master.key`, creating it when there is none (a new datastore only: an
+    /// existing one needs the key its secrets were sealed with, see [`Vault::load`]).
     pub fn open_or_create(data_dir: &Path) -> Result<Vault, VaultError> {
         let path = data_dir.join(MASTER_KEY_FILE);
-        let io = |source| VaultError::Io {
-            path: path.display().to_string(),
-            source,
-        };
-        let key = match std::fs::read(&path) {
-            Ok(bytes) => bytes,
+        match std::fs::read(&path) {
+            Ok(bytes) => Vault::from_key(&path, &bytes),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let mut key = vec![0u8; 32];
                 SystemRandom::new()
                     .fill(&mut key)
                     .map_err(|_| VaultError::Random)?;
-                corral_tls::files::write_private(&path, &key).map_err(io)?;
-                key
+                corral_tls::files::write_private(&path, &key).map_err(|source| VaultError::Io {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+                Vault::from_key(&path, &key)
             }
-            Err(e) => return Err(io(e)),
-        };
+            Err(source) => Err(VaultError::Io {
+                path: path.display().to_string(),
+                source,
+            }),
+        }
+    }
+
+    /// Loads `DATA_DIR/master.key`, which must be there.
+    pub fn load(data_dir: &Path) -> Result<Vault, VaultError> {
+        let path = data_dir.join(MASTER_KEY_FILE);
+        let bytes = std::fs::read(&path).map_err(|source| VaultError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Vault::from_key(&path, &bytes)
+    }
+
+    fn from_key(path: &Path, key: &[u8]) -> Result<Vault, VaultError> {
         if key.len() != 32 {
             return Err(VaultError::BadKey(path.display().to_string()));
         }
         Ok(Vault {
-            cipher: XChaCha20Poly1305::new_from_slice(&key)
+            cipher: XChaCha20Poly1305::new_from_slice(key)
                 .map_err(|_| VaultError::BadKey(path.display().to_string()))?,
             rng: SystemRandom::new(),
         })
@@ -131,6 +147,14 @@ mod tests {
         assert!(matches!(
             Vault::open_or_create(dir.path()),
             Err(VaultError::BadKey(_))
+        ));
+        assert!(matches!(
+            Vault::load(dir.path()),
+            Err(VaultError::BadKey(_))
+        ));
+        assert!(matches!(
+            Vault::load(other.path().join("none").as_path()),
+            Err(VaultError::Io { .. })
         ));
     }
 }

@@ -350,6 +350,8 @@ pub struct IdleBench {
     pub connections: usize,
     pub concurrency: usize,
     pub duration: Duration,
+    /// Time `host ls` and watch the server (else only flood).
+    pub measure: bool,
     pub format: Format,
 }
 
@@ -362,6 +364,7 @@ struct IdleReport {
     closed_by_server: u64,
     held_min: u64,
     held_max: u64,
+    host_ls_before_p50_ms: f64,
     host_ls_samples: usize,
     host_ls_failures: usize,
     host_ls_p50_ms: f64,
@@ -402,6 +405,27 @@ pub async fn idle(b: IdleBench) -> anyhow::Result<()> {
         .context("the benchmark needs an https:// server and CORRAL_CA_CHECKSUM")?;
     let dialer = Arc::new(Dialer::new(b.client.base(), pin)?);
     let agents_before = server_metric(&b.client, "corral_agents_connected").await?;
+    let exe = std::env::current_exe()?;
+    let host_ls = || async {
+        let t = Instant::now();
+        let out = tokio::process::Command::new(&exe)
+            .args(["host", "ls", "-o", "json"])
+            .output()
+            .await?;
+        anyhow::Ok(
+            out.status
+                .success()
+                .then(|| t.elapsed().as_secs_f64() * 1000.0),
+        )
+    };
+    // The same command without the flood, for comparison.
+    let mut before = Vec::new();
+    for _ in 0..if b.measure { 10 } else { 0 } {
+        if let Some(ms) = host_ls().await? {
+            before.push(ms);
+        }
+    }
+    before.sort_by(f64::total_cmp);
     let handshakes = Arc::new(AtomicU64::new(0));
     let failures = Arc::new(AtomicU64::new(0));
     let closed = Arc::new(AtomicU64::new(0));
@@ -446,7 +470,6 @@ pub async fn idle(b: IdleBench) -> anyhow::Result<()> {
             }
         }));
     }
-    let exe = std::env::current_exe()?;
     let started = Instant::now();
     let (mut ls, mut ls_failures) = (Vec::new(), 0usize);
     let (mut held_min, mut held_max) = (u64::MAX, 0u64);
@@ -454,16 +477,13 @@ pub async fn idle(b: IdleBench) -> anyhow::Result<()> {
     let (mut unauth_max, mut rss_max) = (0u64, 0u64);
     // Let the flood build up before measuring.
     tokio::time::sleep(b.duration.min(Duration::from_secs(10)) / 2).await;
-    while started.elapsed() < b.duration {
-        let t = Instant::now();
-        let out = tokio::process::Command::new(&exe)
-            .args(["host", "ls", "-o", "json"])
-            .output()
-            .await?;
-        if out.status.success() {
-            ls.push(t.elapsed().as_secs_f64() * 1000.0);
-        } else {
-            ls_failures += 1;
+    if !b.measure {
+        tokio::time::sleep(b.duration.saturating_sub(started.elapsed())).await;
+    }
+    while b.measure && started.elapsed() < b.duration {
+        match host_ls().await? {
+            Some(ms) => ls.push(ms),
+            None => ls_failures += 1,
         }
         let now_held = held.load(Ordering::Relaxed);
         held_min = held_min.min(now_held);
@@ -497,6 +517,7 @@ pub async fn idle(b: IdleBench) -> anyhow::Result<()> {
         closed_by_server: closed.load(Ordering::Relaxed),
         held_min: if held_min == u64::MAX { 0 } else { held_min },
         held_max,
+        host_ls_before_p50_ms: percentile(&before, 0.5),
         host_ls_samples: ls.len(),
         host_ls_failures: ls_failures,
         host_ls_p50_ms: percentile(&ls, 0.5),

@@ -156,6 +156,13 @@ pub struct ServerArgs {
     /// Serve plain HTTP, for use behind a TLS-terminating proxy only.
     #[arg(long, conflicts_with_all = ["tls_cert", "tls_key"])]
     pub insecure_http: bool,
+    /// Start a new datastore in a data dir that holds corral's files but whose datastore
+    /// (corral.db) is missing or empty. Without it the server refuses to start there, since
+    /// starting over orphans every host. Keeps the CA and master.key; renames what it replaces
+    /// (the empty corral.db and its -wal/-shm, admin.env, the local agent's state) to
+    /// NAME.before-init-TIMESTAMP. Never replaces a datastore: refused when corral.db holds one.
+    #[arg(long)]
+    pub init: bool,
     /// Also register and run an agent for this machine, in this process.
     #[arg(long)]
     pub with_agent: bool,
@@ -561,6 +568,10 @@ pub enum BenchCommand {
         /// How long to hold them.
         #[arg(long, default_value = "60s", value_parser = crate::duration::parse_duration)]
         duration: std::time::Duration,
+        /// Only flood: time nothing (run the measuring side in another process, e.g. one
+        /// that is not at the flood's CPU priority).
+        #[arg(long)]
+        no_measure: bool,
         #[command(flatten)]
         out: Out,
     },

@@ -78,6 +78,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             connections,
             concurrency,
             duration,
+            no_measure,
             out,
         }) => {
             crate::bench::idle(crate::bench::IdleBench {
@@ -85,6 +86,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 connections,
                 concurrency,
                 duration,
+                measure: !no_measure,
                 format: out.format,
             })
             .await
@@ -139,6 +141,7 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
     options.command_ttl = args.command_ttl;
     options.reschedule_after = args.reschedule_after;
     options.max_unauthenticated = args.max_unauthenticated_connections;
+    options.init = args.init;
     let running = corral_server::start(options).await?;
     let admin_env = running.admin_env.display().to_string();
     println!("corral server {} is running", env!("CARGO_PKG_VERSION"));

@@ -232,6 +232,44 @@ fn doctor_runs_the_checks_on_the_host_and_shows_fixes() {
     assert!(fix.contains("outbound 8443/tcp"), "{fix}");
 }
 
+/// An agent in the overlay (it binds its overlay socket: an agent with `--no-overlay` binds
+/// nothing) whose Docker engine does not answer. Configuring the overlay starts with Docker, so
+/// it never gets further and the machine's network is left as it is (no TUN device, routes or
+/// bridge; only IPv4 forwarding, which the machine's dockerd turned on already), while its
+/// overlay socket answers the probes.
+fn overlay_agent_without_docker(
+    server: &Server,
+    dir: &std::path::Path,
+    name: &str,
+    token: &str,
+) -> Proc {
+    let url = server.url();
+    let sd = dir.display().to_string();
+    let nowhere = format!("unix://{}/no-docker.sock", dir.display());
+    std::fs::create_dir_all(dir).unwrap();
+    spawn_corral(
+        &[
+            "agent",
+            "--server",
+            &url,
+            "--ca-checksum",
+            &server.env.checksum,
+            "--state-dir",
+            &sd,
+            "--name",
+            name,
+            "--token",
+            token,
+            "--overlay-port",
+            "0",
+            "--docker-host",
+            &nowhere,
+        ],
+        dir.with_extension("log"),
+        &[],
+    )
+}
+
 #[test]
 fn doctor_probes_the_overlay_between_hosts_in_both_directions() {
     // The second half blocks the overlay with nft.
@@ -240,8 +278,8 @@ fn doctor_probes_the_overlay_between_hosts_in_both_directions() {
     let t = tmp();
     let server = Server::start(&t.path().join("data"), &[]);
     let (_, token) = server.token(&[]);
-    let _a = start_agent(&server, &t.path().join("a"), "peer-a", Some(&token), &[]);
-    let _b = start_agent(&server, &t.path().join("b"), "peer-b", Some(&token), &[]);
+    let _a = overlay_agent_without_docker(&server, &t.path().join("a"), "peer-a", &token);
+    let _b = overlay_agent_without_docker(&server, &t.path().join("b"), "peer-b", &token);
     wait_until(Duration::from_secs(20), "both peers active", || {
         server.host_state("peer-a").as_deref() == Some("active")
             && server.host_state("peer-b").as_deref() == Some("active")

@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use corral_proto::api::{ContainerView, RunContainer};
 use serde::Deserialize;
 
-use super::{Admin, ApiError, Body, progress};
+use super::{Admin, ApiError, Body, Params, progress};
 use crate::containers::{self, Action};
 use crate::error::Progress;
 use crate::state::AppState;
@@ -74,6 +74,7 @@ pub(super) async fn remove(
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(super) struct LogsQuery {
     #[serde(default)]
     pub(super) follow: bool,
@@ -89,8 +90,9 @@ pub(super) async fn logs(
     _: Admin,
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
-    Query(q): Query<LogsQuery>,
+    q: Params<LogsQuery>,
 ) -> Result<Response, ApiError> {
+    let Query(q) = q?;
     Ok(text(
         containers::logs(&state, &name, q.follow, q.tail).await?,
     ))

@@ -20,6 +20,7 @@ pub(super) async fn list(
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(super) struct OverlayModeBody {
     mode: String,
 }

@@ -7,11 +7,12 @@ use axum::extract::{Query, State};
 use corral_proto::api::EventView;
 use serde::Deserialize;
 
-use super::{Admin, ApiError};
+use super::{Admin, ApiError, Params};
 use crate::state::AppState;
 use crate::time_fmt::rfc3339;
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(super) struct EventsQuery {
     limit: Option<i64>,
 }
@@ -19,8 +20,9 @@ pub(super) struct EventsQuery {
 pub(super) async fn list(
     _: Admin,
     State(state): State<Arc<AppState>>,
-    Query(q): Query<EventsQuery>,
+    q: Params<EventsQuery>,
 ) -> Result<Json<Vec<EventView>>, ApiError> {
+    let Query(q) = q?;
     let limit = q.limit.unwrap_or(100).clamp(1, 10_000);
     let events = state.store.events(limit).await?;
     Ok(Json(

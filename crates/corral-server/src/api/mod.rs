@@ -20,8 +20,8 @@ mod tokens;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::rejection::JsonRejection;
-use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts, State};
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts, Query, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -129,6 +129,13 @@ impl From<JsonRejection> for ApiError {
     }
 }
 
+/// A query string that is not what a route takes (an unknown parameter, a bad value).
+impl From<QueryRejection> for ApiError {
+    fn from(e: QueryRejection) -> Self {
+        ApiError::new(e.status(), e.body_text())
+    }
+}
+
 /// The one place a domain error becomes an HTTP status.
 impl From<Error> for ApiError {
     fn from(e: Error) -> Self {
@@ -175,8 +182,12 @@ fn progress<T: serde::Serialize>(p: Progress<T>, done: StatusCode) -> Response {
     }
 }
 
-/// The JSON body of a route, or the rejection as an [`ApiError`].
+/// The JSON body of a route, or the rejection as an [`ApiError`]. Bodies refuse fields they
+/// do not know, and the rejection names the field.
 type Body<T> = Result<Json<T>, JsonRejection>;
+
+/// The query parameters of a route, or the rejection as an [`ApiError`]; as strict as bodies.
+type Params<T> = Result<Query<T>, QueryRejection>;
 
 /// Proof that the request carried a valid admin API key.
 pub struct Admin;
@@ -209,9 +220,12 @@ async fn authorize(headers: &HeaderMap, state: &AppState) -> Result<Admin, ApiEr
         })?
         .to_str()
         .map_err(|_| unauthorized("the Authorization header is not valid text"))?;
+    // The scheme is case-insensitive (RFC 7235).
     let key = value
-        .strip_prefix("Bearer ")
+        .split_once(' ')
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("Bearer"))
         .ok_or_else(|| unauthorized("the Authorization header must be `Bearer <API key>`"))?
+        .1
         .trim();
     match SecretKind::of(key) {
         Some(SecretKind::HostCredential) => {
@@ -242,17 +256,81 @@ async fn authorize(headers: &HeaderMap, state: &AppState) -> Result<Admin, ApiEr
     }
 }
 
+/// The agent tunnel: a WebSocket upgrade, done here rather than by axum's extractor so that the
+/// session owns the stream under the WebSocket (after an over-size frame it reads on and
+/// discards the rest; see `tunnel::serve`).
 async fn connect(
     State(state): State<Arc<AppState>>,
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
-    ws: axum::extract::ws::WebSocketUpgrade,
+    mut req: axum::extract::Request,
 ) -> Response {
+    let headers = req.headers();
+    let has_token = |name: header::HeaderName, token: &str| {
+        headers.get_all(name).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+        })
+    };
+    if !has_token(header::CONNECTION, "upgrade") || !has_token(header::UPGRADE, "websocket") {
+        return ApiError::new(
+            StatusCode::UPGRADE_REQUIRED,
+            "/v1/connect is the agents' tunnel: a WebSocket upgrade (`corral agent` opens it)",
+        )
+        .into_response();
+    }
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .is_none_or(|v| v.as_bytes() != b"13")
+    {
+        return ApiError::new(StatusCode::BAD_REQUEST, "Sec-WebSocket-Version must be 13")
+            .into_response();
+    }
+    let Some(accept) = headers
+        .get(header::SEC_WEBSOCKET_KEY)
+        .map(|k| tungstenite::handshake::derive_accept_key(k.as_bytes()))
+    else {
+        return ApiError::new(StatusCode::BAD_REQUEST, "Sec-WebSocket-Key is missing")
+            .into_response();
+    };
+    let on_upgrade = hyper::upgrade::on(&mut req);
     let limit = state.options.max_message_bytes;
-    ws.max_message_size(limit)
-        .max_frame_size(limit)
+    let config = tungstenite::protocol::WebSocketConfig::default()
+        .max_message_size(Some(limit))
+        .max_frame_size(Some(limit))
         // Small buffers: an idle tunnel must cost little, so one server holds many thousands.
         .read_buffer_size(4 * 1024)
         .write_buffer_size(0)
-        .max_write_buffer_size(limit * 2)
-        .on_upgrade(move |socket| crate::tunnel::serve(state, socket, remote))
+        .max_write_buffer_size(limit * 2);
+    tokio::spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                let socket = tokio_tungstenite::WebSocketStream::from_raw_socket(
+                    hyper_util::rt::TokioIo::new(upgraded),
+                    tungstenite::protocol::Role::Server,
+                    Some(config),
+                )
+                .await;
+                crate::tunnel::serve(state, socket, remote).await;
+            }
+            Err(e) => tracing::debug!(%remote, error = %e, "a tunnel upgrade failed"),
+        }
+    });
+    let mut response = Response::new(axum::body::Body::empty());
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = response.headers_mut();
+    h.insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static("upgrade"),
+    );
+    h.insert(
+        header::UPGRADE,
+        header::HeaderValue::from_static("websocket"),
+    );
+    match header::HeaderValue::from_str(&accept) {
+        Ok(v) => {
+            h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+        }
+        Err(_) => return StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+    response
 }

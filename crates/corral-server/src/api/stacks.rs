@@ -10,7 +10,7 @@ use corral_proto::api::{ScaleRequest, StackSummary, StackView, UpRequest};
 use serde::Deserialize;
 
 use super::containers::{LogsQuery, text};
-use super::{Admin, ApiError, Body, created};
+use super::{Admin, ApiError, Body, Params, created};
 use crate::stacks;
 use crate::state::AppState;
 
@@ -40,6 +40,7 @@ pub(super) async fn get(
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(super) struct DownQuery {
     #[serde(default)]
     volumes: bool,
@@ -49,8 +50,9 @@ pub(super) async fn down(
     _: Admin,
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
-    Query(q): Query<DownQuery>,
+    q: Params<DownQuery>,
 ) -> Result<(StatusCode, Json<StackView>), ApiError> {
+    let Query(q) = q?;
     let view = stacks::down(&state, &name, q.volumes).await?;
     Ok((StatusCode::ACCEPTED, Json(view)))
 }
@@ -69,8 +71,9 @@ pub(super) async fn logs(
     _: Admin,
     State(state): State<Arc<AppState>>,
     Path((name, service)): Path<(String, String)>,
-    Query(q): Query<LogsQuery>,
+    q: Params<LogsQuery>,
 ) -> Result<Response, ApiError> {
+    let Query(q) = q?;
     Ok(text(
         stacks::logs(&state, &name, &service, q.follow, q.tail).await?,
     ))

@@ -367,13 +367,14 @@ pub async fn list(state: &AppState) -> Result<Vec<StackSummary>> {
     Ok(out)
 }
 
-/// Largest replica count `corral scale` accepts for one service.
-pub const MAX_REPLICAS: u32 = 10_000;
+/// Largest replica count of one service: one limit for `corral up` (the Compose loader) and
+/// `corral scale`.
+pub use corral_compose::limits::MAX_REPLICAS;
 
 pub async fn scale(state: &AppState, name: &str, req: ScaleRequest) -> Result<StackView> {
     if req.replicas > MAX_REPLICAS {
         return Err(bad(format!(
-            "{} replicas: the limit is {MAX_REPLICAS} per service",
+            "{} replicas is over the limit of {MAX_REPLICAS} per service",
             req.replicas
         )));
     }

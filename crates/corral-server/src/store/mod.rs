@@ -47,6 +47,28 @@ pub enum StoreError {
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
+/// Creates the datastore file with mode 0600 if it is missing, and makes it and SQLite's files
+/// beside it 0600 if they are not.
+fn make_private(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)?;
+    let private = || std::fs::Permissions::from_mode(0o600);
+    std::fs::set_permissions(path, private())?;
+    for suffix in ["-wal", "-shm"] {
+        let mut side = path.as_os_str().to_owned();
+        side.push(suffix);
+        match std::fs::set_permissions(&side, private()) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 #[derive(Clone)]
 pub struct Store {
     writer: SqlitePool,
@@ -294,8 +316,17 @@ const HOST_COLUMNS: &str = "id, environment_id, name, labels, token_id, hostname
 
 impl Store {
     /// Opens (creating if needed) the SQLite database at `path` and runs the migrations.
-    /// Columns that may carry secrets are sealed under `vault`.
+    /// Opens (or creates) the datastore at `path`. The file is made 0600 before SQLite opens
+    /// it, and SQLite gives its `-wal` and `-shm` files the mode of the database file; an
+    /// existing datastore's files are made 0600 too. Columns that may carry secrets are sealed
+    /// under `vault`.
     pub async fn open_sqlite(path: &Path, vault: Arc<Vault>) -> Result<Store> {
+        make_private(path).map_err(|e| {
+            StoreError::Db(sqlx::Error::Io(std::io::Error::new(
+                e.kind(),
+                format!("cannot make {} private (mode 0600): {e}", path.display()),
+            )))
+        })?;
         let url = format!("sqlite://{}", path.display());
         let opts = SqliteConnectOptions::from_str(&url)?
             .create_if_missing(true)
@@ -379,6 +410,25 @@ impl Store {
     pub async fn close(&self) {
         self.reader.close().await;
         self.writer.close().await;
+    }
+
+    // ---- the master key's check value ----------------------------------------------------
+
+    /// The value sealed under the master key when the datastore was made, if it has one.
+    pub async fn key_check(&self) -> Result<Option<Vec<u8>>> {
+        Ok(
+            sqlx::query_scalar("SELECT sealed FROM key_check WHERE id = 1")
+                .fetch_optional(&self.writer)
+                .await?,
+        )
+    }
+
+    pub async fn set_key_check(&self, sealed: &[u8]) -> Result<()> {
+        sqlx::query("INSERT INTO key_check (id, sealed) VALUES (1, ?) ON CONFLICT (id) DO UPDATE SET sealed = excluded.sealed")
+            .bind(sealed)
+            .execute(&self.writer)
+            .await?;
+        Ok(())
     }
 
     // ---- environments -------------------------------------------------------------------
@@ -982,6 +1032,16 @@ impl Store {
             "corral container ls",
         )?;
         Ok(self.open_containers(vec![row])?.remove(0))
+    }
+
+    /// The host a container belongs to, if there is such a container.
+    pub async fn container_host(&self, id: &str) -> Result<Option<String>> {
+        Ok(
+            sqlx::query_scalar("SELECT host_id FROM containers WHERE id = ?")
+                .bind(id)
+                .fetch_optional(&self.reader)
+                .await?,
+        )
     }
 
     pub async fn set_desired(&self, id: &str, desired: Desired, now: i64) -> Result<()> {

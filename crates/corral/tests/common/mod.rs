@@ -244,9 +244,9 @@ pub fn start_agent(
         &sd,
         "--name",
         name,
-        // Several agents share this machine in tests: each takes a free overlay port, and
-        // none joins the overlay (a TUN device and routes are per machine; tests/lab.rs gives
-        // each host a namespace of its own for that).
+        // Several agents share this machine in tests: none joins the overlay (a TUN device
+        // and routes are per machine; tests/lab.rs gives each host a namespace of its own for
+        // that), and so none binds an overlay socket either (the port would be a free one).
         "--overlay-port",
         "0",
         "--no-overlay",

@@ -60,6 +60,14 @@ pub struct ServerOptions {
     /// How long a host may be disconnected before the reconciler places its stack replicas
     /// elsewhere.
     pub reschedule_after: Duration,
+    /// Security and audit events older than this are deleted.
+    pub event_retention: Duration,
+    /// At most this many events are kept (the oldest go first).
+    pub event_max_rows: u64,
+    /// At most this many events of one kind from one host are recorded one by one per
+    /// `event_rate_window`; the rest are counted and recorded as one summary event.
+    pub event_rate_limit: u32,
+    pub event_rate_window: Duration,
 }
 
 impl ServerOptions {
@@ -74,6 +82,10 @@ impl ServerOptions {
             max_message_bytes: corral_proto::DEFAULT_MAX_MESSAGE_BYTES,
             command_ttl: Duration::from_secs(600),
             reschedule_after: Duration::from_secs(60),
+            event_retention: Duration::from_secs(30 * 86_400),
+            event_max_rows: 100_000,
+            event_rate_limit: 20,
+            event_rate_window: Duration::from_secs(60),
         }
     }
 }

@@ -15,6 +15,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("time_fmt", 0),
     ("secrets", 0),
     ("process", 0),
+    ("text", 0),
     ("store", 1),
     ("vault", 1),
     ("pki", 1),

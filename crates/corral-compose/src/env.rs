@@ -27,11 +27,9 @@ pub fn parse_env_file(name: &str, text: &str) -> Result<BTreeMap<String, String>
     for (i, raw_line) in text.lines().enumerate() {
         let lineno = (i + 1) as u64;
         let err = |message: String| LoadError {
-            file: Some(name.to_owned()),
             line: Some(lineno),
             column: Some(1),
-            path: None,
-            message,
+            ..LoadError::in_file(name, message)
         };
         let line = raw_line.trim_start_matches('\u{feff}').trim();
         if line.is_empty() || line.starts_with('#') {

@@ -2,6 +2,8 @@
 
 use std::fmt;
 
+use crate::limits::{MAX_MESSAGE_BYTES, MAX_NAME_BYTES};
+
 /// Where something was found: the file's name as given in [`crate::SourceFile::name`], and the
 /// 1-based line and column of the YAML node.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
@@ -32,6 +34,19 @@ pub struct LoadError {
     pub message: String,
 }
 
+/// `s` cut to at most `max` bytes (on a character boundary), saying how long it was.
+pub(crate) fn clip(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let suffix = format!("… ({} bytes)", s.len());
+    let mut keep = max.saturating_sub(suffix.len());
+    while !s.is_char_boundary(keep) {
+        keep -= 1;
+    }
+    format!("{}{suffix}", &s[..keep])
+}
+
 impl LoadError {
     /// An error with a message only.
     pub(crate) fn msg(message: impl Into<String>) -> Self {
@@ -40,14 +55,14 @@ impl LoadError {
             line: None,
             column: None,
             path: None,
-            message: message.into(),
+            message: clip(&message.into(), MAX_MESSAGE_BYTES),
         }
     }
 
     /// An error about a whole file.
     pub(crate) fn in_file(file: &str, message: impl Into<String>) -> Self {
         Self {
-            file: Some(file.to_owned()),
+            file: Some(clip(file, MAX_NAME_BYTES)),
             ..Self::msg(message)
         }
     }
@@ -63,28 +78,29 @@ impl LoadError {
             None => (None, None, None),
         };
         Self {
-            file,
+            file: file.map(|f| clip(&f, MAX_NAME_BYTES)),
             line,
             column,
-            path,
-            message: message.into(),
+            path: path.map(|p| clip(&p, MAX_NAME_BYTES)),
+            message: clip(&message.into(), MAX_MESSAGE_BYTES),
         }
     }
 }
 
 impl fmt::Display for LoadError {
+    /// At most about 1.5 KiB, however long the fields are.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if let Some(file) = &self.file {
-            write!(f, "{file}")?;
+            write!(f, "{}", clip(file, MAX_NAME_BYTES))?;
             if let (Some(line), Some(column)) = (self.line, self.column) {
                 write!(f, ":{line}:{column}")?;
             }
             write!(f, ": ")?;
         }
         if let Some(path) = &self.path {
-            write!(f, "{path}: ")?;
+            write!(f, "{}: ", clip(path, MAX_NAME_BYTES))?;
         }
-        write!(f, "{}", self.message)
+        write!(f, "{}", clip(&self.message, MAX_MESSAGE_BYTES))
     }
 }
 
@@ -136,10 +152,22 @@ pub struct Warning {
 }
 
 impl fmt::Display for Warning {
+    /// At most about 1.5 KiB, however long the fields are.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if let Some(loc) = &self.location {
-            write!(f, "{loc}: ")?;
+            write!(
+                f,
+                "{}:{}:{}: ",
+                clip(&loc.file, MAX_NAME_BYTES),
+                loc.line,
+                loc.column
+            )?;
         }
-        write!(f, "{}: {}", self.path, self.message)
+        write!(
+            f,
+            "{}: {}",
+            clip(&self.path, MAX_NAME_BYTES),
+            clip(&self.message, MAX_MESSAGE_BYTES)
+        )
     }
 }

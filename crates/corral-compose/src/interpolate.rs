@@ -231,13 +231,31 @@ fn cast(path: &[Seg], text: &str) -> Option<Value> {
     None
 }
 
-/// Interpolates every string value of a tree in place; each failure is returned with the path
-/// and node it happened at.
+/// Failures of [`interpolate_tree`]: the first [`crate::limits::MAX_ERRORS`] with the path and
+/// node they happened at, and how many more there were (a file of a million `${UNSET}` keeps
+/// 20 errors, not a million).
+#[derive(Debug, Default)]
+pub(crate) struct Failures {
+    pub kept: Vec<(Vec<Seg>, crate::node::Pos, InterpError)>,
+    pub more: usize,
+}
+
+impl Failures {
+    fn push(&mut self, path: &[Seg], pos: crate::node::Pos, e: InterpError) {
+        if self.kept.len() < crate::limits::MAX_ERRORS {
+            self.kept.push((path.to_vec(), pos, e));
+        } else {
+            self.more += 1;
+        }
+    }
+}
+
+/// Interpolates every string value of a tree in place; failures are counted in `errors`.
 pub(crate) fn interpolate_tree(
     node: &mut Node,
     vars: &BTreeMap<String, String>,
     path: &mut Vec<Seg>,
-    errors: &mut Vec<(Vec<Seg>, crate::node::Pos, InterpError)>,
+    errors: &mut Failures,
 ) {
     match &mut node.value {
         Value::Str(s) => {
@@ -248,7 +266,7 @@ pub(crate) fn interpolate_tree(
                 Ok(new) => {
                     node.value = cast(path, &new).unwrap_or(Value::Str(new));
                 }
-                Err(e) => errors.push((path.clone(), node.pos, e)),
+                Err(e) => errors.push(path, node.pos, e),
             }
         }
         Value::Seq(items) => {

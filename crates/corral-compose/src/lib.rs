@@ -15,7 +15,8 @@
 //!    from the env files and the caller's environment ([`Input::env`] wins over
 //!    [`Input::env_files`], like the shell over `.env` in Compose). An unset variable without a
 //!    default is an **error** (the spec says warning + empty string; see `interpolate`).
-//! 4. **merge** (`merge`) — the files, in order, by the spec's merge rules.
+//! 4. **merge** (`merge`) — the files, in order, by the spec's merge rules; then at most
+//!    [`limits::MAX_SERVICES`] services.
 //! 5. **extends** (`merge`) — `extends: { service: NAME }` within the merged files.
 //! 6. **schema** (`schema`) — the official compose-spec JSON schema, vendored in `schema/`
 //!    (Apache-2.0); violations carry their key path (`services.web.ports[0]`) and position.
@@ -84,7 +85,7 @@ pub use model::*;
 pub use project::SUPPORTED_SERVICE_KEYS;
 pub use schema::COMPOSE_SPEC_SCHEMA;
 
-use node::{Pos, Value, render_path};
+use node::{Node, Pos, Value, render_path};
 
 /// A file as the CLI sent it: its name (used in messages and to match `env_file:` entries) and
 /// its text.
@@ -136,8 +137,21 @@ fn location(files: &[String], pos: Pos) -> Option<Location> {
     })
 }
 
-fn fail(mut errors: Vec<LoadError>) -> LoadErrors {
+fn fail(errors: Vec<LoadError>) -> LoadErrors {
+    fail_counted(errors, 0)
+}
+
+/// The first [`limits::MAX_ERRORS`] errors, and a last one saying how many more there were
+/// (those past the limit, and `more` that were only counted).
+fn fail_counted(mut errors: Vec<LoadError>, more: usize) -> LoadErrors {
+    let more = more + errors.len().saturating_sub(limits::MAX_ERRORS);
     errors.truncate(limits::MAX_ERRORS);
+    if more > 0 {
+        errors.push(LoadError::msg(format!(
+            "… and {more} more error{} not shown",
+            if more == 1 { "" } else { "s" }
+        )));
+    }
     LoadErrors { errors }
 }
 
@@ -210,19 +224,21 @@ pub fn load(input: &Input) -> Result<Loaded, LoadErrors> {
     }
 
     // 3. Interpolate (each file on its own, so errors point into it).
+    let mut more = 0;
     for doc in &mut docs {
-        let mut found = Vec::new();
+        let mut found = interpolate::Failures::default();
         interpolate::interpolate_tree(doc, &vars, &mut Vec::new(), &mut found);
-        for (path, pos, e) in found {
+        for (path, pos, e) in found.kept {
             errors.push(LoadError::at(
                 location(&names, pos),
                 Some(render_path(&path)),
                 e.to_string(),
             ));
         }
+        more += found.more;
     }
     if !errors.is_empty() {
-        return Err(fail(errors));
+        return Err(fail_counted(errors, more));
     }
 
     // 4. Merge.
@@ -230,6 +246,17 @@ pub fn load(input: &Input) -> Result<Loaded, LoadErrors> {
         merge::normalize(doc);
     }
     let mut doc = merge::merge_files(docs);
+    // Before the schema and the typed project, whose cost grows with the services.
+    if let Some(services) = doc.get("services").and_then(Node::as_map)
+        && services.len() > limits::MAX_SERVICES
+    {
+        return Err(LoadError::msg(format!(
+            "{} services; the limit is {} per project",
+            services.len(),
+            limits::MAX_SERVICES
+        ))
+        .into());
+    }
 
     // The top-level `name` (newer than the vendored schema).
     let declared_name = match doc.remove("name") {
@@ -303,13 +330,14 @@ pub fn load(input: &Input) -> Result<Loaded, LoadErrors> {
         env: &input.env,
         env_files: &referenced,
         warnings: Vec::new(),
+        more_warnings: 0,
         errors: Vec::new(),
     };
     let project = project::build(&mut cx, &doc, name);
     match project {
         Some(project) if cx.errors.is_empty() => Ok(Loaded {
             project,
-            warnings: cx.warnings,
+            warnings: cx.finish_warnings(),
         }),
         _ => {
             if cx.errors.is_empty() {
@@ -337,7 +365,7 @@ pub fn env_file_references(input: &Input) -> Vec<String> {
         let Ok(mut doc) = yaml::parse(&f.name, &f.text, i) else {
             continue;
         };
-        interpolate::interpolate_tree(&mut doc, &vars, &mut Vec::new(), &mut Vec::new());
+        interpolate::interpolate_tree(&mut doc, &vars, &mut Vec::new(), &mut Default::default());
         let Some(services) = doc.get("services").and_then(|s| s.as_map()) else {
             continue;
         };

@@ -20,8 +20,18 @@ pub const MAX_YAML_DEPTH: usize = 20;
 pub const MAX_INTERPOLATION_DEPTH: usize = 16;
 /// Longest string any interpolation may produce.
 pub const MAX_INTERPOLATED_BYTES: usize = 1024 * 1024;
-/// Most errors reported at once (schema violations in particular).
+/// Most errors reported at once (schema violations in particular); when there were more, one
+/// last error says how many.
 pub const MAX_ERRORS: usize = 20;
+/// Most warnings listed; when there are more, one last warning says how many.
+pub const MAX_WARNINGS: usize = 100;
+/// Longest message an error or a warning keeps, in bytes (a longer one is cut and says how
+/// long it was).
+pub const MAX_MESSAGE_BYTES: usize = 1024;
+/// Longest file name or key path an error or a warning keeps, in bytes.
+pub const MAX_NAME_BYTES: usize = 256;
+/// Most services in one project (all files merged).
+pub const MAX_SERVICES: usize = 1000;
 /// Most replicas a service may ask for, in a Compose file and with `corral scale` alike (the
 /// server's `scale` uses this constant).
 pub const MAX_REPLICAS: u32 = 1000;

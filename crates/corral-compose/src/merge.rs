@@ -14,7 +14,7 @@
 //! the extending service on top, with the same rules, recursively; a cycle is an error.
 //! `extends.file` is refused: corral receives files, not a directory to read other files from.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use crate::node::{Key, Node, Pos, Seg, Value};
 
@@ -43,9 +43,21 @@ fn list_to_map(node: &mut Node) {
             Some((k, v)) => (k, Node::new(item.pos, Value::Str(v.to_owned()))),
             None => (s, Node::new(item.pos, Value::Null)),
         };
-        entries.retain(|(existing, _)| existing.name != k);
         entries.push((key(k, item.pos), v));
     }
+    // A later entry for a name wins and takes its place (in linear time: the last index of
+    // each name, then the entries at those indexes).
+    let mut last: HashMap<&str, usize> = HashMap::new();
+    for (i, (k, _)) in entries.iter().enumerate() {
+        last.insert(k.name.as_str(), i);
+    }
+    let keep: HashSet<usize> = last.into_values().collect();
+    let entries = entries
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| keep.contains(i))
+        .map(|(_, e)| e)
+        .collect();
     node.value = Value::Map(entries);
 }
 
@@ -105,8 +117,9 @@ pub(crate) fn normalize(doc: &mut Node) {
     }
 }
 
-fn same(a: &Node, b: &Node) -> bool {
-    a.to_json() == b.to_json()
+/// Two entries are equal when their JSON forms are.
+fn fingerprint(n: &Node) -> String {
+    n.to_json().to_string()
 }
 
 /// Container path of a service volume entry (short or long syntax).
@@ -131,14 +144,22 @@ pub(crate) fn merge(base: &mut Node, over: Node, path: &mut Vec<Seg>) {
         _ => None,
     };
     let is_service_volumes = last == Some("volumes") && path.len() == 3;
+    // Every step below is linear in the sizes of `base` and `over` (indexes by name, by
+    // value and by mount target), so files with long lists or many keys merge quickly.
     match (&mut base.value, over.value) {
         (Value::Map(base_entries), Value::Map(over_entries)) => {
+            let mut index: HashMap<String, usize> = base_entries
+                .iter()
+                .enumerate()
+                .map(|(i, (k, _))| (k.name.clone(), i))
+                .collect();
             for (k, v) in over_entries {
-                if let Some(slot) = base_entries.iter_mut().find(|(bk, _)| bk.name == k.name) {
+                if let Some(&i) = index.get(&k.name) {
                     path.push(Seg::Key(k.name.clone()));
-                    merge(&mut slot.1, v, path);
+                    merge(&mut base_entries[i].1, v, path);
                     path.pop();
                 } else {
+                    index.insert(k.name.clone(), base_entries.len());
                     base_entries.push((k, v));
                 }
             }
@@ -146,14 +167,38 @@ pub(crate) fn merge(base: &mut Node, over: Node, path: &mut Vec<Seg>) {
         (Value::Seq(base_items), Value::Seq(over_items))
             if !last.is_some_and(|l| REPLACED_SEQUENCES.contains(&l)) =>
         {
-            for item in over_items {
-                if is_service_volumes && let Some(target) = volume_target(&item) {
-                    base_items.retain(|b| volume_target(b).as_deref() != Some(target.as_str()));
-                    base_items.push(item);
-                    continue;
+            // A mount for a container path replaces every earlier mount for that path (the
+            // last one for a path wins); other entries are appended unless equal to one
+            // already there. Mounts and other entries are never equal (an equal entry has the
+            // same target), so the two rules do not interact.
+            let targets: Vec<Option<String>> = over_items
+                .iter()
+                .map(|i| is_service_volumes.then(|| volume_target(i)).flatten())
+                .collect();
+            let mut last_for: HashMap<&str, usize> = HashMap::new();
+            for (i, t) in targets.iter().enumerate() {
+                if let Some(t) = t {
+                    last_for.insert(t.as_str(), i);
                 }
-                if !base_items.iter().any(|b| same(b, &item)) {
-                    base_items.push(item);
+            }
+            if !last_for.is_empty() {
+                base_items.retain(|b| {
+                    volume_target(b).is_none_or(|t| !last_for.contains_key(t.as_str()))
+                });
+            }
+            let mut present: HashSet<String> = base_items.iter().map(fingerprint).collect();
+            for (i, (item, target)) in over_items.into_iter().zip(&targets).enumerate() {
+                match target {
+                    Some(t) => {
+                        if last_for.get(t.as_str()) == Some(&i) {
+                            base_items.push(item);
+                        }
+                    }
+                    None => {
+                        if present.insert(fingerprint(&item)) {
+                            base_items.push(item);
+                        }
+                    }
                 }
             }
         }

@@ -303,9 +303,12 @@ impl<'de> Visitor<'de> for RawVisitor {
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Raw, A::Error> {
         let mut entries: Vec<(Spanned<RawKey>, Spanned<Raw>)> = Vec::new();
+        // A set beside the list: a mapping of many keys is checked in linear time, not
+        // quadratic.
+        let mut seen = std::collections::HashSet::new();
         while let Some(key) = map.next_key::<Spanned<RawKey>>()? {
             let value = map.next_value::<Spanned<Raw>>()?;
-            if entries.iter().any(|(k, _)| k.value.0 == key.value.0) {
+            if !seen.insert(key.value.0.clone()) {
                 return Err(de::Error::custom(format!(
                     "duplicate key `{}` at line {}",
                     key.value.0,

@@ -5,8 +5,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use crate::error::{LoadError, Location, Warning};
+use crate::error::{LoadError, Location, Warning, clip};
 use crate::limits;
+use crate::limits::{MAX_MESSAGE_BYTES, MAX_NAME_BYTES};
 use crate::model::*;
 use crate::node::{Node, Pos, Seg, Value, render_path};
 use crate::parse;
@@ -41,6 +42,8 @@ pub(crate) struct Cx<'a> {
     /// `env_file:` contents by normalized name.
     pub env_files: &'a BTreeMap<String, BTreeMap<String, String>>,
     pub warnings: Vec<Warning>,
+    /// Warnings past [`limits::MAX_WARNINGS`], counted.
+    pub more_warnings: usize,
     pub errors: Vec<LoadError>,
 }
 
@@ -69,12 +72,38 @@ impl Cx<'_> {
             .push(LoadError::at(loc, Some(render_path(path)), message));
     }
 
+    /// Keeps the first [`limits::MAX_WARNINGS`] warnings and counts the rest (see
+    /// [`Cx::finish_warnings`]).
     fn warn(&mut self, path: &[Seg], pos: Pos, message: impl Into<String>) {
+        if self.warnings.len() >= limits::MAX_WARNINGS {
+            self.more_warnings += 1;
+            return;
+        }
         self.warnings.push(Warning {
-            path: render_path(path),
-            location: self.location(pos),
-            message: message.into(),
+            path: clip(&render_path(path), MAX_NAME_BYTES),
+            location: self.location(pos).map(|mut l| {
+                l.file = clip(&l.file, MAX_NAME_BYTES);
+                l
+            }),
+            message: clip(&message.into(), MAX_MESSAGE_BYTES),
         });
+    }
+
+    /// The warnings, the last one saying how many more there were past the limit.
+    pub fn finish_warnings(&mut self) -> Vec<Warning> {
+        let mut warnings = std::mem::take(&mut self.warnings);
+        if self.more_warnings > 0 {
+            warnings.push(Warning {
+                path: "…".to_owned(),
+                location: None,
+                message: format!(
+                    "{} more warnings not shown (at most {} are listed)",
+                    self.more_warnings,
+                    limits::MAX_WARNINGS
+                ),
+            });
+        }
+        warnings
     }
 
     /// Warns that the key at `path` is ignored.

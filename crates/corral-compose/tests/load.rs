@@ -676,3 +676,116 @@ fn missing_env_file_is_an_error() {
     });
     assert!(err.mentions("env file `a.env` was not provided"), "{err}");
 }
+
+fn files(texts: Vec<String>) -> Input {
+    Input {
+        files: texts
+            .into_iter()
+            .enumerate()
+            .map(|(i, t)| SourceFile::new(format!("c{i}.yaml"), t))
+            .collect(),
+        project_name: Some("test".into()),
+        ..Input::default()
+    }
+}
+
+#[test]
+fn warnings_and_errors_are_bounded_however_large_the_input() {
+    // 5,000 ignored keys: 100 warnings named, and one saying how many more.
+    let mut text = String::from("services:\n  web:\n    image: x\n");
+    for i in 0..5_000 {
+        text.push_str(&format!("x-{i}: 0\n"));
+    }
+    let loaded = load_ok(&files(vec![text]));
+    assert_eq!(loaded.warnings.len(), limits::MAX_WARNINGS + 1);
+    let last = loaded.warnings.last().unwrap().to_string();
+    assert!(last.contains("4900 more warnings not shown"), "{last}");
+    let shown: usize = loaded.warnings.iter().map(|w| w.to_string().len()).sum();
+    assert!(shown < 16 * 1024, "{shown} bytes of warnings");
+
+    // 20,000 unset variables in each of 2 files: 20 errors kept, the rest counted.
+    let mut text = String::from("services:\n  web:\n    image: x\n    command:\n");
+    for _ in 0..20_000 {
+        text.push_str("    - ${UNSET}\n");
+    }
+    let e = load_err(&files(vec![text; 2]));
+    assert_eq!(e.errors.len(), limits::MAX_ERRORS + 1);
+    assert!(
+        e.errors[limits::MAX_ERRORS]
+            .to_string()
+            .contains("39980 more errors not shown"),
+        "{e}"
+    );
+
+    // A schema violation quoting a long value, and a long file name, are cut.
+    let list: Vec<String> = (0..20_000).map(|i| i.to_string()).collect();
+    let text = format!(
+        "services:\n  web:\n    image: x\n    expose: {{ a: [{}] }}\n",
+        list.join(", ")
+    );
+    let e = load_err(&files(vec![text]));
+    assert!(e.to_string().len() < 2048, "{} bytes", e.to_string().len());
+    let e = load_err(&Input {
+        files: vec![SourceFile::new("f".repeat(100_000), "services: [")],
+        project_name: Some("test".into()),
+        ..Input::default()
+    });
+    let text = e.to_string();
+    assert!(
+        text.len() < 2048 && text.contains("(100000 bytes)"),
+        "{text}"
+    );
+}
+
+#[test]
+fn long_lists_and_many_keys_merge_in_linear_time() {
+    // Four files, each with lists of 12,000 entries and 12,000 keys. Merging used to compare
+    // every entry with every other (for the lists, by their JSON encodings): about 70 s in
+    // a debug build; now about 2.
+    let texts: Vec<String> = (0..4)
+        .map(|f| {
+            let mut t = String::from("services:\n  web:\n    image: x\n    expose:\n");
+            let mut env = String::from("    environment:\n");
+            let mut volumes = String::from("    volumes:\n");
+            let mut keys = String::new();
+            for i in 0..12_000 {
+                t.push_str(&format!("      - {}\n", f * 6_000 + i + 1));
+                env.push_str(&format!("      - V{}=1\n", i % 9_000));
+                volumes.push_str(&format!("      - /h{i}:/c{}\n", i % 9_000));
+                keys.push_str(&format!("x-a{i}: {f}\n"));
+            }
+            t + &env + &volumes + &keys
+        })
+        .collect();
+    let start = Instant::now();
+    let loaded = load_ok(&files(texts));
+    let took = start.elapsed();
+    let web = &loaded.project.services["web"];
+    assert_eq!(web.expose.len(), 30_000, "appended without duplicates");
+    assert_eq!(web.environment.len(), 9_000);
+    assert_eq!(web.volumes.len(), 9_000, "the last mount for a path wins");
+    assert!(took < Duration::from_secs(20), "{took:?}");
+}
+
+#[test]
+fn a_project_has_at_most_1000_services() {
+    let text = |n: usize| {
+        let mut t = String::from("services:\n");
+        for i in 0..n {
+            t.push_str(&format!("  s{i}: {{ image: x }}\n"));
+        }
+        t
+    };
+    assert_eq!(
+        load_ok(&files(vec![text(limits::MAX_SERVICES)]))
+            .project
+            .services
+            .len(),
+        1000
+    );
+    let e = load_err(&files(vec![text(limits::MAX_SERVICES + 1)]));
+    assert!(
+        e.mentions("1001 services; the limit is 1000 per project"),
+        "{e}"
+    );
+}

@@ -9,8 +9,11 @@
 //!   depends on: when a disconnected host counts as lost, when a host or a replica is ready.
 //! - [`overlay`]: overlay address leases and each host's overlay configuration.
 //! - [`states`]: the states of containers and stacks as the control plane records them.
+//! - [`unplaced`]: replicas that cannot be placed, grouped by reason with counts (bounded,
+//!   however many replicas there are).
 
 pub mod define;
 pub mod overlay;
 pub mod reconcile;
 pub mod states;
+pub mod unplaced;

@@ -31,6 +31,7 @@ use corral_scheduler::{self as sched, Existing, RemovalReason, ServiceRef};
 
 use crate::define::{DependsOn, ServiceDef};
 use crate::states::{self, Actual, Desired};
+use crate::unplaced::Unplaced;
 
 /// A desired service.
 #[derive(Debug, Clone)]
@@ -117,8 +118,8 @@ pub enum Action {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Decision {
     pub actions: Vec<Action>,
-    /// Service → why replicas could not be placed.
-    pub unplaced: BTreeMap<String, Vec<String>>,
+    /// Service → its replicas that could not be placed, grouped by reason (bounded).
+    pub unplaced: BTreeMap<String, Unplaced>,
     /// Service → what it waits for.
     pub waiting: BTreeMap<String, String>,
     /// Services that started an update batch in this pass.
@@ -525,7 +526,7 @@ fn schedule(
         d.unplaced
             .entry(u.service.clone())
             .or_default()
-            .push(u.to_string());
+            .add(u.slot, &format!("no host fits — {}", u.reasons.join("; ")));
     }
     for rm in plan.removals {
         if rm.reason == RemovalReason::HostGone {
@@ -1232,7 +1233,7 @@ mod tests {
         w.services[0].def.constraints = vec!["node.labels.zone == eu".parse().unwrap()];
         let d = w.decide();
         assert!(d.actions.is_empty(), "no further removal: {d:?}");
-        assert_eq!(d.unplaced["web"].len(), 1);
+        assert_eq!(d.unplaced["web"].count, 1);
         // Nor while it backs off after a failed start.
         let mut w = outdated_world(1, false).remember(
             "web",
@@ -1516,12 +1517,13 @@ mod tests {
         );
         let decision = w.decide();
         assert!(runs(&decision).is_empty());
-        let why = &decision.unplaced["web"];
-        assert_eq!(why.len(), 2, "{why:?}");
-        for line in why {
+        let unplaced = &decision.unplaced["web"];
+        assert_eq!(unplaced.count, 2, "{unplaced:?}");
+        let why = unplaced.lines("web");
+        for line in &why {
             assert!(line.contains("zone=eu"), "{line}");
         }
-        assert!(why[0].starts_with("web.1"), "{why:?}");
+        assert!(why[0].starts_with("web.1, web.2: no host fits"), "{why:?}");
 
         w.hosts.push(labelled(ready_host("h3"), "zone", "eu"));
         let decision = w.decide();
@@ -1540,8 +1542,8 @@ mod tests {
         );
         let d = w.decide();
         assert_eq!(d.actions, [run("web", 1, "h1")]);
-        assert_eq!(d.unplaced["web"].len(), 1);
-        assert!(d.unplaced["web"][0].contains("8080"), "{d:?}");
+        assert_eq!(d.unplaced["web"].count, 1);
+        assert!(d.unplaced["web"].lines("web")[0].contains("8080"), "{d:?}");
     }
 
     #[test]
@@ -1562,7 +1564,7 @@ mod tests {
         let d = w.decide();
         assert_eq!(d.actions, [run("web", 1, "h2")]);
         assert!(
-            d.unplaced["web"][0].contains("h1 port 8080/tcp taken"),
+            d.unplaced["web"].lines("web")[0].contains("h1 port 8080/tcp taken"),
             "{d:?}"
         );
     }

@@ -102,7 +102,11 @@ pub struct HostView {
     pub overlay_subnet: Option<String>,
 }
 
-/// One audit or security event of `GET /v1/events`.
+/// Most events one `GET /v1/events?limit=N` returns; a larger `limit` is refused (400).
+pub const MAX_EVENTS_PER_REQUEST: u32 = 1_000;
+
+/// One audit or security event of `GET /v1/events` (its message at most 1 KiB: longer ones
+/// are cut and say how long they were).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EventView {
     /// The event's number; later events have larger ones.
@@ -382,8 +386,12 @@ pub struct ServiceView {
     pub outdated: u32,
     /// Published ports, `HOSTPORT:CONTAINERPORT/tcp` or `…/udp`.
     pub ports: Vec<String>,
-    /// Why replicas could not be placed ("web.3: no host fits — …").
+    /// Why replicas could not be placed, grouped by reason ("web.3: no host fits — …",
+    /// "web.1, web.2, web.3 and 997 more: no host fits — …"); a few lines at most.
     pub unplaced: Vec<String>,
+    /// How many replicas could not be placed.
+    #[serde(default)]
+    pub unplaced_count: u64,
     /// What the service waits for before it starts (its `depends_on`).
     #[serde(default)]
     pub waiting: Option<String>,

@@ -75,6 +75,14 @@ pub struct ServerOptions {
     pub max_unauthenticated: usize,
     /// Start a new datastore in a data dir whose datastore is missing or empty (`--init`).
     pub init: bool,
+    /// Security and audit events older than this are deleted.
+    pub event_retention: Duration,
+    /// At most this many events are kept (the oldest go first).
+    pub event_max_rows: u64,
+    /// At most this many events of one kind from one host are recorded one by one per
+    /// `event_rate_window`; the rest are counted and recorded as one summary event.
+    pub event_rate_limit: u32,
+    pub event_rate_window: Duration,
 }
 
 impl ServerOptions {
@@ -91,6 +99,10 @@ impl ServerOptions {
             reschedule_after: Duration::from_secs(60),
             max_unauthenticated: DEFAULT_MAX_UNAUTHENTICATED,
             init: false,
+            event_retention: Duration::from_secs(30 * 86_400),
+            event_max_rows: 100_000,
+            event_rate_limit: 20,
+            event_rate_window: Duration::from_secs(60),
         }
     }
 }

@@ -22,6 +22,7 @@ use crate::secrets::new_id;
 use crate::state::AppState;
 pub use crate::state::waiters::Outcome;
 use crate::store::{Completion, StoreError};
+use crate::text::{MAX_ID, quoted};
 use crate::time_fmt::now_unix;
 
 /// How long past a command's deadline a waiter still waits (the expiry sweep runs every
@@ -191,27 +192,30 @@ pub async fn on_reply(state: &AppState, host_id: &str, command_id: &str, result:
         Completion::WrongHost { owner } => (
             "forged_reply",
             format!(
-                "host {host_id} replied to command {command_id}, which was addressed to host {owner}; the reply was dropped"
+                "host {host_id} replied to command {}, which was addressed to host {owner}; the reply was dropped",
+                quoted(command_id, MAX_ID)
             ),
         ),
         Completion::AlreadyFinished { state } => (
             "replayed_reply",
             format!(
-                "host {host_id} replied again to command {command_id}, already {state}; the reply was dropped"
+                "host {host_id} replied again to command {}, already {state}; the reply was dropped",
+                quoted(command_id, MAX_ID)
             ),
         ),
         Completion::Unknown => (
             "unknown_reply",
             format!(
-                "host {host_id} replied to command {command_id:?}, which does not exist; the reply was dropped"
+                "host {host_id} replied to command {}, which does not exist; the reply was dropped",
+                quoted(command_id, MAX_ID)
             ),
         ),
     };
-    tracing::warn!(host = %host_id, command = %command_id, kind = event.0, "{}", event.1);
-    let _ = state
-        .store
-        .record_event(now, event.0, Some(host_id), &event.1)
-        .await;
+    // Rate limited per host and kind: what is only counted is logged and recorded in a summary
+    // when its window ends.
+    if state.record_event(event.0, Some(host_id), &event.1).await {
+        tracing::warn!(host = %host_id, kind = event.0, "{}", event.1);
+    }
 }
 
 /// How many commands a session reads from the datastore at a time.

@@ -6,9 +6,10 @@
 //! The modules form layers; a module imports only modules of lower layers (the root, which
 //! composes them, excepted). `tests/layers.rs` enforces it.
 //!
-//! 1. Foundation: [`time_fmt`], [`secrets`], [`process`], [`vault`] (secrets sealed under the
-//!    master key); then [`store`] (the datastore, which seals what may carry secrets), [`pki`]; then [`error`] (the domain error) and
-//!    [`bootstrap`] (first start and restart of a data dir).
+//! 1. Foundation: [`time_fmt`], [`secrets`], [`process`], [`text`] (bounded text), [`vault`]
+//!    (secrets sealed under the master key); then [`store`] (the datastore, which seals what
+//!    may carry secrets), [`pki`]; then [`error`] (the domain error) and [`bootstrap`] (first
+//!    start and restart of a data dir).
 //! 2. [`state`]: what a running server holds — [`state::AppState`], the live tunnels
 //!    ([`state::registry`]), command waiters, log streams, the reconciler's and the overlay
 //!    sync's memory.
@@ -38,6 +39,7 @@ pub mod secrets;
 pub mod stacks;
 pub mod state;
 pub mod store;
+pub mod text;
 pub mod time_fmt;
 pub mod tokens;
 pub mod topology;
@@ -126,6 +128,10 @@ pub async fn start(options: ServerOptions) -> Result<RunningServer, ServerError>
         vault: boot.vault,
         overlay: Default::default(),
         gate: Arc::new(state::gate::Gate::new(options.max_unauthenticated)),
+        events: state::events::EventLimiter::new(
+            options.event_rate_limit,
+            options.event_rate_window,
+        ),
         advertise_url: boot.advertise_url.clone(),
         checksum: boot.checksum,
         local_port: local_addr.port(),
@@ -139,6 +145,7 @@ pub async fn start(options: ServerOptions) -> Result<RunningServer, ServerError>
     tokio::spawn(dispatch::expiry_loop(state.clone()));
     tokio::spawn(stacks::reconciler::run(state.clone()));
     tokio::spawn(overlay::run(state.clone()));
+    tokio::spawn(state::events::run(state.clone()));
     let app = api::router(state.clone());
     let handle = axum_server::Handle::new();
     let make = app.into_make_service_with_connect_info::<SocketAddr>();

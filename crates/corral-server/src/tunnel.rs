@@ -247,10 +247,8 @@ async fn admit(
             name,
             removed_at,
         } => {
-            let _ = state
-                .store
+            state
                 .record_event(
-                    now,
                     "removed_host_refused",
                     Some(&host_id),
                     &format!("removed host {name} tried to connect from {remote}"),

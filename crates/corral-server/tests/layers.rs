@@ -16,6 +16,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("secrets", 0),
     ("process", 0),
     ("vault", 0),
+    ("text", 0),
     ("store", 1),
     ("pki", 1),
     ("error", 2),

@@ -98,8 +98,8 @@ pub enum Command {
     Events {
         #[command(flatten)]
         conn: Conn,
-        /// How many of the latest events to show.
-        #[arg(long, default_value_t = 50)]
+        /// How many of the latest events to show (at most 1000).
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=i64::from(corral_proto::api::MAX_EVENTS_PER_REQUEST)))]
         limit: u32,
         #[command(flatten)]
         out: Out,
@@ -185,6 +185,19 @@ pub struct ServerArgs {
     /// closes the oldest of them. Authenticated agents and API clients never count.
     #[arg(long, default_value_t = corral_server::bootstrap::DEFAULT_MAX_UNAUTHENTICATED)]
     pub max_unauthenticated_connections: usize,
+    /// Delete security and audit events older than this.
+    #[arg(long, default_value = "30d", value_parser = parse_positive_duration)]
+    pub event_retention: std::time::Duration,
+    /// Keep at most this many events (the oldest are deleted first).
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub event_max_rows: u64,
+    /// Record at most this many events of one kind from one host per minute one by one; the
+    /// rest are counted and recorded as one summary event when the minute ends.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
+    pub event_rate_limit: u32,
+    /// The window of --event-rate-limit.
+    #[arg(long, default_value = "60s", value_parser = parse_positive_duration, hide = true)]
+    pub event_rate_window: std::time::Duration,
     /// Maximum size of one tunnel message.
     #[arg(long, default_value_t = corral_proto::DEFAULT_MAX_MESSAGE_BYTES, hide = true)]
     pub max_message_bytes: usize,
@@ -234,6 +247,15 @@ pub struct AgentArgs {
     /// network; this host's containers are reachable only on their published ports.
     #[arg(long)]
     pub no_overlay: bool,
+}
+
+/// A duration of at least one second.
+fn parse_positive_duration(s: &str) -> Result<std::time::Duration, String> {
+    let d = crate::duration::parse_duration(s)?;
+    if d.as_secs() == 0 {
+        return Err(format!("{s:?} is shorter than a second"));
+    }
+    Ok(d)
 }
 
 pub fn parse_label(s: &str) -> Result<(String, String), String> {

@@ -142,6 +142,10 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
     options.reschedule_after = args.reschedule_after;
     options.max_unauthenticated = args.max_unauthenticated_connections;
     options.init = args.init;
+    options.event_retention = args.event_retention;
+    options.event_max_rows = args.event_max_rows;
+    options.event_rate_limit = args.event_rate_limit;
+    options.event_rate_window = args.event_rate_window;
     let running = corral_server::start(options).await?;
     let admin_env = running.admin_env.display().to_string();
     println!("corral server {} is running", env!("CARGO_PKG_VERSION"));

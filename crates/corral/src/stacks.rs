@@ -233,7 +233,11 @@ async fn wait_converged(
             }
             let mut why = Vec::new();
             for s in &view.services {
-                if s.ready != s.desired || !s.unplaced.is_empty() || s.outdated > 0 {
+                if s.ready != s.desired
+                    || s.unplaced_count > 0
+                    || !s.unplaced.is_empty()
+                    || s.outdated > 0
+                {
                     why.push(format!(
                         "  {}: {}/{} ready{}",
                         s.name,
@@ -274,7 +278,10 @@ fn service_progress(s: &ServiceView) -> String {
     if let Some(w) = &s.waiting {
         parts.push(w.clone());
     }
-    if !s.unplaced.is_empty() {
+    if s.unplaced_count > 0 {
+        parts.push(format!("{} unplaced", s.unplaced_count));
+    } else if !s.unplaced.is_empty() {
+        // A server that does not count them.
         parts.push(format!("{} unplaced", s.unplaced.len()));
     }
     if let Some(e) = &s.last_error {

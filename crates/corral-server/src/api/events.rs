@@ -1,13 +1,15 @@
-//! `GET /v1/events`: the latest audit and security events (the newest `limit`, oldest first).
+//! `GET /v1/events`: the latest audit and security events (the newest `limit`, oldest first;
+//! 100 by default, at most [`MAX_EVENTS_PER_REQUEST`], so an answer stays near 1 MiB at most).
 
 use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{Query, State};
-use corral_proto::api::EventView;
+use corral_proto::api::{EventView, MAX_EVENTS_PER_REQUEST};
 use serde::Deserialize;
 
 use super::{Admin, ApiError, Params};
+use crate::error::Error;
 use crate::state::AppState;
 use crate::time_fmt::rfc3339;
 
@@ -23,7 +25,13 @@ pub(super) async fn list(
     q: Params<EventsQuery>,
 ) -> Result<Json<Vec<EventView>>, ApiError> {
     let Query(q) = q?;
-    let limit = q.limit.unwrap_or(100).clamp(1, 10_000);
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=i64::from(MAX_EVENTS_PER_REQUEST)).contains(&limit) {
+        return Err(Error::invalid(format!(
+            "limit={limit}: ask for 1 to {MAX_EVENTS_PER_REQUEST} events per request (the newest come back, oldest first)"
+        ))
+        .into());
+    }
     let events = state.store.events(limit).await?;
     Ok(Json(
         events

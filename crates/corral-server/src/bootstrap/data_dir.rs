@@ -207,11 +207,19 @@ mod tests {
     fn what_a_data_dir_may_start_as() {
         let t = tempfile::tempdir().unwrap();
         let dir = t.path().join("d");
-        assert_eq!(prepare(&dir, false, true).unwrap(), Start::New, "missing dir");
+        assert_eq!(
+            prepare(&dir, false, true).unwrap(),
+            Start::New,
+            "missing dir"
+        );
         let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o700);
         std::fs::write(dir.join("notes"), b"x").unwrap();
-        assert_eq!(prepare(&dir, false, true).unwrap(), Start::New, "foreign files");
+        assert_eq!(
+            prepare(&dir, false, true).unwrap(),
+            Start::New,
+            "foreign files"
+        );
         assert_eq!(
             prepare(&dir, true, true).unwrap(),
             Start::New,

@@ -17,6 +17,7 @@ use corral_compose as compose;
 use corral_control::define::{self, ServiceDef};
 use corral_control::reconcile;
 use corral_control::states::{Desired, StackState, is_ready};
+use corral_control::unplaced::{self, thousands};
 use corral_proto::ImageCheck;
 use corral_proto::api::{
     ReplicaView, ScaleRequest, ServiceView, StackSummary, StackView, UpRequest, UpResponse,
@@ -25,7 +26,7 @@ use corral_proto::api::{
 use crate::dispatch::{self, CallError};
 use crate::error::{Error, Result};
 use crate::state::AppState;
-use crate::store::{ContainerRow, ServiceRow, StackRow, StackWrite};
+use crate::store::{ContainerRow, ServiceRow, SetReplicas, StackRow, StackWrite};
 use crate::time_fmt::{now_unix, rfc3339};
 
 /// Largest `corral up` request: every Compose file at its limit, plus env files.
@@ -39,6 +40,24 @@ fn bad(message: impl Into<String>) -> Error {
 
 fn unprocessable(message: impl Into<String>) -> Error {
     Error::Refused(message.into())
+}
+
+/// The first [`compose::limits::MAX_ERRORS`] errors, each cut to 1 KiB, and how many more
+/// there were.
+fn first_errors(errors: &[String]) -> String {
+    let mut lines: Vec<String> = errors
+        .iter()
+        .take(compose::limits::MAX_ERRORS)
+        .map(|e| crate::text::clip(e, compose::limits::MAX_MESSAGE_BYTES).into_owned())
+        .collect();
+    let more = errors.len().saturating_sub(compose::limits::MAX_ERRORS);
+    if more > 0 {
+        lines.push(format!(
+            "… and {} more errors not shown",
+            thousands(more as u64)
+        ));
+    }
+    lines.join("\n")
 }
 
 fn sources(files: &[corral_proto::api::FileBody]) -> Vec<compose::SourceFile> {
@@ -63,7 +82,23 @@ pub async fn up(state: &Arc<AppState>, req: UpRequest) -> Result<UpResponse> {
         project_name: req.name.clone(),
     };
     let loaded = compose::load(&input).map_err(|e| bad(e.to_string()))?;
-    let stack = define::define(&loaded.project).map_err(|e| bad(e.join("\n")))?;
+    // Before anything that grows with the replicas (placement, its explanations).
+    let total: u64 = loaded
+        .project
+        .services
+        .values()
+        .map(|s| u64::from(s.replicas))
+        .sum();
+    if total > MAX_STACK_REPLICAS {
+        return Err(bad(format!(
+            "stack {} asks for {} replicas in all ({} services); the limit is {} per stack. Nothing was changed",
+            loaded.project.name,
+            thousands(total),
+            thousands(loaded.project.services.len() as u64),
+            thousands(MAX_STACK_REPLICAS)
+        )));
+    }
+    let stack = define::define(&loaded.project).map_err(|e| bad(first_errors(&e)))?;
     let env_name = req.environment.clone().unwrap_or_else(|| "default".into());
     let env = state
         .store
@@ -131,12 +166,12 @@ pub async fn up(state: &Arc<AppState>, req: UpRequest) -> Result<UpResponse> {
         in_flight: &Default::default(),
         memory: &Default::default(),
     });
-    let unplaced: Vec<String> = dry.unplaced.values().flatten().cloned().collect();
-    if !unplaced.is_empty() {
+    if dry.unplaced.values().any(|u| u.count > 0) {
+        // Grouped by reason and bounded, however many replicas are left out.
         return Err(unprocessable(format!(
-            "stack {} cannot be placed; nothing was changed:\n  {}",
+            "stack {} cannot be placed; nothing was changed: {}",
             stack.name,
-            unplaced.join("\n  ")
+            unplaced::refusal(&dry.unplaced)
         )));
     }
     check_images(state, &world, &services, &dry.actions).await?;
@@ -219,14 +254,21 @@ async fn check_images(
         }
     }
     if missing.is_empty() {
-        Ok(())
-    } else {
-        Err(unprocessable(format!(
-            "nothing was changed:\n  {}",
-            missing.join("\n  ")
-        )))
+        return Ok(());
     }
+    let more = missing.len().saturating_sub(MAX_IMAGE_LINES);
+    missing.truncate(MAX_IMAGE_LINES);
+    if more > 0 {
+        missing.push(format!("… and {} more", thousands(more as u64)));
+    }
+    Err(unprocessable(format!(
+        "nothing was changed:\n  {}",
+        missing.join("\n  ")
+    )))
 }
+
+/// Most lines about missing images in a refusal; the rest are counted.
+const MAX_IMAGE_LINES: usize = 20;
 
 /// How long a host may take to say which images it lacks.
 const IMAGE_CHECK_TTL: Duration = Duration::from_secs(15);
@@ -272,12 +314,13 @@ pub async fn view(state: &AppState, stack: &StackRow) -> Result<StackView> {
             .iter()
             .filter(|c| c.spec_hash.as_deref() != Some(svc.spec_hash.as_str()))
             .count() as u32;
-        let unplaced = status
+        let (unplaced, unplaced_count) = status
             .as_ref()
-            .and_then(|s| s.unplaced.get(&svc.name).cloned())
+            .and_then(|s| s.unplaced.get(&svc.name))
+            .map(|u| (u.lines(&svc.name), u.count))
             .unwrap_or_default();
         let desired = u32::try_from(svc.replicas).unwrap_or(0);
-        if ready != desired || mine.len() != desired as usize || !unplaced.is_empty() {
+        if ready != desired || mine.len() != desired as usize || unplaced_count > 0 {
             converged = false;
         }
         views.push(ServiceView {
@@ -293,6 +336,7 @@ pub async fn view(state: &AppState, stack: &StackRow) -> Result<StackView> {
                 .map(|d| d.template.ports.iter().map(ToString::to_string).collect())
                 .unwrap_or_default(),
             unplaced,
+            unplaced_count,
             waiting: status
                 .as_ref()
                 .and_then(|s| s.waiting.get(&svc.name).cloned()),
@@ -371,6 +415,10 @@ pub async fn list(state: &AppState) -> Result<Vec<StackSummary>> {
 /// `corral scale`.
 pub use corral_compose::limits::MAX_REPLICAS;
 
+/// Most replicas one stack may have, all its services together (`corral up` and
+/// `corral scale` refuse more).
+pub const MAX_STACK_REPLICAS: u64 = 10_000;
+
 pub async fn scale(state: &AppState, name: &str, req: ScaleRequest) -> Result<StackView> {
     if req.replicas > MAX_REPLICAS {
         return Err(bad(format!(
@@ -385,15 +433,32 @@ pub async fn scale(state: &AppState, name: &str, req: ScaleRequest) -> Result<St
             stack.name
         )));
     }
-    if !state
+    match state
         .store
-        .set_replicas(&stack.id, &req.service, req.replicas, now_unix())
+        .set_replicas(
+            &stack.id,
+            &req.service,
+            req.replicas,
+            MAX_STACK_REPLICAS,
+            now_unix(),
+        )
         .await?
     {
-        return Err(Error::NotFound(format!(
-            "stack {} has no service {:?}; see `corral ps -p {}`",
-            stack.name, req.service, stack.name
-        )));
+        SetReplicas::Done => {}
+        SetReplicas::NoService => {
+            return Err(Error::NotFound(format!(
+                "stack {} has no service {:?}; see `corral ps -p {}`",
+                stack.name, req.service, stack.name
+            )));
+        }
+        SetReplicas::OverTotal { total } => {
+            return Err(bad(format!(
+                "stack {} would have {} replicas in all; the limit is {} per stack",
+                stack.name,
+                thousands(total),
+                thousands(MAX_STACK_REPLICAS)
+            )));
+        }
     }
     state
         .record_event(

@@ -1,10 +1,12 @@
 //! What a running server holds: the datastore and the vault, and everything it keeps only in
 //! memory — the live tunnels, the waiters of commands, the open log streams, the reconciler's
-//! and the overlay sync's memory. [`AppState`] ties them together; every layer above takes it.
+//! and the overlay sync's memory, the events' rate limiter. [`AppState`] ties them together;
+//! every layer above takes it.
 //!
 //! This layer holds data and the small operations on it; it imports only the foundation
-//! (`store`, `vault`, `secrets`, `time_fmt`, `error`) and the pure crates.
+//! (`store`, `vault`, `secrets`, `time_fmt`, `text`, `error`) and the pure crates.
 
+pub mod events;
 pub mod gate;
 pub mod overlay;
 pub mod reconciler;
@@ -32,6 +34,8 @@ pub struct AppState {
     pub overlay: overlay::OverlaySync,
     /// Counts and bounds the connections that have not authenticated.
     pub gate: Arc<gate::Gate>,
+    /// Bounds what events are recorded (rate per host and kind).
+    pub events: events::EventLimiter,
     pub options: ServerOptions,
     /// The URL agents are told to dial (`--advertise-url`).
     pub advertise_url: String,
@@ -70,12 +74,14 @@ pub(crate) async fn every<Pass>(
 }
 
 impl AppState {
-    /// Records an audit or security event now. A failure to record is logged: the operation
-    /// that caused the event has already happened and is not undone for it.
-    pub async fn record_event(&self, kind: &str, host_id: Option<&str>, message: &str) {
-        let now = crate::time_fmt::now_unix();
-        if let Err(e) = self.store.record_event(now, kind, host_id, message).await {
-            tracing::error!(error = %e, %kind, "cannot record an event");
-        }
+    /// Records an audit or security event now, within the rate limit of its host and kind
+    /// (see [`events`]); the message is cut to `store::MAX_EVENT_MESSAGE`. Returns true when
+    /// it was recorded one by one, false when it was only counted for a later summary. A
+    /// failure to record is logged: the operation that caused the event has already happened
+    /// and is not undone for it.
+    pub async fn record_event(&self, kind: &str, host_id: Option<&str>, message: &str) -> bool {
+        let admitted = self.admit_event(kind, host_id, message);
+        self.write_events(admitted.rows).await;
+        admitted.recorded
     }
 }

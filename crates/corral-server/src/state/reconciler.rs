@@ -5,17 +5,21 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Mutex, MutexGuard};
 
 use corral_control::reconcile::ServiceMemory;
+use corral_control::unplaced::Unplaced;
 use tokio::sync::Notify;
 
 use crate::time_fmt::now_unix;
 
 const BACKOFF_START_MS: i64 = 1_000;
 const BACKOFF_MAX_MS: i64 = 30_000;
+/// Longest start failure kept per service (it comes from the host).
+const MAX_LAST_ERROR: usize = 1024;
 
 /// What the reconciler learnt in its last pass over a stack (for `corral ps`).
 #[derive(Debug, Clone, Default)]
 pub struct StackStatus {
-    pub unplaced: BTreeMap<String, Vec<String>>,
+    /// Per service, grouped by reason and bounded (`corral_control::unplaced`).
+    pub unplaced: BTreeMap<String, Unplaced>,
     pub waiting: BTreeMap<String, String>,
     /// Why the stack is not reconciled: its stored definition cannot be read.
     pub unreadable: Option<String>,
@@ -88,7 +92,7 @@ impl Reconciler {
             .or_default();
         s.backoff_ms = (s.backoff_ms * 2).clamp(BACKOFF_START_MS, BACKOFF_MAX_MS);
         s.memory.not_before_ms = now_ms + s.backoff_ms;
-        s.last_error = Some(message);
+        s.last_error = Some(crate::text::clip(&message, MAX_LAST_ERROR).into_owned());
     }
 
     pub(crate) fn started(&self, stack_id: &str, service: &str) {

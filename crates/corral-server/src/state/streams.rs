@@ -5,7 +5,8 @@
 //! only as the HTTP response body hands bytes to the client. A slow or stopped reader therefore
 //! stops the agent (which stops reading Docker's log stream): nothing grows without bound on
 //! either side. An agent that sends more than it was granted, or data for a stream of another
-//! host, has its stream cancelled and the violation recorded.
+//! host, has its stream cancelled and the violation recorded (rate limited per host, the
+//! stream id cut to `text::MAX_ID`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -16,6 +17,7 @@ use tokio::sync::mpsc;
 
 use crate::state::AppState;
 use crate::state::registry::Queued;
+use crate::text::{MAX_ID, quoted};
 
 /// Bytes an agent may send before the reader has taken any.
 pub const INITIAL_CREDIT: u64 = 64 * 1024;
@@ -56,19 +58,26 @@ pub fn open(
     (id, rx)
 }
 
-fn violation(state: &AppState, host_id: &str, stream_id: &str, what: String) {
-    tracing::warn!(host = %host_id, stream = %stream_id, "{what}");
+fn violation(state: &AppState, host_id: &str, what: String) {
+    // Rate limited per host: what is only counted is logged and recorded in a summary when
+    // its window ends.
+    let admitted = state.admit_event("stream_violation", Some(host_id), &what);
+    if admitted.recorded {
+        tracing::warn!(host = %host_id, "{what}");
+    }
+    if admitted.rows.is_empty() {
+        return;
+    }
     let store = state.store.clone();
-    let host = host_id.to_owned();
     tokio::spawn(async move {
-        let _ = store
-            .record_event(
-                crate::time_fmt::now_unix(),
-                "stream_violation",
-                Some(&host),
-                &what,
-            )
-            .await;
+        for r in admitted.rows {
+            if let Err(e) = store
+                .record_event(r.at, &r.kind, r.host_id.as_deref(), &r.message)
+                .await
+            {
+                tracing::error!(error = %e, "cannot record a stream violation");
+            }
+        }
     });
 }
 
@@ -84,8 +93,10 @@ pub fn on_data(state: &Arc<AppState>, host_id: &str, stream_id: &str, data: Stri
         violation(
             state,
             host_id,
-            stream_id,
-            format!("host {host_id} sent data for stream {stream_id} of another host; dropped"),
+            format!(
+                "host {host_id} sent data for stream {} of another host; dropped",
+                quoted(stream_id, MAX_ID)
+            ),
         );
         return;
     }
@@ -101,9 +112,9 @@ pub fn on_data(state: &Arc<AppState>, host_id: &str, stream_id: &str, data: Stri
         violation(
             state,
             host_id,
-            stream_id,
             format!(
-                "host {host_id} sent {len} bytes on stream {stream_id} beyond its credit; stream cancelled"
+                "host {host_id} sent {len} bytes on stream {} beyond its credit; stream cancelled",
+                quoted(stream_id, MAX_ID)
             ),
         );
         return;

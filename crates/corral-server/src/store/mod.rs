@@ -22,6 +22,7 @@ use corral_control::states::{Actual, Desired, parse_health};
 use corral_proto::{Health, HostFacts};
 
 use crate::secrets::{SecretHash, new_id};
+use crate::text::clip;
 use crate::vault::Vault;
 use sealed::Column;
 
@@ -29,7 +30,7 @@ mod overlay;
 mod sealed;
 mod stacks;
 pub use overlay::{OverlayEnvRow, OverlayMemberRow};
-pub use stacks::{ServiceRow, StackRow, StackWrite};
+pub use stacks::{ServiceRow, SetReplicas, StackRow, StackWrite};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -1126,16 +1127,111 @@ impl Store {
         Ok(())
     }
 
+    /// The newest `limit` events, oldest first. Rows written before messages were bounded are
+    /// cut as they are read: no message comes back longer than [`MAX_EVENT_MESSAGE`].
     pub async fn events(&self, limit: i64) -> Result<Vec<EventRow>> {
-        let mut rows: Vec<EventRow> = sqlx::query_as(
-            "SELECT id, at, kind, host_id, message FROM events ORDER BY id DESC LIMIT ?",
+        #[derive(FromRow)]
+        struct Stored {
+            id: i64,
+            at: i64,
+            kind: String,
+            host_id: Option<String>,
+            /// At most the first MAX_EVENT_MESSAGE characters.
+            head: String,
+            bytes: i64,
+        }
+        let rows: Vec<Stored> = sqlx::query_as(
+            "SELECT id, at, substr(kind, 1, ?) AS kind, host_id, substr(message, 1, ?) AS head, length(CAST(message AS BLOB)) AS bytes FROM events ORDER BY id DESC LIMIT ?",
         )
+        .bind(MAX_EVENT_KIND as i64)
+        .bind(MAX_EVENT_MESSAGE as i64)
         .bind(limit)
         .fetch_all(&self.reader)
         .await?;
-        rows.reverse();
-        Ok(rows)
+        Ok(rows
+            .into_iter()
+            .rev()
+            .map(|r| {
+                let message = if r.bytes as usize <= MAX_EVENT_MESSAGE {
+                    r.head
+                } else {
+                    cut_stored(&r.head, r.bytes)
+                };
+                EventRow {
+                    id: r.id,
+                    at: r.at,
+                    kind: r.kind,
+                    host_id: r.host_id,
+                    message,
+                }
+            })
+            .collect())
     }
+
+    /// How many events are stored.
+    pub async fn event_count(&self) -> Result<i64> {
+        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM events")
+            .fetch_one(&self.reader)
+            .await?)
+    }
+
+    /// Deletes events recorded before `before` (unix seconds) and the oldest beyond the newest
+    /// `max_rows`, at most [`PRUNE_BATCH`] rows per statement so that other writes wait no
+    /// longer than one batch. Returns (deleted for age, deleted for the row cap).
+    pub async fn prune_events(&self, before: i64, max_rows: i64) -> Result<(u64, u64)> {
+        let mut old = 0;
+        loop {
+            let done = sqlx::query(
+                "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE at < ? ORDER BY id LIMIT ?)",
+            )
+            .bind(before)
+            .bind(PRUNE_BATCH)
+            .execute(&self.writer)
+            .await?
+            .rows_affected();
+            old += done;
+            if done < PRUNE_BATCH as u64 {
+                break;
+            }
+        }
+        // Ids only grow and rows go from the oldest, so the newest `max_rows` ids hold at most
+        // `max_rows` rows: no count needed.
+        let mut surplus = 0;
+        loop {
+            let done = sqlx::query(
+                "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE id <= (SELECT MAX(id) FROM events) - ? ORDER BY id LIMIT ?)",
+            )
+            .bind(max_rows.max(1))
+            .bind(PRUNE_BATCH)
+            .execute(&self.writer)
+            .await?
+            .rows_affected();
+            surplus += done;
+            if done < PRUNE_BATCH as u64 {
+                break;
+            }
+        }
+        Ok((old, surplus))
+    }
+}
+
+/// Longest event message stored, in bytes; a longer one is cut and says how long it was.
+pub const MAX_EVENT_MESSAGE: usize = 1024;
+/// Longest event kind stored, in bytes.
+const MAX_EVENT_KIND: usize = 64;
+/// Most events one pruning statement deletes.
+const PRUNE_BATCH: i64 = 10_000;
+
+/// The start of a stored message of `bytes` bytes, cut to [`MAX_EVENT_MESSAGE`] with its length.
+fn cut_stored(head: &str, bytes: i64) -> String {
+    let suffix = format!("… ({} bytes)", crate::text::thousands(bytes.max(0) as u64));
+    let mut keep = MAX_EVENT_MESSAGE
+        .saturating_sub(suffix.len())
+        .min(head.len());
+    while !head.is_char_boundary(keep) {
+        keep -= 1;
+    }
+    format!("{}{suffix}", &head[..keep])
 }
 
 /// The one row matching `id_or_name`: an exact id wins; a name must be unambiguous.
@@ -1174,9 +1270,9 @@ async fn insert_event(
 ) -> Result<()> {
     sqlx::query("INSERT INTO events (at, kind, host_id, message) VALUES (?, ?, ?, ?)")
         .bind(now)
-        .bind(kind)
-        .bind(host_id)
-        .bind(message)
+        .bind(clip(kind, MAX_EVENT_KIND))
+        .bind(host_id.map(|h| clip(h, MAX_EVENT_KIND)))
+        .bind(clip(message, MAX_EVENT_MESSAGE))
         .execute(&mut **tx)
         .await?;
     Ok(())

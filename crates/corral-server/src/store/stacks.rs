@@ -40,6 +40,18 @@ pub struct StackWrite<'a> {
     pub services: &'a [ServiceRow],
 }
 
+/// What [`Store::set_replicas`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SetReplicas {
+    Done,
+    /// The stack has no such service.
+    NoService,
+    /// Refused: the stack would have `total` replicas, more than allowed.
+    OverTotal {
+        total: u64,
+    },
+}
+
 const STACK_COLUMNS: &str =
     "id, environment_id, name, state, remove_volumes, volumes, created_at, updated_at";
 const SERVICE_COLUMNS: &str = "stack_id, name, spec, spec_hash, replicas, position";
@@ -187,27 +199,45 @@ impl Store {
     }
 
     /// `corral scale`: returns false when the stack has no such service.
+    /// Sets a service's replica count, unless the stack's replicas would then be more than
+    /// `max_total` in all (checked in the same transaction).
     pub async fn set_replicas(
         &self,
         stack_id: &str,
         service: &str,
         replicas: u32,
+        max_total: u64,
         now: i64,
-    ) -> Result<bool> {
+    ) -> Result<SetReplicas> {
         let mut tx = self.writer.begin().await?;
+        let others: i64 = sqlx::query_scalar(
+            "SELECT COALESCE(SUM(replicas), 0) FROM services WHERE stack_id = ? AND name != ?",
+        )
+        .bind(stack_id)
+        .bind(service)
+        .fetch_one(&mut *tx)
+        .await?;
+        let total = u64::try_from(others).unwrap_or(0) + u64::from(replicas);
         let done = sqlx::query("UPDATE services SET replicas = ? WHERE stack_id = ? AND name = ?")
             .bind(i64::from(replicas))
             .bind(stack_id)
             .bind(service)
             .execute(&mut *tx)
             .await?;
+        if done.rows_affected() == 0 {
+            return Ok(SetReplicas::NoService);
+        }
+        if total > max_total {
+            // Dropped without a commit: nothing changes.
+            return Ok(SetReplicas::OverTotal { total });
+        }
         sqlx::query("UPDATE stacks SET updated_at = ? WHERE id = ?")
             .bind(now)
             .bind(stack_id)
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        Ok(done.rows_affected() > 0)
+        Ok(SetReplicas::Done)
     }
 
     /// `corral down`: the reconciler removes the containers, then the stack.

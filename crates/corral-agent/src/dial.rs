@@ -244,6 +244,7 @@ pub fn hello(auth: Auth, facts: HostFacts) -> Hello {
         agent_version: crate::AGENT_VERSION.to_owned(),
         auth,
         facts,
+        overlay_deltas: true,
     }
 }
 

@@ -326,6 +326,9 @@ struct Session<'a> {
     done_rx: tokio::sync::mpsc::Receiver<(String, CommandResult)>,
     out_tx: tokio::sync::mpsc::Sender<AgentMessage>,
     out_rx: tokio::sync::mpsc::Receiver<AgentMessage>,
+    /// The overlay configuration received on this connection, with the deltas since applied
+    /// (a new connection starts with a full one from the server).
+    overlay: Option<corral_proto::OverlayConfig>,
 }
 
 /// What the session does after handling one server message.
@@ -354,6 +357,7 @@ impl<'a> Session<'a> {
             done_rx,
             out_tx,
             out_rx,
+            overlay: None,
         }
     }
 
@@ -450,8 +454,27 @@ impl<'a> Session<'a> {
             ServerMessage::Overlay(config) => {
                 tracing::debug!(?config, "overlay configuration");
                 if let Some(mesh) = &self.ctx.mesh {
+                    self.overlay = Some((*config).clone());
                     mesh.apply(*config).await;
                 }
+                Next::Continue
+            }
+            ServerMessage::OverlayDelta(delta) => {
+                tracing::debug!(?delta, "overlay delta");
+                let Some(mesh) = &self.ctx.mesh else {
+                    return Next::Continue;
+                };
+                let Some(held) = self.overlay.as_mut() else {
+                    return Next::End(Ended::Lost(
+                        "the server sent an overlay delta before any configuration; reconnecting for a full one".into(),
+                    ));
+                };
+                // A delta that does not follow what is held means a message was missed: a
+                // new connection starts again from a full configuration.
+                if let Err(e) = held.apply_delta(&delta) {
+                    return Next::End(Ended::Lost(format!("{e}; reconnecting for a full one")));
+                }
+                mesh.apply(held.clone()).await;
                 Next::Continue
             }
             ServerMessage::Welcome(_) => {

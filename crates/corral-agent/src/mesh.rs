@@ -590,6 +590,7 @@ mod tests {
             subnet: "10.42.1.0/24".into(),
             psk: Some("ab".repeat(32)),
             psk_generation: 1,
+            version: 1,
             peers: vec![
                 OverlayPeer {
                     host_id: "h2".into(),

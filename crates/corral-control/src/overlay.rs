@@ -1,8 +1,9 @@
 //! The overlay's plan: which /24 each host leases, and the configuration each host runs.
 
+use std::collections::{BTreeMap, HashSet};
 use std::net::Ipv4Addr;
 
-use corral_proto::{OverlayConfig, OverlayMode, OverlayPeer};
+use corral_proto::{OverlayConfig, OverlayDelta, OverlayMode, OverlayPeer};
 
 /// An environment's overlay, as the plan needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,10 +80,10 @@ pub fn valid_public_key(s: &str) -> bool {
 
 /// What host `me` should run: every other member with a key and a lease is a peer. `None`
 /// until `me` has a lease; an error when the encrypted mode has no key to send.
-pub fn config_for(
+pub fn config_for<'a>(
     env: &OverlayEnv,
     me: &Member,
-    members: &[Member],
+    members: impl IntoIterator<Item = &'a Member>,
     psk_hex: Option<String>,
 ) -> Result<Option<OverlayConfig>, PlanError> {
     let Some(subnet) = me.subnet.clone() else {
@@ -95,17 +96,9 @@ pub fn config_for(
         OverlayMode::Vxlan => None,
     };
     let peers = members
-        .iter()
+        .into_iter()
         .filter(|m| m.id != me.id)
-        .filter_map(|m| {
-            Some(OverlayPeer {
-                host_id: m.id.clone(),
-                name: m.name.clone(),
-                public_key: m.public_key.clone()?,
-                endpoint: m.endpoint.clone(),
-                subnet: m.subnet.clone()?,
-            })
-        })
+        .filter_map(Member::peer)
         .collect();
     Ok(Some(OverlayConfig {
         environment: env.name.clone(),
@@ -115,7 +108,169 @@ pub fn config_for(
         psk,
         psk_generation: env.psk_generation,
         peers,
+        version: 0,
     }))
+}
+
+impl Member {
+    /// The member as others' peer: only with a key and a lease.
+    pub fn peer(&self) -> Option<OverlayPeer> {
+        Some(OverlayPeer {
+            host_id: self.id.clone(),
+            name: self.name.clone(),
+            public_key: self.public_key.clone()?,
+            endpoint: self.endpoint.clone(),
+            subnet: self.subnet.clone()?,
+        })
+    }
+}
+
+/// What one connection should be sent to bring its overlay up to date.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Update {
+    /// Everything (a new connection, a change of the environment itself, an agent that does
+    /// not take deltas, or one too far behind).
+    Full(Box<OverlayConfig>),
+    /// Only the peers that changed since the version it holds.
+    Delta(Box<OverlayDelta>),
+}
+
+/// An environment's overlay as its hosts were last told, kept between passes of the sync so
+/// that a change costs what changed: which members changed at which version is logged, and a
+/// host that holds version `v` is sent the members changed after `v` (one host joining an
+/// environment of N sends N deltas of one peer, not N lists of N peers).
+#[derive(Debug, Default)]
+pub struct EnvView {
+    version: u64,
+    /// The version of the last change of the environment itself (mode, range, key): a host
+    /// holding an earlier one gets a full configuration.
+    header_version: u64,
+    header: Option<(OverlayEnv, Option<String>)>,
+    members: BTreeMap<String, Member>,
+    /// Version → the members that changed (joined, moved, left) at it.
+    log: BTreeMap<u64, Vec<String>>,
+    logged: usize,
+    /// Hosts holding an earlier version than this get a full configuration (the log no
+    /// longer reaches back that far).
+    floor: u64,
+}
+
+impl EnvView {
+    /// The version hosts are being brought to.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// Takes the environment as it now is (the datastore's rows); returns whether anything
+    /// changed. Costs O(members), whatever changed.
+    pub fn update(
+        &mut self,
+        env: OverlayEnv,
+        psk_hex: Option<String>,
+        members: Vec<Member>,
+    ) -> bool {
+        let header = Some((env, psk_hex));
+        let mut changed_header = false;
+        if self.header != header {
+            self.header = header;
+            changed_header = true;
+        }
+        let mut changed: Vec<String> = Vec::new();
+        let mut now: BTreeMap<String, Member> = BTreeMap::new();
+        for m in members {
+            if self.members.get(&m.id) != Some(&m) {
+                changed.push(m.id.clone());
+            }
+            now.insert(m.id.clone(), m);
+        }
+        changed.extend(
+            self.members
+                .keys()
+                .filter(|id| !now.contains_key(*id))
+                .cloned(),
+        );
+        self.members = now;
+        if !changed_header && changed.is_empty() {
+            return false;
+        }
+        self.version += 1;
+        if changed_header {
+            self.header_version = self.version;
+        }
+        if !changed.is_empty() {
+            self.logged += changed.len();
+            self.log.insert(self.version, changed);
+        }
+        // The log is kept to about one full configuration's worth of ids: a host further
+        // behind costs no more as a full configuration than as a delta.
+        let cap = self.members.len().max(64);
+        while self.logged > cap {
+            let Some((v, ids)) = self.log.pop_first() else {
+                break;
+            };
+            self.logged -= ids.len();
+            self.floor = v;
+        }
+        true
+    }
+
+    /// What host `host_id` should be sent, given the version its connection holds (`None`:
+    /// nothing yet, on this connection); `None` when it is up to date or has no lease.
+    pub fn update_for(
+        &self,
+        host_id: &str,
+        holds: Option<u64>,
+        takes_deltas: bool,
+    ) -> Result<Option<Update>, PlanError> {
+        let Some((env, psk)) = &self.header else {
+            return Ok(None);
+        };
+        let Some(me) = self.members.get(host_id) else {
+            return Ok(None);
+        };
+        if holds == Some(self.version) {
+            return Ok(None);
+        }
+        let full = || -> Result<Option<Update>, PlanError> {
+            Ok(
+                config_for(env, me, self.members.values(), psk.clone())?.map(|mut c| {
+                    c.version = self.version;
+                    Update::Full(Box::new(c))
+                }),
+            )
+        };
+        let Some(from) = holds.filter(|v| {
+            takes_deltas && *v >= self.header_version && *v >= self.floor && *v < self.version
+        }) else {
+            return full();
+        };
+        let changed: HashSet<&str> = self
+            .log
+            .range(from + 1..)
+            .flat_map(|(_, ids)| ids.iter().map(String::as_str))
+            .collect();
+        if changed.contains(host_id) {
+            // Its own lease may have changed: start again from the whole.
+            return full();
+        }
+        let mut upsert = Vec::new();
+        let mut remove = Vec::new();
+        for id in changed {
+            match self.members.get(id).and_then(Member::peer) {
+                Some(peer) => upsert.push(peer),
+                None => remove.push(id.to_owned()),
+            }
+        }
+        upsert.sort_by(|a, b| a.host_id.cmp(&b.host_id));
+        remove.sort();
+        Ok(Some(Update::Delta(Box::new(OverlayDelta {
+            environment: env.name.clone(),
+            from,
+            to: self.version,
+            upsert,
+            remove,
+        }))))
+    }
 }
 
 #[cfg(test)]
@@ -203,5 +358,141 @@ mod tests {
         );
         assert!(valid_public_key(&key));
         assert!(!valid_public_key("xyz"));
+    }
+
+    fn env() -> OverlayEnv {
+        OverlayEnv {
+            name: "default".into(),
+            mode: OverlayMode::Wireguard,
+            cidr: "10.42.0.0/16".into(),
+            psk_generation: 1,
+        }
+    }
+
+    fn keyed(i: usize) -> Member {
+        Member {
+            id: format!("h{i:04}"),
+            name: format!("host-{i}"),
+            public_key: Some(format!("{:064x}", i + 1)),
+            endpoint: Some(format!("192.0.2.{}:51820", i % 250 + 1)),
+            subnet: Some(format!("10.42.{}.0/24", i + 1)),
+        }
+    }
+
+    fn psk() -> Option<String> {
+        Some("cd".repeat(32))
+    }
+
+    #[test]
+    fn a_join_reaches_the_others_as_a_delta_of_one_peer() {
+        let mut view = EnvView::default();
+        let members: Vec<Member> = (0..200).map(keyed).collect();
+        assert!(view.update(env(), psk(), members.clone()));
+        // A new connection gets everything.
+        let Some(Update::Full(first)) = view.update_for("h0000", None, true).unwrap() else {
+            panic!("a full configuration first");
+        };
+        assert_eq!(first.peers.len(), 199);
+        assert_eq!(first.version, view.version());
+        let v1 = view.version();
+        // Nothing changed: nothing to send, and the view says so.
+        assert!(!view.update(env(), psk(), members.clone()));
+        assert_eq!(view.update_for("h0000", Some(v1), true), Ok(None));
+
+        // One joins.
+        let mut more = members.clone();
+        more.push(keyed(200));
+        assert!(view.update(env(), psk(), more.clone()));
+        let Some(Update::Delta(d)) = view.update_for("h0000", Some(v1), true).unwrap() else {
+            panic!("a delta");
+        };
+        assert_eq!((d.from, d.to), (v1, view.version()));
+        assert_eq!(d.upsert.len(), 1);
+        assert_eq!(d.upsert[0].host_id, "h0200");
+        assert!(d.remove.is_empty());
+        let mut held = (*first).clone();
+        held.apply_delta(&d).unwrap();
+        let Some(Update::Full(now)) = view.update_for("h0000", None, true).unwrap() else {
+            panic!("full");
+        };
+        assert_eq!(
+            held, *now,
+            "the delta applied equals the full configuration"
+        );
+        // An agent that does not take deltas gets the whole list.
+        assert!(matches!(
+            view.update_for("h0000", Some(v1), false),
+            Ok(Some(Update::Full(_)))
+        ));
+
+        // One leaves, one moves.
+        let v2 = view.version();
+        let mut later = more.clone();
+        later.retain(|m| m.id != "h0007");
+        later[3].endpoint = Some("198.51.100.9:51820".into());
+        view.update(env(), psk(), later);
+        let Some(Update::Delta(d)) = view.update_for("h0000", Some(v2), true).unwrap() else {
+            panic!("a delta");
+        };
+        assert_eq!(d.remove, ["h0007"]);
+        assert_eq!(d.upsert.len(), 1);
+        assert_eq!(d.upsert[0].endpoint.as_deref(), Some("198.51.100.9:51820"));
+        held.apply_delta(&d).unwrap();
+        let Some(Update::Full(now)) = view.update_for("h0000", None, true).unwrap() else {
+            panic!("full");
+        };
+        assert_eq!(held, *now);
+        // A delta that does not follow what is held is refused.
+        assert!(held.apply_delta(&d).is_err());
+    }
+
+    #[test]
+    fn a_change_of_the_environment_or_a_host_too_far_behind_gets_everything() {
+        let mut view = EnvView::default();
+        let members: Vec<Member> = (0..10).map(keyed).collect();
+        view.update(env(), psk(), members.clone());
+        let v1 = view.version();
+        let rotated = OverlayEnv {
+            psk_generation: 2,
+            ..env()
+        };
+        view.update(rotated.clone(), Some("ef".repeat(32)), members.clone());
+        let Some(Update::Full(c)) = view.update_for("h0001", Some(v1), true).unwrap() else {
+            panic!("full after a rotation");
+        };
+        assert_eq!(c.psk_generation, 2);
+        // Many changes, one at a time: the log keeps about one configuration's worth, so a
+        // host that saw none of them gets a full configuration, a recent one a delta.
+        let start = view.version();
+        let mut ms = members.clone();
+        for round in 0..100 {
+            ms[round % 10].endpoint = Some(format!("198.51.100.{round}:51820"));
+            view.update(rotated.clone(), Some("ef".repeat(32)), ms.clone());
+        }
+        assert!(matches!(
+            view.update_for("h0001", Some(start), true),
+            Ok(Some(Update::Full(_)))
+        ));
+        assert!(matches!(
+            view.update_for("h0001", Some(view.version() - 1), true),
+            Ok(Some(Update::Delta(_)))
+        ));
+        // Its own change: everything again (its lease may be new).
+        let v = view.version();
+        ms[1].subnet = Some("10.42.99.0/24".into());
+        view.update(rotated, Some("ef".repeat(32)), ms);
+        assert!(matches!(
+            view.update_for("h0001", Some(v), true),
+            Ok(Some(Update::Full(_)))
+        ));
+        // Without a lease, nothing; the encrypted mode without its key, an error.
+        let mut bare = EnvView::default();
+        let mut m = keyed(0);
+        m.subnet = None;
+        bare.update(env(), psk(), vec![m.clone()]);
+        assert_eq!(bare.update_for("h0000", None, true), Ok(None));
+        let mut keyless = EnvView::default();
+        keyless.update(env(), None, vec![keyed(0)]);
+        assert!(keyless.update_for("h0000", None, true).is_err());
     }
 }

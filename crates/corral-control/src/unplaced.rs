@@ -128,18 +128,7 @@ fn replicas(n: u64) -> &'static str {
     if n == 1 { "replica" } else { "replicas" }
 }
 
-/// `4999000` → `4,999,000`.
-pub fn thousands(n: u64) -> String {
-    let digits = n.to_string();
-    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
-    for (i, ch) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(ch);
-    }
-    out
-}
+pub use corral_scheduler::thousands;
 
 /// `s` cut to at most `max` bytes on a character boundary, ending in an ellipsis when cut.
 fn clip(s: &str, max: usize) -> String {

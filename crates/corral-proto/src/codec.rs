@@ -61,6 +61,7 @@ mod tests {
                 name: "h1".into(),
                 ..Default::default()
             },
+            overlay_deltas: true,
         })
     }
 

@@ -264,6 +264,10 @@ pub enum ServerMessage {
     /// The overlay as this host should run it: sent after the welcome and whenever it
     /// changes (a host joins, moves, leaves; the pre-shared key rotates).
     Overlay(Box<OverlayConfig>),
+    /// What changed in the overlay since the configuration (or delta) of version `from` that
+    /// this connection received: sent only to agents that said `overlay_deltas` in their hello,
+    /// so one host joining an environment of N costs N small messages, not N full peer lists.
+    OverlayDelta(Box<OverlayDelta>),
     /// The environment's service names (for the agent's DNS responder): sent after the
     /// welcome and whenever a replica starts, stops or changes health.
     Names(NameTable),
@@ -612,6 +616,10 @@ pub struct Hello {
     pub auth: Auth,
     /// What it reports about its host.
     pub facts: HostFacts,
+    /// The agent applies [`ServerMessage::OverlayDelta`]; without it the server sends only
+    /// full configurations (an agent of an earlier release).
+    #[serde(default)]
+    pub overlay_deltas: bool,
 }
 
 /// The overlay of a host's environment, as that host should run it.
@@ -632,6 +640,49 @@ pub struct OverlayConfig {
     pub psk_generation: u32,
     /// Every other host of the environment.
     pub peers: Vec<OverlayPeer>,
+    /// The environment's overlay version this configuration is of; a later
+    /// [`OverlayDelta`] names it as its `from`.
+    #[serde(default)]
+    pub version: u64,
+}
+
+/// Peers that changed in an environment's overlay between two versions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OverlayDelta {
+    /// The environment's name (as in [`OverlayConfig::environment`]).
+    pub environment: String,
+    /// The version the agent must hold for this delta to apply; any other means a message
+    /// was missed, and the agent reconnects to get a full configuration.
+    pub from: u64,
+    /// The version once applied.
+    pub to: u64,
+    /// Peers added or changed (replace any peer with the same `host_id`).
+    pub upsert: Vec<OverlayPeer>,
+    /// Host ids of peers that left (or lost their key or lease).
+    pub remove: Vec<String>,
+}
+
+impl OverlayConfig {
+    /// Applies `delta`, or says why it does not follow this configuration.
+    pub fn apply_delta(&mut self, delta: &OverlayDelta) -> Result<(), String> {
+        if delta.environment != self.environment || delta.from != self.version {
+            return Err(format!(
+                "an overlay delta from version {} of environment {} does not follow the configuration held (version {} of {})",
+                delta.from, delta.environment, self.version, self.environment
+            ));
+        }
+        let gone: std::collections::HashSet<&str> = delta
+            .remove
+            .iter()
+            .map(String::as_str)
+            .chain(delta.upsert.iter().map(|p| p.host_id.as_str()))
+            .collect();
+        self.peers.retain(|p| !gone.contains(p.host_id.as_str()));
+        self.peers.extend(delta.upsert.iter().cloned());
+        self.peers.sort_by(|a, b| a.host_id.cmp(&b.host_id));
+        self.version = delta.to;
+        Ok(())
+    }
 }
 
 impl std::fmt::Debug for OverlayConfig {
@@ -645,6 +696,7 @@ impl std::fmt::Debug for OverlayConfig {
             .field("psk", &self.psk.as_ref().map(|_| "<redacted>"))
             .field("psk_generation", &self.psk_generation)
             .field("peers", &self.peers)
+            .field("version", &self.version)
             .finish()
     }
 }

@@ -93,7 +93,7 @@ impl<'a> Why<'a> {
     }
 
     fn many(&self, n: usize, service: &str) -> String {
-        let n = thousands(n);
+        let n = thousands(n as u64);
         match self {
             Why::NotReady => format!("{n} more hosts are not ready"),
             Why::Constraint(c) => match (&c.field, c.op) {
@@ -164,8 +164,8 @@ pub(crate) fn render<'a>(
     out
 }
 
-/// `4997` → `4,997`.
-pub(crate) fn thousands(n: usize) -> String {
+/// `4997` → `4,997` (counts in messages, here and in the crates above).
+pub fn thousands(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::with_capacity(digits.len() + digits.len() / 3);
     for (i, ch) in digits.chars().enumerate() {

@@ -78,6 +78,7 @@ mod schedule;
 pub mod testing;
 
 pub use constraint::{Constraint, ConstraintError, ConstraintField, ConstraintOp};
+pub use explain::thousands;
 pub use schedule::schedule;
 
 /// Everything the scheduler looks at.

@@ -14,7 +14,7 @@
 //! The pure parts (allocation, configuration) are `corral_control::overlay`, tested without a
 //! datastore.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -25,45 +25,39 @@ use corral_control::states::{Desired, is_ready};
 use corral_proto::{NameTable, ServerMessage, ServiceAddresses};
 use ring::rand::{SecureRandom, SystemRandom};
 
+use corral_control::overlay::Update;
+
 use crate::state::AppState;
-use crate::state::registry::Queued;
+use crate::state::overlay::{EnvNames, SyncMemory};
+use crate::state::registry::{LiveSession, Queued};
 use crate::store::{HostRow, OverlayMemberRow, StoreError};
 
 const TICK: Duration = Duration::from_secs(1);
+/// At most one pass per this, however many wakes (a connect storm): each pass may read an
+/// environment's members, so passes back to back would cost O(hosts) per connect.
+const PASS_GAP: Duration = Duration::from_millis(100);
 
 /// The environment's service names: every stack replica with an overlay address; the ones
 /// running (and healthy, with a healthcheck) are the answers.
 async fn name_table(state: &AppState, env_id: &str) -> Result<NameTable, StoreError> {
-    let stacks: HashMap<String, String> = state
-        .store
-        .stacks()
-        .await?
-        .into_iter()
-        .filter(|s| s.environment_id == env_id)
-        .map(|s| (s.id, s.name))
-        .collect();
-    let mut by_service: std::collections::BTreeMap<(String, String), ServiceAddresses> =
-        std::collections::BTreeMap::new();
-    for c in state.store.containers().await? {
-        let (Some(stack_id), Some(service), Some(ip)) = (&c.stack_id, &c.service, &c.ip) else {
+    let mut by_service: BTreeMap<(String, String), ServiceAddresses> = BTreeMap::new();
+    for row in state.store.name_rows(env_id).await? {
+        let Ok(ip) = row.ip.parse::<std::net::Ipv4Addr>() else {
             continue;
         };
-        let (Some(stack), Ok(ip)) = (stacks.get(stack_id), ip.parse::<std::net::Ipv4Addr>()) else {
-            continue;
-        };
-        if c.desired != Desired::Running {
+        if row.desired != Desired::Running {
             continue;
         }
         let entry = by_service
-            .entry((stack.clone(), service.clone()))
+            .entry((row.stack.clone(), row.service.clone()))
             .or_insert_with(|| ServiceAddresses {
-                stack: stack.clone(),
-                service: service.clone(),
+                stack: row.stack,
+                service: row.service,
                 ready: Vec::new(),
                 members: Vec::new(),
             });
         entry.members.push(ip);
-        if is_ready(c.actual, c.health) {
+        if is_ready(row.actual, row.health) {
             entry.ready.push(ip);
         }
     }
@@ -162,6 +156,11 @@ pub async fn on_connect(
     let Some(env) = state.store.overlay_env(&host.environment_id).await? else {
         return Ok(());
     };
+    // A reconnecting host has its lease: one indexed lookup, not the environment's leases.
+    if state.store.lease_of(&host.id).await?.is_some() {
+        state.overlay.wake();
+        return Ok(());
+    }
     loop {
         let leases = state.store.overlay_leases(&env.id).await?;
         if leases.iter().any(|(h, _)| *h == host.id) {
@@ -187,80 +186,140 @@ pub async fn run(state: Arc<AppState>) {
         state,
         |s| &s.overlay.wake,
         TICK,
+        PASS_GAP,
         "overlay sync",
         |s| async move { sync(&s).await },
     )
     .await;
 }
 
+/// One pass. It first compares the environments' change counters and the registry's
+/// generation with the last complete pass's: when neither moved, it is done (an idle server
+/// reads one small table per second and does nothing per host). Otherwise, for each
+/// environment with live hosts: the overlay view is recomputed only if its overlay counter
+/// moved (O(members), once), the name table only if its names counter moved; then each live
+/// connection is sent what it lacks — nothing, a delta of the peers that changed, or a full
+/// configuration (a new connection, a change of the environment itself).
 async fn sync(state: &AppState) -> Result<(), StoreError> {
-    let live = state.registry.connected();
-    let hosts = state.store.hosts(false).await?;
-    let mut by_env: HashMap<String, Vec<(String, u64)>> = HashMap::new();
-    for (host_id, conn) in &live {
-        if let Some(h) = hosts.iter().find(|h| &h.id == host_id) {
-            by_env
-                .entry(h.environment_id.clone())
-                .or_default()
-                .push((host_id.clone(), *conn));
-        }
+    let counters = state.store.change_counters().await?;
+    let generation = state.registry.changes();
+    if let Some((seen, seen_generation)) = &state.overlay.memory().seen
+        && *seen == counters
+        && *seen_generation == generation
+    {
+        return Ok(());
     }
-    for (env_id, connected) in by_env {
-        let Some((env, psk)) = env_with_psk(state, &env_id).await? else {
-            continue;
-        };
-        let names = name_table(state, &env_id).await?;
-        let names_digest = digest(&names);
-        for (host_id, conn) in &connected {
-            if state.overlay.names_sent().get(host_id) == Some(&(*conn, names_digest)) {
-                continue;
-            }
-            if state
-                .registry
-                .try_send(host_id, ServerMessage::Names(names.clone()))
-                == Queued::Yes
-            {
-                state
-                    .overlay
-                    .names_sent()
-                    .insert(host_id.clone(), (*conn, names_digest));
-            }
-        }
-        let members = state.store.overlay_members(&env_id).await?;
-        let plan_members: Vec<plan::Member> = members.iter().map(member).collect();
-        for (host_id, conn) in connected {
-            let Some(me) = members.iter().find(|m| m.id == host_id) else {
+    let live = state.registry.live_sessions();
+    let mut by_env: HashMap<&str, Vec<&LiveSession>> = HashMap::new();
+    for s in &live {
+        by_env.entry(s.environment_id.as_str()).or_default().push(s);
+    }
+    // False when a message could not be queued: the next tick runs a pass again.
+    let mut complete = true;
+    for (env_id, sessions) in by_env {
+        let counter = counters.get(env_id).copied().unwrap_or_default();
+        let view_is_current = state
+            .overlay
+            .memory()
+            .views
+            .get(env_id)
+            .is_some_and(|(c, _)| *c == counter.overlay);
+        if !view_is_current {
+            let Some((env, psk)) = env_with_psk(state, env_id).await? else {
                 continue;
             };
-            let config = match plan::config_for(&env, &member(me), &plan_members, psk.clone()) {
-                Ok(Some(config)) => config,
+            let members: Vec<plan::Member> = state
+                .store
+                .overlay_members(env_id)
+                .await?
+                .iter()
+                .map(member)
+                .collect();
+            let mut memory = state.overlay.memory();
+            let (at, view) = memory.views.entry(env_id.to_owned()).or_default();
+            *at = counter.overlay;
+            view.update(env, psk, members);
+        }
+        let names_are_current = state
+            .overlay
+            .memory()
+            .names
+            .get(env_id)
+            .is_some_and(|n| n.counter == counter.names);
+        if !names_are_current {
+            let table = name_table(state, env_id).await?;
+            state.overlay.memory().names.insert(
+                env_id.to_owned(),
+                EnvNames {
+                    counter: counter.names,
+                    digest: digest(&table),
+                    table,
+                },
+            );
+        }
+        let mut memory = state.overlay.memory();
+        let SyncMemory {
+            views,
+            names,
+            sent,
+            names_sent,
+            ..
+        } = &mut *memory;
+        let view = views.get(env_id).map(|(_, v)| v);
+        let env_names = names.get(env_id);
+        for s in sessions {
+            if let Some(n) = env_names
+                && names_sent.get(&s.host_id) != Some(&(s.conn_id, n.digest))
+            {
+                match state
+                    .registry
+                    .try_send(&s.host_id, ServerMessage::Names(n.table.clone()))
+                {
+                    Queued::Yes => {
+                        names_sent.insert(s.host_id.clone(), (s.conn_id, n.digest));
+                    }
+                    _ => complete = false,
+                }
+            }
+            let Some(view) = view else {
+                continue;
+            };
+            let holds = sent
+                .get(&s.host_id)
+                .filter(|(conn, _)| *conn == s.conn_id)
+                .map(|(_, version)| *version);
+            let (message, version) = match view.update_for(&s.host_id, holds, s.overlay_deltas) {
+                Ok(Some(Update::Full(config))) => {
+                    let version = config.version;
+                    (ServerMessage::Overlay(config), version)
+                }
+                Ok(Some(Update::Delta(delta))) => {
+                    let version = delta.to;
+                    (ServerMessage::OverlayDelta(delta), version)
+                }
                 Ok(None) => continue,
                 Err(e) => {
                     // Fail closed: no configuration rather than one without the key.
-                    tracing::error!(host = %me.name, error = %e, "not sending the overlay configuration");
+                    tracing::error!(host = %s.host_id, error = %e, "not sending the overlay configuration");
                     continue;
                 }
             };
-            let digest = digest(&config);
-            if state.overlay.sent().get(&host_id) == Some(&(conn, digest)) {
-                continue;
-            }
-            // A full queue leaves it unrecorded: the next tick sends it again.
-            if state
-                .registry
-                .try_send(&host_id, ServerMessage::Overlay(Box::new(config)))
-                == Queued::Yes
-            {
-                state.overlay.sent().insert(host_id, (conn, digest));
+            // A full queue leaves it unrecorded: the next tick sends what is missing then.
+            match state.registry.try_send(&s.host_id, message) {
+                Queued::Yes => {
+                    sent.insert(s.host_id.clone(), (s.conn_id, version));
+                }
+                _ => complete = false,
             }
         }
     }
-    let live_ids: Vec<&String> = live.iter().map(|(h, _)| h).collect();
-    state.overlay.sent().retain(|h, _| live_ids.contains(&h));
-    state
-        .overlay
-        .names_sent()
-        .retain(|h, _| live_ids.contains(&h));
+    let live_ids: HashSet<&str> = live.iter().map(|s| s.host_id.as_str()).collect();
+    let mut memory = state.overlay.memory();
+    memory.sent.retain(|h, _| live_ids.contains(h.as_str()));
+    memory
+        .names_sent
+        .retain(|h, _| live_ids.contains(h.as_str()));
+    memory.seen = complete.then_some((counters, generation));
     Ok(())
 }
 

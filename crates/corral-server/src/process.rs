@@ -1,10 +1,22 @@
-//! Facts about this process: resident memory, the open-file limit.
+//! Facts about this process: resident memory, CPU time, the open-file limit.
 
 /// Reads this process's resident set size from `/proc/self/statm`, in bytes.
 pub fn resident_bytes() -> Option<u64> {
     let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
     let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
     Some(pages * 4096)
+}
+
+/// CPU time this process has used (user and system), in seconds, from `/proc/self/stat`.
+pub fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The command name (field 2) may hold spaces and parentheses: fields are counted from
+    // after its closing parenthesis, where field 3 (the state) is the first.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace().skip(11);
+    let user: u64 = fields.next()?.parse().ok()?;
+    let system: u64 = fields.next()?.parse().ok()?;
+    Some((user + system) as f64 / rustix::param::clock_ticks_per_second() as f64)
 }
 
 /// Raises the soft open-file limit to the hard limit. Returns (soft, hard) after the change.

@@ -29,18 +29,7 @@ pub fn quoted(s: &str, max: usize) -> String {
     format!("{:?}… ({} bytes)", &s[..keep], thousands(s.len() as u64))
 }
 
-/// `5123` → `5,123`.
-pub fn thousands(n: u64) -> String {
-    let digits = n.to_string();
-    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
-    for (i, ch) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(ch);
-    }
-    out
-}
+pub use corral_scheduler::thousands;
 
 /// The largest character boundary of `s` at or below `at`.
 fn floor_boundary(s: &str, at: usize) -> usize {

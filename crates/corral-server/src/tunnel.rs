@@ -184,6 +184,7 @@ pub async fn serve(state: Arc<AppState>, mut socket: WebSocket, remote: SocketAd
         host,
         hello.facts.overlay_port,
         hello.facts.overlay_public_key.clone(),
+        hello.overlay_deltas,
     )
     .await;
 }
@@ -283,6 +284,7 @@ async fn run_session(
     host: HostRow,
     overlay_port: Option<u16>,
     overlay_public_key: Option<String>,
+    overlay_deltas: bool,
 ) {
     let limit = state.options.max_message_bytes;
     let environment = match state.store.environment_by_id(&host.environment_id).await {
@@ -302,6 +304,8 @@ async fn run_session(
             links,
             overlay_port,
             docker: None,
+            environment_id: host.environment_id.clone(),
+            overlay_deltas,
         },
     );
     if let Some(old) = previous {

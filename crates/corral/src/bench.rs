@@ -27,6 +27,7 @@ pub struct ConnectBench {
     pub hold: Duration,
     pub ping_interval: Duration,
     pub keep: bool,
+    pub overlay: bool,
     pub format: Format,
 }
 
@@ -47,6 +48,55 @@ struct Report {
     heartbeat_rtt_p99_ms: f64,
     heartbeat_rtt_max_ms: f64,
     heartbeat_timeouts: usize,
+    /// Server CPU (user + system) over the first half of the hold (all connected, nothing
+    /// changing), in cores.
+    server_cpu_idle_cores: f64,
+    /// With `--overlay`: the server CPU one more agent's joining cost beyond the idle rate,
+    /// and the overlay messages (and their JSON bytes) the others received because of it.
+    join_server_cpu_ms: Option<f64>,
+    join_overlay_messages: Option<usize>,
+    join_overlay_bytes: Option<usize>,
+}
+
+async fn server_cpu(client: &Client) -> anyhow::Result<f64> {
+    let text = client.get_text("/metrics").await?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("process_cpu_seconds_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .context("the server's /metrics has no process_cpu_seconds_total")
+}
+
+/// Overlay messages the simulated agents received while counting.
+#[derive(Default)]
+struct OverlayCount {
+    counting: std::sync::atomic::AtomicBool,
+    messages: std::sync::atomic::AtomicUsize,
+    bytes: std::sync::atomic::AtomicUsize,
+}
+
+impl OverlayCount {
+    fn saw(&self, message: &ServerMessage) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if !self.counting.load(Relaxed) {
+            return;
+        }
+        if matches!(
+            message,
+            ServerMessage::Overlay(_) | ServerMessage::OverlayDelta(_)
+        ) {
+            self.messages.fetch_add(1, Relaxed);
+            let len = serde_json::to_vec(message).map_or(0, |v| v.len());
+            self.bytes.fetch_add(len, Relaxed);
+        }
+    }
+}
+
+/// A random overlay public key (64 hex digits): the server only stores and forwards it.
+fn random_key() -> String {
+    corral_agent::state::random_bytes::<32>()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 async fn server_rss(client: &Client) -> anyhow::Result<u64> {
@@ -138,6 +188,7 @@ pub async fn connect(b: ConnectBench) -> anyhow::Result<()> {
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Result<(String, f64), String>>();
     let rtts: Arc<Mutex<Vec<f64>>> = Arc::new(Mutex::new(Vec::new()));
     let timeouts = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let overlay_count = Arc::new(OverlayCount::default());
 
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(b.agents);
@@ -150,8 +201,10 @@ pub async fn connect(b: ConnectBench) -> anyhow::Result<()> {
         let mut stop_rx = stop_rx.clone();
         let rtts = rtts.clone();
         let timeouts = timeouts.clone();
+        let overlay_count = overlay_count.clone();
         let name = format!("bench-{run_id}-{i}");
         let ping_every = b.ping_interval;
+        let overlay = b.overlay;
         tasks.push(tokio::spawn(async move {
             let permit = limit.acquire_owned().await;
             let t0 = Instant::now();
@@ -168,8 +221,8 @@ pub async fn connect(b: ConnectBench) -> anyhow::Result<()> {
                     os: "simulated".into(),
                     kernel: String::new(),
                     arch: std::env::consts::ARCH.into(),
-                    overlay_port: None,
-                    overlay_public_key: None,
+                    overlay_port: overlay.then_some(51820),
+                    overlay_public_key: overlay.then(random_key),
                 },
             );
             let (mut tunnel, welcome) = match dialer.connect(hello).await {
@@ -205,7 +258,7 @@ pub async fn connect(b: ConnectBench) -> anyhow::Result<()> {
                     loop {
                         match tunnel.recv().await {
                             Ok(ServerMessage::Pong { seq: s }) if s == seq => return true,
-                            Ok(_) => continue,
+                            Ok(other) => overlay_count.saw(&other),
                             Err(_) => return false,
                         }
                     }
@@ -264,10 +317,58 @@ pub async fn connect(b: ConnectBench) -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rss_connected = server_rss(&b.client).await?;
     let _ = measure_tx.send(true);
-    tokio::time::sleep(b.hold).await;
+    // The first half of the hold measures the server idle; with --overlay the second half
+    // measures one more agent joining.
+    let half = b.hold / 2;
+    let (cpu0, t0) = (server_cpu(&b.client).await?, Instant::now());
+    tokio::time::sleep(half).await;
+    let (cpu1, t1) = (server_cpu(&b.client).await?, Instant::now());
+    let idle_cores = (cpu1 - cpu0) / t1.duration_since(t0).as_secs_f64();
+    let mut join = None;
+    let mut joiner = None;
+    if b.overlay {
+        overlay_count
+            .counting
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let credential = format_secret(
+            SecretKind::HostCredential,
+            &corral_agent::state::random_bytes::<32>(),
+        );
+        let hello = dial::hello(
+            Auth::Register {
+                token: token.token.clone(),
+                credential,
+            },
+            HostFacts {
+                name: format!("bench-{run_id}-joiner"),
+                hostname: "bench".into(),
+                os: "simulated".into(),
+                arch: std::env::consts::ARCH.into(),
+                overlay_port: Some(51820),
+                overlay_public_key: Some(random_key()),
+                ..Default::default()
+            },
+        );
+        match dialer.connect(hello).await {
+            Ok((tunnel, welcome)) => {
+                host_ids.push(welcome.host_id.clone());
+                joiner = Some(tunnel);
+            }
+            Err(e) => eprintln!("the joining agent could not connect: {e}"),
+        }
+    }
+    tokio::time::sleep(b.hold - half).await;
+    if b.overlay {
+        let (cpu2, t2) = (server_cpu(&b.client).await?, Instant::now());
+        let window = t2.duration_since(t1).as_secs_f64();
+        join = Some(((cpu2 - cpu1) - idle_cores * window) * 1e3);
+    }
     let _ = stop_tx.send(true);
     for t in tasks {
         let _ = t.await;
+    }
+    if let Some(t) = joiner {
+        t.close().await;
     }
 
     connect_ms.sort_by(f64::total_cmp);
@@ -290,6 +391,18 @@ pub async fn connect(b: ConnectBench) -> anyhow::Result<()> {
         heartbeat_rtt_p99_ms: percentile(&samples, 0.99),
         heartbeat_rtt_max_ms: samples.last().copied().unwrap_or(0.0),
         heartbeat_timeouts: timeouts.load(std::sync::atomic::Ordering::Relaxed),
+        server_cpu_idle_cores: idle_cores,
+        join_server_cpu_ms: join,
+        join_overlay_messages: b.overlay.then(|| {
+            overlay_count
+                .messages
+                .load(std::sync::atomic::Ordering::Relaxed)
+        }),
+        join_overlay_bytes: b.overlay.then(|| {
+            overlay_count
+                .bytes
+                .load(std::sync::atomic::Ordering::Relaxed)
+        }),
     };
 
     if !b.keep {
@@ -333,6 +446,19 @@ pub async fn connect(b: ConnectBench) -> anyhow::Result<()> {
                 report.heartbeat_samples,
                 report.heartbeat_timeouts
             );
+            println!(
+                "server CPU idle       {:.3} cores",
+                report.server_cpu_idle_cores
+            );
+            if let (Some(cpu), Some(n), Some(bytes)) = (
+                report.join_server_cpu_ms,
+                report.join_overlay_messages,
+                report.join_overlay_bytes,
+            ) {
+                println!(
+                    "one more host joins   {cpu:.0} ms of server CPU, {n} overlay messages ({bytes} bytes) to the others"
+                );
+            }
         }
     }
     if report.failed > 0 {

@@ -572,6 +572,11 @@ pub enum BenchCommand {
         /// Keep the simulated hosts registered afterwards (default: remove them).
         #[arg(long)]
         keep: bool,
+        /// Each simulated agent announces an overlay key and port, so it is every other's
+        /// peer; halfway through the hold one more agent joins, and the overlay messages the
+        /// others receive for it and the server's CPU are reported (the cost of one join).
+        #[arg(long)]
+        overlay: bool,
         #[command(flatten)]
         out: Out,
     },

@@ -60,9 +60,11 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             hold,
             ping_interval,
             keep,
+            overlay,
             out,
         }) => {
             crate::bench::connect(crate::bench::ConnectBench {
+                overlay,
                 client: Client::new(&conn)?,
                 agents,
                 concurrency,

@@ -12,7 +12,16 @@ use common::*;
 use corral_agent::Tunnel;
 use corral_proto::{Auth, HostFacts, OverlayConfig, ServerMessage};
 
-async fn agent(server: &Server, token: &str, name: &str, key: &str, port: u16) -> Tunnel {
+/// A raw agent and the overlay configuration it holds (full configurations as they come,
+/// deltas applied to them, as the real agent does).
+struct Agent {
+    t: Tunnel,
+    held: Option<OverlayConfig>,
+    /// Deltas received and applied.
+    deltas: usize,
+}
+
+async fn agent(server: &Server, token: &str, name: &str, key: &str, port: u16) -> Agent {
     connect(
         server,
         Auth::Register {
@@ -26,7 +35,7 @@ async fn agent(server: &Server, token: &str, name: &str, key: &str, port: u16) -
     .await
 }
 
-async fn connect(server: &Server, auth: Auth, name: &str, key: &str, port: u16) -> Tunnel {
+async fn connect(server: &Server, auth: Auth, name: &str, key: &str, port: u16) -> Agent {
     let facts = HostFacts {
         name: name.into(),
         hostname: name.into(),
@@ -34,17 +43,33 @@ async fn connect(server: &Server, auth: Auth, name: &str, key: &str, port: u16) 
         overlay_public_key: Some(key.into()),
         ..Default::default()
     };
-    dial_agent(server, auth, facts).await
+    Agent {
+        t: dial_agent(server, auth, facts).await,
+        held: None,
+        deltas: 0,
+    }
 }
 
 /// The next overlay configuration that satisfies `want`.
-async fn config(t: &mut Tunnel, want: impl Fn(&OverlayConfig) -> bool) -> OverlayConfig {
+/// The next overlay configuration held that satisfies `want`.
+async fn config(a: &mut Agent, want: impl Fn(&OverlayConfig) -> bool) -> OverlayConfig {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        match tokio::time::timeout_at(deadline, t.recv()).await {
-            Ok(Ok(ServerMessage::Overlay(c))) if want(&c) => return *c,
+        match tokio::time::timeout_at(deadline, a.t.recv()).await {
+            Ok(Ok(ServerMessage::Overlay(c))) => a.held = Some(*c),
+            Ok(Ok(ServerMessage::OverlayDelta(d))) => {
+                let held = a.held.as_mut().expect("a delta after a full configuration");
+                held.apply_delta(&d)
+                    .expect("the delta follows what is held");
+                a.deltas += 1;
+            }
             Ok(Ok(_)) => continue,
             other => panic!("no matching overlay configuration: {other:?}"),
+        }
+        if let Some(held) = &a.held
+            && want(held)
+        {
+            return held.clone();
         }
     }
 }
@@ -98,6 +123,8 @@ async fn peers_keys_and_leases_follow_the_environment() {
     assert_eq!(at_b.peers[0].public_key, key_a);
     assert_eq!(at_b.peers[0].endpoint.as_deref(), Some("127.0.0.1:51001"));
     let at_a = config(&mut a, |c| c.peers.len() == 1).await;
+    // A already held a configuration: B's arrival came as a delta, not a full peer list.
+    assert!(a.deltas >= 1);
     assert_eq!(at_a.peers[0].public_key, key_b);
     assert_eq!(at_a.peers[0].subnet, "10.42.2.0/24");
 

@@ -13,8 +13,9 @@ pub(super) async fn metrics(
     _: Admin,
     State(state): State<Arc<AppState>>,
 ) -> Result<Response, ApiError> {
-    let hosts = state.store.hosts(false).await?.len();
+    let hosts = state.store.host_count().await?;
     let rss = crate::process::resident_bytes().unwrap_or(0);
+    let cpu = crate::process::cpu_seconds().unwrap_or(0.0);
     let fds = std::fs::read_dir("/proc/self/fd")
         .map(|d| d.count())
         .unwrap_or(0);
@@ -22,6 +23,7 @@ pub(super) async fn metrics(
         "# HELP corral_agents_connected Agents with a live tunnel.\n# TYPE corral_agents_connected gauge\ncorral_agents_connected {}\n\
 # HELP corral_hosts Registered hosts (not removed).\n# TYPE corral_hosts gauge\ncorral_hosts {hosts}\n\
 # HELP process_resident_memory_bytes Resident memory size in bytes.\n# TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes {rss}\n\
+# HELP process_cpu_seconds_total Total user and system CPU time spent in seconds.\n# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total {cpu}\n\
 # HELP process_open_fds Number of open file descriptors.\n# TYPE process_open_fds gauge\nprocess_open_fds {fds}\n\
 # HELP process_uptime_seconds Seconds since the server started.\n# TYPE process_uptime_seconds gauge\nprocess_uptime_seconds {}\n\
 # HELP corral_unauthenticated_connections Connections held that have not authenticated.\n# TYPE corral_unauthenticated_connections gauge\ncorral_unauthenticated_connections {}\n\

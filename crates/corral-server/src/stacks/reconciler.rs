@@ -37,6 +37,8 @@ pub async fn run(state: Arc<AppState>) {
         state,
         |s| &s.reconciler.wake,
         TICK,
+        // `up` and reports are acted on at once.
+        Duration::ZERO,
         "reconciler pass",
         |s| async move { pass(&s).await },
     )

@@ -278,6 +278,7 @@ pub async fn run(state: Arc<AppState>) {
         state.clone(),
         |s| &s.events.wake,
         FLUSH_EVERY,
+        std::time::Duration::ZERO,
         "event summaries",
         |state| async move {
             let due = state.events.due(now_unix());
@@ -289,6 +290,7 @@ pub async fn run(state: Arc<AppState>) {
         state.clone(),
         |s| &s.events.wake,
         PRUNE_EVERY,
+        std::time::Duration::ZERO,
         "event pruning",
         |state| async move { prune(&state).await },
     );

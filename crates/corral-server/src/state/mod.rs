@@ -46,12 +46,15 @@ pub struct AppState {
     pub started: std::time::Instant,
 }
 
-/// Runs `pass` now, then again every `tick` and whenever `wake` is notified, until the server
+/// Runs `pass` now, then again every `tick` and whenever `wake` is notified, but never sooner
+/// than `gap` after the previous pass (wakes in between make one pass: a storm of them, such
+/// as thousands of agents connecting, costs at most one pass per `gap`), until the server
 /// shuts down; a failed pass is logged and the next one runs as usual.
 pub(crate) async fn every<Pass>(
     state: Arc<AppState>,
     wake: fn(&AppState) -> &tokio::sync::Notify,
     tick: Duration,
+    gap: Duration,
     what: &str,
     pass: impl Fn(Arc<AppState>) -> Pass,
 ) where
@@ -61,6 +64,12 @@ pub(crate) async fn every<Pass>(
     loop {
         if let Err(e) = pass(state.clone()).await {
             tracing::error!(error = %e, "{what} failed");
+        }
+        if !gap.is_zero() {
+            tokio::select! {
+                _ = tokio::time::sleep(gap) => {}
+                _ = shutdown.changed() => return,
+            }
         }
         tokio::select! {
             _ = wake(&state).notified() => {}

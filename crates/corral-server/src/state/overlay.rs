@@ -1,18 +1,44 @@
-//! The overlay sync's memory: what each live connection last received, so a configuration
-//! or a name table is sent only when it changed for that connection.
+//! The overlay sync's memory: each environment's overlay as its hosts were last told
+//! (`corral_control::overlay::EnvView`) and its name table, what each live connection holds,
+//! and the change counters and registry generation of the last pass, so that a pass with
+//! nothing new does no work per host.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 
+use corral_control::overlay::EnvView;
+use corral_proto::NameTable;
 use tokio::sync::Notify;
 
-/// What the sync loop remembers: the configuration each live connection last received.
+use crate::store::ChangeCounters;
+
+/// What the sync loop remembers between passes.
 #[derive(Default)]
 pub struct OverlaySync {
     pub(crate) wake: Notify,
-    sent: Mutex<HashMap<String, (u64, u64)>>,
-    /// The name table each live connection last received.
-    names_sent: Mutex<HashMap<String, (u64, u64)>>,
+    memory: Mutex<SyncMemory>,
+}
+
+/// An environment's name table, with the counter it was read at and its digest.
+#[derive(Debug, Default)]
+pub struct EnvNames {
+    pub counter: i64,
+    pub digest: u64,
+    pub table: NameTable,
+}
+
+/// See [`OverlaySync`].
+#[derive(Default)]
+pub struct SyncMemory {
+    /// Per environment: the overlay as last computed, and the counter it was computed at.
+    pub views: HashMap<String, (i64, EnvView)>,
+    pub names: HashMap<String, EnvNames>,
+    /// Per host: (connection, overlay version it holds).
+    pub sent: HashMap<String, (u64, u64)>,
+    /// Per host: (connection, digest of the name table it holds).
+    pub names_sent: HashMap<String, (u64, u64)>,
+    /// The counters and the registry generation the last complete pass saw.
+    pub seen: Option<(HashMap<String, ChangeCounters>, u64)>,
 }
 
 impl OverlaySync {
@@ -20,11 +46,8 @@ impl OverlaySync {
         self.wake.notify_one();
     }
 
-    pub(crate) fn sent(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u64, u64)>> {
-        self.sent.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    pub(crate) fn names_sent(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u64, u64)>> {
-        self.names_sent.lock().unwrap_or_else(|p| p.into_inner())
+    pub(crate) fn memory(&self) -> MutexGuard<'_, SyncMemory> {
+        // Only plain inserts and removes happen under this lock: a poisoned one is usable.
+        self.memory.lock().unwrap_or_else(|p| p.into_inner())
     }
 }

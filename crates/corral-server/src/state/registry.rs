@@ -83,6 +83,19 @@ pub struct Session {
     pub overlay_port: Option<u16>,
     /// Docker on the host, as the agent last reported.
     pub docker: Option<corral_proto::api::DockerView>,
+    /// The host's environment (a host never changes environment).
+    pub environment_id: String,
+    /// The agent applies overlay deltas (it said so in its hello).
+    pub overlay_deltas: bool,
+}
+
+/// A live session as the overlay sync sees it.
+#[derive(Debug, Clone)]
+pub struct LiveSession {
+    pub host_id: String,
+    pub conn_id: u64,
+    pub environment_id: String,
+    pub overlay_deltas: bool,
 }
 
 /// What others may know of a live session.
@@ -99,6 +112,9 @@ pub struct SessionInfo {
 pub struct Registry {
     sessions: Mutex<HashMap<String, Session>>,
     next_conn: AtomicU64,
+    /// Bumped by every attach and detach, so a loop can tell in O(1) that the set of live
+    /// sessions is the one it last saw.
+    changes: AtomicU64,
 }
 
 impl Registry {
@@ -114,7 +130,9 @@ impl Registry {
 
     /// Makes `session` the live session of `host_id`, returning the one it replaces.
     pub fn attach(&self, host_id: &str, session: Session) -> Option<Session> {
-        self.lock().insert(host_id.to_owned(), session)
+        let old = self.lock().insert(host_id.to_owned(), session);
+        self.changes.fetch_add(1, Ordering::Release);
+        old
     }
 
     /// Forgets the session of `host_id` if it is still `conn_id` (a newer one stays).
@@ -122,7 +140,26 @@ impl Registry {
         let mut map = self.lock();
         if map.get(host_id).is_some_and(|s| s.conn_id == conn_id) {
             map.remove(host_id);
+            self.changes.fetch_add(1, Ordering::Release);
         }
+    }
+
+    /// Changes so far to the set of live sessions (see `changes`).
+    pub fn changes(&self) -> u64 {
+        self.changes.load(Ordering::Acquire)
+    }
+
+    /// Every live session with its environment.
+    pub fn live_sessions(&self) -> Vec<LiveSession> {
+        self.lock()
+            .iter()
+            .map(|(h, s)| LiveSession {
+                host_id: h.clone(),
+                conn_id: s.conn_id,
+                environment_id: s.environment_id.clone(),
+                overlay_deltas: s.overlay_deltas,
+            })
+            .collect()
     }
 
     pub fn info(&self, host_id: &str) -> Option<SessionInfo> {

@@ -29,7 +29,7 @@ use sealed::Column;
 mod overlay;
 mod sealed;
 mod stacks;
-pub use overlay::{OverlayEnvRow, OverlayMemberRow};
+pub use overlay::{ChangeCounters, NameRow, OverlayEnvRow, OverlayMemberRow};
 pub use stacks::{ServiceRow, SetReplicas, StackRow, StackWrite};
 
 #[derive(Debug, thiserror::Error)]
@@ -724,7 +724,14 @@ impl Store {
             .await?)
     }
 
-    /// Finds a live host by id or by name (ids win; a name must be unambiguous).
+    /// How many hosts are registered (not removed).
+    pub async fn host_count(&self) -> Result<u64> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM hosts WHERE removed_at IS NULL")
+            .fetch_one(&self.reader)
+            .await?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
     /// Every host's name by id, removed hosts included (older rows still name them).
     pub async fn host_names(&self) -> Result<std::collections::BTreeMap<String, String>> {
         Ok(self

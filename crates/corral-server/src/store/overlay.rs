@@ -1,10 +1,55 @@
 //! The overlay's rows: each environment's range, mode and sealed pre-shared key; each host's
 //! public key, last endpoint and lease.
 
-use corral_proto::OverlayMode;
+use std::collections::HashMap;
+
+use corral_control::states::{Actual, Desired, parse_health};
+use corral_proto::{Health, OverlayMode};
 use sqlx::FromRow;
 
 use super::{Result, Store};
+
+/// Each environment's change counters (see migration `0008_change_counters.sql`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ChangeCounters {
+    /// Bumped by every change to the environment's overlay (settings, members, leases).
+    pub overlay: i64,
+    /// Bumped by every change to its service names (replicas, stacks).
+    pub names: i64,
+}
+
+/// A stack replica as the service-name table needs it.
+#[derive(Debug, Clone)]
+pub struct NameRow {
+    pub stack: String,
+    pub service: String,
+    pub ip: String,
+    pub desired: Desired,
+    pub actual: Actual,
+    pub health: Option<Health>,
+}
+
+impl<'r> FromRow<'r, sqlx::sqlite::SqliteRow> for NameRow {
+    fn from_row(row: &'r sqlx::sqlite::SqliteRow) -> std::result::Result<Self, sqlx::Error> {
+        use sqlx::Row;
+        let bad =
+            |column: &str, e: corral_control::states::UnknownState| sqlx::Error::ColumnDecode {
+                index: column.to_owned(),
+                source: Box::new(e),
+            };
+        let desired: String = row.try_get("desired")?;
+        let actual: String = row.try_get("actual")?;
+        let health: Option<String> = row.try_get("health")?;
+        Ok(NameRow {
+            stack: row.try_get("stack")?,
+            service: row.try_get("service")?,
+            ip: row.try_get("ip")?,
+            desired: Desired::parse(&desired).map_err(|e| bad("desired", e))?,
+            actual: Actual::parse(&actual).map_err(|e| bad("actual", e))?,
+            health: parse_health(health.as_deref()).map_err(|e| bad("health", e))?,
+        })
+    }
+}
 
 #[derive(Debug, Clone, FromRow)]
 pub struct OverlayEnvRow {
@@ -95,6 +140,41 @@ impl Store {
         .bind(env_id)
         .fetch_all(&self.writer)
         .await?)
+    }
+
+    /// Every environment's change counters (the migration gave existing environments a row,
+    /// and a trigger gives every new one its row).
+    pub async fn change_counters(&self) -> Result<HashMap<String, ChangeCounters>> {
+        let rows: Vec<(String, i64, i64)> =
+            sqlx::query_as("SELECT environment_id, overlay, names FROM change_counters")
+                .fetch_all(&self.reader)
+                .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(env, overlay, names)| (env, ChangeCounters { overlay, names }))
+            .collect())
+    }
+
+    /// The environment's stack replicas that have an overlay address.
+    pub async fn name_rows(&self, env_id: &str) -> Result<Vec<NameRow>> {
+        Ok(sqlx::query_as(
+            "SELECT s.name AS stack, c.service, c.ip, c.desired, c.actual, c.health \
+             FROM containers c JOIN stacks s ON s.id = c.stack_id \
+             WHERE c.environment_id = ? AND c.service IS NOT NULL AND c.ip IS NOT NULL",
+        )
+        .bind(env_id)
+        .fetch_all(&self.reader)
+        .await?)
+    }
+
+    /// The host's lease, if it has one.
+    pub async fn lease_of(&self, host_id: &str) -> Result<Option<String>> {
+        Ok(
+            sqlx::query_scalar("SELECT subnet FROM overlay_leases WHERE host_id = ?")
+                .bind(host_id)
+                .fetch_optional(&self.writer)
+                .await?,
+        )
     }
 
     /// Every subnet leased in the environment.

@@ -68,9 +68,24 @@ pub fn allocate(cidr: &str, taken: &[String]) -> Option<String> {
         return None;
     }
     let count = 1u32 << (24 - prefix);
+    // A set: with thousands of leases a linear `contains` per candidate is quadratic.
+    let taken: HashSet<&str> = taken.iter().map(String::as_str).collect();
     (1..count)
         .map(|i| format!("{}/24", Ipv4Addr::from(u32::from(base) + (i << 8))))
-        .find(|s| !taken.contains(s))
+        .find(|s| !taken.contains(s.as_str()))
+}
+
+/// Whether `subnet` (`10.42.3.0/24`) lies in the range `base/prefix`.
+pub fn contains(base: Ipv4Addr, prefix: u8, subnet: &str) -> bool {
+    let Ok((ip, len)) = parse_cidr(subnet) else {
+        return false;
+    };
+    let mask = if prefix == 0 {
+        0
+    } else {
+        u32::MAX << (32 - prefix)
+    };
+    len >= prefix && u32::from(ip) & mask == u32::from(base)
 }
 
 /// 64 hex digits.

@@ -62,6 +62,46 @@ pub async fn set_overlay_mode(state: &AppState, name: &str, mode: &str) -> Resul
     Ok(())
 }
 
+/// `corral env set-overlay ENV --range CIDR`: a new overlay range for the environment. Every
+/// lease already given must lie in it (hosts keep their subnets; a range that would strand one
+/// is refused), so a range can grow, or move before any host has joined.
+pub async fn set_overlay_range(state: &AppState, name: &str, range: &str) -> Result<()> {
+    let (base, prefix) = corral_control::overlay::parse_cidr(range).map_err(Error::invalid)?;
+    if prefix > 23 {
+        return Err(Error::invalid(format!(
+            "overlay range {range}: hosts get a /24 each, so the range must be a /23 or larger (a /16 holds 255 hosts, a /12 4,095)"
+        )));
+    }
+    let env = by_name(state, name).await?;
+    let outside: Vec<String> = state
+        .store
+        .overlay_leases(&env.id)
+        .await?
+        .into_iter()
+        .filter(|(_, subnet)| !corral_control::overlay::contains(base, prefix, subnet))
+        .map(|(_, subnet)| subnet)
+        .collect();
+    if !outside.is_empty() {
+        return Err(Error::Conflict(format!(
+            "environment {}: {} lease(s) lie outside {range} (e.g. {}); a new range must hold every host's subnet",
+            env.name,
+            outside.len(),
+            outside[0]
+        )));
+    }
+    let normalised = format!("{base}/{prefix}");
+    state.store.set_overlay_range(&env.id, &normalised).await?;
+    state
+        .record_event(
+            "overlay_range_changed",
+            None,
+            &format!("environment {} overlay range {normalised}", env.name),
+        )
+        .await;
+    state.overlay.wake();
+    Ok(())
+}
+
 /// `corral env rotate-key ENV`: a new pre-shared key, pushed to every agent at once.
 pub async fn rotate_key(state: &AppState, name: &str) -> Result<RotatedKey> {
     let env = by_name(state, name).await?;

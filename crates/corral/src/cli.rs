@@ -430,8 +430,12 @@ pub enum EnvCommand {
         conn: Conn,
         /// The environment.
         name: String,
-        #[arg(long, value_parser = ["wireguard", "vxlan"])]
-        mode: String,
+        #[arg(long, value_parser = ["wireguard", "vxlan"], required_unless_present = "range")]
+        mode: Option<String>,
+        /// A new overlay range, e.g. `10.64.0.0/12` (4,095 hosts of a /24 each); every host's
+        /// existing subnet must lie in it.
+        #[arg(long)]
+        range: Option<String>,
     },
     /// Replace the environment's overlay pre-shared key; every agent gets the new one at once.
     RotateKey {

@@ -456,14 +456,24 @@ async fn env(cmd: EnvCommand) -> anyhow::Result<()> {
                 )
             })
         }
-        EnvCommand::SetOverlay { conn, name, mode } => {
+        EnvCommand::SetOverlay {
+            conn,
+            name,
+            mode,
+            range,
+        } => {
             Client::new(&conn)?
                 .post_no_content(
                     &format!("/v1/environments/{}/overlay", seg(&name)),
-                    &serde_json::json!({ "mode": mode }),
+                    &serde_json::json!({ "mode": mode, "range": range }),
                 )
                 .await?;
-            eprintln!("environment {name}: overlay mode {mode} sent to every connected agent");
+            if let Some(range) = range {
+                eprintln!("environment {name}: overlay range {range}");
+            }
+            if let Some(mode) = mode {
+                eprintln!("environment {name}: overlay mode {mode} sent to every connected agent");
+            }
             Ok(())
         }
         EnvCommand::RotateKey { conn, name } => {

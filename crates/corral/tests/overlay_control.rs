@@ -227,3 +227,34 @@ async fn peers_keys_and_leases_follow_the_environment() {
     assert_eq!(again.psk, rotated_a.psk);
     assert_eq!(again.psk_generation, 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_range_grows_only_to_hold_every_lease_and_reaches_the_agents() {
+    let t = tmp();
+    let server = Server::start(&t.path().join("data"), &[]);
+    let (_, token) = server.token(&[]);
+    let mut a = agent(&server, &token, "a", &"aa".repeat(32), 51001).await;
+    let first = config(&mut a, |_| true).await;
+    assert_eq!(first.subnet, "10.42.1.0/24");
+
+    // A range that would strand A's lease is refused, and says which.
+    let out = server.cli(&["env", "set-overlay", "default", "--range", "10.50.0.0/16"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("10.42.1.0/24"), "{err}");
+    // Too small for a /24 per host.
+    let out = server.cli(&["env", "set-overlay", "default", "--range", "10.42.0.0/24"]);
+    assert!(!out.status.success());
+    // Growing it to a /12 (4,095 hosts) keeps A's lease and reaches A at once.
+    server.cli_ok(&["env", "set-overlay", "default", "--range", "10.32.0.0/12"]);
+    let grown = config(&mut a, |c| c.cidr == "10.32.0.0/12").await;
+    assert_eq!(grown.subnet, "10.42.1.0/24");
+    let out = server.cli_ok(&["env", "ls", "-o", "json"]);
+    assert!(out.contains("10.32.0.0/12"), "{out}");
+    assert!(
+        server
+            .events()
+            .iter()
+            .any(|e| e["kind"] == "overlay_range_changed")
+    );
+}

@@ -22,7 +22,11 @@ pub(super) async fn list(
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct OverlayModeBody {
-    mode: String,
+    #[serde(default)]
+    mode: Option<String>,
+    /// A new overlay range (`10.64.0.0/12`); every existing lease must lie in it.
+    #[serde(default)]
+    range: Option<String>,
 }
 
 pub(super) async fn set_overlay_mode(
@@ -32,7 +36,15 @@ pub(super) async fn set_overlay_mode(
     body: Body<OverlayModeBody>,
 ) -> Result<StatusCode, ApiError> {
     let Json(body) = body?;
-    environments::set_overlay_mode(&state, &name, &body.mode).await?;
+    if body.mode.is_none() && body.range.is_none() {
+        return Err(crate::error::Error::invalid("say what to change: mode, range or both").into());
+    }
+    if let Some(range) = &body.range {
+        environments::set_overlay_range(&state, &name, range).await?;
+    }
+    if let Some(mode) = &body.mode {
+        environments::set_overlay_mode(&state, &name, mode).await?;
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 

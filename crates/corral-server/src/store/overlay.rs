@@ -104,6 +104,15 @@ impl Store {
         Ok(done.rows_affected() > 0)
     }
 
+    pub async fn set_overlay_range(&self, env_id: &str, cidr: &str) -> Result<()> {
+        sqlx::query("UPDATE environments SET overlay_cidr = ? WHERE id = ?")
+            .bind(cidr)
+            .bind(env_id)
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
     pub async fn set_overlay_mode(&self, env_id: &str, mode: OverlayMode) -> Result<()> {
         sqlx::query("UPDATE environments SET overlay_mode = ? WHERE id = ?")
             .bind(mode.as_str())

@@ -28,6 +28,7 @@ pub struct ConnectBench {
     pub ping_interval: Duration,
     pub keep: bool,
     pub overlay: bool,
+    pub server_pid: Option<u32>,
     pub format: Format,
 }
 
@@ -58,7 +59,22 @@ struct Report {
     join_overlay_bytes: Option<usize>,
 }
 
-async fn server_cpu(client: &Client) -> anyhow::Result<f64> {
+async fn server_cpu(client: &Client, pid: Option<u32>) -> anyhow::Result<f64> {
+    if let Some(pid) = pid {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .with_context(|| format!("reading /proc/{pid}/stat"))?;
+        // Fields after the command name's closing parenthesis; utime and stime are the 12th
+        // and 13th of them, in clock ticks (100 per second on Linux).
+        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+        let mut fields = rest.split_whitespace().skip(11);
+        let mut next = || -> anyhow::Result<f64> {
+            Ok(fields
+                .next()
+                .context("a short /proc stat line")?
+                .parse::<f64>()?)
+        };
+        return Ok((next()? + next()?) / 100.0);
+    }
     let text = client.get_text("/metrics").await?;
     text.lines()
         .find_map(|l| l.strip_prefix("process_cpu_seconds_total "))
@@ -320,9 +336,9 @@ pub async fn connect(b: ConnectBench) -> anyhow::Result<()> {
     // The first half of the hold measures the server idle; with --overlay the second half
     // measures one more agent joining.
     let half = b.hold / 2;
-    let (cpu0, t0) = (server_cpu(&b.client).await?, Instant::now());
+    let (cpu0, t0) = (server_cpu(&b.client, b.server_pid).await?, Instant::now());
     tokio::time::sleep(half).await;
-    let (cpu1, t1) = (server_cpu(&b.client).await?, Instant::now());
+    let (cpu1, t1) = (server_cpu(&b.client, b.server_pid).await?, Instant::now());
     let idle_cores = (cpu1 - cpu0) / t1.duration_since(t0).as_secs_f64();
     let mut join = None;
     let mut joiner = None;
@@ -359,7 +375,7 @@ pub async fn connect(b: ConnectBench) -> anyhow::Result<()> {
     }
     tokio::time::sleep(b.hold - half).await;
     if b.overlay {
-        let (cpu2, t2) = (server_cpu(&b.client).await?, Instant::now());
+        let (cpu2, t2) = (server_cpu(&b.client, b.server_pid).await?, Instant::now());
         let window = t2.duration_since(t1).as_secs_f64();
         join = Some(((cpu2 - cpu1) - idle_cores * window) * 1e3);
     }

@@ -581,6 +581,10 @@ pub enum BenchCommand {
         /// others receive for it and the server's CPU are reported (the cost of one join).
         #[arg(long)]
         overlay: bool,
+        /// Read the server's CPU time from /proc/PID/stat instead of its /metrics (a server
+        /// on this machine, of a release without `process_cpu_seconds_total`).
+        #[arg(long)]
+        server_pid: Option<u32>,
         #[command(flatten)]
         out: Out,
     },

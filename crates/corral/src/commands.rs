@@ -61,10 +61,12 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             ping_interval,
             keep,
             overlay,
+            server_pid,
             out,
         }) => {
             crate::bench::connect(crate::bench::ConnectBench {
                 overlay,
+                server_pid,
                 client: Client::new(&conn)?,
                 agents,
                 concurrency,

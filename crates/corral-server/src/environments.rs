@@ -62,6 +62,10 @@ pub async fn set_overlay_mode(state: &AppState, name: &str, mode: &str) -> Resul
     Ok(())
 }
 
+/// The largest overlay range (smallest prefix) an environment may have: 4,095 hosts, whose
+/// full configuration (about 200 bytes per peer) stays under the 1 MiB tunnel message limit.
+const MIN_RANGE_PREFIX: u8 = 12;
+
 /// `corral env set-overlay ENV --range CIDR`: a new overlay range for the environment. Every
 /// lease already given must lie in it (hosts keep their subnets; a range that would strand one
 /// is refused), so a range can grow, or move before any host has joined.
@@ -70,6 +74,11 @@ pub async fn set_overlay_range(state: &AppState, name: &str, range: &str) -> Res
     if prefix > 23 {
         return Err(Error::invalid(format!(
             "overlay range {range}: hosts get a /24 each, so the range must be a /23 or larger (a /16 holds 255 hosts, a /12 4,095)"
+        )));
+    }
+    if prefix < MIN_RANGE_PREFIX {
+        return Err(Error::invalid(format!(
+            "overlay range {range}: at most a /{MIN_RANGE_PREFIX} (4,095 hosts): every host is every other's peer, and a host's configuration with more peers would not fit in one tunnel message"
         )));
     }
     let env = by_name(state, name).await?;

@@ -34,8 +34,10 @@ use crate::store::{HostRow, OverlayMemberRow, StoreError};
 
 const TICK: Duration = Duration::from_secs(1);
 /// At most one pass per this, however many wakes (a connect storm): each pass may read an
-/// environment's members, so passes back to back would cost O(hosts) per connect.
-const PASS_GAP: Duration = Duration::from_millis(100);
+/// environment's members and send every host a delta, so passes back to back would cost
+/// O(hosts) per connect; this way a storm costs at most two deltas per host per second, each
+/// carrying every peer that joined meanwhile, and peers still learn of a join within a second.
+const PASS_GAP: Duration = Duration::from_millis(500);
 
 /// The environment's service names: every stack replica with an overlay address; the ones
 /// running (and healthy, with a healthcheck) are the answers.
@@ -161,6 +163,7 @@ pub async fn on_connect(
         state.overlay.wake();
         return Ok(());
     }
+    let _one_at_a_time = state.overlay.leasing.lock().await;
     loop {
         let leases = state.store.overlay_leases(&env.id).await?;
         if leases.iter().any(|(h, _)| *h == host.id) {
@@ -268,6 +271,12 @@ async fn sync(state: &AppState) -> Result<(), StoreError> {
         let view = views.get(env_id).map(|(_, v)| v);
         let env_names = names.get(env_id);
         for s in sessions {
+            // A session still busy with earlier messages (a slow agent) is not sent more, and
+            // nothing is built for it: the next pass tries again.
+            if !state.registry.has_room(&s.host_id) {
+                complete = false;
+                continue;
+            }
             if let Some(n) = env_names
                 && names_sent.get(&s.host_id) != Some(&(s.conn_id, n.digest))
             {

@@ -192,7 +192,7 @@ pub async fn connect(b: ConnectBench) -> anyhow::Result<()> {
             &CreateToken {
                 environment: None,
                 ttl_seconds: Some(4 * 3600),
-                max_uses: Some(b.agents as u32),
+                max_uses: Some(b.agents as u32 + 1),
             },
         )
         .await?;
@@ -258,41 +258,42 @@ pub async fn connect(b: ConnectBench) -> anyhow::Result<()> {
             let offset =
                 Duration::from_millis(random_u64() % (ping_every.as_millis() as u64).max(1));
             let mut next = tokio::time::Instant::now() + offset;
+            // Like a real agent, it reads everything the server sends as it comes (overlay
+            // configurations included); a ping not answered by the time of the next one counts
+            // as a timeout.
             let mut seq = 0u64;
+            let mut in_flight: Option<(u64, Instant)> = None;
             loop {
                 tokio::select! {
-                    _ = tokio::time::sleep_until(next) => {}
-                    _ = stop_rx.changed() => break,
-                }
-                next += ping_every;
-                seq += 1;
-                let sent = Instant::now();
-                if tunnel.send(&AgentMessage::Ping { seq }).await.is_err() {
-                    break;
-                }
-                let answer = tokio::time::timeout(Duration::from_secs(10), async {
-                    loop {
-                        match tunnel.recv().await {
-                            Ok(ServerMessage::Pong { seq: s }) if s == seq => return true,
-                            Ok(other) => overlay_count.saw(&other),
-                            Err(_) => return false,
+                    _ = tokio::time::sleep_until(next) => {
+                        if in_flight.take().is_some() {
+                            timeouts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         }
+                        next += ping_every;
+                        seq += 1;
+                        if tunnel.send(&AgentMessage::Ping { seq }).await.is_err() {
+                            break;
+                        }
+                        in_flight = Some((seq, Instant::now()));
                     }
-                })
-                .await;
-                match answer {
-                    Ok(true) => {
-                        if *measure_rx.borrow_and_update() {
-                            let ms = sent.elapsed().as_secs_f64() * 1e3;
-                            if let Ok(mut v) = rtts.lock() {
-                                v.push(ms);
+                    message = tunnel.recv() => match message {
+                        Ok(ServerMessage::Pong { seq: s }) => {
+                            if let Some((expected, sent)) = in_flight
+                                && expected == s
+                            {
+                                in_flight = None;
+                                if *measure_rx.borrow_and_update() {
+                                    let ms = sent.elapsed().as_secs_f64() * 1e3;
+                                    if let Ok(mut v) = rtts.lock() {
+                                        v.push(ms);
+                                    }
+                                }
                             }
                         }
-                    }
-                    Ok(false) => break,
-                    Err(_) => {
-                        timeouts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    }
+                        Ok(other) => overlay_count.saw(&other),
+                        Err(_) => break,
+                    },
+                    _ = stop_rx.changed() => break,
                 }
             }
             tunnel.close().await;
@@ -340,6 +341,7 @@ pub async fn connect(b: ConnectBench) -> anyhow::Result<()> {
     tokio::time::sleep(half).await;
     let (cpu1, t1) = (server_cpu(&b.client, b.server_pid).await?, Instant::now());
     let idle_cores = (cpu1 - cpu0) / t1.duration_since(t0).as_secs_f64();
+    let connected = host_ids.len();
     let mut join = None;
     let mut joiner = None;
     if b.overlay {
@@ -392,7 +394,7 @@ pub async fn connect(b: ConnectBench) -> anyhow::Result<()> {
     samples.sort_by(f64::total_cmp);
     let report = Report {
         agents: b.agents,
-        connected: host_ids.len(),
+        connected,
         failed,
         first_error,
         connect_seconds,
@@ -401,7 +403,7 @@ pub async fn connect(b: ConnectBench) -> anyhow::Result<()> {
         server_rss_before_bytes: rss_before,
         server_rss_connected_bytes: rss_connected,
         server_rss_per_agent_bytes: rss_connected.saturating_sub(rss_before)
-            / (host_ids.len().max(1) as u64),
+            / (connected.max(1) as u64),
         heartbeat_samples: samples.len(),
         heartbeat_rtt_p50_ms: percentile(&samples, 0.5),
         heartbeat_rtt_p99_ms: percentile(&samples, 0.99),

@@ -242,9 +242,15 @@ async fn the_range_grows_only_to_hold_every_lease_and_reaches_the_agents() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("10.42.1.0/24"), "{err}");
-    // Too small for a /24 per host.
+    // Too small for a /24 per host; too large for one host's peers to fit in a message.
     let out = server.cli(&["env", "set-overlay", "default", "--range", "10.42.0.0/24"]);
     assert!(!out.status.success());
+    let out = server.cli(&["env", "set-overlay", "default", "--range", "10.0.0.0/8"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("at most a /12"),
+        "{out:?}"
+    );
     // Growing it to a /12 (4,095 hosts) keeps A's lease and reaches A at once.
     server.cli_ok(&["env", "set-overlay", "default", "--range", "10.32.0.0/12"]);
     let grown = config(&mut a, |c| c.cidr == "10.32.0.0/12").await;

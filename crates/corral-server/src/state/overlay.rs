@@ -17,6 +17,9 @@ use crate::store::ChangeCounters;
 pub struct OverlaySync {
     pub(crate) wake: Notify,
     memory: Mutex<SyncMemory>,
+    /// Held while a lease is chosen and written: connects allocating at the same time would
+    /// all pick the same first free subnet, and all but one would read the leases again.
+    pub(crate) leasing: tokio::sync::Mutex<()>,
 }
 
 /// An environment's name table, with the counter it was read at and its digest.

@@ -215,6 +215,14 @@ impl Registry {
         }
     }
 
+    /// Whether the live session of `host_id` has room for one more message now (a loop that
+    /// would build a large message for it checks first, and tries again on a later pass).
+    pub fn has_room(&self, host_id: &str) -> bool {
+        self.lock()
+            .get(host_id)
+            .is_some_and(|s| s.links.messages.capacity() > 0)
+    }
+
     /// Queues a message for the live session of `host_id` without waiting.
     pub fn try_send(&self, host_id: &str, message: ServerMessage) -> Queued {
         match self.lock().get(host_id) {

@@ -32,6 +32,8 @@ RANGE=${RANGE:-10.32.0.0/12}
 cargo build --release --locked -q
 BIN=$PWD/target/release/corral
 [ -n "${CARGO_TARGET_DIR:-}" ] && BIN=$CARGO_TARGET_DIR/release/corral
+# Each agent is one open file in the load generator and one in the server: N agents need a
+# hard limit above N (raised here when allowed; otherwise sizes above it report nothing).
 ulimit -Hn 65536 2>/dev/null || true
 ulimit -n "$(ulimit -Hn)"
 OUT=$(mktemp /tmp/corral-idle-cost.XXXXXX)
@@ -69,7 +71,11 @@ PY
         set -a; . "$DIR/data/admin.env"; set +a
         "$BIN" bench connect --agents "$n" --hold "$HOLD" --ping-interval "$PING" \
             --concurrency 64 $flag --keep --server-pid "$SERVER" -o json || true
-    ) | python3 -c 'import json,sys; r=json.load(sys.stdin); r["label"]=sys.argv[1]; r["mode"]=sys.argv[2]; print(json.dumps(r))' "$label" "$mode" >>"$OUT"
+    ) >"$DIR/report.json"
+    # A run that could not start (an open-file limit too low, say) reports nothing: said, and
+    # the other sizes still run.
+    python3 -c 'import json,sys; r=json.load(open(sys.argv[3])); r["label"]=sys.argv[1]; r["mode"]=sys.argv[2]; print(json.dumps(r))' \
+        "$label" "$mode" "$DIR/report.json" | tee -a "$OUT" >&2 || echo "no report for $label, $mode, $n agents" >&2
     kill "$SERVER"; wait "$SERVER" 2>/dev/null || true
     SERVER=
     rm -rf "$DIR"; DIR=
@@ -89,7 +95,6 @@ sizes() { # plain|overlay
 }
 sizes plain
 sizes overlay
-cat "$OUT" >&2
 
 python3 - "$OUT" <<'PY'
 import json, sys

@@ -53,6 +53,9 @@ pub struct Engine {
     /// Set once the host's overlay network exists: stack containers join it instead of a
     /// per-stack network.
     overlay: std::sync::Mutex<Option<OverlayNet>>,
+    /// This agent runs the overlay (no `--no-overlay`): a stack container waits for the
+    /// overlay network rather than start without it (no overlay address, no service names).
+    expects_overlay: std::sync::atomic::AtomicBool,
 }
 
 /// Docker's bridge driver option for the MTU of a network's interfaces.
@@ -125,6 +128,7 @@ impl Engine {
             reports,
             resources: Mutex::new(()),
             overlay: std::sync::Mutex::new(None),
+            expects_overlay: std::sync::atomic::AtomicBool::new(false),
         });
         tokio::spawn(watch(engine.clone()));
         engine
@@ -330,6 +334,12 @@ impl Engine {
         Ok(())
     }
 
+    /// From now on stack containers start only on the overlay network (see `expects_overlay`).
+    pub fn expect_overlay(&self) {
+        self.expects_overlay
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
     /// Creates (unless it exists) and starts a container.
     pub async fn run(&self, spec: &ContainerSpec) -> Result<ContainerStatus, String> {
         let overlay = self
@@ -337,8 +347,21 @@ impl Engine {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
+        let in_stack = spec.labels.contains_key(labels::STACK);
         let spec = match &overlay {
-            Some(net) if spec.labels.contains_key(labels::STACK) => on_overlay(spec, net),
+            Some(net) if in_stack => on_overlay(spec, net),
+            // Fail closed: started now it would have no overlay address and resolve no
+            // service names, and nothing would move it later. The reconciler retries.
+            None if in_stack
+                && self
+                    .expects_overlay
+                    .load(std::sync::atomic::Ordering::Acquire) =>
+            {
+                return Err(format!(
+                    "the overlay network is not ready on host {} yet (its configuration has not arrived or not applied; see `corral doctor`); {} is started once it is",
+                    self.host_name, spec.name
+                ));
+            }
             _ => spec.clone(),
         };
         let spec = &spec;

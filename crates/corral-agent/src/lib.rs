@@ -137,6 +137,7 @@ pub async fn run(
             options.overlay_mtu,
         ) {
             Ok(m) => {
+                engine.expect_overlay();
                 let m = std::sync::Arc::new(m);
                 m.restore().await;
                 Some(m)

@@ -276,17 +276,30 @@ pub struct ContainerRow {
 
 /// A row whose states do not read is an error, never a default state: acting on a guess
 /// could remove or restart the wrong container.
+/// A container row's `desired`, `actual` and `health` columns as typed states; a name this
+/// build does not know is a decoding error.
+pub(crate) fn container_states(
+    row: &sqlx::sqlite::SqliteRow,
+) -> std::result::Result<(Desired, Actual, Option<Health>), sqlx::Error> {
+    use sqlx::Row;
+    let bad = |column: &str, e: corral_control::states::UnknownState| sqlx::Error::ColumnDecode {
+        index: column.to_owned(),
+        source: Box::new(e),
+    };
+    let desired: String = row.try_get("desired")?;
+    let actual: String = row.try_get("actual")?;
+    let health: Option<String> = row.try_get("health")?;
+    Ok((
+        Desired::parse(&desired).map_err(|e| bad("desired", e))?,
+        Actual::parse(&actual).map_err(|e| bad("actual", e))?,
+        parse_health(health.as_deref()).map_err(|e| bad("health", e))?,
+    ))
+}
+
 impl<'r> FromRow<'r, sqlx::sqlite::SqliteRow> for ContainerRow {
     fn from_row(row: &'r sqlx::sqlite::SqliteRow) -> std::result::Result<Self, sqlx::Error> {
         use sqlx::Row;
-        let bad =
-            |column: &str, e: corral_control::states::UnknownState| sqlx::Error::ColumnDecode {
-                index: column.to_owned(),
-                source: Box::new(e),
-            };
-        let desired: String = row.try_get("desired")?;
-        let actual: String = row.try_get("actual")?;
-        let health: Option<String> = row.try_get("health")?;
+        let (desired, actual, health) = container_states(row)?;
         Ok(ContainerRow {
             id: row.try_get("id")?,
             environment_id: row.try_get("environment_id")?,
@@ -294,8 +307,8 @@ impl<'r> FromRow<'r, sqlx::sqlite::SqliteRow> for ContainerRow {
             name: row.try_get("name")?,
             image: row.try_get("image")?,
             spec: row.try_get("spec")?,
-            desired: Desired::parse(&desired).map_err(|e| bad("desired", e))?,
-            actual: Actual::parse(&actual).map_err(|e| bad("actual", e))?,
+            desired,
+            actual,
             docker_id: row.try_get("docker_id")?,
             exit_code: row.try_get("exit_code")?,
             created_at: row.try_get("created_at")?,
@@ -304,7 +317,7 @@ impl<'r> FromRow<'r, sqlx::sqlite::SqliteRow> for ContainerRow {
             service: row.try_get("service")?,
             slot: row.try_get("slot")?,
             spec_hash: row.try_get("spec_hash")?,
-            health: parse_health(health.as_deref()).map_err(|e| bad("health", e))?,
+            health,
             restart_count: row.try_get("restart_count")?,
             ip: row.try_get("ip")?,
         })

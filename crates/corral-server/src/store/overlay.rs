@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use corral_control::states::{Actual, Desired, parse_health};
+use corral_control::states::{Actual, Desired};
 use corral_proto::{Health, OverlayMode};
 use sqlx::FromRow;
 
@@ -32,21 +32,14 @@ pub struct NameRow {
 impl<'r> FromRow<'r, sqlx::sqlite::SqliteRow> for NameRow {
     fn from_row(row: &'r sqlx::sqlite::SqliteRow) -> std::result::Result<Self, sqlx::Error> {
         use sqlx::Row;
-        let bad =
-            |column: &str, e: corral_control::states::UnknownState| sqlx::Error::ColumnDecode {
-                index: column.to_owned(),
-                source: Box::new(e),
-            };
-        let desired: String = row.try_get("desired")?;
-        let actual: String = row.try_get("actual")?;
-        let health: Option<String> = row.try_get("health")?;
+        let (desired, actual, health) = super::container_states(row)?;
         Ok(NameRow {
             stack: row.try_get("stack")?,
             service: row.try_get("service")?,
             ip: row.try_get("ip")?,
-            desired: Desired::parse(&desired).map_err(|e| bad("desired", e))?,
-            actual: Actual::parse(&actual).map_err(|e| bad("actual", e))?,
-            health: parse_health(health.as_deref()).map_err(|e| bad("health", e))?,
+            desired,
+            actual,
+            health,
         })
     }
 }

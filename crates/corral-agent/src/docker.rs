@@ -358,8 +358,8 @@ impl Engine {
                     .load(std::sync::atomic::Ordering::Acquire) =>
             {
                 return Err(format!(
-                    "the overlay network is not ready on host {} yet (its configuration has not arrived or not applied; see `corral doctor`); {} is started once it is",
-                    self.host_name, spec.name
+                    "the overlay network is not ready on host {} yet (its configuration has not arrived or could not be applied: `corral doctor --host {}` says which); {} is started once it is. A host that needs no overlay runs its agent with --no-overlay",
+                    self.host_name, self.host_name, spec.name
                 ));
             }
             _ => spec.clone(),

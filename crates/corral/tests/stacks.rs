@@ -799,3 +799,77 @@ impl Drop for RemoveContainer {
         let _ = docker(&["rm", "-f", "-v", &self.0]);
     }
 }
+
+/// An agent that runs the overlay but has no overlay network yet (here: the environment's range
+/// is full, so it gets no lease and no configuration) refuses to start a stack replica outside
+/// the overlay: the replica would have no overlay address and no service names for good. The
+/// reconciler keeps retrying and `ps` says why; nothing is created in Docker.
+#[test]
+fn a_stack_replica_waits_for_the_overlay_instead_of_starting_without_it() {
+    require_docker();
+    let t = tmp();
+    let stack = stack_name("no-overlay-yet");
+    let _cleanup = StackCleanup(stack.clone());
+    let server = Server::start(&t.path().join("data"), &[]);
+    // A /23 holds one host's /24: the first agent takes it.
+    server.cli_ok(&["env", "set-overlay", "default", "--range", "10.42.0.0/23"]);
+    let _filler = agent_with_docker(&server, t.path(), "filler");
+    // The second runs the overlay (no --no-overlay), on the machine's Docker; with no lease it
+    // never gets a configuration, so it never touches the machine's network.
+    let (_, token) = server.token(&[]);
+    let dir = t.path().join("waiting");
+    std::fs::create_dir_all(&dir).unwrap();
+    let sd = dir.display().to_string();
+    let url = server.url();
+    let _waiting = spawn_corral(
+        &[
+            "agent",
+            "--server",
+            &url,
+            "--ca-checksum",
+            &server.env.checksum,
+            "--state-dir",
+            &sd,
+            "--name",
+            "waiting",
+            "--token",
+            &token,
+            "--label",
+            "role=waiting",
+            "--overlay-port",
+            "0",
+        ],
+        dir.with_extension("log"),
+        &[],
+    );
+    wait_until(
+        Duration::from_secs(20),
+        "the waiting agent's Docker",
+        || {
+            server
+                .hosts()
+                .into_iter()
+                .any(|h| h["name"] == "waiting" && h["docker"]["state"] == "available")
+        },
+    );
+    let file = write(
+        t.path(),
+        "compose.yaml",
+        &format!(
+            "services:\n  web:\n    image: {IMAGE}\n    command: {SLEEPER}\n    deploy:\n      placement:\n        constraints: [\"node.labels.role == waiting\"]\n"
+        ),
+    );
+    let out = up(&server, &file, &stack, &[]);
+    assert!(out.status.success(), "{out:?}");
+    wait_until(Duration::from_secs(30), "the refusal in ps", || {
+        service(&ps(&server, &stack), "web")["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("overlay network is not ready on host waiting"))
+    });
+    let why = service(&ps(&server, &stack), "web")["last_error"].clone();
+    assert!(why.as_str().unwrap().contains("--no-overlay"), "{why}");
+    assert!(
+        docker_ids(&format!("io.corral.stack={stack}"), true).is_empty(),
+        "nothing was created outside the overlay"
+    );
+}

@@ -243,31 +243,8 @@ fn overlay_agent_without_docker(
     name: &str,
     token: &str,
 ) -> Proc {
-    let url = server.url();
-    let sd = dir.display().to_string();
     let nowhere = format!("unix://{}/no-docker.sock", dir.display());
-    std::fs::create_dir_all(dir).unwrap();
-    spawn_corral(
-        &[
-            "agent",
-            "--server",
-            &url,
-            "--ca-checksum",
-            &server.env.checksum,
-            "--state-dir",
-            &sd,
-            "--name",
-            name,
-            "--token",
-            token,
-            "--overlay-port",
-            "0",
-            "--docker-host",
-            &nowhere,
-        ],
-        dir.with_extension("log"),
-        &[],
-    )
+    start_overlay_agent(server, dir, name, token, &["--docker-host", &nowhere])
 }
 
 #[test]

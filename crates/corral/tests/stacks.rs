@@ -817,30 +817,12 @@ fn a_stack_replica_waits_for_the_overlay_instead_of_starting_without_it() {
     // The second runs the overlay (no --no-overlay), on the machine's Docker; with no lease it
     // never gets a configuration, so it never touches the machine's network.
     let (_, token) = server.token(&[]);
-    let dir = t.path().join("waiting");
-    std::fs::create_dir_all(&dir).unwrap();
-    let sd = dir.display().to_string();
-    let url = server.url();
-    let _waiting = spawn_corral(
-        &[
-            "agent",
-            "--server",
-            &url,
-            "--ca-checksum",
-            &server.env.checksum,
-            "--state-dir",
-            &sd,
-            "--name",
-            "waiting",
-            "--token",
-            &token,
-            "--label",
-            "role=waiting",
-            "--overlay-port",
-            "0",
-        ],
-        dir.with_extension("log"),
-        &[],
+    let _waiting = start_overlay_agent(
+        &server,
+        &t.path().join("waiting"),
+        "waiting",
+        &token,
+        &["--label", "role=waiting"],
     );
     wait_until(
         Duration::from_secs(20),

@@ -262,6 +262,37 @@ pub fn start_agent(
     spawn_corral(&args, log, &[])
 }
 
+/// Starts `corral agent` in the overlay (no `--no-overlay`; a free overlay port) with a fresh
+/// state dir `dir`, its log beside it. `extra` says which Docker engine and labels.
+pub fn start_overlay_agent(
+    server: &Server,
+    dir: &Path,
+    name: &str,
+    token: &str,
+    extra: &[&str],
+) -> Proc {
+    std::fs::create_dir_all(dir).expect("state dir");
+    let url = server.url();
+    let sd = dir.display().to_string();
+    let mut args: Vec<&str> = vec![
+        "agent",
+        "--server",
+        &url,
+        "--ca-checksum",
+        &server.env.checksum,
+        "--state-dir",
+        &sd,
+        "--name",
+        name,
+        "--token",
+        token,
+        "--overlay-port",
+        "0",
+    ];
+    args.extend(extra);
+    spawn_corral(&args, dir.with_extension("log"), &[])
+}
+
 fn rand_suffix() -> u32 {
     use std::sync::atomic::{AtomicU32, Ordering};
     static N: AtomicU32 = AtomicU32::new(1);

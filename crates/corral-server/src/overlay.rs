@@ -155,14 +155,15 @@ pub async fn on_connect(
         .store
         .set_host_overlay(&host.id, key, endpoint.as_deref())
         .await?;
-    let Some(env) = state.store.overlay_env(&host.environment_id).await? else {
-        return Ok(());
-    };
-    // A reconnecting host has its lease: one indexed lookup, not the environment's leases.
+    // A reconnecting host has its lease: one indexed lookup, not the environment's leases
+    // (nor its row, which only choosing a new lease needs).
     if state.store.lease_of(&host.id).await?.is_some() {
         state.overlay.wake();
         return Ok(());
     }
+    let Some(env) = state.store.overlay_env(&host.environment_id).await? else {
+        return Ok(());
+    };
     let _one_at_a_time = state.overlay.leasing.lock().await;
     loop {
         let leases = state.store.overlay_leases(&env.id).await?;

@@ -19,6 +19,9 @@ install_packages() {
     command -v ip >/dev/null 2>&1 || missing+=(iproute2)
     command -v dockerd >/dev/null 2>&1 || missing+=(docker.io)
     command -v busybox >/dev/null 2>&1 || missing+=(busybox-static)
+    command -v docker-registry >/dev/null 2>&1 || missing+=(docker-registry)
+    command -v htpasswd >/dev/null 2>&1 || missing+=(apache2-utils)
+    command -v openssl >/dev/null 2>&1 || missing+=(openssl)
     command -v tcpdump >/dev/null 2>&1 || missing+=(tcpdump)
     command -v ping >/dev/null 2>&1 || missing+=(iputils-ping)
     if [ ${#missing[@]} -gt 0 ]; then

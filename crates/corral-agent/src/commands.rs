@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use corral_proto::{
     AgentMessage, CommandBody, CommandResult, ContainerRef, ContainerSpec, DoctorRequest,
-    ExpectProbe, FirewallApply, ImageCheck, OpenLogs, ProbeReceived, ProbeSent, RemoveContainer,
-    SendProbe, StackCleanup, StartContainer, StopContainer, StreamOpened,
+    ExpectProbe, FirewallApply, ImageCheck, ListImages, OpenLogs, ProbeReceived, ProbeSent,
+    PullImage, RemoveContainer, RemoveImage, ResolveImages, SendProbe, StackCleanup,
+    StartContainer, StopContainer, StreamOpened,
 };
 
 use crate::{AGENT_VERSION, Context, docker, doctor, firewall, overlay};
@@ -41,6 +42,16 @@ pub(crate) async fn execute(body: CommandBody, ctx: Context) -> CommandResult {
         ),
         CommandBody::ImageCheck(req) => {
             CommandResult::of::<ImageCheck>(ctx.engine.missing_images(&req.images).await)
+        }
+        CommandBody::ImageResolve(req) => {
+            CommandResult::of::<ResolveImages>(ctx.engine.resolve(&req).await)
+        }
+        CommandBody::ImagePull(req) => {
+            CommandResult::of::<PullImage>(ctx.engine.pull_now(&req).await)
+        }
+        CommandBody::ImageList(_) => CommandResult::of::<ListImages>(ctx.engine.images().await),
+        CommandBody::ImageRemove(req) => {
+            CommandResult::of::<RemoveImage>(ctx.engine.remove_image(&req.reference).await)
         }
         CommandBody::StackCleanup(req) => {
             CommandResult::of::<StackCleanup>(ctx.engine.stack_cleanup(&req).await)

@@ -15,7 +15,7 @@ use std::time::Duration;
 use bollard::Docker;
 use bollard::errors::Error as DockerError;
 use bollard::models::{
-    ContainerCreateBody, ContainerInspectResponse, EndpointSettings, HealthConfig,
+    ContainerCreateBody, ContainerInspectResponse, DeviceMapping, EndpointSettings, HealthConfig,
     HealthStatusEnum, HostConfig, Mount, MountType, NetworkCreateRequest, NetworkingConfig,
     PortBinding, RestartPolicy, RestartPolicyNameEnum, VolumeCreateRequest,
 };
@@ -56,6 +56,8 @@ pub struct Engine {
     /// This agent runs the overlay (no `--no-overlay`): a stack container waits for the
     /// overlay network rather than start without it (no overlay address, no service names).
     expects_overlay: std::sync::atomic::AtomicBool,
+    /// Where dockerd reads registries' CAs (`--docker-certs-dir`).
+    certs_dir: std::path::PathBuf,
 }
 
 /// Docker's bridge driver option for the MTU of a network's interfaces.
@@ -121,6 +123,21 @@ struct Listed {
 impl Engine {
     /// Starts watching Docker; reports go to `reports`.
     pub fn watch(host: String, host_name: String, reports: mpsc::Sender<Report>) -> Arc<Engine> {
+        Engine::watch_with(
+            host,
+            host_name,
+            crate::images::DEFAULT_CERTS_DIR.into(),
+            reports,
+        )
+    }
+
+    /// [`Engine::watch`], with registries' CAs installed under `certs_dir`.
+    pub fn watch_with(
+        host: String,
+        host_name: String,
+        certs_dir: std::path::PathBuf,
+        reports: mpsc::Sender<Report>,
+    ) -> Arc<Engine> {
         let engine = Arc::new(Engine {
             host,
             host_name,
@@ -129,9 +146,26 @@ impl Engine {
             resources: Mutex::new(()),
             overlay: std::sync::Mutex::new(None),
             expects_overlay: std::sync::atomic::AtomicBool::new(false),
+            certs_dir,
         });
         tokio::spawn(watch(engine.clone()));
         engine
+    }
+
+    /// The host's name, for messages.
+    pub fn host_name(&self) -> &str {
+        &self.host_name
+    }
+
+    /// Where registries' CAs go.
+    pub fn certs_dir(&self) -> &std::path::Path {
+        &self.certs_dir
+    }
+
+    /// Queues a report that may be dropped when the queue is full (progress, superseded by
+    /// the next one). Returns false once the agent is shutting down.
+    pub(crate) fn try_report(&self, report: Report) -> bool {
+        self.report(report)
     }
 
     /// The Docker socket's path, from `--docker-host unix:///PATH`.
@@ -347,7 +381,9 @@ impl Engine {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        let in_stack = spec.labels.contains_key(labels::STACK);
+        // A container on the host's network (or none) joins no overlay.
+        let in_stack = spec.labels.contains_key(labels::STACK)
+            && spec.network_mode == corral_proto::NetworkMode::Default;
         let spec = match &overlay {
             Some(net) if in_stack => on_overlay(spec, net),
             // Fail closed: started now it would have no overlay address and resolve no
@@ -382,14 +418,11 @@ impl Engine {
     async fn create(&self, docker: &Docker, spec: &ContainerSpec) -> Result<String, String> {
         // Everything that can be checked without Docker fails before anything is created.
         let body = create_body(spec).map_err(|e| format!("cannot create {}: {e}", spec.name))?;
-        if docker.inspect_image(&spec.image).await.is_err() {
-            return Err(format!(
-                "image {} is not present on host {} (corral never pulls implicitly: load or pull it there first)",
-                spec.image, self.host_name
-            ));
-        }
+        self.ensure_image(docker, spec).await?;
         let stack = spec.labels.get(labels::STACK).map(String::as_str);
-        if let Some(network) = &spec.network {
+        if let Some(network) = &spec.network
+            && spec.network_mode == corral_proto::NetworkMode::Default
+        {
             self.ensure_network(docker, &network.name, stack).await?;
         }
         for mount in &spec.mounts {
@@ -984,9 +1017,11 @@ pub fn create_body(spec: &ContainerSpec) -> Result<ContainerCreateBody, String> 
         .map(mount)
         .collect::<Result<Vec<_>, _>>()?;
     let restart = spec.restart.as_ref().map(restart_policy).transpose()?;
-    let (network_mode, networking_config) = match &spec.network {
-        Some(n) if n.name.is_empty() => return Err("the network needs a name".into()),
-        Some(n) => (
+    let (network_mode, networking_config) = match (&spec.network, spec.network_mode) {
+        (_, corral_proto::NetworkMode::Host) => (Some("host".to_owned()), None),
+        (_, corral_proto::NetworkMode::None) => (Some("none".to_owned()), None),
+        (Some(n), _) if n.name.is_empty() => return Err("the network needs a name".into()),
+        (Some(n), _) => (
             Some(n.name.clone()),
             Some(NetworkingConfig {
                 endpoints_config: Some(HashMap::from([(
@@ -998,8 +1033,23 @@ pub fn create_body(spec: &ContainerSpec) -> Result<ContainerCreateBody, String> 
                 )])),
             }),
         ),
-        None => (None, None),
+        (None, _) => (None, None),
     };
+    // Docker discards published ports on the host's network; say nothing twice.
+    let bindings = if spec.network_mode == corral_proto::NetworkMode::Default {
+        bindings
+    } else {
+        HashMap::new()
+    };
+    let devices: Vec<DeviceMapping> = spec
+        .devices
+        .iter()
+        .map(|d| DeviceMapping {
+            path_on_host: Some(d.host.clone()),
+            path_in_container: Some(d.container.clone()),
+            cgroup_permissions: Some(d.permissions.clone()),
+        })
+        .collect();
     Ok(ContainerCreateBody {
         image: Some(spec.image.clone()),
         env: Some(spec.env.clone()),
@@ -1021,6 +1071,11 @@ pub fn create_body(spec: &ContainerSpec) -> Result<ContainerCreateBody, String> 
             restart_policy: restart,
             network_mode,
             dns: (!spec.dns.is_empty()).then(|| spec.dns.clone()),
+            privileged: spec.privileged.then_some(true),
+            cap_add: (!spec.cap_add.is_empty()).then(|| spec.cap_add.clone()),
+            cap_drop: (!spec.cap_drop.is_empty()).then(|| spec.cap_drop.clone()),
+            pid_mode: spec.pid_host.then(|| "host".to_owned()),
+            devices: (!devices.is_empty()).then_some(devices),
             ..Default::default()
         }),
         networking_config,
@@ -1169,7 +1224,35 @@ mod tests {
             expose: Vec::new(),
             stop_grace_secs: None,
             dns: Vec::new(),
+            ..ContainerSpec::default()
         }
+    }
+
+    #[test]
+    fn isolation_options_reach_docker_and_host_mode_drops_the_network() {
+        let mut s = spec();
+        s.privileged = true;
+        s.cap_add = vec!["NET_ADMIN".into()];
+        s.cap_drop = vec!["MKNOD".into()];
+        s.pid_host = true;
+        s.devices = vec![corral_proto::DeviceSpec {
+            host: "/dev/fuse".into(),
+            container: "/dev/fuse".into(),
+            permissions: "rwm".into(),
+        }];
+        s.network_mode = corral_proto::NetworkMode::Host;
+        let body = create_body(&s).unwrap();
+        let hc = body.host_config.unwrap();
+        assert_eq!(hc.privileged, Some(true));
+        assert_eq!(hc.cap_add, Some(vec!["NET_ADMIN".to_string()]));
+        assert_eq!(hc.cap_drop, Some(vec!["MKNOD".to_string()]));
+        assert_eq!(hc.pid_mode.as_deref(), Some("host"));
+        assert_eq!(hc.network_mode.as_deref(), Some("host"));
+        assert!(hc.port_bindings.is_none());
+        assert!(body.networking_config.is_none());
+        let d = &hc.devices.unwrap()[0];
+        assert_eq!(d.path_on_host.as_deref(), Some("/dev/fuse"));
+        assert_eq!(d.cgroup_permissions.as_deref(), Some("rwm"));
     }
 
     #[test]

@@ -23,6 +23,7 @@ pub mod docker;
 pub mod doctor;
 pub mod facts;
 pub mod firewall;
+pub mod images;
 pub mod mesh;
 pub mod overlay;
 pub mod state;
@@ -77,6 +78,8 @@ pub struct AgentOptions {
     pub embedded: bool,
     /// The local Docker socket.
     pub docker_host: String,
+    /// Where dockerd reads registries' CAs; a registry's private CA is installed there.
+    pub docker_certs_dir: PathBuf,
     /// Ceiling of the reconnect backoff.
     pub backoff_cap: Duration,
 }
@@ -95,6 +98,7 @@ impl AgentOptions {
             overlay: true,
             embedded: false,
             docker_host: docker::DEFAULT_DOCKER_HOST.to_owned(),
+            docker_certs_dir: images::DEFAULT_CERTS_DIR.into(),
             backoff_cap: Duration::from_secs(30),
         }
     }
@@ -128,7 +132,12 @@ pub async fn run(
         }
     };
     let (reports_tx, mut reports_rx) = tokio::sync::mpsc::channel(256);
-    let engine = docker::Engine::watch(options.docker_host.clone(), st.name.clone(), reports_tx);
+    let engine = docker::Engine::watch_with(
+        options.docker_host.clone(),
+        st.name.clone(),
+        options.docker_certs_dir.clone(),
+        reports_tx,
+    );
     let mesh = if options.overlay {
         match mesh::Mesh::load_or_create(
             st.dir(),

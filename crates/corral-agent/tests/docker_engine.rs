@@ -45,6 +45,7 @@ fn spec(stack: &str, name: &str) -> ContainerSpec {
         expose: Vec::new(),
         stop_grace_secs: None,
         dns: Vec::new(),
+        ..ContainerSpec::default()
     }
 }
 

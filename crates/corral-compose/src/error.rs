@@ -143,7 +143,7 @@ impl From<LoadError> for LoadErrors {
 /// Something the loader accepted but will not act on: every ignored key is reported as one.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Warning {
-    /// Key path, like `services.web.privileged`.
+    /// Key path, like `services.web.logging`.
     pub path: String,
     /// Where the key was written, when known.
     pub location: Option<Location>,

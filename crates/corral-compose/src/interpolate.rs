@@ -217,7 +217,12 @@ fn cast(path: &[Seg], text: &str) -> Option<Value> {
         .any(|s| matches!(s, Seg::Key(k) if k == "ports"));
     let int_key = matches!(key, "replicas" | "scale" | "parallelism" | "retries")
         || (in_ports && matches!(key, "published" | "target"));
-    let bool_key = matches!(key, "read_only" | "disable" | "external");
+    // `privileged` only as a service's own key, not, say, as an environment variable's name.
+    let service_bool = matches!(
+        path,
+        [Seg::Key(s), Seg::Key(_), Seg::Key(k)] if s == "services" && k == "privileged"
+    );
+    let bool_key = service_bool || matches!(key, "read_only" | "disable" | "external");
     if int_key {
         return text.trim().parse::<i64>().ok().map(Value::Int);
     }

@@ -40,10 +40,14 @@
 //!   over earlier), as Compose ranks the shell over `.env`. `env_file:` values are taken
 //!   literally (not interpolated); a service's `environment:` wins over its `env_file:`.
 //! - **Ignored vs invalid keys**: a key the Compose spec defines but corral does not act on
-//!   (`privileged`, `logging`, `deploy.resources.limits`, `x-*` extensions, top-level
+//!   (`logging`, `security_opt`, `deploy.resources.limits`, `x-*` extensions, top-level
 //!   `secrets`, …) is a [`Warning`]; a key the spec does not define at all is a schema error,
 //!   as the official schema says. The vendored schema dates from 2021, so keys added to the
 //!   spec since (other than the top-level `name`, handled here) are schema errors too.
+//! - **Host-level keys** (`pull_policy`, `privileged`, `cap_add`, `cap_drop`, `network_mode`,
+//!   `pid`, `devices`) are typed fields of [`Service`]. The forms of them corral cannot honour
+//!   (`pull_policy: build`, `network_mode: service:…`, `pid: container:…`, …) are errors, not
+//!   warnings: running the service without them would not be what the file asks for.
 //! - **Project name**: [`Input::project_name`], else the top-level `name:`, else an error; it
 //!   must match `[a-z0-9][a-z0-9_-]*`.
 //! - **Nesting** is limited to [`limits::MAX_YAML_DEPTH`] levels: the YAML deserializer

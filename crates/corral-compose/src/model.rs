@@ -54,6 +54,59 @@ pub struct Service {
     /// `x-corral.anti_affinity`: services of this stack never to share a host with this one
     /// (naming the service itself spreads its replicas one per host).
     pub anti_affinity: Vec<String>,
+    /// `pull_policy`: [`PullPolicy::Missing`] when not given, as in Compose.
+    pub pull_policy: PullPolicy,
+    /// `privileged` (false when not given).
+    pub privileged: bool,
+    /// `cap_add`: capability names in upper case without the `CAP_` prefix (`NET_ADMIN`, or
+    /// `ALL`), each once, in the order written.
+    pub cap_add: Vec<String>,
+    /// `cap_drop`: as `cap_add`.
+    pub cap_drop: Vec<String>,
+    /// `network_mode` ([`NetworkMode::Default`] when not given).
+    pub network_mode: NetworkMode,
+    /// `pid: host`: the containers share the host's process namespace.
+    pub pid_host: bool,
+    /// `devices`: host devices to make available in the containers.
+    pub devices: Vec<Device>,
+}
+
+/// `pull_policy`: when a host pulls the image before it creates a container.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PullPolicy {
+    /// Pull every time, even when the host has the image (to follow a moving tag).
+    Always,
+    /// Pull only when the host does not have the image (`missing` or `if_not_present`; the
+    /// Compose default).
+    #[default]
+    Missing,
+    /// Never pull: the image must already be on the host.
+    Never,
+}
+
+/// `network_mode`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NetworkMode {
+    /// The stack's network (no `network_mode`, or `bridge`).
+    #[default]
+    Default,
+    /// The host's network stack: the containers listen on the host's addresses directly.
+    Host,
+    /// No network but loopback.
+    None,
+}
+
+/// A `devices` entry (`HOST[:CONTAINER[:PERMISSIONS]]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Device {
+    /// Absolute path of the device on the host.
+    pub host: String,
+    /// Absolute path in the container (the host path when not given).
+    pub container: String,
+    /// Some of `r` (read), `w` (write), `m` (mknod), in that order; `rwm` when not given.
+    pub permissions: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]

@@ -1,12 +1,14 @@
 //! Small parsers for Compose value syntaxes: durations, byte sizes, CPU counts, shell words,
-//! ports, exposed ports, volumes, restart policies and placement constraints.
+//! ports, exposed ports, volumes, restart policies, placement constraints, pull policies,
+//! capabilities, network and PID modes, and devices.
 //! Each returns a message for people on failure; the caller adds file, line and key path.
 
 use std::net::IpAddr;
 use std::time::Duration;
 
 use crate::model::{
-    Constraint, ConstraintAttribute, ConstraintOp, Expose, Port, PortRange, Protocol, RestartPolicy,
+    Constraint, ConstraintAttribute, ConstraintOp, Device, Expose, NetworkMode, Port, PortRange,
+    Protocol, PullPolicy, RestartPolicy,
 };
 
 /// Go-style durations as Compose writes them: `1h30m`, `10s`, `1.5s`, `500ms`, `0`.
@@ -314,6 +316,136 @@ pub fn constraint(s: &str) -> Result<Constraint, String> {
     })
 }
 
+/// `pull_policy`: `always`, `missing` (or its older name `if_not_present`), `never`.
+pub fn pull_policy(s: &str) -> Result<PullPolicy, String> {
+    match s {
+        "always" => Ok(PullPolicy::Always),
+        "missing" | "if_not_present" => Ok(PullPolicy::Missing),
+        "never" => Ok(PullPolicy::Never),
+        // Valid Compose, but it means "build the image here", which corral cannot do: refuse
+        // rather than deploy something other than what the file asks for.
+        "build" => Err(
+            "`build` is not supported: corral does not build images yet; use `always`, `missing` or `never` with an image from a registry"
+                .to_owned(),
+        ),
+        other => Err(format!(
+            "`{other}` is not a pull policy (always, missing or never)"
+        )),
+    }
+}
+
+/// A capability name as Docker takes it: any case, with or without `CAP_`. Returned in upper
+/// case without the prefix (`cap_net_admin` → `NET_ADMIN`) so the same capability written two
+/// ways is one entry. Whether the kernel knows it is for the host to say.
+pub fn capability(s: &str) -> Result<String, String> {
+    let upper = s.to_ascii_uppercase();
+    let name = upper.strip_prefix("CAP_").unwrap_or(&upper);
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+    {
+        return Err(format!(
+            "`{s}` is not a capability name (like `NET_ADMIN`, `CAP_SYS_TIME` or `ALL`)"
+        ));
+    }
+    Ok(name.to_owned())
+}
+
+/// `network_mode`. An empty value (`${NET_MODE:-}`) is no mode, as in Compose.
+pub fn network_mode(s: &str) -> Result<NetworkMode, String> {
+    match s {
+        // `bridge` is Docker's default network; in corral the default is the stack's network.
+        "" | "bridge" | "default" => Ok(NetworkMode::Default),
+        "host" => Ok(NetworkMode::Host),
+        "none" => Ok(NetworkMode::None),
+        other if other.starts_with("service:") || other.starts_with("container:") => Err(format!(
+            "`{other}` is not supported: corral does not share a container's network with another (use `host`, `none`, or leave `network_mode` out)"
+        )),
+        other => Err(format!(
+            "`{other}` is not a network mode corral supports (bridge, host or none)"
+        )),
+    }
+}
+
+/// `pid`: true for `host`, false for an empty value; anything else (`service:x`,
+/// `container:x`) is refused.
+pub fn pid_host(s: &str) -> Result<bool, String> {
+    match s {
+        "" => Ok(false),
+        "host" => Ok(true),
+        other => Err(format!(
+            "`{other}` is not supported: corral supports only `pid: host`"
+        )),
+    }
+}
+
+/// Device permissions: a non-empty set of `r`, `w`, `m`, each at most once (as Docker checks
+/// them), returned in the order `rwm`.
+fn device_permissions(s: &str) -> Option<String> {
+    let mut seen = [false; 3];
+    for c in s.chars() {
+        let i = "rwm".find(c)?;
+        if std::mem::replace(&mut seen[i], true) {
+            return None;
+        }
+    }
+    let out: String = "rwm"
+        .chars()
+        .zip(seen)
+        .filter(|&(_, on)| on)
+        .map(|(c, _)| c)
+        .collect();
+    (!out.is_empty()).then_some(out)
+}
+
+/// Short device syntax: `HOST[:CONTAINER[:PERMISSIONS]]`, and `HOST:PERMISSIONS` as Docker
+/// also reads it (a container path is absolute, so it cannot be mistaken for permissions).
+pub fn device(s: &str) -> Result<Device, String> {
+    let bad_perms = |p: &str| {
+        format!("`{p}` in `{s}` is not a set of device permissions (some of r, w and m, each once)")
+    };
+    let parts: Vec<&str> = s.split(':').collect();
+    let (host, container, permissions) = match parts.as_slice() {
+        [host] => (*host, *host, None),
+        [host, second] => match device_permissions(second) {
+            Some(p) => (*host, *host, Some(p)),
+            None if !second.is_empty() && !second.contains('/') => {
+                return Err(format!(
+                    "`{second}` in `{s}` is neither an absolute container path nor device permissions (some of r, w and m, each once)"
+                ));
+            }
+            None => (*host, *second, None),
+        },
+        [host, container, perms] => (
+            *host,
+            *container,
+            Some(device_permissions(perms).ok_or_else(|| bad_perms(perms))?),
+        ),
+        _ => {
+            return Err(format!(
+                "`{s}` is not a device (HOST[:CONTAINER[:PERMISSIONS]], like `/dev/ttyUSB0:/dev/ttyUSB0:rw`)"
+            ));
+        }
+    };
+    for path in [host, container] {
+        if !path.starts_with('/') {
+            return Err(if path.is_empty() {
+                format!(
+                    "`{s}` is not a device (HOST[:CONTAINER[:PERMISSIONS]], like `/dev/ttyUSB0:/dev/ttyUSB0:rw`)"
+                )
+            } else {
+                format!("`{path}` in `{s}` is not an absolute path")
+            });
+        }
+    }
+    Ok(Device {
+        host: host.to_owned(),
+        container: container.to_owned(),
+        permissions: permissions.unwrap_or_else(|| "rwm".to_owned()),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -415,5 +547,119 @@ mod tests {
             }
         );
         assert!(restart("sometimes").is_err());
+    }
+
+    #[test]
+    fn pull_policies() {
+        assert_eq!(pull_policy("always").unwrap(), PullPolicy::Always);
+        assert_eq!(pull_policy("missing").unwrap(), PullPolicy::Missing);
+        assert_eq!(pull_policy("if_not_present").unwrap(), PullPolicy::Missing);
+        assert_eq!(pull_policy("never").unwrap(), PullPolicy::Never);
+        assert!(
+            pull_policy("build")
+                .unwrap_err()
+                .contains("does not build images yet")
+        );
+        for bad in ["", "Always", "daily", "every_12h"] {
+            assert!(pull_policy(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn capabilities() {
+        assert_eq!(capability("cap_net_admin").unwrap(), "NET_ADMIN");
+        assert_eq!(capability("CAP_SYS_TIME").unwrap(), "SYS_TIME");
+        assert_eq!(capability("Sys_Nice").unwrap(), "SYS_NICE");
+        assert_eq!(capability("ALL").unwrap(), "ALL");
+        assert_eq!(capability("all").unwrap(), "ALL");
+        assert_eq!(capability("BPF").unwrap(), "BPF");
+        assert_eq!(
+            capability("CAP_CAP_X").unwrap(),
+            "CAP_X",
+            "one prefix comes off"
+        );
+        for bad in [
+            "",
+            "CAP_",
+            "cap_",
+            "NET ADMIN",
+            "net-admin",
+            " NET_ADMIN",
+            "NÉT",
+        ] {
+            assert!(capability(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn network_and_pid_modes() {
+        assert_eq!(network_mode("").unwrap(), NetworkMode::Default);
+        assert_eq!(network_mode("bridge").unwrap(), NetworkMode::Default);
+        assert_eq!(network_mode("default").unwrap(), NetworkMode::Default);
+        assert_eq!(network_mode("host").unwrap(), NetworkMode::Host);
+        assert_eq!(network_mode("none").unwrap(), NetworkMode::None);
+        assert!(
+            network_mode("service:db")
+                .unwrap_err()
+                .contains("not supported")
+        );
+        assert!(
+            network_mode("container:x")
+                .unwrap_err()
+                .contains("not supported")
+        );
+        for bad in ["HOST", "mynet", "host "] {
+            assert!(network_mode(bad).is_err(), "{bad:?}");
+        }
+        assert!(pid_host("host").unwrap());
+        assert!(!pid_host("").unwrap());
+        for bad in ["container:x", "service:db", "HOST", "private"] {
+            assert!(pid_host(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn devices() {
+        let d = |host: &str, container: &str, permissions: &str| Device {
+            host: host.into(),
+            container: container.into(),
+            permissions: permissions.into(),
+        };
+        assert_eq!(
+            device("/dev/fuse").unwrap(),
+            d("/dev/fuse", "/dev/fuse", "rwm")
+        );
+        assert_eq!(
+            device("/dev/snd:r").unwrap(),
+            d("/dev/snd", "/dev/snd", "r")
+        );
+        assert_eq!(
+            device("/dev/ttyUSB0:/dev/ttyS0").unwrap(),
+            d("/dev/ttyUSB0", "/dev/ttyS0", "rwm")
+        );
+        assert_eq!(
+            device("/dev/sda:/dev/xvda:mwr").unwrap(),
+            d("/dev/sda", "/dev/xvda", "rwm")
+        );
+        assert_eq!(
+            device("/dev/a:/dev/b:wm").unwrap(),
+            d("/dev/a", "/dev/b", "wm")
+        );
+        for bad in [
+            "",
+            "dev/fuse",
+            "/dev/a:",
+            "/dev/a:dev/b",
+            "/dev/a:rx",
+            "/dev/a:/dev/b:",
+            "/dev/a:/dev/b:x",
+            "/dev/a:/dev/b:rr",
+            "/dev/a:/dev/b:RW",
+            "/dev/a:/dev/b:r:w",
+            ":/dev/b",
+            "vendor.com/gpu=all",
+        ] {
+            assert!(device(bad).is_err(), "{bad:?}");
+        }
     }
 }

@@ -33,6 +33,13 @@ pub const SUPPORTED_SERVICE_KEYS: &[&str] = &[
     "working_dir",
     "hostname",
     "networks",
+    "pull_policy",
+    "privileged",
+    "cap_add",
+    "cap_drop",
+    "network_mode",
+    "pid",
+    "devices",
     "x-corral",
 ];
 
@@ -329,6 +336,13 @@ fn service(
         networks: Vec::new(),
         affinity: Vec::new(),
         anti_affinity: Vec::new(),
+        pull_policy: PullPolicy::default(),
+        privileged: false,
+        cap_add: Vec::new(),
+        cap_drop: Vec::new(),
+        network_mode: NetworkMode::default(),
+        pid_host: false,
+        devices: Vec::new(),
     };
     let has_image = node
         .get("image")
@@ -349,6 +363,10 @@ fn service(
     let mut environment = BTreeMap::new();
     let mut replicas: Option<(u32, Pos)> = None;
     let mut scale: Option<(u32, Pos)> = None;
+    // Where `ports:` and a non-empty `network_mode:` were written, for the checks after the
+    // loop (they concern two keys, in whichever order they come).
+    let mut ports_pos: Option<Pos> = None;
+    let mut network_mode_pos: Option<Pos> = None;
     for (key, pos, v) in entries(node) {
         let p = with(path, &key);
         match key.as_str() {
@@ -412,7 +430,10 @@ fn service(
                 }
             }
             "labels" => svc.labels = string_map(cx, &p, v),
-            "ports" => ports(cx, &p, v, &mut svc.ports),
+            "ports" => {
+                ports_pos = Some(pos);
+                ports(cx, &p, v, &mut svc.ports);
+            }
             "expose" => {
                 if let Value::Seq(items) = &v.value {
                     for (i, item) in items.iter().enumerate() {
@@ -482,6 +503,45 @@ fn service(
                     svc.networks.push(net);
                 }
             }
+            "pull_policy" => {
+                if let Some(s) = text(cx, &p, v) {
+                    match parse::pull_policy(&s) {
+                        Ok(policy) => svc.pull_policy = policy,
+                        Err(e) => cx.error(&p, v.pos, e),
+                    }
+                }
+            }
+            "privileged" => match v.value {
+                Value::Bool(b) => svc.privileged = b,
+                _ => cx.error(&p, v.pos, "must be true or false"),
+            },
+            "cap_add" => svc.cap_add = capabilities(cx, &p, v),
+            "cap_drop" => svc.cap_drop = capabilities(cx, &p, v),
+            "network_mode" => {
+                if let Some(s) = text(cx, &p, v) {
+                    match parse::network_mode(&s) {
+                        Ok(mode) => {
+                            svc.network_mode = mode;
+                            if !s.is_empty() {
+                                network_mode_pos = Some(v.pos);
+                            }
+                        }
+                        Err(e) => cx.error(&p, v.pos, e),
+                    }
+                }
+            }
+            "pid" => {
+                // `pid:` with no value is allowed by the schema and means no mode.
+                if !matches!(v.value, Value::Null)
+                    && let Some(s) = text(cx, &p, v)
+                {
+                    match parse::pid_host(&s) {
+                        Ok(host) => svc.pid_host = host,
+                        Err(e) => cx.error(&p, v.pos, e),
+                    }
+                }
+            }
+            "devices" => devices(cx, &p, v, &mut svc.devices),
             "x-corral" => {
                 if v.as_map().is_none() && !matches!(v.value, Value::Null) {
                     cx.error(
@@ -518,6 +578,29 @@ fn service(
             }
             _ => cx.ignored(&p, pos),
         }
+    }
+    if let Some(mode_pos) = network_mode_pos
+        && !svc.networks.is_empty()
+    {
+        // The Compose spec forbids the combination: with a network mode there is no network
+        // of the service's own to attach.
+        cx.error(
+            &with(path, "network_mode"),
+            mode_pos,
+            "`network_mode` and `networks` cannot be combined: remove one",
+        );
+    }
+    if svc.network_mode == NetworkMode::Host
+        && !svc.ports.is_empty()
+        && let Some(ppos) = ports_pos
+    {
+        // As Compose (and Docker) do: the ports are kept, but nothing is published, since the
+        // containers listen on the host's own addresses.
+        cx.warn(
+            &with(path, "ports"),
+            ppos,
+            "published ports are ignored with `network_mode: host`: the service listens on the host's ports directly",
+        );
     }
     svc.environment = env_from_files;
     svc.environment.extend(environment);
@@ -597,6 +680,61 @@ fn ports(cx: &mut Cx<'_>, path: &[Seg], node: &Node, out: &mut Vec<Port>) {
                     Err(e) => cx.error(&ip, item.pos, e),
                 }
             }
+        }
+    }
+}
+
+/// `cap_add` / `cap_drop`: normalized names, each once (`NET_ADMIN` and `cap_net_admin` are the
+/// same capability, which the schema's `uniqueItems` cannot see).
+fn capabilities(cx: &mut Cx<'_>, path: &[Seg], node: &Node) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let Value::Seq(items) = &node.value else {
+        cx.error(path, node.pos, "must be a list of capability names");
+        return out;
+    };
+    for (i, item) in items.iter().enumerate() {
+        let ip = at(path, i);
+        let Some(s) = item.as_str() else {
+            cx.error(&ip, item.pos, "must be a capability name");
+            continue;
+        };
+        match parse::capability(s) {
+            Ok(name) => {
+                if !out.contains(&name) {
+                    out.push(name);
+                }
+            }
+            Err(e) => cx.error(&ip, item.pos, e),
+        }
+    }
+    out
+}
+
+/// `devices`, in the short syntax only.
+fn devices(cx: &mut Cx<'_>, path: &[Seg], node: &Node, out: &mut Vec<Device>) {
+    let Value::Seq(items) = &node.value else {
+        cx.error(path, node.pos, "must be a list of devices");
+        return;
+    };
+    for (i, item) in items.iter().enumerate() {
+        let ip = at(path, i);
+        match &item.value {
+            Value::Str(s) => match parse::device(s) {
+                Ok(d) => {
+                    if !out.contains(&d) {
+                        out.push(d);
+                    }
+                }
+                Err(e) => cx.error(&ip, item.pos, e),
+            },
+            // Newer Compose files may use `{ source, target, permissions }`; the vendored
+            // schema refuses it before this point, but say what to write should it get here.
+            Value::Map(_) => cx.error(
+                &ip,
+                item.pos,
+                "the long syntax is not supported: write the device as `HOST:CONTAINER:PERMS`",
+            ),
+            _ => cx.error(&ip, item.pos, "must be a device (`HOST:CONTAINER:PERMS`)"),
         }
     }
 }
@@ -998,4 +1136,90 @@ fn start_order(
         }
     }
     Some(order)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cx<'a>(
+        env: &'a BTreeMap<String, String>,
+        env_files: &'a BTreeMap<String, BTreeMap<String, String>>,
+    ) -> Cx<'a> {
+        Cx {
+            files: &[],
+            env,
+            env_files,
+            warnings: Vec::new(),
+            more_warnings: 0,
+            errors: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn long_device_syntax_says_what_to_write() {
+        // The vendored schema refuses a mapping here before the loader sees it; a newer schema
+        // would not, and then this is the message.
+        let (env, files) = (BTreeMap::new(), BTreeMap::new());
+        let mut cx = cx(&env, &files);
+        let node = Node::new(
+            Pos::NONE,
+            Value::Seq(vec![
+                Node::new(Pos::NONE, Value::Str("/dev/fuse".into())),
+                Node::new(Pos::NONE, Value::Map(Vec::new())),
+                Node::new(Pos::NONE, Value::Int(3)),
+            ]),
+        );
+        let path = [
+            Seg::Key("services".into()),
+            Seg::Key("web".into()),
+            Seg::Key("devices".into()),
+        ];
+        let mut out = Vec::new();
+        devices(&mut cx, &path, &node, &mut out);
+        assert_eq!(out.len(), 1);
+        let shown: Vec<String> = cx.errors.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            shown,
+            vec![
+                "services.web.devices[1]: the long syntax is not supported: write the device as `HOST:CONTAINER:PERMS`",
+                "services.web.devices[2]: must be a device (`HOST:CONTAINER:PERMS`)",
+            ]
+        );
+    }
+
+    #[test]
+    fn capability_lists_must_be_lists_of_names() {
+        let (env, files) = (BTreeMap::new(), BTreeMap::new());
+        let mut cx = cx(&env, &files);
+        let path = [
+            Seg::Key("services".into()),
+            Seg::Key("web".into()),
+            Seg::Key("cap_add".into()),
+        ];
+        let scalar = Node::new(Pos::NONE, Value::Str("NET_ADMIN".into()));
+        assert!(capabilities(&mut cx, &path, &scalar).is_empty());
+        let list = Node::new(
+            Pos::NONE,
+            Value::Seq(vec![Node::new(Pos::NONE, Value::Bool(true))]),
+        );
+        assert!(capabilities(&mut cx, &path, &list).is_empty());
+        let shown: Vec<String> = cx.errors.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            shown,
+            vec![
+                "services.web.cap_add: must be a list of capability names",
+                "services.web.cap_add[0]: must be a capability name",
+            ]
+        );
+    }
+
+    #[test]
+    fn supported_keys_are_in_the_schema() {
+        let schema: serde_json::Value = serde_json::from_str(crate::COMPOSE_SPEC_SCHEMA).unwrap();
+        let props = &schema["definitions"]["service"]["properties"];
+        for key in SUPPORTED_SERVICE_KEYS {
+            assert!(key.starts_with("x-") || props.get(key).is_some(), "{key}");
+        }
+    }
 }

@@ -208,6 +208,13 @@ fn every_supported_key() {
     assert_eq!(web.networks, vec!["front"]);
     assert_eq!(web.affinity, vec!["cache"]);
     assert_eq!(web.anti_affinity, vec!["web"]);
+    // The host-level keys' defaults.
+    assert_eq!(web.pull_policy, PullPolicy::Missing);
+    assert!(!web.privileged);
+    assert!(web.cap_add.is_empty() && web.cap_drop.is_empty());
+    assert_eq!(web.network_mode, NetworkMode::Default);
+    assert!(!web.pid_host);
+    assert!(web.devices.is_empty());
 
     let db = &p.services["db"];
     assert_eq!(
@@ -218,6 +225,32 @@ fn every_supported_key() {
     );
     assert_eq!(db.replicas, 1);
     assert_eq!(db.stop_grace_period, Duration::from_secs(10));
+    assert_eq!(db.pull_policy, PullPolicy::Always);
+    assert!(db.privileged);
+    assert_eq!(db.cap_add, vec!["NET_ADMIN", "SYS_TIME"]);
+    assert_eq!(db.cap_drop, vec!["ALL"]);
+    assert!(db.pid_host);
+    assert_eq!(db.network_mode, NetworkMode::Default);
+    assert_eq!(
+        db.devices,
+        vec![
+            Device {
+                host: "/dev/fuse".into(),
+                container: "/dev/fuse".into(),
+                permissions: "rwm".into()
+            },
+            Device {
+                host: "/dev/ttyUSB0".into(),
+                container: "/dev/ttyS0".into(),
+                permissions: "rwm".into()
+            },
+            Device {
+                host: "/dev/sda".into(),
+                container: "/dev/xvda".into(),
+                permissions: "r".into()
+            },
+        ]
+    );
     assert_eq!(
         db.healthcheck,
         Healthcheck::Custom(HealthcheckConfig {
@@ -243,6 +276,8 @@ fn every_supported_key() {
     assert_eq!(cache.healthcheck, Healthcheck::Disabled);
     assert_eq!(cache.depends_on["db"], Condition::ServiceStarted);
     assert_eq!(cache.update, UpdateConfig::default());
+    assert_eq!(cache.network_mode, NetworkMode::None);
+    assert_eq!(cache.pull_policy, PullPolicy::Never);
 }
 
 #[test]
@@ -563,8 +598,7 @@ fn unknown_keys_are_warned() {
     let paths: Vec<&str> = loaded.warnings.iter().map(|w| w.path.as_str()).collect();
     for expected in [
         "version",
-        "services.web.privileged",
-        "services.web.cap_add",
+        "services.web.security_opt",
         "services.web.logging",
         "services.web.deploy.mode",
         "services.web.deploy.resources.limits",
@@ -579,213 +613,293 @@ fn unknown_keys_are_warned() {
             "no warning for {expected}: {paths:?}"
         );
     }
-    let privileged = loaded
+    // Supported since: acted on, not warned about.
+    for supported in ["services.web.privileged", "services.web.cap_add"] {
+        assert!(!paths.contains(&supported), "{supported} warned: {paths:?}");
+    }
+    let web = &loaded.project.services["web"];
+    assert!(web.privileged);
+    assert_eq!(web.cap_add, vec!["NET_ADMIN"]);
+    let security_opt = loaded
         .warnings
         .iter()
-        .find(|w| w.path == "services.web.privileged")
+        .find(|w| w.path == "services.web.security_opt")
         .unwrap();
-    assert!(privileged.message.contains("`privileged`"));
-    assert!(privileged.message.contains("ignored"));
-    let loc = privileged.location.as_ref().unwrap();
+    assert!(security_opt.message.contains("`security_opt`"));
+    assert!(security_opt.message.contains("ignored"));
+    let loc = security_opt.location.as_ref().unwrap();
     assert_eq!((loc.file.as_str(), loc.line), ("unknown_keys.yaml", 5));
 }
 
-#[test]
-fn other_bad_inputs() {
-    let cases: &[(&str, &str)] = &[
-        (
-            "services:\n  web:\n    image: x\n    ports: ['99999:80']\n",
-            "not a port number",
-        ),
-        (
-            "services:\n  web:\n    image: x\n    volumes: ['data:/data']\n",
-            "volume `data` is not declared",
-        ),
-        (
-            "services:\n  web:\n    image: x\n    restart: sometimes\n",
-            "not a restart policy",
-        ),
-        (
-            "services:\n  web:\n    image: x\n    deploy:\n      placement:\n        constraints: ['node.role == manager']\n",
-            "corral supports `node.hostname`",
-        ),
-        (
-            "services:\n  web:\n    image: x\n    scale: 2\n    deploy: { replicas: 3 }\n",
-            "disagree",
-        ),
-        (
-            "services:\n  web:\n    image: x\n    deploy: { replicas: 100000 }\n",
-            "over the limit",
-        ),
-        (
-            "services:\n  web:\n    image: x\n    stop_grace_period: soon\n",
-            "not a duration",
-        ),
-        (
-            "services:\n  web:\n    image: x\n    x-corral: { affinity: [nope] }\n",
-            "`nope` is not a service",
-        ),
-        (
-            "services:\n  web:\n    image: x\n    depends_on: { db: { condition: service_completed_successfully } }\n  db:\n    image: y\n",
-            "is not supported",
-        ),
-        ("services:\n  web:\n    command: x\n", "has no `image`"),
-        ("services: {}\n", "no services"),
-        ("- a\n- b\n", "must be a mapping"),
-        ("a: 1\n---\nb: 2\n", "invalid YAML"),
-        (
-            "services:\n  web:\n    image: x\n    image: y\n",
-            "invalid YAML",
-        ),
-        ("services:\n  web:\n    image: $\n", "invalid interpolation"),
-        ("   \n", "file is empty"),
-    ];
-    for (text, needle) in cases {
-        let err = load_err(&Input {
-            files: vec![SourceFile::new("case.yaml", *text)],
-            project_name: Some("p".into()),
-            ..Input::default()
-        });
-        assert!(
-            err.mentions(needle),
-            "{text:?}: expected {needle:?}, got:\n{err}"
-        );
+/// A one-service file `web` (image `x`) with `extra` added to the service, indented by four.
+fn web_with(extra: &str) -> Input {
+    let mut text = String::from("services:\n  web:\n    image: x\n");
+    for line in extra.lines() {
+        text.push_str("    ");
+        text.push_str(line);
+        text.push('\n');
     }
-}
-
-#[test]
-fn project_name_rules() {
-    let text = "services:\n  web:\n    image: x\n";
-    let mk = |name: Option<&str>| Input {
-        files: vec![SourceFile::new("n.yaml", text)],
-        project_name: name.map(str::to_owned),
-        ..Input::default()
-    };
-    assert!(load_err(&mk(None)).mentions("no project name"));
-    assert!(load_err(&mk(Some("Bad Name"))).mentions("must be lowercase"));
-    assert_eq!(load_ok(&mk(Some("ok-1"))).project.name, "ok-1");
-}
-
-#[test]
-fn missing_env_file_is_an_error() {
-    let text = "services:\n  web:\n    image: x\n    env_file: [a.env]\n";
-    let err = load_err(&Input {
-        files: vec![SourceFile::new("e.yaml", text)],
+    Input {
+        files: vec![SourceFile::new("h.yaml", text)],
         project_name: Some("p".into()),
         ..Input::default()
-    });
-    assert!(err.mentions("env file `a.env` was not provided"), "{err}");
-}
-
-fn files(texts: Vec<String>) -> Input {
-    Input {
-        files: texts
-            .into_iter()
-            .enumerate()
-            .map(|(i, t)| SourceFile::new(format!("c{i}.yaml"), t))
-            .collect(),
-        project_name: Some("test".into()),
-        ..Input::default()
     }
 }
 
-#[test]
-fn warnings_and_errors_are_bounded_however_large_the_input() {
-    // 5,000 ignored keys: 100 warnings named, and one saying how many more.
-    let mut text = String::from("services:\n  web:\n    image: x\n");
-    for i in 0..5_000 {
-        text.push_str(&format!("x-{i}: 0\n"));
-    }
-    let loaded = load_ok(&files(vec![text]));
-    assert_eq!(loaded.warnings.len(), limits::MAX_WARNINGS + 1);
-    let last = loaded.warnings.last().unwrap().to_string();
-    assert!(last.contains("4900 more warnings not shown"), "{last}");
-    let shown: usize = loaded.warnings.iter().map(|w| w.to_string().len()).sum();
-    assert!(shown < 16 * 1024, "{shown} bytes of warnings");
-
-    // 20,000 unset variables in each of 2 files: 20 errors kept, the rest counted.
-    let mut text = String::from("services:\n  web:\n    image: x\n    command:\n");
-    for _ in 0..20_000 {
-        text.push_str("    - ${UNSET}\n");
-    }
-    let e = load_err(&files(vec![text; 2]));
-    assert_eq!(e.errors.len(), limits::MAX_ERRORS + 1);
-    assert!(
-        e.errors[limits::MAX_ERRORS]
-            .to_string()
-            .contains("39980 more errors not shown"),
-        "{e}"
-    );
-
-    // A schema violation quoting a long value, and a long file name, are cut.
-    let list: Vec<String> = (0..20_000).map(|i| i.to_string()).collect();
-    let text = format!(
-        "services:\n  web:\n    image: x\n    expose: {{ a: [{}] }}\n",
-        list.join(", ")
-    );
-    let e = load_err(&files(vec![text]));
-    assert!(e.to_string().len() < 2048, "{} bytes", e.to_string().len());
-    let e = load_err(&Input {
-        files: vec![SourceFile::new("f".repeat(100_000), "services: [")],
-        project_name: Some("test".into()),
-        ..Input::default()
-    });
-    let text = e.to_string();
-    assert!(
-        text.len() < 2048 && text.contains("(100000 bytes)"),
-        "{text}"
-    );
+fn web_of(extra: &str) -> (Service, Vec<Warning>) {
+    let loaded = load_ok(&web_with(extra));
+    let web = loaded.project.services["web"].clone();
+    (web, loaded.warnings)
 }
 
 #[test]
-fn long_lists_and_many_keys_merge_in_linear_time() {
-    // Four files, each with lists of 12,000 entries and 12,000 keys. Merging used to compare
-    // every entry with every other (for the lists, by their JSON encodings): about 70 s in
-    // a debug build; now about 2.
-    let texts: Vec<String> = (0..4)
-        .map(|f| {
-            let mut t = String::from("services:\n  web:\n    image: x\n    expose:\n");
-            let mut env = String::from("    environment:\n");
-            let mut volumes = String::from("    volumes:\n");
-            let mut keys = String::new();
-            for i in 0..12_000 {
-                t.push_str(&format!("      - {}\n", f * 6_000 + i + 1));
-                env.push_str(&format!("      - V{}=1\n", i % 9_000));
-                volumes.push_str(&format!("      - /h{i}:/c{}\n", i % 9_000));
-                keys.push_str(&format!("x-a{i}: {f}\n"));
-            }
-            t + &env + &volumes + &keys
-        })
-        .collect();
-    let start = Instant::now();
-    let loaded = load_ok(&files(texts));
-    let took = start.elapsed();
-    let web = &loaded.project.services["web"];
-    assert_eq!(web.expose.len(), 30_000, "appended without duplicates");
-    assert_eq!(web.environment.len(), 9_000);
-    assert_eq!(web.volumes.len(), 9_000, "the last mount for a path wins");
-    assert!(took < Duration::from_secs(20), "{took:?}");
-}
+fn host_level_keys_accepted_forms() {
+    for (text, want) in [
+        ("pull_policy: always", PullPolicy::Always),
+        ("pull_policy: missing", PullPolicy::Missing),
+        ("pull_policy: if_not_present", PullPolicy::Missing),
+        ("pull_policy: never", PullPolicy::Never),
+    ] {
+        let (web, warnings) = web_of(text);
+        assert_eq!(web.pull_policy, want, "{text}");
+        assert!(warnings.is_empty(), "{text}: {warnings:?}");
+    }
+    assert!(web_of("privileged: true").0.privileged);
+    assert!(!web_of("privileged: false").0.privileged);
 
-#[test]
-fn a_project_has_at_most_1000_services() {
-    let text = |n: usize| {
-        let mut t = String::from("services:\n");
-        for i in 0..n {
-            t.push_str(&format!("  s{i}: {{ image: x }}\n"));
-        }
-        t
+    let (web, warnings) = web_of(
+        "cap_add: [net_admin, CAP_NET_ADMIN, cap_sys_time, Sys_Nice, ALL]\ncap_drop: [CAP_MKNOD, mknod, all]",
+    );
+    assert_eq!(
+        web.cap_add,
+        vec!["NET_ADMIN", "SYS_TIME", "SYS_NICE", "ALL"]
+    );
+    assert_eq!(web.cap_drop, vec!["MKNOD", "ALL"]);
+    assert!(warnings.is_empty(), "{warnings:?}");
+
+    for (text, want) in [
+        ("network_mode: bridge", NetworkMode::Default),
+        ("network_mode: default", NetworkMode::Default),
+        ("network_mode: ''", NetworkMode::Default),
+        ("network_mode: host", NetworkMode::Host),
+        ("network_mode: none", NetworkMode::None),
+    ] {
+        let (web, warnings) = web_of(text);
+        assert_eq!(web.network_mode, want, "{text}");
+        assert!(warnings.is_empty(), "{text}: {warnings:?}");
+    }
+    // An empty network mode is no mode: `networks:` may go with it.
+    let (web, _) = web_of("network_mode: ''\nnetworks: [front]");
+    assert_eq!(web.networks, vec!["front"]);
+
+    assert!(web_of("pid: host").0.pid_host);
+    assert!(!web_of("pid:").0.pid_host);
+    assert!(!web_of("pid: ''").0.pid_host);
+
+    let (web, warnings) = web_of(
+        "devices:\n  - /dev/fuse\n  - /dev/snd:wr\n  - /dev/ttyUSB0:/dev/ttyS0\n  - /dev/sda:/dev/xvda:mr\n  - /dev/fuse:/dev/fuse:rwm",
+    );
+    let dev = |host: &str, container: &str, permissions: &str| Device {
+        host: host.into(),
+        container: container.into(),
+        permissions: permissions.into(),
     };
     assert_eq!(
-        load_ok(&files(vec![text(limits::MAX_SERVICES)]))
-            .project
-            .services
-            .len(),
-        1000
+        web.devices,
+        vec![
+            dev("/dev/fuse", "/dev/fuse", "rwm"),
+            dev("/dev/snd", "/dev/snd", "rw"),
+            dev("/dev/ttyUSB0", "/dev/ttyS0", "rwm"),
+            dev("/dev/sda", "/dev/xvda", "rm"),
+        ],
+        "permissions in rwm order; the same device twice is one entry"
     );
-    let e = load_err(&files(vec![text(limits::MAX_SERVICES + 1)]));
-    assert!(
-        e.mentions("1001 services; the limit is 1000 per project"),
-        "{e}"
-    );
+    assert!(warnings.is_empty(), "{warnings:?}");
+
+    // `privileged` is a boolean when interpolated too, but an environment variable of that
+    // name stays a string.
+    let mut inp = web_with("privileged: ${PRIV}\nenvironment:\n  privileged: ${PRIV}");
+    inp.env = env(&[("PRIV", "True")]);
+    let web = &load_ok(&inp).project.services["web"];
+    assert!(web.privileged);
+    assert_eq!(web.environment["privileged"], "True");
+}
+
+#[test]
+fn host_network_mode_keeps_ports_with_a_warning() {
+    let (web, warnings) = web_of("network_mode: host\nports: ['8080:80']");
+    assert_eq!(web.network_mode, NetworkMode::Host);
+    assert_eq!(web.ports.len(), 1, "ports are kept");
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    let w = &warnings[0];
+    assert_eq!(w.path, "services.web.ports");
+    assert!(w.message.contains("`network_mode: host`"), "{w}");
+    assert_eq!(w.location.as_ref().map(|l| l.line), Some(5));
+    // Other modes: no warning.
+    for mode in ["bridge", "none"] {
+        let (_, warnings) = web_of(&format!("network_mode: {mode}\nports: ['8080:80']"));
+        assert!(warnings.is_empty(), "{mode}: {warnings:?}");
+    }
+}
+
+#[test]
+fn host_level_keys_refused_forms() {
+    // (extra service text, key path of the error, part of its message)
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "pull_policy: build",
+            "services.web.pull_policy",
+            "`build` is not supported: corral does not build images yet",
+        ),
+        // The schema's enum refuses it first.
+        (
+            "pull_policy: daily",
+            "services.web.pull_policy",
+            "(Compose schema)",
+        ),
+        (
+            "privileged: 'yes'",
+            "services.web.privileged",
+            "(Compose schema)",
+        ),
+        (
+            "cap_add: [NET_ADMIN, 'NET ADMIN']",
+            "services.web.cap_add[1]",
+            "`NET ADMIN` is not a capability name",
+        ),
+        (
+            "cap_add: [CAP_]",
+            "services.web.cap_add[0]",
+            "`CAP_` is not a capability name",
+        ),
+        (
+            "cap_drop: [sys-admin]",
+            "services.web.cap_drop[0]",
+            "`sys-admin` is not a capability name",
+        ),
+        (
+            "cap_drop: ['']",
+            "services.web.cap_drop[0]",
+            "`` is not a capability name",
+        ),
+        (
+            "network_mode: service:db",
+            "services.web.network_mode",
+            "`service:db` is not supported",
+        ),
+        (
+            "network_mode: container:abc",
+            "services.web.network_mode",
+            "`container:abc` is not supported",
+        ),
+        (
+            "network_mode: mynet",
+            "services.web.network_mode",
+            "`mynet` is not a network mode corral supports (bridge, host or none)",
+        ),
+        (
+            "network_mode: Host",
+            "services.web.network_mode",
+            "`Host` is not a network mode",
+        ),
+        (
+            "network_mode: host\nnetworks: [front]",
+            "services.web.network_mode",
+            "`network_mode` and `networks` cannot be combined",
+        ),
+        (
+            "networks: { front: {} }\nnetwork_mode: bridge",
+            "services.web.network_mode",
+            "`network_mode` and `networks` cannot be combined",
+        ),
+        (
+            "pid: container:abc",
+            "services.web.pid",
+            "`container:abc` is not supported: corral supports only `pid: host`",
+        ),
+        (
+            "pid: service:db",
+            "services.web.pid",
+            "corral supports only `pid: host`",
+        ),
+        (
+            "devices: [dev/sda]",
+            "services.web.devices[0]",
+            "`dev/sda` in `dev/sda` is not an absolute path",
+        ),
+        (
+            "devices: [/dev/fuse, '/dev/a:dev/b']",
+            "services.web.devices[1]",
+            "`dev/b` in `/dev/a:dev/b` is not an absolute path",
+        ),
+        (
+            "devices: ['/dev/a:/dev/b:rx']",
+            "services.web.devices[0]",
+            "`rx` in `/dev/a:/dev/b:rx` is not a set of device permissions",
+        ),
+        (
+            "devices: ['/dev/a:/dev/b:rr']",
+            "services.web.devices[0]",
+            "is not a set of device permissions",
+        ),
+        (
+            "devices: ['/dev/a:/dev/b:']",
+            "services.web.devices[0]",
+            "is not a set of device permissions",
+        ),
+        (
+            "devices: ['/dev/a:rx']",
+            "services.web.devices[0]",
+            "neither an absolute container path nor device permissions",
+        ),
+        (
+            "devices: ['/dev/a:']",
+            "services.web.devices[0]",
+            "is not a device (HOST[:CONTAINER[:PERMISSIONS]]",
+        ),
+        (
+            "devices: ['/dev/a:/dev/b:r:w']",
+            "services.web.devices[0]",
+            "is not a device (HOST[:CONTAINER[:PERMISSIONS]]",
+        ),
+        (
+            "devices: ['']",
+            "services.web.devices[0]",
+            "is not a device",
+        ),
+        // The long syntax: the vendored schema wants strings (see the unit test in
+        // `project.rs` for the loader's own message).
+        (
+            "devices: [{ source: /dev/fuse, target: /dev/fuse }]",
+            "services.web.devices[0]",
+            "(Compose schema)",
+        ),
+    ];
+    for (text, path, needle) in cases {
+        let err = load_err(&web_with(text));
+        assert!(
+            err.errors
+                .iter()
+                .any(|e| e.path.as_deref() == Some(*path) && e.message.contains(needle)),
+            "{text:?}: expected {path}: …{needle}…, got:\n{err}"
+        );
+        // The rendered error names the key path too.
+        assert!(err.mentions(&format!("{path}: ")), "{text:?}: {err}");
+    }
+}
+
+#[test]
+fn host_level_enums_serialize_in_lowercase() {
+    for (value, want) in [
+        (serde_json::to_value(PullPolicy::Always), "always"),
+        (serde_json::to_value(PullPolicy::Missing), "missing"),
+        (serde_json::to_value(PullPolicy::Never), "never"),
+        (serde_json::to_value(NetworkMode::Default), "default"),
+        (serde_json::to_value(NetworkMode::Host), "host"),
+        (serde_json::to_value(NetworkMode::None), "none"),
+    ] {
+        assert_eq!(value.unwrap(), want);
+    }
+    assert_eq!(PullPolicy::default(), PullPolicy::Missing);
+    assert_eq!(NetworkMode::default(), NetworkMode::Default);
 }

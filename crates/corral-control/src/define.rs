@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 
 use corral_compose as compose;
 use corral_proto::{
-    ContainerSpec, HealthSpec, MountSpec, NetworkSpec, PortSpec, RestartPolicyName, RestartSpec,
-    labels,
+    ContainerSpec, DeviceSpec, HealthSpec, MountSpec, NetworkMode, NetworkSpec, PortSpec,
+    PullPolicy, RestartPolicyName, RestartSpec, labels,
 };
 use corral_scheduler::{self as sched, HostPort, Resources};
 use serde::{Deserialize, Serialize};
@@ -212,8 +212,34 @@ pub fn define(project: &compose::Project) -> Result<StackDef, Vec<String>> {
             }),
             expose,
             stop_grace_secs: Some(svc.stop_grace_period.as_secs()),
+            pull: match svc.pull_policy {
+                compose::PullPolicy::Always => PullPolicy::Always,
+                compose::PullPolicy::Missing => PullPolicy::Missing,
+                compose::PullPolicy::Never => PullPolicy::Never,
+            },
+            privileged: svc.privileged,
+            cap_add: svc.cap_add.clone(),
+            cap_drop: svc.cap_drop.clone(),
+            network_mode: match svc.network_mode {
+                compose::NetworkMode::Default => NetworkMode::Default,
+                compose::NetworkMode::Host => NetworkMode::Host,
+                compose::NetworkMode::None => NetworkMode::None,
+            },
+            pid_host: svc.pid_host,
+            devices: svc
+                .devices
+                .iter()
+                .map(|d| DeviceSpec {
+                    host: d.host.clone(),
+                    container: d.container.clone(),
+                    permissions: d.permissions.clone(),
+                })
+                .collect(),
             ..ContainerSpec::default()
         };
+        if let Err(why) = corral_proto::ImageRef::parse(&svc.image) {
+            errors.push(format!("services.{name}.image: {why}"));
+        }
         let constraints = svc
             .constraints
             .iter()

@@ -3,6 +3,8 @@
 //! reads a clock or draws a random number (time is an argument), so every rule is tested
 //! without a socket and the crate boundary keeps it that way.
 //!
+//! - [`admission`]: an environment's admission policy (registries, digests, tags, options
+//!   that break isolation) and what it refuses of a container template.
 //! - [`define`]: a loaded Compose project becomes stored service definitions
 //!   ([`define::ServiceDef`], hashed so a change of definition is visible).
 //! - [`reconcile`]: one pass over one stack ([`reconcile::decide`]), and the policies the pass
@@ -12,6 +14,7 @@
 //! - [`unplaced`]: replicas that cannot be placed, grouped by reason with counts (bounded,
 //!   however many replicas there are).
 
+pub mod admission;
 pub mod define;
 pub mod overlay;
 pub mod reconcile;

@@ -315,6 +315,10 @@ pub struct UpResponse {
     pub changed: Vec<String>,
     /// Keys accepted but ignored, and the like.
     pub warnings: Vec<String>,
+    /// What `up` resolved: each image tag and the digest every host runs, and digests that
+    /// changed since the last `up` (those services roll).
+    #[serde(default)]
+    pub images: Vec<String>,
 }
 
 /// `POST /v1/stacks/{name}/scale`.
@@ -376,8 +380,11 @@ pub struct StackView {
 pub struct ServiceView {
     /// The service's name.
     pub name: String,
-    /// The image of its current definition.
+    /// The image of its current definition, as the Compose file names it.
     pub image: String,
+    /// The digest every replica runs, when the server resolved the tag (or the file named one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
     /// Replicas asked for.
     pub desired: u32,
     /// Replicas of the current definition that are running (and healthy, with a healthcheck).
@@ -426,4 +433,123 @@ pub struct ReplicaView {
     /// Its address on the host's overlay network.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ip: Option<String>,
+    /// The pull of its image in progress on its host (`pulling IMAGE: 12.3 of 40.0 MB, 2 of
+    /// 5 layers`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pulling: Option<String>,
+}
+
+/// `POST /v1/registries`: add a registry to an environment (or replace its account and CA).
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryRequest {
+    /// The environment (`default` when absent).
+    #[serde(default)]
+    pub environment: Option<String>,
+    /// `HOST[:PORT]`, as image references name it.
+    pub registry: String,
+    /// The account to pull with (none: anonymous pulls).
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Its password or token.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// The PEM CA that signed the registry's certificate, when it is a private one.
+    #[serde(default)]
+    pub ca_pem: Option<String>,
+}
+
+impl std::fmt::Debug for RegistryRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryRequest")
+            .field("environment", &self.environment)
+            .field("registry", &self.registry)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<hidden>"))
+            .finish_non_exhaustive()
+    }
+}
+
+/// A registry as listed: never its password.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegistryView {
+    /// The environment it belongs to.
+    pub environment: String,
+    /// `HOST[:PORT]`.
+    pub registry: String,
+    /// The account, if any.
+    pub username: Option<String>,
+    /// A password or token is stored (sealed).
+    pub has_password: bool,
+    /// A private CA is stored.
+    pub has_ca: bool,
+    /// RFC 3339.
+    pub updated_at: String,
+}
+
+/// `PUT /v1/environments/{name}/admission`: apply a policy document.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdmissionRequest {
+    /// The policy document (YAML or JSON).
+    pub document: String,
+}
+
+/// An environment's admission policy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdmissionView {
+    /// The environment.
+    pub environment: String,
+    /// The applied version (1, 2, …); `None`: none applied, the default is in force.
+    pub generation: Option<i64>,
+    /// The document as applied (empty when none was).
+    pub document: String,
+    /// The policy in force, every key spelled out (JSON).
+    pub effective: String,
+    /// RFC 3339, when applied.
+    pub applied_at: Option<String>,
+}
+
+/// `POST /v1/environments/{name}/admission/test`: would this Compose project be admitted?
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdmissionTestRequest {
+    /// The project, as `corral up` sends it.
+    pub project: UpRequest,
+    /// A policy document to test against instead of the environment's.
+    #[serde(default)]
+    pub policy: Option<String>,
+}
+
+/// One refusal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefusalView {
+    /// The policy key that refuses.
+    pub rule: String,
+    /// The service.
+    pub service: String,
+    /// The Compose key that asks for it.
+    pub key: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// The verdict of `corral admission test`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdmissionVerdict {
+    /// Nothing is refused.
+    pub admitted: bool,
+    /// Every refusal.
+    pub refusals: Vec<RefusalView>,
+    /// What the test could not decide without asking registries (tags `up` resolves).
+    #[serde(default)]
+    pub notes: Vec<String>,
+}
+
+/// `POST /v1/hosts/{id}/images`: pull an image on one host.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PullRequest {
+    /// The reference to pull.
+    pub image: String,
 }

@@ -14,6 +14,9 @@
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::image::{
+    ImageSummary, ListImages, PullImage, RemoveImage, RemovedImage, Resolution, ResolveImages,
+};
 use crate::message::{
     Check, ContainerRef, ContainerSpec, ContainerStatus, FirewallApply, ImageCheck, OverlayProbe,
     StackCleanup,
@@ -61,6 +64,15 @@ pub enum CommandBody {
     /// Remove what a stack left on the host besides containers: its network and, when asked,
     /// its named volumes.
     StackCleanup(StackCleanup),
+    /// Ask the images' registries (through the host's dockerd) which manifest digest each
+    /// reference names now, so every host of a service runs the same bytes.
+    ImageResolve(ResolveImages),
+    /// Pull one image now, reporting progress.
+    ImagePull(PullImage),
+    /// List the host's images.
+    ImageList(ListImages),
+    /// Remove an image from the host (refused by Docker while a container uses it).
+    ImageRemove(RemoveImage),
     /// A command this build cannot read: an unknown kind (from a newer server) or a payload
     /// that does not decode. Never built on purpose; the agent answers it with an error.
     #[serde(skip)]
@@ -98,6 +110,14 @@ pub enum CommandKind {
     ImageCheck,
     /// [`CommandBody::StackCleanup`].
     StackCleanup,
+    /// [`CommandBody::ImageResolve`].
+    ImageResolve,
+    /// [`CommandBody::ImagePull`].
+    ImagePull,
+    /// [`CommandBody::ImageList`].
+    ImageList,
+    /// [`CommandBody::ImageRemove`].
+    ImageRemove,
     /// [`CommandBody::Unreadable`].
     Unknown,
 }
@@ -117,6 +137,10 @@ impl CommandKind {
             CommandKind::ContainerLogs => "container_logs",
             CommandKind::ImageCheck => "image_check",
             CommandKind::StackCleanup => "stack_cleanup",
+            CommandKind::ImageResolve => "image_resolve",
+            CommandKind::ImagePull => "image_pull",
+            CommandKind::ImageList => "image_list",
+            CommandKind::ImageRemove => "image_remove",
             CommandKind::Unknown => "unknown",
         }
     }
@@ -145,6 +169,10 @@ impl CommandBody {
             CommandBody::ContainerLogs(_) => CommandKind::ContainerLogs,
             CommandBody::ImageCheck(_) => CommandKind::ImageCheck,
             CommandBody::StackCleanup(_) => CommandKind::StackCleanup,
+            CommandBody::ImageResolve(_) => CommandKind::ImageResolve,
+            CommandBody::ImagePull(_) => CommandKind::ImagePull,
+            CommandBody::ImageList(_) => CommandKind::ImageList,
+            CommandBody::ImageRemove(_) => CommandKind::ImageRemove,
             CommandBody::Unreadable { .. } => CommandKind::Unknown,
         }
     }
@@ -461,4 +489,46 @@ impl From<StackCleanup> for CommandBody {
 
 impl Request for StackCleanup {
     type Reply = CleanupOutcome;
+}
+
+impl From<ResolveImages> for CommandBody {
+    fn from(r: ResolveImages) -> Self {
+        CommandBody::ImageResolve(r)
+    }
+}
+
+/// One resolution per image asked about, in the order asked.
+impl Request for ResolveImages {
+    type Reply = Vec<Resolution>;
+}
+
+impl From<PullImage> for CommandBody {
+    fn from(r: PullImage) -> Self {
+        CommandBody::ImagePull(r)
+    }
+}
+
+/// The image as it is on the host after the pull.
+impl Request for PullImage {
+    type Reply = ImageSummary;
+}
+
+impl From<ListImages> for CommandBody {
+    fn from(r: ListImages) -> Self {
+        CommandBody::ImageList(r)
+    }
+}
+
+impl Request for ListImages {
+    type Reply = Vec<ImageSummary>;
+}
+
+impl From<RemoveImage> for CommandBody {
+    fn from(r: RemoveImage) -> Self {
+        CommandBody::ImageRemove(r)
+    }
+}
+
+impl Request for RemoveImage {
+    type Reply = RemovedImage;
 }

@@ -15,6 +15,8 @@
 //!   time, it says when to send a ping and when the link is dead.
 //! - [`backoff`]: reconnect delays, exponential with full jitter (randomness passed in).
 //! - [`api`]: the JSON bodies of the HTTP API, shared by server and CLI.
+//! - [`image`]: image references, pull policies, registry credentials and the `image_*`
+//!   commands.
 //! - [`secret`]: the textual form of tokens, credentials and API keys.
 
 #![deny(missing_docs)]
@@ -24,6 +26,7 @@ pub mod backoff;
 pub mod close;
 pub mod codec;
 pub mod command;
+pub mod image;
 pub mod liveness;
 pub mod message;
 pub mod secret;
@@ -31,6 +34,7 @@ pub mod secret;
 pub use close::CloseReason;
 pub use codec::{CodecError, decode, encode};
 pub use command::*;
+pub use image::*;
 pub use message::*;
 
 /// The protocol version this build speaks. A server accepts an agent whose [`Hello`] lists it.

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::close::CloseReason;
 use crate::command::{Command, CommandResult};
+use crate::image::{DeviceSpec, NetworkMode, PullPolicy, PullProgress, RegistryAuth};
 
 /// Everything an agent sends.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -78,6 +79,8 @@ pub enum Report {
         /// Its corral id.
         corral_id: String,
     },
+    /// How an image pull is going.
+    Pull(PullProgress),
 }
 
 /// The Docker engine on a host, as its agent reads it (empty or 0 where Docker does not say).
@@ -494,8 +497,19 @@ pub struct ContainerSpec {
     pub name: String,
     /// The name of the host's environment.
     pub environment: String,
-    /// Image reference; never pulled: it must already be on the host.
+    /// The image reference Docker runs: `NAME@sha256:…` once the server has resolved the
+    /// service's tag (every host then runs the same bytes), else as written.
     pub image: String,
+    /// The reference as the Compose file wrote it, when `image` is the digest it resolved to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_source: Option<String>,
+    /// When the host pulls the image.
+    #[serde(default, skip_serializing_if = "PullPolicy::is_default")]
+    pub pull: PullPolicy,
+    /// What the image's registry needs for a pull: set only on the command that runs the
+    /// container, never in what the server stores about it, never written on the host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry_auth: Option<RegistryAuth>,
     /// `KEY=VALUE` entries.
     #[serde(default)]
     pub env: Vec<String>,
@@ -542,6 +556,24 @@ pub struct ContainerSpec {
     /// DNS servers for the container (the agent sets its own responder on the overlay).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub dns: Vec<String>,
+    /// Full access to the host (`privileged: true`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub privileged: bool,
+    /// Capabilities added (`NET_ADMIN`, …; `ALL`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cap_add: Vec<String>,
+    /// Capabilities dropped.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cap_drop: Vec<String>,
+    /// Whose network stack the container uses.
+    #[serde(default, skip_serializing_if = "NetworkMode::is_default")]
+    pub network_mode: NetworkMode,
+    /// Shares the host's process namespace (`pid: host`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pid_host: bool,
+    /// Host devices given to the container.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<DeviceSpec>,
 }
 
 /// The network a stack container joins.

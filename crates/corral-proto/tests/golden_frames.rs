@@ -56,6 +56,7 @@ fn spec() -> ContainerSpec {
         expose: vec!["9000/tcp".into()],
         stop_grace_secs: Some(10),
         dns: vec!["10.42.1.1".into()],
+        ..Default::default()
     }
 }
 

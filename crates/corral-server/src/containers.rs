@@ -73,6 +73,10 @@ pub async fn on_report(state: &AppState, host_id: &str, conn_id: u64, report: Re
             .set_actual(host_id, &corral_id, Actual::Missing, None, None, now)
             .await
             .map(|found| unmatched(found, corral_id)),
+        Report::Pull(progress) => {
+            state.pulls.record(host_id, progress);
+            Ok(Vec::new())
+        }
     };
     match result {
         Ok(ids) => record_foreign(state, host_id, ids).await,
@@ -337,7 +341,8 @@ pub async fn run(state: &Arc<AppState>, req: RunContainer) -> Result<Progress<Co
         }
     }
     let now = now_unix();
-    let spec = ContainerSpec {
+    corral_proto::ImageRef::parse(&req.image).map_err(Error::invalid)?;
+    let mut spec = ContainerSpec {
         corral_id: new_id("ctr"),
         name: req.name.clone(),
         environment: env_name,
@@ -348,6 +353,31 @@ pub async fn run(state: &Arc<AppState>, req: RunContainer) -> Result<Progress<Co
         cmd: req.cmd.clone(),
         ..ContainerSpec::default()
     };
+    // The environment's admission policy holds for `run` as for `up`; the tag is resolved
+    // by the host that runs it (a disconnected host runs what the tag names when it returns).
+    let policy = crate::images::policy(state, &host.environment_id).await?;
+    let refusals = policy.refusals(&req.name, &spec);
+    if !refusals.is_empty() {
+        return Err(Error::Refused(crate::images::refusal_text(&refusals)));
+    }
+    let auths = crate::images::auths(state, &host.environment_id).await?;
+    if state.registry.info(&host.id).is_some() {
+        let pinned = crate::images::pin(
+            state,
+            &auths,
+            std::slice::from_ref(&host.id),
+            &mut [&mut spec],
+        )
+        .await?;
+        if let Some((image, why)) = pinned.failed.iter().next() {
+            return Err(Error::Refused(format!(
+                "image {image} cannot be resolved: {why}; nothing was created"
+            )));
+        }
+    }
+    if let Some(refusal) = policy.check_pinned(&req.name, &spec) {
+        return Err(Error::Refused(crate::images::refusal_text(&[refusal])));
+    }
     let row = ContainerRow {
         id: spec.corral_id.clone(),
         environment_id: host.environment_id.clone(),
@@ -370,6 +400,8 @@ pub async fn run(state: &Arc<AppState>, req: RunContainer) -> Result<Progress<Co
         ip: None,
     };
     state.store.insert_container(&row).await?;
+    // The registry's account goes with the command only, never into the stored spec.
+    spec.registry_auth = auths.for_image(&spec.image);
     let mut pending = match dispatch::send(state, &host.id, spec, state.options.command_ttl).await {
         Ok(p) => p,
         Err(e) => {

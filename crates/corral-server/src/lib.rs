@@ -32,6 +32,7 @@ pub mod doctor;
 pub mod environments;
 pub mod error;
 pub mod hosts;
+pub mod images;
 pub mod overlay;
 pub mod pki;
 pub mod process;
@@ -128,6 +129,7 @@ pub async fn start(options: ServerOptions) -> Result<RunningServer, ServerError>
         vault: boot.vault,
         overlay: Default::default(),
         gate: Arc::new(state::gate::Gate::new(options.max_unauthenticated)),
+        pulls: state::pulls::Pulls::default(),
         events: state::events::EventLimiter::new(
             options.event_rate_limit,
             options.event_rate_window,

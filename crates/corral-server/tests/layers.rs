@@ -25,18 +25,20 @@ const LAYERS: &[(&str, u32)] = &[
     ("state", 3),
     // Typed calls to agents over the durable command queue.
     ("dispatch", 4),
-    // Domain operations.
-    ("containers", 5),
+    // Domain operations: images (registries, admission, resolution) first, since running a
+    // container admits and authorizes its image.
+    ("images", 5),
     ("overlay", 5),
     ("tokens", 5),
-    ("environments", 6),
-    ("stacks", 6),
-    ("hosts", 6),
-    ("topology", 6),
-    ("doctor", 6),
+    ("containers", 6),
+    ("environments", 7),
+    ("stacks", 7),
+    ("hosts", 7),
+    ("topology", 7),
+    ("doctor", 7),
     // Agent sessions, then HTTP.
-    ("tunnel", 7),
-    ("api", 8),
+    ("tunnel", 8),
+    ("api", 9),
 ];
 
 fn rs_files(dir: &Path, out: &mut Vec<PathBuf>) {

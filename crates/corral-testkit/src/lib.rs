@@ -6,8 +6,9 @@
 //!   conditions.
 //! - Labs: [`Netns`] and [`Network`] (namespaces joined by a bridge), [`Dockerd`] (an engine of
 //!   the test's own in a namespace), [`Capture`] (tcpdump), [`NsServer`] and [`spawn_agent`]
-//!   (corral processes in namespaces) and [`Lab`], which puts them together; [`leftovers`]
-//!   checks that a teardown left nothing behind.
+//!   (corral processes in namespaces) and [`Lab`], which puts them together; [`Registry`] (a
+//!   private image registry with TLS and basic auth, for pull tests); [`leftovers`] checks that
+//!   a teardown left nothing behind.
 //!
 //! Everything made here is undone on drop, by process id and by the names it made.
 
@@ -20,6 +21,7 @@ pub mod dockerd;
 pub mod leftovers;
 pub mod netns;
 mod proc;
+pub mod registry;
 pub mod require;
 
 pub use capture::{Capture, Pcap};
@@ -30,6 +32,7 @@ pub use corral::{
 pub use dockerd::{DockerFirewall, Dockerd};
 pub use netns::{Netns, Network, TcpSink};
 pub use proc::{Proc, wait_until};
+pub use registry::Registry;
 
 /// A temporary directory whose name starts with `prefix`, removed when dropped.
 #[track_caller]

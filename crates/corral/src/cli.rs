@@ -32,6 +32,16 @@ pub enum Command {
     /// Environments: their overlay range, mode and pre-shared key generation.
     #[command(subcommand)]
     Env(EnvCommand),
+    /// Registries an environment pulls from: account (sealed at rest) and private CA.
+    #[command(subcommand)]
+    Registry(RegistryCommand),
+    /// The environment's admission policy: allowed registries, digest pinning, refused tags
+    /// and container options that break isolation.
+    #[command(subcommand)]
+    Admission(AdmissionCommand),
+    /// Images on one host: pull, list, remove.
+    #[command(subcommand)]
+    Image(ImageCommand),
     /// Run a container on a host.
     Run(RunArgs),
     /// Containers: list, inspect, start, stop, remove.
@@ -230,6 +240,10 @@ pub struct AgentArgs {
     /// The local Docker socket; only the agent talks to Docker, and only through it.
     #[arg(long, default_value = corral_agent::docker::DEFAULT_DOCKER_HOST, env = "DOCKER_HOST")]
     pub docker_host: String,
+    /// Where the local dockerd reads registries' CAs (`DIR/HOST:PORT/ca.crt`): a registry added
+    /// with `corral registry add --ca-file` has its CA installed there before a pull.
+    #[arg(long, default_value = corral_agent::images::DEFAULT_CERTS_DIR)]
+    pub docker_certs_dir: std::path::PathBuf,
     /// UDP port of the overlay socket, the only port the agent listens on.
     #[arg(long, default_value_t = corral_agent::overlay::DEFAULT_PORT, env = "CORRAL_AGENT_OVERLAY_PORT")]
     pub overlay_port: u16,
@@ -609,5 +623,123 @@ pub enum BenchCommand {
         no_measure: bool,
         #[command(flatten)]
         out: Out,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RegistryCommand {
+    /// Add a registry (or replace its account and CA). The password or token is read from
+    /// standard input with --password-stdin, never from the command line.
+    Add {
+        #[command(flatten)]
+        conn: Conn,
+        /// HOST[:PORT], as image references name it.
+        registry: String,
+        /// The account to pull with.
+        #[arg(long, short = 'u', requires = "password_stdin")]
+        username: Option<String>,
+        /// Read the password or token from standard input.
+        #[arg(long, requires = "username")]
+        password_stdin: bool,
+        /// The CA that signed the registry's certificate (PEM), when it is a private one;
+        /// each host's agent installs it for its dockerd before a pull.
+        #[arg(long)]
+        ca_file: Option<PathBuf>,
+        /// The environment.
+        #[arg(long = "env", default_value = "default")]
+        environment: String,
+    },
+    /// List registries (never their passwords).
+    Ls {
+        #[command(flatten)]
+        conn: Conn,
+        /// Only this environment's.
+        #[arg(long = "env")]
+        environment: Option<String>,
+        #[command(flatten)]
+        out: Out,
+    },
+    /// Remove a registry.
+    Rm {
+        #[command(flatten)]
+        conn: Conn,
+        registry: String,
+        #[arg(long = "env", default_value = "default")]
+        environment: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AdmissionCommand {
+    /// Apply a policy document (YAML); the previous version is kept.
+    Apply {
+        #[command(flatten)]
+        conn: Conn,
+        /// The policy file.
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+        #[arg(long = "env", default_value = "default")]
+        environment: String,
+    },
+    /// The policy in force, every key spelled out.
+    Show {
+        #[command(flatten)]
+        conn: Conn,
+        #[arg(long = "env", default_value = "default")]
+        environment: String,
+        #[command(flatten)]
+        out: Out,
+    },
+    /// Would these Compose files be admitted? Lists every refusal (rule, service, key);
+    /// exits 1 if any. Deploys nothing.
+    Test {
+        #[command(flatten)]
+        conn: Conn,
+        /// Compose file (repeatable), as for `up`.
+        #[arg(short = 'f', long = "file")]
+        files: Vec<PathBuf>,
+        #[arg(short = 'p', long = "project-name")]
+        project: Option<String>,
+        #[arg(long = "env-file")]
+        env_files: Vec<PathBuf>,
+        /// Test against this policy file instead of the environment's.
+        #[arg(long)]
+        policy: Option<PathBuf>,
+        #[arg(long = "env", default_value = "default")]
+        environment: String,
+        #[command(flatten)]
+        out: Out,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ImageCommand {
+    /// Pull an image on a host (with the environment's account for its registry).
+    Pull {
+        #[command(flatten)]
+        conn: Conn,
+        image: String,
+        /// The host (name or id).
+        #[arg(long)]
+        host: String,
+        #[command(flatten)]
+        out: Out,
+    },
+    /// The images on a host.
+    Ls {
+        #[command(flatten)]
+        conn: Conn,
+        #[arg(long)]
+        host: String,
+        #[command(flatten)]
+        out: Out,
+    },
+    /// Remove an image from a host (refused while a container uses it).
+    Rm {
+        #[command(flatten)]
+        conn: Conn,
+        image: String,
+        #[arg(long)]
+        host: String,
     },
 }

@@ -156,6 +156,29 @@ impl Client {
         .await
     }
 
+    pub async fn put<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> anyhow::Result<T> {
+        let resp = self
+            .send(self.http.put(format!("{}{path}", self.base)).json(body))
+            .await?;
+        resp.json()
+            .await
+            .context("the server sent an unreadable answer")
+    }
+
+    /// DELETE whose answer has a body.
+    pub async fn delete_json<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        let resp = self
+            .send(self.http.delete(format!("{}{path}", self.base)))
+            .await?;
+        resp.json()
+            .await
+            .context("the server sent an unreadable answer")
+    }
+
     pub async fn delete(&self, path: &str) -> anyhow::Result<()> {
         self.send(self.http.delete(format!("{}{path}", self.base)))
             .await?;

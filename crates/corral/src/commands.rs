@@ -23,6 +23,9 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Env(cmd) => env(cmd).await,
         Command::Events { conn, limit, out } => events(conn, limit, out).await,
         Command::Run(args) => run(args).await,
+        Command::Registry(cmd) => crate::images::registry(cmd).await,
+        Command::Admission(cmd) => crate::images::admission(cmd).await,
+        Command::Image(cmd) => crate::images::image(cmd).await,
         Command::Container(cmd) => container(cmd).await,
         Command::Logs {
             conn,
@@ -230,6 +233,7 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     opts.overlay_mtu = args.overlay_mtu;
     opts.overlay = !args.no_overlay;
     opts.docker_host = args.docker_host;
+    opts.docker_certs_dir = args.docker_certs_dir;
     corral_agent::run(opts, terminated()).await?;
     Ok(())
 }

@@ -4,7 +4,7 @@
 //! - `cli`: the command line (clap definitions only).
 //! - `client`: the API client, which verifies the server against the pinned CA.
 //! - `output`: tables for people, JSON for programs.
-//! - `commands`: one function per verb.
+//! - `commands`: one function per verb (`stacks` and `images` hold the larger families).
 //! - `bench`: scale harness with simulated agents (real protocol, real sockets).
 
 mod bench;
@@ -12,6 +12,7 @@ mod cli;
 mod client;
 mod commands;
 mod duration;
+mod images;
 mod output;
 mod stacks;
 

@@ -59,10 +59,15 @@ fn referenced_env(texts: &[&str]) -> BTreeMap<String, String> {
         .collect()
 }
 
-pub async fn up(args: UpArgs) -> anyhow::Result<()> {
-    // `--wait` reports the time to convergence from here, the command's start.
-    let started = Instant::now();
-    let paths: Vec<PathBuf> = if args.files.is_empty() {
+/// The request `up` sends (and `admission test`): the Compose files, their `.env` and the
+/// files their services name in `env_file:`, read here.
+pub fn project_request(
+    files: &[PathBuf],
+    project: Option<String>,
+    env_files: &[PathBuf],
+    environment: &str,
+) -> anyhow::Result<UpRequest> {
+    let paths: Vec<PathBuf> = if files.is_empty() {
         match DEFAULT_FILES.iter().map(PathBuf::from).find(|p| p.exists()) {
             Some(p) => vec![p],
             None => bail!(
@@ -71,14 +76,14 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
             ),
         }
     } else {
-        args.files.clone()
+        files.to_vec()
     };
-    let files = paths
+    let file_bodies = paths
         .iter()
         .map(|p| read_file(p))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let base = paths[0].parent().map(Path::to_path_buf).unwrap_or_default();
-    let env_paths: Vec<PathBuf> = if args.env_files.is_empty() {
+    let env_paths: Vec<PathBuf> = if env_files.is_empty() {
         let dot_env = base.join(".env");
         if dot_env.exists() {
             vec![dot_env]
@@ -86,21 +91,21 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
             vec![]
         }
     } else {
-        args.env_files.clone()
+        env_files.to_vec()
     };
-    let env_files = env_paths
+    let env_bodies = env_paths
         .iter()
         .map(|p| read_file(p))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let texts: Vec<&str> = files.iter().map(|f| f.text.as_str()).collect();
+    let texts: Vec<&str> = file_bodies.iter().map(|f| f.text.as_str()).collect();
     let env = referenced_env(&texts);
     // Files the services name in `env_file:`, relative to the first file's directory.
     let input = corral_compose::Input {
-        files: files
+        files: file_bodies
             .iter()
             .map(|f| corral_compose::SourceFile::new(f.name.clone(), f.text.clone()))
             .collect(),
-        env_files: env_files
+        env_files: env_bodies
             .iter()
             .map(|f| corral_compose::SourceFile::new(f.name.clone(), f.text.clone()))
             .collect(),
@@ -114,22 +119,32 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         f.name = name;
         referenced_files.push(f);
     }
+    Ok(UpRequest {
+        name: project,
+        environment: Some(environment.to_owned()),
+        files: file_bodies,
+        env_files: env_bodies,
+        referenced_files,
+        env,
+    })
+}
+
+pub async fn up(args: UpArgs) -> anyhow::Result<()> {
+    // `--wait` reports the time to convergence from here, the command's start.
+    let started = Instant::now();
+    let request = project_request(
+        &args.files,
+        args.project.clone(),
+        &args.env_files,
+        &args.environment,
+    )?;
     let client = Client::new(&args.conn)?;
-    let resp: UpResponse = client
-        .post_long(
-            "/v1/stacks",
-            &UpRequest {
-                name: args.project.clone(),
-                environment: Some(args.environment.clone()),
-                files,
-                env_files,
-                referenced_files,
-                env,
-            },
-        )
-        .await?;
+    let resp: UpResponse = client.post_long("/v1/stacks", &request).await?;
     for w in &resp.warnings {
         eprintln!("warning: {w}");
+    }
+    for line in &resp.images {
+        eprintln!("image {line}");
     }
     if args.out.format == Format::Table {
         eprintln!(
@@ -284,10 +299,23 @@ fn service_progress(s: &ServiceView) -> String {
         // A server that does not count them.
         parts.push(format!("{} unplaced", s.unplaced.len()));
     }
+    for r in &s.replicas {
+        if let Some(p) = &r.pulling {
+            parts.push(format!("{}.{} on {}: {p}", s.name, r.slot, r.host));
+        }
+    }
     if let Some(e) = &s.last_error {
         parts.push(format!("retrying: {e}"));
     }
     parts.join("; ")
+}
+
+/// `IMAGE` or `IMAGE@sha256:0123456789ab` (the digest every replica runs, shortened).
+fn image_column(s: &ServiceView) -> String {
+    match &s.digest {
+        Some(d) => format!("{}@{}", s.image, d.get(..19).unwrap_or(d.as_str())),
+        None => s.image.clone(),
+    }
 }
 
 fn ps_table(stacks: &[StackView]) -> String {
@@ -311,12 +339,15 @@ fn ps_table(stacks: &[StackView]) -> String {
                 } else if !r.current {
                     state.push_str(", outdated");
                 }
+                if let Some(p) = &r.pulling {
+                    state = format!("{state} ({p})");
+                }
                 rows.push(vec![
                     v.name.clone(),
                     format!("{}.{}", s.name, r.slot),
                     r.host.clone(),
                     r.ip.clone().unwrap_or_else(|| "-".into()),
-                    s.image.clone(),
+                    image_column(s),
                     state,
                     s.ports.join(","),
                     r.name.clone(),
@@ -328,7 +359,7 @@ fn ps_table(stacks: &[StackView]) -> String {
                     s.name.clone(),
                     "-".into(),
                     "-".into(),
-                    s.image.clone(),
+                    image_column(s),
                     format!("0/{} ready", s.desired),
                     s.ports.join(","),
                     "-".into(),

@@ -195,7 +195,7 @@ services:
     <<: *common
     command: {SLEEPER}
     deploy: {{ replicas: 2 }}
-    privileged: false
+    security_opt: ["no-new-privileges:true"]
 volumes:
   www: {{}}
 "#
@@ -206,7 +206,7 @@ volumes:
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("converged"), "{stderr}");
     // The ignored key is named, not dropped silently.
-    assert!(stderr.contains("privileged"), "{stderr}");
+    assert!(stderr.contains("security_opt"), "{stderr}");
 
     let view = ps(&server, &stack);
     assert_eq!(view["converged"], true, "{view}");
@@ -558,7 +558,7 @@ fn bad_compose_input_is_refused_and_leaves_nothing_behind() {
         (
             "image missing on the host",
             "services:\n  a:\n    image: corral-test/not-here:1\n".into(),
-            "not present on host h1",
+            "corral-test/not-here:1 (its registry could not resolve it",
         ),
         (
             "unsatisfiable constraint",

@@ -12,6 +12,7 @@ mod doctor;
 mod environments;
 mod events;
 mod hosts;
+mod images;
 mod metrics;
 mod network;
 mod stacks;
@@ -51,6 +52,26 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(
             "/v1/environments/{name}/overlay",
             post(environments::set_overlay_mode),
+        )
+        .route(
+            "/v1/environments/{name}/admission",
+            get(images::show_admission).put(images::apply_admission),
+        )
+        .route(
+            "/v1/environments/{name}/admission/test",
+            post(images::test_admission)
+                .layer(DefaultBodyLimit::max(crate::stacks::MAX_UP_BODY_BYTES)),
+        )
+        .route(
+            "/v1/registries",
+            get(images::list_registries).post(images::put_registry),
+        )
+        .route("/v1/registries/{registry}", delete(images::remove_registry))
+        .route(
+            "/v1/hosts/{id}/images",
+            get(images::host_images)
+                .post(images::pull)
+                .delete(images::remove_image),
         )
         .route("/v1/tokens", get(tokens::list).post(tokens::create))
         .route("/v1/tokens/{id}", delete(tokens::revoke))

@@ -98,40 +98,38 @@ pub async fn up(state: &Arc<AppState>, req: UpRequest) -> Result<UpResponse> {
             thousands(MAX_STACK_REPLICAS)
         )));
     }
-    let stack = define::define(&loaded.project).map_err(|e| bad(first_errors(&e)))?;
+    let mut stack = define::define(&loaded.project).map_err(|e| bad(first_errors(&e)))?;
     let env_name = req.environment.clone().unwrap_or_else(|| "default".into());
     let env = state
         .store
         .environment_by_name(&env_name)
         .await?
         .ok_or_else(|| bad(format!("no environment {env_name:?}")))?;
-    let mut rows = Vec::new();
-    for (i, (name, replicas, def)) in stack.services.iter().enumerate() {
-        let (spec, spec_hash) = def.encode().map_err(Error::internal)?;
-        rows.push(ServiceRow {
-            stack_id: String::new(),
-            name: name.clone(),
-            spec,
-            spec_hash,
-            replicas: i64::from(*replicas),
-            position: i as i64,
-        });
-    }
-
-    // Dry run: where would the replicas go right now, and is every image there? Dependencies
-    // gate starts, not placement, so every service is planned as if it could start.
-    let services: Vec<reconcile::Service> = stack
+    // Admission first: a refused stack costs no placement and no registry round trip.
+    let policy = crate::images::policy(state, &env.id).await?;
+    let refusals: Vec<_> = stack
         .services
         .iter()
-        .zip(&rows)
-        .map(|((name, replicas, def), row)| {
+        .flat_map(|(name, _, def)| policy.refusals(name, &def.template))
+        .collect();
+    if !refusals.is_empty() {
+        return Err(unprocessable(crate::images::refusal_text(&refusals)));
+    }
+
+    // Dry run: where would the replicas go right now? Dependencies gate starts, not
+    // placement, so every service is planned as if it could start. Placement does not depend
+    // on the image, so this runs before tags are resolved.
+    let planned: Vec<reconcile::Service> = stack
+        .services
+        .iter()
+        .map(|(name, replicas, def)| {
             let mut def = def.clone();
             def.depends_on.clear();
             reconcile::Service {
                 name: name.clone(),
                 replicas: *replicas,
                 def,
-                hash: row.spec_hash.clone(),
+                hash: String::new(),
             }
         })
         .collect();
@@ -159,7 +157,7 @@ pub async fn up(state: &Arc<AppState>, req: UpRequest) -> Result<UpResponse> {
         now_ms: now_unix() * 1000,
         stack: &stack.name,
         removing: false,
-        services: &services,
+        services: &planned,
         hosts: &world.hosts,
         containers: &containers,
         others: &others,
@@ -174,7 +172,71 @@ pub async fn up(state: &Arc<AppState>, req: UpRequest) -> Result<UpResponse> {
             unplaced::refusal(&dry.unplaced)
         )));
     }
-    check_images(state, &world, &services, &dry.actions).await?;
+
+    // One digest everywhere: each tag is resolved once, by a host that will run it.
+    let chosen = chosen_hosts(&world, &dry.actions);
+    let auths = crate::images::auths(state, &env.id).await?;
+    let pinned = {
+        let mut templates: Vec<&mut corral_proto::ContainerSpec> = stack
+            .services
+            .iter_mut()
+            .map(|(_, _, def)| &mut def.template)
+            .collect();
+        crate::images::pin(state, &auths, &chosen, &mut templates).await?
+    };
+    if !pinned.failed.is_empty() {
+        let lines: Vec<String> = pinned
+            .failed
+            .iter()
+            .map(|(image, why)| {
+                format!("image {image} (pull_policy always) cannot be resolved: {why}")
+            })
+            .collect();
+        return Err(unprocessable(format!(
+            "nothing was changed:\n  {}",
+            lines.join("\n  ")
+        )));
+    }
+    let unpinned: Vec<_> = stack
+        .services
+        .iter()
+        .filter_map(|(name, _, def)| policy.check_pinned(name, &def.template))
+        .collect();
+    if !unpinned.is_empty() {
+        return Err(unprocessable(crate::images::refusal_text(&unpinned)));
+    }
+    let mut rows = Vec::new();
+    for (i, (name, replicas, def)) in stack.services.iter().enumerate() {
+        let (spec, spec_hash) = def.encode().map_err(Error::internal)?;
+        rows.push(ServiceRow {
+            stack_id: String::new(),
+            name: name.clone(),
+            spec,
+            spec_hash,
+            replicas: i64::from(*replicas),
+            position: i as i64,
+        });
+    }
+    let services: Vec<reconcile::Service> = stack
+        .services
+        .iter()
+        .zip(&rows)
+        .map(|((name, replicas, def), row)| reconcile::Service {
+            name: name.clone(),
+            replicas: *replicas,
+            def: def.clone(),
+            hash: row.spec_hash.clone(),
+        })
+        .collect();
+    // Images not pinned (pull_policy never, or a registry that could not be asked) run only
+    // where the host has them: check before anything is stored.
+    check_images(state, &world, &services, &dry.actions, &pinned.unpinned).await?;
+    let mut images = pinned.resolved.clone();
+    images.extend(
+        digest_changes(state, existing_stack.as_ref(), &stack.services)
+            .await
+            .unwrap_or_default(),
+    );
 
     let write = StackWrite {
         environment_id: &env.id,
@@ -209,16 +271,88 @@ pub async fn up(state: &Arc<AppState>, req: UpRequest) -> Result<UpResponse> {
         stack: stack.name,
         created,
         changed,
-        warnings: loaded.warnings.iter().map(ToString::to_string).collect(),
+        warnings: loaded
+            .warnings
+            .iter()
+            .map(ToString::to_string)
+            .chain(
+                pinned.unpinned.iter().map(|u| {
+                    format!("image {u}: each host runs the copy it has; no digest is pinned")
+                }),
+            )
+            .collect(),
+        images,
     })
 }
 
-/// Asks each host chosen in the dry run whether it has the images it would run.
+/// The hosts the dry run places replicas on (in order), then every other ready host: the
+/// first connected one resolves the stack's tags.
+fn chosen_hosts(world: &reconciler::World, actions: &[reconcile::Action]) -> Vec<String> {
+    let mut hosts: Vec<String> = Vec::new();
+    for a in actions {
+        if let reconcile::Action::Run { host_id, .. } = a
+            && !hosts.contains(host_id)
+        {
+            hosts.push(host_id.clone());
+        }
+    }
+    for h in world.hosts.iter().filter(|h| h.ready) {
+        if !hosts.contains(&h.id) {
+            hosts.push(h.id.clone());
+        }
+    }
+    hosts
+}
+
+/// Services whose tag now resolves to another digest than the one they run: they roll.
+async fn digest_changes(
+    state: &AppState,
+    existing: Option<&StackRow>,
+    services: &[(String, u32, ServiceDef)],
+) -> Result<Vec<String>> {
+    let Some(existing) = existing else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    for row in state.store.services(&existing.id).await? {
+        let Some(old) = service_def(&row) else {
+            continue;
+        };
+        let Some((_, _, new)) = services.iter().find(|(n, _, _)| *n == row.name) else {
+            continue;
+        };
+        let (old_t, new_t) = (&old.template, &new.template);
+        if old_t.image_source.is_some()
+            && old_t.image_source == new_t.image_source
+            && old_t.image != new_t.image
+        {
+            let digest = |image: &str| {
+                image
+                    .rsplit_once('@')
+                    .map(|(_, d)| d.to_owned())
+                    .unwrap_or_default()
+            };
+            out.push(format!(
+                "service {}: {} now resolves to {} (was {}): its replicas roll to the new digest",
+                row.name,
+                new_t.image_source.as_deref().unwrap_or_default(),
+                digest(&new_t.image),
+                digest(&old_t.image)
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// Asks each host chosen in the dry run whether it has the unpinned images it would run
+/// (`pull_policy: never`, or a tag its registry could not resolve): those are not pulled by
+/// digest, so a host without them cannot run the service.
 async fn check_images(
     state: &Arc<AppState>,
     world: &reconciler::World,
     services: &[reconcile::Service],
     actions: &[reconcile::Action],
+    unresolved: &[String],
 ) -> Result<()> {
     let mut wanted: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for a in actions {
@@ -227,9 +361,14 @@ async fn check_images(
         } = a
             && let Some(s) = services.iter().find(|s| &s.name == service)
         {
+            let t = &s.def.template;
+            let pinned = corral_proto::ImageRef::parse(&t.image).is_ok_and(|r| r.digest.is_some());
+            if pinned {
+                continue;
+            }
             let images = wanted.entry(host_id.clone()).or_default();
-            if !images.contains(&s.def.template.image) {
-                images.push(s.def.template.image.clone());
+            if !images.contains(&t.image) {
+                images.push(t.image.clone());
             }
         }
     }
@@ -241,9 +380,16 @@ async fn check_images(
         match dispatch::call(state, &host_id, check, IMAGE_CHECK_TTL).await {
             Ok(absent) => {
                 for image in absent {
-                    missing.push(format!(
-                        "image {image} is not present on host {host} (corral never pulls implicitly: load or pull it there first)"
-                    ));
+                    let why = unresolved
+                        .iter()
+                        .find(|u| u.starts_with(&format!("{image} (")))
+                        .map(|u| format!("image {u}, and host {host} does not have it"))
+                        .unwrap_or_else(|| {
+                            format!(
+                                "image {image} is not present on host {host} and its service's pull_policy is never: load it there first"
+                            )
+                        });
+                    missing.push(why);
                 }
             }
             Err(CallError::Expired) => missing.push(format!(
@@ -300,8 +446,17 @@ pub async fn view(state: &AppState, stack: &StackRow) -> Result<StackView> {
             .iter()
             .filter(|c| c.service.as_deref() == Some(svc.name.as_str()))
             .collect();
-        let replicas: Vec<ReplicaView> =
-            mine.iter().map(|c| replica_view(c, svc, &hosts)).collect();
+        let replicas: Vec<ReplicaView> = mine
+            .iter()
+            .map(|c| {
+                let mut r = replica_view(c, svc, &hosts);
+                r.pulling = state
+                    .pulls
+                    .of_container(&c.host_id, &c.id)
+                    .map(|p| crate::state::pulls::describe(&p));
+                r
+            })
+            .collect();
         let ready = mine
             .iter()
             .filter(|c| {
@@ -327,8 +482,18 @@ pub async fn view(state: &AppState, stack: &StackRow) -> Result<StackView> {
             name: svc.name.clone(),
             image: def
                 .as_ref()
-                .map(|d| d.template.image.clone())
+                .map(|d| {
+                    d.template
+                        .image_source
+                        .clone()
+                        .unwrap_or_else(|| d.template.image.clone())
+                })
                 .unwrap_or_default(),
+            digest: def.as_ref().and_then(|d| {
+                corral_proto::ImageRef::parse(&d.template.image)
+                    .ok()
+                    .and_then(|r| r.digest)
+            }),
             desired,
             ready,
             outdated,
@@ -385,6 +550,7 @@ fn replica_view(
         exit_code: c.exit_code,
         current: c.spec_hash.as_deref() == Some(svc.spec_hash.as_str()),
         ip: c.ip.clone(),
+        pulling: None,
     }
 }
 
@@ -595,4 +761,55 @@ fn flush_or_end(
     out.append(&mut pending);
     out.push(b'\n');
     (Ok(axum::body::Bytes::from(out)), (body, pending, true))
+}
+
+/// `corral admission test`: what the policy (the environment's, or the one given) refuses of
+/// a Compose project, without deploying it or asking any registry. A tag `up` would resolve
+/// is noted, not refused: whether its registry answers is known only at `up`.
+pub async fn admission_test(
+    state: &AppState,
+    env: &str,
+    req: corral_proto::api::AdmissionTestRequest,
+) -> Result<corral_proto::api::AdmissionVerdict> {
+    let env_row = state
+        .store
+        .environment_by_name(env)
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("no environment {env:?}")))?;
+    let policy = match &req.policy {
+        Some(doc) => corral_control::admission::parse(doc).map_err(bad)?,
+        None => crate::images::policy(state, &env_row.id).await?,
+    };
+    let up = req.project;
+    let input = compose::Input {
+        files: sources(&up.files),
+        env_files: sources(&up.env_files),
+        referenced_files: sources(&up.referenced_files),
+        env: up.env.clone(),
+        project_name: up.name.clone(),
+    };
+    let loaded = compose::load(&input).map_err(|e| bad(e.to_string()))?;
+    let stack = define::define(&loaded.project).map_err(|e| bad(first_errors(&e)))?;
+    let mut refusals = Vec::new();
+    let mut notes = Vec::new();
+    for (name, _, def) in &stack.services {
+        refusals.extend(policy.refusals(name, &def.template));
+        let t = &def.template;
+        let pinned = corral_proto::ImageRef::parse(&t.image).is_ok_and(|r| r.digest.is_some());
+        if policy.require_digest && !pinned {
+            if t.pull == corral_proto::PullPolicy::Never {
+                refusals.extend(policy.check_pinned(name, t));
+            } else {
+                notes.push(format!(
+                    "service {name}: {} is admitted if its registry resolves it to a digest at `up`",
+                    t.image
+                ));
+            }
+        }
+    }
+    Ok(corral_proto::api::AdmissionVerdict {
+        admitted: refusals.is_empty(),
+        refusals: crate::images::refusal_views(&refusals),
+        notes,
+    })
 }

@@ -432,6 +432,20 @@ async fn run_replica(
         ip: None,
     };
     state.store.insert_container(&row).await?;
+    // The registry's account rides with this command only (sealed in the queue), never in
+    // the container's stored spec.
+    if spec.pull != corral_proto::PullPolicy::Never {
+        match crate::images::auths(state, &stack.environment_id).await {
+            Ok(auths) => spec.registry_auth = auths.for_image(&spec.image),
+            Err(e) => {
+                let _ = state.store.delete_container(&id).await;
+                state
+                    .reconciler
+                    .failed_start(&stack.id, &svc.name, e.to_string());
+                return Ok(());
+            }
+        }
+    }
     let in_flight = InFlight::mark(state, &id);
     let pending = match dispatch::send(state, host_id, spec, state.options.command_ttl).await {
         Ok(p) => p,

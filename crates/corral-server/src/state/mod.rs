@@ -9,6 +9,7 @@
 pub mod events;
 pub mod gate;
 pub mod overlay;
+pub mod pulls;
 pub mod reconciler;
 pub mod registry;
 pub mod streams;
@@ -36,6 +37,8 @@ pub struct AppState {
     pub gate: Arc<gate::Gate>,
     /// Bounds what events are recorded (rate per host and kind).
     pub events: events::EventLimiter,
+    /// Image pulls in progress on the hosts.
+    pub pulls: pulls::Pulls,
     pub options: ServerOptions,
     /// The URL agents are told to dial (`--advertise-url`).
     pub advertise_url: String,

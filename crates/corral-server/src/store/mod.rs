@@ -26,9 +26,11 @@ use crate::text::clip;
 use crate::vault::Vault;
 use sealed::Column;
 
+mod images;
 mod overlay;
 mod sealed;
 mod stacks;
+pub use images::{PolicyRow, RegistryRow};
 pub use overlay::{ChangeCounters, NameRow, OverlayEnvRow, OverlayMemberRow};
 pub use stacks::{ServiceRow, SetReplicas, StackRow, StackWrite};
 

@@ -1,0 +1,119 @@
+//! `/v1/registries`, `/v1/environments/{name}/admission` and `/v1/hosts/{id}/images`.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use corral_proto::api::{
+    AdmissionRequest, AdmissionTestRequest, AdmissionVerdict, AdmissionView, PullRequest,
+    RegistryRequest, RegistryView,
+};
+use corral_proto::{ImageSummary, RemovedImage};
+use serde::Deserialize;
+
+use super::{Admin, ApiError, Body, Params};
+use crate::state::AppState;
+use crate::{images, stacks};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct EnvQuery {
+    #[serde(default)]
+    environment: Option<String>,
+}
+
+pub(super) async fn list_registries(
+    _: Admin,
+    State(state): State<Arc<AppState>>,
+    q: Params<EnvQuery>,
+) -> Result<Json<Vec<RegistryView>>, ApiError> {
+    let Query(q) = q?;
+    Ok(Json(
+        images::list_registries(&state, q.environment.as_deref()).await?,
+    ))
+}
+
+pub(super) async fn put_registry(
+    _: Admin,
+    State(state): State<Arc<AppState>>,
+    body: Body<RegistryRequest>,
+) -> Result<Json<RegistryView>, ApiError> {
+    let Json(req) = body?;
+    Ok(Json(images::put_registry(&state, req).await?))
+}
+
+pub(super) async fn remove_registry(
+    _: Admin,
+    State(state): State<Arc<AppState>>,
+    Path(registry): Path<String>,
+    q: Params<EnvQuery>,
+) -> Result<StatusCode, ApiError> {
+    let Query(q) = q?;
+    images::remove_registry(&state, q.environment.as_deref(), &registry).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub(super) async fn show_admission(
+    _: Admin,
+    State(state): State<Arc<AppState>>,
+    Path(env): Path<String>,
+) -> Result<Json<AdmissionView>, ApiError> {
+    Ok(Json(images::show_policy(&state, &env).await?))
+}
+
+pub(super) async fn apply_admission(
+    _: Admin,
+    State(state): State<Arc<AppState>>,
+    Path(env): Path<String>,
+    body: Body<AdmissionRequest>,
+) -> Result<Json<AdmissionView>, ApiError> {
+    let Json(req) = body?;
+    Ok(Json(
+        images::apply_policy(&state, &env, &req.document).await?,
+    ))
+}
+
+pub(super) async fn test_admission(
+    _: Admin,
+    State(state): State<Arc<AppState>>,
+    Path(env): Path<String>,
+    body: Body<AdmissionTestRequest>,
+) -> Result<Json<AdmissionVerdict>, ApiError> {
+    let Json(req) = body?;
+    Ok(Json(stacks::admission_test(&state, &env, req).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ImageQuery {
+    image: String,
+}
+
+pub(super) async fn host_images(
+    _: Admin,
+    State(state): State<Arc<AppState>>,
+    Path(host): Path<String>,
+) -> Result<Json<Vec<ImageSummary>>, ApiError> {
+    Ok(Json(images::host_images(&state, &host).await?))
+}
+
+pub(super) async fn pull(
+    _: Admin,
+    State(state): State<Arc<AppState>>,
+    Path(host): Path<String>,
+    body: Body<PullRequest>,
+) -> Result<Json<ImageSummary>, ApiError> {
+    let Json(req) = body?;
+    Ok(Json(images::pull_on_host(&state, &host, &req.image).await?))
+}
+
+pub(super) async fn remove_image(
+    _: Admin,
+    State(state): State<Arc<AppState>>,
+    Path(host): Path<String>,
+    q: Params<ImageQuery>,
+) -> Result<Json<RemovedImage>, ApiError> {
+    let Query(q) = q?;
+    Ok(Json(images::remove_on_host(&state, &host, &q.image).await?))
+}

@@ -153,6 +153,30 @@ impl NsServer {
             .unwrap_or_else(|e| panic!("running corral: {e}"))
     }
 
+    /// [`NsServer::cli`] with `input` on standard input (secrets are never arguments).
+    pub fn cli_with_stdin(&self, args: &[&str], input: &str) -> Output {
+        use std::io::Write;
+        let mut child = self
+            .command()
+            .args(args)
+            .env("CORRAL_SERVER", &self.env.server)
+            .env("CORRAL_API_KEY", &self.env.api_key)
+            .env("CORRAL_CA_CHECKSUM", &self.env.checksum)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("running corral: {e}"));
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin
+                .write_all(input.as_bytes())
+                .unwrap_or_else(|e| panic!("writing corral's standard input: {e}"));
+        }
+        child
+            .wait_with_output()
+            .unwrap_or_else(|e| panic!("running corral: {e}"))
+    }
+
     /// [`NsServer::cli`]; fails the test if the command fails. Returns stdout.
     #[track_caller]
     pub fn cli_ok(&self, args: &[&str]) -> String {

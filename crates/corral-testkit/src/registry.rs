@@ -212,7 +212,8 @@ impl Registry {
     fn write_config(&self) {
         let tls = self.tls_dir();
         // `http.secret` is fixed so the registry does not warn about a random one, and upload
-        // state would survive a restart.
+        // state would survive a restart. It is not the account's password: tests look for that
+        // on disk and must find it nowhere.
         let config = format!(
             "version: 0.1
 log:
@@ -237,7 +238,7 @@ auth:
 ",
             storage = self.storage().display(),
             host = self.host(),
-            secret = self.password,
+            secret = format!("http-{:x}", now_nanos()),
             crt = tls.join("server.crt").display(),
             key = tls.join("server.key").display(),
             htpasswd = self.htpasswd_path().display(),

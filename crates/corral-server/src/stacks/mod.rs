@@ -184,6 +184,16 @@ pub async fn up(state: &Arc<AppState>, req: UpRequest) -> Result<UpResponse> {
             .collect();
         crate::images::pin(state, &auths, &chosen, &mut templates).await?
     };
+    // A registry that cannot be asked now does not move a service off the digest it runs:
+    // the tag keeps meaning what it meant (a new `up` resolves it again once the registry
+    // answers).
+    let mut pinned = pinned;
+    let kept = keep_running_digests(state, existing_stack.as_ref(), &mut stack.services).await?;
+    pinned.unpinned.retain(|u| {
+        !kept
+            .iter()
+            .any(|(image, _)| u.starts_with(&format!("{image} (")))
+    });
     if !pinned.failed.is_empty() {
         let lines: Vec<String> = pinned
             .failed
@@ -275,11 +285,14 @@ pub async fn up(state: &Arc<AppState>, req: UpRequest) -> Result<UpResponse> {
             .warnings
             .iter()
             .map(ToString::to_string)
-            .chain(
-                pinned.unpinned.iter().map(|u| {
-                    format!("image {u}: each host runs the copy it has; no digest is pinned")
-                }),
-            )
+            .chain(pinned.unpinned.iter().map(|u| {
+                format!("image {u}: each host runs the copy it has; no digest is pinned")
+            }))
+            .chain(kept.iter().map(|(image, digest)| {
+                format!(
+                    "image {image}: its registry could not be asked; the service keeps the digest it runs, {digest}"
+                )
+            }))
             .collect(),
         images,
     })
@@ -302,6 +315,49 @@ fn chosen_hosts(world: &reconciler::World, actions: &[reconcile::Action]) -> Vec
         }
     }
     hosts
+}
+
+/// Services whose tag could not be resolved now but was at their last `up` keep that digest.
+/// Returns (image, digest) of each.
+async fn keep_running_digests(
+    state: &AppState,
+    existing: Option<&StackRow>,
+    services: &mut [(String, u32, ServiceDef)],
+) -> Result<Vec<(String, String)>> {
+    let Some(existing) = existing else {
+        return Ok(Vec::new());
+    };
+    let old: Vec<(String, ServiceDef)> = state
+        .store
+        .services(&existing.id)
+        .await?
+        .iter()
+        .filter_map(|row| service_def(row).map(|d| (row.name.clone(), d)))
+        .collect();
+    let mut kept = Vec::new();
+    for (name, _, def) in services.iter_mut() {
+        let t = &mut def.template;
+        if t.image_source.is_some() || t.pull == corral_proto::PullPolicy::Never {
+            continue;
+        }
+        let Some((_, before)) = old.iter().find(|(n, _)| n == name) else {
+            continue;
+        };
+        if before.template.image_source.as_deref() == Some(t.image.as_str()) {
+            let digest = before
+                .template
+                .image
+                .rsplit_once('@')
+                .map(|(_, d)| d.to_owned())
+                .unwrap_or_default();
+            kept.push((t.image.clone(), digest));
+            t.image_source = Some(std::mem::replace(
+                &mut t.image,
+                before.template.image.clone(),
+            ));
+        }
+    }
+    Ok(kept)
 }
 
 /// Services whose tag now resolves to another digest than the one they run: they roll.

@@ -214,6 +214,7 @@ impl Registry {
         // `http.secret` is fixed so the registry does not warn about a random one, and upload
         // state would survive a restart. It is not the account's password: tests look for that
         // on disk and must find it nowhere.
+        let secret = format!("http-{:x}", now_nanos());
         let config = format!(
             "version: 0.1
 log:
@@ -238,7 +239,7 @@ auth:
 ",
             storage = self.storage().display(),
             host = self.host(),
-            secret = format!("http-{:x}", now_nanos()),
+            secret = secret,
             crt = tls.join("server.crt").display(),
             key = tls.join("server.key").display(),
             htpasswd = self.htpasswd_path().display(),

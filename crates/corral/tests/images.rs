@@ -300,3 +300,322 @@ fn tags_resolve_to_one_digest_pulled_with_a_sealed_account_and_a_push_rolls_the_
         Value::Array(vec![])
     );
 }
+
+/// The machine's dockerd: containers of stack `stack` removed when dropped (the test's own).
+struct StackCleanup(String);
+
+impl Drop for StackCleanup {
+    fn drop(&mut self) {
+        let out = docker(&[
+            "ps",
+            "-aq",
+            "--filter",
+            &format!("label=io.corral.stack={}", self.0),
+        ]);
+        for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+            let _ = docker(&["rm", "-f", id]);
+        }
+        let _ = docker(&["rmi", "corral-test/busybox:adm-1"]);
+    }
+}
+
+/// `corral admission test` of one service's Compose text: the refusals' (rule, key).
+fn refused(
+    server: &Server,
+    dir: &Path,
+    service: &str,
+    policy: Option<&Path>,
+) -> Vec<(String, String)> {
+    let file = dir.join("probe.yaml");
+    std::fs::write(&file, format!("services:\n  probe:\n{service}")).unwrap();
+    let mut args = vec![
+        "admission",
+        "test",
+        "-f",
+        file.to_str().unwrap(),
+        "-o",
+        "json",
+    ];
+    if let Some(p) = policy {
+        args.extend(["--policy", p.to_str().unwrap()]);
+    }
+    let out = server.cli(&args);
+    let verdict: Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)));
+    assert_eq!(
+        out.status.success(),
+        verdict["admitted"] == true,
+        "the exit status follows the verdict: {verdict}"
+    );
+    verdict["refusals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            assert_eq!(r["service"], "probe", "{r}");
+            (
+                r["rule"].as_str().unwrap().to_owned(),
+                r["key"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn pair(rule: &str, key: &str) -> Vec<(String, String)> {
+    vec![(rule.to_owned(), key.to_owned())]
+}
+
+#[test]
+fn the_admission_policy_refuses_each_rule_by_name_admits_what_it_allows_and_refusals_change_nothing()
+ {
+    require_docker();
+    let t = tmp();
+    let server = Server::start(&t.path().join("data"), &[]);
+    let (_, token) = server.token(&[]);
+    let _agent = start_agent(&server, &t.path().join("adm-1"), "adm-1", Some(&token), &[]);
+    wait_until(Duration::from_secs(30), "the agent's Docker report", || {
+        server
+            .hosts()
+            .into_iter()
+            .any(|h| h["name"] == "adm-1" && h["docker"]["state"] == "available")
+    });
+    let stack = format!("adm{}", std::process::id());
+    let _cleanup = StackCleanup(stack.clone());
+    assert!(
+        docker(&["tag", IMAGE, "corral-test/busybox:adm-1"])
+            .status
+            .success()
+    );
+
+    // No policy: the default refuses what breaks isolation, and says so.
+    let shown = server.cli_json(&["admission", "show"]);
+    assert_eq!(shown["generation"], Value::Null, "{shown}");
+    assert!(
+        shown["effective"]
+            .as_str()
+            .unwrap()
+            .contains("\"allow_privileged\": false")
+    );
+    let img = "    image: corral-test/busybox:adm-1\n";
+    assert_eq!(
+        refused(
+            &server,
+            t.path(),
+            &format!("{img}    privileged: true\n"),
+            None
+        ),
+        pair("allow_privileged", "privileged")
+    );
+
+    // A policy: bad documents are refused with the reason and change nothing.
+    let policy = t.path().join("policy.yaml");
+    std::fs::write(&policy, "allowed_images: [busybox]\n").unwrap();
+    let out = server.cli(&["admission", "apply", "-f", policy.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("REGISTRY/PATH"), "{}", text(&out));
+    std::fs::write(&policy, "allow_everything: true\n").unwrap();
+    let out = server.cli(&["admission", "apply", "-f", policy.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("allow_everything"), "{}", text(&out));
+    assert_eq!(
+        server.cli_json(&["admission", "show"])["generation"],
+        Value::Null
+    );
+
+    std::fs::write(
+        &policy,
+        "allowed_images: ['docker.io/corral-test/*']\nrefused_tags: [latest]\nallowed_capabilities: [NET_ADMIN]\nallowed_bind_paths: [/srv/corral-test]\n",
+    )
+    .unwrap();
+    server.cli_ok(&["admission", "apply", "-f", policy.to_str().unwrap()]);
+    assert_eq!(server.cli_json(&["admission", "show"])["generation"], 1);
+
+    // Every rule refuses what it should…
+    let cases: Vec<(String, Vec<(String, String)>)> = vec![
+        (
+            "    image: 198.18.0.9:5000/corral-test/busybox:1\n".into(),
+            pair("allowed_images", "image"),
+        ),
+        (
+            "    image: corral-test/busybox:latest\n".into(),
+            pair("refused_tags", "image"),
+        ),
+        (
+            "    image: corral-test/busybox\n".into(),
+            pair("refused_tags", "image"),
+        ),
+        (
+            format!("{img}    privileged: true\n"),
+            pair("allow_privileged", "privileged"),
+        ),
+        (
+            format!("{img}    cap_add: [SYS_ADMIN]\n"),
+            pair("allowed_capabilities", "cap_add"),
+        ),
+        (
+            format!("{img}    network_mode: host\n"),
+            pair("allow_host_network", "network_mode"),
+        ),
+        (
+            format!("{img}    pid: host\n"),
+            pair("allow_host_pid", "pid"),
+        ),
+        (
+            format!("{img}    devices: [/dev/fuse]\n"),
+            pair("allow_devices", "devices"),
+        ),
+        (
+            format!("{img}    volumes: ['/etc:/x:ro']\n"),
+            pair("allowed_bind_paths", "volumes"),
+        ),
+        (
+            format!("{img}    volumes: ['/var/run/docker.sock:/var/run/docker.sock']\n"),
+            pair("allow_docker_socket", "volumes"),
+        ),
+        (
+            format!("{img}    volumes: ['/run:/host-run']\n"),
+            pair("allow_docker_socket", "volumes"),
+        ),
+    ];
+    for (service, want) in &cases {
+        assert_eq!(
+            &refused(&server, t.path(), service, None),
+            want,
+            "{service}"
+        );
+    }
+    // …and admits what it allows.
+    for service in [
+        format!("{img}    cap_add: [net_admin]\n"),
+        format!("{img}    volumes: ['/srv/corral-test/data:/data']\n"),
+        img.to_owned(),
+    ] {
+        assert!(
+            refused(&server, t.path(), &service, None).is_empty(),
+            "{service}"
+        );
+    }
+    // The digest rule, from a policy file given to the test only: a tag never resolved
+    // (pull_policy never) is refused; a written digest is admitted.
+    let strict = t.path().join("strict.yaml");
+    std::fs::write(&strict, "require_digest: true\n").unwrap();
+    assert_eq!(
+        refused(
+            &server,
+            t.path(),
+            &format!("{img}    pull_policy: never\n"),
+            Some(&strict)
+        ),
+        pair("require_digest", "image")
+    );
+    let digest = format!("sha256:{}", "a".repeat(64));
+    assert!(
+        refused(
+            &server,
+            t.path(),
+            &format!("    image: corral-test/busybox@{digest}\n    pull_policy: never\n"),
+            Some(&strict)
+        )
+        .is_empty()
+    );
+
+    // A refused `up` names the rule, the service and the key, and creates nothing.
+    let file = t.path().join("compose.yaml");
+    std::fs::write(
+        &file,
+        format!("services:\n  ok:\n{img}    command: [sleep, '600']\n  bad:\n{img}    privileged: true\n    cap_add: [SYS_ADMIN]\n"),
+    )
+    .unwrap();
+    let out = server.cli(&["up", "-f", file.to_str().unwrap(), "-p", &stack]);
+    assert!(!out.status.success());
+    let said = text(&out);
+    assert!(
+        said.contains("service bad: privileged: refused by admission rule allow_privileged"),
+        "{said}"
+    );
+    assert!(
+        said.contains("service bad: cap_add: refused by admission rule allowed_capabilities"),
+        "{said}"
+    );
+    assert!(said.contains("nothing was changed"), "{said}");
+    assert!(
+        server
+            .cli_json(&["stack", "ls"])
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    let created = docker(&[
+        "ps",
+        "-aq",
+        "--filter",
+        &format!("label=io.corral.stack={stack}"),
+    ]);
+    assert!(created.stdout.is_empty(), "nothing created");
+    // So does a refused `run`.
+    let out = server.cli(&["run", &format!("{stack}-run"), "--image", IMAGE]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("refused by admission rule refused_tags"),
+        "{}",
+        text(&out)
+    );
+
+    // A second generation allows the host's network and process namespace; what it admits
+    // runs with exactly those options.
+    std::fs::write(
+        &policy,
+        "allowed_images: ['docker.io/corral-test/*']\nrefused_tags: [latest]\nallowed_capabilities: [NET_ADMIN]\nallow_host_network: true\nallow_host_pid: true\n",
+    )
+    .unwrap();
+    server.cli_ok(&["admission", "apply", "-f", policy.to_str().unwrap()]);
+    assert_eq!(server.cli_json(&["admission", "show"])["generation"], 2);
+    std::fs::write(
+        &file,
+        format!("services:\n  net:\n{img}    command: [sleep, '600']\n    cap_add: [NET_ADMIN]\n  hostns:\n{img}    command: [sleep, '600']\n    network_mode: host\n    pid: host\n"),
+    )
+    .unwrap();
+    let out = server.cli(&[
+        "up",
+        "-f",
+        file.to_str().unwrap(),
+        "-p",
+        &stack,
+        "--wait",
+        "--timeout",
+        "60s",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let ids = docker(&[
+        "ps",
+        "-q",
+        "--filter",
+        &format!("label=io.corral.stack={stack}"),
+    ]);
+    let ids: Vec<String> = String::from_utf8_lossy(&ids.stdout)
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(ids.len(), 2);
+    let mut seen = Vec::new();
+    for id in &ids {
+        let c = inspect(id);
+        let service = c["Config"]["Labels"]["io.corral.service"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let hc = &c["HostConfig"];
+        match service.as_str() {
+            "net" => assert_eq!(hc["CapAdd"], serde_json::json!(["NET_ADMIN"]), "{hc}"),
+            "hostns" => {
+                assert_eq!(hc["NetworkMode"], "host", "{hc}");
+                assert_eq!(hc["PidMode"], "host", "{hc}");
+            }
+            other => panic!("unexpected service {other}"),
+        }
+        seen.push(service);
+    }
+    seen.sort();
+    assert_eq!(seen, ["hostns", "net"]);
+    server.cli_ok(&["down", "-p", &stack]);
+}

@@ -837,14 +837,22 @@ pub async fn admission_test(
         None => crate::images::policy(state, &env_row.id).await?,
     };
     let up = req.project;
-    let input = compose::Input {
+    let mut input = compose::Input {
         files: sources(&up.files),
         env_files: sources(&up.env_files),
         referenced_files: sources(&up.referenced_files),
         env: up.env.clone(),
         project_name: up.name.clone(),
     };
-    let loaded = compose::load(&input).map_err(|e| bad(e.to_string()))?;
+    // A test needs no stack name: the files' own, else a placeholder.
+    let loaded = match compose::load(&input) {
+        Ok(l) => l,
+        Err(_) if input.project_name.is_none() => {
+            input.project_name = Some("admission-test".into());
+            compose::load(&input).map_err(|e| bad(e.to_string()))?
+        }
+        Err(e) => return Err(bad(e.to_string())),
+    };
     let stack = define::define(&loaded.project).map_err(|e| bad(first_errors(&e)))?;
     let mut refusals = Vec::new();
     let mut notes = Vec::new();

@@ -238,3 +238,107 @@ fn an_unknown_kind_or_a_bad_payload_is_readable_as_unreadable() {
         other => panic!("expected unreadable, got {other:?}"),
     }
 }
+
+/// The image commands, a `container_run` that pulls with an account and runs with the
+/// options admission governs, their replies and a pull progress report (`golden/images.jsonl`).
+#[test]
+fn image_frames_encode_to_the_golden_bytes_and_back() {
+    let auth = RegistryAuth {
+        registry: "198.18.0.9:5000".into(),
+        username: Some("team".into()),
+        password: Some("s3cret".into()),
+        ca_pem: Some("-----BEGIN CERTIFICATE-----\n…\n-----END CERTIFICATE-----\n".into()),
+    };
+    let digest = format!("sha256:{}", "a".repeat(64));
+    let mut pulling = spec();
+    pulling.image = format!("198.18.0.9:5000/team/app@{digest}");
+    pulling.image_source = Some("198.18.0.9:5000/team/app:1".into());
+    pulling.pull = PullPolicy::Always;
+    pulling.registry_auth = Some(auth.clone());
+    pulling.cap_add = vec!["NET_ADMIN".into()];
+    pulling.cap_drop = vec!["MKNOD".into()];
+    pulling.privileged = true;
+    pulling.pid_host = true;
+    pulling.network_mode = NetworkMode::Host;
+    pulling.devices = vec![DeviceSpec {
+        host: "/dev/fuse".into(),
+        container: "/dev/fuse".into(),
+        permissions: "rwm".into(),
+    }];
+    let summary = ImageSummary {
+        id: format!("sha256:{}", "b".repeat(64)),
+        tags: vec!["198.18.0.9:5000/team/app:1".into()],
+        digests: vec![format!("198.18.0.9:5000/team/app@{digest}")],
+        size_bytes: 1_234_567,
+        created: 1_700_000_000,
+        containers: 2,
+    };
+    let commands: Vec<String> = [
+        command(ResolveImages {
+            images: vec![
+                ImageToResolve {
+                    reference: "198.18.0.9:5000/team/app:1".into(),
+                    auth: Some(auth.clone()),
+                },
+                ImageToResolve {
+                    reference: "nginx:1.27".into(),
+                    auth: None,
+                },
+            ],
+        }),
+        command(PullImage {
+            reference: "198.18.0.9:5000/team/app:1".into(),
+            auth: Some(auth),
+        }),
+        command(ListImages {}),
+        command(RemoveImage {
+            reference: "nginx:1.27".into(),
+        }),
+        command(pulling),
+    ]
+    .iter()
+    .map(|m| serde_json::to_string(m).unwrap())
+    .collect();
+    let agent: Vec<AgentMessage> = vec![
+        reply::<ResolveImages>(vec![
+            Resolution::Digest {
+                digest: digest.clone(),
+            },
+            Resolution::Failed {
+                reason: "manifest unknown".into(),
+            },
+        ]),
+        reply::<PullImage>(summary.clone()),
+        reply::<ListImages>(vec![summary]),
+        reply::<RemoveImage>(RemovedImage {
+            untagged: vec!["nginx:1.27".into()],
+            deleted: vec![format!("sha256:{}", "c".repeat(64))],
+        }),
+        AgentMessage::Report(Report::Pull(PullProgress {
+            corral_id: Some("ctr_1".into()),
+            image: "198.18.0.9:5000/team/app:1".into(),
+            downloaded_bytes: 1000,
+            total_bytes: 4000,
+            layers_done: 1,
+            layers: 3,
+            done: false,
+        })),
+    ];
+    let mut encoded = commands.clone();
+    encoded.extend(agent.iter().map(|m| serde_json::to_string(m).unwrap()));
+    let golden: Vec<&str> = include_str!("golden/images.jsonl").lines().collect();
+    assert_eq!(
+        golden,
+        encoded.iter().map(String::as_str).collect::<Vec<_>>(),
+        "image frames changed; the new encoding is:\n{}",
+        encoded.join("\n")
+    );
+    for line in &golden[..commands.len()] {
+        let back: ServerMessage = serde_json::from_str(line).unwrap();
+        assert_eq!(&serde_json::to_string(&back).unwrap(), line);
+    }
+    for (line, message) in golden[commands.len()..].iter().zip(&agent) {
+        let back: AgentMessage = serde_json::from_str(line).unwrap();
+        assert_eq!(&back, message);
+    }
+}

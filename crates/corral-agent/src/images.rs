@@ -219,7 +219,8 @@ impl Engine {
             .build();
         let mut stream = docker.create_image(Some(options), None, credentials(auth));
         let mut layers = Layers::default();
-        let mut last_report = Instant::now();
+        // The first report goes at once (a pull shows as soon as it starts), then one a second.
+        let mut last_report: Option<Instant> = None;
         tracing::info!(image = reference, "pulling");
         let mut outcome = Ok(());
         while let Some(item) = stream.next().await {
@@ -232,8 +233,8 @@ impl Engine {
                         detail.current,
                         detail.total,
                     );
-                    if last_report.elapsed() >= PROGRESS_EVERY {
-                        last_report = Instant::now();
+                    if last_report.is_none_or(|t| t.elapsed() >= PROGRESS_EVERY) {
+                        last_report = Some(Instant::now());
                         self.report_progress(layers.progress(reference, corral_id, false));
                     }
                 }

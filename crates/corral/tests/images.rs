@@ -262,8 +262,39 @@ fn tags_resolve_to_one_digest_pulled_with_a_sealed_account_and_a_push_rolls_the_
     let events = lab.server.cli_json(&["events", "--limit", "200"]);
     assert!(events.to_string().contains("cannot pull image"), "{events}");
 
-    // Back up: the backed-off replica starts, on the same digest.
+    // Back up, behind a slow link: the backed-off replica's pull shows as it goes (host,
+    // bytes, layers), then the replica starts, on the same digest.
+    let slow = |on: bool| {
+        let mut args = vec!["netns", "exec", lab.ns("reg").name(), "tc", "qdisc"];
+        if on {
+            args.extend([
+                "add", "dev", "eth0", "root", "tbf", "rate", "800kbit", "burst", "16kb", "latency",
+                "1s",
+            ]);
+        } else {
+            args.extend(["del", "dev", "eth0", "root"]);
+        }
+        let out = std::process::Command::new("ip")
+            .args(&args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "tc: {}", text(&out));
+    };
+    slow(true);
     reg.start_again();
+    wait_until(Duration::from_secs(90), "the pull's progress in ps", || {
+        web(&ps(&lab))["replicas"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| {
+                r["host"] == "h3"
+                    && r["pulling"]
+                        .as_str()
+                        .is_some_and(|p| p.contains(&pinned) && p.contains(" MB, "))
+            })
+    });
+    slow(false);
     wait_until(Duration::from_secs(90), "the third replica", || {
         web(&ps(&lab))["ready"] == 3
     });

@@ -1,0 +1,623 @@
+#!/usr/bin/env bash
+# Pull benchmark: one Compose file of SERVICES services × REPLICAS replicas whose images are in a
+# private registry (TLS under a throwaway CA, htpasswd basic auth) and on no host, deployed by
+# `corral up --wait` and by `docker stack deploy --with-registry-auth` (Docker Swarm) on the same
+# lab hosts, for each host count in HOST_COUNTS; the median of RUNS times to convergence of each.
+#
+#   bash scripts/bench-pull.sh                          # HOST_COUNTS="1 3" RUNS=3
+#   HOST_COUNTS=3 RUNS=1 KEEP=1 bash scripts/bench-pull.sh
+#   LAYER_KB=4096 bash scripts/bench-pull.sh             # a bigger layer of each service's own
+#
+# Needs root and docker.io, docker-registry, apache2-utils (htpasswd), openssl, curl,
+# busybox-static, iproute2, python3; uses ${CORRAL_BIN:-${CARGO_TARGET_DIR:-target}/release/corral}
+# and builds it (cargo build --release -p corral) if missing.
+#
+# The lab, as scripts/lab.sh builds one but on a /24 of 198.19.0.0/16 (half of 198.18.0.0/15,
+# reserved for benchmarks; the test kit's labs take 198.18.N, so the two never meet in the root
+# namespace's connection tracking), every address inside a network namespace, all namespaces on
+# one lab bridge:
+#   reg  (.2)   Debian's docker-registry on :5000, TLS (a CA made here with openssl, the server
+#               certificate naming the IP) and htpasswd (bcrypt) basic auth, as
+#               crates/corral-testkit/src/registry.rs runs it.
+#   bld  (.3)   a builder dockerd, started once: the base image (a busybox-static rootfs, tarred
+#               and `docker import`ed, as scripts/test-image.sh does), then REG/bench/sK:1 for
+#               K = 1..SERVICES, each FROM the base plus a layer of its own (LAYER_KB of random
+#               bytes, so no two services share it), pushed with a login of its own and the CA
+#               trusted in /etc/docker/certs.d/REG/ only for the push. The builder then stops.
+#   srv  (.1)   `corral server` (fresh data dir per host count).
+#   hI   (.10+I) a dockerd of its own (`nsenter --net=… dockerd --data-root … --exec-root …
+#               --pidfile … -H unix://SOCK --bridge=none --iptables=false --ip-masq=false`) and a
+#               corral agent. No image at all on these engines: before every timed run the
+#               script removes every image on every host and checks that none is left, so every
+#               run pulls every service's image on every host that runs one of its replicas.
+#
+# corral: `corral registry add REG --username … --password-stdin --ca-file CA` once per lab; the
+#   CA is removed from /etc/docker/certs.d before every run (the agents install it from the
+#   account, as on a real host). Timed: `corral up -f FILE -p bench --wait`, from its start to the
+#   "converged in X s" it prints (every replica running, seen by its 250 ms poll); its wall time
+#   (1 s longer: it checks that the stack stays converged) is reported too. Then `corral down`,
+#   and the script waits until no host has a container or the network of the stack.
+#   Before Swarm runs on the same engines, the corral agents and server are stopped.
+# Swarm: `docker swarm init --advertise-addr <h1's IP>` on h1's engine, the other hosts join as
+#   workers (over the lab bridge: 2377/tcp, 7946/tcp+udp, 4789/udp between namespaces); `docker
+#   login` with a DOCKER_CONFIG of its own (a temporary directory), the CA trusted in
+#   /etc/docker/certs.d/REG/ for the Swarm runs only (the engines have no other way to trust it).
+#   Timed: from the start of `docker stack deploy --with-registry-auth -c FILE benchswarm` to the
+#   first 250 ms poll of `docker stack ps benchswarm --filter desired-state=running` that shows
+#   every task Running (as scripts/bench-deploy.sh measures). Then `docker stack rm`, and the
+#   script waits until no host has a container of the stack and its services and network are
+#   gone. Swarm runs on the engines as they are started above (--iptables=false --bridge=none):
+#   swarm init makes its ingress network and docker_gwbridge itself, and a stack without
+#   published ports needs no iptables rule (see BENCHMARKS.md).
+# Between the two, and between runs, every image is removed from every host engine.
+#
+# Registry requests (from its access log) are counted per run: manifest GETs, manifest HEADs and
+# blob GETs, which shows how often each orchestrator asked the registry.
+#
+# Everything it makes is recorded as it is made and undone in reverse order, on success, on
+# failure and on Ctrl-C: processes by their pid (agents, server, registry, dockerds, and the
+# containerd of each dockerd if it outlives it), Swarm mode (swarm leave --force on each engine),
+# mounts under its work directory, network namespaces, veths, the bridge, the DOCKER-USER rule
+# (added when a dockerd runs in the root namespace: its FORWARD DROP and br_netfilter would drop
+# frames crossing the lab bridge), /etc/docker/certs.d/REG, the temporary DOCKER_CONFIG and the
+# work directory. KEEP=1 keeps the logs (the work directory, without keys or image data).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+RUNS=${RUNS:-3}
+HOST_COUNTS=${HOST_COUNTS:-"1 3"}
+SERVICES=${SERVICES:-10}
+REPLICAS=${REPLICAS:-5}
+LAYER_KB=${LAYER_KB:-1024}
+TIMEOUT_S=${TIMEOUT_S:-300}
+TOTAL=$((SERVICES * REPLICAS))
+CORRAL_STACK=bench
+SWARM_STACK=benchswarm
+REG_USER=bench
+CMD_JSON='["sh", "-c", "trap '"'"'exit 0'"'"' TERM; while :; do sleep 1 & wait; done"]'
+POLL=0.25
+
+log() { printf '==> %s\n' "$*" >&2; }
+die() { printf 'bench-pull: %s\n' "$*" >&2; exit 1; }
+now() { printf '%s' "$EPOCHREALTIME"; }
+elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b - a }'; }
+median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) printf "%.2f", v[(NR + 1) / 2]; else printf "%.2f", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+
+[ "$(id -u)" = 0 ] || die "run as root (network namespaces, dockerds, /etc/docker/certs.d)"
+[ "$RUNS" -ge 1 ] 2>/dev/null || die "RUNS must be a positive integer"
+for n in $HOST_COUNTS; do
+    [ "$n" -ge 1 ] 2>/dev/null && [ "$n" -le 20 ] || die "HOST_COUNTS: each count must be 1 to 20 (got $n)"
+done
+for tool in dockerd:docker.io docker:docker.io docker-registry:docker-registry htpasswd:apache2-utils \
+    openssl:openssl curl:curl busybox:busybox-static ip:iproute2 nsenter:util-linux python3:python3; do
+    command -v "${tool%%:*}" >/dev/null 2>&1 || die "no ${tool%%:*} (apt-get install -y ${tool#*:})"
+done
+
+WORK=$(mktemp -d /tmp/corral-bench-pull.XXXXXX)
+ID=$(printf '%04x' $(((RANDOM << 1 ^ $$) & 0xffff)))
+BASE_STATE=$WORK/state.base # undone last: bridge, registry, CA trust
+LAB_STATE=$WORK/state.lab   # undone after each host count: hosts, server, agents, swarm
+: >"$BASE_STATE"
+CHILD=
+
+# Runs a command in the background and waits for it, so that a signal to this script is handled
+# at once (bash defers traps while a foreground command runs); cleanup stops it.
+run() {
+    "$@" &
+    CHILD=$!
+    local rc=0
+    wait "$CHILD" || rc=$?
+    CHILD=
+    return "$rc"
+}
+
+wait_for() { # SECONDS DESCRIPTION CMD…: until CMD succeeds, polling every 250 ms
+    local secs=$1 what=$2
+    shift 2
+    local t0=$SECONDS
+    until "$@" >/dev/null 2>&1; do
+        [ $((SECONDS - t0)) -ge "$secs" ] && die "timed out after ${secs}s waiting for $what"
+        sleep "$POLL"
+    done
+}
+wait_gone() { # SECONDS DESCRIPTION CMD…: until CMD prints nothing
+    local secs=$1 what=$2
+    shift 2
+    local t0=$SECONDS
+    while [ -n "$("$@" 2>/dev/null)" ]; do
+        [ $((SECONDS - t0)) -ge "$secs" ] && die "timed out after ${secs}s waiting for $what to be gone: $("$@" 2>&1 | tr '\n' ' ')"
+        sleep "$POLL"
+    done
+}
+
+# --- undo -------------------------------------------------------------------------------------
+ns_of() { echo "cpb-$ID-$1"; }
+sock() { echo "$WORK/docker/$1/docker.sock"; }
+dk() { # HOST ARGS…: the docker CLI against HOST's engine (never the machine's own)
+    local h=$1
+    shift
+    docker -H "unix://$(sock "$h")" "$@"
+}
+ours() { # PID: still a process this script started (not a reused id)
+    grep -qaE 'corral|dockerd|docker-registry|containerd' "/proc/$1/cmdline" 2>/dev/null
+}
+stop_pid() { # PID: SIGTERM, up to 20 s, then SIGKILL
+    local pid=$1
+    ours "$pid" || return 0
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 80); do kill -0 "$pid" 2>/dev/null || break; sleep "$POLL"; done
+    if ours "$pid"; then kill -9 "$pid" 2>/dev/null || true; fi
+    wait "$pid" 2>/dev/null || true
+}
+stop_dockerd() { # HOST: its containers and Swarm mode go, then the daemon and its containerd
+    local h=$1 dir=$WORK/docker/$1
+    if dk "$h" info >/dev/null 2>&1; then
+        [ "$(dk "$h" info -f '{{.Swarm.LocalNodeState}}' 2>/dev/null)" = inactive ] ||
+            dk "$h" swarm leave --force >/dev/null 2>&1 || true
+        dk "$h" ps -aq 2>/dev/null | xargs -r docker -H "unix://$(sock "$h")" rm -f -v >/dev/null 2>&1 || true
+    fi
+    [ -f "$dir/pid" ] && stop_pid "$(cat "$dir/pid")"
+    local cpid
+    cpid=$(cat "$dir/exec/containerd/containerd.pid" 2>/dev/null) || cpid=
+    if [ -n "$cpid" ] && grep -qaF "$dir/exec" "/proc/$cpid/cmdline" 2>/dev/null; then
+        stop_pid "$cpid"
+    fi
+    # Whatever dockerd left mounted under its directories (overlay2, netns files).
+    grep -F " $dir/" /proc/mounts | awk '{ print $2 }' | sort -r | xargs -r -n 1 umount -l 2>/dev/null || true
+    rm -rf --one-file-system "$dir"
+}
+undo() { # STATE_FILE: undo what it records, newest first
+    local file=$1 kind arg
+    [ -f "$file" ] || return 0
+    tac "$file" | while read -r kind arg; do
+        case "$kind" in
+            pid) stop_pid "$arg" ;;
+            dockerd) stop_dockerd "$arg" ;;
+            netns) ip netns del "$arg" 2>/dev/null || true ;;
+            link) ip link del "$arg" 2>/dev/null || true ;;
+            iptables) iptables -w -D DOCKER-USER -i "$arg" -o "$arg" -j ACCEPT 2>/dev/null || true ;;
+            certsd) rm -rf "$arg" ;;
+            dir) rm -rf --one-file-system "$arg" ;;
+        esac
+    done
+    : >"$file"
+}
+record() { echo "$2" >>"$1"; } # STATE_FILE "KIND ARG"
+cleanup() {
+    local rc=$?
+    set +e
+    trap - EXIT INT TERM
+    if [ -n "$CHILD" ]; then
+        kill "$CHILD" 2>/dev/null
+        wait "$CHILD" 2>/dev/null
+    fi
+    [ "$rc" = 0 ] || log "failed (exit $rc); undoing everything"
+    undo "$LAB_STATE"
+    undo "$BASE_STATE"
+    if [ "${KEEP:-0}" = 1 ]; then
+        rm -rf "$WORK/reg/tls" "$WORK/reg/storage" "$WORK/reg/htpasswd" "$WORK/reg/password" "$WORK/build"
+        log "logs kept in $WORK"
+    else
+        rm -rf --one-file-system "$WORK"
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# --- the binary -------------------------------------------------------------------------------
+BIN=${CORRAL_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/corral}
+if [ ! -x "$BIN" ]; then
+    [ -z "${CORRAL_BIN:-}" ] || die "CORRAL_BIN=$CORRAL_BIN is not executable"
+    log "building the release binary (cargo build --release -p corral)"
+    cargo build --release -p corral --locked -q
+elif [ -z "${CORRAL_BIN:-}" ] && [ -n "$(find crates Cargo.toml Cargo.lock -newer "$BIN" \( -name '*.rs' -o -name 'Cargo.*' \) -print -quit)" ]; then
+    log "warning: $BIN is older than the sources; run \`cargo build --release -p corral\` to measure them"
+fi
+"$BIN" registry add --help >/dev/null 2>&1 || die "$BIN has no \`registry add\`: build a current one"
+
+# --- the network ------------------------------------------------------------------------------
+ROOT_ADDRS=$(ip -4 -o addr show)
+PREFIX=
+for _ in $(seq 256); do
+    p="198.19.$((RANDOM % 256))"
+    grep -qF " $p." <<<"$ROOT_ADDRS" || { PREFIX=$p; break; }
+done
+[ -n "$PREFIX" ] || die "no free /24 in 198.19.0.0/16 (the root namespace uses them all?)"
+BRIDGE="cpb${ID}b"
+ip link add "$BRIDGE" type bridge
+record "$BASE_STATE" "link $BRIDGE"
+echo 1 >"/proc/sys/net/ipv6/conf/$BRIDGE/disable_ipv6" 2>/dev/null || true
+if iptables -w -n -L DOCKER-USER >/dev/null 2>&1; then
+    # A dockerd in the root namespace: FORWARD policy DROP and br_netfilter on (see LAB.md).
+    iptables -w -I DOCKER-USER -i "$BRIDGE" -o "$BRIDGE" -j ACCEPT
+    record "$BASE_STATE" "iptables $BRIDGE"
+fi
+ip link set "$BRIDGE" up
+
+add_ns() { # STATE_FILE NAME IP
+    local state=$1 name=$2 ip=$3 ns veth
+    ns=$(ns_of "$name")
+    veth="cpb${ID}${name}"
+    ip netns add "$ns"
+    record "$state" "netns $ns"
+    ip link add "$veth" type veth peer name "${veth}p"
+    record "$state" "link $veth"
+    echo 1 >"/proc/sys/net/ipv6/conf/$veth/disable_ipv6" 2>/dev/null || true
+    ip link set "$veth" master "$BRIDGE"
+    ip link set "$veth" up
+    ip link set "${veth}p" netns "$ns"
+    ip -n "$ns" link set "${veth}p" name eth0
+    ip -n "$ns" addr add "$ip/24" dev eth0
+    ip -n "$ns" link set eth0 up
+    ip -n "$ns" link set lo up
+}
+host_ip() { echo "$PREFIX.$((10 + ${1#h}))"; }
+
+start_dockerd() { # STATE_FILE HOST: in HOST's namespace, everything under WORK/docker/HOST
+    local state=$1 h=$2 dir=$WORK/docker/$2
+    mkdir -p "$dir/data" "$dir/exec"
+    nsenter --net="/var/run/netns/$(ns_of "$h")" dockerd --data-root "$dir/data" \
+        --exec-root "$dir/exec" --pidfile "$dir/pid" -H "unix://$(sock "$h")" \
+        --bridge=none --iptables=false --ip-masq=false >"$WORK/logs/dockerd-$h.log" 2>&1 &
+    record "$state" "pid $!"
+    record "$state" "dockerd $h"
+}
+wait_dockerd() { # HOST
+    local h=$1 t0=$SECONDS
+    until dk "$h" info >/dev/null 2>&1; do
+        [ -f "$WORK/docker/$h/pid" ] || [ $((SECONDS - t0)) -lt 5 ] || true
+        [ $((SECONDS - t0)) -ge 60 ] && die "dockerd of $h did not answer within 60 s: $(tail -n 5 "$WORK/logs/dockerd-$h.log")"
+        sleep "$POLL"
+    done
+}
+
+mkdir -p "$WORK/logs" "$WORK/docker"
+RUNDIR_NOTE="$(docker version -f '{{.Client.Version}}' 2>/dev/null || echo '?')"
+
+# --- the registry -----------------------------------------------------------------------------
+REG_IP=$PREFIX.2
+REG=$REG_IP:5000
+CERTS_D=/etc/docker/certs.d/$REG
+[ ! -e "$CERTS_D" ] || die "$CERTS_D exists already; remove it (a leftover?)"
+add_ns "$BASE_STATE" reg "$REG_IP"
+mkdir -p "$WORK/reg/tls" "$WORK/reg/storage"
+TLS=$WORK/reg/tls
+EC=(-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes)
+openssl req -x509 "${EC[@]}" -keyout "$TLS/ca.key" -out "$TLS/ca.crt" -days 2 \
+    -subj "/CN=corral bench-pull registry CA" \
+    -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
+openssl req -new "${EC[@]}" -keyout "$TLS/server.key" -out "$TLS/server.csr" -subj "/CN=$REG_IP" 2>/dev/null
+printf 'subjectAltName=IP:%s\nbasicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n' \
+    "$REG_IP" >"$TLS/server.ext"
+openssl x509 -req -in "$TLS/server.csr" -CA "$TLS/ca.crt" -CAkey "$TLS/ca.key" -set_serial 2 -days 2 \
+    -extfile "$TLS/server.ext" -out "$TLS/server.crt" 2>/dev/null
+REG_PASSWORD=$(openssl rand -hex 16)
+printf '%s' "$REG_PASSWORD" >"$WORK/reg/password"
+htpasswd -Bbn "$REG_USER" "$REG_PASSWORD" | sed '/^$/d' >"$WORK/reg/htpasswd"
+cat >"$WORK/reg/config.yml" <<EOF
+version: 0.1
+log:
+  level: info
+  fields:
+    service: registry
+storage:
+  filesystem:
+    rootdirectory: $WORK/reg/storage
+  delete:
+    enabled: true
+http:
+  addr: $REG
+  secret: bench-pull-$ID
+  tls:
+    certificate: $TLS/server.crt
+    key: $TLS/server.key
+auth:
+  htpasswd:
+    realm: corral-bench-registry
+    path: $WORK/reg/htpasswd
+EOF
+nsenter --net="/var/run/netns/$(ns_of reg)" docker-registry serve "$WORK/reg/config.yml" >"$WORK/logs/registry.log" 2>&1 &
+REG_PID=$!
+record "$BASE_STATE" "pid $REG_PID"
+reg_status() {
+    ip netns exec "$(ns_of reg)" curl -s -o /dev/null --max-time 5 -w '%{http_code}' --cacert "$TLS/ca.crt" "https://$REG/v2/" || true
+}
+t0=$SECONDS
+until [ "$(reg_status)" != 000 ]; do
+    kill -0 "$REG_PID" 2>/dev/null || die "the registry exited: $(tail -n 10 "$WORK/logs/registry.log")"
+    [ $((SECONDS - t0)) -ge 30 ] && die "the registry did not answer within 30 s: $(tail -n 10 "$WORK/logs/registry.log")"
+    sleep "$POLL"
+done
+[ "$(reg_status)" = 401 ] || die "the registry answered $(reg_status) to an anonymous /v2/, not 401"
+log "registry: https://$REG (TLS, basic auth) in $(ns_of reg)"
+
+# The CA in /etc/docker/certs.d/REG/ca.crt: every engine on this machine reads it there (at each
+# connection), so it is put there only while something other than corral must pull or push.
+trust() { mkdir -p "$CERTS_D" && cp "$TLS/ca.crt" "$CERTS_D/ca.crt"; }
+untrust() { rm -rf "$CERTS_D"; }
+record "$BASE_STATE" "certsd $CERTS_D"
+
+DOCKER_CFG=$(mktemp -d /tmp/corral-bench-pull-docker-config.XXXXXX)
+record "$BASE_STATE" "dir $DOCKER_CFG"
+login() { # HOST: docker login REG against HOST's engine, into the temporary DOCKER_CONFIG
+    printf '%s' "$REG_PASSWORD" | docker --config "$DOCKER_CFG" -H "unix://$(sock "$1")" login -u "$REG_USER" --password-stdin "$REG" >>"$WORK/logs/docker-login.log" 2>&1 ||
+        die "docker login $REG via $1 failed: $(tail -n 3 "$WORK/logs/docker-login.log")"
+}
+
+# --- the images: built and pushed by a builder engine of their own ----------------------------
+add_ns "$BASE_STATE" bld "$PREFIX.3"
+start_dockerd "$BASE_STATE" bld
+wait_dockerd bld
+DOCKER_HOST="unix://$(sock bld)" bash scripts/test-image.sh corral-bench/busybox:base >/dev/null
+trust
+login bld
+for k in $(seq "$SERVICES"); do
+    ctx=$WORK/build/s$k
+    mkdir -p "$ctx"
+    head -c "$((LAYER_KB * 1024))" /dev/urandom >"$ctx/payload"
+    printf 'FROM corral-bench/busybox:base\nCOPY payload /payload-s%s\n' "$k" >"$ctx/Dockerfile"
+    DOCKER_BUILDKIT=0 dk bld build -q --network none -t "$REG/bench/s$k:1" "$ctx" >>"$WORK/logs/build.log" 2>&1 ||
+        die "docker build of bench/s$k failed: $(tail -n 5 "$WORK/logs/build.log")"
+    docker --config "$DOCKER_CFG" -H "unix://$(sock bld)" push "$REG/bench/s$k:1" >>"$WORK/logs/push.log" 2>&1 ||
+        die "docker push of bench/s$k failed: $(tail -n 5 "$WORK/logs/push.log")"
+done
+untrust
+rm -f "$DOCKER_CFG/config.json"
+IMAGE_MB=$(dk bld image inspect -f '{{.Size}}' "$REG/bench/s1:1" | awk '{ printf "%.1f", $1 / 1048576 }')
+log "pushed $SERVICES images bench/s1:1 … bench/s$SERVICES:1 (each ${IMAGE_MB} MB unpacked: the busybox base and ${LAYER_KB} KiB of its own)"
+stop_dockerd bld # it is not needed any more; its record stays for the final undo (a no-op)
+
+FILE=$WORK/compose.yaml
+{
+    echo "services:"
+    for k in $(seq "$SERVICES"); do
+        cat <<EOF
+  s$k:
+    image: $REG/bench/s$k:1
+    # Long-lived, and exits at once on SIGTERM (docker stop takes ~0.2 s, not the 10 s grace).
+    command: $CMD_JSON
+    deploy:
+      replicas: $REPLICAS
+EOF
+    done
+} >"$FILE"
+
+# --- per-host helpers -------------------------------------------------------------------------
+HOSTS=()
+remove_images() { # every image on every host engine; then checks that none is left
+    local h
+    for h in "${HOSTS[@]}"; do
+        dk "$h" images -aq --no-trunc | sort -u | xargs -r docker -H "unix://$(sock "$h")" rmi -f >/dev/null 2>&1 || true
+    done
+    for h in "${HOSTS[@]}"; do
+        local left
+        left=$(dk "$h" images -a --format '{{.Repository}}:{{.Tag}} {{.ID}}')
+        [ -z "$left" ] || die "host $h still has images after removal: $left"
+    done
+}
+count_running() { # LABEL_FILTER: running containers with that label, on all hosts
+    local h n=0
+    for h in "${HOSTS[@]}"; do
+        n=$((n + $(dk "$h" ps -q --filter "label=$1" --filter status=running | wc -l)))
+    done
+    echo "$n"
+}
+per_host() { # LABEL_FILTER: "h1=N h2=M …" running containers per host
+    local h out=()
+    for h in "${HOSTS[@]}"; do
+        out+=("$h=$(dk "$h" ps -q --filter "label=$1" --filter status=running | wc -l)")
+    done
+    echo "${out[*]}"
+}
+reg_lines() { wc -l <"$WORK/logs/registry.log"; }
+reg_requests() { # FROM_LINE: "manifest GET/HEAD, blob GET" since that line of the access log
+    tail -n "+$(($1 + 1))" "$WORK/logs/registry.log" | awk '
+        /"GET \/v2\/[^ ]*\/manifests\// { mg++ }
+        /"HEAD \/v2\/[^ ]*\/manifests\// { mh++ }
+        /"GET \/v2\/[^ ]*\/blobs\// { bg++ }
+        END { printf "%d/%d/%d", mg, mh, bg }'
+}
+
+cli() { # ARGS…: the corral CLI in the server's namespace, as the admin
+    (set -a; . "$SRV_DIR/admin.env"; set +a; exec ip netns exec "$(ns_of srv)" "$BIN" "$@")
+}
+hosts_available() { # all N hosts connected with Docker available
+    cli host ls -o json | python3 -c '
+import json, sys
+hosts = json.load(sys.stdin)
+ok = [h for h in hosts if h.get("state") == "active" and (h.get("docker") or {}).get("state") == "available"]
+sys.exit(0 if len(ok) == int(sys.argv[1]) else 1)' "${#HOSTS[@]}"
+}
+corral_leftovers() {
+    local h
+    for h in "${HOSTS[@]}"; do
+        dk "$h" ps -aq --filter "label=io.corral.stack=$CORRAL_STACK"
+        dk "$h" network ls -q --filter "name=^corral_${CORRAL_STACK}\$"
+    done
+}
+swarm_leftovers() {
+    local h
+    dk h1 service ls -q --filter "label=com.docker.stack.namespace=$SWARM_STACK"
+    dk h1 network ls -q --filter "label=com.docker.stack.namespace=$SWARM_STACK"
+    for h in "${HOSTS[@]}"; do
+        dk "$h" ps -aq --filter "label=com.docker.stack.namespace=$SWARM_STACK"
+    done
+}
+swarm_running() {
+    dk h1 stack ps "$SWARM_STACK" --filter desired-state=running --format '{{.CurrentState}}' 2>/dev/null |
+        grep -c '^Running' || true
+}
+swarm_ready_nodes() {
+    dk h1 node ls --format '{{.Status}} {{.Availability}}' 2>/dev/null | grep -c '^Ready Active$' || true
+}
+
+# Results, per host count.
+declare -A R_CORRAL R_CORRAL_WALL R_SWARM R_SWARM_CMD R_CORRAL_REQ R_SWARM_REQ R_CORRAL_SPREAD R_SWARM_SPREAD R_SWARM_NOTE
+
+bench_hosts() { # N
+    local n=$1 h i
+    HOSTS=()
+    for i in $(seq "$n"); do HOSTS+=("h$i"); done
+    log "=== $n host(s): ${HOSTS[*]}"
+    : >"$LAB_STATE"
+    for h in "${HOSTS[@]}"; do
+        add_ns "$LAB_STATE" "$h" "$(host_ip "$h")"
+        start_dockerd "$LAB_STATE" "$h"
+    done
+    for h in "${HOSTS[@]}"; do wait_dockerd "$h"; done
+    for h in "${HOSTS[@]}"; do
+        [ -z "$(dk "$h" images -aq)" ] || die "the new engine of $h has images"
+    done
+
+    # corral: a fresh server, and an agent per host.
+    add_ns "$LAB_STATE" srv "$PREFIX.1"
+    SRV_DIR=$WORK/corral-$n/server
+    mkdir -p "$SRV_DIR"
+    ip netns exec "$(ns_of srv)" "$BIN" server --listen "$PREFIX.1:8443" --data-dir "$SRV_DIR" \
+        --advertise-url "https://$PREFIX.1:8443" >"$WORK/logs/server-$n.log" 2>&1 &
+    local server_pid=$!
+    record "$LAB_STATE" "pid $server_pid"
+    wait_for 30 "the corral server" grep -q "is running" "$WORK/logs/server-$n.log"
+    local checksum token
+    checksum=$(sed -n 's/^CORRAL_CA_CHECKSUM=//p' "$SRV_DIR/admin.env")
+    token=$(cli token create --ttl 1h -o json | sed -n 's/.*"token": *"\([^"]*\)".*/\1/p')
+    [ -n "$token" ] || die "cannot create a registration token"
+    local agent_pids=()
+    for h in "${HOSTS[@]}"; do
+        ip netns exec "$(ns_of "$h")" "$BIN" agent --server "https://$PREFIX.1:8443" --ca-checksum "$checksum" \
+            --state-dir "$WORK/corral-$n/$h" --name "$h" --docker-host "unix://$(sock "$h")" --token "$token" \
+            >"$WORK/logs/agent-$n-$h.log" 2>&1 &
+        agent_pids+=($!)
+        record "$LAB_STATE" "pid $!"
+    done
+    wait_for 60 "$n host(s) to connect with Docker available" hosts_available
+    printf '%s' "$REG_PASSWORD" | cli registry add "$REG" --username "$REG_USER" --password-stdin --ca-file "$TLS/ca.crt" \
+        >"$WORK/logs/registry-add-$n.log" 2>&1 || die "corral registry add failed: $(cat "$WORK/logs/registry-add-$n.log")"
+
+    local run t0 t1 conv times=() walls=() reqs=() spreads=()
+    for run in $(seq "$RUNS"); do
+        remove_images
+        untrust # the agents install the CA from the account
+        local from
+        from=$(reg_lines)
+        t0=$(now)
+        run cli up -f "$FILE" -p "$CORRAL_STACK" --wait --timeout "${TIMEOUT_S}s" \
+            >"$WORK/logs/corral-up-$n-$run.out" 2>"$WORK/logs/corral-up-$n-$run.err" ||
+            die "corral up failed: $(tail -n 20 "$WORK/logs/corral-up-$n-$run.err")"
+        t1=$(now)
+        local running
+        running=$(count_running "io.corral.stack=$CORRAL_STACK")
+        [ "$running" = "$TOTAL" ] || die "corral said converged but $running of $TOTAL containers run"
+        conv=$(sed -n 's/.* converged in \([0-9.]*\)s .*/\1/p' "$WORK/logs/corral-up-$n-$run.err" | tail -n 1)
+        [ -n "$conv" ] || die "no \"converged in\" in corral up's output: $(tail -n 5 "$WORK/logs/corral-up-$n-$run.err")"
+        times+=("$conv")
+        walls+=("$(elapsed "$t0" "$t1")")
+        reqs+=("$(reg_requests "$from")")
+        spreads+=("$(per_host "io.corral.stack=$CORRAL_STACK")")
+        log "corral, $n host(s), run $run/$RUNS: converged in $conv s (returned after ${walls[-1]} s); registry manifest GET/HEAD, blob GET: ${reqs[-1]}; ${spreads[-1]}"
+        run cli down -p "$CORRAL_STACK" --timeout "${TIMEOUT_S}s" >"$WORK/logs/corral-down-$n-$run.log" 2>&1 ||
+            die "corral down failed: $(tail -n 5 "$WORK/logs/corral-down-$n-$run.log")"
+        wait_gone 120 "the containers and network of corral stack $CORRAL_STACK" corral_leftovers
+    done
+    remove_images
+    untrust
+    R_CORRAL[$n]="${times[*]}"
+    R_CORRAL_WALL[$n]="${walls[*]}"
+    R_CORRAL_REQ[$n]="${reqs[*]}"
+    R_CORRAL_SPREAD[$n]="${spreads[-1]}"
+    # corral is done with these engines: its agents and server stop, so that Swarm has the CPU.
+    for i in "${agent_pids[@]}"; do stop_pid "$i"; done
+    stop_pid "$server_pid"
+
+    # Swarm, on the same engines.
+    log "swarm: init on h1 ($(host_ip h1)), ${#HOSTS[@]} node(s)"
+    dk h1 swarm init --advertise-addr "$(host_ip h1)" >"$WORK/logs/swarm-init-$n.log" 2>&1 ||
+        die "docker swarm init failed: $(cat "$WORK/logs/swarm-init-$n.log")"
+    local wtoken
+    wtoken=$(dk h1 swarm join-token -q worker)
+    for h in "${HOSTS[@]:1}"; do
+        dk "$h" swarm join --advertise-addr "$(host_ip "$h")" --token "$wtoken" "$(host_ip h1):2377" >>"$WORK/logs/swarm-join-$n.log" 2>&1 ||
+            die "docker swarm join of $h failed: $(tail -n 3 "$WORK/logs/swarm-join-$n.log")"
+    done
+    wait_for 60 "$n swarm node(s) Ready" test "$(swarm_ready_nodes)" = "$n"
+    wait_for 60 "$n swarm node(s) Ready" bash -c "[ \"\$(docker -H unix://$(sock h1) node ls --format '{{.Status}} {{.Availability}}' | grep -c '^Ready Active\$')\" = $n ]"
+    trust
+    login h1
+    times=() walls=() reqs=() spreads=()
+    for run in $(seq "$RUNS"); do
+        remove_images
+        local from
+        from=$(reg_lines)
+        t0=$(now)
+        run docker --config "$DOCKER_CFG" -H "unix://$(sock h1)" stack deploy --with-registry-auth -c "$FILE" "$SWARM_STACK" \
+            >"$WORK/logs/swarm-deploy-$n-$run.log" 2>&1 ||
+            die "docker stack deploy failed: $(tail -n 5 "$WORK/logs/swarm-deploy-$n-$run.log")"
+        local tc
+        tc=$(now)
+        until [ "$(swarm_running)" = "$TOTAL" ]; do
+            [ "$(elapsed "$t0" "$(now)" | cut -d. -f1)" -ge "$TIMEOUT_S" ] &&
+                die "swarm did not converge within ${TIMEOUT_S}s: $(swarm_running)/$TOTAL running; $(dk h1 stack ps "$SWARM_STACK" --no-trunc --format '{{.Name}} {{.CurrentState}} {{.Error}}' | grep -v Running | head -n 5)"
+            sleep "$POLL"
+        done
+        t1=$(now)
+        local running
+        running=$(count_running "com.docker.stack.namespace=$SWARM_STACK")
+        [ "$running" = "$TOTAL" ] || die "swarm reports all tasks running but $running of $TOTAL containers run"
+        times+=("$(elapsed "$t0" "$t1")")
+        walls+=("$(elapsed "$t0" "$tc")")
+        reqs+=("$(reg_requests "$from")")
+        spreads+=("$(per_host "com.docker.stack.namespace=$SWARM_STACK")")
+        # Tasks that failed on the way (e.g. a pull that failed), replaced by Swarm.
+        local failed
+        failed=$(dk h1 stack ps "$SWARM_STACK" --format '{{.DesiredState}} {{.Error}}' | grep -vc '^Running' || true)
+        log "swarm, $n host(s), run $run/$RUNS: all Running after ${times[-1]} s (docker stack deploy returned after ${walls[-1]} s); registry manifest GET/HEAD, blob GET: ${reqs[-1]}; ${spreads[-1]}; replaced tasks: $failed"
+        run dk h1 stack rm "$SWARM_STACK" >"$WORK/logs/swarm-rm-$n-$run.log" 2>&1 || die "docker stack rm failed"
+        wait_gone 180 "swarm stack $SWARM_STACK" swarm_leftovers
+    done
+    remove_images
+    untrust
+    rm -f "$DOCKER_CFG/config.json"
+    R_SWARM[$n]="${times[*]}"
+    R_SWARM_CMD[$n]="${walls[*]}"
+    R_SWARM_REQ[$n]="${reqs[*]}"
+    R_SWARM_SPREAD[$n]="${spreads[-1]}"
+    for h in "${HOSTS[@]}"; do dk "$h" swarm leave --force >/dev/null 2>&1 || true; done
+    undo "$LAB_STATE"
+}
+
+log "corral $("$BIN" --version | awk '{ print $2 }'), dockerd $(dockerd --version | awk '{ print $3 }' | tr -d ,), docker CLI $RUNDIR_NOTE; lab on $PREFIX.0/24"
+for n in $HOST_COUNTS; do bench_hosts "$n"; done
+
+# --- results ----------------------------------------------------------------------------------
+echo
+echo "pull + deploy of $SERVICES services × $REPLICAS replicas ($TOTAL containers), each service its own image"
+echo "(REG/bench/sK:1, ${IMAGE_MB} MB unpacked, ${LAYER_KB} KiB of it its own layer) from a TLS + basic-auth registry,"
+echo "no image on any host before each run; $RUNS run(s) each; corral = \"converged in\", swarm = all tasks Running"
+echo
+printf '%-6s %14s %14s %14s\n' hosts "corral median" "swarm median" "swarm/corral"
+for n in $HOST_COUNTS; do
+    # shellcheck disable=SC2086
+    cm=$(median ${R_CORRAL[$n]})
+    # shellcheck disable=SC2086
+    sm=$(median ${R_SWARM[$n]})
+    printf '%-6s %13ss %13ss %14s\n' "$n" "$cm" "$sm" "$(awk -v c="$cm" -v s="$sm" 'BEGIN { printf "%.2f", s / c }')"
+done
+echo
+for n in $HOST_COUNTS; do
+    echo "$n host(s):"
+    # shellcheck disable=SC2086
+    printf '  %-44s %7ss   %s\n' "corral up --wait -> converged" "$(median ${R_CORRAL[$n]})" "${R_CORRAL[$n]}"
+    # shellcheck disable=SC2086
+    printf '  %-44s %7ss   %s\n' "(corral up --wait returned after)" "$(median ${R_CORRAL_WALL[$n]})" "${R_CORRAL_WALL[$n]}"
+    # shellcheck disable=SC2086
+    printf '  %-44s %7ss   %s\n' "docker stack deploy -> all Running" "$(median ${R_SWARM[$n]})" "${R_SWARM[$n]}"
+    # shellcheck disable=SC2086
+    printf '  %-44s %7ss   %s\n' "(docker stack deploy returned after)" "$(median ${R_SWARM_CMD[$n]})" "${R_SWARM_CMD[$n]}"
+    printf '  %-44s %s\n' "registry manifest GET/HEAD, blob GET: corral" "${R_CORRAL_REQ[$n]}"
+    printf '  %-44s %s\n' "registry manifest GET/HEAD, blob GET: swarm" "${R_SWARM_REQ[$n]}"
+    printf '  %-44s %s\n' "replicas per host: corral" "${R_CORRAL_SPREAD[$n]}"
+    printf '  %-44s %s\n' "replicas per host: swarm" "${R_SWARM_SPREAD[$n]}"
+done

@@ -146,7 +146,7 @@ stop_pid() { # PID: SIGTERM, up to 20 s, then SIGKILL
     local pid=$1
     ours "$pid" || return 0
     kill "$pid" 2>/dev/null || true
-    for _ in $(seq 80); do kill -0 "$pid" 2>/dev/null || break; sleep "$POLL"; done
+    for _ in $(seq 80); do ours "$pid" || break; sleep "$POLL"; done
     if ours "$pid"; then kill -9 "$pid" 2>/dev/null || true; fi
     wait "$pid" 2>/dev/null || true
 }
@@ -262,20 +262,21 @@ start_dockerd() { # STATE_FILE HOST: in HOST's namespace, everything under WORK/
     nsenter --net="/var/run/netns/$(ns_of "$h")" dockerd --data-root "$dir/data" \
         --exec-root "$dir/exec" --pidfile "$dir/pid" -H "unix://$(sock "$h")" \
         --bridge=none --iptables=false --ip-masq=false >"$WORK/logs/dockerd-$h.log" 2>&1 &
+    DOCKERD_PID[$h]=$!
     record "$state" "pid $!"
     record "$state" "dockerd $h"
 }
 wait_dockerd() { # HOST
     local h=$1 t0=$SECONDS
     until dk "$h" info >/dev/null 2>&1; do
-        [ -f "$WORK/docker/$h/pid" ] || [ $((SECONDS - t0)) -lt 5 ] || true
+        ours "${DOCKERD_PID[$h]}" || die "dockerd of $h exited: $(tail -n 5 "$WORK/logs/dockerd-$h.log")"
         [ $((SECONDS - t0)) -ge 60 ] && die "dockerd of $h did not answer within 60 s: $(tail -n 5 "$WORK/logs/dockerd-$h.log")"
         sleep "$POLL"
     done
 }
 
+declare -A DOCKERD_PID
 mkdir -p "$WORK/logs" "$WORK/docker"
-RUNDIR_NOTE="$(docker version -f '{{.Client.Version}}' 2>/dev/null || echo '?')"
 
 # --- the registry -----------------------------------------------------------------------------
 REG_IP=$PREFIX.2
@@ -455,7 +456,7 @@ swarm_ready_nodes() {
 }
 
 # Results, per host count.
-declare -A R_CORRAL R_CORRAL_WALL R_SWARM R_SWARM_CMD R_CORRAL_REQ R_SWARM_REQ R_CORRAL_SPREAD R_SWARM_SPREAD R_SWARM_NOTE
+declare -A R_CORRAL R_CORRAL_WALL R_SWARM R_SWARM_CMD R_CORRAL_REQ R_SWARM_REQ R_CORRAL_SPREAD R_SWARM_SPREAD
 
 bench_hosts() { # N
     local n=$1 h i
@@ -542,8 +543,8 @@ bench_hosts() { # N
         dk "$h" swarm join --advertise-addr "$(host_ip "$h")" --token "$wtoken" "$(host_ip h1):2377" >>"$WORK/logs/swarm-join-$n.log" 2>&1 ||
             die "docker swarm join of $h failed: $(tail -n 3 "$WORK/logs/swarm-join-$n.log")"
     done
-    wait_for 60 "$n swarm node(s) Ready" test "$(swarm_ready_nodes)" = "$n"
-    wait_for 60 "$n swarm node(s) Ready" bash -c "[ \"\$(docker -H unix://$(sock h1) node ls --format '{{.Status}} {{.Availability}}' | grep -c '^Ready Active\$')\" = $n ]"
+    swarm_nodes_ready() { [ "$(swarm_ready_nodes)" = "$n" ]; }
+    wait_for 60 "$n swarm node(s) Ready" swarm_nodes_ready
     trust
     login h1
     times=() walls=() reqs=() spreads=()
@@ -588,7 +589,7 @@ bench_hosts() { # N
     undo "$LAB_STATE"
 }
 
-log "corral $("$BIN" --version | awk '{ print $2 }'), dockerd $(dockerd --version | awk '{ print $3 }' | tr -d ,), docker CLI $RUNDIR_NOTE; lab on $PREFIX.0/24"
+log "corral $("$BIN" --version | awk '{ print $2 }'), dockerd $(dockerd --version | awk '{ print $3 }' | tr -d ,), docker CLI $(docker version -f '{{.Client.Version}}' 2>/dev/null || echo '?'); lab on $PREFIX.0/24"
 for n in $HOST_COUNTS; do bench_hosts "$n"; done
 
 # --- results ----------------------------------------------------------------------------------

@@ -623,8 +623,11 @@ fn a_server_restart_changes_nothing_in_a_running_stack() {
     let mut before = running(&stack, "svc");
     before.sort();
     server.restart();
+    // Back means connected and Docker reported (a host without its report takes no replica).
     wait_until(Duration::from_secs(20), "the agent to return", || {
-        server.host_state("h1").as_deref() == Some("active")
+        server.hosts().into_iter().any(|h| {
+            h["name"] == "h1" && h["state"] == "active" && h["docker"]["state"] == "available"
+        })
     });
     // The reconciler of the new server process has run with the agent back.
     after_a_reconciler_pass(&server, t.path(), &stack);

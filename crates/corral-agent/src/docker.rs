@@ -58,6 +58,9 @@ pub struct Engine {
     expects_overlay: std::sync::atomic::AtomicBool,
     /// Where dockerd reads registries' CAs (`--docker-certs-dir`).
     certs_dir: std::path::PathBuf,
+    /// Where shipped files and secrets go; `None` (an engine without a state dir) refuses
+    /// containers that mount any.
+    files: Option<crate::files::FileStore>,
 }
 
 /// Docker's bridge driver option for the MTU of a network's interfaces.
@@ -127,6 +130,7 @@ impl Engine {
             host,
             host_name,
             crate::images::DEFAULT_CERTS_DIR.into(),
+            None,
             reports,
         )
     }
@@ -136,6 +140,7 @@ impl Engine {
         host: String,
         host_name: String,
         certs_dir: std::path::PathBuf,
+        files: Option<crate::files::FileStore>,
         reports: mpsc::Sender<Report>,
     ) -> Arc<Engine> {
         let engine = Arc::new(Engine {
@@ -147,6 +152,7 @@ impl Engine {
             overlay: std::sync::Mutex::new(None),
             expects_overlay: std::sync::atomic::AtomicBool::new(false),
             certs_dir,
+            files,
         });
         tokio::spawn(watch(engine.clone()));
         engine
@@ -417,8 +423,34 @@ impl Engine {
 
     async fn create(&self, docker: &Docker, spec: &ContainerSpec) -> Result<String, String> {
         // Everything that can be checked without Docker fails before anything is created.
-        let body = create_body(spec).map_err(|e| format!("cannot create {}: {e}", spec.name))?;
+        let mut body =
+            create_body(spec).map_err(|e| format!("cannot create {}: {e}", spec.name))?;
         self.ensure_image(docker, spec).await?;
+        let shipped = match (&self.files, spec.files.is_empty()) {
+            (_, true) => Vec::new(),
+            (Some(store), false) => store
+                .materialize(spec)
+                .map_err(|e| format!("cannot create {} on host {}: {e}", spec.name, self.host_name))?,
+            (None, false) => {
+                return Err(format!(
+                    "cannot create {}: this agent keeps no shipped files",
+                    spec.name
+                ));
+            }
+        };
+        if !shipped.is_empty() {
+            let host_config = body.host_config.get_or_insert_with(Default::default);
+            let mounts = host_config.mounts.get_or_insert_with(Vec::new);
+            for (source, target) in shipped {
+                mounts.push(Mount {
+                    typ: Some(MountType::BIND),
+                    source: Some(source.display().to_string()),
+                    target: Some(target),
+                    read_only: Some(true),
+                    ..Default::default()
+                });
+            }
+        }
         let stack = spec.labels.get(labels::STACK).map(String::as_str);
         if let Some(network) = &spec.network
             && spec.network_mode == corral_proto::NetworkMode::Default
@@ -621,7 +653,12 @@ impl Engine {
     /// Removing one that is gone is not an error.
     pub async fn remove(&self, corral_id: &str, grace_secs: Option<u64>) -> Result<(), String> {
         let (docker, found) = self.existing(corral_id).await?;
-        let Some(c) = found else { return Ok(()) };
+        let Some(c) = found else {
+            if let Some(files) = &self.files {
+                files.forget(corral_id);
+            }
+            return Ok(());
+        };
         if let Some(grace) = grace_secs
             && c.state.is_up()
         {
@@ -646,8 +683,14 @@ impl Engine {
             )
             .await
         {
-            Ok(()) => Ok(()),
-            Err(e) if status_code(&e) == Some(404) => Ok(()),
+            Ok(()) | Err(DockerError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => {
+                if let Some(files) = &self.files {
+                    files.forget(corral_id);
+                }
+                Ok(())
+            }
             Err(e) => Err(format!("cannot remove {}: {e}", c.name)),
         }
     }

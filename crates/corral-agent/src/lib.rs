@@ -22,6 +22,7 @@ pub mod dns;
 pub mod docker;
 pub mod doctor;
 pub mod facts;
+pub mod files;
 pub mod firewall;
 pub mod images;
 pub mod mesh;
@@ -136,6 +137,7 @@ pub async fn run(
         options.docker_host.clone(),
         st.name.clone(),
         options.docker_certs_dir.clone(),
+        Some(files::FileStore::new(&options.state_dir)),
         reports_tx,
     );
     let mesh = if options.overlay {

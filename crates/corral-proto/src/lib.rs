@@ -15,6 +15,7 @@
 //!   time, it says when to send a ping and when the link is dead.
 //! - [`backoff`]: reconnect delays, exponential with full jitter (randomness passed in).
 //! - [`api`]: the JSON bodies of the HTTP API, shared by server and CLI.
+//! - [`files`]: project files, configs and secrets shipped with a stack to its containers.
 //! - [`image`]: image references, pull policies, registry credentials and the `image_*`
 //!   commands.
 //! - [`secret`]: the textual form of tokens, credentials and API keys.
@@ -26,6 +27,7 @@ pub mod backoff;
 pub mod close;
 pub mod codec;
 pub mod command;
+pub mod files;
 pub mod image;
 pub mod liveness;
 pub mod message;
@@ -34,6 +36,7 @@ pub mod secret;
 pub use close::CloseReason;
 pub use codec::{CodecError, decode, encode};
 pub use command::*;
+pub use files::{FileContent, FileEntry, FileKind, FileMount};
 pub use image::*;
 pub use message::*;
 

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::close::CloseReason;
 use crate::command::{Command, CommandResult};
+use crate::files::{FileContent, FileMount};
 use crate::image::{DeviceSpec, NetworkMode, PullPolicy, PullProgress, RegistryAuth};
 
 /// Everything an agent sends.
@@ -574,6 +575,13 @@ pub struct ContainerSpec {
     /// Host devices given to the container.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub devices: Vec<DeviceSpec>,
+    /// Project files, configs and secrets mounted read-only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<FileMount>,
+    /// The contents `files` name: set only on the command that runs the container, never in
+    /// what the server stores about it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub file_contents: Vec<FileContent>,
 }
 
 /// The network a stack container joins.

@@ -428,9 +428,12 @@ impl Engine {
         self.ensure_image(docker, spec).await?;
         let shipped = match (&self.files, spec.files.is_empty()) {
             (_, true) => Vec::new(),
-            (Some(store), false) => store
-                .materialize(spec)
-                .map_err(|e| format!("cannot create {} on host {}: {e}", spec.name, self.host_name))?,
+            (Some(store), false) => store.materialize(spec).map_err(|e| {
+                format!(
+                    "cannot create {} on host {}: {e}",
+                    spec.name, self.host_name
+                )
+            })?,
             (None, false) => {
                 return Err(format!(
                     "cannot create {}: this agent keeps no shipped files",
@@ -683,7 +686,8 @@ impl Engine {
             )
             .await
         {
-            Ok(()) | Err(DockerError::DockerResponseServerError {
+            Ok(())
+            | Err(DockerError::DockerResponseServerError {
                 status_code: 404, ..
             }) => {
                 if let Some(files) = &self.files {

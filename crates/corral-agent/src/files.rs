@@ -129,7 +129,10 @@ impl FileStore {
         content: &impl Fn(&str, &str) -> Result<&'a [u8], String>,
     ) -> Result<PathBuf, String> {
         if tree_digest(&m.entries, sha256_hex) != m.digest {
-            return Err(format!("{}: the directory's entries do not match its digest", m.name));
+            return Err(format!(
+                "{}: the directory's entries do not match its digest",
+                m.name
+            ));
         }
         make_dir(&self.configs, 0o755)?;
         let path = self.configs.join(format!("tree-{}", m.digest));
@@ -165,8 +168,14 @@ impl FileStore {
     }
 
     fn secret(&self, corral_id: &str, m: &FileMount, data: &[u8]) -> Result<PathBuf, String> {
-        if corral_id.is_empty() || !corral_id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
-            return Err(format!("container id {corral_id:?} cannot name a directory"));
+        if corral_id.is_empty()
+            || !corral_id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(format!(
+                "container id {corral_id:?} cannot name a directory"
+            ));
         }
         make_dir(&self.secrets, 0o700)?;
         match fs_type(&self.secrets) {
@@ -295,7 +304,11 @@ mod tests {
         let mounts = s.materialize(&spec).unwrap();
         assert_eq!(std::fs::read(&mounts[0].0).unwrap(), b"listen 80;\n");
         assert_eq!(
-            std::fs::metadata(&mounts[0].0).unwrap().permissions().mode() & 0o777,
+            std::fs::metadata(&mounts[0].0)
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
             0o444
         );
         assert_eq!(std::fs::read(mounts[1].0.join("sub/a.yml")).unwrap(), b"a");

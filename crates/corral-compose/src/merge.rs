@@ -2,10 +2,12 @@
 //!
 //! Merge rules (Compose spec, "Merge and override"), applied file after file:
 //! - mappings are merged key by key, recursively;
-//! - `environment`, `labels`, `deploy.labels`, `depends_on`, `networks` and `extends` are
-//!   first brought to their mapping form, so the list and mapping spellings merge alike;
+//! - `environment`, `labels`, `deploy.labels`, `build.args`, `depends_on`, `networks`,
+//!   `extends` and `build` are first brought to their mapping form, so the short and long
+//!   spellings merge alike;
 //! - `command`, `entrypoint` and `healthcheck.test` are replaced whole;
-//! - a service's `volumes` are merged by container path (the later mount for a path wins);
+//! - a service's `volumes`, `configs` and `secrets` are merged by container path (the later
+//!   entry for a path wins);
 //! - other sequences (`ports`, `expose`, `env_file`, constraints, …) are appended, dropping
 //!   entries equal to one already there;
 //! - scalars (and values whose kind differs) are replaced.
@@ -69,6 +71,20 @@ pub(crate) fn normalize_service(service: &mut Node) {
         }
     }
     if let Some(n) = service.get_mut("deploy").and_then(|d| d.get_mut("labels")) {
+        list_to_map(n);
+    }
+    // `build: ./dir` is `{ context: ./dir }`: a later file's `build: { dockerfile: … }` keeps
+    // the context.
+    if let Some(n) = service.get_mut("build")
+        && let Value::Str(s) = &n.value
+    {
+        let pos = n.pos;
+        n.value = Value::Map(vec![(
+            key("context", pos),
+            Node::new(pos, Value::Str(s.clone())),
+        )]);
+    }
+    if let Some(n) = service.get_mut("build").and_then(|b| b.get_mut("args")) {
         list_to_map(n);
     }
     for (name, make) in [("depends_on", true), ("networks", false)] {
@@ -137,13 +153,42 @@ fn volume_target(v: &Node) -> Option<String> {
     }
 }
 
+/// Container path of a service `configs` or `secrets` entry (short or long syntax), as the
+/// loader will work it out (`/NAME` for a config, `/run/secrets/NAME` for a secret); the
+/// loader checks the paths themselves.
+fn file_target(v: &Node, secret: bool) -> Option<String> {
+    let (source, target) = match &v.value {
+        Value::Str(s) => (s.as_str(), None),
+        Value::Map(_) => (
+            v.get("source").and_then(Node::as_str)?,
+            v.get("target").and_then(Node::as_str),
+        ),
+        _ => return None,
+    };
+    Some(match (target, secret) {
+        (Some(t), _) if t.starts_with('/') => t.to_owned(),
+        (Some(t), true) => format!("/run/secrets/{}", t.trim_start_matches("./")),
+        (Some(t), false) => t.to_owned(),
+        (None, true) => format!("/run/secrets/{source}"),
+        (None, false) => format!("/{source}"),
+    })
+}
+
 /// Merges `over` into `base` following the rules above. `path` is where `base` sits.
 pub(crate) fn merge(base: &mut Node, over: Node, path: &mut Vec<Seg>) {
     let last = match path.last() {
         Some(Seg::Key(k)) => Some(k.as_str()),
         _ => None,
     };
-    let is_service_volumes = last == Some("volumes") && path.len() == 3;
+    // The sequences of a service merged by container path, and how to find an entry's path.
+    let in_service =
+        path.len() == 3 && matches!(path.first(), Some(Seg::Key(k)) if k == "services");
+    let target_of: Option<fn(&Node) -> Option<String>> = match last {
+        Some("volumes") if in_service => Some(volume_target),
+        Some("configs") if in_service => Some(|v| file_target(v, false)),
+        Some("secrets") if in_service => Some(|v| file_target(v, true)),
+        _ => None,
+    };
     // Every step below is linear in the sizes of `base` and `over` (indexes by name, by
     // value and by mount target), so files with long lists or many keys merge quickly.
     match (&mut base.value, over.value) {
@@ -173,7 +218,7 @@ pub(crate) fn merge(base: &mut Node, over: Node, path: &mut Vec<Seg>) {
             // same target), so the two rules do not interact.
             let targets: Vec<Option<String>> = over_items
                 .iter()
-                .map(|i| is_service_volumes.then(|| volume_target(i)).flatten())
+                .map(|i| target_of.and_then(|f| f(i)))
                 .collect();
             let mut last_for: HashMap<&str, usize> = HashMap::new();
             for (i, t) in targets.iter().enumerate() {
@@ -183,7 +228,9 @@ pub(crate) fn merge(base: &mut Node, over: Node, path: &mut Vec<Seg>) {
             }
             if !last_for.is_empty() {
                 base_items.retain(|b| {
-                    volume_target(b).is_none_or(|t| !last_for.contains_key(t.as_str()))
+                    target_of
+                        .and_then(|f| f(b))
+                        .is_none_or(|t| !last_for.contains_key(t.as_str()))
                 });
             }
             let mut present: HashSet<String> = base_items.iter().map(fingerprint).collect();
@@ -205,6 +252,7 @@ pub(crate) fn merge(base: &mut Node, over: Node, path: &mut Vec<Seg>) {
         (_, value) => {
             base.value = value;
             base.pos = over.pos;
+            base.written = over.written;
         }
     }
 }

@@ -15,6 +15,10 @@ pub struct Project {
     pub services: BTreeMap<String, Service>,
     /// Named volumes declared at the top level.
     pub volumes: BTreeSet<String>,
+    /// Top-level `configs:`, by name.
+    pub configs: BTreeMap<String, FileSource>,
+    /// Top-level `secrets:`, by name.
+    pub secrets: BTreeMap<String, FileSource>,
     /// Service names, every service after the services it `depends_on` (ties broken by name).
     pub start_order: Vec<String>,
 }
@@ -22,7 +26,11 @@ pub struct Project {
 /// One service, with defaults applied.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Service {
+    /// The image to run: `image:`, else (with `build:`) `PROJECT-SERVICE` in lower case, the
+    /// name Compose gives the image it builds.
     pub image: String,
+    /// `build:`: the image is built from the project's files (and tagged [`Service::image`]).
+    pub build: Option<Build>,
     /// `None`: the image's CMD. Strings are split like a shell would (no expansion).
     pub command: Option<Vec<String>>,
     /// `None`: the image's ENTRYPOINT; `Some(vec![])` clears it.
@@ -69,6 +77,83 @@ pub struct Service {
     pub pid_host: bool,
     /// `devices`: host devices to make available in the containers.
     pub devices: Vec<Device>,
+    /// `configs:`: top-level configs mounted as files, in the order written.
+    pub configs: Vec<FileRef>,
+    /// `secrets:`: top-level secrets mounted as files, in the order written.
+    pub secrets: Vec<FileRef>,
+}
+
+/// `build:`: what to build the service's image from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Build {
+    /// The context directory as written (relative to the project directory, e.g. `.` or
+    /// `./api`); the loader has checked that it stays inside the project directory.
+    pub context: String,
+    /// The Dockerfile, relative to the context (and inside it); `None`: `Dockerfile`.
+    pub dockerfile: Option<String>,
+    /// `args:` (map or `KEY=VALUE` list; a key without value takes it from the interpolation
+    /// environment if set, else is dropped).
+    pub args: BTreeMap<String, String>,
+    /// `target:` stage.
+    pub target: Option<String>,
+}
+
+/// Where a config's or secret's content comes from (top-level `configs:` / `secrets:`).
+/// A value read here may be a secret: neither `Debug` nor `Serialize` shows it (only its
+/// length), so no log, error or `corral config` output can.
+#[derive(Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "from", rename_all = "lowercase")]
+pub enum FileSource {
+    /// `file:` — a path relative to the project directory (normalised by
+    /// [`crate::project_path`]).
+    File { path: String },
+    /// `environment:` — the value of this variable in the interpolation environment
+    /// (`Input.env` / env files), read at load time.
+    Environment {
+        variable: String,
+        #[serde(serialize_with = "hidden")]
+        value: String,
+    },
+    /// `content:` (configs only in the spec; accepted for both) — inline text, after
+    /// interpolation.
+    Content {
+        #[serde(serialize_with = "hidden")]
+        value: String,
+    },
+}
+
+fn hidden<S: serde::Serializer>(value: &str, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format!("<{} bytes, not shown>", value.len()))
+}
+
+impl std::fmt::Debug for FileSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FileSource::File { path } => f.debug_struct("File").field("path", path).finish(),
+            FileSource::Environment { variable, value } => f
+                .debug_struct("Environment")
+                .field("variable", variable)
+                .field("bytes", &value.len())
+                .finish(),
+            FileSource::Content { value } => f
+                .debug_struct("Content")
+                .field("bytes", &value.len())
+                .finish(),
+        }
+    }
+}
+
+/// A service's use of a config or secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FileRef {
+    /// The top-level name.
+    pub source: String,
+    /// Absolute path in the container: configs default to `/<source>`, secrets to
+    /// `/run/secrets/<source>`; a relative `target` is, for secrets, under `/run/secrets/`,
+    /// for configs an error.
+    pub target: String,
+    /// File mode; default 0o444.
+    pub mode: u32,
 }
 
 /// `pull_policy`: when a host pulls the image before it creates a container.
@@ -150,8 +235,10 @@ pub enum Mount {
         target: String,
         read_only: bool,
     },
-    /// A host path, kept as written (a relative path is relative to the first Compose file's
-    /// directory on the machine that sent it; the caller resolves it).
+    /// A host path, kept as written: absolute (a path on the host that runs the container),
+    /// or relative to the project directory (the first Compose file's directory on the
+    /// machine that sent it) and inside it — never `~`, never climbing out with `..`. A
+    /// relative path names files shipped with the stack; [`crate::project_path`] normalises it.
     Bind {
         source: String,
         target: String,

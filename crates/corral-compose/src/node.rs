@@ -45,7 +45,11 @@ pub(crate) struct Key {
 
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Node {
+    /// Where the node is used (what messages point at).
     pub pos: Pos,
+    /// Where its text is written: for a node that comes from an alias (`*m`, or a `<<` merge
+    /// key), the anchored original; else `pos`. Used to see how a number was spelled.
+    pub written: Pos,
     pub value: Value,
 }
 
@@ -79,7 +83,11 @@ pub(crate) fn render_path(path: &[Seg]) -> String {
 
 impl Node {
     pub fn new(pos: Pos, value: Value) -> Self {
-        Self { pos, value }
+        Self {
+            pos,
+            written: pos,
+            value,
+        }
     }
 
     pub fn map(pos: Pos) -> Self {
@@ -188,6 +196,11 @@ impl Node {
             line: raw.referenced.line(),
             column: raw.referenced.column(),
         };
+        let written = Pos {
+            file,
+            line: raw.defined.line(),
+            column: raw.defined.column(),
+        };
         let value = match raw.value {
             Raw::Null => Value::Null,
             Raw::Bool(b) => Value::Bool(b),
@@ -217,7 +230,11 @@ impl Node {
                     .collect(),
             ),
         };
-        Node { pos, value }
+        Node {
+            pos,
+            written,
+            value,
+        }
     }
 }
 

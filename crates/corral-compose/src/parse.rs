@@ -380,6 +380,36 @@ pub fn pid_host(s: &str) -> Result<bool, String> {
     }
 }
 
+/// Whether `s` can be an image name as Docker's reference grammar has it (one path
+/// component, no registry or tag): lower-case letters and digits, in runs separated by `.`,
+/// `_`, `__` or dashes, at most 255 characters.
+pub fn image_path_component(s: &str) -> bool {
+    if s.is_empty() || s.len() > 255 {
+        return false;
+    }
+    let mut separator = String::new();
+    let mut after_alnum = false;
+    for c in s.chars() {
+        if c.is_ascii_lowercase() || c.is_ascii_digit() {
+            let sep_ok = separator.is_empty()
+                || separator == "."
+                || separator == "_"
+                || separator == "__"
+                || separator.chars().all(|c| c == '-');
+            if !sep_ok {
+                return false;
+            }
+            separator.clear();
+            after_alnum = true;
+        } else if matches!(c, '.' | '_' | '-') && after_alnum {
+            separator.push(c);
+        } else {
+            return false;
+        }
+    }
+    separator.is_empty()
+}
+
 /// Device permissions: a non-empty set of `r`, `w`, `m`, each at most once (as Docker checks
 /// them), returned in the order `rwm`.
 fn device_permissions(s: &str) -> Option<String> {
@@ -562,6 +592,38 @@ mod tests {
         );
         for bad in ["", "Always", "daily", "every_12h"] {
             assert!(pull_policy(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn image_path_components() {
+        for good in [
+            "shop-web",
+            "a",
+            "0",
+            "shop_web",
+            "shop__web",
+            "shop---web",
+            "a.b",
+            "shop-web.v2",
+        ] {
+            assert!(image_path_component(good), "{good:?}");
+        }
+        for bad in [
+            "",
+            "Shop",
+            "shop-",
+            "-shop",
+            "shop-_web",
+            "shop_-web",
+            "a..b",
+            "a___b",
+            "a/b",
+            "a:b",
+            "é",
+            &"a".repeat(256),
+        ] {
+            assert!(!image_path_component(bad), "{bad:?}");
         }
     }
 

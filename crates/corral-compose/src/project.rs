@@ -1,6 +1,7 @@
 //! Stages 6 and 7 — typed project and warnings: the validated document becomes a [`Project`];
-//! every key corral does not act on becomes a [`Warning`]; cross-service checks (unknown
-//! `depends_on` targets, dependency cycles, undeclared volumes) run here.
+//! every key corral does not act on becomes a [`Warning`] (but `x-` extension fields, which are
+//! for other tools and YAML anchors, as in Compose); cross-service checks (unknown
+//! `depends_on` targets, dependency cycles, undeclared volumes, configs and secrets) run here.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -11,6 +12,7 @@ use crate::limits::{MAX_MESSAGE_BYTES, MAX_NAME_BYTES};
 use crate::model::*;
 use crate::node::{Node, Pos, Seg, Value, render_path};
 use crate::parse;
+use crate::paths::project_path;
 
 /// Service keys corral acts on.
 pub const SUPPORTED_SERVICE_KEYS: &[&str] = &[
@@ -40,14 +42,25 @@ pub const SUPPORTED_SERVICE_KEYS: &[&str] = &[
     "network_mode",
     "pid",
     "devices",
+    "build",
+    "configs",
+    "secrets",
     "x-corral",
 ];
 
 pub(crate) struct Cx<'a> {
     pub files: &'a [String],
+    /// The files' texts, by the same index: to see how a number was written (`mode: 0440`,
+    /// which the YAML 1.2 parser reads as decimal 440).
+    pub texts: &'a [&'a str],
+    /// The caller's environment (fills `environment:` entries written without a value).
     pub env: &'a BTreeMap<String, String>,
-    /// `env_file:` contents by normalized name.
-    pub env_files: &'a BTreeMap<String, BTreeMap<String, String>>,
+    /// The interpolation environment (env files, the caller's environment on top): build
+    /// `args:` written without a value, and configs' and secrets' `environment:`.
+    pub vars: &'a BTreeMap<String, String>,
+    /// `env_file:` contents by normalized name; `None` when they are not known yet
+    /// ([`crate::project_references`]), and `env_file:` entries are not looked up.
+    pub env_files: Option<&'a BTreeMap<String, BTreeMap<String, String>>>,
     pub warnings: Vec<Warning>,
     /// Warnings past [`limits::MAX_WARNINGS`], counted.
     pub more_warnings: usize,
@@ -96,6 +109,29 @@ impl Cx<'_> {
         });
     }
 
+    /// The digits written at `pos` in its file (empty when there are none, or the position is
+    /// not known).
+    fn written_digits(&self, pos: Pos) -> String {
+        let Some(text) = self.texts.get(pos.file) else {
+            return String::new();
+        };
+        let (Ok(line), Ok(column)) = (
+            usize::try_from(pos.line.saturating_sub(1)),
+            usize::try_from(pos.column.saturating_sub(1)),
+        ) else {
+            return String::new();
+        };
+        text.lines()
+            .nth(line)
+            .map(|l| {
+                l.chars()
+                    .skip(column)
+                    .take_while(char::is_ascii_digit)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// The warnings, the last one saying how many more there were past the limit.
     pub fn finish_warnings(&mut self) -> Vec<Warning> {
         let mut warnings = std::mem::take(&mut self.warnings);
@@ -113,12 +149,17 @@ impl Cx<'_> {
         warnings
     }
 
-    /// Warns that the key at `path` is ignored.
+    /// Warns that the key at `path` is ignored — unless it is an `x-` extension field: the
+    /// spec reserves those for other tools (and YAML anchors to reuse), and Compose ignores
+    /// them silently; the schema refuses them where the spec does not allow them.
     fn ignored(&mut self, path: &[Seg], pos: Pos) {
         let name = match path.last() {
             Some(Seg::Key(k)) => k.clone(),
             _ => render_path(path),
         };
+        if name.starts_with("x-") {
+            return;
+        }
         self.warn(
             path,
             pos,
@@ -172,10 +213,14 @@ fn entries(node: &Node) -> Vec<(String, Pos, &Node)> {
 pub(crate) fn build(cx: &mut Cx<'_>, doc: &Node, name: String) -> Option<Project> {
     let mut volumes = BTreeSet::new();
     let mut services = BTreeMap::new();
+    let mut configs = BTreeMap::new();
+    let mut secrets = BTreeMap::new();
     for (key, pos, value) in entries(doc) {
         let path = vec![Seg::Key(key.clone())];
         match key.as_str() {
             "services" => {}
+            "configs" => configs = file_sources(cx, &path, value, FileKind::Config),
+            "secrets" => secrets = file_sources(cx, &path, value, FileKind::Secret),
             "volumes" => {
                 for (vname, _, vdef) in entries(value) {
                     volumes.insert(vname.clone());
@@ -207,9 +252,22 @@ pub(crate) fn build(cx: &mut Cx<'_>, doc: &Node, name: String) -> Option<Project
         cx.error(&services_path, service_nodes.pos, "no services are defined");
         return None;
     }
+    // Every config and secret written at the top level, valid or not: a service naming one
+    // that has an error of its own gets no second error.
+    let declared = |kind: &str| -> BTreeSet<String> {
+        doc.get(kind)
+            .map(|defs| entries(defs).into_iter().map(|(n, _, _)| n).collect())
+            .unwrap_or_default()
+    };
+    let top = TopLevel {
+        project: &name,
+        volumes: &volumes,
+        configs: declared("configs"),
+        secrets: declared("secrets"),
+    };
     for (sname, _, node) in &service_entries {
         let path = with(&services_path, sname);
-        if let Some(service) = service(cx, &path, sname, node, &volumes) {
+        if let Some(service) = service(cx, &path, sname, node, &top) {
             services.insert(sname.clone(), service);
         }
     }
@@ -225,6 +283,8 @@ pub(crate) fn build(cx: &mut Cx<'_>, doc: &Node, name: String) -> Option<Project
         name,
         services,
         volumes,
+        configs,
+        secrets,
         start_order,
     })
 }
@@ -304,17 +364,27 @@ fn count(cx: &mut Cx<'_>, path: &[Seg], node: &Node, max: u32) -> Option<u32> {
     }
 }
 
+/// What a service may refer to at the top level of the project.
+struct TopLevel<'a> {
+    project: &'a str,
+    volumes: &'a BTreeSet<String>,
+    /// The names of the top-level configs and secrets.
+    configs: BTreeSet<String>,
+    secrets: BTreeSet<String>,
+}
+
 #[allow(clippy::too_many_lines)]
 fn service(
     cx: &mut Cx<'_>,
     path: &[Seg],
     name: &str,
     node: &Node,
-    volumes: &BTreeSet<String>,
+    top: &TopLevel<'_>,
 ) -> Option<Service> {
     let errors_before = cx.errors.len();
     let mut svc = Service {
         image: String::new(),
+        build: None,
         command: None,
         entrypoint: None,
         environment: BTreeMap::new(),
@@ -343,22 +413,19 @@ fn service(
         network_mode: NetworkMode::default(),
         pid_host: false,
         devices: Vec::new(),
+        configs: Vec::new(),
+        secrets: Vec::new(),
     };
     let has_image = node
         .get("image")
         .is_some_and(|v| !matches!(v.value, Value::Null));
-    if !has_image {
-        if node.get("build").is_some() {
-            cx.error(
-                path,
-                node.pos,
-                format!("service {name}: corral deploys images; `build:` without `image:` is not supported"),
-            );
-        } else {
-            cx.error(path, node.pos, format!("service {name} has no `image`"));
-        }
+    // Without `image:`, `build:` names the image (below).
+    if !has_image && node.get("build").is_none() {
+        cx.error(path, node.pos, format!("service {name} has no `image`"));
         return None;
     }
+    // Every config and secret reference, with where it was written, for the target check.
+    let mut file_refs: Vec<(FileRef, Vec<Seg>, Pos)> = Vec::new();
     let mut env_from_files = BTreeMap::new();
     let mut environment = BTreeMap::new();
     let mut replicas: Option<(u32, Pos)> = None;
@@ -378,11 +445,17 @@ fn service(
                     svc.image = s;
                 }
             }
-            "build" => cx.warn(
-                &p,
-                pos,
-                "`build` is ignored: corral deploys the image named by `image:`",
-            ),
+            "build" => svc.build = build_of(cx, &p, v),
+            "configs" => {
+                let refs = file_refs_of(cx, &p, v, FileKind::Config, &top.configs);
+                svc.configs = refs.iter().map(|(r, _, _)| r.clone()).collect();
+                file_refs.extend(refs);
+            }
+            "secrets" => {
+                let refs = file_refs_of(cx, &p, v, FileKind::Secret, &top.secrets);
+                svc.secrets = refs.iter().map(|(r, _, _)| r.clone()).collect();
+                file_refs.extend(refs);
+            }
             "command" => svc.command = words(cx, &p, v),
             "entrypoint" => svc.entrypoint = words(cx, &p, v),
             "environment" => {
@@ -419,7 +492,10 @@ fn service(
                     let Some(file) = text(cx, &ip, item) else {
                         continue;
                     };
-                    match cx.env_files.get(&normalize_file_name(&file)) {
+                    let Some(env_files) = cx.env_files else {
+                        continue;
+                    };
+                    match env_files.get(&normalize_file_name(&file)) {
                         Some(vars) => env_from_files.extend(vars.clone()),
                         None => cx.error(
                             &ip,
@@ -449,7 +525,7 @@ fn service(
                     }
                 }
             }
-            "volumes" => mounts(cx, &p, v, volumes, &mut svc.volumes),
+            "volumes" => mounts(cx, &p, v, top.volumes, &mut svc.volumes),
             "restart" => {
                 if let Some(s) = text(cx, &p, v) {
                     match parse::restart(&s) {
@@ -602,6 +678,39 @@ fn service(
             "published ports are ignored with `network_mode: host`: the service listens on the host's ports directly",
         );
     }
+    if !has_image && let Some(b) = node.get("build") {
+        // As Compose names the images it builds (in lower case: an image name cannot hold
+        // capitals, a service name can).
+        let image = format!("{}-{name}", top.project).to_ascii_lowercase();
+        if parse::image_path_component(&image) {
+            svc.image = image;
+        } else {
+            cx.error(
+                &with(path, "build"),
+                b.pos,
+                format!(
+                    "`{image}`, the image name made of the project and service names, is not a valid image name: name the image with `image:`"
+                ),
+            );
+        }
+    }
+    // Two files mounted at one path: one would hide the other.
+    let mut targets: BTreeMap<&str, &[Seg]> = BTreeMap::new();
+    for (r, rpath, rpos) in &file_refs {
+        match targets.get(r.target.as_str()) {
+            Some(first) => {
+                let message = format!(
+                    "`{}` is also the target of {}: give each config and secret its own `target`",
+                    r.target,
+                    render_path(first)
+                );
+                cx.error(rpath, *rpos, message);
+            }
+            None => {
+                targets.insert(&r.target, rpath);
+            }
+        }
+    }
     svc.environment = env_from_files;
     svc.environment.extend(environment);
     svc.replicas = match (replicas, scale) {
@@ -618,6 +727,431 @@ fn service(
         (None, None) => 1,
     };
     (cx.errors.len() == errors_before).then_some(svc)
+}
+
+/// Top-level `configs:` or `secrets:`, and the services' references to them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FileKind {
+    Config,
+    Secret,
+}
+
+impl FileKind {
+    fn name(self) -> &'static str {
+        match self {
+            FileKind::Config => "config",
+            FileKind::Secret => "secret",
+        }
+    }
+
+    /// Where a reference without `target:` mounts the file.
+    fn default_target(self, source: &str) -> String {
+        match self {
+            FileKind::Config => format!("/{source}"),
+            FileKind::Secret => format!("/run/secrets/{source}"),
+        }
+    }
+
+    /// The absolute path a `target:` names: as written when absolute; relative, a secret's
+    /// goes under `/run/secrets/` (as in Compose), a config's is refused (Compose would make
+    /// it relative to the container's working directory, which the image decides).
+    fn target(self, target: &str) -> Result<String, String> {
+        if target.starts_with('/') {
+            return Ok(target.to_owned());
+        }
+        match self {
+            FileKind::Config => Err(format!(
+                "`{target}` must be an absolute path in the container (without `target:`, a config is mounted at `/NAME`)"
+            )),
+            FileKind::Secret => match project_path(target) {
+                Some(p) if p != "." => Ok(format!("/run/secrets/{p}")),
+                _ => Err(format!(
+                    "`{target}` must be an absolute path in the container, or a file name under /run/secrets/"
+                )),
+            },
+        }
+    }
+}
+
+/// Top-level `configs:` or `secrets:`: each takes its content from exactly one of `file:`,
+/// `environment:` and `content:`. Error messages name variables and paths, never a value.
+fn file_sources(
+    cx: &mut Cx<'_>,
+    path: &[Seg],
+    node: &Node,
+    kind: FileKind,
+) -> BTreeMap<String, FileSource> {
+    let kind_name = kind.name();
+    let mut out = BTreeMap::new();
+    for (name, npos, def) in entries(node) {
+        let np = with(path, &name);
+        let mut given: Vec<&str> = Vec::new();
+        let mut source = None;
+        let mut external = None;
+        for (k, kpos, v) in entries(def) {
+            let kp = with(&np, &k);
+            match k.as_str() {
+                "file" => {
+                    given.push("file");
+                    if let Some(file) = text(cx, &kp, v) {
+                        match project_path(&file) {
+                            Some(p) => source = Some(FileSource::File { path: p }),
+                            None => cx.error(
+                                &kp,
+                                v.pos,
+                                format!(
+                                    "`{file}` must be a path inside the project directory: the file is sent with the stack"
+                                ),
+                            ),
+                        }
+                    }
+                }
+                "environment" => {
+                    given.push("environment");
+                    match v.as_str() {
+                        Some(var) if !var.trim().is_empty() => match cx.vars.get(var) {
+                            Some(value) => {
+                                source = Some(FileSource::Environment {
+                                    variable: var.to_owned(),
+                                    value: value.clone(),
+                                });
+                            }
+                            None => cx.error(
+                                &kp,
+                                v.pos,
+                                format!(
+                                    "variable `{var}` is not set: set it where `corral up` runs, or in an env file"
+                                ),
+                            ),
+                        },
+                        _ => cx.error(&kp, v.pos, "must be the name of a variable"),
+                    }
+                }
+                "content" => {
+                    given.push("content");
+                    match scalar_text(v) {
+                        Some(value) => source = Some(FileSource::Content { value }),
+                        None => cx.error(&kp, v.pos, "must be a string"),
+                    }
+                }
+                // `external: false` is the default; anything else asks for a secret or config
+                // managed outside the stack, which corral has no store for.
+                "external" => {
+                    if !matches!(v.value, Value::Bool(false)) {
+                        external = Some((kp, kpos));
+                    }
+                }
+                _ => cx.ignored(&kp, kpos),
+            }
+        }
+        if let Some((kp, kpos)) = external {
+            cx.error(
+                &kp,
+                kpos,
+                format!(
+                    "external {kind_name}s are not supported: define it with `file:`, `environment:` or `content:`"
+                ),
+            );
+            continue;
+        }
+        match given.as_slice() {
+            [_] => {
+                if let Some(source) = source {
+                    out.insert(name, source);
+                }
+            }
+            [] => cx.error(
+                &np,
+                npos,
+                format!("a {kind_name} needs one of `file:`, `environment:` or `content:`"),
+            ),
+            several => {
+                let keys: Vec<String> = several.iter().map(|k| format!("`{k}:`")).collect();
+                cx.error(
+                    &np,
+                    npos,
+                    format!(
+                        "a {kind_name} takes one of `file:`, `environment:` or `content:`, not {}",
+                        keys.join(" and ")
+                    ),
+                );
+            }
+        }
+    }
+    out
+}
+
+/// A service's `configs:` or `secrets:`: each reference with its key path and position.
+fn file_refs_of(
+    cx: &mut Cx<'_>,
+    path: &[Seg],
+    node: &Node,
+    kind: FileKind,
+    defined: &BTreeSet<String>,
+) -> Vec<(FileRef, Vec<Seg>, Pos)> {
+    let kind_name = kind.name();
+    let mut out = Vec::new();
+    let Value::Seq(items) = &node.value else {
+        cx.error(path, node.pos, format!("must be a list of {kind_name}s"));
+        return out;
+    };
+    for (i, item) in items.iter().enumerate() {
+        let ip = at(path, i);
+        let mut source = None;
+        let mut target = None;
+        let mut mode = 0o444;
+        match &item.value {
+            Value::Str(s) => source = Some(s.clone()),
+            Value::Map(_) => {
+                for (k, kpos, v) in entries(item) {
+                    let kp = with(&ip, &k);
+                    match k.as_str() {
+                        "source" => source = text(cx, &kp, v),
+                        "target" => target = text(cx, &kp, v).map(|t| (t, kp, v.pos)),
+                        "mode" => {
+                            if let Some(m) = file_mode(cx, &kp, v) {
+                                mode = m;
+                            }
+                        }
+                        // `uid` and `gid` among them: the file belongs to root.
+                        _ => cx.ignored(&kp, kpos),
+                    }
+                }
+            }
+            _ => {
+                cx.error(
+                    &ip,
+                    item.pos,
+                    format!("must be a {kind_name} name or `{{ source, target, mode }}`"),
+                );
+                continue;
+            }
+        }
+        let Some(source) = source.filter(|s| !s.is_empty()) else {
+            cx.error(&ip, item.pos, format!("a {kind_name} needs a `source`"));
+            continue;
+        };
+        if !defined.contains(&source) {
+            cx.error(
+                &ip,
+                item.pos,
+                format!("no top-level {kind_name} `{source}`: define it under `{kind_name}s:`"),
+            );
+            continue;
+        }
+        let target = match target {
+            None => kind.default_target(&source),
+            Some((t, tp, tpos)) => match kind.target(&t) {
+                Ok(t) => t,
+                Err(e) => {
+                    cx.error(&tp, tpos, e);
+                    continue;
+                }
+            },
+        };
+        out.push((
+            FileRef {
+                source,
+                target,
+                mode,
+            },
+            ip,
+            item.pos,
+        ));
+    }
+    out
+}
+
+/// A config's or secret's `mode:`, read the way Compose reads it: `0440` is octal (YAML 1.1,
+/// and Go's, reading — the YAML 1.2 parser here reads decimal 440, so the digits as written
+/// decide), as are `0o440` and strings (`"0440"`, `"440"`); a number without a leading zero
+/// (`288`) is taken as it is. At most 0777: setuid, setgid and sticky bits are refused.
+fn file_mode(cx: &mut Cx<'_>, path: &[Seg], node: &Node) -> Option<u32> {
+    let whole = match &node.value {
+        Value::Int(n) => Some(*n),
+        Value::Float(f) if f.fract() == 0.0 && f.abs() < 1e15 => Some(*f as i64),
+        _ => None,
+    };
+    let (value, shown) = match (&node.value, whole) {
+        (_, Some(n)) => {
+            let digits = cx.written_digits(node.written);
+            if digits.len() > 1 && digits.starts_with('0') && digits.parse::<i64>() == Ok(n) {
+                (u32::from_str_radix(&digits, 8).ok(), digits)
+            } else {
+                (u32::try_from(n).ok(), n.to_string())
+            }
+        }
+        (Value::Str(s), None) => {
+            let t = s.trim();
+            let digits = t
+                .strip_prefix("0o")
+                .or_else(|| t.strip_prefix("0O"))
+                .unwrap_or(t);
+            let valid = !digits.is_empty() && digits.bytes().all(|b| (b'0'..=b'7').contains(&b));
+            (
+                valid.then(|| u32::from_str_radix(digits, 8).ok()).flatten(),
+                s.clone(),
+            )
+        }
+        _ => {
+            cx.error(path, node.pos, "must be a file mode (octal, like 0440)");
+            return None;
+        }
+    };
+    match value {
+        Some(m) if m <= 0o777 => Some(m),
+        Some(_) => {
+            cx.error(
+                path,
+                node.pos,
+                format!("`{shown}` is not a file mode: at most 0777 (read, write and execute for owner, group and others)"),
+            );
+            None
+        }
+        None => {
+            cx.error(
+                path,
+                node.pos,
+                format!("`{shown}` is not a file mode (octal, like 0440)"),
+            );
+            None
+        }
+    }
+}
+
+/// Build contexts that name something other than a directory of the project.
+fn is_remote(context: &str) -> bool {
+    ["http://", "https://", "git@", "git://"]
+        .iter()
+        .any(|p| context.starts_with(p))
+        || context.contains("://")
+}
+
+/// `build:`. The merge stage has brought `build: ./dir` to `{ context: ./dir }`; the short
+/// form is read here too all the same.
+fn build_of(cx: &mut Cx<'_>, path: &[Seg], node: &Node) -> Option<Build> {
+    let errors_before = cx.errors.len();
+    let mut b = Build {
+        context: ".".to_owned(),
+        dockerfile: None,
+        args: BTreeMap::new(),
+        target: None,
+    };
+    let mut context = None;
+    match &node.value {
+        Value::Str(s) => context = Some((s.clone(), path.to_vec(), node.pos)),
+        Value::Map(_) => {
+            for (k, kpos, v) in entries(node) {
+                let kp = with(path, &k);
+                match k.as_str() {
+                    "context" => {
+                        if let Some(s) = text(cx, &kp, v) {
+                            context = Some((s, kp, v.pos));
+                        }
+                    }
+                    "dockerfile" => {
+                        if let Some(d) = text(cx, &kp, v) {
+                            // Relative to the context, and inside it: the context is what
+                            // is sent to build from.
+                            if project_path(&d).is_none() {
+                                cx.error(
+                                    &kp,
+                                    v.pos,
+                                    format!(
+                                        "`{d}` must be a path inside the build context (which is what is sent to build from)"
+                                    ),
+                                );
+                            }
+                            b.dockerfile = Some(d);
+                        }
+                    }
+                    "args" => b.args = build_args(cx, &kp, v),
+                    "target" => b.target = text(cx, &kp, v),
+                    "dockerfile_inline" => cx.error(
+                        &kp,
+                        kpos,
+                        "`dockerfile_inline` is not supported: write the Dockerfile to a file in the build context and name it with `dockerfile:`",
+                    ),
+                    _ => cx.ignored(&kp, kpos),
+                }
+            }
+        }
+        _ => {
+            cx.error(
+                path,
+                node.pos,
+                "must be a directory or a mapping with `context:`",
+            );
+            return None;
+        }
+    }
+    if let Some((c, cp, cpos)) = context {
+        if is_remote(&c) {
+            cx.error(
+                &cp,
+                cpos,
+                "remote build contexts are not supported: build from a directory of the project",
+            );
+        } else if project_path(&c).is_none() {
+            cx.error(
+                &cp,
+                cpos,
+                format!(
+                    "`{c}` must be a path inside the project directory (which is what is sent to build from)"
+                ),
+            );
+        }
+        b.context = c;
+    }
+    (cx.errors.len() == errors_before).then_some(b)
+}
+
+/// `build.args`: a mapping (the merge stage brings the `KEY=VALUE` list to one) or such a
+/// list. A key without a value takes it from the interpolation environment, and is left out
+/// when the variable is not set, as in Compose.
+fn build_args(cx: &mut Cx<'_>, path: &[Seg], node: &Node) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    match &node.value {
+        Value::Map(_) => {
+            for (k, kpos, v) in entries(node) {
+                match &v.value {
+                    Value::Null => {
+                        if let Some(value) = cx.vars.get(&k) {
+                            out.insert(k, value.clone());
+                        }
+                    }
+                    _ => match scalar_text(v) {
+                        Some(s) => {
+                            out.insert(k, s);
+                        }
+                        None => {
+                            cx.error(&with(path, &k), kpos, "must be a string, number or boolean")
+                        }
+                    },
+                }
+            }
+        }
+        Value::Seq(items) => {
+            for (i, item) in items.iter().enumerate() {
+                match item.as_str() {
+                    Some(s) => match s.split_once('=') {
+                        Some((k, v)) => {
+                            out.insert(k.to_owned(), v.to_owned());
+                        }
+                        None => {
+                            if let Some(value) = cx.vars.get(s) {
+                                out.insert(s.to_owned(), value.clone());
+                            }
+                        }
+                    },
+                    None => cx.error(&at(path, i), item.pos, "must be `KEY=VALUE` or `KEY`"),
+                }
+            }
+        }
+        Value::Null => {}
+        _ => cx.error(path, node.pos, "must be a mapping or a list of `KEY=VALUE`"),
+    }
+    out
 }
 
 fn ports(cx: &mut Cx<'_>, path: &[Seg], node: &Node, out: &mut Vec<Port>) {
@@ -764,6 +1298,12 @@ fn mounts(
             }
         };
         let Some(mount) = mount else { continue };
+        if let Mount::Bind { source, .. } = &mount
+            && let Err(e) = bind_source(source)
+        {
+            cx.error(&ip, item.pos, e);
+            continue;
+        }
         if let Mount::Named { source, .. } = &mount
             && !volumes.contains(source)
         {
@@ -775,6 +1315,21 @@ fn mounts(
             continue;
         }
         out.push(mount);
+    }
+}
+
+/// A bind mount's source: an absolute path on the host, or a path inside the project
+/// directory (shipped with the stack).
+fn bind_source(source: &str) -> Result<(), String> {
+    if source.starts_with('~') {
+        return Err("`~` is not supported: corral runs containers on other machines; use a path relative to the project directory (shipped with the stack) or an absolute path on the host".to_owned());
+    }
+    if source.starts_with('/') || project_path(source).is_some() {
+        Ok(())
+    } else {
+        Err(format!(
+            "bind mount source `{source}` is outside the project directory: only files inside it are shipped with the stack (or use an absolute path on the host)"
+        ))
     }
 }
 
@@ -1148,8 +1703,10 @@ mod tests {
     ) -> Cx<'a> {
         Cx {
             files: &[],
+            texts: &[],
             env,
-            env_files,
+            vars: env,
+            env_files: Some(env_files),
             warnings: Vec::new(),
             more_warnings: 0,
             errors: Vec::new(),
@@ -1212,6 +1769,55 @@ mod tests {
                 "services.web.cap_add[0]: must be a capability name",
             ]
         );
+    }
+
+    #[test]
+    fn file_modes_without_the_text_are_taken_as_numbers() {
+        let (env, files) = (BTreeMap::new(), BTreeMap::new());
+        let mut cx = cx(&env, &files);
+        let path = [Seg::Key("mode".into())];
+        let mode =
+            |cx: &mut Cx<'_>, value: Value| file_mode(cx, &path, &Node::new(Pos::NONE, value));
+        // No file text to look at (a node the loader made): the number as it is.
+        assert_eq!(mode(&mut cx, Value::Int(288)), Some(0o440));
+        assert_eq!(mode(&mut cx, Value::Int(440)), Some(0o670));
+        assert_eq!(mode(&mut cx, Value::Float(256.0)), Some(0o400));
+        assert_eq!(mode(&mut cx, Value::Str("0o644".into())), Some(0o644));
+        assert_eq!(mode(&mut cx, Value::Str("644".into())), Some(0o644));
+        assert_eq!(mode(&mut cx, Value::Str("".into())), None);
+        assert_eq!(mode(&mut cx, Value::Str("0o".into())), None);
+        assert_eq!(mode(&mut cx, Value::Float(0.5)), None);
+        assert_eq!(mode(&mut cx, Value::Bool(true)), None);
+        assert_eq!(mode(&mut cx, Value::Int(512)), None);
+        assert_eq!(cx.errors.len(), 5);
+    }
+
+    #[test]
+    fn file_targets_and_remote_contexts() {
+        assert_eq!(FileKind::Secret.default_target("t"), "/run/secrets/t");
+        assert_eq!(FileKind::Config.default_target("c"), "/c");
+        assert_eq!(
+            FileKind::Secret.target("a/./b").unwrap(),
+            "/run/secrets/a/b"
+        );
+        assert_eq!(FileKind::Secret.target("/etc/t").unwrap(), "/etc/t");
+        assert_eq!(FileKind::Config.target("/etc/c").unwrap(), "/etc/c");
+        for bad in ["", ".", "..", "../t", "~/t"] {
+            assert!(FileKind::Secret.target(bad).is_err(), "{bad:?}");
+        }
+        assert!(FileKind::Config.target("etc/c").is_err());
+        for remote in [
+            "https://github.com/a/b.git#main",
+            "http://x/y.tgz",
+            "git@github.com:a/b.git",
+            "git://x/y",
+            "ssh://git@x/y",
+        ] {
+            assert!(is_remote(remote), "{remote}");
+        }
+        for local in [".", "./api", "api", "github.com/a/b"] {
+            assert!(!is_remote(local), "{local}");
+        }
     }
 
     #[test]

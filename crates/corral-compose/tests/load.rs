@@ -404,8 +404,8 @@ fn anchors_and_merge_keys() {
         worker.environment,
         env(&[("LOG_LEVEL", "info"), ("REGION", "eu")])
     );
-    // The top-level extension field is reported, not silently dropped.
-    assert!(loaded.warnings.iter().any(|w| w.path == "x-defaults"));
+    // The top-level extension field holding the anchor is for YAML's use: no warning.
+    assert!(loaded.warnings.is_empty(), "{:#?}", loaded.warnings);
 }
 
 #[test]
@@ -582,14 +582,22 @@ fn deep_nesting_is_refused_within_the_stack() {
 }
 
 #[test]
-fn build_without_image_is_refused() {
-    let err = load_err(&input(&["build_only.yaml"]));
-    assert!(
-        err.mentions(
-            "service web: corral deploys images; `build:` without `image:` is not supported"
-        ),
-        "{err}"
+fn build_without_image_names_the_image_after_project_and_service() {
+    let loaded = load_ok(&input(&["build_only.yaml"]));
+    assert!(loaded.warnings.is_empty(), "{:#?}", loaded.warnings);
+    let web = &loaded.project.services["web"];
+    assert_eq!(web.image, "test-web");
+    assert_eq!(
+        web.build,
+        Some(Build {
+            context: ".".into(),
+            dockerfile: None,
+            args: BTreeMap::new(),
+            target: None,
+        })
     );
+    let db = &loaded.project.services["db"];
+    assert_eq!((db.image.as_str(), &db.build), ("postgres:16", &None));
 }
 
 #[test]
@@ -604,19 +612,30 @@ fn unknown_keys_are_warned() {
         "services.web.deploy.resources.limits",
         "services.web.deploy.update_config.failure_action",
         "services.web.ports[0].mode",
-        "services.web.x-notes",
-        "secrets",
-        "x-extra",
     ] {
         assert!(
             paths.contains(&expected),
             "no warning for {expected}: {paths:?}"
         );
     }
-    // Supported since: acted on, not warned about.
-    for supported in ["services.web.privileged", "services.web.cap_add"] {
+    // Supported since: acted on, not warned about; `x-` extension fields are for other tools.
+    for supported in [
+        "services.web.privileged",
+        "services.web.cap_add",
+        "services.web.x-notes",
+        "secrets",
+        "secrets.token",
+        "secrets.token.file",
+        "x-extra",
+    ] {
         assert!(!paths.contains(&supported), "{supported} warned: {paths:?}");
     }
+    assert_eq!(
+        loaded.project.secrets["token"],
+        FileSource::File {
+            path: "token.txt".into()
+        }
+    );
     let web = &loaded.project.services["web"];
     assert!(web.privileged);
     assert_eq!(web.cap_add, vec!["NET_ADMIN"]);
@@ -644,12 +663,6 @@ fn web_with(extra: &str) -> Input {
         project_name: Some("p".into()),
         ..Input::default()
     }
-}
-
-fn web_of(extra: &str) -> (Service, Vec<Warning>) {
-    let loaded = load_ok(&web_with(extra));
-    let web = loaded.project.services["web"].clone();
-    (web, loaded.warnings)
 }
 
 #[test]
@@ -902,4 +915,779 @@ fn host_level_enums_serialize_in_lowercase() {
     }
     assert_eq!(PullPolicy::default(), PullPolicy::Missing);
     assert_eq!(NetworkMode::default(), NetworkMode::Default);
+}
+
+/// `files.yaml` with its env file and a shell environment.
+fn files_input() -> Input {
+    let mut inp = input(&["files.yaml"]);
+    inp.project_name = None;
+    inp.env_files = vec![fixture("files.env")];
+    inp.env = env(&[("FROM_SHELL", "shell-value"), ("DB_PASSWORD", "hunter2")]);
+    inp
+}
+
+#[test]
+fn builds_configs_secrets_and_bind_mounts() {
+    let loaded = load_ok(&files_input());
+    // Only `uid` and `gid` are warned about: the `x-` fields at every level are silent.
+    let paths: Vec<&str> = loaded.warnings.iter().map(|w| w.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        vec!["services.api.secrets[2].uid", "services.api.secrets[2].gid"],
+        "{:#?}",
+        loaded.warnings
+    );
+    let p = &loaded.project;
+
+    let api = &p.services["api"];
+    assert_eq!(
+        api.image, "shop-api",
+        "built images are named PROJECT-SERVICE"
+    );
+    assert_eq!(api.restart, RestartPolicy::Always, "from the x- anchor");
+    assert_eq!(
+        api.build,
+        Some(Build {
+            context: "./api".into(),
+            dockerfile: Some("docker/Dockerfile.prod".into()),
+            args: env(&[
+                ("VERSION", "1.2"),
+                ("FROM_ENV_FILE", "env-file-value"),
+                ("FROM_SHELL", "shell-value"),
+            ]),
+            target: Some("runtime".into()),
+        }),
+        "an argument without a value comes from the interpolation environment, or is left out"
+    );
+    let file_ref = |source: &str, target: &str, mode: u32| FileRef {
+        source: source.into(),
+        target: target.into(),
+        mode,
+    };
+    assert_eq!(
+        api.configs,
+        vec![
+            file_ref("nginx", "/nginx", 0o444),
+            file_ref("app", "/etc/app/app.toml", 0o440),
+        ]
+    );
+    assert_eq!(
+        api.secrets,
+        vec![
+            file_ref("token", "/run/secrets/token", 0o444),
+            file_ref("db_password", "/run/secrets/db/password", 0o400),
+            file_ref("api_key", "/etc/api.key", 0o440),
+        ]
+    );
+    assert_eq!(
+        api.volumes,
+        vec![
+            Mount::Bind {
+                source: "./data".into(),
+                target: "/data".into(),
+                read_only: false
+            },
+            Mount::Bind {
+                source: "./conf/../static/".into(),
+                target: "/static".into(),
+                read_only: true
+            },
+            Mount::Bind {
+                source: "logs".into(),
+                target: "/logs".into(),
+                read_only: false
+            },
+            Mount::Bind {
+                source: "/var/run/docker.sock".into(),
+                target: "/var/run/docker.sock".into(),
+                read_only: false
+            },
+        ],
+        "bind sources are kept as written"
+    );
+
+    let web = &p.services["web"];
+    assert_eq!(web.image, "shop/web:1", "`image:` names what is built");
+    assert_eq!(web.build.as_ref().map(|b| b.context.as_str()), Some("."));
+
+    let worker = &p.services["worker"];
+    assert_eq!(worker.image, "shop-worker");
+    assert_eq!(
+        worker.build.as_ref().map(|b| b.args.clone()),
+        Some(env(&[("MODE", "batch"), ("FROM_SHELL", "shell-value")]))
+    );
+
+    assert_eq!(
+        p.configs,
+        [
+            (
+                "nginx".to_owned(),
+                FileSource::File {
+                    path: "conf/nginx.conf".into()
+                }
+            ),
+            (
+                "app".to_owned(),
+                FileSource::Content {
+                    value: "greeting = \"hello\"\n".into()
+                }
+            ),
+        ]
+        .into_iter()
+        .collect::<BTreeMap<_, _>>()
+    );
+    assert_eq!(
+        p.secrets,
+        [
+            (
+                "token".to_owned(),
+                FileSource::File {
+                    path: "secrets/token.txt".into()
+                }
+            ),
+            (
+                "db_password".to_owned(),
+                FileSource::Environment {
+                    variable: "DB_PASSWORD".into(),
+                    value: "hunter2".into()
+                }
+            ),
+            (
+                "api_key".to_owned(),
+                FileSource::Environment {
+                    variable: "API_KEY".into(),
+                    value: "key-from-env-file".into()
+                }
+            ),
+        ]
+        .into_iter()
+        .collect::<BTreeMap<_, _>>()
+    );
+}
+
+#[test]
+fn project_references_list_what_to_send() {
+    // No project name and no `env_file:` contents needed.
+    let mut inp = files_input();
+    inp.files[0].text = inp.files[0].text.replace("name: shop\n", "").replace(
+        "  web:\n",
+        "  web:\n    env_file: [./web.env, common.env]\n",
+    );
+    let refs = match project_references(&inp) {
+        Ok(r) => r,
+        Err(e) => panic!("{e}"),
+    };
+    assert_eq!(
+        refs,
+        ProjectRefs {
+            env_files: vec!["./web.env".into(), "common.env".into()],
+            files: vec!["conf/nginx.conf".into(), "secrets/token.txt".into()],
+            mounts: vec!["data".into(), "logs".into(), "static".into()],
+            builds: vec![
+                BuildRef {
+                    service: "api".into(),
+                    context: "api".into(),
+                    dockerfile: "docker/Dockerfile.prod".into()
+                },
+                BuildRef {
+                    service: "web".into(),
+                    context: ".".into(),
+                    dockerfile: "Dockerfile".into()
+                },
+                BuildRef {
+                    service: "worker".into(),
+                    context: ".".into(),
+                    dockerfile: "Dockerfile".into()
+                },
+            ],
+        }
+    );
+    // `load` still wants the env files, and a name.
+    assert!(load_err(&inp).mentions("no project name"));
+    inp.project_name = Some("shop".into());
+    let err = load_err(&inp);
+    assert!(
+        err.mentions("env file `./web.env` was not provided")
+            && err.mentions("env file `common.env` was not provided"),
+        "{err}"
+    );
+
+    // Its errors are `load`'s.
+    let mut bad = files_input();
+    bad.files[0].text = bad.files[0]
+        .text
+        .replace("- ./data:/data", "- ../data:/data");
+    let err = project_references(&bad).unwrap_err();
+    assert!(
+        err.errors
+            .iter()
+            .any(|e| e.path.as_deref() == Some("services.api.volumes[0]")
+                && e.message.contains("is outside the project directory")),
+        "{err}"
+    );
+}
+
+#[test]
+fn referenced_files_not_named_by_env_file_are_not_read() {
+    // The client may send configs' and secrets' files along: they are not env files, and
+    // their text must never show up in an error.
+    let mut inp = files_input();
+    inp.referenced_files = vec![SourceFile::new(
+        "secrets/token.txt",
+        "TOPSECRET is not KEY=VALUE\n",
+    )];
+    load_ok(&inp);
+}
+
+#[test]
+fn extension_fields_are_silent_everywhere() {
+    let text = "\
+x-top: 1
+x-anchors: &env { A: '1' }
+services:
+  web:
+    image: x
+    x-service: { anything: [1, 2] }
+    x-corral: { affinity: [web], x-inner: 1 }
+    environment: *env
+    build: { context: ., x-b: 1 }
+    ports: [{ target: 80, x-p: 1 }]
+    volumes: [{ type: volume, source: data, target: /data, x-v: 1 }]
+    deploy: { x-d: 1, resources: { x-r: 1 } }
+    healthcheck: { test: [CMD, 'true'], x-h: 1 }
+    configs: [{ source: c, x-c: 1 }]
+    secrets: [{ source: s, x-s: 1 }]
+volumes:
+  data: { x-vol: 1 }
+configs:
+  c: { content: hi, x-cfg: 1 }
+secrets:
+  s: { content: hi, x-sec: 1 }
+";
+    let loaded = load_ok(&Input {
+        files: vec![SourceFile::new("x.yaml", text)],
+        project_name: Some("p".into()),
+        ..Input::default()
+    });
+    assert!(loaded.warnings.is_empty(), "{:#?}", loaded.warnings);
+    assert_eq!(loaded.project.services["web"].affinity, vec!["web"]);
+    // A network definition is still reported (corral ignores it), but not for its `x-` key.
+    let text = format!("{text}networks:\n  front: {{ x-net: 1 }}\n");
+    let loaded = load_ok(&Input {
+        files: vec![SourceFile::new("x.yaml", text)],
+        project_name: Some("p".into()),
+        ..Input::default()
+    });
+    let paths: Vec<&str> = loaded.warnings.iter().map(|w| w.path.as_str()).collect();
+    assert_eq!(paths, vec!["networks.front"]);
+}
+
+#[test]
+fn ignored_build_keys_are_warned() {
+    let (web, warnings) = web_of(
+        "build:\n  context: ./web\n  cache_from: [x]\n  network: host\n  labels: [a=b]\n  ssh: [default]\n  secrets: [npmrc]\n  platforms: [linux/arm64]\n  no_cache: true",
+    );
+    assert_eq!(web.image, "x");
+    assert_eq!(web.build.as_ref().unwrap().context, "./web");
+    let paths: Vec<&str> = warnings.iter().map(|w| w.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        vec![
+            "services.web.build.cache_from",
+            "services.web.build.network",
+            "services.web.build.labels",
+            "services.web.build.ssh",
+            "services.web.build.secrets",
+            "services.web.build.platforms",
+            "services.web.build.no_cache",
+        ]
+    );
+    assert!(warnings.iter().all(|w| w.message.contains("ignored")));
+}
+
+#[test]
+fn a_later_file_refines_a_short_build_and_replaces_file_refs_by_target() {
+    let base = "services:\n  web:\n    build: ./web\n    secrets: [s, { source: t, mode: 0400 }]\nsecrets:\n  s: { content: a }\n  t: { content: b }\n";
+    let over = "services:\n  web:\n    build: { dockerfile: Dockerfile.dev, args: [A=1] }\n    secrets: [{ source: t, target: /run/secrets/t, mode: 0440 }]\n";
+    let loaded = load_ok(&Input {
+        files: vec![
+            SourceFile::new("base.yaml", base),
+            SourceFile::new("over.yaml", over),
+        ],
+        project_name: Some("p".into()),
+        ..Input::default()
+    });
+    let web = &loaded.project.services["web"];
+    assert_eq!(
+        web.build,
+        Some(Build {
+            context: "./web".into(),
+            dockerfile: Some("Dockerfile.dev".into()),
+            args: env(&[("A", "1")]),
+            target: None,
+        })
+    );
+    let secrets: Vec<(&str, &str, u32)> = web
+        .secrets
+        .iter()
+        .map(|r| (r.source.as_str(), r.target.as_str(), r.mode))
+        .collect();
+    assert_eq!(
+        secrets,
+        vec![
+            ("s", "/run/secrets/s", 0o444),
+            ("t", "/run/secrets/t", 0o440)
+        ]
+    );
+}
+
+#[test]
+fn service_names_make_lower_case_image_names() {
+    let text = "services:\n  Web.API:\n    build: .\n";
+    let loaded = load_ok(&Input {
+        files: vec![SourceFile::new("b.yaml", text)],
+        project_name: Some("shop".into()),
+        ..Input::default()
+    });
+    assert_eq!(loaded.project.services["Web.API"].image, "shop-web.api");
+}
+
+#[test]
+fn file_modes() {
+    for (written, want) in [
+        ("0440", 0o440),
+        ("0o440", 0o440),
+        ("'0440'", 0o440),
+        ("'440'", 0o440),
+        ("'0o600'", 0o600),
+        ("288", 0o440),
+        ("0", 0),
+        ("0777", 0o777),
+    ] {
+        let (web, warnings) = web_of(&format!(
+            "secrets:\n  - source: s\n    mode: {written}\nconfigs: [{{ source: s, mode: {written} }}]"
+        ));
+        assert!(warnings.is_empty(), "{written}: {warnings:?}");
+        assert_eq!(web.secrets[0].mode, want, "{written} (block)");
+        assert_eq!(web.configs[0].mode, want, "{written} (flow)");
+    }
+    // Through aliases and merge keys, the digits are read where they are written.
+    let text = "\
+x-mode: &m 0440
+x-ref: &r { source: s, mode: 0640 }
+x-ref2: &r2 { source: s, target: /b, mode: 0600 }
+services:
+  web:
+    image: x
+    secrets:
+      - source: s
+        mode: *m
+      - <<: *r
+        target: /a
+      - *r2
+secrets:
+  s: { content: c }
+";
+    let loaded = load_ok(&Input {
+        files: vec![SourceFile::new("m.yaml", text)],
+        project_name: Some("p".into()),
+        ..Input::default()
+    });
+    let modes: Vec<u32> = loaded.project.services["web"]
+        .secrets
+        .iter()
+        .map(|r| r.mode)
+        .collect();
+    assert_eq!(modes, vec![0o440, 0o640, 0o600]);
+}
+
+/// `web_with`, plus a top-level config and secret `s`.
+fn web_with_files(extra: &str) -> Input {
+    let mut inp = web_with(extra);
+    inp.files[0]
+        .text
+        .push_str("configs:\n  s: { content: c }\nsecrets:\n  s: { content: c }\n");
+    inp
+}
+
+fn web_of(extra: &str) -> (Service, Vec<Warning>) {
+    let loaded = load_ok(&web_with_files(extra));
+    let web = loaded.project.services["web"].clone();
+    (web, loaded.warnings)
+}
+
+/// Each case: (text added to service `web`, or a whole file when it starts with `services:`;
+/// the key path of the error; part of its message).
+fn assert_errors(cases: &[(&str, &str, &str)]) {
+    for (text, path, needle) in cases {
+        let inp = if text.starts_with("services:") {
+            Input {
+                files: vec![SourceFile::new("f.yaml", *text)],
+                project_name: Some("p".into()),
+                ..Input::default()
+            }
+        } else {
+            web_with_files(text)
+        };
+        let err = load_err(&inp);
+        assert!(
+            err.errors
+                .iter()
+                .any(|e| e.path.as_deref() == Some(*path) && e.message.contains(needle)),
+            "{text:?}: expected {path}: …{needle}…, got:\n{err}"
+        );
+        assert!(err.mentions(&format!("{path}: ")), "{text:?}: {err}");
+    }
+}
+
+#[test]
+fn build_errors() {
+    let remote = "remote build contexts are not supported: build from a directory of the project";
+    let inside = "must be a path inside the project directory";
+    assert_errors(&[
+        (
+            "build: https://github.com/x/y.git",
+            "services.web.build.context",
+            remote,
+        ),
+        (
+            "build: http://example.com/ctx.tar.gz",
+            "services.web.build.context",
+            remote,
+        ),
+        (
+            "build: git@github.com:x/y.git",
+            "services.web.build.context",
+            remote,
+        ),
+        (
+            "build: git://example.com/y",
+            "services.web.build.context",
+            remote,
+        ),
+        (
+            "build: { context: 's3://bucket/ctx' }",
+            "services.web.build.context",
+            remote,
+        ),
+        (
+            "build: /srv/app",
+            "services.web.build.context",
+            "`/srv/app` must be a path inside the project directory",
+        ),
+        ("build: ../app", "services.web.build.context", inside),
+        ("build: ./a/../../app", "services.web.build.context", inside),
+        ("build: ~/app", "services.web.build.context", inside),
+        (
+            "build: { context: ., dockerfile: /tmp/Dockerfile }",
+            "services.web.build.dockerfile",
+            "`/tmp/Dockerfile` must be a path inside the build context",
+        ),
+        (
+            "build: { context: ./api, dockerfile: ../Dockerfile }",
+            "services.web.build.dockerfile",
+            "must be a path inside the build context",
+        ),
+        (
+            "build: { dockerfile_inline: 'FROM alpine' }",
+            "services.web.build.dockerfile_inline",
+            "`dockerfile_inline` is not supported",
+        ),
+        (
+            "build: { args: { A: [1] } }",
+            "services.web.build",
+            "(Compose schema)",
+        ),
+        (
+            "build: { contxt: . }",
+            "services.web.build",
+            "(Compose schema)",
+        ),
+        // Without `image:`, the name made must be an image name.
+        (
+            "services:\n  _web:\n    build: .\n",
+            "services._web.build",
+            "`p-_web`, the image name made of the project and service names, is not a valid image name: name the image with `image:`",
+        ),
+        (
+            "services:\n  web:\n    environment: { A: b }\n",
+            "services.web",
+            "service web has no `image`",
+        ),
+    ]);
+}
+
+#[test]
+fn bind_mount_errors() {
+    let tilde = "`~` is not supported: corral runs containers on other machines; use a path relative to the project directory (shipped with the stack) or an absolute path on the host";
+    assert_errors(&[
+        (
+            "volumes: ['~/data:/data']",
+            "services.web.volumes[0]",
+            tilde,
+        ),
+        ("volumes: ['~:/data']", "services.web.volumes[0]", tilde),
+        (
+            "volumes: [{ type: bind, source: ~/data, target: /data }]",
+            "services.web.volumes[0]",
+            tilde,
+        ),
+        (
+            "volumes: ['./ok:/ok', '../data:/data']",
+            "services.web.volumes[1]",
+            "bind mount source `../data` is outside the project directory",
+        ),
+        (
+            "volumes: ['./a/../../b:/data']",
+            "services.web.volumes[0]",
+            "is outside the project directory",
+        ),
+        (
+            "volumes: [{ type: bind, source: ../data, target: /data }]",
+            "services.web.volumes[0]",
+            "is outside the project directory",
+        ),
+    ]);
+    // Paths that stay inside are fine, whatever their spelling.
+    let (web, _) = web_of("volumes: ['./a/../b:/b', '.:/all', './:/also']");
+    assert_eq!(web.volumes.len(), 3);
+}
+
+#[test]
+fn config_and_secret_errors() {
+    let file = |defs: &str, svc: &str| format!("services:\n  web:\n    image: x\n{svc}{defs}");
+    let cases: Vec<(String, &str, &str)> = vec![
+        (
+            file("secrets:\n  s: { file: ../s.txt }\n", ""),
+            "secrets.s.file",
+            "`../s.txt` must be a path inside the project directory",
+        ),
+        (
+            file("secrets:\n  s: { file: /etc/s.txt }\n", ""),
+            "secrets.s.file",
+            "must be a path inside the project directory",
+        ),
+        (
+            file("configs:\n  c: { file: ~/c.txt }\n", ""),
+            "configs.c.file",
+            "must be a path inside the project directory",
+        ),
+        (
+            file("secrets:\n  s: { name: x }\n", ""),
+            "secrets.s",
+            "a secret needs one of `file:`, `environment:` or `content:`",
+        ),
+        (
+            file("configs:\n  c: { file: c.txt, content: x }\n", ""),
+            "configs.c",
+            "a config takes one of `file:`, `environment:` or `content:`, not `file:` and `content:`",
+        ),
+        (
+            file("secrets:\n  s: { external: true }\n", ""),
+            "secrets.s.external",
+            "external secrets are not supported: define it with `file:`, `environment:` or `content:`",
+        ),
+        (
+            file("configs:\n  c: { external: { name: x } }\n", ""),
+            "configs.c.external",
+            "external configs are not supported",
+        ),
+        (
+            file("secrets:\n  s: { environment: NOT_SET_ANYWHERE }\n", ""),
+            "secrets.s.environment",
+            "variable `NOT_SET_ANYWHERE` is not set",
+        ),
+        (
+            file("secrets:\n  s: { environment: [A] }\n", ""),
+            "secrets.s.environment",
+            "must be the name of a variable",
+        ),
+        (
+            file("", "    secrets: [nope]\n"),
+            "services.web.secrets[0]",
+            "no top-level secret `nope`: define it under `secrets:`",
+        ),
+        (
+            file(
+                "configs:\n  c: { content: x }\n",
+                "    configs: [c, { source: d }]\n",
+            ),
+            "services.web.configs[1]",
+            "no top-level config `d`",
+        ),
+        (
+            file(
+                "configs:\n  c: { content: x }\n",
+                "    configs: [{ target: /x }]\n",
+            ),
+            "services.web.configs[0]",
+            "a config needs a `source`",
+        ),
+        (
+            file(
+                "configs:\n  c: { content: x }\n",
+                "    configs: [{ source: c, target: etc/c }]\n",
+            ),
+            "services.web.configs[0].target",
+            "`etc/c` must be an absolute path in the container",
+        ),
+        (
+            file(
+                "secrets:\n  s: { content: x }\n",
+                "    secrets: [{ source: s, target: ../etc/s }]\n",
+            ),
+            "services.web.secrets[0].target",
+            "a file name under /run/secrets/",
+        ),
+        (
+            file(
+                "secrets:\n  s: { content: x }\n",
+                "    secrets: [{ source: s, mode: 01000 }]\n",
+            ),
+            "services.web.secrets[0].mode",
+            "`01000` is not a file mode: at most 0777",
+        ),
+        (
+            file(
+                "secrets:\n  s: { content: x }\n",
+                "    secrets: [{ source: s, mode: 4095 }]\n",
+            ),
+            "services.web.secrets[0].mode",
+            "at most 0777",
+        ),
+        (
+            file(
+                "secrets:\n  s: { content: x }\n",
+                "    secrets: [{ source: s, mode: 0999 }]\n",
+            ),
+            "services.web.secrets[0].mode",
+            "`0999` is not a file mode (octal, like 0440)",
+        ),
+        (
+            file(
+                "secrets:\n  s: { content: x }\n",
+                "    secrets: [{ source: s, mode: 'rw' }]\n",
+            ),
+            "services.web.secrets[0].mode",
+            "`rw` is not a file mode",
+        ),
+        (
+            file(
+                "secrets:\n  s: { content: x }\n",
+                "    secrets: [{ source: s, mode: -1 }]\n",
+            ),
+            "services.web.secrets[0].mode",
+            "is not a file mode",
+        ),
+        (
+            file(
+                "secrets:\n  s: { content: x }\n  t: { content: y }\n",
+                "    secrets: [s, { source: t, target: s }]\n",
+            ),
+            "services.web.secrets[1]",
+            "`/run/secrets/s` is also the target of services.web.secrets[0]",
+        ),
+        (
+            file(
+                "secrets:\n  s: { content: x }\nconfigs:\n  c: { content: y }\n",
+                "    configs: [{ source: c, target: /run/secrets/s }]\n    secrets: [s]\n",
+            ),
+            "services.web.secrets[0]",
+            "is also the target of services.web.configs[0]",
+        ),
+        (
+            file("secrets:\n  s: { contents: x }\n", ""),
+            "secrets.s",
+            "(Compose schema)",
+        ),
+    ];
+    let cases: Vec<(&str, &str, &str)> =
+        cases.iter().map(|(t, p, m)| (t.as_str(), *p, *m)).collect();
+    assert_errors(&cases);
+    // A service naming a config with an error of its own gets no second error.
+    let err = load_err(&Input {
+        files: vec![SourceFile::new(
+            "f.yaml",
+            file(
+                "configs:\n  c: { file: ../c }\nsecrets:\n  s: { external: true }\n",
+                "    configs: [c]\n    secrets: [s]\n",
+            ),
+        )],
+        project_name: Some("p".into()),
+        ..Input::default()
+    });
+    let paths: Vec<&str> = err
+        .errors
+        .iter()
+        .filter_map(|e| e.path.as_deref())
+        .collect();
+    assert_eq!(paths, vec!["configs.c.file", "secrets.s.external"], "{err}");
+}
+
+#[test]
+fn secret_values_never_show_in_errors_or_warnings() {
+    let text = "\
+services:
+  web:
+    image: x
+    logging: { driver: syslog }
+    secrets: [from_env, inline]
+    ports: ['not a port']
+secrets:
+  from_env: { environment: TOKEN }
+  inline: { content: '${TOKEN}' }
+  both: { environment: TOKEN, content: '${TOKEN}' }
+  bad: { content: '${TOKEN}', driver_opts: { x: [1] } }
+";
+    let inp = |text: &str| Input {
+        files: vec![SourceFile::new("s.yaml", text)],
+        project_name: Some("p".into()),
+        env: env(&[("TOKEN", "TOPSECRET")]),
+        ..Input::default()
+    };
+    // Schema errors first (`bad`), whose messages quote values.
+    let err = load_err(&inp(text));
+    assert!(err.mentions("secrets.bad.driver_opts"), "{err}");
+    let shown = format!("{err}\n{err:?}\n{}", serde_json::to_string(&err).unwrap());
+    assert!(!shown.contains("TOPSECRET"), "{shown}");
+    // Then the loader's own errors.
+    let text = text.replace(
+        "  bad: { content: '${TOKEN}', driver_opts: { x: [1] } }\n",
+        "",
+    );
+    let err = load_err(&inp(&text));
+    assert!(err.mentions("services.web.ports[0]"), "{err}");
+    assert!(err.mentions("secrets.both: a secret takes one of"), "{err}");
+    let shown = format!("{err}\n{err:?}\n{}", serde_json::to_string(&err).unwrap());
+    assert!(!shown.contains("TOPSECRET"), "{shown}");
+    // And the warnings of a load that succeeds.
+    let text = text
+        .replace("    ports: ['not a port']\n", "")
+        .replace("  both: { environment: TOKEN, content: '${TOKEN}' }\n", "");
+    let loaded = load_ok(&inp(&text));
+    assert!(!loaded.warnings.is_empty());
+    let shown = format!("{:?}", loaded.warnings);
+    assert!(!shown.contains("TOPSECRET"), "{shown}");
+    assert_eq!(
+        loaded.project.secrets["from_env"],
+        FileSource::Environment {
+            variable: "TOKEN".into(),
+            value: "TOPSECRET".into()
+        }
+    );
+}
+
+#[test]
+fn project_path_is_public() {
+    for (input, want) in [
+        ("./a//b/.", Some("a/b")),
+        (".", Some(".")),
+        ("./", Some(".")),
+        ("../x", None),
+        ("./a/../../b", None),
+        ("/abs", None),
+        ("~/x", None),
+    ] {
+        assert_eq!(project_path(input).as_deref(), want, "{input:?}");
+    }
 }

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 
 use corral_compose as compose;
 use corral_proto::{
-    ContainerSpec, DeviceSpec, HealthSpec, MountSpec, NetworkMode, NetworkSpec, PortSpec,
-    PullPolicy, RestartPolicyName, RestartSpec, labels,
+    ContainerSpec, DeviceSpec, FileEntry, FileKind, FileMount, HealthSpec, MountSpec, NetworkMode,
+    NetworkSpec, PortSpec, PullPolicy, RestartPolicyName, RestartSpec, labels,
 };
 use corral_scheduler::{self as sched, HostPort, Resources};
 use serde::{Deserialize, Serialize};
@@ -50,6 +50,179 @@ pub struct StackDef {
     pub services: Vec<(String, u32, ServiceDef)>,
     /// Docker names of the named volumes.
     pub volumes: Vec<String>,
+    /// What the stack ships, by digest (project files, configs, secrets).
+    pub files: BTreeMap<String, Shipped>,
+    /// What people should know of how the files were taken (once per project file).
+    pub notes: Vec<String>,
+}
+
+/// A content the stack ships.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Shipped {
+    pub secret: bool,
+    pub data: Vec<u8>,
+}
+
+impl std::fmt::Debug for Shipped {
+    // A secret's bytes never reach a log.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shipped")
+            .field("secret", &self.secret)
+            .field("bytes", &self.data.len())
+            .finish()
+    }
+}
+
+/// The project's files as `corral up` sent them: normalised relative path → (mode, bytes).
+pub type ProjectFiles = BTreeMap<String, (u32, Vec<u8>)>;
+
+/// The SHA-256 of `data`, hex.
+pub fn sha256_hex(data: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA256, data)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Collects the files of one service: mounts and the contents they need.
+struct Shipping<'a> {
+    project: &'a compose::Project,
+    sent: &'a ProjectFiles,
+    files: BTreeMap<String, Shipped>,
+    notes: Vec<String>,
+    noted: std::collections::BTreeSet<String>,
+}
+
+impl Shipping<'_> {
+    fn keep(&mut self, data: &[u8], secret: bool) -> String {
+        let digest = sha256_hex(data);
+        let entry = self.files.entry(digest.clone()).or_insert(Shipped {
+            secret,
+            data: data.to_vec(),
+        });
+        // A content that is a secret anywhere is treated as one everywhere.
+        entry.secret |= secret;
+        digest
+    }
+
+    /// A relative bind mount: the project's file, or directory of files, at `path`.
+    fn project_mount(
+        &mut self,
+        service: &str,
+        path: &str,
+        target: &str,
+    ) -> Result<FileMount, String> {
+        let name = format!("./{path}");
+        if let Some((mode, data)) = self.sent.get(path) {
+            let (mode, data) = (*mode, data.clone());
+            let digest = self.keep(&data, false);
+            self.note(service, &name);
+            return Ok(FileMount {
+                name,
+                kind: FileKind::Config,
+                target: target.to_owned(),
+                mode: mode & 0o777,
+                digest,
+                entries: Vec::new(),
+            });
+        }
+        let prefix = if path == "." {
+            String::new()
+        } else {
+            format!("{path}/")
+        };
+        let inside: Vec<(String, u32, Vec<u8>)> = self
+            .sent
+            .iter()
+            .filter_map(|(p, (mode, data))| {
+                p.strip_prefix(&prefix)
+                    .map(|rest| (rest.to_owned(), *mode, data.clone()))
+            })
+            .collect();
+        if inside.is_empty() {
+            return Err(format!(
+                "services.{service}.volumes: {name} was not sent with the project (is it a file or directory of the project?)"
+            ));
+        }
+        let mut entries = Vec::new();
+        for (rest, mode, data) in inside {
+            let digest = self.keep(&data, false);
+            entries.push(FileEntry {
+                path: rest,
+                digest,
+                mode: mode & 0o777,
+            });
+        }
+        self.note(service, &name);
+        Ok(FileMount {
+            name,
+            kind: FileKind::Config,
+            target: target.to_owned(),
+            mode: 0o755,
+            digest: corral_proto::files::tree_digest(&entries, sha256_hex),
+            entries,
+        })
+    }
+
+    fn note(&mut self, service: &str, name: &str) {
+        if self.noted.insert(name.to_owned()) {
+            self.notes.push(format!(
+                "services.{service}.volumes: {name} is shipped with the stack and mounted read-only on every host that runs it (a change to it rolls the services that mount it; writes inside it would not be shared between hosts)"
+            ));
+        }
+    }
+
+    /// A `configs:` or `secrets:` reference.
+    fn reference(
+        &mut self,
+        service: &str,
+        r: &compose::FileRef,
+        secret: bool,
+    ) -> Result<FileMount, String> {
+        let (what, defs) = if secret {
+            ("secret", &self.project.secrets)
+        } else {
+            ("config", &self.project.configs)
+        };
+        let source = defs
+            .get(&r.source)
+            .ok_or_else(|| format!("services.{service}: no top-level {what} {}", r.source))?;
+        let data = match source {
+            compose::FileSource::File { path } => match self.sent.get(path) {
+                Some((_, data)) => data.clone(),
+                None => {
+                    return Err(format!(
+                        "{what}s.{}: file ./{path} was not sent with the project (is it a file of the project?)",
+                        r.source
+                    ));
+                }
+            },
+            compose::FileSource::Environment { value, .. } => value.clone().into_bytes(),
+            compose::FileSource::Content { value } => value.clone().into_bytes(),
+        };
+        if data.len() > corral_proto::files::MAX_FILE_BYTES {
+            return Err(format!(
+                "{what}s.{}: {} bytes; the limit is {}",
+                r.source,
+                data.len(),
+                corral_proto::files::MAX_FILE_BYTES
+            ));
+        }
+        let digest = self.keep(&data, secret);
+        Ok(FileMount {
+            name: format!("{what} {}", r.source),
+            kind: if secret {
+                FileKind::Secret
+            } else {
+                FileKind::Config
+            },
+            target: r.target.clone(),
+            mode: r.mode & 0o777,
+            digest,
+            entries: Vec::new(),
+        })
+    }
 }
 
 /// The Docker network of a stack.
@@ -102,13 +275,30 @@ fn protocol_name(p: compose::Protocol) -> &'static str {
     }
 }
 
-/// Turns a loaded project into stored definitions. Refuses what corral cannot run: relative
-/// bind mounts (the path would be read on the machine that ran `corral up`, not the host) and
-/// published port ranges of unequal length.
+/// Turns a loaded project into stored definitions, with no project files sent.
 pub fn define(project: &compose::Project) -> Result<StackDef, Vec<String>> {
+    define_with_files(project, &ProjectFiles::new())
+}
+
+/// Turns a loaded project, and the project files `corral up` sent, into stored definitions.
+/// A relative bind mount becomes a read-only file (or directory) shipped with the stack;
+/// configs and secrets become files too (secrets kept in memory on the hosts). Refuses what
+/// corral cannot run: a mount or `file:` that was not sent, and published port ranges of
+/// unequal length.
+pub fn define_with_files(
+    project: &compose::Project,
+    sent: &ProjectFiles,
+) -> Result<StackDef, Vec<String>> {
     let stack = &project.name;
     let mut errors = Vec::new();
     let mut services = Vec::new();
+    let mut shipping = Shipping {
+        project,
+        sent,
+        files: BTreeMap::new(),
+        notes: Vec::new(),
+        noted: Default::default(),
+    };
     for name in &project.start_order {
         let Some(svc) = project.services.get(name) else {
             continue;
@@ -144,7 +334,21 @@ pub fn define(project: &compose::Project) -> Result<StackDef, Vec<String>> {
                 expose.push(format!("{port}/{}", protocol_name(e.protocol)));
             }
         }
+        if svc.build.is_some() {
+            // Compose names a built image PROJECT-SERVICE when `image:` does not.
+            if svc.image == format!("{stack}-{name}").to_ascii_lowercase() {
+                errors.push(format!(
+                    "services.{name}.build: corral does not build images yet: build and push the image to a registry the environment knows (`corral registry add`), then name it with `image:`"
+                ));
+            } else {
+                shipping.notes.push(format!(
+                    "services.{name}.build is not used: corral deploys the image {}, pulled from its registry (build and push it first)",
+                    svc.image
+                ));
+            }
+        }
         let mut mounts = Vec::new();
+        let mut files = Vec::new();
         for m in &svc.volumes {
             mounts.push(match m {
                 compose::Mount::Named {
@@ -162,9 +366,15 @@ pub fn define(project: &compose::Project) -> Result<StackDef, Vec<String>> {
                     read_only,
                 } => {
                     if !source.starts_with('/') {
-                        errors.push(format!(
-                            "services.{name}.volumes: bind mount source {source:?} is relative; corral runs containers on other machines, so write an absolute path on the host (or use a named volume)"
-                        ));
+                        match compose::project_path(source) {
+                            Some(path) => match shipping.project_mount(name, &path, target) {
+                                Ok(f) => files.push(f),
+                                Err(e) => errors.push(e),
+                            },
+                            None => errors.push(format!(
+                                "services.{name}.volumes: bind mount source {source:?} is outside the project; corral runs containers on other machines, so write a path inside the project (shipped with the stack) or an absolute path on the host"
+                            )),
+                        }
                         continue;
                     }
                     MountSpec::Bind {
@@ -188,6 +398,18 @@ pub fn define(project: &compose::Project) -> Result<StackDef, Vec<String>> {
         }
         container_labels.insert(labels::STACK.into(), stack.clone());
         container_labels.insert(labels::SERVICE.into(), name.clone());
+        for r in &svc.configs {
+            match shipping.reference(name, r, false) {
+                Ok(f) => files.push(f),
+                Err(e) => errors.push(e),
+            }
+        }
+        for r in &svc.secrets {
+            match shipping.reference(name, r, true) {
+                Ok(f) => files.push(f),
+                Err(e) => errors.push(e),
+            }
+        }
         let restart = restart_of(svc.restart);
         let template = ContainerSpec {
             image: svc.image.clone(),
@@ -226,6 +448,7 @@ pub fn define(project: &compose::Project) -> Result<StackDef, Vec<String>> {
                 compose::NetworkMode::None => NetworkMode::None,
             },
             pid_host: svc.pid_host,
+            files,
             devices: svc
                 .devices
                 .iter()
@@ -288,6 +511,13 @@ pub fn define(project: &compose::Project) -> Result<StackDef, Vec<String>> {
         };
         services.push((name.clone(), svc.replicas, def));
     }
+    let total: usize = shipping.files.values().map(|f| f.data.len()).sum();
+    if total > corral_proto::files::MAX_PROJECT_FILES_BYTES {
+        errors.push(format!(
+            "the stack ships {total} bytes of files, configs and secrets; the limit is {}",
+            corral_proto::files::MAX_PROJECT_FILES_BYTES
+        ));
+    }
     if errors.is_empty() {
         Ok(StackDef {
             name: stack.clone(),
@@ -297,6 +527,8 @@ pub fn define(project: &compose::Project) -> Result<StackDef, Vec<String>> {
                 .iter()
                 .map(|v| volume_name(stack, v))
                 .collect(),
+            files: shipping.files,
+            notes: shipping.notes,
         })
     } else {
         Err(errors)
@@ -467,13 +699,87 @@ volumes:
     }
 
     #[test]
-    fn relative_bind_mounts_and_reserved_labels_are_refused() {
+    fn unsent_project_files_and_reserved_labels_are_refused() {
         let p = load(
             "services:\n  a:\n    image: x\n    volumes: ['./data:/data']\n    labels: { io.corral.stack: evil }\n",
         );
         let errors = define(&p).unwrap_err();
-        assert!(errors[0].contains("relative"), "{errors:?}");
+        assert!(errors[0].contains("./data was not sent"), "{errors:?}");
         assert!(errors[1].contains("reserved"), "{errors:?}");
+    }
+
+    fn load_with_env(text: &str, env: &[(&str, &str)]) -> compose::Project {
+        compose::load(&compose::Input {
+            files: vec![compose::SourceFile::new("compose.yaml", text)],
+            project_name: Some("shop".into()),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..compose::Input::default()
+        })
+        .unwrap()
+        .project
+    }
+
+    #[test]
+    fn project_files_configs_and_secrets_become_mounts_named_by_content() {
+        let text = "services:\n  proxy:\n    image: x\n    volumes: ['./nginx.conf:/etc/nginx/nginx.conf', './conf.d:/etc/conf.d:ro']\n    configs: [app]\n    secrets: [pw]\n  api:\n    image: x\n    secrets: [{ source: pw, target: db_pw, mode: 0400 }]\nconfigs:\n  app: { file: ./app.yml }\nsecrets:\n  pw: { environment: DB_PW }\n";
+        let p = load_with_env(text, &[("DB_PW", "TOPSECRET")]);
+        let mut sent = ProjectFiles::new();
+        sent.insert("nginx.conf".into(), (0o644, b"listen 80;".to_vec()));
+        sent.insert("conf.d/a.conf".into(), (0o600, b"a".to_vec()));
+        sent.insert("conf.d/sub/b.conf".into(), (0o644, b"b".to_vec()));
+        sent.insert("app.yml".into(), (0o644, b"x: 1".to_vec()));
+        let def = define_with_files(&p, &sent).unwrap();
+        let proxy = &def.services.iter().find(|s| s.0 == "proxy").unwrap().2;
+        let files = &proxy.template.files;
+        assert_eq!(files.len(), 4, "{files:?}");
+        assert_eq!(files[0].name, "./nginx.conf");
+        assert_eq!(files[0].digest, sha256_hex(b"listen 80;"));
+        assert_eq!(files[0].kind, FileKind::Config);
+        assert_eq!(files[1].entries.len(), 2);
+        assert_eq!(files[1].entries[1].path, "sub/b.conf");
+        assert_eq!(files[2].target, "/app");
+        assert_eq!(files[3].kind, FileKind::Secret);
+        assert_eq!(files[3].target, "/run/secrets/pw");
+        let api = &def.services.iter().find(|s| s.0 == "api").unwrap().2;
+        assert_eq!(api.template.files[0].target, "/run/secrets/db_pw");
+        assert_eq!(api.template.files[0].mode, 0o400);
+        let secret = &def.files[&sha256_hex(b"TOPSECRET")];
+        assert!(secret.secret);
+        assert!(!format!("{def:?}").contains("TOPSECRET"));
+        assert!(!serde_json::to_string(&proxy).unwrap().contains("TOPSECRET"));
+        assert_eq!(def.notes.len(), 2, "{:?}", def.notes);
+
+        // A change of one file changes only the definitions that mount it.
+        let hash = |d: &StackDef, s: &str| {
+            d.services
+                .iter()
+                .find(|x| x.0 == s)
+                .unwrap()
+                .2
+                .encode()
+                .unwrap()
+                .1
+        };
+        let mut changed = sent.clone();
+        changed.insert("nginx.conf".into(), (0o644, b"listen 81;".to_vec()));
+        let def2 = define_with_files(&p, &changed).unwrap();
+        assert_ne!(hash(&def, "proxy"), hash(&def2, "proxy"));
+        assert_eq!(hash(&def, "api"), hash(&def2, "api"));
+        // A rotated secret rolls both.
+        let def3 = define_with_files(&load_with_env(text, &[("DB_PW", "NEW")]), &sent).unwrap();
+        assert_ne!(hash(&def, "api"), hash(&def3, "api"));
+
+        // A file not sent is named.
+        let mut missing = sent.clone();
+        missing.remove("app.yml");
+        let errors = define_with_files(&p, &missing).unwrap_err();
+        assert!(
+            errors[0].contains("configs.app: file ./app.yml was not sent"),
+            "{errors:?}"
+        );
     }
 
     #[test]

@@ -301,6 +301,10 @@ pub struct UpRequest {
     /// The caller's environment variables that the files may interpolate.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// The project's files the stack ships: relative bind mounts (a directory as its files),
+    /// and configs' and secrets' `file:` sources.
+    #[serde(default)]
+    pub project_files: Vec<crate::files::ProjectFile>,
 }
 
 /// The answer to `POST /v1/stacks`.
@@ -552,4 +556,17 @@ pub struct AdmissionVerdict {
 pub struct PullRequest {
     /// The reference to pull.
     pub image: String,
+}
+
+/// A secret as `corral secret ls` shows it: never its value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretView {
+    /// The stack that ships it.
+    pub stack: String,
+    /// Its name in the Compose file.
+    pub name: String,
+    /// The first 12 hex digits of its content's SHA-256: a new value is a new version.
+    pub version: String,
+    /// The services that mount it, and where.
+    pub mounts: Vec<String>,
 }

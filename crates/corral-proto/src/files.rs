@@ -77,20 +77,48 @@ impl std::fmt::Debug for FileContent {
     }
 }
 
-mod base64_bytes {
+/// Serde for bytes as base64 text (`#[serde(with = "corral_proto::files::base64_bytes")]`).
+pub mod base64_bytes {
     use base64::Engine;
     use base64::engine::general_purpose::STANDARD;
     use serde::{Deserialize, Deserializer, Serializer};
 
+    /// Writes the bytes as base64.
     pub fn serialize<S: Serializer>(data: &[u8], s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&STANDARD.encode(data))
     }
 
+    /// Reads base64 into bytes.
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
         let text = String::deserialize(d)?;
         STANDARD
             .decode(text.as_bytes())
             .map_err(serde::de::Error::custom)
+    }
+}
+
+/// A file of the project sent with `corral up`: a relative bind mount's file (or a file of a
+/// mounted directory), or a config's or secret's `file:`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProjectFile {
+    /// Relative to the project directory, normalised (`conf/nginx.conf`).
+    pub path: String,
+    /// Its mode on the machine that sent it.
+    pub mode: u32,
+    /// Its bytes (base64 on the wire).
+    #[serde(with = "base64_bytes")]
+    pub data: Vec<u8>,
+}
+
+impl std::fmt::Debug for ProjectFile {
+    // It may be a secret's file.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProjectFile")
+            .field("path", &self.path)
+            .field("mode", &format_args!("{:o}", self.mode))
+            .field("bytes", &self.data.len())
+            .finish()
     }
 }
 
@@ -116,14 +144,20 @@ pub fn check_entry_path(path: &str) -> Result<(), String> {
             .split('/')
             .any(|p| p.is_empty() || p == "." || p == ".." || p.contains('\0'))
     {
-        return Err(format!("{path:?} is not a relative path inside the directory"));
+        return Err(format!(
+            "{path:?} is not a relative path inside the directory"
+        ));
     }
     Ok(())
 }
 
 /// Checks a digest: 64 lower-case hex digits.
 pub fn check_digest_hex(digest: &str) -> Result<(), String> {
-    if digest.len() == 64 && digest.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+    if digest.len() == 64
+        && digest
+            .bytes()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    {
         Ok(())
     } else {
         Err(format!("{digest:?} is not a SHA-256 in hex"))

@@ -42,6 +42,9 @@ pub enum Command {
     /// Images on one host: pull, list, remove.
     #[command(subcommand)]
     Image(ImageCommand),
+    /// Stacks' secrets: names, versions and where they are mounted (never values).
+    #[command(subcommand)]
+    Secret(SecretCommand),
     /// Run a container on a host.
     Run(RunArgs),
     /// Containers: list, inspect, start, stop, remove.
@@ -741,5 +744,17 @@ pub enum ImageCommand {
         image: String,
         #[arg(long)]
         host: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SecretCommand {
+    /// List secrets. A secret goes with its stack: remove it from the Compose file and run
+    /// `corral up` again (its services roll), or `corral down` the stack.
+    Ls {
+        #[command(flatten)]
+        conn: Conn,
+        #[command(flatten)]
+        out: Out,
     },
 }

@@ -26,6 +26,25 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Registry(cmd) => crate::images::registry(cmd).await,
         Command::Admission(cmd) => crate::images::admission(cmd).await,
         Command::Image(cmd) => crate::images::image(cmd).await,
+        Command::Secret(SecretCommand::Ls { conn, out }) => {
+            let list: Vec<corral_proto::api::SecretView> =
+                Client::new(&conn)?.get("/v1/secrets").await?;
+            print(out.format, &list, |l| {
+                table(
+                    &["STACK", "SECRET", "VERSION", "MOUNTED"],
+                    l.iter()
+                        .map(|s| {
+                            vec![
+                                s.stack.clone(),
+                                s.name.clone(),
+                                s.version.clone(),
+                                s.mounts.join(", "),
+                            ]
+                        })
+                        .collect(),
+                )
+            })
+        }
         Command::Container(cmd) => container(cmd).await,
         Command::Logs {
             conn,

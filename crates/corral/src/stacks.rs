@@ -119,6 +119,25 @@ pub fn project_request(
         f.name = name;
         referenced_files.push(f);
     }
+    // The project's own files the stack ships: relative bind mounts (a directory as its
+    // files), and configs' and secrets' `file:` sources. A project that does not load sends
+    // none; the server says why it does not load.
+    let mut project_files = ProjectFileReader::default();
+    if let Ok(refs) = corral_compose::project_references(&corral_compose::Input {
+        referenced_files: referenced_files
+            .iter()
+            .map(|f| corral_compose::SourceFile::new(f.name.clone(), f.text.clone()))
+            .collect(),
+        project_name: project.clone(),
+        ..input
+    }) {
+        for path in &refs.files {
+            project_files.file(&base, path)?;
+        }
+        for path in &refs.mounts {
+            project_files.mount(&base, path)?;
+        }
+    }
     Ok(UpRequest {
         name: project,
         environment: Some(environment.to_owned()),
@@ -126,7 +145,118 @@ pub fn project_request(
         env_files: env_bodies,
         referenced_files,
         env,
+        project_files: project_files.files,
     })
+}
+
+/// Reads the project files a stack ships, within the limits the server applies.
+#[derive(Default)]
+struct ProjectFileReader {
+    files: Vec<corral_proto::files::ProjectFile>,
+    total: usize,
+}
+
+impl ProjectFileReader {
+    fn has(&self, path: &str) -> bool {
+        self.files.iter().any(|f| f.path == path)
+    }
+
+    /// A file the Compose file names (`file:` of a config or secret): a regular file.
+    fn file(&mut self, base: &Path, path: &str) -> anyhow::Result<()> {
+        let on_disk = base.join(path);
+        let meta = std::fs::symlink_metadata(&on_disk)
+            .with_context(|| format!("./{path} (named in the Compose file)"))?;
+        let meta = if meta.file_type().is_symlink() {
+            std::fs::metadata(&on_disk).with_context(|| format!("./{path}"))?
+        } else {
+            meta
+        };
+        if !meta.is_file() {
+            bail!("./{path} (named in the Compose file) is not a file");
+        }
+        self.add(&on_disk, path, &meta)
+    }
+
+    /// A relative bind mount's source: a file, or a directory shipped as its files.
+    fn mount(&mut self, base: &Path, path: &str) -> anyhow::Result<()> {
+        let on_disk = if path == "." {
+            base.to_path_buf()
+        } else {
+            base.join(path)
+        };
+        let meta = std::fs::metadata(&on_disk).with_context(|| {
+            format!("./{path} (a bind mount of the Compose file, shipped with the stack)")
+        })?;
+        if meta.is_file() {
+            return self.add(&on_disk, path, &meta);
+        }
+        if !meta.is_dir() {
+            bail!("./{path} is neither a file nor a directory");
+        }
+        let mut stack = vec![(on_disk, path.to_owned())];
+        while let Some((dir, rel)) = stack.pop() {
+            let mut entries: Vec<_> = std::fs::read_dir(&dir)
+                .with_context(|| format!("./{rel}"))?
+                .collect::<Result<_, _>>()
+                .with_context(|| format!("./{rel}"))?;
+            entries.sort_by_key(|e| e.file_name());
+            for entry in entries {
+                let name = entry.file_name();
+                let Some(name) = name.to_str() else {
+                    bail!("./{rel}: a file name that is not UTF-8 cannot be shipped");
+                };
+                let child = if rel == "." {
+                    name.to_owned()
+                } else {
+                    format!("{rel}/{name}")
+                };
+                let meta = std::fs::symlink_metadata(entry.path())
+                    .with_context(|| format!("./{child}"))?;
+                if meta.file_type().is_symlink() {
+                    bail!(
+                        "./{child} is a symbolic link: corral ships files and directories only (a link could point outside the project)"
+                    );
+                } else if meta.is_dir() {
+                    stack.push((entry.path(), child));
+                } else if meta.is_file() {
+                    self.add(&entry.path(), &child, &meta)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn add(&mut self, on_disk: &Path, path: &str, meta: &std::fs::Metadata) -> anyhow::Result<()> {
+        use corral_proto::files::{MAX_FILE_BYTES, MAX_PROJECT_FILES, MAX_PROJECT_FILES_BYTES};
+        use std::os::unix::fs::PermissionsExt;
+        if self.has(path) {
+            return Ok(());
+        }
+        if meta.len() > MAX_FILE_BYTES as u64 {
+            bail!(
+                "./{path} is {} bytes; a shipped file may have {MAX_FILE_BYTES} (put larger data in the image or a volume)",
+                meta.len()
+            );
+        }
+        if self.files.len() >= MAX_PROJECT_FILES {
+            bail!(
+                "the project ships more than {MAX_PROJECT_FILES} files (bind mounts of directories count each file)"
+            );
+        }
+        let data = std::fs::read(on_disk).with_context(|| format!("cannot read ./{path}"))?;
+        self.total += data.len();
+        if self.total > MAX_PROJECT_FILES_BYTES {
+            bail!(
+                "the project's shipped files add up to more than {MAX_PROJECT_FILES_BYTES} bytes (at ./{path})"
+            );
+        }
+        self.files.push(corral_proto::files::ProjectFile {
+            path: path.to_owned(),
+            mode: meta.permissions().mode() & 0o777,
+            data,
+        });
+        Ok(())
+    }
 }
 
 pub async fn up(args: UpArgs) -> anyhow::Result<()> {

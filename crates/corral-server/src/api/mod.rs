@@ -102,6 +102,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/v1/stacks/{name}/services/{service}/logs",
             get(stacks::logs),
         )
+        .route("/v1/secrets", get(stacks::secrets))
         .route("/v1/events", get(events::list))
         .route("/v1/topology", get(network::topology))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })

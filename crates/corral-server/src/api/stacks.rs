@@ -78,3 +78,10 @@ pub(super) async fn logs(
         stacks::logs(&state, &name, &service, q.follow, q.tail).await?,
     ))
 }
+
+pub(super) async fn secrets(
+    _: Admin,
+    State(state): State<Arc<AppState>>,
+) -> Result<Json<Vec<corral_proto::api::SecretView>>, ApiError> {
+    Ok(Json(stacks::secrets(&state).await?))
+}

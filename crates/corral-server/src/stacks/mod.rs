@@ -32,7 +32,10 @@ use crate::time_fmt::{now_unix, rfc3339};
 /// Largest `corral up` request: every Compose file at its limit, plus env files.
 pub const MAX_UP_BODY_BYTES: usize = (compose::limits::MAX_FILES + 1)
     * compose::limits::MAX_FILE_BYTES
-    + compose::limits::MAX_ENV_FILES * 64 * 1024;
+    + compose::limits::MAX_ENV_FILES * 64 * 1024
+    // Project files, base64 (4 bytes for 3), with room for their JSON.
+    + corral_proto::files::MAX_PROJECT_FILES_BYTES / 3 * 4
+    + corral_proto::files::MAX_PROJECT_FILES * 512;
 
 fn bad(message: impl Into<String>) -> Error {
     Error::invalid(message)
@@ -98,7 +101,9 @@ pub async fn up(state: &Arc<AppState>, req: UpRequest) -> Result<UpResponse> {
             thousands(MAX_STACK_REPLICAS)
         )));
     }
-    let mut stack = define::define(&loaded.project).map_err(|e| bad(first_errors(&e)))?;
+    let sent = project_files(&req.project_files)?;
+    let mut stack =
+        define::define_with_files(&loaded.project, &sent).map_err(|e| bad(first_errors(&e)))?;
     let env_name = req.environment.clone().unwrap_or_else(|| "default".into());
     let env = state
         .store
@@ -248,11 +253,17 @@ pub async fn up(state: &Arc<AppState>, req: UpRequest) -> Result<UpResponse> {
             .unwrap_or_default(),
     );
 
+    let files: Vec<(String, bool, Vec<u8>)> = stack
+        .files
+        .iter()
+        .map(|(digest, f)| (digest.clone(), f.secret, f.data.clone()))
+        .collect();
     let write = StackWrite {
         environment_id: &env.id,
         name: &stack.name,
         volumes: &stack.volumes,
         services: &rows,
+        files: &files,
     };
     let (stack_id, created, changed) = state.store.write_stack(&write, now_unix()).await?;
     state.reconciler.definition_replaced(&stack_id);
@@ -285,6 +296,7 @@ pub async fn up(state: &Arc<AppState>, req: UpRequest) -> Result<UpResponse> {
             .warnings
             .iter()
             .map(ToString::to_string)
+            .chain(stack.notes.iter().cloned())
             .chain(pinned.unpinned.iter().map(|u| {
                 format!("image {u}: each host runs the copy it has; no digest is pinned")
             }))
@@ -296,6 +308,50 @@ pub async fn up(state: &Arc<AppState>, req: UpRequest) -> Result<UpResponse> {
             .collect(),
         images,
     })
+}
+
+/// The project files `corral up` sent, checked: paths inside the project, sizes and count
+/// within the limits (a secret's file among them: its content is never quoted).
+fn project_files(sent: &[corral_proto::files::ProjectFile]) -> Result<define::ProjectFiles> {
+    use corral_proto::files::{MAX_FILE_BYTES, MAX_PROJECT_FILES, MAX_PROJECT_FILES_BYTES};
+    if sent.len() > MAX_PROJECT_FILES {
+        return Err(bad(format!(
+            "{} project files sent; the limit is {MAX_PROJECT_FILES}",
+            sent.len()
+        )));
+    }
+    let mut total = 0usize;
+    let mut out = define::ProjectFiles::new();
+    for f in sent {
+        corral_proto::files::check_entry_path(&f.path)
+            .map_err(|why| bad(format!("project file {why}")))?;
+        if f.data.len() > MAX_FILE_BYTES {
+            return Err(bad(format!(
+                "project file ./{} is {} bytes; the limit is {MAX_FILE_BYTES} (ship larger data in an image or a volume)",
+                f.path,
+                f.data.len()
+            )));
+        }
+        total += f.data.len();
+        if total > MAX_PROJECT_FILES_BYTES {
+            return Err(bad(format!(
+                "the project files sent add up to more than {MAX_PROJECT_FILES_BYTES} bytes"
+            )));
+        }
+        if f.mode > 0o7777 {
+            return Err(bad(format!(
+                "project file ./{}: mode {:o} is not a file mode",
+                f.path, f.mode
+            )));
+        }
+        if out
+            .insert(f.path.clone(), (f.mode, f.data.clone()))
+            .is_some()
+        {
+            return Err(bad(format!("project file ./{} was sent twice", f.path)));
+        }
+    }
+    Ok(out)
 }
 
 /// The hosts the dry run places replicas on (in order), then every other ready host: the
@@ -876,4 +932,52 @@ pub async fn admission_test(
         refusals: crate::images::refusal_views(&refusals),
         notes,
     })
+}
+
+/// `corral secret ls`: every stack's secrets, by name and version (never a value).
+pub async fn secrets(state: &AppState) -> Result<Vec<corral_proto::api::SecretView>> {
+    let mut out: Vec<corral_proto::api::SecretView> = Vec::new();
+    for stack in state.store.stacks().await? {
+        let rows = match state.store.services(&stack.id).await {
+            Ok(rows) => rows,
+            Err(crate::store::StoreError::Corrupt(why)) => {
+                return Err(Error::Refused(format!(
+                    "the secrets of stack {} cannot be listed: {why}",
+                    stack.name
+                )));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        for row in rows {
+            let def = service_def(&row).ok_or_else(|| {
+                Error::Refused(format!(
+                    "the definition of {}/{} does not read; its secrets cannot be listed",
+                    stack.name, row.name
+                ))
+            })?;
+            for f in def
+                .template
+                .files
+                .iter()
+                .filter(|f| f.kind == corral_proto::FileKind::Secret)
+            {
+                let name = f.name.strip_prefix("secret ").unwrap_or(&f.name).to_owned();
+                let version: String = f.digest.chars().take(12).collect();
+                let mount = format!("{}:{}", row.name, f.target);
+                match out
+                    .iter_mut()
+                    .find(|s| s.stack == stack.name && s.name == name && s.version == version)
+                {
+                    Some(s) => s.mounts.push(mount),
+                    None => out.push(corral_proto::api::SecretView {
+                        stack: stack.name.clone(),
+                        name,
+                        version,
+                        mounts: vec![mount],
+                    }),
+                }
+            }
+        }
+    }
+    Ok(out)
 }

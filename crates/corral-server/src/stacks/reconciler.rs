@@ -446,6 +446,34 @@ async fn run_replica(
             }
         }
     }
+    // The files it mounts travel with the command, never in the stored spec.
+    if !spec.files.is_empty() {
+        let mut digests: Vec<String> = Vec::new();
+        for f in &spec.files {
+            if f.entries.is_empty() {
+                digests.push(f.digest.clone());
+            } else {
+                digests.extend(f.entries.iter().map(|e| e.digest.clone()));
+            }
+        }
+        digests.sort();
+        digests.dedup();
+        match state.store.stack_files(&stack.id, &digests).await {
+            Ok(contents) => {
+                spec.file_contents = contents
+                    .into_iter()
+                    .map(|(digest, data)| corral_proto::FileContent { digest, data })
+                    .collect();
+            }
+            Err(e) => {
+                let _ = state.store.delete_container(&id).await;
+                state
+                    .reconciler
+                    .failed_start(&stack.id, &svc.name, e.to_string());
+                return Ok(());
+            }
+        }
+    }
     let in_flight = InFlight::mark(state, &id);
     let pending = match dispatch::send(state, host_id, spec, state.options.command_ttl).await {
         Ok(p) => p,

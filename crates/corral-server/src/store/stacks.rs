@@ -38,6 +38,8 @@ pub struct StackWrite<'a> {
     pub volumes: &'a [String],
     /// `stack_id` is filled in by [`Store::write_stack`].
     pub services: &'a [ServiceRow],
+    /// What the stack ships, by digest: (digest, is a secret, content).
+    pub files: &'a [(String, bool, Vec<u8>)],
 }
 
 /// What [`Store::set_replicas`] did.
@@ -50,6 +52,10 @@ pub enum SetReplicas {
     OverTotal {
         total: u64,
     },
+}
+
+fn file_aad(stack_id: &str, digest: &str) -> Vec<u8> {
+    format!("stack_files/{stack_id}/{digest}").into_bytes()
 }
 
 const STACK_COLUMNS: &str =
@@ -147,6 +153,25 @@ impl Store {
                     .execute(&mut *tx)
                     .await?;
             }
+        }
+        sqlx::query("DELETE FROM stack_files WHERE stack_id = ?")
+            .bind(&stack_id)
+            .execute(&mut *tx)
+            .await?;
+        for (digest, secret, content) in w.files {
+            let sealed = self
+                .vault
+                .seal(content, &file_aad(&stack_id, digest))
+                .map_err(|e| StoreError::Corrupt(format!("cannot seal a stack file: {e}")))?;
+            sqlx::query(
+                "INSERT INTO stack_files (stack_id, digest, secret, content) VALUES (?, ?, ?, ?)",
+            )
+            .bind(&stack_id)
+            .bind(digest)
+            .bind(secret)
+            .bind(sealed)
+            .execute(&mut *tx)
+            .await?;
         }
         tx.commit().await?;
         Ok((stack_id, created, changed))
@@ -259,8 +284,47 @@ impl Store {
     }
 
     /// Deletes a stack whose containers are all gone (fails while any container row remains).
+    /// The contents of a stack's files with these digests, opened. A digest the stack does
+    /// not hold, or a content that does not open, is an error: a container never starts
+    /// without a file it mounts.
+    pub async fn stack_files(
+        &self,
+        stack_id: &str,
+        digests: &[String],
+    ) -> Result<Vec<(String, Vec<u8>)>> {
+        let mut out = Vec::with_capacity(digests.len());
+        for digest in digests {
+            let sealed: Option<Vec<u8>> = sqlx::query_scalar(
+                "SELECT content FROM stack_files WHERE stack_id = ? AND digest = ?",
+            )
+            .bind(stack_id)
+            .bind(digest)
+            .fetch_optional(&self.reader)
+            .await?;
+            let sealed = sealed.ok_or_else(|| {
+                StoreError::Corrupt(format!(
+                    "stack file {digest} of stack {stack_id} is not in the datastore; deploy the stack again with `corral up`"
+                ))
+            })?;
+            let plain = self
+                .vault
+                .open(&sealed, &file_aad(stack_id, digest))
+                .map_err(|_| {
+                    StoreError::Corrupt(format!(
+                        "stack file {digest} of stack {stack_id} does not open (is this the master.key it was written with?)"
+                    ))
+                })?;
+            out.push((digest.clone(), plain));
+        }
+        Ok(out)
+    }
+
     pub async fn delete_stack(&self, stack_id: &str) -> Result<()> {
         let mut tx = self.writer.begin().await?;
+        sqlx::query("DELETE FROM stack_files WHERE stack_id = ?")
+            .bind(stack_id)
+            .execute(&mut *tx)
+            .await?;
         sqlx::query("DELETE FROM services WHERE stack_id = ?")
             .bind(stack_id)
             .execute(&mut *tx)

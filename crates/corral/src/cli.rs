@@ -53,6 +53,10 @@ pub enum Command {
     /// Deploy a stack from Compose files, or update it (a rolling update of the services
     /// whose definition changed).
     Up(UpArgs),
+    /// Validate the Compose files and print the resolved project and what corral will do with
+    /// each service (merged files, interpolated variables, shipped files, ignored keys),
+    /// without deploying; exits 1 on errors. Secrets' values are never printed.
+    Config(ConfigArgs),
     /// A stack's services and replicas (every stack's without -p).
     Ps {
         #[command(flatten)]
@@ -757,4 +761,17 @@ pub enum SecretCommand {
         #[command(flatten)]
         out: Out,
     },
+}
+
+#[derive(Args, Debug)]
+pub struct ConfigArgs {
+    /// Compose file (repeatable), as for `up`.
+    #[arg(short = 'f', long = "file")]
+    pub files: Vec<PathBuf>,
+    #[arg(short = 'p', long = "project-name")]
+    pub project: Option<String>,
+    #[arg(long = "env-file")]
+    pub env_files: Vec<PathBuf>,
+    #[command(flatten)]
+    pub out: Out,
 }

@@ -53,6 +53,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             tail,
         } => logs(conn, &name, follow, tail).await,
         Command::Up(args) => crate::stacks::up(args).await,
+        Command::Config(args) => crate::stacks::config(args),
         Command::Ps { conn, project, out } => crate::stacks::ps(conn, project, out).await,
         Command::Stack(StackCommand::Ls { conn, out }) => crate::stacks::ls(conn, out).await,
         Command::Scale {

@@ -10,7 +10,7 @@ use corral_proto::api::{
     FileBody, ScaleRequest, ServiceView, StackSummary, StackView, UpRequest, UpResponse,
 };
 
-use crate::cli::{Conn, Format, Out, UpArgs, WaitArgs};
+use crate::cli::{ConfigArgs, Conn, Format, Out, UpArgs, WaitArgs};
 use crate::client::{Client, seg};
 use crate::output::{print, table};
 
@@ -695,4 +695,102 @@ mod tests {
         assert_eq!(sent.get("PATH"), Some(&path));
         assert!(!sent.contains_key("HOME") || std::env::var("HOME").is_err());
     }
+}
+
+/// What `corral config -o json` prints.
+#[derive(serde::Serialize)]
+struct ConfigView<'a> {
+    /// The resolved project (secrets' values hidden).
+    project: &'a corral_compose::Project,
+    /// Each service as corral will run it, in start order.
+    services: Vec<ServicePlan<'a>>,
+    /// Ignored keys and what corral does with shipped files.
+    warnings: Vec<String>,
+}
+
+#[derive(serde::Serialize)]
+struct ServicePlan<'a> {
+    name: &'a str,
+    replicas: u32,
+    container: &'a corral_proto::ContainerSpec,
+}
+
+/// `corral config`: load and define the project here, as the server would, and print it.
+pub fn config(args: ConfigArgs) -> anyhow::Result<()> {
+    let req = project_request(
+        &args.files,
+        args.project.clone(),
+        &args.env_files,
+        "default",
+    )?;
+    let source = |f: &corral_proto::api::FileBody| {
+        corral_compose::SourceFile::new(f.name.clone(), f.text.clone())
+    };
+    let input = corral_compose::Input {
+        files: req.files.iter().map(source).collect(),
+        env_files: req.env_files.iter().map(source).collect(),
+        referenced_files: req.referenced_files.iter().map(source).collect(),
+        env: req.env.clone(),
+        project_name: req.name.clone(),
+    };
+    let loaded = corral_compose::load(&input).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let sent: corral_control::define::ProjectFiles = req
+        .project_files
+        .iter()
+        .map(|f| (f.path.clone(), (f.mode, f.data.clone())))
+        .collect();
+    let def = corral_control::define::define_with_files(&loaded.project, &sent)
+        .map_err(|errors| anyhow::anyhow!("{}", errors.join("\n")))?;
+    let mut warnings: Vec<String> = loaded.warnings.iter().map(ToString::to_string).collect();
+    warnings.extend(def.notes.iter().cloned());
+    let view = ConfigView {
+        project: &loaded.project,
+        services: def
+            .services
+            .iter()
+            .map(|(name, replicas, d)| ServicePlan {
+                name,
+                replicas: *replicas,
+                container: &d.template,
+            })
+            .collect(),
+        warnings,
+    };
+    print(args.out.format, &view, |v| {
+        let mut lines = vec![format!(
+            "project {} ({} services, in start order)",
+            v.project.name,
+            v.services.len()
+        )];
+        for s in &v.services {
+            let c = s.container;
+            lines.push(format!(
+                "service {}: {} replica(s) of {} (pull {})",
+                s.name,
+                s.replicas,
+                c.image,
+                c.pull.as_str()
+            ));
+            for p in &c.ports {
+                lines.push(format!("  publishes {p}"));
+            }
+            for f in &c.files {
+                let how = match f.kind {
+                    corral_proto::FileKind::Config => "read-only copy on each host",
+                    corral_proto::FileKind::Secret => "in memory on each host",
+                };
+                lines.push(format!("  mounts {} at {} ({how})", f.name, f.target));
+            }
+            for m in &c.mounts {
+                lines.push(format!("  mounts {m:?}"));
+            }
+            if c.privileged || !c.cap_add.is_empty() || c.pid_host || !c.devices.is_empty() {
+                lines.push("  asks for host access (privileged, cap_add, pid or devices): subject to the admission policy".into());
+            }
+        }
+        for w in &v.warnings {
+            lines.push(format!("warning: {w}"));
+        }
+        lines.join("\n")
+    })
 }

@@ -150,7 +150,10 @@ fn project_files_configs_and_secrets_ship_with_the_stack_and_roll_only_what_moun
     let out = up(&lab, &project);
     let said = text(&out);
     assert!(out.status.success(), "{said}");
-    assert!(said.contains("(rolling update of web)"), "only web rolls: {said}");
+    assert!(
+        said.contains("(rolling update of web)"),
+        "only web rolls: {said}"
+    );
     wait_until(Duration::from_secs(60), "web on the new page", || {
         let web = replicas(&lab, "web");
         web.len() == 2
@@ -223,4 +226,59 @@ fn project_files_configs_and_secrets_ship_with_the_stack_and_roll_only_what_moun
             out.stdout.is_empty()
         },
     );
+}
+
+/// `corral config`: the project as corral reads it, without a server; secrets' values never
+/// printed; errors exit 1.
+#[test]
+fn config_prints_the_resolved_project_and_hides_secret_values() {
+    let t = tmp();
+    let dir = t.path();
+    std::fs::create_dir_all(dir.join("www")).unwrap();
+    std::fs::write(dir.join("www/index.html"), "hi\n").unwrap();
+    std::fs::write(dir.join(".env"), "TOKEN=TOPSECRET-VALUE\n").unwrap();
+    std::fs::write(
+        dir.join("compose.yaml"),
+        COMPOSE.replace("./app.conf", "./www/index.html"),
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        std::process::Command::new(corral_bin())
+            .args(args)
+            .current_dir(dir)
+            .env_remove("CORRAL_SERVER")
+            .output()
+            .unwrap()
+    };
+    let out = run(&["config"]);
+    let said = text(&out);
+    assert!(out.status.success(), "{said}");
+    assert!(
+        said.contains("service web: 2 replica(s) of corral-test/busybox:latest"),
+        "{said}"
+    );
+    assert!(
+        said.contains("mounts ./www at /www (read-only copy on each host)"),
+        "{said}"
+    );
+    assert!(
+        said.contains("mounts secret token at /run/secrets/token (in memory on each host)"),
+        "{said}"
+    );
+    let out = run(&["config", "-o", "json"]);
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        json["services"][0]["container"]["files"][0]["name"],
+        "./www"
+    );
+    assert!(!json.to_string().contains("TOPSECRET"), "{json}");
+    assert!(!said.contains("TOPSECRET"));
+    std::fs::write(
+        dir.join("compose.yaml"),
+        "services:\n  a:\n    image: x\n    volumes: ['./nope:/x']\n",
+    )
+    .unwrap();
+    let out = run(&["config", "-p", "t"]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("./nope"), "{}", text(&out));
 }

@@ -5,9 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use corral_proto::{
-    AgentMessage, CommandBody, CommandResult, ContainerRef, ContainerSpec, DoctorRequest,
-    ExpectProbe, FirewallApply, ImageCheck, ListImages, OpenLogs, ProbeReceived, ProbeSent,
-    PullImage, RemoveContainer, RemoveImage, ResolveImages, SendProbe, StackCleanup,
+    AgentMessage, BuildChunk, BuildImage, CommandBody, CommandResult, ContainerRef, ContainerSpec,
+    DoctorRequest, ExpectProbe, FirewallApply, ImageCheck, ListImages, OpenLogs, ProbeReceived,
+    ProbeSent, PullImage, RemoveContainer, RemoveImage, ResolveImages, SendProbe, StackCleanup,
     StartContainer, StopContainer, StreamOpened,
 };
 
@@ -52,6 +52,13 @@ pub(crate) async fn execute(body: CommandBody, ctx: Context) -> CommandResult {
         CommandBody::ImageList(_) => CommandResult::of::<ListImages>(ctx.engine.images().await),
         CommandBody::ImageRemove(req) => {
             CommandResult::of::<RemoveImage>(ctx.engine.remove_image(&req.reference).await)
+        }
+        CommandBody::ImageBuildChunk(chunk) => CommandResult::of::<BuildChunk>(
+            crate::builds::BuildStore::new(&ctx.state_dir).chunk(&chunk),
+        ),
+        CommandBody::ImageBuild(req) => {
+            let store = crate::builds::BuildStore::new(&ctx.state_dir);
+            CommandResult::of::<BuildImage>(ctx.engine.build(&store, &req).await)
         }
         CommandBody::StackCleanup(req) => {
             CommandResult::of::<StackCleanup>(ctx.engine.stack_cleanup(&req).await)

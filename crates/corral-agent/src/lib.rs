@@ -16,6 +16,7 @@
 //! overlay UDP socket. Everything the server wants
 //! from it arrives over the tunnel the agent opened.
 
+pub mod builds;
 mod commands;
 pub mod dial;
 pub mod dns;

@@ -334,19 +334,6 @@ pub fn define_with_files(
                 expose.push(format!("{port}/{}", protocol_name(e.protocol)));
             }
         }
-        if svc.build.is_some() {
-            // Compose names a built image PROJECT-SERVICE when `image:` does not.
-            if svc.image == format!("{stack}-{name}").to_ascii_lowercase() {
-                errors.push(format!(
-                    "services.{name}.build: corral does not build images yet: build and push the image to a registry the environment knows (`corral registry add`), then name it with `image:`"
-                ));
-            } else {
-                shipping.notes.push(format!(
-                    "services.{name}.build is not used: corral deploys the image {}, pulled from its registry (build and push it first)",
-                    svc.image
-                ));
-            }
-        }
         let mut mounts = Vec::new();
         let mut files = Vec::new();
         for m in &svc.volumes {

@@ -305,6 +305,10 @@ pub struct UpRequest {
     /// and configs' and secrets' `file:` sources.
     #[serde(default)]
     pub project_files: Vec<crate::files::ProjectFile>,
+    /// Each built service's context, uploaded before (`PUT /v1/build-contexts/SHA256`):
+    /// service → the SHA-256 (hex) of its tar.
+    #[serde(default)]
+    pub build_contexts: BTreeMap<String, String>,
 }
 
 /// The answer to `POST /v1/stacks`.
@@ -461,6 +465,9 @@ pub struct RegistryRequest {
     /// The PEM CA that signed the registry's certificate, when it is a private one.
     #[serde(default)]
     pub ca_pem: Option<String>,
+    /// Push the environment's built images here (one registry per environment does).
+    #[serde(default)]
+    pub builds: bool,
 }
 
 impl std::fmt::Debug for RegistryRequest {
@@ -487,6 +494,9 @@ pub struct RegistryView {
     pub has_password: bool,
     /// A private CA is stored.
     pub has_ca: bool,
+    /// Built images are pushed here.
+    #[serde(default)]
+    pub builds: bool,
     /// RFC 3339.
     pub updated_at: String,
 }

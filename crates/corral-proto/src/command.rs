@@ -15,7 +15,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::image::{
-    ImageSummary, ListImages, PullImage, RemoveImage, RemovedImage, Resolution, ResolveImages,
+    BuildChunk, BuildImage, BuiltImage, ImageSummary, ListImages, PullImage, RemoveImage,
+    RemovedImage, Resolution, ResolveImages,
 };
 use crate::message::{
     Check, ContainerRef, ContainerSpec, ContainerStatus, FirewallApply, ImageCheck, OverlayProbe,
@@ -73,6 +74,10 @@ pub enum CommandBody {
     ImageList(ListImages),
     /// Remove an image from the host (refused by Docker while a container uses it).
     ImageRemove(RemoveImage),
+    /// A piece of a build context.
+    ImageBuildChunk(BuildChunk),
+    /// Build a context the chunks carried, and push the image.
+    ImageBuild(BuildImage),
     /// A command this build cannot read: an unknown kind (from a newer server) or a payload
     /// that does not decode. Never built on purpose; the agent answers it with an error.
     #[serde(skip)]
@@ -118,6 +123,10 @@ pub enum CommandKind {
     ImageList,
     /// [`CommandBody::ImageRemove`].
     ImageRemove,
+    /// [`CommandBody::ImageBuildChunk`].
+    ImageBuildChunk,
+    /// [`CommandBody::ImageBuild`].
+    ImageBuild,
     /// [`CommandBody::Unreadable`].
     Unknown,
 }
@@ -141,6 +150,8 @@ impl CommandKind {
             CommandKind::ImagePull => "image_pull",
             CommandKind::ImageList => "image_list",
             CommandKind::ImageRemove => "image_remove",
+            CommandKind::ImageBuildChunk => "image_build_chunk",
+            CommandKind::ImageBuild => "image_build",
             CommandKind::Unknown => "unknown",
         }
     }
@@ -173,6 +184,8 @@ impl CommandBody {
             CommandBody::ImagePull(_) => CommandKind::ImagePull,
             CommandBody::ImageList(_) => CommandKind::ImageList,
             CommandBody::ImageRemove(_) => CommandKind::ImageRemove,
+            CommandBody::ImageBuildChunk(_) => CommandKind::ImageBuildChunk,
+            CommandBody::ImageBuild(_) => CommandKind::ImageBuild,
             CommandBody::Unreadable { .. } => CommandKind::Unknown,
         }
     }
@@ -531,4 +544,25 @@ impl From<RemoveImage> for CommandBody {
 
 impl Request for RemoveImage {
     type Reply = RemovedImage;
+}
+
+impl From<BuildChunk> for CommandBody {
+    fn from(r: BuildChunk) -> Self {
+        CommandBody::ImageBuildChunk(r)
+    }
+}
+
+/// Written: nothing to say.
+impl Request for BuildChunk {
+    type Reply = ();
+}
+
+impl From<BuildImage> for CommandBody {
+    fn from(r: BuildImage) -> Self {
+        CommandBody::ImageBuild(r)
+    }
+}
+
+impl Request for BuildImage {
+    type Reply = BuiltImage;
 }

@@ -377,6 +377,69 @@ pub struct PullProgress {
     pub done: bool,
 }
 
+/// Largest build context (an uncompressed tar of the context directory).
+pub const MAX_BUILD_CONTEXT_BYTES: u64 = 64 * 1024 * 1024;
+/// Bytes of a build context per `image_build_chunk` command (base64 makes it 4/3 of that
+/// on the wire, well under a message's limit).
+pub const BUILD_CHUNK_BYTES: usize = 512 * 1024;
+
+/// Payload of `image_build_chunk`: a piece of a build context, written at its offset (so a
+/// piece delivered twice is written twice, to the same place).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuildChunk {
+    /// The build this context is for (`bld-…`).
+    pub build_id: String,
+    /// Where this piece goes in the context's tar.
+    pub offset: u64,
+    /// The bytes (base64 on the wire).
+    #[serde(with = "crate::files::base64_bytes")]
+    pub data: Vec<u8>,
+}
+
+impl std::fmt::Debug for BuildChunk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BuildChunk")
+            .field("build_id", &self.build_id)
+            .field("offset", &self.offset)
+            .field("bytes", &self.data.len())
+            .finish()
+    }
+}
+
+/// Payload of `image_build`: build the context the chunks carried, tag it, push it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuildImage {
+    /// The build whose chunks hold the context.
+    pub build_id: String,
+    /// The context's size, in bytes.
+    pub size: u64,
+    /// Its SHA-256 (hex).
+    pub sha256: String,
+    /// The tag to build and push (`REGISTRY/corral-builds/STACK-SERVICE:KEY`).
+    pub tag: String,
+    /// The Dockerfile, relative to the context.
+    pub dockerfile: String,
+    /// `--build-arg`s.
+    #[serde(default)]
+    pub args: std::collections::BTreeMap<String, String>,
+    /// The stage to build (`--target`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// What the push (and the build's own pulls from that registry) need.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<RegistryAuth>,
+}
+
+/// Reply to `image_build`: what was pushed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuiltImage {
+    /// The pushed manifest's digest (`sha256:…`).
+    pub digest: String,
+    /// The build's last lines of output (at most 20).
+    #[serde(default)]
+    pub log_tail: Vec<String>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

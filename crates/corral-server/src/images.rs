@@ -93,6 +93,7 @@ pub async fn put_registry(state: &AppState, req: RegistryRequest) -> Result<Regi
         username: req.username.clone(),
         password: req.password.clone(),
         ca_pem: req.ca_pem.clone(),
+        builds: req.builds,
         created_at: now,
         updated_at: now,
     };
@@ -149,6 +150,7 @@ fn view_of(env: &str, row: &RegistryRow) -> RegistryView {
         username: row.username.clone(),
         has_password: row.password.is_some(),
         has_ca: row.ca_pem.is_some(),
+        builds: row.builds,
         updated_at: rfc3339(row.updated_at),
     }
 }
@@ -187,8 +189,9 @@ pub async fn remove_registry(state: &AppState, env: Option<&str>, registry: &str
     Ok(())
 }
 
-/// An environment's registries, by name, ready to go down a tunnel with a pull.
-pub struct Auths(HashMap<String, RegistryAuth>);
+/// An environment's registries, by name, ready to go down a tunnel with a pull, and the one
+/// built images are pushed to.
+pub struct Auths(HashMap<String, RegistryAuth>, Option<String>);
 
 impl Auths {
     /// What a pull of `image` needs, if corral knows its registry.
@@ -196,17 +199,20 @@ impl Auths {
         let registry = ImageRef::parse(image).ok()?.registry;
         self.0.get(&registry).cloned()
     }
+
+    /// The registry built images are pushed to, with what it needs.
+    pub fn build_registry(&self) -> Option<&RegistryAuth> {
+        self.1.as_ref().and_then(|r| self.0.get(r))
+    }
 }
 
 /// The environment's registries. Fails when one does not open: a pull without the account it
 /// needs would fail on every host with a misleading "denied".
 pub async fn auths(state: &AppState, env_id: &str) -> Result<Auths> {
+    let rows = state.store.registries(env_id).await?;
+    let builds = rows.iter().find(|r| r.builds).map(|r| r.registry.clone());
     Ok(Auths(
-        state
-            .store
-            .registries(env_id)
-            .await?
-            .into_iter()
+        rows.into_iter()
             .map(|r| {
                 (
                     r.registry.clone(),
@@ -219,6 +225,7 @@ pub async fn auths(state: &AppState, env_id: &str) -> Result<Auths> {
                 )
             })
             .collect(),
+        builds,
     ))
 }
 

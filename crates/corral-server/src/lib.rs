@@ -26,6 +26,7 @@
 
 pub mod api;
 pub mod bootstrap;
+pub mod builds;
 pub mod containers;
 pub mod dispatch;
 pub mod doctor;

@@ -31,6 +31,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("overlay", 5),
     ("tokens", 5),
     ("containers", 6),
+    ("builds", 6),
     ("environments", 7),
     ("stacks", 7),
     ("hosts", 7),

@@ -652,6 +652,9 @@ pub enum RegistryCommand {
         /// each host's agent installs it for its dockerd before a pull.
         #[arg(long)]
         ca_file: Option<PathBuf>,
+        /// Push the environment's built images (`build:`) here; every host pulls them from it.
+        #[arg(long)]
+        builds: bool,
         /// The environment.
         #[arg(long = "env", default_value = "default")]
         environment: String,

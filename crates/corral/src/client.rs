@@ -169,6 +169,42 @@ impl Client {
             .context("the server sent an unreadable answer")
     }
 
+    /// Whether GET `path` answers 2xx (404: no).
+    pub async fn exists(&self, path: &str) -> anyhow::Result<bool> {
+        let resp = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(&self.api_key)
+            .send()
+            .await
+            .map_err(|e| anyhow!(explain(&e)))
+            .with_context(|| format!("cannot reach the corral server at {}", self.base))?;
+        match resp.status() {
+            s if s.is_success() => Ok(true),
+            reqwest::StatusCode::NOT_FOUND => Ok(false),
+            s => {
+                let text = resp.text().await.unwrap_or_default();
+                let message = serde_json::from_str::<ErrorBody>(&text)
+                    .map(|b| b.error)
+                    .unwrap_or(text);
+                bail!("{message} (HTTP {})", s.as_u16())
+            }
+        }
+    }
+
+    /// PUT raw bytes (a build context), with time for a large body.
+    pub async fn put_bytes(&self, path: &str, body: Vec<u8>) -> anyhow::Result<()> {
+        self.send(
+            self.http
+                .put(format!("{}{path}", self.base))
+                .timeout(std::time::Duration::from_secs(600))
+                .header(reqwest::header::CONTENT_TYPE, "application/x-tar")
+                .body(body),
+        )
+        .await?;
+        Ok(())
+    }
+
     /// DELETE whose answer has a body.
     pub async fn delete_json<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
         let resp = self

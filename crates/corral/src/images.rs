@@ -38,6 +38,7 @@ pub async fn registry(cmd: RegistryCommand) -> anyhow::Result<()> {
             username,
             password_stdin,
             ca_file,
+            builds,
             environment,
         } => {
             let password = if password_stdin {
@@ -70,6 +71,7 @@ pub async fn registry(cmd: RegistryCommand) -> anyhow::Result<()> {
                         username,
                         password,
                         ca_pem,
+                        builds,
                     },
                 )
                 .await?;
@@ -81,8 +83,14 @@ pub async fn registry(cmd: RegistryCommand) -> anyhow::Result<()> {
                     .as_ref()
                     .map(|u| format!(", account {u} (password sealed)"))
                     .unwrap_or_default(),
-                if view.has_ca { ", private CA" } else { "" }
+                if view.has_ca { ", private CA" } else { "" },
             );
+            if view.builds {
+                eprintln!(
+                    "built images of environment {} are pushed there",
+                    view.environment
+                );
+            }
             Ok(())
         }
         RegistryCommand::Ls {
@@ -113,6 +121,7 @@ pub async fn registry(cmd: RegistryCommand) -> anyhow::Result<()> {
                                 r.username.clone().unwrap_or_else(|| "-".into()),
                                 if r.has_password { "sealed" } else { "-" }.into(),
                                 if r.has_ca { "private" } else { "system" }.into(),
+                                if r.builds { "pushed here" } else { "-" }.into(),
                                 r.updated_at.clone(),
                             ]
                         })

@@ -11,6 +11,7 @@ mod bench;
 mod cli;
 mod client;
 mod commands;
+mod context;
 mod duration;
 mod images;
 mod output;

@@ -67,6 +67,21 @@ pub fn project_request(
     env_files: &[PathBuf],
     environment: &str,
 ) -> anyhow::Result<UpRequest> {
+    Ok(project_with_contexts(files, project, env_files, environment, false)?.0)
+}
+
+/// A build context to upload: its SHA-256 (hex) and its tar.
+pub type BuildContext = (String, Vec<u8>);
+
+/// [`project_request`], and with `contexts`, each built service's context archived
+/// (`request.build_contexts` names them by SHA-256).
+pub fn project_with_contexts(
+    files: &[PathBuf],
+    project: Option<String>,
+    env_files: &[PathBuf],
+    environment: &str,
+    contexts: bool,
+) -> anyhow::Result<(UpRequest, Vec<BuildContext>)> {
     let paths: Vec<PathBuf> = if files.is_empty() {
         match DEFAULT_FILES.iter().map(PathBuf::from).find(|p| p.exists()) {
             Some(p) => vec![p],
@@ -123,6 +138,8 @@ pub fn project_request(
     // files), and configs' and secrets' `file:` sources. A project that does not load sends
     // none; the server says why it does not load.
     let mut project_files = ProjectFileReader::default();
+    let mut build_contexts = BTreeMap::new();
+    let mut archives: Vec<BuildContext> = Vec::new();
     if let Ok(refs) = corral_compose::project_references(&corral_compose::Input {
         referenced_files: referenced_files
             .iter()
@@ -137,16 +154,39 @@ pub fn project_request(
         for path in &refs.mounts {
             project_files.mount(&base, path)?;
         }
+        if contexts {
+            for b in &refs.builds {
+                let dir = if b.context == "." {
+                    base.clone()
+                } else {
+                    base.join(&b.context)
+                };
+                let (tar, sha) = crate::context::archive(
+                    &dir,
+                    &b.dockerfile,
+                    corral_proto::MAX_BUILD_CONTEXT_BYTES,
+                )
+                .with_context(|| format!("services.{}.build", b.service))?;
+                build_contexts.insert(b.service.clone(), sha.clone());
+                if !archives.iter().any(|(s, _)| *s == sha) {
+                    archives.push((sha, tar));
+                }
+            }
+        }
     }
-    Ok(UpRequest {
-        name: project,
-        environment: Some(environment.to_owned()),
-        files: file_bodies,
-        env_files: env_bodies,
-        referenced_files,
-        env,
-        project_files: project_files.files,
-    })
+    Ok((
+        UpRequest {
+            name: project,
+            environment: Some(environment.to_owned()),
+            files: file_bodies,
+            env_files: env_bodies,
+            referenced_files,
+            env,
+            project_files: project_files.files,
+            build_contexts,
+        },
+        archives,
+    ))
 }
 
 /// Reads the project files a stack ships, within the limits the server applies.
@@ -262,13 +302,26 @@ impl ProjectFileReader {
 pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     // `--wait` reports the time to convergence from here, the command's start.
     let started = Instant::now();
-    let request = project_request(
+    let (request, contexts) = project_with_contexts(
         &args.files,
         args.project.clone(),
         &args.env_files,
         &args.environment,
+        true,
     )?;
     let client = Client::new(&args.conn)?;
+    // Contexts go first, each once: the server keeps them by SHA-256.
+    for (sha, tar) in contexts {
+        let path = format!("/v1/build-contexts/{sha}");
+        if !client.exists(&path).await? {
+            eprintln!(
+                "sending build context {} ({:.1} MB)",
+                &sha[..12],
+                tar.len() as f64 / 1e6
+            );
+            client.put_bytes(&path, tar).await?;
+        }
+    }
     let resp: UpResponse = client.post_long("/v1/stacks", &request).await?;
     for w in &resp.warnings {
         eprintln!("warning: {w}");

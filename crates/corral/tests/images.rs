@@ -650,3 +650,156 @@ fn the_admission_policy_refuses_each_rule_by_name_admits_what_it_allows_and_refu
     assert_eq!(seen, ["hostns", "net"]);
     server.cli_ok(&["down", "-p", &stack]);
 }
+
+/// `build:` on two lab hosts with a real registry: each context is built once, on a host that
+/// runs it, pushed, and every host runs that digest; an unchanged context builds nothing and
+/// rolls nothing; a changed one rolls only its service; a failing step is named and changes
+/// nothing.
+#[test]
+fn built_services_are_built_once_pushed_and_only_a_changed_context_rolls() {
+    let lab = lab(2);
+    let mut lab = lab;
+    lab.net.add("reg");
+    let reg = Registry::start(lab.ns("reg"), &lab.dir().join("registry"));
+    let host = reg.host();
+    let project = lab.dir().join("project");
+    for (svc, msg) in [("api", "api v1"), ("worker", "worker v1")] {
+        std::fs::create_dir_all(project.join(svc)).unwrap();
+        std::fs::write(
+            project.join(svc).join("Dockerfile"),
+            "FROM corral-test/busybox:latest\nARG GREETING=none\nCOPY msg.txt /msg.txt\nRUN echo \"$GREETING\" > /greeting\nCMD [\"sleep\", \"3600\"]\n",
+        )
+        .unwrap();
+        std::fs::write(project.join(svc).join("msg.txt"), msg).unwrap();
+        std::fs::write(project.join(svc).join("debug.log"), "left out").unwrap();
+        std::fs::write(project.join(svc).join(".dockerignore"), "*.log\n").unwrap();
+    }
+    let compose = "name: app\nservices:\n  api:\n    build: ./api\n    deploy: { replicas: 2 }\n    x-corral: { anti_affinity: [api] }\n  worker:\n    build: { context: ./worker, args: { GREETING: hello } }\n";
+    std::fs::write(project.join("compose.yaml"), compose).unwrap();
+    let up = || {
+        lab.cli(&[
+            "up",
+            "-f",
+            project.join("compose.yaml").to_str().unwrap(),
+            "--wait",
+            "--timeout",
+            "120s",
+        ])
+    };
+
+    // No registry to push to: said plainly.
+    let out = up();
+    assert!(!out.status.success());
+    assert!(text(&out).contains("--builds"), "{}", text(&out));
+
+    let out = lab.server.cli_with_stdin(
+        &[
+            "registry",
+            "add",
+            &host,
+            "--username",
+            reg.username(),
+            "--password-stdin",
+            "--ca-file",
+            reg.ca_path().to_str().unwrap(),
+            "--builds",
+        ],
+        reg.password(),
+    );
+    assert!(out.status.success(), "{}", text(&out));
+
+    let out = up();
+    let said = text(&out);
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains("service api: built on host"), "{said}");
+    assert!(said.contains("service worker: built on host"), "{said}");
+    let running = |svc: &str| -> Vec<(String, String, String)> {
+        let mut out = Vec::new();
+        for h in ["h1", "h2"] {
+            let d = lab.dockerd(h);
+            for name in d
+                .docker_ok(&[
+                    "ps",
+                    "--filter",
+                    &format!("label=io.corral.service={svc}"),
+                    "--format",
+                    "{{.Names}}",
+                ])
+                .lines()
+            {
+                let image = d.docker_ok(&["inspect", "--format", "{{.Config.Image}}", name]);
+                out.push((h.to_owned(), name.to_owned(), image.trim().to_owned()));
+            }
+        }
+        out.sort();
+        out
+    };
+    let api = running("api");
+    assert_eq!(api.len(), 2, "{api:?}");
+    assert!(
+        api.iter()
+            .all(|(_, _, i)| i.starts_with(&format!("{host}/corral-builds/app-api@sha256:"))),
+        "{api:?}"
+    );
+    assert_eq!(api[0].2, api[1].2, "one digest on both hosts");
+    for (h, c, _) in &api {
+        assert_eq!(
+            lab.dockerd(h).docker_ok(&["exec", c, "cat", "/msg.txt"]),
+            "api v1"
+        );
+        let listing = lab.dockerd(h).docker_ok(&["exec", c, "ls", "/"]);
+        assert!(!listing.contains("debug.log"));
+    }
+    let worker = running("worker");
+    assert_eq!(
+        lab.dockerd(&worker[0].0)
+            .docker_ok(&["exec", &worker[0].1, "cat", "/greeting"]),
+        "hello\n",
+        "build args reach the build"
+    );
+
+    // Unchanged: nothing built, nothing rolled.
+    let out = up();
+    let said = text(&out);
+    assert!(out.status.success(), "{said}");
+    assert!(
+        said.contains("service api: build context unchanged"),
+        "{said}"
+    );
+    assert!(!said.contains("rolling update"), "{said}");
+    assert_eq!(running("api"), api);
+
+    // One context changed: only that service is built and rolls.
+    std::fs::write(project.join("api/msg.txt"), "api v2").unwrap();
+    let out = up();
+    let said = text(&out);
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains("service api: built on host"), "{said}");
+    assert!(
+        said.contains("service worker: build context unchanged"),
+        "{said}"
+    );
+    assert!(said.contains("(rolling update of api)"), "{said}");
+    wait_until(Duration::from_secs(60), "api v2 on both hosts", || {
+        let now = running("api");
+        now.len() == 2
+            && now.iter().all(|(h, c, _)| {
+                lab.dockerd(h).docker_ok(&["exec", c, "cat", "/msg.txt"]) == "api v2"
+            })
+    });
+    assert_eq!(running("worker"), worker, "worker untouched");
+
+    // A failing step is named; the running replicas stay.
+    let before = (running("api"), running("worker"));
+    std::fs::write(
+        project.join("worker/Dockerfile"),
+        "FROM corral-test/busybox:latest\nCOPY msg.txt /msg.txt\nRUN false\n",
+    )
+    .unwrap();
+    let out = up();
+    assert!(!out.status.success());
+    let said = text(&out);
+    assert!(said.contains("Step 3/3 : RUN false"), "{said}");
+    assert!(said.contains("nothing was changed"), "{said}");
+    assert_eq!((running("api"), running("worker")), before);
+}

@@ -117,3 +117,25 @@ pub(super) async fn remove_image(
     let Query(q) = q?;
     Ok(Json(images::remove_on_host(&state, &host, &q.image).await?))
 }
+
+pub(super) async fn has_context(
+    _: Admin,
+    State(state): State<Arc<AppState>>,
+    Path(sha): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    Ok(if crate::builds::has_context(&state, &sha)? {
+        StatusCode::NO_CONTENT
+    } else {
+        StatusCode::NOT_FOUND
+    })
+}
+
+pub(super) async fn put_context(
+    _: Admin,
+    State(state): State<Arc<AppState>>,
+    Path(sha): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<StatusCode, ApiError> {
+    crate::builds::put_context(&state, &sha, &body)?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -68,6 +68,14 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/v1/registries/{registry}", delete(images::remove_registry))
         .route(
+            "/v1/build-contexts/{sha}",
+            get(images::has_context)
+                .put(images::put_context)
+                .layer(DefaultBodyLimit::max(
+                    usize::try_from(corral_proto::MAX_BUILD_CONTEXT_BYTES).unwrap_or(usize::MAX),
+                )),
+        )
+        .route(
             "/v1/hosts/{id}/images",
             get(images::host_images)
                 .post(images::pull)

@@ -110,6 +110,15 @@ pub async fn up(state: &Arc<AppState>, req: UpRequest) -> Result<UpResponse> {
         .environment_by_name(&env_name)
         .await?
         .ok_or_else(|| bad(format!("no environment {env_name:?}")))?;
+    // A built service runs the image its recipe is pushed as (and admission judges that).
+    let auths = crate::images::auths(state, &env.id).await?;
+    let to_build = plan_builds(
+        state,
+        &loaded.project,
+        &mut stack,
+        &req.build_contexts,
+        &auths,
+    )?;
     // Admission first: a refused stack costs no placement and no registry round trip.
     let policy = crate::images::policy(state, &env.id).await?;
     let refusals: Vec<_> = stack
@@ -180,7 +189,25 @@ pub async fn up(state: &Arc<AppState>, req: UpRequest) -> Result<UpResponse> {
 
     // One digest everywhere: each tag is resolved once, by a host that will run it.
     let chosen = chosen_hosts(&world, &dry.actions);
-    let auths = crate::images::auths(state, &env.id).await?;
+    let mut built = Vec::new();
+    let named: Vec<(String, String)> = chosen
+        .iter()
+        .map(|id| (id.clone(), world.host_name(id)))
+        .collect();
+    for p in &to_build {
+        built.push(
+            match crate::builds::ensure(state, &auths, &named, p).await? {
+                crate::builds::Outcome::Found => format!(
+                    "service {}: build context unchanged, {} is already built",
+                    p.service, p.tag
+                ),
+                crate::builds::Outcome::Built { host, .. } => format!(
+                    "service {}: built on host {host} and pushed as {}",
+                    p.service, p.tag
+                ),
+            },
+        );
+    }
     let pinned = {
         let mut templates: Vec<&mut corral_proto::ContainerSpec> = stack
             .services
@@ -246,7 +273,8 @@ pub async fn up(state: &Arc<AppState>, req: UpRequest) -> Result<UpResponse> {
     // Images not pinned (pull_policy never, or a registry that could not be asked) run only
     // where the host has them: check before anything is stored.
     check_images(state, &world, &services, &dry.actions, &pinned.unpinned).await?;
-    let mut images = pinned.resolved.clone();
+    let mut images = built;
+    images.extend(pinned.resolved.iter().cloned());
     images.extend(
         digest_changes(state, existing_stack.as_ref(), &stack.services)
             .await
@@ -308,6 +336,51 @@ pub async fn up(state: &Arc<AppState>, req: UpRequest) -> Result<UpResponse> {
             .collect(),
         images,
     })
+}
+
+/// The services with `build:`: each gets the tag its recipe is pushed as, in the
+/// environment's build registry. Refused without one, or without the context uploaded.
+fn plan_builds(
+    state: &AppState,
+    project: &compose::Project,
+    stack: &mut define::StackDef,
+    contexts: &BTreeMap<String, String>,
+    auths: &crate::images::Auths,
+) -> Result<Vec<crate::builds::Planned>> {
+    let mut planned = Vec::new();
+    for (name, _, def) in stack.services.iter_mut() {
+        let Some(build) = project.services.get(name).and_then(|s| s.build.clone()) else {
+            continue;
+        };
+        let Some(registry) = auths.build_registry() else {
+            return Err(unprocessable(format!(
+                "services.{name}.build: corral builds once and pushes to the environment's build registry, so that every host runs the same digest; name one with `corral registry add HOST[:PORT] --builds …`. Nothing was changed"
+            )));
+        };
+        let Some(sha) = contexts.get(name) else {
+            return Err(bad(format!(
+                "services.{name}.build: its context was not sent (`corral up` sends it)"
+            )));
+        };
+        if !crate::builds::has_context(state, sha)? {
+            return Err(bad(format!(
+                "services.{name}.build: context {sha} was not uploaded (`corral up` uploads it first)"
+            )));
+        }
+        let tag = crate::builds::tag_for(&registry.registry, &stack.name, name, sha, &build)?;
+        def.template.image = tag.clone();
+        def.template.image_source = None;
+        if def.template.pull == corral_proto::PullPolicy::Never {
+            def.template.pull = corral_proto::PullPolicy::Missing;
+        }
+        planned.push(crate::builds::Planned {
+            service: name.clone(),
+            context_sha: sha.clone(),
+            build,
+            tag,
+        });
+    }
+    Ok(planned)
 }
 
 /// The project files `corral up` sent, checked: paths inside the project, sizes and count

@@ -10,6 +10,8 @@ pub struct RegistryRow {
     /// The password or token, opened (never logged: `Debug` hides it).
     pub password: Option<String>,
     pub ca_pem: Option<String>,
+    /// Built images are pushed here.
+    pub builds: bool,
     pub created_at: i64,
     pub updated_at: i64,
 }
@@ -40,6 +42,7 @@ type RawRegistry = (
     Option<String>,
     Option<Vec<u8>>,
     Option<String>,
+    bool,
     i64,
     i64,
 );
@@ -61,19 +64,32 @@ impl Store {
             ),
             None => None,
         };
+        let mut tx = self.writer.begin().await?;
         sqlx::query(
-            "INSERT INTO registries (environment_id, registry, username, secret, ca_pem, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?) \
-             ON CONFLICT (environment_id, registry) DO UPDATE SET username = excluded.username, secret = excluded.secret, ca_pem = excluded.ca_pem, updated_at = excluded.updated_at",
+            "INSERT INTO registries (environment_id, registry, username, secret, ca_pem, builds, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) \
+             ON CONFLICT (environment_id, registry) DO UPDATE SET username = excluded.username, secret = excluded.secret, ca_pem = excluded.ca_pem, builds = excluded.builds, updated_at = excluded.updated_at",
         )
         .bind(env_id)
         .bind(&row.registry)
         .bind(&row.username)
         .bind(secret)
         .bind(&row.ca_pem)
+        .bind(row.builds)
         .bind(now)
         .bind(now)
-        .execute(&self.writer)
+        .execute(&mut *tx)
         .await?;
+        if row.builds {
+            // One build registry per environment: the newest one named.
+            sqlx::query(
+                "UPDATE registries SET builds = 0 WHERE environment_id = ? AND registry <> ?",
+            )
+            .bind(env_id)
+            .bind(&row.registry)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 
@@ -82,13 +98,13 @@ impl Store {
     /// without the account it needs, as if there were none.
     pub async fn registries(&self, env_id: &str) -> Result<Vec<RegistryRow>> {
         let raw: Vec<RawRegistry> = sqlx::query_as(
-            "SELECT registry, username, secret, ca_pem, created_at, updated_at FROM registries WHERE environment_id = ? ORDER BY registry",
+            "SELECT registry, username, secret, ca_pem, builds, created_at, updated_at FROM registries WHERE environment_id = ? ORDER BY registry",
         )
         .bind(env_id)
         .fetch_all(&self.reader)
         .await?;
         raw.into_iter()
-            .map(|(registry, username, secret, ca_pem, created_at, updated_at)| {
+            .map(|(registry, username, secret, ca_pem, builds, created_at, updated_at)| {
                 let password = match secret {
                     Some(sealed) => {
                         let plain = self.vault.open(&sealed, &aad(env_id, &registry)).map_err(|_| {
@@ -109,6 +125,7 @@ impl Store {
                     username,
                     password,
                     ca_pem,
+                    builds,
                     created_at,
                     updated_at,
                 })

@@ -7,6 +7,7 @@
 #   bash scripts/bench-pull.sh                          # HOST_COUNTS="1 3" RUNS=3
 #   HOST_COUNTS=3 RUNS=1 KEEP=1 bash scripts/bench-pull.sh
 #   LAYER_KB=4096 bash scripts/bench-pull.sh             # a bigger layer of each service's own
+#   FLOOR=0 bash scripts/bench-pull.sh                   # skip the engine's pull floor
 #
 # Needs root and docker.io, docker-registry, apache2-utils (htpasswd), openssl, curl,
 # busybox-static, iproute2, python3; uses ${CORRAL_BIN:-${CARGO_TARGET_DIR:-target}/release/corral}
@@ -37,7 +38,6 @@
 #   "converged in X s" it prints (every replica running, seen by its 250 ms poll); its wall time
 #   (1 s longer: it checks that the stack stays converged) is reported too. Then `corral down`,
 #   and the script waits until no host has a container or the network of the stack.
-#   Before Swarm runs on the same engines, the corral agents and server are stopped.
 # Swarm: `docker swarm init --advertise-addr <h1's IP>` on h1's engine, the other hosts join as
 #   workers (over the lab bridge: 2377/tcp, 7946/tcp+udp, 4789/udp between namespaces); `docker
 #   login` with a DOCKER_CONFIG of its own (a temporary directory), the CA trusted in
@@ -49,10 +49,19 @@
 #   gone. Swarm runs on the engines as they are started above (--iptables=false --bridge=none):
 #   swarm init makes its ingress network and docker_gwbridge itself, and a stack without
 #   published ports needs no iptables rule (see BENCHMARKS.md).
-# Between the two, and between runs, every image is removed from every host engine.
+# The corral agents and Swarm mode share the engines for the whole host count: the runs
+# alternate (corral then Swarm on odd runs, Swarm then corral on even ones), so that a change in
+# the load of this shared machine weighs on both alike. Before every timed run, every image is
+# removed from every host engine.
 #
-# Registry requests (from its access log) are counted per run: manifest GETs, manifest HEADs and
-# blob GETs, which shows how often each orchestrator asked the registry.
+# The engine's floor (FLOOR=1, the default), after each pair of runs: h1's engine pulls the
+# SERVICES images by digest through its API with no orchestrator (one python3 process, every pull
+# at once, as corral's agent sends them): once with one pull per image, once with REPLICAS pulls
+# per image (one per replica, what both orchestrators ask of an engine that runs every replica).
+# Also counted per run: the registry's requests (from its access log: manifest GETs and HEADs,
+# blob GETs, all), which shows how often each orchestrator asked it, and the contended manifest
+# writes in the host engines' logs ("ref … locked for"), which shows concurrent pulls of one image
+# on one engine waiting for each other.
 #
 # Everything it makes is recorded as it is made and undone in reverse order, on success, on
 # failure and on Ctrl-C: processes by their pid (agents, server, registry, dockerds, and the
@@ -70,6 +79,7 @@ HOST_COUNTS=${HOST_COUNTS:-"1 3"}
 SERVICES=${SERVICES:-10}
 REPLICAS=${REPLICAS:-5}
 LAYER_KB=${LAYER_KB:-1024}
+FLOOR=${FLOOR:-1}
 TIMEOUT_S=${TIMEOUT_S:-300}
 TOTAL=$((SERVICES * REPLICAS))
 CORRAL_STACK=bench
@@ -139,8 +149,9 @@ dk() { # HOST ARGS…: the docker CLI against HOST's engine (never the machine's
     shift
     docker -H "unix://$(sock "$h")" "$@"
 }
-ours() { # PID: still a process this script started (not a reused id)
-    grep -qaE 'corral|dockerd|docker-registry|containerd' "/proc/$1/cmdline" 2>/dev/null
+ours() { # PID: still a process this script started (not a reused id): its command line names
+    # the work directory (every agent, server, registry, dockerd and containerd started here does)
+    grep -qaF "$WORK/" "/proc/$1/cmdline" 2>/dev/null
 }
 stop_pid() { # PID: SIGTERM, up to 20 s, then SIGKILL
     local pid=$1
@@ -255,13 +266,15 @@ add_ns() { # STATE_FILE NAME IP
     ip -n "$ns" link set lo up
 }
 host_ip() { echo "$PREFIX.$((10 + ${1#h}))"; }
+LOG_TAG= # the host count, in the names of the host engines' logs
+dlog() { echo "$WORK/logs/dockerd-$LOG_TAG$1.log"; }
 
 start_dockerd() { # STATE_FILE HOST: in HOST's namespace, everything under WORK/docker/HOST
     local state=$1 h=$2 dir=$WORK/docker/$2
     mkdir -p "$dir/data" "$dir/exec"
     nsenter --net="/var/run/netns/$(ns_of "$h")" dockerd --data-root "$dir/data" \
         --exec-root "$dir/exec" --pidfile "$dir/pid" -H "unix://$(sock "$h")" \
-        --bridge=none --iptables=false --ip-masq=false >"$WORK/logs/dockerd-$h.log" 2>&1 &
+        --bridge=none --iptables=false --ip-masq=false >"$(dlog "$h")" 2>&1 &
     DOCKERD_PID[$h]=$!
     record "$state" "pid $!"
     record "$state" "dockerd $h"
@@ -269,8 +282,8 @@ start_dockerd() { # STATE_FILE HOST: in HOST's namespace, everything under WORK/
 wait_dockerd() { # HOST
     local h=$1 t0=$SECONDS
     until dk "$h" info >/dev/null 2>&1; do
-        ours "${DOCKERD_PID[$h]}" || die "dockerd of $h exited: $(tail -n 5 "$WORK/logs/dockerd-$h.log")"
-        [ $((SECONDS - t0)) -ge 60 ] && die "dockerd of $h did not answer within 60 s: $(tail -n 5 "$WORK/logs/dockerd-$h.log")"
+        ours "${DOCKERD_PID[$h]}" || die "dockerd of $h exited: $(tail -n 5 "$(dlog "$h")")"
+        [ $((SECONDS - t0)) -ge 60 ] && die "dockerd of $h did not answer within 60 s: $(tail -n 5 "$(dlog "$h")")"
         sleep "$POLL"
     done
 }
@@ -355,6 +368,7 @@ wait_dockerd bld
 DOCKER_HOST="unix://$(sock bld)" bash scripts/test-image.sh corral-bench/busybox:base >/dev/null
 trust
 login bld
+DIGESTS=()
 for k in $(seq "$SERVICES"); do
     ctx=$WORK/build/s$k
     mkdir -p "$ctx"
@@ -362,8 +376,10 @@ for k in $(seq "$SERVICES"); do
     printf 'FROM corral-bench/busybox:base\nCOPY payload /payload-s%s\n' "$k" >"$ctx/Dockerfile"
     DOCKER_BUILDKIT=0 dk bld build -q --network none -t "$REG/bench/s$k:1" "$ctx" >>"$WORK/logs/build.log" 2>&1 ||
         die "docker build of bench/s$k failed: $(tail -n 5 "$WORK/logs/build.log")"
-    docker --config "$DOCKER_CFG" -H "unix://$(sock bld)" push "$REG/bench/s$k:1" >>"$WORK/logs/push.log" 2>&1 ||
-        die "docker push of bench/s$k failed: $(tail -n 5 "$WORK/logs/push.log")"
+    docker --config "$DOCKER_CFG" -H "unix://$(sock bld)" push "$REG/bench/s$k:1" >"$WORK/logs/push-s$k.log" 2>&1 ||
+        die "docker push of bench/s$k failed: $(tail -n 5 "$WORK/logs/push-s$k.log")"
+    DIGESTS+=("$(sed -n 's/.*digest: \(sha256:[0-9a-f]\{64\}\) .*/\1/p' "$WORK/logs/push-s$k.log" | tail -n 1)")
+    [ -n "${DIGESTS[-1]}" ] || die "no digest in the output of docker push bench/s$k: $(tail -n 3 "$WORK/logs/push-s$k.log")"
 done
 untrust
 rm -f "$DOCKER_CFG/config.json"
@@ -414,12 +430,13 @@ per_host() { # LABEL_FILTER: "h1=N h2=M …" running containers per host
     echo "${out[*]}"
 }
 reg_lines() { wc -l <"$WORK/logs/registry.log"; }
-reg_requests() { # FROM_LINE: "manifest GET/HEAD, blob GET" since that line of the access log
+reg_requests() { # FROM_LINE: "manifest GET/HEAD, blob GET, all" since that line of the access log
     tail -n "+$(($1 + 1))" "$WORK/logs/registry.log" | awk '
         /"GET \/v2\/[^ ]*\/manifests\// { mg++ }
         /"HEAD \/v2\/[^ ]*\/manifests\// { mh++ }
         /"GET \/v2\/[^ ]*\/blobs\// { bg++ }
-        END { printf "%d/%d/%d", mg, mh, bg }'
+        /"(GET|HEAD|POST|PUT|PATCH) \/v2\// { all++ }
+        END { printf "%d/%d/%d/%d", mg, mh, bg, all }'
 }
 
 cli() { # ARGS…: the corral CLI in the server's namespace, as the admin
@@ -455,14 +472,141 @@ swarm_ready_nodes() {
     dk h1 node ls --format '{{.Status}} {{.Availability}}' 2>/dev/null | grep -c '^Ready Active$' || true
 }
 
-# Results, per host count.
-declare -A R_CORRAL R_CORRAL_WALL R_SWARM R_SWARM_CMD R_CORRAL_REQ R_SWARM_REQ R_CORRAL_SPREAD R_SWARM_SPREAD
+lock_waits() { # SINCE (per-host line counts "h1:N h2:M"): contended manifest writes since then
+    local h entry n=0 from
+    for entry in $1; do
+        h=${entry%%:*} from=${entry#*:}
+        n=$((n + $(tail -n "+$((from + 1))" "$(dlog "$h")" | grep -c 'locked for' || true)))
+    done
+    echo "$n"
+}
+log_marks() { # "h1:N h2:M …": each host engine's log length now
+    local h out=()
+    for h in "${HOSTS[@]}"; do out+=("$h:$(wc -l <"$(dlog "$h")")"); done
+    echo "${out[*]}"
+}
+
+# Results, per host count: space-separated figures, one per run.
+declare -A R_CORRAL R_CORRAL_WALL R_SWARM R_SWARM_CMD R_CORRAL_REQ R_SWARM_REQ R_CORRAL_SPREAD R_SWARM_SPREAD R_CORRAL_LOCK R_SWARM_LOCK R_FLOOR1 R_FLOORR
+
+corral_run() { # N RUN: one timed `corral up --wait`, then `corral down`
+    local n=$1 run=$2 from marks t0 t1 conv running
+    remove_images
+    untrust # the agents install the CA from the account, as on a fresh host
+    from=$(reg_lines)
+    marks=$(log_marks)
+    t0=$(now)
+    run cli up -f "$FILE" -p "$CORRAL_STACK" --wait --timeout "${TIMEOUT_S}s" \
+        >"$WORK/logs/corral-up-$n-$run.out" 2>"$WORK/logs/corral-up-$n-$run.err" ||
+        die "corral up failed: $(tail -n 20 "$WORK/logs/corral-up-$n-$run.err")"
+    t1=$(now)
+    running=$(count_running "io.corral.stack=$CORRAL_STACK")
+    [ "$running" = "$TOTAL" ] || die "corral said converged but $running of $TOTAL containers run"
+    conv=$(sed -n 's/.* converged in \([0-9.]*\)s .*/\1/p' "$WORK/logs/corral-up-$n-$run.err" | tail -n 1)
+    [ -n "$conv" ] || die "no \"converged in\" in corral up's output: $(tail -n 5 "$WORK/logs/corral-up-$n-$run.err")"
+    printf 'corral\t%s\t%s\t%s\t%s\n' "$n" "$run" "$t0" "$t1" >>"$WORK/logs/runs.tsv"
+    R_CORRAL[$n]+="$conv "
+    R_CORRAL_WALL[$n]+="$(elapsed "$t0" "$t1") "
+    R_CORRAL_REQ[$n]+="$(reg_requests "$from") "
+    R_CORRAL_LOCK[$n]+="$(lock_waits "$marks") "
+    R_CORRAL_SPREAD[$n]=$(per_host "io.corral.stack=$CORRAL_STACK")
+    log "corral, $n host(s), run $run/$RUNS: converged in $conv s (returned after $(elapsed "$t0" "$t1") s); registry requests manifest GET/HEAD, blob GET, all: $(reg_requests "$from"); manifest lock waits: $(lock_waits "$marks"); ${R_CORRAL_SPREAD[$n]}"
+    run cli down -p "$CORRAL_STACK" --timeout "${TIMEOUT_S}s" >"$WORK/logs/corral-down-$n-$run.log" 2>&1 ||
+        die "corral down failed: $(tail -n 5 "$WORK/logs/corral-down-$n-$run.log")"
+    wait_gone 120 "the containers and network of corral stack $CORRAL_STACK" corral_leftovers
+    remove_images
+    untrust
+}
+
+swarm_run() { # N RUN: one timed `docker stack deploy`, then `docker stack rm`
+    local n=$1 run=$2 from marks t0 tc t1 running failed
+    remove_images
+    trust # the engines trust the registry only through certs.d
+    login h1
+    from=$(reg_lines)
+    marks=$(log_marks)
+    t0=$(now)
+    run docker --config "$DOCKER_CFG" -H "unix://$(sock h1)" stack deploy --with-registry-auth -c "$FILE" "$SWARM_STACK" \
+        >"$WORK/logs/swarm-deploy-$n-$run.log" 2>&1 ||
+        die "docker stack deploy failed: $(tail -n 5 "$WORK/logs/swarm-deploy-$n-$run.log")"
+    tc=$(now)
+    until [ "$(swarm_running)" = "$TOTAL" ]; do
+        [ "$(elapsed "$t0" "$(now)" | cut -d. -f1)" -ge "$TIMEOUT_S" ] &&
+            die "swarm did not converge within ${TIMEOUT_S}s: $(swarm_running)/$TOTAL running; $(dk h1 stack ps "$SWARM_STACK" --no-trunc --format '{{.Name}} {{.CurrentState}} {{.Error}}' | grep -v Running | head -n 5)"
+        sleep "$POLL"
+    done
+    t1=$(now)
+    running=$(count_running "com.docker.stack.namespace=$SWARM_STACK")
+    [ "$running" = "$TOTAL" ] || die "swarm reports all tasks running but $running of $TOTAL containers run"
+    # Tasks that failed on the way (a failed pull, say) and were replaced by Swarm.
+    failed=$(dk h1 stack ps "$SWARM_STACK" --format '{{.DesiredState}}' | grep -vc '^Running' || true)
+    printf 'swarm\t%s\t%s\t%s\t%s\n' "$n" "$run" "$t0" "$t1" >>"$WORK/logs/runs.tsv"
+    R_SWARM[$n]+="$(elapsed "$t0" "$t1") "
+    R_SWARM_CMD[$n]+="$(elapsed "$t0" "$tc") "
+    R_SWARM_REQ[$n]+="$(reg_requests "$from") "
+    R_SWARM_LOCK[$n]+="$(lock_waits "$marks") "
+    R_SWARM_SPREAD[$n]=$(per_host "com.docker.stack.namespace=$SWARM_STACK")
+    log "swarm, $n host(s), run $run/$RUNS: all Running after $(elapsed "$t0" "$t1") s (docker stack deploy returned after $(elapsed "$t0" "$tc") s); registry requests manifest GET/HEAD, blob GET, all: $(reg_requests "$from"); manifest lock waits: $(lock_waits "$marks"); ${R_SWARM_SPREAD[$n]}; replaced tasks: $failed"
+    run dk h1 stack rm "$SWARM_STACK" >"$WORK/logs/swarm-rm-$n-$run.log" 2>&1 || die "docker stack rm failed"
+    wait_gone 180 "swarm stack $SWARM_STACK" swarm_leftovers
+    rm -f "$DOCKER_CFG/config.json"
+    untrust
+    remove_images
+}
+
+# The engine's floor: the same pulls without an orchestrator, by one python3 process talking to
+# h1's engine API as corral's agent does (POST /images/create?fromImage=REG/bench/sK&tag=DIGEST
+# with the account in X-Registry-Auth, the progress stream read to its end), every pull at once:
+# PER_IMAGE pulls of each of the SERVICES images. Seconds from the first request to the last
+# pull's end.
+FLOOR_PY='
+import base64, http.client, json, socket, sys, threading, time
+sock, reg, user, password, per_image = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
+digests = sys.argv[6:]
+auth = base64.urlsafe_b64encode(json.dumps({"username": user, "password": password, "serveraddress": reg}).encode()).decode()
+class Conn(http.client.HTTPConnection):
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX)
+        self.sock.connect(sock)
+errors = []
+def pull(k, digest):
+    try:
+        c = Conn("localhost", timeout=300)
+        c.request("POST", f"/v1.41/images/create?fromImage={reg}/bench/s{k}&tag={digest}", None, {"X-Registry-Auth": auth})
+        r = c.getresponse()
+        body = r.read().decode(errors="replace")
+        if r.status >= 300 or "errorDetail" in body:
+            errors.append(f"s{k}: {r.status} {body[-300:]}")
+    except BaseException as e:
+        errors.append(f"s{k}: {e}")
+threads = [threading.Thread(target=pull, args=(k + 1, d)) for k, d in enumerate(digests) for _ in range(per_image)]
+t0 = time.monotonic()
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+if errors:
+    raise SystemExit("floor: " + errors[0])
+print(f"{time.monotonic() - t0:.2f}")
+'
+floor_run() { # N PER_IMAGE
+    local n=$1 per=$2 t
+    remove_images
+    trust # the engine's only way to trust the registry
+    t=$(python3 -c "$FLOOR_PY" "$(sock h1)" "$REG" "$REG_USER" "$REG_PASSWORD" "$per" "${DIGESTS[@]}" 2>"$WORK/logs/floor-$n-$per.err") ||
+        die "the pull floor failed: $(tail -n 3 "$WORK/logs/floor-$n-$per.err")"
+    [ "$(dk h1 images -q | sort -u | wc -l)" = "$SERVICES" ] || die "the pull floor left $(dk h1 images -q | sort -u | wc -l) images on h1, not $SERVICES"
+    untrust
+    remove_images
+    echo "$t"
+}
 
 bench_hosts() { # N
     local n=$1 h i
     HOSTS=()
     for i in $(seq "$n"); do HOSTS+=("h$i"); done
     log "=== $n host(s): ${HOSTS[*]}"
+    LOG_TAG=$n-
     : >"$LAB_STATE"
     for h in "${HOSTS[@]}"; do
         add_ns "$LAB_STATE" "$h" "$(host_ip "$h")"
@@ -479,61 +623,23 @@ bench_hosts() { # N
     mkdir -p "$SRV_DIR"
     ip netns exec "$(ns_of srv)" "$BIN" server --listen "$PREFIX.1:8443" --data-dir "$SRV_DIR" \
         --advertise-url "https://$PREFIX.1:8443" >"$WORK/logs/server-$n.log" 2>&1 &
-    local server_pid=$!
-    record "$LAB_STATE" "pid $server_pid"
+    record "$LAB_STATE" "pid $!"
     wait_for 30 "the corral server" grep -q "is running" "$WORK/logs/server-$n.log"
     local checksum token
     checksum=$(sed -n 's/^CORRAL_CA_CHECKSUM=//p' "$SRV_DIR/admin.env")
     token=$(cli token create --ttl 1h -o json | sed -n 's/.*"token": *"\([^"]*\)".*/\1/p')
     [ -n "$token" ] || die "cannot create a registration token"
-    local agent_pids=()
     for h in "${HOSTS[@]}"; do
         ip netns exec "$(ns_of "$h")" "$BIN" agent --server "https://$PREFIX.1:8443" --ca-checksum "$checksum" \
             --state-dir "$WORK/corral-$n/$h" --name "$h" --docker-host "unix://$(sock "$h")" --token "$token" \
             >"$WORK/logs/agent-$n-$h.log" 2>&1 &
-        agent_pids+=($!)
         record "$LAB_STATE" "pid $!"
     done
     wait_for 60 "$n host(s) to connect with Docker available" hosts_available
     printf '%s' "$REG_PASSWORD" | cli registry add "$REG" --username "$REG_USER" --password-stdin --ca-file "$TLS/ca.crt" \
         >"$WORK/logs/registry-add-$n.log" 2>&1 || die "corral registry add failed: $(cat "$WORK/logs/registry-add-$n.log")"
 
-    local run t0 t1 conv times=() walls=() reqs=() spreads=()
-    for run in $(seq "$RUNS"); do
-        remove_images
-        untrust # the agents install the CA from the account
-        local from
-        from=$(reg_lines)
-        t0=$(now)
-        run cli up -f "$FILE" -p "$CORRAL_STACK" --wait --timeout "${TIMEOUT_S}s" \
-            >"$WORK/logs/corral-up-$n-$run.out" 2>"$WORK/logs/corral-up-$n-$run.err" ||
-            die "corral up failed: $(tail -n 20 "$WORK/logs/corral-up-$n-$run.err")"
-        t1=$(now)
-        local running
-        running=$(count_running "io.corral.stack=$CORRAL_STACK")
-        [ "$running" = "$TOTAL" ] || die "corral said converged but $running of $TOTAL containers run"
-        conv=$(sed -n 's/.* converged in \([0-9.]*\)s .*/\1/p' "$WORK/logs/corral-up-$n-$run.err" | tail -n 1)
-        [ -n "$conv" ] || die "no \"converged in\" in corral up's output: $(tail -n 5 "$WORK/logs/corral-up-$n-$run.err")"
-        times+=("$conv")
-        walls+=("$(elapsed "$t0" "$t1")")
-        reqs+=("$(reg_requests "$from")")
-        spreads+=("$(per_host "io.corral.stack=$CORRAL_STACK")")
-        log "corral, $n host(s), run $run/$RUNS: converged in $conv s (returned after ${walls[-1]} s); registry manifest GET/HEAD, blob GET: ${reqs[-1]}; ${spreads[-1]}"
-        run cli down -p "$CORRAL_STACK" --timeout "${TIMEOUT_S}s" >"$WORK/logs/corral-down-$n-$run.log" 2>&1 ||
-            die "corral down failed: $(tail -n 5 "$WORK/logs/corral-down-$n-$run.log")"
-        wait_gone 120 "the containers and network of corral stack $CORRAL_STACK" corral_leftovers
-    done
-    remove_images
-    untrust
-    R_CORRAL[$n]="${times[*]}"
-    R_CORRAL_WALL[$n]="${walls[*]}"
-    R_CORRAL_REQ[$n]="${reqs[*]}"
-    R_CORRAL_SPREAD[$n]="${spreads[-1]}"
-    # corral is done with these engines: its agents and server stop, so that Swarm has the CPU.
-    for i in "${agent_pids[@]}"; do stop_pid "$i"; done
-    stop_pid "$server_pid"
-
-    # Swarm, on the same engines.
+    # Swarm, on the same engines: h1 the manager, the others workers.
     log "swarm: init on h1 ($(host_ip h1)), ${#HOSTS[@]} node(s)"
     dk h1 swarm init --advertise-addr "$(host_ip h1)" >"$WORK/logs/swarm-init-$n.log" 2>&1 ||
         die "docker swarm init failed: $(cat "$WORK/logs/swarm-init-$n.log")"
@@ -545,46 +651,27 @@ bench_hosts() { # N
     done
     swarm_nodes_ready() { [ "$(swarm_ready_nodes)" = "$n" ]; }
     wait_for 60 "$n swarm node(s) Ready" swarm_nodes_ready
-    trust
-    login h1
-    times=() walls=() reqs=() spreads=()
+
+    # Alternate which goes first, so that a drift in the machine's load (it is shared) weighs on
+    # both alike.
+    local run
     for run in $(seq "$RUNS"); do
-        remove_images
-        local from
-        from=$(reg_lines)
-        t0=$(now)
-        run docker --config "$DOCKER_CFG" -H "unix://$(sock h1)" stack deploy --with-registry-auth -c "$FILE" "$SWARM_STACK" \
-            >"$WORK/logs/swarm-deploy-$n-$run.log" 2>&1 ||
-            die "docker stack deploy failed: $(tail -n 5 "$WORK/logs/swarm-deploy-$n-$run.log")"
-        local tc
-        tc=$(now)
-        until [ "$(swarm_running)" = "$TOTAL" ]; do
-            [ "$(elapsed "$t0" "$(now)" | cut -d. -f1)" -ge "$TIMEOUT_S" ] &&
-                die "swarm did not converge within ${TIMEOUT_S}s: $(swarm_running)/$TOTAL running; $(dk h1 stack ps "$SWARM_STACK" --no-trunc --format '{{.Name}} {{.CurrentState}} {{.Error}}' | grep -v Running | head -n 5)"
-            sleep "$POLL"
-        done
-        t1=$(now)
-        local running
-        running=$(count_running "com.docker.stack.namespace=$SWARM_STACK")
-        [ "$running" = "$TOTAL" ] || die "swarm reports all tasks running but $running of $TOTAL containers run"
-        times+=("$(elapsed "$t0" "$t1")")
-        walls+=("$(elapsed "$t0" "$tc")")
-        reqs+=("$(reg_requests "$from")")
-        spreads+=("$(per_host "com.docker.stack.namespace=$SWARM_STACK")")
-        # Tasks that failed on the way (e.g. a pull that failed), replaced by Swarm.
-        local failed
-        failed=$(dk h1 stack ps "$SWARM_STACK" --format '{{.DesiredState}} {{.Error}}' | grep -vc '^Running' || true)
-        log "swarm, $n host(s), run $run/$RUNS: all Running after ${times[-1]} s (docker stack deploy returned after ${walls[-1]} s); registry manifest GET/HEAD, blob GET: ${reqs[-1]}; ${spreads[-1]}; replaced tasks: $failed"
-        run dk h1 stack rm "$SWARM_STACK" >"$WORK/logs/swarm-rm-$n-$run.log" 2>&1 || die "docker stack rm failed"
-        wait_gone 180 "swarm stack $SWARM_STACK" swarm_leftovers
+        if [ $((run % 2)) = 1 ]; then
+            corral_run "$n" "$run"
+            swarm_run "$n" "$run"
+        else
+            swarm_run "$n" "$run"
+            corral_run "$n" "$run"
+        fi
+        if [ "$FLOOR" = 1 ]; then
+            local f1 fr
+            f1=$(floor_run "$n" 1)
+            fr=$(floor_run "$n" "$REPLICAS")
+            R_FLOOR1[$n]+="$f1 "
+            R_FLOORR[$n]+="$fr "
+            log "floor on h1's engine, run $run/$RUNS: $SERVICES images, 1 pull each: $f1 s; $REPLICAS pulls each at once: $fr s"
+        fi
     done
-    remove_images
-    untrust
-    rm -f "$DOCKER_CFG/config.json"
-    R_SWARM[$n]="${times[*]}"
-    R_SWARM_CMD[$n]="${walls[*]}"
-    R_SWARM_REQ[$n]="${reqs[*]}"
-    R_SWARM_SPREAD[$n]="${spreads[-1]}"
     for h in "${HOSTS[@]}"; do dk "$h" swarm leave --force >/dev/null 2>&1 || true; done
     undo "$LAB_STATE"
 }
@@ -617,8 +704,20 @@ for n in $HOST_COUNTS; do
     printf '  %-44s %7ss   %s\n' "docker stack deploy -> all Running" "$(median ${R_SWARM[$n]})" "${R_SWARM[$n]}"
     # shellcheck disable=SC2086
     printf '  %-44s %7ss   %s\n' "(docker stack deploy returned after)" "$(median ${R_SWARM_CMD[$n]})" "${R_SWARM_CMD[$n]}"
-    printf '  %-44s %s\n' "registry manifest GET/HEAD, blob GET: corral" "${R_CORRAL_REQ[$n]}"
-    printf '  %-44s %s\n' "registry manifest GET/HEAD, blob GET: swarm" "${R_SWARM_REQ[$n]}"
+    printf '  %-44s %s\n' "registry requests, corral (a)" "${R_CORRAL_REQ[$n]}"
+    printf '  %-44s %s\n' "registry requests, swarm (a)" "${R_SWARM_REQ[$n]}"
+    printf '  %-44s %s\n' "manifest lock waits in dockerd, corral (b)" "${R_CORRAL_LOCK[$n]}"
+    printf '  %-44s %s\n' "manifest lock waits in dockerd, swarm (b)" "${R_SWARM_LOCK[$n]}"
+    if [ "$FLOOR" = 1 ]; then
+        # shellcheck disable=SC2086
+        printf '  %-44s %7ss   %s\n' "floor: h1 pulls $SERVICES images, 1 pull each" "$(median ${R_FLOOR1[$n]})" "${R_FLOOR1[$n]}"
+        # shellcheck disable=SC2086
+        printf '  %-44s %7ss   %s\n' "floor: h1 pulls them, $REPLICAS pulls each at once" "$(median ${R_FLOORR[$n]})" "${R_FLOORR[$n]}"
+    fi
     printf '  %-44s %s\n' "replicas per host: corral" "${R_CORRAL_SPREAD[$n]}"
     printf '  %-44s %s\n' "replicas per host: swarm" "${R_SWARM_SPREAD[$n]}"
 done
+echo
+echo "(a) per run: manifest GET / manifest HEAD / blob GET / all requests to /v2/, from the registry's access log"
+echo "(b) per run: \"ref … locked for\" lines in the host engines' logs: a pull waiting for another pull of the"
+echo "    same image on the same engine to release its manifest in containerd's content store"

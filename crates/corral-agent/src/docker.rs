@@ -61,6 +61,10 @@ pub struct Engine {
     /// Where shipped files and secrets go; `None` (an engine without a state dir) refuses
     /// containers that mount any.
     files: Option<crate::files::FileStore>,
+    /// One pull per image reference at a time: replicas of a service created together share
+    /// it instead of each asking dockerd (whose concurrent pulls of one image wait on each
+    /// other). Entries go when no replica waits on them.
+    pub(crate) pulls: crate::images::PullGate,
 }
 
 /// Docker's bridge driver option for the MTU of a network's interfaces.
@@ -153,6 +157,7 @@ impl Engine {
             expects_overlay: std::sync::atomic::AtomicBool::new(false),
             certs_dir,
             files,
+            pulls: Default::default(),
         });
         tokio::spawn(watch(engine.clone()));
         engine

@@ -112,6 +112,48 @@ fn status_code(e: &DockerError) -> Option<u16> {
     }
 }
 
+/// The lock of one reference's pulls, and when one last succeeded.
+type PullEntry = (std::sync::Arc<tokio::sync::Mutex<()>>, Option<Instant>);
+
+/// One pull per reference at a time, and the time each last succeeded.
+#[derive(Default)]
+pub struct PullGate {
+    inner: std::sync::Mutex<HashMap<String, PullEntry>>,
+}
+
+/// A pull of `always` that finished this recently serves replicas created meanwhile.
+const FRESH_PULL: Duration = Duration::from_secs(10);
+
+impl PullGate {
+    fn lock_for(&self, reference: &str) -> std::sync::Arc<tokio::sync::Mutex<()>> {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        // Forget references nobody holds or waits on (bounded by what runs at once).
+        inner.retain(|_, (lock, at)| {
+            std::sync::Arc::strong_count(lock) > 1 || at.is_some_and(|t| t.elapsed() < FRESH_PULL)
+        });
+        inner
+            .entry(reference.to_owned())
+            .or_insert_with(|| (Default::default(), None))
+            .0
+            .clone()
+    }
+
+    fn pulled(&self, reference: &str) {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(entry) = inner.get_mut(reference) {
+            entry.1 = Some(Instant::now());
+        }
+    }
+
+    fn fresh(&self, reference: &str) -> bool {
+        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        inner
+            .get(reference)
+            .and_then(|(_, at)| *at)
+            .is_some_and(|t| t.elapsed() < FRESH_PULL)
+    }
+}
+
 /// Per-layer progress of one pull, folded into one [`PullProgress`].
 #[derive(Default)]
 struct Layers {
@@ -261,6 +303,9 @@ impl Engine {
     /// is the digest the server admitted.
     pub async fn ensure_image(&self, docker: &Docker, spec: &ContainerSpec) -> Result<(), String> {
         let host = self.host_name();
+        // Replicas created together wait for one pull of their image, then find it there.
+        let gate = self.pulls.lock_for(&spec.image);
+        let _one_pull = gate.lock().await;
         let present = match docker.inspect_image(&spec.image).await {
             Ok(_) => true,
             Err(e) if matches!(status_code(&e), Some(404 | 400)) => false,
@@ -279,6 +324,7 @@ impl Engine {
                 ));
             }
             (PullPolicy::Never, true) | (PullPolicy::Missing, true) => {}
+            (PullPolicy::Always, true) if self.pulls.fresh(&spec.image) => {}
             (PullPolicy::Always, _) | (PullPolicy::Missing, false) => {
                 self.pull(
                     &spec.image,
@@ -286,6 +332,7 @@ impl Engine {
                     Some(&spec.corral_id),
                 )
                 .await?;
+                self.pulls.pulled(&spec.image);
             }
         }
         self.check_digest(docker, spec).await
@@ -474,6 +521,22 @@ mod tests {
         l.update("1.0", "Pulling from team/app", None, None);
         l.update("", "Digest: sha256:…", None, None);
         assert_eq!(l.progress("x", None, true).layers, 2);
+    }
+
+    #[test]
+    fn replicas_share_one_pull_per_reference() {
+        let gate = PullGate::default();
+        let a = gate.lock_for("r/app@sha256:1");
+        let b = gate.lock_for("r/app@sha256:1");
+        assert!(std::sync::Arc::ptr_eq(&a, &b));
+        assert!(!std::sync::Arc::ptr_eq(&a, &gate.lock_for("r/other:1")));
+        assert!(!gate.fresh("r/app@sha256:1"));
+        gate.pulled("r/app@sha256:1");
+        assert!(gate.fresh("r/app@sha256:1"));
+        drop((a, b));
+        // Entries nobody holds and no fresh pull keeps are forgotten.
+        let _ = gate.lock_for("x:1");
+        assert!(gate.inner.lock().unwrap().len() <= 3);
     }
 
     #[test]

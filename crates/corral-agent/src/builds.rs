@@ -158,20 +158,32 @@ impl Engine {
             Some(bollard::body_full(data.into())),
         );
         let mut lines: Vec<String> = Vec::new();
-        let keep = |text: &str, lines: &mut Vec<String>| {
+        // Lines not yet sent to the server.
+        let mut pending: Vec<String> = Vec::new();
+        let keep = |text: &str, lines: &mut Vec<String>, pending: &mut Vec<String>| {
             for l in text.lines().map(str::trim_end).filter(|l| !l.is_empty()) {
                 lines.push(l.to_owned());
+                pending.push(l.to_owned());
                 if lines.len() > 200 {
                     lines.drain(..100);
                 }
             }
         };
         tracing::info!(tag = %req.tag, "building");
+        // The output goes to the server as it comes, a batch at most twice a second (and at
+        // every step).
+        let mut last_sent = std::time::Instant::now();
         while let Some(item) = stream.next().await {
             match item {
                 Ok(info) => {
                     if let Some(s) = &info.stream {
-                        keep(s, &mut lines);
+                        keep(s, &mut lines, &mut pending);
+                        if last_sent.elapsed() >= Duration::from_millis(500) || s.contains("Step ")
+                        {
+                            self.report_build_log(&req.build_id, &pending);
+                            pending.clear();
+                            last_sent = std::time::Instant::now();
+                        }
                     }
                     if let Some(e) = info.error_detail.and_then(|d| d.message) {
                         return Err(failed(&host, &lines, &e));
@@ -189,6 +201,7 @@ impl Engine {
                 }
             }
         }
+        self.report_build_log(&req.build_id, &pending);
         let tag = parsed.effective_tag().unwrap_or("latest").to_owned();
         let push_creds = req.auth.as_ref().and_then(|a| {
             a.username.as_ref()?;
@@ -237,6 +250,32 @@ impl Engine {
             digest,
             log_tail: lines.split_off(start),
         })
+    }
+}
+
+impl Engine {
+    fn report_build_log(&self, build_id: &str, lines: &[String]) {
+        if lines.is_empty() {
+            return;
+        }
+        let lines: Vec<String> = lines
+            .iter()
+            .rev()
+            .take(64)
+            .rev()
+            .map(|l| {
+                let mut cut = l.len().min(1024);
+                while !l.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                l[..cut].to_owned()
+            })
+            .collect();
+        // Advisory, like pull progress: a full queue drops a batch, never the outcome.
+        let _ = self.try_report(corral_proto::Report::BuildLog {
+            build_id: build_id.to_owned(),
+            lines,
+        });
     }
 }
 

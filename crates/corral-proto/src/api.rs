@@ -305,6 +305,9 @@ pub struct UpRequest {
     /// and configs' and secrets' `file:` sources.
     #[serde(default)]
     pub project_files: Vec<crate::files::ProjectFile>,
+    /// An id the CLI chose to follow the `up` by (`GET /v1/progress/ID`): builds' output.
+    #[serde(default)]
+    pub progress_id: Option<String>,
     /// Each built service's context, uploaded before (`PUT /v1/build-contexts/SHA256`):
     /// service → the SHA-256 (hex) of its tar.
     #[serde(default)]
@@ -579,4 +582,13 @@ pub struct SecretView {
     pub version: String,
     /// The services that mount it, and where.
     pub mounts: Vec<String>,
+}
+
+/// `GET /v1/progress/{id}?after=N`: what a long `up` has said since line N.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProgressView {
+    /// The new lines.
+    pub lines: Vec<String>,
+    /// The offset to ask from next.
+    pub next: usize,
 }

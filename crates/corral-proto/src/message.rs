@@ -82,6 +82,14 @@ pub enum Report {
     },
     /// How an image pull is going.
     Pull(PullProgress),
+    /// Lines of a build's output, as the build goes (at most 64 lines of at most 1 KiB each
+    /// per report).
+    BuildLog {
+        /// The build (`bld-…`).
+        build_id: String,
+        /// The new lines.
+        lines: Vec<String>,
+    },
 }
 
 /// The Docker engine on a host, as its agent reads it (empty or 0 where Docker does not say).

@@ -131,7 +131,13 @@ pub async fn ensure(
     auths: &Auths,
     hosts: &[(String, String)],
     p: &Planned,
+    progress: Option<&str>,
 ) -> Result<Outcome> {
+    let say = |line: String| {
+        if let Some(id) = progress {
+            state.progress.push(id, line);
+        }
+    };
     let auth = auths.build_registry().cloned();
     let Some((host_id, host_name)) = hosts
         .iter()
@@ -180,6 +186,16 @@ pub async fn ensure(
         ))
     })?;
     let build_id = new_id("bld");
+    say(format!(
+        "{}: sending the build context ({:.1} MB) to host {host_name}",
+        p.service,
+        data.len() as f64 / 1e6
+    ));
+    if let Some(id) = progress {
+        state
+            .progress
+            .link_build(&build_id, id, &format!("{} | ", p.service));
+    }
     let mut pending = Vec::new();
     for (i, piece) in data.chunks(BUILD_CHUNK_BYTES).enumerate() {
         let chunk = BuildChunk {
@@ -197,6 +213,7 @@ pub async fn ensure(
             ))
         })?;
     }
+    say(format!("{}: building on host {host_name}", p.service));
     let request = BuildImage {
         build_id,
         size: data.len() as u64,

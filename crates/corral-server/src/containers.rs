@@ -77,6 +77,17 @@ pub async fn on_report(state: &AppState, host_id: &str, conn_id: u64, report: Re
             state.pulls.record(host_id, progress);
             Ok(Vec::new())
         }
+        Report::BuildLog { build_id, lines } => {
+            // Bounded by the agent (64 lines of 1 KiB) and kept only for a build this
+            // server started.
+            let lines = lines
+                .into_iter()
+                .take(64)
+                .map(|l| crate::text::clip(&l, 1024).into_owned())
+                .collect();
+            state.progress.build_lines(&build_id, lines);
+            Ok(Vec::new())
+        }
     };
     match result {
         Ok(ids) => record_foreign(state, host_id, ids).await,

@@ -131,6 +131,7 @@ pub async fn start(options: ServerOptions) -> Result<RunningServer, ServerError>
         overlay: Default::default(),
         gate: Arc::new(state::gate::Gate::new(options.max_unauthenticated)),
         pulls: state::pulls::Pulls::default(),
+        progress: state::progress::ProgressLog::default(),
         events: state::events::EventLimiter::new(
             options.event_rate_limit,
             options.event_rate_window,

@@ -9,6 +9,7 @@ use serde::de::DeserializeOwned;
 
 use crate::cli::Conn;
 
+#[derive(Clone)]
 pub struct Client {
     base: String,
     api_key: String,

@@ -184,6 +184,7 @@ pub fn project_with_contexts(
             env,
             project_files: project_files.files,
             build_contexts,
+            progress_id: None,
         },
         archives,
     ))
@@ -322,7 +323,24 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
             client.put_bytes(&path, tar).await?;
         }
     }
-    let resp: UpResponse = client.post_long("/v1/stacks", &request).await?;
+    // What the server does meanwhile (a build's output) is shown as it happens.
+    let mut request = request;
+    let progress_id = random_id();
+    request.progress_id = Some(progress_id.clone());
+    let follow = tokio::spawn(follow_progress(client.clone(), progress_id.clone()));
+    let answer = client.post_long("/v1/stacks", &request).await;
+    follow.abort();
+    // The last lines, written between the last poll and the answer.
+    if let Ok(view) = client
+        .get::<corral_proto::api::ProgressView>(&format!("/v1/progress/{progress_id}"))
+        .await
+    {
+        let shown = LAST_SHOWN.load(std::sync::atomic::Ordering::Relaxed);
+        for line in view.lines.iter().skip(shown) {
+            eprintln!("  {line}");
+        }
+    }
+    let resp: UpResponse = answer?;
     for w in &resp.warnings {
         eprintln!("warning: {w}");
     }
@@ -846,4 +864,41 @@ pub fn config(args: ConfigArgs) -> anyhow::Result<()> {
         }
         lines.join("\n")
     })
+}
+
+/// How many progress lines of the current `up` have been shown.
+static LAST_SHOWN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// A random id to follow an `up` by.
+fn random_id() -> String {
+    use ring::rand::SecureRandom;
+    let mut bytes = [0u8; 16];
+    // Without randomness the id is still unique enough to follow one's own `up`.
+    if ring::rand::SystemRandom::new().fill(&mut bytes).is_err() {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        bytes.copy_from_slice(&t.to_le_bytes());
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Prints what the server says about an `up` in progress, every half second, until aborted.
+async fn follow_progress(client: Client, id: String) {
+    let mut after = 0usize;
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let Ok(view) = client
+            .get::<corral_proto::api::ProgressView>(&format!("/v1/progress/{id}?after={after}"))
+            .await
+        else {
+            continue;
+        };
+        for line in &view.lines {
+            eprintln!("  {line}");
+        }
+        after = view.next;
+        LAST_SHOWN.store(after, std::sync::atomic::Ordering::Relaxed);
+    }
 }

@@ -111,6 +111,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(stacks::logs),
         )
         .route("/v1/secrets", get(stacks::secrets))
+        .route("/v1/progress/{id}", get(stacks::progress))
         .route("/v1/events", get(events::list))
         .route("/v1/topology", get(network::topology))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })

@@ -85,3 +85,24 @@ pub(super) async fn secrets(
 ) -> Result<Json<Vec<corral_proto::api::SecretView>>, ApiError> {
     Ok(Json(stacks::secrets(&state).await?))
 }
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ProgressQuery {
+    #[serde(default)]
+    after: usize,
+}
+
+pub(super) async fn progress(
+    _: Admin,
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    q: Params<ProgressQuery>,
+) -> Result<Json<corral_proto::api::ProgressView>, ApiError> {
+    let Query(q) = q?;
+    if !crate::state::progress::valid_id(&id) {
+        return Err(crate::error::Error::invalid("not a progress id").into());
+    }
+    let (lines, next) = state.progress.read(&id, q.after);
+    Ok(Json(corral_proto::api::ProgressView { lines, next }))
+}

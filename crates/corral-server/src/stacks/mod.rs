@@ -101,6 +101,13 @@ pub async fn up(state: &Arc<AppState>, req: UpRequest) -> Result<UpResponse> {
             thousands(MAX_STACK_REPLICAS)
         )));
     }
+    if let Some(id) = &req.progress_id
+        && !crate::state::progress::valid_id(id)
+    {
+        return Err(bad(
+            "progress_id must be 16 to 64 letters, digits and dashes",
+        ));
+    }
     let sent = project_files(&req.project_files)?;
     let mut stack =
         define::define_with_files(&loaded.project, &sent).map_err(|e| bad(first_errors(&e)))?;
@@ -196,7 +203,9 @@ pub async fn up(state: &Arc<AppState>, req: UpRequest) -> Result<UpResponse> {
         .collect();
     for p in &to_build {
         built.push(
-            match crate::builds::ensure(state, &auths, &named, p).await? {
+            match crate::builds::ensure(state, &auths, &named, p, req.progress_id.as_deref())
+                .await?
+            {
                 crate::builds::Outcome::Found => format!(
                     "service {}: build context unchanged, {} is already built",
                     p.service, p.tag

@@ -9,6 +9,7 @@
 pub mod events;
 pub mod gate;
 pub mod overlay;
+pub mod progress;
 pub mod pulls;
 pub mod reconciler;
 pub mod registry;
@@ -39,6 +40,8 @@ pub struct AppState {
     pub events: events::EventLimiter,
     /// Image pulls in progress on the hosts.
     pub pulls: pulls::Pulls,
+    /// What long `up`s are doing, for the CLI that waits on them.
+    pub progress: progress::ProgressLog,
     pub options: ServerOptions,
     /// The URL agents are told to dial (`--advertise-url`).
     pub advertise_url: String,

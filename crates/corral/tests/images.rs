@@ -715,7 +715,10 @@ fn built_services_are_built_once_pushed_and_only_a_changed_context_rolls() {
     assert!(said.contains("service worker: built on host"), "{said}");
     // The build's own output reached `up` as it went.
     assert!(said.contains("api: sending the build context"), "{said}");
-    assert!(said.contains("api | Step 1/5 : FROM corral-test/busybox:latest"), "{said}");
+    assert!(
+        said.contains("api | Step 1/5 : FROM corral-test/busybox:latest"),
+        "{said}"
+    );
     let running = |svc: &str| -> Vec<(String, String, String)> {
         let mut out = Vec::new();
         for h in ["h1", "h2"] {

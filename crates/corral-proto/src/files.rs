@@ -93,7 +93,7 @@ pub mod base64_bytes {
         let text = String::deserialize(d)?;
         STANDARD
             .decode(text.as_bytes())
-            .map_err(serde::de::Error::custom)
+            .map_err(|e| serde::de::Error::custom(format!("not base64: {e}")))
     }
 }
 

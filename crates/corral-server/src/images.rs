@@ -383,13 +383,20 @@ pub async fn pin(
         }
     }
     let Some(answers) = answers else {
-        return Err(Error::Conflict(format!(
-            "no connected host could ask the registries about the images{}; nothing was changed",
-            if tried.is_empty() {
-                String::new()
-            } else {
-                format!(" ({})", tried.join("; "))
+        if tried.is_empty() {
+            // No host is connected (a stack of no replicas yet, say): nothing will run now.
+            // The tags stay as written, said as such; `require_digest` refuses them, and the
+            // next `up` with hosts connected pins them.
+            for image in &wanted {
+                out.unpinned.push(format!(
+                    "{image} (no connected host could ask its registry)"
+                ));
             }
+            return Ok(out);
+        }
+        return Err(Error::Conflict(format!(
+            "no connected host could ask the registries about the images ({}); nothing was changed",
+            tried.join("; ")
         )));
     };
     let found: HashMap<&str, &Resolution> = wanted

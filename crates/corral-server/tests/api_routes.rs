@@ -104,6 +104,25 @@ const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/stacks/s/services/web/logs"),
     ("GET", "/v1/events"),
     ("GET", "/v1/topology"),
+    ("GET", "/v1/registries"),
+    ("POST", "/v1/registries"),
+    ("DELETE", "/v1/registries/r.example.com"),
+    ("GET", "/v1/environments/default/admission"),
+    ("PUT", "/v1/environments/default/admission"),
+    ("POST", "/v1/environments/default/admission/test"),
+    ("GET", "/v1/hosts/h/images"),
+    ("POST", "/v1/hosts/h/images"),
+    ("DELETE", "/v1/hosts/h/images?image=x"),
+    (
+        "GET",
+        "/v1/build-contexts/0000000000000000000000000000000000000000000000000000000000000000",
+    ),
+    (
+        "PUT",
+        "/v1/build-contexts/0000000000000000000000000000000000000000000000000000000000000000",
+    ),
+    ("GET", "/v1/secrets"),
+    ("GET", "/v1/progress/0123456789abcdef"),
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -279,4 +298,121 @@ async fn hosts_containers_and_stacks_without_hosts() {
     let (status, topology) = api.admin(Method::GET, "/v1/topology", None).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(topology["environments"][0]["name"], "default");
+}
+
+/// Registries, admission, build contexts, project files and progress: bad input is refused
+/// with a reason and changes nothing; a password is never answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn images_files_and_builds_refuse_bad_input() {
+    let api = start().await;
+    for (body, says) in [
+        (json!({"registry": "nginx"}), "HOST[:PORT]"),
+        (
+            json!({"registry": "r.example.com", "username": "u"}),
+            "both",
+        ),
+        (
+            json!({"registry": "r.example.com", "ca_pem": "not a certificate"}),
+            "CA",
+        ),
+        (
+            json!({"registry": "r.example.com", "password": "x".repeat(5000), "username": "u"}),
+            "bytes",
+        ),
+        (json!({"registry": "r.example.com", "extra": 1}), "extra"),
+    ] {
+        let (status, answer) = api
+            .admin(Method::POST, "/v1/registries", Some(body.clone()))
+            .await;
+        assert!(status.is_client_error(), "{body}: {status} {answer}");
+        assert!(
+            answer["error"].as_str().unwrap().contains(says),
+            "{body}: {answer}"
+        );
+    }
+    let (status, _) = api
+        .admin(
+            Method::POST,
+            "/v1/registries",
+            Some(json!({"registry": "r.example.com:5000", "username": "u", "password": "s3cret-pw", "builds": true})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, listed) = api.admin(Method::GET, "/v1/registries", None).await;
+    assert_eq!(listed[0]["builds"], true, "{listed}");
+    assert!(!listed.to_string().contains("s3cret-pw"));
+    let (status, _) = api
+        .admin(Method::DELETE, "/v1/registries/nope.example.com", None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    let (status, answer) = api
+        .admin(
+            Method::PUT,
+            "/v1/environments/default/admission",
+            Some(json!({"document": "allow_everything: true"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+    let (_, shown) = api
+        .admin(Method::GET, "/v1/environments/default/admission", None)
+        .await;
+    assert_eq!(
+        shown["generation"],
+        Value::Null,
+        "a refused policy changed nothing"
+    );
+
+    // A build context whose bytes are not its name.
+    let req = Request::builder()
+        .method(Method::PUT)
+        .uri("/v1/build-contexts/0000000000000000000000000000000000000000000000000000000000000000")
+        .header(header::AUTHORIZATION, format!("Bearer {}", api.key))
+        .body(Body::from("not that"))
+        .unwrap();
+    let resp = api::router(api.state()).oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let (status, _) = api.admin(Method::GET, "/v1/build-contexts/zz", None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+
+    // Project files that climb out, and a progress id that is not one.
+    let up = |files: Value, progress: Option<&str>| {
+        json!({
+            "name": "p",
+            "files": [{"name": "compose.yaml", "text": "services:\n  a:\n    image: x\n"}],
+            "project_files": files,
+            "progress_id": progress,
+        })
+    };
+    for (body, says) in [
+        (
+            up(
+                json!([{"path": "../etc/passwd", "mode": 420, "data": ""}]),
+                None,
+            ),
+            "relative path",
+        ),
+        (
+            up(json!([{"path": "a", "mode": 420, "data": "!!"}]), None),
+            "base64",
+        ),
+        (
+            up(
+                json!([{"path": "a", "mode": 420, "data": ""}, {"path": "a", "mode": 420, "data": ""}]),
+                None,
+            ),
+            "twice",
+        ),
+        (up(json!([]), Some("../x")), "progress_id"),
+    ] {
+        let (status, answer) = api
+            .admin(Method::POST, "/v1/stacks", Some(body.clone()))
+            .await;
+        assert!(status.is_client_error(), "{body}: {status} {answer}");
+        assert!(answer.to_string().contains(says), "{body}: {answer}");
+    }
+    let (_, stacks) = api.admin(Method::GET, "/v1/stacks", None).await;
+    assert_eq!(stacks, json!([]));
+    let (status, _) = api.admin(Method::GET, "/v1/progress/short", None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
 }

@@ -415,7 +415,7 @@ async fn wait_converged(
                 bar.set_length(u64::from(s.desired));
                 bar.set_position(u64::from(s.ready.min(s.desired)));
                 bar.set_message(line);
-            } else if last_line.get(&s.name) != Some(&line) {
+            } else if last_line.get(&s.name) != Some(&format!("{}/{} {line}", s.ready, s.desired)) {
                 eprintln!(
                     "{}: {}/{} ready{}",
                     s.name,
@@ -423,7 +423,7 @@ async fn wait_converged(
                     s.desired,
                     suffix(&line)
                 );
-                last_line.insert(s.name.clone(), line);
+                last_line.insert(s.name.clone(), format!("{}/{} {line}", s.ready, s.desired));
             }
         }
         if view.converged {

@@ -136,6 +136,10 @@ pub(super) async fn put_context(
     Path(sha): Path<String>,
     body: axum::body::Bytes,
 ) -> Result<StatusCode, ApiError> {
-    crate::builds::put_context(&state, &sha, &body)?;
+    // Hashing and writing up to 64 MiB: off the async workers.
+    let state2 = state.clone();
+    tokio::task::spawn_blocking(move || crate::builds::put_context(&state2, &sha, &body))
+        .await
+        .map_err(crate::error::Error::internal)??;
     Ok(StatusCode::NO_CONTENT)
 }

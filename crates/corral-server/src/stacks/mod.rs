@@ -197,11 +197,28 @@ pub async fn up(state: &Arc<AppState>, req: UpRequest) -> Result<UpResponse> {
     // One digest everywhere: each tag is resolved once, by a host that will run it.
     let chosen = chosen_hosts(&world, &dry.actions);
     let mut built = Vec::new();
-    let named: Vec<(String, String)> = chosen
+    let all_named: Vec<(String, String)> = chosen
         .iter()
         .map(|id| (id.clone(), world.host_name(id)))
         .collect();
     for p in &to_build {
+        // Built on a host that runs the service (so it keeps the image it runs), else any.
+        let mut named: Vec<(String, String)> = Vec::new();
+        for a in &dry.actions {
+            if let reconcile::Action::Run {
+                service, host_id, ..
+            } = a
+                && *service == p.service
+                && !named.iter().any(|(id, _)| id == host_id)
+            {
+                named.push((host_id.clone(), world.host_name(host_id)));
+            }
+        }
+        for other in &all_named {
+            if !named.contains(other) {
+                named.push(other.clone());
+            }
+        }
         built.push(
             match crate::builds::ensure(state, &auths, &named, p, req.progress_id.as_deref())
                 .await?

@@ -341,7 +341,8 @@ async fn an_unreadable_reply_fails_the_operation_and_stores_nothing() {
     let file = t.path().join("compose.yaml");
     std::fs::write(
         &file,
-        "services:\n  web:\n    image: corral-test/busybox:latest\n",
+        // `never`: no tag to resolve, so the image check is the first command.
+        "services:\n  web:\n    image: corral-test/busybox:latest\n    pull_policy: never\n",
     )
     .unwrap();
     let up = cli_in_background(&server, &["up", "-f", file.to_str().unwrap(), "-p", "shop"]);
@@ -380,7 +381,7 @@ async fn a_burst_of_commands_all_reach_a_connected_host() {
     std::fs::write(
         &file,
         format!(
-            "services:\n  web:\n    image: corral-test/busybox:latest\n    deploy: {{ replicas: {REPLICAS} }}\n"
+            "services:\n  web:\n    image: corral-test/busybox:latest\n    pull_policy: never\n    deploy: {{ replicas: {REPLICAS} }}\n"
         ),
     )
     .unwrap();

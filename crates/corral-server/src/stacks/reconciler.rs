@@ -431,49 +431,14 @@ async fn run_replica(
         restart_count: 0,
         ip: None,
     };
+    // What rides with this command only (sealed in the queue), never in the stored spec:
+    // the registry's account and the contents of the files it mounts. Without them it is not
+    // started at all.
+    if let Err(why) = command_extras(state, stack, &mut spec).await {
+        state.reconciler.failed_start(&stack.id, &svc.name, why);
+        return Ok(());
+    }
     state.store.insert_container(&row).await?;
-    // The registry's account rides with this command only (sealed in the queue), never in
-    // the container's stored spec.
-    if spec.pull != corral_proto::PullPolicy::Never {
-        match crate::images::auths(state, &stack.environment_id).await {
-            Ok(auths) => spec.registry_auth = auths.for_image(&spec.image),
-            Err(e) => {
-                let _ = state.store.delete_container(&id).await;
-                state
-                    .reconciler
-                    .failed_start(&stack.id, &svc.name, e.to_string());
-                return Ok(());
-            }
-        }
-    }
-    // The files it mounts travel with the command, never in the stored spec.
-    if !spec.files.is_empty() {
-        let mut digests: Vec<String> = Vec::new();
-        for f in &spec.files {
-            if f.entries.is_empty() {
-                digests.push(f.digest.clone());
-            } else {
-                digests.extend(f.entries.iter().map(|e| e.digest.clone()));
-            }
-        }
-        digests.sort();
-        digests.dedup();
-        match state.store.stack_files(&stack.id, &digests).await {
-            Ok(contents) => {
-                spec.file_contents = contents
-                    .into_iter()
-                    .map(|(digest, data)| corral_proto::FileContent { digest, data })
-                    .collect();
-            }
-            Err(e) => {
-                let _ = state.store.delete_container(&id).await;
-                state
-                    .reconciler
-                    .failed_start(&stack.id, &svc.name, e.to_string());
-                return Ok(());
-            }
-        }
-    }
     let in_flight = InFlight::mark(state, &id);
     let pending = match dispatch::send(state, host_id, spec, state.options.command_ttl).await {
         Ok(p) => p,
@@ -513,6 +478,43 @@ async fn run_replica(
         }
         drop(in_flight);
     });
+    Ok(())
+}
+
+/// Adds to a replica's `container_run` what only that command carries: its registry's
+/// account (unless it never pulls) and the contents of the files it mounts.
+async fn command_extras(
+    state: &Arc<AppState>,
+    stack: &StackRow,
+    spec: &mut ContainerSpec,
+) -> Result<(), String> {
+    if spec.pull != corral_proto::PullPolicy::Never {
+        let auths = crate::images::auths(state, &stack.environment_id)
+            .await
+            .map_err(|e| e.to_string())?;
+        spec.registry_auth = auths.for_image(&spec.image);
+    }
+    if !spec.files.is_empty() {
+        let mut digests: Vec<String> = Vec::new();
+        for f in &spec.files {
+            if f.entries.is_empty() {
+                digests.push(f.digest.clone());
+            } else {
+                digests.extend(f.entries.iter().map(|e| e.digest.clone()));
+            }
+        }
+        digests.sort();
+        digests.dedup();
+        let contents = state
+            .store
+            .stack_files(&stack.id, &digests)
+            .await
+            .map_err(|e| e.to_string())?;
+        spec.file_contents = contents
+            .into_iter()
+            .map(|(digest, data)| corral_proto::FileContent { digest, data })
+            .collect();
+    }
     Ok(())
 }
 

@@ -31,8 +31,9 @@
 # busybox-static, iproute2, python3; uses ${CORRAL_BIN:-${CARGO_TARGET_DIR:-target}/release/corral}
 # and builds it (cargo build --release -p corral) if missing.
 #
-# The lab is scripts/bench-pull.sh's: a /24 of 198.19.0.0/16 chosen at random and checked free,
-# every address inside a network namespace, all namespaces on one lab bridge:
+# The lab is scripts/bench-pull.sh's (both make it with the functions of scripts/bench-lab.sh): a
+# /24 of 198.19.0.0/16 chosen at random and checked free, every address inside a network
+# namespace, all namespaces on one lab bridge:
 #   reg  (.2)   Debian's docker-registry on :5000, TLS (a CA made here with openssl) and htpasswd
 #               (bcrypt) basic auth. Restarted on an empty storage directory before every cold run.
 #   srv  (.1)   `corral server`; `corral registry add REG --username … --password-stdin --ca-file
@@ -76,9 +77,12 @@
 # /etc/docker/certs.d/REG, the temporary DOCKER_CONFIG and the work directory. KEEP=1 keeps the
 # logs (the work directory, without keys, image data or the contexts' random data).
 set -euo pipefail
+. "$(dirname "$0")/bench-lab.sh"
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 
+BENCH=bench-build
+LAB_TAG=cbb
 RUNS=${RUNS:-3}
 HOSTS_N=${HOSTS:-3}
 REPLICAS=${REPLICAS:-$HOSTS_N}
@@ -91,286 +95,27 @@ TOTAL=$((${#SERVICES[@]} * REPLICAS))
 REG_USER=bench
 POLL=0.25
 
-log() { printf '==> %s\n' "$*" >&2; }
-die() { printf 'bench-build: %s\n' "$*" >&2; exit 1; }
-now() { printf '%s' "$EPOCHREALTIME"; }
-elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b - a }'; }
-median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) printf "%.2f", v[(NR + 1) / 2]; else printf "%.2f", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
-
-[ "$(id -u)" = 0 ] || die "run as root (network namespaces, dockerds, /etc/docker/certs.d)"
-[ "$RUNS" -ge 1 ] 2>/dev/null || die "RUNS must be a positive integer"
+check_root_runs
 [ "$HOSTS_N" -ge 1 ] 2>/dev/null && [ "$HOSTS_N" -le 20 ] || die "HOSTS must be 1 to 20 (got $HOSTS_N)"
 [ "$REPLICAS" -ge 1 ] 2>/dev/null && [ "$REPLICAS" -le "$HOSTS_N" ] ||
     die "REPLICAS must be 1 to HOSTS ($HOSTS_N): the replicas of a service are kept apart (got $REPLICAS)"
 [ "$DATA_KB" -ge 1 ] 2>/dev/null || die "DATA_KB must be a positive integer"
-for tool in dockerd:docker.io docker:docker.io docker-registry:docker-registry htpasswd:apache2-utils \
-    openssl:openssl curl:curl busybox:busybox-static ip:iproute2 nsenter:util-linux python3:python3; do
-    command -v "${tool%%:*}" >/dev/null 2>&1 || die "no ${tool%%:*} (apt-get install -y ${tool#*:})"
-done
+check_tools
 
-WORK=$(mktemp -d /tmp/corral-bench-build.XXXXXX)
-ID=$(printf '%04x' $(((RANDOM << 1 ^ $$) & 0xffff)))
+lab_work
 STATE=$WORK/state
 : >"$STATE"
-CHILD=
-
-# Runs a command in the background and waits for it, so that a signal to this script is handled
-# at once (bash defers traps while a foreground command runs); cleanup stops it.
-run() {
-    "$@" &
-    CHILD=$!
-    local rc=0
-    wait "$CHILD" || rc=$?
-    CHILD=
-    return "$rc"
-}
-
-wait_for() { # SECONDS DESCRIPTION CMD…: until CMD succeeds, polling every 250 ms
-    local secs=$1 what=$2
-    shift 2
-    local t0=$SECONDS
-    until "$@" >/dev/null 2>&1; do
-        [ $((SECONDS - t0)) -ge "$secs" ] && die "timed out after ${secs}s waiting for $what"
-        sleep "$POLL"
-    done
-}
-wait_gone() { # SECONDS DESCRIPTION CMD…: until CMD prints nothing
-    local secs=$1 what=$2
-    shift 2
-    local t0=$SECONDS
-    while [ -n "$("$@" 2>/dev/null)" ]; do
-        [ $((SECONDS - t0)) -ge "$secs" ] && die "timed out after ${secs}s waiting for $what to be gone: $("$@" 2>&1 | tr '\n' ' ')"
-        sleep "$POLL"
-    done
-}
-
-# --- undo -------------------------------------------------------------------------------------
-ns_of() { echo "cbb-$ID-$1"; }
-sock() { echo "$WORK/docker/$1/docker.sock"; }
-dk() { # HOST ARGS…: the docker CLI against HOST's engine (never the machine's own)
-    local h=$1
-    shift
-    docker -H "unix://$(sock "$h")" "$@"
-}
-ours() { # PID: still a process this script started (not a reused id): its command line names
-    # the work directory (every agent, server, registry, dockerd and containerd started here does)
-    grep -qaF "$WORK/" "/proc/$1/cmdline" 2>/dev/null
-}
-stop_pid() { # PID: SIGTERM, up to 20 s, then SIGKILL
-    local pid=$1
-    ours "$pid" || return 0
-    kill "$pid" 2>/dev/null || true
-    for _ in $(seq 80); do ours "$pid" || break; sleep "$POLL"; done
-    if ours "$pid"; then kill -9 "$pid" 2>/dev/null || true; fi
-    wait "$pid" 2>/dev/null || true
-}
-stop_dockerd() { # HOST: its containers go, then the daemon and its containerd
-    local h=$1 dir=$WORK/docker/$1
-    if dk "$h" info >/dev/null 2>&1; then
-        dk "$h" ps -aq 2>/dev/null | xargs -r docker -H "unix://$(sock "$h")" rm -f -v >/dev/null 2>&1 || true
-    fi
-    [ -f "$dir/pid" ] && stop_pid "$(cat "$dir/pid")"
-    local cpid
-    cpid=$(cat "$dir/exec/containerd/containerd.pid" 2>/dev/null) || cpid=
-    if [ -n "$cpid" ] && grep -qaF "$dir/exec" "/proc/$cpid/cmdline" 2>/dev/null; then
-        stop_pid "$cpid"
-    fi
-    # Whatever dockerd left mounted under its directories (overlay2, netns files).
-    grep -F " $dir/" /proc/mounts | awk '{ print $2 }' | sort -r | xargs -r -n 1 umount -l 2>/dev/null || true
-    rm -rf --one-file-system "$dir"
-}
-undo() { # STATE_FILE: undo what it records, newest first
-    local file=$1 kind arg
-    [ -f "$file" ] || return 0
-    tac "$file" | while read -r kind arg; do
-        case "$kind" in
-            pid) stop_pid "$arg" ;;
-            dockerd) stop_dockerd "$arg" ;;
-            netns) ip netns del "$arg" 2>/dev/null || true ;;
-            link) ip link del "$arg" 2>/dev/null || true ;;
-            iptables) iptables -w -D DOCKER-USER -i "$arg" -o "$arg" -j ACCEPT 2>/dev/null || true ;;
-            certsd) rm -rf "$arg" ;;
-            dir) rm -rf --one-file-system "$arg" ;;
-        esac
-    done
-    : >"$file"
-}
-record() { echo "$1" >>"$STATE"; } # "KIND ARG"
-cleanup() {
-    local rc=$?
-    set +e
-    trap - EXIT INT TERM
-    if [ -n "$CHILD" ]; then
-        kill "$CHILD" 2>/dev/null
-        wait "$CHILD" 2>/dev/null
-    fi
-    [ "$rc" = 0 ] || log "failed (exit $rc); undoing everything"
-    undo "$STATE"
-    if [ "${KEEP:-0}" = 1 ]; then
-        rm -rf "$WORK/reg/tls" "$WORK/reg/storage" "$WORK/reg/htpasswd" "$WORK/reg/password" \
-            "$WORK/base.tar" "$WORK/project/api/data" "$WORK/project/worker/data" "$WORK/floor"
-        log "logs kept in $WORK"
-    else
-        rm -rf --one-file-system "$WORK"
-    fi
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+UNDO_FILES=("$STATE")
+KEEP_DROP=("$WORK/base.tar" "$WORK/project/api/data" "$WORK/project/worker/data" "$WORK/floor")
+lab_traps
 
 # --- the binary -------------------------------------------------------------------------------
-BIN=${CORRAL_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/corral}
-if [ ! -x "$BIN" ]; then
-    [ -z "${CORRAL_BIN:-}" ] || die "CORRAL_BIN=$CORRAL_BIN is not executable"
-    log "building the release binary (cargo build --release -p corral)"
-    cargo build --release -p corral --locked -q
-elif [ -z "${CORRAL_BIN:-}" ] && [ -n "$(find crates Cargo.toml Cargo.lock -newer "$BIN" \( -name '*.rs' -o -name 'Cargo.*' \) -print -quit)" ]; then
-    log "warning: $BIN is older than the sources; run \`cargo build --release -p corral\` to measure them"
-fi
+lab_bin
 [[ "$("$BIN" registry add --help 2>/dev/null)" == *--builds* ]] || die "$BIN has no \`registry add --builds\`: build a current one"
 
-# --- the network ------------------------------------------------------------------------------
-ROOT_ADDRS=$(ip -4 -o addr show)
-PREFIX=
-for _ in $(seq 256); do
-    p="198.19.$((RANDOM % 256))"
-    grep -qF " $p." <<<"$ROOT_ADDRS" || { PREFIX=$p; break; }
-done
-[ -n "$PREFIX" ] || die "no free /24 in 198.19.0.0/16 (the root namespace uses them all?)"
-BRIDGE="cbb${ID}b"
-ip link add "$BRIDGE" type bridge
-record "link $BRIDGE"
-echo 1 >"/proc/sys/net/ipv6/conf/$BRIDGE/disable_ipv6" 2>/dev/null || true
-if iptables -w -n -L DOCKER-USER >/dev/null 2>&1; then
-    # A dockerd in the root namespace: FORWARD policy DROP and br_netfilter on (see LAB.md).
-    iptables -w -I DOCKER-USER -i "$BRIDGE" -o "$BRIDGE" -j ACCEPT
-    record "iptables $BRIDGE"
-fi
-ip link set "$BRIDGE" up
-
-add_ns() { # NAME IP
-    local name=$1 ip=$2 ns veth
-    ns=$(ns_of "$name")
-    veth="cbb${ID}${name}"
-    ip netns add "$ns"
-    record "netns $ns"
-    ip link add "$veth" type veth peer name "${veth}p"
-    record "link $veth"
-    echo 1 >"/proc/sys/net/ipv6/conf/$veth/disable_ipv6" 2>/dev/null || true
-    ip link set "$veth" master "$BRIDGE"
-    ip link set "$veth" up
-    ip link set "${veth}p" netns "$ns"
-    ip -n "$ns" link set "${veth}p" name eth0
-    ip -n "$ns" addr add "$ip/24" dev eth0
-    ip -n "$ns" link set eth0 up
-    ip -n "$ns" link set lo up
-}
-host_ip() { echo "$PREFIX.$((10 + ${1#h}))"; }
-dlog() { echo "$WORK/logs/dockerd-$1.log"; }
-
-declare -A DOCKERD_PID
-start_dockerd() { # HOST: in HOST's namespace, everything under WORK/docker/HOST
-    local h=$1 dir=$WORK/docker/$1
-    mkdir -p "$dir/data" "$dir/exec"
-    nsenter --net="/var/run/netns/$(ns_of "$h")" dockerd --data-root "$dir/data" \
-        --exec-root "$dir/exec" --pidfile "$dir/pid" -H "unix://$(sock "$h")" \
-        --bridge=none --iptables=false --ip-masq=false >"$(dlog "$h")" 2>&1 &
-    DOCKERD_PID[$h]=$!
-    record "pid $!"
-    record "dockerd $h"
-}
-wait_dockerd() { # HOST
-    local h=$1 t0=$SECONDS
-    until dk "$h" info >/dev/null 2>&1; do
-        ours "${DOCKERD_PID[$h]}" || die "dockerd of $h exited: $(tail -n 5 "$(dlog "$h")")"
-        [ $((SECONDS - t0)) -ge 60 ] && die "dockerd of $h did not answer within 60 s: $(tail -n 5 "$(dlog "$h")")"
-        sleep "$POLL"
-    done
-}
-
-mkdir -p "$WORK/logs" "$WORK/docker"
-
-# --- the registry -----------------------------------------------------------------------------
-REG_IP=$PREFIX.2
-REG=$REG_IP:5000
-CERTS_D=/etc/docker/certs.d/$REG
-[ ! -e "$CERTS_D" ] || die "$CERTS_D exists already; remove it (a leftover?)"
-add_ns reg "$REG_IP"
-mkdir -p "$WORK/reg/tls" "$WORK/reg/storage"
-TLS=$WORK/reg/tls
-EC=(-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes)
-openssl req -x509 "${EC[@]}" -keyout "$TLS/ca.key" -out "$TLS/ca.crt" -days 2 \
-    -subj "/CN=corral bench-build registry CA" \
-    -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
-openssl req -new "${EC[@]}" -keyout "$TLS/server.key" -out "$TLS/server.csr" -subj "/CN=$REG_IP" 2>/dev/null
-printf 'subjectAltName=IP:%s\nbasicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n' \
-    "$REG_IP" >"$TLS/server.ext"
-openssl x509 -req -in "$TLS/server.csr" -CA "$TLS/ca.crt" -CAkey "$TLS/ca.key" -set_serial 2 -days 2 \
-    -extfile "$TLS/server.ext" -out "$TLS/server.crt" 2>/dev/null
-REG_PASSWORD=$(openssl rand -hex 16)
-printf '%s' "$REG_PASSWORD" >"$WORK/reg/password"
-htpasswd -Bbn "$REG_USER" "$REG_PASSWORD" | sed '/^$/d' >"$WORK/reg/htpasswd"
-cat >"$WORK/reg/config.yml" <<EOF
-version: 0.1
-log:
-  level: info
-  fields:
-    service: registry
-storage:
-  filesystem:
-    rootdirectory: $WORK/reg/storage
-  delete:
-    enabled: true
-http:
-  addr: $REG
-  secret: bench-build-$ID
-  tls:
-    certificate: $TLS/server.crt
-    key: $TLS/server.key
-auth:
-  htpasswd:
-    realm: corral-bench-registry
-    path: $WORK/reg/htpasswd
-EOF
-reg_status() {
-    ip netns exec "$(ns_of reg)" curl -s -o /dev/null --max-time 5 -w '%{http_code}' --cacert "$TLS/ca.crt" "https://$REG/v2/" || true
-}
-REG_PID=
-# (Re)starts the registry on an empty storage directory: nothing pushed before is there any more.
-# Its log is appended to, so the request counts go on from line numbers.
-fresh_registry() {
-    [ -z "$REG_PID" ] || stop_pid "$REG_PID"
-    rm -rf --one-file-system "$WORK/reg/storage"
-    mkdir -p "$WORK/reg/storage"
-    nsenter --net="/var/run/netns/$(ns_of reg)" docker-registry serve "$WORK/reg/config.yml" >>"$WORK/logs/registry.log" 2>&1 &
-    REG_PID=$!
-    record "pid $REG_PID"
-    local t0=$SECONDS
-    until [ "$(reg_status)" != 000 ]; do
-        kill -0 "$REG_PID" 2>/dev/null || die "the registry exited: $(tail -n 10 "$WORK/logs/registry.log")"
-        [ $((SECONDS - t0)) -ge 30 ] && die "the registry did not answer within 30 s: $(tail -n 10 "$WORK/logs/registry.log")"
-        sleep "$POLL"
-    done
-    [ "$(reg_status)" = 401 ] || die "the registry answered $(reg_status) to an anonymous /v2/, not 401"
-}
-fresh_registry
-log "registry: https://$REG (TLS, basic auth) in $(ns_of reg)"
-
-# The CA in /etc/docker/certs.d/REG/ca.crt: every engine on this machine reads it there (at each
-# connection). corral's agents install it themselves (from the account); the script puts it
-# there only for the floor, and takes it away before every cold run.
-trust() { mkdir -p "$CERTS_D" && cp "$TLS/ca.crt" "$CERTS_D/ca.crt"; }
-untrust() { rm -rf "$CERTS_D"; }
-record "certsd $CERTS_D"
-
-DOCKER_CFG=$(mktemp -d /tmp/corral-bench-build-docker-config.XXXXXX)
-record "dir $DOCKER_CFG"
-login() { # HOST: docker login REG against HOST's engine, into the temporary DOCKER_CONFIG
-    printf '%s' "$REG_PASSWORD" | docker --config "$DOCKER_CFG" -H "unix://$(sock "$1")" login -u "$REG_USER" --password-stdin "$REG" >>"$WORK/logs/docker-login.log" 2>&1 ||
-        die "docker login $REG via $1 failed: $(tail -n 3 "$WORK/logs/docker-login.log")"
-}
-reg_lines() { wc -l <"$WORK/logs/registry.log"; }
+# --- the network, the registry ----------------------------------------------------------------
+lab_network "$STATE"
+start_registry "$STATE"
 reg_requests() { # FROM_LINE: "blob uploads/blob GETs/manifest PUTs/manifest GETs+HEADs/all" since then
     tail -n "+$(($1 + 1))" "$WORK/logs/registry.log" | awk '
         /"PUT \/v2\/[^ ]*\/blobs\/uploads\// { up++ }
@@ -384,11 +129,7 @@ reg_requests() { # FROM_LINE: "blob uploads/blob GETs/manifest PUTs/manifest GET
 # --- the hosts, each with the base image ------------------------------------------------------
 HOSTS=()
 for i in $(seq "$HOSTS_N"); do HOSTS+=("h$i"); done
-for h in "${HOSTS[@]}"; do
-    add_ns "$h" "$(host_ip "$h")"
-    start_dockerd "$h"
-done
-for h in "${HOSTS[@]}"; do wait_dockerd "$h"; done
+start_hosts "$STATE"
 
 # The base image, as scripts/test-image.sh makes it, but from one tar (fixed mtimes and owners)
 # imported into every engine: one layer, the same diff ID on every host.
@@ -414,36 +155,7 @@ done
 BASE_MB=$(dk h1 image inspect -f '{{.Size}}' "$BASE" | awk '{ printf "%.1f", $1 / 1048576 }')
 
 # --- corral: a server, an agent per host, the build registry ----------------------------------
-add_ns srv "$PREFIX.1"
-SRV_DIR=$WORK/corral/server
-mkdir -p "$SRV_DIR"
-ip netns exec "$(ns_of srv)" "$BIN" server --listen "$PREFIX.1:8443" --data-dir "$SRV_DIR" \
-    --advertise-url "https://$PREFIX.1:8443" >"$WORK/logs/server.log" 2>&1 &
-record "pid $!"
-wait_for 30 "the corral server" grep -q "is running" "$WORK/logs/server.log"
-cli() { # ARGS…: the corral CLI in the server's namespace, as the admin
-    (set -a; . "$SRV_DIR/admin.env"; set +a; exec ip netns exec "$(ns_of srv)" "$BIN" "$@")
-}
-hosts_available() { # all hosts connected with Docker available
-    cli host ls -o json | python3 -c '
-import json, sys
-hosts = json.load(sys.stdin)
-ok = [h for h in hosts if h.get("state") == "active" and (h.get("docker") or {}).get("state") == "available"]
-sys.exit(0 if len(ok) == int(sys.argv[1]) else 1)' "${#HOSTS[@]}"
-}
-checksum=$(sed -n 's/^CORRAL_CA_CHECKSUM=//p' "$SRV_DIR/admin.env")
-token=$(cli token create --ttl 1h -o json | sed -n 's/.*"token": *"\([^"]*\)".*/\1/p')
-[ -n "$token" ] || die "cannot create a registration token"
-for h in "${HOSTS[@]}"; do
-    ip netns exec "$(ns_of "$h")" "$BIN" agent --server "https://$PREFIX.1:8443" --ca-checksum "$checksum" \
-        --state-dir "$WORK/corral/$h" --name "$h" --docker-host "unix://$(sock "$h")" --token "$token" \
-        >"$WORK/logs/agent-$h.log" 2>&1 &
-    record "pid $!"
-done
-wait_for 60 "${#HOSTS[@]} host(s) to connect with Docker available" hosts_available
-printf '%s' "$REG_PASSWORD" | cli registry add "$REG" --username "$REG_USER" --password-stdin \
-    --ca-file "$TLS/ca.crt" --builds >"$WORK/logs/registry-add.log" 2>&1 ||
-    die "corral registry add failed: $(cat "$WORK/logs/registry-add.log")"
+start_corral "$STATE" "" --builds
 
 # The engines know the base layer by its registry digest, as they would had they pulled the base
 # image from a registry: h1 pushes it once and the others pull it (then the copies go). Without
@@ -453,10 +165,10 @@ printf '%s' "$REG_PASSWORD" | cli registry add "$REG" --username "$REG_USER" --p
 trust
 login h1
 dk h1 tag "$BASE" "$REG/base/busybox:latest"
-docker --config "$DOCKER_CFG" -H "unix://$(sock h1)" push "$REG/base/busybox:latest" >"$WORK/logs/base-push.log" 2>&1 ||
+dkc h1 push "$REG/base/busybox:latest" >"$WORK/logs/base-push.log" 2>&1 ||
     die "docker push of the base image failed: $(tail -n 5 "$WORK/logs/base-push.log")"
 for h in "${HOSTS[@]:1}"; do
-    docker --config "$DOCKER_CFG" -H "unix://$(sock "$h")" pull -q "$REG/base/busybox:latest" >>"$WORK/logs/base-pull.log" 2>&1 ||
+    dkc "$h" pull -q "$REG/base/busybox:latest" >>"$WORK/logs/base-pull.log" 2>&1 ||
         die "docker pull of the base image on $h failed: $(tail -n 5 "$WORK/logs/base-pull.log")"
 done
 for h in "${HOSTS[@]}"; do dk "$h" rmi "$REG/base/busybox:latest" >/dev/null; done
@@ -513,13 +225,6 @@ remove_built_images() { # every image but the base on every host engine; then ch
         left=$(dk "$h" images -a --format '{{.Repository}}:{{.Tag}} {{.ID}}' | grep -vF "$BASE " || true)
         [ -z "$left" ] || die "host $h still has images besides the base after removal: $left"
         dk "$h" image inspect "$BASE" >/dev/null 2>&1 || die "host $h lost the base image"
-    done
-}
-corral_leftovers() {
-    local h
-    for h in "${HOSTS[@]}"; do
-        dk "$h" ps -aq --filter "label=io.corral.stack=$STACK"
-        dk "$h" network ls -q --filter "name=^corral_${STACK}\$"
     done
 }
 containers_of() { # SERVICE: "host:id image" of its running containers, sorted
@@ -686,7 +391,7 @@ corral_run() { # RUN: cold, unchanged, changed; then down and clean engines
     corral_case changed "$r"
     run cli down -p "$STACK" --timeout "${TIMEOUT_S}s" >"$WORK/logs/down-$r.log" 2>&1 ||
         die "corral down failed: $(tail -n 5 "$WORK/logs/down-$r.log")"
-    wait_gone 120 "the containers and network of corral stack $STACK" corral_leftovers
+    wait_gone 120 "the containers and network of corral stack $STACK" corral_leftovers "$STACK"
     remove_built_images
 }
 
@@ -711,7 +416,7 @@ floor_build_push() { # TAG SERVICE…: build and push each on h1, one after the 
     for s in "$@"; do
         DOCKER_BUILDKIT=0 dk h1 build -q --network none -t "$REG/floor/$s:$tag" "$WORK/floor/$s" >>"$WORK/logs/floor-build.log" 2>&1 ||
             die "floor: docker build of $s failed: $(tail -n 5 "$WORK/logs/floor-build.log")"
-        docker --config "$DOCKER_CFG" -H "unix://$(sock h1)" push "$REG/floor/$s:$tag" >>"$WORK/logs/floor-push.log" 2>&1 ||
+        dkc h1 push "$REG/floor/$s:$tag" >>"$WORK/logs/floor-push.log" 2>&1 ||
             die "floor: docker push of $s failed: $(tail -n 5 "$WORK/logs/floor-push.log")"
     done
 }
@@ -745,7 +450,7 @@ floor_run() { # RUN
     remove_built_images
 }
 
-log "corral $("$BIN" --version | awk '{ print $2 }'), dockerd $(dockerd --version | awk '{ print $3 }' | tr -d ,), docker CLI $(docker version -f '{{.Client.Version}}' 2>/dev/null || echo '?'); lab on $PREFIX.0/24, hosts ${HOSTS[*]}"
+log "$(lab_versions), hosts ${HOSTS[*]}"
 for r in $(seq "$RUNS"); do
     corral_run "$r"
     if [ "$FLOOR" = 1 ]; then floor_run "$r"; fi

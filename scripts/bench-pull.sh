@@ -16,7 +16,7 @@
 # The lab, as scripts/lab.sh builds one but on a /24 of 198.19.0.0/16 (half of 198.18.0.0/15,
 # reserved for benchmarks; the test kit's labs take 198.18.N, so the two never meet in the root
 # namespace's connection tracking), every address inside a network namespace, all namespaces on
-# one lab bridge:
+# one lab bridge (made by the functions of scripts/bench-lab.sh, which bench-build.sh shares):
 #   reg  (.2)   Debian's docker-registry on :5000, TLS (a CA made here with openssl, the server
 #               certificate naming the IP) and htpasswd (bcrypt) basic auth, as
 #               crates/corral-testkit/src/registry.rs runs it.
@@ -71,9 +71,12 @@
 # frames crossing the lab bridge), /etc/docker/certs.d/REG, the temporary DOCKER_CONFIG and the
 # work directory. KEEP=1 keeps the logs (the work directory, without keys or image data).
 set -euo pipefail
+. "$(dirname "$0")/bench-lab.sh"
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 
+BENCH=bench-pull
+LAB_TAG=cpb
 RUNS=${RUNS:-3}
 HOST_COUNTS=${HOST_COUNTS:-"1 3"}
 SERVICES=${SERVICES:-10}
@@ -88,278 +91,28 @@ REG_USER=bench
 CMD_JSON='["sh", "-c", "trap '"'"'exit 0'"'"' TERM; while :; do sleep 1 & wait; done"]'
 POLL=0.25
 
-log() { printf '==> %s\n' "$*" >&2; }
-die() { printf 'bench-pull: %s\n' "$*" >&2; exit 1; }
-now() { printf '%s' "$EPOCHREALTIME"; }
-elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b - a }'; }
-median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) printf "%.2f", v[(NR + 1) / 2]; else printf "%.2f", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
-
-[ "$(id -u)" = 0 ] || die "run as root (network namespaces, dockerds, /etc/docker/certs.d)"
-[ "$RUNS" -ge 1 ] 2>/dev/null || die "RUNS must be a positive integer"
+check_root_runs
 for n in $HOST_COUNTS; do
     [ "$n" -ge 1 ] 2>/dev/null && [ "$n" -le 20 ] || die "HOST_COUNTS: each count must be 1 to 20 (got $n)"
 done
-for tool in dockerd:docker.io docker:docker.io docker-registry:docker-registry htpasswd:apache2-utils \
-    openssl:openssl curl:curl busybox:busybox-static ip:iproute2 nsenter:util-linux python3:python3; do
-    command -v "${tool%%:*}" >/dev/null 2>&1 || die "no ${tool%%:*} (apt-get install -y ${tool#*:})"
-done
+check_tools
 
-WORK=$(mktemp -d /tmp/corral-bench-pull.XXXXXX)
-ID=$(printf '%04x' $(((RANDOM << 1 ^ $$) & 0xffff)))
+lab_work
 BASE_STATE=$WORK/state.base # undone last: bridge, registry, CA trust
 LAB_STATE=$WORK/state.lab   # undone after each host count: hosts, server, agents, swarm
 : >"$BASE_STATE"
-CHILD=
-
-# Runs a command in the background and waits for it, so that a signal to this script is handled
-# at once (bash defers traps while a foreground command runs); cleanup stops it.
-run() {
-    "$@" &
-    CHILD=$!
-    local rc=0
-    wait "$CHILD" || rc=$?
-    CHILD=
-    return "$rc"
-}
-
-wait_for() { # SECONDS DESCRIPTION CMD…: until CMD succeeds, polling every 250 ms
-    local secs=$1 what=$2
-    shift 2
-    local t0=$SECONDS
-    until "$@" >/dev/null 2>&1; do
-        [ $((SECONDS - t0)) -ge "$secs" ] && die "timed out after ${secs}s waiting for $what"
-        sleep "$POLL"
-    done
-}
-wait_gone() { # SECONDS DESCRIPTION CMD…: until CMD prints nothing
-    local secs=$1 what=$2
-    shift 2
-    local t0=$SECONDS
-    while [ -n "$("$@" 2>/dev/null)" ]; do
-        [ $((SECONDS - t0)) -ge "$secs" ] && die "timed out after ${secs}s waiting for $what to be gone: $("$@" 2>&1 | tr '\n' ' ')"
-        sleep "$POLL"
-    done
-}
-
-# --- undo -------------------------------------------------------------------------------------
-ns_of() { echo "cpb-$ID-$1"; }
-sock() { echo "$WORK/docker/$1/docker.sock"; }
-dk() { # HOST ARGS…: the docker CLI against HOST's engine (never the machine's own)
-    local h=$1
-    shift
-    docker -H "unix://$(sock "$h")" "$@"
-}
-ours() { # PID: still a process this script started (not a reused id): its command line names
-    # the work directory (every agent, server, registry, dockerd and containerd started here does)
-    grep -qaF "$WORK/" "/proc/$1/cmdline" 2>/dev/null
-}
-stop_pid() { # PID: SIGTERM, up to 20 s, then SIGKILL
-    local pid=$1
-    ours "$pid" || return 0
-    kill "$pid" 2>/dev/null || true
-    for _ in $(seq 80); do ours "$pid" || break; sleep "$POLL"; done
-    if ours "$pid"; then kill -9 "$pid" 2>/dev/null || true; fi
-    wait "$pid" 2>/dev/null || true
-}
-stop_dockerd() { # HOST: its containers and Swarm mode go, then the daemon and its containerd
-    local h=$1 dir=$WORK/docker/$1
-    if dk "$h" info >/dev/null 2>&1; then
-        [ "$(dk "$h" info -f '{{.Swarm.LocalNodeState}}' 2>/dev/null)" = inactive ] ||
-            dk "$h" swarm leave --force >/dev/null 2>&1 || true
-        dk "$h" ps -aq 2>/dev/null | xargs -r docker -H "unix://$(sock "$h")" rm -f -v >/dev/null 2>&1 || true
-    fi
-    [ -f "$dir/pid" ] && stop_pid "$(cat "$dir/pid")"
-    local cpid
-    cpid=$(cat "$dir/exec/containerd/containerd.pid" 2>/dev/null) || cpid=
-    if [ -n "$cpid" ] && grep -qaF "$dir/exec" "/proc/$cpid/cmdline" 2>/dev/null; then
-        stop_pid "$cpid"
-    fi
-    # Whatever dockerd left mounted under its directories (overlay2, netns files).
-    grep -F " $dir/" /proc/mounts | awk '{ print $2 }' | sort -r | xargs -r -n 1 umount -l 2>/dev/null || true
-    rm -rf --one-file-system "$dir"
-}
-undo() { # STATE_FILE: undo what it records, newest first
-    local file=$1 kind arg
-    [ -f "$file" ] || return 0
-    tac "$file" | while read -r kind arg; do
-        case "$kind" in
-            pid) stop_pid "$arg" ;;
-            dockerd) stop_dockerd "$arg" ;;
-            netns) ip netns del "$arg" 2>/dev/null || true ;;
-            link) ip link del "$arg" 2>/dev/null || true ;;
-            iptables) iptables -w -D DOCKER-USER -i "$arg" -o "$arg" -j ACCEPT 2>/dev/null || true ;;
-            certsd) rm -rf "$arg" ;;
-            dir) rm -rf --one-file-system "$arg" ;;
-        esac
-    done
-    : >"$file"
-}
-record() { echo "$2" >>"$1"; } # STATE_FILE "KIND ARG"
-cleanup() {
-    local rc=$?
-    set +e
-    trap - EXIT INT TERM
-    if [ -n "$CHILD" ]; then
-        kill "$CHILD" 2>/dev/null
-        wait "$CHILD" 2>/dev/null
-    fi
-    [ "$rc" = 0 ] || log "failed (exit $rc); undoing everything"
-    undo "$LAB_STATE"
-    undo "$BASE_STATE"
-    if [ "${KEEP:-0}" = 1 ]; then
-        rm -rf "$WORK/reg/tls" "$WORK/reg/storage" "$WORK/reg/htpasswd" "$WORK/reg/password" "$WORK/build"
-        log "logs kept in $WORK"
-    else
-        rm -rf --one-file-system "$WORK"
-    fi
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+UNDO_FILES=("$LAB_STATE" "$BASE_STATE")
+KEEP_DROP=("$WORK/build")
+lab_traps
 
 # --- the binary -------------------------------------------------------------------------------
-BIN=${CORRAL_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/corral}
-if [ ! -x "$BIN" ]; then
-    [ -z "${CORRAL_BIN:-}" ] || die "CORRAL_BIN=$CORRAL_BIN is not executable"
-    log "building the release binary (cargo build --release -p corral)"
-    cargo build --release -p corral --locked -q
-elif [ -z "${CORRAL_BIN:-}" ] && [ -n "$(find crates Cargo.toml Cargo.lock -newer "$BIN" \( -name '*.rs' -o -name 'Cargo.*' \) -print -quit)" ]; then
-    log "warning: $BIN is older than the sources; run \`cargo build --release -p corral\` to measure them"
-fi
+lab_bin
 "$BIN" registry add --help >/dev/null 2>&1 || die "$BIN has no \`registry add\`: build a current one"
 
-# --- the network ------------------------------------------------------------------------------
-ROOT_ADDRS=$(ip -4 -o addr show)
-PREFIX=
-for _ in $(seq 256); do
-    p="198.19.$((RANDOM % 256))"
-    grep -qF " $p." <<<"$ROOT_ADDRS" || { PREFIX=$p; break; }
-done
-[ -n "$PREFIX" ] || die "no free /24 in 198.19.0.0/16 (the root namespace uses them all?)"
-BRIDGE="cpb${ID}b"
-ip link add "$BRIDGE" type bridge
-record "$BASE_STATE" "link $BRIDGE"
-echo 1 >"/proc/sys/net/ipv6/conf/$BRIDGE/disable_ipv6" 2>/dev/null || true
-if iptables -w -n -L DOCKER-USER >/dev/null 2>&1; then
-    # A dockerd in the root namespace: FORWARD policy DROP and br_netfilter on (see LAB.md).
-    iptables -w -I DOCKER-USER -i "$BRIDGE" -o "$BRIDGE" -j ACCEPT
-    record "$BASE_STATE" "iptables $BRIDGE"
-fi
-ip link set "$BRIDGE" up
-
-add_ns() { # STATE_FILE NAME IP
-    local state=$1 name=$2 ip=$3 ns veth
-    ns=$(ns_of "$name")
-    veth="cpb${ID}${name}"
-    ip netns add "$ns"
-    record "$state" "netns $ns"
-    ip link add "$veth" type veth peer name "${veth}p"
-    record "$state" "link $veth"
-    echo 1 >"/proc/sys/net/ipv6/conf/$veth/disable_ipv6" 2>/dev/null || true
-    ip link set "$veth" master "$BRIDGE"
-    ip link set "$veth" up
-    ip link set "${veth}p" netns "$ns"
-    ip -n "$ns" link set "${veth}p" name eth0
-    ip -n "$ns" addr add "$ip/24" dev eth0
-    ip -n "$ns" link set eth0 up
-    ip -n "$ns" link set lo up
-}
-host_ip() { echo "$PREFIX.$((10 + ${1#h}))"; }
+# --- the network, the registry ----------------------------------------------------------------
+lab_network "$BASE_STATE"
 LOG_TAG= # the host count, in the names of the host engines' logs
-dlog() { echo "$WORK/logs/dockerd-$LOG_TAG$1.log"; }
-
-start_dockerd() { # STATE_FILE HOST: in HOST's namespace, everything under WORK/docker/HOST
-    local state=$1 h=$2 dir=$WORK/docker/$2
-    mkdir -p "$dir/data" "$dir/exec"
-    nsenter --net="/var/run/netns/$(ns_of "$h")" dockerd --data-root "$dir/data" \
-        --exec-root "$dir/exec" --pidfile "$dir/pid" -H "unix://$(sock "$h")" \
-        --bridge=none --iptables=false --ip-masq=false >"$(dlog "$h")" 2>&1 &
-    DOCKERD_PID[$h]=$!
-    record "$state" "pid $!"
-    record "$state" "dockerd $h"
-}
-wait_dockerd() { # HOST
-    local h=$1 t0=$SECONDS
-    until dk "$h" info >/dev/null 2>&1; do
-        ours "${DOCKERD_PID[$h]}" || die "dockerd of $h exited: $(tail -n 5 "$(dlog "$h")")"
-        [ $((SECONDS - t0)) -ge 60 ] && die "dockerd of $h did not answer within 60 s: $(tail -n 5 "$(dlog "$h")")"
-        sleep "$POLL"
-    done
-}
-
-declare -A DOCKERD_PID
-mkdir -p "$WORK/logs" "$WORK/docker"
-
-# --- the registry -----------------------------------------------------------------------------
-REG_IP=$PREFIX.2
-REG=$REG_IP:5000
-CERTS_D=/etc/docker/certs.d/$REG
-[ ! -e "$CERTS_D" ] || die "$CERTS_D exists already; remove it (a leftover?)"
-add_ns "$BASE_STATE" reg "$REG_IP"
-mkdir -p "$WORK/reg/tls" "$WORK/reg/storage"
-TLS=$WORK/reg/tls
-EC=(-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes)
-openssl req -x509 "${EC[@]}" -keyout "$TLS/ca.key" -out "$TLS/ca.crt" -days 2 \
-    -subj "/CN=corral bench-pull registry CA" \
-    -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
-openssl req -new "${EC[@]}" -keyout "$TLS/server.key" -out "$TLS/server.csr" -subj "/CN=$REG_IP" 2>/dev/null
-printf 'subjectAltName=IP:%s\nbasicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n' \
-    "$REG_IP" >"$TLS/server.ext"
-openssl x509 -req -in "$TLS/server.csr" -CA "$TLS/ca.crt" -CAkey "$TLS/ca.key" -set_serial 2 -days 2 \
-    -extfile "$TLS/server.ext" -out "$TLS/server.crt" 2>/dev/null
-REG_PASSWORD=$(openssl rand -hex 16)
-printf '%s' "$REG_PASSWORD" >"$WORK/reg/password"
-htpasswd -Bbn "$REG_USER" "$REG_PASSWORD" | sed '/^$/d' >"$WORK/reg/htpasswd"
-cat >"$WORK/reg/config.yml" <<EOF
-version: 0.1
-log:
-  level: info
-  fields:
-    service: registry
-storage:
-  filesystem:
-    rootdirectory: $WORK/reg/storage
-  delete:
-    enabled: true
-http:
-  addr: $REG
-  secret: bench-pull-$ID
-  tls:
-    certificate: $TLS/server.crt
-    key: $TLS/server.key
-auth:
-  htpasswd:
-    realm: corral-bench-registry
-    path: $WORK/reg/htpasswd
-EOF
-nsenter --net="/var/run/netns/$(ns_of reg)" docker-registry serve "$WORK/reg/config.yml" >"$WORK/logs/registry.log" 2>&1 &
-REG_PID=$!
-record "$BASE_STATE" "pid $REG_PID"
-reg_status() {
-    ip netns exec "$(ns_of reg)" curl -s -o /dev/null --max-time 5 -w '%{http_code}' --cacert "$TLS/ca.crt" "https://$REG/v2/" || true
-}
-t0=$SECONDS
-until [ "$(reg_status)" != 000 ]; do
-    kill -0 "$REG_PID" 2>/dev/null || die "the registry exited: $(tail -n 10 "$WORK/logs/registry.log")"
-    [ $((SECONDS - t0)) -ge 30 ] && die "the registry did not answer within 30 s: $(tail -n 10 "$WORK/logs/registry.log")"
-    sleep "$POLL"
-done
-[ "$(reg_status)" = 401 ] || die "the registry answered $(reg_status) to an anonymous /v2/, not 401"
-log "registry: https://$REG (TLS, basic auth) in $(ns_of reg)"
-
-# The CA in /etc/docker/certs.d/REG/ca.crt: every engine on this machine reads it there (at each
-# connection), so it is put there only while something other than corral must pull or push.
-trust() { mkdir -p "$CERTS_D" && cp "$TLS/ca.crt" "$CERTS_D/ca.crt"; }
-untrust() { rm -rf "$CERTS_D"; }
-record "$BASE_STATE" "certsd $CERTS_D"
-
-DOCKER_CFG=$(mktemp -d /tmp/corral-bench-pull-docker-config.XXXXXX)
-record "$BASE_STATE" "dir $DOCKER_CFG"
-login() { # HOST: docker login REG against HOST's engine, into the temporary DOCKER_CONFIG
-    printf '%s' "$REG_PASSWORD" | docker --config "$DOCKER_CFG" -H "unix://$(sock "$1")" login -u "$REG_USER" --password-stdin "$REG" >>"$WORK/logs/docker-login.log" 2>&1 ||
-        die "docker login $REG via $1 failed: $(tail -n 3 "$WORK/logs/docker-login.log")"
-}
+start_registry "$BASE_STATE"
 
 # --- the images: built and pushed by a builder engine of their own ----------------------------
 add_ns "$BASE_STATE" bld "$PREFIX.3"
@@ -376,7 +129,7 @@ for k in $(seq "$SERVICES"); do
     printf 'FROM corral-bench/busybox:base\nCOPY payload /payload-s%s\n' "$k" >"$ctx/Dockerfile"
     DOCKER_BUILDKIT=0 dk bld build -q --network none -t "$REG/bench/s$k:1" "$ctx" >>"$WORK/logs/build.log" 2>&1 ||
         die "docker build of bench/s$k failed: $(tail -n 5 "$WORK/logs/build.log")"
-    docker --config "$DOCKER_CFG" -H "unix://$(sock bld)" push "$REG/bench/s$k:1" >"$WORK/logs/push-s$k.log" 2>&1 ||
+    dkc bld push "$REG/bench/s$k:1" >"$WORK/logs/push-s$k.log" 2>&1 ||
         die "docker push of bench/s$k failed: $(tail -n 5 "$WORK/logs/push-s$k.log")"
     DIGESTS+=("$(sed -n 's/.*digest: \(sha256:[0-9a-f]\{64\}\) .*/\1/p' "$WORK/logs/push-s$k.log" | tail -n 1)")
     [ -n "${DIGESTS[-1]}" ] || die "no digest in the output of docker push bench/s$k: $(tail -n 3 "$WORK/logs/push-s$k.log")"
@@ -429,7 +182,6 @@ per_host() { # LABEL_FILTER: "h1=N h2=M …" running containers per host
     done
     echo "${out[*]}"
 }
-reg_lines() { wc -l <"$WORK/logs/registry.log"; }
 reg_requests() { # FROM_LINE: "manifest GET/HEAD, blob GET, all" since that line of the access log
     tail -n "+$(($1 + 1))" "$WORK/logs/registry.log" | awk '
         /"GET \/v2\/[^ ]*\/manifests\// { mg++ }
@@ -439,23 +191,6 @@ reg_requests() { # FROM_LINE: "manifest GET/HEAD, blob GET, all" since that line
         END { printf "%d/%d/%d/%d", mg, mh, bg, all }'
 }
 
-cli() { # ARGS…: the corral CLI in the server's namespace, as the admin
-    (set -a; . "$SRV_DIR/admin.env"; set +a; exec ip netns exec "$(ns_of srv)" "$BIN" "$@")
-}
-hosts_available() { # all N hosts connected with Docker available
-    cli host ls -o json | python3 -c '
-import json, sys
-hosts = json.load(sys.stdin)
-ok = [h for h in hosts if h.get("state") == "active" and (h.get("docker") or {}).get("state") == "available"]
-sys.exit(0 if len(ok) == int(sys.argv[1]) else 1)' "${#HOSTS[@]}"
-}
-corral_leftovers() {
-    local h
-    for h in "${HOSTS[@]}"; do
-        dk "$h" ps -aq --filter "label=io.corral.stack=$CORRAL_STACK"
-        dk "$h" network ls -q --filter "name=^corral_${CORRAL_STACK}\$"
-    done
-}
 swarm_leftovers() {
     local h
     dk h1 service ls -q --filter "label=com.docker.stack.namespace=$SWARM_STACK"
@@ -513,7 +248,7 @@ corral_run() { # N RUN: one timed `corral up --wait`, then `corral down`
     log "corral, $n host(s), run $run/$RUNS: converged in $conv s (returned after $(elapsed "$t0" "$t1") s); registry requests manifest GET/HEAD, blob GET, all: $(reg_requests "$from"); manifest lock waits: $(lock_waits "$marks"); ${R_CORRAL_SPREAD[$n]}"
     run cli down -p "$CORRAL_STACK" --timeout "${TIMEOUT_S}s" >"$WORK/logs/corral-down-$n-$run.log" 2>&1 ||
         die "corral down failed: $(tail -n 5 "$WORK/logs/corral-down-$n-$run.log")"
-    wait_gone 120 "the containers and network of corral stack $CORRAL_STACK" corral_leftovers
+    wait_gone 120 "the containers and network of corral stack $CORRAL_STACK" corral_leftovers "$CORRAL_STACK"
     remove_images
     untrust
 }
@@ -608,36 +343,13 @@ bench_hosts() { # N
     log "=== $n host(s): ${HOSTS[*]}"
     LOG_TAG=$n-
     : >"$LAB_STATE"
-    for h in "${HOSTS[@]}"; do
-        add_ns "$LAB_STATE" "$h" "$(host_ip "$h")"
-        start_dockerd "$LAB_STATE" "$h"
-    done
-    for h in "${HOSTS[@]}"; do wait_dockerd "$h"; done
+    start_hosts "$LAB_STATE"
     for h in "${HOSTS[@]}"; do
         [ -z "$(dk "$h" images -aq)" ] || die "the new engine of $h has images"
     done
 
-    # corral: a fresh server, and an agent per host.
-    add_ns "$LAB_STATE" srv "$PREFIX.1"
-    SRV_DIR=$WORK/corral-$n/server
-    mkdir -p "$SRV_DIR"
-    ip netns exec "$(ns_of srv)" "$BIN" server --listen "$PREFIX.1:8443" --data-dir "$SRV_DIR" \
-        --advertise-url "https://$PREFIX.1:8443" >"$WORK/logs/server-$n.log" 2>&1 &
-    record "$LAB_STATE" "pid $!"
-    wait_for 30 "the corral server" grep -q "is running" "$WORK/logs/server-$n.log"
-    local checksum token
-    checksum=$(sed -n 's/^CORRAL_CA_CHECKSUM=//p' "$SRV_DIR/admin.env")
-    token=$(cli token create --ttl 1h -o json | sed -n 's/.*"token": *"\([^"]*\)".*/\1/p')
-    [ -n "$token" ] || die "cannot create a registration token"
-    for h in "${HOSTS[@]}"; do
-        ip netns exec "$(ns_of "$h")" "$BIN" agent --server "https://$PREFIX.1:8443" --ca-checksum "$checksum" \
-            --state-dir "$WORK/corral-$n/$h" --name "$h" --docker-host "unix://$(sock "$h")" --token "$token" \
-            >"$WORK/logs/agent-$n-$h.log" 2>&1 &
-        record "$LAB_STATE" "pid $!"
-    done
-    wait_for 60 "$n host(s) to connect with Docker available" hosts_available
-    printf '%s' "$REG_PASSWORD" | cli registry add "$REG" --username "$REG_USER" --password-stdin --ca-file "$TLS/ca.crt" \
-        >"$WORK/logs/registry-add-$n.log" 2>&1 || die "corral registry add failed: $(cat "$WORK/logs/registry-add-$n.log")"
+    # corral: a fresh server (data in WORK/corral-N), an agent per host, the registry added.
+    start_corral "$LAB_STATE" "-$n"
 
     # Swarm, on the same engines: h1 the manager, the others workers.
     log "swarm: init on h1 ($(host_ip h1)), ${#HOSTS[@]} node(s)"
@@ -676,7 +388,7 @@ bench_hosts() { # N
     undo "$LAB_STATE"
 }
 
-log "corral $("$BIN" --version | awk '{ print $2 }'), dockerd $(dockerd --version | awk '{ print $3 }' | tr -d ,), docker CLI $(docker version -f '{{.Client.Version}}' 2>/dev/null || echo '?'); lab on $PREFIX.0/24"
+log "$(lab_versions)"
 for n in $HOST_COUNTS; do bench_hosts "$n"; done
 
 # --- results ----------------------------------------------------------------------------------

@@ -575,9 +575,9 @@ fn bad_compose_input_is_refused_and_leaves_nothing_behind() {
         ("alias bomb", bomb, "alias"),
         ("oversized file", oversized, "limit"),
         (
-            "build without image",
+            "build context without a Dockerfile",
             "services:\n  a:\n    build: .\n".into(),
-            "image",
+            "has no Dockerfile",
         ),
     ];
     for (what, text, expect) in cases {

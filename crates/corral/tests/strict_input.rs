@@ -281,6 +281,27 @@ async fn reports_about_another_hosts_containers_are_recorded() {
     });
     let command = loop {
         match tokio::time::timeout(Duration::from_secs(15), a.recv()).await {
+            // `run` first asks the host to resolve the tag: no registry answers here.
+            Ok(Ok(ServerMessage::Command(c))) if matches!(c.body, CommandBody::ImageResolve(_)) => {
+                let CommandBody::ImageResolve(req) = &c.body else {
+                    continue;
+                };
+                let answers: Vec<corral_proto::Resolution> = req
+                    .images
+                    .iter()
+                    .map(|_| corral_proto::Resolution::Failed {
+                        reason: "no registry in this test".into(),
+                    })
+                    .collect();
+                a.send(&AgentMessage::Reply {
+                    command_id: c.id.clone(),
+                    result: corral_proto::CommandResult::of::<corral_proto::ResolveImages>(Ok(
+                        answers,
+                    )),
+                })
+                .await
+                .unwrap();
+            }
             Ok(Ok(ServerMessage::Command(c))) => break c,
             Ok(Ok(_)) => continue,
             other => panic!("no command: {other:?}"),

@@ -814,9 +814,33 @@ fn a_stack_replica_waits_for_the_overlay_instead_of_starting_without_it() {
     let stack = stack_name("no-overlay-yet");
     let _cleanup = StackCleanup(stack.clone());
     let server = Server::start(&t.path().join("data"), &[]);
-    // A /23 holds one host's /24: the first agent takes it.
+    // A /23 holds one host's /24. A host that joins the overlay takes it: here one that speaks
+    // the protocol from the test (an overlay key in its hello), so that nothing of the
+    // machine's own network is ever configured. Leases outlive connections.
     server.cli_ok(&["env", "set-overlay", "default", "--range", "10.42.0.0/23"]);
-    let _filler = agent_with_docker(&server, t.path(), "filler");
+    let (_, filler_token) = server.token(&[]);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let filler = runtime.block_on(dial_agent(
+        &server,
+        corral_proto::Auth::Register {
+            token: filler_token,
+            credential: credential(),
+        },
+        corral_proto::HostFacts {
+            name: "filler".into(),
+            hostname: "filler".into(),
+            overlay_port: Some(51820),
+            overlay_public_key: Some("ab".repeat(32)),
+            ..Default::default()
+        },
+    ));
+    wait_until(Duration::from_secs(20), "the filler's lease", || {
+        server
+            .hosts()
+            .into_iter()
+            .any(|h| h["name"] == "filler" && h["overlay_subnet"].is_string())
+    });
+    drop(filler);
     // The second runs the overlay (no --no-overlay), on the machine's Docker; with no lease it
     // never gets a configuration, so it never touches the machine's network.
     let (_, token) = server.token(&[]);
@@ -857,4 +881,10 @@ fn a_stack_replica_waits_for_the_overlay_instead_of_starting_without_it() {
         docker_ids(&format!("io.corral.stack={stack}"), true).is_empty(),
         "nothing was created outside the overlay"
     );
+    let waiting = server
+        .hosts()
+        .into_iter()
+        .find(|h| h["name"] == "waiting")
+        .unwrap();
+    assert!(waiting["overlay_subnet"].is_null(), "no lease: {waiting}");
 }

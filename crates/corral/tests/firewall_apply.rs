@@ -53,6 +53,9 @@ fn apply_in_a_namespace_allows_flows_drops_the_rest_and_rolls_back_when_cut_off(
     );
     let token = server.token(&[]);
     let state = t.path().join("agent");
+    // No Docker engine for this host: the firewall needs none, and with the machine's own
+    // engine the agent would configure the overlay's network there once it got its lease.
+    let nowhere = format!("unix://{}/no-docker.sock", t.path().display());
     let mut agent = spawn_agent(
         Path::new(corral_bin()),
         host_ns,
@@ -61,7 +64,7 @@ fn apply_in_a_namespace_allows_flows_drops_the_rest_and_rolls_back_when_cut_off(
             name: "fw-host",
             state_dir: &state,
             token: Some(&token),
-            extra: &[],
+            extra: &["--docker-host", &nowhere],
             log: &t.path().join("agent.log"),
         },
     );

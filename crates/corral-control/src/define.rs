@@ -546,12 +546,7 @@ impl ServiceDef {
     /// The stored JSON and its SHA-256 (hex): a change of definition changes the hash.
     pub fn encode(&self) -> Result<(String, String), serde_json::Error> {
         let json = serde_json::to_string(self)?;
-        let digest = ring::digest::digest(&ring::digest::SHA256, json.as_bytes());
-        let hash = digest
-            .as_ref()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>();
+        let hash = sha256_hex(json.as_bytes());
         Ok((json, hash))
     }
 }

@@ -115,12 +115,13 @@ pub fn tag_for(
     Ok(tag)
 }
 
-/// What `ensure` did.
+/// What `ensure` did, and the digest the tag names (the service is pinned to it, so the
+/// tag is not asked about again).
 pub enum Outcome {
     /// The registry already had the tag: an unchanged recipe.
-    Found,
+    Found { digest: String },
     /// Built on this host and pushed.
-    Built { host: String, log_tail: Vec<String> },
+    Built { host: String, digest: String },
 }
 
 /// Makes sure the registry has `p.tag`: asks it (through the first connected host of
@@ -157,7 +158,11 @@ pub async fn ensure(
     };
     match dispatch::call(state, &host_id, ask, RESOLVE_TTL).await {
         Ok(answers) => match answers.first() {
-            Some(Resolution::Digest { .. }) => return Ok(Outcome::Found),
+            Some(Resolution::Digest { digest }) => {
+                return Ok(Outcome::Found {
+                    digest: digest.clone(),
+                });
+            }
             Some(Resolution::Failed { reason })
                 if reason.contains("manifest unknown")
                     || reason.contains("not found")
@@ -231,7 +236,7 @@ pub async fn ensure(
     match dispatch::call(state, &host_id, request, BUILD_TTL).await {
         Ok(built) => Ok(Outcome::Built {
             host: host_name,
-            log_tail: built.log_tail,
+            digest: built.digest,
         }),
         Err(CallError::Failed(message)) => Err(Error::Refused(format!(
             "services.{}: {message}\nnothing was changed",

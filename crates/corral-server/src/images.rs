@@ -323,9 +323,9 @@ pub fn refusal_views(refusals: &[Refusal]) -> Vec<RefusalView> {
 pub struct Pinned {
     /// One line per image: `IMAGE → DIGEST`.
     pub resolved: Vec<String>,
-    /// Images that stay as written (pull_policy never, or a registry that could not be
-    /// asked while the hosts have the image), with why.
-    pub unpinned: Vec<String>,
+    /// Images that stay as written because their registry could not resolve them (the
+    /// caller checks that the hosts have them), with why.
+    pub unpinned: BTreeMap<String, String>,
     /// Images that cannot run: unresolvable and (for `missing`) not worth trying.
     pub failed: BTreeMap<String, String>,
 }
@@ -343,6 +343,10 @@ pub async fn pin(
 ) -> Result<Pinned> {
     let mut wanted: Vec<String> = Vec::new();
     for t in templates.iter() {
+        // Already pinned (a built image, pinned as it was pushed): nothing to ask.
+        if ImageRef::parse(&t.image).is_ok_and(|r| r.digest.is_some()) {
+            continue;
+        }
         let written = t.image_source.clone().unwrap_or_else(|| t.image.clone());
         let parsed = ImageRef::parse(&written).map_err(Error::invalid)?;
         if parsed.digest.is_none() && t.pull != PullPolicy::Never && !wanted.contains(&written) {
@@ -387,10 +391,9 @@ pub async fn pin(
             // No host is connected (a stack of no replicas yet, say): nothing will run now.
             // The tags stay as written, said as such; `require_digest` refuses them, and the
             // next `up` with hosts connected pins them.
-            for image in &wanted {
-                out.unpinned.push(format!(
-                    "{image} (no connected host could ask its registry)"
-                ));
+            for image in wanted {
+                out.unpinned
+                    .insert(image, "no connected host could ask its registry".into());
             }
             return Ok(out);
         }
@@ -422,10 +425,10 @@ pub async fn pin(
                 if t.pull == PullPolicy::Always {
                     out.failed.insert(written.clone(), reason.clone());
                 } else {
-                    let line = format!("{written} (its registry could not resolve it: {reason})");
-                    if !out.unpinned.contains(&line) {
-                        out.unpinned.push(line);
-                    }
+                    out.unpinned.insert(
+                        written.clone(),
+                        format!("its registry could not resolve it: {reason}"),
+                    );
                 }
             }
             None => {}

@@ -157,11 +157,7 @@ pub fn archive(dir: &Path, dockerfile: &str, limit: u64) -> anyhow::Result<(Vec<
             dir.display()
         );
     }
-    let digest = ring::digest::digest(&ring::digest::SHA256, &bytes)
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let digest = corral_control::define::sha256_hex(&bytes);
     Ok((bytes, digest))
 }
 

@@ -194,14 +194,12 @@ pub fn project_with_contexts(
 #[derive(Default)]
 struct ProjectFileReader {
     files: Vec<corral_proto::files::ProjectFile>,
+    /// The paths in `files` (a mount and a config may name the same file).
+    read: std::collections::BTreeSet<String>,
     total: usize,
 }
 
 impl ProjectFileReader {
-    fn has(&self, path: &str) -> bool {
-        self.files.iter().any(|f| f.path == path)
-    }
-
     /// A file the Compose file names (`file:` of a config or secret): a regular file.
     fn file(&mut self, base: &Path, path: &str) -> anyhow::Result<()> {
         let on_disk = base.join(path);
@@ -270,7 +268,7 @@ impl ProjectFileReader {
     fn add(&mut self, on_disk: &Path, path: &str, meta: &std::fs::Metadata) -> anyhow::Result<()> {
         use corral_proto::files::{MAX_FILE_BYTES, MAX_PROJECT_FILES, MAX_PROJECT_FILES_BYTES};
         use std::os::unix::fs::PermissionsExt;
-        if self.has(path) {
+        if !self.read.insert(path.to_owned()) {
             return Ok(());
         }
         if meta.len() > MAX_FILE_BYTES as u64 {

@@ -219,20 +219,30 @@ pub async fn up(state: &Arc<AppState>, req: UpRequest) -> Result<UpResponse> {
                 named.push(other.clone());
             }
         }
-        built.push(
-            match crate::builds::ensure(state, &auths, &named, p, req.progress_id.as_deref())
-                .await?
-            {
-                crate::builds::Outcome::Found => format!(
+        let outcome =
+            crate::builds::ensure(state, &auths, &named, p, req.progress_id.as_deref()).await?;
+        let (line, digest) = match outcome {
+            crate::builds::Outcome::Found { digest } => (
+                format!(
                     "service {}: build context unchanged, {} is already built",
                     p.service, p.tag
                 ),
-                crate::builds::Outcome::Built { host, .. } => format!(
+                digest,
+            ),
+            crate::builds::Outcome::Built { host, digest } => (
+                format!(
                     "service {}: built on host {host} and pushed as {}",
                     p.service, p.tag
                 ),
-            },
-        );
+                digest,
+            ),
+        };
+        built.push(line);
+        if let Some((_, _, def)) = stack.services.iter_mut().find(|(n, _, _)| *n == p.service) {
+            let tag = corral_proto::ImageRef::parse(&p.tag).map_err(Error::invalid)?;
+            def.template.image = tag.pinned(&digest);
+            def.template.image_source = Some(p.tag.clone());
+        }
     }
     let pinned = {
         let mut templates: Vec<&mut corral_proto::ContainerSpec> = stack
@@ -246,12 +256,21 @@ pub async fn up(state: &Arc<AppState>, req: UpRequest) -> Result<UpResponse> {
     // the tag keeps meaning what it meant (a new `up` resolves it again once the registry
     // answers).
     let mut pinned = pinned;
-    let kept = keep_running_digests(state, existing_stack.as_ref(), &mut stack.services).await?;
-    pinned.unpinned.retain(|u| {
-        !kept
+    // What the stack ran before: read once, for the digests kept and the digests changed.
+    let previous: Vec<(String, ServiceDef)> = match &existing_stack {
+        Some(s) => state
+            .store
+            .services(&s.id)
+            .await?
             .iter()
-            .any(|(image, _)| u.starts_with(&format!("{image} (")))
-    });
+            .filter_map(|row| service_def(row).map(|d| (row.name.clone(), d)))
+            .collect(),
+        None => Vec::new(),
+    };
+    let kept = keep_running_digests(&previous, &mut stack.services);
+    pinned
+        .unpinned
+        .retain(|image, _| !kept.iter().any(|(k, _)| k == image));
     if !pinned.failed.is_empty() {
         let lines: Vec<String> = pinned
             .failed
@@ -301,11 +320,7 @@ pub async fn up(state: &Arc<AppState>, req: UpRequest) -> Result<UpResponse> {
     check_images(state, &world, &services, &dry.actions, &pinned.unpinned).await?;
     let mut images = built;
     images.extend(pinned.resolved.iter().cloned());
-    images.extend(
-        digest_changes(state, existing_stack.as_ref(), &stack.services)
-            .await
-            .unwrap_or_default(),
-    );
+    images.extend(digest_changes(&previous, &stack.services));
 
     let files: Vec<(String, bool, Vec<u8>)> = stack
         .files
@@ -351,8 +366,8 @@ pub async fn up(state: &Arc<AppState>, req: UpRequest) -> Result<UpResponse> {
             .iter()
             .map(ToString::to_string)
             .chain(stack.notes.iter().cloned())
-            .chain(pinned.unpinned.iter().map(|u| {
-                format!("image {u}: each host runs the copy it has; no digest is pinned")
+            .chain(pinned.unpinned.iter().map(|(image, why)| {
+                format!("image {image} ({why}): each host runs the copy it has; no digest is pinned")
             }))
             .chain(kept.iter().map(|(image, digest)| {
                 format!(
@@ -474,21 +489,10 @@ fn chosen_hosts(world: &reconciler::World, actions: &[reconcile::Action]) -> Vec
 
 /// Services whose tag could not be resolved now but was at their last `up` keep that digest.
 /// Returns (image, digest) of each.
-async fn keep_running_digests(
-    state: &AppState,
-    existing: Option<&StackRow>,
+fn keep_running_digests(
+    old: &[(String, ServiceDef)],
     services: &mut [(String, u32, ServiceDef)],
-) -> Result<Vec<(String, String)>> {
-    let Some(existing) = existing else {
-        return Ok(Vec::new());
-    };
-    let old: Vec<(String, ServiceDef)> = state
-        .store
-        .services(&existing.id)
-        .await?
-        .iter()
-        .filter_map(|row| service_def(row).map(|d| (row.name.clone(), d)))
-        .collect();
+) -> Vec<(String, String)> {
     let mut kept = Vec::new();
     for (name, _, def) in services.iter_mut() {
         let t = &mut def.template;
@@ -512,24 +516,17 @@ async fn keep_running_digests(
             ));
         }
     }
-    Ok(kept)
+    kept
 }
 
 /// Services whose tag now resolves to another digest than the one they run: they roll.
-async fn digest_changes(
-    state: &AppState,
-    existing: Option<&StackRow>,
+fn digest_changes(
+    previous: &[(String, ServiceDef)],
     services: &[(String, u32, ServiceDef)],
-) -> Result<Vec<String>> {
-    let Some(existing) = existing else {
-        return Ok(Vec::new());
-    };
+) -> Vec<String> {
     let mut out = Vec::new();
-    for row in state.store.services(&existing.id).await? {
-        let Some(old) = service_def(&row) else {
-            continue;
-        };
-        let Some((_, _, new)) = services.iter().find(|(n, _, _)| *n == row.name) else {
+    for (name, old) in previous {
+        let Some((_, _, new)) = services.iter().find(|(n, _, _)| n == name) else {
             continue;
         };
         let (old_t, new_t) = (&old.template, &new.template);
@@ -545,14 +542,14 @@ async fn digest_changes(
             };
             out.push(format!(
                 "service {}: {} now resolves to {} (was {}): its replicas roll to the new digest",
-                row.name,
+                name,
                 new_t.image_source.as_deref().unwrap_or_default(),
                 digest(&new_t.image),
                 digest(&old_t.image)
             ));
         }
     }
-    Ok(out)
+    out
 }
 
 /// Asks each host chosen in the dry run whether it has the unpinned images it would run
@@ -563,7 +560,7 @@ async fn check_images(
     world: &reconciler::World,
     services: &[reconcile::Service],
     actions: &[reconcile::Action],
-    unresolved: &[String],
+    unresolved: &BTreeMap<String, String>,
 ) -> Result<()> {
     let mut wanted: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for a in actions {
@@ -592,9 +589,8 @@ async fn check_images(
             Ok(absent) => {
                 for image in absent {
                     let why = unresolved
-                        .iter()
-                        .find(|u| u.starts_with(&format!("{image} (")))
-                        .map(|u| format!("image {u}, and host {host} does not have it"))
+                        .get(&image)
+                        .map(|why| format!("image {image} ({why}), and host {host} does not have it"))
                         .unwrap_or_else(|| {
                             format!(
                                 "image {image} is not present on host {host} and its service's pull_policy is never: load it there first"

@@ -1,0 +1,397 @@
+//! The meaning of a document: unit examples, then properties over random documents — a deny
+//! rule always wins, the order of allow rules does not matter, and a host's compiled rule set
+//! decides every connection exactly as `evaluate` (and so `corral policy test`) does.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use corral_policy::{
+    Action, Cidr, Class, DecidedBy, Direction, Document, Endpoint, PortRange, Proto, Rule, RuleId,
+    Scope, Selector, Traffic, Verdict, Within, Workload, compile, evaluate, parse, unmatched,
+};
+use proptest::prelude::*;
+
+fn w(stack: &str, service: &str, zone: Option<&str>) -> Workload {
+    Workload {
+        stack: stack.into(),
+        service: service.into(),
+        labels: zone
+            .map(|z| BTreeMap::from([("zone".to_string(), z.to_string())]))
+            .unwrap_or_default(),
+    }
+}
+
+fn tcp(port: u16) -> Traffic {
+    Traffic::Port(Proto::Tcp, port)
+}
+
+const EXAMPLE: &str = "
+default: deny
+allow:
+  - name: web-to-api
+    from: { labels: { zone: dmz } }
+    to: { service: api }
+    ports: [8080/tcp]
+  - name: api-to-db
+    from: { service: api }
+    to: { labels: { zone: db } }
+    ports: [5432/tcp]
+deny:
+  - name: nothing-from-outside-to-db
+    from: { cidr: 0.0.0.0/0 }
+    to: { labels: { zone: db } }
+";
+
+#[test]
+fn the_worked_example() {
+    let doc = parse(EXAMPLE).unwrap();
+    let web = w("shop", "web", Some("dmz"));
+    let api = w("shop", "api", Some("app"));
+    let db = w("shop", "db", Some("db"));
+    let r = Endpoint::Replica;
+    let d = evaluate(&doc, &r(&web), &r(&api), tcp(8080));
+    assert_eq!(d.action, Action::Allow);
+    assert_eq!(
+        d.by,
+        DecidedBy::Rule(RuleId {
+            action: Action::Allow,
+            index: 0
+        })
+    );
+    assert_eq!(
+        doc.describe(RuleId {
+            action: Action::Allow,
+            index: 0
+        }),
+        "allow[0] \"web-to-api\""
+    );
+    assert_eq!(
+        evaluate(&doc, &r(&web), &r(&api), tcp(22)).action,
+        Action::Deny
+    );
+    assert_eq!(
+        evaluate(&doc, &r(&web), &r(&db), tcp(5432)).by,
+        DecidedBy::Default(Direction::EastWest)
+    );
+    assert_eq!(
+        evaluate(&doc, &r(&api), &r(&db), tcp(5432)).action,
+        Action::Allow
+    );
+    assert_eq!(
+        evaluate(&doc, &r(&api), &r(&db), Traffic::Other).action,
+        Action::Deny
+    );
+    let outside = Endpoint::Outside(Ipv4Addr::new(203, 0, 113, 7));
+    let d = evaluate(&doc, &outside, &r(&db), tcp(5432));
+    assert_eq!(
+        (d.action, d.by),
+        (
+            Action::Deny,
+            DecidedBy::Rule(RuleId {
+                action: Action::Deny,
+                index: 0
+            })
+        )
+    );
+    assert_eq!(
+        evaluate(&doc, &outside, &r(&web), tcp(80)).by,
+        DecidedBy::Default(Direction::Ingress)
+    );
+    assert_eq!(
+        evaluate(&doc, &r(&web), &outside, tcp(443)),
+        corral_policy::Decision {
+            action: Action::Allow,
+            by: DecidedBy::Default(Direction::Egress)
+        }
+    );
+    let warnings = unmatched(&doc, &[web, api]);
+    assert_eq!(warnings.len(), 2, "{warnings:?}");
+    assert!(warnings[0].contains("zone=db"), "{warnings:?}");
+}
+
+#[test]
+fn rancher_shorthands() {
+    let doc = parse("default: deny\nallow:\n  - within: service\n  - between: { groupBy: zone }\n")
+        .unwrap();
+    let a1 = w("a", "x", Some("eu"));
+    let a2 = w("a", "y", Some("us"));
+    let b1 = w("b", "z", Some("eu"));
+    let b2 = w("b", "q", None);
+    let r = Endpoint::Replica;
+    assert_eq!(
+        evaluate(&doc, &r(&a1), &r(&a1), tcp(1)).action,
+        Action::Allow
+    );
+    assert_eq!(
+        evaluate(&doc, &r(&a1), &r(&a2), tcp(1)).action,
+        Action::Deny
+    );
+    assert_eq!(
+        evaluate(&doc, &r(&a1), &r(&b1), tcp(1)).action,
+        Action::Allow
+    );
+    assert_eq!(
+        evaluate(&doc, &r(&b2), &r(&b2), tcp(1)).action,
+        Action::Allow
+    );
+    assert_eq!(
+        evaluate(&doc, &r(&b2), &r(&a1), tcp(1)).action,
+        Action::Deny
+    );
+    let stack = parse("default: deny\nallow:\n  - within: stack\n").unwrap();
+    assert_eq!(
+        evaluate(&stack, &r(&a1), &r(&a2), tcp(1)).action,
+        Action::Allow
+    );
+    assert_eq!(
+        evaluate(&stack, &r(&a1), &r(&b1), tcp(1)).action,
+        Action::Deny
+    );
+}
+
+// ---- properties ---------------------------------------------------------------------------
+
+fn workloads() -> Vec<Workload> {
+    let mut v = Vec::new();
+    for (i, stack) in ["a", "b", "c"].iter().enumerate() {
+        for (j, service) in ["x", "y", "z"].iter().enumerate() {
+            let zone = ["dmz", "app", "db", ""][(i + 2 * j) % 4];
+            let mut labels = BTreeMap::new();
+            if !zone.is_empty() {
+                labels.insert("zone".into(), zone.into());
+            }
+            if (i + j) % 2 == 0 {
+                labels.insert("tier".into(), "front".into());
+            }
+            v.push(Workload {
+                stack: (*stack).into(),
+                service: (*service).into(),
+                labels,
+            });
+        }
+    }
+    v
+}
+
+fn selector() -> impl Strategy<Value = Selector> {
+    (
+        prop::option::of(prop::sample::select(vec!["a", "b", "c", "nope"])),
+        prop::option::of(prop::sample::select(vec!["x", "y", "z"])),
+        prop::option::of(prop::sample::select(vec!["dmz", "app", "db"])),
+        any::<bool>(),
+    )
+        .prop_map(|(stack, service, zone, tier)| {
+            let mut labels = BTreeMap::new();
+            if let Some(z) = zone {
+                labels.insert("zone".to_string(), z.to_string());
+            }
+            if tier {
+                labels.insert("tier".to_string(), "front".to_string());
+            }
+            Selector {
+                stack: stack.map(Into::into),
+                service: service.map(Into::into),
+                labels,
+            }
+        })
+}
+
+fn cidr() -> impl Strategy<Value = Cidr> {
+    prop::sample::select(vec![
+        "0.0.0.0/0",
+        "203.0.113.0/24",
+        "203.0.113.7/32",
+        "10.0.0.0/8",
+        "198.51.100.0/25",
+    ])
+    .prop_map(|c| c.parse().unwrap())
+}
+
+fn ports() -> impl Strategy<Value = Vec<PortRange>> {
+    prop::collection::vec(
+        prop::sample::select(vec![
+            "80/tcp",
+            "80-90/tcp",
+            "85/tcp",
+            "53/udp",
+            "1-1000/udp",
+            "5432/tcp",
+            "443",
+        ]),
+        0..3,
+    )
+    .prop_map(|v| v.into_iter().map(|p| p.parse().unwrap()).collect())
+}
+
+fn rule() -> impl Strategy<Value = Rule> {
+    let scope = prop_oneof![
+        (selector(), selector()).prop_map(|(from, to)| Scope::Between { from, to }),
+        Just(Scope::Within(Within::Stack)),
+        Just(Scope::Within(Within::Service)),
+        prop::sample::select(vec!["zone", "tier", "missing"])
+            .prop_map(|l| Scope::GroupBy(l.into())),
+        (cidr(), selector()).prop_map(|(from, to)| Scope::Ingress { from, to }),
+        (selector(), cidr()).prop_map(|(from, to)| Scope::Egress { from, to }),
+    ];
+    (scope, ports()).prop_map(|(scope, ports)| Rule {
+        name: None,
+        scope,
+        ports,
+    })
+}
+
+fn action() -> impl Strategy<Value = Action> {
+    prop_oneof![Just(Action::Allow), Just(Action::Deny)]
+}
+
+fn document() -> impl Strategy<Value = Document> {
+    (
+        action(),
+        action(),
+        action(),
+        prop::collection::vec(rule(), 0..6),
+        prop::collection::vec(rule(), 0..4),
+    )
+        .prop_map(|(default, ingress, egress, allow, deny)| Document {
+            default,
+            ingress,
+            egress,
+            allow,
+            deny,
+        })
+}
+
+fn traffic() -> impl Strategy<Value = Traffic> {
+    prop_oneof![
+        Just(Traffic::Other),
+        prop::sample::select(vec![80u16, 85, 91, 53, 443, 5432, 1000, 1001]).prop_flat_map(
+            |p| prop_oneof![
+                Just(Traffic::Port(Proto::Tcp, p)),
+                Just(Traffic::Port(Proto::Udp, p))
+            ]
+        ),
+    ]
+}
+
+const OUTSIDE: [Ipv4Addr; 4] = [
+    Ipv4Addr::new(203, 0, 113, 7),
+    Ipv4Addr::new(203, 0, 113, 200),
+    Ipv4Addr::new(10, 1, 2, 3),
+    Ipv4Addr::new(8, 8, 8, 8),
+];
+
+/// The environment: each workload with two replicas at 10.42.(i/4).(10+…), and which of them
+/// are on the overlay.
+fn classes(present: &[bool]) -> Vec<Class> {
+    workloads()
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| present[*i])
+        .map(|(i, workload)| Class {
+            workload,
+            addresses: vec![
+                Ipv4Addr::new(10, 42, (i % 4) as u8, 10 + i as u8),
+                Ipv4Addr::new(10, 42, ((i + 1) % 4) as u8, 40 + i as u8),
+            ],
+        })
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    #[test]
+    fn the_compiled_rules_decide_as_the_document_does(
+        doc in document(),
+        present in prop::collection::vec(any::<bool>(), 9),
+        src_pick in 0usize..24,
+        dst_pick in 0usize..24,
+        t in traffic(),
+    ) {
+        let classes = classes(&present);
+        let range: Cidr = "10.42.0.0/16".parse().unwrap();
+        let rules = compile(&doc, &classes, range, 7);
+        prop_assert!(rules.conflicts.is_empty());
+        // Picks: a replica of the environment, an address outside, or an overlay address
+        // that is no replica.
+        let all: Vec<(Ipv4Addr, Option<&Workload>)> = classes
+            .iter()
+            .flat_map(|c| c.addresses.iter().map(move |a| (*a, Some(&c.workload))))
+            .chain(OUTSIDE.iter().map(|a| (*a, None)))
+            .chain([(Ipv4Addr::new(10, 42, 3, 250), None)])
+            .collect();
+        let (src, sw) = all[src_pick % all.len()];
+        let (dst, dw) = all[dst_pick % all.len()];
+        fn endpoint(range: Cidr, ip: Ipv4Addr, w: Option<&Workload>) -> Option<Endpoint<'_>> {
+            match w {
+                Some(w) => Some(Endpoint::Replica(w)),
+                None if !range.contains(ip) => Some(Endpoint::Outside(ip)),
+                None => None,
+            }
+        }
+        let got = rules.decide(src, dst, t);
+        match (endpoint(range, src, sw), endpoint(range, dst, dw)) {
+            (Some(a), Some(b)) => {
+                let want = evaluate(&doc, &a, &b, t);
+                prop_assert_eq!(got, Verdict::Decided(want), "{} -> {} {}", src, dst, t);
+            }
+            _ => prop_assert_eq!(got, Verdict::Unknown),
+        }
+    }
+
+    #[test]
+    fn a_matching_deny_always_wins_and_allow_order_does_not_matter(
+        doc in document(),
+        a in 0usize..9,
+        b in 0usize..9,
+        t in traffic(),
+        seed in any::<u64>(),
+    ) {
+        let all = workloads();
+        let (x, y) = (Endpoint::Replica(&all[a]), Endpoint::Replica(&all[b]));
+        let d = evaluate(&doc, &x, &y, t);
+        let denied = doc.deny.iter().any(|r| r.matches_ends(&x, &y) && r.covers(t));
+        if denied {
+            prop_assert_eq!(d.action, Action::Deny);
+        }
+        let mut shuffled = doc.clone();
+        let n = shuffled.allow.len();
+        if n > 1 {
+            shuffled.allow.rotate_left((seed as usize) % n);
+            shuffled.allow.swap(0, (seed as usize / 7) % n);
+        }
+        prop_assert_eq!(evaluate(&shuffled, &x, &y, t).action, d.action);
+    }
+
+    #[test]
+    fn documents_survive_their_written_form(doc in document()) {
+        let json = serde_json::to_string(&doc).unwrap();
+        let back: Document = serde_json::from_str(&json).unwrap();
+        prop_assert_eq!(back, doc);
+    }
+}
+
+#[test]
+fn an_address_claimed_twice_stays_with_one_service_and_is_reported() {
+    let doc = Document::default();
+    let ip = Ipv4Addr::new(10, 42, 0, 5);
+    let classes = vec![
+        Class {
+            workload: w("a", "x", None),
+            addresses: vec![ip],
+        },
+        Class {
+            workload: w("a", "y", None),
+            addresses: vec![ip, Ipv4Addr::new(10, 42, 0, 6)],
+        },
+    ];
+    let rules = compile(&doc, &classes, "10.42.0.0/16".parse().unwrap(), 1);
+    assert_eq!(rules.conflicts, vec![ip]);
+    assert_eq!(rules.classes[0].addresses, vec![ip]);
+    assert_eq!(
+        rules.classes[1].addresses,
+        vec![Ipv4Addr::new(10, 42, 0, 6)]
+    );
+}

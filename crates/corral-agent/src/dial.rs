@@ -245,6 +245,7 @@ pub fn hello(auth: Auth, facts: HostFacts) -> Hello {
         auth,
         facts,
         overlay_deltas: true,
+        network_policy: true,
     }
 }
 

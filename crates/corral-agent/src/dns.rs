@@ -470,6 +470,7 @@ mod tests {
             service: service.into(),
             ready: ready.iter().map(|a| ip(a)).collect(),
             members: members.iter().map(|a| ip(a)).collect(),
+            labels: Default::default(),
         }
     }
 

@@ -56,6 +56,9 @@ pub struct Engine {
     /// This agent runs the overlay (no `--no-overlay`): a stack container waits for the
     /// overlay network rather than start without it (no overlay address, no service names).
     expects_overlay: std::sync::atomic::AtomicBool,
+    /// The network policy is known and in force (or known to be none): until then a stack
+    /// container on the overlay waits, so none runs unfiltered (see `netpolicy`).
+    policy_ready: std::sync::atomic::AtomicBool,
     /// Where dockerd reads registries' CAs (`--docker-certs-dir`).
     certs_dir: std::path::PathBuf,
     /// Where shipped files and secrets go; `None` (an engine without a state dir) refuses
@@ -155,6 +158,7 @@ impl Engine {
             resources: Mutex::new(()),
             overlay: std::sync::Mutex::new(None),
             expects_overlay: std::sync::atomic::AtomicBool::new(false),
+            policy_ready: std::sync::atomic::AtomicBool::new(false),
             certs_dir,
             files,
             pulls: Default::default(),
@@ -385,6 +389,12 @@ impl Engine {
             .store(true, std::sync::atomic::Ordering::Release);
     }
 
+    /// The network policy is in force (see `policy_ready`).
+    pub fn set_policy_ready(&self, ready: bool) {
+        self.policy_ready
+            .store(ready, std::sync::atomic::Ordering::Release);
+    }
+
     /// Creates (unless it exists) and starts a container.
     pub async fn run(&self, spec: &ContainerSpec) -> Result<ContainerStatus, String> {
         let overlay = self
@@ -396,7 +406,6 @@ impl Engine {
         let in_stack = spec.labels.contains_key(labels::STACK)
             && spec.network_mode == corral_proto::NetworkMode::Default;
         let spec = match &overlay {
-            Some(net) if in_stack => on_overlay(spec, net),
             // Fail closed: started now it would have no overlay address and resolve no
             // service names, and nothing would move it later. The reconciler retries.
             None if in_stack
@@ -409,6 +418,15 @@ impl Engine {
                     self.host_name, self.host_name, spec.name
                 ));
             }
+            Some(_)
+                if in_stack && !self.policy_ready.load(std::sync::atomic::Ordering::Acquire) =>
+            {
+                return Err(format!(
+                    "the network policy is not in force on host {} yet (`corral doctor --host {}` says why); {} is started once it is, so that it never runs unfiltered",
+                    self.host_name, self.host_name, spec.name
+                ));
+            }
+            Some(net) if in_stack => on_overlay(spec, net),
             _ => spec.clone(),
         };
         let spec = &spec;

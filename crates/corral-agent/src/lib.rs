@@ -7,6 +7,7 @@
 //! - [`doctor`]: the local checks behind `corral doctor`.
 //! - [`firewall`]: `firewall apply`: corral's own nftables table, with a dead-man rollback.
 //! - [`mesh`]: the agent's side of the encrypted overlay (key pair, configuration, data plane).
+//! - [`netpolicy`]: the environment's network policy as this host's nftables rules.
 //! - [`overlay`]: the overlay UDP socket (the one port an agent listens on) and its probes.
 //! - [`facts`]: what the agent reports about its host.
 //! - [`run`]: the agent's life: dial, serve the tunnel, reconnect with backoff, stop for good on
@@ -27,6 +28,7 @@ pub mod files;
 pub mod firewall;
 pub mod images;
 pub mod mesh;
+pub mod netpolicy;
 pub mod overlay;
 pub mod state;
 
@@ -461,6 +463,13 @@ impl<'a> Session<'a> {
             ServerMessage::Names(table) => {
                 if let Some(mesh) = &self.ctx.mesh {
                     mesh.set_names(table);
+                }
+                Next::Continue
+            }
+            ServerMessage::NetworkPolicy(policy) => {
+                tracing::debug!(generation = policy.generation, "network policy");
+                if let Some(mesh) = &self.ctx.mesh {
+                    mesh.set_policy(policy);
                 }
                 Next::Continue
             }

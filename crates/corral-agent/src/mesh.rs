@@ -53,6 +53,8 @@ pub struct Mesh {
     dns: tokio::sync::Mutex<Option<(Ipv4Addr, tokio::task::JoinHandle<()>)>>,
     /// The configuration last applied, or why the last attempt failed (for `corral doctor`).
     applied: std::sync::Mutex<Applied>,
+    /// The network policy's rules on this host.
+    policy: Arc<crate::netpolicy::Enforcer>,
 }
 
 /// The outcome of the latest configuration attempt.
@@ -315,17 +317,29 @@ impl Mesh {
             public_hex: corral_overlay::to_hex(&corral_overlay::public_key(&private)),
             private,
             socket,
-            engine,
+            engine: engine.clone(),
             running: tokio::sync::Mutex::new(None),
             names: tokio::sync::watch::Sender::new(crate::dns::Names::default()),
             dns: tokio::sync::Mutex::new(None),
             applied: std::sync::Mutex::new(Applied::default()),
+            policy: crate::netpolicy::Enforcer::new(dir, engine.clone()),
         })
     }
 
     /// A new name table from the server.
     pub fn set_names(&self, table: corral_proto::NameTable) {
         self.names.send_replace(crate::dns::Names::new(&table));
+        self.policy.set_names(table);
+    }
+
+    /// A network policy from the server.
+    pub fn set_policy(&self, policy: corral_proto::NetworkPolicy) {
+        self.policy.set_policy(policy);
+    }
+
+    /// The network policy's enforcer (for `corral doctor`).
+    pub fn policy(&self) -> &crate::netpolicy::Enforcer {
+        &self.policy
     }
 
     /// Runs the DNS responder on the overlay bridge's address (and only there), forwarding
@@ -360,6 +374,7 @@ impl Mesh {
 
     /// Applies the configuration saved by the previous run, if any.
     pub async fn restore(self: &Arc<Self>) {
+        self.policy.restore().await;
         let path = self.dir.join(CONFIG_FILE);
         let Ok(text) = std::fs::read_to_string(&path) else {
             return;
@@ -377,6 +392,7 @@ impl Mesh {
 
     /// Saves and applies a configuration from the server.
     pub async fn apply(self: &Arc<Self>, cfg: OverlayConfig) {
+        self.policy.set_range(&cfg.cidr);
         let path = self.dir.join(CONFIG_FILE);
         match serde_json::to_vec(&cfg) {
             Ok(bytes) => {

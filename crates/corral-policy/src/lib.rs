@@ -9,6 +9,8 @@
 //! - [`compile`]: a document and the environment's replicas become one host's
 //!   [`compile::Ruleset`], whose [`compile::Ruleset::decide`] is the reference meaning of
 //!   the nftables rules.
+//! - [`flows`]: what may flow from one service to another, whatever the port, and which
+//!   rules shaped it (for `show`, `diff`, the firewall export and the services diagram).
 //! - [`nft`]: a rule set as one atomic `nft -f` script.
 //! - [`net`]: IPv4 networks, protocols, port ranges.
 //!
@@ -20,10 +22,12 @@
 pub mod compile;
 pub mod document;
 pub mod evaluate;
+pub mod flows;
 pub mod net;
 pub mod nft;
 
 pub use compile::{Class, Ruleset, Verdict, compile};
 pub use document::{Action, Document, DocumentError, Rule, RuleId, Scope, Selector, Within, parse};
 pub use evaluate::{DecidedBy, Decision, Direction, Endpoint, Workload, evaluate, unmatched};
+pub use flows::{Access, Flow, flow, flows};
 pub use net::{Cidr, PortRange, Proto, Traffic};

@@ -366,6 +366,19 @@ proptest! {
     }
 
     #[test]
+    fn a_flow_holds_exactly_the_traffic_evaluate_allows(
+        doc in document(),
+        a in 0usize..9,
+        b in 0usize..9,
+        t in traffic(),
+    ) {
+        let all = workloads();
+        let f = corral_policy::flow(&doc, &all[a], &all[b]);
+        let d = evaluate(&doc, &Endpoint::Replica(&all[a]), &Endpoint::Replica(&all[b]), t);
+        prop_assert_eq!(f.access.allows(t), d.action == Action::Allow, "{} {}", f.access, t);
+    }
+
+    #[test]
     fn documents_survive_their_written_form(doc in document()) {
         let json = serde_json::to_string(&doc).unwrap();
         let back: Document = serde_json::from_str(&json).unwrap();

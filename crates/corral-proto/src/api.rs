@@ -592,3 +592,135 @@ pub struct ProgressView {
     /// The offset to ask from next.
     pub next: usize,
 }
+
+/// `PUT /v1/environments/{name}/network-policy`: a new generation of the network policy.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkPolicyRequest {
+    /// The document (YAML), at most 64 KiB.
+    pub document: String,
+}
+
+/// `POST /v1/environments/{name}/network-policy/rollback`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyRollbackRequest {
+    /// The generation to apply again; `None`: the one before the one in force.
+    #[serde(default)]
+    pub generation: Option<i64>,
+}
+
+/// One kept generation of a network policy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyGenerationView {
+    /// Its number.
+    pub generation: i64,
+    /// RFC 3339, when applied.
+    pub applied_at: String,
+}
+
+/// What may flow from one service to another under a policy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowView {
+    /// `STACK/SERVICE`.
+    pub from: String,
+    /// `STACK/SERVICE`.
+    pub to: String,
+    /// `all traffic`, `nothing`, `8080/tcp, 53/udp`, `all traffic except 22/tcp`.
+    pub access: String,
+    /// The allowed part, typed (for diagrams and scripts).
+    pub allowed: corral_policy::Access,
+    /// Why: the rules that opened and closed it, or the default.
+    pub reason: String,
+}
+
+/// An environment's network policy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkPolicyView {
+    /// The environment.
+    pub environment: String,
+    /// The generation in force; `None`: none was ever applied (nothing is filtered).
+    pub generation: Option<i64>,
+    /// The document as applied (empty when none was).
+    pub document: String,
+    /// The checked document (`None` when none was applied).
+    pub policy: Option<corral_policy::Document>,
+    /// RFC 3339, when applied.
+    pub applied_at: Option<String>,
+    /// What the document names that matches no deployed service.
+    pub warnings: Vec<String>,
+    /// Every ordered pair of deployed services (at most 10,000) and what may flow.
+    pub flows: Vec<FlowView>,
+    /// Pairs left out beyond the limit.
+    pub flows_left_out: usize,
+    /// The generations kept, newest first.
+    pub history: Vec<PolicyGenerationView>,
+}
+
+/// `POST /v1/environments/{name}/network-policy/test`: what would happen to one connection?
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyTestRequest {
+    /// `STACK/SERVICE` of a deployed service, or an IPv4 address outside the overlay.
+    pub from: String,
+    /// `STACK/SERVICE` of a deployed service, or an IPv4 address outside the overlay.
+    pub to: String,
+    /// `5432/tcp`, `53/udp`, `5432` (TCP) or `icmp`.
+    pub traffic: String,
+    /// Test this document instead of the one in force.
+    #[serde(default)]
+    pub document: Option<String>,
+}
+
+/// The answer of a policy test.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyTestAnswer {
+    /// `allow` or `deny`.
+    pub action: corral_policy::Action,
+    /// What decided, for people: `allow[0] "web-to-api"`, `the default (deny)`.
+    pub decided_by: String,
+    /// The deciding rule as data (`None`: a default, or not governed).
+    pub rule: Option<corral_policy::RuleId>,
+    /// The generation tested (`None`: a document given with the request, or none applied).
+    pub generation: Option<i64>,
+}
+
+/// `POST /v1/environments/{name}/network-policy/diff`: what changes between two documents.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyDiffRequest {
+    /// The old side: a generation (`None`: the one before the new side's, or the one in
+    /// force when `document` is given).
+    #[serde(default)]
+    pub from: Option<i64>,
+    /// The new side as a document not applied yet (`None`: the one in force).
+    #[serde(default)]
+    pub document: Option<String>,
+}
+
+/// What changes for the deployed services between two policies.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyDiffView {
+    /// The old side (`generation N`, or `none` when no policy was in force).
+    pub from: String,
+    /// The new side (`generation N` or `the document given`).
+    pub to: String,
+    /// Each pair of services whose flow changes: before → after.
+    pub changes: Vec<FlowChange>,
+    /// Whether the documents themselves differ (a rule that matches nothing today still
+    /// counts).
+    pub documents_differ: bool,
+}
+
+/// One pair of services whose flow changes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowChange {
+    /// `STACK/SERVICE`.
+    pub from: String,
+    /// `STACK/SERVICE`.
+    pub to: String,
+    /// What may flow before.
+    pub before: String,
+    /// What may flow after.
+    pub after: String,
+}

@@ -62,6 +62,7 @@ mod tests {
                 ..Default::default()
             },
             overlay_deltas: true,
+            network_policy: true,
         })
     }
 

@@ -283,6 +283,10 @@ pub enum ServerMessage {
     /// The environment's service names (for the agent's DNS responder): sent after the
     /// welcome and whenever a replica starts, stops or changes health.
     Names(NameTable),
+    /// The environment's network policy: sent after the welcome and whenever a new generation
+    /// is applied, only to agents that said `network_policy` in their hello. The agent
+    /// enforces it with the name table (which address is which service).
+    NetworkPolicy(NetworkPolicy),
     /// Sent right before the server closes the connection, with the full explanation; the
     /// WebSocket close frame repeats the reason as a code (see [`CloseReason::code`]).
     Goodbye {
@@ -668,6 +672,10 @@ pub struct Hello {
     /// full configurations (an agent of an earlier release).
     #[serde(default)]
     pub overlay_deltas: bool,
+    /// The agent enforces [`ServerMessage::NetworkPolicy`]; without it the server sends no
+    /// policy (an agent of an earlier release, which could not read one).
+    #[serde(default)]
+    pub network_policy: bool,
 }
 
 /// The overlay of a host's environment, as that host should run it.
@@ -819,6 +827,21 @@ pub struct ServiceAddresses {
     /// Every replica's address, ready or not.
     #[serde(default)]
     pub members: Vec<std::net::Ipv4Addr>,
+    /// The service's labels (`labels:` in its Compose file, corral's own left out), which
+    /// network policy rules select on.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub labels: std::collections::BTreeMap<String, String>,
+}
+
+/// An environment's network policy, as its hosts enforce it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkPolicy {
+    /// The environment's name.
+    pub environment: String,
+    /// Which version of the environment's policy this is (0: none was ever applied).
+    pub generation: u64,
+    /// The checked document; `None`: no policy, nothing filtered.
+    pub document: Option<corral_policy::Document>,
 }
 
 /// Another host of the environment, as an overlay peer.

@@ -22,13 +22,13 @@ use std::time::Duration;
 
 use corral_control::overlay as plan;
 use corral_control::states::{Desired, is_ready};
-use corral_proto::{NameTable, ServerMessage, ServiceAddresses};
+use corral_proto::{NameTable, NetworkPolicy, ServerMessage, ServiceAddresses};
 use ring::rand::{SecureRandom, SystemRandom};
 
 use corral_control::overlay::Update;
 
 use crate::state::AppState;
-use crate::state::overlay::{EnvNames, SyncMemory};
+use crate::state::overlay::{EnvNames, EnvPolicy, SyncMemory};
 use crate::state::registry::{LiveSession, Queued};
 use crate::store::{HostRow, OverlayMemberRow, StoreError};
 
@@ -57,6 +57,7 @@ async fn name_table(state: &AppState, env_id: &str) -> Result<NameTable, StoreEr
                 service: row.service,
                 ready: Vec::new(),
                 members: Vec::new(),
+                labels: row.labels,
             });
         entry.members.push(ip);
         if is_ready(row.actual, row.health) {
@@ -69,6 +70,36 @@ async fn name_table(state: &AppState, env_id: &str) -> Result<NameTable, StoreEr
         s.members.sort();
     }
     Ok(NameTable { services })
+}
+
+/// The environment's network policy as its hosts get it: the newest generation, or none.
+/// A stored one that no longer reads is an error: the hosts keep enforcing what they have
+/// rather than be told there is no policy.
+async fn policy_message(state: &AppState, env_id: &str) -> Result<NetworkPolicy, StoreError> {
+    let environment = state
+        .store
+        .environment_by_id(env_id)
+        .await?
+        .map(|e| e.name)
+        .unwrap_or_else(|| env_id.to_owned());
+    let Some(row) = state.store.network_policy(env_id, None).await? else {
+        return Ok(NetworkPolicy {
+            environment,
+            generation: 0,
+            document: None,
+        });
+    };
+    let document: corral_policy::Document = serde_json::from_str(&row.policy).map_err(|e| {
+        StoreError::Corrupt(format!(
+            "the network policy of environment {environment} (generation {}) does not read: {e}",
+            row.generation
+        ))
+    })?;
+    Ok(NetworkPolicy {
+        environment,
+        generation: u64::try_from(row.generation).unwrap_or(0),
+        document: Some(document),
+    })
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -261,16 +292,44 @@ async fn sync(state: &AppState) -> Result<(), StoreError> {
                 },
             );
         }
+        let policy_is_current = state
+            .overlay
+            .memory()
+            .policies
+            .get(env_id)
+            .is_some_and(|p| p.counter == counter.policy);
+        if !policy_is_current {
+            match policy_message(state, env_id).await {
+                Ok(message) => {
+                    state.overlay.memory().policies.insert(
+                        env_id.to_owned(),
+                        EnvPolicy {
+                            counter: counter.policy,
+                            digest: digest(&message),
+                            message,
+                        },
+                    );
+                }
+                Err(e) => {
+                    // Fail closed: nothing is sent, so every host keeps the rules it has.
+                    tracing::error!(environment = %env_id, error = %e, "not sending the network policy");
+                    state.overlay.memory().policies.remove(env_id);
+                }
+            }
+        }
         let mut memory = state.overlay.memory();
         let SyncMemory {
             views,
             names,
             sent,
             names_sent,
+            policies,
+            policies_sent,
             ..
         } = &mut *memory;
         let view = views.get(env_id).map(|(_, v)| v);
         let env_names = names.get(env_id);
+        let env_policy = policies.get(env_id);
         for s in sessions {
             // A session still busy with earlier messages (a slow agent) is not sent more, and
             // nothing is built for it: the next pass tries again.
@@ -291,6 +350,20 @@ async fn sync(state: &AppState) -> Result<(), StoreError> {
                     _ => complete = false,
                 }
             }
+            if let Some(p) = env_policy
+                && s.capabilities.network_policy
+                && policies_sent.get(&s.host_id) != Some(&(s.conn_id, p.digest))
+            {
+                match state
+                    .registry
+                    .try_send(&s.host_id, ServerMessage::NetworkPolicy(p.message.clone()))
+                {
+                    Queued::Yes => {
+                        policies_sent.insert(s.host_id.clone(), (s.conn_id, p.digest));
+                    }
+                    _ => complete = false,
+                }
+            }
             let Some(view) = view else {
                 continue;
             };
@@ -298,7 +371,11 @@ async fn sync(state: &AppState) -> Result<(), StoreError> {
                 .get(&s.host_id)
                 .filter(|(conn, _)| *conn == s.conn_id)
                 .map(|(_, version)| *version);
-            let (message, version) = match view.update_for(&s.host_id, holds, s.overlay_deltas) {
+            let (message, version) = match view.update_for(
+                &s.host_id,
+                holds,
+                s.capabilities.overlay_deltas,
+            ) {
                 Ok(Some(Update::Full(config))) => {
                     let version = config.version;
                     (ServerMessage::Overlay(config), version)
@@ -328,6 +405,9 @@ async fn sync(state: &AppState) -> Result<(), StoreError> {
     memory.sent.retain(|h, _| live_ids.contains(h.as_str()));
     memory
         .names_sent
+        .retain(|h, _| live_ids.contains(h.as_str()));
+    memory
+        .policies_sent
         .retain(|h, _| live_ids.contains(h.as_str()));
     memory.seen = complete.then_some((counters, generation));
     Ok(())

@@ -26,7 +26,7 @@ use tungstenite::protocol::CloseFrame;
 
 use crate::secrets::SecretHash;
 use crate::state::AppState;
-use crate::state::registry::{LinkEnds, Session, links};
+use crate::state::registry::{Capabilities, LinkEnds, Session, links};
 use crate::store::{AgentAuth, HostRow};
 use crate::time_fmt::{now_unix, rfc3339};
 
@@ -184,7 +184,10 @@ pub async fn serve(state: Arc<AppState>, mut socket: WebSocket, remote: SocketAd
         host,
         hello.facts.overlay_port,
         hello.facts.overlay_public_key.clone(),
-        hello.overlay_deltas,
+        Capabilities {
+            overlay_deltas: hello.overlay_deltas,
+            network_policy: hello.network_policy,
+        },
     )
     .await;
 }
@@ -284,7 +287,7 @@ async fn run_session(
     host: HostRow,
     overlay_port: Option<u16>,
     overlay_public_key: Option<String>,
-    overlay_deltas: bool,
+    capabilities: Capabilities,
 ) {
     let limit = state.options.max_message_bytes;
     let environment = match state.store.environment_by_id(&host.environment_id).await {
@@ -305,7 +308,7 @@ async fn run_session(
             overlay_port,
             docker: None,
             environment_id: host.environment_id.clone(),
-            overlay_deltas,
+            capabilities,
         },
     );
     if let Some(old) = previous {

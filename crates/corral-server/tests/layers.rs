@@ -37,6 +37,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("hosts", 7),
     ("topology", 7),
     ("doctor", 7),
+    ("netpolicy", 7),
     // Agent sessions, then HTTP.
     ("tunnel", 8),
     ("api", 9),

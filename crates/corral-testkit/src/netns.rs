@@ -148,15 +148,7 @@ impl Netns {
     /// stay there when handed back).
     #[track_caller]
     pub fn enter<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        let path = self.path();
-        std::thread::scope(|s| {
-            s.spawn(move || {
-                join(&path);
-                f()
-            })
-            .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-        })
+        enter_at(&self.path(), f)
     }
 
     /// A UDP socket bound in the namespace to an ephemeral port.
@@ -198,6 +190,21 @@ impl Netns {
             thread: Some(thread),
         }
     }
+}
+
+/// Runs `f` on a thread that has entered the network namespace at `path` (a named
+/// namespace, or a process's `/proc/PID/ns/net`, e.g. a container's): sockets it opens live
+/// there.
+#[track_caller]
+pub fn enter_at<T: Send>(path: &Path, f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            join(path);
+            f()
+        })
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
 }
 
 /// Moves the calling thread into the network namespace at `path`.

@@ -39,6 +39,10 @@ pub enum Command {
     /// and container options that break isolation.
     #[command(subcommand)]
     Admission(AdmissionCommand),
+    /// The environment's network policy: which services may reach which, on which ports,
+    /// enforced on every host.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
     /// Images on one host: pull, list, remove.
     #[command(subcommand)]
     Image(ImageCommand),
@@ -676,6 +680,77 @@ pub enum RegistryCommand {
         registry: String,
         #[arg(long = "env", default_value = "default")]
         environment: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PolicyCommand {
+    /// Apply a policy document (YAML) as a new generation; every host enforces it within
+    /// about a second. The previous generations are kept (20).
+    Apply {
+        #[command(flatten)]
+        conn: Conn,
+        /// The policy file.
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+        #[arg(long = "env", default_value = "default")]
+        environment: String,
+    },
+    /// The policy in force and what it lets flow between the deployed services.
+    Show {
+        #[command(flatten)]
+        conn: Conn,
+        #[arg(long = "env", default_value = "default")]
+        environment: String,
+        #[command(flatten)]
+        out: Out,
+    },
+    /// What changes for the deployed services: the generation in force against the one
+    /// before it, or a draft (`-f`) against the one in force.
+    Diff {
+        #[command(flatten)]
+        conn: Conn,
+        /// A draft document to compare with the policy in force.
+        #[arg(short = 'f', long = "file")]
+        file: Option<PathBuf>,
+        /// The old side: this generation.
+        #[arg(long)]
+        from: Option<i64>,
+        #[arg(long = "env", default_value = "default")]
+        environment: String,
+        #[command(flatten)]
+        out: Out,
+    },
+    /// Apply an earlier generation again (as a new generation): the one before the one in
+    /// force, or `--to N`.
+    Rollback {
+        #[command(flatten)]
+        conn: Conn,
+        #[arg(long = "to")]
+        generation: Option<i64>,
+        #[arg(long = "env", default_value = "default")]
+        environment: String,
+    },
+    /// Would this connection be allowed? Names the rule that decides. Exits 1 when denied.
+    Test {
+        #[command(flatten)]
+        conn: Conn,
+        /// STACK/SERVICE, or an IPv4 address outside the overlay.
+        #[arg(long)]
+        from: String,
+        /// STACK/SERVICE, or an IPv4 address outside the overlay.
+        #[arg(long)]
+        to: String,
+        /// 5432/tcp, 53/udp, 5432 (TCP), or icmp.
+        #[arg(long)]
+        port: String,
+        /// Test this document instead of the policy in force.
+        #[arg(short = 'f', long = "file")]
+        file: Option<PathBuf>,
+        #[arg(long = "env", default_value = "default")]
+        environment: String,
+        #[command(flatten)]
+        out: Out,
     },
 }
 

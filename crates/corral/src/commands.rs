@@ -25,6 +25,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Run(args) => run(args).await,
         Command::Registry(cmd) => crate::images::registry(cmd).await,
         Command::Admission(cmd) => crate::images::admission(cmd).await,
+        Command::Policy(cmd) => crate::netpolicy::policy(cmd).await,
         Command::Image(cmd) => crate::images::image(cmd).await,
         Command::Secret(SecretCommand::Ls { conn, out }) => {
             let list: Vec<corral_proto::api::SecretView> =

@@ -18,7 +18,7 @@ const MAX_PASSWORD_BYTES: u64 = 4096;
 /// Largest CA or policy file read.
 const MAX_FILE_BYTES: u64 = 64 * 1024;
 
-fn read_small(path: &std::path::Path, what: &str) -> anyhow::Result<String> {
+pub fn read_small(path: &std::path::Path, what: &str) -> anyhow::Result<String> {
     let meta = std::fs::metadata(path).with_context(|| format!("{what} {}", path.display()))?;
     if meta.len() > MAX_FILE_BYTES {
         bail!(

@@ -14,6 +14,7 @@ mod commands;
 mod context;
 mod duration;
 mod images;
+mod netpolicy;
 mod output;
 mod stacks;
 

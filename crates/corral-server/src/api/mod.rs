@@ -14,6 +14,7 @@ mod events;
 mod hosts;
 mod images;
 mod metrics;
+mod netpolicy;
 mod network;
 mod stacks;
 mod tokens;
@@ -61,6 +62,24 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/v1/environments/{name}/admission/test",
             post(images::test_admission)
                 .layer(DefaultBodyLimit::max(crate::stacks::MAX_UP_BODY_BYTES)),
+        )
+        .route(
+            "/v1/environments/{name}/network-policy",
+            get(netpolicy::show)
+                .put(netpolicy::apply)
+                .layer(DefaultBodyLimit::max(netpolicy::MAX_POLICY_BODY_BYTES)),
+        )
+        .route(
+            "/v1/environments/{name}/network-policy/rollback",
+            post(netpolicy::rollback),
+        )
+        .route(
+            "/v1/environments/{name}/network-policy/diff",
+            post(netpolicy::diff).layer(DefaultBodyLimit::max(netpolicy::MAX_POLICY_BODY_BYTES)),
+        )
+        .route(
+            "/v1/environments/{name}/network-policy/test",
+            post(netpolicy::test).layer(DefaultBodyLimit::max(netpolicy::MAX_POLICY_BODY_BYTES)),
         )
         .route(
             "/v1/registries",

@@ -327,14 +327,18 @@ pub async fn up(state: &Arc<AppState>, req: UpRequest) -> Result<UpResponse> {
         .iter()
         .map(|(digest, f)| (digest.clone(), f.secret, f.data.clone()))
         .collect();
+    let labels = service_labels(&stack.services);
     let write = StackWrite {
         environment_id: &env.id,
         name: &stack.name,
         volumes: &stack.volumes,
         services: &rows,
         files: &files,
+        labels: &labels,
     };
     let (stack_id, created, changed) = state.store.write_stack(&write, now_unix()).await?;
+    // A new service (or new labels) may be one the network policy names.
+    state.overlay.wake();
     state.reconciler.definition_replaced(&stack_id);
     state
         .record_event(
@@ -1075,4 +1079,24 @@ pub async fn secrets(state: &AppState) -> Result<Vec<corral_proto::api::SecretVi
         }
     }
     Ok(out)
+}
+
+/// Each service's own labels (`labels:` in the Compose file; corral's `io.corral.*` left out),
+/// which network policy rules select on.
+fn service_labels(
+    services: &[(String, u32, corral_control::define::ServiceDef)],
+) -> BTreeMap<String, BTreeMap<String, String>> {
+    services
+        .iter()
+        .map(|(name, _, def)| {
+            let own = def
+                .template
+                .labels
+                .iter()
+                .filter(|(k, _)| !k.starts_with("io.corral."))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            (name.clone(), own)
+        })
+        .collect()
 }

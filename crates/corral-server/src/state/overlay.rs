@@ -30,6 +30,14 @@ pub struct EnvNames {
     pub table: NameTable,
 }
 
+/// An environment's network policy message, with the counter it was read at and its digest.
+#[derive(Debug)]
+pub struct EnvPolicy {
+    pub counter: i64,
+    pub digest: u64,
+    pub message: corral_proto::NetworkPolicy,
+}
+
 /// See [`OverlaySync`].
 #[derive(Default)]
 pub struct SyncMemory {
@@ -40,6 +48,9 @@ pub struct SyncMemory {
     pub sent: HashMap<String, (u64, u64)>,
     /// Per host: (connection, digest of the name table it holds).
     pub names_sent: HashMap<String, (u64, u64)>,
+    pub policies: HashMap<String, EnvPolicy>,
+    /// Per host: (connection, digest of the network policy it holds).
+    pub policies_sent: HashMap<String, (u64, u64)>,
     /// The counters and the registry generation the last complete pass saw.
     pub seen: Option<(HashMap<String, ChangeCounters>, u64)>,
 }

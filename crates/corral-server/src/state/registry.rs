@@ -85,8 +85,17 @@ pub struct Session {
     pub docker: Option<corral_proto::api::DockerView>,
     /// The host's environment (a host never changes environment).
     pub environment_id: String,
-    /// The agent applies overlay deltas (it said so in its hello).
+    /// What the agent said it can do in its hello.
+    pub capabilities: Capabilities,
+}
+
+/// What an agent said it can do in its hello (agents of earlier releases say less).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Capabilities {
+    /// It applies overlay deltas.
     pub overlay_deltas: bool,
+    /// It enforces network policies.
+    pub network_policy: bool,
 }
 
 /// A live session as the overlay sync sees it.
@@ -95,7 +104,7 @@ pub struct LiveSession {
     pub host_id: String,
     pub conn_id: u64,
     pub environment_id: String,
-    pub overlay_deltas: bool,
+    pub capabilities: Capabilities,
 }
 
 /// What others may know of a live session.
@@ -157,7 +166,7 @@ impl Registry {
                 host_id: h.clone(),
                 conn_id: s.conn_id,
                 environment_id: s.environment_id.clone(),
-                overlay_deltas: s.overlay_deltas,
+                capabilities: s.capabilities,
             })
             .collect()
     }

@@ -27,6 +27,7 @@ use crate::vault::Vault;
 use sealed::Column;
 
 mod images;
+mod netpolicy;
 mod overlay;
 mod sealed;
 mod stacks;

@@ -14,8 +14,10 @@ use super::{Result, Store};
 pub struct ChangeCounters {
     /// Bumped by every change to the environment's overlay (settings, members, leases).
     pub overlay: i64,
-    /// Bumped by every change to its service names (replicas, stacks).
+    /// Bumped by every change to its service names (replicas, stacks, services' labels).
     pub names: i64,
+    /// Bumped by every new generation of its network policy.
+    pub policy: i64,
 }
 
 /// A stack replica as the service-name table needs it.
@@ -27,6 +29,8 @@ pub struct NameRow {
     pub desired: Desired,
     pub actual: Actual,
     pub health: Option<Health>,
+    /// The service's labels.
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 impl<'r> FromRow<'r, sqlx::sqlite::SqliteRow> for NameRow {
@@ -40,6 +44,10 @@ impl<'r> FromRow<'r, sqlx::sqlite::SqliteRow> for NameRow {
             desired,
             actual,
             health,
+            // Labels that do not read are an error, never "no labels": a policy rule that
+            // selects on them would silently stop matching.
+            labels: serde_json::from_str(&row.try_get::<String, _>("labels")?)
+                .map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
         })
     }
 }
@@ -147,21 +155,32 @@ impl Store {
     /// Every environment's change counters (the migration gave existing environments a row,
     /// and a trigger gives every new one its row).
     pub async fn change_counters(&self) -> Result<HashMap<String, ChangeCounters>> {
-        let rows: Vec<(String, i64, i64)> =
-            sqlx::query_as("SELECT environment_id, overlay, names FROM change_counters")
+        let rows: Vec<(String, i64, i64, i64)> =
+            sqlx::query_as("SELECT environment_id, overlay, names, policy FROM change_counters")
                 .fetch_all(&self.reader)
                 .await?;
         Ok(rows
             .into_iter()
-            .map(|(env, overlay, names)| (env, ChangeCounters { overlay, names }))
+            .map(|(env, overlay, names, policy)| {
+                (
+                    env,
+                    ChangeCounters {
+                        overlay,
+                        names,
+                        policy,
+                    },
+                )
+            })
             .collect())
     }
 
     /// The environment's stack replicas that have an overlay address.
     pub async fn name_rows(&self, env_id: &str) -> Result<Vec<NameRow>> {
         Ok(sqlx::query_as(
-            "SELECT s.name AS stack, c.service, c.ip, c.desired, c.actual, c.health \
+            "SELECT s.name AS stack, c.service, c.ip, c.desired, c.actual, c.health, \
+             COALESCE(v.labels, '{}') AS labels \
              FROM containers c JOIN stacks s ON s.id = c.stack_id \
+             LEFT JOIN services v ON v.stack_id = c.stack_id AND v.name = c.service \
              WHERE c.environment_id = ? AND c.service IS NOT NULL AND c.ip IS NOT NULL",
         )
         .bind(env_id)

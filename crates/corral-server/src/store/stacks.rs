@@ -40,6 +40,8 @@ pub struct StackWrite<'a> {
     pub services: &'a [ServiceRow],
     /// What the stack ships, by digest: (digest, is a secret, content).
     pub files: &'a [(String, bool, Vec<u8>)],
+    /// Each service's labels (network policy rules select on them).
+    pub labels: &'a std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>,
 }
 
 /// What [`Store::set_replicas`] did.
@@ -128,8 +130,8 @@ impl Store {
                 changed.push(svc.name.clone());
             }
             sqlx::query(
-                "INSERT INTO services (stack_id, name, spec, spec_hash, replicas, position) VALUES (?, ?, ?, ?, ?, ?) \
-                 ON CONFLICT (stack_id, name) DO UPDATE SET spec = excluded.spec, spec_hash = excluded.spec_hash, replicas = excluded.replicas, position = excluded.position",
+                "INSERT INTO services (stack_id, name, spec, spec_hash, replicas, position, labels) VALUES (?, ?, ?, ?, ?, ?, ?) \
+                 ON CONFLICT (stack_id, name) DO UPDATE SET spec = excluded.spec, spec_hash = excluded.spec_hash, replicas = excluded.replicas, position = excluded.position, labels = excluded.labels",
             )
             .bind(&stack_id)
             .bind(&svc.name)
@@ -142,6 +144,10 @@ impl Store {
             .bind(&svc.spec_hash)
             .bind(svc.replicas)
             .bind(svc.position)
+            .bind(
+                serde_json::to_string(&w.labels.get(&svc.name).cloned().unwrap_or_default())
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            )
             .execute(&mut *tx)
             .await?;
         }

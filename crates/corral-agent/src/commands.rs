@@ -85,6 +85,13 @@ async fn run_doctor(req: DoctorRequest, ctx: Context) -> Result<Vec<corral_proto
         Some(mesh) => mesh.view().await,
         None => doctor::OverlayView::Disabled,
     };
+    let policy = match &ctx.mesh {
+        Some(mesh) => Some(doctor::PolicyView {
+            status: mesh.policy().status(),
+            counters: mesh.policy().counters().await,
+        }),
+        None => None,
+    };
     tokio::task::spawn_blocking(move || {
         doctor::run(&doctor::DoctorInput {
             server: &ctx.server,
@@ -97,6 +104,7 @@ async fn run_doctor(req: DoctorRequest, ctx: Context) -> Result<Vec<corral_proto
             overlay_enabled,
             embedded,
             overlay,
+            policy,
         })
     })
     .await

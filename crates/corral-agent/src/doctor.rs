@@ -26,6 +26,100 @@ pub struct DoctorInput<'a> {
     pub embedded: bool,
     /// The overlay on this host, as the agent's mesh sees it.
     pub overlay: OverlayView,
+    /// The network policy on this host (`None`: the agent runs without the overlay).
+    pub policy: Option<PolicyView>,
+}
+
+/// The network policy on this host, for `corral doctor`.
+#[derive(Clone, Debug)]
+pub struct PolicyView {
+    pub status: crate::netpolicy::Status,
+    /// The policy table's counters: packets each rule dropped (`deny_N`), the defaults
+    /// counted (`default_*`), and packets of overlay addresses no replica has (`unknown`).
+    pub counters: std::collections::BTreeMap<String, u64>,
+}
+
+/// The `network policy` check: the generation in force, what it knows, and what each rule
+/// dropped. Fails when a policy should be in force and is not, or is only half in force.
+pub fn policy(view: Option<&PolicyView>) -> Check {
+    const NAME: &str = "network policy";
+    let Some(view) = view else {
+        return check(
+            NAME,
+            true,
+            "not enforced here: the agent runs with --no-overlay (no stack container is on the overlay)".into(),
+            None,
+        );
+    };
+    let s = &view.status;
+    if !s.enforcing {
+        return match &s.error {
+            Some(e) => check(
+                NAME,
+                false,
+                format!("not in force: {e}; stack containers on the overlay wait until it is"),
+                Some(
+                    "see the agent's log; the host needs nftables (`nft`) and the server's policy (`corral policy show`)",
+                ),
+            ),
+            None => check(
+                NAME,
+                true,
+                format!(
+                    "no policy in this environment (generation {}): nothing is filtered between containers",
+                    s.generation
+                ),
+                None,
+            ),
+        };
+    }
+    let mut counted: Vec<String> = view
+        .counters
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(name, n)| {
+            let label = match name.strip_prefix("deny_") {
+                Some(i) => format!("deny[{i}]"),
+                None => match name.as_str() {
+                    "default_east_west" => "default".to_owned(),
+                    "default_ingress" => "ingress default".to_owned(),
+                    "default_egress" => "egress default".to_owned(),
+                    "unknown" => "unknown overlay address (dropped)".to_owned(),
+                    other => other.to_owned(),
+                },
+            };
+            format!("{label} {n}")
+        })
+        .collect();
+    if counted.is_empty() {
+        counted.push("none yet".into());
+    }
+    let mut detail = format!(
+        "generation {} in force: {} service(s), {} replica(s); packets per rule since the rules were last replaced: {}",
+        s.generation,
+        s.services,
+        s.replicas,
+        counted.join(", ")
+    );
+    if s.conflicts > 0 {
+        detail.push_str(&format!(
+            "; {} overlay address(es) claimed by two services",
+            s.conflicts
+        ));
+    }
+    match &s.error {
+        Some(e) => check(
+            NAME,
+            false,
+            format!("{detail}; {e}"),
+            Some(if s.bridge_cut {
+                "load the kernel's bridge netfilter (`modprobe br_netfilter`) and restart the agent"
+            } else {
+                "see the agent's log: the newest rules could not be applied, the previous ones stay in force"
+            }),
+        ),
+        None => check(NAME, true, detail, None),
+    }
 }
 
 /// The overlay on this host, for `corral doctor`.
@@ -205,6 +299,7 @@ pub fn run(input: &DoctorInput<'_>) -> Vec<Check> {
         ),
     });
     checks.push(overlay(&input.overlay));
+    checks.push(policy(input.policy.as_ref()));
     checks.push(match input.docker_socket {
         Ok(path) => docker_socket(path),
         Err(e) => check(
@@ -351,6 +446,64 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_policy_check_says_what_is_in_force_and_what_it_dropped() {
+        assert!(policy(None).ok);
+        let mut status = crate::netpolicy::Status {
+            error: Some("the network policy has not arrived from the server yet".into()),
+            ..Default::default()
+        };
+        let view = |status: &crate::netpolicy::Status, counters: &[(&str, u64)]| PolicyView {
+            status: status.clone(),
+            counters: counters.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+        };
+        let c = policy(Some(&view(&status, &[])));
+        assert!(
+            !c.ok && c.detail.contains("not arrived") && c.fix.is_some(),
+            "{c:?}"
+        );
+        status = crate::netpolicy::Status {
+            generation: 4,
+            ..Default::default()
+        };
+        let c = policy(Some(&view(&status, &[])));
+        assert!(c.ok && c.detail.contains("no policy"), "{c:?}");
+        status = crate::netpolicy::Status {
+            generation: 5,
+            enforcing: true,
+            services: 3,
+            replicas: 7,
+            ..Default::default()
+        };
+        let c = policy(Some(&view(
+            &status,
+            &[
+                ("deny_0", 12),
+                ("deny_1", 0),
+                ("default_east_west", 40),
+                ("unknown", 2),
+            ],
+        )));
+        assert!(c.ok, "{c:?}");
+        assert!(
+            c.detail
+                .starts_with("generation 5 in force: 3 service(s), 7 replica(s)"),
+            "{c:?}"
+        );
+        assert!(
+            c.detail.contains("deny[0] 12") && !c.detail.contains("deny[1]"),
+            "{c:?}"
+        );
+        assert!(
+            c.detail.contains("default 40") && c.detail.contains("unknown"),
+            "{c:?}"
+        );
+        status.bridge_cut = true;
+        status.error = Some("cut".into());
+        let c = policy(Some(&view(&status, &[])));
+        assert!(!c.ok && c.fix.unwrap().contains("br_netfilter"));
+    }
+
+    #[test]
     fn checks_report_and_fix() {
         let input = DoctorInput {
             server: "https://s:8443",
@@ -362,6 +515,7 @@ mod tests {
             wanted_overlay_port: 51820,
             overlay_enabled: true,
             overlay: OverlayView::Disabled,
+            policy: None,
             embedded: false,
         };
         let checks = run(&input);

@@ -69,13 +69,24 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// `nft -f -` with `script` on standard input.
 async fn nft_load(script: &str) -> Result<(), String> {
-    let mut child = tokio::process::Command::new("nft")
+    nft_load_if_installed(script)
+        .await?
+        .ok_or_else(|| "cannot run nft; install nftables (package nftables)".to_owned())
+}
+
+/// As [`nft_load`]; `Ok(None)` when `nft` is not installed at all.
+async fn nft_load_if_installed(script: &str) -> Result<Option<()>, String> {
+    let mut child = match tokio::process::Command::new("nft")
         .args(["-f", "-"])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| format!("cannot run nft ({e}); install nftables"))?;
+    {
+        Ok(c) => c,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("cannot run nft ({e})")),
+    };
     if let Some(mut stdin) = child.stdin.take() {
         use tokio::io::AsyncWriteExt;
         stdin
@@ -88,7 +99,7 @@ async fn nft_load(script: &str) -> Result<(), String> {
         .await
         .map_err(|e| format!("nft: {e}"))?;
     if out.status.success() {
-        Ok(())
+        Ok(Some(()))
     } else {
         let mut err = String::from_utf8_lossy(&out.stderr).into_owned();
         err.truncate(2048);
@@ -246,8 +257,10 @@ impl Enforcer {
             return Err("the network policy has not arrived from the server yet".into());
         };
         let Some(document) = &policy.document else {
-            nft_load(&nft::render_removal()).await?;
-            nft_load(&nft::render_bridge_cut_removal()).await?;
+            // Without nft there can be no table to remove: a host without nftables runs
+            // stacks as long as no policy asks for rules.
+            nft_load_if_installed(&nft::render_removal()).await?;
+            nft_load_if_installed(&nft::render_bridge_cut_removal()).await?;
             return Ok(Status {
                 generation: policy.generation,
                 ..Status::default()

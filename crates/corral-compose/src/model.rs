@@ -21,6 +21,9 @@ pub struct Project {
     pub secrets: BTreeMap<String, FileSource>,
     /// Service names, every service after the services it `depends_on` (ties broken by name).
     pub start_order: Vec<String>,
+    /// `x-corral: policy:` — the stack's own network policy rules (as written; the server
+    /// confines them to the stack).
+    pub policy: Option<corral_policy::StackRules>,
 }
 
 /// One service, with defaults applied.

@@ -215,10 +215,24 @@ pub(crate) fn build(cx: &mut Cx<'_>, doc: &Node, name: String) -> Option<Project
     let mut services = BTreeMap::new();
     let mut configs = BTreeMap::new();
     let mut secrets = BTreeMap::new();
+    let mut policy = None;
     for (key, pos, value) in entries(doc) {
         let path = vec![Seg::Key(key.clone())];
         match key.as_str() {
             "services" => {}
+            "x-corral" => {
+                for (k, kpos, v) in entries(value) {
+                    let kp = with(&path, &k);
+                    if k != "policy" {
+                        cx.ignored(&kp, kpos);
+                        continue;
+                    }
+                    match serde_json::from_value::<corral_policy::StackRules>(v.to_json()) {
+                        Ok(rules) => policy = Some(rules),
+                        Err(e) => cx.error(&kp, v.pos, format!("the stack's network policy: {e}")),
+                    }
+                }
+            }
             "configs" => configs = file_sources(cx, &path, value, FileKind::Config),
             "secrets" => secrets = file_sources(cx, &path, value, FileKind::Secret),
             "volumes" => {
@@ -286,6 +300,7 @@ pub(crate) fn build(cx: &mut Cx<'_>, doc: &Node, name: String) -> Option<Project
         configs,
         secrets,
         start_order,
+        policy,
     })
 }
 

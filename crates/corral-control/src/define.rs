@@ -54,6 +54,9 @@ pub struct StackDef {
     pub files: BTreeMap<String, Shipped>,
     /// What people should know of how the files were taken (once per project file).
     pub notes: Vec<String>,
+    /// The stack's own network policy rules, confined to the stack
+    /// (`corral_policy::StackRules::scoped`).
+    pub policy: Option<corral_policy::StackRules>,
 }
 
 /// A content the stack ships.
@@ -505,8 +508,17 @@ pub fn define_with_files(
             corral_proto::files::MAX_PROJECT_FILES_BYTES
         ));
     }
+    let policy = match project.policy.as_ref().map(|r| r.scoped(stack)) {
+        Some(Ok(rules)) => Some(rules),
+        Some(Err(e)) => {
+            errors.push(format!("x-corral.policy: {e}"));
+            None
+        }
+        None => None,
+    };
     if errors.is_empty() {
         Ok(StackDef {
+            policy,
             name: stack.clone(),
             services,
             volumes: project
@@ -688,6 +700,36 @@ volumes:
         let errors = define(&p).unwrap_err();
         assert!(errors[0].contains("./data was not sent"), "{errors:?}");
         assert!(errors[1].contains("reserved"), "{errors:?}");
+    }
+
+    #[test]
+    fn a_stacks_own_policy_is_confined_to_it() {
+        let p = load(
+            "services:\n  web:\n    image: x\nx-corral:\n  policy:\n    allow:\n      - within: stack\n    deny:\n      - to: { stack: other }\n",
+        );
+        let stack = define(&p).unwrap();
+        let rules = stack.policy.unwrap();
+        assert_eq!(rules.allow[0].in_stack.as_deref(), Some("shop"));
+        assert_eq!(rules.deny[0].name.as_deref(), Some("stack shop: deny[0]"));
+        let p = load(
+            "services:\n  web:\n    image: x\nx-corral:\n  policy:\n    allow:\n      - to: { stack: other }\n",
+        );
+        let errors = define(&p).unwrap_err();
+        assert!(
+            errors[0].starts_with("x-corral.policy: allow[0]") && errors[0].contains("\"other\""),
+            "{errors:?}"
+        );
+        // A mistake inside the rules is named with its place by the loader.
+        let loaded = compose::load(&compose::Input {
+            files: vec![compose::SourceFile::new(
+                "compose.yaml",
+                "services:\n  web:\n    image: x\nx-corral:\n  policy:\n    default: deny\n",
+            )],
+            project_name: Some("shop".into()),
+            ..compose::Input::default()
+        });
+        let text = format!("{:?}", loaded.err());
+        assert!(text.contains("x-corral.policy") && text.contains("default"), "{text}");
     }
 
     fn load_with_env(text: &str, env: &[(&str, &str)]) -> compose::Project {

@@ -98,6 +98,9 @@ pub mod plan;
 pub mod render;
 pub mod topology;
 
+pub use diagram::services::{
+    ServiceBox, ServiceFlow, ServiceMap, services_diagram, services_markdown,
+};
 pub use diagram::{DiagramFormat, diagram};
 pub use net::{Cidr, CidrError, Family, PortError, PortRange, Protocol};
 pub use plan::{

@@ -165,3 +165,46 @@ fn svg_diagrams_are_well_formed_xml() {
     let (ok, msg) = run("python3", &["-c", parse], &text, "svg");
     assert!(ok, "{msg}\n{text}");
 }
+
+/// The services diagram (hostile names included) is valid DOT and well-formed SVG.
+#[test]
+fn the_services_diagram_is_valid_dot_and_svg() {
+    require::tool("dot", "graphviz");
+    require::python_module("xml.dom.minidom", "apt-get install -y python3");
+    use corral_firewall::{DiagramFormat, ServiceBox, ServiceFlow, ServiceMap, services_diagram};
+    let b = |stack: &str, service: &str| ServiceBox {
+        stack: stack.into(),
+        service: service.into(),
+        labels: vec![("zone".into(), "<dmz \"&\" ]]>".into())],
+    };
+    let f = |from: &str, to: &str, access: &str| ServiceFlow {
+        from: from.into(),
+        to: to.into(),
+        access: access.into(),
+        reason: "allow[0] \"x\"".into(),
+    };
+    let map = ServiceMap {
+        environment: "prod\"</svg>".into(),
+        policy: "network policy generation 1 (default: deny)".into(),
+        services: vec![
+            b("front", "web"),
+            b("app", "api"),
+            b("app", "worker"),
+            b("d\"b", "db"),
+        ],
+        flows: vec![
+            f("front/web", "app/api", "8080/tcp"),
+            f("app/api", "d\"b/db", "5432/tcp"),
+            f("app/worker", "app/api", "all traffic except 22/tcp"),
+            f("app/api", "front/web", "53/udp"),
+            f("app/api", "app/api", "5353/udp"),
+        ],
+    };
+    let dot = services_diagram(&map, DiagramFormat::Dot);
+    let (ok, msg) = run("dot", &["-Tsvg", "-o", "/dev/null"], &dot, "dot");
+    assert!(ok && !msg.contains("Warning"), "{msg}\n{dot}");
+    let parse = "import sys, xml.dom.minidom; xml.dom.minidom.parse(sys.argv[1]); print('OK')";
+    let svg = services_diagram(&map, DiagramFormat::Svg);
+    let (ok, msg) = run("python3", &["-c", parse], &svg, "svg");
+    assert!(ok, "{msg}\n{svg}");
+}

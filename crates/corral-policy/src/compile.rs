@@ -218,12 +218,12 @@ pub fn compile(doc: &Document, classes: &[Class], range: Cidr, generation: u64) 
             };
             match &rule.scope {
                 Scope::Ingress { from, to } => {
-                    if to.matches(&class.workload) {
+                    if to.matches(&class.workload) && rule.admits(&class.workload) {
                         push(&mut ingress, Peers::Network(*from));
                     }
                 }
                 Scope::Egress { from, to } => {
-                    if from.matches(&class.workload) {
+                    if from.matches(&class.workload) && rule.admits(&class.workload) {
                         push(&mut egress, Peers::Network(*to));
                     }
                 }

@@ -172,6 +172,9 @@ pub struct Rule {
     pub scope: Scope,
     /// The ports it covers; empty: every port and every protocol (ICMP too).
     pub ports: Vec<PortRange>,
+    /// Only traffic whose stack-container ends are all in this stack (what a stack's own
+    /// `within`/`between` rules become; may be written in any rule).
+    pub in_stack: Option<String>,
 }
 
 /// A rule as written.
@@ -190,6 +193,8 @@ struct RawRule {
     between: Option<RawBetween>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     ports: Vec<PortRange>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    in_stack: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -269,6 +274,9 @@ impl TryFrom<RawRule> for Rule {
         if let Some(n) = &raw.name {
             check_name("name", n)?;
         }
+        if let Some(s) = &raw.in_stack {
+            check_name("in_stack", s)?;
+        }
         if raw.ports.len() > MAX_PORTS {
             return Err(format!(
                 "ports: {} entries; the limit is {MAX_PORTS}",
@@ -326,6 +334,7 @@ impl TryFrom<RawRule> for Rule {
             name: raw.name,
             scope,
             ports: raw.ports,
+            in_stack: raw.in_stack,
         })
     }
 }
@@ -335,6 +344,7 @@ impl From<Rule> for RawRule {
         let mut raw = RawRule {
             name: rule.name,
             ports: rule.ports,
+            in_stack: rule.in_stack,
             ..RawRule::default()
         };
         let peer = |s: Selector| RawPeer {

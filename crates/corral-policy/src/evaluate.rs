@@ -89,8 +89,20 @@ impl Selector {
 }
 
 impl Rule {
+    /// Whether a stack container may be an end of this rule's traffic (`in_stack`).
+    pub fn admits(&self, w: &Workload) -> bool {
+        self.in_stack.as_ref().is_none_or(|s| *s == w.stack)
+    }
+
     /// Whether the rule is about traffic between these two ends (whatever the port).
     pub fn matches_ends(&self, from: &Endpoint<'_>, to: &Endpoint<'_>) -> bool {
+        for end in [from, to] {
+            if let Endpoint::Replica(w) = end
+                && !self.admits(w)
+            {
+                return false;
+            }
+        }
         match (&self.scope, from, to) {
             (Scope::Between { from: f, to: t }, Endpoint::Replica(a), Endpoint::Replica(b)) => {
                 f.matches(a) && t.matches(b)

@@ -12,6 +12,8 @@
 //! - [`flows`]: what may flow from one service to another, whatever the port, and which
 //!   rules shaped it (for `show`, `diff`, the firewall export and the services diagram).
 //! - [`nft`]: a rule set as one atomic `nft -f` script.
+//! - [`stack`]: a stack's own rules (`x-corral: policy:`), confined to the stack, and how
+//!   they join the environment's document.
 //! - [`net`]: IPv4 networks, protocols, port ranges.
 //!
 //! The server uses it to check documents, answer `corral policy test` and draw the services
@@ -25,9 +27,11 @@ pub mod evaluate;
 pub mod flows;
 pub mod net;
 pub mod nft;
+pub mod stack;
 
 pub use compile::{Class, Ruleset, Verdict, compile};
 pub use document::{Action, Document, DocumentError, Rule, RuleId, Scope, Selector, Within, parse};
 pub use evaluate::{DecidedBy, Decision, Direction, Endpoint, Workload, evaluate, unmatched};
 pub use flows::{Access, Flow, flow, flows};
 pub use net::{Cidr, PortRange, Proto, Traffic};
+pub use stack::{StackRules, combine};

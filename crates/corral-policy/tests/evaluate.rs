@@ -235,11 +235,17 @@ fn rule() -> impl Strategy<Value = Rule> {
         (cidr(), selector()).prop_map(|(from, to)| Scope::Ingress { from, to }),
         (selector(), cidr()).prop_map(|(from, to)| Scope::Egress { from, to }),
     ];
-    (scope, ports()).prop_map(|(scope, ports)| Rule {
-        name: None,
+    (
         scope,
-        ports,
-    })
+        ports(),
+        prop::option::weighted(0.2, prop::sample::select(vec!["a", "b"])),
+    )
+        .prop_map(|(scope, ports, in_stack)| Rule {
+            name: None,
+            scope,
+            ports,
+            in_stack: in_stack.map(Into::into),
+        })
 }
 
 fn action() -> impl Strategy<Value = Action> {
@@ -407,4 +413,87 @@ fn an_address_claimed_twice_stays_with_one_service_and_is_reported() {
         rules.classes[1].addresses,
         vec![Ipv4Addr::new(10, 42, 0, 6)]
     );
+}
+
+#[test]
+fn a_stacks_rules_stay_inside_the_stack() {
+    use corral_policy::{StackRules, combine};
+    let rules: StackRules = serde_json::from_value(serde_json::json!({
+        "allow": [
+            {"from": {"service": "web"}, "to": {"service": "db"}, "ports": ["5432/tcp"]},
+            {"within": "stack"},
+            {"between": {"groupBy": "zone"}}
+        ],
+        "deny": [
+            {"from": {"service": "web"}, "to": {"stack": "other", "service": "db"}},
+            {"to": {"cidr": "0.0.0.0/0"}, "ports": ["25/tcp"]}
+        ]
+    }))
+    .unwrap();
+    let scoped = rules.scoped("shop").unwrap();
+    assert_eq!(
+        scoped.allow[0].name.as_deref(),
+        Some("stack shop: allow[0]")
+    );
+    let env = parse("default: deny\n").unwrap();
+    let doc = combine(&env, &[("shop".into(), scoped)]);
+    let web = w("shop", "web", Some("eu"));
+    let db = w("shop", "db", Some("eu"));
+    let other_db = w("other", "db", Some("eu"));
+    let other_x = w("other", "x", Some("eu"));
+    let r = Endpoint::Replica;
+    assert_eq!(
+        evaluate(&doc, &r(&web), &r(&db), tcp(5432)).action,
+        Action::Allow
+    );
+    // `within: stack` and `between` of a stack do not open other stacks' traffic.
+    assert_eq!(
+        evaluate(&doc, &r(&other_db), &r(&other_x), tcp(1)).action,
+        Action::Deny
+    );
+    assert_eq!(
+        evaluate(&doc, &r(&web), &r(&other_x), tcp(1)).action,
+        Action::Deny
+    );
+    // Its denies reach other stacks and the outside, from its own services.
+    let allow_all = combine(
+        &parse("").unwrap(),
+        &[("shop".into(), rules.scoped("shop").unwrap())],
+    );
+    assert_eq!(
+        evaluate(&allow_all, &r(&web), &r(&other_db), tcp(1)).action,
+        Action::Deny
+    );
+    assert_eq!(
+        evaluate(&allow_all, &r(&other_x), &r(&other_db), tcp(1)).action,
+        Action::Allow
+    );
+    let mail = Endpoint::Outside(Ipv4Addr::new(198, 51, 100, 25));
+    assert_eq!(
+        evaluate(&allow_all, &r(&web), &mail, tcp(25)).action,
+        Action::Deny
+    );
+    assert_eq!(
+        evaluate(&allow_all, &r(&other_x), &mail, tcp(25)).action,
+        Action::Allow
+    );
+    let d = evaluate(&allow_all, &r(&web), &mail, tcp(25));
+    assert_eq!(
+        allow_all.describe(match d.by {
+            DecidedBy::Rule(id) => id,
+            _ => panic!(),
+        }),
+        "deny[1] \"stack shop: deny[1]\""
+    );
+
+    // A stack cannot open traffic to another stack or to the outside.
+    for bad in [
+        serde_json::json!({"allow": [{"to": {"stack": "other"}}]}),
+        serde_json::json!({"allow": [{"to": {"cidr": "0.0.0.0/0"}}]}),
+        serde_json::json!({"allow": [{"within": "stack", "in_stack": "other"}]}),
+    ] {
+        let rules: StackRules = serde_json::from_value(bad.clone()).unwrap();
+        assert!(rules.scoped("shop").is_err(), "{bad}");
+    }
+    assert!(serde_json::from_value::<StackRules>(serde_json::json!({"default": "deny"})).is_err());
 }

@@ -649,6 +649,8 @@ pub struct NetworkPolicyView {
     pub applied_at: Option<String>,
     /// What the document names that matches no deployed service.
     pub warnings: Vec<String>,
+    /// The deployed services with their labels.
+    pub services: Vec<corral_policy::Workload>,
     /// Every ordered pair of deployed services (at most 10,000) and what may flow.
     pub flows: Vec<FlowView>,
     /// Pairs left out beyond the limit.

@@ -15,7 +15,26 @@ CREATE TABLE network_policies (
 -- JSON object: the Compose `labels:` of the service, corral's own (io.corral.*) left out.
 ALTER TABLE services ADD COLUMN labels TEXT NOT NULL DEFAULT '{}';
 
+-- A stack's own rules (`x-corral: policy:`), confined to the stack (JSON), or NULL.
+ALTER TABLE stacks ADD COLUMN policy TEXT;
+
 ALTER TABLE change_counters ADD COLUMN policy INTEGER NOT NULL DEFAULT 0;
+
+CREATE TRIGGER counters_stack_policy_new AFTER INSERT ON stacks
+WHEN NEW.policy IS NOT NULL
+BEGIN
+    UPDATE change_counters SET policy = policy + 1 WHERE environment_id = NEW.environment_id;
+END;
+CREATE TRIGGER counters_stack_policy_changed AFTER UPDATE ON stacks
+WHEN OLD.policy IS NOT NEW.policy
+BEGIN
+    UPDATE change_counters SET policy = policy + 1 WHERE environment_id = NEW.environment_id;
+END;
+CREATE TRIGGER counters_stack_policy_gone AFTER DELETE ON stacks
+WHEN OLD.policy IS NOT NULL
+BEGIN
+    UPDATE change_counters SET policy = policy + 1 WHERE environment_id = OLD.environment_id;
+END;
 
 CREATE TRIGGER counters_policy_new AFTER INSERT ON network_policies BEGIN
     UPDATE change_counters SET policy = policy + 1 WHERE environment_id = NEW.environment_id;

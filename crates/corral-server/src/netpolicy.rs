@@ -27,6 +27,29 @@ async fn environment(state: &AppState, name: &str) -> Result<Environment> {
         .ok_or_else(|| Error::NotFound(format!("no environment {name:?}; see `corral env ls`")))
 }
 
+/// What every host enforces (the environment's rules and each stack's own).
+async fn effective(state: &AppState, env: &Environment) -> Result<Document> {
+    Ok(crate::overlay::effective_policy(state, &env.id)
+        .await
+        .map_err(|e| Error::Refused(format!("{e}; hosts keep enforcing what they have")))?
+        .1
+        .unwrap_or_default())
+}
+
+/// The stacks' own rules added to `doc`.
+async fn with_stack_rules(state: &AppState, env: &Environment, doc: &Document) -> Result<Document> {
+    let mut rules = Vec::new();
+    for (stack, json) in state.store.stack_policies(&env.id).await? {
+        let r: corral_policy::StackRules = serde_json::from_str(&json).map_err(|e| {
+            Error::Refused(format!(
+                "the network policy rules of stack {stack} cannot be read ({e}); deploy it again"
+            ))
+        })?;
+        rules.push((stack, r));
+    }
+    Ok(corral_policy::combine(doc, &rules))
+}
+
 /// A stored generation's checked document. One that no longer reads stops the operation
 /// (fail closed), naming the generation and what to do.
 fn document_of(row: &PolicyRow) -> Result<Document> {
@@ -111,7 +134,7 @@ pub async fn show(state: &AppState, env: &str) -> Result<NetworkPolicyView> {
     let row = state.store.network_policy(&env.id, None).await?;
     let services = services(state, &env).await?;
     let doc = row.as_ref().map(document_of).transpose()?;
-    let effective = doc.clone().unwrap_or_default();
+    let effective = effective(state, &env).await?;
     let (flows, flows_left_out) = flow_views(&effective, &services);
     let history = state
         .store
@@ -128,6 +151,7 @@ pub async fn show(state: &AppState, env: &str) -> Result<NetworkPolicyView> {
         generation: row.as_ref().map(|r| r.generation),
         document: row.as_ref().map(|r| r.document.clone()).unwrap_or_default(),
         warnings: corral_policy::unmatched(&effective, &services),
+        services,
         policy: doc,
         applied_at: row.map(|r| rfc3339(r.created_at)),
         flows,
@@ -244,10 +268,10 @@ pub async fn test(
 ) -> Result<PolicyTestAnswer> {
     let env = environment(state, env_name).await?;
     let (doc, generation) = match &req.document {
-        Some(text) => (parse(text)?, None),
+        Some(text) => (with_stack_rules(state, &env, &parse(text)?).await?, None),
         None => match state.store.network_policy(&env.id, None).await? {
-            Some(row) => (document_of(&row)?, Some(row.generation)),
-            None => (Document::default(), None),
+            Some(row) => (effective(state, &env).await?, Some(row.generation)),
+            None => (effective(state, &env).await?, None),
         },
     };
     let traffic: Traffic = req
@@ -313,6 +337,8 @@ pub async fn diff(
         Some(g) => (load(g).await?, format!("generation {g}")),
         None => (Document::default(), "none".to_owned()),
     };
+    let old = with_stack_rules(state, &env, &old).await?;
+    let new = with_stack_rules(state, &env, &new).await?;
     let services = services(state, &env).await?;
     let mut changes = Vec::new();
     for a in &services {

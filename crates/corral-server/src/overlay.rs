@@ -72,9 +72,49 @@ async fn name_table(state: &AppState, env_id: &str) -> Result<NameTable, StoreEr
     Ok(NameTable { services })
 }
 
-/// The environment's network policy as its hosts get it: the newest generation, or none.
-/// A stored one that no longer reads is an error: the hosts keep enforcing what they have
-/// rather than be told there is no policy.
+/// The network policy in force in an environment: its newest generation (0: none applied)
+/// and the document every host enforces — the environment's rules with every stack's own
+/// (`x-corral: policy:`) added; `None` when there are neither. A stored generation or a
+/// stack's rules that no longer read are an error, never "no policy".
+pub async fn effective_policy(
+    state: &AppState,
+    env_id: &str,
+) -> Result<(i64, Option<corral_policy::Document>), StoreError> {
+    let row = state.store.network_policy(env_id, None).await?;
+    let stacks = state.store.stack_policies(env_id).await?;
+    let Some(row) = row else {
+        if stacks.is_empty() {
+            return Ok((0, None));
+        }
+        return Ok((0, Some(with_stacks(&Default::default(), stacks)?)));
+    };
+    let document: corral_policy::Document = serde_json::from_str(&row.policy).map_err(|e| {
+        StoreError::Corrupt(format!(
+            "the network policy's generation {} does not read: {e}",
+            row.generation
+        ))
+    })?;
+    Ok((row.generation, Some(with_stacks(&document, stacks)?)))
+}
+
+fn with_stacks(
+    env: &corral_policy::Document,
+    stacks: Vec<(String, String)>,
+) -> Result<corral_policy::Document, StoreError> {
+    let mut rules = Vec::with_capacity(stacks.len());
+    for (stack, json) in stacks {
+        let r: corral_policy::StackRules = serde_json::from_str(&json).map_err(|e| {
+            StoreError::Corrupt(format!(
+                "the network policy rules of stack {stack} do not read: {e}; deploy it again"
+            ))
+        })?;
+        rules.push((stack, r));
+    }
+    Ok(corral_policy::combine(env, &rules))
+}
+
+/// The environment's network policy as its hosts get it. One that cannot be read is an error:
+/// the hosts keep enforcing what they have rather than be told there is no policy.
 async fn policy_message(state: &AppState, env_id: &str) -> Result<NetworkPolicy, StoreError> {
     let environment = state
         .store
@@ -82,23 +122,11 @@ async fn policy_message(state: &AppState, env_id: &str) -> Result<NetworkPolicy,
         .await?
         .map(|e| e.name)
         .unwrap_or_else(|| env_id.to_owned());
-    let Some(row) = state.store.network_policy(env_id, None).await? else {
-        return Ok(NetworkPolicy {
-            environment,
-            generation: 0,
-            document: None,
-        });
-    };
-    let document: corral_policy::Document = serde_json::from_str(&row.policy).map_err(|e| {
-        StoreError::Corrupt(format!(
-            "the network policy of environment {environment} (generation {}) does not read: {e}",
-            row.generation
-        ))
-    })?;
+    let (generation, document) = effective_policy(state, env_id).await?;
     Ok(NetworkPolicy {
         environment,
-        generation: u64::try_from(row.generation).unwrap_or(0),
-        document: Some(document),
+        generation: u64::try_from(generation).unwrap_or(0),
+        document,
     })
 }
 

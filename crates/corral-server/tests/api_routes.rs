@@ -431,26 +431,47 @@ async fn network_policy_refuses_bad_input_and_keeps_its_generations() {
     for (document, says) in [
         ("default: maybe\n".to_owned(), "line 1"),
         ("allow:\n  - ports: [99999/tcp]\n".to_owned(), "line 2"),
-        ("allow:\n  - within: stack\n    from: { stack: a }\n".to_owned(), "within"),
-        ("deny:\n  - from: { cidr: 10.0.0.1/8 }\n".to_owned(), "host bits"),
+        (
+            "allow:\n  - within: stack\n    from: { stack: a }\n".to_owned(),
+            "within",
+        ),
+        (
+            "deny:\n  - from: { cidr: 10.0.0.1/8 }\n".to_owned(),
+            "host bits",
+        ),
         (format!("# {}\n", "x".repeat(70 * 1024)), "limit"),
     ] {
         let (status, answer) = api
             .admin(Method::PUT, path, Some(json!({ "document": document })))
             .await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
-        assert!(answer["error"].as_str().unwrap().contains(says), "{says}: {answer}");
+        assert!(
+            answer["error"].as_str().unwrap().contains(says),
+            "{says}: {answer}"
+        );
     }
     let (status, answer) = api
-        .admin(Method::PUT, path, Some(json!({ "document": "", "extra": 1 })))
+        .admin(
+            Method::PUT,
+            path,
+            Some(json!({ "document": "", "extra": 1 })),
+        )
         .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
     let (status, _) = api
-        .admin(Method::PUT, path, Some(json!({ "document": "x".repeat(300 * 1024) })))
+        .admin(
+            Method::PUT,
+            path,
+            Some(json!({ "document": "x".repeat(300 * 1024) })),
+        )
         .await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
     let (_, shown) = api.admin(Method::GET, path, None).await;
-    assert_eq!(shown["generation"], Value::Null, "a refused document changed nothing");
+    assert_eq!(
+        shown["generation"],
+        Value::Null,
+        "a refused document changed nothing"
+    );
     let (status, _) = api
         .admin(Method::POST, &format!("{path}/rollback"), Some(json!({})))
         .await;
@@ -474,15 +495,17 @@ async fn network_policy_refuses_bad_input_and_keeps_its_generations() {
     assert_eq!(shown["document"], first);
     assert_eq!(shown["history"].as_array().unwrap().len(), 3);
     let (status, _) = api
-        .admin(Method::POST, &format!("{path}/rollback"), Some(json!({"generation": 99})))
+        .admin(
+            Method::POST,
+            &format!("{path}/rollback"),
+            Some(json!({"generation": 99})),
+        )
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 
     // Tests: an outside address against the policy in force (no rule: the ingress default);
     // a draft; what cannot be answered.
-    let test = |from: &str, to: &str, traffic: &str, document: Option<&str>| {
-        json!({ "from": from, "to": to, "traffic": traffic, "document": document })
-    };
+    let test = |from: &str, to: &str, traffic: &str, document: Option<&str>| json!({ "from": from, "to": to, "traffic": traffic, "document": document });
     let (status, answer) = api
         .admin(
             Method::POST,
@@ -492,29 +515,66 @@ async fn network_policy_refuses_bad_input_and_keeps_its_generations() {
         .await;
     assert_eq!(status, StatusCode::OK, "{answer}");
     assert_eq!(answer["action"], "allow");
-    assert!(answer["decided_by"].as_str().unwrap().contains("not governed"), "{answer}");
+    assert!(
+        answer["decided_by"]
+            .as_str()
+            .unwrap()
+            .contains("not governed"),
+        "{answer}"
+    );
     for (body, status_wanted, says) in [
-        (test("shop/web", "shop/db", "5432/tcp", None), StatusCode::NOT_FOUND, "no service"),
-        (test("203.0.113.9", "10.42.0.5", "80/tcp", None), StatusCode::BAD_REQUEST, "overlay range"),
-        (test("203.0.113.9", "198.51.100.7", "80/sctp", None), StatusCode::BAD_REQUEST, "tcp or udp"),
-        (test("web", "db", "80/tcp", None), StatusCode::BAD_REQUEST, "STACK/SERVICE"),
-        (test("203.0.113.9", "198.51.100.7", "80", Some("default: nope")), StatusCode::BAD_REQUEST, "line 1"),
+        (
+            test("shop/web", "shop/db", "5432/tcp", None),
+            StatusCode::NOT_FOUND,
+            "no service",
+        ),
+        (
+            test("203.0.113.9", "10.42.0.5", "80/tcp", None),
+            StatusCode::BAD_REQUEST,
+            "overlay range",
+        ),
+        (
+            test("203.0.113.9", "198.51.100.7", "80/sctp", None),
+            StatusCode::BAD_REQUEST,
+            "tcp or udp",
+        ),
+        (
+            test("web", "db", "80/tcp", None),
+            StatusCode::BAD_REQUEST,
+            "STACK/SERVICE",
+        ),
+        (
+            test("203.0.113.9", "198.51.100.7", "80", Some("default: nope")),
+            StatusCode::BAD_REQUEST,
+            "line 1",
+        ),
     ] {
         let (status, answer) = api
             .admin(Method::POST, &format!("{path}/test"), Some(body.clone()))
             .await;
         assert_eq!(status, status_wanted, "{body}: {answer}");
-        assert!(answer["error"].as_str().unwrap().contains(says), "{body}: {answer}");
+        assert!(
+            answer["error"].as_str().unwrap().contains(says),
+            "{body}: {answer}"
+        );
     }
     let (status, diff) = api
-        .admin(Method::POST, &format!("{path}/diff"), Some(json!({"from": 2})))
+        .admin(
+            Method::POST,
+            &format!("{path}/diff"),
+            Some(json!({"from": 2})),
+        )
         .await;
     assert_eq!(status, StatusCode::OK, "{diff}");
     assert_eq!(diff["from"], "generation 2");
     assert_eq!(diff["to"], "generation 3");
     assert_eq!(diff["documents_differ"], true);
     let (status, _) = api
-        .admin(Method::POST, &format!("{path}/diff"), Some(json!({"from": 77})))
+        .admin(
+            Method::POST,
+            &format!("{path}/diff"),
+            Some(json!({"from": 77})),
+        )
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }

@@ -138,13 +138,20 @@ pub enum Command {
     },
     /// Least-privilege firewall rules derived from live state, in the format you paste.
     Firewall(Box<FirewallArgs>),
-    /// The architecture and its port flows, drawn from live state.
+    /// The architecture and its port flows, drawn from live state; or (`--view services`) an
+    /// environment's services and the flows its network policy allows between them.
     Diagram {
         #[command(flatten)]
         conn: Conn,
         /// svg (laid out by corral itself), dot or mermaid.
         #[arg(long, default_value = "svg", value_parser = ["svg", "dot", "mermaid"])]
         format: String,
+        /// ports: hosts, server and the ports between them; services: the application layer.
+        #[arg(long, default_value = "ports", value_parser = ["ports", "services"])]
+        view: String,
+        /// The environment (for `--view services`).
+        #[arg(long = "env", default_value = "default")]
+        environment: String,
         /// Where administrators and API users come from (drawn on the users box).
         #[arg(long = "admin-cidr")]
         admin_cidrs: Vec<String>,

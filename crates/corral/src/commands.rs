@@ -74,9 +74,17 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Diagram {
             conn,
             format,
+            view,
+            environment,
             admin_cidrs,
             out_file,
-        } => diagram(conn, &format, admin_cidrs, out_file).await,
+        } => {
+            if view == "services" {
+                crate::netpolicy::services_diagram(conn, &format, &environment, out_file).await
+            } else {
+                diagram(conn, &format, admin_cidrs, out_file).await
+            }
+        }
         Command::Bench(BenchCommand::Connect {
             conn,
             agents,
@@ -674,7 +682,21 @@ async fn firewall(args: FirewallArgs) -> anyhow::Result<()> {
         },
         host: args.host,
     };
-    let text = corral_firewall::render(&plan, format, &scope)?;
+    let mut text = corral_firewall::render(&plan, format, &scope)?;
+    if matches!(format, Fw::Markdown) {
+        // The application layer: what each environment's network policy lets flow.
+        let names: Vec<String> = if topo.environments.is_empty() {
+            vec!["default".to_owned()]
+        } else {
+            topo.environments.iter().map(|e| e.name.clone()).collect()
+        };
+        for env in names {
+            match crate::netpolicy::service_map(&args.conn, &env).await {
+                Ok(map) => text.push_str(&corral_firewall::services_markdown(&map)),
+                Err(e) => eprintln!("warning: no service-to-service section for {env}: {e:#}"),
+            }
+        }
+    }
     print!("{text}");
     if !text.ends_with('\n') {
         println!();

@@ -190,3 +190,72 @@ pub async fn policy(cmd: PolicyCommand) -> anyhow::Result<()> {
         }
     }
 }
+
+/// An environment's services and what its policy lets flow between them, for the diagram
+/// and the firewall export.
+pub async fn service_map(
+    conn: &crate::cli::Conn,
+    environment: &str,
+) -> anyhow::Result<corral_firewall::ServiceMap> {
+    let view: NetworkPolicyView = Client::new(conn)?.get(&base(environment)).await?;
+    let policy = match (&view.generation, &view.policy) {
+        (Some(g), Some(doc)) => format!(
+            "network policy generation {g} (default: {}, ingress: {}, egress: {})",
+            doc.default, doc.ingress, doc.egress
+        ),
+        _ => "no network policy: all traffic allowed".to_owned(),
+    };
+    Ok(corral_firewall::ServiceMap {
+        environment: view.environment,
+        policy,
+        services: view
+            .services
+            .iter()
+            .map(|w| corral_firewall::ServiceBox {
+                stack: w.stack.clone(),
+                service: w.service.clone(),
+                labels: w
+                    .labels
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+            })
+            .collect(),
+        flows: view
+            .flows
+            .iter()
+            .map(|f| corral_firewall::ServiceFlow {
+                from: f.from.clone(),
+                to: f.to.clone(),
+                access: f.access.clone(),
+                reason: f.reason.clone(),
+            })
+            .collect(),
+    })
+}
+
+/// `corral diagram --view services`.
+pub async fn services_diagram(
+    conn: crate::cli::Conn,
+    format: &str,
+    environment: &str,
+    out_file: Option<std::path::PathBuf>,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let map = service_map(&conn, environment).await?;
+    let fmt = match format {
+        "dot" => corral_firewall::DiagramFormat::Dot,
+        "mermaid" => corral_firewall::DiagramFormat::Mermaid,
+        _ => corral_firewall::DiagramFormat::Svg,
+    };
+    let text = corral_firewall::services_diagram(&map, fmt);
+    match out_file {
+        Some(path) => {
+            std::fs::write(&path, text)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            eprintln!("wrote {}", path.display());
+        }
+        None => print!("{text}"),
+    }
+    Ok(())
+}

@@ -60,12 +60,34 @@ fn stacks() -> Vec<(&'static str, String)> {
         (
             "data",
             format!(
-                "name: data\nservices:\n{}{}",
+                "name: data\nservices:\n{}{}{DATA_RULES}",
                 svc("db", "db", "h3"),
                 svc("cache", "db", "h2")
             ),
         ),
     ]
+}
+
+/// The `data` stack's own rules: whatever the environment says, its cache never opens
+/// connections to its db.
+const DATA_RULES: &str = "x-corral:
+  policy:
+    deny:
+      - name: cache-never-to-db
+        from: { service: cache }
+        to: { service: db }
+";
+
+/// The document every host enforces: the environment's and the `data` stack's rules.
+fn with_data_rules(env: &str) -> Document {
+    let rules: corral_policy::StackRules = serde_json::from_value(serde_json::json!({
+        "deny": [{"name": "cache-never-to-db", "from": {"service": "cache"}, "to": {"service": "db"}}]
+    }))
+    .unwrap();
+    corral_policy::combine(
+        &corral_policy::parse(env).unwrap(),
+        &[("data".to_owned(), rules.scoped("data").unwrap())],
+    )
 }
 
 /// Default allow; dmz never reaches db; the worker never reaches 5432 anywhere.
@@ -333,9 +355,9 @@ impl World {
         })
     }
 
-    /// Waits until every cell matches `doc`; returns how long that took. Rounds of short
-    /// probes measure (a round that sees every cell right counts from when it began), then a
-    /// round with the full timeout confirms.
+    /// Waits until every cell matches `doc`; returns how long that took at most: rounds of
+    /// short probes, and the end of the first round that sees every cell right is the bound
+    /// (a round with the full timeout then confirms).
     fn converge(&self, doc: &Document, what: &str) -> Duration {
         self.converge_since(Instant::now(), doc, what)
     }
@@ -344,8 +366,8 @@ impl World {
     fn converge_since(&self, start: Instant, doc: &Document, what: &str) -> Duration {
         let deadline = start + Duration::from_secs(60);
         loop {
-            let round = start.elapsed();
             let wrong = self.mismatches(doc, Duration::from_millis(600));
+            let round = start.elapsed();
             if wrong.is_empty() {
                 let confirm = self.mismatches(doc, PROBE_TIMEOUT);
                 if confirm.is_empty() {
@@ -370,13 +392,14 @@ impl World {
         self.replicas.iter().find(|r| r.name() == name).unwrap()
     }
 
+    /// Applies `text` as the environment's policy; returns what every host enforces.
     fn apply(&self, text: &str) -> Document {
         let file = self.lab.dir().join("policy.yaml");
         std::fs::write(&file, text).unwrap();
         self.lab
             .server
             .cli_ok(&["policy", "apply", "-f", file.to_str().unwrap()]);
-        corral_policy::parse(text).unwrap()
+        with_data_rules(text)
     }
 }
 
@@ -466,8 +489,15 @@ fn setup() -> World {
 fn a_policy_is_enforced_on_every_host_as_policy_test_says() {
     let mut world = setup();
 
-    // No policy: everything reaches everything (this also warms up the overlay's sessions).
-    world.converge(&Document::default(), "no policy");
+    // No environment policy: everything reaches everything but what the `data` stack's own
+    // rules deny (this also warms up the overlay's sessions).
+    world.converge(&with_data_rules(""), "only the data stack's rules");
+    assert!(!probe(
+        &world.replica("data/cache").netns,
+        SocketAddr::from((world.replica("data/db").ip, 8080)),
+        Proto::Tcp,
+        PROBE_TIMEOUT
+    ));
 
     // Default allow with denies.
     let asked = Instant::now();
@@ -564,6 +594,29 @@ fn a_policy_is_enforced_on_every_host_as_policy_test_says() {
         "{text}"
     );
 
+    // `corral doctor` shows each host's generation and what the rules dropped.
+    for host in ["h1", "h2", "h3"] {
+        let reports = lab.server.cli_json(&["doctor", "--host", host]);
+        let check = reports[0]["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == "network policy")
+            .unwrap()
+            .clone();
+        let detail = check["detail"].as_str().unwrap();
+        eprintln!("doctor on {host}, network policy: {detail}");
+        assert_eq!(check["ok"], true, "{check}");
+        assert!(
+            detail.starts_with("generation 2 in force: 5 service(s), 5 replica(s)"),
+            "{detail}"
+        );
+        assert!(
+            detail.contains("default "),
+            "the default dropped probes: {detail}"
+        );
+    }
+
     // DNS keeps working under deny: the host's responder is not governed by the policy.
     let web_id = lab
         .dockerd("h1")
@@ -601,6 +654,21 @@ fn a_policy_is_enforced_on_every_host_as_policy_test_says() {
         }),
         "{diff}"
     );
+
+    // The services diagram and the firewall export show the same flows.
+    let dot = String::from_utf8(
+        lab.cli(&["diagram", "--view", "services", "--format", "dot"])
+            .stdout,
+    )
+    .unwrap();
+    assert!(
+        dot.contains("\"front/web\" -> \"app/api\" [label=\"8080/tcp\"]"),
+        "{dot}"
+    );
+    assert!(!dot.contains("\"front/web\" -> \"data/db\""), "{dot}");
+    let md = String::from_utf8(lab.cli(&["firewall", "--format", "markdown"]).stdout).unwrap();
+    assert!(md.contains("## Service to service"), "{md}");
+    assert!(md.contains("| front/web | app/api | 8080/tcp |"), "{md}");
 
     // An agent restarted mid-test never opens a denied path: while h2's agent is stopped and
     // started again, denied connections to h2's replicas (from h1, and on h2 itself) are

@@ -10,6 +10,7 @@
 //! laid out here (module `svg`), without Graphviz.
 
 mod model;
+pub mod services;
 mod svg;
 
 use std::fmt::Write as _;

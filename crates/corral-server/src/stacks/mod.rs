@@ -328,7 +328,14 @@ pub async fn up(state: &Arc<AppState>, req: UpRequest) -> Result<UpResponse> {
         .map(|(digest, f)| (digest.clone(), f.secret, f.data.clone()))
         .collect();
     let labels = service_labels(&stack.services);
+    let policy = stack
+        .policy
+        .as_ref()
+        .map(serde_json::to_string)
+        .transpose()
+        .map_err(Error::internal)?;
     let write = StackWrite {
+        policy: policy.as_deref(),
         environment_id: &env.id,
         name: &stack.name,
         volumes: &stack.volumes,

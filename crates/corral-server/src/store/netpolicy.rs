@@ -76,6 +76,16 @@ impl Store {
         Ok(generation)
     }
 
+    /// The environment's stacks that carry rules of their own: (stack, rules as JSON).
+    pub async fn stack_policies(&self, env_id: &str) -> Result<Vec<(String, String)>> {
+        Ok(sqlx::query_as(
+            "SELECT name, policy FROM stacks WHERE environment_id = ? AND policy IS NOT NULL ORDER BY name",
+        )
+        .bind(env_id)
+        .fetch_all(&self.reader)
+        .await?)
+    }
+
     /// Every service of the environment's stacks with its labels: (stack, service, labels
     /// as stored). For `policy test`, warnings and the services diagram.
     pub async fn service_labels(&self, env_id: &str) -> Result<Vec<(String, String, String)>> {

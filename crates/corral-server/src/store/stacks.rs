@@ -40,6 +40,9 @@ pub struct StackWrite<'a> {
     pub services: &'a [ServiceRow],
     /// What the stack ships, by digest: (digest, is a secret, content).
     pub files: &'a [(String, bool, Vec<u8>)],
+    /// The stack's own network policy rules (JSON of `corral_policy::StackRules`, confined
+    /// to the stack), if its Compose file has any.
+    pub policy: Option<&'a str>,
     /// Each service's labels (network policy rules select on them).
     pub labels: &'a std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>,
 }
@@ -91,23 +94,27 @@ impl Store {
                 )));
             }
             Some(s) => {
-                sqlx::query("UPDATE stacks SET volumes = ?, updated_at = ? WHERE id = ?")
-                    .bind(&volumes)
-                    .bind(now)
-                    .bind(&s.id)
-                    .execute(&mut *tx)
-                    .await?;
+                sqlx::query(
+                    "UPDATE stacks SET volumes = ?, policy = ?, updated_at = ? WHERE id = ?",
+                )
+                .bind(&volumes)
+                .bind(w.policy)
+                .bind(now)
+                .bind(&s.id)
+                .execute(&mut *tx)
+                .await?;
                 (s.id, false)
             }
             None => {
                 let id = new_id("stk");
                 sqlx::query(
-                    "INSERT INTO stacks (id, environment_id, name, volumes, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO stacks (id, environment_id, name, volumes, policy, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 )
                 .bind(&id)
                 .bind(w.environment_id)
                 .bind(w.name)
                 .bind(&volumes)
+                .bind(w.policy)
                 .bind(now)
                 .bind(now)
                 .execute(&mut *tx)

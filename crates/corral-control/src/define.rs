@@ -729,7 +729,10 @@ volumes:
             ..compose::Input::default()
         });
         let text = format!("{:?}", loaded.err());
-        assert!(text.contains("x-corral.policy") && text.contains("default"), "{text}");
+        assert!(
+            text.contains("x-corral.policy") && text.contains("default"),
+            "{text}"
+        );
     }
 
     fn load_with_env(text: &str, env: &[(&str, &str)]) -> compose::Project {

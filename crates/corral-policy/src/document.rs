@@ -454,8 +454,25 @@ pub fn parse(text: &str) -> Result<Document, DocumentError> {
     if text.trim().is_empty() {
         return Ok(Document::default());
     }
-    // serde-saphyr's default budget refuses alias bombs and deep nesting.
-    let doc: Document = serde_saphyr::from_str(text).map_err(|e| DocumentError(e.to_string()))?;
+    // serde-saphyr's default budget refuses alias bombs and deep nesting; the path of the key
+    // where reading stopped (`allow[0].ports[1]`) is recorded alongside its line and column.
+    let mut at = String::new();
+    let read: Result<Document, serde_saphyr::Error> =
+        serde_saphyr::with_deserializer_from_str(text, |de| {
+            serde_path_to_error::deserialize(de).map_err(|e| {
+                at = e.path().to_string();
+                e.into_inner()
+            })
+        });
+    let doc = read.map_err(|e| {
+        let text = e.to_string();
+        let text = text.strip_prefix("error: ").unwrap_or(&text);
+        if at.is_empty() || at == "." {
+            DocumentError(text.to_owned())
+        } else {
+            DocumentError(format!("{at}: {text}"))
+        }
+    })?;
     for (list, rules) in [("allow", &doc.allow), ("deny", &doc.deny)] {
         if rules.len() > MAX_RULES {
             return Err(DocumentError(format!(

@@ -6,10 +6,12 @@
 //! kernel's bridge netfilter on) and across hosts (routed through the overlay), in both
 //! overlay modes. Layout:
 //!
-//! - `forward`: replies of tracked connections (and related ICMP errors) pass; traffic with
-//!   neither end in the overlay range is not ours; the rest goes to `east_west`, `egress` or
-//!   `ingress`. Packets of the original direction of an established connection go through the
-//!   rules again, so a connection a new generation denies stops at once.
+//! - `forward`: replies of tracked connections (and related ICMP errors) pass; so does a
+//!   connection already judged under this rule set (its conntrack mark is the set's epoch);
+//!   traffic with neither end in the overlay range is not ours; the rest goes to
+//!   `east_west`, `egress` or `ingress`. An allow marks the connection with the epoch. A new
+//!   rule set has a new epoch, so every open connection is judged again on its next packet:
+//!   one the new rules deny stops there.
 //! - `east_west` / `egress` / `ingress`: a verdict map from the replica's address (the
 //!   source; for ingress the destination) to its service's chain. An overlay address that is
 //!   no known replica is dropped (counter `unknown`).
@@ -27,9 +29,15 @@ use crate::net::Cidr;
 /// The table the policy lives in (never the one `corral firewall apply` owns).
 pub const TABLE: &str = "corral_policy";
 
+/// Stands for the rule set's epoch until the script is complete (see [`render`]).
+const EPOCH: &str = "@EPOCH@";
+/// What an allow does: the connection is marked with the epoch it was judged in, then let
+/// through.
+const ACCEPT: &str = "ct mark set @EPOCH@ accept";
+
 fn verdict(a: Action) -> &'static str {
     match a {
-        Action::Allow => "accept",
+        Action::Allow => ACCEPT,
         Action::Deny => "drop",
     }
 }
@@ -127,7 +135,7 @@ impl Writer {
                 }
                 (Peers::Network(_), _) => {
                     let set = format!("{name}_a{}", m.rule.index);
-                    self.rule(&set, m, peer_field, "accept", "");
+                    self.rule(&set, m, peer_field, ACCEPT, "");
                 }
             }
         }
@@ -137,7 +145,7 @@ impl Writer {
             let items: Vec<String> = any.iter().map(Ipv4Addr::to_string).collect();
             let set = format!("{name}_any");
             self.replica_set(&set, false, &items);
-            let _ = writeln!(self.chains, "\t\t{peer_field} @{set} accept");
+            let _ = writeln!(self.chains, "\t\t{peer_field} @{set} {ACCEPT}");
         }
         if !ported.is_empty() {
             // Merge each address's ports across rules: interval sets refuse overlaps.
@@ -162,7 +170,7 @@ impl Writer {
             self.replica_set(&set, true, &items);
             let _ = writeln!(
                 self.chains,
-                "\t\t{peer_field} . meta l4proto . th dport @{set} accept"
+                "\t\t{peer_field} . meta l4proto . th dport @{set} {ACCEPT}"
             );
         }
         let _ = writeln!(
@@ -245,6 +253,7 @@ pub fn render(rules: &Ruleset) -> String {
 \t\ttype filter hook forward priority filter - 5; policy accept;
 \t\tct state established,related ct direction reply accept
 \t\tct state related accept
+\t\tct state established ct mark {EPOCH} accept
 \t\tip saddr != {range} ip daddr != {range} accept
 \t\tip saddr {range} ip daddr {range} jump east_west
 \t\tip saddr {range} jump egress
@@ -266,7 +275,22 @@ pub fn render(rules: &Ruleset) -> String {
     );
     out.push_str(&w.chains);
     out.push_str("}\n");
-    out
+    // The epoch names this exact rule set: a connection judged under it goes through on its
+    // mark alone (one comparison per packet, however many rules), and any change of rules or
+    // replicas makes every open connection be judged again on its next packet, so a
+    // connection a new generation denies stops there.
+    let epoch = epoch_of(&out);
+    out.replace(EPOCH, &format!("0x{epoch:08x}"))
+}
+
+/// A non-zero 32-bit digest of the script (FNV-1a; 0 is an unmarked connection).
+fn epoch_of(script: &str) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in script.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    h.max(1)
 }
 
 /// The script that removes the policy table (no policy in force). Safe when it is absent.

@@ -56,8 +56,9 @@ fn mistakes_are_named_with_their_place() {
     assert!(e.contains("line 1"), "{e}");
     let e = error("allow:\n  - from: { labels: { zone: dmz } }\n    port: [80]\n");
     assert!(e.contains("port") && e.contains("line 3"), "{e}");
-    let e = error("allow:\n  - ports: [99999/tcp]\n");
-    assert!(e.contains("99999") && e.contains("line 2"), "{e}");
+    let e = error("allow:\n  - ports: [80/tcp, 99999/tcp]\n");
+    assert!(e.starts_with("allow[0].ports[1]: line 2 column"), "{e}");
+    assert!(e.contains("99999"), "{e}");
     let e = error("deny:\n  - from: { cidr: 10.0.0.1/8 }\n");
     assert!(e.contains("host bits") && e.contains("line 2"), "{e}");
     let e = error("allow:\n  - within: stack\n    from: { stack: a }\n");

@@ -31,6 +31,8 @@ use corral_testkit::{DockerFirewall, Lab, LabConfig};
 
 const TCP_PORTS: [u16; 2] = [8080, 5432];
 const UDP_PORT: u16 = 5353;
+/// A TCP echo service that keeps its connections open (to see a policy change close one).
+const ECHO_PORT: u16 = 7070;
 /// The outside service (in the server's namespace) that egress probes reach.
 const OUTSIDE_PORT: u16 = 9100;
 /// How long a probe waits for an answer before it counts as dropped.
@@ -167,6 +169,30 @@ impl Listeners {
                 while !stop.load(Ordering::Relaxed) {
                     match listener.accept() {
                         Ok((conn, _)) => drop(conn),
+                        Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                    }
+                }
+            }));
+        }
+        if tcp.contains(&TCP_PORTS[0]) {
+            let listener = enter_at(netns, || TcpListener::bind(("0.0.0.0", ECHO_PORT))).unwrap();
+            listener.set_nonblocking(true).unwrap();
+            let stop = stop.clone();
+            threads.push(std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    match listener.accept() {
+                        Ok((mut conn, _)) => {
+                            std::thread::spawn(move || {
+                                use std::io::{Read, Write};
+                                let _ = conn.set_nonblocking(false);
+                                let mut buf = [0u8; 64];
+                                while let Ok(n) = conn.read(&mut buf) {
+                                    if n == 0 || conn.write_all(&buf[..n]).is_err() {
+                                        break;
+                                    }
+                                }
+                            });
+                        }
                         Err(_) => std::thread::sleep(Duration::from_millis(10)),
                     }
                 }
@@ -554,11 +580,30 @@ fn a_policy_is_enforced_on_every_host_as_policy_test_says() {
         "{text}"
     );
 
+    // A connection open under the old rules (web → api on the echo port, allowed so far)...
+    let mut open = enter_at(&web.netns, || {
+        TcpStream::connect_timeout(&SocketAddr::from((api.ip, ECHO_PORT)), PROBE_TIMEOUT)
+    })
+    .unwrap();
+    open.set_read_timeout(Some(PROBE_TIMEOUT)).unwrap();
+    let echo = |s: &mut TcpStream, what: &[u8]| -> bool {
+        use std::io::{Read, Write};
+        let mut buf = [0u8; 16];
+        s.write_all(what).is_ok() && s.read(&mut buf).is_ok_and(|n| &buf[..n] == what)
+    };
+    assert!(echo(&mut open, b"before"), "the open connection works");
+
     // Default deny with allows; from and to outside the overlay too.
     let asked = Instant::now();
     let deny_doc = world.apply(&policy_deny(world.outside_ip));
     let took = world.converge_since(asked, &deny_doc, "default deny with allows");
     eprintln!("policy change → enforced on all hosts: {took:?}");
+    // ... stops at its next packet: the new rules deny it, and it is judged again.
+    assert!(
+        !echo(&mut open, b"after"),
+        "a connection the new policy denies went on"
+    );
+    drop(open);
     assert!(probe(
         &web.netns,
         SocketAddr::from((api.ip, 8080)),

@@ -256,11 +256,18 @@ impl Enforcer {
             // containers wait (the engine's gate stays shut).
             return Err("the network policy has not arrived from the server yet".into());
         };
-        let Some(document) = &policy.document else {
+        // A document with no rule and every default `allow` filters nothing: no table at all,
+        // so its traffic costs exactly what it costs without a policy.
+        let document = policy
+            .document
+            .as_ref()
+            .filter(|d| **d != corral_policy::Document::default());
+        let Some(document) = document else {
             // Without nft there can be no table to remove: a host without nftables runs
             // stacks as long as no policy asks for rules.
             nft_load_if_installed(&nft::render_removal()).await?;
             nft_load_if_installed(&nft::render_bridge_cut_removal()).await?;
+            tracing::info!(generation = policy.generation, "no network policy in force");
             return Ok(Status {
                 generation: policy.generation,
                 ..Status::default()

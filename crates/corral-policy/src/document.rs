@@ -25,10 +25,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::net::{Cidr, PortRange};
 
-/// Largest document accepted (bytes).
-pub const MAX_DOCUMENT_BYTES: usize = 64 * 1024;
+/// Largest document accepted (bytes): room for a thousand rules written one per line.
+pub const MAX_DOCUMENT_BYTES: usize = 256 * 1024;
 /// Most rules in `allow`, and in `deny`.
-pub const MAX_RULES: usize = 256;
+pub const MAX_RULES: usize = 1_000;
 /// Most port ranges one rule names.
 pub const MAX_PORTS: usize = 64;
 /// Most labels one selector names.

@@ -75,10 +75,10 @@ fn mistakes_are_named_with_their_place() {
 
 #[test]
 fn sizes_are_bounded() {
-    let big = format!("# {}\n", "x".repeat(70 * 1024));
+    let big = format!("# {}\n", "x".repeat(260 * 1024));
     assert!(error(&big).contains("limit"));
-    let many: String = (0..300).map(|_| "  - within: stack\n").collect();
-    assert!(error(&format!("allow:\n{many}")).contains("256"));
+    let many: String = (0..1001).map(|_| "  - within: stack\n").collect();
+    assert!(error(&format!("allow:\n{many}")).contains("1000"));
     let ports: Vec<String> = (1..=65).map(|p| format!("{p}/tcp")).collect();
     let e = error(&format!("allow:\n  - ports: [{}]\n", ports.join(", ")));
     assert!(e.contains("64"), "{e}");

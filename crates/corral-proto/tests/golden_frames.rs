@@ -342,3 +342,67 @@ fn image_frames_encode_to_the_golden_bytes_and_back() {
         assert_eq!(&back, message);
     }
 }
+
+/// The network policy travels typed: a `network_policy` message with a document of every kind
+/// of rule, and a name table carrying a service's labels (`golden/policy.jsonl`).
+#[test]
+fn policy_frames_encode_to_the_golden_bytes_and_back() {
+    let document = corral_policy::parse(
+        "default: deny
+ingress: deny
+egress: allow
+allow:
+  - name: web-to-api
+    from: { labels: { zone: dmz } }
+    to: { stack: shop, service: api }
+    ports: [8080/tcp, 9000-9010/udp]
+  - within: stack
+  - between: { groupBy: zone }
+    in_stack: shop
+  - from: { cidr: 203.0.113.0/24 }
+    to: { labels: { zone: dmz } }
+deny:
+  - to: { cidr: 10.0.0.0/8 }
+    ports: [22/tcp]
+",
+    )
+    .unwrap();
+    let messages = vec![
+        ServerMessage::NetworkPolicy(corral_proto::NetworkPolicy {
+            environment: "default".into(),
+            generation: 3,
+            document: Some(document),
+        }),
+        ServerMessage::NetworkPolicy(corral_proto::NetworkPolicy {
+            environment: "default".into(),
+            generation: 0,
+            document: None,
+        }),
+        ServerMessage::Names(corral_proto::NameTable {
+            services: vec![corral_proto::ServiceAddresses {
+                stack: "shop".into(),
+                service: "web".into(),
+                ready: vec!["10.42.1.2".parse().unwrap()],
+                members: vec!["10.42.1.2".parse().unwrap(), "10.42.2.7".parse().unwrap()],
+                labels: [("zone".to_string(), "dmz".to_string())]
+                    .into_iter()
+                    .collect(),
+            }],
+        }),
+    ];
+    let encoded: Vec<String> = messages
+        .iter()
+        .map(|m| serde_json::to_string(m).unwrap())
+        .collect();
+    let golden: Vec<&str> = include_str!("golden/policy.jsonl").lines().collect();
+    assert_eq!(
+        golden,
+        encoded.iter().map(String::as_str).collect::<Vec<_>>(),
+        "policy frames changed; the new encoding is:\n{}",
+        encoded.join("\n")
+    );
+    for (line, message) in golden.iter().zip(&messages) {
+        let back: ServerMessage = serde_json::from_str(line).unwrap();
+        assert_eq!(&back, message);
+    }
+}

@@ -439,7 +439,7 @@ async fn network_policy_refuses_bad_input_and_keeps_its_generations() {
             "deny:\n  - from: { cidr: 10.0.0.1/8 }\n".to_owned(),
             "host bits",
         ),
-        (format!("# {}\n", "x".repeat(70 * 1024)), "limit"),
+        (format!("# {}\n", "x".repeat(260 * 1024)), "limit"),
     ] {
         let (status, answer) = api
             .admin(Method::PUT, path, Some(json!({ "document": document })))
@@ -462,7 +462,7 @@ async fn network_policy_refuses_bad_input_and_keeps_its_generations() {
         .admin(
             Method::PUT,
             path,
-            Some(json!({ "document": "x".repeat(300 * 1024) })),
+            Some(json!({ "document": "x".repeat(1100 * 1024) })),
         )
         .await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);

@@ -19,10 +19,15 @@ const MAX_PASSWORD_BYTES: u64 = 4096;
 const MAX_FILE_BYTES: u64 = 64 * 1024;
 
 pub fn read_small(path: &std::path::Path, what: &str) -> anyhow::Result<String> {
+    read_at_most(path, what, MAX_FILE_BYTES)
+}
+
+/// Reads a text file of at most `limit` bytes.
+pub fn read_at_most(path: &std::path::Path, what: &str, limit: u64) -> anyhow::Result<String> {
     let meta = std::fs::metadata(path).with_context(|| format!("{what} {}", path.display()))?;
-    if meta.len() > MAX_FILE_BYTES {
+    if meta.len() > limit {
         bail!(
-            "{what} {} is {} bytes; the limit is {MAX_FILE_BYTES}",
+            "{what} {} is {} bytes; the limit is {limit}",
             path.display(),
             meta.len()
         );

@@ -8,13 +8,17 @@ use corral_proto::api::{
 
 use crate::cli::PolicyCommand;
 use crate::client::{Client, seg};
-use crate::images::read_small;
+use crate::images::read_at_most;
 use crate::output::{print, table};
 
 /// Reads a policy file and checks it here first, so a mistake is named with the file, line,
 /// column and key before anything is sent (the server checks it again).
 fn read_document(path: &std::path::Path) -> anyhow::Result<String> {
-    let text = read_small(path, "policy file")?;
+    let text = read_at_most(
+        path,
+        "policy file",
+        corral_policy::document::MAX_DOCUMENT_BYTES as u64,
+    )?;
     if let Err(e) = corral_policy::parse(&text) {
         bail!("{}: {e}", path.display());
     }

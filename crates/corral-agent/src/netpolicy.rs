@@ -267,7 +267,16 @@ impl Enforcer {
             // stacks as long as no policy asks for rules.
             nft_load_if_installed(&nft::render_removal()).await?;
             nft_load_if_installed(&nft::render_bridge_cut_removal()).await?;
-            tracing::info!(generation = policy.generation, "no network policy in force");
+            // Said once per generation, not on every new name table.
+            let said = {
+                let st = lock(&self.status);
+                !st.enforcing && st.error.is_none() && st.generation == policy.generation
+            };
+            if said {
+                tracing::debug!(generation = policy.generation, "no network policy in force");
+            } else {
+                tracing::info!(generation = policy.generation, "no network policy in force");
+            }
             return Ok(Status {
                 generation: policy.generation,
                 ..Status::default()

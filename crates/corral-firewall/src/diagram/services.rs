@@ -1,8 +1,9 @@
 //! The application layer: an environment's services and the flows its network policy allows
 //! between them, with their ports — the "boxes, lines and arrows" of what talks to what inside
 //! the overlay (the port-flow diagram draws the hosts). The caller computes the flows (the
-//! policy crate); this module only draws them (SVG laid out here, DOT, Mermaid) and lists them
-//! for the firewall export's markdown.
+//! policy crate); this module only draws them (SVG laid out here: services in columns by the
+//! flows, so `web → api → db` reads left to right; DOT and Mermaid group them by stack) and
+//! lists them for the firewall export's markdown.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -194,33 +195,85 @@ fn mermaid(map: &ServiceMap) -> String {
     out
 }
 
-const BOX_W: f64 = 190.0;
-const BOX_H: f64 = 54.0;
-const COL_GAP: f64 = 170.0;
-const ROW_GAP: f64 = 46.0;
+const BOX_W: f64 = 200.0;
+const BOX_H: f64 = 76.0;
+/// Vertical room per flow routed above or below the boxes.
+const LANE: f64 = 24.0;
+const COL_GAP: f64 = 190.0;
+const ROW_GAP: f64 = 50.0;
 const MARGIN: f64 = 30.0;
-const HEAD: f64 = 70.0;
+const HEAD: f64 = 76.0;
 
 fn text_width(s: &str) -> f64 {
-    s.chars().count() as f64 * 6.4
+    s.chars().count() as f64 * 6.6
+}
+
+/// Columns by the flows: a service sits one column right of the furthest service that may
+/// open connections to it (longest path, cycles cut after as many rounds as services), so
+/// `web → api → db` reads left to right.
+fn ranks(map: &ServiceMap) -> BTreeMap<String, usize> {
+    let mut rank: BTreeMap<String, usize> = map.services.iter().map(|s| (s.id(), 0)).collect();
+    let edges: Vec<(&str, &str)> = map
+        .drawn_flows()
+        .filter(|f| f.from != f.to)
+        .map(|f| (f.from.as_str(), f.to.as_str()))
+        .collect();
+    for _ in 0..map.services.len() {
+        let mut changed = false;
+        for (a, b) in &edges {
+            let (Some(&ra), Some(&rb)) = (rank.get(*a), rank.get(*b)) else {
+                continue;
+            };
+            if rb < ra + 1 && ra + 1 < map.services.len() {
+                rank.insert((*b).to_owned(), ra + 1);
+                changed = true;
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
+    rank
 }
 
 fn svg(map: &ServiceMap) -> String {
-    let stacks = map.stacks();
-    // Position of each service: its stack's column, its row in the stack.
+    let rank = ranks(map);
+    let columns = rank.values().copied().max().map_or(1, |m| m + 1);
+    let mut by_column: Vec<Vec<&ServiceBox>> = vec![Vec::new(); columns];
+    for s in &map.services {
+        by_column[rank.get(&s.id()).copied().unwrap_or(0)].push(s);
+    }
+    let col_of = |id: &str| rank.get(id).copied().unwrap_or(0);
+    // Flows that skip a column go over the boxes, flows back (or within a column) under them.
+    let over = map
+        .drawn_flows()
+        .filter(|f| col_of(&f.to) > col_of(&f.from) + 1)
+        .count();
+    let under = map
+        .drawn_flows()
+        .filter(|f| f.from != f.to && col_of(&f.to) <= col_of(&f.from))
+        .count();
+    let top = HEAD + 20.0 + over as f64 * LANE;
     let mut at: BTreeMap<String, (f64, f64)> = BTreeMap::new();
-    let mut tallest = 0usize;
-    for (col, (_, services)) in stacks.iter().enumerate() {
-        tallest = tallest.max(services.len());
+    let tallest = by_column.iter().map(Vec::len).max().unwrap_or(1).max(1);
+    for (col, services) in by_column.iter_mut().enumerate() {
+        services.sort_by(|a, b| (&a.stack, &a.service).cmp(&(&b.stack, &b.service)));
         for (row, s) in services.iter().enumerate() {
-            let x = MARGIN + 20.0 + col as f64 * (BOX_W + 40.0 + COL_GAP);
-            let y = HEAD + 40.0 + row as f64 * (BOX_H + ROW_GAP);
+            let x = MARGIN + col as f64 * (BOX_W + COL_GAP);
+            let y = top + row as f64 * (BOX_H + ROW_GAP);
             at.insert(s.id(), (x, y));
         }
     }
-    let cols = stacks.len().max(1) as f64;
-    let width = 2.0 * MARGIN + cols * (BOX_W + 40.0) + (cols - 1.0) * COL_GAP + 40.0;
-    let height = HEAD + 60.0 + tallest.max(1) as f64 * (BOX_H + ROW_GAP) + 40.0;
+    let title = format!("Services of environment {}", map.environment);
+    let subtitle = format!(
+        "{}; arrows: new connections the policy allows (replies always pass)",
+        map.policy
+    );
+    let width = (2.0 * MARGIN + columns as f64 * BOX_W + (columns as f64 - 1.0) * COL_GAP)
+        .max(2.0 * MARGIN + text_width(&subtitle))
+        .max(2.0 * MARGIN + text_width(&title) * 1.5);
+    let bottom = top + tallest as f64 * (BOX_H + ROW_GAP) - ROW_GAP + 24.0;
+    let height = bottom + under as f64 * LANE + 20.0;
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -232,32 +285,16 @@ fn svg(map: &ServiceMap) -> String {
     let _ = writeln!(
         out,
         r##"<text x="{MARGIN}" y="32" font-size="18" font-weight="bold">{}</text>"##,
-        xml(&format!("Services of environment {}", map.environment))
+        xml(&title)
     );
     let _ = writeln!(
         out,
-        r##"<text x="{MARGIN}" y="52" fill="#555">{}</text>"##,
-        xml(&format!(
-            "{}; arrows: new connections the policy allows (replies always pass)",
-            map.policy
-        ))
+        r##"<text x="{MARGIN}" y="54" fill="#555">{}</text>"##,
+        xml(&subtitle)
     );
-    // Stacks.
-    for (col, (stack, services)) in stacks.iter().enumerate() {
-        let x = MARGIN + col as f64 * (BOX_W + 40.0 + COL_GAP);
-        let h = 50.0 + services.len() as f64 * (BOX_H + ROW_GAP) - ROW_GAP + 20.0;
-        let _ = writeln!(
-            out,
-            r##"<rect x="{x:.1}" y="{:.1}" width="{:.1}" height="{h:.1}" rx="8" fill="#f5f7fa" stroke="#90a4ae" stroke-dasharray="4 3"/><text x="{:.1}" y="{:.1}" fill="#37474f" font-weight="bold">{}</text>"##,
-            HEAD,
-            BOX_W + 40.0,
-            x + 10.0,
-            HEAD + 22.0,
-            xml(&format!("stack {stack}"))
-        );
-    }
-    // Flows under the boxes.
     let mut self_flows: BTreeMap<String, String> = BTreeMap::new();
+    let mut labels = String::new();
+    let (mut below, mut above) = (0usize, 0usize);
     for f in map.drawn_flows() {
         let (Some(&(x1, y1)), Some(&(x2, y2))) = (at.get(&f.from), at.get(&f.to)) else {
             continue;
@@ -266,29 +303,34 @@ fn svg(map: &ServiceMap) -> String {
             self_flows.insert(f.from.clone(), f.access.clone());
             continue;
         }
-        let (ya, yb) = (y1 + BOX_H / 2.0, y2 + BOX_H / 2.0);
-        let path = if (x1 - x2).abs() < 1.0 {
-            // Same stack: a loop out to the right of the column.
-            let xr = x1 + BOX_W;
-            let bulge = 60.0 + (ya - yb).abs() * 0.15;
-            format!(
-                "M{xr:.1},{ya:.1} C{:.1},{ya:.1} {:.1},{yb:.1} {xr:.1},{yb:.1}",
-                xr + bulge,
-                xr + bulge
+        let (c1, c2) = (col_of(&f.from), col_of(&f.to));
+        let (path, lx, ly) = if c2 == c1 + 1 {
+            let (sx, sy, ex, ey) = (x1 + BOX_W, y1 + BOX_H / 2.0, x2, y2 + BOX_H / 2.0);
+            let mid = (sx + ex) / 2.0;
+            (
+                format!("M{sx:.1},{sy:.1} C{mid:.1},{sy:.1} {mid:.1},{ey:.1} {ex:.1},{ey:.1}"),
+                mid,
+                (sy + ey) / 2.0,
             )
-        } else if x1 < x2 {
-            let (sx, ex) = (x1 + BOX_W, x2);
-            let mid = (sx + ex) / 2.0;
-            format!("M{sx:.1},{ya:.1} C{mid:.1},{ya:.1} {mid:.1},{yb:.1} {ex:.1},{yb:.1}")
+        } else if c2 > c1 {
+            // Over the boxes in between, one lane per flow, from top to top.
+            let lane = top - 14.0 - above as f64 * LANE;
+            above += 1;
+            let (sx, sy, ex, ey) = (x1 + BOX_W * 0.6, y1, x2 + BOX_W * 0.4, y2);
+            (
+                format!("M{sx:.1},{sy:.1} C{sx:.1},{lane:.1} {ex:.1},{lane:.1} {ex:.1},{ey:.1}"),
+                (sx + ex) / 2.0,
+                lane + 8.0,
+            )
         } else {
-            let (sx, ex) = (x1, x2 + BOX_W);
-            let mid = (sx + ex) / 2.0;
-            format!(
-                "M{sx:.1},{:.1} C{mid:.1},{:.1} {mid:.1},{:.1} {ex:.1},{:.1}",
-                ya + 10.0,
-                ya + 10.0,
-                yb + 10.0,
-                yb + 10.0
+            // Below every box, one lane per flow, from the source's bottom to the target's.
+            let lane = bottom + below as f64 * LANE;
+            below += 1;
+            let (sx, sy, ex, ey) = (x1 + BOX_W * 0.6, y1 + BOX_H, x2 + BOX_W * 0.4, y2 + BOX_H);
+            (
+                format!("M{sx:.1},{sy:.1} C{sx:.1},{lane:.1} {ex:.1},{lane:.1} {ex:.1},{ey:.1}"),
+                (sx + ex) / 2.0,
+                lane - 6.0,
             )
         };
         let _ = writeln!(
@@ -299,18 +341,9 @@ fn svg(map: &ServiceMap) -> String {
                 f.from, f.to, f.access, f.reason
             ))
         );
-        // The label at the middle of the curve.
-        let (lx, ly) = if (x1 - x2).abs() < 1.0 {
-            (x1 + BOX_W + 50.0, (ya + yb) / 2.0)
-        } else {
-            (
-                (x1 + x2 + BOX_W) / 2.0,
-                (ya + yb) / 2.0 + if x1 < x2 { 0.0 } else { 10.0 },
-            )
-        };
         let w = text_width(&f.access) + 10.0;
         let _ = writeln!(
-            out,
+            labels,
             r##"<rect x="{:.1}" y="{:.1}" width="{w:.1}" height="16" rx="3" fill="#e8f5e9" stroke="#a5d6a7"/><text x="{lx:.1}" y="{:.1}" text-anchor="middle" fill="#1b5e20">{}</text>"##,
             lx - w / 2.0,
             ly - 11.0,
@@ -318,38 +351,42 @@ fn svg(map: &ServiceMap) -> String {
             xml(&f.access)
         );
     }
-    // Boxes on top.
     for s in &map.services {
         let Some(&(x, y)) = at.get(&s.id()) else {
             continue;
         };
         let _ = writeln!(
             out,
-            r##"<rect x="{x:.1}" y="{y:.1}" width="{BOX_W}" height="{BOX_H}" rx="6" fill="#e3f2fd" stroke="#1565c0"/><text x="{:.1}" y="{:.1}" font-weight="bold">{}</text>"##,
+            r##"<rect x="{x:.1}" y="{y:.1}" width="{BOX_W}" height="{BOX_H}" rx="6" fill="#e3f2fd" stroke="#1565c0"/><text x="{:.1}" y="{:.1}" font-weight="bold">{}</text><text x="{:.1}" y="{:.1}" fill="#37474f" font-size="11">{}</text>"##,
             x + 10.0,
             y + 20.0,
-            xml(&s.service)
+            xml(&s.service),
+            x + 10.0,
+            y + 36.0,
+            xml(&format!("stack {}", s.stack))
         );
-        let labels = label_lines(s).join(", ");
-        if !labels.is_empty() {
+        let text = label_lines(s).join(", ");
+        if !text.is_empty() {
             let _ = writeln!(
                 out,
                 r##"<text x="{:.1}" y="{:.1}" fill="#455a64" font-size="11">{}</text>"##,
                 x + 10.0,
-                y + 38.0,
-                xml(&labels)
+                y + 52.0,
+                xml(&text)
             );
         }
         if let Some(access) = self_flows.get(&s.id()) {
             let _ = writeln!(
                 out,
                 r##"<text x="{:.1}" y="{:.1}" fill="#1b5e20" font-size="11">{}</text>"##,
-                x + 4.0,
-                y + BOX_H + 14.0,
-                xml(&format!("↺ between its replicas: {access}"))
+                x + 10.0,
+                y + 68.0,
+                xml(&format!("↺ replica to replica: {access}"))
             );
         }
     }
+    // Labels last, over the lines.
+    out.push_str(&labels);
     out.push_str("</svg>\n");
     out
 }
@@ -399,7 +436,7 @@ mod tests {
             "{svg}"
         );
         assert_eq!(svg.matches("marker-end").count(), 3, "{svg}");
-        assert!(svg.contains("between its replicas: 5353/udp"));
+        assert!(svg.contains("replica to replica: 5353/udp"));
         let dot = services_diagram(&map, DiagramFormat::Dot);
         assert!(
             dot.contains("\"front/web\" -> \"app/api\" [label=\"8080/tcp\"]"),

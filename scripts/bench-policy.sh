@@ -167,7 +167,7 @@ echo
 echo "== 4. overlay throughput, $RULES-rule policy vs none (${SECS}s runs, alternated)"
 pid_of() { # HOST SERVICE: the container's init pid on its host
     local id
-    id=$(bash scripts/lab.sh docker "$LAB" "$1" ps -q --filter "label=io.corral.service=$2")
+    id=$(bash scripts/lab.sh docker "$LAB" "$1" ps -q --filter "label=io.corral.service=$2" | head -1)
     bash scripts/lab.sh docker "$LAB" "$1" inspect -f '{{.State.Pid}}' "$id"
 }
 SERVER_PID=$(pid_of h2 server)
@@ -191,7 +191,8 @@ for run in $(seq "$RUNS"); do
             gen=$(cli policy show -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)["generation"])')
             all_in_force "generation=$gen( |\$)" >/dev/null
         fi
-        g=$(nsenter -n -t "$CLIENT_PID" iperf3 -c "$SERVER_IP" -p 5201 -t "$SECS" -J | gbps)
+        nsenter -n -t "$CLIENT_PID" iperf3 -c "$SERVER_IP" -p 5201 -t "$SECS" -J >"$LAB/iperf.json" || true
+        g=$(gbps <"$LAB/iperf.json") || { echo "bench-policy: iperf3 failed ($side):" >&2; head -c 600 "$LAB/iperf.json" >&2; exit 1; }
         echo "run $run/$RUNS, $side: $g Gbit/s" >&2
         if [ "$side" = none ]; then NONE+=("$g"); else WITH+=("$g"); fi
     done

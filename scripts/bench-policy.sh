@@ -56,7 +56,7 @@ ts() { # an agent log line's RFC 3339 timestamp → epoch seconds
 in_force_at() {
     local line
     line=$(tail -n +"$(($2 + 1))" "$LAB/$1/agent.log" | grep -m1 -E "network policy in force $3" || true)
-    [ -n "$line" ] && ts "${line%% *}"
+    if [ -n "$line" ]; then ts "${line%% *}"; fi
 }
 lines() { wc -l <"$LAB/$1/agent.log"; }
 # Waits until every host logged PATTERN after the marks in MARK_h1.. and prints the latest time.
@@ -129,7 +129,7 @@ for run in $(seq "$RUNS"); do
     doc=$(policy_doc "$run")
     mark_all
     t0=$(epoch)
-    cli policy apply -f "$doc" >/dev/null 2>&1
+    cli policy apply -f "$doc" >/dev/null
     gen=$(cli policy show -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)["generation"])')
     t1=$(all_in_force "generation=$gen( |\$)")
     d=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }')
@@ -183,11 +183,11 @@ for run in $(seq "$RUNS"); do
     for side in none with; do
         mark_all
         if [ "$side" = none ]; then
-            cli policy apply -f "$EMPTY" >/dev/null 2>&1
+            cli policy apply -f "$EMPTY" >/dev/null
             gen=$(cli policy show -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)["generation"])')
             all_in_force "generation=$gen( |\$)" >/dev/null
         else
-            cli policy apply -f "$BIG" >/dev/null 2>&1
+            cli policy apply -f "$BIG" >/dev/null
             gen=$(cli policy show -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)["generation"])')
             all_in_force "generation=$gen( |\$)" >/dev/null
         fi

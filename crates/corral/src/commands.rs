@@ -710,15 +710,24 @@ async fn diagram(
     admin_cidrs: Vec<String>,
     out_file: Option<std::path::PathBuf>,
 ) -> anyhow::Result<()> {
-    use corral_firewall::DiagramFormat;
     let mut topo: corral_firewall::Topology = Client::new(&conn)?.get("/v1/topology").await?;
     topo.admin_cidrs = admin_cidrs;
-    let fmt = match format {
+    let text = corral_firewall::diagram(&topo, diagram_format(format));
+    write_diagram(&text, out_file)
+}
+
+/// `--format` of `corral diagram`.
+pub fn diagram_format(format: &str) -> corral_firewall::DiagramFormat {
+    use corral_firewall::DiagramFormat;
+    match format {
         "dot" => DiagramFormat::Dot,
         "mermaid" => DiagramFormat::Mermaid,
         _ => DiagramFormat::Svg,
-    };
-    let text = corral_firewall::diagram(&topo, fmt);
+    }
+}
+
+/// A diagram to `--out FILE`, or to standard output.
+pub fn write_diagram(text: &str, out_file: Option<std::path::PathBuf>) -> anyhow::Result<()> {
     match out_file {
         Some(path) => {
             std::fs::write(&path, text)

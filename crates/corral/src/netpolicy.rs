@@ -245,21 +245,7 @@ pub async fn services_diagram(
     environment: &str,
     out_file: Option<std::path::PathBuf>,
 ) -> anyhow::Result<()> {
-    use anyhow::Context;
     let map = service_map(&conn, environment).await?;
-    let fmt = match format {
-        "dot" => corral_firewall::DiagramFormat::Dot,
-        "mermaid" => corral_firewall::DiagramFormat::Mermaid,
-        _ => corral_firewall::DiagramFormat::Svg,
-    };
-    let text = corral_firewall::services_diagram(&map, fmt);
-    match out_file {
-        Some(path) => {
-            std::fs::write(&path, text)
-                .with_context(|| format!("cannot write {}", path.display()))?;
-            eprintln!("wrote {}", path.display());
-        }
-        None => print!("{text}"),
-    }
-    Ok(())
+    let text = corral_firewall::services_diagram(&map, crate::commands::diagram_format(format));
+    crate::commands::write_diagram(&text, out_file)
 }

@@ -1,5 +1,6 @@
 //! Registries (accounts sealed under the master key) and admission policies, per environment.
 
+use super::generations::Kind;
 use super::{Result, Store, StoreError};
 
 /// A registry corral pulls from, with its account opened.
@@ -145,12 +146,7 @@ impl Store {
 
     /// The environment's policy in force (its newest generation), if one was applied.
     pub async fn admission_policy(&self, env_id: &str) -> Result<Option<PolicyRow>> {
-        Ok(sqlx::query_as(
-            "SELECT generation, document, policy, created_at FROM admission_policies WHERE environment_id = ? ORDER BY generation DESC LIMIT 1",
-        )
-        .bind(env_id)
-        .fetch_optional(&self.writer)
-        .await?)
+        self.generation(Kind::Admission, env_id, None).await
     }
 
     /// Stores a new generation of the environment's policy; returns its number.
@@ -161,31 +157,7 @@ impl Store {
         policy: &str,
         now: i64,
     ) -> Result<i64> {
-        let mut tx = self.writer.begin().await?;
-        let last: Option<i64> = sqlx::query_scalar(
-            "SELECT MAX(generation) FROM admission_policies WHERE environment_id = ?",
-        )
-        .bind(env_id)
-        .fetch_one(&mut *tx)
-        .await?;
-        let generation = last.unwrap_or(0) + 1;
-        sqlx::query(
-            "INSERT INTO admission_policies (environment_id, generation, document, policy, created_at) VALUES (?, ?, ?, ?, ?)",
-        )
-        .bind(env_id)
-        .bind(generation)
-        .bind(document)
-        .bind(policy)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        // Keep the last 20 versions: enough to see what changed and roll back.
-        sqlx::query("DELETE FROM admission_policies WHERE environment_id = ? AND generation <= ?")
-            .bind(env_id)
-            .bind(generation - 20)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(generation)
+        self.insert_generation(Kind::Admission, env_id, document, policy, now)
+            .await
     }
 }

@@ -436,10 +436,18 @@ impl Engine {
             None => self.create(&docker, spec).await?,
         };
         let current = self.status(&docker, &id).await?;
-        if current.state != ContainerState::Running {
-            docker.start_container(&id, None).await.map_err(|e| {
-                format!("cannot start {} on host {}: {e}", spec.name, self.host_name)
-            })?;
+        if current.state != ContainerState::Running
+            && let Err(e) = docker.start_container(&id, None).await
+        {
+            // A run that fails leaves nothing: the server forgets this container (a retry
+            // makes a new one), so a created one left here would be nobody's.
+            if let Err(removal) = self.remove(&spec.corral_id, None).await {
+                tracing::warn!(container = %spec.name, error = %removal, "cannot remove a container that did not start");
+            }
+            return Err(format!(
+                "cannot start {} on host {}: {e}",
+                spec.name, self.host_name
+            ));
         }
         self.status(&docker, &id).await
     }

@@ -404,6 +404,18 @@ fn bad_container_input_is_refused_and_leaves_nothing_behind() {
     assert!(actual(&server, &name).is_none());
     assert!(!docker(&["inspect", &name]).status.success());
 
+    // Created but not started (its command does not exist): the container goes too.
+    let name = unique("nostart");
+    let out = server.cli(&["run", &name, "--image", IMAGE, "--", "/no/such/program"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot start"), "{err}");
+    assert!(actual(&server, &name).is_none());
+    assert!(
+        !docker(&["inspect", &name]).status.success(),
+        "a container that did not start was left behind"
+    );
+
     for bad in ["80", "70000:80", "x:80", "80:80/sctp"] {
         let out = server.cli(&["run", &unique("badport"), "--image", IMAGE, "-p", bad]);
         assert!(!out.status.success());

@@ -27,27 +27,27 @@ async fn environment(state: &AppState, name: &str) -> Result<Environment> {
         .ok_or_else(|| Error::NotFound(format!("no environment {name:?}; see `corral env ls`")))
 }
 
-/// What every host enforces (the environment's rules and each stack's own).
-async fn effective(state: &AppState, env: &Environment) -> Result<Document> {
-    Ok(crate::overlay::effective_policy(state, &env.id)
+fn unreadable(e: crate::store::StoreError) -> Error {
+    Error::Refused(format!("{e}; hosts keep enforcing what they have"))
+}
+
+/// What every host enforces (the environment's rules and each stack's own), and the
+/// environment's generation (`None`: none applied).
+async fn effective(state: &AppState, env: &Environment) -> Result<(Option<i64>, Document)> {
+    let (generation, doc) = crate::overlay::effective_policy(state, &env.id)
         .await
-        .map_err(|e| Error::Refused(format!("{e}; hosts keep enforcing what they have")))?
-        .1
-        .unwrap_or_default())
+        .map_err(unreadable)?;
+    Ok((
+        (generation > 0).then_some(generation),
+        doc.unwrap_or_default(),
+    ))
 }
 
 /// The stacks' own rules added to `doc`.
 async fn with_stack_rules(state: &AppState, env: &Environment, doc: &Document) -> Result<Document> {
-    let mut rules = Vec::new();
-    for (stack, json) in state.store.stack_policies(&env.id).await? {
-        let r: corral_policy::StackRules = serde_json::from_str(&json).map_err(|e| {
-            Error::Refused(format!(
-                "the network policy rules of stack {stack} cannot be read ({e}); deploy it again"
-            ))
-        })?;
-        rules.push((stack, r));
-    }
-    Ok(corral_policy::combine(doc, &rules))
+    crate::overlay::with_stack_rules(state, &env.id, doc)
+        .await
+        .map_err(unreadable)
 }
 
 /// A stored generation's checked document. One that no longer reads stops the operation
@@ -134,7 +134,7 @@ pub async fn show(state: &AppState, env: &str) -> Result<NetworkPolicyView> {
     let row = state.store.network_policy(&env.id, None).await?;
     let services = services(state, &env).await?;
     let doc = row.as_ref().map(document_of).transpose()?;
-    let effective = effective(state, &env).await?;
+    let (_, effective) = effective(state, &env).await?;
     let (flows, flows_left_out) = flow_views(&effective, &services);
     let history = state
         .store
@@ -269,10 +269,10 @@ pub async fn test(
     let env = environment(state, env_name).await?;
     let (doc, generation) = match &req.document {
         Some(text) => (with_stack_rules(state, &env, &parse(text)?).await?, None),
-        None => match state.store.network_policy(&env.id, None).await? {
-            Some(row) => (effective(state, &env).await?, Some(row.generation)),
-            None => (effective(state, &env).await?, None),
-        },
+        None => {
+            let (generation, doc) = effective(state, &env).await?;
+            (doc, generation)
+        }
     };
     let traffic: Traffic = req
         .traffic

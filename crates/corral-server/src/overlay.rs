@@ -50,15 +50,26 @@ async fn name_table(state: &AppState, env_id: &str) -> Result<NameTable, StoreEr
         if row.desired != Desired::Running {
             continue;
         }
-        let entry = by_service
-            .entry((row.stack.clone(), row.service.clone()))
-            .or_insert_with(|| ServiceAddresses {
-                stack: row.stack,
-                service: row.service,
-                ready: Vec::new(),
-                members: Vec::new(),
-                labels: row.labels,
-            });
+        let entry = match by_service.entry((row.stack.clone(), row.service.clone())) {
+            std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::btree_map::Entry::Vacant(e) => {
+                // Labels that do not read are an error, never "no labels": a policy rule that
+                // selects on them would silently stop matching.
+                let labels = serde_json::from_str(&row.labels).map_err(|err| {
+                    StoreError::Corrupt(format!(
+                        "the labels of service {}/{} do not read: {err}",
+                        row.stack, row.service
+                    ))
+                })?;
+                e.insert(ServiceAddresses {
+                    stack: row.stack,
+                    service: row.service,
+                    ready: Vec::new(),
+                    members: Vec::new(),
+                    labels,
+                })
+            }
+        };
         entry.members.push(ip);
         if is_ready(row.actual, row.health) {
             entry.ready.push(ip);
@@ -80,13 +91,11 @@ pub async fn effective_policy(
     state: &AppState,
     env_id: &str,
 ) -> Result<(i64, Option<corral_policy::Document>), StoreError> {
-    let row = state.store.network_policy(env_id, None).await?;
-    let stacks = state.store.stack_policies(env_id).await?;
-    let Some(row) = row else {
-        if stacks.is_empty() {
-            return Ok((0, None));
-        }
-        return Ok((0, Some(with_stacks(&Default::default(), stacks)?)));
+    let Some(row) = state.store.network_policy(env_id, None).await? else {
+        let combined = with_stack_rules(state, env_id, &Default::default()).await?;
+        // No environment policy and no stack rules: nothing to enforce.
+        let none = combined == corral_policy::Document::default();
+        return Ok((0, (!none).then_some(combined)));
     };
     let document: corral_policy::Document = serde_json::from_str(&row.policy).map_err(|e| {
         StoreError::Corrupt(format!(
@@ -94,13 +103,20 @@ pub async fn effective_policy(
             row.generation
         ))
     })?;
-    Ok((row.generation, Some(with_stacks(&document, stacks)?)))
+    Ok((
+        row.generation,
+        Some(with_stack_rules(state, env_id, &document).await?),
+    ))
 }
 
-fn with_stacks(
-    env: &corral_policy::Document,
-    stacks: Vec<(String, String)>,
+/// `doc` with the rules of every stack of the environment that carries its own
+/// (`corral_policy::combine`). Rules that no longer read are an error, never "no rules".
+pub async fn with_stack_rules(
+    state: &AppState,
+    env_id: &str,
+    doc: &corral_policy::Document,
 ) -> Result<corral_policy::Document, StoreError> {
+    let stacks = state.store.stack_policies(env_id).await?;
     let mut rules = Vec::with_capacity(stacks.len());
     for (stack, json) in stacks {
         let r: corral_policy::StackRules = serde_json::from_str(&json).map_err(|e| {
@@ -110,7 +126,7 @@ fn with_stacks(
         })?;
         rules.push((stack, r));
     }
-    Ok(corral_policy::combine(env, &rules))
+    Ok(corral_policy::combine(doc, &rules))
 }
 
 /// The environment's network policy as its hosts get it. One that cannot be read is an error:

@@ -29,8 +29,9 @@ pub struct NameRow {
     pub desired: Desired,
     pub actual: Actual,
     pub health: Option<Health>,
-    /// The service's labels.
-    pub labels: std::collections::BTreeMap<String, String>,
+    /// The service's labels (a JSON object, as stored: every replica of a service carries the
+    /// same, so the name table reads them once per service).
+    pub labels: String,
 }
 
 impl<'r> FromRow<'r, sqlx::sqlite::SqliteRow> for NameRow {
@@ -44,10 +45,7 @@ impl<'r> FromRow<'r, sqlx::sqlite::SqliteRow> for NameRow {
             desired,
             actual,
             health,
-            // Labels that do not read are an error, never "no labels": a policy rule that
-            // selects on them would silently stop matching.
-            labels: serde_json::from_str(&row.try_get::<String, _>("labels")?)
-                .map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
+            labels: row.try_get("labels")?,
         })
     }
 }

@@ -76,13 +76,18 @@ const VXLAN_PREFIX: &str = "corralvx";
 /// VXLAN's UDP port.
 pub const VXLAN_PORT: u16 = 4789;
 
-/// The position of a /24 in the overlay range (`10.42.3.0/24` in `10.42.0.0/16` → 3).
+/// The position of a host subnet in the overlay range, counted in subnets of its size
+/// (`10.42.3.0/24` in `10.42.0.0/16` → 3, `10.42.8.0/22` → 2). Every subnet of an
+/// environment has the same size, and a range holds at most 4,095 of them.
 fn index_in(range: Prefix, subnet: Prefix) -> u32 {
-    u32::from(subnet.addr()).wrapping_sub(u32::from(range.addr())) >> 8
+    let offset = u32::from(subnet.addr()).wrapping_sub(u32::from(range.addr()));
+    offset
+        .checked_shr(32 - u32::from(subnet.len()))
+        .unwrap_or(0)
 }
 
 /// The VXLAN network identifier of the link between two hosts: the same at both ends, and
-/// different for every pair (ranges up to 4,096 /24s).
+/// different for every pair (ranges up to 4,096 host subnets).
 pub fn pair_vni(a: u32, b: u32) -> Option<u32> {
     let (lo, hi) = if a < b { (a, b) } else { (b, a) };
     (hi < 4096 && lo != hi).then(|| 1 + lo * 4096 + hi)
@@ -641,5 +646,7 @@ mod tests {
         assert!(pair_vni(4094, 4095).is_some_and(|v| v < 1 << 24));
         let range: Prefix = "10.42.0.0/16".parse().unwrap();
         assert_eq!(index_in(range, "10.42.3.0/24".parse().unwrap()), 3);
+        assert_eq!(index_in(range, "10.42.8.0/22".parse().unwrap()), 2);
+        assert_eq!(index_in(range, "10.42.0.48/28".parse().unwrap()), 3);
     }
 }

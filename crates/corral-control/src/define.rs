@@ -549,10 +549,21 @@ pub fn host_ports(spec: &ContainerSpec) -> Vec<HostPort> {
         .collect()
 }
 
+/// Whether a stack's container takes an address of its host's overlay subnet: all do but
+/// those on the host's network or on none.
+pub fn takes_overlay_address(spec: &ContainerSpec) -> bool {
+    spec.network_mode == NetworkMode::Default
+}
+
 impl ServiceDef {
     /// Host ports every replica publishes.
     pub fn host_ports(&self) -> Vec<HostPort> {
         host_ports(&self.template)
+    }
+
+    /// Every replica takes an overlay address.
+    pub fn takes_overlay_address(&self) -> bool {
+        takes_overlay_address(&self.template)
     }
 
     /// The stored JSON and its SHA-256 (hex): a change of definition changes the hash.

@@ -1,4 +1,5 @@
-//! The overlay's plan: which /24 each host leases, and the configuration each host runs.
+//! The overlay's plan: how an environment's range is cut into host subnets, which one each
+//! host leases, and the configuration each host runs.
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::Ipv4Addr;
@@ -29,7 +30,7 @@ pub struct Member {
     pub public_key: Option<String>,
     /// Where its overlay socket was last seen (`ip:port`).
     pub endpoint: Option<String>,
-    /// Its /24 lease.
+    /// Its lease (a /24 unless the environment says otherwise).
     pub subnet: Option<String>,
 }
 
@@ -59,21 +60,126 @@ pub fn parse_cidr(s: &str) -> Result<(Ipv4Addr, u8), String> {
     Ok((Ipv4Addr::from(u32::from(ip) & mask), prefix))
 }
 
-/// The first /24 of `cidr` not in `taken` (the range's first /24 is skipped, so no host
-/// network starts at the range's base address). `None` when the range is full or smaller
-/// than two /24s.
-pub fn allocate(cidr: &str, taken: &[String]) -> Option<String> {
-    let (base, prefix) = parse_cidr(cidr).ok()?;
-    if prefix > 23 {
-        return None;
-    }
-    let count = 1u32 << (24 - prefix);
-    // A set: with thousands of leases a linear `contains` per candidate is quadratic.
-    let taken: HashSet<&str> = taken.iter().map(String::as_str).collect();
-    (1..count)
-        .map(|i| format!("{}/24", Ipv4Addr::from(u32::from(base) + (i << 8))))
-        .find(|s| !taken.contains(s.as_str()))
+/// The size of a host's subnet unless its environment says otherwise: 253 containers.
+pub const DEFAULT_HOST_PREFIX: u8 = 24;
+/// The largest host subnet: 65,533 containers.
+pub const MIN_HOST_PREFIX: u8 = 16;
+/// The smallest host subnet: 13 containers.
+pub const MAX_HOST_PREFIX: u8 = 28;
+/// Hosts one environment's overlay may hold: every host is every other's peer, and a host's
+/// configuration with more peers (about 200 bytes each) would not fit in one 1 MiB tunnel
+/// message.
+pub const MAX_HOSTS: u32 = 4095;
+
+/// Container addresses in a host subnet of this prefix: all but the network address, the
+/// broadcast address and the gateway (the host's end of the bridge), as Docker hands them out.
+pub fn addresses_in(host_prefix: u8) -> u32 {
+    (1u32 << (32 - u32::from(host_prefix.clamp(1, 30)))) - 3
 }
+
+/// `/22` or `22`: the prefix length of a host subnet, within the bounds above.
+pub fn parse_host_prefix(s: &str) -> Result<u8, String> {
+    let n: u8 = s
+        .trim()
+        .trim_start_matches('/')
+        .parse()
+        .map_err(|_| format!("host subnet {s:?}: expected a prefix length such as /22"))?;
+    if !(MIN_HOST_PREFIX..=MAX_HOST_PREFIX).contains(&n) {
+        return Err(format!(
+            "host subnet /{n}: between /{MIN_HOST_PREFIX} ({} containers a host) and /{MAX_HOST_PREFIX} ({})",
+            thousands(u64::from(addresses_in(MIN_HOST_PREFIX))),
+            addresses_in(MAX_HOST_PREFIX)
+        ));
+    }
+    Ok(n)
+}
+
+/// An environment's overlay range cut into host subnets: the range's first subnet is never
+/// leased (so no host network starts at the range's base address); every other one is a
+/// host's, first free first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shape {
+    base: Ipv4Addr,
+    range_prefix: u8,
+    host_prefix: u8,
+}
+
+impl Shape {
+    /// Checks that `range` cut into `/host_prefix` subnets holds at least one and at most
+    /// [`MAX_HOSTS`] hosts.
+    pub fn new(range: &str, host_prefix: u8) -> Result<Shape, String> {
+        let (base, range_prefix) = parse_cidr(range)?;
+        if !(MIN_HOST_PREFIX..=MAX_HOST_PREFIX).contains(&host_prefix) {
+            return Err(parse_host_prefix(&host_prefix.to_string())
+                .err()
+                .unwrap_or_default());
+        }
+        if range_prefix >= host_prefix {
+            return Err(format!(
+                "overlay range {base}/{range_prefix} holds no host with /{host_prefix} host subnets: its first /{host_prefix} is never leased, so it must be a /{} or larger",
+                host_prefix - 1
+            ));
+        }
+        let shape = Shape {
+            base,
+            range_prefix,
+            host_prefix,
+        };
+        if host_prefix - range_prefix > 12 {
+            return Err(format!(
+                "overlay range {base}/{range_prefix} with /{host_prefix} host subnets would hold {} hosts; at most {} (every host is every other's peer): take a /{} or smaller range, or larger host subnets",
+                thousands((1u64 << (host_prefix - range_prefix)) - 1),
+                thousands(u64::from(MAX_HOSTS)),
+                host_prefix - 12
+            ));
+        }
+        Ok(shape)
+    }
+
+    /// The range, normalised (`10.42.0.0/16`).
+    pub fn range(&self) -> String {
+        format!("{}/{}", self.base, self.range_prefix)
+    }
+
+    pub fn host_prefix(&self) -> u8 {
+        self.host_prefix
+    }
+
+    /// How many hosts the range holds.
+    pub fn hosts(&self) -> u32 {
+        (1u32 << (self.host_prefix - self.range_prefix)) - 1
+    }
+
+    /// Container addresses in each host's subnet.
+    pub fn addresses_per_host(&self) -> u32 {
+        addresses_in(self.host_prefix)
+    }
+
+    /// The first host subnet not in `taken`; `None` when every one is taken.
+    pub fn allocate(&self, taken: &[String]) -> Option<String> {
+        // A set: with thousands of leases a linear `contains` per candidate is quadratic.
+        let taken: HashSet<&str> = taken.iter().map(String::as_str).collect();
+        let step = 32 - u32::from(self.host_prefix);
+        (1..=self.hosts())
+            .map(|i| {
+                format!(
+                    "{}/{}",
+                    Ipv4Addr::from(u32::from(self.base) + (i << step)),
+                    self.host_prefix
+                )
+            })
+            .find(|s| !taken.contains(s.as_str()))
+    }
+
+    /// Whether `subnet` is one of this shape's host subnets (inside the range, of its size).
+    pub fn holds(&self, subnet: &str) -> bool {
+        parse_cidr(subnet).is_ok_and(|(_, len)| len == self.host_prefix)
+            && contains(self.base, self.range_prefix, subnet)
+    }
+}
+
+/// `4095` → `4,095` (shared with the scheduler's explanations and the CLI's tables).
+pub use corral_scheduler::thousands;
 
 /// Whether `subnet` (`10.42.3.0/24`) lies in the range `base/prefix`.
 pub fn contains(base: Ipv4Addr, prefix: u8, subnet: &str) -> bool {
@@ -300,6 +406,56 @@ mod tests {
             endpoint: Some("192.0.2.11:51820".into()),
             subnet: subnet.map(Into::into),
         }
+    }
+
+    fn allocate(range: &str, taken: &[String]) -> Option<String> {
+        Shape::new(range, 24).ok()?.allocate(taken)
+    }
+
+    #[test]
+    fn host_subnets_of_other_sizes() {
+        let big = Shape::new("10.42.0.0/16", 22).unwrap();
+        assert_eq!((big.hosts(), big.addresses_per_host()), (63, 1021));
+        assert_eq!(big.allocate(&[]).as_deref(), Some("10.42.4.0/22"));
+        let taken = vec!["10.42.4.0/22".to_string()];
+        assert_eq!(big.allocate(&taken).as_deref(), Some("10.42.8.0/22"));
+        let all: Vec<String> = (1..64).map(|i| format!("10.42.{}.0/22", i * 4)).collect();
+        assert_eq!(big.allocate(&all), None);
+        assert!(big.holds("10.42.8.0/22"));
+        assert!(!big.holds("10.42.8.0/24"));
+        assert!(!big.holds("10.43.0.0/22"));
+        let small = Shape::new("192.0.2.0/24", 28).unwrap();
+        assert_eq!((small.hosts(), small.addresses_per_host()), (15, 13));
+        assert_eq!(small.allocate(&[]).as_deref(), Some("192.0.2.16/28"));
+        assert_eq!(addresses_in(24), 253);
+        assert_eq!(addresses_in(20), 4093);
+        assert_eq!(Shape::new("10.0.0.0/8", 20).unwrap().hosts(), 4095);
+        assert_eq!(Shape::new("10.42.0.0/12", 24).unwrap().hosts(), 4095);
+    }
+
+    #[test]
+    fn shapes_that_hold_no_host_or_too_many_are_refused() {
+        let e = Shape::new("10.42.0.0/24", 24).unwrap_err();
+        assert!(
+            e.contains("holds no host") && e.contains("/23 or larger"),
+            "{e}"
+        );
+        let e = Shape::new("10.0.0.0/8", 24).unwrap_err();
+        assert!(
+            e.contains("65,535 hosts") && e.contains("at most 4,095"),
+            "{e}"
+        );
+        assert!(e.contains("/12 or smaller"), "{e}");
+        let e = Shape::new("10.0.0.0/16", 30).unwrap_err();
+        assert!(e.contains("between /16") && e.contains("/28 (13)"), "{e}");
+        assert_eq!(parse_host_prefix("/22"), Ok(22));
+        assert_eq!(parse_host_prefix("20"), Ok(20));
+        assert!(parse_host_prefix("/15").unwrap_err().contains("65,533"));
+        assert!(
+            parse_host_prefix("big")
+                .unwrap_err()
+                .contains("such as /22")
+        );
     }
 
     #[test]

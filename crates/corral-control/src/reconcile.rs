@@ -55,6 +55,9 @@ pub struct HostState {
     pub lost: bool,
     pub cpu_millis: u64,
     pub memory_bytes: u64,
+    /// Container addresses in its overlay subnet; `None` when it is on no overlay (no limit),
+    /// `Some(0)` when it joined one but has no subnet (its environment's range is full).
+    pub overlay_addresses: Option<u32>,
 }
 
 /// A container of the stack.
@@ -219,6 +222,7 @@ impl<'i, 'a> Pass<'i, 'a> {
             slot: r.slot,
             ports: svc.def.host_ports(),
             reservations: svc.def.reservations,
+            overlay_address: svc.def.takes_overlay_address(),
         }
     }
 }
@@ -479,6 +483,7 @@ fn schedule(
                 ready: h.ready,
                 cpu_millis: h.cpu_millis,
                 memory_bytes: h.memory_bytes,
+                overlay_addresses: h.overlay_addresses,
             })
             .collect(),
         services: scheduled
@@ -504,6 +509,7 @@ fn schedule(
                     .iter()
                     .map(|a| ServiceRef::new(input.stack, a))
                     .collect(),
+                overlay_address: s.def.takes_overlay_address(),
             })
             .collect(),
         existing,
@@ -643,6 +649,7 @@ mod tests {
             lost,
             cpu_millis: 4000,
             memory_bytes: 8 << 30,
+            overlay_addresses: None,
         }
     }
 
@@ -1560,6 +1567,7 @@ mod tests {
             slot: 0,
             ports: vec![HostPort::tcp(8080)],
             reservations: Resources::default(),
+            overlay_address: true,
         });
         let d = w.decide();
         assert_eq!(d.actions, [run("web", 1, "h2")]);

@@ -100,6 +100,13 @@ pub struct HostView {
     /// The host's lease of its environment's overlay range.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub overlay_subnet: Option<String>,
+    /// Overlay addresses its stacks' containers hold (absent when the host is on no overlay).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overlay_addresses_used: Option<u32>,
+    /// Container addresses its subnet has (0 while it has none); the scheduler places no
+    /// replica beyond them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overlay_addresses_total: Option<u32>,
 }
 
 /// Most events one `GET /v1/events?limit=N` returns; a larger `limit` is refused (400).
@@ -139,6 +146,18 @@ pub struct EnvironmentView {
     /// How many pre-shared keys the environment has had (0: none made yet).
     #[serde(default)]
     pub overlay_key_generation: u32,
+    /// The prefix length of every host's subnet of the range (24: a /24 each).
+    #[serde(default)]
+    pub host_subnet_prefix: u8,
+    /// Container addresses in each host's subnet (253 in a /24).
+    #[serde(default)]
+    pub addresses_per_host: u32,
+    /// How many hosts the range holds.
+    #[serde(default)]
+    pub hosts_capacity: u32,
+    /// How many hosts hold a subnet of it now.
+    #[serde(default)]
+    pub hosts_leased: u32,
 }
 
 /// The answer to `POST /v1/environments/{name}/rotate-key`.

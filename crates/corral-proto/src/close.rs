@@ -26,6 +26,9 @@ pub enum CloseReason {
     HeartbeatTimeout,
     /// The requested host name is taken in this environment.
     NameTaken,
+    /// The environment's overlay range has no subnet left for a new host. Not permanent: the
+    /// agent keeps trying, and joins once an operator grows the range or removes a host.
+    OverlayFull,
     /// The server is shutting down; reconnect later.
     ServerShutdown,
     /// The server failed internally; reconnect later.
@@ -34,7 +37,7 @@ pub enum CloseReason {
 
 impl CloseReason {
     /// Every reason.
-    pub const ALL: [CloseReason; 11] = [
+    pub const ALL: [CloseReason; 12] = [
         CloseReason::BadVersion,
         CloseReason::BadCredential,
         CloseReason::BadToken,
@@ -44,6 +47,7 @@ impl CloseReason {
         CloseReason::Superseded,
         CloseReason::HeartbeatTimeout,
         CloseReason::NameTaken,
+        CloseReason::OverlayFull,
         CloseReason::ServerShutdown,
         CloseReason::ServerError,
     ];
@@ -60,6 +64,7 @@ impl CloseReason {
             CloseReason::Superseded => 4007,
             CloseReason::HeartbeatTimeout => 4008,
             CloseReason::NameTaken => 4009,
+            CloseReason::OverlayFull => 4010,
             CloseReason::ServerShutdown => 1001,
             CloseReason::ServerError => 1011,
         }
@@ -82,6 +87,7 @@ impl CloseReason {
             CloseReason::Superseded => "superseded",
             CloseReason::HeartbeatTimeout => "heartbeat timeout",
             CloseReason::NameTaken => "name taken",
+            CloseReason::OverlayFull => "overlay full",
             CloseReason::ServerShutdown => "server shutdown",
             CloseReason::ServerError => "server error",
         }

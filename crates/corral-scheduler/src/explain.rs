@@ -27,6 +27,11 @@ pub(crate) enum Why<'a> {
         cap: u32,
         anti_self: bool,
     },
+    /// Every address of its overlay subnet is held (`total` 0: it has no subnet yet).
+    NoAddress {
+        used: u32,
+        total: u32,
+    },
     PortTaken(HostPort),
     Cpu {
         free: u64,
@@ -52,6 +57,10 @@ impl<'a> Why<'a> {
             Why::Memory { need, .. } => Why::Memory {
                 free: 0,
                 need: *need,
+            },
+            Why::NoAddress { total, .. } => Why::NoAddress {
+                used: 0,
+                total: u32::from(*total > 0),
             },
             other => other.clone(),
         }
@@ -81,6 +90,14 @@ impl<'a> Why<'a> {
             Why::Cap { cap, .. } => {
                 format!("{host} already runs {cap} of {service} (max {cap} per host)")
             }
+            Why::NoAddress { total: 0, .. } => {
+                format!("{host}: no overlay subnet (its environment's range is full)")
+            }
+            Why::NoAddress { used, total } => format!(
+                "{host}: no free overlay address ({} of {} in use)",
+                thousands(u64::from(*used)),
+                thousands(u64::from(*total))
+            ),
             Why::PortTaken(p) => format!("{host} port {p} taken"),
             Why::Cpu { free, need } => format!("{host} has {free}m CPU free, needs {need}m"),
             Why::Memory { free, need } => format!(
@@ -117,6 +134,8 @@ impl<'a> Why<'a> {
             Why::Cap { cap, .. } => {
                 format!("{n} more hosts already run {cap} of {service} (max {cap} per host)")
             }
+            Why::NoAddress { total: 0, .. } => format!("{n} more hosts have no overlay subnet"),
+            Why::NoAddress { .. } => format!("{n} more hosts have no free overlay address"),
             Why::PortTaken(p) => format!("{n} more hosts have port {p} taken"),
             Why::Cpu { need, .. } => format!("{n} more hosts have less than {need}m CPU free"),
             Why::Memory { need, .. } => {

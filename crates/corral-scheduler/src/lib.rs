@@ -7,7 +7,7 @@
 //!
 //! # Inputs ([`Snapshot`])
 //! - [`Host`]s: id, name, labels, `ready` (connected and Docker available) and capacity
-//!   (CPU in millicores, memory in bytes).
+//!   (CPU in millicores, memory in bytes, container addresses in its overlay subnet).
 //! - [`ServiceSpec`]s: the desired services (`stack`, `service`, `replicas`) with their
 //!   [`Constraint`]s (`node.hostname`, `node.id`, `node.labels.KEY`, `==`/`!=`), published host
 //!   ports, reservations, `spread`, `max_per_host`, `affinity` and `anti_affinity`.
@@ -25,7 +25,9 @@
 //!   reservations never exceeds capacity; a replica reserving none of CPU or memory is not
 //!   refused for that one, even on a host that existing containers over-commit), runs no service it is anti-affine with
 //!   (anti-affinity is symmetric: either side declaring it is enough), and — when a service it
-//!   is affine with already runs somewhere — runs that service. `max_per_host` caps replicas of
+//!   is affine with already runs somewhere — runs that service, and has a free overlay address
+//!   when the replica takes one (a host's subnet holds a fixed number: 253 in a /24; every
+//!   container holding one counts, whatever its state). `max_per_host` caps replicas of
 //!   one service per host; a service anti-affine with itself gets a cap of 1.
 //! - **Soft (spread):** among the hosts that pass, the one with the fewest replicas of this
 //!   service wins, then the least reserved (the larger of its CPU and memory ratios), then the
@@ -50,7 +52,8 @@
 //!
 //! # Invariants
 //! No I/O; deterministic (same snapshot, same plan); never violates a constraint, never
-//! double-books a host port and never over-commits a reservation (checked by property tests
+//! double-books a host port, never over-commits a reservation and never hands out more overlay
+//! addresses than a host's subnet holds (checked by property tests
 //! with an independent checker, [`testing::check_plan`]). Hosts with duplicate ids: the first
 //! by (name, id) counts. Services listed twice: the first listed counts.
 //!
@@ -104,6 +107,10 @@ pub struct Host {
     pub cpu_millis: u64,
     /// Capacity in bytes.
     pub memory_bytes: u64,
+    /// Container addresses in its overlay subnet (253 in a /24): a replica that takes one is
+    /// not placed where none is free. `None`: no limit (the host is on no overlay).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overlay_addresses: Option<u32>,
 }
 
 /// A transport protocol of a published port.
@@ -165,9 +172,17 @@ pub struct ServiceSpec {
     /// itself means at most one replica per host.
     #[serde(default)]
     pub anti_affinity: Vec<ServiceRef>,
+    /// Each replica takes an address of its host's overlay subnet (default true; false for
+    /// `network_mode: host` or `none`).
+    #[serde(default = "yes")]
+    pub overlay_address: bool,
 }
 
 fn default_spread() -> bool {
+    true
+}
+
+fn yes() -> bool {
     true
 }
 
@@ -182,6 +197,9 @@ pub struct Existing {
     pub ports: Vec<HostPort>,
     #[serde(default)]
     pub reservations: Resources,
+    /// It holds an address of its host's overlay subnet (default true).
+    #[serde(default = "yes")]
+    pub overlay_address: bool,
 }
 
 /// What to do: where each missing replica goes, which could not go anywhere and why, and which

@@ -41,6 +41,8 @@ struct HostState<'a> {
     load: u64,
     /// Sorted `port_key`s of the ports in use.
     ports: Vec<u32>,
+    /// Overlay addresses held (kept containers and placements of this plan).
+    addresses: u32,
 }
 
 /// Hosts by the lowercased value of each field constraints can test.
@@ -163,7 +165,17 @@ impl<'a> HostState<'a> {
         self.ports.binary_search(&key).is_ok()
     }
 
-    fn occupy(&mut self, ports: impl IntoIterator<Item = u32>, res: Resources) {
+    /// An overlay address is free (always, on a host with no overlay limit).
+    fn address_free(&self) -> bool {
+        self.host
+            .overlay_addresses
+            .is_none_or(|n| self.addresses < n)
+    }
+
+    fn occupy(&mut self, ports: impl IntoIterator<Item = u32>, res: Resources, address: bool) {
+        if address {
+            self.addresses = self.addresses.saturating_add(1);
+        }
         for key in ports {
             if let Err(at) = self.ports.binary_search(&key) {
                 self.ports.insert(at, key);
@@ -183,6 +195,8 @@ struct Needs {
     cap: u32,
     /// The cap of 1 comes from anti-affinity with itself (for the explanation).
     self_anti: bool,
+    /// Each replica takes an overlay address.
+    address: bool,
 }
 
 impl<'a> Scheduler<'a> {
@@ -199,6 +213,7 @@ impl<'a> Scheduler<'a> {
                     used: Resources::default(),
                     load: 0,
                     ports: Vec::new(),
+                    addresses: 0,
                 });
             }
         }
@@ -315,7 +330,11 @@ impl<'a> Scheduler<'a> {
                 }
                 continue;
             };
-            self.hosts[rank as usize].occupy(e.ports.iter().map(|&p| port_key(p)), e.reservations);
+            self.hosts[rank as usize].occupy(
+                e.ports.iter().map(|&p| port_key(p)),
+                e.reservations,
+                e.overlay_address,
+            );
             if spec.is_none() {
                 *self.running[sid].entry(rank).or_default() += 1;
             } else if surplus {
@@ -390,6 +409,7 @@ impl<'a> Scheduler<'a> {
         let h = &self.hosts[rank];
         let free = h.free();
         count < needs.cap
+            && (!needs.address || h.address_free())
             && needs.ports.iter().all(|&p| !h.port_taken(p))
             && needs.res.cpu_millis <= free.cpu_millis
             && needs.res.memory_bytes <= free.memory_bytes
@@ -423,6 +443,7 @@ impl<'a> Scheduler<'a> {
                 (None, false) => u32::MAX,
             },
             self_anti: self_anti && spec.max_per_host.is_none_or(|m| m >= 1),
+            address: spec.overlay_address,
         };
 
         // Static filter: ready, constraints, anti-affinity, affinity.
@@ -510,7 +531,7 @@ impl<'a> Scheduler<'a> {
     fn place(&mut self, spec: &ServiceSpec, needs: &Needs, slot: u32, rank: usize) {
         let h = &mut self.hosts[rank];
         self.by_load.remove(&(h.load, rank as Rank));
-        h.occupy(needs.ports.iter().copied(), needs.res);
+        h.occupy(needs.ports.iter().copied(), needs.res, needs.address);
         self.by_load.insert((h.load, rank as Rank));
         *self.running[needs.sid].entry(rank as Rank).or_default() += 1;
         self.plan.placements.push(Placement {
@@ -617,6 +638,15 @@ impl<'a> Scheduler<'a> {
             return Why::Cap {
                 cap: needs.cap,
                 anti_self: needs.self_anti,
+            };
+        }
+        if needs.address
+            && let Some(total) = h.host.overlay_addresses
+            && h.addresses >= total
+        {
+            return Why::NoAddress {
+                used: h.addresses,
+                total,
             };
         }
         if let Some(&p) = spec.ports.iter().find(|&&p| h.port_taken(port_key(p))) {

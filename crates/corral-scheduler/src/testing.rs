@@ -37,6 +37,7 @@ pub fn host(name: &str) -> Host {
         ready: true,
         cpu_millis: 16_000,
         memory_bytes: 64 * GIB,
+        overlay_addresses: None,
     }
 }
 
@@ -53,6 +54,7 @@ pub fn service(stack: &str, name: &str, replicas: u32) -> ServiceSpec {
         max_per_host: None,
         affinity: Vec::new(),
         anti_affinity: Vec::new(),
+        overlay_address: true,
     }
 }
 
@@ -75,6 +77,12 @@ impl Host {
 
     pub fn not_ready(mut self) -> Host {
         self.ready = false;
+        self
+    }
+
+    /// `n` container addresses in its overlay subnet.
+    pub fn addresses(mut self, n: u32) -> Host {
+        self.overlay_addresses = Some(n);
         self
     }
 }
@@ -120,6 +128,12 @@ impl ServiceSpec {
 
     pub fn anti_affinity(mut self, stack: &str, service: &str) -> ServiceSpec {
         self.anti_affinity.push(ServiceRef::new(stack, service));
+        self
+    }
+
+    /// Its replicas take no overlay address (`network_mode: host` or `none`).
+    pub fn off_overlay(mut self) -> ServiceSpec {
+        self.overlay_address = false;
         self
     }
 }
@@ -168,6 +182,7 @@ impl SnapshotBuilder {
             slot,
             ports: spec.map(|s| s.ports.clone()).unwrap_or_default(),
             reservations: spec.map(|s| s.reservations).unwrap_or_default(),
+            overlay_address: spec.is_none_or(|s| s.overlay_address),
         };
         self.snapshot.existing.push(existing);
         self
@@ -202,7 +217,7 @@ impl Plan {
 /// service's constraints, anti-affinity (both directions), affinity (with services that
 /// declare none themselves) and `max_per_host`, takes
 /// no host port that an existing container or another placement holds, and does not push a
-/// host's reservations over capacity; every slot of a desired service is kept at most once, and
+/// host's reservations over capacity nor its overlay addresses over its subnet's; every slot of a desired service is kept at most once, and
 /// each one not kept is placed or unplaced exactly once.
 /// Returns the first violation found.
 pub fn check_plan(snapshot: &Snapshot, plan: &Plan) -> Result<(), String> {
@@ -230,6 +245,8 @@ pub fn check_plan(snapshot: &Snapshot, plan: &Plan) -> Result<(), String> {
     // Who runs where after the plan (kept containers and placements), for (anti-)affinity.
     let mut runs: HashMap<(&str, &str), HashMap<&str, u32>> = HashMap::new();
     let mut used: HashMap<&str, (u64, u64)> = HashMap::new();
+    // Overlay addresses held per host: (by existing containers, by placements).
+    let mut addresses: HashMap<&str, (u64, u64)> = HashMap::new();
     let mut ports: HashMap<(&str, HostPort), usize> = HashMap::new();
     for e in &snapshot.existing {
         if !hosts.contains_key(e.host_id.as_str()) {
@@ -238,6 +255,9 @@ pub fn check_plan(snapshot: &Snapshot, plan: &Plan) -> Result<(), String> {
         let u = used.entry(&e.host_id).or_default();
         u.0 = u.0.saturating_add(e.reservations.cpu_millis);
         u.1 = u.1.saturating_add(e.reservations.memory_bytes);
+        if e.overlay_address {
+            addresses.entry(&e.host_id).or_default().0 += 1;
+        }
         let mut own: Vec<HostPort> = e.ports.clone();
         own.sort_unstable();
         own.dedup();
@@ -284,6 +304,9 @@ pub fn check_plan(snapshot: &Snapshot, plan: &Plan) -> Result<(), String> {
         let u = used.entry(&p.host_id).or_default();
         u.0 = u.0.saturating_add(spec.reservations.cpu_millis);
         u.1 = u.1.saturating_add(spec.reservations.memory_bytes);
+        if spec.overlay_address {
+            addresses.entry(&p.host_id).or_default().1 += 1;
+        }
         let pu = placed_used.entry(&p.host_id).or_default();
         pu.0 += spec.reservations.cpu_millis;
         pu.1 += spec.reservations.memory_bytes;
@@ -328,6 +351,17 @@ pub fn check_plan(snapshot: &Snapshot, plan: &Plan) -> Result<(), String> {
             return Err(format!(
                 "{host_id} over-committed: {c}m/{}m CPU, {m}/{} bytes (existing {ec}m, {em})",
                 host.cpu_millis, host.memory_bytes
+            ));
+        }
+    }
+    // Overlay addresses: where a placement takes one, the subnet is not over-full.
+    for (host_id, (existing, placed)) in &addresses {
+        if let Some(total) = hosts[host_id].overlay_addresses
+            && *placed > 0
+            && existing + placed > u64::from(total)
+        {
+            return Err(format!(
+                "{host_id}: {placed} placement(s) and {existing} existing container(s) hold more than its {total} overlay addresses"
             ));
         }
     }

@@ -20,8 +20,9 @@ fn arb_host(i: usize) -> impl Strategy<Value = Host> {
         proptest::bool::weighted(0.85),
         prop_oneof![Just(0u64), Just(500), Just(1000), Just(4000)],
         prop_oneof![Just(0u64), Just(GIB), Just(4 * GIB)],
+        proptest::option::weighted(0.4, 0..5u32),
     )
-        .prop_map(move |(zone, ssd, ready, cpu, mem)| {
+        .prop_map(move |(zone, ssd, ready, cpu, mem, addresses)| {
             let mut h = host(&format!("h{i}"))
                 .with_id(&format!("id{i}"))
                 .capacity(cpu, mem);
@@ -34,6 +35,7 @@ fn arb_host(i: usize) -> impl Strategy<Value = Host> {
             if !ready {
                 h = h.not_ready();
             }
+            h.overlay_addresses = addresses;
             h
         })
 }
@@ -83,9 +85,10 @@ fn arb_service(i: usize, hosts: usize, services: usize) -> impl Strategy<Value =
         proptest::option::weighted(0.2, 1..3u32),
         refs.clone(),
         refs,
+        proptest::bool::weighted(0.8),
     )
         .prop_map(
-            move |(replicas, constraints, ports, res, spread, max, aff, anti)| {
+            move |(replicas, constraints, ports, res, spread, max, aff, anti, address)| {
                 let (stack, svc) = name(i);
                 let mut s = service(&stack, &svc, replicas);
                 s.constraints = constraints;
@@ -93,6 +96,7 @@ fn arb_service(i: usize, hosts: usize, services: usize) -> impl Strategy<Value =
                 s.reservations = res;
                 s.spread = spread;
                 s.max_per_host = max;
+                s.overlay_address = address;
                 // Index `services` names a service that is not desired ("x/ghost").
                 let to_ref = |j: usize| {
                     if j == services {
@@ -116,8 +120,9 @@ fn arb_existing(hosts: usize, services: usize) -> impl Strategy<Value = Existing
         0..9u32,
         arb_ports(),
         arb_resources(),
+        any::<bool>(),
     )
-        .prop_map(move |(h, s, slot, ports, reservations)| {
+        .prop_map(move |(h, s, slot, ports, reservations, overlay_address)| {
             // Index `hosts` is a host that is gone; index `services` a service not desired.
             let (stack, service) = if s == services {
                 ("x".to_owned(), "ghost".to_owned())
@@ -131,6 +136,7 @@ fn arb_existing(hosts: usize, services: usize) -> impl Strategy<Value = Existing
                 slot,
                 ports,
                 reservations,
+                overlay_address,
             }
         })
 }
@@ -160,6 +166,7 @@ fn reference(snap: &Snapshot) -> Vec<(String, String, u32, String)> {
     hosts.sort_by(|a, b| (&a.name, &a.id).cmp(&(&b.name, &b.id)));
     let mut used = vec![(0u64, 0u64); hosts.len()];
     let mut ports: Vec<HashSet<HostPort>> = vec![HashSet::new(); hosts.len()];
+    let mut addresses = vec![0u32; hosts.len()];
     let mut runs: HashMap<(String, String), Vec<u32>> = HashMap::new();
     let rank_of = |id: &str| hosts.iter().position(|h| h.id == id);
     for e in &snap.existing {
@@ -169,6 +176,7 @@ fn reference(snap: &Snapshot) -> Vec<(String, String, u32, String)> {
         used[r].0 += e.reservations.cpu_millis;
         used[r].1 += e.reservations.memory_bytes;
         ports[r].extend(e.ports.iter().copied());
+        addresses[r] += u32::from(e.overlay_address);
         runs.entry((e.stack.clone(), e.service.clone()))
             .or_insert_with(|| vec![0; hosts.len()])[r] += 1;
     }
@@ -220,6 +228,8 @@ fn reference(snap: &Snapshot) -> Vec<(String, String, u32, String)> {
                     && mine < cap
                     && anti.iter().all(|a| count(&runs, a, r) == 0)
                     && spec.ports.iter().all(|p| !ports[r].contains(p))
+                    && (!spec.overlay_address
+                        || h.overlay_addresses.is_none_or(|n| addresses[r] < n))
                     // What is free (none if existing containers over-commit) must hold the
                     // reservation; reserving nothing always fits.
                     && spec.reservations.cpu_millis <= h.cpu_millis.saturating_sub(used[r].0)
@@ -237,6 +247,7 @@ fn reference(snap: &Snapshot) -> Vec<(String, String, u32, String)> {
                 used[r].0 += spec.reservations.cpu_millis;
                 used[r].1 += spec.reservations.memory_bytes;
                 ports[r].extend(spec.ports.iter().copied());
+                addresses[r] += u32::from(spec.overlay_address);
                 runs.entry(me.clone())
                     .or_insert_with(|| vec![0; hosts.len()])[r] += 1;
                 out.push((me.0.clone(), me.1.clone(), slot, hosts[r].id.clone()));
@@ -290,6 +301,7 @@ proptest! {
                 && constraints.iter().all(|c| c.matches(h))
                 && res.cpu_millis <= h.cpu_millis
                 && res.memory_bytes <= h.memory_bytes
+                && h.overlay_addresses.is_none_or(|n| n > 0)
         };
         let feasible = hosts.iter().filter(|h| fits(h)).count() as u32;
         let replicas = feasible.saturating_sub(extra);

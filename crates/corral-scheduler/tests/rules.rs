@@ -144,6 +144,7 @@ fn the_example_explanation() {
                 cpu_millis: 500,
                 memory_bytes: 0,
             },
+            overlay_address: true,
         })
         .build();
     let plan = run(&snap);
@@ -517,4 +518,71 @@ fn snapshots_and_plans_round_trip_through_json() {
         err.contains("unsupported constraint field node.role"),
         "{err}"
     );
+}
+
+#[test]
+fn a_full_overlay_subnet_sends_replicas_to_the_other_host() {
+    // h1's subnet holds 3 addresses and another stack already holds 2 of them: spread would
+    // put 2 of web's 4 replicas on h1, but only one fits there.
+    let snap = SnapshotBuilder::new()
+        .host(host("h1").addresses(3))
+        .host(host("h2").addresses(10))
+        .service(service("app", "web", 4))
+        .service(service("other", "db", 2))
+        .running("h1", "other", "db", 1)
+        .running("h1", "other", "db", 2)
+        .build();
+    let plan = run(&snap);
+    assert!(plan.unplaced.is_empty(), "{:?}", plan.unplaced);
+    let on_h1 = plan
+        .hosts_of("app", "web")
+        .iter()
+        .filter(|h| **h == "h1")
+        .count();
+    assert_eq!(on_h1, 1, "{:?}", plan.placements);
+}
+
+#[test]
+fn replicas_beyond_every_subnet_are_explained() {
+    let snap = SnapshotBuilder::new()
+        .host(host("h1").addresses(253))
+        .service(service("app", "web", 300))
+        .build();
+    let plan = run(&snap);
+    assert_eq!(plan.placements.len(), 253);
+    assert_eq!(plan.unplaced.len(), 47);
+    assert_eq!(
+        plan.unplaced[0].to_string(),
+        "web.254: no host fits — h1: no free overlay address (253 of 253 in use)"
+    );
+    // A host without a subnet, and many full ones, grouped.
+    let snap = SnapshotBuilder::new()
+        .hosts(6, |_, h| h.addresses(1))
+        .host(host("h9").addresses(0))
+        .service(service("app", "web", 7))
+        .build();
+    let plan = run(&snap);
+    assert_eq!(
+        unplaced(&plan),
+        [
+            "web.7: no host fits — h1: no free overlay address (1 of 1 in use); \
+             h2: no free overlay address (1 of 1 in use); h3: no free overlay address (1 of 1 in use); \
+             3 more hosts have no free overlay address; \
+             h9: no overlay subnet (its environment's range is full)"
+        ]
+    );
+}
+
+#[test]
+fn replicas_off_the_overlay_take_no_address() {
+    let snap = SnapshotBuilder::new()
+        .host(host("h1").addresses(2))
+        .service(service("app", "web", 2))
+        .service(service("app", "probe", 3).off_overlay())
+        .running("h1", "app", "web", 1)
+        .running("h1", "app", "web", 2)
+        .build();
+    let plan = run(&snap);
+    assert!(plan.unplaced.is_empty(), "{:?}", plan.unplaced);
+    assert_eq!(plan.hosts_of("app", "probe"), ["h1", "h1", "h1"]);
 }

@@ -14,7 +14,16 @@ pub async fn list(state: &AppState) -> Result<Vec<EnvironmentView>> {
     let mut out = Vec::new();
     for e in state.store.environments().await? {
         let overlay = state.store.overlay_env(&e.id).await?;
+        let shape = overlay.as_ref().map(crate::overlay::shape).transpose()?;
+        let hosts_leased = match overlay {
+            Some(_) => state.store.overlay_leases(&e.id).await?.len(),
+            None => 0,
+        };
         out.push(EnvironmentView {
+            host_subnet_prefix: shape.map_or(0, |s| s.host_prefix()),
+            addresses_per_host: shape.map_or(0, |s| s.addresses_per_host()),
+            hosts_capacity: shape.map_or(0, |s| s.hosts()),
+            hosts_leased: u32::try_from(hosts_leased).unwrap_or(u32::MAX),
             overlay_mode: overlay
                 .as_ref()
                 .map(|o| o.overlay_mode.as_str().to_owned())
@@ -62,53 +71,119 @@ pub async fn set_overlay_mode(state: &AppState, name: &str, mode: &str) -> Resul
     Ok(())
 }
 
-/// The largest overlay range (smallest prefix) an environment may have: 4,095 hosts, whose
-/// full configuration (about 200 bytes per peer) stays under the 1 MiB tunnel message limit.
-const MIN_RANGE_PREFIX: u8 = 12;
-
-/// `corral env set-overlay ENV --range CIDR`: a new overlay range for the environment. Every
-/// lease already given must lie in it (hosts keep their subnets; a range that would strand one
-/// is refused), so a range can grow, or move before any host has joined.
-pub async fn set_overlay_range(state: &AppState, name: &str, range: &str) -> Result<()> {
-    let (base, prefix) = corral_control::overlay::parse_cidr(range).map_err(Error::invalid)?;
-    if prefix > 23 {
-        return Err(Error::invalid(format!(
-            "overlay range {range}: hosts get a /24 each, so the range must be a /23 or larger (a /16 holds 255 hosts, a /12 4,095)"
-        )));
-    }
-    if prefix < MIN_RANGE_PREFIX {
-        return Err(Error::invalid(format!(
-            "overlay range {range}: at most a /{MIN_RANGE_PREFIX} (4,095 hosts): every host is every other's peer, and a host's configuration with more peers would not fit in one tunnel message"
-        )));
+/// `corral env set-overlay ENV [--range CIDR] [--host-subnet /N]`: a new overlay range, a
+/// new size of host subnet, or both, checked together (the range must hold at least one and at
+/// most 4,095 hosts). Every lease already given must lie in the new range (hosts keep their
+/// subnets; a range that would strand one is refused), so a range can grow, or move before
+/// any host has joined. The size of host subnets changes only while no host holds one: every
+/// lease of an environment has the same size, and a host's containers are on its subnet.
+pub async fn set_overlay_shape(
+    state: &AppState,
+    name: &str,
+    range: Option<&str>,
+    host_subnet: Option<&str>,
+) -> Result<()> {
+    let host_prefix = host_subnet
+        .map(corral_control::overlay::parse_host_prefix)
+        .transpose()
+        .map_err(Error::invalid)?;
+    if let Some(range) = range {
+        corral_control::overlay::parse_cidr(range).map_err(Error::invalid)?;
     }
     let env = by_name(state, name).await?;
-    let outside: Vec<String> = state
+    // No lease is chosen while the shape changes.
+    let _no_leasing = state.overlay.leasing.lock().await;
+    let current = state
         .store
-        .overlay_leases(&env.id)
+        .overlay_env(&env.id)
         .await?
-        .into_iter()
-        .filter(|(_, subnet)| !corral_control::overlay::contains(base, prefix, subnet))
-        .map(|(_, subnet)| subnet)
-        .collect();
-    if !outside.is_empty() {
+        .ok_or_else(|| Error::NotFound(format!("environment {name} has no overlay")))?;
+    let current_prefix = crate::overlay::shape(&current)?.host_prefix();
+    let prefix = host_prefix.unwrap_or(current_prefix);
+    let shape = corral_control::overlay::Shape::new(range.unwrap_or(&current.overlay_cidr), prefix)
+        .map_err(Error::invalid)?;
+    let leases = state.store.overlay_leases(&env.id).await?;
+    if prefix != current_prefix && !leases.is_empty() {
+        let names = lease_holders(state, &leases).await?;
         return Err(Error::Conflict(format!(
-            "environment {}: {} lease(s) lie outside {range} (e.g. {}); a new range must hold every host's subnet",
+            "environment {}: {} host(s) already hold a /{current_prefix} subnet ({names}); the size of host subnets is chosen before the first host joins. Remove them (`corral host rm`) to change it",
             env.name,
-            outside.len(),
-            outside[0]
+            leases.len()
         )));
     }
-    let normalised = format!("{base}/{prefix}");
-    state.store.set_overlay_range(&env.id, &normalised).await?;
-    state
-        .record_event(
-            "overlay_range_changed",
-            None,
-            &format!("environment {} overlay range {normalised}", env.name),
-        )
-        .await;
+    let outside: Vec<&String> = leases
+        .iter()
+        .map(|(_, subnet)| subnet)
+        .filter(|subnet| !shape.holds(subnet))
+        .collect();
+    if let Some(first) = outside.first() {
+        return Err(Error::Conflict(format!(
+            "environment {}: {} lease(s) lie outside {} (e.g. {first}); a new range must hold every host's subnet",
+            env.name,
+            outside.len(),
+            shape.range()
+        )));
+    }
+    if prefix != current_prefix {
+        if !state.store.set_overlay_host_prefix(&env.id, prefix).await? {
+            return Err(Error::Conflict(format!(
+                "environment {}: a host joined meanwhile; the size of host subnets is chosen before the first host joins",
+                env.name
+            )));
+        }
+        state
+            .record_event(
+                "overlay_host_subnet_changed",
+                None,
+                &format!(
+                    "environment {} host subnets /{prefix} ({} containers each, {} hosts)",
+                    env.name,
+                    shape.addresses_per_host(),
+                    shape.hosts()
+                ),
+            )
+            .await;
+    }
+    if shape.range() != current.overlay_cidr {
+        state
+            .store
+            .set_overlay_range(&env.id, &shape.range())
+            .await?;
+        state
+            .record_event(
+                "overlay_range_changed",
+                None,
+                &format!("environment {} overlay range {}", env.name, shape.range()),
+            )
+            .await;
+    }
     state.overlay.wake();
     Ok(())
+}
+
+/// "h1, h2, h3 and 4 more": who holds these leases (the first leased first).
+async fn lease_holders(state: &AppState, leases: &[(String, String)]) -> Result<String> {
+    let mut by_subnet: Vec<(u32, &str)> = leases
+        .iter()
+        .map(|(host_id, subnet)| {
+            let at = corral_control::overlay::parse_cidr(subnet)
+                .map_or(u32::MAX, |(ip, _)| u32::from(ip));
+            (at, host_id.as_str())
+        })
+        .collect();
+    by_subnet.sort_unstable();
+    let mut names: Vec<String> = Vec::new();
+    for (_, host_id) in by_subnet.into_iter().take(3) {
+        names.push(match state.store.find_host(host_id).await {
+            Ok(h) => h.name,
+            Err(_) => host_id.to_owned(),
+        });
+    }
+    let mut out = names.join(", ");
+    if leases.len() > names.len() {
+        out.push_str(&format!(" and {} more", leases.len() - names.len()));
+    }
+    Ok(out)
 }
 
 /// `corral env rotate-key ENV`: a new pre-shared key, pushed to every agent at once.

@@ -5,7 +5,10 @@
 //! - Each environment has a range (default `10.42.0.0/16`), a mode (`wireguard` or `vxlan`)
 //!   and a pre-shared key made here, sealed at rest under the master key (`vault`), and sent
 //!   only down the agents' pinned tunnels.
-//! - Each host gets a /24 of the range (a lease, kept while the host exists).
+//! - Each host gets a subnet of the range (a lease, kept while the host exists): a /24 unless
+//!   the environment chose another size before its first host joined. A subnet holds a fixed
+//!   number of container addresses ([`address_capacity`]); the scheduler counts them like
+//!   ports ([`holds_address`]), and a host that would join a full range is refused.
 //! - [`run`] keeps every connected agent's [`OverlayConfig`] current: it recomputes them every
 //!   second (and at once when woken by a connect, a removal or a rotation) and sends a host its
 //!   configuration only when it changed since the last one that connection received. So peers
@@ -30,7 +33,9 @@ use corral_control::overlay::Update;
 use crate::state::AppState;
 use crate::state::overlay::{EnvNames, EnvPolicy, SyncMemory};
 use crate::state::registry::{LiveSession, Queued};
-use crate::store::{HostRow, OverlayMemberRow, StoreError};
+use crate::store::{ContainerRow, HostRow, OverlayEnvRow, OverlayMemberRow, StoreError};
+use corral_control::states::Actual;
+use corral_proto::ContainerSpec;
 
 const TICK: Duration = Duration::from_secs(1);
 /// At most one pass per this, however many wakes (a connect storm): each pass may read an
@@ -213,6 +218,79 @@ pub async fn rotate(state: &AppState, env_id: &str) -> Result<i64, StoreError> {
     }
 }
 
+/// The environment's range cut into host subnets. A stored range or size that does not read
+/// is corrupt state: no lease is chosen from a guess.
+pub fn shape(env: &OverlayEnvRow) -> Result<plan::Shape, StoreError> {
+    let prefix = u8::try_from(env.overlay_host_prefix).map_err(|_| {
+        StoreError::Corrupt(format!(
+            "environment {}: impossible host subnet size {}",
+            env.name, env.overlay_host_prefix
+        ))
+    })?;
+    plan::Shape::new(&env.overlay_cidr, prefix)
+        .map_err(|e| StoreError::Corrupt(format!("environment {}: {e}", env.name)))
+}
+
+/// Container addresses a host's overlay subnet holds: `None` for a host on no overlay (it
+/// never sent a key: no limit), `Some(0)` for one that joined but has no subnet.
+pub fn address_capacity(member: &OverlayMemberRow) -> Option<u32> {
+    match (&member.subnet, &member.overlay_public_key) {
+        (Some(subnet), _) => Some(
+            plan::parse_cidr(subnet)
+                .map(|(_, len)| plan::addresses_in(len))
+                .unwrap_or(0),
+        ),
+        (None, Some(_)) => Some(0),
+        (None, None) => None,
+    }
+}
+
+/// Whether a container holds an address of its host's overlay subnet: a stack's container on
+/// the overlay network (not `network_mode: host` or `none`), whatever its state but gone — a
+/// stopped one needs its address again to start. One whose spec does not read counts (it may
+/// hold one).
+pub fn holds_address(c: &ContainerRow) -> bool {
+    c.stack_id.is_some()
+        && c.actual != Actual::Missing
+        && serde_json::from_str::<ContainerSpec>(&c.spec)
+            .map_or(true, |s| corral_control::define::takes_overlay_address(&s))
+}
+
+/// Overlay addresses held per host id.
+pub fn addresses_held<'a>(
+    containers: impl IntoIterator<Item = &'a ContainerRow>,
+) -> HashMap<String, u32> {
+    let mut held: HashMap<String, u32> = HashMap::new();
+    for c in containers {
+        if holds_address(c) {
+            *held.entry(c.host_id.clone()).or_default() += 1;
+        }
+    }
+    held
+}
+
+/// Whether a host registering in this environment would find a subnet: refused at the door
+/// rather than let in to run nothing. Races between two registrations for the last subnet
+/// leave the loser without one; `host ls` and the scheduler say so.
+pub async fn has_room(state: &AppState, env_id: &str) -> Result<Option<String>, StoreError> {
+    let Some(env) = state.store.overlay_env(env_id).await? else {
+        return Ok(None);
+    };
+    let shape = shape(&env)?;
+    let leased = state.store.overlay_leases(env_id).await?.len();
+    if (leased as u64) < u64::from(shape.hosts()) {
+        return Ok(None);
+    }
+    Ok(Some(format!(
+        "environment {}: its overlay range {} is full ({} hosts of a /{} each hold a subnet); grow it with `corral env set-overlay {} --range …` or remove a host",
+        env.name,
+        shape.range(),
+        leased,
+        shape.host_prefix(),
+        env.name
+    )))
+}
+
 /// An agent connected: record its overlay key and endpoint, and give it a lease.
 pub async fn on_connect(
     state: &AppState,
@@ -240,14 +318,29 @@ pub async fn on_connect(
         return Ok(());
     };
     let _one_at_a_time = state.overlay.leasing.lock().await;
+    // Read again under the lock: the shape may have changed while no host held a lease.
+    let Some(env) = state.store.overlay_env(&env.id).await? else {
+        return Ok(());
+    };
+    let shape = shape(&env)?;
     loop {
         let leases = state.store.overlay_leases(&env.id).await?;
         if leases.iter().any(|(h, _)| *h == host.id) {
             break;
         }
         let taken: Vec<String> = leases.into_iter().map(|(_, s)| s).collect();
-        let Some(subnet) = plan::allocate(&env.overlay_cidr, &taken) else {
+        let Some(subnet) = shape.allocate(&taken) else {
             tracing::error!(environment = %env.name, range = %env.overlay_cidr, "the overlay range is full: no subnet for host {}", host.name);
+            state
+                .record_event(
+                    "overlay_range_full",
+                    Some(&host.id),
+                    &format!(
+                        "host {} got no overlay subnet: the range {} of environment {} is full; it runs no stack container until it has one",
+                        host.name, env.overlay_cidr, env.name
+                    ),
+                )
+                .await;
             break;
         };
         if state.store.insert_lease(&env.id, &host.id, &subnet).await? {

@@ -231,6 +231,27 @@ async fn admit(
             "the server could not reach its datastore; retrying later".to_string(),
         )
     };
+    // A new host that would join the overlay of a range with no subnet left is refused before
+    // anything is recorded: let in, it could run no stack container.
+    if let (Some(token), Some(_)) = (&token, &hello.facts.overlay_public_key)
+        && let Some(env_id) = state
+            .store
+            .registering_into(&SecretHash::of(credential), token)
+            .await
+            .map_err(server_error)?
+        && let Some(why) = crate::overlay::has_room(state, &env_id)
+            .await
+            .map_err(server_error)?
+    {
+        state
+            .record_event(
+                "overlay_range_full",
+                None,
+                &format!("refused host {} from {remote}: {why}", hello.facts.name),
+            )
+            .await;
+        return Err((CloseReason::OverlayFull, why));
+    }
     let now = now_unix();
     let outcome = state
         .store

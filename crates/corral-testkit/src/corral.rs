@@ -286,6 +286,9 @@ pub struct LabConfig<'a> {
     pub server_args: &'a [&'a str],
     /// How each host's dockerd treats its namespace's iptables.
     pub docker_firewall: DockerFirewall,
+    /// Arguments to `corral env set-overlay default …`, run before any host joins (e.g.
+    /// `["--host-subnet", "/28"]`); empty: the defaults.
+    pub overlay: &'a [&'a str],
 }
 
 /// One lab host: its agent (dropped first) and its engine.
@@ -335,6 +338,11 @@ impl Lab {
             &dir.path().join("server"),
             config.server_args,
         );
+        if !config.overlay.is_empty() {
+            let mut args = vec!["env", "set-overlay", "default"];
+            args.extend_from_slice(config.overlay);
+            server.cli_ok(&args);
+        }
         let token = server.token(&["--ttl", "1h"]);
         let mut lab = Lab {
             hosts: Vec::new(),

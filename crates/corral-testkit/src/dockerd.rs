@@ -208,8 +208,12 @@ impl Drop for Dockerd {
     fn drop(&mut self) {
         if self.proc.is_some() {
             let ids = self.docker(&["ps", "-aq"]);
-            for id in String::from_utf8_lossy(&ids.stdout).split_whitespace() {
-                let _ = self.docker(&["rm", "-f", "-v", id]);
+            let ids = String::from_utf8_lossy(&ids.stdout);
+            // One call for all: a lab may leave hundreds.
+            let mut args = vec!["rm", "-f", "-v"];
+            args.extend(ids.split_whitespace());
+            if args.len() > 3 {
+                let _ = self.docker(&args);
             }
         }
         self.stop();

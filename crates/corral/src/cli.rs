@@ -462,12 +462,17 @@ pub enum EnvCommand {
         conn: Conn,
         /// The environment.
         name: String,
-        #[arg(long, value_parser = ["wireguard", "vxlan"], required_unless_present = "range")]
+        #[arg(long, value_parser = ["wireguard", "vxlan"], required_unless_present_any = ["range", "host_subnet"])]
         mode: Option<String>,
         /// A new overlay range, e.g. `10.64.0.0/12` (4,095 hosts of a /24 each); every host's
         /// existing subnet must lie in it.
         #[arg(long)]
         range: Option<String>,
+        /// The size of each host's subnet of the range, e.g. `/22` (1,021 containers a host;
+        /// the default /24 holds 253, /28 to /16 allowed). Chosen before the first host joins:
+        /// refused once a host holds a subnet.
+        #[arg(long, value_name = "/PREFIX")]
+        host_subnet: Option<String>,
     },
     /// Replace the environment's overlay pre-shared key; every agent gets the new one at once.
     RotateKey {

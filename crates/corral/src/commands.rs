@@ -404,6 +404,7 @@ async fn host(cmd: HostCommand) -> anyhow::Result<()> {
                         "DOCKER",
                         "LAST SEEN",
                         "ADDRESS",
+                        "OVERLAY ADDRESSES",
                         "LABELS",
                         "AGENT",
                         "ID",
@@ -416,6 +417,7 @@ async fn host(cmd: HostCommand) -> anyhow::Result<()> {
                                 docker_text(h),
                                 h.last_seen_at.clone(),
                                 h.remote_addr.clone(),
+                                overlay_addresses_text(h, false),
                                 labels_text(&h.labels),
                                 h.agent_version.clone(),
                                 h.id.clone(),
@@ -449,6 +451,11 @@ async fn host(cmd: HostCommand) -> anyhow::Result<()> {
                     ("Arch", h.arch.clone()),
                     ("Agent version", h.agent_version.clone()),
                     ("Docker", docker_detail(h)),
+                    (
+                        "Overlay subnet",
+                        h.overlay_subnet.clone().unwrap_or_else(|| "-".into()),
+                    ),
+                    ("Overlay addresses", overlay_addresses_text(h, true)),
                     ("Registered", h.registered_at.clone()),
                 ];
                 rows.iter()
@@ -469,6 +476,25 @@ async fn host(cmd: HostCommand) -> anyhow::Result<()> {
     }
 }
 
+/// `12/253` (or, in detail, `12 used, 241 free of 253`); `-` for a host on no overlay.
+fn overlay_addresses_text(h: &corral_proto::api::HostView, detail: bool) -> String {
+    match (h.overlay_addresses_used, h.overlay_addresses_total) {
+        (_, None) => "-".into(),
+        (_, Some(0)) => "no subnet (range full)".into(),
+        (used, Some(total)) => {
+            let used = used.unwrap_or(0);
+            if detail {
+                format!(
+                    "{used} used, {} free of {total}",
+                    total.saturating_sub(used)
+                )
+            } else {
+                format!("{used}/{total}")
+            }
+        }
+    }
+}
+
 async fn env(cmd: EnvCommand) -> anyhow::Result<()> {
     use corral_proto::api::{EnvironmentView, RotatedKey};
     match cmd {
@@ -476,13 +502,33 @@ async fn env(cmd: EnvCommand) -> anyhow::Result<()> {
             let envs: Vec<EnvironmentView> = Client::new(&conn)?.get("/v1/environments").await?;
             print(out.format, &envs, |es| {
                 table(
-                    &["NAME", "OVERLAY", "RANGE", "KEY GENERATION", "ID"],
+                    &[
+                        "NAME",
+                        "OVERLAY",
+                        "RANGE",
+                        "HOST SUBNET",
+                        "HOSTS",
+                        "KEY GENERATION",
+                        "ID",
+                    ],
                     es.iter()
                         .map(|e| {
                             vec![
                                 e.name.clone(),
                                 e.overlay_mode.clone(),
                                 e.overlay_cidr.clone(),
+                                format!(
+                                    "/{} ({} containers)",
+                                    e.host_subnet_prefix,
+                                    corral_control::overlay::thousands(u64::from(
+                                        e.addresses_per_host
+                                    ))
+                                ),
+                                format!(
+                                    "{} of {}",
+                                    corral_control::overlay::thousands(u64::from(e.hosts_leased)),
+                                    corral_control::overlay::thousands(u64::from(e.hosts_capacity))
+                                ),
                                 e.overlay_key_generation.to_string(),
                                 e.id.clone(),
                             ]
@@ -496,15 +542,26 @@ async fn env(cmd: EnvCommand) -> anyhow::Result<()> {
             name,
             mode,
             range,
+            host_subnet,
         } => {
-            Client::new(&conn)?
+            let client = Client::new(&conn)?;
+            client
                 .post_no_content(
                     &format!("/v1/environments/{}/overlay", seg(&name)),
-                    &serde_json::json!({ "mode": mode, "range": range }),
+                    &serde_json::json!({ "mode": mode, "range": range, "host_subnet": host_subnet }),
                 )
                 .await?;
-            if let Some(range) = range {
-                eprintln!("environment {name}: overlay range {range}");
+            if range.is_some() || host_subnet.is_some() {
+                let envs: Vec<EnvironmentView> = client.get("/v1/environments").await?;
+                if let Some(e) = envs.iter().find(|e| e.name == name) {
+                    eprintln!(
+                        "environment {name}: overlay range {}, a /{} subnet of {} container addresses per host, room for {} hosts",
+                        e.overlay_cidr,
+                        e.host_subnet_prefix,
+                        corral_control::overlay::thousands(u64::from(e.addresses_per_host)),
+                        corral_control::overlay::thousands(u64::from(e.hosts_capacity))
+                    );
+                }
             }
             if let Some(mode) = mode {
                 eprintln!("environment {name}: overlay mode {mode} sent to every connected agent");

@@ -23,6 +23,7 @@ fn lab(hosts: usize) -> Lab {
         hosts,
         server_args: &[],
         docker_firewall: DockerFirewall::Off,
+        overlay: &[],
     })
 }
 

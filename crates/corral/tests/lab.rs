@@ -25,6 +25,7 @@ fn lab(hosts: usize, server_args: &[&str], docker_firewall: DockerFirewall) -> L
         hosts,
         server_args,
         docker_firewall,
+        overlay: &[],
     })
 }
 

@@ -435,6 +435,7 @@ fn setup() -> World {
         hosts: 3,
         server_args: &[],
         docker_firewall: DockerFirewall::Off,
+        overlay: &[],
     });
     for (name, text) in stacks() {
         let file = lab.dir().join(format!("{name}.yaml"));

@@ -9,8 +9,8 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use corral_agent::Tunnel;
-use corral_proto::{Auth, HostFacts, OverlayConfig, ServerMessage};
+use corral_agent::{DialError, Tunnel};
+use corral_proto::{Auth, CloseReason, HostFacts, OverlayConfig, ServerMessage};
 
 /// A raw agent and the overlay configuration it holds (full configurations as they come,
 /// deltas applied to them, as the real agent does).
@@ -247,9 +247,10 @@ async fn the_range_grows_only_to_hold_every_lease_and_reaches_the_agents() {
     assert!(!out.status.success());
     let out = server.cli(&["env", "set-overlay", "default", "--range", "10.0.0.0/8"]);
     assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("at most a /12"),
-        "{out:?}"
+        err.contains("65,535 hosts") && err.contains("at most 4,095"),
+        "{err}"
     );
     // Growing it to a /12 (4,095 hosts) keeps A's lease and reaches A at once.
     server.cli_ok(&["env", "set-overlay", "default", "--range", "10.32.0.0/12"]);
@@ -263,4 +264,154 @@ async fn the_range_grows_only_to_hold_every_lease_and_reaches_the_agents() {
             .iter()
             .any(|e| e["kind"] == "overlay_range_changed")
     );
+}
+
+/// The size of host subnets: chosen before the first host joins, shown by `env ls`, checked
+/// against the range; every lease has it; `host ls` shows each host's addresses; a host that
+/// would join a full range is refused at the door (nothing recorded) and gets in once the
+/// range grows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_subnets_are_sized_up_front_and_a_full_range_refuses_new_hosts() {
+    let t = tmp();
+    let server = Server::start(&t.path().join("data"), &[]);
+    let (_, token) = server.token(&[]);
+
+    // Out of bounds, or a range that would hold none or too many hosts.
+    for (args, says) in [
+        (vec!["--host-subnet", "/30"], "between /16"),
+        (vec!["--host-subnet", "big"], "such as /22"),
+        (
+            vec!["--range", "10.60.0.0/22", "--host-subnet", "/22"],
+            "holds no host",
+        ),
+        (
+            vec!["--range", "10.0.0.0/8", "--host-subnet", "/24"],
+            "at most 4,095",
+        ),
+    ] {
+        let mut cmd = vec!["env", "set-overlay", "default"];
+        cmd.extend(args);
+        let out = server.cli(&cmd);
+        assert!(!out.status.success(), "{cmd:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "{cmd:?}: {err}");
+    }
+    // Three hosts of 1,021 containers each.
+    let out = server.cli(&[
+        "env",
+        "set-overlay",
+        "default",
+        "--range",
+        "10.60.0.0/20",
+        "--host-subnet",
+        "/22",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("1,021 container addresses per host, room for 3 hosts"),
+        "{said}"
+    );
+    let table = server.cli_ok(&["env", "ls"]);
+    assert!(
+        table.contains("/22 (1,021 containers)") && table.contains("0 of 3"),
+        "{table}"
+    );
+
+    let mut agents = Vec::new();
+    for (i, name) in ["a", "b", "c"].into_iter().enumerate() {
+        let mut a = agent(
+            &server,
+            &token,
+            name,
+            &format!("{:02x}", i + 1).repeat(32),
+            51001,
+        )
+        .await;
+        let cfg = config(&mut a, |_| true).await;
+        assert_eq!(cfg.subnet, format!("10.60.{}.0/22", 4 * (i + 1)));
+        agents.push(a);
+    }
+    let envs: serde_json::Value =
+        serde_json::from_str(&server.cli_ok(&["env", "ls", "-o", "json"])).unwrap();
+    assert_eq!(envs[0]["host_subnet_prefix"], 22);
+    assert_eq!(envs[0]["addresses_per_host"], 1021);
+    assert_eq!(envs[0]["hosts_capacity"], 3);
+    assert_eq!(envs[0]["hosts_leased"], 3);
+    let hosts: serde_json::Value =
+        serde_json::from_str(&server.cli_ok(&["host", "ls", "-o", "json"])).unwrap();
+    for h in hosts.as_array().unwrap() {
+        assert_eq!(h["overlay_addresses_total"], 1021, "{h}");
+        assert_eq!(h["overlay_addresses_used"], 0, "{h}");
+    }
+    assert!(server.cli_ok(&["host", "ls"]).contains("0/1021"));
+    assert!(
+        server
+            .cli_ok(&["host", "inspect", "b"])
+            .contains("0 used, 1021 free of 1021")
+    );
+
+    // Hosts hold /22s now: the size is fixed.
+    let out = server.cli(&["env", "set-overlay", "default", "--host-subnet", "/24"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("3 host(s) already hold a /22 subnet (a, b, c)"),
+        "{err}"
+    );
+
+    // A fourth host is refused before anything is recorded, and says what to do.
+    let facts = HostFacts {
+        name: "d".into(),
+        hostname: "d".into(),
+        overlay_port: Some(51001),
+        overlay_public_key: Some("dd".repeat(32)),
+        ..Default::default()
+    };
+    let credential_d = credential();
+    let hello = corral_agent::dial::hello(
+        Auth::Register {
+            token: token.clone(),
+            credential: credential_d.clone(),
+        },
+        facts.clone(),
+    );
+    match pinned_dialer(&server).connect(hello).await {
+        Err(DialError::Refused { reason, message }) => {
+            assert_eq!(reason, CloseReason::OverlayFull);
+            assert!(!reason.is_permanent());
+            assert!(
+                message.contains("overlay range 10.60.0.0/20 is full")
+                    && message.contains("corral env set-overlay default --range"),
+                "{message}"
+            );
+        }
+        Ok(_) => panic!("a host joined a full range"),
+        Err(e) => panic!("{e}"),
+    }
+    let hosts = server.cli_ok(&["host", "ls", "-o", "json"]);
+    assert!(!hosts.contains("\"d\""), "{hosts}");
+    assert!(
+        server
+            .events()
+            .iter()
+            .any(|e| e["kind"] == "overlay_range_full")
+    );
+
+    // The range grows: the same agent, trying again, joins with the next /22.
+    server.cli_ok(&["env", "set-overlay", "default", "--range", "10.60.0.0/19"]);
+    let mut d = connect(
+        &server,
+        Auth::Register {
+            token,
+            credential: credential_d,
+        },
+        "d",
+        &"dd".repeat(32),
+        51001,
+    )
+    .await;
+    assert_eq!(config(&mut d, |_| true).await.subnet, "10.60.16.0/22");
+    let table = server.cli_ok(&["env", "ls"]);
+    assert!(table.contains("4 of 7"), "{table}");
 }

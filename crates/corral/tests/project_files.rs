@@ -83,6 +83,7 @@ fn project_files_configs_and_secrets_ship_with_the_stack_and_roll_only_what_moun
         hosts: 2,
         server_args: &[],
         docker_firewall: DockerFirewall::Off,
+        overlay: &[],
     });
     let project = lab.dir().join("project");
     std::fs::create_dir_all(project.join("www/sub")).unwrap();

@@ -27,6 +27,9 @@ pub(super) struct OverlayModeBody {
     /// A new overlay range (`10.64.0.0/12`); every existing lease must lie in it.
     #[serde(default)]
     range: Option<String>,
+    /// The size of every host's subnet (`/22`), while no host holds one.
+    #[serde(default)]
+    host_subnet: Option<String>,
 }
 
 pub(super) async fn set_overlay_mode(
@@ -36,11 +39,20 @@ pub(super) async fn set_overlay_mode(
     body: Body<OverlayModeBody>,
 ) -> Result<StatusCode, ApiError> {
     let Json(body) = body?;
-    if body.mode.is_none() && body.range.is_none() {
-        return Err(crate::error::Error::invalid("say what to change: mode, range or both").into());
+    if body.mode.is_none() && body.range.is_none() && body.host_subnet.is_none() {
+        return Err(crate::error::Error::invalid(
+            "say what to change: mode, range, host_subnet or several",
+        )
+        .into());
     }
-    if let Some(range) = &body.range {
-        environments::set_overlay_range(&state, &name, range).await?;
+    if body.range.is_some() || body.host_subnet.is_some() {
+        environments::set_overlay_shape(
+            &state,
+            &name,
+            body.range.as_deref(),
+            body.host_subnet.as_deref(),
+        )
+        .await?;
     }
     if let Some(mode) = &body.mode {
         environments::set_overlay_mode(&state, &name, mode).await?;

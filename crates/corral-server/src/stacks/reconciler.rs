@@ -94,6 +94,13 @@ impl World {
         };
         let mut hosts = Vec::new();
         let mut host_names = HashMap::new();
+        let capacity: HashMap<String, Option<u32>> = state
+            .store
+            .overlay_members(environment_id)
+            .await?
+            .iter()
+            .map(|m| (m.id.clone(), crate::overlay::address_capacity(m)))
+            .collect();
         for h in state.store.hosts(true).await? {
             host_names.insert(h.id.clone(), h.name.clone());
             if h.environment_id != environment_id {
@@ -118,6 +125,7 @@ impl World {
                 lost: policy.is_lost(h.removed_at.is_some(), info.is_some(), h.last_seen_at, now),
                 cpu_millis: docker_info.map_or(0, |d| u64::from(d.cpus) * 1000),
                 memory_bytes: docker_info.map_or(0, |d| d.memory_bytes),
+                overlay_addresses: capacity.get(&h.id).copied().flatten(),
                 id: h.id,
                 name: h.name,
             });
@@ -233,6 +241,7 @@ impl World {
                     slot: 0,
                     ports: spec.map(|s| host_ports(&s)).unwrap_or_default(),
                     reservations,
+                    overlay_address: crate::overlay::holds_address(c),
                 }
             })
             .collect()

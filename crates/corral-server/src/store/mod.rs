@@ -593,6 +593,23 @@ impl Store {
     ///
     /// A credential that is already registered is accepted as a login even when a token comes
     /// with it: that is an agent retrying a registration whose answer it never received.
+    /// The environment a registration would join: that of `token`, when `credential` is not
+    /// registered yet (otherwise the agent is a known host reconnecting).
+    pub async fn registering_into(
+        &self,
+        credential: &SecretHash,
+        token: &SecretHash,
+    ) -> Result<Option<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT environment_id FROM registration_tokens WHERE secret_hash = ? \
+             AND NOT EXISTS (SELECT 1 FROM hosts WHERE credential_hash = ?)",
+        )
+        .bind(token.as_bytes())
+        .bind(credential.as_bytes())
+        .fetch_optional(&self.reader)
+        .await?)
+    }
+
     pub async fn authenticate_agent(
         &self,
         credential: &SecretHash,

@@ -57,6 +57,8 @@ pub struct OverlayEnvRow {
     #[sqlx(try_from = "String")]
     pub overlay_mode: OverlayMode,
     pub overlay_cidr: String,
+    /// The prefix length of every host's subnet (24 unless chosen otherwise).
+    pub overlay_host_prefix: i64,
     /// Sealed under the master key (see `vault`).
     pub overlay_psk: Option<Vec<u8>>,
     pub overlay_psk_generation: i64,
@@ -76,7 +78,7 @@ pub struct OverlayMemberRow {
 impl Store {
     pub async fn overlay_env(&self, env_id: &str) -> Result<Option<OverlayEnvRow>> {
         Ok(sqlx::query_as(
-            "SELECT id, name, overlay_mode, overlay_cidr, overlay_psk, overlay_psk_generation FROM environments WHERE id = ?",
+            "SELECT id, name, overlay_mode, overlay_cidr, overlay_host_prefix, overlay_psk, overlay_psk_generation FROM environments WHERE id = ?",
         )
         .bind(env_id)
         .fetch_optional(&self.writer)
@@ -110,6 +112,21 @@ impl Store {
             .execute(&self.writer)
             .await?;
         Ok(())
+    }
+
+    /// A new size of host subnet, only while no host of the environment holds a lease (they
+    /// all have the same size). Returns whether it was stored.
+    pub async fn set_overlay_host_prefix(&self, env_id: &str, prefix: u8) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE environments SET overlay_host_prefix = ? WHERE id = ? \
+             AND NOT EXISTS (SELECT 1 FROM overlay_leases WHERE environment_id = ?)",
+        )
+        .bind(i64::from(prefix))
+        .bind(env_id)
+        .bind(env_id)
+        .execute(&self.writer)
+        .await?;
+        Ok(done.rows_affected() > 0)
     }
 
     pub async fn set_overlay_mode(&self, env_id: &str, mode: OverlayMode) -> Result<()> {

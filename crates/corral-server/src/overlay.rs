@@ -282,7 +282,7 @@ pub async fn has_room(state: &AppState, env_id: &str) -> Result<Option<String>, 
         return Ok(None);
     }
     Ok(Some(format!(
-        "environment {}: its overlay range {} is full ({} hosts of a /{} each hold a subnet); grow it with `corral env set-overlay {} --range …` or remove a host",
+        "environment {}: its overlay range {} is full ({} host(s) hold a /{} subnet each); grow it with `corral env set-overlay {} --range …` or remove a host",
         env.name,
         shape.range(),
         leased,

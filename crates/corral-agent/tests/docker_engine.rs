@@ -388,3 +388,54 @@ async fn stack_containers_on_a_real_docker() {
     cleanup(&docker, &stack).await;
     let _ = std::fs::remove_dir_all(&bind_dir);
 }
+
+/// An engine that runs the overlay but has no overlay network yet (no configuration from the
+/// server, or one that could not be applied) refuses to start a stack container outside it,
+/// creating nothing: the container would have no overlay address and no service names for
+/// good. A container of no stack still runs.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stack_container_waits_for_the_overlay_instead_of_starting_without_it() {
+    let (reports_tx, _reports_rx) = tokio::sync::mpsc::channel(1024);
+    let engine = Engine::watch(DEFAULT_DOCKER_HOST.into(), "local".into(), reports_tx);
+    let docker = match engine.client().await {
+        Ok(d) => d,
+        Err(e) => require::missing(
+            &format!("a running dockerd at {DEFAULT_DOCKER_HOST} ({e})"),
+            "run `bash scripts/test.sh`, which installs and starts it",
+        ),
+    };
+    let stack = format!("ovw{}", std::process::id());
+    cleanup(&docker, &stack).await;
+    engine.expect_overlay();
+    let err = engine.run(&spec(&stack, "web")).await.unwrap_err();
+    assert!(
+        err.contains("the overlay network is not ready on host local")
+            && err.contains("--no-overlay"),
+        "{err}"
+    );
+    let filters = HashMap::from([(
+        "label".to_string(),
+        vec![format!("{}={stack}", labels::STACK)],
+    )]);
+    let made = docker
+        .list_containers(Some(
+            bollard::query_parameters::ListContainersOptionsBuilder::default()
+                .all(true)
+                .filters(&filters)
+                .build(),
+        ))
+        .await
+        .unwrap();
+    assert!(
+        made.is_empty(),
+        "nothing is created outside the overlay: {made:?}"
+    );
+    // Not a stack's: it runs.
+    let mut single = spec(&stack, "single");
+    single.labels.clear();
+    single.network = None;
+    let status = engine.run(&single).await.unwrap();
+    assert_eq!(status.state, ContainerState::Running);
+    engine.remove(&single.corral_id, None).await.unwrap();
+    cleanup(&docker, &stack).await;
+}

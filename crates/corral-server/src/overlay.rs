@@ -232,17 +232,15 @@ pub fn shape(env: &OverlayEnvRow) -> Result<plan::Shape, StoreError> {
 }
 
 /// Container addresses a host's overlay subnet holds: `None` for a host on no overlay (it
-/// never sent a key: no limit), `Some(0)` for one that joined but has no subnet.
+/// never sent a key: its stacks' containers are on Docker's own networks, no limit here),
+/// `Some(0)` for one that joined but has no subnet.
 pub fn address_capacity(member: &OverlayMemberRow) -> Option<u32> {
-    match (&member.subnet, &member.overlay_public_key) {
-        (Some(subnet), _) => Some(
-            plan::parse_cidr(subnet)
-                .map(|(_, len)| plan::addresses_in(len))
-                .unwrap_or(0),
-        ),
-        (None, Some(_)) => Some(0),
-        (None, None) => None,
-    }
+    member.overlay_public_key.as_ref()?;
+    Some(member.subnet.as_deref().map_or(0, |subnet| {
+        plan::parse_cidr(subnet)
+            .map(|(_, len)| plan::addresses_in(len))
+            .unwrap_or(0)
+    }))
 }
 
 /// Whether a container holds an address of its host's overlay subnet: a stack's container on
@@ -309,8 +307,9 @@ pub async fn on_connect(
         .set_host_overlay(&host.id, key, endpoint.as_deref())
         .await?;
     // A reconnecting host has its lease: one indexed lookup, not the environment's leases
-    // (nor its row, which only choosing a new lease needs).
-    if state.store.lease_of(&host.id).await?.is_some() {
+    // (nor its row, which only choosing a new lease needs). A host on no overlay (it sent no
+    // key: `--no-overlay`) takes no subnet: it would only use up the range.
+    if public_key.is_none() || state.store.lease_of(&host.id).await?.is_some() {
         state.overlay.wake();
         return Ok(());
     }

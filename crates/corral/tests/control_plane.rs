@@ -351,6 +351,11 @@ fn with_agent_runs_a_local_agent_in_process() {
         1,
         "restart reuses the local agent's registration"
     );
+    // Off the overlay: it takes no subnet of the range, and no address limit applies.
+    let host = &server.hosts()[0];
+    assert!(host["overlay_subnet"].is_null(), "{host}");
+    assert!(host["overlay_addresses_total"].is_null(), "{host}");
+    assert!(server.cli_ok(&["env", "ls"]).contains("0 of 255"));
 }
 
 #[test]

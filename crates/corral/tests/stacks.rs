@@ -803,16 +803,15 @@ impl Drop for RemoveContainer {
     }
 }
 
-/// An agent that runs the overlay but has no overlay network yet (here: the environment's range
-/// is full, so it gets no lease and no configuration) refuses to start a stack replica outside
-/// the overlay: the replica would have no overlay address and no service names for good. The
-/// reconciler keeps retrying and `ps` says why; nothing is created in Docker.
+/// A real agent that runs the overlay, registering when the environment's range has no subnet
+/// left, is refused before anything is recorded (it could run no stack replica) and keeps
+/// trying, saying why; it never gets a configuration, so it never touches the machine's
+/// network. (The agent's own guard — a stack replica never starts outside the overlay — is
+/// `corral-agent`'s `a_stack_container_waits_for_the_overlay_instead_of_starting_without_it`.)
 #[test]
-fn a_stack_replica_waits_for_the_overlay_instead_of_starting_without_it() {
+fn an_agent_that_would_join_a_full_overlay_range_is_refused_and_keeps_trying() {
     require_docker();
     let t = tmp();
-    let stack = stack_name("no-overlay-yet");
-    let _cleanup = StackCleanup(stack.clone());
     let server = Server::start(&t.path().join("data"), &[]);
     // A /23 holds one host's /24. A host that joins the overlay takes it: here one that speaks
     // the protocol from the test (an overlay key in its hello), so that nothing of the
@@ -841,50 +840,19 @@ fn a_stack_replica_waits_for_the_overlay_instead_of_starting_without_it() {
             .any(|h| h["name"] == "filler" && h["overlay_subnet"].is_string())
     });
     drop(filler);
-    // The second runs the overlay (no --no-overlay), on the machine's Docker; with no lease it
-    // never gets a configuration, so it never touches the machine's network.
     let (_, token) = server.token(&[]);
-    let _waiting = start_overlay_agent(
-        &server,
-        &t.path().join("waiting"),
-        "waiting",
-        &token,
-        &["--label", "role=waiting"],
-    );
-    wait_until(
-        Duration::from_secs(20),
-        "the waiting agent's Docker",
-        || {
-            server
-                .hosts()
-                .into_iter()
-                .any(|h| h["name"] == "waiting" && h["docker"]["state"] == "available")
-        },
-    );
-    let file = write(
-        t.path(),
-        "compose.yaml",
-        &format!(
-            "services:\n  web:\n    image: {IMAGE}\n    command: {SLEEPER}\n    deploy:\n      placement:\n        constraints: [\"node.labels.role == waiting\"]\n"
-        ),
-    );
-    let out = up(&server, &file, &stack, &[]);
-    assert!(out.status.success(), "{out:?}");
-    wait_until(Duration::from_secs(30), "the refusal in ps", || {
-        service(&ps(&server, &stack), "web")["last_error"]
-            .as_str()
-            .is_some_and(|e| e.contains("overlay network is not ready on host waiting"))
+    let waiting = start_overlay_agent(&server, &t.path().join("waiting"), "waiting", &token, &[]);
+    wait_until(Duration::from_secs(20), "the refusal, twice", || {
+        waiting.log_text().matches("overlay full").count() >= 2
     });
-    let why = service(&ps(&server, &stack), "web")["last_error"].clone();
-    assert!(why.as_str().unwrap().contains("--no-overlay"), "{why}");
+    let log = waiting.log_text();
     assert!(
-        docker_ids(&format!("io.corral.stack={stack}"), true).is_empty(),
-        "nothing was created outside the overlay"
+        log.contains("its overlay range 10.42.0.0/23 is full")
+            && log.contains("corral env set-overlay default --range"),
+        "{log}"
     );
-    let waiting = server
-        .hosts()
-        .into_iter()
-        .find(|h| h["name"] == "waiting")
-        .unwrap();
-    assert!(waiting["overlay_subnet"].is_null(), "no lease: {waiting}");
+    assert!(
+        !server.hosts().into_iter().any(|h| h["name"] == "waiting"),
+        "nothing recorded of the refused host"
+    );
 }

@@ -28,6 +28,8 @@ fn hosts() -> SnapshotBuilder {
         h.with_id(&format!("host-{i:05}"))
             .label("zone", ["eu", "us", "ap"][i % 3])
             .label("disk", if (i / 3) % 2 == 0 { "ssd" } else { "hdd" })
+            // A /24 overlay subnet each: every replica takes one of its addresses.
+            .addresses(253)
     })
 }
 

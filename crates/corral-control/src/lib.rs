@@ -15,6 +15,7 @@
 //!   however many replicas there are).
 
 pub mod admission;
+pub mod audit;
 pub mod define;
 pub mod overlay;
 pub mod reconcile;

@@ -112,6 +112,58 @@ pub struct HostView {
 /// Most events one `GET /v1/events?limit=N` returns; a larger `limit` is refused (400).
 pub const MAX_EVENTS_PER_REQUEST: u32 = 1_000;
 
+/// Most entries one `GET /v1/audit` or `GET /v1/audit/export` returns.
+pub const MAX_AUDIT_PER_REQUEST: u32 = 10_000;
+
+/// One entry of the audit log (`GET /v1/audit`, `GET /v1/audit/export`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntryView {
+    /// 1, 2, 3, … with no gaps.
+    pub seq: i64,
+    /// When (RFC 3339, milliseconds).
+    pub at: String,
+    /// An API key's name, `server` for the server's own security events, `anonymous` for a
+    /// request without a valid key.
+    pub actor: String,
+    /// The API key's id, when one was presented and known.
+    pub key_id: String,
+    /// The key's role.
+    pub role: String,
+    /// The environment the request named, if any.
+    pub environment: String,
+    /// `POST /v1/stacks`, or a security event's kind.
+    pub action: String,
+    /// What it acted on: the request's path, or a host id.
+    pub target: String,
+    /// The answer (`201 Created`, `403 Forbidden: …`), or the event's message.
+    pub outcome: String,
+    /// The client's address, when there was a request.
+    pub source: String,
+    /// The entry's chained hash (hex), in exports only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash: Option<String>,
+}
+
+/// The answer to `GET /v1/audit/verify`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditVerifyView {
+    /// Entries read.
+    pub entries: u64,
+    /// The chain holds from the first entry to the last.
+    pub intact: bool,
+    /// The last entry of the unbroken chain: compare it and [`Self::head_hash`] with an
+    /// exported copy to see that nothing was cut off the end.
+    pub head_seq: i64,
+    /// That entry's hash (hex).
+    pub head_hash: String,
+    /// Where it breaks first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broken_at: Option<i64>,
+    /// How it breaks there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
+}
+
 /// One audit or security event of `GET /v1/events` (its message at most 1 KiB: longer ones
 /// are cut and say how long they were).
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -138,8 +138,8 @@ pub async fn set_overlay_shape(
                 &format!(
                     "environment {} host subnets /{prefix} ({} containers each, {} hosts)",
                     env.name,
-                    shape.addresses_per_host(),
-                    shape.hosts()
+                    corral_control::overlay::thousands(u64::from(shape.addresses_per_host())),
+                    corral_control::overlay::thousands(u64::from(shape.hosts()))
                 ),
             )
             .await;

@@ -133,6 +133,7 @@ pub async fn start(options: ServerOptions) -> Result<RunningServer, ServerError>
         gate: Arc::new(state::gate::Gate::new(options.max_unauthenticated)),
         pulls: state::pulls::Pulls::default(),
         progress: state::progress::ProgressLog::default(),
+        audit: state::audit::AuditLog::default(),
         events: state::events::EventLimiter::new(
             options.event_rate_limit,
             options.event_rate_window,

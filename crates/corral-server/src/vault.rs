@@ -35,6 +35,8 @@ pub enum VaultError {
 pub struct Vault {
     cipher: XChaCha20Poly1305,
     rng: SystemRandom,
+    /// The audit log's chain key, derived from the master key.
+    audit_key: ring::hmac::Key,
 }
 
 impl Vault {
@@ -80,7 +82,13 @@ impl Vault {
             cipher: XChaCha20Poly1305::new_from_slice(key)
                 .map_err(|_| VaultError::BadKey(path.display().to_string()))?,
             rng: SystemRandom::new(),
+            audit_key: corral_control::audit::chain_key(key),
         })
+    }
+
+    /// The key the audit log's entries are chained with (see `corral_control::audit`).
+    pub fn audit_key(&self) -> &ring::hmac::Key {
+        &self.audit_key
     }
 
     /// `nonce || ciphertext+tag`.

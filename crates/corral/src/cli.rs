@@ -115,6 +115,10 @@ pub enum Command {
         #[arg(long)]
         tail: Option<u64>,
     },
+    /// The tamper-evident audit log: every request that changed state or was refused, and the
+    /// server's security events, hash-chained.
+    #[command(subcommand)]
+    Audit(AuditCommand),
     /// Security events: registrations, removals, refused and superseded credentials.
     Events {
         #[command(flatten)]
@@ -444,6 +448,43 @@ pub struct WaitArgs {
     /// How long --wait waits.
     #[arg(long, default_value = "5m", value_parser = crate::duration::parse_duration)]
     pub timeout: std::time::Duration,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AuditCommand {
+    /// The newest entries, oldest first.
+    Ls {
+        #[command(flatten)]
+        conn: Conn,
+        /// Only this actor's entries (an API key's name, `server`, `anonymous (…)`).
+        #[arg(long)]
+        actor: Option<String>,
+        /// Only entries since then: a duration ago (`2h`, `7d`) or an RFC 3339 time.
+        #[arg(long)]
+        since: Option<String>,
+        /// How many (at most 10,000).
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=i64::from(corral_proto::api::MAX_AUDIT_PER_REQUEST)))]
+        limit: u32,
+        #[command(flatten)]
+        out: Out,
+    },
+    /// Every entry after --after as JSON lines on stdout (with each entry's chained hash), for
+    /// a SIEM or an archive; progress on stderr.
+    Export {
+        #[command(flatten)]
+        conn: Conn,
+        /// Start after this entry (0: from the first).
+        #[arg(long, default_value_t = 0)]
+        after: i64,
+    },
+    /// Check the chain from the first entry to the last: a changed or deleted entry is named;
+    /// exits 1 if the chain is broken.
+    Verify {
+        #[command(flatten)]
+        conn: Conn,
+        #[command(flatten)]
+        out: Out,
+    },
 }
 
 #[derive(Subcommand, Debug)]

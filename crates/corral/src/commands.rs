@@ -22,6 +22,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Host(cmd) => host(cmd).await,
         Command::Env(cmd) => env(cmd).await,
         Command::Events { conn, limit, out } => events(conn, limit, out).await,
+        Command::Audit(cmd) => crate::audit::audit(cmd).await,
         Command::Run(args) => run(args).await,
         Command::Registry(cmd) => crate::images::registry(cmd).await,
         Command::Admission(cmd) => crate::images::admission(cmd).await,

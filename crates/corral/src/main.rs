@@ -7,6 +7,7 @@
 //! - `commands`: one function per verb (`stacks` and `images` hold the larger families).
 //! - `bench`: scale harness with simulated agents (real protocol, real sockets).
 
+mod audit;
 mod bench;
 mod cli;
 mod client;

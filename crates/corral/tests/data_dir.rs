@@ -298,23 +298,6 @@ fn the_data_dir_is_private_and_the_datastore_files_are_0600() {
     check("restart");
 }
 
-/// Runs SQL on a stopped server's datastore (python3's sqlite3).
-fn sql(db: &Path, statement: &str) {
-    let script = format!(
-        "import sqlite3; c = sqlite3.connect({:?}); c.execute({statement:?}); c.commit()",
-        db.display().to_string()
-    );
-    let out = std::process::Command::new("python3")
-        .args(["-c", &script])
-        .output()
-        .expect("python3 (with sqlite3) is needed");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 #[test]
 fn a_datastore_without_a_check_value_is_checked_against_its_sealed_keys() {
     let t = tmp();

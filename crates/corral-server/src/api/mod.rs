@@ -7,6 +7,7 @@
 //! crl_key_…`). An agent credential or a registration token is refused with 403 on all of them:
 //! a credential authorizes only its own tunnel at `/v1/connect`.
 
+mod audit;
 mod containers;
 mod doctor;
 mod environments;
@@ -133,8 +134,15 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/progress/{id}", get(stacks::progress))
         .route("/v1/events", get(events::list))
         .route("/v1/topology", get(network::topology))
+        .route("/v1/audit", get(audit::recent))
+        .route("/v1/audit/export", get(audit::export))
+        .route("/v1/audit/verify", get(audit::verify))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            audit::record,
+        ))
         .with_state(state)
 }
 
@@ -162,13 +170,17 @@ impl std::fmt::Display for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (
+        let note = audit::ErrorNote(self.message.clone());
+        let mut response = (
             self.status,
             Json(ErrorBody {
                 error: self.message,
             }),
         )
-            .into_response()
+            .into_response();
+        // For the audit log, which sees only the finished response.
+        response.extensions_mut().insert(note);
+        response
     }
 }
 

@@ -249,6 +249,36 @@ impl EventLimiter {
 }
 
 impl AppState {
+    /// [`AppState::record_event`] with `entry` as the event's audit entry (one that says who
+    /// and from where), instead of an entry of the server's own.
+    pub async fn record_event_audited(
+        &self,
+        kind: &str,
+        host_id: Option<&str>,
+        message: &str,
+        entry: corral_control::audit::Entry,
+    ) -> bool {
+        let mut admitted = self.admit_event(kind, host_id, message);
+        // When recorded, the event itself is the last row; the rest are summaries.
+        let own = if admitted.recorded {
+            admitted.rows.pop()
+        } else {
+            None
+        };
+        self.write_events(admitted.rows).await;
+        if let Some(r) = own {
+            if let Err(e) = self
+                .store
+                .record_event(r.at, &r.kind, r.host_id.as_deref(), &r.message)
+                .await
+            {
+                tracing::error!(error = %e, kind = %r.kind, "cannot record an event");
+            }
+            self.audit(entry).await;
+        }
+        admitted.recorded
+    }
+
     /// Decides about an event now (see [`EventLimiter::admit`]); write the rows with
     /// [`AppState::write_events`].
     pub fn admit_event(&self, kind: &str, host_id: Option<&str>, message: &str) -> Admitted {
@@ -266,6 +296,14 @@ impl AppState {
             {
                 tracing::error!(error = %e, kind = %r.kind, "cannot record an event");
             }
+            // The same event in the tamper-evident log (events are pruned; it is not).
+            self.audit(super::audit::server_entry(
+                &r.kind,
+                r.host_id.as_deref(),
+                &r.message,
+                r.at.saturating_mul(1000),
+            ))
+            .await;
         }
     }
 }

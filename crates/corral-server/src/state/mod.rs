@@ -6,6 +6,7 @@
 //! This layer holds data and the small operations on it; it imports only the foundation
 //! (`store`, `vault`, `secrets`, `time_fmt`, `text`, `error`) and the pure crates.
 
+pub mod audit;
 pub mod events;
 pub mod gate;
 pub mod overlay;
@@ -38,6 +39,8 @@ pub struct AppState {
     pub gate: Arc<gate::Gate>,
     /// Bounds what events are recorded (rate per host and kind).
     pub events: events::EventLimiter,
+    /// The head of the audit log's chain.
+    pub audit: audit::AuditLog,
     /// Image pulls in progress on the hosts.
     pub pulls: pulls::Pulls,
     /// What long `up`s are doing, for the CLI that waits on them.

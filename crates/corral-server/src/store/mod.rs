@@ -26,6 +26,7 @@ use crate::text::clip;
 use crate::vault::Vault;
 use sealed::Column;
 
+mod audit;
 mod generations;
 mod images;
 mod netpolicy;

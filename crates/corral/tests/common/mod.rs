@@ -371,3 +371,20 @@ pub fn http_get(port: u16) -> String {
         .expect("busybox");
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// Runs SQL on a stopped server's datastore (python3's sqlite3).
+pub fn sql(db: &Path, statement: &str) {
+    let script = format!(
+        "import sqlite3; c = sqlite3.connect({:?}); c.execute({statement:?}); c.commit()",
+        db.display().to_string()
+    );
+    let out = std::process::Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .expect("python3 (with sqlite3) is needed");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -266,7 +266,21 @@ async fn admit(
         .await
         .map_err(server_error)?;
     match outcome {
-        AgentAuth::Host(h) => Ok(*h),
+        AgentAuth::Host(h) => {
+            // A registration (its event was written with the host, in one transaction) goes
+            // into the audit log too.
+            if token.is_some() && h.registered_at == now {
+                state
+                    .audit(crate::state::audit::server_entry(
+                        "host_registered",
+                        Some(&h.id),
+                        &format!("host {} registered from {remote}", h.name),
+                        crate::time_fmt::now_unix_millis(),
+                    ))
+                    .await;
+            }
+            Ok(*h)
+        }
         AgentAuth::Removed {
             host_id,
             name,

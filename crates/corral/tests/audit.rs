@@ -116,6 +116,15 @@ fn requests_and_security_events_are_recorded_and_tampering_is_named() {
         !log.iter().any(|e| e["action"] == "GET /v1/hosts"),
         "reads that are not refused are not recorded"
     );
+    let registered = find(&log, "host_registered");
+    assert_eq!(registered["actor"], "server");
+    assert!(
+        registered["outcome"]
+            .as_str()
+            .unwrap()
+            .starts_with("host gone registered from 127.0.0.1:"),
+        "{registered}"
+    );
     let returned = find(&log, "removed_host_refused");
     assert_eq!(returned["actor"], "server");
     assert!(

@@ -959,9 +959,15 @@ pub mod limits {
 /// Checks a host name: 1–63 characters of `[a-z0-9-]`, not starting or ending with `-`
 /// (a DNS label, so it can later be used in names).
 pub fn validate_host_name(name: &str) -> Result<(), String> {
+    validate_dns_label("host name", name)
+}
+
+/// Checks a name that must be a DNS label (1–63 characters of `[a-z0-9-]`, not starting or
+/// ending with `-`); `what` names it in the error ("environment name").
+pub fn validate_dns_label(what: &str, name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > limits::NAME_MAX {
         return Err(format!(
-            "host name {name:?} must be 1 to {} characters long",
+            "{what} {name:?} must be 1 to {} characters long",
             limits::NAME_MAX
         ));
     }
@@ -970,7 +976,7 @@ pub fn validate_host_name(name: &str) -> Result<(), String> {
         .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
     if !ok_chars || name.starts_with('-') || name.ends_with('-') {
         return Err(format!(
-            "host name {name:?} may contain only lowercase letters, digits and '-', and may not start or end with '-'"
+            "{what} {name:?} may contain only lowercase letters, digits and '-', and may not start or end with '-'"
         ));
     }
     Ok(())

@@ -7,7 +7,7 @@ use corral_proto::api::{EnvironmentView, RotatedKey};
 use crate::error::{Error, Result};
 use crate::state::AppState;
 use crate::store::Environment;
-use crate::time_fmt::rfc3339;
+use crate::time_fmt::{now_unix, rfc3339};
 
 /// Every environment with its overlay's mode, range and key generation.
 pub async fn list(state: &AppState) -> Result<Vec<EnvironmentView>> {
@@ -70,6 +70,116 @@ pub async fn set_overlay_mode(state: &AppState, name: &str, mode: &str) -> Resul
     state.overlay.wake();
     Ok(())
 }
+
+/// `corral env create NAME [--range CIDR] [--host-subnet /N] [--mode M]`: a new environment,
+/// its overlay's shape checked as `set-overlay` checks it (the default range `10.42.0.0/16`
+/// with /24s). Overlay ranges of different environments may overlap: their hosts never peer.
+pub async fn create(
+    state: &AppState,
+    name: &str,
+    range: Option<&str>,
+    host_subnet: Option<&str>,
+    mode: Option<&str>,
+) -> Result<EnvironmentView> {
+    corral_proto::validate_dns_label("environment name", name).map_err(Error::invalid)?;
+    let host_prefix = host_subnet
+        .map(corral_control::overlay::parse_host_prefix)
+        .transpose()
+        .map_err(Error::invalid)?
+        .unwrap_or(corral_control::overlay::DEFAULT_HOST_PREFIX);
+    let shape = corral_control::overlay::Shape::new(range.unwrap_or(DEFAULT_RANGE), host_prefix)
+        .map_err(Error::invalid)?;
+    let mode = match mode {
+        Some(m) => OverlayMode::parse(m).map_err(|_| {
+            Error::invalid(format!(
+                "overlay mode {m:?}: expected wireguard (encrypted) or vxlan (unencrypted, for trusted networks)"
+            ))
+        })?,
+        None => OverlayMode::Wireguard,
+    };
+    let env = state
+        .store
+        .create_environment(name, &shape.range(), shape.host_prefix(), mode, now_unix())
+        .await?
+        .ok_or_else(|| Error::Conflict(format!("an environment named {name} exists")))?;
+    state
+        .record_event(
+            "environment_created",
+            None,
+            &format!(
+                "environment {name}: overlay {mode} {} with /{} host subnets",
+                shape.range(),
+                shape.host_prefix()
+            ),
+        )
+        .await;
+    state.overlay.wake();
+    list(state)
+        .await?
+        .into_iter()
+        .find(|e| e.id == env.id)
+        .ok_or_else(|| Error::Internal(format!("environment {name} vanished as it was made")))
+}
+
+/// `corral env rm NAME`: only an environment that holds no host, stack or container; its
+/// registration tokens are revoked. `default` stays: it is where commands go without `--env`.
+pub async fn remove(state: &AppState, name: &str) -> Result<()> {
+    if name == "default" {
+        return Err(Error::Conflict(
+            "the default environment cannot be removed: it is where commands go without --env"
+                .into(),
+        ));
+    }
+    let env = by_name(state, name).await?;
+    match state.store.remove_environment(&env, now_unix()).await? {
+        crate::store::EnvRemoval::Removed => {
+            state
+                .record_event(
+                    "environment_removed",
+                    None,
+                    &format!("environment {name} removed; its tokens are revoked"),
+                )
+                .await;
+            Ok(())
+        }
+        crate::store::EnvRemoval::Holds {
+            hosts,
+            stacks,
+            containers,
+        } => {
+            let mut left = Vec::new();
+            for (what, names, how) in [
+                ("host", &hosts, "corral host rm"),
+                ("stack", &stacks, "corral down"),
+                ("container", &containers, "corral container rm"),
+            ] {
+                if !names.is_empty() {
+                    left.push(format!(
+                        "{} {what}(s) ({}) — {how}",
+                        names.len(),
+                        few(names)
+                    ));
+                }
+            }
+            Err(Error::Conflict(format!(
+                "environment {name} still holds {}; remove them first",
+                left.join("; ")
+            )))
+        }
+    }
+}
+
+/// "a, b, c and 4 more".
+fn few(names: &[String]) -> String {
+    let mut out = names.iter().take(3).cloned().collect::<Vec<_>>().join(", ");
+    if names.len() > 3 {
+        out.push_str(&format!(" and {} more", names.len() - 3));
+    }
+    out
+}
+
+/// The overlay range of a new environment unless it names one.
+const DEFAULT_RANGE: &str = "10.42.0.0/16";
 
 /// `corral env set-overlay ENV [--range CIDR] [--host-subnet /N]`: a new overlay range, a
 /// new size of host subnet, or both, checked together (the range must hold at least one and at

@@ -489,12 +489,39 @@ pub enum AuditCommand {
 
 #[derive(Subcommand, Debug)]
 pub enum EnvCommand {
-    /// List environments with their overlay range, mode and key generation.
+    /// List environments with their overlay range, host subnet size, hosts, mode and key
+    /// generation.
     Ls {
         #[command(flatten)]
         conn: Conn,
         #[command(flatten)]
         out: Out,
+    },
+    /// A new environment: its own hosts, tokens, stacks, overlay (with its own key) and
+    /// policies. The overlay's shape is chosen here (see `set-overlay`).
+    Create {
+        #[command(flatten)]
+        conn: Conn,
+        /// Its name (a DNS label: lowercase letters, digits, '-').
+        name: String,
+        /// The overlay range (default 10.42.0.0/16; ranges of different environments may
+        /// overlap, their hosts never peer).
+        #[arg(long)]
+        range: Option<String>,
+        /// The size of each host's subnet (default /24: 253 containers a host).
+        #[arg(long, value_name = "/PREFIX")]
+        host_subnet: Option<String>,
+        #[arg(long, value_parser = ["wireguard", "vxlan"])]
+        mode: Option<String>,
+        #[command(flatten)]
+        out: Out,
+    },
+    /// Remove an environment that holds no host, stack or container (refused, saying what is
+    /// left, otherwise); its registration tokens are revoked. `default` stays.
+    Rm {
+        #[command(flatten)]
+        conn: Conn,
+        name: String,
     },
     /// Choose the environment's overlay: `wireguard` (encrypted, UDP 51820, the default) or
     /// `vxlan` (unencrypted VXLAN, UDP 4789: only for networks you trust end to end).

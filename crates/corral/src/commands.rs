@@ -538,6 +538,40 @@ async fn env(cmd: EnvCommand) -> anyhow::Result<()> {
                 )
             })
         }
+        EnvCommand::Create {
+            conn,
+            name,
+            range,
+            host_subnet,
+            mode,
+            out,
+        } => {
+            let e: EnvironmentView = Client::new(&conn)?
+                .post(
+                    "/v1/environments",
+                    &serde_json::json!({ "name": name, "range": range, "host_subnet": host_subnet, "mode": mode }),
+                )
+                .await?;
+            print(out.format, &e, |e| {
+                format!(
+                    "environment {}: overlay {} {}, a /{} subnet of {} container addresses per host, room for {} hosts\nadd hosts with a token of it: corral token create --env {}",
+                    e.name,
+                    e.overlay_mode,
+                    e.overlay_cidr,
+                    e.host_subnet_prefix,
+                    corral_control::overlay::thousands(u64::from(e.addresses_per_host)),
+                    corral_control::overlay::thousands(u64::from(e.hosts_capacity)),
+                    e.name
+                )
+            })
+        }
+        EnvCommand::Rm { conn, name } => {
+            Client::new(&conn)?
+                .delete(&format!("/v1/environments/{}", seg(&name)))
+                .await?;
+            eprintln!("removed environment {name}; its registration tokens are revoked");
+            Ok(())
+        }
         EnvCommand::SetOverlay {
             conn,
             name,

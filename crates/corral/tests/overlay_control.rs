@@ -415,3 +415,93 @@ async fn host_subnets_are_sized_up_front_and_a_full_range_refuses_new_hosts() {
     let table = server.cli_ok(&["env", "ls"]);
     assert!(table.contains("4 of 7"), "{table}");
 }
+
+/// Environments made and removed: each with its own overlay shape, tokens and hosts; removal
+/// refused while a host is left (naming it), then done with its tokens revoked and its name
+/// free again; `default` stays; bad names and duplicates refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn environments_are_created_with_their_overlay_and_removed_only_when_empty() {
+    let t = tmp();
+    let server = Server::start(&t.path().join("data"), &[]);
+    let made = server.cli_json(&[
+        "env",
+        "create",
+        "prod",
+        "--range",
+        "10.80.0.0/16",
+        "--host-subnet",
+        "/22",
+    ]);
+    assert_eq!(made["name"], "prod");
+    assert_eq!(made["overlay_cidr"], "10.80.0.0/16");
+    assert_eq!(made["host_subnet_prefix"], 22);
+    assert_eq!(made["hosts_capacity"], 63);
+    for (args, says) in [
+        (
+            vec!["env", "create", "prod"],
+            "an environment named prod exists",
+        ),
+        (
+            vec!["env", "create", "Prod_1"],
+            "may contain only lowercase letters",
+        ),
+        (
+            vec!["env", "create", "big", "--range", "10.0.0.0/8"],
+            "at most 4,095",
+        ),
+        (
+            vec!["env", "rm", "default"],
+            "the default environment cannot be removed",
+        ),
+        (vec!["env", "rm", "nothere"], "no environment \"nothere\""),
+    ] {
+        let out = server.cli(&args);
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+
+    // A host registered with a token of prod gets a /22 of prod's range.
+    let (_, token) = server.token(&["--env", "prod"]);
+    let mut a = agent(&server, &token, "p1", &"ab".repeat(32), 51001).await;
+    assert_eq!(config(&mut a, |_| true).await.subnet, "10.80.4.0/22");
+    let hosts = server.hosts();
+    let p1 = hosts.iter().find(|h| h["name"] == "p1").unwrap();
+    assert_eq!(p1["environment"], "prod");
+
+    let out = server.cli(&["env", "rm", "prod"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("environment prod still holds 1 host(s) (p1) — corral host rm"),
+        "{err}"
+    );
+    server.cli_ok(&["host", "rm", "p1"]);
+    server.cli_ok(&["env", "rm", "prod"]);
+    let envs = server.cli_json(&["env", "ls"]);
+    assert_eq!(envs.as_array().unwrap().len(), 1, "{envs}");
+    // Its token no longer registers anyone.
+    let hello = corral_agent::dial::hello(
+        Auth::Register {
+            token: token.clone(),
+            credential: credential(),
+        },
+        HostFacts {
+            name: "p2".into(),
+            hostname: "p2".into(),
+            ..Default::default()
+        },
+    );
+    match pinned_dialer(&server).connect(hello).await {
+        Err(DialError::Refused { reason, .. }) => assert_eq!(reason, CloseReason::BadToken),
+        other => panic!("{:?}", other.map(|_| ())),
+    }
+    // The name is free again.
+    server.cli_ok(&["env", "create", "prod"]);
+    assert!(
+        server
+            .events()
+            .iter()
+            .any(|e| e["kind"] == "environment_removed")
+    );
+}

@@ -1,4 +1,5 @@
-//! `/v1/environments`: list, switch the overlay's mode, rotate its key.
+//! `/v1/environments`: list, create, remove, change the overlay (mode, range, host subnet
+//! size), rotate its key.
 
 use std::sync::Arc;
 
@@ -57,6 +58,46 @@ pub(super) async fn set_overlay_mode(
     if let Some(mode) = &body.mode {
         environments::set_overlay_mode(&state, &name, mode).await?;
     }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct CreateBody {
+    name: String,
+    #[serde(default)]
+    range: Option<String>,
+    #[serde(default)]
+    host_subnet: Option<String>,
+    #[serde(default)]
+    mode: Option<String>,
+}
+
+/// `POST /v1/environments`: a new environment (201 with its view).
+pub(super) async fn create(
+    _: Admin,
+    State(state): State<Arc<AppState>>,
+    body: Body<CreateBody>,
+) -> Result<(StatusCode, Json<EnvironmentView>), ApiError> {
+    let Json(b) = body?;
+    let view = environments::create(
+        &state,
+        &b.name,
+        b.range.as_deref(),
+        b.host_subnet.as_deref(),
+        b.mode.as_deref(),
+    )
+    .await?;
+    Ok((StatusCode::CREATED, Json(view)))
+}
+
+/// `DELETE /v1/environments/{name}`: refused (409) while it holds hosts, stacks or containers.
+pub(super) async fn remove(
+    _: Admin,
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    environments::remove(&state, &name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -46,7 +46,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics::metrics))
         .route("/v1/connect", get(connect))
-        .route("/v1/environments", get(environments::list))
+        .route(
+            "/v1/environments",
+            get(environments::list).post(environments::create),
+        )
+        .route("/v1/environments/{name}", delete(environments::remove))
         .route(
             "/v1/environments/{name}/rotate-key",
             post(environments::rotate_key),

@@ -90,6 +90,18 @@ pub struct Environment {
     pub created_at: i64,
 }
 
+/// What removing an environment did.
+#[derive(Debug)]
+pub enum EnvRemoval {
+    Removed,
+    /// Refused: what it still holds (names).
+    Holds {
+        hosts: Vec<String>,
+        stacks: Vec<String>,
+        containers: Vec<String>,
+    },
+}
+
 #[derive(Debug, Clone, Serialize, FromRow)]
 pub struct TokenRow {
     pub id: String,
@@ -471,12 +483,12 @@ impl Store {
     }
 
     pub async fn environment_by_name(&self, name: &str) -> Result<Option<Environment>> {
-        Ok(
-            sqlx::query_as("SELECT id, name, created_at FROM environments WHERE name = ?")
-                .bind(name)
-                .fetch_optional(&self.reader)
-                .await?,
+        Ok(sqlx::query_as(
+            "SELECT id, name, created_at FROM environments WHERE name = ? AND removed_at IS NULL",
         )
+        .bind(name)
+        .fetch_optional(&self.reader)
+        .await?)
     }
 
     pub async fn environment_by_id(&self, id: &str) -> Result<Option<Environment>> {
@@ -499,11 +511,84 @@ impl Store {
     }
 
     pub async fn environments(&self) -> Result<Vec<Environment>> {
-        Ok(
-            sqlx::query_as("SELECT id, name, created_at FROM environments ORDER BY name")
-                .fetch_all(&self.reader)
-                .await?,
+        Ok(sqlx::query_as(
+            "SELECT id, name, created_at FROM environments WHERE removed_at IS NULL ORDER BY name",
         )
+        .fetch_all(&self.reader)
+        .await?)
+    }
+
+    /// A new environment with its overlay's range and host subnet size; `None` when the name
+    /// is taken.
+    pub async fn create_environment(
+        &self,
+        name: &str,
+        overlay_cidr: &str,
+        host_prefix: u8,
+        mode: corral_proto::OverlayMode,
+        now: i64,
+    ) -> Result<Option<Environment>> {
+        let env = Environment {
+            id: new_id("env"),
+            name: name.to_owned(),
+            created_at: now,
+        };
+        let done = sqlx::query(
+            "INSERT INTO environments (id, name, created_at, overlay_cidr, overlay_host_prefix, overlay_mode) \
+             VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(&env.id)
+        .bind(&env.name)
+        .bind(env.created_at)
+        .bind(overlay_cidr)
+        .bind(i64::from(host_prefix))
+        .bind(mode.as_str())
+        .execute(&self.writer)
+        .await?;
+        Ok((done.rows_affected() > 0).then_some(env))
+    }
+
+    /// Removes an environment that holds no live host, stack or container: its tokens are
+    /// revoked and its row renamed `NAME#ID` (freeing the name) and marked removed, in one
+    /// transaction. Otherwise nothing changes and the answer says what is left.
+    pub async fn remove_environment(&self, env: &Environment, now: i64) -> Result<EnvRemoval> {
+        let mut tx = self.writer.begin().await?;
+        let names = |sql: &'static str| sqlx::query_scalar::<_, String>(sql).bind(env.id.clone());
+        let hosts = names(
+            "SELECT name FROM hosts WHERE environment_id = ? AND removed_at IS NULL ORDER BY name",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        let stacks = names("SELECT name FROM stacks WHERE environment_id = ? ORDER BY name")
+            .fetch_all(&mut *tx)
+            .await?;
+        let containers =
+            names("SELECT name FROM containers WHERE environment_id = ? ORDER BY name")
+                .fetch_all(&mut *tx)
+                .await?;
+        if !(hosts.is_empty() && stacks.is_empty() && containers.is_empty()) {
+            return Ok(EnvRemoval::Holds {
+                hosts,
+                stacks,
+                containers,
+            });
+        }
+        sqlx::query(
+            "UPDATE registration_tokens SET revoked_at = ? WHERE environment_id = ? AND revoked_at IS NULL",
+        )
+        .bind(now)
+        .bind(&env.id)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE environments SET removed_at = ?, name = name || '#' || id WHERE id = ?",
+        )
+        .bind(now)
+        .bind(&env.id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(EnvRemoval::Removed)
     }
 
     // ---- API keys -----------------------------------------------------------------------

@@ -112,6 +112,120 @@ pub struct HostView {
 /// Most events one `GET /v1/events?limit=N` returns; a larger `limit` is refused (400).
 pub const MAX_EVENTS_PER_REQUEST: u32 = 1_000;
 
+/// `POST /v1/login`: a user's name and password for a new API key of theirs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoginRequest {
+    /// The user's name.
+    pub user: String,
+    /// Their password.
+    pub password: String,
+    /// A name for the key (default `login`).
+    #[serde(default)]
+    pub key_name: Option<String>,
+    /// How long the key lives, in seconds (default 30 days, at most a year).
+    #[serde(default)]
+    pub ttl_secs: Option<u64>,
+}
+
+/// A new API key: its secret, shown this once.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NewKeyView {
+    /// The key (`crl_key_…`): the only time it is shown.
+    pub key: String,
+    /// Its id, to list or remove it.
+    pub key_id: String,
+    /// Whose it is.
+    pub user: String,
+    /// When it stops working (RFC 3339), if ever.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+}
+
+/// `POST /v1/keys`: a new API key of the caller.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyRequest {
+    /// A name for it.
+    pub name: String,
+    /// How long it lives, in seconds (none: until removed).
+    #[serde(default)]
+    pub ttl_secs: Option<u64>,
+}
+
+/// One of a user's API keys (never its secret).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KeyView {
+    /// Its id.
+    pub id: String,
+    /// Its name.
+    pub name: String,
+    /// When it was made (RFC 3339).
+    pub created_at: String,
+    /// When it stops working, if ever.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+    /// `active`, `expired` or `revoked`.
+    pub state: String,
+}
+
+/// A role in one environment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoleView {
+    /// The environment.
+    pub environment: String,
+    /// `owner`, `member`, `restricted` or `read-only`.
+    pub role: String,
+}
+
+/// A user (`GET /v1/users`, `GET /v1/whoami`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UserView {
+    /// Their name.
+    pub name: String,
+    /// May do everything.
+    pub admin: bool,
+    /// Their role in each environment.
+    pub roles: Vec<RoleView>,
+    /// Can log in with a password.
+    pub password: bool,
+    /// Locked after failed logins until then (RFC 3339), if locked now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locked_until: Option<String>,
+    /// When the user was made (RFC 3339).
+    pub created_at: String,
+}
+
+/// `POST /v1/users`: a new user.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserRequest {
+    /// Their name (a DNS label).
+    pub name: String,
+    /// Their password (none: they log in only with keys an admin makes for them).
+    #[serde(default)]
+    pub password: Option<String>,
+    /// May do everything.
+    #[serde(default)]
+    pub admin: bool,
+}
+
+/// `PUT /v1/users/{name}/password`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PasswordRequest {
+    /// The new password.
+    pub password: String,
+}
+
+/// `PUT /v1/users/{name}/roles/{env}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoleRequest {
+    /// `owner`, `member`, `restricted` or `read-only`.
+    pub role: String,
+}
+
 /// Most entries one `GET /v1/audit` or `GET /v1/audit/export` returns.
 pub const MAX_AUDIT_PER_REQUEST: u32 = 10_000;
 

@@ -47,6 +47,7 @@ pub mod time_fmt;
 pub mod tokens;
 pub mod topology;
 pub mod tunnel;
+pub mod users;
 pub mod vault;
 
 use std::net::SocketAddr;
@@ -134,6 +135,7 @@ pub async fn start(options: ServerOptions) -> Result<RunningServer, ServerError>
         pulls: state::pulls::Pulls::default(),
         progress: state::progress::ProgressLog::default(),
         audit: state::audit::AuditLog::default(),
+        logins: state::logins::LoginLimiter::default(),
         events: state::events::EventLimiter::new(
             options.event_rate_limit,
             options.event_rate_window,

@@ -53,6 +53,54 @@ pub fn new_id(prefix: &str) -> String {
     s
 }
 
+/// Passwords: at least this long (bytes)…
+pub const MIN_PASSWORD_BYTES: usize = 12;
+/// …and at most this long (hashing a huge one would cost the server, not the caller).
+pub const MAX_PASSWORD_BYTES: usize = 1024;
+
+/// Checks a new password's length.
+pub fn check_new_password(password: &str) -> Result<(), String> {
+    if password.len() < MIN_PASSWORD_BYTES || password.len() > MAX_PASSWORD_BYTES {
+        return Err(format!(
+            "a password must be {MIN_PASSWORD_BYTES} to {MAX_PASSWORD_BYTES} bytes long"
+        ));
+    }
+    Ok(())
+}
+
+/// An argon2id hash of a password (PHC string, random salt, the argon2 crate's defaults: 19 MiB,
+/// 2 passes), the only form a password is ever stored in.
+pub fn hash_password(password: &str) -> Result<String, String> {
+    use argon2::PasswordHasher;
+    let salt = argon2::password_hash::SaltString::encode_b64(&random_bytes::<16>())
+        .map_err(|e| e.to_string())?;
+    argon2::Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| e.to_string())
+}
+
+/// Whether `password` matches the stored hash. A stored value that is not a PHC string never
+/// matches.
+pub fn verify_password(stored: &str, password: &str) -> bool {
+    use argon2::PasswordVerifier;
+    if password.len() > MAX_PASSWORD_BYTES {
+        return false;
+    }
+    match argon2::password_hash::PasswordHash::new(stored) {
+        Ok(parsed) => argon2::Argon2::default()
+            .verify_password(password.as_bytes(), &parsed)
+            .is_ok(),
+        Err(_) => false,
+    }
+}
+
+/// A hash to verify against when the user does not exist, so that the answer takes as long.
+pub fn decoy_hash() -> &'static str {
+    static DECOY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    DECOY.get_or_init(|| hash_password("corral decoy password").unwrap_or_default())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -66,5 +114,17 @@ mod tests {
         assert_eq!(SecretHash::of(&a), SecretHash::of(&a));
         assert_ne!(SecretHash::of(&a), SecretHash::of(&b));
         assert!(new_id("host").starts_with("host-"));
+    }
+
+    #[test]
+    fn passwords_are_hashed_with_argon2id_and_verified() {
+        let h = hash_password("correct horse battery").unwrap();
+        assert!(h.starts_with("$argon2id$"), "{h}");
+        assert!(verify_password(&h, "correct horse battery"));
+        assert!(!verify_password(&h, "correct horse batterx"));
+        assert!(!verify_password("not a hash", "correct horse battery"));
+        assert_ne!(h, hash_password("correct horse battery").unwrap(), "salted");
+        assert!(check_new_password("short").is_err());
+        assert!(check_new_password(&"x".repeat(1025)).is_err());
     }
 }

@@ -115,6 +115,34 @@ pub enum Command {
         #[arg(long)]
         tail: Option<u64>,
     },
+    /// Log in as a user: a new API key of theirs, saved for the CLI (0600) with the server and
+    /// the CA checksum to pin.
+    Login {
+        #[command(flatten)]
+        conn: Conn,
+        /// The user's name.
+        #[arg(long)]
+        user: String,
+        /// Read the password from stdin (else it is asked for on the terminal).
+        #[arg(long)]
+        password_stdin: bool,
+        /// How long the key lives (default 30 days).
+        #[arg(long, value_parser = crate::duration::parse_duration)]
+        ttl: Option<std::time::Duration>,
+    },
+    /// Who the CLI acts as: user, admin or not, roles per environment.
+    Whoami {
+        #[command(flatten)]
+        conn: Conn,
+        #[command(flatten)]
+        out: Out,
+    },
+    /// Users (admins only, but anyone for their own password).
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Your own API keys.
+    #[command(subcommand)]
+    Key(KeyCommand),
     /// The tamper-evident audit log: every request that changed state or was refused, and the
     /// server's security events, hash-chained.
     #[command(subcommand)]
@@ -448,6 +476,95 @@ pub struct WaitArgs {
     /// How long --wait waits.
     #[arg(long, default_value = "5m", value_parser = crate::duration::parse_duration)]
     pub timeout: std::time::Duration,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum UserCommand {
+    /// Every user with their roles.
+    Ls {
+        #[command(flatten)]
+        conn: Conn,
+        #[command(flatten)]
+        out: Out,
+    },
+    /// A new user; their password is asked for (or read with --password-stdin).
+    Create {
+        #[command(flatten)]
+        conn: Conn,
+        name: String,
+        /// May do everything in every environment.
+        #[arg(long)]
+        admin: bool,
+        #[arg(long)]
+        password_stdin: bool,
+        /// No password: they use keys an admin makes for them.
+        #[arg(long, conflicts_with = "password_stdin")]
+        no_password: bool,
+    },
+    /// Remove a user: their keys stop working at once.
+    Rm {
+        #[command(flatten)]
+        conn: Conn,
+        name: String,
+    },
+    /// A new password (your own without NAME).
+    Passwd {
+        #[command(flatten)]
+        conn: Conn,
+        name: Option<String>,
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Give a user a role in an environment: owner (everything in it, members and tokens
+    /// included), member (deploy, scale, run, logs, host operations), restricted (a member
+    /// without host or token changes), read-only (listings, logs, diagrams, firewall export).
+    Grant {
+        #[command(flatten)]
+        conn: Conn,
+        name: String,
+        #[arg(long)]
+        env: String,
+        #[arg(long, value_parser = ["owner", "member", "restricted", "read-only"])]
+        role: String,
+    },
+    /// Take a user's role in an environment away.
+    Revoke {
+        #[command(flatten)]
+        conn: Conn,
+        name: String,
+        #[arg(long)]
+        env: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeyCommand {
+    /// Your keys (never their secrets).
+    Ls {
+        #[command(flatten)]
+        conn: Conn,
+        #[command(flatten)]
+        out: Out,
+    },
+    /// A new key of yours, shown once.
+    Create {
+        #[command(flatten)]
+        conn: Conn,
+        /// What it is for.
+        #[arg(long)]
+        name: String,
+        /// How long it lives (default: until removed).
+        #[arg(long, value_parser = crate::duration::parse_duration)]
+        ttl: Option<std::time::Duration>,
+        #[command(flatten)]
+        out: Out,
+    },
+    /// Revoke one of your keys.
+    Rm {
+        #[command(flatten)]
+        conn: Conn,
+        id: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]

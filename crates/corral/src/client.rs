@@ -12,15 +12,52 @@ use crate::cli::Conn;
 #[derive(Clone)]
 pub struct Client {
     base: String,
-    api_key: String,
+    /// None: a request without a key (`corral login`).
+    api_key: Option<String>,
     http: reqwest::Client,
     pub checksum: Option<CaChecksum>,
 }
 
-const HOW_TO: &str = "on the server's machine, run `set -a; . ./corral-data/admin.env; set +a` (or pass --server, --api-key and --ca-checksum)";
+const HOW_TO: &str = "log in with `corral login --server URL --ca-checksum SHA --user NAME`, or on the server's machine run `set -a; . ./corral-data/admin.env; set +a` (or pass --server, --api-key and --ca-checksum)";
+
+/// The connection flags, completed from what `corral login` saved: all of it when no server
+/// is given, the key and checksum when the given server is the saved one (a saved key is never
+/// sent to another server).
+fn completed(conn: &Conn) -> anyhow::Result<Conn> {
+    let mut conn = conn.clone();
+    if conn.server.is_some() && conn.api_key.is_some() && conn.ca_checksum.is_some() {
+        return Ok(conn);
+    }
+    let Some(saved) = crate::config::load()? else {
+        return Ok(conn);
+    };
+    let same = |s: &String| s.trim_end_matches('/') == saved.server.trim_end_matches('/');
+    if conn.server.as_ref().is_none_or(same) {
+        conn.server.get_or_insert_with(|| saved.server.clone());
+        conn.api_key.get_or_insert_with(|| saved.api_key.clone());
+        if conn.ca_checksum.is_none() {
+            conn.ca_checksum = saved.ca_checksum.clone();
+        }
+    }
+    Ok(conn)
+}
 
 impl Client {
     pub fn new(conn: &Conn) -> anyhow::Result<Client> {
+        let conn = completed(conn)?;
+        let api_key = conn
+            .api_key
+            .clone()
+            .ok_or_else(|| anyhow!("CORRAL_API_KEY is not set: {HOW_TO}"))?;
+        Client::with_key(&conn, Some(api_key))
+    }
+
+    /// A client that sends no key (for `corral login`), with the flags as given.
+    pub fn anonymous(conn: &Conn) -> anyhow::Result<Client> {
+        Client::with_key(conn, None)
+    }
+
+    fn with_key(conn: &Conn, api_key: Option<String>) -> anyhow::Result<Client> {
         corral_tls::install_default_provider();
         let base = conn
             .server
@@ -28,10 +65,6 @@ impl Client {
             .ok_or_else(|| anyhow!("CORRAL_SERVER is not set: {HOW_TO}"))?
             .trim_end_matches('/')
             .to_owned();
-        let api_key = conn
-            .api_key
-            .clone()
-            .ok_or_else(|| anyhow!("CORRAL_API_KEY is not set: {HOW_TO}"))?;
         let builder = reqwest::Client::builder()
             .connect_timeout(std::time::Duration::from_secs(10))
             .timeout(std::time::Duration::from_secs(60))
@@ -63,8 +96,11 @@ impl Client {
     }
 
     async fn send(&self, req: reqwest::RequestBuilder) -> anyhow::Result<reqwest::Response> {
+        let req = match &self.api_key {
+            Some(key) => req.bearer_auth(key),
+            None => req,
+        };
         let resp = req
-            .bearer_auth(&self.api_key)
             .send()
             .await
             .map_err(|e| anyhow!(explain(&e)))
@@ -140,6 +176,12 @@ impl Client {
         Ok(())
     }
 
+    pub async fn put_no_content<B: Serialize>(&self, path: &str, body: &B) -> anyhow::Result<()> {
+        self.send(self.http.put(format!("{}{path}", self.base)).json(body))
+            .await?;
+        Ok(())
+    }
+
     /// POST without a body; the answer is ignored beyond its status.
     pub async fn post_empty(&self, path: &str) -> anyhow::Result<()> {
         self.send(self.http.post(format!("{}{path}", self.base)))
@@ -172,10 +214,11 @@ impl Client {
 
     /// Whether GET `path` answers 2xx (404: no).
     pub async fn exists(&self, path: &str) -> anyhow::Result<bool> {
-        let resp = self
-            .http
-            .get(format!("{}{path}", self.base))
-            .bearer_auth(&self.api_key)
+        let mut req = self.http.get(format!("{}{path}", self.base));
+        if let Some(key) = &self.api_key {
+            req = req.bearer_auth(key);
+        }
+        let resp = req
             .send()
             .await
             .map_err(|e| anyhow!(explain(&e)))

@@ -12,12 +12,17 @@ mod bench;
 mod cli;
 mod client;
 mod commands;
+mod config;
 mod context;
 mod duration;
 mod images;
 mod netpolicy;
 mod output;
 mod stacks;
+mod users;
+
+/// Longest line read as a password.
+const MAX_PASSWORD_LINE: u64 = 4096;
 
 use clap::Parser;
 

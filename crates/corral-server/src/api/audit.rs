@@ -26,6 +26,10 @@ use crate::time_fmt::{now_unix_millis, parse_instant_millis, rfc3339_millis};
 #[derive(Clone)]
 pub(super) struct ErrorNote(pub String);
 
+/// Who the request was on behalf of when no key says it (a login names its user).
+#[derive(Clone)]
+pub(super) struct Actor(pub String);
+
 /// Records the request when it changed (or tried to change) state or was refused. The agents'
 /// tunnel is left to the tunnel's own events.
 pub(super) async fn record(
@@ -49,11 +53,19 @@ pub(super) async fn record(
     let response = next.run(req).await;
     let status = response.status();
     let changes = !matches!(method, Method::GET | Method::HEAD | Method::OPTIONS);
-    let refused = matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN);
+    let refused = matches!(
+        status,
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN | StatusCode::TOO_MANY_REQUESTS
+    );
     if path == "/v1/connect" || !(changes || refused) {
         return response;
     }
-    let (actor, key_id, role) = identify(&state, key.as_deref()).await;
+    let (mut actor, key_id, role) = identify(&state, key.as_deref()).await;
+    if key.is_none()
+        && let Some(Actor(named)) = response.extensions().get::<Actor>()
+    {
+        actor = named.clone();
+    }
     let mut outcome = format!(
         "{} {}",
         status.as_u16(),
@@ -111,8 +123,12 @@ async fn identify(state: &AppState, key: Option<&str>) -> (String, String, Strin
         Some(SecretKind::RegistrationToken) => return anonymous("a registration token"),
         _ => {}
     }
-    match state.store.api_key_by_hash(&SecretHash::of(key)).await {
-        Ok(Some(k)) => (k.name, k.id, k.role.as_str().to_owned()),
+    match state.store.key_auth(&SecretHash::of(key)).await {
+        Ok(Some(k)) => (
+            k.user_name,
+            k.key_id,
+            if k.admin { "admin" } else { "user" }.to_owned(),
+        ),
         Ok(None) => anonymous("unknown key"),
         Err(e) => {
             tracing::error!(error = %e, "cannot look up an API key for the audit log");

@@ -19,6 +19,7 @@ mod netpolicy;
 mod network;
 mod stacks;
 mod tokens;
+mod users;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -36,7 +37,6 @@ use corral_proto::secret::SecretKind;
 use crate::error::{Error, Progress};
 use crate::secrets::SecretHash;
 use crate::state::AppState;
-use crate::store::Role;
 
 /// Largest API request body accepted.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -138,6 +138,20 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/progress/{id}", get(stacks::progress))
         .route("/v1/events", get(events::list))
         .route("/v1/topology", get(network::topology))
+        .route("/v1/login", post(users::login))
+        .route("/v1/whoami", get(users::whoami))
+        .route("/v1/users", get(users::list).post(users::create))
+        .route("/v1/users/{name}", delete(users::remove))
+        .route(
+            "/v1/users/{name}/password",
+            axum::routing::put(users::set_password),
+        )
+        .route(
+            "/v1/users/{name}/roles/{env}",
+            axum::routing::put(users::set_role).delete(users::remove_role),
+        )
+        .route("/v1/keys", get(users::keys).post(users::create_key))
+        .route("/v1/keys/{id}", delete(users::revoke_key))
         .route("/v1/audit", get(audit::recent))
         .route("/v1/audit/export", get(audit::export))
         .route("/v1/audit/verify", get(audit::verify))
@@ -255,8 +269,35 @@ type Body<T> = Result<Json<T>, JsonRejection>;
 /// The query parameters of a route, or the rejection as an [`ApiError`]; as strict as bodies.
 type Params<T> = Result<Query<T>, QueryRejection>;
 
-/// Proof that the request carried a valid admin API key.
-pub struct Admin;
+/// Who a request acts as: the user whose valid (not revoked, not expired) API key it carried.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    pub user_id: String,
+    pub user_name: String,
+    pub admin: bool,
+    pub key_id: String,
+    pub key_name: String,
+}
+
+impl FromRequestParts<Arc<AppState>> for Principal {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, Self::Rejection> {
+        let principal = authenticate(&parts.headers, state).await?;
+        // An authenticated connection no longer counts against the cap on unauthenticated
+        // ones (and is never closed by it).
+        if let Some(ConnectInfo(addr)) = parts.extensions.get::<ConnectInfo<SocketAddr>>() {
+            state.gate.authenticated(*addr);
+        }
+        Ok(principal)
+    }
+}
+
+/// Proof that the request carried a valid API key of an admin.
+pub struct Admin(#[allow(dead_code)] pub Principal);
 
 impl FromRequestParts<Arc<AppState>> for Admin {
     type Rejection = ApiError;
@@ -265,23 +306,27 @@ impl FromRequestParts<Arc<AppState>> for Admin {
         parts: &mut Parts,
         state: &Arc<AppState>,
     ) -> Result<Self, Self::Rejection> {
-        let admin = authorize(&parts.headers, state).await?;
-        // An authenticated connection no longer counts against the cap on unauthenticated
-        // ones (and is never closed by it).
-        if let Some(ConnectInfo(addr)) = parts.extensions.get::<ConnectInfo<SocketAddr>>() {
-            state.gate.authenticated(*addr);
+        let p = Principal::from_request_parts(parts, state).await?;
+        if !p.admin {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "user {} is not an admin, and this needs one",
+                    crate::text::quoted(&p.user_name, crate::text::MAX_ID)
+                ),
+            ));
         }
-        Ok(admin)
+        Ok(Admin(p))
     }
 }
 
-async fn authorize(headers: &HeaderMap, state: &AppState) -> Result<Admin, ApiError> {
+async fn authenticate(headers: &HeaderMap, state: &AppState) -> Result<Principal, ApiError> {
     let unauthorized = |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, m);
     let value = headers
         .get(header::AUTHORIZATION)
         .ok_or_else(|| {
             unauthorized(
-                "missing API key: send `Authorization: Bearer <key>` (the CLI reads CORRAL_API_KEY; the server's admin.env holds one)",
+                "missing API key: send `Authorization: Bearer <key>` (the CLI reads CORRAL_API_KEY or the key `corral login` saved; the server's admin.env holds one)",
             )
         })?
         .to_str()
@@ -308,18 +353,35 @@ async fn authorize(headers: &HeaderMap, state: &AppState) -> Result<Admin, ApiEr
         }
         _ => {}
     }
-    let row = state.store.api_key_by_hash(&SecretHash::of(key)).await?;
-    match row {
-        Some(k) if k.revoked_at.is_none() && k.role == Role::Admin => Ok(Admin),
-        Some(k) if k.revoked_at.is_some() => Err(unauthorized("this API key was revoked")),
-        Some(_) => Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "this API key's role does not allow this",
-        )),
-        None => Err(unauthorized(
-            "unknown API key: check CORRAL_API_KEY against the server's admin.env",
-        )),
+    let Some(k) = state.store.key_auth(&SecretHash::of(key)).await? else {
+        return Err(unauthorized(
+            "unknown API key: check CORRAL_API_KEY (or log in again with `corral login`)",
+        ));
+    };
+    if k.user_removed {
+        return Err(unauthorized(&format!(
+            "user {} was removed; their keys are revoked",
+            crate::text::quoted(&k.user_name, crate::text::MAX_ID)
+        )));
     }
+    if k.revoked_at.is_some() {
+        return Err(unauthorized("this API key was revoked"));
+    }
+    if let Some(at) = k.expires_at
+        && at <= crate::time_fmt::now_unix()
+    {
+        return Err(unauthorized(&format!(
+            "this API key expired at {}; log in again with `corral login`",
+            crate::time_fmt::rfc3339(at)
+        )));
+    }
+    Ok(Principal {
+        user_id: k.user_id,
+        user_name: k.user_name,
+        admin: k.admin,
+        key_id: k.key_id,
+        key_name: k.key_name,
+    })
 }
 
 /// The agent tunnel: a WebSocket upgrade, done here rather than by axum's extractor so that the

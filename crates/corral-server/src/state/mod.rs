@@ -9,6 +9,7 @@
 pub mod audit;
 pub mod events;
 pub mod gate;
+pub mod logins;
 pub mod overlay;
 pub mod progress;
 pub mod pulls;
@@ -41,6 +42,8 @@ pub struct AppState {
     pub events: events::EventLimiter,
     /// The head of the audit log's chain.
     pub audit: audit::AuditLog,
+    /// Failed logins per source address, and the bound on password hashing.
+    pub logins: logins::LoginLimiter,
     /// Image pulls in progress on the hosts.
     pub pulls: pulls::Pulls,
     /// What long `up`s are doing, for the CLI that waits on them.

@@ -33,9 +33,11 @@ mod netpolicy;
 mod overlay;
 mod sealed;
 mod stacks;
+mod users;
 pub use images::{PolicyRow, RegistryRow};
 pub use overlay::{ChangeCounters, NameRow, OverlayEnvRow, OverlayMemberRow};
 pub use stacks::{ServiceRow, SetReplicas, StackRow, StackWrite};
+pub use users::{EnvRole, FIRST_ADMIN_ID, KeyAuth, KeyRow, UserRow};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -600,6 +602,7 @@ impl Store {
         Ok(n)
     }
 
+    /// The bootstrap admin key (admin.env): the first admin's.
     pub async fn insert_api_key(
         &self,
         name: &str,
@@ -609,13 +612,14 @@ impl Store {
     ) -> Result<String> {
         let id = new_id("key");
         sqlx::query(
-            "INSERT INTO api_keys (id, name, role, secret_hash, created_at) VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO api_keys (id, name, role, secret_hash, created_at, user_id) VALUES (?, ?, ?, ?, ?, ?)",
         )
         .bind(&id)
         .bind(name)
         .bind(role.as_str())
         .bind(hash.as_bytes())
         .bind(now)
+        .bind(users::FIRST_ADMIN_ID)
         .execute(&self.writer)
         .await?;
         Ok(id)

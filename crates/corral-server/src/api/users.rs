@@ -1,0 +1,167 @@
+//! `/v1/login`, `/v1/whoami`, `/v1/users` (admins) and `/v1/keys` (one's own).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use corral_proto::api::{
+    KeyRequest, KeyView, LoginRequest, NewKeyView, PasswordRequest, RoleRequest, UserRequest,
+    UserView,
+};
+
+use super::audit::Actor;
+use super::{Admin, ApiError, Body, Principal};
+use crate::state::AppState;
+use crate::time_fmt::{now_unix, rfc3339};
+use crate::users::{self, LoginRefusal};
+
+/// `POST /v1/login`: no key needed; a user's password for a new key of theirs.
+pub(super) async fn login(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    body: Body<LoginRequest>,
+) -> Response {
+    let Json(req) = match body {
+        Ok(b) => b,
+        Err(e) => return ApiError::from(e).into_response(),
+    };
+    let actor = Actor(format!(
+        "{} (login)",
+        crate::text::clip(&req.user, crate::text::MAX_ID)
+    ));
+    let mut response = match users::login(&state, &req, Some(remote.ip())).await {
+        Ok(Ok(key)) => (StatusCode::CREATED, Json(key)).into_response(),
+        Ok(Err(LoginRefusal::Wrong)) => {
+            ApiError::new(StatusCode::UNAUTHORIZED, "wrong user name or password").into_response()
+        }
+        Ok(Err(LoginRefusal::Locked(until))) => ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!(
+                "the account is locked until {} after repeated failed logins",
+                rfc3339(until)
+            ),
+        )
+        .into_response(),
+        Ok(Err(LoginRefusal::Throttled(until))) => {
+            let wait = (until - now_unix()).max(1);
+            let mut r = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "too many failed logins from {}; try again after {}",
+                    remote.ip(),
+                    rfc3339(until)
+                ),
+            )
+            .into_response();
+            if let Ok(v) = HeaderValue::from_str(&wait.to_string()) {
+                r.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+            r
+        }
+        Err(e) => ApiError::from(e).into_response(),
+    };
+    response.extensions_mut().insert(actor);
+    response
+}
+
+pub(super) async fn whoami(
+    p: Principal,
+    State(state): State<Arc<AppState>>,
+) -> Result<Json<UserView>, ApiError> {
+    Ok(Json(users::whoami(&state, &p.user_id, &p.user_name).await?))
+}
+
+pub(super) async fn list(
+    _: Admin,
+    State(state): State<Arc<AppState>>,
+) -> Result<Json<Vec<UserView>>, ApiError> {
+    Ok(Json(users::list(&state).await?))
+}
+
+pub(super) async fn create(
+    _: Admin,
+    State(state): State<Arc<AppState>>,
+    body: Body<UserRequest>,
+) -> Result<(StatusCode, Json<UserView>), ApiError> {
+    let Json(req) = body?;
+    Ok((
+        StatusCode::CREATED,
+        Json(users::create(&state, &req).await?),
+    ))
+}
+
+pub(super) async fn remove(
+    _: Admin,
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    users::remove(&state, &name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// One's own password, or anyone's by an admin.
+pub(super) async fn set_password(
+    p: Principal,
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    body: Body<PasswordRequest>,
+) -> Result<StatusCode, ApiError> {
+    let Json(req) = body?;
+    if !p.admin && p.user_name != name {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "only an admin sets another user's password",
+        ));
+    }
+    users::set_password(&state, &name, &req.password).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub(super) async fn set_role(
+    _: Admin,
+    State(state): State<Arc<AppState>>,
+    Path((name, env)): Path<(String, String)>,
+    body: Body<RoleRequest>,
+) -> Result<StatusCode, ApiError> {
+    let Json(req) = body?;
+    users::set_role(&state, &name, &env, Some(&req.role)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub(super) async fn remove_role(
+    _: Admin,
+    State(state): State<Arc<AppState>>,
+    Path((name, env)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    users::set_role(&state, &name, &env, None).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub(super) async fn keys(
+    p: Principal,
+    State(state): State<Arc<AppState>>,
+) -> Result<Json<Vec<KeyView>>, ApiError> {
+    Ok(Json(users::keys(&state, &p.user_id).await?))
+}
+
+pub(super) async fn create_key(
+    p: Principal,
+    State(state): State<Arc<AppState>>,
+    body: Body<KeyRequest>,
+) -> Result<(StatusCode, Json<NewKeyView>), ApiError> {
+    let Json(req) = body?;
+    let key = users::create_key(&state, &p.user_name, &req.name, req.ttl_secs).await?;
+    Ok((StatusCode::CREATED, Json(key)))
+}
+
+pub(super) async fn revoke_key(
+    p: Principal,
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    users::revoke_key(&state, &p.user_id, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -148,14 +148,16 @@ pub async fn login(
 }
 
 async fn view(state: &AppState, u: &UserRow) -> Result<UserView> {
-    let mut roles = Vec::new();
-    for (env_id, role) in state.store.memberships(&u.id).await? {
-        roles.push(RoleView {
-            environment: state.store.environment_name(&env_id).await?,
+    let roles = state
+        .store
+        .memberships(&u.id)
+        .await?
+        .into_iter()
+        .map(|(environment, role)| RoleView {
+            environment,
             role: role.as_str().to_owned(),
-        });
-    }
-    roles.sort_by(|a, b| a.environment.cmp(&b.environment));
+        })
+        .collect();
     let now = now_unix();
     Ok(UserView {
         name: u.name.clone(),

@@ -9,35 +9,56 @@ use axum::response::{IntoResponse, Response};
 use corral_proto::api::{ContainerView, RunContainer};
 use serde::Deserialize;
 
-use super::{Admin, ApiError, Body, Params, progress};
+use super::access::{Access, Of, check};
+use super::{ApiError, Body, Params, Principal, progress};
 use crate::containers::{self, Action};
 use crate::error::Progress;
 use crate::state::AppState;
 
 pub(super) async fn run(
-    _: Admin,
+    p: Principal,
     State(state): State<Arc<AppState>>,
     body: Body<RunContainer>,
 ) -> Result<Response, ApiError> {
     let Json(req) = body?;
+    match req.host.as_deref() {
+        Some(host) => check(&p, &state, Of::Host(host), Access::Operate).await?,
+        None => super::access::admin_only(&p).map_err(|_| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "name the host to run on (--host): only admins let the server pick one among every environment's",
+            )
+        })?,
+    }
     Ok(progress(
         containers::run(&state, req).await?,
         StatusCode::CREATED,
     ))
 }
 
+/// The containers of the environments the caller has a role in.
 pub(super) async fn list(
-    _: Admin,
+    p: Principal,
     State(state): State<Arc<AppState>>,
 ) -> Result<Json<Vec<ContainerView>>, ApiError> {
-    Ok(Json(containers::list(&state).await?))
+    let mut all = containers::list(&state).await?;
+    if !p.admin {
+        let envs: std::collections::HashMap<String, String> = crate::hosts::list(&state)
+            .await?
+            .into_iter()
+            .map(|h| (h.id, h.environment))
+            .collect();
+        all.retain(|c| envs.get(&c.host_id).is_some_and(|e| p.sees(e)));
+    }
+    Ok(Json(all))
 }
 
 pub(super) async fn get(
-    _: Admin,
+    p: Principal,
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
 ) -> Result<Json<ContainerView>, ApiError> {
+    check(&p, &state, Of::Container(&name), Access::Read).await?;
     Ok(Json(containers::get(&state, &name).await?))
 }
 
@@ -50,26 +71,29 @@ async fn act(state: &Arc<AppState>, name: &str, action: Action) -> Result<Respon
 }
 
 pub(super) async fn start(
-    _: Admin,
+    p: Principal,
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
+    check(&p, &state, Of::Container(&name), Access::Operate).await?;
     act(&state, &name, Action::Start).await
 }
 
 pub(super) async fn stop(
-    _: Admin,
+    p: Principal,
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
+    check(&p, &state, Of::Container(&name), Access::Operate).await?;
     act(&state, &name, Action::Stop).await
 }
 
 pub(super) async fn remove(
-    _: Admin,
+    p: Principal,
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
+    check(&p, &state, Of::Container(&name), Access::Operate).await?;
     act(&state, &name, Action::Remove).await
 }
 
@@ -87,13 +111,17 @@ pub(super) fn text(body: axum::body::Body) -> Response {
 }
 
 pub(super) async fn logs(
-    _: Admin,
+    p: Principal,
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
     q: Params<LogsQuery>,
 ) -> Result<Response, ApiError> {
+    check(&p, &state, Of::Container(&name), Access::Read).await?;
     let Query(q) = q?;
-    Ok(text(
-        containers::logs(&state, &name, q.follow, q.tail).await?,
-    ))
+    let body = containers::logs(&state, &name, q.follow, q.tail).await?;
+    Ok(text(super::access::revocable(
+        state.clone(),
+        p.key_id.clone(),
+        body,
+    )))
 }

@@ -6,13 +6,15 @@ use axum::Json;
 use axum::extract::{Path, State};
 use corral_proto::api::DoctorReport;
 
-use super::{Admin, ApiError};
+use super::access::{Access, Of, check};
+use super::{ApiError, Principal};
 use crate::state::AppState;
 
 pub(super) async fn run(
-    _: Admin,
+    p: Principal,
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
 ) -> Result<Json<DoctorReport>, ApiError> {
+    check(&p, &state, Of::Host(&id), Access::Read).await?;
     Ok(Json(crate::doctor::run(&state, &id).await?))
 }

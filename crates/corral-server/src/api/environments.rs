@@ -9,15 +9,19 @@ use axum::http::StatusCode;
 use corral_proto::api::{EnvironmentView, RotatedKey};
 use serde::Deserialize;
 
-use super::{Admin, ApiError, Body};
+use super::access::{Access, Of, check};
+use super::{Admin, ApiError, Body, Principal};
 use crate::environments;
 use crate::state::AppState;
 
+/// The environments the caller has a role in.
 pub(super) async fn list(
-    _: Admin,
+    p: Principal,
     State(state): State<Arc<AppState>>,
 ) -> Result<Json<Vec<EnvironmentView>>, ApiError> {
-    Ok(Json(environments::list(&state).await?))
+    let mut all = environments::list(&state).await?;
+    all.retain(|e| p.sees(&e.name));
+    Ok(Json(all))
 }
 
 #[derive(Deserialize)]
@@ -34,11 +38,12 @@ pub(super) struct OverlayModeBody {
 }
 
 pub(super) async fn set_overlay_mode(
-    _: Admin,
+    p: Principal,
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
     body: Body<OverlayModeBody>,
 ) -> Result<StatusCode, ApiError> {
+    check(&p, &state, Of::Env(&name), Access::Manage).await?;
     let Json(body) = body?;
     if body.mode.is_none() && body.range.is_none() && body.host_subnet.is_none() {
         return Err(crate::error::Error::invalid(
@@ -102,9 +107,10 @@ pub(super) async fn remove(
 }
 
 pub(super) async fn rotate_key(
-    _: Admin,
+    p: Principal,
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
 ) -> Result<Json<RotatedKey>, ApiError> {
+    check(&p, &state, Of::Env(&name), Access::Manage).await?;
     Ok(Json(environments::rotate_key(&state, &name).await?))
 }

@@ -8,7 +8,7 @@ use axum::extract::{Query, State};
 use corral_proto::api::{EventView, MAX_EVENTS_PER_REQUEST};
 use serde::Deserialize;
 
-use super::{Admin, ApiError, Params};
+use super::{ApiError, Params, Principal};
 use crate::error::Error;
 use crate::state::AppState;
 use crate::time_fmt::rfc3339;
@@ -19,8 +19,9 @@ pub(super) struct EventsQuery {
     limit: Option<i64>,
 }
 
+/// An admin sees every event; anyone else the events of the hosts of their environments.
 pub(super) async fn list(
-    _: Admin,
+    p: Principal,
     State(state): State<Arc<AppState>>,
     q: Params<EventsQuery>,
 ) -> Result<Json<Vec<EventView>>, ApiError> {
@@ -32,7 +33,20 @@ pub(super) async fn list(
         ))
         .into());
     }
-    let events = state.store.events(limit).await?;
+    let mut events = state.store.events(limit).await?;
+    if !p.admin {
+        let hosts: std::collections::HashMap<String, String> = crate::hosts::list(&state)
+            .await?
+            .into_iter()
+            .map(|h| (h.id, h.environment))
+            .collect();
+        events.retain(|e| {
+            e.host_id
+                .as_ref()
+                .and_then(|h| hosts.get(h))
+                .is_some_and(|env| p.sees(env))
+        });
+    }
     Ok(Json(
         events
             .into_iter()

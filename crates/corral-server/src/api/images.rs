@@ -12,7 +12,8 @@ use corral_proto::api::{
 use corral_proto::{ImageSummary, RemovedImage};
 use serde::Deserialize;
 
-use super::{Admin, ApiError, Body, Params};
+use super::access::{Access, Of, check};
+use super::{ApiError, Body, Params, Principal};
 use crate::state::AppState;
 use crate::{images, stacks};
 
@@ -24,50 +25,73 @@ pub(super) struct EnvQuery {
 }
 
 pub(super) async fn list_registries(
-    _: Admin,
+    p: Principal,
     State(state): State<Arc<AppState>>,
     q: Params<EnvQuery>,
 ) -> Result<Json<Vec<RegistryView>>, ApiError> {
     let Query(q) = q?;
+    check(
+        &p,
+        &state,
+        Of::Env(q.environment.as_deref().unwrap_or("default")),
+        Access::Read,
+    )
+    .await?;
     Ok(Json(
         images::list_registries(&state, q.environment.as_deref()).await?,
     ))
 }
 
 pub(super) async fn put_registry(
-    _: Admin,
+    p: Principal,
     State(state): State<Arc<AppState>>,
     body: Body<RegistryRequest>,
 ) -> Result<Json<RegistryView>, ApiError> {
     let Json(req) = body?;
+    check(
+        &p,
+        &state,
+        Of::Env(req.environment.as_deref().unwrap_or("default")),
+        Access::Manage,
+    )
+    .await?;
     Ok(Json(images::put_registry(&state, req).await?))
 }
 
 pub(super) async fn remove_registry(
-    _: Admin,
+    p: Principal,
     State(state): State<Arc<AppState>>,
     Path(registry): Path<String>,
     q: Params<EnvQuery>,
 ) -> Result<StatusCode, ApiError> {
     let Query(q) = q?;
+    check(
+        &p,
+        &state,
+        Of::Env(q.environment.as_deref().unwrap_or("default")),
+        Access::Manage,
+    )
+    .await?;
     images::remove_registry(&state, q.environment.as_deref(), &registry).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 pub(super) async fn show_admission(
-    _: Admin,
+    p: Principal,
     State(state): State<Arc<AppState>>,
     Path(env): Path<String>,
 ) -> Result<Json<AdmissionView>, ApiError> {
+    check(&p, &state, Of::Env(&env), Access::Read).await?;
     Ok(Json(images::show_policy(&state, &env).await?))
 }
 
 pub(super) async fn apply_admission(
-    _: Admin,
+    p: Principal,
     State(state): State<Arc<AppState>>,
     Path(env): Path<String>,
     body: Body<AdmissionRequest>,
 ) -> Result<Json<AdmissionView>, ApiError> {
+    check(&p, &state, Of::Env(&env), Access::Manage).await?;
     let Json(req) = body?;
     Ok(Json(
         images::apply_policy(&state, &env, &req.document).await?,
@@ -75,11 +99,12 @@ pub(super) async fn apply_admission(
 }
 
 pub(super) async fn test_admission(
-    _: Admin,
+    p: Principal,
     State(state): State<Arc<AppState>>,
     Path(env): Path<String>,
     body: Body<AdmissionTestRequest>,
 ) -> Result<Json<AdmissionVerdict>, ApiError> {
+    check(&p, &state, Of::Env(&env), Access::Read).await?;
     let Json(req) = body?;
     Ok(Json(stacks::admission_test(&state, &env, req).await?))
 }
@@ -91,38 +116,42 @@ pub(super) struct ImageQuery {
 }
 
 pub(super) async fn host_images(
-    _: Admin,
+    p: Principal,
     State(state): State<Arc<AppState>>,
     Path(host): Path<String>,
 ) -> Result<Json<Vec<ImageSummary>>, ApiError> {
+    check(&p, &state, Of::Host(&host), Access::Read).await?;
     Ok(Json(images::host_images(&state, &host).await?))
 }
 
 pub(super) async fn pull(
-    _: Admin,
+    p: Principal,
     State(state): State<Arc<AppState>>,
     Path(host): Path<String>,
     body: Body<PullRequest>,
 ) -> Result<Json<ImageSummary>, ApiError> {
+    check(&p, &state, Of::Host(&host), Access::Hosts).await?;
     let Json(req) = body?;
     Ok(Json(images::pull_on_host(&state, &host, &req.image).await?))
 }
 
 pub(super) async fn remove_image(
-    _: Admin,
+    p: Principal,
     State(state): State<Arc<AppState>>,
     Path(host): Path<String>,
     q: Params<ImageQuery>,
 ) -> Result<Json<RemovedImage>, ApiError> {
+    check(&p, &state, Of::Host(&host), Access::Hosts).await?;
     let Query(q) = q?;
     Ok(Json(images::remove_on_host(&state, &host, &q.image).await?))
 }
 
 pub(super) async fn has_context(
-    _: Admin,
+    p: Principal,
     State(state): State<Arc<AppState>>,
     Path(sha): Path<String>,
 ) -> Result<StatusCode, ApiError> {
+    super::access::operates_somewhere(&p)?;
     Ok(if crate::builds::has_context(&state, &sha)? {
         StatusCode::NO_CONTENT
     } else {
@@ -131,11 +160,12 @@ pub(super) async fn has_context(
 }
 
 pub(super) async fn put_context(
-    _: Admin,
+    p: Principal,
     State(state): State<Arc<AppState>>,
     Path(sha): Path<String>,
     body: axum::body::Bytes,
 ) -> Result<StatusCode, ApiError> {
+    super::access::operates_somewhere(&p)?;
     // Hashing and writing up to 64 MiB: off the async workers.
     let state2 = state.clone();
     tokio::task::spawn_blocking(move || crate::builds::put_context(&state2, &sha, &body))

@@ -7,6 +7,7 @@
 //! crl_key_…`). An agent credential or a registration token is refused with 403 on all of them:
 //! a credential authorizes only its own tunnel at `/v1/connect`.
 
+mod access;
 mod audit;
 mod containers;
 mod doctor;
@@ -277,6 +278,8 @@ pub struct Principal {
     pub admin: bool,
     pub key_id: String,
     pub key_name: String,
+    /// Its role in each environment it has one in (by name); unused for an admin.
+    pub roles: Vec<(String, crate::store::EnvRole)>,
 }
 
 impl FromRequestParts<Arc<AppState>> for Principal {
@@ -375,12 +378,18 @@ async fn authenticate(headers: &HeaderMap, state: &AppState) -> Result<Principal
             crate::time_fmt::rfc3339(at)
         )));
     }
+    let roles = if k.admin {
+        Vec::new()
+    } else {
+        state.store.memberships(&k.user_id).await?
+    };
     Ok(Principal {
         user_id: k.user_id,
         user_name: k.user_name,
         admin: k.admin,
         key_id: k.key_id,
         key_name: k.key_name,
+        roles,
     })
 }
 

@@ -9,7 +9,8 @@ use corral_proto::api::{
     PolicyRollbackRequest, PolicyTestAnswer, PolicyTestRequest,
 };
 
-use super::{Admin, ApiError, Body};
+use super::access::{Access, Of, check};
+use super::{ApiError, Body, Principal};
 use crate::netpolicy;
 use crate::state::AppState;
 
@@ -18,29 +19,32 @@ use crate::state::AppState;
 pub const MAX_POLICY_BODY_BYTES: usize = 4 * corral_policy::document::MAX_DOCUMENT_BYTES;
 
 pub(super) async fn show(
-    _: Admin,
+    p: Principal,
     State(state): State<Arc<AppState>>,
     Path(env): Path<String>,
 ) -> Result<Json<NetworkPolicyView>, ApiError> {
+    check(&p, &state, Of::Env(&env), Access::Read).await?;
     Ok(Json(netpolicy::show(&state, &env).await?))
 }
 
 pub(super) async fn apply(
-    _: Admin,
+    p: Principal,
     State(state): State<Arc<AppState>>,
     Path(env): Path<String>,
     body: Body<NetworkPolicyRequest>,
 ) -> Result<Json<NetworkPolicyView>, ApiError> {
+    check(&p, &state, Of::Env(&env), Access::Manage).await?;
     let Json(req) = body?;
     Ok(Json(netpolicy::apply(&state, &env, &req.document).await?))
 }
 
 pub(super) async fn rollback(
-    _: Admin,
+    p: Principal,
     State(state): State<Arc<AppState>>,
     Path(env): Path<String>,
     body: Body<PolicyRollbackRequest>,
 ) -> Result<Json<NetworkPolicyView>, ApiError> {
+    check(&p, &state, Of::Env(&env), Access::Manage).await?;
     let Json(req) = body?;
     Ok(Json(
         netpolicy::rollback(&state, &env, req.generation).await?,
@@ -48,21 +52,23 @@ pub(super) async fn rollback(
 }
 
 pub(super) async fn diff(
-    _: Admin,
+    p: Principal,
     State(state): State<Arc<AppState>>,
     Path(env): Path<String>,
     body: Body<PolicyDiffRequest>,
 ) -> Result<Json<PolicyDiffView>, ApiError> {
+    check(&p, &state, Of::Env(&env), Access::Read).await?;
     let Json(req) = body?;
     Ok(Json(netpolicy::diff(&state, &env, &req).await?))
 }
 
 pub(super) async fn test(
-    _: Admin,
+    p: Principal,
     State(state): State<Arc<AppState>>,
     Path(env): Path<String>,
     body: Body<PolicyTestRequest>,
 ) -> Result<Json<PolicyTestAnswer>, ApiError> {
+    check(&p, &state, Of::Env(&env), Access::Read).await?;
     let Json(req) = body?;
     Ok(Json(netpolicy::test(&state, &env, &req).await?))
 }

@@ -7,23 +7,37 @@ use axum::Json;
 use axum::extract::{Path, State};
 use corral_proto::api::{FirewallApplyReport, FirewallApplyRequest};
 
-use super::{Admin, ApiError, Body};
+use super::access::{Access, Of, check};
+use super::{ApiError, Body, Principal};
 use crate::state::AppState;
 use crate::topology;
 
+/// The live topology, cut to the environments the caller has a role in (their hosts,
+/// overlays and published ports; the server's own facts stay: every host dials it).
 pub(super) async fn topology(
-    _: Admin,
+    p: Principal,
     State(state): State<Arc<AppState>>,
 ) -> Result<Json<corral_firewall::Topology>, ApiError> {
-    Ok(Json(topology::live(&state).await?))
+    let mut topo = topology::live(&state).await?;
+    if !p.admin {
+        topo.hosts
+            .retain(|h| h.environment.as_deref().is_some_and(|e| p.sees(e)));
+        topo.environments.retain(|e| p.sees(&e.name));
+        let names: std::collections::HashSet<String> =
+            topo.hosts.iter().map(|h| h.name.clone()).collect();
+        topo.published
+            .retain(|port| port.host.as_ref().is_some_and(|h| names.contains(h)));
+    }
+    Ok(Json(topo))
 }
 
 pub(super) async fn apply_firewall(
-    _: Admin,
+    p: Principal,
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
     body: Body<FirewallApplyRequest>,
 ) -> Result<Json<FirewallApplyReport>, ApiError> {
+    check(&p, &state, Of::Host(&id), Access::Hosts).await?;
     let Json(req) = body?;
     Ok(Json(topology::apply_firewall(&state, &id, req).await?))
 }

@@ -9,33 +9,39 @@ use axum::response::Response;
 use corral_proto::api::{ScaleRequest, StackSummary, StackView, UpRequest};
 use serde::Deserialize;
 
+use super::access::{Access, Of, check};
 use super::containers::{LogsQuery, text};
-use super::{Admin, ApiError, Body, Params, created};
+use super::{ApiError, Body, Params, Principal, created};
 use crate::stacks;
 use crate::state::AppState;
 
 pub(super) async fn up(
-    _: Admin,
+    p: Principal,
     State(state): State<Arc<AppState>>,
     body: Body<UpRequest>,
 ) -> Result<Response, ApiError> {
     let Json(req) = body?;
+    let env = req.environment.as_deref().unwrap_or("default");
+    check(&p, &state, Of::Env(env), Access::Operate).await?;
     let response = stacks::up(&state, req).await?;
     Ok(created(response.created, response))
 }
 
 pub(super) async fn list(
-    _: Admin,
+    p: Principal,
     State(state): State<Arc<AppState>>,
 ) -> Result<Json<Vec<StackSummary>>, ApiError> {
-    Ok(Json(stacks::list(&state).await?))
+    let mut all = stacks::list(&state).await?;
+    all.retain(|s| p.sees(&s.environment));
+    Ok(Json(all))
 }
 
 pub(super) async fn get(
-    _: Admin,
+    p: Principal,
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
 ) -> Result<Json<StackView>, ApiError> {
+    check(&p, &state, Of::Stack(&name), Access::Read).await?;
     Ok(Json(stacks::get(&state, &name).await?))
 }
 
@@ -47,43 +53,59 @@ pub(super) struct DownQuery {
 }
 
 pub(super) async fn down(
-    _: Admin,
+    p: Principal,
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
     q: Params<DownQuery>,
 ) -> Result<(StatusCode, Json<StackView>), ApiError> {
+    check(&p, &state, Of::Stack(&name), Access::Operate).await?;
     let Query(q) = q?;
     let view = stacks::down(&state, &name, q.volumes).await?;
     Ok((StatusCode::ACCEPTED, Json(view)))
 }
 
 pub(super) async fn scale(
-    _: Admin,
+    p: Principal,
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
     body: Body<ScaleRequest>,
 ) -> Result<Json<StackView>, ApiError> {
+    check(&p, &state, Of::Stack(&name), Access::Operate).await?;
     let Json(req) = body?;
     Ok(Json(stacks::scale(&state, &name, req).await?))
 }
 
 pub(super) async fn logs(
-    _: Admin,
+    p: Principal,
     State(state): State<Arc<AppState>>,
     Path((name, service)): Path<(String, String)>,
     q: Params<LogsQuery>,
 ) -> Result<Response, ApiError> {
+    check(&p, &state, Of::Stack(&name), Access::Read).await?;
     let Query(q) = q?;
-    Ok(text(
-        stacks::logs(&state, &name, &service, q.follow, q.tail).await?,
-    ))
+    let body = stacks::logs(&state, &name, &service, q.follow, q.tail).await?;
+    Ok(text(super::access::revocable(
+        state.clone(),
+        p.key_id.clone(),
+        body,
+    )))
 }
 
 pub(super) async fn secrets(
-    _: Admin,
+    p: Principal,
     State(state): State<Arc<AppState>>,
 ) -> Result<Json<Vec<corral_proto::api::SecretView>>, ApiError> {
-    Ok(Json(stacks::secrets(&state).await?))
+    let mut all = stacks::secrets(&state).await?;
+    if !p.admin {
+        let seen: std::collections::HashSet<String> = stacks::list(&state)
+            .await?
+            .into_iter()
+            .filter(|s| p.sees(&s.environment))
+            .map(|s| s.name)
+            .collect();
+        all.retain(|s| seen.contains(&s.stack));
+    }
+    Ok(Json(all))
 }
 
 #[derive(Deserialize)]
@@ -94,7 +116,7 @@ pub(super) struct ProgressQuery {
 }
 
 pub(super) async fn progress(
-    _: Admin,
+    _: Principal,
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
     q: Params<ProgressQuery>,

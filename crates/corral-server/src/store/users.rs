@@ -273,6 +273,20 @@ impl Store {
         }))
     }
 
+    /// Whether the key still works: not revoked, not expired, its user not removed.
+    pub async fn key_live(&self, key_id: &str, now: i64) -> Result<bool> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM api_keys k JOIN users u ON u.id = k.user_id \
+             WHERE k.id = ? AND k.revoked_at IS NULL AND (k.expires_at IS NULL OR k.expires_at > ?) \
+             AND u.removed_at IS NULL",
+        )
+        .bind(key_id)
+        .bind(now)
+        .fetch_one(&self.reader)
+        .await?;
+        Ok(n > 0)
+    }
+
     pub async fn user_keys(&self, user_id: &str) -> Result<Vec<KeyRow>> {
         Ok(sqlx::query_as(
             "SELECT id, name, created_at, expires_at, revoked_at FROM api_keys WHERE user_id = ? ORDER BY created_at, id",
@@ -295,12 +309,12 @@ impl Store {
         Ok(done.rows_affected() > 0)
     }
 
-    /// The user's role in each environment (environment id → role). A stored role this build
+    /// The user's role in each environment: (environment name, role). A stored role this build
     /// does not know is an error, never a lesser or greater role.
     pub async fn memberships(&self, user_id: &str) -> Result<Vec<(String, EnvRole)>> {
         let rows: Vec<(String, String)> = sqlx::query_as(
-            "SELECT m.environment_id, m.role FROM memberships m JOIN environments e ON e.id = m.environment_id \
-             WHERE m.user_id = ? AND e.removed_at IS NULL",
+            "SELECT e.name, m.role FROM memberships m JOIN environments e ON e.id = m.environment_id \
+             WHERE m.user_id = ? AND e.removed_at IS NULL ORDER BY e.name",
         )
         .bind(user_id)
         .fetch_all(&self.reader)

@@ -24,6 +24,8 @@ install_packages() {
     command -v openssl >/dev/null 2>&1 || missing+=(openssl)
     command -v tcpdump >/dev/null 2>&1 || missing+=(tcpdump)
     command -v ping >/dev/null 2>&1 || missing+=(iputils-ping)
+    command -v slapd >/dev/null 2>&1 || missing+=(slapd)
+    command -v ldapadd >/dev/null 2>&1 || missing+=(ldap-utils)
     if [ ${#missing[@]} -gt 0 ]; then
         log "installing ${missing[*]}"
         export DEBIAN_FRONTEND=noninteractive

@@ -7,6 +7,8 @@ CREATE TABLE users (
     name          TEXT NOT NULL,
     password_hash TEXT,
     admin         INTEGER NOT NULL DEFAULT 0,
+    -- local | ldap (a directory user: no password here; roles from their groups at each login)
+    source        TEXT NOT NULL DEFAULT 'local',
     created_at    INTEGER NOT NULL,
     removed_at    INTEGER,
     failed_logins INTEGER NOT NULL DEFAULT 0,

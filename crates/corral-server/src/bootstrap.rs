@@ -83,6 +83,8 @@ pub struct ServerOptions {
     /// `event_rate_window`; the rest are counted and recorded as one summary event.
     pub event_rate_limit: u32,
     pub event_rate_window: Duration,
+    /// Directory logins, when configured.
+    pub ldap: Option<crate::ldap::LdapConfig>,
 }
 
 impl ServerOptions {
@@ -103,6 +105,7 @@ impl ServerOptions {
             event_max_rows: 100_000,
             event_rate_limit: 20,
             event_rate_window: Duration::from_secs(60),
+            ldap: None,
         }
     }
 }

@@ -34,6 +34,7 @@ pub mod environments;
 pub mod error;
 pub mod hosts;
 pub mod images;
+pub mod ldap;
 pub mod netpolicy;
 pub mod overlay;
 pub mod pki;

@@ -38,6 +38,10 @@ pub enum LoginRefusal {
     Locked(i64),
     /// This source failed too often; it may try again then.
     Throttled(i64),
+    /// The directory accepted the password but none of the user's groups gives a role.
+    NoRole,
+    /// The directory could not be asked; the text says why.
+    DirectoryDown(String),
 }
 
 fn key_name(name: &str) -> Result<()> {
@@ -109,6 +113,13 @@ pub async fn login(
     {
         return Ok(Err(LoginRefusal::Locked(until)));
     }
+    // A directory user (or someone unknown here) is asked of the directory, when there is one.
+    if let Some(cfg) = &state.options.ldap
+        && user.as_ref().is_none_or(|u| u.source == "ldap")
+        && corral_proto::validate_dns_label("user name", &req.user).is_ok()
+    {
+        return directory_login(state, cfg, req, user, source, name, expires_at).await;
+    }
     let stored = user
         .as_ref()
         .and_then(|u| u.password_hash.clone())
@@ -130,21 +141,73 @@ pub async fn login(
             state.store.login_succeeded(&u.id).await?;
             Ok(Ok(mint(state, &u, name, expires_at).await?))
         }
-        other => {
-            if let Some(ip) = source {
-                state.logins.failed(ip, now);
-            }
-            if let Some(u) = other
-                && let Some(until) = state
-                    .store
-                    .login_failed(&u.id, now, FREE_FAILURES, BASE_LOCK_SECS, MAX_LOCK_SECS)
-                    .await?
-            {
-                return Ok(Err(LoginRefusal::Locked(until)));
-            }
-            Ok(Err(LoginRefusal::Wrong))
-        }
+        other => Ok(Err(failed(state, other.as_ref(), source, now).await?)),
     }
+}
+
+/// Counts a failed login (source throttle, and the account's lock when it exists).
+async fn failed(
+    state: &AppState,
+    user: Option<&UserRow>,
+    source: Option<IpAddr>,
+    now: i64,
+) -> Result<LoginRefusal> {
+    if let Some(ip) = source {
+        state.logins.failed(ip, now);
+    }
+    if let Some(u) = user
+        && let Some(until) = state
+            .store
+            .login_failed(&u.id, now, FREE_FAILURES, BASE_LOCK_SECS, MAX_LOCK_SECS)
+            .await?
+    {
+        return Ok(LoginRefusal::Locked(until));
+    }
+    Ok(LoginRefusal::Wrong)
+}
+
+async fn directory_login(
+    state: &AppState,
+    cfg: &crate::ldap::LdapConfig,
+    req: &LoginRequest,
+    user: Option<UserRow>,
+    source: Option<IpAddr>,
+    key_name: &str,
+    expires_at: Option<i64>,
+) -> Result<std::result::Result<NewKeyView, LoginRefusal>> {
+    let now = now_unix();
+    let answer = {
+        // The same bound as password hashes: a flood of logins is not a flood of binds.
+        let _permit = state
+            .logins
+            .hashing
+            .acquire()
+            .await
+            .map_err(|_| Error::Internal("the login limiter is closed".into()))?;
+        crate::ldap::login(cfg, &req.user, &req.password).await
+    };
+    let found = match answer {
+        Ok(found) => found,
+        Err(crate::ldap::DirectoryError::Refused) => {
+            return Ok(Err(failed(state, user.as_ref(), source, now).await?));
+        }
+        Err(crate::ldap::DirectoryError::Unavailable(why)) => {
+            tracing::error!(error = %why, "directory login failed");
+            return Ok(Err(LoginRefusal::DirectoryDown(why)));
+        }
+    };
+    let Some(u) = state
+        .store
+        .sync_directory_user(&req.user, found.admin, &found.roles, now)
+        .await?
+    else {
+        return Ok(Err(LoginRefusal::Wrong));
+    };
+    if !found.admin && found.roles.is_empty() {
+        return Ok(Err(LoginRefusal::NoRole));
+    }
+    state.store.login_succeeded(&u.id).await?;
+    Ok(Ok(mint(state, &u, key_name, expires_at).await?))
 }
 
 async fn view(state: &AppState, u: &UserRow) -> Result<UserView> {

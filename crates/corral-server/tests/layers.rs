@@ -38,6 +38,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("topology", 7),
     ("doctor", 7),
     ("netpolicy", 7),
+    ("ldap", 5),
     ("users", 7),
     // Agent sessions, then HTTP.
     ("tunnel", 8),

@@ -16,6 +16,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod capture;
+pub mod certs;
 pub mod corral;
 pub mod dockerd;
 pub mod leftovers;
@@ -23,6 +24,7 @@ pub mod netns;
 mod proc;
 pub mod registry;
 pub mod require;
+pub mod slapd;
 
 pub use capture::{Capture, Pcap};
 pub use corral::{
@@ -33,6 +35,7 @@ pub use dockerd::{DockerFirewall, Dockerd};
 pub use netns::{Netns, Network, TcpSink};
 pub use proc::{Proc, wait_until};
 pub use registry::Registry;
+pub use slapd::Slapd;
 
 /// A temporary directory whose name starts with `prefix`, removed when dropped.
 #[track_caller]

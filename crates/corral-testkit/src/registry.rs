@@ -128,75 +128,7 @@ impl Registry {
     /// subject alternative name: Go (dockerd, the registry) ignores the common name.
     #[track_caller]
     fn make_tls(&self) {
-        let tls = self.tls_dir();
-        std::fs::create_dir_all(&tls).unwrap_or_else(|e| panic!("{}: {e}", tls.display()));
-        let p = |f: &str| tls.join(f).display().to_string();
-        // P-256 keys: quick to make, and every TLS stack involved speaks them.
-        let ec = [
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-        ];
-        let mut ca = vec!["req", "-x509"];
-        ca.extend(ec);
-        let (ca_key, ca_crt) = (p("ca.key"), p("ca.crt"));
-        ca.extend([
-            "-keyout",
-            &ca_key,
-            "-out",
-            &ca_crt,
-            "-days",
-            "2",
-            "-subj",
-            "/CN=corral-test registry CA",
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-addext",
-            "keyUsage=critical,keyCertSign,cRLSign",
-        ]);
-        run_ok("openssl", &ca);
-        let (key, csr, crt, ext) = (
-            p("server.key"),
-            p("server.csr"),
-            p("server.crt"),
-            p("server.ext"),
-        );
-        let subj = format!("/CN={}", self.ip);
-        let mut req = vec!["req", "-new"];
-        req.extend(ec);
-        req.extend(["-keyout", &key, "-out", &csr, "-subj", &subj]);
-        run_ok("openssl", &req);
-        std::fs::write(
-            &ext,
-            format!(
-                "subjectAltName=IP:{}\nbasicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n",
-                self.ip
-            ),
-        )
-        .unwrap_or_else(|e| panic!("{ext}: {e}"));
-        run_ok(
-            "openssl",
-            &[
-                "x509",
-                "-req",
-                "-in",
-                &csr,
-                "-CA",
-                &ca_crt,
-                "-CAkey",
-                &ca_key,
-                "-set_serial",
-                "2",
-                "-days",
-                "2",
-                "-extfile",
-                &ext,
-                "-out",
-                &crt,
-            ],
-        );
+        crate::certs::ca_and_server(&self.tls_dir(), &self.ip, "corral-test registry CA");
     }
 
     /// The password file: one bcrypt entry (the only hash distribution accepts).

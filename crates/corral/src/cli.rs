@@ -261,6 +261,29 @@ pub struct ServerArgs {
     /// Maximum size of one tunnel message.
     #[arg(long, default_value_t = corral_proto::DEFAULT_MAX_MESSAGE_BYTES, hide = true)]
     pub max_message_bytes: usize,
+    /// Directory logins: `ldaps://HOST:636`, or `ldap://HOST:389` with --ldap-starttls (plain
+    /// LDAP is refused). Users who are not local users with a password log in against it.
+    #[arg(long, requires_all = ["ldap_ca", "ldap_user_dn", "ldap_group_base"])]
+    pub ldap_url: Option<String>,
+    /// Upgrade an ldap:// connection with StartTLS.
+    #[arg(long, requires = "ldap_url")]
+    pub ldap_starttls: bool,
+    /// The directory's CA certificates (PEM): the only ones trusted for it.
+    #[arg(long, requires = "ldap_url")]
+    pub ldap_ca: Option<PathBuf>,
+    /// The user's DN, bound as with their password: `uid={user},ou=people,dc=example,dc=org`.
+    #[arg(long, requires = "ldap_url")]
+    pub ldap_user_dn: Option<String>,
+    /// Where groups (`groupOfNames` with the user's DN as `member`) are searched.
+    #[arg(long, requires = "ldap_url")]
+    pub ldap_group_base: Option<String>,
+    /// GROUP=ENVIRONMENT:ROLE: members of directory group GROUP (its `cn`) get ROLE (owner,
+    /// member, restricted, read-only) in ENVIRONMENT, read again at each login. Repeatable.
+    #[arg(long = "ldap-role", requires = "ldap_url")]
+    pub ldap_roles: Vec<String>,
+    /// Members of this directory group are admins.
+    #[arg(long, requires = "ldap_url")]
+    pub ldap_admin_group: Option<String>,
 }
 
 #[derive(Args, Debug)]

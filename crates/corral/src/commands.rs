@@ -192,6 +192,25 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
     options.event_max_rows = args.event_max_rows;
     options.event_rate_limit = args.event_rate_limit;
     options.event_rate_window = args.event_rate_window;
+    if let (Some(url), Some(ca), Some(user_dn), Some(group_base)) = (
+        &args.ldap_url,
+        &args.ldap_ca,
+        &args.ldap_user_dn,
+        &args.ldap_group_base,
+    ) {
+        let pem = crate::images::read_at_most(ca, "LDAP CA file", 256 * 1024)?;
+        let cfg = corral_server::ldap::LdapConfig::new(
+            url,
+            args.ldap_starttls,
+            pem.as_bytes(),
+            user_dn,
+            group_base,
+            &args.ldap_roles,
+            args.ldap_admin_group.as_deref(),
+        )
+        .map_err(|e| anyhow::anyhow!("cannot use the directory: {e}"))?;
+        options.ldap = Some(cfg);
+    }
     let running = corral_server::start(options).await?;
     let admin_env = running.admin_env.display().to_string();
     println!("corral server {} is running", env!("CARGO_PKG_VERSION"));

@@ -61,6 +61,14 @@ pub(super) async fn login(
             }
             r
         }
+        Ok(Err(LoginRefusal::NoRole)) => ApiError::new(
+            StatusCode::FORBIDDEN,
+            "the directory accepted the password, but none of the user's groups gives a corral role",
+        )
+        .into_response(),
+        Ok(Err(LoginRefusal::DirectoryDown(why))) => {
+            ApiError::new(StatusCode::BAD_GATEWAY, why).into_response()
+        }
         Err(e) => ApiError::from(e).into_response(),
     };
     response.extensions_mut().insert(actor);

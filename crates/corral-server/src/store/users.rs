@@ -15,13 +15,15 @@ pub struct UserRow {
     /// argon2id PHC string; `None` for a user who cannot log in with a password.
     pub password_hash: Option<String>,
     pub admin: bool,
+    /// `local`, or `ldap` for a directory user (roles from their groups at each login).
+    pub source: String,
     pub created_at: i64,
     pub failed_logins: i64,
     pub locked_until: Option<i64>,
 }
 
 const USER_COLUMNS: &str =
-    "id, name, password_hash, admin, created_at, failed_logins, locked_until";
+    "id, name, password_hash, admin, source, created_at, failed_logins, locked_until";
 
 /// A role in one environment, from most to least allowed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -106,6 +108,66 @@ impl Store {
         if done.rows_affected() == 0 {
             return Ok(None);
         }
+        self.user_by_name(name).await
+    }
+
+    /// A directory user after a login the directory accepted: made if new, their admin flag
+    /// and roles replaced by what their groups give now (an environment that does not exist is
+    /// skipped). `None` when a local user has that name (a directory login never takes over a
+    /// local account).
+    pub async fn sync_directory_user(
+        &self,
+        name: &str,
+        admin: bool,
+        roles: &[(String, EnvRole)],
+        now: i64,
+    ) -> Result<Option<UserRow>> {
+        let mut tx = self.writer.begin().await?;
+        let existing: Option<(String, String)> =
+            sqlx::query_as("SELECT id, source FROM users WHERE name = ? AND removed_at IS NULL")
+                .bind(name)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let id = match existing {
+            Some((_, source)) if source != "ldap" => return Ok(None),
+            Some((id, _)) => {
+                sqlx::query("UPDATE users SET admin = ? WHERE id = ?")
+                    .bind(admin)
+                    .bind(&id)
+                    .execute(&mut *tx)
+                    .await?;
+                id
+            }
+            None => {
+                let id = new_id("user");
+                sqlx::query(
+                    "INSERT INTO users (id, name, admin, source, created_at) VALUES (?, ?, ?, 'ldap', ?)",
+                )
+                .bind(&id)
+                .bind(name)
+                .bind(admin)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                id
+            }
+        };
+        sqlx::query("DELETE FROM memberships WHERE user_id = ?")
+            .bind(&id)
+            .execute(&mut *tx)
+            .await?;
+        for (env, role) in roles {
+            sqlx::query(
+                "INSERT INTO memberships (user_id, environment_id, role) \
+                 SELECT ?, id, ? FROM environments WHERE name = ? AND removed_at IS NULL",
+            )
+            .bind(&id)
+            .bind(role.as_str())
+            .bind(env)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
         self.user_by_name(name).await
     }
 

@@ -165,6 +165,25 @@ impl Server {
             .expect("run corral")
     }
 
+    /// The CLI as the admin, with `stdin` on standard input.
+    pub fn cli_with_stdin(&self, args: &[&str], stdin: &str) -> Output {
+        use std::io::Write;
+        let mut child = Command::new(corral_bin())
+            .args(args)
+            .env("CORRAL_SERVER", &self.env.server)
+            .env("CORRAL_API_KEY", &self.env.api_key)
+            .env("CORRAL_CA_CHECKSUM", &self.env.checksum)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run corral");
+        if let Some(mut input) = child.stdin.take() {
+            input.write_all(stdin.as_bytes()).expect("write stdin");
+        }
+        child.wait_with_output().expect("run corral")
+    }
+
     pub fn cli_ok(&self, args: &[&str]) -> String {
         let out = self.cli(args);
         assert!(

@@ -1,0 +1,252 @@
+//! Local users, logins and keys with a real server: the saved login (0600, sent only to its own
+//! server), key expiry, lockout after failed logins and the per-source throttle, password
+//! bounds, the last admin, and own keys and passwords.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+
+/// `corral ARGS…` without the admin's variables, with `config` as the saved login.
+fn as_user(config: &Path, args: &[&str], stdin: &str, envs: &[(&str, &str)]) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(corral_bin())
+        .args(args)
+        .env_remove("CORRAL_SERVER")
+        .env_remove("CORRAL_API_KEY")
+        .env_remove("CORRAL_CA_CHECKSUM")
+        .env("CORRAL_CONFIG", config)
+        .envs(envs.iter().copied())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn login(server: &Server, config: &Path, user: &str, password: &str) -> Output {
+    as_user(
+        config,
+        &[
+            "login",
+            "--server",
+            &server.url(),
+            "--ca-checksum",
+            &server.env.checksum,
+            "--user",
+            user,
+            "--password-stdin",
+        ],
+        &format!("{password}\n"),
+        &[],
+    )
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn logins_keys_and_lockouts() {
+    let t = tmp();
+    let server = Server::start(&t.path().join("data"), &[]);
+    let password = "a long enough password";
+    let out = server.cli_with_stdin(&["user", "create", "dana", "--password-stdin"], "short\n");
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("12 to 1024 bytes"), "{out:?}");
+    server.cli_with_stdin(
+        &["user", "create", "dana", "--password-stdin"],
+        &format!("{password}\n"),
+    );
+    server.cli_ok(&[
+        "user", "grant", "dana", "--env", "default", "--role", "member",
+    ]);
+
+    // The saved login: 0600, used without any variable, never sent to another server.
+    let config = t.path().join("cli/config.json");
+    let out = login(&server, &config, "dana", password);
+    assert!(out.status.success(), "{out:?}");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&config).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let saved: Value = serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
+    assert!(saved["api_key"].as_str().unwrap().starts_with("crl_key_"));
+    let out = as_user(&config, &["whoami", "-o", "json"], "", &[]);
+    let me: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(me["roles"][0]["role"], "member");
+    let out = as_user(
+        &config,
+        &["host", "ls"],
+        "",
+        &[("CORRAL_SERVER", "https://127.0.0.1:9")],
+    );
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("CORRAL_API_KEY is not set"),
+        "{out:?}"
+    );
+
+    // Own keys: one that expires in a second is refused after it, saying so.
+    let out = as_user(
+        &config,
+        &[
+            "key",
+            "create",
+            "--name",
+            "short-lived",
+            "--ttl",
+            "1s",
+            "-o",
+            "json",
+        ],
+        "",
+        &[],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let key: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let secret = key["key"].as_str().unwrap().to_owned();
+    wait_until(Duration::from_secs(10), "the key to expire", || {
+        let out = server.cli_with(&["host", "ls"], &secret);
+        !out.status.success() && stderr(&out).contains("this API key expired at")
+    });
+    let keys = as_user(&config, &["key", "ls", "-o", "json"], "", &[]);
+    let keys: Value = serde_json::from_slice(&keys.stdout).unwrap();
+    let states: Vec<&str> = keys
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["state"].as_str().unwrap())
+        .collect();
+    assert!(
+        states.contains(&"expired") && states.contains(&"active"),
+        "{states:?}"
+    );
+    let id = key["key_id"].as_str().unwrap();
+    assert!(
+        as_user(&config, &["key", "rm", id], "", &[])
+            .status
+            .success()
+    );
+    let out = as_user(&config, &["key", "rm", "key-of-someone-else"], "", &[]);
+    assert!(stderr(&out).contains("you have no active key"), "{out:?}");
+
+    // A user changes their own password, not another's.
+    let out = as_user(
+        &config,
+        &["user", "passwd", "--password-stdin"],
+        "another long password\n",
+        &[],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let out = as_user(
+        &config,
+        &["user", "passwd", "admin", "--password-stdin"],
+        "another long password\n",
+        &[],
+    );
+    assert!(stderr(&out).contains("only an admin sets another user's password"));
+
+    // Five failures lock the account, saying until when; the right password then waits too.
+    for _ in 0..4 {
+        let out = login(
+            &server,
+            &t.path().join("x.json"),
+            "dana",
+            "not the password",
+        );
+        assert!(
+            stderr(&out).contains("wrong user name or password"),
+            "{out:?}"
+        );
+    }
+    let out = login(
+        &server,
+        &t.path().join("x.json"),
+        "dana",
+        "not the password",
+    );
+    assert!(
+        stderr(&out).contains("the account is locked until"),
+        "{out:?}"
+    );
+    let out = login(
+        &server,
+        &t.path().join("x.json"),
+        "dana",
+        "another long password",
+    );
+    assert!(
+        stderr(&out).contains("the account is locked until"),
+        "{out:?}"
+    );
+    let users = server.cli_json(&["user", "ls"]);
+    let dana = users
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["name"] == "dana")
+        .unwrap();
+    assert!(dana["locked_until"].is_string(), "{dana}");
+
+    // The source: 20 failures a minute (unknown users included), then 429 for everyone.
+    for i in 0..20 {
+        let out = login(
+            &server,
+            &t.path().join("x.json"),
+            &format!("ghost{i}"),
+            "guess-guess-guess",
+        );
+        if stderr(&out).contains("too many failed logins") {
+            break;
+        }
+    }
+    let out = login(
+        &server,
+        &t.path().join("x.json"),
+        "admin",
+        "guess-guess-guess",
+    );
+    assert!(
+        stderr(&out).contains("too many failed logins from 127.0.0.1"),
+        "{out:?}"
+    );
+
+    // The last admin stays; a removed user's key stops at once.
+    let out = server.cli(&["user", "rm", "admin"]);
+    assert!(stderr(&out).contains("admin is the last admin"), "{out:?}");
+    server.cli_ok(&["user", "rm", "dana"]);
+    let out = as_user(&config, &["whoami"], "", &[]);
+    assert!(
+        stderr(&out).contains("user \"dana\" was removed"),
+        "{out:?}"
+    );
+
+    // Malformed and oversized logins.
+    let out = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
+        .arg(server.dir.join("pki/ca.pem"))
+        .args(["-H", "content-type: application/json", "--data-binary"])
+        .arg(format!(
+            "{{\"user\": \"x\", \"password\": \"{}\"}}",
+            "p".repeat(70_000)
+        ))
+        .arg(format!("{}/v1/login", server.url()))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "413");
+}

@@ -707,3 +707,55 @@ pub async fn idle(b: IdleBench) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// `corral bench api`: the same GET with two keys, alternating, after a warm-up of 10 each.
+pub async fn api(
+    a: Client,
+    b: Client,
+    path: &str,
+    requests: usize,
+    format: crate::cli::Format,
+) -> anyhow::Result<()> {
+    let mut times: [Vec<f64>; 2] = [Vec::with_capacity(requests), Vec::with_capacity(requests)];
+    let mut bytes = [0usize; 2];
+    for i in 0..requests + 10 {
+        for (k, client) in [&a, &b].into_iter().enumerate() {
+            let start = std::time::Instant::now();
+            let body: serde_json::Value = client.get(path).await?;
+            let ms = start.elapsed().as_secs_f64() * 1000.0;
+            if i >= 10 {
+                times[k].push(ms);
+                bytes[k] = serde_json::to_vec(&body)?.len();
+            }
+        }
+    }
+    for t in &mut times {
+        t.sort_by(f64::total_cmp);
+    }
+    let [ta, tb] = &times;
+    let report = serde_json::json!({
+        "path": path,
+        "requests_per_key": requests,
+        "a_p50_ms": percentile(ta, 0.5),
+        "a_p99_ms": percentile(ta, 0.99),
+        "a_answer_bytes": bytes[0],
+        "b_p50_ms": percentile(tb, 0.5),
+        "b_p99_ms": percentile(tb, 0.99),
+        "b_answer_bytes": bytes[1],
+        "p50_ratio_b_over_a": percentile(tb, 0.5) / percentile(ta, 0.5),
+    });
+    match format {
+        crate::cli::Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        crate::cli::Format::Table => println!(
+            "{path}: key A p50 {:.2} ms p99 {:.2} ms ({} bytes); key B p50 {:.2} ms p99 {:.2} ms ({} bytes); B/A p50 {:.3}",
+            percentile(ta, 0.5),
+            percentile(ta, 0.99),
+            bytes[0],
+            percentile(tb, 0.5),
+            percentile(tb, 0.99),
+            bytes[1],
+            percentile(tb, 0.5) / percentile(ta, 0.5)
+        ),
+    }
+    Ok(())
+}

@@ -801,6 +801,24 @@ pub enum HostCommand {
 
 #[derive(Subcommand, Debug)]
 pub enum BenchCommand {
+    /// Time one API route with two keys side by side (requests alternate A, B, A, B…): the
+    /// cost of what differs between them, e.g. an admin's key and a user's whose roles are
+    /// checked.
+    Api {
+        #[command(flatten)]
+        conn: Conn,
+        /// The route, e.g. /v1/hosts.
+        #[arg(long, default_value = "/v1/hosts")]
+        path: String,
+        /// The second key (the first is --api-key).
+        #[arg(long)]
+        key_b: String,
+        /// Requests per key.
+        #[arg(long, default_value_t = 200)]
+        requests: usize,
+        #[command(flatten)]
+        out: Out,
+    },
     /// Connect N simulated agents (real protocol, real TLS WebSockets, one process) to a running
     /// server; report connect time, server memory per agent and heartbeat round trips.
     Connect {

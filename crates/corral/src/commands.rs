@@ -119,6 +119,24 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             })
             .await
         }
+        Command::Bench(BenchCommand::Api {
+            conn,
+            path,
+            key_b,
+            requests,
+            out,
+        }) => {
+            let mut conn_b = conn.clone();
+            conn_b.api_key = Some(key_b);
+            crate::bench::api(
+                Client::new(&conn)?,
+                Client::new(&conn_b)?,
+                &path,
+                requests,
+                out.format,
+            )
+            .await
+        }
         Command::Bench(BenchCommand::Idle {
             conn,
             connections,

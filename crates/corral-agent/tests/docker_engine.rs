@@ -87,12 +87,13 @@ async fn image_with_entrypoint(docker: &Docker, repo: &str) {
     docker.remove_container(&base.id, None).await.unwrap();
 }
 
-async fn cleanup(docker: &Docker, stack: &str) {
+/// Every container of the stack on the engine, running or not.
+async fn stack_containers(docker: &Docker, stack: &str) -> Vec<bollard::models::ContainerSummary> {
     let filters = HashMap::from([(
         "label".to_string(),
         vec![format!("{}={stack}", labels::STACK)],
     )]);
-    let containers = docker
+    docker
         .list_containers(Some(
             bollard::query_parameters::ListContainersOptionsBuilder::default()
                 .all(true)
@@ -100,8 +101,11 @@ async fn cleanup(docker: &Docker, stack: &str) {
                 .build(),
         ))
         .await
-        .unwrap_or_default();
-    for c in containers {
+        .unwrap_or_default()
+}
+
+async fn cleanup(docker: &Docker, stack: &str) {
+    for c in stack_containers(docker, stack).await {
         let _ = docker
             .remove_container(
                 c.id.as_deref().unwrap_or_default(),
@@ -413,19 +417,7 @@ async fn a_stack_container_waits_for_the_overlay_instead_of_starting_without_it(
             && err.contains("--no-overlay"),
         "{err}"
     );
-    let filters = HashMap::from([(
-        "label".to_string(),
-        vec![format!("{}={stack}", labels::STACK)],
-    )]);
-    let made = docker
-        .list_containers(Some(
-            bollard::query_parameters::ListContainersOptionsBuilder::default()
-                .all(true)
-                .filters(&filters)
-                .build(),
-        ))
-        .await
-        .unwrap();
+    let made = stack_containers(&docker, &stack).await;
     assert!(
         made.is_empty(),
         "nothing is created outside the overlay: {made:?}"

@@ -126,12 +126,7 @@ pub async fn login(
         .unwrap_or_else(|| secrets::decoy_hash().to_owned());
     let password = req.password.clone();
     let matches = {
-        let _permit = state
-            .logins
-            .hashing
-            .acquire()
-            .await
-            .map_err(|_| Error::Internal("the login limiter is closed".into()))?;
+        let _permit = login_permit(state).await?;
         tokio::task::spawn_blocking(move || secrets::verify_password(&stored, &password))
             .await
             .map_err(|e| Error::Internal(format!("password check failed: {e}")))?
@@ -143,6 +138,16 @@ pub async fn login(
         }
         other => Ok(Err(failed(state, other.as_ref(), source, now).await?)),
     }
+}
+
+/// One of the few login checks (argon2 or a directory bind) that may run at once.
+async fn login_permit(state: &AppState) -> Result<tokio::sync::SemaphorePermit<'_>> {
+    state
+        .logins
+        .hashing
+        .acquire()
+        .await
+        .map_err(|_| Error::Internal("the login limiter is closed".into()))
 }
 
 /// Counts a failed login (source throttle, and the account's lock when it exists).
@@ -178,12 +183,7 @@ async fn directory_login(
     let now = now_unix();
     let answer = {
         // The same bound as password hashes: a flood of logins is not a flood of binds.
-        let _permit = state
-            .logins
-            .hashing
-            .acquire()
-            .await
-            .map_err(|_| Error::Internal("the login limiter is closed".into()))?;
+        let _permit = login_permit(state).await?;
         crate::ldap::login(cfg, &req.user, &req.password).await
     };
     let found = match answer {

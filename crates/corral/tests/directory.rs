@@ -8,55 +8,14 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 
 use common::*;
 use corral_testkit::Slapd;
 use serde_json::Value;
 
-/// `corral ARGS…` with none of the admin's variables: only what `corral login` saved in
-/// `config` (and `stdin` on standard input).
-fn as_user(config: &Path, args: &[&str], stdin: &str) -> Output {
-    use std::io::Write;
-    let mut child = Command::new(corral_bin())
-        .args(args)
-        .env_remove("CORRAL_SERVER")
-        .env_remove("CORRAL_API_KEY")
-        .env_remove("CORRAL_CA_CHECKSUM")
-        .env("CORRAL_CONFIG", config)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
-}
-
-fn login(server: &Server, config: &Path, user: &str, password: &str) -> Output {
-    as_user(
-        config,
-        &[
-            "login",
-            "--server",
-            &server.url(),
-            "--ca-checksum",
-            &server.env.checksum,
-            "--user",
-            user,
-            "--password-stdin",
-        ],
-        &format!("{password}\n"),
-    )
-}
-
 fn whoami(config: &Path) -> Value {
-    let out = as_user(config, &["whoami", "-o", "json"], "");
+    let out = as_user(config, &["whoami", "-o", "json"], "", &[]);
     assert!(out.status.success(), "{out:?}");
     serde_json::from_slice(&out.stdout).unwrap()
 }
@@ -110,7 +69,7 @@ fn directory_users_log_in_with_the_roles_their_groups_give() {
         serde_json::json!([{"environment": "default", "role": "owner"}])
     );
     assert_eq!(me["password"], false, "no password is stored for her");
-    let out = as_user(&alice, &["token", "create", "-o", "json"], "");
+    let out = as_user(&alice, &["token", "create", "-o", "json"], "", &[]);
     assert!(out.status.success(), "an owner makes tokens: {out:?}");
 
     // bob: read-only; carol: admin.
@@ -121,7 +80,7 @@ fn directory_users_log_in_with_the_roles_their_groups_give() {
             .success()
     );
     assert_eq!(whoami(&bob)["roles"][0]["role"], "read-only");
-    let out = as_user(&bob, &["token", "create"], "");
+    let out = as_user(&bob, &["token", "create"], "", &[]);
     assert!(!out.status.success());
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("is read-only in environment"),
@@ -150,20 +109,7 @@ fn directory_users_log_in_with_the_roles_their_groups_give() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(says), "{user}: {err}");
     }
-    let out = as_user(
-        &t.path().join("x.json"),
-        &[
-            "login",
-            "--server",
-            &server.url(),
-            "--ca-checksum",
-            &server.env.checksum,
-            "--user",
-            "alice",
-            "--password-stdin",
-        ],
-        "\n",
-    );
+    let out = login(&server, &t.path().join("x.json"), "alice", "");
     assert!(!out.status.success(), "an empty password never binds");
 
     // alice leaves ops: at her next login she is only read-only (viewers), and her earlier
@@ -190,7 +136,7 @@ fn directory_users_log_in_with_the_roles_their_groups_give() {
     );
     assert!(!out.status.success());
     assert_eq!(whoami(&alice)["roles"], serde_json::json!([]));
-    let out = as_user(&alice, &["host", "ls", "-o", "json"], "");
+    let out = as_user(&alice, &["host", "ls", "-o", "json"], "", &[]);
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "[]");
 
     // Logins are audited under the name tried.

@@ -6,54 +6,11 @@
 
 mod common;
 
-use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
 use common::*;
 use serde_json::Value;
-
-/// `corral ARGS…` without the admin's variables, with `config` as the saved login.
-fn as_user(config: &Path, args: &[&str], stdin: &str, envs: &[(&str, &str)]) -> Output {
-    use std::io::Write;
-    let mut child = Command::new(corral_bin())
-        .args(args)
-        .env_remove("CORRAL_SERVER")
-        .env_remove("CORRAL_API_KEY")
-        .env_remove("CORRAL_CA_CHECKSUM")
-        .env("CORRAL_CONFIG", config)
-        .envs(envs.iter().copied())
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
-}
-
-fn login(server: &Server, config: &Path, user: &str, password: &str) -> Output {
-    as_user(
-        config,
-        &[
-            "login",
-            "--server",
-            &server.url(),
-            "--ca-checksum",
-            &server.env.checksum,
-            "--user",
-            user,
-            "--password-stdin",
-        ],
-        &format!("{password}\n"),
-        &[],
-    )
-}
 
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()

@@ -407,3 +407,44 @@ pub fn sql(db: &Path, statement: &str) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// `corral ARGS…` without the admin's variables: only what `corral login` saved in `config`
+/// (plus `envs`), with `stdin` on standard input.
+pub fn as_user(config: &Path, args: &[&str], stdin: &str, envs: &[(&str, &str)]) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(corral_bin())
+        .args(args)
+        .env_remove("CORRAL_SERVER")
+        .env_remove("CORRAL_API_KEY")
+        .env_remove("CORRAL_CA_CHECKSUM")
+        .env("CORRAL_CONFIG", config)
+        .envs(envs.iter().copied())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run corral");
+    if let Some(mut input) = child.stdin.take() {
+        input.write_all(stdin.as_bytes()).expect("write stdin");
+    }
+    child.wait_with_output().expect("run corral")
+}
+
+/// `corral login` as `user`, saving into `config`.
+pub fn login(server: &Server, config: &Path, user: &str, password: &str) -> Output {
+    as_user(
+        config,
+        &[
+            "login",
+            "--server",
+            &server.url(),
+            "--ca-checksum",
+            &server.env.checksum,
+            "--user",
+            user,
+            "--password-stdin",
+        ],
+        &format!("{password}\n"),
+        &[],
+    )
+}

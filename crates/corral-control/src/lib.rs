@@ -19,5 +19,6 @@ pub mod audit;
 pub mod define;
 pub mod overlay;
 pub mod reconcile;
+pub mod roles;
 pub mod states;
 pub mod unplaced;

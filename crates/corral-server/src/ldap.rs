@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use ldap3::{LdapConnAsync, LdapConnSettings, Scope, SearchEntry};
 
-use crate::store::EnvRole;
+use corral_control::roles::EnvRole;
 
 /// How long connecting to the directory may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);

@@ -38,7 +38,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("topology", 7),
     ("doctor", 7),
     ("netpolicy", 7),
-    ("ldap", 5),
+    ("ldap", 1),
     ("users", 7),
     // Agent sessions, then HTTP.
     ("tunnel", 8),

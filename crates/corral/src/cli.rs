@@ -774,10 +774,13 @@ pub enum TokenCommand {
 
 #[derive(Subcommand, Debug)]
 pub enum HostCommand {
-    /// List hosts.
+    /// List hosts (of every environment you have a role in, or of one).
     Ls {
         #[command(flatten)]
         conn: Conn,
+        /// Only this environment's.
+        #[arg(long = "env")]
+        environment: Option<String>,
         #[command(flatten)]
         out: Out,
     },

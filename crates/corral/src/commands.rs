@@ -441,12 +441,20 @@ fn docker_detail(h: &HostView) -> String {
 
 async fn host(cmd: HostCommand) -> anyhow::Result<()> {
     match cmd {
-        HostCommand::Ls { conn, out } => {
-            let hosts: Vec<HostView> = Client::new(&conn)?.get("/v1/hosts").await?;
+        HostCommand::Ls {
+            conn,
+            environment,
+            out,
+        } => {
+            let mut hosts: Vec<HostView> = Client::new(&conn)?.get("/v1/hosts").await?;
+            if let Some(env) = environment {
+                hosts.retain(|h| h.environment == env);
+            }
             print(out.format, &hosts, |hs| {
                 table(
                     &[
                         "NAME",
+                        "ENVIRONMENT",
                         "STATE",
                         "DOCKER",
                         "LAST SEEN",
@@ -460,6 +468,7 @@ async fn host(cmd: HostCommand) -> anyhow::Result<()> {
                         .map(|h| {
                             vec![
                                 h.name.clone(),
+                                h.environment.clone(),
                                 h.state.clone(),
                                 docker_text(h),
                                 h.last_seen_at.clone(),

@@ -468,6 +468,13 @@ async fn environments_are_created_with_their_overlay_and_removed_only_when_empty
     let hosts = server.hosts();
     let p1 = hosts.iter().find(|h| h["name"] == "p1").unwrap();
     assert_eq!(p1["environment"], "prod");
+    let table = server.cli_ok(&["host", "ls", "--env", "prod"]);
+    assert!(
+        table.contains("ENVIRONMENT") && table.contains("p1") && table.contains("prod"),
+        "{table}"
+    );
+    let table = server.cli_ok(&["host", "ls", "--env", "default"]);
+    assert!(!table.contains("p1"), "{table}");
 
     let out = server.cli(&["env", "rm", "prod"]);
     assert!(!out.status.success());

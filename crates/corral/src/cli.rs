@@ -182,7 +182,7 @@ pub enum Command {
         #[arg(long, default_value = "ports", value_parser = ["ports", "services"])]
         view: String,
         /// The environment (for `--view services`).
-        #[arg(long = "env", default_value = "default")]
+        #[arg(long = "env", env = "CORRAL_ENV", default_value = "default")]
         environment: String,
         /// Where administrators and API users come from (drawn on the users box).
         #[arg(long = "admin-cidr")]
@@ -482,7 +482,7 @@ pub struct UpArgs {
     #[arg(long = "env-file")]
     pub env_files: Vec<PathBuf>,
     /// The environment whose hosts run the stack.
-    #[arg(long = "env", default_value = "default")]
+    #[arg(long = "env", env = "CORRAL_ENV", default_value = "default")]
     pub environment: String,
     #[command(flatten)]
     pub wait: WaitArgs,
@@ -746,7 +746,7 @@ pub enum TokenCommand {
         #[command(flatten)]
         conn: Conn,
         /// Environment the host joins.
-        #[arg(long = "env", default_value = "default")]
+        #[arg(long = "env", env = "CORRAL_ENV", default_value = "default")]
         env: String,
         /// Lifetime, e.g. 30m, 24h, 7d, or "never".
         #[arg(long, default_value = "24h")]
@@ -901,7 +901,7 @@ pub enum RegistryCommand {
         #[arg(long)]
         builds: bool,
         /// The environment.
-        #[arg(long = "env", default_value = "default")]
+        #[arg(long = "env", env = "CORRAL_ENV", default_value = "default")]
         environment: String,
     },
     /// List registries (never their passwords).
@@ -919,7 +919,7 @@ pub enum RegistryCommand {
         #[command(flatten)]
         conn: Conn,
         registry: String,
-        #[arg(long = "env", default_value = "default")]
+        #[arg(long = "env", env = "CORRAL_ENV", default_value = "default")]
         environment: String,
     },
 }
@@ -934,14 +934,14 @@ pub enum PolicyCommand {
         /// The policy file.
         #[arg(short = 'f', long = "file")]
         file: PathBuf,
-        #[arg(long = "env", default_value = "default")]
+        #[arg(long = "env", env = "CORRAL_ENV", default_value = "default")]
         environment: String,
     },
     /// The policy in force and what it lets flow between the deployed services.
     Show {
         #[command(flatten)]
         conn: Conn,
-        #[arg(long = "env", default_value = "default")]
+        #[arg(long = "env", env = "CORRAL_ENV", default_value = "default")]
         environment: String,
         #[command(flatten)]
         out: Out,
@@ -957,7 +957,7 @@ pub enum PolicyCommand {
         /// The old side: this generation.
         #[arg(long)]
         from: Option<i64>,
-        #[arg(long = "env", default_value = "default")]
+        #[arg(long = "env", env = "CORRAL_ENV", default_value = "default")]
         environment: String,
         #[command(flatten)]
         out: Out,
@@ -969,7 +969,7 @@ pub enum PolicyCommand {
         conn: Conn,
         #[arg(long = "to")]
         generation: Option<i64>,
-        #[arg(long = "env", default_value = "default")]
+        #[arg(long = "env", env = "CORRAL_ENV", default_value = "default")]
         environment: String,
     },
     /// Would this connection be allowed? Names the rule that decides. Exits 1 when denied.
@@ -988,7 +988,7 @@ pub enum PolicyCommand {
         /// Test this document instead of the policy in force.
         #[arg(short = 'f', long = "file")]
         file: Option<PathBuf>,
-        #[arg(long = "env", default_value = "default")]
+        #[arg(long = "env", env = "CORRAL_ENV", default_value = "default")]
         environment: String,
         #[command(flatten)]
         out: Out,
@@ -1004,14 +1004,14 @@ pub enum AdmissionCommand {
         /// The policy file.
         #[arg(short = 'f', long = "file")]
         file: PathBuf,
-        #[arg(long = "env", default_value = "default")]
+        #[arg(long = "env", env = "CORRAL_ENV", default_value = "default")]
         environment: String,
     },
     /// The policy in force, every key spelled out.
     Show {
         #[command(flatten)]
         conn: Conn,
-        #[arg(long = "env", default_value = "default")]
+        #[arg(long = "env", env = "CORRAL_ENV", default_value = "default")]
         environment: String,
         #[command(flatten)]
         out: Out,
@@ -1031,7 +1031,7 @@ pub enum AdmissionCommand {
         /// Test against this policy file instead of the environment's.
         #[arg(long)]
         policy: Option<PathBuf>,
-        #[arg(long = "env", default_value = "default")]
+        #[arg(long = "env", env = "CORRAL_ENV", default_value = "default")]
         environment: String,
         #[command(flatten)]
         out: Out,

@@ -6,6 +6,7 @@
 
 mod common;
 
+use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -461,6 +462,17 @@ async fn environments_are_created_with_their_overlay_and_removed_only_when_empty
         assert!(err.contains(says), "{args:?}: {err}");
     }
 
+    // CORRAL_ENV is every command's --env unless one is given.
+    let out = Command::new(corral_bin())
+        .args(["token", "create", "-o", "json"])
+        .env("CORRAL_SERVER", &server.env.server)
+        .env("CORRAL_API_KEY", &server.env.api_key)
+        .env("CORRAL_CA_CHECKSUM", &server.env.checksum)
+        .env("CORRAL_ENV", "prod")
+        .output()
+        .unwrap();
+    let made: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(made["environment"], "prod", "{out:?}");
     // A host registered with a token of prod gets a /22 of prod's range.
     let (_, token) = server.token(&["--env", "prod"]);
     let mut a = agent(&server, &token, "p1", &"ab".repeat(32), 51001).await;

@@ -300,7 +300,7 @@ impl FromRequestParts<Arc<AppState>> for Principal {
 }
 
 /// Proof that the request carried a valid API key of an admin.
-pub struct Admin(#[allow(dead_code)] pub Principal);
+pub struct Admin;
 
 impl FromRequestParts<Arc<AppState>> for Admin {
     type Rejection = ApiError;
@@ -319,7 +319,7 @@ impl FromRequestParts<Arc<AppState>> for Admin {
                 ),
             ));
         }
-        Ok(Admin(p))
+        Ok(Admin)
     }
 }
 

@@ -178,6 +178,27 @@ pub fn operates_somewhere(p: &Principal) -> Result<(), ApiError> {
     ))
 }
 
+/// Host id → its environment's name, from the host rows alone (listings filter by it; the
+/// hosts' full views, which read every container, are not needed for that).
+pub async fn host_environments(
+    state: &AppState,
+) -> Result<std::collections::HashMap<String, String>, ApiError> {
+    let names: std::collections::HashMap<String, String> = state
+        .store
+        .environments()
+        .await?
+        .into_iter()
+        .map(|e| (e.id, e.name))
+        .collect();
+    Ok(state
+        .store
+        .hosts(false)
+        .await?
+        .into_iter()
+        .filter_map(|h| Some((h.id, names.get(&h.environment_id)?.clone())))
+        .collect())
+}
+
 /// Admins only.
 pub fn admin_only(p: &Principal) -> Result<(), ApiError> {
     if p.admin {

@@ -43,11 +43,7 @@ pub(super) async fn list(
 ) -> Result<Json<Vec<ContainerView>>, ApiError> {
     let mut all = containers::list(&state).await?;
     if !p.admin {
-        let envs: std::collections::HashMap<String, String> = crate::hosts::list(&state)
-            .await?
-            .into_iter()
-            .map(|h| (h.id, h.environment))
-            .collect();
+        let envs = super::access::host_environments(&state).await?;
         all.retain(|c| envs.get(&c.host_id).is_some_and(|e| p.sees(e)));
     }
     Ok(Json(all))

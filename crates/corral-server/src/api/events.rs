@@ -35,11 +35,7 @@ pub(super) async fn list(
     }
     let mut events = state.store.events(limit).await?;
     if !p.admin {
-        let hosts: std::collections::HashMap<String, String> = crate::hosts::list(&state)
-            .await?
-            .into_iter()
-            .map(|h| (h.id, h.environment))
-            .collect();
+        let hosts = super::access::host_environments(&state).await?;
         events.retain(|e| {
             e.host_id
                 .as_ref()

@@ -167,21 +167,12 @@ impl Server {
 
     /// The CLI as the admin, with `stdin` on standard input.
     pub fn cli_with_stdin(&self, args: &[&str], stdin: &str) -> Output {
-        use std::io::Write;
-        let mut child = Command::new(corral_bin())
-            .args(args)
+        let mut cmd = Command::new(corral_bin());
+        cmd.args(args)
             .env("CORRAL_SERVER", &self.env.server)
             .env("CORRAL_API_KEY", &self.env.api_key)
-            .env("CORRAL_CA_CHECKSUM", &self.env.checksum)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("run corral");
-        if let Some(mut input) = child.stdin.take() {
-            input.write_all(stdin.as_bytes()).expect("write stdin");
-        }
-        child.wait_with_output().expect("run corral")
+            .env("CORRAL_CA_CHECKSUM", &self.env.checksum);
+        with_stdin(cmd, stdin)
     }
 
     pub fn cli_ok(&self, args: &[&str]) -> String {
@@ -411,14 +402,20 @@ pub fn sql(db: &Path, statement: &str) {
 /// `corral ARGS…` without the admin's variables: only what `corral login` saved in `config`
 /// (plus `envs`), with `stdin` on standard input.
 pub fn as_user(config: &Path, args: &[&str], stdin: &str, envs: &[(&str, &str)]) -> Output {
-    use std::io::Write;
-    let mut child = Command::new(corral_bin())
-        .args(args)
+    let mut cmd = Command::new(corral_bin());
+    cmd.args(args)
         .env_remove("CORRAL_SERVER")
         .env_remove("CORRAL_API_KEY")
         .env_remove("CORRAL_CA_CHECKSUM")
         .env("CORRAL_CONFIG", config)
-        .envs(envs.iter().copied())
+        .envs(envs.iter().copied());
+    with_stdin(cmd, stdin)
+}
+
+/// Runs `cmd` with `stdin` on its standard input, collecting its output.
+pub fn with_stdin(mut cmd: Command, stdin: &str) -> Output {
+    use std::io::Write;
+    let mut child = cmd
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())

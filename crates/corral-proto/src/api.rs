@@ -112,6 +112,12 @@ pub struct HostView {
 /// Most events one `GET /v1/events?limit=N` returns; a larger `limit` is refused (400).
 pub const MAX_EVENTS_PER_REQUEST: u32 = 1_000;
 
+/// The request header that names the environment a request works in (the CLI's `--env`,
+/// `CORRAL_ENV` or the environment `corral env use` saved): names of hosts, stacks and
+/// containers are looked up in it alone, and listings show only it. Without it, a name is
+/// looked up across every environment the caller has a role in.
+pub const ENVIRONMENT_HEADER: &str = "corral-environment";
+
 /// `POST /v1/login`: a user's name and password for a new API key of theirs.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -759,6 +765,8 @@ pub struct PullRequest {
 /// A secret as `corral secret ls` shows it: never its value.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SecretView {
+    /// The environment of its stack.
+    pub environment: String,
     /// The stack that ships it.
     pub stack: String,
     /// Its name in the Compose file.

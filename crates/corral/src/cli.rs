@@ -129,6 +129,9 @@ pub enum Command {
         /// How long the key lives (default 30 days).
         #[arg(long, value_parser = crate::duration::parse_duration)]
         ttl: Option<std::time::Duration>,
+        /// Work in this environment from now on (as `corral env use` does).
+        #[arg(long = "env")]
+        environment: Option<String>,
     },
     /// Who the CLI acts as: user, admin or not, roles per environment.
     Whoami {
@@ -182,7 +185,7 @@ pub enum Command {
         #[arg(long, default_value = "ports", value_parser = ["ports", "services"])]
         view: String,
         /// The environment (for `--view services`).
-        #[arg(long = "env", env = "CORRAL_ENV", default_value = "default")]
+        #[arg(long = "env", env = "CORRAL_ENV", default_value_t = crate::config::default_env())]
         environment: String,
         /// Where administrators and API users come from (drawn on the users box).
         #[arg(long = "admin-cidr")]
@@ -482,7 +485,7 @@ pub struct UpArgs {
     #[arg(long = "env-file")]
     pub env_files: Vec<PathBuf>,
     /// The environment whose hosts run the stack.
-    #[arg(long = "env", env = "CORRAL_ENV", default_value = "default")]
+    #[arg(long = "env", env = "CORRAL_ENV", default_value_t = crate::config::default_env())]
     pub environment: String,
     #[command(flatten)]
     pub wait: WaitArgs,
@@ -656,6 +659,19 @@ pub enum EnvCommand {
         #[command(flatten)]
         out: Out,
     },
+    /// Work in one environment from now on: commands that act in one default to it, names of
+    /// hosts, stacks and containers are looked up in it, and listings show only it. Saved with
+    /// the login (`corral login`); `CORRAL_ENV` and `--env` still win.
+    Use {
+        #[command(flatten)]
+        conn: Conn,
+        /// The environment.
+        #[arg(required_unless_present = "all")]
+        name: Option<String>,
+        /// Work in every environment you have a role in again.
+        #[arg(long, conflicts_with = "name")]
+        all: bool,
+    },
     /// Remove an environment that holds no host, stack or container (refused, saying what is
     /// left, otherwise); its registration tokens are revoked. `default` stays.
     Rm {
@@ -746,7 +762,7 @@ pub enum TokenCommand {
         #[command(flatten)]
         conn: Conn,
         /// Environment the host joins.
-        #[arg(long = "env", env = "CORRAL_ENV", default_value = "default")]
+        #[arg(long = "env", env = "CORRAL_ENV", default_value_t = crate::config::default_env())]
         env: String,
         /// Lifetime, e.g. 30m, 24h, 7d, or "never".
         #[arg(long, default_value = "24h")]
@@ -901,7 +917,7 @@ pub enum RegistryCommand {
         #[arg(long)]
         builds: bool,
         /// The environment.
-        #[arg(long = "env", env = "CORRAL_ENV", default_value = "default")]
+        #[arg(long = "env", env = "CORRAL_ENV", default_value_t = crate::config::default_env())]
         environment: String,
     },
     /// List registries (never their passwords).
@@ -919,7 +935,7 @@ pub enum RegistryCommand {
         #[command(flatten)]
         conn: Conn,
         registry: String,
-        #[arg(long = "env", env = "CORRAL_ENV", default_value = "default")]
+        #[arg(long = "env", env = "CORRAL_ENV", default_value_t = crate::config::default_env())]
         environment: String,
     },
 }
@@ -934,14 +950,14 @@ pub enum PolicyCommand {
         /// The policy file.
         #[arg(short = 'f', long = "file")]
         file: PathBuf,
-        #[arg(long = "env", env = "CORRAL_ENV", default_value = "default")]
+        #[arg(long = "env", env = "CORRAL_ENV", default_value_t = crate::config::default_env())]
         environment: String,
     },
     /// The policy in force and what it lets flow between the deployed services.
     Show {
         #[command(flatten)]
         conn: Conn,
-        #[arg(long = "env", env = "CORRAL_ENV", default_value = "default")]
+        #[arg(long = "env", env = "CORRAL_ENV", default_value_t = crate::config::default_env())]
         environment: String,
         #[command(flatten)]
         out: Out,
@@ -957,7 +973,7 @@ pub enum PolicyCommand {
         /// The old side: this generation.
         #[arg(long)]
         from: Option<i64>,
-        #[arg(long = "env", env = "CORRAL_ENV", default_value = "default")]
+        #[arg(long = "env", env = "CORRAL_ENV", default_value_t = crate::config::default_env())]
         environment: String,
         #[command(flatten)]
         out: Out,
@@ -969,7 +985,7 @@ pub enum PolicyCommand {
         conn: Conn,
         #[arg(long = "to")]
         generation: Option<i64>,
-        #[arg(long = "env", env = "CORRAL_ENV", default_value = "default")]
+        #[arg(long = "env", env = "CORRAL_ENV", default_value_t = crate::config::default_env())]
         environment: String,
     },
     /// Would this connection be allowed? Names the rule that decides. Exits 1 when denied.
@@ -988,7 +1004,7 @@ pub enum PolicyCommand {
         /// Test this document instead of the policy in force.
         #[arg(short = 'f', long = "file")]
         file: Option<PathBuf>,
-        #[arg(long = "env", env = "CORRAL_ENV", default_value = "default")]
+        #[arg(long = "env", env = "CORRAL_ENV", default_value_t = crate::config::default_env())]
         environment: String,
         #[command(flatten)]
         out: Out,
@@ -1004,14 +1020,14 @@ pub enum AdmissionCommand {
         /// The policy file.
         #[arg(short = 'f', long = "file")]
         file: PathBuf,
-        #[arg(long = "env", env = "CORRAL_ENV", default_value = "default")]
+        #[arg(long = "env", env = "CORRAL_ENV", default_value_t = crate::config::default_env())]
         environment: String,
     },
     /// The policy in force, every key spelled out.
     Show {
         #[command(flatten)]
         conn: Conn,
-        #[arg(long = "env", env = "CORRAL_ENV", default_value = "default")]
+        #[arg(long = "env", env = "CORRAL_ENV", default_value_t = crate::config::default_env())]
         environment: String,
         #[command(flatten)]
         out: Out,
@@ -1031,7 +1047,7 @@ pub enum AdmissionCommand {
         /// Test against this policy file instead of the environment's.
         #[arg(long)]
         policy: Option<PathBuf>,
-        #[arg(long = "env", env = "CORRAL_ENV", default_value = "default")]
+        #[arg(long = "env", env = "CORRAL_ENV", default_value_t = crate::config::default_env())]
         environment: String,
         #[command(flatten)]
         out: Out,

@@ -2,7 +2,7 @@
 //! (`CORRAL_CA_CHECKSUM`), exactly like an agent does.
 
 use anyhow::{Context, anyhow, bail};
-use corral_proto::api::ErrorBody;
+use corral_proto::api::{ENVIRONMENT_HEADER, ErrorBody};
 use corral_tls::CaChecksum;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -16,6 +16,9 @@ pub struct Client {
     api_key: Option<String>,
     http: reqwest::Client,
     pub checksum: Option<CaChecksum>,
+    /// The environment requests work in (sent as [`ENVIRONMENT_HEADER`]): names are looked up
+    /// and listings cut to it. `None`: every environment the user has a role in.
+    scope: Option<String>,
 }
 
 const HOW_TO: &str = "log in with `corral login --server URL --ca-checksum SHA --user NAME`, or on the server's machine run `set -a; . ./corral-data/admin.env; set +a` (or pass --server, --api-key and --ca-checksum)";
@@ -23,33 +26,59 @@ const HOW_TO: &str = "log in with `corral login --server URL --ca-checksum SHA -
 /// The connection flags, completed from what `corral login` saved: all of it when no server
 /// is given, the key and checksum when the given server is the saved one (a saved key is never
 /// sent to another server).
-fn completed(conn: &Conn) -> anyhow::Result<Conn> {
+///
+/// Also the environment to work in: `CORRAL_ENV`, else the one saved with the login (for its
+/// own server only). A saved config that does not read stops every command, even one whose
+/// flags are complete: the environment it names is not silently replaced by every one.
+fn completed(conn: &Conn) -> anyhow::Result<(Conn, Option<String>)> {
     let mut conn = conn.clone();
-    if conn.server.is_some() && conn.api_key.is_some() && conn.ca_checksum.is_some() {
-        return Ok(conn);
-    }
+    let from_env = std::env::var("CORRAL_ENV").ok().filter(|e| !e.is_empty());
     let Some(saved) = crate::config::load()? else {
-        return Ok(conn);
+        return Ok((conn, from_env));
     };
     let same = |s: &String| s.trim_end_matches('/') == saved.server.trim_end_matches('/');
+    let mut scope = from_env;
     if conn.server.as_ref().is_none_or(same) {
         conn.server.get_or_insert_with(|| saved.server.clone());
         conn.api_key.get_or_insert_with(|| saved.api_key.clone());
         if conn.ca_checksum.is_none() {
             conn.ca_checksum = saved.ca_checksum.clone();
         }
+        if scope.is_none() {
+            scope = saved.env.clone();
+        }
     }
-    Ok(conn)
+    Ok((conn, scope))
 }
 
 impl Client {
     pub fn new(conn: &Conn) -> anyhow::Result<Client> {
-        let conn = completed(conn)?;
+        let (conn, scope) = completed(conn)?;
         let api_key = conn
             .api_key
             .clone()
             .ok_or_else(|| anyhow!("CORRAL_API_KEY is not set: {HOW_TO}"))?;
-        Client::with_key(&conn, Some(api_key))
+        let mut client = Client::with_key(&conn, Some(api_key))?;
+        client.scope = scope;
+        Ok(client)
+    }
+
+    /// The same client, working in `env` (a command's own `--env`).
+    pub fn in_env(mut self, env: &str) -> Client {
+        self.scope = Some(env.to_owned());
+        self
+    }
+
+    /// The same client, working in every environment the user has a role in (for what belongs
+    /// to none: the environments themselves, users, keys).
+    pub fn unscoped(mut self) -> Client {
+        self.scope = None;
+        self
+    }
+
+    /// The environment requests work in, if one.
+    pub fn scope(&self) -> Option<&str> {
+        self.scope.as_deref()
     }
 
     /// A client that sends no key (for `corral login`), with the flags as given.
@@ -88,6 +117,7 @@ impl Client {
             api_key,
             http,
             checksum,
+            scope: None,
         })
     }
 
@@ -98,6 +128,10 @@ impl Client {
     async fn send(&self, req: reqwest::RequestBuilder) -> anyhow::Result<reqwest::Response> {
         let req = match &self.api_key {
             Some(key) => req.bearer_auth(key),
+            None => req,
+        };
+        let req = match &self.scope {
+            Some(env) => req.header(ENVIRONMENT_HEADER, env),
             None => req,
         };
         let resp = req
@@ -217,6 +251,9 @@ impl Client {
         let mut req = self.http.get(format!("{}{path}", self.base));
         if let Some(key) = &self.api_key {
             req = req.bearer_auth(key);
+        }
+        if let Some(env) = &self.scope {
+            req = req.header(ENVIRONMENT_HEADER, env);
         }
         let resp = req
             .send()

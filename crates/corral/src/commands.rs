@@ -28,7 +28,8 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             user,
             password_stdin,
             ttl,
-        } => crate::users::login(conn, user, password_stdin, ttl).await,
+            environment,
+        } => crate::users::login(conn, user, password_stdin, ttl, environment).await,
         Command::Whoami { conn, out } => crate::users::whoami(conn, out).await,
         Command::User(cmd) => crate::users::user(cmd).await,
         Command::Key(cmd) => crate::users::key(cmd).await,
@@ -42,10 +43,11 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 Client::new(&conn)?.get("/v1/secrets").await?;
             print(out.format, &list, |l| {
                 table(
-                    &["STACK", "SECRET", "VERSION", "MOUNTED"],
+                    &["ENVIRONMENT", "STACK", "SECRET", "VERSION", "MOUNTED"],
                     l.iter()
                         .map(|s| {
                             vec![
+                                s.environment.clone(),
                                 s.stack.clone(),
                                 s.name.clone(),
                                 s.version.clone(),
@@ -446,10 +448,11 @@ async fn host(cmd: HostCommand) -> anyhow::Result<()> {
             environment,
             out,
         } => {
-            let mut hosts: Vec<HostView> = Client::new(&conn)?.get("/v1/hosts").await?;
-            if let Some(env) = environment {
-                hosts.retain(|h| h.environment == env);
+            let mut client = Client::new(&conn)?;
+            if let Some(env) = &environment {
+                client = client.in_env(env);
             }
+            let hosts: Vec<HostView> = client.get("/v1/hosts").await?;
             print(out.format, &hosts, |hs| {
                 table(
                     &[
@@ -555,7 +558,14 @@ async fn env(cmd: EnvCommand) -> anyhow::Result<()> {
     use corral_proto::api::{EnvironmentView, RotatedKey};
     match cmd {
         EnvCommand::Ls { conn, out } => {
-            let envs: Vec<EnvironmentView> = Client::new(&conn)?.get("/v1/environments").await?;
+            let client = Client::new(&conn)?;
+            let current = client.scope().map(str::to_owned);
+            let envs: Vec<EnvironmentView> = client.unscoped().get("/v1/environments").await?;
+            if let Some(name) = &current
+                && out.format == Format::Table
+            {
+                eprintln!("working in environment {name} (`corral env use --all` to work in all)");
+            }
             print(out.format, &envs, |es| {
                 table(
                     &[
@@ -619,6 +629,40 @@ async fn env(cmd: EnvCommand) -> anyhow::Result<()> {
                     e.name
                 )
             })
+        }
+        EnvCommand::Use { conn, name, all: _ } => {
+            let client = Client::new(&conn)?.unscoped();
+            if let Some(name) = &name {
+                let envs: Vec<EnvironmentView> = client.get("/v1/environments").await?;
+                if !envs.iter().any(|e| &e.name == name) {
+                    bail!(
+                        "no environment {name:?} that you have a role in; list them with `corral env ls`"
+                    );
+                }
+            }
+            let mut saved = crate::config::load()?.filter(|s| {
+                s.server.trim_end_matches('/') == client.base().trim_end_matches('/')
+            }).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "nothing is saved for {} to add the environment to: log in with `corral login` (or set CORRAL_ENV)",
+                    client.base()
+                )
+            })?;
+            saved.env = name.clone();
+            let path = crate::config::save(&saved)?;
+            match &name {
+                Some(n) => eprintln!("working in environment {n} (saved in {})", path.display()),
+                None => eprintln!(
+                    "working in every environment you have a role in (saved in {})",
+                    path.display()
+                ),
+            }
+            if let Ok(over) = std::env::var("CORRAL_ENV")
+                && !over.is_empty()
+            {
+                eprintln!("note: CORRAL_ENV={over} is set and wins over what is saved");
+            }
+            Ok(())
         }
         EnvCommand::Rm { conn, name } => {
             Client::new(&conn)?

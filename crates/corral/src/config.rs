@@ -18,6 +18,21 @@ pub struct Saved {
     pub ca_checksum: Option<String>,
     pub api_key: String,
     pub user: String,
+    /// The environment commands work in when they name none (`corral env use`, `corral login
+    /// --env`); `None`: every environment the user has a role in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<String>,
+}
+
+/// The environment a command that acts in one uses when `--env` and `CORRAL_ENV` name none:
+/// the one `corral env use` saved, else `default`. (A config that does not read is reported by
+/// the client that loads it for the request; here it counts as none chosen.)
+pub fn default_env() -> String {
+    load()
+        .ok()
+        .flatten()
+        .and_then(|s| s.env)
+        .unwrap_or_else(|| "default".to_owned())
 }
 
 pub fn path() -> Option<PathBuf> {

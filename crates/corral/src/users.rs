@@ -51,6 +51,7 @@ pub async fn login(
     user: String,
     password_stdin: bool,
     ttl: Option<std::time::Duration>,
+    environment: Option<String>,
 ) -> anyhow::Result<()> {
     let client = Client::anonymous(&conn)?;
     let password = read_password(&format!("password for {user}: "), password_stdin)?;
@@ -65,12 +66,34 @@ pub async fn login(
             }),
         )
         .await?;
-    let path = crate::config::save(&crate::config::Saved {
+    let mut saved = crate::config::Saved {
         server: client.base().to_owned(),
         ca_checksum: conn.ca_checksum.clone(),
         api_key: key.key.clone(),
         user: key.user.clone(),
-    })?;
+        env: None,
+    };
+    if let Some(env) = environment {
+        // Checked with the new key, so that a name the user has no role in is not saved.
+        let with_key = Client::new(&crate::cli::Conn {
+            server: Some(saved.server.clone()),
+            api_key: Some(saved.api_key.clone()),
+            ca_checksum: saved.ca_checksum.clone(),
+        })?
+        .unscoped();
+        let envs: Vec<corral_proto::api::EnvironmentView> =
+            with_key.get("/v1/environments").await?;
+        if !envs.iter().any(|e| e.name == env) {
+            let path = crate::config::save(&saved)?;
+            bail!(
+                "logged in as {} (saved in {}), but they have no role in an environment {env:?}: working in every environment they have a role in",
+                key.user,
+                path.display()
+            );
+        }
+        saved.env = Some(env);
+    }
+    let path = crate::config::save(&saved)?;
     eprintln!(
         "logged in as {} at {}; the key ({}{}) is saved in {} (0600)",
         key.user,
@@ -122,7 +145,13 @@ fn user_table(users: &[UserView]) -> String {
 }
 
 pub async fn whoami(conn: Conn, out: crate::cli::Out) -> anyhow::Result<()> {
-    let me: UserView = Client::new(&conn)?.get("/v1/whoami").await?;
+    let client = Client::new(&conn)?;
+    let me: UserView = client.get("/v1/whoami").await?;
+    if let Some(env) = client.scope()
+        && out.format == crate::cli::Format::Table
+    {
+        eprintln!("working in environment {env}");
+    }
     print(out.format, &me, |u| user_table(std::slice::from_ref(u)))
 }
 

@@ -207,3 +207,152 @@ fn logins_keys_and_lockouts() {
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "413");
 }
+
+/// Names are unique per environment: a name used in two is looked up in the environment a
+/// command works in (`--env`, `CORRAL_ENV`, `corral env use`), else among the environments the
+/// caller has a role in — never revealing one they have none in.
+#[test]
+fn names_are_looked_up_in_the_working_environment() {
+    let t = tmp();
+    let server = Server::start(&t.path().join("data"), &[]);
+    server.cli_ok(&["env", "create", "prod"]);
+    let (_, default_token) = server.token(&["--env", "default"]);
+    let (_, prod_token) = server.token(&["--env", "prod"]);
+    let _a = start_agent(
+        &server,
+        &t.path().join("a"),
+        "h1",
+        Some(&default_token),
+        &[],
+    );
+    let _b = start_agent(&server, &t.path().join("b"), "h1", Some(&prod_token), &[]);
+    wait_until(Duration::from_secs(30), "both h1 to register", || {
+        server.hosts().iter().filter(|h| h["name"] == "h1").count() == 2
+    });
+
+    // The admin sees both: a bare name is ambiguous and says where; an environment decides.
+    let out = server.cli(&["host", "inspect", "h1"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("2 hosts are named \"h1\", in environments default, prod"),
+        "{out:?}"
+    );
+    let env_of = |out: &Output| -> String {
+        assert!(out.status.success(), "{out:?}");
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["environment"].as_str().unwrap().to_owned()
+    };
+    let mut cmd = Command::new(corral_bin());
+    cmd.args(["host", "inspect", "h1", "-o", "json"])
+        .env("CORRAL_SERVER", &server.env.server)
+        .env("CORRAL_API_KEY", &server.env.api_key)
+        .env("CORRAL_CA_CHECKSUM", &server.env.checksum)
+        .env("CORRAL_ENV", "prod");
+    assert_eq!(env_of(&with_stdin(cmd, "")), "prod");
+    let listed = server.cli_json(&["host", "ls", "--env", "prod"]);
+    let listed = listed.as_array().unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0]["environment"], "prod");
+
+    // A member of prod alone finds prod's h1 by name, and learns nothing of default's.
+    let password = "a long enough password";
+    server.cli_with_stdin(
+        &["user", "create", "pat", "--password-stdin"],
+        &format!("{password}\n"),
+    );
+    server.cli_ok(&["user", "grant", "pat", "--env", "prod", "--role", "member"]);
+    let pat = t.path().join("pat.json");
+    assert!(login(&server, &pat, "pat", password).status.success());
+    assert_eq!(
+        env_of(&as_user(
+            &pat,
+            &["host", "inspect", "h1", "-o", "json"],
+            "",
+            &[]
+        )),
+        "prod"
+    );
+    let out = as_user(&pat, &["host", "ls", "-o", "json"], "", &[]);
+    let seen: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(seen.as_array().unwrap().len(), 1, "{seen}");
+    for env in ["default", "nosuch"] {
+        let out = as_user(&pat, &["host", "ls"], "", &[("CORRAL_ENV", env)]);
+        assert!(
+            stderr(&out).contains(&format!("no environment \"{env}\"")),
+            "{out:?}"
+        );
+        let out = as_user(&pat, &["env", "use", env], "", &[]);
+        assert!(!out.status.success());
+        assert!(stderr(&out).contains("that you have a role in"), "{out:?}");
+    }
+
+    // `env use` saves the working environment with the login: listings, lookups and what
+    // commands create follow it until `env use --all`.
+    let admin = t.path().join("admin.json");
+    server.cli_with_stdin(
+        &["user", "passwd", "admin", "--password-stdin"],
+        &format!("{password}\n"),
+    );
+    assert!(login(&server, &admin, "admin", password).status.success());
+    let out = as_user(&admin, &["env", "use", "prod"], "", &[]);
+    assert!(out.status.success(), "{out:?}");
+    let saved: Value = serde_json::from_str(&std::fs::read_to_string(&admin).unwrap()).unwrap();
+    assert_eq!(saved["env"], "prod");
+    assert_eq!(
+        env_of(&as_user(
+            &admin,
+            &["host", "inspect", "h1", "-o", "json"],
+            "",
+            &[]
+        )),
+        "prod"
+    );
+    let out = as_user(&admin, &["host", "ls", "-o", "json"], "", &[]);
+    let seen: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(seen.as_array().unwrap().len(), 1, "{seen}");
+    let out = as_user(&admin, &["token", "create", "-o", "json"], "", &[]);
+    let made: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(made["environment"], "prod", "{out:?}");
+    // CORRAL_ENV and --env still win over what is saved.
+    let out = as_user(
+        &admin,
+        &["host", "inspect", "h1", "-o", "json"],
+        "",
+        &[("CORRAL_ENV", "default")],
+    );
+    assert_eq!(env_of(&out), "default");
+    let out = as_user(
+        &admin,
+        &["token", "create", "--env", "default", "-o", "json"],
+        "",
+        &[],
+    );
+    let made: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(made["environment"], "default", "{out:?}");
+    let out = as_user(&admin, &["whoami"], "", &[]);
+    assert!(
+        stderr(&out).contains("working in environment prod"),
+        "{out:?}"
+    );
+    let out = as_user(&admin, &["env", "use", "--all"], "", &[]);
+    assert!(out.status.success(), "{out:?}");
+    let out = as_user(&admin, &["host", "ls", "-o", "json"], "", &[]);
+    let seen: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(seen.as_array().unwrap().len(), 2, "{seen}");
+
+    // The header itself: a name that is not one is refused; an unknown one is not found.
+    for (value, code) in [("Not A Name!", "400"), ("nosuch", "404"), ("prod", "200")] {
+        let out = Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
+            .arg(server.dir.join("pki/ca.pem"))
+            .args([
+                "-H",
+                &format!("authorization: Bearer {}", server.env.api_key),
+            ])
+            .args(["-H", &format!("corral-environment: {value}")])
+            .arg(format!("{}/v1/hosts", server.url()))
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), code, "{value}");
+    }
+}

@@ -66,6 +66,12 @@ impl Principal {
         self.role_in(env).is_some()
     }
 
+    /// Whether listings show the environment's objects: it sees it, and the request works in
+    /// it or in every environment.
+    pub fn in_scope(&self, env: &str) -> bool {
+        self.sees(env) && self.scope.as_deref().is_none_or(|s| s == env)
+    }
+
     /// `access` in `env`, else 403 naming the role it has and the one it needs — or, when it
     /// has none there, 404 as for an environment that does not exist (a user sees nothing of an
     /// environment they have no role in).
@@ -97,17 +103,11 @@ pub enum Of<'a> {
     Token(&'a str),
 }
 
-impl Of<'_> {
+impl<'a> Of<'a> {
     /// What the route would answer if the object did not exist (what a principal with no role
     /// in its environment gets, so that it learns nothing of it).
-    fn not_found(self) -> ApiError {
-        let (what, name, list) = match self {
-            Of::Env(n) => ("environment", n, "corral env ls"),
-            Of::Host(n) => ("host", n, "corral host ls"),
-            Of::Container(n) => ("container", n, "corral container ls"),
-            Of::Stack(n) => ("stack", n, "corral stack ls"),
-            Of::Token(n) => ("token", n, "corral token ls"),
-        };
+    pub(super) fn not_found(self) -> ApiError {
+        let (what, name, list) = self.words();
         ApiError::new(
             StatusCode::NOT_FOUND,
             format!(
@@ -117,49 +117,130 @@ impl Of<'_> {
         )
     }
 
-    /// The name of the environment it is or belongs to; `None` when there is no such object.
-    async fn environment(self, state: &AppState) -> Result<Option<String>, ApiError> {
-        use crate::store::StoreError;
-        let env_id = match self {
-            Of::Env(name) => return Ok(Some(name.to_owned())),
-            Of::Host(n) => state.store.find_host(n).await.map(|h| h.environment_id),
-            Of::Container(n) => state
-                .store
-                .find_container(n)
-                .await
-                .map(|c| c.environment_id),
-            Of::Stack(n) => state.store.find_stack(n).await.map(|s| s.environment_id),
-            Of::Token(id) => {
-                let tokens = state.store.tokens().await?;
-                match tokens.into_iter().find(|t| t.id == id) {
-                    Some(t) => Ok(t.environment_id),
-                    None => Err(StoreError::NotFound(id.to_owned())),
-                }
-            }
-        };
-        match env_id {
-            Ok(id) => Ok(Some(state.store.environment_name(&id).await?)),
-            Err(StoreError::NotFound(_)) => Ok(None),
-            Err(e) => Err(e.into()),
+    fn words(self) -> (&'static str, &'a str, &'static str) {
+        match self {
+            Of::Env(n) => ("environment", n, "corral env ls"),
+            Of::Host(n) => ("host", n, "corral host ls"),
+            Of::Container(n) => ("container", n, "corral container ls"),
+            Of::Stack(n) => ("stack", n, "corral stack ls"),
+            Of::Token(n) => ("registration token", n, "corral token ls"),
         }
+    }
+
+    /// Every object it may name — by id, or by name in any environment — with the id of its
+    /// environment.
+    async fn candidates(self, state: &AppState) -> Result<Vec<Candidate>, ApiError> {
+        use crate::store::Named;
+        let (kind, id_or_name) = match self {
+            Of::Env(name) => {
+                return Ok(state
+                    .store
+                    .environment_by_name(name)
+                    .await?
+                    .map(|e| Candidate {
+                        id: e.name,
+                        environment_id: e.id,
+                    })
+                    .into_iter()
+                    .collect());
+            }
+            Of::Token(id) => {
+                return Ok(state
+                    .store
+                    .tokens()
+                    .await?
+                    .into_iter()
+                    .filter(|t| t.id == id)
+                    .map(|t| Candidate {
+                        id: t.id,
+                        environment_id: t.environment_id,
+                    })
+                    .collect());
+            }
+            Of::Host(n) => (Named::Host, n),
+            Of::Container(n) => (Named::Container, n),
+            Of::Stack(n) => (Named::Stack, n),
+        };
+        Ok(state
+            .store
+            .named(kind, id_or_name)
+            .await?
+            .into_iter()
+            .map(|(id, environment_id)| Candidate { id, environment_id })
+            .collect())
     }
 }
 
-/// Checks that `p` may do `access` to `of`. No role in its environment, or no such object:
-/// the same 404 (a user sees nothing of an environment they have no role in). Admins pass,
-/// and the route then answers for a missing object itself.
+struct Candidate {
+    /// The object's id (an environment's: its name).
+    id: String,
+    environment_id: String,
+}
+
+/// Resolves what a route names to the one object the principal may do `access` to, and
+/// returns its id (an environment's name; for an admin naming nothing that exists, the name
+/// as given). An id names its object wherever it is; a name is
+/// looked up in the request's environment when it names one, else in every environment the
+/// principal has a role in, and a name found in several of those is refused (409) with their
+/// names. Found nowhere it may look, or only where it has no role: the same 404 as for nothing
+/// at all (a user sees nothing of an environment they have no role in). Found, but the role
+/// there does not allow `access`: 403.
 pub async fn check(
     p: &Principal,
     state: &AppState,
     of: Of<'_>,
     access: Access,
-) -> Result<(), ApiError> {
-    if p.admin {
-        return Ok(());
+) -> Result<String, ApiError> {
+    let (what, id_or_name, _) = of.words();
+    let candidates = of.candidates(state).await?;
+    if candidates.is_empty() {
+        // An admin may do anything anywhere: the route validates its input and answers for
+        // the missing object itself. Anyone else learns no more than "not found".
+        if p.admin {
+            return Ok(id_or_name.to_owned());
+        }
+        return Err(of.not_found());
     }
-    match of.environment(state).await? {
-        Some(env) if p.sees(&env) => p.require(&env, access),
-        _ => Err(of.not_found()),
+    let names: std::collections::HashMap<String, String> = state
+        .store
+        .environments()
+        .await?
+        .into_iter()
+        .map(|e| (e.id, e.name))
+        .collect();
+    let env_of = |c: &Candidate| names.get(&c.environment_id).cloned();
+    let mut found: Vec<(&Candidate, String)> = match candidates.iter().find(|c| c.id == id_or_name)
+    {
+        Some(exact) => env_of(exact).map(|e| (exact, e)).into_iter().collect(),
+        None => candidates
+            .iter()
+            .filter_map(|c| Some((c, env_of(c)?)))
+            .collect(),
+    };
+    // An environment named outright is where the route acts, whatever the request's scope.
+    found.retain(|(_, env)| match of {
+        Of::Env(_) => p.sees(env),
+        _ => p.in_scope(env),
+    });
+    match found.as_slice() {
+        [] => Err(of.not_found()),
+        [(c, env)] => {
+            p.require(env, access)?;
+            Ok(c.id.clone())
+        }
+        many => {
+            let mut envs: Vec<&str> = many.iter().map(|(_, e)| e.as_str()).collect();
+            envs.sort_unstable();
+            Err(ApiError::new(
+                StatusCode::CONFLICT,
+                format!(
+                    "{} {what}s are named {}, in environments {}: say which with `--env` (or CORRAL_ENV), or use the id",
+                    many.len(),
+                    quoted(id_or_name, MAX_ID),
+                    envs.join(", ")
+                ),
+            ))
+        }
     }
 }
 

@@ -20,9 +20,9 @@ pub(super) async fn run(
     State(state): State<Arc<AppState>>,
     body: Body<RunContainer>,
 ) -> Result<Response, ApiError> {
-    let Json(req) = body?;
+    let Json(mut req) = body?;
     match req.host.as_deref() {
-        Some(host) => check(&p, &state, Of::Host(host), Access::Operate).await?,
+        Some(host) => req.host = Some(check(&p, &state, Of::Host(host), Access::Operate).await?),
         None => super::access::admin_only(&p).map_err(|_| {
             ApiError::new(
                 StatusCode::BAD_REQUEST,
@@ -42,9 +42,9 @@ pub(super) async fn list(
     State(state): State<Arc<AppState>>,
 ) -> Result<Json<Vec<ContainerView>>, ApiError> {
     let mut all = containers::list(&state).await?;
-    if !p.admin {
+    if !p.admin || p.scope.is_some() {
         let envs = super::access::host_environments(&state).await?;
-        all.retain(|c| envs.get(&c.host_id).is_some_and(|e| p.sees(e)));
+        all.retain(|c| envs.get(&c.host_id).is_some_and(|e| p.in_scope(e)));
     }
     Ok(Json(all))
 }
@@ -54,8 +54,8 @@ pub(super) async fn get(
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
 ) -> Result<Json<ContainerView>, ApiError> {
-    check(&p, &state, Of::Container(&name), Access::Read).await?;
-    Ok(Json(containers::get(&state, &name).await?))
+    let id = check(&p, &state, Of::Container(&name), Access::Read).await?;
+    Ok(Json(containers::get(&state, &id).await?))
 }
 
 async fn act(state: &Arc<AppState>, name: &str, action: Action) -> Result<Response, ApiError> {
@@ -71,8 +71,8 @@ pub(super) async fn start(
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    check(&p, &state, Of::Container(&name), Access::Operate).await?;
-    act(&state, &name, Action::Start).await
+    let id = check(&p, &state, Of::Container(&name), Access::Operate).await?;
+    act(&state, &id, Action::Start).await
 }
 
 pub(super) async fn stop(
@@ -80,8 +80,8 @@ pub(super) async fn stop(
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    check(&p, &state, Of::Container(&name), Access::Operate).await?;
-    act(&state, &name, Action::Stop).await
+    let id = check(&p, &state, Of::Container(&name), Access::Operate).await?;
+    act(&state, &id, Action::Stop).await
 }
 
 pub(super) async fn remove(
@@ -89,8 +89,8 @@ pub(super) async fn remove(
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    check(&p, &state, Of::Container(&name), Access::Operate).await?;
-    act(&state, &name, Action::Remove).await
+    let id = check(&p, &state, Of::Container(&name), Access::Operate).await?;
+    act(&state, &id, Action::Remove).await
 }
 
 #[derive(Deserialize)]
@@ -112,9 +112,9 @@ pub(super) async fn logs(
     Path(name): Path<String>,
     q: Params<LogsQuery>,
 ) -> Result<Response, ApiError> {
-    check(&p, &state, Of::Container(&name), Access::Read).await?;
+    let id = check(&p, &state, Of::Container(&name), Access::Read).await?;
     let Query(q) = q?;
-    let body = containers::logs(&state, &name, q.follow, q.tail).await?;
+    let body = containers::logs(&state, &id, q.follow, q.tail).await?;
     Ok(text(super::access::revocable(
         state.clone(),
         p.key_id.clone(),

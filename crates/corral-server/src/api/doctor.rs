@@ -15,6 +15,6 @@ pub(super) async fn run(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
 ) -> Result<Json<DoctorReport>, ApiError> {
-    check(&p, &state, Of::Host(&id), Access::Read).await?;
+    let id = check(&p, &state, Of::Host(&id), Access::Read).await?;
     Ok(Json(crate::doctor::run(&state, &id).await?))
 }

@@ -34,13 +34,13 @@ pub(super) async fn list(
         .into());
     }
     let mut events = state.store.events(limit).await?;
-    if !p.admin {
+    if !p.admin || p.scope.is_some() {
         let hosts = super::access::host_environments(&state).await?;
         events.retain(|e| {
             e.host_id
                 .as_ref()
                 .and_then(|h| hosts.get(h))
-                .is_some_and(|env| p.sees(env))
+                .is_some_and(|env| p.in_scope(env))
         });
     }
     Ok(Json(

@@ -18,7 +18,7 @@ pub(super) async fn list(
     State(state): State<Arc<AppState>>,
 ) -> Result<Json<Vec<HostView>>, ApiError> {
     let mut all = hosts::list(&state).await?;
-    all.retain(|h| p.sees(&h.environment));
+    all.retain(|h| p.in_scope(&h.environment));
     Ok(Json(all))
 }
 
@@ -27,7 +27,7 @@ pub(super) async fn get(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
 ) -> Result<Json<HostView>, ApiError> {
-    check(&p, &state, Of::Host(&id), Access::Read).await?;
+    let id = check(&p, &state, Of::Host(&id), Access::Read).await?;
     Ok(Json(hosts::get(&state, &id).await?))
 }
 
@@ -36,7 +36,7 @@ pub(super) async fn remove(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    check(&p, &state, Of::Host(&id), Access::Hosts).await?;
+    let id = check(&p, &state, Of::Host(&id), Access::Hosts).await?;
     hosts::remove(&state, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -120,8 +120,8 @@ pub(super) async fn host_images(
     State(state): State<Arc<AppState>>,
     Path(host): Path<String>,
 ) -> Result<Json<Vec<ImageSummary>>, ApiError> {
-    check(&p, &state, Of::Host(&host), Access::Read).await?;
-    Ok(Json(images::host_images(&state, &host).await?))
+    let id = check(&p, &state, Of::Host(&host), Access::Read).await?;
+    Ok(Json(images::host_images(&state, &id).await?))
 }
 
 pub(super) async fn pull(
@@ -130,9 +130,9 @@ pub(super) async fn pull(
     Path(host): Path<String>,
     body: Body<PullRequest>,
 ) -> Result<Json<ImageSummary>, ApiError> {
-    check(&p, &state, Of::Host(&host), Access::Hosts).await?;
+    let id = check(&p, &state, Of::Host(&host), Access::Hosts).await?;
     let Json(req) = body?;
-    Ok(Json(images::pull_on_host(&state, &host, &req.image).await?))
+    Ok(Json(images::pull_on_host(&state, &id, &req.image).await?))
 }
 
 pub(super) async fn remove_image(
@@ -141,9 +141,9 @@ pub(super) async fn remove_image(
     Path(host): Path<String>,
     q: Params<ImageQuery>,
 ) -> Result<Json<RemovedImage>, ApiError> {
-    check(&p, &state, Of::Host(&host), Access::Hosts).await?;
+    let id = check(&p, &state, Of::Host(&host), Access::Hosts).await?;
     let Query(q) = q?;
-    Ok(Json(images::remove_on_host(&state, &host, &q.image).await?))
+    Ok(Json(images::remove_on_host(&state, &id, &q.image).await?))
 }
 
 pub(super) async fn has_context(

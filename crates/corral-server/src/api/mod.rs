@@ -280,6 +280,9 @@ pub struct Principal {
     pub key_name: String,
     /// Its role in each environment it has one in (by name); unused for an admin.
     pub roles: Vec<(String, crate::store::EnvRole)>,
+    /// The environment the request works in ([`corral_proto::api::ENVIRONMENT_HEADER`]), one
+    /// the principal has a role in; `None`: all of them.
+    pub scope: Option<String>,
 }
 
 impl FromRequestParts<Arc<AppState>> for Principal {
@@ -289,7 +292,14 @@ impl FromRequestParts<Arc<AppState>> for Principal {
         parts: &mut Parts,
         state: &Arc<AppState>,
     ) -> Result<Self, Self::Rejection> {
-        let principal = authenticate(&parts.headers, state).await?;
+        let mut principal = authenticate(&parts.headers, state).await?;
+        principal.scope = scope(&parts.headers, &principal)?;
+        if principal.admin
+            && let Some(name) = &principal.scope
+            && state.store.environment_by_name(name).await?.is_none()
+        {
+            return Err(access::Of::Env(name).not_found());
+        }
         // An authenticated connection no longer counts against the cap on unauthenticated
         // ones (and is never closed by it).
         if let Some(ConnectInfo(addr)) = parts.extensions.get::<ConnectInfo<SocketAddr>>() {
@@ -321,6 +331,28 @@ impl FromRequestParts<Arc<AppState>> for Admin {
         }
         Ok(Admin)
     }
+}
+
+/// The environment the request names in its header, if any: a valid name of an environment
+/// the principal has a role in — one it has none in is answered as one that does not exist.
+fn scope(headers: &HeaderMap, p: &Principal) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get(corral_proto::api::ENVIRONMENT_HEADER) else {
+        return Ok(None);
+    };
+    let bad = |why: String| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("the {} header {why}", corral_proto::api::ENVIRONMENT_HEADER),
+        )
+    };
+    let name = value
+        .to_str()
+        .map_err(|_| bad("is not valid text".to_owned()))?;
+    corral_proto::validate_dns_label("environment name", name).map_err(bad)?;
+    if !p.admin && !p.sees(name) {
+        return Err(access::Of::Env(name).not_found());
+    }
+    Ok(Some(name.to_owned()))
 }
 
 async fn authenticate(headers: &HeaderMap, state: &AppState) -> Result<Principal, ApiError> {
@@ -390,6 +422,7 @@ async fn authenticate(headers: &HeaderMap, state: &AppState) -> Result<Principal
         key_id: k.key_id,
         key_name: k.key_name,
         roles,
+        scope: None,
     })
 }
 

@@ -19,10 +19,10 @@ pub(super) async fn topology(
     State(state): State<Arc<AppState>>,
 ) -> Result<Json<corral_firewall::Topology>, ApiError> {
     let mut topo = topology::live(&state).await?;
-    if !p.admin {
+    if !p.admin || p.scope.is_some() {
         topo.hosts
-            .retain(|h| h.environment.as_deref().is_some_and(|e| p.sees(e)));
-        topo.environments.retain(|e| p.sees(&e.name));
+            .retain(|h| h.environment.as_deref().is_some_and(|e| p.in_scope(e)));
+        topo.environments.retain(|e| p.in_scope(&e.name));
         let names: std::collections::HashSet<String> =
             topo.hosts.iter().map(|h| h.name.clone()).collect();
         topo.published
@@ -37,7 +37,7 @@ pub(super) async fn apply_firewall(
     Path(id): Path<String>,
     body: Body<FirewallApplyRequest>,
 ) -> Result<Json<FirewallApplyReport>, ApiError> {
-    check(&p, &state, Of::Host(&id), Access::Hosts).await?;
+    let id = check(&p, &state, Of::Host(&id), Access::Hosts).await?;
     let Json(req) = body?;
     Ok(Json(topology::apply_firewall(&state, &id, req).await?))
 }

@@ -32,7 +32,7 @@ pub(super) async fn list(
     State(state): State<Arc<AppState>>,
 ) -> Result<Json<Vec<StackSummary>>, ApiError> {
     let mut all = stacks::list(&state).await?;
-    all.retain(|s| p.sees(&s.environment));
+    all.retain(|s| p.in_scope(&s.environment));
     Ok(Json(all))
 }
 
@@ -41,8 +41,8 @@ pub(super) async fn get(
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
 ) -> Result<Json<StackView>, ApiError> {
-    check(&p, &state, Of::Stack(&name), Access::Read).await?;
-    Ok(Json(stacks::get(&state, &name).await?))
+    let id = check(&p, &state, Of::Stack(&name), Access::Read).await?;
+    Ok(Json(stacks::get(&state, &id).await?))
 }
 
 #[derive(Deserialize)]
@@ -58,9 +58,9 @@ pub(super) async fn down(
     Path(name): Path<String>,
     q: Params<DownQuery>,
 ) -> Result<(StatusCode, Json<StackView>), ApiError> {
-    check(&p, &state, Of::Stack(&name), Access::Operate).await?;
+    let id = check(&p, &state, Of::Stack(&name), Access::Operate).await?;
     let Query(q) = q?;
-    let view = stacks::down(&state, &name, q.volumes).await?;
+    let view = stacks::down(&state, &id, q.volumes).await?;
     Ok((StatusCode::ACCEPTED, Json(view)))
 }
 
@@ -70,9 +70,9 @@ pub(super) async fn scale(
     Path(name): Path<String>,
     body: Body<ScaleRequest>,
 ) -> Result<Json<StackView>, ApiError> {
-    check(&p, &state, Of::Stack(&name), Access::Operate).await?;
+    let id = check(&p, &state, Of::Stack(&name), Access::Operate).await?;
     let Json(req) = body?;
-    Ok(Json(stacks::scale(&state, &name, req).await?))
+    Ok(Json(stacks::scale(&state, &id, req).await?))
 }
 
 pub(super) async fn logs(
@@ -81,9 +81,9 @@ pub(super) async fn logs(
     Path((name, service)): Path<(String, String)>,
     q: Params<LogsQuery>,
 ) -> Result<Response, ApiError> {
-    check(&p, &state, Of::Stack(&name), Access::Read).await?;
+    let id = check(&p, &state, Of::Stack(&name), Access::Read).await?;
     let Query(q) = q?;
-    let body = stacks::logs(&state, &name, &service, q.follow, q.tail).await?;
+    let body = stacks::logs(&state, &id, &service, q.follow, q.tail).await?;
     Ok(text(super::access::revocable(
         state.clone(),
         p.key_id.clone(),
@@ -96,15 +96,7 @@ pub(super) async fn secrets(
     State(state): State<Arc<AppState>>,
 ) -> Result<Json<Vec<corral_proto::api::SecretView>>, ApiError> {
     let mut all = stacks::secrets(&state).await?;
-    if !p.admin {
-        let seen: std::collections::HashSet<String> = stacks::list(&state)
-            .await?
-            .into_iter()
-            .filter(|s| p.sees(&s.environment))
-            .map(|s| s.name)
-            .collect();
-        all.retain(|s| seen.contains(&s.stack));
-    }
+    all.retain(|s| p.in_scope(&s.environment));
     Ok(Json(all))
 }
 

@@ -31,8 +31,9 @@ pub(super) async fn list(
 ) -> Result<Json<Vec<TokenView>>, ApiError> {
     let mut all = tokens::list(&state).await?;
     all.retain(|t| {
-        p.role_in(&t.environment)
-            .is_some_and(|r| super::access::allows(r, Access::Manage))
+        p.in_scope(&t.environment)
+            && p.role_in(&t.environment)
+                .is_some_and(|r| super::access::allows(r, Access::Manage))
     });
     Ok(Json(all))
 }

@@ -1043,7 +1043,23 @@ pub async fn admission_test(
 /// `corral secret ls`: every stack's secrets, by name and version (never a value).
 pub async fn secrets(state: &AppState) -> Result<Vec<corral_proto::api::SecretView>> {
     let mut out: Vec<corral_proto::api::SecretView> = Vec::new();
+    let env_names: BTreeMap<String, String> = state
+        .store
+        .environments()
+        .await?
+        .into_iter()
+        .map(|e| (e.id, e.name))
+        .collect();
     for stack in state.store.stacks().await? {
+        let environment = env_names
+            .get(&stack.environment_id)
+            .cloned()
+            .ok_or_else(|| {
+                Error::Refused(format!(
+                    "stack {} belongs to no known environment; its secrets cannot be listed",
+                    stack.name
+                ))
+            })?;
         let rows = match state.store.services(&stack.id).await {
             Ok(rows) => rows,
             Err(crate::store::StoreError::Corrupt(why)) => {
@@ -1070,12 +1086,15 @@ pub async fn secrets(state: &AppState) -> Result<Vec<corral_proto::api::SecretVi
                 let name = f.name.strip_prefix("secret ").unwrap_or(&f.name).to_owned();
                 let version: String = f.digest.chars().take(12).collect();
                 let mount = format!("{}:{}", row.name, f.target);
-                match out
-                    .iter_mut()
-                    .find(|s| s.stack == stack.name && s.name == name && s.version == version)
-                {
+                match out.iter_mut().find(|s| {
+                    s.environment == environment
+                        && s.stack == stack.name
+                        && s.name == name
+                        && s.version == version
+                }) {
                     Some(s) => s.mounts.push(mount),
                     None => out.push(corral_proto::api::SecretView {
+                        environment: environment.clone(),
                         stack: stack.name.clone(),
                         name,
                         version,

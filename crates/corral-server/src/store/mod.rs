@@ -866,6 +866,25 @@ impl Store {
             .collect())
     }
 
+    /// Every live host, container or stack whose id or name is `id_or_name`, as (id,
+    /// environment id): what a route that names one may mean, before access decides.
+    pub async fn named(&self, kind: Named, id_or_name: &str) -> Result<Vec<(String, String)>> {
+        let sql = match kind {
+            Named::Host => {
+                "SELECT id, environment_id FROM hosts WHERE removed_at IS NULL AND (id = ? OR name = ?)"
+            }
+            Named::Container => {
+                "SELECT id, environment_id FROM containers WHERE id = ? OR name = ?"
+            }
+            Named::Stack => "SELECT id, environment_id FROM stacks WHERE id = ? OR name = ?",
+        };
+        Ok(sqlx::query_as(sql)
+            .bind(id_or_name)
+            .bind(id_or_name)
+            .fetch_all(&self.reader)
+            .await?)
+    }
+
     pub async fn find_host(&self, id_or_name: &str) -> Result<HostRow> {
         let rows: Vec<HostRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT {HOST_COLUMNS} FROM hosts WHERE removed_at IS NULL AND (id = ? OR name = ?)"
@@ -946,6 +965,17 @@ impl Store {
 
     /// Commands sent to `host_id` and never answered become pending again (its connection
     /// ended before the answer came).
+    /// Whether the host has a command still to deliver or to hear back about (a read, on a
+    /// reader: a connecting host with none — every new one — costs the writer nothing here).
+    pub async fn has_open_commands(&self, host_id: &str) -> Result<bool> {
+        Ok(sqlx::query_scalar(
+            "SELECT EXISTS(SELECT 1 FROM commands WHERE host_id = ? AND state IN ('pending', 'sent'))",
+        )
+        .bind(host_id)
+        .fetch_one(&self.reader)
+        .await?)
+    }
+
     pub async fn requeue_sent_commands(&self, host_id: &str) -> Result<()> {
         sqlx::query("UPDATE commands SET state = 'pending' WHERE host_id = ? AND state = 'sent'")
             .bind(host_id)
@@ -1366,6 +1396,14 @@ fn cut_stored(head: &str, bytes: i64) -> String {
 }
 
 /// The one row matching `id_or_name`: an exact id wins; a name must be unambiguous.
+/// What [`Store::named`] looks up.
+#[derive(Debug, Clone, Copy)]
+pub enum Named {
+    Host,
+    Container,
+    Stack,
+}
+
 pub(crate) fn one_by_id_or_name<T>(
     rows: Vec<T>,
     id_or_name: &str,

@@ -302,10 +302,13 @@ pub async fn on_connect(
         tracing::warn!(host = %host.name, "ignoring a malformed overlay public key");
     }
     let endpoint = overlay_port.map(|p| SocketAddr::new(remote.ip(), p).to_string());
-    state
-        .store
-        .set_host_overlay(&host.id, key, endpoint.as_deref())
-        .await?;
+    // Nothing to record (a host on no overlay) is no write at all.
+    if key.is_some() || endpoint.is_some() {
+        state
+            .store
+            .set_host_overlay(&host.id, key, endpoint.as_deref())
+            .await?;
+    }
     // A reconnecting host has its lease: one indexed lookup, not the environment's leases
     // (nor its row, which only choosing a new lease needs). A host on no overlay (it sent no
     // key: `--no-overlay`) takes no subnet: it would only use up the range.

@@ -420,11 +420,21 @@ async fn session_loop(
         ));
     }
     // Commands sent on an earlier connection and never answered go out again, with every
-    // pending one, straight from the datastore.
-    if let Err(e) = crate::dispatch::redeliver(state, host_id).await {
+    // pending one, straight from the datastore. A host with none (every new host, most
+    // reconnecting ones) is not sent looking for them: one read instead of two writes. One
+    // queued after this read wakes the loop below (the session is already attached).
+    let open = state
+        .store
+        .has_open_commands(host_id)
+        .await
+        .unwrap_or_else(|e| {
+            tracing::error!(error = %e, "cannot tell whether a host has open commands; looking");
+            true
+        });
+    if open && let Err(e) = crate::dispatch::redeliver(state, host_id).await {
         tracing::error!(error = %e, "cannot queue a host's unanswered commands again");
     }
-    let mut more_commands = true;
+    let mut more_commands = open;
     loop {
         // Drain the host's pending commands a batch at a time, each written (and so waited
         // for) before the next is read: the datastore is the queue, memory here is bounded,

@@ -27,7 +27,7 @@ use tungstenite::protocol::CloseFrame;
 use crate::secrets::SecretHash;
 use crate::state::AppState;
 use crate::state::registry::{Capabilities, LinkEnds, Session, links};
-use crate::store::{AgentAuth, HostRow};
+use crate::store::{Admitted, AgentAuth, HostRow};
 use crate::time_fmt::{now_unix, rfc3339};
 
 /// How long a new connection may take to say hello.
@@ -164,7 +164,7 @@ pub async fn serve(state: Arc<AppState>, mut socket: WebSocket, remote: SocketAd
             return;
         }
     };
-    let host = match admit(&state, &hello, remote).await {
+    let (host, admitted) = match admit(&state, &hello, remote).await {
         Ok(h) => {
             // An authenticated tunnel no longer counts against the cap on unauthenticated
             // connections (and is never closed by it).
@@ -177,19 +177,7 @@ pub async fn serve(state: Arc<AppState>, mut socket: WebSocket, remote: SocketAd
             return;
         }
     };
-    run_session(
-        state,
-        socket,
-        remote,
-        host,
-        hello.facts.overlay_port,
-        hello.facts.overlay_public_key.clone(),
-        Capabilities {
-            overlay_deltas: hello.overlay_deltas,
-            network_policy: hello.network_policy,
-        },
-    )
-    .await;
+    run_session(state, socket, remote, host, admitted, &hello).await;
 }
 
 /// Checks version, facts and credentials. On success the host is registered or logged in.
@@ -197,7 +185,7 @@ async fn admit(
     state: &AppState,
     hello: &Hello,
     remote: SocketAddr,
-) -> Result<HostRow, (CloseReason, String)> {
+) -> Result<(HostRow, Admitted), (CloseReason, String)> {
     if !hello.protocol_versions.contains(&PROTOCOL_VERSION) {
         return Err((
             CloseReason::BadVersion,
@@ -266,10 +254,10 @@ async fn admit(
         .await
         .map_err(server_error)?;
     match outcome {
-        AgentAuth::Host(h) => {
+        AgentAuth::Host(h, admitted) => {
             // A registration (its event was written with the host, in one transaction) goes
             // into the audit log too.
-            if token.is_some() && h.registered_at == now {
+            if matches!(admitted, Admitted::Registered { .. }) {
                 state
                     .audit(crate::state::audit::server_entry(
                         "host_registered",
@@ -279,7 +267,7 @@ async fn admit(
                     ))
                     .await;
             }
-            Ok(*h)
+            Ok((*h, admitted))
         }
         AgentAuth::Removed {
             host_id,
@@ -320,14 +308,22 @@ async fn run_session(
     mut socket: WebSocket,
     remote: SocketAddr,
     host: HostRow,
-    overlay_port: Option<u16>,
-    overlay_public_key: Option<String>,
-    capabilities: Capabilities,
+    admitted: Admitted,
+    hello: &Hello,
 ) {
+    let overlay_port = hello.facts.overlay_port;
+    let overlay_public_key = hello.facts.overlay_public_key.as_deref();
+    let capabilities = Capabilities {
+        overlay_deltas: hello.overlay_deltas,
+        network_policy: hello.network_policy,
+    };
     let limit = state.options.max_message_bytes;
-    let environment = match state.store.environment_by_id(&host.environment_id).await {
-        Ok(Some(e)) => e.name,
-        _ => host.environment_id.clone(),
+    let environment = match &admitted {
+        Admitted::Registered { environment } => environment.clone(),
+        Admitted::Known => match state.store.environment_by_id(&host.environment_id).await {
+            Ok(Some(e)) => e.name,
+            _ => host.environment_id.clone(),
+        },
     };
     let conn_id = state.registry.next_conn_id();
     let (links, mut ends) = links();
@@ -364,14 +360,8 @@ async fn run_session(
             .await;
     }
     tracing::info!(host = %host.name, id = %host.id, %remote, "agent connected");
-    if let Err(e) = crate::overlay::on_connect(
-        &state,
-        &host,
-        overlay_public_key.as_deref(),
-        overlay_port,
-        remote,
-    )
-    .await
+    if let Err(e) =
+        crate::overlay::on_connect(&state, &host, overlay_public_key, overlay_port, remote).await
     {
         tracing::error!(host = %host.name, error = %e, "cannot record the host's overlay facts");
     }
@@ -385,8 +375,18 @@ async fn run_session(
         max_message_bytes: limit,
     });
     if send(&mut socket, &welcome, limit).await {
-        let reason =
-            session_loop(&state, &host.id, conn_id, &mut socket, &mut ends, &last_rx).await;
+        // A host registered just now has no command yet; one queued since wakes the loop.
+        let maybe_commands = admitted == Admitted::Known;
+        let reason = session_loop(
+            &state,
+            &host.id,
+            conn_id,
+            &mut socket,
+            &mut ends,
+            &last_rx,
+            maybe_commands,
+        )
+        .await;
         if let Some((reason, message)) = reason {
             tracing::info!(host = %host.name, %reason, %message, "closing tunnel");
             close(&mut socket, reason, message, limit).await;
@@ -409,6 +409,7 @@ async fn session_loop(
     socket: &mut WebSocket,
     ends: &mut LinkEnds,
     last_rx: &AtomicI64,
+    maybe_commands: bool,
 ) -> Option<(CloseReason, String)> {
     let limit = state.options.max_message_bytes;
     let mut live = Liveness::passive(std::time::Instant::now(), state.options.dead_after);
@@ -423,7 +424,8 @@ async fn session_loop(
     // pending one, straight from the datastore. A host with none (every new host, most
     // reconnecting ones) is not sent looking for them: one read instead of two writes. One
     // queued after this read wakes the loop below (the session is already attached).
-    let open = state
+    let open = maybe_commands
+        && state
         .store
         .has_open_commands(host_id)
         .await

@@ -9,7 +9,9 @@ use corral_proto::{
     HostFacts, ImageCheck,
 };
 use corral_server::secrets::{SecretHash, new_id};
-use corral_server::store::{AgentAuth, Completion, ContainerRow, Store, StoreError, TokenRow};
+use corral_server::store::{
+    Admitted, AgentAuth, Completion, ContainerRow, Store, StoreError, TokenRow,
+};
 use corral_server::vault::Vault;
 
 async fn store() -> (tempfile::TempDir, Store) {
@@ -58,7 +60,7 @@ async fn host(store: &Store, name: &str) -> String {
         .await
         .unwrap();
     match auth {
-        AgentAuth::Host(h) => h.id,
+        AgentAuth::Host(h, _) => h.id,
         other => panic!("not registered: {other:?}"),
     }
 }
@@ -282,4 +284,98 @@ async fn container_states_are_typed_and_an_unknown_state_fails_the_read() {
     let err = store.containers().await.unwrap_err().to_string();
     assert!(err.contains("frozen"), "{err}");
     let _ = ContainerRef::lifecycle("x", None);
+}
+
+/// Admission: a registration writes the host, the token's use and the event together; the
+/// credential then admits the known host; a second host of the same name, a removed host and
+/// an unknown credential are refused as such.
+#[tokio::test]
+async fn registration_writes_host_token_use_and_event_and_the_credential_then_admits() {
+    let (_dir, store) = store().await;
+    let id = host(&store, "a").await;
+    let tokens = store.tokens().await.unwrap();
+    assert_eq!(tokens.len(), 1);
+    assert_eq!(tokens[0].uses, 1);
+    let events = store.events(10).await.unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|e| e.kind == "host_registered" && e.host_id.as_deref() == Some(id.as_str())),
+        "{events:?}"
+    );
+    let facts = |name: &str| HostFacts {
+        name: name.into(),
+        hostname: "renamed".into(),
+        ..HostFacts::default()
+    };
+    let again = store
+        .authenticate_agent(
+            &SecretHash::of("cred-a"),
+            None,
+            &facts("a"),
+            "0.2.0",
+            "127.0.0.1:2",
+            3,
+        )
+        .await
+        .unwrap();
+    match again {
+        AgentAuth::Host(h, Admitted::Known) => {
+            assert_eq!(h.id, id);
+            assert_eq!(h.hostname, "renamed");
+            assert_eq!(h.agent_version, "0.2.0");
+        }
+        other => panic!("not admitted as known: {other:?}"),
+    }
+    let twin = store
+        .authenticate_agent(
+            &SecretHash::of("cred-other"),
+            Some(&SecretHash::of("tok-a")),
+            &facts("a"),
+            "0.1.0",
+            "127.0.0.1:3",
+            4,
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(&twin, AgentAuth::NameTaken { host_id, .. } if *host_id == id),
+        "{twin:?}"
+    );
+    assert_eq!(
+        store.tokens().await.unwrap()[0].uses,
+        1,
+        "a refusal uses nothing"
+    );
+    store.remove_host(&id, 5).await.unwrap();
+    let gone = store
+        .authenticate_agent(
+            &SecretHash::of("cred-a"),
+            None,
+            &facts("a"),
+            "0.1.0",
+            "127.0.0.1:2",
+            6,
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(gone, AgentAuth::Removed { removed_at: 5, .. }),
+        "{gone:?}"
+    );
+    let unknown = store
+        .authenticate_agent(
+            &SecretHash::of("cred-x"),
+            None,
+            &facts("x"),
+            "0.1.0",
+            "127.0.0.1:2",
+            6,
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(unknown, AgentAuth::UnknownCredential),
+        "{unknown:?}"
+    );
 }

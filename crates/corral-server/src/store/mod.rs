@@ -236,8 +236,8 @@ pub struct TakenCommands {
 /// The outcome of presenting a credential (with or without a registration token).
 #[derive(Debug)]
 pub enum AgentAuth {
-    /// Known, live host.
-    Host(Box<HostRow>),
+    /// A live host: one that was known, or one registered just now.
+    Host(Box<HostRow>, Admitted),
     /// The credential belonged to a host that was removed.
     Removed {
         host_id: String,
@@ -250,6 +250,16 @@ pub enum AgentAuth {
     TokenRefused(String),
     /// The requested name is already used by a live host in the environment.
     NameTaken { name: String, host_id: String },
+}
+
+/// How a host got in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admitted {
+    /// With its credential, as a host already registered.
+    Known,
+    /// Registered now with a token of the environment named here (so it has no command yet,
+    /// and its environment's name needs no second read).
+    Registered { environment: String },
 }
 
 /// What became of a reply.
@@ -367,13 +377,19 @@ impl Store {
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(10));
+        // No ping before each use: a connection to a local file does not go stale, and for
+        // SQLite a ping is a round trip through the connection's worker thread — as much as the
+        // query itself (it doubled the thread hand-offs of every statement on a pool). Without
+        // it, an acquire has no await point either, so a cancelled one drops no connection.
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
+            .test_before_acquire(false)
             .connect_with(opts.clone())
             .await?;
         sqlx::migrate!("./migrations").run(&writer).await?;
         let reader = SqlitePoolOptions::new()
             .max_connections(4)
+            .test_before_acquire(false)
             .connect_with(opts.read_only(true))
             .await?;
         Ok(Store {
@@ -700,6 +716,11 @@ impl Store {
         .await?)
     }
 
+    /// Admits an agent: a known credential, or a registration with a token. Few statements,
+    /// since every connecting agent goes through here and each is a hand-off to the datastore's
+    /// thread: a known host is one read and one update; a registration is one transaction of a
+    /// read of the credential, one of the token with the name's owner and the environment's
+    /// name, and one batch that writes the host, the token's use and the event.
     pub async fn authenticate_agent(
         &self,
         credential: &SecretHash,
@@ -709,23 +730,25 @@ impl Store {
         remote_addr: &str,
         now: i64,
     ) -> Result<AgentAuth> {
-        let mut tx = self.writer.begin().await?;
-        let existing: Option<HostRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT {HOST_COLUMNS} FROM hosts WHERE credential_hash = ?"
-        )))
-        .bind(credential.as_bytes())
-        .fetch_optional(&mut *tx)
-        .await?;
-        if let Some(host) = existing {
-            if let Some(removed_at) = host.removed_at {
-                return Ok(AgentAuth::Removed {
-                    host_id: host.id,
-                    name: host.name,
-                    removed_at,
-                });
+        let by_credential = || {
+            sqlx::query_as::<_, HostRow>(sqlx::AssertSqlSafe(format!(
+                "SELECT {HOST_COLUMNS} FROM hosts WHERE credential_hash = ?"
+            )))
+            .bind(credential.as_bytes())
+        };
+        let removed = |host: HostRow| AgentAuth::Removed {
+            host_id: host.id,
+            name: host.name,
+            removed_at: host.removed_at.unwrap_or_default(),
+        };
+        if let Some(host) = by_credential().fetch_optional(&self.writer).await? {
+            if host.removed_at.is_some() {
+                return Ok(removed(host));
             }
-            sqlx::query(
-                "UPDATE hosts SET hostname = ?, agent_version = ?, os = ?, kernel = ?, arch = ?, remote_addr = ?, last_seen_at = ? WHERE id = ?",
+            // Not in a transaction with the read: the update applies only to a live host, and
+            // one removed in between is read again and refused as removed.
+            let done = sqlx::query(
+                "UPDATE hosts SET hostname = ?, agent_version = ?, os = ?, kernel = ?, arch = ?, remote_addr = ?, last_seen_at = ? WHERE id = ? AND removed_at IS NULL",
             )
             .bind(&facts.hostname)
             .bind(agent_version)
@@ -735,9 +758,14 @@ impl Store {
             .bind(remote_addr)
             .bind(now)
             .bind(&host.id)
-            .execute(&mut *tx)
+            .execute(&self.writer)
             .await?;
-            tx.commit().await?;
+            if done.rows_affected() == 0 {
+                return match by_credential().fetch_optional(&self.writer).await? {
+                    Some(h) if h.removed_at.is_some() => Ok(removed(h)),
+                    _ => Ok(AgentAuth::UnknownCredential),
+                };
+            }
             let host = HostRow {
                 hostname: facts.hostname.clone(),
                 agent_version: agent_version.to_owned(),
@@ -748,18 +776,45 @@ impl Store {
                 last_seen_at: now,
                 ..host
             };
-            return Ok(AgentAuth::Host(Box::new(host)));
+            return Ok(AgentAuth::Host(Box::new(host), Admitted::Known));
         }
         let Some(token_hash) = token else {
             return Ok(AgentAuth::UnknownCredential);
         };
-        let token: Option<TokenRow> = sqlx::query_as(
-            "SELECT id, environment_id, secret_hash, created_at, expires_at, max_uses, uses, revoked_at FROM registration_tokens WHERE secret_hash = ?",
+        let mut tx = self.writer.begin().await?;
+        // Read again inside the transaction: two agents with one credential race here.
+        if let Some(host) = by_credential().fetch_optional(&mut *tx).await? {
+            return Ok(match host.removed_at {
+                Some(_) => removed(host),
+                None => AgentAuth::NameTaken {
+                    name: host.name,
+                    host_id: host.id,
+                },
+            });
+        }
+        #[derive(FromRow)]
+        struct TokenAndName {
+            #[sqlx(flatten)]
+            token: TokenRow,
+            environment_name: String,
+            name_taken_by: Option<String>,
+        }
+        let found: Option<TokenAndName> = sqlx::query_as(
+            "SELECT t.id, t.environment_id, t.secret_hash, t.created_at, t.expires_at, t.max_uses, t.uses, t.revoked_at, \
+             e.name AS environment_name, \
+             (SELECT h.id FROM hosts h WHERE h.environment_id = t.environment_id AND h.name = ? AND h.removed_at IS NULL) AS name_taken_by \
+             FROM registration_tokens t JOIN environments e ON e.id = t.environment_id WHERE t.secret_hash = ?",
         )
+        .bind(&facts.name)
         .bind(token_hash.as_bytes())
         .fetch_optional(&mut *tx)
         .await?;
-        let Some(token) = token else {
+        let Some(TokenAndName {
+            token,
+            environment_name,
+            name_taken_by,
+        }) = found
+        else {
             return Ok(AgentAuth::TokenRefused(
                 "unknown registration token; create one with `corral token create` on the server"
                     .into(),
@@ -768,14 +823,7 @@ impl Store {
         if let Some(why) = token.refusal(now) {
             return Ok(AgentAuth::TokenRefused(why));
         }
-        let taken: Option<(String,)> = sqlx::query_as(
-            "SELECT id FROM hosts WHERE environment_id = ? AND name = ? AND removed_at IS NULL",
-        )
-        .bind(&token.environment_id)
-        .bind(&facts.name)
-        .fetch_optional(&mut *tx)
-        .await?;
-        if let Some((host_id,)) = taken {
+        if let Some(host_id) = name_taken_by {
             return Ok(AgentAuth::NameTaken {
                 name: facts.name.clone(),
                 host_id,
@@ -799,8 +847,16 @@ impl Store {
             last_seen_at: now,
             removed_at: None,
         };
+        let event = format!(
+            "host {} registered from {} with token {}",
+            host.name, remote_addr, token.id
+        );
+        // Three statements, one hand-off (SQLite runs them in order, each taking its own
+        // parameters in turn), inside the transaction.
         sqlx::query(
-            "INSERT INTO hosts (id, environment_id, name, labels, credential_hash, token_id, hostname, agent_version, os, kernel, arch, remote_addr, registered_at, last_seen_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO hosts (id, environment_id, name, labels, credential_hash, token_id, hostname, agent_version, os, kernel, arch, remote_addr, registered_at, last_seen_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?); \
+             UPDATE registration_tokens SET uses = uses + 1 WHERE id = ?; \
+             INSERT INTO events (at, kind, host_id, message) VALUES (?, 'host_registered', ?, ?);",
         )
         .bind(&host.id)
         .bind(&host.environment_id)
@@ -816,25 +872,19 @@ impl Store {
         .bind(&host.remote_addr)
         .bind(host.registered_at)
         .bind(host.last_seen_at)
+        .bind(&token.id)
+        .bind(now)
+        .bind(clip(&host.id, MAX_EVENT_KIND))
+        .bind(clip(&event, MAX_EVENT_MESSAGE))
         .execute(&mut *tx)
         .await?;
-        sqlx::query("UPDATE registration_tokens SET uses = uses + 1 WHERE id = ?")
-            .bind(&token.id)
-            .execute(&mut *tx)
-            .await?;
-        insert_event(
-            &mut tx,
-            now,
-            "host_registered",
-            Some(&host.id),
-            &format!(
-                "host {} registered from {} with token {}",
-                host.name, remote_addr, token.id
-            ),
-        )
-        .await?;
         tx.commit().await?;
-        Ok(AgentAuth::Host(Box::new(host)))
+        Ok(AgentAuth::Host(
+            Box::new(host),
+            Admitted::Registered {
+                environment: environment_name,
+            },
+        ))
     }
 
     pub async fn hosts(&self, include_removed: bool) -> Result<Vec<HostRow>> {

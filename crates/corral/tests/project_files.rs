@@ -129,6 +129,7 @@ fn project_files_configs_and_secrets_ship_with_the_stack_and_roll_only_what_moun
     // The secret: listed by name and version, never by value; on no disk.
     let listed = lab.server.cli_json(&["secret", "ls"]);
     assert_eq!(listed[0]["name"], "token", "{listed}");
+    assert_eq!(listed[0]["environment"], "default", "{listed}");
     assert_eq!(listed[0]["version"].as_str().unwrap().len(), 12);
     assert!(!listed.to_string().contains(&secret));
     // The project's own .env holds it, as the user wrote it; nothing else does.

@@ -201,13 +201,7 @@ pub async fn check(
         }
         return Err(of.not_found());
     }
-    let names: std::collections::HashMap<String, String> = state
-        .store
-        .environments()
-        .await?
-        .into_iter()
-        .map(|e| (e.id, e.name))
-        .collect();
+    let names = state.store.environment_names().await?;
     let env_of = |c: &Candidate| names.get(&c.environment_id).cloned();
     let mut found: Vec<(&Candidate, String)> = match candidates.iter().find(|c| c.id == id_or_name)
     {
@@ -264,13 +258,7 @@ pub fn operates_somewhere(p: &Principal) -> Result<(), ApiError> {
 pub async fn host_environments(
     state: &AppState,
 ) -> Result<std::collections::HashMap<String, String>, ApiError> {
-    let names: std::collections::HashMap<String, String> = state
-        .store
-        .environments()
-        .await?
-        .into_iter()
-        .map(|e| (e.id, e.name))
-        .collect();
+    let names = state.store.environment_names().await?;
     Ok(state
         .store
         .hosts(false)

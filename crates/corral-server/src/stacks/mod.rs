@@ -1043,13 +1043,7 @@ pub async fn admission_test(
 /// `corral secret ls`: every stack's secrets, by name and version (never a value).
 pub async fn secrets(state: &AppState) -> Result<Vec<corral_proto::api::SecretView>> {
     let mut out: Vec<corral_proto::api::SecretView> = Vec::new();
-    let env_names: BTreeMap<String, String> = state
-        .store
-        .environments()
-        .await?
-        .into_iter()
-        .map(|e| (e.id, e.name))
-        .collect();
+    let env_names = state.store.environment_names().await?;
     for stack in state.store.stacks().await? {
         let environment = env_names
             .get(&stack.environment_id)

@@ -528,6 +528,16 @@ impl Store {
             })
     }
 
+    /// Every live environment's name by its id.
+    pub async fn environment_names(&self) -> Result<std::collections::HashMap<String, String>> {
+        Ok(self
+            .environments()
+            .await?
+            .into_iter()
+            .map(|e| (e.id, e.name))
+            .collect())
+    }
+
     pub async fn environments(&self) -> Result<Vec<Environment>> {
         Ok(sqlx::query_as(
             "SELECT id, name, created_at FROM environments WHERE removed_at IS NULL ORDER BY name",

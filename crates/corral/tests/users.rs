@@ -340,6 +340,43 @@ fn names_are_looked_up_in_the_working_environment() {
     let seen: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(seen.as_array().unwrap().len(), 2, "{seen}");
 
+    // `login --env` saves the working environment with the key, once it is one of the user's;
+    // a name they have no role in is not saved (the login itself is).
+    let login_env = |config: &std::path::Path, env: &str| {
+        as_user(
+            config,
+            &[
+                "login",
+                "--server",
+                &server.url(),
+                "--ca-checksum",
+                &server.env.checksum,
+                "--user",
+                "pat",
+                "--password-stdin",
+                "--env",
+                env,
+            ],
+            &format!("{password}\n"),
+            &[],
+        )
+    };
+    let pat_prod = t.path().join("pat-prod.json");
+    assert!(login_env(&pat_prod, "prod").status.success());
+    let saved: Value = serde_json::from_str(&std::fs::read_to_string(&pat_prod).unwrap()).unwrap();
+    assert_eq!(saved["env"], "prod");
+    let pat_default = t.path().join("pat-default.json");
+    let out = login_env(&pat_default, "default");
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("no role in an environment"),
+        "{out:?}"
+    );
+    let saved: Value =
+        serde_json::from_str(&std::fs::read_to_string(&pat_default).unwrap()).unwrap();
+    assert!(saved.get("env").is_none(), "{saved}");
+    assert!(as_user(&pat_default, &["whoami"], "", &[]).status.success());
+
     // The header itself: a name that is not one is refused; an unknown one is not found.
     for (value, code) in [("Not A Name!", "400"), ("nosuch", "404"), ("prod", "200")] {
         let out = Command::new("curl")

@@ -76,6 +76,26 @@ impl Client {
         self
     }
 
+    /// The request with the key and the working environment, when there are.
+    fn identified(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        let req = match &self.api_key {
+            Some(key) => req.bearer_auth(key),
+            None => req,
+        };
+        match &self.scope {
+            Some(env) => req.header(ENVIRONMENT_HEADER, env),
+            None => req,
+        }
+    }
+
+    /// Whether the user has a role in the environment `name` (asked without a working
+    /// environment, which might be the one being replaced).
+    pub async fn has_role_in(&self, name: &str) -> anyhow::Result<bool> {
+        let envs: Vec<corral_proto::api::EnvironmentView> =
+            self.clone().unscoped().get("/v1/environments").await?;
+        Ok(envs.iter().any(|e| e.name == name))
+    }
+
     /// The environment requests work in, if one.
     pub fn scope(&self) -> Option<&str> {
         self.scope.as_deref()
@@ -126,14 +146,7 @@ impl Client {
     }
 
     async fn send(&self, req: reqwest::RequestBuilder) -> anyhow::Result<reqwest::Response> {
-        let req = match &self.api_key {
-            Some(key) => req.bearer_auth(key),
-            None => req,
-        };
-        let req = match &self.scope {
-            Some(env) => req.header(ENVIRONMENT_HEADER, env),
-            None => req,
-        };
+        let req = self.identified(req);
         let resp = req
             .send()
             .await
@@ -248,14 +261,8 @@ impl Client {
 
     /// Whether GET `path` answers 2xx (404: no).
     pub async fn exists(&self, path: &str) -> anyhow::Result<bool> {
-        let mut req = self.http.get(format!("{}{path}", self.base));
-        if let Some(key) = &self.api_key {
-            req = req.bearer_auth(key);
-        }
-        if let Some(env) = &self.scope {
-            req = req.header(ENVIRONMENT_HEADER, env);
-        }
-        let resp = req
+        let resp = self
+            .identified(self.http.get(format!("{}{path}", self.base)))
             .send()
             .await
             .map_err(|e| anyhow!(explain(&e)))

@@ -631,14 +631,13 @@ async fn env(cmd: EnvCommand) -> anyhow::Result<()> {
             })
         }
         EnvCommand::Use { conn, name, all: _ } => {
-            let client = Client::new(&conn)?.unscoped();
-            if let Some(name) = &name {
-                let envs: Vec<EnvironmentView> = client.get("/v1/environments").await?;
-                if !envs.iter().any(|e| &e.name == name) {
-                    bail!(
-                        "no environment {name:?} that you have a role in; list them with `corral env ls`"
-                    );
-                }
+            let client = Client::new(&conn)?;
+            if let Some(name) = &name
+                && !client.has_role_in(name).await?
+            {
+                bail!(
+                    "no environment {name:?} that you have a role in; list them with `corral env ls`"
+                );
             }
             let mut saved = crate::config::load()?.filter(|s| {
                 s.server.trim_end_matches('/') == client.base().trim_end_matches('/')

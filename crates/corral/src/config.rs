@@ -27,12 +27,18 @@ pub struct Saved {
 /// The environment a command that acts in one uses when `--env` and `CORRAL_ENV` name none:
 /// the one `corral env use` saved, else `default`. (A config that does not read is reported by
 /// the client that loads it for the request; here it counts as none chosen.)
+/// Read once per run: clap asks for it for each of the arguments it is the default of.
 pub fn default_env() -> String {
-    load()
-        .ok()
-        .flatten()
-        .and_then(|s| s.env)
-        .unwrap_or_else(|| "default".to_owned())
+    static CHOSEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    CHOSEN
+        .get_or_init(|| {
+            load()
+                .ok()
+                .flatten()
+                .and_then(|s| s.env)
+                .unwrap_or_else(|| "default".to_owned())
+        })
+        .clone()
 }
 
 pub fn path() -> Option<PathBuf> {

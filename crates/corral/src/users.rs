@@ -79,11 +79,8 @@ pub async fn login(
             server: Some(saved.server.clone()),
             api_key: Some(saved.api_key.clone()),
             ca_checksum: saved.ca_checksum.clone(),
-        })?
-        .unscoped();
-        let envs: Vec<corral_proto::api::EnvironmentView> =
-            with_key.get("/v1/environments").await?;
-        if !envs.iter().any(|e| e.name == env) {
+        })?;
+        if !with_key.has_role_in(&env).await? {
             let path = crate::config::save(&saved)?;
             bail!(
                 "logged in as {} (saved in {}), but they have no role in an environment {env:?}: working in every environment they have a role in",

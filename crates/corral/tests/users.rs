@@ -343,23 +343,7 @@ fn names_are_looked_up_in_the_working_environment() {
     // `login --env` saves the working environment with the key, once it is one of the user's;
     // a name they have no role in is not saved (the login itself is).
     let login_env = |config: &std::path::Path, env: &str| {
-        as_user(
-            config,
-            &[
-                "login",
-                "--server",
-                &server.url(),
-                "--ca-checksum",
-                &server.env.checksum,
-                "--user",
-                "pat",
-                "--password-stdin",
-                "--env",
-                env,
-            ],
-            &format!("{password}\n"),
-            &[],
-        )
+        login_with(&server, config, "pat", password, &["--env", env])
     };
     let pat_prod = t.path().join("pat-prod.json");
     assert!(login_env(&pat_prod, "prod").status.success());

@@ -127,8 +127,8 @@ impl<'a> Of<'a> {
         }
     }
 
-    /// Every object it may name — by id, or by name in any environment — with the id of its
-    /// environment.
+    /// Every object it may name — by id, or by name in any environment — with the name of
+    /// its environment.
     async fn candidates(self, state: &AppState) -> Result<Vec<Candidate>, ApiError> {
         use crate::store::Named;
         let (kind, id_or_name) = match self {
@@ -138,25 +138,13 @@ impl<'a> Of<'a> {
                     .environment_by_name(name)
                     .await?
                     .map(|e| Candidate {
-                        id: e.name,
-                        environment_id: e.id,
+                        id: e.name.clone(),
+                        environment: e.name,
                     })
                     .into_iter()
                     .collect());
             }
-            Of::Token(id) => {
-                return Ok(state
-                    .store
-                    .tokens()
-                    .await?
-                    .into_iter()
-                    .filter(|t| t.id == id)
-                    .map(|t| Candidate {
-                        id: t.id,
-                        environment_id: t.environment_id,
-                    })
-                    .collect());
-            }
+            Of::Token(id) => (Named::Token, id),
             Of::Host(n) => (Named::Host, n),
             Of::Container(n) => (Named::Container, n),
             Of::Stack(n) => (Named::Stack, n),
@@ -166,7 +154,7 @@ impl<'a> Of<'a> {
             .named(kind, id_or_name)
             .await?
             .into_iter()
-            .map(|(id, environment_id)| Candidate { id, environment_id })
+            .map(|(id, environment)| Candidate { id, environment })
             .collect())
     }
 }
@@ -174,7 +162,8 @@ impl<'a> Of<'a> {
 struct Candidate {
     /// The object's id (an environment's: its name).
     id: String,
-    environment_id: String,
+    /// The name of its environment.
+    environment: String,
 }
 
 /// Resolves what a route names to the one object the principal may do `access` to, and
@@ -201,29 +190,23 @@ pub async fn check(
         }
         return Err(of.not_found());
     }
-    let names = state.store.environment_names().await?;
-    let env_of = |c: &Candidate| names.get(&c.environment_id).cloned();
-    let mut found: Vec<(&Candidate, String)> = match candidates.iter().find(|c| c.id == id_or_name)
-    {
-        Some(exact) => env_of(exact).map(|e| (exact, e)).into_iter().collect(),
-        None => candidates
-            .iter()
-            .filter_map(|c| Some((c, env_of(c)?)))
-            .collect(),
+    let mut found: Vec<&Candidate> = match candidates.iter().find(|c| c.id == id_or_name) {
+        Some(exact) => vec![exact],
+        None => candidates.iter().collect(),
     };
     // An environment named outright is where the route acts, whatever the request's scope.
-    found.retain(|(_, env)| match of {
-        Of::Env(_) => p.sees(env),
-        _ => p.in_scope(env),
+    found.retain(|c| match of {
+        Of::Env(_) => p.sees(&c.environment),
+        _ => p.in_scope(&c.environment),
     });
     match found.as_slice() {
         [] => Err(of.not_found()),
-        [(c, env)] => {
-            p.require(env, access)?;
+        [c] => {
+            p.require(&c.environment, access)?;
             Ok(c.id.clone())
         }
         many => {
-            let mut envs: Vec<&str> = many.iter().map(|(_, e)| e.as_str()).collect();
+            let mut envs: Vec<&str> = many.iter().map(|c| c.environment.as_str()).collect();
             envs.sort_unstable();
             Err(ApiError::new(
                 StatusCode::CONFLICT,

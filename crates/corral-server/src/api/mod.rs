@@ -293,13 +293,7 @@ impl FromRequestParts<Arc<AppState>> for Principal {
         state: &Arc<AppState>,
     ) -> Result<Self, Self::Rejection> {
         let mut principal = authenticate(&parts.headers, state).await?;
-        principal.scope = scope(&parts.headers, &principal)?;
-        if principal.admin
-            && let Some(name) = &principal.scope
-            && state.store.environment_by_name(name).await?.is_none()
-        {
-            return Err(access::Of::Env(name).not_found());
-        }
+        principal.scope = scope(&parts.headers, &principal, state).await?;
         // An authenticated connection no longer counts against the cap on unauthenticated
         // ones (and is never closed by it).
         if let Some(ConnectInfo(addr)) = parts.extensions.get::<ConnectInfo<SocketAddr>>() {
@@ -334,8 +328,13 @@ impl FromRequestParts<Arc<AppState>> for Admin {
 }
 
 /// The environment the request names in its header, if any: a valid name of an environment
-/// the principal has a role in — one it has none in is answered as one that does not exist.
-fn scope(headers: &HeaderMap, p: &Principal) -> Result<Option<String>, ApiError> {
+/// the principal has a role in (an admin: of one that exists) — any other is answered as one
+/// that does not exist.
+async fn scope(
+    headers: &HeaderMap,
+    p: &Principal,
+    state: &AppState,
+) -> Result<Option<String>, ApiError> {
     let Some(value) = headers.get(corral_proto::api::ENVIRONMENT_HEADER) else {
         return Ok(None);
     };
@@ -349,7 +348,12 @@ fn scope(headers: &HeaderMap, p: &Principal) -> Result<Option<String>, ApiError>
         .to_str()
         .map_err(|_| bad("is not valid text".to_owned()))?;
     corral_proto::validate_dns_label("environment name", name).map_err(bad)?;
-    if !p.admin && !p.sees(name) {
+    let known = if p.admin {
+        state.store.environment_by_name(name).await?.is_some()
+    } else {
+        p.sees(name)
+    };
+    if !known {
         return Err(access::Of::Env(name).not_found());
     }
     Ok(Some(name.to_owned()))

@@ -926,20 +926,29 @@ impl Store {
             .collect())
     }
 
-    /// Every live host, container or stack whose id or name is `id_or_name`, as (id,
-    /// environment id): what a route that names one may mean, before access decides.
+    /// Every live host, container, stack or registration token whose id (or, but for a
+    /// token, name) is `id_or_name`, as (id, its environment's name): what a route that names
+    /// one may mean, before access decides.
     pub async fn named(&self, kind: Named, id_or_name: &str) -> Result<Vec<(String, String)>> {
         let sql = match kind {
             Named::Host => {
-                "SELECT id, environment_id FROM hosts WHERE removed_at IS NULL AND (id = ? OR name = ?)"
+                "SELECT x.id, e.name FROM hosts x JOIN environments e ON e.id = x.environment_id \
+                 WHERE e.removed_at IS NULL AND x.removed_at IS NULL AND (x.id = ?1 OR x.name = ?1)"
             }
             Named::Container => {
-                "SELECT id, environment_id FROM containers WHERE id = ? OR name = ?"
+                "SELECT x.id, e.name FROM containers x JOIN environments e ON e.id = x.environment_id \
+                 WHERE e.removed_at IS NULL AND (x.id = ?1 OR x.name = ?1)"
             }
-            Named::Stack => "SELECT id, environment_id FROM stacks WHERE id = ? OR name = ?",
+            Named::Stack => {
+                "SELECT x.id, e.name FROM stacks x JOIN environments e ON e.id = x.environment_id \
+                 WHERE e.removed_at IS NULL AND (x.id = ?1 OR x.name = ?1)"
+            }
+            Named::Token => {
+                "SELECT x.id, e.name FROM registration_tokens x JOIN environments e ON e.id = x.environment_id \
+                 WHERE e.removed_at IS NULL AND x.id = ?1"
+            }
         };
         Ok(sqlx::query_as(sql)
-            .bind(id_or_name)
             .bind(id_or_name)
             .fetch_all(&self.reader)
             .await?)
@@ -1462,6 +1471,8 @@ pub enum Named {
     Host,
     Container,
     Stack,
+    /// By id only.
+    Token,
 }
 
 pub(crate) fn one_by_id_or_name<T>(

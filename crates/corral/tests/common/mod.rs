@@ -429,19 +429,28 @@ pub fn with_stdin(mut cmd: Command, stdin: &str) -> Output {
 
 /// `corral login` as `user`, saving into `config`.
 pub fn login(server: &Server, config: &Path, user: &str, password: &str) -> Output {
-    as_user(
-        config,
-        &[
-            "login",
-            "--server",
-            &server.url(),
-            "--ca-checksum",
-            &server.env.checksum,
-            "--user",
-            user,
-            "--password-stdin",
-        ],
-        &format!("{password}\n"),
-        &[],
-    )
+    login_with(server, config, user, password, &[])
+}
+
+/// `corral login` as `user` with more flags (`--env prod`), saving into `config`.
+pub fn login_with(
+    server: &Server,
+    config: &Path,
+    user: &str,
+    password: &str,
+    extra: &[&str],
+) -> Output {
+    let url = server.url();
+    let mut args = vec![
+        "login",
+        "--server",
+        &url,
+        "--ca-checksum",
+        &server.env.checksum,
+        "--user",
+        user,
+        "--password-stdin",
+    ];
+    args.extend(extra);
+    as_user(config, &args, &format!("{password}\n"), &[])
 }

@@ -26,6 +26,7 @@ install_packages() {
     command -v ping >/dev/null 2>&1 || missing+=(iputils-ping)
     command -v slapd >/dev/null 2>&1 || missing+=(slapd)
     command -v ldapadd >/dev/null 2>&1 || missing+=(ldap-utils)
+    command -v chromium >/dev/null 2>&1 || missing+=(chromium)
     if [ ${#missing[@]} -gt 0 ]; then
         log "installing ${missing[*]}"
         export DEBIAN_FRONTEND=noninteractive

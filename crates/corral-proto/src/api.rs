@@ -134,6 +134,49 @@ pub struct LoginRequest {
     pub ttl_secs: Option<u64>,
 }
 
+/// `POST /ui/login`: the web UI's login, with a user's password or an API key (exactly one
+/// of the two). Either way the browser gets a session of its own (a new key of the user that
+/// lives [`WEB_SESSION_SECS`]) in an HttpOnly cookie; the key sent is never stored by it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebLoginRequest {
+    /// The user's name (with `password`).
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Their password.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// An API key instead of a user and password.
+    #[serde(default)]
+    pub key: Option<String>,
+}
+
+/// How long a web session lives.
+pub const WEB_SESSION_SECS: u64 = 12 * 3600;
+
+/// The cookie that carries a web session's key: `__Host-` so that only this origin over
+/// HTTPS may set it, HttpOnly so that no script reads it.
+pub const WEB_SESSION_COOKIE: &str = "__Host-corral-session";
+
+/// The header that carries the session's CSRF token on every request of the web UI that
+/// changes state; such a request with the cookie and without the token is refused (403).
+pub const CSRF_HEADER: &str = "x-corral-csrf";
+
+/// `POST /ui/login` and `GET /ui/session`: who the browser is logged in as.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WebSessionView {
+    /// The user's name.
+    pub user: String,
+    /// May do everything.
+    pub admin: bool,
+    /// Their role in each environment (empty for an admin, who has every one).
+    pub roles: Vec<RoleView>,
+    /// To send as [`CSRF_HEADER`] with every request that changes state.
+    pub csrf: String,
+    /// When the session ends (RFC 3339).
+    pub expires_at: Option<String>,
+}
+
 /// A new API key: its secret, shown this once.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NewKeyView {

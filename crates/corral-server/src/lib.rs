@@ -35,6 +35,7 @@ pub mod error;
 pub mod hosts;
 pub mod images;
 pub mod ldap;
+pub mod live;
 pub mod netpolicy;
 pub mod overlay;
 pub mod pki;
@@ -135,6 +136,7 @@ pub async fn start(options: ServerOptions) -> Result<RunningServer, ServerError>
         gate: Arc::new(state::gate::Gate::new(options.max_unauthenticated)),
         pulls: state::pulls::Pulls::default(),
         progress: state::progress::ProgressLog::default(),
+        live: state::live::LiveFeed::default(),
         audit: state::audit::AuditLog::default(),
         logins: state::logins::LoginLimiter::default(),
         events: state::events::EventLimiter::new(
@@ -155,6 +157,7 @@ pub async fn start(options: ServerOptions) -> Result<RunningServer, ServerError>
     tokio::spawn(stacks::reconciler::run(state.clone()));
     tokio::spawn(overlay::run(state.clone()));
     tokio::spawn(state::events::run(state.clone()));
+    tokio::spawn(live::run(state.clone()));
     let app = api::router(state.clone());
     let handle = axum_server::Handle::new();
     let make = app.into_make_service_with_connect_info::<SocketAddr>();

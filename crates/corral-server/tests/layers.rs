@@ -29,6 +29,7 @@ const LAYERS: &[(&str, u32)] = &[
     // container admits and authorizes its image.
     ("images", 5),
     ("overlay", 5),
+    ("live", 5),
     ("tokens", 5),
     ("containers", 6),
     ("builds", 6),

@@ -1,5 +1,6 @@
 //! What corral's integration tests share.
 //!
+//! - [`Browser`]: a headless Chromium driven over the DevTools protocol (the web UI's tests).
 //! - [`require`]: a test's prerequisites. A missing one fails the test with a message naming
 //!   it and how to get it; no test skips.
 //! - [`Proc`] and [`wait_until`]: processes stopped by process id, and waits on observable
@@ -15,6 +16,7 @@
 // A test kit: failing the test, loudly, is what it does when something is wrong.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod browser;
 pub mod capture;
 pub mod certs;
 pub mod corral;
@@ -26,6 +28,7 @@ pub mod registry;
 pub mod require;
 pub mod slapd;
 
+pub use browser::Browser;
 pub use capture::{Capture, Pcap};
 pub use corral::{
     AdminEnv, AgentSpec, Lab, LabConfig, NsServer, corral_command, read_admin_env, spawn_agent,

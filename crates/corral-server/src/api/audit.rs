@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{ConnectInfo, MatchedPath, Query, Request, State};
-use axum::http::{Method, StatusCode, header};
+use axum::http::{Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::Response;
 use corral_control::audit::{Entry, Verifier};
@@ -103,13 +103,9 @@ pub(super) async fn record(
     response
 }
 
-/// The bearer key of the request, if any.
+/// The key the request presents (bearer or the web UI's cookie), if any.
 fn bearer(headers: &axum::http::HeaderMap) -> Option<String> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, key) = value.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("Bearer")
-        .then(|| key.trim().to_owned())
+    super::presented_key(headers).ok().flatten().map(|p| p.key)
 }
 
 /// (actor, key id, role) of the key presented.

@@ -20,6 +20,7 @@ mod netpolicy;
 mod network;
 mod stacks;
 mod tokens;
+mod ui;
 mod users;
 
 use std::net::SocketAddr;
@@ -45,6 +46,20 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/", get(|| async { axum::response::Redirect::to("/ui/") }))
+        .route(
+            "/ui",
+            get(|| async { axum::response::Redirect::to("/ui/") }),
+        )
+        .route("/ui/", get(ui::index))
+        .route("/ui/app.js", get(ui::script))
+        .route("/ui/app.css", get(ui::style))
+        .route("/ui/login", post(ui::login))
+        .route("/ui/logout", post(ui::logout))
+        .route("/ui/session", get(ui::session))
+        .route("/v1/live", get(ui::live))
+        .route("/v1/diagram.svg", get(ui::diagram))
+        .route("/v1/firewall", get(ui::firewall))
         .route("/metrics", get(metrics::metrics))
         .route("/v1/connect", get(connect))
         .route(
@@ -158,6 +173,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/audit/verify", get(audit::verify))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::map_response(ui::harden))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             audit::record,
@@ -292,7 +308,7 @@ impl FromRequestParts<Arc<AppState>> for Principal {
         parts: &mut Parts,
         state: &Arc<AppState>,
     ) -> Result<Self, Self::Rejection> {
-        let mut principal = authenticate(&parts.headers, state).await?;
+        let mut principal = authenticate(parts, state).await?;
         principal.scope = scope(&parts.headers, &principal, state).await?;
         // An authenticated connection no longer counts against the cap on unauthenticated
         // ones (and is never closed by it).
@@ -359,15 +375,26 @@ async fn scope(
     Ok(Some(name.to_owned()))
 }
 
-async fn authenticate(headers: &HeaderMap, state: &AppState) -> Result<Principal, ApiError> {
+/// The key a request presents: its `Authorization: Bearer` header, else the web UI's
+/// session cookie.
+pub(super) struct Presented {
+    pub key: String,
+    /// It came in the session cookie: a request that changes state must also carry the
+    /// session's CSRF token.
+    pub via_cookie: bool,
+}
+
+/// The key the request presents, if any; a malformed `Authorization` header is an error (a
+/// cookie beside it is not looked at).
+pub(super) fn presented_key(headers: &HeaderMap) -> Result<Option<Presented>, ApiError> {
     let unauthorized = |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, m);
-    let value = headers
-        .get(header::AUTHORIZATION)
-        .ok_or_else(|| {
-            unauthorized(
-                "missing API key: send `Authorization: Bearer <key>` (the CLI reads CORRAL_API_KEY or the key `corral login` saved; the server's admin.env holds one)",
-            )
-        })?
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Ok(ui::session_cookie(headers).map(|key| Presented {
+            key,
+            via_cookie: true,
+        }));
+    };
+    let value = value
         .to_str()
         .map_err(|_| unauthorized("the Authorization header is not valid text"))?;
     // The scheme is case-insensitive (RFC 7235).
@@ -377,6 +404,41 @@ async fn authenticate(headers: &HeaderMap, state: &AppState) -> Result<Principal
         .ok_or_else(|| unauthorized("the Authorization header must be `Bearer <API key>`"))?
         .1
         .trim();
+    Ok(Some(Presented {
+        key: key.to_owned(),
+        via_cookie: false,
+    }))
+}
+
+async fn authenticate(parts: &Parts, state: &AppState) -> Result<Principal, ApiError> {
+    let presented = presented_key(&parts.headers)?.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "missing API key: send `Authorization: Bearer <key>` (the CLI reads CORRAL_API_KEY or the key `corral login` saved; the server's admin.env holds one), or log in to the web UI",
+        )
+    })?;
+    // A browser sends the cookie with any request to this origin, including one a page of
+    // another site makes it send: a request that changes state must prove it came from the
+    // web UI's own page, which alone can read the token.
+    let safe = matches!(
+        parts.method,
+        axum::http::Method::GET | axum::http::Method::HEAD
+    );
+    if presented.via_cookie && !safe && !ui::csrf_matches(&parts.headers, &presented.key) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!(
+                "a request of the web UI that changes state needs the session's CSRF token in the {} header",
+                corral_proto::api::CSRF_HEADER
+            ),
+        ));
+    }
+    authenticate_key(&presented.key, state).await
+}
+
+/// The principal an API key acts as, or why it acts as nobody.
+pub(super) async fn authenticate_key(key: &str, state: &AppState) -> Result<Principal, ApiError> {
+    let unauthorized = |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, m);
     match SecretKind::of(key) {
         Some(SecretKind::HostCredential) => {
             return Err(ApiError::new(

@@ -18,7 +18,15 @@ pub(super) async fn topology(
     p: Principal,
     State(state): State<Arc<AppState>>,
 ) -> Result<Json<corral_firewall::Topology>, ApiError> {
-    let mut topo = topology::live(&state).await?;
+    Ok(Json(scoped_topology(&p, &state).await?))
+}
+
+/// The live topology as `p` may see it (see [`topology`]).
+pub(super) async fn scoped_topology(
+    p: &Principal,
+    state: &AppState,
+) -> Result<corral_firewall::Topology, ApiError> {
+    let mut topo = topology::live(state).await?;
     if !p.admin || p.scope.is_some() {
         topo.hosts
             .retain(|h| h.environment.as_deref().is_some_and(|e| p.in_scope(e)));
@@ -28,7 +36,7 @@ pub(super) async fn topology(
         topo.published
             .retain(|port| port.host.as_ref().is_some_and(|h| names.contains(h)));
     }
-    Ok(Json(topo))
+    Ok(topo)
 }
 
 pub(super) async fn apply_firewall(

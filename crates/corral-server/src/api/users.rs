@@ -34,10 +34,20 @@ pub(super) async fn login(
     ));
     let mut response = match users::login(&state, &req, Some(remote.ip())).await {
         Ok(Ok(key)) => (StatusCode::CREATED, Json(key)).into_response(),
-        Ok(Err(LoginRefusal::Wrong)) => {
+        Ok(Err(refusal)) => refused(refusal, remote),
+        Err(e) => ApiError::from(e).into_response(),
+    };
+    response.extensions_mut().insert(actor);
+    response
+}
+
+/// A refused login as its answer (the same for the CLI's and the web UI's).
+pub(super) fn refused(refusal: LoginRefusal, remote: SocketAddr) -> Response {
+    match refusal {
+        LoginRefusal::Wrong => {
             ApiError::new(StatusCode::UNAUTHORIZED, "wrong user name or password").into_response()
         }
-        Ok(Err(LoginRefusal::Locked(until))) => ApiError::new(
+        LoginRefusal::Locked(until) => ApiError::new(
             StatusCode::FORBIDDEN,
             format!(
                 "the account is locked until {} after repeated failed logins",
@@ -45,7 +55,7 @@ pub(super) async fn login(
             ),
         )
         .into_response(),
-        Ok(Err(LoginRefusal::Throttled(until))) => {
+        LoginRefusal::Throttled(until) => {
             let wait = (until - now_unix()).max(1);
             let mut r = ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
@@ -61,18 +71,15 @@ pub(super) async fn login(
             }
             r
         }
-        Ok(Err(LoginRefusal::NoRole)) => ApiError::new(
+        LoginRefusal::NoRole => ApiError::new(
             StatusCode::FORBIDDEN,
             "the directory accepted the password, but none of the user's groups gives a corral role",
         )
         .into_response(),
-        Ok(Err(LoginRefusal::DirectoryDown(why))) => {
+        LoginRefusal::DirectoryDown(why) => {
             ApiError::new(StatusCode::BAD_GATEWAY, why).into_response()
         }
-        Err(e) => ApiError::from(e).into_response(),
-    };
-    response.extensions_mut().insert(actor);
-    response
+    }
 }
 
 pub(super) async fn whoami(

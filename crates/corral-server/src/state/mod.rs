@@ -9,6 +9,7 @@
 pub mod audit;
 pub mod events;
 pub mod gate;
+pub mod live;
 pub mod logins;
 pub mod overlay;
 pub mod progress;
@@ -46,6 +47,8 @@ pub struct AppState {
     pub logins: logins::LoginLimiter,
     /// Image pulls in progress on the hosts.
     pub pulls: pulls::Pulls,
+    /// What the web UI's open pages follow to know when to read again.
+    pub live: live::LiveFeed,
     /// What long `up`s are doing, for the CLI that waits on them.
     pub progress: progress::ProgressLog,
     pub options: ServerOptions,

@@ -35,7 +35,7 @@ mod sealed;
 mod stacks;
 mod users;
 pub use images::{PolicyRow, RegistryRow};
-pub use overlay::{ChangeCounters, NameRow, OverlayEnvRow, OverlayMemberRow};
+pub use overlay::{ChangeCounters, LiveCounters, NameRow, OverlayEnvRow, OverlayMemberRow};
 pub use stacks::{ServiceRow, SetReplicas, StackRow, StackWrite};
 pub use users::{EnvRole, FIRST_ADMIN_ID, KeyAuth, KeyRow, UserRow};
 

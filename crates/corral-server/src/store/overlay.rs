@@ -9,6 +9,14 @@ use sqlx::FromRow;
 
 use super::{Result, Store};
 
+/// What the web UI's live feed compares ([`super::Store::live_counters`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LiveCounters {
+    pub counters: i64,
+    pub last_event: i64,
+    pub stacks: (i64, i64),
+}
+
 /// Each environment's change counters (see migration `0008_change_counters.sql`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ChangeCounters {
@@ -187,6 +195,23 @@ impl Store {
                 )
             })
             .collect())
+    }
+
+    /// What the web UI's live feed compares: change counters summed, the newest event's
+    /// number, and the stacks' count and last changes summed. Small reads only.
+    pub async fn live_counters(&self) -> Result<LiveCounters> {
+        let (counters, last_event, stacks, stacks_changed): (i64, i64, i64, i64) = sqlx::query_as(
+            "SELECT (SELECT COALESCE(SUM(overlay + names + policy), 0) FROM change_counters), \
+                 (SELECT COALESCE(MAX(id), 0) FROM events), \
+                 (SELECT COUNT(*) FROM stacks), (SELECT COALESCE(SUM(updated_at), 0) FROM stacks)",
+        )
+        .fetch_one(&self.reader)
+        .await?;
+        Ok(LiveCounters {
+            counters,
+            last_event,
+            stacks: (stacks, stacks_changed),
+        })
     }
 
     /// The environment's stack replicas that have an overlay address.

@@ -362,3 +362,42 @@ pub async fn diff(
         documents_differ: old != new,
     })
 }
+
+/// An environment's services and what its policy lets flow between them (what `corral
+/// diagram --view services`, the firewall's Markdown and the web UI draw).
+pub fn service_map(view: &NetworkPolicyView) -> corral_firewall::ServiceMap {
+    let policy = match (&view.generation, &view.policy) {
+        (Some(g), Some(doc)) => format!(
+            "network policy generation {g} (default: {}, ingress: {}, egress: {})",
+            doc.default, doc.ingress, doc.egress
+        ),
+        _ => "no network policy: all traffic allowed".to_owned(),
+    };
+    corral_firewall::ServiceMap {
+        environment: view.environment.clone(),
+        policy,
+        services: view
+            .services
+            .iter()
+            .map(|w| corral_firewall::ServiceBox {
+                stack: w.stack.clone(),
+                service: w.service.clone(),
+                labels: w
+                    .labels
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+            })
+            .collect(),
+        flows: view
+            .flows
+            .iter()
+            .map(|f| corral_firewall::ServiceFlow {
+                from: f.from.clone(),
+                to: f.to.clone(),
+                access: f.access.clone(),
+                reason: f.reason.clone(),
+            })
+            .collect(),
+    }
+}

@@ -549,11 +549,33 @@ async function networkPage() {
         el("button", { type: "button", class: "quiet", "data-doctor": h.name, onclick: () => runDoctor(h, out) }, "Run doctor")), out);
     }));
   };
-  await Promise.all([drawing(), tables()]);
-  S.refresh = () => Promise.all([drawing(), tables()]);
-  S.cleanup.push(() => { if (lastUrl) URL.revokeObjectURL(lastUrl); });
+  // The network policy of each environment shown, with its services diagram.
+  const policies = el("div", { id: "policies" });
+  const urls = [];
+  const policy = async () => {
+    const envs = S.env ? [S.env] : [...$("env").options].map((o) => o.value).filter(Boolean);
+    const panels = await Promise.all(envs.map(async (env) => {
+      const [view, svg] = await Promise.all([
+        api("GET", `/v1/environments/${enc(env)}/network-policy`),
+        api("GET", `/v1/environments/${enc(env)}/network-policy/diagram?format=svg`, undefined, true)]);
+      const url = URL.createObjectURL(await svg.blob());
+      urls.push(url);
+      return el("div", { class: "panel", "data-policy": env },
+        el("h2", {}, `Environment ${env}: `, view.generation ? `policy generation ${view.generation}` : "no network policy (all traffic between services allowed)"),
+        view.applied_at ? el("p", { class: "muted" }, `applied ${view.applied_at}`) : "",
+        view.warnings.map((w) => el("p", { class: "why" }, w)),
+        view.document ? el("pre", {}, view.document) : "",
+        el("div", { class: "diagram" }, el("img", { alt: `services of ${env}`, src: url, class: "services-diagram" })));
+    }));
+    while (urls.length > panels.length * 2) URL.revokeObjectURL(urls.shift());
+    policies.replaceChildren(...panels);
+  };
+  await Promise.all([drawing(), tables(), policy()]);
+  S.refresh = () => Promise.all([drawing(), tables(), policy()]);
+  S.cleanup.push(() => { if (lastUrl) URL.revokeObjectURL(lastUrl); for (const u of urls) URL.revokeObjectURL(u); });
   show(el("h1", {}, "Network"),
     el("h2", {}, "Port flows"), el("div", { class: "diagram" }, img),
+    el("h2", {}, "Network policy and services"), policies,
     el("h2", {}, "Firewall rules"), el("p", { class: "muted" }, "The least-privilege rules these hosts need, as corral firewall derives them."), downloads, rules,
     el("h2", {}, "Doctor"), doctorHosts);
 }

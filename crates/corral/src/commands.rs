@@ -881,8 +881,8 @@ async fn firewall(args: FirewallArgs) -> anyhow::Result<()> {
             topo.environments.iter().map(|e| e.name.clone()).collect()
         };
         for env in names {
-            match crate::netpolicy::service_map(&args.conn, &env).await {
-                Ok(map) => text.push_str(&corral_firewall::services_markdown(&map)),
+            match crate::netpolicy::services_text(&args.conn, &env, "markdown").await {
+                Ok(section) => text.push_str(&section),
                 Err(e) => eprintln!("warning: no service-to-service section for {env}: {e:#}"),
             }
         }

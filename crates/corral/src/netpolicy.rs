@@ -195,47 +195,16 @@ pub async fn policy(cmd: PolicyCommand) -> anyhow::Result<()> {
     }
 }
 
-/// An environment's services and what its policy lets flow between them, for the diagram
-/// and the firewall export.
-pub async fn service_map(
+/// An environment's services and what its policy lets flow between them, as the server
+/// draws them: `svg`, `dot`, `mermaid`, or `markdown` (the firewall export's section).
+pub async fn services_text(
     conn: &crate::cli::Conn,
     environment: &str,
-) -> anyhow::Result<corral_firewall::ServiceMap> {
-    let view: NetworkPolicyView = Client::new(conn)?.get(&base(environment)).await?;
-    let policy = match (&view.generation, &view.policy) {
-        (Some(g), Some(doc)) => format!(
-            "network policy generation {g} (default: {}, ingress: {}, egress: {})",
-            doc.default, doc.ingress, doc.egress
-        ),
-        _ => "no network policy: all traffic allowed".to_owned(),
-    };
-    Ok(corral_firewall::ServiceMap {
-        environment: view.environment,
-        policy,
-        services: view
-            .services
-            .iter()
-            .map(|w| corral_firewall::ServiceBox {
-                stack: w.stack.clone(),
-                service: w.service.clone(),
-                labels: w
-                    .labels
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect(),
-            })
-            .collect(),
-        flows: view
-            .flows
-            .iter()
-            .map(|f| corral_firewall::ServiceFlow {
-                from: f.from.clone(),
-                to: f.to.clone(),
-                access: f.access.clone(),
-                reason: f.reason.clone(),
-            })
-            .collect(),
-    })
+    format: &str,
+) -> anyhow::Result<String> {
+    Client::new(conn)?
+        .get_text(&format!("{}/diagram?format={format}", base(environment)))
+        .await
 }
 
 /// `corral diagram --view services`.
@@ -245,7 +214,11 @@ pub async fn services_diagram(
     environment: &str,
     out_file: Option<std::path::PathBuf>,
 ) -> anyhow::Result<()> {
-    let map = service_map(&conn, environment).await?;
-    let text = corral_firewall::services_diagram(&map, crate::commands::diagram_format(format));
+    let format = match crate::commands::diagram_format(format) {
+        corral_firewall::DiagramFormat::Svg => "svg",
+        corral_firewall::DiagramFormat::Dot => "dot",
+        corral_firewall::DiagramFormat::Mermaid => "mermaid",
+    };
+    let text = services_text(&conn, environment, format).await?;
     crate::commands::write_diagram(&text, out_file)
 }

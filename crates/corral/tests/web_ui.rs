@@ -249,6 +249,16 @@ fn the_web_ui_end_to_end_in_chromium() {
         "the diagram",
         "document.querySelector('#diagram') && document.querySelector('#diagram').naturalWidth > 0",
     );
+    b.wait_for(
+        "the services diagram of the environment",
+        "document.querySelector('[data-policy=default] img.services-diagram').naturalWidth > 0",
+    );
+    assert!(
+        b.text("[data-policy=default]")
+            .contains("no network policy"),
+        "{}",
+        b.text("[data-policy=default]")
+    );
     let flows = b.wait_for(
         "the firewall rules",
         "document.querySelectorAll('#flows tbody tr').length",

@@ -91,6 +91,10 @@ pub fn router(state: Arc<AppState>) -> Router {
                 .layer(DefaultBodyLimit::max(netpolicy::MAX_POLICY_BODY_BYTES)),
         )
         .route(
+            "/v1/environments/{name}/network-policy/diagram",
+            get(netpolicy::diagram),
+        )
+        .route(
             "/v1/environments/{name}/network-policy/rollback",
             post(netpolicy::rollback),
         )

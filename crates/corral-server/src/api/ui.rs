@@ -231,11 +231,11 @@ pub(super) async fn login(
     r
 }
 
-/// `GET /ui/session`: who the browser's cookie is, with the CSRF token to send.
+/// `GET /ui/session`: who the browser's cookie is, with the CSRF token to send (for a
+/// bearer key, the token that key would need in a cookie: nothing its holder lacks).
 pub(super) async fn session(p: Principal, headers: HeaderMap) -> Result<Response, ApiError> {
-    // Only the cookie's own session has a token: a bearer key is not a browser session.
-    let key = session_cookie(&headers)
-        .filter(|_| headers.get(header::AUTHORIZATION).is_none())
+    let key = super::presented_key(&headers)?
+        .map(|k| k.key)
         .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "not logged in to the web UI"))?;
     let view = WebSessionView {
         user: p.user_name.clone(),
@@ -254,7 +254,15 @@ pub(super) async fn session(p: Principal, headers: HeaderMap) -> Result<Response
 pub(super) async fn logout(
     p: Principal,
     State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    // Only a browser session ends here: a bearer key is removed with `corral key rm`.
+    if !super::presented_key(&headers)?.is_some_and(|k| k.via_cookie) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "only a web session logs out here; remove an API key with `corral key rm ID`",
+        ));
+    }
     users::revoke_key(&state, &p.user_id, &p.key_id).await?;
     let mut r = StatusCode::NO_CONTENT.into_response();
     if let Some(cookie) = session_cookie_header("", 0) {

@@ -201,6 +201,8 @@ async function route() {
     network: networkPage, events: eventsPage, audit: auditPage };
   const render = pages[page] || hostsPage;
   try { await render(...parts.slice(1)); } catch (x) { show(errorBox(x)); }
+  // For measurements: when the page's first render was done.
+  performance.mark(`corral:${page}`);
 }
 
 // A page whose content is `build()`'s, built again on every live change (what the user

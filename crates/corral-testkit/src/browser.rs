@@ -21,7 +21,9 @@ use crate::proc::Proc;
 pub struct Browser {
     proc: Proc,
     socket: WebSocket<TcpStream>,
+    /// The page commands go to (one of `pages`).
     session: String,
+    pages: Vec<String>,
     next_id: u64,
     /// Exceptions and console errors the page raised, oldest first.
     pub problems: Vec<String>,
@@ -89,25 +91,39 @@ impl Browser {
             proc,
             socket,
             session: String::new(),
+            pages: Vec::new(),
             next_id: 0,
             problems: Vec::new(),
             _profile: profile,
         };
-        let target = b.call_browser("Target.createTarget", json!({"url": "about:blank"}));
+        b.new_page(width, height);
+        b
+    }
+
+    /// Opens another page (a tab) of `width` × `height`; commands go to it from now on.
+    /// Returns its number for [`Browser::use_page`].
+    pub fn new_page(&mut self, width: u32, height: u32) -> usize {
+        let target = self.call_browser("Target.createTarget", json!({"url": "about:blank"}));
         let target_id = target["targetId"].as_str().expect("a target id").to_owned();
-        let attached = b.call_browser(
+        let attached = self.call_browser(
             "Target.attachToTarget",
             json!({"targetId": target_id, "flatten": true}),
         );
-        b.session = attached["sessionId"]
+        self.session = attached["sessionId"]
             .as_str()
             .expect("a session id")
             .to_owned();
-        b.call("Page.enable", json!({}));
-        b.call("Runtime.enable", json!({}));
-        b.call("Log.enable", json!({}));
-        b.set_viewport(width, height, false);
-        b
+        self.pages.push(self.session.clone());
+        self.call("Page.enable", json!({}));
+        self.call("Runtime.enable", json!({}));
+        self.call("Log.enable", json!({}));
+        self.set_viewport(width, height, false);
+        self.pages.len() - 1
+    }
+
+    /// Sends commands to page `n` from now on.
+    pub fn use_page(&mut self, n: usize) {
+        self.session = self.pages[n].clone();
     }
 
     /// The page's size (and whether it is a phone: touch, mobile layout).

@@ -238,6 +238,10 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
         "  API:           {}/v1/  (health: {}/healthz)",
         running.local_url, running.local_url
     );
+    println!(
+        "  web UI:        {}/  (log in as admin with the key in admin.env, or a user's password)",
+        running.local_url
+    );
     println!("  agents dial:   {}", running.advertise_url);
     println!("  CA checksum:   {}", running.checksum);
     println!("  admin.env:     {admin_env}");

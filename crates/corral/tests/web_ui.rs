@@ -382,6 +382,30 @@ fn password_login_session_cookie_csrf_and_logout() {
     assert!(policy.contains("frame-ancestors 'none'"), "{policy}");
     assert_eq!(csp[1], "DENY");
 
+    // Logins that are not one: each refused with a status and a reason.
+    let bad = b.eval(
+        r#"Promise.all([
+            {},
+            {user: 'admin', password: 'x', key: 'crl_key_x'},
+            {user: 'admin'},
+            {key: 'not a key'},
+            {key: 'crl_reg_' + '0'.repeat(64)},
+            {user: 'admin', password: 'x', extra: 1},
+        ].map(body => fetch('/ui/login', {method: 'POST', headers: {'content-type': 'application/json'}, body: JSON.stringify(body)})
+            .then(async r => [r.status, (await r.text()).slice(0, 200)])))"#,
+    );
+    let statuses: Vec<u64> = bad
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v[0].as_u64().unwrap())
+        .collect();
+    assert_eq!(statuses, [400, 400, 400, 401, 403, 422], "{bad}");
+    assert!(bad[5][1].as_str().unwrap().contains("extra"), "{bad}");
+    // A cookie that is no session is no login.
+    b.eval("document.cookie = '__Host-corral-session=crl_key_forged; Path=/; Secure'");
+    assert_eq!(b.eval("fetch('/ui/session').then(r => r.status)"), 401);
+
     // A wrong password is refused on the page.
     b.type_into("#login-user", "admin");
     b.type_into("#login-password", "not the password");

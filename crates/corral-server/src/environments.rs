@@ -16,7 +16,9 @@ pub async fn list(state: &AppState) -> Result<Vec<EnvironmentView>> {
         let overlay = state.store.overlay_env(&e.id).await?;
         let shape = overlay.as_ref().map(crate::overlay::shape).transpose()?;
         let hosts_leased = match overlay {
-            Some(_) => state.store.overlay_leases(&e.id).await?.len(),
+            Some(_) => {
+                usize::try_from(state.store.overlay_lease_count(&e.id).await?).unwrap_or(usize::MAX)
+            }
             None => 0,
         };
         out.push(EnvironmentView {

@@ -25,6 +25,10 @@ use crate::time_fmt::{now_unix, rfc3339};
 
 /// How long a host may take to ask registries about a stack's images.
 const RESOLVE_TTL: Duration = Duration::from_secs(60);
+/// While no host has answered a resolution, one more is asked this often…
+const RESOLVE_HEDGE: Duration = Duration::from_secs(2);
+/// …up to this many in all before the deploy is refused.
+const MAX_RESOLVE_HOSTS: usize = 10;
 /// How long `corral image pull` waits for the pull to end.
 const PULL_TTL: Duration = Duration::from_secs(30 * 60);
 /// How long listing or removing images may take.
@@ -330,15 +334,15 @@ pub struct Pinned {
     pub failed: BTreeMap<String, String>,
 }
 
-/// Resolves every template's tag to a digest (asking `hosts` in turn, the first that answers)
-/// and pins the template to it. A reference written with a digest stays as written; one
+/// Resolves every template's tag to a digest (asking `hosts` in turn, one more every two
+/// seconds while none has answered, the first good answer winning) and pins the template to it. A reference written with a digest stays as written; one
 /// whose service says `pull_policy: never` is not resolved (the host's own copy runs).
 /// A failure is `failed` for `pull_policy: always` (the pull could not succeed either) and
 /// `unpinned` for `missing` (hosts that have the image may run it; the caller checks).
-pub async fn pin(
+pub async fn pin<'a>(
     state: &AppState,
     auths: &Auths,
-    hosts: &[String],
+    hosts: &'a [String],
     templates: &mut [&mut ContainerSpec],
 ) -> Result<Pinned> {
     let mut wanted: Vec<String> = Vec::new();
@@ -366,13 +370,34 @@ pub async fn pin(
             })
             .collect(),
     };
+    // Asked of one connected host, then of one more every RESOLVE_HEDGE while none has
+    // answered (and at once when one fails), the first good answer winning: a slow or wedged
+    // agent costs the deploy seconds, not its whole deadline (one after the other, a thousand
+    // of them would have held it for hours).
     let mut answers: Option<Vec<Resolution>> = None;
     let mut tried = Vec::new();
-    for host_id in hosts {
-        if state.registry.info(host_id).is_none() {
-            continue;
-        }
-        match dispatch::call(state, host_id, request.clone(), RESOLVE_TTL).await {
+    let mut waiting = hosts
+        .iter()
+        .filter(|h| state.registry.info(h).is_some())
+        .take(MAX_RESOLVE_HOSTS);
+    let mut asking = futures_util::stream::FuturesUnordered::new();
+    let ask = |host_id: &'a String| dispatch::call(state, host_id, request.clone(), RESOLVE_TTL);
+    if let Some(host_id) = waiting.next() {
+        asking.push(ask(host_id));
+    }
+    let mut hedge =
+        tokio::time::interval_at(tokio::time::Instant::now() + RESOLVE_HEDGE, RESOLVE_HEDGE);
+    while !asking.is_empty() {
+        let answer = tokio::select! {
+            Some(answer) = futures_util::StreamExt::next(&mut asking) => answer,
+            _ = hedge.tick() => {
+                if let Some(host_id) = waiting.next() {
+                    asking.push(ask(host_id));
+                }
+                continue;
+            }
+        };
+        match answer {
             Ok(a) if a.len() == wanted.len() => {
                 answers = Some(a);
                 break;
@@ -385,7 +410,11 @@ pub async fn pin(
             Err(CallError::Store(e)) => return Err(e.into()),
             Err(e) => tried.push(e.to_string()),
         }
+        if let Some(host_id) = waiting.next() {
+            asking.push(ask(host_id));
+        }
     }
+    drop(asking);
     let Some(answers) = answers else {
         if tried.is_empty() {
             // No host is connected (a stack of no replicas yet, say): nothing will run now.

@@ -275,8 +275,8 @@ pub async fn has_room(state: &AppState, env_id: &str) -> Result<Option<String>, 
         return Ok(None);
     };
     let shape = shape(&env)?;
-    let leased = state.store.overlay_leases(env_id).await?.len();
-    if (leased as u64) < u64::from(shape.hosts()) {
+    let leased = state.store.overlay_lease_count(env_id).await?;
+    if leased < u64::from(shape.hosts()) {
         return Ok(None);
     }
     Ok(Some(format!(

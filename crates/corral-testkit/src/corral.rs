@@ -153,6 +153,17 @@ impl NsServer {
             .unwrap_or_else(|e| panic!("running corral: {e}"))
     }
 
+    /// A long-running CLI command (`corral bench connect …`) in the server's namespace, as
+    /// the admin, logging to `log`.
+    pub fn spawn_cli(&self, args: &[&str], log: &Path) -> Proc {
+        let mut cmd = self.command();
+        cmd.args(args)
+            .env("CORRAL_SERVER", &self.env.server)
+            .env("CORRAL_API_KEY", &self.env.api_key)
+            .env("CORRAL_CA_CHECKSUM", &self.env.checksum);
+        Proc::spawn(cmd, log)
+    }
+
     /// [`NsServer::cli`] with `input` on standard input (secrets are never arguments).
     pub fn cli_with_stdin(&self, args: &[&str], input: &str) -> Output {
         use std::io::Write;

@@ -145,6 +145,7 @@ fn main() {
                 "--concurrency",
                 "64",
                 "--keep",
+                "--docker",
             ])
             .env("CORRAL_SERVER", &env.server)
             .env("CORRAL_API_KEY", &env.api_key)
@@ -234,10 +235,17 @@ fn main() {
         ),
     );
 
-    // One stack of S services (one replica each) on the simulated hosts.
+    // One stack of S services (one replica each).
     let mut compose = String::from("services:\n");
     for i in 0..services {
-        compose.push_str(&format!("  s{i}:\n    image: {IMAGE}\n"));
+        // On the simulated hosts only: containers made on the real one would change the
+        // machine's network under the browser.
+        // (An image named by digest: nothing to ask the simulated hosts, which answer no
+        // command.)
+        compose.push_str(&format!(
+            "  s{i}:\n    image: registry.invalid/bench@sha256:{}\n    deploy: {{ placement: {{ constraints: [\"node.labels.corral.bench == 1\"] }} }}\n",
+            "ab".repeat(32)
+        ));
     }
     let file = d.join("big.yaml");
     std::fs::write(&file, compose).unwrap();

@@ -28,6 +28,8 @@ pub struct ConnectBench {
     pub ping_interval: Duration,
     pub keep: bool,
     pub overlay: bool,
+    /// Simulated agents report a Docker engine.
+    pub docker: bool,
     pub server_pid: Option<u32>,
     pub format: Format,
 }
@@ -221,6 +223,7 @@ pub async fn connect(b: ConnectBench) -> anyhow::Result<()> {
         let name = format!("bench-{run_id}-{i}");
         let ping_every = b.ping_interval;
         let overlay = b.overlay;
+        let docker = b.docker;
         tasks.push(tokio::spawn(async move {
             let permit = limit.acquire_owned().await;
             let t0 = Instant::now();
@@ -249,6 +252,23 @@ pub async fn connect(b: ConnectBench) -> anyhow::Result<()> {
                 }
             };
             drop(permit);
+            if docker {
+                let inventory = AgentMessage::Report(corral_proto::Report::Inventory {
+                    docker: Some(corral_proto::DockerInfo {
+                        version: "simulated".into(),
+                        api_version: "1.41".into(),
+                        storage_driver: "none".into(),
+                        cpus: 2,
+                        memory_bytes: 4 << 30,
+                    }),
+                    docker_error: None,
+                    containers: Vec::new(),
+                });
+                if let Err(e) = tunnel.send(&inventory).await {
+                    let _ = done_tx.send(Err(e.to_string()));
+                    return;
+                }
+            }
             let _ = done_tx.send(Ok((
                 welcome.host_id.clone(),
                 t0.elapsed().as_secs_f64() * 1e3,

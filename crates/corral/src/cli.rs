@@ -863,6 +863,11 @@ pub enum BenchCommand {
         /// others receive for it and the server's CPU are reported (the cost of one join).
         #[arg(long)]
         overlay: bool,
+        /// Each simulated agent reports a Docker engine (and no container), so the scheduler
+        /// places replicas on it; it never runs them (for views of many replicas, such as the
+        /// web UI's benchmark).
+        #[arg(long)]
+        docker: bool,
         /// Read the server's CPU time from /proc/PID/stat instead of its /metrics (a server
         /// on this machine, of a release without `process_cpu_seconds_total`).
         #[arg(long)]

@@ -105,11 +105,13 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             ping_interval,
             keep,
             overlay,
+            docker,
             server_pid,
             out,
         }) => {
             crate::bench::connect(crate::bench::ConnectBench {
                 overlay,
+                docker,
                 server_pid,
                 client: Client::new(&conn)?,
                 agents,

@@ -811,3 +811,87 @@ fn built_services_are_built_once_pushed_and_only_a_changed_context_rolls() {
     assert!(said.contains("nothing was changed"), "{said}");
     assert_eq!((running("api"), running("worker")), before);
 }
+
+#[test]
+fn hosts_that_never_answer_do_not_hold_a_tag_resolution() {
+    let mut lab = lab(1);
+    lab.net.add("reg");
+    let reg = Registry::start(lab.ns("reg"), &lab.dir().join("registry"));
+    let host = reg.host();
+    reg.push(
+        lab.dockerd("h1"),
+        corral_testkit::require::TEST_IMAGE,
+        "team/app:1",
+    );
+    let ca = reg.ca_path();
+    let out = lab.server.cli_with_stdin(
+        &[
+            "registry",
+            "add",
+            &host,
+            "--username",
+            reg.username(),
+            "--password-stdin",
+            "--ca-file",
+            ca.to_str().unwrap(),
+        ],
+        &format!("{}\n", reg.password()),
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    // Three hosts that report a Docker engine and then answer no command (simulated agents,
+    // named "bench-…", before "h1"): replicas are placed on them, and a resolution that asked
+    // them one after the other would wait a minute on each.
+    let mut silent = lab.server.spawn_cli(
+        &[
+            "bench",
+            "connect",
+            "--agents",
+            "3",
+            "--hold",
+            "600s",
+            "--ping-interval",
+            "2s",
+            "--docker",
+            "--keep",
+        ],
+        &lab.dir().join("silent.log"),
+    );
+    wait_until(Duration::from_secs(30), "three silent hosts", || {
+        let hosts = lab.server.cli_json(&["host", "ls"]);
+        hosts
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|h| h["docker"]["state"] == "available")
+            .count()
+            == 4
+    });
+    let file = lab.dir().join("compose.yaml");
+    std::fs::write(&file, compose(&format!("{host}/team/app:1"), 4)).unwrap();
+    // One host is asked, then one more every two seconds while none has answered: h1 answers
+    // within seconds.
+    let started = std::time::Instant::now();
+    let out = lab.cli(&[
+        "up",
+        "-f",
+        file.to_str().unwrap(),
+        "-p",
+        "app",
+        "-o",
+        "json",
+    ]);
+    let took = started.elapsed();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        took < Duration::from_secs(30),
+        "the deploy waited {took:?} on hosts that never answer"
+    );
+    let view = ps(&lab);
+    assert!(
+        web(&view)["digest"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("sha256:")),
+        "the tag was resolved: {view}"
+    );
+    silent.stop();
+}

@@ -248,6 +248,17 @@ impl Store {
         )
     }
 
+    /// How many hosts hold a lease of the environment's range (a count, not the rows: every
+    /// keyed registration asks it).
+    pub async fn overlay_lease_count(&self, env_id: &str) -> Result<u64> {
+        let n: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM overlay_leases WHERE environment_id = ?")
+                .bind(env_id)
+                .fetch_one(&self.reader)
+                .await?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
     /// Every lease: (host id, subnet).
     pub async fn all_overlay_leases(&self) -> Result<Vec<(String, String)>> {
         Ok(sqlx::query_as("SELECT host_id, subnet FROM overlay_leases")

@@ -246,7 +246,9 @@ pub(crate) async fn bootstrap(
                 .map_err(|e| {
                     ServerError::Config(format!("the server certificate or key is unusable: {e}"))
                 })?;
-            cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+            // HTTP/2 for browsers (the web UI's long-lived streams share one connection),
+            // HTTP/1.1 for the agents' WebSocket and the CLI.
+            cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
             (Some(cfg), p.checksum)
         }
     };

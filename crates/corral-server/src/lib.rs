@@ -210,4 +210,15 @@ fn limit_headers(
         .http1()
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(HEADER_TIMEOUT);
+    // HTTP/2 (browsers): bounded streams and headers per connection. (No keep-alive pings:
+    // with them, Chromium's streamed reads failed within seconds; the live feed's own
+    // keep-alive comments find a vanished peer.)
+    builder
+        .http2()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .max_concurrent_streams(MAX_HTTP2_STREAMS)
+        .max_header_list_size(64 * 1024);
 }
+
+/// Most requests one HTTP/2 connection may have open at once (a browser's pages share one).
+pub const MAX_HTTP2_STREAMS: u32 = 100;

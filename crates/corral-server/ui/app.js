@@ -77,7 +77,16 @@ async function api(method, path, body, raw) {
   if (S.session) headers["x-corral-csrf"] = S.session.csrf;
   if (S.env) headers["corral-environment"] = S.env;
   if (body !== undefined) headers["content-type"] = "application/json";
-  const r = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body), credentials: "same-origin" });
+  const init = { method, headers, body: body === undefined ? undefined : JSON.stringify(body), credentials: "same-origin" };
+  let r;
+  try {
+    r = await fetch(path, init);
+  } catch (x) {
+    // A connection the server closed while idle (one that never logged in lives 15 s):
+    // reads and logins are asked again once, on a new one; other changes are not repeated.
+    if (method !== "GET" && path !== "/ui/login") throw x;
+    r = await fetch(path, init);
+  }
   if (r.status === 401 && S.session && !path.startsWith("/ui/login")) { S.session = null; start(); throw new ApiError(401, "the session ended; log in again"); }
   if (!r.ok) {
     let message = `${r.status} ${r.statusText}`;
@@ -489,29 +498,48 @@ function logView(path) {
   }
   const controller = new AbortController();
   S.cleanup.push(() => controller.abort());
+  // One stream; if the connection breaks (the network changed, the server restarted), it is
+  // opened again without the tail (lines in between may be missing: said in the log). An
+  // answer that is an error (the container is gone, the session ended) ends it.
   (async () => {
-    try {
-      const headers = {};
-      if (S.env) headers["corral-environment"] = S.env;
-      const r = await fetch(path, { signal: controller.signal, headers, credentials: "same-origin" });
-      if (!r.ok) { let m = `${r.status}`; try { m = (await r.json()).error; } catch (_) { /* text */ } throw new Error(m); }
-      status.textContent = "streaming";
-      const reader = r.body.getReader();
-      const decoder = new TextDecoder();
-      for (;;) {
-        if (paused) await new Promise((ok) => { resume = ok; });
-        const { value, done } = await reader.read();
-        if (done) break;
-        const text = partial + decoder.decode(value, { stream: true });
-        const lines = text.split("\n");
-        partial = lines.pop();
-        for (const l of lines) add(l);
-        if (follow.checked) box.scrollTop = box.scrollHeight;
+    let again = false;
+    for (;;) {
+      try {
+        const headers = {};
+        if (S.env) headers["corral-environment"] = S.env;
+        const url = again ? path.replace(/([?&])tail=\d+/, "$1tail=0") : path;
+        const r = await fetch(url, { signal: controller.signal, headers, credentials: "same-origin" });
+        if (!r.ok) {
+          let m = `${r.status}`;
+          try { m = (await r.json()).error; } catch (_) { /* text */ }
+          status.textContent = `stopped: ${m}`;
+          return;
+        }
+        status.textContent = paused ? "paused" : "streaming";
+        const reader = r.body.getReader();
+        const decoder = new TextDecoder();
+        for (;;) {
+          if (paused) await new Promise((ok) => { resume = ok; });
+          const { value, done } = await reader.read();
+          if (done) break;
+          const text = partial + decoder.decode(value, { stream: true });
+          const lines = text.split("\n");
+          partial = lines.pop();
+          for (const l of lines) add(l);
+          if (follow.checked) box.scrollTop = box.scrollHeight;
+        }
+        if (partial) add(partial);
+        status.textContent = "ended";
+        return;
+      } catch (x) {
+        if (x.name === "AbortError") return;
+        if (partial) { add(partial); partial = ""; }
+        status.textContent = `reconnecting (${x.message})…`;
+        add(`[corral: the stream broke (${x.message}); reconnecting — lines in between may be missing]`);
+        await new Promise((ok) => setTimeout(ok, 1000));
+        if (controller.signal.aborted) return;
+        again = true;
       }
-      if (partial) add(partial);
-      status.textContent = "ended";
-    } catch (x) {
-      if (x.name !== "AbortError") status.textContent = `stopped: ${x.message}`;
     }
   })();
   return el("div", {}, el("div", { class: "toolbar" }, search, el("label", {}, follow, " follow"), pause, status), box);

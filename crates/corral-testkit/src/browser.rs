@@ -117,6 +117,7 @@ impl Browser {
         self.call("Page.enable", json!({}));
         self.call("Runtime.enable", json!({}));
         self.call("Log.enable", json!({}));
+        self.call("Network.enable", json!({}));
         self.set_viewport(width, height, false);
         self.pages.len() - 1
     }
@@ -207,6 +208,21 @@ impl Browser {
                         e["text"].as_str().unwrap_or("")
                     ));
                 }
+            }
+            // A request that broke (not one the page cancelled, as leaving a page does, nor
+            // one Chromium dropped because the machine's interfaces changed: Docker on the same
+            // machine adds one per container, and the pages must recover from it, which the
+            // tests check by what the page shows afterwards).
+            Some("Network.loadingFailed")
+                if v["params"]["canceled"] != true
+                    && v["params"]["errorText"] != "net::ERR_ABORTED"
+                    && v["params"]["errorText"] != "net::ERR_NETWORK_CHANGED" =>
+            {
+                self.problems.push(format!(
+                    "request failed: {} {}",
+                    v["params"]["errorText"].as_str().unwrap_or(""),
+                    v["params"]["type"].as_str().unwrap_or("")
+                ));
             }
             Some("Runtime.consoleAPICalled") if v["params"]["type"] == "error" => {
                 self.problems

@@ -221,6 +221,9 @@ pub(super) async fn login(
         csrf: csrf_of(&minted.key),
         expires_at: minted.expires_at.clone(),
     };
+    // Logged in: the connection no longer counts as unauthenticated (it carries the page's
+    // requests from now on, over HTTP/2 all of them).
+    state.gate.authenticated(remote);
     let mut r = (StatusCode::CREATED, Json(view)).into_response();
     if let Some(cookie) = session_cookie_header(&minted.key, WEB_SESSION_SECS) {
         r.headers_mut().insert(header::SET_COOKIE, cookie);

@@ -27,6 +27,25 @@ fn lab(hosts: usize) -> Lab {
     })
 }
 
+/// `corral registry add` of `reg` (its CA, its user) with `password`; must succeed.
+fn add_registry(lab: &Lab, reg: &Registry, password: &str) {
+    let ca = reg.ca_path();
+    let out = lab.server.cli_with_stdin(
+        &[
+            "registry",
+            "add",
+            &reg.host(),
+            "--username",
+            reg.username(),
+            "--password-stdin",
+            "--ca-file",
+            ca.to_str().unwrap(),
+        ],
+        &format!("{password}\n"),
+    );
+    assert!(out.status.success(), "{}", text(&out));
+}
+
 fn text(out: &Output) -> String {
     format!(
         "{}{}",
@@ -133,23 +152,7 @@ fn tags_resolve_to_one_digest_pulled_with_a_sealed_account_and_a_push_rolls_the_
     assert_eq!(stacks(&lab), 0);
 
     // A wrong password: the registry's own reason.
-    let ca = reg.ca_path();
-    let add = |password: &str| {
-        let out = lab.server.cli_with_stdin(
-            &[
-                "registry",
-                "add",
-                &host,
-                "--username",
-                reg.username(),
-                "--password-stdin",
-                "--ca-file",
-                ca.to_str().unwrap(),
-            ],
-            &format!("{password}\n"),
-        );
-        assert!(out.status.success(), "{}", text(&out));
-    };
+    let add = |password: &str| add_registry(&lab, &reg, password);
     add("not-the-password");
     let out = up(&lab, &compose(&image, 2));
     assert!(!out.status.success());
@@ -331,24 +334,6 @@ fn tags_resolve_to_one_digest_pulled_with_a_sealed_account_and_a_push_rolls_the_
         lab.server.cli_json(&["registry", "ls"]),
         Value::Array(vec![])
     );
-}
-
-/// The machine's dockerd: containers of stack `stack` removed when dropped (the test's own).
-struct StackCleanup(String);
-
-impl Drop for StackCleanup {
-    fn drop(&mut self) {
-        let out = docker(&[
-            "ps",
-            "-aq",
-            "--filter",
-            &format!("label=io.corral.stack={}", self.0),
-        ]);
-        for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-            let _ = docker(&["rm", "-f", id]);
-        }
-        let _ = docker(&["rmi", "corral-test/busybox:adm-1"]);
-    }
 }
 
 /// `corral admission test` of one service's Compose text: the refusals' (rule, key).
@@ -823,21 +808,7 @@ fn hosts_that_never_answer_do_not_hold_a_tag_resolution() {
         corral_testkit::require::TEST_IMAGE,
         "team/app:1",
     );
-    let ca = reg.ca_path();
-    let out = lab.server.cli_with_stdin(
-        &[
-            "registry",
-            "add",
-            &host,
-            "--username",
-            reg.username(),
-            "--password-stdin",
-            "--ca-file",
-            ca.to_str().unwrap(),
-        ],
-        &format!("{}\n", reg.password()),
-    );
-    assert!(out.status.success(), "{}", text(&out));
+    add_registry(&lab, &reg, reg.password());
     // Three hosts that report a Docker engine and then answer no command (simulated agents,
     // named "bench-…", before "h1"): replicas are placed on them, and a resolution that asked
     // them one after the other would wait a minute on each.

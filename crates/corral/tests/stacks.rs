@@ -19,28 +19,6 @@ fn stack_name(name: &str) -> String {
     format!("t{}-{name}", std::process::id())
 }
 
-/// Removes whatever a test's stack left in Docker (containers, network, volumes), by label.
-struct StackCleanup(String);
-
-impl Drop for StackCleanup {
-    fn drop(&mut self) {
-        for id in docker_ids(&format!("io.corral.stack={}", self.0), true) {
-            let _ = docker(&["rm", "-f", "-v", &id]);
-        }
-        let _ = docker(&["network", "rm", &format!("corral_{}", self.0)]);
-        let out = docker(&[
-            "volume",
-            "ls",
-            "-q",
-            "--filter",
-            &format!("label=io.corral.stack={}", self.0),
-        ]);
-        for v in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-            let _ = docker(&["volume", "rm", v]);
-        }
-    }
-}
-
 /// Docker container ids with this label (running only unless `all`).
 fn docker_ids(label: &str, all: bool) -> Vec<String> {
     let mut args = vec!["ps", "-q", "--no-trunc", "--filter"];

@@ -43,24 +43,6 @@ fn login_with_key(b: &mut Browser, server: &Server) {
     b.wait_for("the hosts page", "document.querySelector('#nav-hosts.on')");
 }
 
-/// Removes a stack's containers from Docker by label, whatever the test did.
-struct StackCleanup(String);
-
-impl Drop for StackCleanup {
-    fn drop(&mut self) {
-        let out = docker(&[
-            "ps",
-            "-aq",
-            "--filter",
-            &format!("label=io.corral.stack={}", self.0),
-        ]);
-        for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-            let _ = docker(&["rm", "-f", "-v", id]);
-        }
-        let _ = docker(&["network", "rm", &format!("corral_{}", self.0)]);
-    }
-}
-
 #[test]
 fn the_web_ui_end_to_end_in_chromium() {
     require_docker();

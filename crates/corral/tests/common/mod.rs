@@ -454,3 +454,23 @@ pub fn login_with(
     args.extend(extra);
     as_user(config, &args, &format!("{password}\n"), &[])
 }
+
+/// Removes whatever a test's stack left in the machine's Docker (containers, network,
+/// volumes), by label, when dropped: declared before the server and agents, it runs after
+/// they are gone, so nothing recreates what it removes.
+pub struct StackCleanup(pub String);
+
+impl Drop for StackCleanup {
+    fn drop(&mut self) {
+        let label = format!("label=io.corral.stack={}", self.0);
+        let out = docker(&["ps", "-aq", "--no-trunc", "--filter", &label]);
+        for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+            let _ = docker(&["rm", "-f", "-v", id]);
+        }
+        let _ = docker(&["network", "rm", &format!("corral_{}", self.0)]);
+        let out = docker(&["volume", "ls", "-q", "--filter", &label]);
+        for v in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+            let _ = docker(&["volume", "rm", v]);
+        }
+    }
+}

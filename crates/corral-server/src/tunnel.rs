@@ -27,7 +27,7 @@ use tungstenite::protocol::CloseFrame;
 use crate::secrets::SecretHash;
 use crate::state::AppState;
 use crate::state::registry::{Capabilities, LinkEnds, Session, links};
-use crate::store::{Admitted, AgentAuth, HostRow};
+use crate::store::{Admitted, AgentAuth, Arrival, HostRow};
 use crate::time_fmt::{now_unix, rfc3339};
 
 /// How long a new connection may take to say hello.
@@ -241,31 +241,61 @@ async fn admit(
         return Err((CloseReason::OverlayFull, why));
     }
     let now = now_unix();
+    // A registration goes into the audit log in its own transaction (with the host, the
+    // token's use and the event): the log's head is held for it, so a connect storm's
+    // registrations are one write each, not two.
+    let slot = match token {
+        Some(_) => state.audit_slot().await,
+        None => None,
+    };
+    let seal = |h: &HostRow| {
+        let entry = crate::state::audit::server_entry(
+            "host_registered",
+            Some(&h.id),
+            &format!("host {} registered from {remote}", h.name),
+            crate::time_fmt::now_unix_millis(),
+        );
+        match &slot {
+            Some(slot) => slot.seal(entry),
+            // Not called without a slot (no audit then); an entry of nothing.
+            None => (entry, [0; 32]),
+        }
+    };
     let outcome = state
         .store
         .authenticate_agent(
             &SecretHash::of(credential),
             token.as_ref(),
-            &hello.facts,
-            &hello.agent_version,
-            &remote.to_string(),
-            now,
+            &Arrival {
+                facts: &hello.facts,
+                agent_version: &hello.agent_version,
+                remote_addr: &remote.to_string(),
+                now,
+            },
+            slot.as_ref().map(|_| &seal as crate::store::SealAudit<'_>),
         )
-        .await
-        .map_err(server_error)?;
+        .await;
+    let outcome = match outcome {
+        Ok(o) => o,
+        Err(e) => {
+            // The transaction may or may not have committed: the head is read again.
+            if let Some(slot) = slot {
+                slot.unknown();
+            }
+            return Err(server_error(e));
+        }
+    };
     match outcome {
         AgentAuth::Host(h, admitted) => {
-            // A registration (its event was written with the host, in one transaction) goes
-            // into the audit log too.
-            if matches!(admitted, Admitted::Registered { .. }) {
-                state
-                    .audit(crate::state::audit::server_entry(
-                        "host_registered",
-                        Some(&h.id),
-                        &format!("host {} registered from {remote}", h.name),
-                        crate::time_fmt::now_unix_millis(),
-                    ))
-                    .await;
+            if let (
+                Some(slot),
+                Admitted::Registered {
+                    audited: Some((seq, hash)),
+                    ..
+                },
+            ) = (slot, &admitted)
+            {
+                slot.written(*seq, *hash);
             }
             Ok((*h, admitted))
         }
@@ -319,7 +349,7 @@ async fn run_session(
     };
     let limit = state.options.max_message_bytes;
     let environment = match &admitted {
-        Admitted::Registered { environment } => environment.clone(),
+        Admitted::Registered { environment, .. } => environment.clone(),
         Admitted::Known => match state.store.environment_by_id(&host.environment_id).await {
             Ok(Some(e)) => e.name,
             _ => host.environment_id.clone(),

@@ -10,7 +10,7 @@ use corral_proto::{
 };
 use corral_server::secrets::{SecretHash, new_id};
 use corral_server::store::{
-    Admitted, AgentAuth, Completion, ContainerRow, Store, StoreError, TokenRow,
+    Admitted, AgentAuth, Arrival, Completion, ContainerRow, Store, StoreError, TokenRow,
 };
 use corral_server::vault::Vault;
 
@@ -52,10 +52,13 @@ async fn host(store: &Store, name: &str) -> String {
         .authenticate_agent(
             &SecretHash::of(&format!("cred-{name}")),
             Some(&SecretHash::of(&token)),
-            &facts,
-            "0.1.0",
-            "127.0.0.1:1",
-            2,
+            &Arrival {
+                facts: &facts,
+                agent_version: "0.1.0",
+                remote_addr: "127.0.0.1:1",
+                now: 2,
+            },
+            None,
         )
         .await
         .unwrap();
@@ -312,10 +315,13 @@ async fn registration_writes_host_token_use_and_event_and_the_credential_then_ad
         .authenticate_agent(
             &SecretHash::of("cred-a"),
             None,
-            &facts("a"),
-            "0.2.0",
-            "127.0.0.1:2",
-            3,
+            &Arrival {
+                facts: &facts("a"),
+                agent_version: "0.2.0",
+                remote_addr: "127.0.0.1:2",
+                now: 3,
+            },
+            None,
         )
         .await
         .unwrap();
@@ -331,10 +337,13 @@ async fn registration_writes_host_token_use_and_event_and_the_credential_then_ad
         .authenticate_agent(
             &SecretHash::of("cred-other"),
             Some(&SecretHash::of("tok-a")),
-            &facts("a"),
-            "0.1.0",
-            "127.0.0.1:3",
-            4,
+            &Arrival {
+                facts: &facts("a"),
+                agent_version: "0.1.0",
+                remote_addr: "127.0.0.1:3",
+                now: 4,
+            },
+            None,
         )
         .await
         .unwrap();
@@ -352,10 +361,13 @@ async fn registration_writes_host_token_use_and_event_and_the_credential_then_ad
         .authenticate_agent(
             &SecretHash::of("cred-a"),
             None,
-            &facts("a"),
-            "0.1.0",
-            "127.0.0.1:2",
-            6,
+            &Arrival {
+                facts: &facts("a"),
+                agent_version: "0.1.0",
+                remote_addr: "127.0.0.1:2",
+                now: 6,
+            },
+            None,
         )
         .await
         .unwrap();
@@ -367,10 +379,13 @@ async fn registration_writes_host_token_use_and_event_and_the_credential_then_ad
         .authenticate_agent(
             &SecretHash::of("cred-x"),
             None,
-            &facts("x"),
-            "0.1.0",
-            "127.0.0.1:2",
-            6,
+            &Arrival {
+                facts: &facts("x"),
+                agent_version: "0.1.0",
+                remote_addr: "127.0.0.1:2",
+                now: 6,
+            },
+            None,
         )
         .await
         .unwrap();
@@ -378,4 +393,85 @@ async fn registration_writes_host_token_use_and_event_and_the_credential_then_ad
         matches!(unknown, AgentAuth::UnknownCredential),
         "{unknown:?}"
     );
+}
+
+#[tokio::test]
+async fn a_registration_writes_its_audit_entry_in_its_own_transaction() {
+    let (_dir, store) = store().await;
+    let env = store.ensure_environment("default", 1).await.unwrap();
+    store
+        .insert_token(&TokenRow {
+            id: new_id("tok"),
+            environment_id: env.id,
+            secret_hash: SecretHash::of("tok").as_bytes().to_vec(),
+            created_at: 1,
+            expires_at: None,
+            max_uses: Some(1),
+            uses: 0,
+            revoked_at: None,
+        })
+        .await
+        .unwrap();
+    let seal = |h: &corral_server::store::HostRow| {
+        (
+            corral_control::audit::Entry {
+                seq: 1,
+                at: 5,
+                actor: "server".into(),
+                key_id: String::new(),
+                role: String::new(),
+                environment: String::new(),
+                action: "host_registered".into(),
+                target: h.id.clone(),
+                outcome: format!("host {} registered", h.name),
+                source: String::new(),
+            },
+            [7u8; 32],
+        )
+    };
+    let facts = |name: &str| HostFacts {
+        name: name.into(),
+        hostname: name.into(),
+        ..HostFacts::default()
+    };
+    let auth = store
+        .authenticate_agent(
+            &SecretHash::of("cred-a"),
+            Some(&SecretHash::of("tok")),
+            &Arrival {
+                facts: &facts("a"),
+                agent_version: "0.1.0",
+                remote_addr: "127.0.0.1:1",
+                now: 2,
+            },
+            Some(&seal),
+        )
+        .await
+        .unwrap();
+    let AgentAuth::Host(h, Admitted::Registered { audited, .. }) = auth else {
+        panic!("not registered: {auth:?}");
+    };
+    assert_eq!(audited, Some((1, [7u8; 32])));
+    assert_eq!(store.audit_head().await.unwrap(), Some((1, [7u8; 32])));
+    let entries = store.audit_page(0, 10).await.unwrap();
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0].0.target, h.id);
+
+    // A refused registration (the token is used up) writes no entry.
+    let refused = store
+        .authenticate_agent(
+            &SecretHash::of("cred-b"),
+            Some(&SecretHash::of("tok")),
+            &Arrival {
+                facts: &facts("b"),
+                agent_version: "0.1.0",
+                remote_addr: "127.0.0.1:2",
+                now: 3,
+            },
+            Some(&seal),
+        )
+        .await
+        .unwrap();
+    assert!(matches!(refused, AgentAuth::TokenRefused(_)), "{refused:?}");
+    assert_eq!(store.audit_head().await.unwrap(), Some((1, [7u8; 32])));
 }

@@ -87,7 +87,8 @@ async function api(method, path, body, raw) {
     if (method !== "GET" && path !== "/ui/login") throw x;
     r = await fetch(path, init);
   }
-  if (r.status === 401 && S.session && !path.startsWith("/ui/login")) { S.session = null; start(); throw new ApiError(401, "the session ended; log in again"); }
+  // The session ended (expired, revoked, the user removed): back to the login page, once.
+  if (r.status === 401 && S.session && !path.startsWith("/ui/")) { S.session = null; start(); throw new ApiError(401, "the session ended; log in again"); }
   if (!r.ok) {
     let message = `${r.status} ${r.statusText}`;
     try { message = (await r.json()).error || message; } catch (_) { /* not JSON */ }

@@ -463,5 +463,24 @@ fn password_login_session_cookie_csrf_and_logout() {
             .all(|k| k["state"] == "revoked"),
         "{keys}"
     );
+    // A session whose key is revoked behind its back (here with the CLI, as an admin
+    // removing a user would) is over: the next page the user opens is the login page.
+    b.type_into("#login-user", "admin");
+    b.type_into("#login-password", password);
+    b.click("#login-submit");
+    b.wait_for("the hosts page", "document.querySelector('#nav-hosts.on')");
+    let keys = server.cli_json(&["key", "ls"]);
+    let web = keys
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["name"] == "web" && k["state"] == "active")
+        .unwrap_or_else(|| panic!("{keys}"))["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    server.cli_ok(&["key", "rm", &web]);
+    b.click("#nav-stacks");
+    b.wait_for("the login page", "document.querySelector('#login')");
     assert!(b.problems.is_empty(), "{:?}", b.problems);
 }

@@ -17,10 +17,20 @@ pub struct AuditLog {
     head: tokio::sync::Mutex<Option<(i64, [u8; 32])>>,
 }
 
-impl AppState {
-    /// Appends `entry` (its `seq` is assigned here; its fields are cut to bounded sizes). A
-    /// failure is logged, not returned: what the entry records has already happened.
-    pub async fn audit(&self, mut entry: Entry) {
+/// The audit log's head, held: the next entry is sealed against it, written (here or inside
+/// another transaction, as a registration's is), then recorded as the new head. Dropped
+/// without [`AuditSlot::written`], the head stays as it was (nothing was written).
+pub struct AuditSlot<'a> {
+    head: tokio::sync::MutexGuard<'a, Option<(i64, [u8; 32])>>,
+    key: &'a ring::hmac::Key,
+    seq: i64,
+    previous: [u8; 32],
+}
+
+impl AuditSlot<'_> {
+    /// `entry` as the next one (fields cut to bounded sizes, its `seq` assigned) with its
+    /// chained hash.
+    pub fn seal(&self, mut entry: Entry) -> (Entry, [u8; 32]) {
         for field in [
             &mut entry.actor,
             &mut entry.key_id,
@@ -33,24 +43,62 @@ impl AppState {
         }
         entry.target = clip(&entry.target, MAX_LONG).into_owned();
         entry.outcome = clip(&entry.outcome, MAX_LONG).into_owned();
+        entry.seq = self.seq + 1;
+        let hash = link(self.key, &self.previous, &entry);
+        (entry, hash)
+    }
+
+    /// The sealed entry `seq` with `hash` is in the datastore: it is the head now.
+    pub fn written(mut self, seq: i64, hash: [u8; 32]) {
+        *self.head = Some((seq, hash));
+    }
+
+    /// Whether the entry was written is unknown (a write failed): the head is read again
+    /// next time.
+    pub fn unknown(mut self) {
+        *self.head = None;
+    }
+}
+
+impl AppState {
+    /// Holds the audit log's head (reading it on first use); `None` when it cannot be read,
+    /// which is logged: no entry is written then.
+    pub async fn audit_slot(&self) -> Option<AuditSlot<'_>> {
         let mut head = self.audit.head.lock().await;
         let (seq, previous) = match *head {
             Some(h) => h,
             None => match self.store.audit_head().await {
-                Ok(h) => h.unwrap_or((0, GENESIS)),
+                Ok(h) => {
+                    let h = h.unwrap_or((0, GENESIS));
+                    *head = Some(h);
+                    h
+                }
                 Err(e) => {
-                    tracing::error!(error = %e, action = %entry.action, "cannot read the audit log's head; entry not written");
-                    return;
+                    tracing::error!(error = %e, "cannot read the audit log's head; entry not written");
+                    return None;
                 }
             },
         };
-        entry.seq = seq + 1;
-        let hash = link(self.vault.audit_key(), &previous, &entry);
+        Some(AuditSlot {
+            head,
+            key: self.vault.audit_key(),
+            seq,
+            previous,
+        })
+    }
+
+    /// Appends `entry` (its `seq` is assigned here; its fields are cut to bounded sizes). A
+    /// failure is logged, not returned: what the entry records has already happened.
+    pub async fn audit(&self, entry: Entry) {
+        let Some(slot) = self.audit_slot().await else {
+            return;
+        };
+        let (entry, hash) = slot.seal(entry);
         match self.store.append_audit(&entry, &hash).await {
-            Ok(()) => *head = Some((entry.seq, hash)),
+            Ok(()) => slot.written(entry.seq, hash),
             Err(e) => {
                 // Read the head again next time: the row may or may not be there.
-                *head = None;
+                slot.unknown();
                 tracing::error!(error = %e, action = %entry.action, "cannot write an audit entry");
             }
         }

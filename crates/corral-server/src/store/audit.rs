@@ -27,25 +27,38 @@ fn decode(row: &sqlx::sqlite::SqliteRow) -> std::result::Result<(Entry, Vec<u8>)
     ))
 }
 
+/// Binds an entry's eleven columns, in `COLUMNS` order, to the next placeholders of `query`.
+pub(super) fn bind_entry<'q>(
+    query: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>,
+    entry: &Entry,
+    hash: &[u8; 32],
+) -> sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments> {
+    query
+        .bind(entry.seq)
+        .bind(entry.at)
+        .bind(entry.actor.clone())
+        .bind(entry.key_id.clone())
+        .bind(entry.role.clone())
+        .bind(entry.environment.clone())
+        .bind(entry.action.clone())
+        .bind(entry.target.clone())
+        .bind(entry.outcome.clone())
+        .bind(entry.source.clone())
+        .bind(hash.to_vec())
+}
+
 impl Store {
     /// Appends an entry; its `seq` must be the next one (a second writer would collide on the
     /// primary key rather than fork the chain).
     pub async fn append_audit(&self, entry: &Entry, hash: &[u8; 32]) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO audit_log (seq, at, actor, key_id, role, environment, action, target, outcome, source, hash) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        bind_entry(
+            sqlx::query(
+                "INSERT INTO audit_log (seq, at, actor, key_id, role, environment, action, target, outcome, source, hash) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            ),
+            entry,
+            hash,
         )
-        .bind(entry.seq)
-        .bind(entry.at)
-        .bind(&entry.actor)
-        .bind(&entry.key_id)
-        .bind(&entry.role)
-        .bind(&entry.environment)
-        .bind(&entry.action)
-        .bind(&entry.target)
-        .bind(&entry.outcome)
-        .bind(&entry.source)
-        .bind(&hash[..])
         .execute(&self.writer)
         .await?;
         Ok(())

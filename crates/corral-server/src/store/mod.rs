@@ -259,8 +259,26 @@ pub enum Admitted {
     Known,
     /// Registered now with a token of the environment named here (so it has no command yet,
     /// and its environment's name needs no second read).
-    Registered { environment: String },
+    Registered {
+        environment: String,
+        /// The audit entry written with it, in its transaction: (sequence number, hash).
+        audited: Option<(i64, [u8; 32])>,
+    },
 }
+
+/// What an agent says of itself as it connects, and when.
+#[derive(Debug, Clone, Copy)]
+pub struct Arrival<'a> {
+    pub facts: &'a HostFacts,
+    pub agent_version: &'a str,
+    /// Where its tunnel comes from.
+    pub remote_addr: &'a str,
+    pub now: i64,
+}
+
+/// Seals a registration's audit entry for the host about to be written (see
+/// `state::audit::AuditSlot`).
+pub type SealAudit<'a> = &'a (dyn Fn(&HostRow) -> (corral_control::audit::Entry, [u8; 32]) + Sync);
 
 /// What became of a reply.
 #[derive(Debug, PartialEq, Eq)]
@@ -735,11 +753,15 @@ impl Store {
         &self,
         credential: &SecretHash,
         token: Option<&SecretHash>,
-        facts: &HostFacts,
-        agent_version: &str,
-        remote_addr: &str,
-        now: i64,
+        arrival: &Arrival<'_>,
+        audit: Option<SealAudit<'_>>,
     ) -> Result<AgentAuth> {
+        let Arrival {
+            facts,
+            agent_version,
+            remote_addr,
+            now,
+        } = *arrival;
         let by_credential = || {
             sqlx::query_as::<_, HostRow>(sqlx::AssertSqlSafe(format!(
                 "SELECT {HOST_COLUMNS} FROM hosts WHERE credential_hash = ?"
@@ -861,13 +883,21 @@ impl Store {
             "host {} registered from {} with token {}",
             host.name, remote_addr, token.id
         );
-        // Three statements, one hand-off (SQLite runs them in order, each taking its own
-        // parameters in turn), inside the transaction.
-        sqlx::query(
-            "INSERT INTO hosts (id, environment_id, name, labels, credential_hash, token_id, hostname, agent_version, os, kernel, arch, remote_addr, registered_at, last_seen_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?); \
+        // Three statements (four with the audit entry), one hand-off (SQLite runs them in
+        // order, each taking its own parameters in turn), inside the transaction.
+        const REGISTER: &str = "INSERT INTO hosts (id, environment_id, name, labels, credential_hash, token_id, hostname, agent_version, os, kernel, arch, remote_addr, registered_at, last_seen_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?); \
              UPDATE registration_tokens SET uses = uses + 1 WHERE id = ?; \
-             INSERT INTO events (at, kind, host_id, message) VALUES (?, 'host_registered', ?, ?);",
-        )
+             INSERT INTO events (at, kind, host_id, message) VALUES (?, 'host_registered', ?, ?);";
+        const REGISTER_AUDITED: &str = "INSERT INTO hosts (id, environment_id, name, labels, credential_hash, token_id, hostname, agent_version, os, kernel, arch, remote_addr, registered_at, last_seen_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?); \
+             UPDATE registration_tokens SET uses = uses + 1 WHERE id = ?; \
+             INSERT INTO events (at, kind, host_id, message) VALUES (?, 'host_registered', ?, ?); \
+             INSERT INTO audit_log (seq, at, actor, key_id, role, environment, action, target, outcome, source, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?);";
+        let sealed = audit.map(|seal| seal(&host));
+        let query = sqlx::query(if sealed.is_some() {
+            REGISTER_AUDITED
+        } else {
+            REGISTER
+        })
         .bind(&host.id)
         .bind(&host.environment_id)
         .bind(&host.name)
@@ -885,14 +915,18 @@ impl Store {
         .bind(&token.id)
         .bind(now)
         .bind(clip(&host.id, MAX_EVENT_KIND))
-        .bind(clip(&event, MAX_EVENT_MESSAGE))
-        .execute(&mut *tx)
-        .await?;
+        .bind(clip(&event, MAX_EVENT_MESSAGE));
+        let query = match &sealed {
+            Some((entry, hash)) => audit::bind_entry(query, entry, hash),
+            None => query,
+        };
+        query.execute(&mut *tx).await?;
         tx.commit().await?;
         Ok(AgentAuth::Host(
             Box::new(host),
             Admitted::Registered {
                 environment: environment_name,
+                audited: sealed.map(|(entry, hash)| (entry.seq, hash)),
             },
         ))
     }

@@ -78,14 +78,19 @@ async function api(method, path, body, raw) {
   if (S.env) headers["corral-environment"] = S.env;
   if (body !== undefined) headers["content-type"] = "application/json";
   const init = { method, headers, body: body === undefined ? undefined : JSON.stringify(body), credentials: "same-origin" };
+  // A connection the server closed (one that never logged in lives 15 s) fails the request
+  // before any answer: reads and logins are asked again, twice at most and a moment later,
+  // when the browser has opened a new one; other changes are never repeated.
+  const retries = method === "GET" || path === "/ui/login" ? 2 : 0;
   let r;
-  try {
-    r = await fetch(path, init);
-  } catch (x) {
-    // A connection the server closed while idle (one that never logged in lives 15 s):
-    // reads and logins are asked again once, on a new one; other changes are not repeated.
-    if (method !== "GET" && path !== "/ui/login") throw x;
-    r = await fetch(path, init);
+  for (let attempt = 0; ; attempt++) {
+    try {
+      r = await fetch(path, init);
+      break;
+    } catch (x) {
+      if (attempt >= retries) throw x;
+      await new Promise((ok) => setTimeout(ok, 300 * (attempt + 1)));
+    }
   }
   // The session ended (expired, revoked, the user removed): back to the login page, once.
   if (r.status === 401 && S.session && !path.startsWith("/ui/")) { S.session = null; start(); throw new ApiError(401, "the session ended; log in again"); }

@@ -217,7 +217,7 @@ fn main() {
     b.click("#tab-key");
     b.type_into("#login-key", &env.api_key);
     b.click("#login-submit");
-    b.wait_for("the hosts page", "document.querySelector('#nav-hosts.on')");
+    b.wait_for("the hosts page", "document.querySelector('#top:not([hidden]) #nav-hosts.on') && !document.querySelector('#login')");
 
     // Page weight.
     let weight = b.eval(

@@ -40,7 +40,7 @@ fn login_with_key(b: &mut Browser, server: &Server) {
     b.click("#tab-key");
     b.type_into("#login-key", &server.env.api_key);
     b.click("#login-submit");
-    b.wait_for("the hosts page", "document.querySelector('#nav-hosts.on')");
+    b.wait_for("the hosts page", "document.querySelector('#top:not([hidden]) #nav-hosts.on') && !document.querySelector('#login')");
 }
 
 #[test]
@@ -404,7 +404,7 @@ fn password_login_session_cookie_csrf_and_logout() {
 
     b.type_into("#login-password", password);
     b.click("#login-submit");
-    b.wait_for("the hosts page", "document.querySelector('#nav-hosts.on')");
+    b.wait_for("the hosts page", "document.querySelector('#top:not([hidden]) #nav-hosts.on') && !document.querySelector('#login')");
     assert!(b.text("#who").contains("admin"));
     // The cookie: __Host-, HttpOnly, Secure, SameSite=Strict.
     b.call("Network.enable", serde_json::json!({}));
@@ -468,7 +468,7 @@ fn password_login_session_cookie_csrf_and_logout() {
     b.type_into("#login-user", "admin");
     b.type_into("#login-password", password);
     b.click("#login-submit");
-    b.wait_for("the hosts page", "document.querySelector('#nav-hosts.on')");
+    b.wait_for("the hosts page", "document.querySelector('#top:not([hidden]) #nav-hosts.on') && !document.querySelector('#login')");
     let keys = server.cli_json(&["key", "ls"]);
     let web = keys
         .as_array()

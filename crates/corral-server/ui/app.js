@@ -666,10 +666,12 @@ function filterable(id, placeholder, build) {
 
 async function eventsPage() {
   const f = filterable("events", "filter by kind, host or text", async () => {
-    const events = await api("GET", "/v1/events?limit=500");
+    const [events, hosts] = await Promise.all([api("GET", "/v1/events?limit=500"), api("GET", "/v1/hosts")]);
+    const names = new Map(hosts.map((h) => [h.id, h.name]));
     events.reverse();
     return table(["When", "Kind", "Host", "What"], events.map((e) => el("tr", {},
-      el("td", { class: "muted" }, e.at), el("td", {}, el("span", { class: "chip" }, e.kind)), el("td", { class: "mono" }, e.host_id || ""), el("td", {}, e.message))), { id: "events" });
+      el("td", { class: "muted" }, e.at), el("td", {}, el("span", { class: "chip" }, e.kind)),
+      el("td", { class: "mono", title: e.host_id || "" }, e.host_id ? names.get(e.host_id) || e.host_id : ""), el("td", {}, e.message))), { id: "events" });
   });
   const list = await livePage(f.build);
   f.filter.addEventListener("input", () => f.apply(list));

@@ -24,6 +24,9 @@ enum Need {
     Public,
     /// Any user's valid key.
     AnyUser,
+    /// No key at all (answered "not logged in") or any user's valid key; a key that is not
+    /// a user's (an agent credential, a registration token) is refused.
+    NoKeyOrUser,
     /// An admin.
     Admin,
     /// A role in the route's environment (`default`) allowing this much.
@@ -60,6 +63,7 @@ fn allowed(p: &str, need: Need) -> bool {
     match need {
         Need::Public => true,
         Need::AnyUser => user,
+        Need::NoKeyOrUser => user || p == "anon",
         Need::Admin => p == "admin",
         Need::Env(a) => role_of(p).is_some_and(|r| r >= a),
         Need::OperateSomewhere => matches!(p, "out" | "rs" | "mb" | "ow" | "admin"),
@@ -307,12 +311,13 @@ async fn every_route_answers_each_role_as_the_roles_table_says() {
                 Some(json!({})),
                 Public,
             ),
+            // Without a key: "not logged in" (204), not a refusal.
             r(
                 "/ui/session",
                 Method::GET,
                 "/ui/session".into(),
                 None,
-                AnyUser,
+                NoKeyOrUser,
             ),
             r(
                 "/ui/logout",

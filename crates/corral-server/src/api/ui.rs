@@ -235,16 +235,24 @@ pub(super) async fn login(
 }
 
 /// `GET /ui/session`: who the browser's cookie is, with the CSRF token to send (for a
-/// bearer key, the token that key would need in a cookie: nothing its holder lacks).
-pub(super) async fn session(p: Principal, headers: HeaderMap) -> Result<Response, ApiError> {
-    let key = super::presented_key(&headers)?
-        .map(|k| k.key)
-        .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "not logged in to the web UI"))?;
+/// bearer key, the token that key would need in a cookie: nothing its holder lacks). No key
+/// at all is not an error but "not logged in" (`204`): the login page asks this on every
+/// visit, and a refusal would be recorded each time; a key that does not work is refused.
+pub(super) async fn session(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let Some(presented) = super::presented_key(&headers)? else {
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    };
+    let p = super::authenticate_key(&presented.key, &state).await?;
+    state.gate.authenticated(remote);
     let view = WebSessionView {
         user: p.user_name.clone(),
         admin: p.admin,
         roles: roles(&p),
-        csrf: csrf_of(&key),
+        csrf: csrf_of(&presented.key),
         expires_at: None,
     };
     let mut r = Json(view).into_response();

@@ -404,7 +404,7 @@ async fn sync(state: &AppState) -> Result<(), StoreError> {
             };
             let members: Vec<plan::Member> = state
                 .store
-                .overlay_members(env_id)
+                .leased_members(env_id)
                 .await?
                 .iter()
                 .map(member)

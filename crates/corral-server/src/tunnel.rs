@@ -86,14 +86,50 @@ async fn recv(socket: &mut WebSocket, limit: usize) -> Recv {
     }
 }
 
+/// The largest WebSocket frame the server writes; longer messages go as several frames (one
+/// message to the agent). The WebSocket layer formats a frame whole into a write buffer that
+/// keeps its size for the connection's life: one 800 KB overlay configuration (a host joining
+/// 4,000 peers) used to leave every connection holding that much, so memory grew with the
+/// square of the hosts while they joined. One TLS record's worth (16 KiB) bounds it and adds
+/// no framing the TLS layer would not add anyway.
+const FRAGMENT_BYTES: usize = 16 * 1024;
+
 async fn send(socket: &mut WebSocket, msg: &ServerMessage, limit: usize) -> bool {
     match corral_proto::encode(msg, limit) {
-        Ok(text) => socket.send(Message::Text(text.into())).await.is_ok(),
+        Ok(text) => send_text(socket, text).await.is_ok(),
         Err(e) => {
             tracing::error!(error = %e, "refusing to send an oversized message");
             false
         }
     }
+}
+
+/// Sends one text message, in frames of at most [`FRAGMENT_BYTES`], each flushed before the
+/// next is formatted (so only one is ever buffered).
+async fn send_text<S>(socket: &mut S, text: String) -> Result<(), tungstenite::Error>
+where
+    S: futures_util::Sink<Message, Error = tungstenite::Error> + Unpin,
+{
+    use tungstenite::protocol::frame::Frame;
+    use tungstenite::protocol::frame::coding::{Data, OpCode};
+    if text.len() <= FRAGMENT_BYTES {
+        return socket.send(Message::Text(text.into())).await;
+    }
+    // Frames split the bytes anywhere: the receiver checks the UTF-8 of the whole message.
+    let bytes = tungstenite::Bytes::from(text);
+    let mut at = 0;
+    while at < bytes.len() {
+        let end = (at + FRAGMENT_BYTES).min(bytes.len());
+        let opcode = if at == 0 { Data::Text } else { Data::Continue };
+        let frame = Frame::message(
+            bytes.slice(at..end),
+            OpCode::Data(opcode),
+            end == bytes.len(),
+        );
+        socket.send(Message::Frame(frame)).await?;
+        at = end;
+    }
+    Ok(())
 }
 
 /// Says goodbye with a reason and closes.
@@ -562,5 +598,41 @@ async fn session_loop(
                 ));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use tokio_tungstenite::WebSocketStream;
+    use tungstenite::protocol::{Role, WebSocketConfig};
+
+    /// A long message arrives whole at a receiver that refuses any frame over
+    /// `FRAGMENT_BYTES`: it went as several frames. A short one is one frame, as before.
+    #[tokio::test]
+    async fn long_messages_go_in_frames_of_at_most_sixteen_kib() {
+        let (server_io, client_io) = tokio::io::duplex(64 * 1024);
+        let mut server = WebSocketStream::from_raw_socket(server_io, Role::Server, None).await;
+        let config = WebSocketConfig::default()
+            .max_frame_size(Some(FRAGMENT_BYTES))
+            .max_message_size(Some(1 << 20));
+        let mut client =
+            WebSocketStream::from_raw_socket(client_io, Role::Client, Some(config)).await;
+        // Multi-byte characters across frame boundaries: the receiver checks the whole.
+        let long: String = "é peer ".repeat(20_000);
+        let short = "hello".to_string();
+        let sent = (long.clone(), short.clone());
+        let writer = tokio::spawn(async move {
+            send_text(&mut server, sent.0).await.unwrap();
+            send_text(&mut server, sent.1).await.unwrap();
+            server
+        });
+        let first = client.next().await.unwrap().unwrap();
+        assert_eq!(first.into_text().unwrap().as_str(), long);
+        let second = client.next().await.unwrap().unwrap();
+        assert_eq!(second.into_text().unwrap().as_str(), short);
+        writer.await.unwrap();
     }
 }

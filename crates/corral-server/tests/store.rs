@@ -475,3 +475,47 @@ async fn a_registration_writes_its_audit_entry_in_its_own_transaction() {
     assert!(matches!(refused, AgentAuth::TokenRefused(_)), "{refused:?}");
     assert_eq!(store.audit_head().await.unwrap(), Some((1, [7u8; 32])));
 }
+
+/// The overlay sync re-reads an environment's members only when its overlay counter moves:
+/// a registration alone (no key, no lease: nothing any peer is sent) must not move it, while
+/// a key, an endpoint and a lease must; and the members it reads are the leased hosts only.
+#[tokio::test]
+async fn only_what_peers_are_sent_moves_the_overlay_counter() {
+    let (_dir, store) = store().await;
+    let first = host(&store, "a").await;
+    let env = store.environment_by_name("default").await.unwrap().unwrap();
+    let overlay = |s: &Store| {
+        let (s, id) = (s.clone(), env.id.clone());
+        async move { s.change_counters().await.unwrap()[&id].overlay }
+    };
+    let before = overlay(&store).await;
+    let plain = host(&store, "b").await;
+    assert_eq!(overlay(&store).await, before, "a plain registration");
+    assert!(store.leased_members(&env.id).await.unwrap().is_empty());
+
+    let key = "ab".repeat(32);
+    store
+        .set_host_overlay(&first, Some(&key), Some("127.0.0.1:51820"))
+        .await
+        .unwrap();
+    let keyed = overlay(&store).await;
+    assert!(keyed > before, "a key and an endpoint");
+    assert!(
+        store.leased_members(&env.id).await.unwrap().is_empty(),
+        "no lease yet: nobody's peer"
+    );
+    assert!(
+        store
+            .insert_lease(&env.id, &first, "10.42.1.0/24")
+            .await
+            .unwrap()
+    );
+    assert!(overlay(&store).await > keyed, "a lease");
+    let members = store.leased_members(&env.id).await.unwrap();
+    assert_eq!(members.len(), 1);
+    assert_eq!(
+        (members[0].id.as_str(), members[0].subnet.as_deref()),
+        (first.as_str(), Some("10.42.1.0/24"))
+    );
+    assert_ne!(members[0].id, plain);
+}

@@ -54,11 +54,12 @@ struct Report {
     /// Server CPU (user + system) over the first half of the hold (all connected, nothing
     /// changing), in cores.
     server_cpu_idle_cores: f64,
-    /// With `--overlay`: the server CPU one more agent's joining cost beyond the idle rate,
-    /// and the overlay messages (and their JSON bytes) the others received because of it.
-    join_server_cpu_ms: Option<f64>,
-    join_overlay_messages: Option<usize>,
-    join_overlay_bytes: Option<usize>,
+    /// The server CPU one more agent's joining cost beyond the idle rate (over the second
+    /// half of the hold), and the messages (and their JSON bytes) the others received during
+    /// it, heartbeat answers aside.
+    join_server_cpu_ms: f64,
+    join_messages: usize,
+    join_bytes: usize,
 }
 
 async fn server_cpu(client: &Client, pid: Option<u32>) -> anyhow::Result<f64> {
@@ -84,24 +85,22 @@ async fn server_cpu(client: &Client, pid: Option<u32>) -> anyhow::Result<f64> {
         .context("the server's /metrics has no process_cpu_seconds_total")
 }
 
-/// Overlay messages the simulated agents received while counting.
+/// Messages (all but heartbeat answers) the simulated agents received while counting: what
+/// one more host joining makes the server send the others.
 #[derive(Default)]
-struct OverlayCount {
+struct JoinCount {
     counting: std::sync::atomic::AtomicBool,
     messages: std::sync::atomic::AtomicUsize,
     bytes: std::sync::atomic::AtomicUsize,
 }
 
-impl OverlayCount {
+impl JoinCount {
     fn saw(&self, message: &ServerMessage) {
         use std::sync::atomic::Ordering::Relaxed;
         if !self.counting.load(Relaxed) {
             return;
         }
-        if matches!(
-            message,
-            ServerMessage::Overlay(_) | ServerMessage::OverlayDelta(_)
-        ) {
+        if !matches!(message, ServerMessage::Pong { .. }) {
             self.messages.fetch_add(1, Relaxed);
             let len = serde_json::to_vec(message).map_or(0, |v| v.len());
             self.bytes.fetch_add(len, Relaxed);
@@ -206,7 +205,7 @@ pub async fn connect(b: ConnectBench) -> anyhow::Result<()> {
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Result<(String, f64), String>>();
     let rtts: Arc<Mutex<Vec<f64>>> = Arc::new(Mutex::new(Vec::new()));
     let timeouts = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let overlay_count = Arc::new(OverlayCount::default());
+    let join_count = Arc::new(JoinCount::default());
 
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(b.agents);
@@ -219,7 +218,7 @@ pub async fn connect(b: ConnectBench) -> anyhow::Result<()> {
         let mut stop_rx = stop_rx.clone();
         let rtts = rtts.clone();
         let timeouts = timeouts.clone();
-        let overlay_count = overlay_count.clone();
+        let join_count = join_count.clone();
         let name = format!("bench-{run_id}-{i}");
         let ping_every = b.ping_interval;
         let overlay = b.overlay;
@@ -310,7 +309,7 @@ pub async fn connect(b: ConnectBench) -> anyhow::Result<()> {
                                 }
                             }
                         }
-                        Ok(other) => overlay_count.saw(&other),
+                        Ok(other) => join_count.saw(&other),
                         Err(_) => break,
                     },
                     _ = stop_rx.changed() => break,
@@ -354,18 +353,18 @@ pub async fn connect(b: ConnectBench) -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rss_connected = server_rss(&b.client).await?;
     let _ = measure_tx.send(true);
-    // The first half of the hold measures the server idle; with --overlay the second half
-    // measures one more agent joining.
+    // The first half of the hold measures the server idle; the second half measures one more
+    // agent joining (with an overlay key under --overlay).
     let half = b.hold / 2;
     let (cpu0, t0) = (server_cpu(&b.client, b.server_pid).await?, Instant::now());
     tokio::time::sleep(half).await;
     let (cpu1, t1) = (server_cpu(&b.client, b.server_pid).await?, Instant::now());
     let idle_cores = (cpu1 - cpu0) / t1.duration_since(t0).as_secs_f64();
     let connected = host_ids.len();
-    let mut join = None;
+    let join;
     let mut joiner = None;
-    if b.overlay {
-        overlay_count
+    {
+        join_count
             .counting
             .store(true, std::sync::atomic::Ordering::Relaxed);
         let credential = format_secret(
@@ -382,8 +381,8 @@ pub async fn connect(b: ConnectBench) -> anyhow::Result<()> {
                 hostname: "bench".into(),
                 os: "simulated".into(),
                 arch: std::env::consts::ARCH.into(),
-                overlay_port: Some(51820),
-                overlay_public_key: Some(random_key()),
+                overlay_port: b.overlay.then_some(51820),
+                overlay_public_key: b.overlay.then(random_key),
                 ..Default::default()
             },
         );
@@ -396,10 +395,10 @@ pub async fn connect(b: ConnectBench) -> anyhow::Result<()> {
         }
     }
     tokio::time::sleep(b.hold - half).await;
-    if b.overlay {
+    {
         let (cpu2, t2) = (server_cpu(&b.client, b.server_pid).await?, Instant::now());
         let window = t2.duration_since(t1).as_secs_f64();
-        join = Some(((cpu2 - cpu1) - idle_cores * window) * 1e3);
+        join = ((cpu2 - cpu1) - idle_cores * window) * 1e3;
     }
     let _ = stop_tx.send(true);
     for t in tasks {
@@ -431,16 +430,10 @@ pub async fn connect(b: ConnectBench) -> anyhow::Result<()> {
         heartbeat_timeouts: timeouts.load(std::sync::atomic::Ordering::Relaxed),
         server_cpu_idle_cores: idle_cores,
         join_server_cpu_ms: join,
-        join_overlay_messages: b.overlay.then(|| {
-            overlay_count
-                .messages
-                .load(std::sync::atomic::Ordering::Relaxed)
-        }),
-        join_overlay_bytes: b.overlay.then(|| {
-            overlay_count
-                .bytes
-                .load(std::sync::atomic::Ordering::Relaxed)
-        }),
+        join_messages: join_count
+            .messages
+            .load(std::sync::atomic::Ordering::Relaxed),
+        join_bytes: join_count.bytes.load(std::sync::atomic::Ordering::Relaxed),
     };
 
     if !b.keep {
@@ -488,15 +481,10 @@ pub async fn connect(b: ConnectBench) -> anyhow::Result<()> {
                 "server CPU idle       {:.3} cores",
                 report.server_cpu_idle_cores
             );
-            if let (Some(cpu), Some(n), Some(bytes)) = (
-                report.join_server_cpu_ms,
-                report.join_overlay_messages,
-                report.join_overlay_bytes,
-            ) {
-                println!(
-                    "one more host joins   {cpu:.0} ms of server CPU, {n} overlay messages ({bytes} bytes) to the others"
-                );
-            }
+            println!(
+                "one more host joins   {:.0} ms of server CPU, {} messages ({} bytes) to the others",
+                report.join_server_cpu_ms, report.join_messages, report.join_bytes
+            );
         }
     }
     if report.failed > 0 {

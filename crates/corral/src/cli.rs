@@ -858,9 +858,10 @@ pub enum BenchCommand {
         /// Keep the simulated hosts registered afterwards (default: remove them).
         #[arg(long)]
         keep: bool,
-        /// Each simulated agent announces an overlay key and port, so it is every other's
-        /// peer; halfway through the hold one more agent joins, and the overlay messages the
-        /// others receive for it and the server's CPU are reported (the cost of one join).
+        /// Each simulated agent (and the one that joins halfway through the hold) announces an
+        /// overlay key and port, so it is every other's peer. Either way the second half of the
+        /// hold measures one more agent joining: the server's CPU beyond its idle rate and the
+        /// messages the others receive (the cost of one join).
         #[arg(long)]
         overlay: bool,
         /// Each simulated agent reports a Docker engine (and no container), so the scheduler

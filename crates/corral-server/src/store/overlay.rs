@@ -175,6 +175,22 @@ impl Store {
         .await?)
     }
 
+    /// The hosts of an environment that hold a lease, with their overlay facts: all the
+    /// overlay sync needs (a host without a lease has no configuration and is nobody's peer),
+    /// so a fleet of hosts on no overlay costs it nothing. From a reader: it runs after the
+    /// change counters it answers were read, so it sees at least their writes.
+    pub async fn leased_members(&self, env_id: &str) -> Result<Vec<OverlayMemberRow>> {
+        Ok(sqlx::query_as(
+            "SELECT h.id, h.name, h.environment_id, h.overlay_public_key, h.overlay_endpoint, l.subnet \
+             FROM overlay_leases l JOIN hosts h ON h.id = l.host_id \
+             WHERE l.environment_id = ? AND h.environment_id = ? AND h.removed_at IS NULL",
+        )
+        .bind(env_id)
+        .bind(env_id)
+        .fetch_all(&self.reader)
+        .await?)
+    }
+
     /// Every environment's change counters (the migration gave existing environments a row,
     /// and a trigger gives every new one its row).
     pub async fn change_counters(&self) -> Result<HashMap<String, ChangeCounters>> {

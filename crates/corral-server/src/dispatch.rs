@@ -158,11 +158,20 @@ async fn submit(
         deadline: now + ttl.as_secs().max(1) as i64,
     };
     let (tx, rx) = oneshot::channel();
-    state.dispatcher.lock().insert(command.id.clone(), tx);
+    let kind = command.body.kind().as_str();
+    state.dispatcher.lock().insert(
+        command.id.clone(),
+        crate::state::waiters::Waiting {
+            tx,
+            kind,
+            since: std::time::Instant::now(),
+        },
+    );
     if let Err(e) = state.store.insert_command(host_id, &command, now).await {
         state.dispatcher.lock().remove(&command.id);
         return Err(e);
     }
+    state.metrics.command_submitted(kind);
     state.registry.wake_commands(host_id);
     Ok((command.id, rx))
 }
@@ -253,6 +262,7 @@ pub async fn expiry_loop(state: std::sync::Arc<AppState>) {
         }
         match state.store.expire_commands(now_unix()).await {
             Ok(ids) => {
+                state.metrics.commands_expired(ids.len() as u64);
                 for id in ids {
                     state.dispatcher.settle(&state, &id, Outcome::Expired).await;
                 }

@@ -129,6 +129,7 @@ pub async fn start(options: ServerOptions) -> Result<RunningServer, ServerError>
         store: boot.store,
         registry: Default::default(),
         dispatcher: Default::default(),
+        metrics: Default::default(),
         streams: Default::default(),
         reconciler: Default::default(),
         vault: boot.vault,

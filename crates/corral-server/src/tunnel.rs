@@ -94,6 +94,10 @@ async fn recv(socket: &mut WebSocket, limit: usize) -> Recv {
 /// no framing the TLS layer would not add anyway.
 const FRAGMENT_BYTES: usize = 16 * 1024;
 
+/// The metrics' reason for a tunnel that ended because the agent closed it or the connection
+/// dropped (no close reason of the server's).
+const AGENT_GONE: &str = "agent_gone";
+
 async fn send(socket: &mut WebSocket, msg: &ServerMessage, limit: usize) -> bool {
     match corral_proto::encode(msg, limit) {
         Ok(text) => send_text(socket, text).await.is_ok(),
@@ -178,6 +182,9 @@ pub async fn serve(state: Arc<AppState>, mut socket: WebSocket, remote: SocketAd
     let limit = state.options.max_message_bytes;
     let hello = match tokio::time::timeout(HELLO_TIMEOUT, recv(&mut socket, limit)).await {
         Err(_) => {
+            state
+                .metrics
+                .tunnel_refused(CloseReason::Malformed.as_str());
             close(
                 &mut socket,
                 CloseReason::Malformed,
@@ -187,15 +194,22 @@ pub async fn serve(state: Arc<AppState>, mut socket: WebSocket, remote: SocketAd
             .await;
             return;
         }
-        Ok(Recv::Gone) => return,
+        Ok(Recv::Gone) => {
+            state.metrics.tunnel_refused(AGENT_GONE);
+            return;
+        }
         Ok(Recv::Refuse(reason, message)) => {
             tracing::warn!(%remote, %reason, %message, "refused a connection before hello");
+            state.metrics.tunnel_refused(reason.as_str());
             close(&mut socket, reason, message, limit).await;
             return;
         }
         Ok(Recv::Message(AgentMessage::Hello(h))) => h,
         Ok(Recv::Message(other)) => {
             let message = format!("the first message must be a hello, got {other:?}");
+            state
+                .metrics
+                .tunnel_refused(CloseReason::Malformed.as_str());
             close(&mut socket, CloseReason::Malformed, message, limit).await;
             return;
         }
@@ -209,10 +223,12 @@ pub async fn serve(state: Arc<AppState>, mut socket: WebSocket, remote: SocketAd
         }
         Err((reason, message)) => {
             tracing::warn!(%remote, %reason, %message, "refused an agent");
+            state.metrics.tunnel_refused(reason.as_str());
             close(&mut socket, reason, message, limit).await;
             return;
         }
     };
+    state.metrics.tunnel_connected();
     run_session(state, socket, remote, host, admitted, &hello).await;
 }
 
@@ -440,6 +456,7 @@ async fn run_session(
         dead_after_ms: state.options.dead_after.as_millis() as u64,
         max_message_bytes: limit,
     });
+    let mut ended = AGENT_GONE;
     if send(&mut socket, &welcome, limit).await {
         // A host registered just now has no command yet; one queued since wakes the loop.
         let maybe_commands = admitted == Admitted::Known;
@@ -455,9 +472,11 @@ async fn run_session(
         .await;
         if let Some((reason, message)) = reason {
             tracing::info!(host = %host.name, %reason, %message, "closing tunnel");
+            ended = reason.as_str();
             close(&mut socket, reason, message, limit).await;
         }
     }
+    state.metrics.tunnel_disconnected(ended);
     state.registry.detach(&host.id, conn_id);
     crate::state::streams::end_host(&state, &host.id);
     let _ = state

@@ -419,3 +419,203 @@ async fn a_burst_of_commands_all_reach_a_connected_host() {
     }
     assert_eq!(slots.len(), REPLICAS);
 }
+
+type Exposition = openmetrics_parser::MetricsExposition<
+    openmetrics_parser::OpenMetricsType,
+    openmetrics_parser::OpenMetricsValue,
+>;
+
+/// `/metrics` read by a strict OpenMetrics parser (a grammar of the format: a line it does not
+/// accept fails the whole scrape).
+fn scrape(server: &Server) -> Exposition {
+    let out = std::process::Command::new("curl")
+        .args([
+            "-sS",
+            "--fail",
+            "--cacert",
+            server.dir.join("pki/ca.pem").to_str().unwrap(),
+            "-H",
+            &format!("Authorization: Bearer {}", server.env.api_key),
+            &format!("{}/metrics", server.url()),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    openmetrics_parser::openmetrics::parse_openmetrics(&text)
+        .unwrap_or_else(|e| panic!("the metrics do not parse: {e:?}\n{text}"))
+}
+
+/// The value of family `name`'s samples whose labels include `labels`, summed (0 when there
+/// is none yet; a histogram's value is its count).
+fn value(metrics: &Exposition, name: &str, labels: &[(&str, &str)]) -> f64 {
+    use openmetrics_parser::OpenMetricsValue as V;
+    let Some(family) = metrics.families.get(name) else {
+        return 0.0;
+    };
+    family
+        .iter_samples()
+        .filter(|s| {
+            let set = s.get_labelset().unwrap();
+            labels
+                .iter()
+                .all(|(k, v)| set.get_label_value(k) == Some(*v))
+        })
+        .map(|s| match &s.value {
+            V::Counter(c) => c.value.as_f64(),
+            V::Gauge(n) | V::Unknown(n) => n.as_f64(),
+            V::Histogram(h) => h.count.unwrap_or(0) as f64,
+            other => panic!("{name}: unexpected {other:?}"),
+        })
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_metrics_parse_and_move_when_tunnels_commands_and_replicas_do() {
+    let t = tmp();
+    let server = Server::start(&t.path().join("data"), &[]);
+    let (_, token) = server.token(&[]);
+    let mut a = raw_agent(&server, &token, &credential(), "host-a").await;
+    docker_available(&server, &mut a, "host-a").await;
+    let before = scrape(&server);
+    assert_eq!(value(&before, "corral_agents_connected", &[]), 1.0);
+    assert_eq!(value(&before, "corral_tunnel_connects", &[]), 1.0);
+    assert_eq!(value(&before, "corral_hosts", &[]), 1.0);
+    assert!(value(&before, "process_resident_memory_bytes", &[]) > 0.0);
+    assert!(value(&before, "process_cpu_seconds", &[]) > 0.0);
+    // The listing `docker_available` polled was counted under its route's template.
+    assert!(
+        value(
+            &before,
+            "corral_api_requests",
+            &[("route", "/v1/hosts"), ("method", "GET"), ("status", "200")]
+        ) >= 1.0
+    );
+    assert!(
+        value(
+            &before,
+            "corral_api_request_duration_seconds",
+            &[("route", "/v1/hosts")]
+        ) >= 1.0
+    );
+
+    // A stack of two replicas: one image check answered, two container runs sent, unanswered.
+    let file = t.path().join("compose.yaml");
+    std::fs::write(
+        &file,
+        "services:\n  web:\n    image: corral-test/busybox:latest\n    pull_policy: never\n    deploy: { replicas: 2 }\n",
+    )
+    .unwrap();
+    let up = cli_in_background(&server, &["up", "-f", file.to_str().unwrap(), "-p", "m"]);
+    let check = next_command(&mut a).await;
+    assert_eq!(check.body.kind(), corral_proto::CommandKind::ImageCheck);
+    a.send(&AgentMessage::Reply {
+        command_id: check.id,
+        result: CommandResult::Ok {
+            value: serde_json::json!([]),
+        },
+    })
+    .await
+    .unwrap();
+    let out = up.join().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for _ in 0..2 {
+        let run = next_command(&mut a).await;
+        assert_eq!(run.body.kind(), corral_proto::CommandKind::ContainerRun);
+    }
+    let after = scrape(&server);
+    let kind = |k| [("kind", k)];
+    assert_eq!(
+        value(&after, "corral_commands_submitted", &kind("image_check")),
+        1.0
+    );
+    assert_eq!(
+        value(&after, "corral_commands_submitted", &kind("container_run")),
+        2.0
+    );
+    assert_eq!(
+        value(
+            &after,
+            "corral_command_duration_seconds",
+            &[("kind", "image_check"), ("outcome", "done")]
+        ),
+        1.0
+    );
+    assert_eq!(value(&after, "corral_commands_in_flight", &[]), 2.0);
+    assert_eq!(
+        value(&after, "corral_reconciler_actions", &kind("run")),
+        2.0
+    );
+    assert!(value(&after, "corral_reconciler_pass_duration_seconds", &[]) >= 1.0);
+    let ups: Vec<String> = after.families["corral_api_requests"]
+        .iter_samples()
+        .map(|s| s.get_labelset().unwrap())
+        .filter(|l| {
+            l.get_label_value("route") == Some("/v1/stacks")
+                && l.get_label_value("method") == Some("POST")
+        })
+        .filter_map(|l| l.get_label_value("status").map(str::to_owned))
+        .collect();
+    assert!(
+        ups.iter().any(|s| s.starts_with('2')),
+        "the `up` was counted: {ups:?}"
+    );
+    // A path no route has is counted as such, never by its own text.
+    let _ = server.cli(&["host", "inspect", "no-such-host"]);
+    let routes: Vec<String> = scrape(&server).families["corral_api_requests"]
+        .iter_samples()
+        .filter_map(|s| {
+            s.get_labelset()
+                .unwrap()
+                .get_label_value("route")
+                .map(str::to_owned)
+        })
+        .collect();
+    assert!(routes.iter().any(|r| r == "/v1/hosts/{id}"), "{routes:?}");
+    assert!(
+        !routes.iter().any(|r| r.contains("no-such-host")),
+        "a path, not a route template, became a label: {routes:?}"
+    );
+
+    // The agent goes: its session ends with no reason of the server's.
+    drop(a);
+    wait_until(Duration::from_secs(10), "the disconnect counted", || {
+        let now = scrape(&server);
+        value(
+            &now,
+            "corral_tunnel_disconnects",
+            &[("reason", "agent_gone")],
+        ) == 1.0
+            && value(&now, "corral_agents_connected", &[]) == 0.0
+    });
+    // A registration with a bad token is refused before any session, and counted so.
+    let refused = pinned_dialer(&server)
+        .connect(corral_agent::dial::hello(
+            corral_proto::Auth::Register {
+                token: "not-a-token".into(),
+                credential: credential(),
+            },
+            HostFacts {
+                name: "intruder".into(),
+                hostname: "intruder".into(),
+                ..Default::default()
+            },
+        ))
+        .await;
+    assert!(refused.is_err());
+    let last = scrape(&server);
+    assert_eq!(
+        value(&last, "corral_tunnel_refusals", &[("reason", "bad_token")]),
+        1.0,
+        "{:?}",
+        last.families.get("corral_tunnel_refusals")
+    );
+}

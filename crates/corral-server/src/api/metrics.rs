@@ -1,39 +1,87 @@
-//! `GET /metrics`: Prometheus text.
+//! `GET /metrics`: OpenMetrics text (which Prometheus scrapes), from `state::metrics`.
 
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::header;
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use super::{Admin, ApiError};
 use crate::state::AppState;
+use crate::state::metrics::Snapshot;
 
 pub(super) async fn metrics(
     _: Admin,
     State(state): State<Arc<AppState>>,
 ) -> Result<Response, ApiError> {
     let hosts = state.store.host_count().await?;
-    let rss = crate::process::resident_bytes().unwrap_or(0);
-    let cpu = crate::process::cpu_seconds().unwrap_or(0.0);
-    let fds = std::fs::read_dir("/proc/self/fd")
-        .map(|d| d.count())
-        .unwrap_or(0);
-    let body = format!(
-        "# HELP corral_agents_connected Agents with a live tunnel.\n# TYPE corral_agents_connected gauge\ncorral_agents_connected {}\n\
-# HELP corral_hosts Registered hosts (not removed).\n# TYPE corral_hosts gauge\ncorral_hosts {hosts}\n\
-# HELP process_resident_memory_bytes Resident memory size in bytes.\n# TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes {rss}\n\
-# HELP process_cpu_seconds_total Total user and system CPU time spent in seconds.\n# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total {cpu}\n\
-# HELP process_open_fds Number of open file descriptors.\n# TYPE process_open_fds gauge\nprocess_open_fds {fds}\n\
-# HELP process_uptime_seconds Seconds since the server started.\n# TYPE process_uptime_seconds gauge\nprocess_uptime_seconds {}\n\
-# HELP corral_unauthenticated_connections Connections held that have not authenticated.\n# TYPE corral_unauthenticated_connections gauge\ncorral_unauthenticated_connections {}\n\
-# HELP corral_unauthenticated_connections_max The cap on them (--max-unauthenticated-connections).\n# TYPE corral_unauthenticated_connections_max gauge\ncorral_unauthenticated_connections_max {}\n\
-# HELP corral_connections_evicted_total Unauthenticated connections closed because the cap was reached.\n# TYPE corral_connections_evicted_total counter\ncorral_connections_evicted_total {}\n",
-        state.registry.len(),
-        state.started.elapsed().as_secs(),
-        state.gate.unauthenticated(),
-        state.gate.cap(),
-        state.gate.evictions(),
+    let (commands_pending, commands_sent) = state.store.open_command_counts().await?;
+    let snapshot = Snapshot {
+        agents_connected: state.registry.len() as u64,
+        hosts,
+        commands_pending,
+        commands_sent,
+        unplaced_replicas: state
+            .reconciler
+            .lock()
+            .status
+            .values()
+            .flat_map(|s| s.unplaced.values())
+            .map(|u| u.count)
+            .sum(),
+        unauthenticated_connections: state.gate.unauthenticated() as u64,
+        unauthenticated_connections_max: state.gate.cap() as u64,
+        connections_evicted: state.gate.evictions(),
+        resident_memory_bytes: crate::process::resident_bytes().unwrap_or(0),
+        cpu_seconds: crate::process::cpu_seconds().unwrap_or(0.0),
+        open_fds: std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count() as u64),
+        uptime_seconds: state.started.elapsed().as_secs(),
+    };
+    let body = state.metrics.encode(snapshot).map_err(|_| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the metrics could not be written",
+        )
+    })?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response())
+}
+
+/// Counts and times every request by route template (`unmatched` for a path no route has),
+/// method (`other` for one the API does not use) and status.
+pub(super) async fn observe(
+    State(state): State<Arc<AppState>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    use axum::http::Method;
+    let started = std::time::Instant::now();
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |m| m.as_str().to_owned());
+    let method = match *req.method() {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    };
+    let response = next.run(req).await;
+    state.metrics.api_request(
+        &route,
+        method,
+        response.status().as_u16(),
+        started.elapsed(),
     );
-    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response())
+    response
 }

@@ -182,6 +182,10 @@ pub fn router(state: Arc<AppState>) -> Router {
             state.clone(),
             audit::record,
         ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            metrics::observe,
+        ))
         .with_state(state)
 }
 

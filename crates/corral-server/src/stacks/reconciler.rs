@@ -260,6 +260,13 @@ impl World {
 }
 
 async fn pass(state: &Arc<AppState>) -> Result<(), StoreError> {
+    let started = std::time::Instant::now();
+    let result = pass_all(state).await;
+    state.metrics.reconciler_pass(started.elapsed());
+    result
+}
+
+async fn pass_all(state: &Arc<AppState>) -> Result<(), StoreError> {
     let stacks = state.store.stacks().await?;
     let mut worlds: HashMap<String, World> = HashMap::new();
     for stack in &stacks {
@@ -348,6 +355,13 @@ async fn pass_stack(
     }
     let env_name = state.store.environment_name(&stack.environment_id).await?;
     for action in decision.actions {
+        let kind = match &action {
+            Action::Run { .. } => "run",
+            Action::Remove { .. } => "remove",
+            Action::Forget { .. } => "forget",
+            Action::Start { .. } => "start",
+        };
+        state.metrics.reconciler_actions(kind, 1);
         let result = match action {
             Action::Run {
                 service,

@@ -11,6 +11,7 @@ pub mod events;
 pub mod gate;
 pub mod live;
 pub mod logins;
+pub mod metrics;
 pub mod overlay;
 pub mod progress;
 pub mod pulls;
@@ -49,6 +50,8 @@ pub struct AppState {
     pub pulls: pulls::Pulls,
     /// What the web UI's open pages follow to know when to read again.
     pub live: live::LiveFeed,
+    /// Counters and histograms for `GET /metrics`.
+    pub metrics: metrics::Metrics,
     /// What long `up`s are doing, for the CLI that waits on them.
     pub progress: progress::ProgressLog,
     pub options: ServerOptions,

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::Instant;
 
 use corral_proto::CommandResult;
 use tokio::sync::oneshot;
@@ -28,12 +29,20 @@ pub type UnwatchedHook =
 
 #[derive(Default)]
 pub struct Waiters {
-    waiting: Mutex<HashMap<String, oneshot::Sender<Outcome>>>,
+    waiting: Mutex<HashMap<String, Waiting>>,
     unwatched: OnceLock<UnwatchedHook>,
 }
 
+/// A command this server submitted, until it is settled.
+pub struct Waiting {
+    pub tx: oneshot::Sender<Outcome>,
+    /// Its kind and when it was submitted: the metrics' command latency.
+    pub kind: &'static str,
+    pub since: Instant,
+}
+
 impl Waiters {
-    pub(crate) fn lock(&self) -> MutexGuard<'_, HashMap<String, oneshot::Sender<Outcome>>> {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, HashMap<String, Waiting>> {
         self.waiting.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -45,7 +54,16 @@ impl Waiters {
     /// Hands the outcome to whoever waits for it, or else to the hook.
     pub async fn settle(&self, state: &AppState, id: &str, outcome: Outcome) {
         let unwatched = match self.lock().remove(id) {
-            Some(tx) => tx.send(outcome).err(),
+            Some(w) => {
+                let result = match outcome {
+                    Outcome::Done(_) => "done",
+                    Outcome::Expired => "expired",
+                };
+                state
+                    .metrics
+                    .command_settled(w.kind, result, w.since.elapsed());
+                w.tx.send(outcome).err()
+            }
             None => Some(outcome),
         };
         if let (Some(outcome), Some(hook)) = (unwatched, self.unwatched.get()) {

@@ -943,6 +943,21 @@ impl Store {
     }
 
     /// How many hosts are registered (not removed).
+    /// Commands waiting to be written to their host (`pending`) and written but not answered
+    /// (`sent`): index range counts, however many finished commands are kept.
+    pub async fn open_command_counts(&self) -> Result<(u64, u64)> {
+        let (pending, sent): (i64, i64) = sqlx::query_as(
+            "SELECT (SELECT COUNT(*) FROM commands WHERE state = 'pending'), \
+                    (SELECT COUNT(*) FROM commands WHERE state = 'sent')",
+        )
+        .fetch_one(&self.reader)
+        .await?;
+        Ok((
+            u64::try_from(pending).unwrap_or(0),
+            u64::try_from(sent).unwrap_or(0),
+        ))
+    }
+
     pub async fn host_count(&self) -> Result<u64> {
         let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM hosts WHERE removed_at IS NULL")
             .fetch_one(&self.reader)

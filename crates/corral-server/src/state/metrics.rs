@@ -1,0 +1,290 @@
+//! What `GET /metrics` reports: counters and histograms kept as things happen (tunnels,
+//! commands, the reconciler, API requests), and figures read at the scrape (a [`Snapshot`]:
+//! hosts, connections, the command queue, the process). Encoded by `prometheus-client` in the
+//! OpenMetrics text format, which Prometheus reads; every label's values come from a closed
+//! set (close reasons, command kinds, action kinds, route templates, status codes), so the
+//! number of series is bounded whatever clients and agents send.
+
+use std::fmt;
+use std::time::Duration;
+
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// A label set: a few fixed keys, each with a value from a closed set.
+type Labels = Vec<(&'static str, String)>;
+type Histograms = Family<Labels, Histogram, fn() -> Histogram>;
+
+/// Latency buckets from 1 ms to about 33 s, each twice the one before.
+fn latency() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 16))
+}
+
+/// Everything counted as it happens. Cloning shares the counts.
+#[derive(Clone)]
+pub struct Metrics {
+    tunnel_connects: Counter,
+    tunnel_refusals: Family<Labels, Counter>,
+    tunnel_disconnects: Family<Labels, Counter>,
+    commands_submitted: Family<Labels, Counter>,
+    commands_expired: Counter,
+    command_seconds: Histograms,
+    reconciler_pass_seconds: Histogram,
+    reconciler_actions: Family<Labels, Counter>,
+    api_requests: Family<Labels, Counter>,
+    api_seconds: Histograms,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            tunnel_connects: Counter::default(),
+            tunnel_refusals: Family::default(),
+            tunnel_disconnects: Family::default(),
+            commands_submitted: Family::default(),
+            commands_expired: Counter::default(),
+            command_seconds: Family::new_with_constructor(latency),
+            reconciler_pass_seconds: latency(),
+            reconciler_actions: Family::default(),
+            api_requests: Family::default(),
+            api_seconds: Family::new_with_constructor(latency),
+        }
+    }
+}
+
+/// Figures read when scraped.
+#[derive(Debug, Default, Clone)]
+pub struct Snapshot {
+    pub agents_connected: u64,
+    pub hosts: u64,
+    /// Commands stored and not yet written to their host's tunnel.
+    pub commands_pending: u64,
+    /// Commands written to their host's tunnel and not yet answered.
+    pub commands_sent: u64,
+    /// Stack replicas the last reconciler pass could not place.
+    pub unplaced_replicas: u64,
+    pub unauthenticated_connections: u64,
+    pub unauthenticated_connections_max: u64,
+    pub connections_evicted: u64,
+    pub resident_memory_bytes: u64,
+    pub cpu_seconds: f64,
+    pub open_fds: u64,
+    pub uptime_seconds: u64,
+}
+
+impl Metrics {
+    /// An agent was admitted and its session begins.
+    pub fn tunnel_connected(&self) {
+        self.tunnel_connects.inc();
+    }
+
+    /// A connection was refused before a session began (`reason`: a close reason).
+    pub fn tunnel_refused(&self, reason: &str) {
+        self.tunnel_refusals
+            .get_or_create(&vec![("reason", reason.replace(' ', "_"))])
+            .inc();
+    }
+
+    /// A session ended: with the close reason the server gave, or `agent_gone` when the
+    /// agent closed or the connection dropped.
+    pub fn tunnel_disconnected(&self, reason: &str) {
+        self.tunnel_disconnects
+            .get_or_create(&vec![("reason", reason.replace(' ', "_"))])
+            .inc();
+    }
+
+    pub fn command_submitted(&self, kind: &'static str) {
+        self.commands_submitted
+            .get_or_create(&vec![("kind", kind.to_owned())])
+            .inc();
+    }
+
+    /// The expiry sweep found `n` commands past their deadline, unanswered.
+    pub fn commands_expired(&self, n: u64) {
+        self.commands_expired.inc_by(n);
+    }
+
+    /// A command this server submitted was settled (`outcome`: `done` or `expired`) after
+    /// `took`.
+    pub fn command_settled(&self, kind: &'static str, outcome: &'static str, took: Duration) {
+        self.command_seconds
+            .get_or_create(&vec![
+                ("kind", kind.to_owned()),
+                ("outcome", outcome.to_owned()),
+            ])
+            .observe(took.as_secs_f64());
+    }
+
+    pub fn reconciler_pass(&self, took: Duration) {
+        self.reconciler_pass_seconds.observe(took.as_secs_f64());
+    }
+
+    pub fn reconciler_actions(&self, kind: &'static str, n: u64) {
+        if n > 0 {
+            self.reconciler_actions
+                .get_or_create(&vec![("kind", kind.to_owned())])
+                .inc_by(n);
+        }
+    }
+
+    /// One API request answered: `route` is the matched route's template (`/v1/hosts/{id}`),
+    /// never the path itself.
+    pub fn api_request(&self, route: &str, method: &str, status: u16, took: Duration) {
+        self.api_requests
+            .get_or_create(&vec![
+                ("route", route.to_owned()),
+                ("method", method.to_owned()),
+                ("status", status.to_string()),
+            ])
+            .inc();
+        self.api_seconds
+            .get_or_create(&vec![("route", route.to_owned())])
+            .observe(took.as_secs_f64());
+    }
+
+    /// The OpenMetrics text of everything counted, with `snapshot`'s figures.
+    pub fn encode(&self, snapshot: Snapshot) -> Result<String, fmt::Error> {
+        let mut registry = Registry::default();
+        registry.register(
+            "corral_tunnel_connects",
+            "Agent sessions begun (an agent admitted)",
+            self.tunnel_connects.clone(),
+        );
+        registry.register(
+            "corral_tunnel_refusals",
+            "Agent connections refused before a session, by close reason",
+            self.tunnel_refusals.clone(),
+        );
+        registry.register(
+            "corral_tunnel_disconnects",
+            "Agent sessions ended, by close reason (agent_gone: the agent closed or the connection dropped)",
+            self.tunnel_disconnects.clone(),
+        );
+        registry.register(
+            "corral_commands_submitted",
+            "Commands this server queued for a host, by kind",
+            self.commands_submitted.clone(),
+        );
+        registry.register(
+            "corral_commands_expired",
+            "Commands whose deadline passed unanswered",
+            self.commands_expired.clone(),
+        );
+        registry.register(
+            "corral_command_duration_seconds",
+            "From a command's submission to its settlement (answered or expired), by kind and outcome",
+            self.command_seconds.clone(),
+        );
+        registry.register(
+            "corral_reconciler_pass_duration_seconds",
+            "How long each reconciler pass took",
+            self.reconciler_pass_seconds.clone(),
+        );
+        registry.register(
+            "corral_reconciler_actions",
+            "What reconciler passes did, by kind (start, remove, ...)",
+            self.reconciler_actions.clone(),
+        );
+        registry.register(
+            "corral_api_requests",
+            "API requests answered, by route template, method and status",
+            self.api_requests.clone(),
+        );
+        registry.register(
+            "corral_api_request_duration_seconds",
+            "Time to answer an API request (to its response's head), by route template",
+            self.api_seconds.clone(),
+        );
+        registry.register_collector(Box::new(snapshot));
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &registry)?;
+        Ok(out)
+    }
+}
+
+impl prometheus_client::collector::Collector for Snapshot {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
+        let gauges: [(&str, &str, i64); 10] = [
+            (
+                "corral_reconciler_unplaced_replicas",
+                "Stack replicas the last reconciler pass could not place",
+                signed(self.unplaced_replicas),
+            ),
+            (
+                "corral_agents_connected",
+                "Agents with a live tunnel",
+                signed(self.agents_connected),
+            ),
+            (
+                "corral_hosts",
+                "Registered hosts (not removed)",
+                signed(self.hosts),
+            ),
+            (
+                "corral_commands_pending",
+                "Commands stored and not yet written to their host's tunnel",
+                signed(self.commands_pending),
+            ),
+            (
+                "corral_commands_in_flight",
+                "Commands written to their host's tunnel and not yet answered",
+                signed(self.commands_sent),
+            ),
+            (
+                "corral_unauthenticated_connections",
+                "Connections held that have not authenticated",
+                signed(self.unauthenticated_connections),
+            ),
+            (
+                "corral_unauthenticated_connections_max",
+                "The cap on them (--max-unauthenticated-connections)",
+                signed(self.unauthenticated_connections_max),
+            ),
+            (
+                "process_resident_memory_bytes",
+                "Resident memory size in bytes",
+                signed(self.resident_memory_bytes),
+            ),
+            (
+                "process_open_fds",
+                "Number of open file descriptors",
+                signed(self.open_fds),
+            ),
+            (
+                "process_uptime_seconds",
+                "Seconds since the server started",
+                signed(self.uptime_seconds),
+            ),
+        ];
+        for (name, help, value) in gauges {
+            let metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            ConstGauge::new(value).encode(metric)?;
+        }
+        let counters: [(&str, &str, u64); 1] = [(
+            "corral_connections_evicted",
+            "Unauthenticated connections closed because the cap was reached",
+            self.connections_evicted,
+        )];
+        for (name, help, value) in counters {
+            let metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            ConstCounter::new(value).encode(metric)?;
+        }
+        let metric = encoder.encode_descriptor(
+            "process_cpu_seconds",
+            "Total user and system CPU time spent in seconds",
+            None,
+            MetricType::Counter,
+        )?;
+        ConstCounter::new(self.cpu_seconds).encode(metric)?;
+        Ok(())
+    }
+}
+
+fn signed(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}

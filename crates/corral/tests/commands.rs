@@ -58,6 +58,37 @@ async fn docker_available(server: &Server, a: &mut Tunnel, name: &str) {
     });
 }
 
+/// `corral up` of one service of `replicas` replicas on the raw agent's host, the image check
+/// (the first command: `pull_policy: never` leaves no tag to resolve) answered with `answer`;
+/// returns the CLI's output.
+async fn up_answering_the_image_check(
+    server: &Server,
+    a: &mut Tunnel,
+    dir: &std::path::Path,
+    project: &str,
+    replicas: usize,
+    answer: serde_json::Value,
+) -> std::process::Output {
+    let file = dir.join("compose.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "services:\n  web:\n    image: corral-test/busybox:latest\n    pull_policy: never\n    deploy: {{ replicas: {replicas} }}\n"
+        ),
+    )
+    .unwrap();
+    let up = cli_in_background(server, &["up", "-f", file.to_str().unwrap(), "-p", project]);
+    let check = next_command(a).await;
+    assert_eq!(check.body.kind(), corral_proto::CommandKind::ImageCheck);
+    a.send(&AgentMessage::Reply {
+        command_id: check.id,
+        result: CommandResult::Ok { value: answer },
+    })
+    .await
+    .unwrap();
+    up.join().unwrap()
+}
+
 /// Runs the CLI with the server's admin credentials on a thread of its own.
 fn cli_in_background(
     server: &Server,
@@ -338,25 +369,8 @@ async fn an_unreadable_reply_fails_the_operation_and_stores_nothing() {
     let (_, token) = server.token(&[]);
     let mut a = raw_agent(&server, &token, &credential(), "host-a").await;
     docker_available(&server, &mut a, "host-a").await;
-    let file = t.path().join("compose.yaml");
-    std::fs::write(
-        &file,
-        // `never`: no tag to resolve, so the image check is the first command.
-        "services:\n  web:\n    image: corral-test/busybox:latest\n    pull_policy: never\n",
-    )
-    .unwrap();
-    let up = cli_in_background(&server, &["up", "-f", file.to_str().unwrap(), "-p", "shop"]);
-    let check = next_command(&mut a).await;
-    assert_eq!(check.body.kind(), corral_proto::CommandKind::ImageCheck);
-    a.send(&AgentMessage::Reply {
-        command_id: check.id,
-        result: CommandResult::Ok {
-            value: serde_json::json!({ "missing": "nothing, honestly" }),
-        },
-    })
-    .await
-    .unwrap();
-    let out = up.join().unwrap();
+    let answer = serde_json::json!({ "missing": "nothing, honestly" });
+    let out = up_answering_the_image_check(&server, &mut a, t.path(), "shop", 1, answer).await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "up must fail: {stderr}");
     assert!(
@@ -377,29 +391,15 @@ async fn a_burst_of_commands_all_reach_a_connected_host() {
     let (_, token) = server.token(&[]);
     let mut a = raw_agent(&server, &token, &credential(), "host-a").await;
     docker_available(&server, &mut a, "host-a").await;
-    let file = t.path().join("compose.yaml");
-    std::fs::write(
-        &file,
-        format!(
-            "services:\n  web:\n    image: corral-test/busybox:latest\n    pull_policy: never\n    deploy: {{ replicas: {REPLICAS} }}\n"
-        ),
-    )
-    .unwrap();
-    let up = cli_in_background(
+    let out = up_answering_the_image_check(
         &server,
-        &["up", "-f", file.to_str().unwrap(), "-p", "burst"],
-    );
-    let check = next_command(&mut a).await;
-    assert_eq!(check.body.kind(), corral_proto::CommandKind::ImageCheck);
-    a.send(&AgentMessage::Reply {
-        command_id: check.id,
-        result: CommandResult::Ok {
-            value: serde_json::json!([]),
-        },
-    })
-    .await
-    .unwrap();
-    let out = up.join().unwrap();
+        &mut a,
+        t.path(),
+        "burst",
+        REPLICAS,
+        serde_json::json!([]),
+    )
+    .await;
     assert!(
         out.status.success(),
         "{}",
@@ -428,24 +428,7 @@ type Exposition = openmetrics_parser::MetricsExposition<
 /// `/metrics` read by a strict OpenMetrics parser (a grammar of the format: a line it does not
 /// accept fails the whole scrape).
 fn scrape(server: &Server) -> Exposition {
-    let out = std::process::Command::new("curl")
-        .args([
-            "-sS",
-            "--fail",
-            "--cacert",
-            server.dir.join("pki/ca.pem").to_str().unwrap(),
-            "-H",
-            &format!("Authorization: Bearer {}", server.env.api_key),
-            &format!("{}/metrics", server.url()),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).unwrap();
+    let text = server.metrics_text();
     openmetrics_parser::openmetrics::parse_openmetrics(&text)
         .unwrap_or_else(|e| panic!("the metrics do not parse: {e:?}\n{text}"))
 }
@@ -504,24 +487,9 @@ async fn the_metrics_parse_and_move_when_tunnels_commands_and_replicas_do() {
     );
 
     // A stack of two replicas: one image check answered, two container runs sent, unanswered.
-    let file = t.path().join("compose.yaml");
-    std::fs::write(
-        &file,
-        "services:\n  web:\n    image: corral-test/busybox:latest\n    pull_policy: never\n    deploy: { replicas: 2 }\n",
-    )
-    .unwrap();
-    let up = cli_in_background(&server, &["up", "-f", file.to_str().unwrap(), "-p", "m"]);
-    let check = next_command(&mut a).await;
-    assert_eq!(check.body.kind(), corral_proto::CommandKind::ImageCheck);
-    a.send(&AgentMessage::Reply {
-        command_id: check.id,
-        result: CommandResult::Ok {
-            value: serde_json::json!([]),
-        },
-    })
-    .await
-    .unwrap();
-    let out = up.join().unwrap();
+    let out =
+        up_answering_the_image_check(&server, &mut a, t.path(), "m", 2, serde_json::json!([]))
+            .await;
     assert!(
         out.status.success(),
         "{}",

@@ -26,18 +26,7 @@ async fn closed_after<S: tokio::io::AsyncRead + Unpin>(mut stream: S, limit: Dur
 }
 
 fn metric(server: &Server, name: &str) -> u64 {
-    let out = std::process::Command::new("curl")
-        .args([
-            "-sS",
-            "--cacert",
-            server.dir.join("pki/ca.pem").to_str().unwrap(),
-            "-H",
-            &format!("Authorization: Bearer {}", server.env.api_key),
-            &format!("{}/metrics", server.url()),
-        ])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let text = server.metrics_text();
     text.lines()
         .find_map(|l| l.strip_prefix(&format!("{name} ")))
         .unwrap_or_else(|| panic!("no {name} in {text}"))

@@ -103,6 +103,28 @@ impl Server {
         s
     }
 
+    /// `GET /metrics` with the admin key, as a scraper would (curl, the server's CA).
+    pub fn metrics_text(&self) -> String {
+        let out = std::process::Command::new("curl")
+            .args([
+                "-sS",
+                "--fail",
+                "--cacert",
+                self.dir.join("pki/ca.pem").to_str().unwrap(),
+                "-H",
+                &format!("Authorization: Bearer {}", self.env.api_key),
+                &format!("{}/metrics", self.url()),
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
     pub fn url(&self) -> String {
         format!("https://127.0.0.1:{}", self.port)
     }

@@ -34,7 +34,7 @@ set -a; . "$DIR/data/admin.env"; set +a
     --server-pid "$SERVER" -o json >"$DIR/report.json" 2>"$DIR/load.log" &
 LOAD=$!
 # Until every agent is connected (the load generator says so), or it gave up.
-until grep -q "holding" "$DIR/load.log"; do
+until grep -qs "holding" "$DIR/load.log"; do
     kill -0 "$LOAD" 2>/dev/null || { cat "$DIR/load.log" >&2; exit 1; }
     sleep 0.5
 done

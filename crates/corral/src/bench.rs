@@ -30,6 +30,9 @@ pub struct ConnectBench {
     pub overlay: bool,
     /// Simulated agents report a Docker engine.
     pub docker: bool,
+    /// Simulated agents that lose their tunnel reconnect (with their credential, after the
+    /// agents' own backoff) instead of ending: for a server restart under load.
+    pub reconnect: bool,
     pub server_pid: Option<u32>,
     pub format: Format,
 }
@@ -60,6 +63,70 @@ struct Report {
     join_server_cpu_ms: f64,
     join_messages: usize,
     join_bytes: usize,
+    /// With `--reconnect`: how the agents came back after losing their tunnels.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reconnect: Option<ReconnectReport>,
+}
+
+/// Tunnels lost and won back during the hold (`--reconnect`).
+#[derive(Serialize)]
+struct ReconnectReport {
+    /// Tunnels lost (an agent may lose its tunnel more than once).
+    lost: usize,
+    /// Tunnels won back.
+    reconnected: usize,
+    /// Agents refused for good (a permanent close reason): they stopped trying.
+    gave_up: usize,
+    /// Dial attempts that failed (server not there yet, refused for now, timed out).
+    failed_attempts: usize,
+    /// From the first tunnel lost to the last one won back.
+    all_back_seconds: Option<f64>,
+    /// Tunnels won back in each second after the first loss.
+    per_second: Vec<usize>,
+}
+
+/// What the agents saw of their tunnels being lost and won back.
+#[derive(Default)]
+struct Reconnects {
+    /// Seconds since the start of the run: when each tunnel was lost, and won back.
+    lost_at: Mutex<Vec<f64>>,
+    back_at: Mutex<Vec<f64>>,
+    gave_up: std::sync::atomic::AtomicUsize,
+    failed_attempts: std::sync::atomic::AtomicUsize,
+}
+
+impl Reconnects {
+    fn note(list: &Mutex<Vec<f64>>, at: f64) {
+        if let Ok(mut v) = list.lock() {
+            v.push(at);
+        }
+    }
+
+    fn report(&self) -> ReconnectReport {
+        use std::sync::atomic::Ordering::Relaxed;
+        let lost = self.lost_at.lock().map(|v| v.clone()).unwrap_or_default();
+        let back = self.back_at.lock().map(|v| v.clone()).unwrap_or_default();
+        let first = lost.iter().copied().reduce(f64::min);
+        let last = back.iter().copied().reduce(f64::max);
+        let mut per_second = Vec::new();
+        if let Some(first) = first {
+            for at in &back {
+                let second = ((at - first).max(0.0)) as usize;
+                if per_second.len() <= second {
+                    per_second.resize(second + 1, 0);
+                }
+                per_second[second] += 1;
+            }
+        }
+        ReconnectReport {
+            lost: lost.len(),
+            reconnected: back.len(),
+            gave_up: self.gave_up.load(Relaxed),
+            failed_attempts: self.failed_attempts.load(Relaxed),
+            all_back_seconds: first.zip(last).map(|(f, l)| l - f),
+            per_second,
+        }
+    }
 }
 
 async fn server_cpu(client: &Client, pid: Option<u32>) -> anyhow::Result<f64> {
@@ -206,6 +273,7 @@ pub async fn connect(b: ConnectBench) -> anyhow::Result<()> {
     let rtts: Arc<Mutex<Vec<f64>>> = Arc::new(Mutex::new(Vec::new()));
     let timeouts = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let join_count = Arc::new(JoinCount::default());
+    let reconnects = Arc::new(Reconnects::default());
 
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(b.agents);
@@ -219,6 +287,8 @@ pub async fn connect(b: ConnectBench) -> anyhow::Result<()> {
         let rtts = rtts.clone();
         let timeouts = timeouts.clone();
         let join_count = join_count.clone();
+        let reconnects = reconnects.clone();
+        let reconnect = b.reconnect;
         let name = format!("bench-{run_id}-{i}");
         let ping_every = b.ping_interval;
         let overlay = b.overlay;
@@ -230,18 +300,22 @@ pub async fn connect(b: ConnectBench) -> anyhow::Result<()> {
                 SecretKind::HostCredential,
                 &corral_agent::state::random_bytes::<32>(),
             );
+            let facts = HostFacts {
+                name,
+                hostname: "bench".into(),
+                labels: [("corral.bench".to_string(), "1".to_string())].into(),
+                os: "simulated".into(),
+                kernel: String::new(),
+                arch: std::env::consts::ARCH.into(),
+                overlay_port: overlay.then_some(51820),
+                overlay_public_key: overlay.then(random_key),
+            };
             let hello = dial::hello(
-                Auth::Register { token, credential },
-                HostFacts {
-                    name,
-                    hostname: "bench".into(),
-                    labels: [("corral.bench".to_string(), "1".to_string())].into(),
-                    os: "simulated".into(),
-                    kernel: String::new(),
-                    arch: std::env::consts::ARCH.into(),
-                    overlay_port: overlay.then_some(51820),
-                    overlay_public_key: overlay.then(random_key),
+                Auth::Register {
+                    token,
+                    credential: credential.clone(),
                 },
+                facts.clone(),
             );
             let (mut tunnel, welcome) = match dialer.connect(hello).await {
                 Ok(x) => x,
@@ -282,18 +356,24 @@ pub async fn connect(b: ConnectBench) -> anyhow::Result<()> {
             // as a timeout.
             let mut seq = 0u64;
             let mut in_flight: Option<(u64, Instant)> = None;
-            loop {
-                tokio::select! {
+            // The agents' own reconnect delays (exponential, full jitter).
+            let mut backoff = corral_proto::backoff::Backoff::new(
+                Duration::from_millis(500),
+                Duration::from_secs(30),
+            );
+            'session: loop {
+                let lost = tokio::select! {
                     _ = tokio::time::sleep_until(next) => {
                         if in_flight.take().is_some() {
                             timeouts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         }
                         next += ping_every;
                         seq += 1;
-                        if tunnel.send(&AgentMessage::Ping { seq }).await.is_err() {
-                            break;
+                        let sent = tunnel.send(&AgentMessage::Ping { seq }).await.is_ok();
+                        if sent {
+                            in_flight = Some((seq, Instant::now()));
                         }
-                        in_flight = Some((seq, Instant::now()));
+                        !sent
                     }
                     message = tunnel.recv() => match message {
                         Ok(ServerMessage::Pong { seq: s }) => {
@@ -308,11 +388,56 @@ pub async fn connect(b: ConnectBench) -> anyhow::Result<()> {
                                     }
                                 }
                             }
+                            false
                         }
-                        Ok(other) => join_count.saw(&other),
-                        Err(_) => break,
+                        Ok(other) => {
+                            join_count.saw(&other);
+                            false
+                        }
+                        Err(_) => true,
                     },
                     _ = stop_rx.changed() => break,
+                };
+                if !lost {
+                    continue;
+                }
+                // The tunnel is gone.
+                if !reconnect {
+                    return;
+                }
+                Reconnects::note(&reconnects.lost_at, started.elapsed().as_secs_f64());
+                in_flight = None;
+                loop {
+                    let delay = backoff.next_delay(random_u64());
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = stop_rx.changed() => return,
+                    }
+                    let hello = dial::hello(
+                        Auth::Credential {
+                            credential: credential.clone(),
+                        },
+                        facts.clone(),
+                    );
+                    match dialer.connect(hello).await {
+                        Ok((again, _)) => {
+                            tunnel = again;
+                            backoff.reset();
+                            Reconnects::note(&reconnects.back_at, started.elapsed().as_secs_f64());
+                            continue 'session;
+                        }
+                        Err(dial::DialError::Refused { reason, .. }) if reason.is_permanent() => {
+                            reconnects
+                                .gave_up
+                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            return;
+                        }
+                        Err(_) => {
+                            reconnects
+                                .failed_attempts
+                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                    }
                 }
             }
             tunnel.close().await;
@@ -434,6 +559,7 @@ pub async fn connect(b: ConnectBench) -> anyhow::Result<()> {
             .messages
             .load(std::sync::atomic::Ordering::Relaxed),
         join_bytes: join_count.bytes.load(std::sync::atomic::Ordering::Relaxed),
+        reconnect: b.reconnect.then(|| reconnects.report()),
     };
 
     if !b.keep {
@@ -485,6 +611,18 @@ pub async fn connect(b: ConnectBench) -> anyhow::Result<()> {
                 "one more host joins   {:.0} ms of server CPU, {} messages ({} bytes) to the others",
                 report.join_server_cpu_ms, report.join_messages, report.join_bytes
             );
+            if let Some(r) = &report.reconnect {
+                println!(
+                    "reconnects            {} tunnels lost, {} won back, {} gave up, {} failed attempts; all back {}",
+                    r.lost,
+                    r.reconnected,
+                    r.gave_up,
+                    r.failed_attempts,
+                    r.all_back_seconds.map_or("never".to_owned(), |s| format!(
+                        "{s:.1} s after the first loss"
+                    ))
+                );
+            }
         }
     }
     if report.failed > 0 {

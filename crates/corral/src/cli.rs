@@ -858,6 +858,11 @@ pub enum BenchCommand {
         /// Keep the simulated hosts registered afterwards (default: remove them).
         #[arg(long)]
         keep: bool,
+        /// Simulated agents that lose their tunnel (a server restarted under them) reconnect
+        /// with their credential after the agents' own backoff (exponential, full jitter, 30 s
+        /// cap) instead of ending; the report says when they came back, second by second.
+        #[arg(long)]
+        reconnect: bool,
         /// Each simulated agent (and the one that joins halfway through the hold) announces an
         /// overlay key and port, so it is every other's peer. Either way the second half of the
         /// hold measures one more agent joining: the server's CPU beyond its idle rate and the

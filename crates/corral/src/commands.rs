@@ -106,12 +106,14 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             keep,
             overlay,
             docker,
+            reconnect,
             server_pid,
             out,
         }) => {
             crate::bench::connect(crate::bench::ConnectBench {
                 overlay,
                 docker,
+                reconnect,
                 server_pid,
                 client: Client::new(&conn)?,
                 agents,

@@ -300,19 +300,16 @@ async fn admit(
         Some(_) => state.audit_slot().await,
         None => None,
     };
-    let seal = |h: &HostRow| {
-        let entry = crate::state::audit::server_entry(
-            "host_registered",
-            Some(&h.id),
-            &format!("host {} registered from {remote}", h.name),
-            crate::time_fmt::now_unix_millis(),
-        );
-        match &slot {
-            Some(slot) => slot.seal(entry),
-            // Not called without a slot (no audit then); an entry of nothing.
-            None => (entry, [0; 32]),
+    let seal = slot.as_ref().map(|slot| {
+        move |h: &HostRow| {
+            slot.seal(crate::state::audit::server_entry(
+                "host_registered",
+                Some(&h.id),
+                &format!("host {} registered from {remote}", h.name),
+                crate::time_fmt::now_unix_millis(),
+            ))
         }
-    };
+    });
     let outcome = state
         .store
         .authenticate_agent(
@@ -324,7 +321,7 @@ async fn admit(
                 remote_addr: &remote.to_string(),
                 now,
             },
-            slot.as_ref().map(|_| &seal as crate::store::SealAudit<'_>),
+            seal.as_ref().map(|f| f as crate::store::SealAudit<'_>),
         )
         .await;
     let outcome = match outcome {

@@ -175,6 +175,21 @@ impl JoinCount {
     }
 }
 
+/// What a simulated agent says of its host; with `overlay`, a key and a port, so it is every
+/// other overlay host's peer.
+fn simulated_facts(name: String, overlay: bool) -> HostFacts {
+    HostFacts {
+        name,
+        hostname: "bench".into(),
+        labels: [("corral.bench".to_string(), "1".to_string())].into(),
+        os: "simulated".into(),
+        kernel: String::new(),
+        arch: std::env::consts::ARCH.into(),
+        overlay_port: overlay.then_some(51820),
+        overlay_public_key: overlay.then(random_key),
+    }
+}
+
 /// A random overlay public key (64 hex digits): the server only stores and forwards it.
 fn random_key() -> String {
     corral_agent::state::random_bytes::<32>()
@@ -300,16 +315,7 @@ pub async fn connect(b: ConnectBench) -> anyhow::Result<()> {
                 SecretKind::HostCredential,
                 &corral_agent::state::random_bytes::<32>(),
             );
-            let facts = HostFacts {
-                name,
-                hostname: "bench".into(),
-                labels: [("corral.bench".to_string(), "1".to_string())].into(),
-                os: "simulated".into(),
-                kernel: String::new(),
-                arch: std::env::consts::ARCH.into(),
-                overlay_port: overlay.then_some(51820),
-                overlay_public_key: overlay.then(random_key),
-            };
+            let facts = simulated_facts(name, overlay);
             let hello = dial::hello(
                 Auth::Register {
                     token,
@@ -486,45 +492,33 @@ pub async fn connect(b: ConnectBench) -> anyhow::Result<()> {
     let (cpu1, t1) = (server_cpu(&b.client, b.server_pid).await?, Instant::now());
     let idle_cores = (cpu1 - cpu0) / t1.duration_since(t0).as_secs_f64();
     let connected = host_ids.len();
-    let join;
-    let mut joiner = None;
-    {
-        join_count
-            .counting
-            .store(true, std::sync::atomic::Ordering::Relaxed);
-        let credential = format_secret(
-            SecretKind::HostCredential,
-            &corral_agent::state::random_bytes::<32>(),
-        );
-        let hello = dial::hello(
-            Auth::Register {
-                token: token.token.clone(),
-                credential,
-            },
-            HostFacts {
-                name: format!("bench-{run_id}-joiner"),
-                hostname: "bench".into(),
-                os: "simulated".into(),
-                arch: std::env::consts::ARCH.into(),
-                overlay_port: b.overlay.then_some(51820),
-                overlay_public_key: b.overlay.then(random_key),
-                ..Default::default()
-            },
-        );
-        match dialer.connect(hello).await {
-            Ok((tunnel, welcome)) => {
-                host_ids.push(welcome.host_id.clone());
-                joiner = Some(tunnel);
-            }
-            Err(e) => eprintln!("the joining agent could not connect: {e}"),
+    join_count
+        .counting
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let credential = format_secret(
+        SecretKind::HostCredential,
+        &corral_agent::state::random_bytes::<32>(),
+    );
+    let hello = dial::hello(
+        Auth::Register {
+            token: token.token.clone(),
+            credential,
+        },
+        simulated_facts(format!("bench-{run_id}-joiner"), b.overlay),
+    );
+    let joiner = match dialer.connect(hello).await {
+        Ok((tunnel, welcome)) => {
+            host_ids.push(welcome.host_id.clone());
+            Some(tunnel)
         }
-    }
+        Err(e) => {
+            eprintln!("the joining agent could not connect: {e}");
+            None
+        }
+    };
     tokio::time::sleep(b.hold - half).await;
-    {
-        let (cpu2, t2) = (server_cpu(&b.client, b.server_pid).await?, Instant::now());
-        let window = t2.duration_since(t1).as_secs_f64();
-        join = ((cpu2 - cpu1) - idle_cores * window) * 1e3;
-    }
+    let (cpu2, t2) = (server_cpu(&b.client, b.server_pid).await?, Instant::now());
+    let join = ((cpu2 - cpu1) - idle_cores * t2.duration_since(t1).as_secs_f64()) * 1e3;
     let _ = stop_tx.send(true);
     for t in tasks {
         let _ = t.await;

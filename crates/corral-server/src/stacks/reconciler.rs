@@ -361,7 +361,7 @@ async fn pass_stack(
             Action::Forget { .. } => "forget",
             Action::Start { .. } => "start",
         };
-        state.metrics.reconciler_actions(kind, 1);
+        state.metrics.reconciler_action(kind);
         let result = match action {
             Action::Run {
                 service,

@@ -124,12 +124,10 @@ impl Metrics {
         self.reconciler_pass_seconds.observe(took.as_secs_f64());
     }
 
-    pub fn reconciler_actions(&self, kind: &'static str, n: u64) {
-        if n > 0 {
-            self.reconciler_actions
-                .get_or_create(&vec![("kind", kind.to_owned())])
-                .inc_by(n);
-        }
+    pub fn reconciler_action(&self, kind: &'static str) {
+        self.reconciler_actions
+            .get_or_create(&vec![("kind", kind.to_owned())])
+            .inc();
     }
 
     /// One API request answered: `route` is the matched route's template (`/v1/hosts/{id}`),

@@ -151,8 +151,16 @@ async fn close(socket: &mut WebSocket, reason: CloseReason, message: String, lim
         discard_input(socket).await;
         return;
     }
-    // Give the agent a moment to read the goodbye and answer the close.
-    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+    // Give the agent a moment to read the goodbye and answer the close. A superseded agent
+    // is alive and must read its reason, or it takes the link as lost and reconnects,
+    // superseding the newer one in turn: on a loaded machine 2 s was not always enough (the
+    // socket dropped with the goodbye unread), so it gets longer.
+    let grace = if reason == CloseReason::Superseded {
+        Duration::from_secs(10)
+    } else {
+        Duration::from_secs(2)
+    };
+    let _ = tokio::time::timeout(grace, async {
         while let Some(Ok(_)) = socket.next().await {}
     })
     .await;

@@ -85,6 +85,8 @@ pub struct ServerOptions {
     pub event_rate_window: Duration,
     /// Directory logins, when configured.
     pub ldap: Option<crate::ldap::LdapConfig>,
+    /// Most replicas of one stack, all its services together.
+    pub max_stack_replicas: u64,
 }
 
 impl ServerOptions {
@@ -106,6 +108,7 @@ impl ServerOptions {
             event_rate_limit: 20,
             event_rate_window: Duration::from_secs(60),
             ldap: None,
+            max_stack_replicas: crate::stacks::DEFAULT_MAX_STACK_REPLICAS,
         }
     }
 }

@@ -176,14 +176,106 @@ async fn submit(
     Ok((command.id, rx))
 }
 
-/// Handles a reply that arrived on `host_id`'s tunnel.
-pub async fn on_reply(state: &AppState, host_id: &str, command_id: &str, result: CommandResult) {
+/// Stores each container with the command that runs it on its host, all in one transaction,
+/// and delivers them at once to the hosts that are connected: a reconciler pass's new
+/// replicas. Returns, in order, each one's pending reply, or `None` for a container whose name
+/// was taken (neither it nor its command was stored).
+pub async fn send_runs(
+    state: &AppState,
+    runs: Vec<(crate::store::ContainerRow, corral_proto::ContainerSpec)>,
+    ttl: Duration,
+) -> Result<Vec<Option<Pending<corral_proto::ContainerSpec>>>, StoreError> {
     let now = now_unix();
-    let completion = match state
+    let deadline = now + ttl.as_secs().max(1) as i64;
+    let (rows, commands): (Vec<_>, Vec<_>) = runs
+        .into_iter()
+        .map(|(row, spec)| {
+            let command = Command {
+                id: new_id("cmd"),
+                body: spec.into(),
+                deadline,
+            };
+            (row, command)
+        })
+        .unzip();
+    let kind = corral_proto::CommandKind::ContainerRun.as_str();
+    let mut receivers = Vec::with_capacity(commands.len());
+    {
+        let since = std::time::Instant::now();
+        let mut waiting = state.dispatcher.lock();
+        for command in &commands {
+            let (tx, rx) = oneshot::channel();
+            waiting.insert(
+                command.id.clone(),
+                crate::state::waiters::Waiting { tx, kind, since },
+            );
+            receivers.push(rx);
+        }
+    }
+    let items: Vec<_> = rows.iter().zip(commands.iter()).collect();
+    let taken = match state
         .store
-        .complete_command(command_id, host_id, &result, now)
+        .insert_containers_with_commands(&items, now)
         .await
     {
+        Ok(taken) => taken,
+        Err(e) => {
+            let mut waiting = state.dispatcher.lock();
+            for command in &commands {
+                waiting.remove(&command.id);
+            }
+            return Err(e);
+        }
+    };
+    let taken: std::collections::HashSet<usize> = taken.into_iter().collect();
+    let mut hosts: std::collections::HashSet<&str> = std::collections::HashSet::new();
+    let mut pending = Vec::with_capacity(commands.len());
+    for (i, ((row, command), rx)) in rows.iter().zip(&commands).zip(receivers).enumerate() {
+        if taken.contains(&i) {
+            state.dispatcher.lock().remove(&command.id);
+            pending.push(None);
+            continue;
+        }
+        state.metrics.command_submitted(kind);
+        hosts.insert(&row.host_id);
+        pending.push(Some(Pending {
+            id: command.id.clone(),
+            kind,
+            rx,
+            deadline: ttl.max(Duration::from_secs(1)),
+            reply: PhantomData,
+        }));
+    }
+    for host in hosts {
+        state.registry.wake_commands(host);
+    }
+    Ok(pending)
+}
+
+/// Handles replies that arrived on `host_id`'s tunnel, in the order they came: all are
+/// written at once (they share group commits instead of waiting for one each), then each is
+/// settled, or recorded as a refused reply, in order.
+pub async fn on_replies(state: &AppState, host_id: &str, replies: Vec<(String, CommandResult)>) {
+    let now = now_unix();
+    let completions = futures_util::future::join_all(
+        replies
+            .iter()
+            .map(|(id, result)| state.store.complete_command(id, host_id, result, now)),
+    )
+    .await;
+    for ((command_id, result), completion) in replies.into_iter().zip(completions) {
+        on_completion(state, host_id, &command_id, result, completion).await;
+    }
+}
+
+async fn on_completion(
+    state: &AppState,
+    host_id: &str,
+    command_id: &str,
+    result: CommandResult,
+    completion: Result<Completion, StoreError>,
+) {
+    let completion = match completion {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "cannot record a command reply");

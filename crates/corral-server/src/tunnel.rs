@@ -492,6 +492,9 @@ async fn run_session(
 }
 
 /// Runs until the link ends. Returns the reason to give the agent, if it should be told one.
+/// Replies of one session queued or being recorded, at most.
+const REPLIES_QUEUED: usize = 256;
+
 async fn session_loop(
     state: &Arc<AppState>,
     host_id: &str,
@@ -527,6 +530,22 @@ async fn session_loop(
         tracing::error!(error = %e, "cannot queue a host's unanswered commands again");
     }
     let mut more_commands = open;
+    // Replies are recorded by a task of their own, as many at a time as have arrived (each
+    // waits for its group commit: one after the other, a host's thousand replies waited a
+    // thousand commits), their effects in the order they came. It ends with the session,
+    // once what was queued is written.
+    let (replies, mut queued) =
+        tokio::sync::mpsc::channel::<(String, corral_proto::CommandResult)>(REPLIES_QUEUED);
+    {
+        let state = state.clone();
+        let host_id = host_id.to_owned();
+        tokio::spawn(async move {
+            let mut batch = Vec::with_capacity(REPLIES_QUEUED);
+            while queued.recv_many(&mut batch, REPLIES_QUEUED).await > 0 {
+                crate::dispatch::on_replies(&state, &host_id, std::mem::take(&mut batch)).await;
+            }
+        });
+    }
     loop {
         // Drain the host's pending commands a batch at a time, each written (and so waited
         // for) before the next is read: the datastore is the queue, memory here is bounded,
@@ -568,7 +587,11 @@ async fn session_loop(
                 Recv::Message(AgentMessage::Reply { command_id, result }) => {
                     live.on_receive(std::time::Instant::now());
                     last_rx.store(now_unix(), Ordering::Relaxed);
-                    crate::dispatch::on_reply(state, host_id, &command_id, result).await;
+                    // To the session's reply writer (a full queue stops this loop reading:
+                    // backpressure to the agent).
+                    if replies.send((command_id, result)).await.is_err() {
+                        tracing::error!(host = %host_id, "the session's reply writer is gone");
+                    }
                 }
                 Recv::Message(AgentMessage::Report(report)) => {
                     live.on_receive(std::time::Instant::now());

@@ -519,3 +519,144 @@ async fn only_what_peers_are_sent_moves_the_overlay_counter() {
     );
     assert_ne!(members[0].id, plain);
 }
+
+/// Replies that arrive together are written together (group commit), and each is still judged
+/// as it would be alone: the real reply is accepted though a forgery for the same command
+/// from another host came first in the same group, a replay is refused, an unknown id is
+/// unknown — and hundreds at once all land.
+#[tokio::test]
+async fn replies_written_together_are_each_judged_as_alone() {
+    let (_dir, store) = store().await;
+    let a = host(&store, "a").await;
+    let b = host(&store, "b").await;
+    let n = 600;
+    for i in 0..n {
+        store
+            .insert_command(&a, &command(&format!("cmd-{i}"), 100), 10)
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        store
+            .take_pending_commands(&a, 20, n)
+            .await
+            .unwrap()
+            .commands
+            .len(),
+        n
+    );
+    let ok = CommandResult::Ok {
+        value: serde_json::json!([]),
+    };
+    // All at once: the forgery first, then every real reply, then a replay and an unknown id.
+    let mut calls = Vec::new();
+    calls.push(("cmd-0".to_owned(), b.clone()));
+    for i in 0..n {
+        calls.push((format!("cmd-{i}"), a.clone()));
+    }
+    calls.push(("cmd-1".to_owned(), a.clone()));
+    calls.push(("cmd-nope".to_owned(), a.clone()));
+    let outcomes = futures_util::future::join_all(calls.iter().map(|(id, host)| {
+        let store = store.clone();
+        let ok = ok.clone();
+        async move { store.complete_command(id, host, &ok, 30).await.unwrap() }
+    }))
+    .await;
+    assert!(matches!(&outcomes[0], Completion::WrongHost { owner } if *owner == a));
+    assert!(
+        outcomes[1..=n]
+            .iter()
+            .all(|c| matches!(c, Completion::Accepted)),
+        "every real reply is accepted"
+    );
+    assert!(matches!(
+        &outcomes[n + 1],
+        Completion::AlreadyFinished { state } if state == "acked"
+    ));
+    assert!(matches!(&outcomes[n + 2], Completion::Unknown));
+    // Nothing open is left: the sweep finds nothing to expire.
+    assert!(store.expire_commands(1000).await.unwrap().is_empty());
+}
+
+/// Statuses written together: the last one a host gave of a container is what stays, another
+/// host's report of it touches nothing, and one of a container that does not exist says so.
+#[tokio::test]
+async fn statuses_written_together_keep_the_last_and_only_the_hosts_own() {
+    let (_dir, store) = store().await;
+    let a = host(&store, "a").await;
+    let b = host(&store, "b").await;
+    let env = store.environment_by_name("default").await.unwrap().unwrap();
+    store
+        .insert_container(&container("ctr-1", &a, &env.id))
+        .await
+        .unwrap();
+    let status = |state: ContainerState, docker: &str| ContainerStatus {
+        corral_id: "ctr-1".into(),
+        docker_id: docker.into(),
+        name: "name-ctr-1".into(),
+        state,
+        exit_code: None,
+        health: None,
+        restart_count: 0,
+        ip: None,
+    };
+    let mut gone = status(ContainerState::Running, "d9");
+    gone.corral_id = "ctr-gone".into();
+    let writes = [
+        (a.clone(), status(ContainerState::Created, "d1")),
+        (b.clone(), status(ContainerState::Dead, "forged")),
+        (a.clone(), status(ContainerState::Running, "d1")),
+        (a.clone(), gone),
+    ];
+    let answers = futures_util::future::join_all(writes.iter().map(|(host, s)| {
+        let store = store.clone();
+        async move { store.record_status(host, s, 7).await.unwrap() }
+    }))
+    .await;
+    assert_eq!(answers, vec![true, false, true, false]);
+    let row = store.find_container("ctr-1").await.unwrap();
+    assert_eq!(row.actual, Actual::Docker(ContainerState::Running));
+    assert_eq!(row.docker_id.as_deref(), Some("d1"));
+}
+
+/// A pass's new replicas and their commands land in one transaction; one whose name is taken
+/// is left out with its command, and the others land.
+#[tokio::test]
+async fn new_replicas_land_with_their_commands_and_a_taken_name_leaves_out_only_its_own() {
+    let (_dir, store) = store().await;
+    let a = host(&store, "a").await;
+    let env = store.environment_by_name("default").await.unwrap().unwrap();
+    store
+        .insert_container(&container("ctr-old", &a, &env.id))
+        .await
+        .unwrap();
+    let mut rows: Vec<ContainerRow> = (0..1200)
+        .map(|i| container(&format!("ctr-{i}"), &a, &env.id))
+        .collect();
+    rows[700].name = "name-ctr-old".into();
+    let commands: Vec<Command> = (0..1200)
+        .map(|i| command(&format!("cmd-{i}"), 100))
+        .collect();
+    let items: Vec<(&ContainerRow, &Command)> = rows.iter().zip(commands.iter()).collect();
+    let taken = store
+        .insert_containers_with_commands(&items, 10)
+        .await
+        .unwrap();
+    assert_eq!(taken, vec![700]);
+    assert_eq!(
+        store.environment_containers(&env.id).await.unwrap().len(),
+        1200
+    );
+    let sent = store.take_pending_commands(&a, 20, 5000).await.unwrap();
+    assert_eq!(sent.commands.len(), 1199);
+    assert!(!sent.commands.iter().any(|c| c.id == "cmd-700"));
+    // Oldest first, as stored.
+    assert_eq!(sent.commands[0].id, "cmd-0");
+    assert_eq!(store.command("cmd-700").await.unwrap(), None);
+    // The specs read back as written (sealed at rest, opened on the way out).
+    let specs = store
+        .container_specs(&["ctr-1", "ctr-missing"])
+        .await
+        .unwrap();
+    assert_eq!(specs, vec![("ctr-1".to_owned(), "{}".to_owned())]);
+}

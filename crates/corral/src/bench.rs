@@ -129,7 +129,7 @@ impl Reconnects {
     }
 }
 
-async fn server_cpu(client: &Client, pid: Option<u32>) -> anyhow::Result<f64> {
+pub(crate) async fn server_cpu(client: &Client, pid: Option<u32>) -> anyhow::Result<f64> {
     if let Some(pid) = pid {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
             .with_context(|| format!("reading /proc/{pid}/stat"))?;
@@ -177,7 +177,7 @@ impl JoinCount {
 
 /// What a simulated agent says of its host; with `overlay`, a key and a port, so it is every
 /// other overlay host's peer.
-fn simulated_facts(name: String, overlay: bool) -> HostFacts {
+pub(crate) fn simulated_facts(name: String, overlay: bool) -> HostFacts {
     HostFacts {
         name,
         hostname: "bench".into(),
@@ -198,7 +198,7 @@ fn random_key() -> String {
         .collect()
 }
 
-async fn server_rss(client: &Client) -> anyhow::Result<u64> {
+pub(crate) async fn server_rss(client: &Client) -> anyhow::Result<u64> {
     let text = client.get_text("/metrics").await?;
     text.lines()
         .find_map(|l| l.strip_prefix("process_resident_memory_bytes "))
@@ -206,7 +206,7 @@ async fn server_rss(client: &Client) -> anyhow::Result<u64> {
         .context("the server's /metrics has no process_resident_memory_bytes")
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }
@@ -214,38 +214,52 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[idx.min(sorted.len() - 1)]
 }
 
-fn random_u64() -> u64 {
+pub(crate) fn random_u64() -> u64 {
     u64::from_le_bytes(corral_agent::state::random_bytes::<8>())
 }
 
-struct Progress {
-    bar: indicatif::ProgressBar,
+/// A progress bar on a terminal, else a line at every tenth of the way.
+pub(crate) struct Progress {
+    pub(crate) bar: indicatif::ProgressBar,
     plain: bool,
     total: usize,
+    /// What is counted, e.g. "agents connected".
+    what: &'static str,
+    /// The last tenth printed (plain output).
+    printed: std::sync::atomic::AtomicUsize,
 }
 
 impl Progress {
-    fn new(total: usize) -> Self {
+    pub(crate) fn new(total: usize, what: &'static str) -> Self {
         let plain = !std::io::IsTerminal::is_terminal(&std::io::stderr());
         let bar = if plain {
             indicatif::ProgressBar::hidden()
         } else {
             let b = indicatif::ProgressBar::new(total as u64);
-            if let Ok(style) = indicatif::ProgressStyle::with_template(
-                "connecting {bar:40} {pos}/{len} agents ({per_sec}, {elapsed})",
-            ) {
+            if let Ok(style) = indicatif::ProgressStyle::with_template(&format!(
+                "{{bar:40}} {{pos}}/{{len}} {what} ({{per_sec}}, {{elapsed}})"
+            )) {
                 b.set_style(style);
             }
             b
         };
-        Progress { bar, plain, total }
+        Progress {
+            bar,
+            plain,
+            total,
+            what,
+            printed: std::sync::atomic::AtomicUsize::new(0),
+        }
     }
 
-    fn set(&self, done: usize) {
+    pub(crate) fn set(&self, done: usize) {
         self.bar.set_position(done as u64);
-        let step = (self.total / 10).max(1);
-        if self.plain && (done.is_multiple_of(step) || done == self.total) {
-            eprintln!("connected {done}/{} agents", self.total);
+        let tenth = done * 10 / self.total.max(1);
+        let before = self
+            .printed
+            .fetch_max(tenth, std::sync::atomic::Ordering::Relaxed);
+        if self.plain && tenth > before {
+            eprintln!("{done}/{} {}", self.total, self.what);
         }
     }
 }
@@ -451,7 +465,7 @@ pub async fn connect(b: ConnectBench) -> anyhow::Result<()> {
     }
     drop(done_tx);
 
-    let progress = Progress::new(b.agents);
+    let progress = Progress::new(b.agents, "agents connected");
     let mut host_ids = Vec::with_capacity(b.agents);
     let mut connect_ms = Vec::with_capacity(b.agents);
     let mut failed = 0usize;

@@ -248,6 +248,10 @@ pub struct ServerArgs {
     /// closes the oldest of them. Authenticated agents and API clients never count.
     #[arg(long, default_value_t = corral_server::bootstrap::DEFAULT_MAX_UNAUTHENTICATED)]
     pub max_unauthenticated_connections: usize,
+    /// Most replicas one stack may have, all its services together (`up` and `scale` refuse
+    /// more; each service has at most 1,000).
+    #[arg(long, default_value_t = corral_server::stacks::DEFAULT_MAX_STACK_REPLICAS, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_stack_replicas: u64,
     /// Delete security and audit events older than this.
     #[arg(long, default_value = "30d", value_parser = parse_positive_duration)]
     pub event_retention: std::time::Duration,
@@ -876,6 +880,41 @@ pub enum BenchCommand {
         docker: bool,
         /// Read the server's CPU time from /proc/PID/stat instead of its /metrics (a server
         /// on this machine, of a release without `process_cpu_seconds_total`).
+        #[arg(long)]
+        server_pid: Option<u32>,
+        #[command(flatten)]
+        out: Out,
+    },
+    /// Deploy R replicas over N simulated agents (real tunnels; each answers `container_run`
+    /// with the container running after --run-delay, and removals, without Docker) and time
+    /// the control plane from `corral up` until the server has every replica running. Run it
+    /// against a fresh server started with --max-stack-replicas at least --stack-replicas.
+    Deploy {
+        #[command(flatten)]
+        conn: Conn,
+        /// Number of simulated agents.
+        #[arg(long, default_value_t = 1000)]
+        agents: usize,
+        /// Replicas in all.
+        #[arg(long, default_value_t = 10_000)]
+        replicas: u64,
+        /// Replicas per stack (services of 1,000); more stacks are deployed at once.
+        #[arg(long, default_value_t = 10_000)]
+        stack_replicas: u64,
+        /// How long a simulated host takes to report a container running.
+        #[arg(long, default_value = "0s", value_parser = crate::duration::parse_duration)]
+        run_delay: std::time::Duration,
+        /// Connections opened at the same time.
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        /// Give up when the replicas are not all running after this long.
+        #[arg(long, default_value = "10m", value_parser = crate::duration::parse_duration)]
+        timeout: std::time::Duration,
+        /// Keep the stacks and simulated hosts afterwards (default: `down`, timed, then remove
+        /// the hosts).
+        #[arg(long)]
+        keep: bool,
+        /// Read the server's CPU time from /proc/PID/stat instead of its /metrics.
         #[arg(long)]
         server_pid: Option<u32>,
         #[command(flatten)]

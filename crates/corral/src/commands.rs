@@ -143,6 +143,32 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             )
             .await
         }
+        Command::Bench(BenchCommand::Deploy {
+            conn,
+            agents,
+            replicas,
+            stack_replicas,
+            run_delay,
+            concurrency,
+            timeout,
+            keep,
+            server_pid,
+            out,
+        }) => {
+            crate::bench_deploy::deploy(crate::bench_deploy::DeployBench {
+                client: Client::new(&conn)?,
+                agents,
+                replicas,
+                stack_replicas,
+                run_delay,
+                concurrency,
+                timeout,
+                keep,
+                server_pid,
+                format: out.format,
+            })
+            .await
+        }
         Command::Bench(BenchCommand::Idle {
             conn,
             connections,
@@ -214,6 +240,7 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
     options.init = args.init;
     options.event_retention = args.event_retention;
     options.event_max_rows = args.event_max_rows;
+    options.max_stack_replicas = args.max_stack_replicas;
     options.event_rate_limit = args.event_rate_limit;
     options.event_rate_window = args.event_rate_window;
     if let (Some(url), Some(ca), Some(user_dn), Some(group_base)) = (

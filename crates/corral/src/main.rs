@@ -9,6 +9,7 @@
 
 mod audit;
 mod bench;
+mod bench_deploy;
 mod cli;
 mod client;
 mod commands;

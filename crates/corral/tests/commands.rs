@@ -587,3 +587,49 @@ async fn the_metrics_parse_and_move_when_tunnels_commands_and_replicas_do() {
         last.families.get("corral_tunnel_refusals")
     );
 }
+
+/// `corral bench deploy` end to end on a small scale: simulated hosts answer the commands a
+/// deploy sends, two stacks (the server's per-stack limit lowered to 100) reach every replica
+/// running, each `container_run` went out once, `down` removes them, and the simulated hosts
+/// are removed afterwards.
+#[test]
+fn bench_deploy_runs_every_replica_once_on_simulated_hosts_and_cleans_up() {
+    let t = tmp();
+    let server = Server::start(&t.path().join("data"), &["--max-stack-replicas", "100"]);
+    let report = server.cli_json(&[
+        "bench",
+        "deploy",
+        "--agents",
+        "4",
+        "--replicas",
+        "150",
+        "--stack-replicas",
+        "100",
+        "--run-delay",
+        "20ms",
+        "--timeout",
+        "60s",
+    ]);
+    assert_eq!(report["ready"], 150, "{report}");
+    assert_eq!(report["stacks"], 2, "{report}");
+    assert_eq!(report["duplicate_runs"], 0, "{report}");
+    assert!(report["down_seconds"].is_number(), "{report}");
+    assert!(report["containers_per_second"].as_f64().unwrap() > 0.0);
+    let metrics = server.metrics_text();
+    assert!(
+        metrics.contains("corral_commands_submitted_total{kind=\"container_run\"} 150"),
+        "one container_run per replica"
+    );
+    assert!(
+        server
+            .cli_json(&["stack", "ls"])
+            .as_array()
+            .unwrap()
+            .is_empty(),
+        "the stacks are gone"
+    );
+    assert!(
+        server.hosts().iter().all(|h| h["state"] == "removed"),
+        "the simulated hosts are removed"
+    );
+}

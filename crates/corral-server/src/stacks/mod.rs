@@ -92,13 +92,14 @@ pub async fn up(state: &Arc<AppState>, req: UpRequest) -> Result<UpResponse> {
         .values()
         .map(|s| u64::from(s.replicas))
         .sum();
-    if total > MAX_STACK_REPLICAS {
+    let most = state.options.max_stack_replicas;
+    if total > most {
         return Err(bad(format!(
             "stack {} asks for {} replicas in all ({} services); the limit is {} per stack. Nothing was changed",
             loaded.project.name,
             thousands(total),
             thousands(loaded.project.services.len() as u64),
-            thousands(MAX_STACK_REPLICAS)
+            thousands(most)
         )));
     }
     if let Some(id) = &req.progress_id
@@ -799,9 +800,10 @@ pub async fn list(state: &AppState) -> Result<Vec<StackSummary>> {
 /// `corral scale`.
 pub use corral_compose::limits::MAX_REPLICAS;
 
-/// Most replicas one stack may have, all its services together (`corral up` and
-/// `corral scale` refuse more).
-pub const MAX_STACK_REPLICAS: u64 = 10_000;
+/// Most replicas one stack may have by default, all its services together (`corral up` and
+/// `corral scale` refuse more): what bounds one stack's rows, its placement and its view.
+/// `--max-stack-replicas` sets it.
+pub const DEFAULT_MAX_STACK_REPLICAS: u64 = 10_000;
 
 pub async fn scale(state: &AppState, name: &str, req: ScaleRequest) -> Result<StackView> {
     if req.replicas > MAX_REPLICAS {
@@ -823,7 +825,7 @@ pub async fn scale(state: &AppState, name: &str, req: ScaleRequest) -> Result<St
             &stack.id,
             &req.service,
             req.replicas,
-            MAX_STACK_REPLICAS,
+            state.options.max_stack_replicas,
             now_unix(),
         )
         .await?
@@ -840,7 +842,7 @@ pub async fn scale(state: &AppState, name: &str, req: ScaleRequest) -> Result<St
                 "stack {} would have {} replicas in all; the limit is {} per stack",
                 stack.name,
                 thousands(total),
-                thousands(MAX_STACK_REPLICAS)
+                thousands(state.options.max_stack_replicas)
             )));
         }
     }

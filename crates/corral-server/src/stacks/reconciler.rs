@@ -13,7 +13,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use corral_control::define::{ServiceDef, host_ports, network_name};
+use corral_control::define::{ServiceDef, host_ports, network_name, takes_overlay_address};
 use corral_control::reconcile::{
     self, Action, HostState, LostHostPolicy, Replica, ServiceMemory, host_is_ready,
 };
@@ -24,7 +24,7 @@ use corral_scheduler::{Existing, Resources};
 use crate::dispatch::{self, CallError};
 use crate::secrets::new_id;
 use crate::state::AppState;
-use crate::state::reconciler::StackStatus;
+use crate::state::reconciler::{SpecFacts, StackStatus};
 use crate::store::{ContainerRow, StackRow, StoreError};
 use crate::time_fmt::now_unix;
 
@@ -49,7 +49,11 @@ pub async fn run(state: Arc<AppState>) {
 pub struct World {
     pub hosts: Vec<HostState>,
     host_names: HashMap<String, String>,
+    /// The environment's containers, read without their specs (`spec` is empty): what
+    /// placement needs of a spec is in `specs`.
     containers: Vec<ContainerRow>,
+    /// What each container's spec says (`None`: it does not read), by container id.
+    specs: HashMap<String, Option<Arc<SpecFacts>>>,
     /// Service definitions by (stack id, service), for the reservations of other stacks.
     defs: HashMap<(String, String), ServiceDef>,
     /// Stacks whose stored definitions do not read, and why.
@@ -130,21 +134,52 @@ impl World {
                 name: h.name,
             });
         }
-        let containers: Vec<ContainerRow> = state
-            .store
-            .containers()
-            .await?
-            .into_iter()
-            .filter(|c| c.environment_id == environment_id)
-            .collect();
+        // Without their specs: what placement needs of a spec is read once per container
+        // (a container's spec never changes) and kept between passes.
+        let containers = state.store.environment_containers(environment_id).await?;
+        let unseen: Vec<&str> = {
+            let inner = state.reconciler.lock();
+            containers
+                .iter()
+                .filter(|c| !inner.specs.contains_key(&c.id))
+                .map(|c| c.id.as_str())
+                .collect()
+        };
+        let read = if unseen.is_empty() {
+            Vec::new()
+        } else {
+            state.store.container_specs(&unseen).await?
+        };
         // A container whose spec does not read holds ports nobody can know: its host takes
         // no new replica until it is gone.
-        for c in &containers {
-            if let Err(e) = serde_json::from_str::<ContainerSpec>(&c.spec) {
-                tracing::error!(container = %c.name, error = %e, "container spec unreadable; its host is not schedulable");
-                if let Some(h) = hosts.iter_mut().find(|h| h.id == c.host_id) {
-                    h.ready = false;
+        let mut specs = HashMap::with_capacity(containers.len());
+        {
+            let mut inner = state.reconciler.lock();
+            for (id, text) in read {
+                let facts = match serde_json::from_str::<ContainerSpec>(&text) {
+                    Ok(spec) => Some(Arc::new(SpecFacts {
+                        ports: host_ports(&spec),
+                        overlay: takes_overlay_address(&spec),
+                    })),
+                    Err(e) => {
+                        tracing::error!(container = %id, error = %e, "container spec unreadable; its host is not schedulable");
+                        None
+                    }
+                };
+                inner.specs.insert(id, facts);
+            }
+            for c in &containers {
+                // One created since its spec was read (and so not read) counts next pass.
+                if let Some(facts) = inner.specs.get(&c.id) {
+                    specs.insert(c.id.clone(), facts.clone());
                 }
+            }
+        }
+        for c in &containers {
+            if specs.get(&c.id).is_some_and(Option::is_none)
+                && let Some(h) = hosts.iter_mut().find(|h| h.id == c.host_id)
+            {
+                h.ready = false;
             }
         }
         let mut defs = HashMap::new();
@@ -176,6 +211,7 @@ impl World {
             hosts,
             host_names,
             containers,
+            specs,
             defs,
             unreadable,
         })
@@ -224,7 +260,7 @@ impl World {
             .filter(|c| c.stack_id.is_none() || c.stack_id.as_deref() != stack_id)
             .filter(|c| c.actual != Actual::Missing)
             .map(|c| {
-                let spec: Option<ContainerSpec> = serde_json::from_str(&c.spec).ok();
+                let facts = self.specs.get(&c.id).cloned().flatten();
                 let reservations = match (&c.stack_id, &c.service) {
                     (Some(s), _) if self.unreadable.contains_key(s) => self.capacity_of(&c.host_id),
                     (Some(s), Some(v)) => self
@@ -239,9 +275,12 @@ impl World {
                     stack: c.stack_id.clone().unwrap_or_default(),
                     service: c.service.clone().unwrap_or_else(|| c.name.clone()),
                     slot: 0,
-                    ports: spec.map(|s| host_ports(&s)).unwrap_or_default(),
+                    ports: facts.as_ref().map(|f| f.ports.clone()).unwrap_or_default(),
                     reservations,
-                    overlay_address: crate::overlay::holds_address(c),
+                    // As `overlay::holds_address`: one whose spec does not read counts.
+                    overlay_address: c.stack_id.is_some()
+                        && c.actual != Actual::Missing
+                        && facts.as_ref().is_none_or(|f| f.overlay),
                 }
             })
             .collect()
@@ -280,6 +319,10 @@ async fn pass_all(state: &Arc<AppState>) -> Result<(), StoreError> {
     }
     let live: HashSet<&str> = stacks.iter().map(|s| s.id.as_str()).collect();
     let mut inner = state.reconciler.lock();
+    // Containers no world holds any more are forgotten.
+    inner
+        .specs
+        .retain(|id, _| worlds.values().any(|w| w.specs.contains_key(id)));
     inner.status.retain(|k, _| live.contains(k.as_str()));
     inner.services.retain(|(k, _), _| live.contains(k.as_str()));
     Ok(())
@@ -354,6 +397,10 @@ async fn pass_stack(
         );
     }
     let env_name = state.store.environment_name(&stack.environment_id).await?;
+    // New replicas are prepared here and stored, with their commands, in one transaction
+    // after the loop.
+    let mut extras = Extras::default();
+    let mut runs = Vec::new();
     for action in decision.actions {
         let kind = match &action {
             Action::Run { .. } => "run",
@@ -367,10 +414,17 @@ async fn pass_stack(
                 service,
                 slot,
                 host_id,
-            } => match services.iter().find(|s| s.name == service) {
-                Some(svc) => run_replica(state, stack, &env_name, svc, slot, &host_id).await,
-                None => Ok(()),
-            },
+            } => {
+                if let Some(svc) = services.iter().find(|s| s.name == service) {
+                    let replica = new_replica(stack, &env_name, svc, slot, &host_id)?;
+                    match extras.add_to(state, stack, &svc.name, replica.1).await {
+                        Ok(spec) => runs.push((replica.0, spec)),
+                        // Without what rides with its command it is not started at all.
+                        Err(why) => state.reconciler.failed_start(&stack.id, &svc.name, why),
+                    }
+                }
+                Ok(())
+            }
             Action::Remove { id, reason } => {
                 remove_replica(state, world, &containers, &services, &id, &reason).await
             }
@@ -382,6 +436,11 @@ async fn pass_stack(
         if let Err(e) = result {
             tracing::error!(error = %e, stack = %stack.name, "reconciler action failed");
         }
+    }
+    if !runs.is_empty()
+        && let Err(e) = run_replicas(state, runs).await
+    {
+        tracing::error!(error = %e, stack = %stack.name, "reconciler could not start replicas");
     }
     if decision.removed {
         finish_removal(state, world, stack).await?;
@@ -412,14 +471,14 @@ fn grace_of(services: &[reconcile::Service], service: &str) -> u64 {
         .unwrap_or(crate::containers::STOP_GRACE_SECS)
 }
 
-async fn run_replica(
-    state: &Arc<AppState>,
+/// A new replica of `svc` in `slot` on `host_id`: its row, and the spec its host runs.
+fn new_replica(
     stack: &StackRow,
     env_name: &str,
     svc: &reconcile::Service,
     slot: u32,
     host_id: &str,
-) -> Result<(), StoreError> {
+) -> Result<(ContainerRow, ContainerSpec), StoreError> {
     let id = new_id("ctr");
     let suffix: String = id
         .trim_start_matches("ctr-")
@@ -434,7 +493,7 @@ async fn run_replica(
         .insert(corral_proto::labels::SLOT.into(), slot.to_string());
     let now = now_unix();
     let row = ContainerRow {
-        id: id.clone(),
+        id,
         environment_id: stack.environment_id.clone(),
         host_id: host_id.to_owned(),
         name: spec.name.clone(),
@@ -454,91 +513,132 @@ async fn run_replica(
         restart_count: 0,
         ip: None,
     };
-    // What rides with this command only (sealed in the queue), never in the stored spec:
-    // the registry's account and the contents of the files it mounts. Without them it is not
-    // started at all.
-    if let Err(why) = command_extras(state, stack, &mut spec).await {
-        state.reconciler.failed_start(&stack.id, &svc.name, why);
-        return Ok(());
+    Ok((row, spec))
+}
+
+/// Stores a pass's new replicas with their `container_run` commands (one transaction), marks
+/// them in flight and settles each as its host answers.
+async fn run_replicas(
+    state: &Arc<AppState>,
+    runs: Vec<(ContainerRow, ContainerSpec)>,
+) -> Result<(), StoreError> {
+    let marks: Vec<InFlight> = runs
+        .iter()
+        .map(|(row, _)| InFlight::mark(state, &row.id))
+        .collect();
+    // What each waiter keeps: not the row (its spec is the bulk of it).
+    struct Started {
+        id: String,
+        name: String,
+        host_id: String,
+        stack_id: Option<String>,
+        service: Option<String>,
     }
-    state.store.insert_container(&row).await?;
-    let in_flight = InFlight::mark(state, &id);
-    let pending = match dispatch::send(state, host_id, spec, state.options.command_ttl).await {
-        Ok(p) => p,
-        Err(e) => {
-            let _ = state.store.delete_container(&id).await;
-            return Err(e);
-        }
-    };
-    let state = state.clone();
-    let stack_id = stack.id.clone();
-    let service = svc.name.clone();
-    let host_id = host_id.to_owned();
-    tokio::spawn(async move {
-        match pending.wait().await {
-            Ok(status) => {
-                let _ = state
-                    .store
-                    .record_status(&host_id, &status, now_unix())
-                    .await;
-                state.reconciler.started(&stack_id, &service);
+    let rows: Vec<Started> = runs
+        .iter()
+        .map(|(row, _)| Started {
+            id: row.id.clone(),
+            name: row.name.clone(),
+            host_id: row.host_id.clone(),
+            stack_id: row.stack_id.clone(),
+            service: row.service.clone(),
+        })
+        .collect();
+    let pending = dispatch::send_runs(state, runs, state.options.command_ttl).await?;
+    for ((row, pending), in_flight) in rows.into_iter().zip(pending).zip(marks) {
+        let (Some(pending), Some(stack_id), Some(service)) =
+            (pending, row.stack_id.clone(), row.service.clone())
+        else {
+            // Its name was taken: a later pass places the slot again.
+            tracing::warn!(container = %row.name, "replica name taken; placed again later");
+            continue;
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            match pending.wait().await {
+                Ok(status) => {
+                    let _ = state
+                        .store
+                        .record_status(&row.host_id, &status, now_unix())
+                        .await;
+                    state.reconciler.started(&stack_id, &service);
+                }
+                Err(e) => {
+                    let message = match e {
+                        CallError::Expired => format!("host did not run {} in time", row.name),
+                        other => other.to_string(),
+                    };
+                    let _ = state.store.delete_container(&row.id).await;
+                    state
+                        .record_event(
+                            "container_failed",
+                            Some(&row.host_id),
+                            &format!("replica {}: {message}", row.name),
+                        )
+                        .await;
+                    state.reconciler.failed_start(&stack_id, &service, message);
+                }
             }
-            Err(e) => {
-                let message = match e {
-                    CallError::Expired => format!("host did not run {} in time", row.name),
-                    other => other.to_string(),
-                };
-                let _ = state.store.delete_container(&row.id).await;
-                state
-                    .record_event(
-                        "container_failed",
-                        Some(&host_id),
-                        &format!("replica {}: {message}", row.name),
-                    )
-                    .await;
-                state.reconciler.failed_start(&stack_id, &service, message);
-            }
-        }
-        drop(in_flight);
-    });
+            drop(in_flight);
+        });
+    }
     Ok(())
 }
 
-/// Adds to a replica's `container_run` what only that command carries: its registry's
-/// account (unless it never pulls) and the contents of the files it mounts.
-async fn command_extras(
-    state: &Arc<AppState>,
-    stack: &StackRow,
-    spec: &mut ContainerSpec,
-) -> Result<(), String> {
-    if spec.pull != corral_proto::PullPolicy::Never {
-        let auths = crate::images::auths(state, &stack.environment_id)
-            .await
-            .map_err(|e| e.to_string())?;
-        spec.registry_auth = auths.for_image(&spec.image);
-    }
-    if !spec.files.is_empty() {
-        let mut digests: Vec<String> = Vec::new();
-        for f in &spec.files {
-            if f.entries.is_empty() {
-                digests.push(f.digest.clone());
-            } else {
-                digests.extend(f.entries.iter().map(|e| e.digest.clone()));
+/// What only a replica's `container_run` carries, looked up once per pass: the registry
+/// accounts of the environment and the contents of each service's files.
+#[derive(Default)]
+struct Extras {
+    auths: Option<crate::images::Auths>,
+    files: HashMap<String, Vec<corral_proto::FileContent>>,
+}
+
+impl Extras {
+    /// Adds to a replica's spec its registry's account (unless it never pulls) and the
+    /// contents of the files it mounts. Never stored: sealed in the command queue only.
+    async fn add_to(
+        &mut self,
+        state: &Arc<AppState>,
+        stack: &StackRow,
+        service: &str,
+        mut spec: ContainerSpec,
+    ) -> Result<ContainerSpec, String> {
+        if spec.pull != corral_proto::PullPolicy::Never {
+            if self.auths.is_none() {
+                self.auths = Some(
+                    crate::images::auths(state, &stack.environment_id)
+                        .await
+                        .map_err(|e| e.to_string())?,
+                );
             }
+            spec.registry_auth = self.auths.as_ref().and_then(|a| a.for_image(&spec.image));
         }
-        digests.sort();
-        digests.dedup();
-        let contents = state
-            .store
-            .stack_files(&stack.id, &digests)
-            .await
-            .map_err(|e| e.to_string())?;
-        spec.file_contents = contents
-            .into_iter()
-            .map(|(digest, data)| corral_proto::FileContent { digest, data })
-            .collect();
+        if !spec.files.is_empty() {
+            if !self.files.contains_key(service) {
+                let mut digests: Vec<String> = Vec::new();
+                for f in &spec.files {
+                    if f.entries.is_empty() {
+                        digests.push(f.digest.clone());
+                    } else {
+                        digests.extend(f.entries.iter().map(|e| e.digest.clone()));
+                    }
+                }
+                digests.sort();
+                digests.dedup();
+                let contents = state
+                    .store
+                    .stack_files(&stack.id, &digests)
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .into_iter()
+                    .map(|(digest, data)| corral_proto::FileContent { digest, data })
+                    .collect();
+                self.files.insert(service.to_owned(), contents);
+            }
+            spec.file_contents = self.files.get(service).cloned().unwrap_or_default();
+        }
+        Ok(spec)
     }
-    Ok(())
 }
 
 /// A container marked in flight: no pass acts on it until the mark is dropped — when the host

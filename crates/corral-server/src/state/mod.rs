@@ -65,9 +65,11 @@ pub struct AppState {
 }
 
 /// Runs `pass` now, then again every `tick` and whenever `wake` is notified, but never sooner
-/// than `gap` after the previous pass (wakes in between make one pass: a storm of them, such
-/// as thousands of agents connecting, costs at most one pass per `gap`), until the server
-/// shuts down; a failed pass is logged and the next one runs as usual.
+/// than `gap` after the previous pass, nor sooner than the previous pass took (wakes in
+/// between make one pass: a storm of them, such as thousands of agents connecting or
+/// thousands of replicas reported running, costs at most one pass per `gap`, and a loop
+/// whose passes grow long spends at most half its time in them), until the server shuts
+/// down; a failed pass is logged and the next one runs as usual.
 pub(crate) async fn every<Pass>(
     state: Arc<AppState>,
     wake: fn(&AppState) -> &tokio::sync::Notify,
@@ -80,12 +82,14 @@ pub(crate) async fn every<Pass>(
 {
     let mut shutdown = state.shutdown.clone();
     loop {
+        let started = std::time::Instant::now();
         if let Err(e) = pass(state.clone()).await {
             tracing::error!(error = %e, "{what} failed");
         }
-        if !gap.is_zero() {
+        let rest = gap.max(started.elapsed());
+        if !rest.is_zero() {
             tokio::select! {
-                _ = tokio::time::sleep(gap) => {}
+                _ = tokio::time::sleep(rest) => {}
                 _ = shutdown.changed() => return,
             }
         }

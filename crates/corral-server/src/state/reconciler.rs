@@ -39,6 +39,18 @@ pub(crate) struct Inner {
     /// Containers with a command under way.
     pub(crate) in_flight: HashSet<String>,
     pub(crate) status: HashMap<String, StackStatus>,
+    /// What each container's stored spec says that placement needs, read once per container
+    /// (a container's spec never changes): `None` when it does not read.
+    pub(crate) specs: HashMap<String, Option<std::sync::Arc<SpecFacts>>>,
+}
+
+/// What placement needs of a container's spec.
+#[derive(Debug)]
+pub struct SpecFacts {
+    /// Host ports it publishes.
+    pub ports: Vec<corral_scheduler::HostPort>,
+    /// It takes an address of its host's overlay subnet (when it is a stack's).
+    pub overlay: bool,
 }
 
 #[derive(Default)]

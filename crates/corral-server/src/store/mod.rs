@@ -8,7 +8,7 @@
 //! values, so a plain SHA-256 is a sufficient one-way function (a slow password hash only adds
 //! something for low-entropy secrets); lookups go by that hash.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -28,6 +28,7 @@ use sealed::Column;
 
 mod audit;
 mod generations;
+mod group;
 mod images;
 mod netpolicy;
 mod overlay;
@@ -51,6 +52,12 @@ pub enum StoreError {
     Conflict(String),
     #[error("corrupt row: {0}")]
     Corrupt(String),
+    /// A group commit (see `group`) failed; every write in it was rolled back.
+    #[error("datastore error: {0}")]
+    Group(String),
+    /// The datastore's group-commit task is gone (the server is stopping).
+    #[error("the datastore is closed")]
+    Closed,
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -83,7 +90,20 @@ pub struct Store {
     reader: SqlitePool,
     /// Seals the columns that may carry secrets (see `sealed`).
     vault: Arc<Vault>,
+    /// Agents' replies, written in groups (`complete_command`).
+    replies: group::Group<ReplyWrite, Completion>,
+    /// Containers' statuses as hosts report them, written in groups (`record_status`).
+    statuses: group::Group<StatusWrite, bool>,
 }
+
+/// Rows written by one multi-row statement at most (SQLite allows 32,766 parameters; a
+/// container row has 14).
+const ROWS_PER_STATEMENT: usize = 500;
+
+/// A reply to record: (command id, the host it came from, the result, when).
+type ReplyWrite = (String, String, corral_proto::CommandResult, i64);
+/// A status to record: (the host that reported it, the status, when).
+type StatusWrite = (String, corral_proto::ContainerStatus, i64);
 
 #[derive(Debug, Clone, Serialize, FromRow)]
 pub struct Environment {
@@ -399,10 +419,15 @@ impl Store {
         // SQLite a ping is a round trip through the connection's worker thread — as much as the
         // query itself (it doubled the thread hand-offs of every statement on a pool). Without
         // it, an acquire has no await point either, so a cancelled one drops no connection.
+        // The one writer keeps a page cache of up to 64 MiB (SQLite's default is 2 MiB): at
+        // tens of thousands of containers, the rows and indexes a deploy writes no longer fit
+        // in 2 MiB, and every miss is a read system call on the writer's thread — the one
+        // thread every write waits for. (The readers' caches are emptied by every write
+        // anyway, WAL being what it is, so they keep the default.)
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .test_before_acquire(false)
-            .connect_with(opts.clone())
+            .connect_with(opts.clone().pragma("cache_size", "-65536"))
             .await?;
         sqlx::migrate!("./migrations").run(&writer).await?;
         let reader = SqlitePoolOptions::new()
@@ -410,10 +435,26 @@ impl Store {
             .test_before_acquire(false)
             .connect_with(opts.read_only(true))
             .await?;
+        let replies = {
+            let writer = writer.clone();
+            group::Group::start(Arc::new(move |items: Vec<ReplyWrite>| {
+                let writer = writer.clone();
+                Box::pin(async move { complete_commands(&writer, items).await })
+            }))
+        };
+        let statuses = {
+            let writer = writer.clone();
+            group::Group::start(Arc::new(move |items: Vec<StatusWrite>| {
+                let writer = writer.clone();
+                Box::pin(async move { record_statuses(&writer, items).await })
+            }))
+        };
         Ok(Store {
             writer,
             reader,
             vault,
+            replies,
+            statuses,
         })
     }
 
@@ -1103,7 +1144,7 @@ impl Store {
     }
 
     /// Up to `limit` of the host's pending commands still within their deadline, oldest
-    /// first, marked `sent` in the same transaction. One whose payload no longer reads is
+    /// first, marked `sent` by the same statement. One whose payload no longer reads is
     /// marked `failed` with the reason instead, and listed apart.
     pub async fn take_pending_commands(
         &self,
@@ -1111,30 +1152,26 @@ impl Store {
         now: i64,
         limit: usize,
     ) -> Result<TakenCommands> {
-        let mut tx = self.writer.begin().await?;
-        let rows: Vec<(String, String, String, i64)> = sqlx::query_as(
-            "SELECT id, kind, payload, deadline_at FROM commands WHERE host_id = ? AND state = 'pending' AND deadline_at > ? ORDER BY created_at, id LIMIT ?",
+        // One statement: a session draining thousands of commands costs one writer round
+        // trip per batch, not one per command.
+        let mut rows: Vec<(String, String, String, i64, i64)> = sqlx::query_as(
+            "UPDATE commands SET state = 'sent', sent_at = ?1 WHERE id IN (SELECT id FROM commands WHERE host_id = ?2 AND state = 'pending' AND deadline_at > ?1 ORDER BY created_at, id LIMIT ?3) RETURNING id, kind, payload, deadline_at, created_at",
         )
-        .bind(host_id)
         .bind(now)
+        .bind(host_id)
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .fetch_all(&mut *tx)
+        .fetch_all(&self.writer)
         .await?;
+        // RETURNING gives no order.
+        rows.sort_by(|a, b| (a.4, &a.0).cmp(&(b.4, &b.0)));
         let mut taken = TakenCommands::default();
-        for (id, kind, payload, deadline) in rows {
+        for (id, kind, payload, deadline, _) in rows {
             let body = sealed::open(&self.vault, Column::CommandPayload, &id, &payload)
                 .and_then(|payload| command_body(&id, &kind, &payload));
             match body {
-                Ok(body) => {
-                    sqlx::query("UPDATE commands SET state = 'sent', sent_at = ? WHERE id = ?")
-                        .bind(now)
-                        .bind(&id)
-                        .execute(&mut *tx)
-                        .await?;
-                    taken
-                        .commands
-                        .push(corral_proto::Command { id, body, deadline });
-                }
+                Ok(body) => taken
+                    .commands
+                    .push(corral_proto::Command { id, body, deadline }),
                 Err(e) => {
                     let why = e.to_string();
                     let result = serde_json::to_string(&corral_proto::CommandResult::Failed {
@@ -1147,13 +1184,12 @@ impl Store {
                     .bind(now)
                     .bind(result)
                     .bind(&id)
-                    .execute(&mut *tx)
+                    .execute(&self.writer)
                     .await?;
                     taken.unreadable.push((id, why));
                 }
             }
         }
-        tx.commit().await?;
         Ok(taken)
     }
 
@@ -1171,7 +1207,8 @@ impl Store {
         .transpose()
     }
 
-    /// Records a reply if it comes from the command's host and the command is still open.
+    /// Records a reply if it comes from the command's host and the command is still open
+    /// (written with the other replies that arrive meanwhile, in one transaction).
     pub async fn complete_command(
         &self,
         id: &str,
@@ -1179,38 +1216,9 @@ impl Store {
         result: &corral_proto::CommandResult,
         now: i64,
     ) -> Result<Completion> {
-        let (new_state, text) = match result {
-            corral_proto::CommandResult::Ok { .. } => ("acked", serde_json::to_string(result)),
-            corral_proto::CommandResult::Failed { .. } => ("failed", serde_json::to_string(result)),
-        };
-        let text = text.map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let mut tx = self.writer.begin().await?;
-        let row: Option<(String, String)> =
-            sqlx::query_as("SELECT host_id, state FROM commands WHERE id = ?")
-                .bind(id)
-                .fetch_optional(&mut *tx)
-                .await?;
-        let completion = match row {
-            None => Completion::Unknown,
-            Some((owner, _)) if owner != host_id => Completion::WrongHost { owner },
-            Some((_, state)) if state != "pending" && state != "sent" => {
-                Completion::AlreadyFinished { state }
-            }
-            Some(_) => {
-                sqlx::query(
-                    "UPDATE commands SET state = ?, finished_at = ?, result = ? WHERE id = ?",
-                )
-                .bind(new_state)
-                .bind(now)
-                .bind(text)
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-                Completion::Accepted
-            }
-        };
-        tx.commit().await?;
-        Ok(completion)
+        self.replies
+            .write((id.to_owned(), host_id.to_owned(), result.clone(), now))
+            .await
     }
 
     /// Expires open commands past their deadline; returns their ids.
@@ -1277,6 +1285,86 @@ impl Store {
         Ok(())
     }
 
+    /// Containers and the commands that start them, in one transaction: a reconciler pass's
+    /// new replicas cost one commit, not two per replica. A container whose name is taken is
+    /// left out with its command (its index is returned); everything else lands together or
+    /// not at all.
+    pub async fn insert_containers_with_commands(
+        &self,
+        items: &[(&ContainerRow, &corral_proto::Command)],
+        now: i64,
+    ) -> Result<Vec<usize>> {
+        // Sealing and encoding first: nothing of it needs the connection.
+        let mut sealed_rows = Vec::with_capacity(items.len());
+        for (c, command) in items {
+            let spec = sealed::seal(&self.vault, Column::ContainerSpec, &c.id, &c.spec)?;
+            let (kind, payload) = command
+                .body
+                .to_wire()
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let payload =
+                serde_json::to_string(&payload).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let payload = sealed::seal(&self.vault, Column::CommandPayload, &command.id, &payload)?;
+            sealed_rows.push((spec, kind, payload));
+        }
+        // Many rows to a statement: a pass's thousands of replicas cost a few statements,
+        // not two each (every statement is a hand-off to the writer's thread and back).
+        let mut tx = self.writer.begin().await?;
+        let mut inserted: std::collections::HashSet<String> =
+            std::collections::HashSet::with_capacity(items.len());
+        let rows: Vec<_> = items.iter().zip(&sealed_rows).collect();
+        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+            let mut q = sqlx::QueryBuilder::new(
+                "INSERT INTO containers (id, environment_id, host_id, name, image, spec, desired, actual, created_at, updated_at, stack_id, service, slot, spec_hash) ",
+            );
+            q.push_values(chunk, |mut b, ((c, _), (spec, _, _))| {
+                b.push_bind(&c.id)
+                    .push_bind(&c.environment_id)
+                    .push_bind(&c.host_id)
+                    .push_bind(&c.name)
+                    .push_bind(&c.image)
+                    .push_bind(spec)
+                    .push_bind(c.desired.as_str())
+                    .push_bind("pending")
+                    .push_bind(c.created_at)
+                    .push_bind(c.created_at)
+                    .push_bind(&c.stack_id)
+                    .push_bind(&c.service)
+                    .push_bind(c.slot)
+                    .push_bind(&c.spec_hash);
+            });
+            q.push(" ON CONFLICT DO NOTHING RETURNING id");
+            let ids: Vec<String> = q.build_query_scalar().fetch_all(&mut *tx).await?;
+            inserted.extend(ids);
+        }
+        let with_commands: Vec<_> = rows
+            .iter()
+            .filter(|((c, _), _)| inserted.contains(&c.id))
+            .collect();
+        for chunk in with_commands.chunks(ROWS_PER_STATEMENT) {
+            let mut q = sqlx::QueryBuilder::new(
+                "INSERT INTO commands (id, host_id, kind, payload, state, created_at, deadline_at) ",
+            );
+            q.push_values(chunk, |mut b, ((c, command), (_, kind, payload))| {
+                b.push_bind(&command.id)
+                    .push_bind(&c.host_id)
+                    .push_bind(kind)
+                    .push_bind(payload)
+                    .push_bind("pending")
+                    .push_bind(now)
+                    .push_bind(command.deadline);
+            });
+            q.build().execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(items
+            .iter()
+            .enumerate()
+            .filter(|(_, (c, _))| !inserted.contains(&c.id))
+            .map(|(i, _)| i)
+            .collect())
+    }
+
     pub async fn containers(&self) -> Result<Vec<ContainerRow>> {
         let rows = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT {CONTAINER_COLUMNS} FROM containers ORDER BY name"
@@ -1284,6 +1372,39 @@ impl Store {
         .fetch_all(&self.reader)
         .await?;
         self.open_containers(rows)
+    }
+
+    /// An environment's containers without their specs (`spec` is left empty): what the
+    /// reconciler reads every pass, where opening and copying every spec again would cost
+    /// more than all the rest. `container_specs` reads the specs it has not seen.
+    pub async fn environment_containers(&self, environment_id: &str) -> Result<Vec<ContainerRow>> {
+        let columns = CONTAINER_COLUMNS.replace(" spec,", " '' AS spec,");
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {columns} FROM containers WHERE environment_id = ?"
+        )))
+        .bind(environment_id)
+        .fetch_all(&self.reader)
+        .await?)
+    }
+
+    /// The specs of these containers, opened: (id, spec). A container that is gone is left
+    /// out; a spec that does not open is an error.
+    pub async fn container_specs(&self, ids: &[&str]) -> Result<Vec<(String, String)>> {
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(ROWS_PER_STATEMENT) {
+            let mut q = sqlx::QueryBuilder::new("SELECT id, spec FROM containers WHERE id IN (");
+            let mut list = q.separated(", ");
+            for id in chunk {
+                list.push_bind(*id);
+            }
+            q.push(")");
+            let rows: Vec<(String, String)> = q.build_query_as().fetch_all(&self.reader).await?;
+            for (id, spec) in rows {
+                let spec = sealed::open(&self.vault, Column::ContainerSpec, &id, &spec)?;
+                out.push((id, spec));
+            }
+        }
+        Ok(out)
     }
 
     pub async fn host_containers(&self, host_id: &str) -> Result<Vec<ContainerRow>> {
@@ -1359,28 +1480,17 @@ impl Store {
     }
 
     /// Records what an agent reported of a container: state, Docker id, exit code, health and
-    /// restart count. Returns false when no such container is on that host.
+    /// restart count (written with the other statuses that arrive meanwhile, in one
+    /// transaction). Returns false when no such container is on that host.
     pub async fn record_status(
         &self,
         host_id: &str,
         status: &corral_proto::ContainerStatus,
         now: i64,
     ) -> Result<bool> {
-        let done = sqlx::query(
-            "UPDATE containers SET actual = ?, docker_id = ?, exit_code = ?, health = ?, restart_count = ?, ip = ?, updated_at = ? WHERE id = ? AND host_id = ?",
-        )
-        .bind(status.state.as_str())
-        .bind(&status.docker_id)
-        .bind(status.exit_code)
-        .bind(status.health.map(Health::as_str))
-        .bind(status.restart_count)
-        .bind(&status.ip)
-        .bind(now)
-        .bind(&status.corral_id)
-        .bind(host_id)
-        .execute(&self.writer)
-        .await?;
-        Ok(done.rows_affected() > 0)
+        self.statuses
+            .write((host_id.to_owned(), status.clone(), now))
+            .await
     }
 
     pub async fn delete_container(&self, id: &str) -> Result<()> {
@@ -1578,4 +1688,108 @@ fn command_body(id: &str, kind: &str, payload: &str) -> Result<corral_proto::Com
         ))),
         body => Ok(body),
     }
+}
+
+/// Records a group of replies in one transaction: each is accepted only from its command's
+/// host and only while the command is open, in the order they came.
+async fn complete_commands(writer: &SqlitePool, items: Vec<ReplyWrite>) -> Result<Vec<Completion>> {
+    let mut encoded = Vec::with_capacity(items.len());
+    for (id, host_id, result, now) in &items {
+        let new_state = match result {
+            corral_proto::CommandResult::Ok { .. } => "acked",
+            corral_proto::CommandResult::Failed { .. } => "failed",
+        };
+        let text = serde_json::to_string(result).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        encoded.push((id, host_id, new_state, text, *now));
+    }
+    let mut tx = writer.begin().await?;
+    // Accepted: the replies whose command was open and addressed to the host that answered.
+    // A group that answers one command more than once (a replay, or a forgery racing the
+    // real reply) is written one reply after the other, so each is judged as it would have
+    // been alone.
+    let mut ids: std::collections::HashSet<&String> = std::collections::HashSet::new();
+    let distinct = encoded.iter().all(|e| ids.insert(e.0));
+    let mut accepted: std::collections::HashSet<String> = std::collections::HashSet::new();
+    let singles: Vec<&[_]> = if distinct {
+        encoded.chunks(ROWS_PER_STATEMENT).collect()
+    } else {
+        encoded.chunks(1).collect()
+    };
+    let mut out = Vec::with_capacity(items.len());
+    for chunk in singles {
+        let mut q = sqlx::QueryBuilder::new("WITH r(id, host_id, state, result, at) AS (");
+        q.push_values(chunk, |mut b, (id, host_id, state, text, now)| {
+            b.push_bind(*id)
+                .push_bind(*host_id)
+                .push_bind(*state)
+                .push_bind(text)
+                .push_bind(*now);
+        });
+        q.push(
+            ") UPDATE commands SET state = r.state, finished_at = r.at, result = r.result FROM r WHERE commands.id = r.id AND commands.host_id = r.host_id AND commands.state IN ('pending', 'sent') RETURNING commands.id",
+        );
+        let done: Vec<String> = q.build_query_scalar().fetch_all(&mut *tx).await?;
+        accepted.extend(done);
+        for (id, host_id, ..) in chunk {
+            if accepted.remove(id.as_str()) {
+                out.push(Completion::Accepted);
+                continue;
+            }
+            // Refused: look again to say why (rare; a command once finished never reopens).
+            let row: Option<(String, String)> =
+                sqlx::query_as("SELECT host_id, state FROM commands WHERE id = ?")
+                    .bind(id.as_str())
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            out.push(match row {
+                None => Completion::Unknown,
+                Some((owner, _)) if owner != **host_id => Completion::WrongHost { owner },
+                Some((_, state)) => Completion::AlreadyFinished { state },
+            });
+        }
+    }
+    tx.commit().await?;
+    Ok(out)
+}
+
+/// Records a group of container statuses in one transaction; for each, whether such a
+/// container is on the host that reported it.
+async fn record_statuses(writer: &SqlitePool, items: Vec<StatusWrite>) -> Result<Vec<bool>> {
+    let mut tx = writer.begin().await?;
+    // One statement per chunk. Two statuses of one container in a group: the later one is
+    // what the host said last, so it is the one written.
+    let mut last: HashMap<(&str, &str), usize> = HashMap::new();
+    for (i, (host_id, status, _)) in items.iter().enumerate() {
+        last.insert((host_id.as_str(), status.corral_id.as_str()), i);
+    }
+    let mut latest: Vec<usize> = last.values().copied().collect();
+    latest.sort_unstable();
+    let mut updated: std::collections::HashSet<(String, String)> = std::collections::HashSet::new();
+    for chunk in latest.chunks(ROWS_PER_STATEMENT) {
+        let mut q = sqlx::QueryBuilder::new(
+            "WITH r(id, host_id, actual, docker_id, exit_code, health, restart_count, ip, at) AS (",
+        );
+        q.push_values(chunk, |mut b, &i| {
+            let (host_id, status, now) = &items[i];
+            b.push_bind(&status.corral_id)
+                .push_bind(host_id)
+                .push_bind(status.state.as_str())
+                .push_bind(&status.docker_id)
+                .push_bind(status.exit_code)
+                .push_bind(status.health.map(Health::as_str))
+                .push_bind(status.restart_count)
+                .push_bind(&status.ip)
+                .push_bind(*now);
+        });
+        q.push(
+            ") UPDATE containers SET actual = r.actual, docker_id = r.docker_id, exit_code = r.exit_code, health = r.health, restart_count = r.restart_count, ip = r.ip, updated_at = r.at FROM r WHERE containers.id = r.id AND containers.host_id = r.host_id RETURNING containers.id, containers.host_id",
+        );
+        let rows: Vec<(String, String)> = q.build_query_as().fetch_all(&mut *tx).await?;
+        updated.extend(rows);
+    }
+    tx.commit().await?;
+    Ok(items
+        .iter()
+        .map(|(host_id, status, _)| updated.contains(&(status.corral_id.clone(), host_id.clone())))
+        .collect())
 }

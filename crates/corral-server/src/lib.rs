@@ -164,13 +164,16 @@ pub async fn start(options: ServerOptions) -> Result<RunningServer, ServerError>
     let make = app.into_make_service_with_connect_info::<SocketAddr>();
     let gate = state::gate::GateAcceptor {
         gate: state.gate.clone(),
+        tls: boot.tls.is_some(),
     };
     let task = match boot.tls {
         Some(tls) => {
             let cfg = axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(tls));
             let mut server = axum_server::from_tcp_rustls(listener, cfg)
                 .map_err(listener_error)?
-                .map(|tls| tls.acceptor(gate))
+                .map(|tls| state::gate::Handshaken {
+                    inner: tls.acceptor(gate),
+                })
                 .handle(handle.clone());
             limit_headers(server.http_builder());
             tokio::spawn(server.serve(make))

@@ -6,6 +6,15 @@
 //! With the HTTP header timeout for kept-alive connections, a peer can hold neither file
 //! descriptors nor a place in line for long, however many connections it opens; agents and
 //! people who have authenticated are never counted or closed by the gate.
+//!
+//! Which one goes when the cap is reached: the oldest that finished its TLS handshake and has
+//! not authenticated since (what a flood of idle connections holds); else, among those still
+//! in their handshake, the oldest once it has had [`HANDSHAKE_GRACE`]; else none — the
+//! newcomer is shed before its handshake (closed at once, costing nothing). A fleet of agents
+//! that all reconnect at once after a server restart fills the cap with handshakes in
+//! progress: closing the oldest of them (the one nearest to finishing) for every newcomer let
+//! almost none finish, while shedding the newcomers lets every admitted one finish and the
+//! shed ones retry after their backoff.
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -23,12 +32,18 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// deadline (10 s), so an agent that is too slow hears why from the tunnel.
 pub const UNAUTHENTICATED_FOR: Duration = Duration::from_secs(15);
 
+/// How long a connection still in its TLS handshake is safe from eviction (a handshake takes
+/// milliseconds; a thousand at once on two cores, about a second).
+pub const HANDSHAKE_GRACE: Duration = Duration::from_secs(3);
+
 /// How often, at most, the gate logs that it closed connections.
 const LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// One admitted connection, as the gate holds it.
-#[derive(Default)]
 struct Slot {
+    admitted: Instant,
+    /// Its TLS handshake is done (at once for plain HTTP).
+    handshaken: AtomicBool,
     evicted: AtomicBool,
     /// Authenticated: no longer counted, never evicted.
     trusted: AtomicBool,
@@ -37,6 +52,16 @@ struct Slot {
 }
 
 impl Slot {
+    fn new(handshaken: bool) -> Slot {
+        Slot {
+            admitted: Instant::now(),
+            handshaken: AtomicBool::new(handshaken),
+            evicted: AtomicBool::new(false),
+            trusted: AtomicBool::new(false),
+            waker: Mutex::new(None),
+        }
+    }
+
     fn evict(&self) {
         self.evicted.store(true, Ordering::Release);
         let waker = self.waker.lock().unwrap_or_else(|p| p.into_inner()).take();
@@ -59,6 +84,7 @@ pub struct Gate {
     cap: usize,
     held: Mutex<Held>,
     evicted: AtomicU64,
+    shed: AtomicU64,
     last_log: Mutex<Option<(Instant, u64)>>,
 }
 
@@ -68,6 +94,7 @@ impl Gate {
             cap: cap.max(1),
             held: Mutex::new(Held::default()),
             evicted: AtomicU64::new(0),
+            shed: AtomicU64::new(0),
             last_log: Mutex::new(None),
         }
     }
@@ -76,35 +103,55 @@ impl Gate {
         self.held.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A connection from `addr` was accepted. Closes the oldest unauthenticated ones beyond
-    /// the cap.
-    fn admit(&self, addr: SocketAddr) -> Arc<Slot> {
-        let slot = Arc::new(Slot::default());
+    /// A connection from `addr` was accepted (`handshaken`: it has no TLS handshake to do).
+    /// At the cap, closes one unauthenticated connection to make room, or sheds this one
+    /// (`None`) when every one held is still in a handshake younger than its grace.
+    fn admit(&self, addr: SocketAddr, handshaken: bool) -> Option<Arc<Slot>> {
+        let slot = Arc::new(Slot::new(handshaken));
         let mut evicted = Vec::new();
         {
             let mut held = self.held();
-            let seq = held.next;
-            held.next += 1;
-            if let Some((old_seq, old)) = held.by_addr.insert(addr, (seq, slot.clone())) {
+            if let Some((old_seq, old)) = held.by_addr.remove(&addr) {
                 // The same address and port again: the earlier connection is gone.
                 held.order.remove(&old_seq);
                 old.trusted.store(true, Ordering::Release);
             }
-            held.order.insert(seq, addr);
-            while held.by_addr.len() > self.cap {
-                let Some((_, oldest)) = held.order.pop_first() else {
-                    break;
+            while held.by_addr.len() >= self.cap {
+                let idle = held
+                    .order
+                    .iter()
+                    .find(|(_, a)| {
+                        held.by_addr
+                            .get(*a)
+                            .is_some_and(|(_, s)| s.handshaken.load(Ordering::Acquire))
+                    })
+                    .map(|(seq, a)| (*seq, *a));
+                let oldest = held.order.first_key_value().map(|(seq, a)| (*seq, *a));
+                let victim = idle.or(oldest.filter(|(_, a)| {
+                    held.by_addr
+                        .get(a)
+                        .is_some_and(|(_, s)| s.admitted.elapsed() >= HANDSHAKE_GRACE)
+                }));
+                let Some((seq, victim)) = victim else {
+                    drop(held);
+                    self.shed.fetch_add(1, Ordering::Relaxed);
+                    return None;
                 };
-                if let Some((_, s)) = held.by_addr.remove(&oldest) {
-                    evicted.push((oldest, s));
+                held.order.remove(&seq);
+                if let Some((_, s)) = held.by_addr.remove(&victim) {
+                    evicted.push((victim, s));
                 }
             }
+            let seq = held.next;
+            held.next += 1;
+            held.by_addr.insert(addr, (seq, slot.clone()));
+            held.order.insert(seq, addr);
         }
         for (addr, s) in &evicted {
             s.evict();
             self.log_eviction(*addr);
         }
-        slot
+        Some(slot)
     }
 
     fn log_eviction(&self, addr: SocketAddr) {
@@ -154,16 +201,24 @@ impl Gate {
         self.evicted.load(Ordering::Relaxed)
     }
 
+    /// Connections refused before their handshake because the cap was full of handshakes
+    /// in progress, since start.
+    pub fn shed(&self) -> u64 {
+        self.shed.load(Ordering::Relaxed)
+    }
+
     pub fn cap(&self) -> usize {
         self.cap
     }
 }
 
 /// An `axum_server` acceptor that admits each TCP connection through the gate (before TLS, so
-/// half-finished handshakes count too).
+/// half-finished handshakes count too). With `tls`, [`Handshaken`] must wrap the TLS acceptor
+/// around it, to say when each handshake is done.
 #[derive(Clone)]
 pub struct GateAcceptor {
     pub gate: Arc<Gate>,
+    pub tls: bool,
 }
 
 impl<S> axum_server::accept::Accept<tokio::net::TcpStream, S> for GateAcceptor {
@@ -178,8 +233,13 @@ impl<S> axum_server::accept::Accept<tokio::net::TcpStream, S> for GateAcceptor {
         // registration and many API replies 40 ms slower than their work. Failing to set it
         // only costs that latency.
         let _ = stream.set_nodelay(true);
-        std::future::ready(stream.peer_addr().map(|addr| {
-            let slot = self.gate.admit(addr);
+        std::future::ready(stream.peer_addr().and_then(|addr| {
+            let Some(slot) = self.gate.admit(addr, !self.tls) else {
+                return Err(io::Error::new(
+                    io::ErrorKind::ConnectionRefused,
+                    "shed: the gate is full of handshakes in progress",
+                ));
+            };
             let gated = Gated {
                 io: stream,
                 slot,
@@ -187,8 +247,42 @@ impl<S> axum_server::accept::Accept<tokio::net::TcpStream, S> for GateAcceptor {
                 addr,
                 deadline: Some(Box::pin(tokio::time::sleep(UNAUTHENTICATED_FOR))),
             };
-            (gated, service)
+            Ok((gated, service))
         }))
+    }
+}
+
+/// Wraps the TLS acceptor around a [`GateAcceptor`]: marks each connection's slot once its
+/// handshake is done, so that the gate closes idle connections before handshakes in progress.
+#[derive(Clone)]
+pub struct Handshaken<A> {
+    pub inner: A,
+}
+
+type TlsGated = tokio_rustls::server::TlsStream<Gated<tokio::net::TcpStream>>;
+
+impl<A, S> axum_server::accept::Accept<tokio::net::TcpStream, S> for Handshaken<A>
+where
+    A: axum_server::accept::Accept<tokio::net::TcpStream, S, Stream = TlsGated>,
+    A::Future: Send + 'static,
+    A::Service: Send + 'static,
+{
+    type Stream = TlsGated;
+    type Service = A::Service;
+    type Future = Pin<Box<dyn Future<Output = io::Result<(TlsGated, A::Service)>> + Send>>;
+
+    fn accept(&self, stream: tokio::net::TcpStream, service: S) -> Self::Future {
+        let handshake = self.inner.accept(stream, service);
+        Box::pin(async move {
+            let (stream, service) = handshake.await?;
+            stream
+                .get_ref()
+                .0
+                .slot
+                .handshaken
+                .store(true, Ordering::Release);
+            Ok((stream, service))
+        })
     }
 }
 
@@ -301,18 +395,41 @@ mod tests {
     #[test]
     fn the_oldest_unauthenticated_go_first_and_the_authenticated_never() {
         let gate = Gate::new(2);
-        let a = gate.admit(addr(1));
-        let b = gate.admit(addr(2));
+        let a = gate.admit(addr(1), true).unwrap();
+        let b = gate.admit(addr(2), true).unwrap();
         gate.authenticated(addr(2));
-        let c = gate.admit(addr(3));
+        let c = gate.admit(addr(3), true).unwrap();
         assert_eq!(gate.unauthenticated(), 2);
         assert!(!a.evicted.load(Ordering::Acquire));
-        let d = gate.admit(addr(4));
+        let d = gate.admit(addr(4), true).unwrap();
         assert!(a.evicted.load(Ordering::Acquire), "oldest evicted");
         assert!(!b.evicted.load(Ordering::Acquire), "authenticated kept");
         assert!(!c.evicted.load(Ordering::Acquire) && !d.evicted.load(Ordering::Acquire));
         assert_eq!(gate.evictions(), 1);
         gate.leave(addr(3), &c);
         assert_eq!(gate.unauthenticated(), 1);
+    }
+
+    #[test]
+    fn idle_connections_go_before_handshakes_and_young_handshakes_shed_the_newcomer() {
+        let gate = Gate::new(3);
+        let h1 = gate.admit(addr(1), false).unwrap();
+        let idle = gate.admit(addr(2), false).unwrap();
+        idle.handshaken.store(true, Ordering::Release);
+        let h3 = gate.admit(addr(3), false).unwrap();
+        // At the cap: the idle one goes, though it is not the oldest.
+        let h4 = gate.admit(addr(4), false).unwrap();
+        assert!(idle.evicted.load(Ordering::Acquire));
+        assert!(!h1.evicted.load(Ordering::Acquire));
+        // Only young handshakes left: the newcomer is shed, nobody is closed.
+        assert!(gate.admit(addr(5), false).is_none());
+        assert_eq!(gate.shed(), 1);
+        assert_eq!(gate.evictions(), 1);
+        assert!(
+            [&h1, &h3, &h4]
+                .iter()
+                .all(|s| !s.evicted.load(Ordering::Acquire))
+        );
+        assert_eq!(gate.unauthenticated(), 3);
     }
 }

@@ -71,6 +71,7 @@ pub struct Snapshot {
     pub unauthenticated_connections: u64,
     pub unauthenticated_connections_max: u64,
     pub connections_evicted: u64,
+    pub connections_shed: u64,
     pub resident_memory_bytes: u64,
     pub cpu_seconds: f64,
     pub open_fds: u64,
@@ -263,11 +264,18 @@ impl prometheus_client::collector::Collector for Snapshot {
             let metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
             ConstGauge::new(value).encode(metric)?;
         }
-        let counters: [(&str, &str, u64); 1] = [(
-            "corral_connections_evicted",
-            "Unauthenticated connections closed because the cap was reached",
-            self.connections_evicted,
-        )];
+        let counters: [(&str, &str, u64); 2] = [
+            (
+                "corral_connections_evicted",
+                "Unauthenticated connections closed because the cap was reached",
+                self.connections_evicted,
+            ),
+            (
+                "corral_connections_shed",
+                "Connections refused before their TLS handshake because the cap was full of handshakes in progress",
+                self.connections_shed,
+            ),
+        ];
         for (name, help, value) in counters {
             let metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
             ConstCounter::new(value).encode(metric)?;

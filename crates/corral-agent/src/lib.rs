@@ -344,6 +344,11 @@ struct Session<'a> {
     /// The overlay configuration received on this connection, with the deltas since applied
     /// (a new connection starts with a full one from the server).
     overlay: Option<corral_proto::OverlayConfig>,
+    /// The server reads overlay figures (its welcome said so): sent when they changed, at
+    /// most once per heartbeat interval.
+    overlay_stats: Option<Duration>,
+    /// The overlay figures last sent on this connection.
+    overlay_sent: Option<corral_proto::OverlayStats>,
 }
 
 /// What the session does after handling one server message.
@@ -373,7 +378,20 @@ impl<'a> Session<'a> {
             out_tx,
             out_rx,
             overlay: None,
+            overlay_stats: (welcome.overlay_stats && ctx.mesh.is_some())
+                .then(|| Duration::from_millis(welcome.heartbeat_interval_ms.max(100))),
+            overlay_sent: None,
         }
+    }
+
+    /// The overlay's figures, when they changed since last sent.
+    async fn overlay_report(&mut self) -> Option<AgentMessage> {
+        let stats = self.ctx.mesh.as_ref()?.stats().await?;
+        if self.overlay_sent == Some(stats) {
+            return None;
+        }
+        self.overlay_sent = Some(stats);
+        Some(AgentMessage::Report(corral_proto::Report::Overlay(stats)))
     }
 
     fn abort_streams(&mut self) {
@@ -389,9 +407,15 @@ impl<'a> Session<'a> {
         tunnel: &mut Tunnel,
         reports_rx: &mut tokio::sync::mpsc::Receiver<corral_proto::Report>,
     ) -> Ended {
+        let mut overlay_every =
+            tokio::time::interval(self.overlay_stats.unwrap_or(Duration::from_secs(3600)));
+        overlay_every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let deadline = tokio::time::Instant::from_std(self.live.next_deadline());
             let outgoing = tokio::select! {
+                _ = overlay_every.tick(), if self.overlay_stats.is_some() => {
+                    self.overlay_report().await
+                }
                 msg = tunnel.recv() => {
                     self.live.on_receive(std::time::Instant::now());
                     match msg {

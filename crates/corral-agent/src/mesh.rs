@@ -55,6 +55,55 @@ pub struct Mesh {
     applied: std::sync::Mutex<Applied>,
     /// The network policy's rules on this host.
     policy: Arc<crate::netpolicy::Enforcer>,
+    /// What the encrypted overlay carried and refused since the agent started.
+    totals: std::sync::Mutex<Totals>,
+}
+
+/// The overlay's figures added up since the agent started: the router's per-peer counters
+/// restart with each session (and a peer's with the peer), its drop counters with the router;
+/// each snapshot adds what grew since the one before.
+#[derive(Debug, Default)]
+pub struct Totals {
+    /// Per peer key: (tx bytes, rx bytes, handshakes) at the last snapshot.
+    peers: std::collections::HashMap<[u8; 32], (u64, u64, u64)>,
+    /// The router's drop counters at the last snapshot.
+    counters: corral_overlay::Counters,
+    stats: corral_proto::OverlayStats,
+}
+
+/// What a counter that may have restarted grew by since it read `before`.
+fn grown(before: u64, now: u64) -> u64 {
+    if now >= before { now - before } else { now }
+}
+
+impl Totals {
+    /// Adds a snapshot of the router: its peers' figures and its drop counters.
+    pub fn add(
+        &mut self,
+        peers: &[corral_overlay::PeerStats],
+        counters: &corral_overlay::Counters,
+    ) -> corral_proto::OverlayStats {
+        let mut now = std::collections::HashMap::with_capacity(peers.len());
+        for p in peers {
+            let (tx, rx, hs) = self.peers.get(&p.public_key).copied().unwrap_or_default();
+            self.stats.tx_bytes += grown(tx, p.tx_bytes);
+            self.stats.rx_bytes += grown(rx, p.rx_bytes);
+            self.stats.handshakes += grown(hs, p.handshakes);
+            now.insert(p.public_key, (p.tx_bytes, p.rx_bytes, p.handshakes));
+        }
+        self.peers = now;
+        let before = &self.counters;
+        self.stats.rejected += grown(before.rejected, counters.rejected);
+        self.stats.unknown_peer += grown(before.unknown_peer, counters.unknown_peer);
+        self.stats.garbage += grown(before.garbage, counters.garbage);
+        self.stats.spoofed += grown(before.spoofed, counters.spoofed);
+        self.counters = counters.clone();
+        self.stats.peers = u32::try_from(peers.len()).unwrap_or(u32::MAX);
+        self.stats.sessions =
+            u32::try_from(peers.iter().filter(|p| p.last_handshake.is_some()).count())
+                .unwrap_or(u32::MAX);
+        self.stats
+    }
 }
 
 /// The outcome of the latest configuration attempt.
@@ -327,6 +376,7 @@ impl Mesh {
             names: tokio::sync::watch::Sender::new(crate::dns::Names::default()),
             dns: tokio::sync::Mutex::new(None),
             applied: std::sync::Mutex::new(Applied::default()),
+            totals: std::sync::Mutex::new(Totals::default()),
             policy: crate::netpolicy::Enforcer::new(dir, engine.clone()),
         })
     }
@@ -552,6 +602,21 @@ impl Mesh {
         Ok(())
     }
 
+    /// The encrypted overlay's figures since the agent started, while it runs (`None` off the
+    /// overlay, with VXLAN, or while it is not running).
+    pub async fn stats(&self) -> Option<corral_proto::OverlayStats> {
+        let running = self.running.lock().await;
+        let r = running.as_ref().filter(|r| !r.task.is_finished())?;
+        let (peers, counters) = (r.handle.stats(), r.handle.counters());
+        drop(running);
+        Some(
+            self.totals
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .add(&peers, &counters),
+        )
+    }
+
     /// What `corral doctor` reports about this host's overlay.
     pub async fn view(&self) -> OverlayView {
         let (config, error) = {
@@ -596,6 +661,50 @@ impl Mesh {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn peer(key: u8, tx: u64, rx: u64, handshakes: u64, up: bool) -> corral_overlay::PeerStats {
+        corral_overlay::PeerStats {
+            public_key: [key; 32],
+            endpoint: None,
+            allowed: Vec::new(),
+            last_handshake: up.then_some(Duration::from_secs(1)),
+            tx_bytes: tx,
+            rx_bytes: rx,
+            handshakes,
+            rtt_ms: None,
+        }
+    }
+
+    #[test]
+    fn overlay_totals_only_grow_across_sessions_peers_and_routers() {
+        let mut totals = Totals::default();
+        let counters = |rejected, garbage| corral_overlay::Counters {
+            rejected,
+            garbage,
+            ..Default::default()
+        };
+        let s = totals.add(
+            &[peer(1, 100, 50, 1, true), peer(2, 0, 0, 0, false)],
+            &counters(3, 7),
+        );
+        assert_eq!((s.tx_bytes, s.rx_bytes, s.handshakes), (100, 50, 1));
+        assert_eq!((s.peers, s.sessions, s.rejected, s.garbage), (2, 1, 3, 7));
+        // Peer 1's session restarted (its counters went back), peer 2 came up.
+        let s = totals.add(
+            &[peer(1, 30, 20, 1, true), peer(2, 10, 10, 1, true)],
+            &counters(4, 7),
+        );
+        assert_eq!((s.tx_bytes, s.rx_bytes, s.handshakes), (140, 80, 2));
+        assert_eq!((s.sessions, s.rejected), (2, 4));
+        // Peer 2 left and came back; the router restarted (its drop counters from zero).
+        let s = totals.add(&[peer(1, 35, 20, 1, true)], &counters(1, 0));
+        assert_eq!((s.tx_bytes, s.peers, s.rejected, s.garbage), (145, 1, 5, 7));
+        let s = totals.add(
+            &[peer(1, 35, 20, 1, true), peer(2, 5, 0, 1, true)],
+            &counters(1, 0),
+        );
+        assert_eq!((s.tx_bytes, s.handshakes), (150, 3));
+    }
     use corral_proto::OverlayPeer;
 
     #[test]

@@ -90,6 +90,34 @@ pub enum Report {
         /// The new lines.
         lines: Vec<String>,
     },
+    /// The host's encrypted overlay since the agent started: sent when it changed, at most
+    /// once per heartbeat interval, only to a server whose welcome said `overlay_stats`.
+    Overlay(OverlayStats),
+}
+
+/// What a host's encrypted overlay has carried and refused since its agent started. Every
+/// figure but `peers` and `sessions` only grows (a peer's own counters restart with each
+/// session; the agent adds them up).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OverlayStats {
+    /// Peers configured.
+    pub peers: u32,
+    /// Peers with an established session now.
+    pub sessions: u32,
+    /// Inner bytes sent to peers.
+    pub tx_bytes: u64,
+    /// Inner bytes received from peers.
+    pub rx_bytes: u64,
+    /// Handshakes completed (either side initiating).
+    pub handshakes: u64,
+    /// Datagrams refused: failed authentication or replay checks.
+    pub rejected: u64,
+    /// Datagrams refused: well-formed, for no configured peer.
+    pub unknown_peer: u64,
+    /// Datagrams refused: not WireGuard messages at all.
+    pub garbage: u64,
+    /// Decrypted packets refused: their inner source is not the sending peer's.
+    pub spoofed: u64,
 }
 
 /// The Docker engine on a host, as its agent reads it (empty or 0 where Docker does not say).
@@ -940,6 +968,10 @@ pub struct Welcome {
     pub dead_after_ms: u64,
     /// The server's limit on one message, in bytes.
     pub max_message_bytes: usize,
+    /// The server reads [`Report::Overlay`]; without it the agent sends none (a server of an
+    /// earlier release could not read one).
+    #[serde(default)]
+    pub overlay_stats: bool,
 }
 
 /// Limits on the strings inside a [`Hello`], checked by the server before it stores anything.

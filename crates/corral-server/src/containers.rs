@@ -32,6 +32,14 @@ pub const STOP_GRACE_SECS: u64 = 10;
 /// that names another host's container is ignored and recorded (`foreign_report`).
 pub async fn on_report(state: &AppState, host_id: &str, conn_id: u64, report: Report) {
     let now = now_unix();
+    let report = match report {
+        // Memory only, for the metrics; nothing to reconcile.
+        Report::Overlay(stats) => {
+            state.registry.set_overlay(host_id, conn_id, stats);
+            return;
+        }
+        other => other,
+    };
     let result = match report {
         Report::Inventory {
             docker,
@@ -88,6 +96,7 @@ pub async fn on_report(state: &AppState, host_id: &str, conn_id: u64, report: Re
             state.progress.build_lines(&build_id, lines);
             Ok(Vec::new())
         }
+        Report::Overlay(_) => Ok(Vec::new()),
     };
     match result {
         Ok(ids) => record_foreign(state, host_id, ids).await,

@@ -252,6 +252,71 @@ pub async fn send_runs(
     Ok(pending)
 }
 
+/// Marks containers removed and queues the commands that remove them, all in one transaction,
+/// and delivers them at once to the hosts that are connected: a reconciler pass's removals.
+/// Each item is (container id, its host, the request); the pending replies come back in order.
+pub async fn send_removes(
+    state: &AppState,
+    removals: Vec<(String, String, corral_proto::RemoveContainer)>,
+    ttl: Duration,
+) -> Result<Vec<Pending<corral_proto::RemoveContainer>>, StoreError> {
+    let now = now_unix();
+    let deadline = now + ttl.as_secs().max(1) as i64;
+    let kind = corral_proto::CommandKind::ContainerRemove.as_str();
+    let items: Vec<(String, String, Command)> = removals
+        .into_iter()
+        .map(|(container, host, request)| {
+            let command = Command {
+                id: new_id("cmd"),
+                body: request.into(),
+                deadline,
+            };
+            (container, host, command)
+        })
+        .collect();
+    let mut receivers = Vec::with_capacity(items.len());
+    {
+        let since = std::time::Instant::now();
+        let mut waiting = state.dispatcher.lock();
+        for (_, _, command) in &items {
+            let (tx, rx) = oneshot::channel();
+            waiting.insert(
+                command.id.clone(),
+                crate::state::waiters::Waiting { tx, kind, since },
+            );
+            receivers.push(rx);
+        }
+    }
+    let rows: Vec<(&str, &str, &Command)> = items
+        .iter()
+        .map(|(c, h, command)| (c.as_str(), h.as_str(), command))
+        .collect();
+    if let Err(e) = state.store.queue_removals(&rows, now).await {
+        let mut waiting = state.dispatcher.lock();
+        for (_, _, command) in &items {
+            waiting.remove(&command.id);
+        }
+        return Err(e);
+    }
+    let mut hosts: std::collections::HashSet<&str> = std::collections::HashSet::new();
+    let mut pending = Vec::with_capacity(items.len());
+    for ((_, host, command), rx) in items.iter().zip(receivers) {
+        state.metrics.command_submitted(kind);
+        hosts.insert(host);
+        pending.push(Pending {
+            id: command.id.clone(),
+            kind,
+            rx,
+            deadline: ttl.max(Duration::from_secs(1)),
+            reply: PhantomData,
+        });
+    }
+    for host in hosts {
+        state.registry.wake_commands(host);
+    }
+    Ok(pending)
+}
+
 /// Handles replies that arrived on `host_id`'s tunnel, in the order they came: all are
 /// written at once (they share group commits instead of waiting for one each), then each is
 /// settled, or recorded as a refused reply, in order.

@@ -427,6 +427,8 @@ async fn run_session(
             docker: None,
             environment_id: host.environment_id.clone(),
             capabilities,
+            host_name: host.name.clone(),
+            overlay: None,
         },
     );
     if let Some(old) = previous {
@@ -460,6 +462,7 @@ async fn run_session(
         heartbeat_interval_ms: state.options.heartbeat_interval.as_millis() as u64,
         dead_after_ms: state.options.dead_after.as_millis() as u64,
         max_message_bytes: limit,
+        overlay_stats: true,
     });
     let mut ended = AGENT_GONE;
     if send(&mut socket, &welcome, limit).await {

@@ -660,3 +660,52 @@ async fn new_replicas_land_with_their_commands_and_a_taken_name_leaves_out_only_
         .unwrap();
     assert_eq!(specs, vec![("ctr-1".to_owned(), "{}".to_owned())]);
 }
+
+/// A pass's removals: every container marked `removed` and its command queued in one
+/// transaction; the rows go as the hosts confirm, many deletions to a commit.
+#[tokio::test]
+async fn removals_are_marked_and_queued_together_and_deleted_in_groups() {
+    let (_dir, store) = store().await;
+    let a = host(&store, "a").await;
+    let env = store.environment_by_name("default").await.unwrap().unwrap();
+    let ids: Vec<String> = (0..700).map(|i| format!("ctr-{i}")).collect();
+    for id in &ids {
+        store
+            .insert_container(&container(id, &a, &env.id))
+            .await
+            .unwrap();
+    }
+    let commands: Vec<Command> = (0..700)
+        .map(|i| command(&format!("cmd-rm-{i}"), 100))
+        .collect();
+    let items: Vec<(&str, &str, &Command)> = ids
+        .iter()
+        .zip(&commands)
+        .map(|(id, c)| (id.as_str(), a.as_str(), c))
+        .collect();
+    store.queue_removals(&items, 10).await.unwrap();
+    let rows = store.environment_containers(&env.id).await.unwrap();
+    assert_eq!(rows.len(), 700);
+    assert!(rows.iter().all(|r| r.desired == Desired::Removed));
+    assert_eq!(
+        store
+            .take_pending_commands(&a, 20, 5000)
+            .await
+            .unwrap()
+            .commands
+            .len(),
+        700
+    );
+    futures_util::future::join_all(ids.iter().map(|id| {
+        let store = store.clone();
+        async move { store.delete_container(id).await.unwrap() }
+    }))
+    .await;
+    assert!(
+        store
+            .environment_containers(&env.id)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}

@@ -153,6 +153,33 @@ impl NsServer {
             .unwrap_or_else(|e| panic!("running corral: {e}"))
     }
 
+    /// The server's `/metrics`, fetched with curl from its namespace (pinned to its CA).
+    #[track_caller]
+    pub fn metrics_text(&self) -> String {
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.ns_name,
+                "curl",
+                "-sS",
+                "--fail",
+                "--cacert",
+            ])
+            .arg(self.dir.join("pki/ca.pem"))
+            .arg("-H")
+            .arg(format!("Authorization: Bearer {}", self.env.api_key))
+            .arg(format!("{}/metrics", self.url()))
+            .output()
+            .unwrap_or_else(|e| panic!("running curl: {e}"));
+        assert!(
+            out.status.success(),
+            "GET /metrics: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// A long-running CLI command (`corral bench connect …`) in the server's namespace, as
     /// the admin, logging to `log`.
     pub fn spawn_cli(&self, args: &[&str], log: &Path) -> Proc {

@@ -430,6 +430,33 @@ fn containers_on_different_hosts_talk_only_through_the_encrypted_overlay() {
     );
     drop(flood);
 
+    // The agents report their overlay's figures (once a heartbeat, 1 s here), per host in
+    // /metrics: h2 refused the flood, h1 carried the requests and shook hands.
+    let series = |text: &str, prefix: &str| -> u64 {
+        text.lines()
+            .filter(|l| l.starts_with(prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    };
+    wait_until(
+        Duration::from_secs(15),
+        "the overlay's figures in /metrics",
+        || {
+            let text = lab.server.metrics_text();
+            series(&text, "corral_overlay_refused_datagrams_total{host=\"h2\"") > 0
+                && series(
+                    &text,
+                    "corral_overlay_bytes_total{host=\"h1\",direction=\"tx\"}",
+                ) > 0
+                && series(
+                    &text,
+                    "corral_overlay_bytes_total{host=\"h1\",direction=\"rx\"}",
+                ) > 0
+                && series(&text, "corral_overlay_handshakes_total{host=\"h1\"}") > 0
+                && series(&text, "corral_overlay_peers{host=\"h1\",state=\"session\"}") > 0
+        },
+    );
+
     // Service discovery: `web` (same stack) and `web.net` resolve, on every host, to the
     // replica's overlay address; a name that does not exist is NXDOMAIN.
     for name in ["web", "web.net"] {

@@ -33,6 +33,7 @@ pub(super) async fn metrics(
         unauthenticated_connections_max: state.gate.cap() as u64,
         connections_evicted: state.gate.evictions(),
         connections_shed: state.gate.shed(),
+        overlay: state.registry.overlay_stats(),
         resident_memory_bytes: crate::process::resident_bytes().unwrap_or(0),
         cpu_seconds: crate::process::cpu_seconds().unwrap_or(0.0),
         open_fds: std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count() as u64),

@@ -401,6 +401,7 @@ async fn pass_stack(
     // after the loop.
     let mut extras = Extras::default();
     let mut runs = Vec::new();
+    let mut removals = Vec::new();
     for action in decision.actions {
         let kind = match &action {
             Action::Run { .. } => "run",
@@ -426,7 +427,8 @@ async fn pass_stack(
                 Ok(())
             }
             Action::Remove { id, reason } => {
-                remove_replica(state, world, &containers, &services, &id, &reason).await
+                removals.push((id, reason));
+                Ok(())
             }
             Action::Forget { id, remove } => {
                 forget_replica(state, world, &containers, &id, remove).await
@@ -436,6 +438,11 @@ async fn pass_stack(
         if let Err(e) = result {
             tracing::error!(error = %e, stack = %stack.name, "reconciler action failed");
         }
+    }
+    if !removals.is_empty()
+        && let Err(e) = remove_replicas(state, world, &containers, &services, removals).await
+    {
+        tracing::error!(error = %e, stack = %stack.name, "reconciler could not remove replicas");
     }
     if !runs.is_empty()
         && let Err(e) = run_replicas(state, runs).await
@@ -683,56 +690,73 @@ async fn send_remove(
     dispatch::send(state, host_id, request, ttl).await
 }
 
-async fn remove_replica(
+/// Marks a pass's replicas to remove and queues their `container_remove` commands (one
+/// transaction), marks them in flight and deletes each row as its host confirms.
+async fn remove_replicas(
     state: &Arc<AppState>,
     world: &World,
     containers: &[Replica],
     services: &[reconcile::Service],
-    id: &str,
-    reason: &str,
+    removals: Vec<(String, String)>,
 ) -> Result<(), StoreError> {
-    let Some(r) = containers.iter().find(|r| r.id == id) else {
-        return Ok(());
-    };
-    if r.desired != Desired::Removed {
-        state
-            .store
-            .set_desired(id, Desired::Removed, now_unix())
-            .await?;
-        tracing::info!(
-            container = %id,
-            host = %world.host_name(&r.host_id),
-            %reason,
-            "removing replica"
-        );
-    }
-    let in_flight = InFlight::mark(state, id);
-    let grace = grace_of(services, &r.service);
-    let pending = send_remove(state, &r.host_id, id, grace, state.options.command_ttl).await?;
-    let state = state.clone();
-    let id = id.to_owned();
-    let host_id = r.host_id.clone();
-    tokio::spawn(async move {
-        match pending.wait().await {
-            Ok(()) => {
-                let _ = state.store.delete_container(&id).await;
-            }
-            Err(CallError::Expired | CallError::Abandoned) => {}
-            Err(e) => {
-                let message = e.to_string();
-                state
-                    .record_event(
-                        "container_remove_failed",
-                        Some(&host_id),
-                        &format!("container {id}: {message}"),
-                    )
-                    .await;
-                // Retried by a later pass; not at once.
-                tokio::time::sleep(Duration::from_secs(5)).await;
-            }
+    let by_id: HashMap<&str, &Replica> = containers.iter().map(|r| (r.id.as_str(), r)).collect();
+    let mut requests = Vec::with_capacity(removals.len());
+    let mut marks = Vec::with_capacity(removals.len());
+    let mut newly = 0usize;
+    for (id, reason) in &removals {
+        let Some(r) = by_id.get(id.as_str()) else {
+            continue;
+        };
+        if r.desired != Desired::Removed {
+            newly += 1;
+            tracing::debug!(
+                container = %id,
+                host = %world.host_name(&r.host_id),
+                %reason,
+                "removing replica"
+            );
         }
-        drop(in_flight);
-    });
+        let grace = grace_of(services, &r.service);
+        let request = RemoveContainer(ContainerRef::lifecycle(id, Some(grace)));
+        requests.push((id.clone(), r.host_id.clone(), request));
+        marks.push(InFlight::mark(state, id));
+    }
+    if newly > 0 {
+        let reason = removals.first().map_or("", |(_, why)| why.as_str());
+        tracing::info!(replicas = newly, %reason, "removing replicas");
+    }
+    if requests.is_empty() {
+        return Ok(());
+    }
+    let hosts: Vec<(String, String)> = requests
+        .iter()
+        .map(|(id, host, _)| (id.clone(), host.clone()))
+        .collect();
+    let pending = dispatch::send_removes(state, requests, state.options.command_ttl).await?;
+    for (((id, host_id), pending), in_flight) in hosts.into_iter().zip(pending).zip(marks) {
+        let state = state.clone();
+        tokio::spawn(async move {
+            match pending.wait().await {
+                Ok(()) => {
+                    let _ = state.store.delete_container(&id).await;
+                }
+                Err(CallError::Expired | CallError::Abandoned) => {}
+                Err(e) => {
+                    let message = e.to_string();
+                    state
+                        .record_event(
+                            "container_remove_failed",
+                            Some(&host_id),
+                            &format!("container {id}: {message}"),
+                        )
+                        .await;
+                    // Retried by a later pass; not at once.
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                }
+            }
+            drop(in_flight);
+        });
+    }
     Ok(())
 }
 

@@ -72,6 +72,8 @@ pub struct Snapshot {
     pub unauthenticated_connections_max: u64,
     pub connections_evicted: u64,
     pub connections_shed: u64,
+    /// Each connected host's overlay as its agent last reported it: (host name, figures).
+    pub overlay: Vec<(String, corral_proto::OverlayStats)>,
     pub resident_memory_bytes: u64,
     pub cpu_seconds: f64,
     pub open_fds: u64,
@@ -280,6 +282,7 @@ impl prometheus_client::collector::Collector for Snapshot {
             let metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
             ConstCounter::new(value).encode(metric)?;
         }
+        self.encode_overlay(&mut encoder)?;
         let metric = encoder.encode_descriptor(
             "process_cpu_seconds",
             "Total user and system CPU time spent in seconds",
@@ -287,6 +290,68 @@ impl prometheus_client::collector::Collector for Snapshot {
             MetricType::Counter,
         )?;
         ConstCounter::new(self.cpu_seconds).encode(metric)?;
+        Ok(())
+    }
+}
+
+impl Snapshot {
+    /// Per host, from the agents' reports: one series per host name (a set the operator
+    /// controls, as large as the fleet).
+    fn encode_overlay(&self, encoder: &mut DescriptorEncoder) -> Result<(), fmt::Error> {
+        if self.overlay.is_empty() {
+            return Ok(());
+        }
+        let mut bytes = encoder.encode_descriptor(
+            "corral_overlay_bytes",
+            "Inner bytes a host's encrypted overlay carried, by direction (tx, rx), as its agent reports",
+            None,
+            MetricType::Counter,
+        )?;
+        for (host, o) in &self.overlay {
+            for (direction, value) in [("tx", o.tx_bytes), ("rx", o.rx_bytes)] {
+                let labels = [("host", host.as_str()), ("direction", direction)];
+                ConstCounter::new(value).encode(bytes.encode_family(&labels)?)?;
+            }
+        }
+        let mut handshakes = encoder.encode_descriptor(
+            "corral_overlay_handshakes",
+            "Handshakes a host's encrypted overlay completed, as its agent reports",
+            None,
+            MetricType::Counter,
+        )?;
+        for (host, o) in &self.overlay {
+            let labels = [("host", host.as_str())];
+            ConstCounter::new(o.handshakes).encode(handshakes.encode_family(&labels)?)?;
+        }
+        let mut refused = encoder.encode_descriptor(
+            "corral_overlay_refused_datagrams",
+            "Datagrams a host's encrypted overlay refused, by reason (rejected: failed authentication or replay checks; unknown_peer; garbage; spoofed: inner source not the peer's)",
+            None,
+            MetricType::Counter,
+        )?;
+        for (host, o) in &self.overlay {
+            for (reason, value) in [
+                ("rejected", o.rejected),
+                ("unknown_peer", o.unknown_peer),
+                ("garbage", o.garbage),
+                ("spoofed", o.spoofed),
+            ] {
+                let labels = [("host", host.as_str()), ("reason", reason)];
+                ConstCounter::new(value).encode(refused.encode_family(&labels)?)?;
+            }
+        }
+        let mut peers = encoder.encode_descriptor(
+            "corral_overlay_peers",
+            "A host's overlay peers, by state (configured, session: with an established session)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (host, o) in &self.overlay {
+            for (state, value) in [("configured", o.peers), ("session", o.sessions)] {
+                let labels = [("host", host.as_str()), ("state", state)];
+                ConstGauge::new(i64::from(value)).encode(peers.encode_family(&labels)?)?;
+            }
+        }
         Ok(())
     }
 }

@@ -87,6 +87,10 @@ pub struct Session {
     pub environment_id: String,
     /// What the agent said it can do in its hello.
     pub capabilities: Capabilities,
+    /// The host's name (for the metrics' labels).
+    pub host_name: String,
+    /// The host's encrypted overlay, as the agent last reported it.
+    pub overlay: Option<corral_proto::OverlayStats>,
 }
 
 /// What an agent said it can do in its hello (agents of earlier releases say less).
@@ -188,6 +192,23 @@ impl Registry {
         {
             s.docker = Some(docker);
         }
+    }
+
+    /// Records what a connected host's agent reported of its overlay.
+    pub fn set_overlay(&self, host_id: &str, conn_id: u64, stats: corral_proto::OverlayStats) {
+        if let Some(s) = self.lock().get_mut(host_id)
+            && s.conn_id == conn_id
+        {
+            s.overlay = Some(stats);
+        }
+    }
+
+    /// Every connected host whose agent reported its overlay: (host name, figures).
+    pub fn overlay_stats(&self) -> Vec<(String, corral_proto::OverlayStats)> {
+        self.lock()
+            .values()
+            .filter_map(|s| s.overlay.map(|o| (s.host_name.clone(), o)))
+            .collect()
     }
 
     /// Every live session: (host id, connection id).

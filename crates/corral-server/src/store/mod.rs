@@ -94,6 +94,8 @@ pub struct Store {
     replies: group::Group<ReplyWrite, Completion>,
     /// Containers' statuses as hosts report them, written in groups (`record_status`).
     statuses: group::Group<StatusWrite, bool>,
+    /// Containers whose removal a host confirmed, deleted in groups (`delete_container`).
+    deletes: group::Group<String, ()>,
 }
 
 /// Rows written by one multi-row statement at most (SQLite allows 32,766 parameters; a
@@ -449,12 +451,20 @@ impl Store {
                 Box::pin(async move { record_statuses(&writer, items).await })
             }))
         };
+        let deletes = {
+            let writer = writer.clone();
+            group::Group::start(Arc::new(move |ids: Vec<String>| {
+                let writer = writer.clone();
+                Box::pin(async move { delete_containers(&writer, ids).await })
+            }))
+        };
         Ok(Store {
             writer,
             reader,
             vault,
             replies,
             statuses,
+            deletes,
         })
     }
 
@@ -1493,11 +1503,61 @@ impl Store {
             .await
     }
 
+    /// Deletes a container's row (with the other deletions that arrive meanwhile, in one
+    /// transaction).
     pub async fn delete_container(&self, id: &str) -> Result<()> {
-        sqlx::query("DELETE FROM containers WHERE id = ?")
-            .bind(id)
-            .execute(&self.writer)
-            .await?;
+        self.deletes.write(id.to_owned()).await
+    }
+
+    /// Marks containers to be removed and queues, in the same transaction, the commands that
+    /// remove them from their hosts: (container id, its host, the command). A reconciler
+    /// pass's removals (a `down`, a scale-down, a rolling update) cost one commit.
+    pub async fn queue_removals(
+        &self,
+        items: &[(&str, &str, &corral_proto::Command)],
+        now: i64,
+    ) -> Result<()> {
+        let mut sealed_rows = Vec::with_capacity(items.len());
+        for (_, _, command) in items {
+            let (kind, payload) = command
+                .body
+                .to_wire()
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let payload =
+                serde_json::to_string(&payload).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            sealed_rows.push((
+                kind,
+                sealed::seal(&self.vault, Column::CommandPayload, &command.id, &payload)?,
+            ));
+        }
+        let mut tx = self.writer.begin().await?;
+        let rows: Vec<_> = items.iter().zip(&sealed_rows).collect();
+        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+            let mut q =
+                sqlx::QueryBuilder::new("UPDATE containers SET desired = 'removed', updated_at = ");
+            q.push_bind(now);
+            q.push(" WHERE desired != 'removed' AND id IN (");
+            let mut list = q.separated(", ");
+            for ((id, _, _), _) in chunk {
+                list.push_bind(*id);
+            }
+            q.push(")");
+            q.build().execute(&mut *tx).await?;
+            let mut q = sqlx::QueryBuilder::new(
+                "INSERT INTO commands (id, host_id, kind, payload, state, created_at, deadline_at) ",
+            );
+            q.push_values(chunk, |mut b, ((_, host_id, command), (kind, payload))| {
+                b.push_bind(&command.id)
+                    .push_bind(*host_id)
+                    .push_bind(kind)
+                    .push_bind(payload)
+                    .push_bind("pending")
+                    .push_bind(now)
+                    .push_bind(command.deadline);
+            });
+            q.build().execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 
@@ -1792,4 +1852,20 @@ async fn record_statuses(writer: &SqlitePool, items: Vec<StatusWrite>) -> Result
         .iter()
         .map(|(host_id, status, _)| updated.contains(&(status.corral_id.clone(), host_id.clone())))
         .collect())
+}
+
+/// Deletes a group of containers' rows in one transaction.
+async fn delete_containers(writer: &SqlitePool, ids: Vec<String>) -> Result<Vec<()>> {
+    let mut tx = writer.begin().await?;
+    for chunk in ids.chunks(ROWS_PER_STATEMENT) {
+        let mut q = sqlx::QueryBuilder::new("DELETE FROM containers WHERE id IN (");
+        let mut list = q.separated(", ");
+        for id in chunk {
+            list.push_bind(id);
+        }
+        q.push(")");
+        q.build().execute(&mut *tx).await?;
+    }
+    tx.commit().await?;
+    Ok(vec![(); ids.len()])
 }

@@ -59,7 +59,7 @@ LOAD=
 # What the new server saw of the storm (its own metrics): connections closed by the cap on
 # unauthenticated ones, and refusals by reason.
 curl -sS --fail --cacert "$DIR/data/pki/ca.pem" -H "Authorization: Bearer $CORRAL_API_KEY" \
-    "$CORRAL_SERVER/metrics" | grep -E '^corral_(connections_evicted|tunnel_refusals|tunnel_connects)' || true
+    "$CORRAL_SERVER/metrics" | grep -E '^corral_(connections_evicted|connections_shed|tunnel_refusals|tunnel_connects)' || true
 python3 - "$DIR/report.json" "$DIR/rss.txt" "$SIGNAL" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))

@@ -89,6 +89,11 @@ pub struct ServerOptions {
     pub max_stack_replicas: u64,
 }
 
+/// Most replicas one stack may have by default, all its services together (`corral up` and
+/// `corral scale` refuse more): what bounds one stack's rows, its placement and its view.
+/// `--max-stack-replicas` sets it.
+pub const DEFAULT_MAX_STACK_REPLICAS: u64 = 10_000;
+
 impl ServerOptions {
     pub fn new(listen: SocketAddr, data_dir: PathBuf) -> Self {
         ServerOptions {
@@ -108,7 +113,7 @@ impl ServerOptions {
             event_rate_limit: 20,
             event_rate_window: Duration::from_secs(60),
             ldap: None,
-            max_stack_replicas: crate::stacks::DEFAULT_MAX_STACK_REPLICAS,
+            max_stack_replicas: DEFAULT_MAX_STACK_REPLICAS,
         }
     }
 }

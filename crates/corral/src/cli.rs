@@ -250,7 +250,7 @@ pub struct ServerArgs {
     pub max_unauthenticated_connections: usize,
     /// Most replicas one stack may have, all its services together (`up` and `scale` refuse
     /// more; each service has at most 1,000).
-    #[arg(long, default_value_t = corral_server::stacks::DEFAULT_MAX_STACK_REPLICAS, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    #[arg(long, default_value_t = corral_server::bootstrap::DEFAULT_MAX_STACK_REPLICAS, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub max_stack_replicas: u64,
     /// Delete security and audit events older than this.
     #[arg(long, default_value = "30d", value_parser = parse_positive_duration)]

@@ -800,10 +800,8 @@ pub async fn list(state: &AppState) -> Result<Vec<StackSummary>> {
 /// `corral scale`.
 pub use corral_compose::limits::MAX_REPLICAS;
 
-/// Most replicas one stack may have by default, all its services together (`corral up` and
-/// `corral scale` refuse more): what bounds one stack's rows, its placement and its view.
-/// `--max-stack-replicas` sets it.
-pub const DEFAULT_MAX_STACK_REPLICAS: u64 = 10_000;
+/// Most replicas one stack may have by default (`--max-stack-replicas` sets it).
+pub use crate::bootstrap::DEFAULT_MAX_STACK_REPLICAS;
 
 pub async fn scale(state: &AppState, name: &str, req: ScaleRequest) -> Result<StackView> {
     if req.replicas > MAX_REPLICAS {

@@ -176,6 +176,94 @@ async fn submit(
     Ok((command.id, rx))
 }
 
+/// Many commands of one kind submitted together: their waiters are in place before they are
+/// stored (no outcome can come first), and taken away again if storing fails.
+struct Batch {
+    kind: &'static str,
+    deadline: Duration,
+    commands: Vec<Command>,
+    receivers: Vec<oneshot::Receiver<Outcome>>,
+}
+
+impl Batch {
+    fn new<R: Request>(state: &AppState, requests: Vec<R>, ttl: Duration) -> Batch {
+        let now = now_unix();
+        let deadline = now + ttl.as_secs().max(1) as i64;
+        let commands: Vec<Command> = requests
+            .into_iter()
+            .map(|request| Command {
+                id: new_id("cmd"),
+                body: request.into(),
+                deadline,
+            })
+            .collect();
+        let kind = commands
+            .first()
+            .map_or("unknown", |c| c.body.kind().as_str());
+        let since = std::time::Instant::now();
+        let mut waiting = state.dispatcher.lock();
+        let receivers = commands
+            .iter()
+            .map(|command| {
+                let (tx, rx) = oneshot::channel();
+                waiting.insert(
+                    command.id.clone(),
+                    crate::state::waiters::Waiting { tx, kind, since },
+                );
+                rx
+            })
+            .collect();
+        Batch {
+            kind,
+            deadline: ttl.max(Duration::from_secs(1)),
+            commands,
+            receivers,
+        }
+    }
+
+    /// Storing failed: nobody waits for these.
+    fn abandon(&self, state: &AppState) {
+        let mut waiting = state.dispatcher.lock();
+        for command in &self.commands {
+            waiting.remove(&command.id);
+        }
+    }
+
+    /// Stored, but for those `left_out` says: their replies to wait for, in order, and each
+    /// host woken once.
+    fn submitted<R: Request>(
+        self,
+        state: &AppState,
+        hosts: &[&str],
+        left_out: impl Fn(usize) -> bool,
+    ) -> Vec<Option<Pending<R>>> {
+        let mut woken: std::collections::HashSet<&str> = std::collections::HashSet::new();
+        let mut pending = Vec::with_capacity(self.commands.len());
+        for (i, (command, rx)) in self.commands.into_iter().zip(self.receivers).enumerate() {
+            if left_out(i) {
+                state.dispatcher.lock().remove(&command.id);
+                pending.push(None);
+                continue;
+            }
+            state.metrics.command_submitted(self.kind);
+            if let Some(host) = hosts.get(i) {
+                woken.insert(host);
+            }
+            pending.push(Some(Pending {
+                id: command.id,
+                kind: self.kind,
+                rx,
+                deadline: self.deadline,
+                reply: PhantomData,
+            }));
+        }
+        for host in woken {
+            state.registry.wake_commands(host);
+        }
+        pending
+    }
+}
+
 /// Stores each container with the command that runs it on its host, all in one transaction,
 /// and delivers them at once to the hosts that are connected: a reconciler pass's new
 /// replicas. Returns, in order, each one's pending reply, or `None` for a container whose name
@@ -185,71 +273,22 @@ pub async fn send_runs(
     runs: Vec<(crate::store::ContainerRow, corral_proto::ContainerSpec)>,
     ttl: Duration,
 ) -> Result<Vec<Option<Pending<corral_proto::ContainerSpec>>>, StoreError> {
-    let now = now_unix();
-    let deadline = now + ttl.as_secs().max(1) as i64;
-    let (rows, commands): (Vec<_>, Vec<_>) = runs
-        .into_iter()
-        .map(|(row, spec)| {
-            let command = Command {
-                id: new_id("cmd"),
-                body: spec.into(),
-                deadline,
-            };
-            (row, command)
-        })
-        .unzip();
-    let kind = corral_proto::CommandKind::ContainerRun.as_str();
-    let mut receivers = Vec::with_capacity(commands.len());
-    {
-        let since = std::time::Instant::now();
-        let mut waiting = state.dispatcher.lock();
-        for command in &commands {
-            let (tx, rx) = oneshot::channel();
-            waiting.insert(
-                command.id.clone(),
-                crate::state::waiters::Waiting { tx, kind, since },
-            );
-            receivers.push(rx);
-        }
-    }
-    let items: Vec<_> = rows.iter().zip(commands.iter()).collect();
+    let (rows, specs): (Vec<_>, Vec<_>) = runs.into_iter().unzip();
+    let batch = Batch::new(state, specs, ttl);
+    let items: Vec<_> = rows.iter().zip(batch.commands.iter()).collect();
     let taken = match state
         .store
-        .insert_containers_with_commands(&items, now)
+        .insert_containers_with_commands(&items, now_unix())
         .await
     {
         Ok(taken) => taken,
         Err(e) => {
-            let mut waiting = state.dispatcher.lock();
-            for command in &commands {
-                waiting.remove(&command.id);
-            }
+            batch.abandon(state);
             return Err(e);
         }
     };
-    let taken: std::collections::HashSet<usize> = taken.into_iter().collect();
-    let mut hosts: std::collections::HashSet<&str> = std::collections::HashSet::new();
-    let mut pending = Vec::with_capacity(commands.len());
-    for (i, ((row, command), rx)) in rows.iter().zip(&commands).zip(receivers).enumerate() {
-        if taken.contains(&i) {
-            state.dispatcher.lock().remove(&command.id);
-            pending.push(None);
-            continue;
-        }
-        state.metrics.command_submitted(kind);
-        hosts.insert(&row.host_id);
-        pending.push(Some(Pending {
-            id: command.id.clone(),
-            kind,
-            rx,
-            deadline: ttl.max(Duration::from_secs(1)),
-            reply: PhantomData,
-        }));
-    }
-    for host in hosts {
-        state.registry.wake_commands(host);
-    }
-    Ok(pending)
+    let hosts: Vec<&str> = rows.iter().map(|r| r.host_id.as_str()).collect();
+    Ok(batch.submitted(state, &hosts, |i| taken.contains(&i)))
 }
 
 /// Marks containers removed and queues the commands that remove them, all in one transaction,
@@ -260,61 +299,26 @@ pub async fn send_removes(
     removals: Vec<(String, String, corral_proto::RemoveContainer)>,
     ttl: Duration,
 ) -> Result<Vec<Pending<corral_proto::RemoveContainer>>, StoreError> {
-    let now = now_unix();
-    let deadline = now + ttl.as_secs().max(1) as i64;
-    let kind = corral_proto::CommandKind::ContainerRemove.as_str();
-    let items: Vec<(String, String, Command)> = removals
+    let (places, requests): (Vec<_>, Vec<_>) = removals
         .into_iter()
-        .map(|(container, host, request)| {
-            let command = Command {
-                id: new_id("cmd"),
-                body: request.into(),
-                deadline,
-            };
-            (container, host, command)
-        })
-        .collect();
-    let mut receivers = Vec::with_capacity(items.len());
-    {
-        let since = std::time::Instant::now();
-        let mut waiting = state.dispatcher.lock();
-        for (_, _, command) in &items {
-            let (tx, rx) = oneshot::channel();
-            waiting.insert(
-                command.id.clone(),
-                crate::state::waiters::Waiting { tx, kind, since },
-            );
-            receivers.push(rx);
-        }
-    }
-    let rows: Vec<(&str, &str, &Command)> = items
+        .map(|(container, host, request)| ((container, host), request))
+        .unzip();
+    let batch = Batch::new(state, requests, ttl);
+    let rows: Vec<(&str, &str, &Command)> = places
         .iter()
-        .map(|(c, h, command)| (c.as_str(), h.as_str(), command))
+        .zip(&batch.commands)
+        .map(|((c, h), command)| (c.as_str(), h.as_str(), command))
         .collect();
-    if let Err(e) = state.store.queue_removals(&rows, now).await {
-        let mut waiting = state.dispatcher.lock();
-        for (_, _, command) in &items {
-            waiting.remove(&command.id);
-        }
+    if let Err(e) = state.store.queue_removals(&rows, now_unix()).await {
+        batch.abandon(state);
         return Err(e);
     }
-    let mut hosts: std::collections::HashSet<&str> = std::collections::HashSet::new();
-    let mut pending = Vec::with_capacity(items.len());
-    for ((_, host, command), rx) in items.iter().zip(receivers) {
-        state.metrics.command_submitted(kind);
-        hosts.insert(host);
-        pending.push(Pending {
-            id: command.id.clone(),
-            kind,
-            rx,
-            deadline: ttl.max(Duration::from_secs(1)),
-            reply: PhantomData,
-        });
-    }
-    for host in hosts {
-        state.registry.wake_commands(host);
-    }
-    Ok(pending)
+    let hosts: Vec<&str> = places.iter().map(|(_, h)| h.as_str()).collect();
+    Ok(batch
+        .submitted(state, &hosts, |_| false)
+        .into_iter()
+        .flatten()
+        .collect())
 }
 
 /// Handles replies that arrived on `host_id`'s tunnel, in the order they came: all are

@@ -190,6 +190,21 @@ pub(crate) fn simulated_facts(name: String, overlay: bool) -> HostFacts {
     }
 }
 
+/// What a simulated agent reports of its Docker engine: available, with no container.
+pub(crate) fn simulated_inventory(cpus: u32, memory_bytes: u64) -> AgentMessage {
+    AgentMessage::Report(corral_proto::Report::Inventory {
+        docker: Some(corral_proto::DockerInfo {
+            version: "simulated".into(),
+            api_version: "1.41".into(),
+            storage_driver: "none".into(),
+            cpus,
+            memory_bytes,
+        }),
+        docker_error: None,
+        containers: Vec::new(),
+    })
+}
+
 /// A random overlay public key (64 hex digits): the server only stores and forwards it.
 fn random_key() -> String {
     corral_agent::state::random_bytes::<32>()
@@ -346,17 +361,7 @@ pub async fn connect(b: ConnectBench) -> anyhow::Result<()> {
             };
             drop(permit);
             if docker {
-                let inventory = AgentMessage::Report(corral_proto::Report::Inventory {
-                    docker: Some(corral_proto::DockerInfo {
-                        version: "simulated".into(),
-                        api_version: "1.41".into(),
-                        storage_driver: "none".into(),
-                        cpus: 2,
-                        memory_bytes: 4 << 30,
-                    }),
-                    docker_error: None,
-                    containers: Vec::new(),
-                });
+                let inventory = simulated_inventory(2, 4 << 30);
                 if let Err(e) = tunnel.send(&inventory).await {
                     let _ = done_tx.send(Err(e.to_string()));
                     return;

@@ -25,7 +25,9 @@ use futures_util::StreamExt;
 use serde::Serialize;
 use tokio::sync::{Semaphore, mpsc, watch};
 
-use crate::bench::{Progress, random_u64, server_cpu, server_rss, simulated_facts};
+use crate::bench::{
+    Progress, random_u64, server_cpu, server_rss, simulated_facts, simulated_inventory,
+};
 use crate::cli::Format;
 use crate::client::{Client, seg};
 
@@ -265,18 +267,8 @@ pub async fn deploy(b: DeployBench) -> anyhow::Result<()> {
                 }
             };
             drop(permit);
-            let inventory = AgentMessage::Report(corral_proto::Report::Inventory {
-                docker: Some(corral_proto::DockerInfo {
-                    version: "simulated".into(),
-                    api_version: "1.41".into(),
-                    storage_driver: "none".into(),
-                    cpus: 64,
-                    memory_bytes: 256 << 30,
-                }),
-                docker_error: None,
-                containers: Vec::new(),
-            });
-            if let Err(e) = tunnel.send(&inventory).await {
+            // Room for any number of replicas (the bench's services reserve nothing).
+            if let Err(e) = tunnel.send(&simulated_inventory(64, 256 << 30)).await {
                 let _ = done_tx.send(Err(e.to_string()));
                 return;
             }

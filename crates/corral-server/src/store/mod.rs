@@ -102,6 +102,39 @@ pub struct Store {
 /// container row has 14).
 const ROWS_PER_STATEMENT: usize = 500;
 
+/// A command as it is stored (its payload sealed).
+struct SealedCommand {
+    id: String,
+    host_id: String,
+    kind: String,
+    payload: String,
+    deadline: i64,
+}
+
+/// Queues commands, many rows to a statement.
+async fn insert_commands(
+    conn: &mut sqlx::SqliteConnection,
+    commands: &[SealedCommand],
+    now: i64,
+) -> Result<()> {
+    for chunk in commands.chunks(ROWS_PER_STATEMENT) {
+        let mut q = sqlx::QueryBuilder::new(
+            "INSERT INTO commands (id, host_id, kind, payload, state, created_at, deadline_at) ",
+        );
+        q.push_values(chunk, |mut b, c| {
+            b.push_bind(&c.id)
+                .push_bind(&c.host_id)
+                .push_bind(&c.kind)
+                .push_bind(&c.payload)
+                .push_bind("pending")
+                .push_bind(now)
+                .push_bind(c.deadline);
+        });
+        q.build().execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
 /// A reply to record: (command id, the host it came from, the result, when).
 type ReplyWrite = (String, String, corral_proto::CommandResult, i64);
 /// A status to record: (the host that reported it, the status, when).
@@ -1111,25 +1144,10 @@ impl Store {
         command: &corral_proto::Command,
         now: i64,
     ) -> Result<()> {
-        let (kind, payload) = command
-            .body
-            .to_wire()
-            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let payload =
-            serde_json::to_string(&payload).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let payload = sealed::seal(&self.vault, Column::CommandPayload, &command.id, &payload)?;
-        sqlx::query(
-            "INSERT INTO commands (id, host_id, kind, payload, state, created_at, deadline_at) VALUES (?, ?, ?, ?, 'pending', ?, ?)",
-        )
-        .bind(&command.id)
-        .bind(host_id)
-        .bind(kind)
-        .bind(payload)
-        .bind(now)
-        .bind(command.deadline)
-        .execute(&self.writer)
-        .await?;
-        Ok(())
+        let command = self.seal_command(host_id, command)?;
+        // One statement, no transaction around it.
+        let mut conn = self.writer.acquire().await?;
+        insert_commands(&mut conn, std::slice::from_ref(&command), now).await
     }
 
     /// Commands sent to `host_id` and never answered become pending again (its connection
@@ -1305,35 +1323,34 @@ impl Store {
         now: i64,
     ) -> Result<Vec<usize>> {
         // Sealing and encoding first: nothing of it needs the connection.
-        let mut sealed_rows = Vec::with_capacity(items.len());
+        let mut specs = Vec::with_capacity(items.len());
+        let mut commands = Vec::with_capacity(items.len());
         for (c, command) in items {
-            let spec = sealed::seal(&self.vault, Column::ContainerSpec, &c.id, &c.spec)?;
-            let (kind, payload) = command
-                .body
-                .to_wire()
-                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            let payload =
-                serde_json::to_string(&payload).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            let payload = sealed::seal(&self.vault, Column::CommandPayload, &command.id, &payload)?;
-            sealed_rows.push((spec, kind, payload));
+            specs.push(sealed::seal(
+                &self.vault,
+                Column::ContainerSpec,
+                &c.id,
+                &c.spec,
+            )?);
+            commands.push(self.seal_command(&c.host_id, command)?);
         }
         // Many rows to a statement: a pass's thousands of replicas cost a few statements,
         // not two each (every statement is a hand-off to the writer's thread and back).
         let mut tx = self.writer.begin().await?;
         let mut inserted: std::collections::HashSet<String> =
             std::collections::HashSet::with_capacity(items.len());
-        let rows: Vec<_> = items.iter().zip(&sealed_rows).collect();
+        let rows: Vec<_> = items.iter().zip(&specs).collect();
         for chunk in rows.chunks(ROWS_PER_STATEMENT) {
             let mut q = sqlx::QueryBuilder::new(
                 "INSERT INTO containers (id, environment_id, host_id, name, image, spec, desired, actual, created_at, updated_at, stack_id, service, slot, spec_hash) ",
             );
-            q.push_values(chunk, |mut b, ((c, _), (spec, _, _))| {
+            q.push_values(chunk, |mut b, ((c, _), spec)| {
                 b.push_bind(&c.id)
                     .push_bind(&c.environment_id)
                     .push_bind(&c.host_id)
                     .push_bind(&c.name)
                     .push_bind(&c.image)
-                    .push_bind(spec)
+                    .push_bind(*spec)
                     .push_bind(c.desired.as_str())
                     .push_bind("pending")
                     .push_bind(c.created_at)
@@ -1347,25 +1364,13 @@ impl Store {
             let ids: Vec<String> = q.build_query_scalar().fetch_all(&mut *tx).await?;
             inserted.extend(ids);
         }
-        let with_commands: Vec<_> = rows
+        let with_rows: Vec<SealedCommand> = items
             .iter()
+            .zip(commands)
             .filter(|((c, _), _)| inserted.contains(&c.id))
+            .map(|(_, command)| command)
             .collect();
-        for chunk in with_commands.chunks(ROWS_PER_STATEMENT) {
-            let mut q = sqlx::QueryBuilder::new(
-                "INSERT INTO commands (id, host_id, kind, payload, state, created_at, deadline_at) ",
-            );
-            q.push_values(chunk, |mut b, ((c, command), (_, kind, payload))| {
-                b.push_bind(&command.id)
-                    .push_bind(&c.host_id)
-                    .push_bind(kind)
-                    .push_bind(payload)
-                    .push_bind("pending")
-                    .push_bind(now)
-                    .push_bind(command.deadline);
-            });
-            q.build().execute(&mut *tx).await?;
-        }
+        insert_commands(&mut tx, &with_rows, now).await?;
         tx.commit().await?;
         Ok(items
             .iter()
@@ -1373,6 +1378,27 @@ impl Store {
             .filter(|(_, (c, _))| !inserted.contains(&c.id))
             .map(|(i, _)| i)
             .collect())
+    }
+
+    /// A command as it is stored: its payload encoded and sealed under the master key.
+    fn seal_command(
+        &self,
+        host_id: &str,
+        command: &corral_proto::Command,
+    ) -> Result<SealedCommand> {
+        let (kind, payload) = command
+            .body
+            .to_wire()
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let payload =
+            serde_json::to_string(&payload).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        Ok(SealedCommand {
+            id: command.id.clone(),
+            host_id: host_id.to_owned(),
+            kind,
+            payload: sealed::seal(&self.vault, Column::CommandPayload, &command.id, &payload)?,
+            deadline: command.deadline,
+        })
     }
 
     pub async fn containers(&self) -> Result<Vec<ContainerRow>> {
@@ -1517,46 +1543,24 @@ impl Store {
         items: &[(&str, &str, &corral_proto::Command)],
         now: i64,
     ) -> Result<()> {
-        let mut sealed_rows = Vec::with_capacity(items.len());
-        for (_, _, command) in items {
-            let (kind, payload) = command
-                .body
-                .to_wire()
-                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            let payload =
-                serde_json::to_string(&payload).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            sealed_rows.push((
-                kind,
-                sealed::seal(&self.vault, Column::CommandPayload, &command.id, &payload)?,
-            ));
-        }
+        let commands = items
+            .iter()
+            .map(|(_, host_id, command)| self.seal_command(host_id, command))
+            .collect::<Result<Vec<_>>>()?;
         let mut tx = self.writer.begin().await?;
-        let rows: Vec<_> = items.iter().zip(&sealed_rows).collect();
-        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+        for chunk in items.chunks(ROWS_PER_STATEMENT) {
             let mut q =
                 sqlx::QueryBuilder::new("UPDATE containers SET desired = 'removed', updated_at = ");
             q.push_bind(now);
             q.push(" WHERE desired != 'removed' AND id IN (");
             let mut list = q.separated(", ");
-            for ((id, _, _), _) in chunk {
+            for (id, _, _) in chunk {
                 list.push_bind(*id);
             }
             q.push(")");
             q.build().execute(&mut *tx).await?;
-            let mut q = sqlx::QueryBuilder::new(
-                "INSERT INTO commands (id, host_id, kind, payload, state, created_at, deadline_at) ",
-            );
-            q.push_values(chunk, |mut b, ((_, host_id, command), (kind, payload))| {
-                b.push_bind(&command.id)
-                    .push_bind(*host_id)
-                    .push_bind(kind)
-                    .push_bind(payload)
-                    .push_bind("pending")
-                    .push_bind(now)
-                    .push_bind(command.deadline);
-            });
-            q.build().execute(&mut *tx).await?;
         }
+        insert_commands(&mut tx, &commands, now).await?;
         tx.commit().await?;
         Ok(())
     }

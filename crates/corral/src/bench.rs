@@ -190,6 +190,31 @@ pub(crate) fn simulated_facts(name: String, overlay: bool) -> HostFacts {
     }
 }
 
+/// Raises this process's open-file limit to its hard limit and checks it leaves room for
+/// `count` connections (`what`: "agents", "connections"); returns the new limit.
+pub(crate) fn raise_open_files(count: usize, what: &str) -> anyhow::Result<u64> {
+    let (soft, hard) = corral_server::raise_nofile_limit()?;
+    let need = count as u64 + 256;
+    if soft < need {
+        bail!(
+            "the open-file limit is {soft} (hard limit {hard}), too low for {count} {what} (about {need} needed): raise the hard limit, e.g. `ulimit -Hn {need}` as root, and make sure the server's limit is high enough too"
+        );
+    }
+    Ok(soft)
+}
+
+/// Removes the simulated hosts a benchmark registered, and its registration token.
+pub(crate) async fn remove_simulated_hosts(client: &Client, host_ids: &[String], token_id: &str) {
+    futures_util::stream::iter(host_ids.iter())
+        .map(|id| async move { client.delete(&format!("/v1/hosts/{}", seg(id))).await })
+        .buffer_unordered(16)
+        .collect::<Vec<_>>()
+        .await;
+    let _ = client
+        .delete(&format!("/v1/tokens/{}", seg(token_id)))
+        .await;
+}
+
 /// What a simulated agent reports of its Docker engine: available, with no container.
 pub(crate) fn simulated_inventory(cpus: u32, memory_bytes: u64) -> AgentMessage {
     AgentMessage::Report(corral_proto::Report::Inventory {
@@ -283,14 +308,7 @@ pub async fn connect(b: ConnectBench) -> anyhow::Result<()> {
     if b.agents == 0 {
         bail!("--agents must be at least 1");
     }
-    let (soft, hard) = corral_server::raise_nofile_limit()?;
-    let need = b.agents as u64 + 256;
-    if soft < need {
-        bail!(
-            "the open-file limit is {soft} (hard limit {hard}), too low for {} agents (about {need} needed): raise the hard limit, e.g. `ulimit -Hn {need}` as root, and make sure the server's limit is high enough too",
-            b.agents
-        );
-    }
+    let soft = raise_open_files(b.agents, "agents")?;
     eprintln!("open-file limit raised to {soft}");
     let pin = b
         .client
@@ -577,15 +595,7 @@ pub async fn connect(b: ConnectBench) -> anyhow::Result<()> {
 
     if !b.keep {
         eprintln!("removing the {} simulated hosts", host_ids.len());
-        let client = &b.client;
-        futures_util::stream::iter(host_ids.iter())
-            .map(|id| async move { client.delete(&format!("/v1/hosts/{}", seg(id))).await })
-            .buffer_unordered(16)
-            .collect::<Vec<_>>()
-            .await;
-        let _ = client
-            .delete(&format!("/v1/tokens/{}", seg(&token.id)))
-            .await;
+        remove_simulated_hosts(&b.client, &host_ids, &token.id).await;
     }
 
     match b.format {
@@ -694,14 +704,7 @@ async fn server_metric(client: &Client, name: &str) -> anyhow::Result<u64> {
 pub async fn idle(b: IdleBench) -> anyhow::Result<()> {
     use std::sync::atomic::{AtomicU64, Ordering};
     use tokio::io::AsyncReadExt;
-    let (soft, hard) = corral_server::raise_nofile_limit()?;
-    let need = b.connections as u64 + 256;
-    if soft < need {
-        bail!(
-            "the open-file limit is {soft} (hard limit {hard}), too low for {} connections (about {need} needed)",
-            b.connections
-        );
-    }
+    raise_open_files(b.connections, "connections")?;
     let pin = b
         .client
         .checksum

@@ -26,7 +26,8 @@ use serde::Serialize;
 use tokio::sync::{Semaphore, mpsc, watch};
 
 use crate::bench::{
-    Progress, random_u64, server_cpu, server_rss, simulated_facts, simulated_inventory,
+    Progress, raise_open_files, random_u64, remove_simulated_hosts, server_cpu, server_rss,
+    simulated_facts, simulated_inventory,
 };
 use crate::cli::Format;
 use crate::client::{Client, seg};
@@ -202,14 +203,7 @@ pub async fn deploy(b: DeployBench) -> anyhow::Result<()> {
     if b.stack_replicas == 0 {
         bail!("--stack-replicas must be at least 1");
     }
-    let (soft, hard) = corral_server::raise_nofile_limit()?;
-    let need = b.agents as u64 + 256;
-    if soft < need {
-        bail!(
-            "the open-file limit is {soft} (hard limit {hard}), too low for {} agents (about {need} needed)",
-            b.agents
-        );
-    }
+    raise_open_files(b.agents, "agents")?;
     let pin = b
         .client
         .checksum
@@ -439,15 +433,7 @@ pub async fn deploy(b: DeployBench) -> anyhow::Result<()> {
         let _ = t.await;
     }
     if !b.keep {
-        let client = &b.client;
-        futures_util::stream::iter(host_ids.iter())
-            .map(|id| async move { client.delete(&format!("/v1/hosts/{}", seg(id))).await })
-            .buffer_unordered(16)
-            .collect::<Vec<_>>()
-            .await;
-        let _ = client
-            .delete(&format!("/v1/tokens/{}", seg(&token.id)))
-            .await;
+        remove_simulated_hosts(&b.client, &host_ids, &token.id).await;
     }
 
     let report = DeployReport {

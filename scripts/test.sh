@@ -67,11 +67,43 @@ if command -v dockerd >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
     fi
     docker info >/dev/null 2>&1 || { echo "dockerd did not start; see /tmp/corral-test-dockerd.log" >&2; exit 1; }
     bash scripts/test-image.sh
+    DOCKER_CHECKS=1
 fi
+
+# What corral made in the machine's Docker (containers, networks, volumes, by its label).
+corral_objects() {
+    local f=label=io.corral.managed=true
+    docker ps -aq --no-trunc --filter "$f" | sed 's/^/container /'
+    docker network ls -q --no-trunc --filter "$f" | sed 's/^/network /'
+    docker volume ls -q --filter "$f" | sed 's/^/volume /'
+}
 
 log "cargo fmt --check"
 cargo fmt --all -- --check
 log "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 log "cargo test"
-cargo test --workspace --locked
+if [ "${DOCKER_CHECKS:-0}" = 1 ]; then
+    before=$(corral_objects | sort)
+fi
+status=0
+cargo test --workspace --locked || status=$?
+
+# Every test removes what it deployed. A leftover is a leak: it is reported, removed, and fails
+# the suite (leaked networks once used up Docker's address pools, and later runs failed for it).
+if [ "${DOCKER_CHECKS:-0}" = 1 ]; then
+    leaked=$(comm -13 <(printf '%s\n' "$before") <(corral_objects | sort) | sed '/^$/d')
+    if [ -n "$leaked" ]; then
+        echo "tests left corral objects in the machine's Docker (removed now):" >&2
+        printf '%s\n' "$leaked" >&2
+        while read -r kind id; do
+            case $kind in
+                container) docker rm -f -v "$id" >/dev/null 2>&1 || true ;;
+                network) docker network rm "$id" >/dev/null 2>&1 || true ;;
+                volume) docker volume rm "$id" >/dev/null 2>&1 || true ;;
+            esac
+        done < <(printf '%s\n' "$leaked" | sort -k1,1 -s)
+        [ "$status" != 0 ] || status=1
+    fi
+fi
+exit "$status"

@@ -107,6 +107,10 @@ fn declared_routes() -> BTreeSet<(String, String)> {
 async fn every_route_answers_each_role_as_the_roles_table_says() {
     require_docker();
     let t = tmp();
+    let pid = std::process::id();
+    let stack = format!("rt{pid}");
+    // Declared before the server: dropped after it, so nothing recreates what they remove.
+    let _cleanup = (StackCleanup(stack.clone()), ContainersCleanup(pid));
     let server = Server::start(
         &t.path().join("data"),
         &["--with-agent", "--agent-no-overlay"],
@@ -118,8 +122,6 @@ async fn every_route_answers_each_role_as_the_roles_table_says() {
             .any(|h| h["docker"]["state"] == "available")
     });
     let local = server.hosts()[0]["name"].as_str().unwrap().to_owned();
-    let pid = std::process::id();
-    let stack = format!("rt{pid}");
 
     corral_tls::install_default_provider();
     let tls = corral_tls::client_config(CaChecksum::parse(&server.env.checksum).unwrap()).unwrap();
@@ -243,7 +245,6 @@ async fn every_route_answers_each_role_as_the_roles_table_says() {
         format!("services:\n  web:\n    image: {IMAGE}\n    command: [\"sleep\", \"3600\"]\n");
     let file = t.path().join("compose.yaml");
     std::fs::write(&file, &compose).unwrap();
-    let _cleanup = ContainersCleanup(pid);
     server.cli_ok(&[
         "up",
         "-f",
@@ -898,25 +899,17 @@ async fn every_route_answers_each_role_as_the_roles_table_says() {
     assert!(text.contains("was removed"), "{text}");
 }
 
-/// Removes the test's containers from the machine's Docker, whatever happened.
+/// Removes the containers the test ran outside its stack (`v-<principal>-<pid>`) from the
+/// machine's Docker, whatever happened; the stack's own containers, network and volumes are
+/// `StackCleanup`'s.
 struct ContainersCleanup(u32);
 
 impl Drop for ContainersCleanup {
     fn drop(&mut self) {
-        for filter in [
-            format!("name=v-.*-{}", self.0),
-            format!("label=io.corral.stack=rt{}", self.0),
-        ] {
-            let out = std::process::Command::new("docker")
-                .args(["ps", "-aq", "--filter", &filter])
-                .output();
-            if let Ok(out) = out {
-                for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-                    let _ = std::process::Command::new("docker")
-                        .args(["rm", "-f", "-v", id])
-                        .output();
-                }
-            }
+        let filter = format!("name=v-.*-{}", self.0);
+        let out = docker(&["ps", "-aq", "--no-trunc", "--filter", &filter]);
+        for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+            let _ = docker(&["rm", "-f", "-v", id]);
         }
     }
 }

@@ -37,6 +37,10 @@ install_packages() {
         log "installing botocore (EC2 API model, to validate AWS exports)"
         python3 -m pip install -q botocore
     fi
+    if ! python3 -c 'import schemathesis, openapi_spec_validator' >/dev/null 2>&1; then
+        log "installing schemathesis and openapi-spec-validator (to check the API against its OpenAPI document)"
+        python3 -m pip install -q 'schemathesis==4.32.5' 'openapi-spec-validator==0.9.0'
+    fi
 }
 
 if [ "${CORRAL_TEST_NO_INSTALL:-0}" != 1 ]; then

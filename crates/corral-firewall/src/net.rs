@@ -303,7 +303,19 @@ pub fn minimize(cidrs: &[Cidr]) -> (Vec<Cidr>, Vec<(Cidr, Cidr)>) {
 }
 
 /// Transport protocol of a flow.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     /// TCP.
@@ -438,6 +450,29 @@ impl FromStr for PortRange {
         }
     }
 }
+
+// A number for one port, text (`30000-30010`) for a range, as it is written.
+impl utoipa::PartialSchema for PortRange {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
+        OneOfBuilder::new()
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::Integer)
+                    .minimum(Some(1))
+                    .maximum(Some(65535)),
+            )
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .examples(["30000-30010"]),
+            )
+            .description(Some("One port, or a range FIRST-LAST"))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for PortRange {}
 
 impl Serialize for PortRange {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {

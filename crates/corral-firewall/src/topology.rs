@@ -50,7 +50,7 @@ fn default_bridges() -> Vec<String> {
 }
 
 /// Everything the planner needs to know about one corral deployment.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Topology {
     /// The corral server (control plane), its replicas and datastore.
@@ -118,7 +118,7 @@ impl Topology {
 }
 
 /// The corral server.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Server {
     /// Display name.
@@ -126,9 +126,11 @@ pub struct Server {
     pub name: String,
     /// Addresses of the server machine as hosts and users reach it.
     #[serde(default)]
+    #[schema(value_type = Vec<String>)]
     pub addresses: Vec<IpAddr>,
     /// Addresses the listener binds; empty (or `0.0.0.0`/`::`) means all.
     #[serde(default)]
+    #[schema(value_type = Vec<String>)]
     pub listen_addresses: Vec<IpAddr>,
     /// Port of the HTTPS listener (API and the `/v1/connect` agent tunnel).
     #[serde(default = "default_server_port")]
@@ -162,18 +164,19 @@ impl Server {
 }
 
 /// A named machine with addresses (server replica).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Machine {
     /// Name.
     pub name: String,
     /// Addresses.
     #[serde(default)]
+    #[schema(value_type = Vec<String>)]
     pub addresses: Vec<IpAddr>,
 }
 
 /// The PostgreSQL datastore shared by server replicas.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Datastore {
     /// Display name.
@@ -181,6 +184,7 @@ pub struct Datastore {
     pub name: String,
     /// Addresses (needed only by CIDR-based formats).
     #[serde(default)]
+    #[schema(value_type = Vec<String>)]
     pub addresses: Vec<IpAddr>,
     /// PostgreSQL port.
     #[serde(default = "default_datastore_port")]
@@ -188,7 +192,9 @@ pub struct Datastore {
 }
 
 /// What a host does besides running the agent.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum HostRole {
     /// Runs only the agent (the default).
@@ -199,7 +205,7 @@ pub enum HostRole {
 }
 
 /// A host running `corral agent`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Host {
     /// Unique host name.
@@ -207,6 +213,7 @@ pub struct Host {
     /// Addresses peers reach it at (IPv4 and/or IPv6). May be empty: group-based formats
     /// (AWS, Terraform, Markdown) still work, CIDR-based ones cannot express the host.
     #[serde(default)]
+    #[schema(value_type = Vec<String>)]
     pub addresses: Vec<IpAddr>,
     /// Free-form labels (shown, not interpreted by the planner).
     #[serde(default)]
@@ -238,7 +245,7 @@ impl Host {
 }
 
 /// An environment: a set of hosts sharing one overlay.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Environment {
     /// Unique name.
@@ -249,7 +256,7 @@ pub struct Environment {
 }
 
 /// Host-to-host overlay mode.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "mode", rename_all = "lowercase", deny_unknown_fields)]
 pub enum Overlay {
     /// WireGuard protocol (encrypted), UDP.
@@ -297,7 +304,7 @@ impl Overlay {
 }
 
 /// A port a service publishes on one host or on every host.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PublishedPort {
     /// Service name.
@@ -329,7 +336,7 @@ impl PublishedPort {
 }
 
 /// Security-group ids for the AWS renderers (placeholders unless set).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct SecurityGroupIds {
     /// Group of the server and its replicas.

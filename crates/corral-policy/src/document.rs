@@ -38,7 +38,18 @@ pub const MAX_NAME: usize = 128;
 
 /// What happens to traffic no rule decides, or what a rule does.
 #[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
 )]
 #[serde(rename_all = "lowercase")]
 pub enum Action {
@@ -59,7 +70,7 @@ impl fmt::Display for Action {
 }
 
 /// An environment's network policy (or a stack's own rules).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Document {
     /// Traffic between stack containers that no rule decides.
@@ -81,7 +92,7 @@ pub struct Document {
 
 /// Stack containers a rule names: every key given must match (none given: every stack
 /// container of the environment).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Selector {
     /// The stack's name.
@@ -122,7 +133,7 @@ impl fmt::Display for Selector {
 }
 
 /// `within:` — traffic that stays inside one stack or one service.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Within {
     /// Between containers of the same stack.
@@ -177,8 +188,26 @@ pub struct Rule {
     pub in_stack: Option<String>,
 }
 
+// A rule reads and writes as written, so that is its schema too.
+impl utoipa::PartialSchema for Rule {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        <RawRule as utoipa::PartialSchema>::schema()
+    }
+}
+
+impl utoipa::ToSchema for Rule {
+    fn schemas(
+        schemas: &mut Vec<(
+            String,
+            utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
+        )>,
+    ) {
+        <RawRule as utoipa::ToSchema>::schemas(schemas);
+    }
+}
+
 /// A rule as written.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RawRule {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -197,7 +226,7 @@ struct RawRule {
     in_stack: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RawPeer {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -220,7 +249,7 @@ impl RawPeer {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RawBetween {
     #[serde(rename = "groupBy", alias = "group_by")]
@@ -378,7 +407,19 @@ impl From<Rule> for RawRule {
 }
 
 /// Which list a rule is in and where: `deny[0]`, `allow[3]`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 pub struct RuleId {
     /// Allow or deny.
     pub action: Action,

@@ -10,7 +10,9 @@ use crate::document::{Action, Document, Rule, RuleId, Scope, Selector, Within};
 use crate::net::Traffic;
 
 /// A stack service as a policy sees it: its replicas all match the same rules.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, utoipa::ToSchema,
+)]
 pub struct Workload {
     /// The stack's name.
     pub stack: String,
@@ -37,7 +39,7 @@ pub enum Endpoint<'a> {
 }
 
 /// Which default applies to a connection no rule decides.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Direction {
     /// Stack container to stack container (`default`).
@@ -59,7 +61,7 @@ impl fmt::Display for Direction {
 }
 
 /// What decided a connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DecidedBy {
     /// A rule (a deny rule whenever one matches).
@@ -71,7 +73,7 @@ pub enum DecidedBy {
 }
 
 /// The answer for one connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Decision {
     /// Allowed or denied.
     pub action: Action,

@@ -18,11 +18,13 @@ type Ranges = Vec<(u16, u16)>;
 const FULL: (u16, u16) = (1, 65535);
 
 /// A part of the traffic space.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Access {
     /// TCP ports.
+    #[schema(value_type = Vec<Vec<u16>>)]
     pub tcp: Ranges,
     /// UDP ports.
+    #[schema(value_type = Vec<Vec<u16>>)]
     pub udp: Ranges,
     /// Protocols without ports (ICMP, …).
     pub other: bool,
@@ -176,7 +178,7 @@ impl fmt::Display for Access {
 }
 
 /// What may flow from one service to another, and why.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Flow {
     /// The source service.
     pub from: Workload,

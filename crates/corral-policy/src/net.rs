@@ -98,7 +98,19 @@ impl<'de> Deserialize<'de> for Cidr {
 }
 
 /// A transport protocol a port range belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Proto {
     /// TCP.
@@ -169,6 +181,37 @@ impl FromStr for PortRange {
         Ok(PortRange { proto, first, last })
     }
 }
+
+/// A schema of text, for the types that read and write themselves as text.
+fn text_schema(
+    description: &str,
+    example: &str,
+) -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .description(Some(description))
+        .examples([example])
+        .into()
+}
+
+impl utoipa::PartialSchema for PortRange {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        text_schema(
+            "Ports of one protocol: PORT[-PORT][/tcp|/udp]",
+            "8000-8100/tcp",
+        )
+    }
+}
+
+impl utoipa::ToSchema for PortRange {}
+
+impl utoipa::PartialSchema for Cidr {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        text_schema("An IPv4 network, ADDRESS/LEN", "10.0.0.0/8")
+    }
+}
+
+impl utoipa::ToSchema for Cidr {}
 
 impl Serialize for PortRange {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::document::{Action, Document, MAX_RULES, Rule, Scope, Selector};
 
 /// A stack's own rules, as written under `x-corral: policy:`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StackRules {
     /// Allow rules (between this stack's services only).

@@ -8,14 +8,14 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 /// Every error answer: `{"error": "…what happened and what to do…"}`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     /// What happened and what to do, for people.
     pub error: String,
 }
 
 /// `POST /v1/tokens`: make a registration token.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateToken {
     /// Environment name; `default` when absent.
@@ -27,7 +27,7 @@ pub struct CreateToken {
 }
 
 /// The answer to `POST /v1/tokens`: the new token, shown this once.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CreatedToken {
     /// The token's id (`tok-…`), to list or revoke it by.
     pub id: String,
@@ -44,7 +44,7 @@ pub struct CreatedToken {
 }
 
 /// A registration token in `GET /v1/tokens` (never its secret).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TokenView {
     /// The token's id (`tok-…`).
     pub id: String,
@@ -64,7 +64,7 @@ pub struct TokenView {
 
 /// A host in `GET /v1/hosts` and `GET /v1/hosts/{id}`: its registered facts beside its live
 /// tunnel state.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct HostView {
     /// The host's id (`host-…`).
     pub id: String,
@@ -119,7 +119,7 @@ pub const MAX_EVENTS_PER_REQUEST: u32 = 1_000;
 pub const ENVIRONMENT_HEADER: &str = "corral-environment";
 
 /// `POST /v1/login`: a user's name and password for a new API key of theirs.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LoginRequest {
     /// The user's name.
@@ -137,7 +137,7 @@ pub struct LoginRequest {
 /// `POST /ui/login`: the web UI's login, with a user's password or an API key (exactly one
 /// of the two). Either way the browser gets a session of its own (a new key of the user that
 /// lives [`WEB_SESSION_SECS`]) in an HttpOnly cookie; the key sent is never stored by it.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WebLoginRequest {
     /// The user's name (with `password`).
@@ -163,7 +163,7 @@ pub const WEB_SESSION_COOKIE: &str = "__Host-corral-session";
 pub const CSRF_HEADER: &str = "x-corral-csrf";
 
 /// `POST /ui/login` and `GET /ui/session`: who the browser is logged in as.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct WebSessionView {
     /// The user's name.
     pub user: String,
@@ -178,7 +178,7 @@ pub struct WebSessionView {
 }
 
 /// A new API key: its secret, shown this once.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct NewKeyView {
     /// The key (`crl_key_…`): the only time it is shown.
     pub key: String,
@@ -192,7 +192,7 @@ pub struct NewKeyView {
 }
 
 /// `POST /v1/keys`: a new API key of the caller.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KeyRequest {
     /// A name for it.
@@ -203,7 +203,7 @@ pub struct KeyRequest {
 }
 
 /// One of a user's API keys (never its secret).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct KeyView {
     /// Its id.
     pub id: String,
@@ -219,7 +219,7 @@ pub struct KeyView {
 }
 
 /// A role in one environment.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RoleView {
     /// The environment.
     pub environment: String,
@@ -228,7 +228,7 @@ pub struct RoleView {
 }
 
 /// A user (`GET /v1/users`, `GET /v1/whoami`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct UserView {
     /// Their name.
     pub name: String,
@@ -246,7 +246,7 @@ pub struct UserView {
 }
 
 /// `POST /v1/users`: a new user.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UserRequest {
     /// Their name (a DNS label).
@@ -260,7 +260,7 @@ pub struct UserRequest {
 }
 
 /// `PUT /v1/users/{name}/password`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PasswordRequest {
     /// The new password.
@@ -268,7 +268,7 @@ pub struct PasswordRequest {
 }
 
 /// `PUT /v1/users/{name}/roles/{env}`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RoleRequest {
     /// `owner`, `member`, `restricted` or `read-only`.
@@ -279,7 +279,7 @@ pub struct RoleRequest {
 pub const MAX_AUDIT_PER_REQUEST: u32 = 10_000;
 
 /// One entry of the audit log (`GET /v1/audit`, `GET /v1/audit/export`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AuditEntryView {
     /// 1, 2, 3, … with no gaps.
     pub seq: i64,
@@ -308,7 +308,7 @@ pub struct AuditEntryView {
 }
 
 /// The answer to `GET /v1/audit/verify`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AuditVerifyView {
     /// Entries read.
     pub entries: u64,
@@ -329,7 +329,7 @@ pub struct AuditVerifyView {
 
 /// One audit or security event of `GET /v1/events` (its message at most 1 KiB: longer ones
 /// are cut and say how long they were).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EventView {
     /// The event's number; later events have larger ones.
     pub id: i64,
@@ -344,7 +344,7 @@ pub struct EventView {
 }
 
 /// An environment in `GET /v1/environments`, with its overlay.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EnvironmentView {
     /// The environment's id (`env-…`).
     pub id: String,
@@ -376,7 +376,7 @@ pub struct EnvironmentView {
 }
 
 /// The answer to `POST /v1/environments/{name}/rotate-key`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RotatedKey {
     /// The environment's name.
     pub environment: String,
@@ -385,7 +385,7 @@ pub struct RotatedKey {
 }
 
 /// `corral doctor` for one host.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DoctorReport {
     /// The host's name.
     pub host: String,
@@ -399,7 +399,7 @@ pub struct DoctorReport {
 }
 
 /// `POST /v1/hosts/{id}/firewall`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FirewallApplyRequest {
     /// Where administrators come from (CIDRs): SSH is allowed from them, and so is the API
@@ -418,7 +418,7 @@ pub struct FirewallApplyRequest {
 }
 
 /// The answer to `POST /v1/hosts/{id}/firewall`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FirewallApplyReport {
     /// The host's name.
     pub host: String,
@@ -433,7 +433,7 @@ pub struct FirewallApplyReport {
 }
 
 /// `POST /v1/containers`: run one container.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RunContainer {
     /// The container's name: 1–63 characters of `[a-z0-9-]`, not starting or ending with `-`.
@@ -458,7 +458,7 @@ pub struct RunContainer {
 }
 
 /// A container, as `GET /v1/containers` and the other container routes show it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ContainerView {
     /// corral's id for it (`ctr-…`).
     pub id: String,
@@ -492,7 +492,7 @@ pub struct ContainerView {
 }
 
 /// Docker on a host, as its agent last reported.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DockerView {
     /// `available` or `unavailable`.
     pub state: String,
@@ -505,7 +505,7 @@ pub struct DockerView {
 }
 
 /// A file sent with `corral up`: its name as given and its text.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FileBody {
     /// The name as given (on the command line, or in `env_file:`).
@@ -515,7 +515,7 @@ pub struct FileBody {
 }
 
 /// `POST /v1/stacks`: deploy (or update) a stack from Compose files.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpRequest {
     /// `-p NAME`; else the files' top-level `name:`.
@@ -549,7 +549,7 @@ pub struct UpRequest {
 }
 
 /// The answer to `POST /v1/stacks`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct UpResponse {
     /// The stack's name.
     pub stack: String,
@@ -567,7 +567,7 @@ pub struct UpResponse {
 }
 
 /// `POST /v1/stacks/{name}/scale`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ScaleRequest {
     /// The service to scale.
@@ -577,7 +577,7 @@ pub struct ScaleRequest {
 }
 
 /// One line of `corral stack ls`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StackSummary {
     /// The stack's name.
     pub name: String,
@@ -598,7 +598,7 @@ pub struct StackSummary {
 }
 
 /// `GET /v1/stacks/{name}`: a stack with its services and replicas.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StackView {
     /// The stack's name.
     pub name: String,
@@ -621,7 +621,7 @@ pub struct StackView {
 }
 
 /// One service of a stack, with its replicas.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ServiceView {
     /// The service's name.
     pub name: String,
@@ -655,7 +655,7 @@ pub struct ServiceView {
 }
 
 /// One container of a service.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ReplicaView {
     /// The container's name (`STACK_SERVICE.SLOT.SUFFIX`).
     pub name: String,
@@ -685,7 +685,7 @@ pub struct ReplicaView {
 }
 
 /// `POST /v1/registries`: add a registry to an environment (or replace its account and CA).
-#[derive(Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegistryRequest {
     /// The environment (`default` when absent).
@@ -719,7 +719,7 @@ impl std::fmt::Debug for RegistryRequest {
 }
 
 /// A registry as listed: never its password.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RegistryView {
     /// The environment it belongs to.
     pub environment: String,
@@ -739,7 +739,7 @@ pub struct RegistryView {
 }
 
 /// `PUT /v1/environments/{name}/admission`: apply a policy document.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AdmissionRequest {
     /// The policy document (YAML or JSON).
@@ -747,7 +747,7 @@ pub struct AdmissionRequest {
 }
 
 /// An environment's admission policy.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AdmissionView {
     /// The environment.
     pub environment: String,
@@ -762,7 +762,7 @@ pub struct AdmissionView {
 }
 
 /// `POST /v1/environments/{name}/admission/test`: would this Compose project be admitted?
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AdmissionTestRequest {
     /// The project, as `corral up` sends it.
@@ -773,7 +773,7 @@ pub struct AdmissionTestRequest {
 }
 
 /// One refusal.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RefusalView {
     /// The policy key that refuses.
     pub rule: String,
@@ -786,7 +786,7 @@ pub struct RefusalView {
 }
 
 /// The verdict of `corral admission test`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AdmissionVerdict {
     /// Nothing is refused.
     pub admitted: bool,
@@ -798,7 +798,7 @@ pub struct AdmissionVerdict {
 }
 
 /// `POST /v1/hosts/{id}/images`: pull an image on one host.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PullRequest {
     /// The reference to pull.
@@ -806,7 +806,7 @@ pub struct PullRequest {
 }
 
 /// A secret as `corral secret ls` shows it: never its value.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SecretView {
     /// The environment of its stack.
     pub environment: String,
@@ -821,7 +821,7 @@ pub struct SecretView {
 }
 
 /// `GET /v1/progress/{id}?after=N`: what a long `up` has said since line N.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ProgressView {
     /// The new lines.
     pub lines: Vec<String>,
@@ -830,7 +830,7 @@ pub struct ProgressView {
 }
 
 /// `PUT /v1/environments/{name}/network-policy`: a new generation of the network policy.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NetworkPolicyRequest {
     /// The document (YAML), at most 64 KiB.
@@ -838,7 +838,7 @@ pub struct NetworkPolicyRequest {
 }
 
 /// `POST /v1/environments/{name}/network-policy/rollback`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyRollbackRequest {
     /// The generation to apply again; `None`: the one before the one in force.
@@ -847,7 +847,7 @@ pub struct PolicyRollbackRequest {
 }
 
 /// One kept generation of a network policy.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PolicyGenerationView {
     /// Its number.
     pub generation: i64,
@@ -856,7 +856,7 @@ pub struct PolicyGenerationView {
 }
 
 /// What may flow from one service to another under a policy.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FlowView {
     /// `STACK/SERVICE`.
     pub from: String,
@@ -871,7 +871,7 @@ pub struct FlowView {
 }
 
 /// An environment's network policy.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct NetworkPolicyView {
     /// The environment.
     pub environment: String,
@@ -896,7 +896,7 @@ pub struct NetworkPolicyView {
 }
 
 /// `POST /v1/environments/{name}/network-policy/test`: what would happen to one connection?
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyTestRequest {
     /// `STACK/SERVICE` of a deployed service, or an IPv4 address outside the overlay.
@@ -911,7 +911,7 @@ pub struct PolicyTestRequest {
 }
 
 /// The answer of a policy test.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PolicyTestAnswer {
     /// `allow` or `deny`.
     pub action: corral_policy::Action,
@@ -924,7 +924,7 @@ pub struct PolicyTestAnswer {
 }
 
 /// `POST /v1/environments/{name}/network-policy/diff`: what changes between two documents.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyDiffRequest {
     /// The old side: a generation (`None`: the one before the new side's, or the one in
@@ -937,7 +937,7 @@ pub struct PolicyDiffRequest {
 }
 
 /// What changes for the deployed services between two policies.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PolicyDiffView {
     /// The old side (`generation N`, or `none` when no policy was in force).
     pub from: String,
@@ -951,7 +951,7 @@ pub struct PolicyDiffView {
 }
 
 /// One pair of services whose flow changes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FlowChange {
     /// `STACK/SERVICE`.
     pub from: String,

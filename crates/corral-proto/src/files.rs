@@ -99,7 +99,7 @@ pub mod base64_bytes {
 
 /// A file of the project sent with `corral up`: a relative bind mount's file (or a file of a
 /// mounted directory), or a config's or secret's `file:`.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProjectFile {
     /// Relative to the project directory, normalised (`conf/nginx.conf`).
@@ -108,6 +108,7 @@ pub struct ProjectFile {
     pub mode: u32,
     /// Its bytes (base64 on the wire).
     #[serde(with = "base64_bytes")]
+    #[schema(value_type = String, format = Byte)]
     pub data: Vec<u8>,
 }
 

@@ -326,7 +326,7 @@ pub struct RemoveImage {
 }
 
 /// An image on a host.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ImageSummary {
     /// Docker's id (`sha256:…` of the configuration).
     pub id: String,
@@ -346,7 +346,7 @@ pub struct ImageSummary {
 }
 
 /// Reply to `image_remove`: what Docker untagged and deleted.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RemovedImage {
     /// References removed from the image.
     #[serde(default)]

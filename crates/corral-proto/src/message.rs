@@ -121,7 +121,7 @@ pub struct OverlayStats {
 }
 
 /// The Docker engine on a host, as its agent reads it (empty or 0 where Docker does not say).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DockerInfo {
     /// The engine's version.
     pub version: String,
@@ -672,7 +672,7 @@ impl ContainerRef {
 }
 
 /// One check of `corral doctor`, as an agent reports it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Check {
     /// What was checked, in a few words (`server tunnel`, `overlay to web-2`, …).
     pub name: String,

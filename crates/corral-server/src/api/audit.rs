@@ -177,7 +177,8 @@ fn check_limit(limit: Option<u32>, default: u32) -> Result<u32, ApiError> {
     Ok(limit)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RecentQuery {
     /// RFC 3339 or Unix seconds.
@@ -187,6 +188,15 @@ pub(super) struct RecentQuery {
 }
 
 /// `GET /v1/audit`: the newest entries (100 by default), oldest first.
+#[utoipa::path(
+    get,
+    operation_id = "audit_recent",
+    path = "/v1/audit",
+    tag = "audit",
+    summary = "The newest audit entries (admins)",
+    params(RecentQuery),
+    responses((status = 200, description = "Entries, oldest first", body = Vec<AuditEntryView>))
+)]
 pub(super) async fn recent(
     _: Admin,
     State(state): State<Arc<AppState>>,
@@ -212,7 +222,8 @@ pub(super) async fn recent(
     Ok(Json(entries.into_iter().map(|e| view(e, None)).collect()))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(super) struct ExportQuery {
     after: Option<i64>,
@@ -220,6 +231,15 @@ pub(super) struct ExportQuery {
 }
 
 /// `GET /v1/audit/export?after=SEQ`: the entries after `after`, in order, with their hashes.
+#[utoipa::path(
+    get,
+    operation_id = "audit_export",
+    path = "/v1/audit/export",
+    tag = "audit",
+    summary = "Audit entries after a sequence number, with their hashes (admins)",
+    params(ExportQuery),
+    responses((status = 200, description = "Entries in order", body = Vec<AuditEntryView>))
+)]
 pub(super) async fn export(
     _: Admin,
     State(state): State<Arc<AppState>>,
@@ -236,6 +256,14 @@ pub(super) async fn export(
 }
 
 /// `GET /v1/audit/verify`: the chain checked from the first entry to the last.
+#[utoipa::path(
+    get,
+    operation_id = "audit_verify",
+    path = "/v1/audit/verify",
+    tag = "audit",
+    summary = "Check the audit log's hash chain (admins)",
+    responses((status = 200, description = "Whether the chain is intact", body = AuditVerifyView))
+)]
 pub(super) async fn verify(
     _: Admin,
     State(state): State<Arc<AppState>>,

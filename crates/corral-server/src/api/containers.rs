@@ -15,6 +15,15 @@ use crate::containers::{self, Action};
 use crate::error::Progress;
 use crate::state::AppState;
 
+#[utoipa::path(
+    post,
+    operation_id = "containers_run",
+    path = "/v1/containers",
+    tag = "containers",
+    summary = "Run a single container",
+    request_body = RunContainer,
+    responses((status = 201, description = "Running", body = ContainerView), (status = 202, description = "Accepted; the host has not answered yet", body = ContainerView))
+)]
 pub(super) async fn run(
     p: Principal,
     State(state): State<Arc<AppState>>,
@@ -37,6 +46,14 @@ pub(super) async fn run(
 }
 
 /// The containers of the environments the caller has a role in.
+#[utoipa::path(
+    get,
+    operation_id = "containers_list",
+    path = "/v1/containers",
+    tag = "containers",
+    summary = "Containers the caller may see",
+    responses((status = 200, description = "The containers", body = Vec<ContainerView>))
+)]
 pub(super) async fn list(
     p: Principal,
     State(state): State<Arc<AppState>>,
@@ -49,6 +66,15 @@ pub(super) async fn list(
     Ok(Json(all))
 }
 
+#[utoipa::path(
+    get,
+    operation_id = "containers_get",
+    path = "/v1/containers/{name}",
+    tag = "containers",
+    summary = "One container",
+    params(("name" = String, Path, description = "Container name or id")),
+    responses((status = 200, description = "The container", body = ContainerView))
+)]
 pub(super) async fn get(
     p: Principal,
     State(state): State<Arc<AppState>>,
@@ -66,6 +92,15 @@ async fn act(state: &Arc<AppState>, name: &str, action: Action) -> Result<Respon
     })
 }
 
+#[utoipa::path(
+    post,
+    operation_id = "containers_start",
+    path = "/v1/containers/{name}/start",
+    tag = "containers",
+    summary = "Start a container",
+    params(("name" = String, Path, description = "Container name or id")),
+    responses((status = 200, description = "Started", body = ContainerView), (status = 202, description = "Accepted; the host has not answered yet", body = ContainerView))
+)]
 pub(super) async fn start(
     p: Principal,
     State(state): State<Arc<AppState>>,
@@ -75,6 +110,15 @@ pub(super) async fn start(
     act(&state, &id, Action::Start).await
 }
 
+#[utoipa::path(
+    post,
+    operation_id = "containers_stop",
+    path = "/v1/containers/{name}/stop",
+    tag = "containers",
+    summary = "Stop a container",
+    params(("name" = String, Path, description = "Container name or id")),
+    responses((status = 200, description = "Stopped", body = ContainerView), (status = 202, description = "Accepted; the host has not answered yet", body = ContainerView))
+)]
 pub(super) async fn stop(
     p: Principal,
     State(state): State<Arc<AppState>>,
@@ -84,6 +128,15 @@ pub(super) async fn stop(
     act(&state, &id, Action::Stop).await
 }
 
+#[utoipa::path(
+    delete,
+    operation_id = "containers_remove",
+    path = "/v1/containers/{name}",
+    tag = "containers",
+    summary = "Remove a container",
+    params(("name" = String, Path, description = "Container name or id")),
+    responses((status = 200, description = "Removed"), (status = 202, description = "Accepted; the host has not answered yet", body = ContainerView))
+)]
 pub(super) async fn remove(
     p: Principal,
     State(state): State<Arc<AppState>>,
@@ -93,7 +146,8 @@ pub(super) async fn remove(
     act(&state, &id, Action::Remove).await
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(super) struct LogsQuery {
     #[serde(default)]
@@ -106,6 +160,15 @@ pub(super) fn text(body: axum::body::Body) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response()
 }
 
+#[utoipa::path(
+    get,
+    operation_id = "containers_logs",
+    path = "/v1/containers/{name}/logs",
+    tag = "containers",
+    summary = "A container's logs, streamed while `follow`",
+    params(("name" = String, Path, description = "Container name or id"), LogsQuery),
+    responses((status = 200, description = "Log lines", body = String, content_type = "text/plain"))
+)]
 pub(super) async fn logs(
     p: Principal,
     State(state): State<Arc<AppState>>,

@@ -15,6 +15,14 @@ use crate::environments;
 use crate::state::AppState;
 
 /// The environments the caller has a role in.
+#[utoipa::path(
+    get,
+    operation_id = "environments_list",
+    path = "/v1/environments",
+    tag = "environments",
+    summary = "The environments the caller has a role in",
+    responses((status = 200, description = "The environments", body = Vec<EnvironmentView>))
+)]
 pub(super) async fn list(
     p: Principal,
     State(state): State<Arc<AppState>>,
@@ -24,7 +32,7 @@ pub(super) async fn list(
     Ok(Json(all))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct OverlayModeBody {
     #[serde(default)]
@@ -37,6 +45,16 @@ pub(super) struct OverlayModeBody {
     host_subnet: Option<String>,
 }
 
+#[utoipa::path(
+    post,
+    operation_id = "environments_set_overlay_mode",
+    path = "/v1/environments/{name}/overlay",
+    tag = "environments",
+    summary = "Change the overlay mode, range or host subnet size",
+    params(("name" = String, Path, description = "Environment name")),
+    request_body = OverlayModeBody,
+    responses((status = 204, description = "Changed"))
+)]
 pub(super) async fn set_overlay_mode(
     p: Principal,
     State(state): State<Arc<AppState>>,
@@ -66,7 +84,7 @@ pub(super) async fn set_overlay_mode(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct CreateBody {
     name: String,
@@ -79,6 +97,15 @@ pub(super) struct CreateBody {
 }
 
 /// `POST /v1/environments`: a new environment (201 with its view).
+#[utoipa::path(
+    post,
+    operation_id = "environments_create",
+    path = "/v1/environments",
+    tag = "environments",
+    summary = "Create an environment (admins)",
+    request_body = CreateBody,
+    responses((status = 201, description = "Created", body = EnvironmentView))
+)]
 pub(super) async fn create(
     _: Admin,
     State(state): State<Arc<AppState>>,
@@ -97,6 +124,15 @@ pub(super) async fn create(
 }
 
 /// `DELETE /v1/environments/{name}`: refused (409) while it holds hosts, stacks or containers.
+#[utoipa::path(
+    delete,
+    operation_id = "environments_remove",
+    path = "/v1/environments/{name}",
+    tag = "environments",
+    summary = "Remove an empty environment (admins)",
+    params(("name" = String, Path, description = "Environment name")),
+    responses((status = 204, description = "Removed"))
+)]
 pub(super) async fn remove(
     _: Admin,
     State(state): State<Arc<AppState>>,
@@ -106,6 +142,15 @@ pub(super) async fn remove(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(
+    post,
+    operation_id = "environments_rotate_key",
+    path = "/v1/environments/{name}/rotate-key",
+    tag = "environments",
+    summary = "Rotate the overlay pre-shared key",
+    params(("name" = String, Path, description = "Environment name")),
+    responses((status = 200, description = "The new key generation", body = RotatedKey))
+)]
 pub(super) async fn rotate_key(
     p: Principal,
     State(state): State<Arc<AppState>>,

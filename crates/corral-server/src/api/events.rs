@@ -13,13 +13,23 @@ use crate::error::Error;
 use crate::state::AppState;
 use crate::time_fmt::rfc3339;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(super) struct EventsQuery {
     limit: Option<i64>,
 }
 
 /// An admin sees every event; anyone else the events of the hosts of their environments.
+#[utoipa::path(
+    get,
+    operation_id = "events_list",
+    path = "/v1/events",
+    tag = "events",
+    summary = "Recent events",
+    params(EventsQuery),
+    responses((status = 200, description = "The newest events, oldest first", body = Vec<EventView>))
+)]
 pub(super) async fn list(
     p: Principal,
     State(state): State<Arc<AppState>>,

@@ -13,6 +13,14 @@ use crate::hosts;
 use crate::state::AppState;
 
 /// The hosts of the environments the caller has a role in.
+#[utoipa::path(
+    get,
+    operation_id = "hosts_list",
+    path = "/v1/hosts",
+    tag = "hosts",
+    summary = "The hosts the caller may see",
+    responses((status = 200, description = "The hosts", body = Vec<HostView>))
+)]
 pub(super) async fn list(
     p: Principal,
     State(state): State<Arc<AppState>>,
@@ -22,6 +30,15 @@ pub(super) async fn list(
     Ok(Json(all))
 }
 
+#[utoipa::path(
+    get,
+    operation_id = "hosts_get",
+    path = "/v1/hosts/{id}",
+    tag = "hosts",
+    summary = "One host",
+    params(("id" = String, Path, description = "Host id or name")),
+    responses((status = 200, description = "The host", body = HostView))
+)]
 pub(super) async fn get(
     p: Principal,
     State(state): State<Arc<AppState>>,
@@ -31,6 +48,15 @@ pub(super) async fn get(
     Ok(Json(hosts::get(&state, &id).await?))
 }
 
+#[utoipa::path(
+    delete,
+    operation_id = "hosts_remove",
+    path = "/v1/hosts/{id}",
+    tag = "hosts",
+    summary = "Remove a host (its agent's certificate stops working)",
+    params(("id" = String, Path, description = "Host id or name")),
+    responses((status = 204, description = "Removed"))
+)]
 pub(super) async fn remove(
     p: Principal,
     State(state): State<Arc<AppState>>,

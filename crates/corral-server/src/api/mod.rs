@@ -18,6 +18,7 @@ mod images;
 mod metrics;
 mod netpolicy;
 mod network;
+mod openapi;
 mod stacks;
 mod tokens;
 mod ui;
@@ -31,7 +32,7 @@ use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts, Query, Stat
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use corral_proto::api::ErrorBody;
 use corral_proto::secret::SecretKind;
@@ -44,149 +45,45 @@ use crate::state::AppState;
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
 pub fn router(state: Arc<AppState>) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/", get(|| async { axum::response::Redirect::to("/ui/") }))
-        .route(
-            "/ui",
-            get(|| async { axum::response::Redirect::to("/ui/") }),
-        )
-        .route("/ui/", get(ui::index))
-        .route("/ui/app.js", get(ui::script))
-        .route("/ui/app.css", get(ui::style))
-        .route("/ui/login", post(ui::login))
-        .route("/ui/logout", post(ui::logout))
-        .route("/ui/session", get(ui::session))
-        .route("/v1/live", get(ui::live))
-        .route("/v1/diagram.svg", get(ui::diagram))
-        .route("/v1/firewall", get(ui::firewall))
-        .route("/metrics", get(metrics::metrics))
-        .route("/v1/connect", get(connect))
-        .route(
-            "/v1/environments",
-            get(environments::list).post(environments::create),
-        )
-        .route("/v1/environments/{name}", delete(environments::remove))
-        .route(
-            "/v1/environments/{name}/rotate-key",
-            post(environments::rotate_key),
-        )
-        .route(
-            "/v1/environments/{name}/overlay",
-            post(environments::set_overlay_mode),
-        )
-        .route(
-            "/v1/environments/{name}/admission",
-            get(images::show_admission).put(images::apply_admission),
-        )
-        .route(
-            "/v1/environments/{name}/admission/test",
-            post(images::test_admission)
-                .layer(DefaultBodyLimit::max(crate::stacks::MAX_UP_BODY_BYTES)),
-        )
-        .route(
-            "/v1/environments/{name}/network-policy",
-            get(netpolicy::show)
-                .put(netpolicy::apply)
-                .layer(DefaultBodyLimit::max(netpolicy::MAX_POLICY_BODY_BYTES)),
-        )
-        .route(
-            "/v1/environments/{name}/network-policy/diagram",
-            get(netpolicy::diagram),
-        )
-        .route(
-            "/v1/environments/{name}/network-policy/rollback",
-            post(netpolicy::rollback),
-        )
-        .route(
-            "/v1/environments/{name}/network-policy/diff",
-            post(netpolicy::diff).layer(DefaultBodyLimit::max(netpolicy::MAX_POLICY_BODY_BYTES)),
-        )
-        .route(
-            "/v1/environments/{name}/network-policy/test",
-            post(netpolicy::test).layer(DefaultBodyLimit::max(netpolicy::MAX_POLICY_BODY_BYTES)),
-        )
-        .route(
-            "/v1/registries",
-            get(images::list_registries).post(images::put_registry),
-        )
-        .route("/v1/registries/{registry}", delete(images::remove_registry))
-        .route(
-            "/v1/build-contexts/{sha}",
-            get(images::has_context)
-                .put(images::put_context)
-                .layer(DefaultBodyLimit::max(
-                    usize::try_from(corral_proto::MAX_BUILD_CONTEXT_BYTES).unwrap_or(usize::MAX),
-                )),
-        )
-        .route(
-            "/v1/hosts/{id}/images",
-            get(images::host_images)
-                .post(images::pull)
-                .delete(images::remove_image),
-        )
-        .route("/v1/tokens", get(tokens::list).post(tokens::create))
-        .route("/v1/tokens/{id}", delete(tokens::revoke))
-        .route("/v1/hosts", get(hosts::list))
-        .route("/v1/hosts/{id}", get(hosts::get).delete(hosts::remove))
-        .route("/v1/hosts/{id}/doctor", post(doctor::run))
-        .route("/v1/hosts/{id}/firewall", post(network::apply_firewall))
-        .route(
-            "/v1/containers",
-            get(containers::list).post(containers::run),
-        )
-        .route(
-            "/v1/containers/{name}",
-            get(containers::get).delete(containers::remove),
-        )
-        .route("/v1/containers/{name}/start", post(containers::start))
-        .route("/v1/containers/{name}/stop", post(containers::stop))
-        .route("/v1/containers/{name}/logs", get(containers::logs))
-        .route(
-            "/v1/stacks",
-            get(stacks::list)
-                .post(stacks::up)
-                .layer(DefaultBodyLimit::max(crate::stacks::MAX_UP_BODY_BYTES)),
-        )
-        .route("/v1/stacks/{name}", get(stacks::get).delete(stacks::down))
-        .route("/v1/stacks/{name}/scale", post(stacks::scale))
-        .route(
-            "/v1/stacks/{name}/services/{service}/logs",
-            get(stacks::logs),
-        )
-        .route("/v1/secrets", get(stacks::secrets))
-        .route("/v1/progress/{id}", get(stacks::progress))
-        .route("/v1/events", get(events::list))
-        .route("/v1/topology", get(network::topology))
-        .route("/v1/login", post(users::login))
-        .route("/v1/whoami", get(users::whoami))
-        .route("/v1/users", get(users::list).post(users::create))
-        .route("/v1/users/{name}", delete(users::remove))
-        .route(
-            "/v1/users/{name}/password",
-            axum::routing::put(users::set_password),
-        )
-        .route(
-            "/v1/users/{name}/roles/{env}",
-            axum::routing::put(users::set_role).delete(users::remove_role),
-        )
-        .route("/v1/keys", get(users::keys).post(users::create_key))
-        .route("/v1/keys/{id}", delete(users::revoke_key))
-        .route("/v1/audit", get(audit::recent))
-        .route("/v1/audit/export", get(audit::export))
-        .route("/v1/audit/verify", get(audit::verify))
-        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(axum::middleware::map_response(ui::harden))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            audit::record,
-        ))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            metrics::observe,
-        ))
-        .with_state(state)
+    let (v1, document) = openapi::router().split_for_parts();
+    let document: Arc<[u8]> = openapi::finish(document).into();
+    v1.route(
+        "/v1/openapi.json",
+        get(move || {
+            let document = Arc::clone(&document);
+            async move {
+                (
+                    [(header::CONTENT_TYPE, "application/json")],
+                    document.to_vec(),
+                )
+            }
+        }),
+    )
+    .route("/healthz", get(|| async { "ok\n" }))
+    .route("/", get(|| async { axum::response::Redirect::to("/ui/") }))
+    .route(
+        "/ui",
+        get(|| async { axum::response::Redirect::to("/ui/") }),
+    )
+    .route("/ui/", get(ui::index))
+    .route("/ui/app.js", get(ui::script))
+    .route("/ui/app.css", get(ui::style))
+    .route("/ui/login", post(ui::login))
+    .route("/ui/logout", post(ui::logout))
+    .route("/ui/session", get(ui::session))
+    .route("/metrics", get(metrics::metrics))
+    .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })
+    .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+    .layer(axum::middleware::map_response(ui::harden))
+    .layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        audit::record,
+    ))
+    .layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        metrics::observe,
+    ))
+    .with_state(state)
 }
 
 /// An error answer: a status and a message that says what to do.
@@ -503,6 +400,18 @@ pub(super) async fn authenticate_key(key: &str, state: &AppState) -> Result<Prin
 /// The agent tunnel: a WebSocket upgrade, done here rather than by axum's extractor so that the
 /// session owns the stream under the WebSocket (after an over-size frame it reads on and
 /// discards the rest; see `tunnel::serve`).
+#[utoipa::path(
+    get,
+    operation_id = "connect",
+    security(()),
+    path = "/v1/connect",
+    tag = "agents",
+    summary = "The agent tunnel (a WebSocket; agents authenticate in their first message)",
+    responses(
+        (status = 101, description = "Switched to the agent protocol"),
+        (status = 426, description = "Not a WebSocket upgrade", body = ErrorBody)
+    )
+)]
 async fn connect(
     State(state): State<Arc<AppState>>,
     ConnectInfo(remote): ConnectInfo<SocketAddr>,

@@ -20,6 +20,15 @@ use crate::state::AppState;
 /// policy reader, which says so; the body may be larger once JSON escapes it.
 pub const MAX_POLICY_BODY_BYTES: usize = 4 * corral_policy::document::MAX_DOCUMENT_BYTES;
 
+#[utoipa::path(
+    get,
+    operation_id = "netpolicy_show",
+    path = "/v1/environments/{name}/network-policy",
+    tag = "network-policy",
+    summary = "The network policy and the flows it allows",
+    params(("name" = String, Path, description = "Environment name")),
+    responses((status = 200, description = "The policy", body = NetworkPolicyView))
+)]
 pub(super) async fn show(
     p: Principal,
     State(state): State<Arc<AppState>>,
@@ -29,7 +38,8 @@ pub(super) async fn show(
     Ok(Json(netpolicy::show(&state, &env).await?))
 }
 
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(super) struct DiagramQuery {
     /// `svg` (default), `dot`, `mermaid` or `markdown`.
@@ -40,6 +50,15 @@ pub(super) struct DiagramQuery {
 /// `GET /v1/environments/{name}/network-policy/diagram`: the services and what the policy
 /// lets flow between them, drawn (SVG, DOT, Mermaid) or as the firewall export's Markdown
 /// section.
+#[utoipa::path(
+    get,
+    operation_id = "netpolicy_diagram",
+    path = "/v1/environments/{name}/network-policy/diagram",
+    tag = "network-policy",
+    summary = "The services and allowed flows, drawn",
+    params(("name" = String, Path, description = "Environment name"), DiagramQuery),
+    responses((status = 200, description = "SVG (default), DOT, Mermaid or Markdown", body = String, content_type = "image/svg+xml"))
+)]
 pub(super) async fn diagram(
     p: Principal,
     State(state): State<Arc<AppState>>,
@@ -91,6 +110,16 @@ pub(super) async fn diagram(
         .into_response())
 }
 
+#[utoipa::path(
+    put,
+    operation_id = "netpolicy_apply",
+    path = "/v1/environments/{name}/network-policy",
+    tag = "network-policy",
+    summary = "Apply a network policy document",
+    params(("name" = String, Path, description = "Environment name")),
+    request_body = NetworkPolicyRequest,
+    responses((status = 200, description = "Applied", body = NetworkPolicyView))
+)]
 pub(super) async fn apply(
     p: Principal,
     State(state): State<Arc<AppState>>,
@@ -102,6 +131,16 @@ pub(super) async fn apply(
     Ok(Json(netpolicy::apply(&state, &env, &req.document).await?))
 }
 
+#[utoipa::path(
+    post,
+    operation_id = "netpolicy_rollback",
+    path = "/v1/environments/{name}/network-policy/rollback",
+    tag = "network-policy",
+    summary = "Go back to an earlier generation",
+    params(("name" = String, Path, description = "Environment name")),
+    request_body = PolicyRollbackRequest,
+    responses((status = 200, description = "Rolled back", body = NetworkPolicyView))
+)]
 pub(super) async fn rollback(
     p: Principal,
     State(state): State<Arc<AppState>>,
@@ -115,6 +154,16 @@ pub(super) async fn rollback(
     ))
 }
 
+#[utoipa::path(
+    post,
+    operation_id = "netpolicy_diff",
+    path = "/v1/environments/{name}/network-policy/diff",
+    tag = "network-policy",
+    summary = "What a document or a generation would change",
+    params(("name" = String, Path, description = "Environment name")),
+    request_body = PolicyDiffRequest,
+    responses((status = 200, description = "The changed flows", body = PolicyDiffView))
+)]
 pub(super) async fn diff(
     p: Principal,
     State(state): State<Arc<AppState>>,
@@ -126,6 +175,16 @@ pub(super) async fn diff(
     Ok(Json(netpolicy::diff(&state, &env, &req).await?))
 }
 
+#[utoipa::path(
+    post,
+    operation_id = "netpolicy_test",
+    path = "/v1/environments/{name}/network-policy/test",
+    tag = "network-policy",
+    summary = "Whether some traffic is allowed, and by which rule",
+    params(("name" = String, Path, description = "Environment name")),
+    request_body = PolicyTestRequest,
+    responses((status = 200, description = "The answer", body = PolicyTestAnswer))
+)]
 pub(super) async fn test(
     p: Principal,
     State(state): State<Arc<AppState>>,

@@ -14,6 +14,14 @@ use crate::topology;
 
 /// The live topology, cut to the environments the caller has a role in (their hosts,
 /// overlays and published ports; the server's own facts stay: every host dials it).
+#[utoipa::path(
+    get,
+    operation_id = "network_topology",
+    path = "/v1/topology",
+    tag = "network",
+    summary = "The deployment's machines, ports and flows",
+    responses((status = 200, description = "The topology", body = corral_firewall::Topology))
+)]
 pub(super) async fn topology(
     p: Principal,
     State(state): State<Arc<AppState>>,
@@ -39,6 +47,16 @@ pub(super) async fn scoped_topology(
     Ok(topo)
 }
 
+#[utoipa::path(
+    post,
+    operation_id = "network_apply_firewall",
+    path = "/v1/hosts/{id}/firewall",
+    tag = "network",
+    summary = "Apply (or preview) the host's nftables rules",
+    params(("id" = String, Path, description = "Host id or name")),
+    request_body = FirewallApplyRequest,
+    responses((status = 200, description = "What was (or would be) applied", body = FirewallApplyReport))
+)]
 pub(super) async fn apply_firewall(
     p: Principal,
     State(state): State<Arc<AppState>>,

@@ -15,6 +15,15 @@ use super::{ApiError, Body, Params, Principal, created};
 use crate::stacks;
 use crate::state::AppState;
 
+#[utoipa::path(
+    post,
+    operation_id = "stacks_up",
+    path = "/v1/stacks",
+    tag = "stacks",
+    summary = "Deploy (or update) a Compose project as a stack",
+    request_body = UpRequest,
+    responses((status = 201, description = "Created", body = corral_proto::api::UpResponse), (status = 200, description = "Updated", body = corral_proto::api::UpResponse))
+)]
 pub(super) async fn up(
     p: Principal,
     State(state): State<Arc<AppState>>,
@@ -27,6 +36,14 @@ pub(super) async fn up(
     Ok(created(response.created, response))
 }
 
+#[utoipa::path(
+    get,
+    operation_id = "stacks_list",
+    path = "/v1/stacks",
+    tag = "stacks",
+    summary = "The stacks the caller may see",
+    responses((status = 200, description = "The stacks", body = Vec<StackSummary>))
+)]
 pub(super) async fn list(
     p: Principal,
     State(state): State<Arc<AppState>>,
@@ -36,6 +53,15 @@ pub(super) async fn list(
     Ok(Json(all))
 }
 
+#[utoipa::path(
+    get,
+    operation_id = "stacks_get",
+    path = "/v1/stacks/{name}",
+    tag = "stacks",
+    summary = "One stack, every replica",
+    params(("name" = String, Path, description = "Stack name")),
+    responses((status = 200, description = "The stack", body = StackView))
+)]
 pub(super) async fn get(
     p: Principal,
     State(state): State<Arc<AppState>>,
@@ -45,13 +71,23 @@ pub(super) async fn get(
     Ok(Json(stacks::get(&state, &id).await?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(super) struct DownQuery {
     #[serde(default)]
     volumes: bool,
 }
 
+#[utoipa::path(
+    delete,
+    operation_id = "stacks_down",
+    path = "/v1/stacks/{name}",
+    tag = "stacks",
+    summary = "Remove a stack",
+    params(("name" = String, Path, description = "Stack name"), DownQuery),
+    responses((status = 202, description = "Being removed", body = StackView))
+)]
 pub(super) async fn down(
     p: Principal,
     State(state): State<Arc<AppState>>,
@@ -64,6 +100,16 @@ pub(super) async fn down(
     Ok((StatusCode::ACCEPTED, Json(view)))
 }
 
+#[utoipa::path(
+    post,
+    operation_id = "stacks_scale",
+    path = "/v1/stacks/{name}/scale",
+    tag = "stacks",
+    summary = "Set a service's replicas",
+    params(("name" = String, Path, description = "Stack name")),
+    request_body = ScaleRequest,
+    responses((status = 200, description = "The stack", body = StackView))
+)]
 pub(super) async fn scale(
     p: Principal,
     State(state): State<Arc<AppState>>,
@@ -75,6 +121,15 @@ pub(super) async fn scale(
     Ok(Json(stacks::scale(&state, &id, req).await?))
 }
 
+#[utoipa::path(
+    get,
+    operation_id = "stacks_logs",
+    path = "/v1/stacks/{name}/services/{service}/logs",
+    tag = "stacks",
+    summary = "A service's logs, every replica merged",
+    params(("name" = String, Path, description = "Stack name"), ("service" = String, Path, description = "Service name"), LogsQuery),
+    responses((status = 200, description = "Log lines", body = String, content_type = "text/plain"))
+)]
 pub(super) async fn logs(
     p: Principal,
     State(state): State<Arc<AppState>>,
@@ -91,6 +146,14 @@ pub(super) async fn logs(
     )))
 }
 
+#[utoipa::path(
+    get,
+    operation_id = "stacks_secrets",
+    path = "/v1/secrets",
+    tag = "stacks",
+    summary = "Secrets and configs of the caller's stacks (names and versions only)",
+    responses((status = 200, description = "The secrets", body = Vec<corral_proto::api::SecretView>))
+)]
 pub(super) async fn secrets(
     p: Principal,
     State(state): State<Arc<AppState>>,
@@ -100,13 +163,23 @@ pub(super) async fn secrets(
     Ok(Json(all))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(super) struct ProgressQuery {
     #[serde(default)]
     after: usize,
 }
 
+#[utoipa::path(
+    get,
+    operation_id = "stacks_progress",
+    path = "/v1/progress/{id}",
+    tag = "stacks",
+    summary = "Progress lines of a running `up`",
+    params(("id" = String, Path, description = "Progress id the client chose"), ProgressQuery),
+    responses((status = 200, description = "Lines after `after`", body = corral_proto::api::ProgressView))
+)]
 pub(super) async fn progress(
     _: Principal,
     State(state): State<Arc<AppState>>,

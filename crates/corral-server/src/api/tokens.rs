@@ -13,6 +13,15 @@ use super::{ApiError, Body, Principal, created};
 use crate::state::AppState;
 use crate::tokens;
 
+#[utoipa::path(
+    post,
+    operation_id = "tokens_create",
+    path = "/v1/tokens",
+    tag = "tokens",
+    summary = "Mint a registration token",
+    request_body = CreateToken,
+    responses((status = 201, description = "The token and the command that uses it (shown once)", body = corral_proto::api::CreatedToken))
+)]
 pub(super) async fn create(
     p: Principal,
     State(state): State<Arc<AppState>>,
@@ -25,6 +34,14 @@ pub(super) async fn create(
 }
 
 /// The tokens of the environments the caller owns.
+#[utoipa::path(
+    get,
+    operation_id = "tokens_list",
+    path = "/v1/tokens",
+    tag = "tokens",
+    summary = "Registration tokens",
+    responses((status = 200, description = "The tokens (never their secrets)", body = Vec<TokenView>))
+)]
 pub(super) async fn list(
     p: Principal,
     State(state): State<Arc<AppState>>,
@@ -38,6 +55,15 @@ pub(super) async fn list(
     Ok(Json(all))
 }
 
+#[utoipa::path(
+    delete,
+    operation_id = "tokens_revoke",
+    path = "/v1/tokens/{id}",
+    tag = "tokens",
+    summary = "Revoke a registration token",
+    params(("id" = String, Path, description = "Token id")),
+    responses((status = 204, description = "Revoked"))
+)]
 pub(super) async fn revoke(
     p: Principal,
     State(state): State<Arc<AppState>>,

@@ -285,6 +285,14 @@ pub(super) async fn logout(
 /// `GET /v1/live`: server-sent events; `change` whenever something a page shows may have
 /// changed (at most about once a second), then the page reads its data again. The stream
 /// ends when the key stops working.
+#[utoipa::path(
+    get,
+    operation_id = "ui_live",
+    path = "/v1/live",
+    tag = "network",
+    summary = "Server-sent events: what changed, as it changes",
+    responses((status = 200, description = "An event stream: `hello` first, then `change` whenever the state the caller may see changed (data: its version number)", body = LiveEvent, content_type = "text/event-stream"))
+)]
 pub(super) async fn live(
     p: Principal,
     State(state): State<Arc<AppState>>,
@@ -338,6 +346,14 @@ pub(super) async fn live(
 
 /// `GET /v1/diagram.svg`: the port-flow diagram of what the caller may see, as `corral
 /// diagram` draws it.
+#[utoipa::path(
+    get,
+    operation_id = "ui_diagram",
+    path = "/v1/diagram.svg",
+    tag = "network",
+    summary = "The deployment's diagram",
+    responses((status = 200, description = "SVG", body = String, content_type = "image/svg+xml"))
+)]
 pub(super) async fn diagram(
     p: Principal,
     State(state): State<Arc<AppState>>,
@@ -359,7 +375,8 @@ pub(super) async fn diagram(
         .into_response())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(super) struct FirewallQuery {
     /// A format of `corral firewall --format` (markdown, aws-json, nftables, …); absent: the
@@ -374,8 +391,30 @@ pub(super) struct FirewallQuery {
     host: Option<String>,
 }
 
+/// One event of `/v1/live`, as the document describes it (the stream itself is written as
+/// text by `live`).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // read by the document only
+pub(super) struct LiveEvent {
+    /// `hello` (first) or `change`.
+    event: String,
+    /// The state's version number.
+    data: String,
+    /// Milliseconds to wait before reconnecting (on `hello`).
+    retry: Option<u64>,
+}
+
 /// `GET /v1/firewall`: the least-privilege rules of what the caller may see, as `corral
 /// firewall` derives them: the flows as JSON, or one format's text to download.
+#[utoipa::path(
+    get,
+    operation_id = "ui_firewall",
+    path = "/v1/firewall",
+    tag = "network",
+    summary = "Least-privilege firewall rules of what the caller may see",
+    params(FirewallQuery),
+    responses((status = 200, description = "The flows as JSON (no format), or the format's text", body = Object))
+)]
 pub(super) async fn firewall(
     p: Principal,
     State(state): State<Arc<AppState>>,

@@ -19,6 +19,16 @@ use crate::time_fmt::{now_unix, rfc3339};
 use crate::users::{self, LoginRefusal};
 
 /// `POST /v1/login`: no key needed; a user's password for a new key of theirs.
+#[utoipa::path(
+    post,
+    operation_id = "users_login",
+    security(()),
+    path = "/v1/login",
+    tag = "users",
+    summary = "Log in with a password; get an API key",
+    request_body = LoginRequest,
+    responses((status = 201, description = "A new API key (shown once)", body = NewKeyView))
+)]
 pub(super) async fn login(
     State(state): State<Arc<AppState>>,
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
@@ -82,6 +92,14 @@ pub(super) fn refused(refusal: LoginRefusal, remote: SocketAddr) -> Response {
     }
 }
 
+#[utoipa::path(
+    get,
+    operation_id = "users_whoami",
+    path = "/v1/whoami",
+    tag = "users",
+    summary = "The caller",
+    responses((status = 200, description = "The caller", body = UserView))
+)]
 pub(super) async fn whoami(
     p: Principal,
     State(state): State<Arc<AppState>>,
@@ -89,6 +107,14 @@ pub(super) async fn whoami(
     Ok(Json(users::whoami(&state, &p.user_id, &p.user_name).await?))
 }
 
+#[utoipa::path(
+    get,
+    operation_id = "users_list",
+    path = "/v1/users",
+    tag = "users",
+    summary = "Users (admins)",
+    responses((status = 200, description = "The users", body = Vec<UserView>))
+)]
 pub(super) async fn list(
     _: Admin,
     State(state): State<Arc<AppState>>,
@@ -96,6 +122,15 @@ pub(super) async fn list(
     Ok(Json(users::list(&state).await?))
 }
 
+#[utoipa::path(
+    post,
+    operation_id = "users_create",
+    path = "/v1/users",
+    tag = "users",
+    summary = "Create a user (admins)",
+    request_body = UserRequest,
+    responses((status = 201, description = "Created", body = UserView))
+)]
 pub(super) async fn create(
     _: Admin,
     State(state): State<Arc<AppState>>,
@@ -108,6 +143,15 @@ pub(super) async fn create(
     ))
 }
 
+#[utoipa::path(
+    delete,
+    operation_id = "users_remove",
+    path = "/v1/users/{name}",
+    tag = "users",
+    summary = "Remove a user (admins)",
+    params(("name" = String, Path, description = "User name")),
+    responses((status = 204, description = "Removed"))
+)]
 pub(super) async fn remove(
     _: Admin,
     State(state): State<Arc<AppState>>,
@@ -118,6 +162,16 @@ pub(super) async fn remove(
 }
 
 /// One's own password, or anyone's by an admin.
+#[utoipa::path(
+    put,
+    operation_id = "users_set_password",
+    path = "/v1/users/{name}/password",
+    tag = "users",
+    summary = "Set a password (admins, or the user)",
+    params(("name" = String, Path, description = "User name")),
+    request_body = PasswordRequest,
+    responses((status = 204, description = "Set"))
+)]
 pub(super) async fn set_password(
     p: Principal,
     State(state): State<Arc<AppState>>,
@@ -135,6 +189,16 @@ pub(super) async fn set_password(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(
+    put,
+    operation_id = "users_set_role",
+    path = "/v1/users/{name}/roles/{env}",
+    tag = "users",
+    summary = "Give a user a role in an environment (admins)",
+    params(("name" = String, Path, description = "User name"), ("env" = String, Path, description = "Environment name")),
+    request_body = RoleRequest,
+    responses((status = 204, description = "Set"))
+)]
 pub(super) async fn set_role(
     _: Admin,
     State(state): State<Arc<AppState>>,
@@ -146,6 +210,15 @@ pub(super) async fn set_role(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(
+    delete,
+    operation_id = "users_remove_role",
+    path = "/v1/users/{name}/roles/{env}",
+    tag = "users",
+    summary = "Take a user's role in an environment (admins)",
+    params(("name" = String, Path, description = "User name"), ("env" = String, Path, description = "Environment name")),
+    responses((status = 204, description = "Taken"))
+)]
 pub(super) async fn remove_role(
     _: Admin,
     State(state): State<Arc<AppState>>,
@@ -155,6 +228,14 @@ pub(super) async fn remove_role(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(
+    get,
+    operation_id = "users_keys",
+    path = "/v1/keys",
+    tag = "users",
+    summary = "The caller's API keys",
+    responses((status = 200, description = "The keys (never their secrets)", body = Vec<KeyView>))
+)]
 pub(super) async fn keys(
     p: Principal,
     State(state): State<Arc<AppState>>,
@@ -162,6 +243,15 @@ pub(super) async fn keys(
     Ok(Json(users::keys(&state, &p.user_id).await?))
 }
 
+#[utoipa::path(
+    post,
+    operation_id = "users_create_key",
+    path = "/v1/keys",
+    tag = "users",
+    summary = "Mint an API key for the caller",
+    request_body = KeyRequest,
+    responses((status = 201, description = "The key (shown once)", body = NewKeyView))
+)]
 pub(super) async fn create_key(
     p: Principal,
     State(state): State<Arc<AppState>>,
@@ -172,6 +262,15 @@ pub(super) async fn create_key(
     Ok((StatusCode::CREATED, Json(key)))
 }
 
+#[utoipa::path(
+    delete,
+    operation_id = "users_revoke_key",
+    path = "/v1/keys/{id}",
+    tag = "users",
+    summary = "Revoke an API key",
+    params(("id" = String, Path, description = "Key id")),
+    responses((status = 204, description = "Revoked"))
+)]
 pub(super) async fn revoke_key(
     p: Principal,
     State(state): State<Arc<AppState>>,

@@ -8,6 +8,7 @@
 //! `--init` starts over on purpose). The admin key exists in clear only in `admin.env`; the
 //! database holds its hash.
 
+pub mod backup;
 mod data_dir;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};

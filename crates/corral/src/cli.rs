@@ -19,8 +19,9 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Run the control plane (API, agent tunnel endpoint, datastore).
-    Server(ServerArgs),
+    /// Run the control plane (API, agent tunnel endpoint, datastore); or back up or restore
+    /// its data dir (`corral server backup`, `corral server restore`).
+    Server(Box<ServerCommand>),
     /// Run the agent on a host: it dials out to the server and listens on nothing.
     Agent(AgentArgs),
     /// Registration tokens for new hosts.
@@ -197,6 +198,52 @@ pub enum Command {
     /// Benchmarks against a running server.
     #[command(subcommand)]
     Bench(BenchCommand),
+}
+
+#[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct ServerCommand {
+    #[command(subcommand)]
+    pub action: Option<ServerAction>,
+    #[command(flatten)]
+    pub run: ServerArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ServerAction {
+    /// Write a backup of a data dir to one file (the server may be running).
+    ///
+    /// A consistent snapshot of the datastore and the CA sealed with the master key. The master
+    /// key itself is never in it: keep master.key apart from the backups; a restore needs both.
+    Backup {
+        /// The data dir to back up.
+        #[arg(long, default_value = "./corral-data", env = "CORRAL_DATA_DIR")]
+        data_dir: PathBuf,
+        /// The backup file to write (never overwritten; written as FILE.partial, mode 0600,
+        /// then renamed).
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        out_format: Out,
+    },
+    /// Make a new data dir from a backup and its master key.
+    ///
+    /// The master key is the master.key of the data dir the backup was made from. Start
+    /// `corral server --data-dir DIR` on the result: same CA (agents reconnect as they are),
+    /// hosts, stacks, users and keys; a new admin.env.
+    Restore {
+        /// The backup file.
+        #[arg(long)]
+        from: PathBuf,
+        /// The new data dir (missing or empty; a restore never replaces a datastore).
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// The master.key of the data dir the backup was made from.
+        #[arg(long)]
+        master_key: PathBuf,
+        #[command(flatten)]
+        out_format: Out,
+    },
 }
 
 #[derive(Args, Debug)]

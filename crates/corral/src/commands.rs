@@ -16,7 +16,13 @@ use crate::output::{print, table};
 
 pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Server(args) => server(args).await,
+        Command::Server(cmd) => match *cmd {
+            ServerCommand {
+                action: Some(action),
+                ..
+            } => crate::backup::run(action).await,
+            ServerCommand { run, .. } => server(run).await,
+        },
         Command::Agent(args) => agent(args).await,
         Command::Token(cmd) => token(cmd).await,
         Command::Host(cmd) => host(cmd).await,

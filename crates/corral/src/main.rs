@@ -8,6 +8,7 @@
 //! - `bench`: scale harness with simulated agents (real protocol, real sockets).
 
 mod audit;
+mod backup;
 mod bench;
 mod bench_deploy;
 mod cli;

@@ -19,7 +19,8 @@
 #   the registry         start_registry (TLS under a throwaway CA, htpasswd, its namespace, the
 #                        temporary DOCKER_CONFIG), fresh_registry, reg_status, reg_lines, trust,
 #                        untrust, login
-#   corral               start_corral (server, an agent per host, the registry added), cli,
+#   corral               start_corral (server with SERVER_ARGS, an agent per host in AGENT_PID,
+#                        the registry added when there is one), cli,
 #                        hosts_available, corral_leftovers
 #
 # Conventions:
@@ -40,7 +41,7 @@
 #   ${LAB_TAG}${ID}b, veths ${LAB_TAG}${ID}NAME (…p inside the namespace, renamed eth0); addresses
 #   PREFIX.1 srv (corral server), .2 reg, .3 a builder, .10+I host hI. Engines live under
 #   WORK/docker/HOST, logs under WORK/logs.
-# - Globals it sets: WORK ID CHILD DOCKERD_PID UNDO_FILES KEEP_DROP (lab_work), BIN (lab_bin),
+# - Globals it sets: WORK ID CHILD DOCKERD_PID AGENT_PID UNDO_FILES KEEP_DROP (lab_work), BIN (lab_bin),
 #   PREFIX BRIDGE (lab_network), REG_IP REG CERTS_D TLS REG_PASSWORD REG_PID REG_STATE DOCKER_CFG
 #   (start_registry), SRV_DIR (start_corral).
 # - The registry answers on REG (REG_IP:5000), its CA in TLS/ca.crt; the engines trust it only
@@ -106,6 +107,7 @@ lab_work() { # WORK (/tmp/corral-BENCH.XXXXXX, with logs/ and docker/), ID, CHIL
     UNDO_FILES=()
     KEEP_DROP=()
     declare -gA DOCKERD_PID=()
+    declare -gA AGENT_PID=()
     mkdir -p "$WORK/logs" "$WORK/docker"
 }
 lab_traps() {
@@ -203,7 +205,7 @@ lab_bin() { # BIN: CORRAL_BIN, or the release build under CARGO_TARGET_DIR (buil
     fi
 }
 lab_versions() {
-    echo "corral $("$BIN" --version | awk '{ print $2 }'), dockerd $(dockerd --version | awk '{ print $3 }' | tr -d ,), docker CLI $(docker version -f '{{.Client.Version}}' 2>/dev/null || echo '?'); lab on $PREFIX.0/24"
+    echo "corral $("$BIN" --version | awk '{ print $2 }'), dockerd $(dockerd --version | awk '{ print $3 }' | tr -d ,), docker CLI $(docker --version | awk '{ print $3 }' | tr -d ,); lab on $PREFIX.0/24"
 }
 
 # --- the network ------------------------------------------------------------------------------
@@ -373,7 +375,7 @@ start_corral() {
     SRV_DIR=$WORK/corral$tag/server
     mkdir -p "$SRV_DIR"
     ip netns exec "$(ns_of srv)" "$BIN" server --listen "$PREFIX.1:8443" --data-dir "$SRV_DIR" \
-        --advertise-url "https://$PREFIX.1:8443" >"$WORK/logs/server$tag.log" 2>&1 &
+        --advertise-url "https://$PREFIX.1:8443" ${SERVER_ARGS[@]+"${SERVER_ARGS[@]}"} >"$WORK/logs/server$tag.log" 2>&1 &
     record "$state" "pid $!"
     wait_for 30 "the corral server" grep -q "is running" "$WORK/logs/server$tag.log"
     checksum=$(sed -n 's/^CORRAL_CA_CHECKSUM=//p' "$SRV_DIR/admin.env")
@@ -383,9 +385,11 @@ start_corral() {
         ip netns exec "$(ns_of "$h")" "$BIN" agent --server "https://$PREFIX.1:8443" --ca-checksum "$checksum" \
             --state-dir "$WORK/corral$tag/$h" --name "$h" --docker-host "unix://$(sock "$h")" --token "$token" \
             >"$WORK/logs/agent$tag-$h.log" 2>&1 &
+        AGENT_PID[$h]=$!
         record "$state" "pid $!"
     done
     wait_for 60 "${#HOSTS[@]} host(s) to connect with Docker available" hosts_available
+    [ -n "${REG:-}" ] || return 0
     printf '%s' "$REG_PASSWORD" | cli registry add "$REG" --username "$REG_USER" --password-stdin \
         --ca-file "$TLS/ca.crt" "$@" >"$WORK/logs/registry-add$tag.log" 2>&1 ||
         die "corral registry add failed: $(cat "$WORK/logs/registry-add$tag.log")"

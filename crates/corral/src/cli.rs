@@ -279,16 +279,19 @@ pub struct ServerArgs {
     /// With --with-agent: the local agent does not join the overlay.
     #[arg(long, requires = "with_agent")]
     pub agent_no_overlay: bool,
-    /// How often agents send heartbeats.
-    #[arg(long, default_value = "15s", value_parser = crate::duration::parse_duration, hide = true)]
+    /// How often agents send heartbeats (each costs the server a little per agent: lower it
+    /// for fast host-loss detection on small fleets).
+    #[arg(long, default_value = "15s", value_parser = crate::duration::parse_duration)]
     pub heartbeat_interval: std::time::Duration,
-    /// Silence after which a tunnel is declared dead.
-    #[arg(long, default_value = "45s", value_parser = crate::duration::parse_duration, hide = true)]
+    /// Silence after which a tunnel is declared dead (a frozen host's kernel still holds its
+    /// TCP connection open: only this silence tells).
+    #[arg(long, default_value = "45s", value_parser = crate::duration::parse_duration)]
     pub dead_after: std::time::Duration,
     /// How long a container command waits for a disconnected host before it expires.
     #[arg(long, default_value = "10m", value_parser = crate::duration::parse_duration, hide = true)]
     pub command_ttl: std::time::Duration,
-    /// How long a host may be disconnected before its stack replicas are placed elsewhere.
+    /// How long a host may be silent before its stack replicas are placed elsewhere (counted
+    /// from the last sign of life, so at least --dead-after).
     #[arg(long, default_value = "60s", value_parser = crate::duration::parse_duration)]
     pub reschedule_after: std::time::Duration,
     /// How many connections that have not (yet) authenticated are held at once; one more

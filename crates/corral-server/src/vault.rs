@@ -74,12 +74,8 @@ impl Vault {
         Vault::from_key(&path, &bytes)
     }
 
-    /// The vault of a key read elsewhere (`path` names it in errors): a restore's.
-    pub fn from_bytes(path: &Path, key: &[u8]) -> Result<Vault, VaultError> {
-        Vault::from_key(path, key)
-    }
-
-    fn from_key(path: &Path, key: &[u8]) -> Result<Vault, VaultError> {
+    /// The vault of a key read from `path` (named in errors): `load`'s, and a restore's.
+    pub fn from_key(path: &Path, key: &[u8]) -> Result<Vault, VaultError> {
         if key.len() != 32 {
             return Err(VaultError::BadKey(path.display().to_string()));
         }

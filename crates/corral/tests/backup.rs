@@ -22,14 +22,6 @@ fn corral(args: &[&str]) -> Output {
     Command::new(corral_bin()).args(args).output().unwrap()
 }
 
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 fn backup(data_dir: &Path, out: &Path) -> Output {
     corral(&[
         "server",

@@ -46,14 +46,6 @@ fn add_registry(lab: &Lab, reg: &Registry, password: &str) {
     assert!(out.status.success(), "{}", text(&out));
 }
 
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 /// `corral up --wait` of `compose` as stack `app`.
 fn up(lab: &Lab, compose: &str) -> Output {
     let file = lab.dir().join("compose.yaml");

@@ -15,14 +15,6 @@ use common::*;
 use corral_testkit::{DockerFirewall, Lab, LabConfig, wait_until};
 use serde_json::Value;
 
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 const COMPOSE: &str = r#"name: site
 services:
   web:

@@ -100,6 +100,22 @@ pub struct Summary {
     pub users: i64,
 }
 
+impl Summary {
+    /// `file`: what was written; `archive`: the backup, whose size is reported.
+    fn of(file: &Path, archive: &Path, manifest: Manifest, counts: Counts) -> Summary {
+        Summary {
+            file: file.to_path_buf(),
+            bytes: std::fs::metadata(archive).map(|m| m.len()).unwrap_or(0),
+            created_at: manifest.created_at,
+            ca_checksum: manifest.ca_checksum,
+            hosts: counts.hosts,
+            stacks: counts.stacks,
+            api_keys: counts.api_keys,
+            users: counts.users,
+        }
+    }
+}
+
 /// Writes a backup of the data dir `data_dir` (its server may be running) to `out`.
 pub async fn backup(data_dir: &Path, out: &Path) -> Result<Summary, BackupError> {
     let db = data_dir.join(DB_FILE);
@@ -133,17 +149,7 @@ pub async fn backup(data_dir: &Path, out: &Path) -> Result<Summary, BackupError>
         }
     };
     std::fs::rename(&partial, out).map_err(io(format!("cannot rename to {}", out.display())))?;
-    let bytes = std::fs::metadata(out).map(|m| m.len()).unwrap_or(0);
-    Ok(Summary {
-        file: out.to_path_buf(),
-        bytes,
-        created_at: manifest.created_at,
-        ca_checksum: manifest.ca_checksum,
-        hosts: counts.hosts,
-        stacks: counts.stacks,
-        api_keys: counts.api_keys,
-        users: counts.users,
-    })
+    Ok(Summary::of(out, out, manifest, counts))
 }
 
 async fn write_backup(
@@ -244,7 +250,7 @@ pub async fn restore(
         master_key.display()
     )))?;
     let vault =
-        Vault::from_bytes(master_key, &key).map_err(|e| BackupError::Refused(e.to_string()))?;
+        Vault::from_key(master_key, &key).map_err(|e| BackupError::Refused(e.to_string()))?;
     let staging = with_suffix(data_dir, &format!(".restoring-{}", std::process::id()));
     let result = build(archive, &staging, &vault, &key).await;
     let manifest_counts = match result {
@@ -269,17 +275,7 @@ pub async fn restore(
         ))(e));
     }
     let (manifest, counts) = manifest_counts;
-    let bytes = std::fs::metadata(archive).map(|m| m.len()).unwrap_or(0);
-    Ok(Summary {
-        file: data_dir.to_path_buf(),
-        bytes,
-        created_at: manifest.created_at,
-        ca_checksum: manifest.ca_checksum,
-        hosts: counts.hosts,
-        stacks: counts.stacks,
-        api_keys: counts.api_keys,
-        users: counts.users,
-    })
+    Ok(Summary::of(data_dir, archive, manifest, counts))
 }
 
 async fn build(

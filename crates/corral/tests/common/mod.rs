@@ -373,6 +373,15 @@ pub fn socket_count(pid: u32) -> usize {
         .unwrap_or(0)
 }
 
+/// A finished command's standard output and error, for assertion messages.
+pub fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
 /// Runs the docker CLI against the machine's dockerd.
 pub fn docker(args: &[&str]) -> Output {
     Command::new("docker").args(args).output().expect("docker")

@@ -27,6 +27,7 @@ install_packages() {
     command -v slapd >/dev/null 2>&1 || missing+=(slapd)
     command -v ldapadd >/dev/null 2>&1 || missing+=(ldap-utils)
     command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+    [ -x /usr/lib/postgresql/15/bin/postgres ] || missing+=(postgresql)
     if [ ${#missing[@]} -gt 0 ]; then
         log "installing ${missing[*]}"
         export DEBIAN_FRONTEND=noninteractive
@@ -92,6 +93,11 @@ if [ "${DOCKER_CHECKS:-0}" = 1 ]; then
 fi
 status=0
 cargo test --workspace --locked || status=$?
+# The control-plane, container and stack tests again, each server on a PostgreSQL of its own
+# (TLS, verify-full) instead of SQLite: one schema, one set of queries, both engines.
+log "cargo test on PostgreSQL (control_plane, containers, stacks)"
+CORRAL_TEST_DATASTORE=postgres cargo test --locked -p corral \
+    --test control_plane --test containers --test stacks || status=$?
 
 # Every test removes what it deployed. A leftover is a leak: it is reported, removed, and fails
 # the suite (leaked networks once used up Docker's address pools, and later runs failed for it).

@@ -88,6 +88,8 @@ pub struct ServerOptions {
     pub ldap: Option<crate::ldap::LdapConfig>,
     /// Most replicas of one stack, all its services together.
     pub max_stack_replicas: u64,
+    /// The datastore, when it is a PostgreSQL database; `None`: SQLite in the data dir.
+    pub datastore: Option<crate::store::PostgresUrl>,
 }
 
 /// Most replicas one stack may have by default, all its services together (`corral up` and
@@ -115,6 +117,7 @@ impl ServerOptions {
             event_rate_window: Duration::from_secs(60),
             ldap: None,
             max_stack_replicas: DEFAULT_MAX_STACK_REPLICAS,
+            datastore: None,
         }
     }
 }
@@ -216,14 +219,27 @@ pub(crate) async fn bootstrap(
         _ => None,
     };
     let own_ca = !matches!(options.tls, TlsMode::Custom { .. });
-    let start = data_dir::prepare(dir, options.init, own_ca)?;
+    let start = match &options.datastore {
+        None => data_dir::prepare(dir, options.init, own_ca)?,
+        Some(url) => {
+            let holds_data = Store::postgres_holds_data(url).await?;
+            data_dir::prepare_external(dir, options.init, own_ca, holds_data, &url.name())?
+        }
+    };
     let vault = match start {
         data_dir::Start::New => crate::vault::Vault::open_or_create(dir),
         data_dir::Start::Existing => crate::vault::Vault::load(dir),
     }
     .map_err(|e| ServerError::Config(e.to_string()))?;
     let vault = std::sync::Arc::new(vault);
-    let store = Store::open_sqlite(&dir.join(data_dir::DB_FILE), vault.clone()).await?;
+    let store = match &options.datastore {
+        None => Store::open_sqlite(&dir.join(data_dir::DB_FILE), vault.clone()).await?,
+        Some(url) => {
+            let store = Store::open_postgres(url, vault.clone()).await?;
+            tracing::info!(datastore = %url.name(), "datastore: PostgreSQL");
+            store
+        }
+    };
     check_master_key(&store, &vault, dir).await?;
     let sealed = store.seal_clear_columns().await?;
     if sealed > 0 {

@@ -274,10 +274,12 @@ async fn admit(
         .map_err(|e| (CloseReason::BadCredential, e))?;
     let server_error = |e: crate::store::StoreError| {
         tracing::error!(error = %e, "datastore failure while admitting an agent");
-        (
-            CloseReason::ServerError,
-            "the server could not reach its datastore; retrying later".to_string(),
-        )
+        let why = if e.is_unreachable() {
+            "the server could not reach its datastore; retrying later"
+        } else {
+            "the server's datastore failed (see the server log); retrying later"
+        };
+        (CloseReason::ServerError, why.to_string())
     };
     // A new host that would join the overlay of a range with no subnet left is refused before
     // anything is recorded: let in, it could run no stack container.

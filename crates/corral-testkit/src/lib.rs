@@ -8,8 +8,9 @@
 //! - Labs: [`Netns`] and [`Network`] (namespaces joined by a bridge), [`Dockerd`] (an engine of
 //!   the test's own in a namespace), [`Capture`] (tcpdump), [`NsServer`] and [`spawn_agent`]
 //!   (corral processes in namespaces) and [`Lab`], which puts them together; [`Registry`] (a
-//!   private image registry with TLS and basic auth, for pull tests); [`leftovers`] checks that
-//!   a teardown left nothing behind.
+//!   private image registry with TLS and basic auth, for pull tests); [`Postgres`] (a
+//!   PostgreSQL cluster with TLS only, for the datastore); [`leftovers`] checks that a teardown
+//!   left nothing behind.
 //!
 //! Everything made here is undone on drop, by process id and by the names it made.
 
@@ -23,6 +24,7 @@ pub mod corral;
 pub mod dockerd;
 pub mod leftovers;
 pub mod netns;
+pub mod postgres;
 mod proc;
 pub mod registry;
 pub mod require;
@@ -36,6 +38,7 @@ pub use corral::{
 };
 pub use dockerd::{DockerFirewall, Dockerd};
 pub use netns::{Netns, Network, TcpSink};
+pub use postgres::Postgres;
 pub use proc::{Proc, wait_until};
 pub use registry::Registry;
 pub use slapd::Slapd;

@@ -254,6 +254,12 @@ pub struct ServerArgs {
     /// Where the database, PKI and admin.env live.
     #[arg(long, default_value = "./corral-data", env = "CORRAL_DATA_DIR")]
     pub data_dir: PathBuf,
+    /// Keep the datastore in PostgreSQL instead of SQLite in --data-dir:
+    /// postgres://USER@HOST:PORT/DATABASE?sslmode=verify-full&sslrootcert=CA.pem. Give a
+    /// password in CORRAL_DATASTORE rather than on the command line (other users can read a
+    /// process's arguments). The data dir still holds master.key, pki/ and admin.env.
+    #[arg(long, env = "CORRAL_DATASTORE", hide_env_values = true, value_parser = parse_datastore)]
+    pub datastore: Option<corral_server::store::PostgresUrl>,
     /// The URL agents dial (default: https://<hostname>:<port>).
     #[arg(long, env = "CORRAL_ADVERTISE_URL")]
     pub advertise_url: Option<String>,
@@ -1209,4 +1215,8 @@ pub struct ConfigArgs {
     pub env_files: Vec<PathBuf>,
     #[command(flatten)]
     pub out: Out,
+}
+
+fn parse_datastore(s: &str) -> Result<corral_server::store::PostgresUrl, String> {
+    corral_server::store::PostgresUrl::parse(s).map_err(|e| e.to_string())
 }

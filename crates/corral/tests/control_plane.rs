@@ -13,8 +13,9 @@ fn first_start_creates_everything_and_restart_reuses_it() {
     let t = tmp();
     let data = t.path().join("data");
     let mut server = Server::start(&data, &[]);
+    // On PostgreSQL the datastore is the database, not a file.
+    assert_eq!(data.join("corral.db").exists(), !on_postgres());
     for f in [
-        "corral.db",
         "admin.env",
         "pki/ca.pem",
         "pki/ca-key.pem",
@@ -35,7 +36,7 @@ fn first_start_creates_everything_and_restart_reuses_it() {
     assert!(first.checksum.starts_with("sha256:") && first.checksum.len() == 71);
     assert!(first.api_key.starts_with("crl_key_"));
     // The admin key is stored hashed only.
-    let db = std::fs::read(data.join("corral.db")).unwrap();
+    let db = server.datastore_bytes();
     assert!(
         !db.windows(first.api_key.len())
             .any(|w| w == first.api_key.as_bytes())
@@ -104,7 +105,7 @@ fn agent_registers_reconnects_after_server_restart_and_listens_on_nothing() {
             .permissions(),
     );
     assert_eq!(mode & 0o777, 0o600);
-    let db = std::fs::read(t.path().join("data/corral.db")).unwrap();
+    let db = server.datastore_bytes();
     assert!(!db.windows(cred.len()).any(|w| w == cred.as_bytes()));
     assert!(!db.windows(token.len()).any(|w| w == token.as_bytes()));
 

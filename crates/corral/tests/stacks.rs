@@ -648,20 +648,9 @@ fn a_definition_that_no_longer_reads_fails_the_stack_and_removes_nothing() {
     // The stored definition stops reading: as an earlier version would have written it, in
     // clear, but with `update` a string.
     server.stop();
-    let db = data.join("corral.db");
-    let script = format!(
-        "import sqlite3; c = sqlite3.connect({:?}); c.execute(\"UPDATE services SET spec = '{{\\\"update\\\": \\\"rolling\\\"}}' WHERE stack_id = (SELECT id FROM stacks WHERE name = ?)\", ({stack:?},)); c.commit()",
-        db.display().to_string()
-    );
-    let out = std::process::Command::new("python3")
-        .args(["-c", &script])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    server.datastore_exec(&format!(
+        "UPDATE services SET spec = '{{\"update\": \"rolling\"}}' WHERE stack_id = (SELECT id FROM stacks WHERE name = '{stack}')"
+    ));
     server.start_again();
 
     wait_until(Duration::from_secs(30), "the stack reported failed", || {
@@ -756,19 +745,12 @@ fn environment_values_are_sealed_at_rest() {
         env_of(&inspect(&ids[0]), "DB_PASSWORD").as_deref(),
         Some(format!("{secret}-compose").as_str())
     );
-    // No datastore file holds them in clear.
-    for entry in std::fs::read_dir(&data).unwrap() {
-        let path = entry.unwrap().path();
-        let name = path.file_name().unwrap().to_string_lossy().into_owned();
-        if !name.starts_with("corral.db") {
-            continue;
-        }
-        let bytes = std::fs::read(&path).unwrap();
-        assert!(
-            !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
-            "{name} holds an environment value in clear"
-        );
-    }
+    // The datastore does not hold them in clear.
+    let bytes = server.datastore_bytes();
+    assert!(
+        !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+        "the datastore holds an environment value in clear"
+    );
     server.cli_ok(&["container", "rm", &single]);
 }
 

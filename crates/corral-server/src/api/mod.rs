@@ -59,7 +59,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             }
         }),
     )
-    .route("/healthz", get(|| async { "ok\n" }))
+    .route("/healthz", get(healthz))
     .route("/", get(|| async { axum::response::Redirect::to("/ui/") }))
     .route(
         "/ui",
@@ -138,6 +138,24 @@ impl From<QueryRejection> for ApiError {
     }
 }
 
+/// `ok` while the server can read its datastore; 503 with the reason when it cannot (a load
+/// balancer then sends requests to another server).
+async fn healthz(State(state): State<Arc<AppState>>) -> Response {
+    match tokio::time::timeout(std::time::Duration::from_secs(5), state.store.ping()).await {
+        Ok(Ok(())) => "ok\n".into_response(),
+        Ok(Err(e)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("unhealthy: the datastore cannot be read: {e}\n"),
+        )
+            .into_response(),
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unhealthy: the datastore did not answer within 5 s\n",
+        )
+            .into_response(),
+    }
+}
+
 /// The one place a domain error becomes an HTTP status.
 impl From<Error> for ApiError {
     fn from(e: Error) -> Self {
@@ -148,6 +166,13 @@ impl From<Error> for ApiError {
             Error::Refused(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Error::Agent(_) => StatusCode::BAD_GATEWAY,
             Error::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            Error::Store(s) if s.is_unreachable() => {
+                tracing::error!(error = %e, "the datastore cannot be reached");
+                return ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the datastore cannot be reached: the request was not carried out (a write cut off while it committed may have been; look before retrying). /healthz answers ok again once it is back",
+                );
+            }
             Error::Store(_) | Error::Internal(_) => {
                 tracing::error!(error = %e, "server failure");
                 return ApiError::new(

@@ -121,7 +121,7 @@ pub async fn backup(data_dir: &Path, out: &Path) -> Result<Summary, BackupError>
     let db = data_dir.join(DB_FILE);
     if !db.is_file() {
         return Err(BackupError::Refused(format!(
-            "no datastore at {}: is {} a corral data dir (--data-dir)?",
+            "no datastore at {}: is {} a corral data dir (--data-dir)? (A server on PostgreSQL (--datastore) keeps its state in the database: back that up with PostgreSQL's tools, pg_dump or base backups, and keep master.key and pki/ apart)",
             db.display(),
             data_dir.display()
         )));

@@ -72,20 +72,7 @@ fn io(context: String) -> impl FnOnce(std::io::Error) -> ServerError {
 /// `own_ca`: the server serves a certificate of its own CA (not an operator-supplied chain),
 /// so an existing datastore needs that CA.
 pub fn prepare(dir: &Path, init: bool, own_ca: bool) -> Result<Start, ServerError> {
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(io(format!("cannot create data dir {}", dir.display())))?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io(format!(
-        "cannot make data dir {} private (mode 0700)",
-        dir.display()
-    )))?;
-
-    let present: Vec<&str> = WRITTEN
-        .into_iter()
-        .filter(|f| exists(&dir.join(f)))
-        .collect();
+    let present = make_private(dir)?;
     if present.is_empty() {
         return Ok(Start::New);
     }
@@ -178,6 +165,84 @@ pub fn prepare(dir: &Path, init: bool, own_ca: bool) -> Result<Start, ServerErro
             Ok(Start::New)
         }
     }
+}
+
+/// Makes the data dir (0700) or makes an existing one private; returns what of corral's it
+/// holds.
+fn make_private(dir: &Path) -> Result<Vec<&'static str>, ServerError> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(io(format!("cannot create data dir {}", dir.display())))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io(format!(
+        "cannot make data dir {} private (mode 0700)",
+        dir.display()
+    )))?;
+    Ok(WRITTEN
+        .into_iter()
+        .filter(|f| exists(&dir.join(f)))
+        .collect())
+}
+
+/// As `prepare`, for a server whose datastore is a PostgreSQL database (`database` names it
+/// for messages): the data dir then holds the master key, the CA and `admin.env`, and
+/// `holds_data` says whether the database already holds a deployment. A database with one
+/// needs that deployment's master key and CA in the dir: that is how a second server joins
+/// (copy `master.key` and `pki/` from a server of the deployment); a new dir would otherwise
+/// get a new key and CA that open nothing and that no agent trusts.
+pub fn prepare_external(
+    dir: &Path,
+    init: bool,
+    own_ca: bool,
+    holds_data: bool,
+    database: &str,
+) -> Result<Start, ServerError> {
+    let present = make_private(dir)?;
+    let key_path = dir.join(MASTER_KEY_FILE);
+    let ca_path = dir.join(PKI_DIR).join("ca.pem");
+    if holds_data {
+        if init {
+            return Err(ServerError::DataDir(format!(
+                "--init starts a new datastore, but the database {database} holds one: start without --init to use it, or name an empty database"
+            )));
+        }
+        if !exists(&key_path) {
+            return Err(ServerError::DataDir(format!(
+                "the database {database} holds a deployment, but {} is missing: copy master.key (and pki/) from a server of that deployment into {} — every server of a deployment needs its master key to open the sealed secrets. No new key is made: the sealed secrets would never open",
+                key_path.display(),
+                dir.display()
+            )));
+        }
+        if own_ca && !exists(&ca_path) {
+            return Err(ServerError::DataDir(format!(
+                "the database {database} holds a deployment, but {} is missing: copy pki/ca.pem and pki/ca-key.pem from a server of that deployment into {} — its agents pin that CA, and every server must present certificates from it",
+                ca_path.display(),
+                dir.display()
+            )));
+        }
+        return Ok(Start::Existing);
+    }
+    // The database is empty. A dir with only a master key and a CA is a server being set up
+    // for a new database (kept, like `--init` keeps them); a dir that holds an admin.env or
+    // an agent ran against a datastore that is now gone.
+    let ran = present
+        .iter()
+        .any(|f| matches!(*f, ADMIN_ENV | AGENT_DIR) || f.starts_with(DB_FILE));
+    if ran && !init {
+        return Err(ServerError::DataDir(format!(
+            "the database {database} is empty, but {} belongs to a server that ran (it holds {}): the database was emptied or --datastore names another one, and starting over would orphan every host. Check --datastore; or, to start over with a new datastore, run `corral server --init` (it keeps the CA and master.key; every host must register again)",
+            dir.display(),
+            present.join(", ")
+        )));
+    }
+    if std::fs::metadata(&key_path).is_ok_and(|m| m.len() != MASTER_KEY_LEN) {
+        return Err(ServerError::DataDir(format!(
+            "{} is not a master key ({MASTER_KEY_LEN} bytes): move it away or put the right one back",
+            key_path.display()
+        )));
+    }
+    Ok(Start::New)
 }
 
 /// `NAME.before-init-STAMP`, or with `.N` added when that is taken.

@@ -9,7 +9,7 @@ use super::{Result, Store, StoreError};
 const COLUMNS: &str =
     "seq, at, actor, key_id, role, environment, action, target, outcome, source, hash";
 
-fn decode(row: &sqlx::sqlite::SqliteRow) -> std::result::Result<(Entry, Vec<u8>), sqlx::Error> {
+fn decode(row: &sqlx::any::AnyRow) -> std::result::Result<(Entry, Vec<u8>), sqlx::Error> {
     Ok((
         Entry {
             seq: row.try_get("seq")?,
@@ -29,10 +29,10 @@ fn decode(row: &sqlx::sqlite::SqliteRow) -> std::result::Result<(Entry, Vec<u8>)
 
 /// Binds an entry's eleven columns, in `COLUMNS` order, to the next placeholders of `query`.
 pub(super) fn bind_entry<'q>(
-    query: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>,
+    query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>,
     entry: &Entry,
     hash: &[u8; 32],
-) -> sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments> {
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments> {
     query
         .bind(entry.seq)
         .bind(entry.at)
@@ -54,7 +54,7 @@ impl Store {
         bind_entry(
             sqlx::query(
                 "INSERT INTO audit_log (seq, at, actor, key_id, role, environment, action, target, outcome, source, hash) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
             ),
             entry,
             hash,
@@ -83,7 +83,7 @@ impl Store {
     /// Up to `limit` entries after `after_seq`, in sequence order, with their stored hashes.
     pub async fn audit_page(&self, after_seq: i64, limit: u32) -> Result<Vec<(Entry, Vec<u8>)>> {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {COLUMNS} FROM audit_log WHERE seq > ? ORDER BY seq LIMIT ?"
+            "SELECT {COLUMNS} FROM audit_log WHERE seq > $1 ORDER BY seq LIMIT $2"
         )))
         .bind(after_seq)
         .bind(i64::from(limit))
@@ -102,8 +102,8 @@ impl Store {
         limit: u32,
     ) -> Result<Vec<Entry>> {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {COLUMNS} FROM audit_log WHERE at >= ? AND (? IS NULL OR actor = ?) \
-             ORDER BY seq DESC LIMIT ?"
+            "SELECT {COLUMNS} FROM audit_log WHERE at >= $1 AND ($2 IS NULL OR actor = $3) \
+             ORDER BY seq DESC LIMIT $4"
         )))
         .bind(since_ms.unwrap_or(i64::MIN))
         .bind(actor)

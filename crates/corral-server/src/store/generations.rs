@@ -33,13 +33,13 @@ impl Store {
         let table = kind.table();
         Ok(match generation {
             None => sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                "SELECT generation, document, policy, created_at FROM {table} WHERE environment_id = ? ORDER BY generation DESC LIMIT 1"
+                "SELECT generation, document, policy, created_at FROM {table} WHERE environment_id = $1 ORDER BY generation DESC LIMIT 1"
             )))
             .bind(env_id)
             .fetch_optional(&self.writer)
             .await?,
             Some(g) => sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                "SELECT generation, document, policy, created_at FROM {table} WHERE environment_id = ? AND generation = ?"
+                "SELECT generation, document, policy, created_at FROM {table} WHERE environment_id = $1 AND generation = $2"
             )))
             .bind(env_id)
             .bind(g)
@@ -52,7 +52,7 @@ impl Store {
     pub(super) async fn generations(&self, kind: Kind, env_id: &str) -> Result<Vec<(i64, i64)>> {
         let table = kind.table();
         Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT generation, created_at FROM {table} WHERE environment_id = ? ORDER BY generation DESC"
+            "SELECT generation, created_at FROM {table} WHERE environment_id = $1 ORDER BY generation DESC"
         )))
         .bind(env_id)
         .fetch_all(&self.writer)
@@ -70,16 +70,16 @@ impl Store {
         now: i64,
     ) -> Result<i64> {
         let table = kind.table();
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.begin_write().await?;
         let last: Option<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-            "SELECT MAX(generation) FROM {table} WHERE environment_id = ?"
+            "SELECT MAX(generation) FROM {table} WHERE environment_id = $1"
         )))
         .bind(env_id)
         .fetch_one(&mut *tx)
         .await?;
         let generation = last.unwrap_or(0) + 1;
         sqlx::query(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO {table} (environment_id, generation, document, policy, created_at) VALUES (?, ?, ?, ?, ?)"
+            "INSERT INTO {table} (environment_id, generation, document, policy, created_at) VALUES ($1, $2, $3, $4, $5)"
         )))
         .bind(env_id)
         .bind(generation)
@@ -89,7 +89,7 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         sqlx::query(sqlx::AssertSqlSafe(format!(
-            "DELETE FROM {table} WHERE environment_id = ? AND generation <= ?"
+            "DELETE FROM {table} WHERE environment_id = $1 AND generation <= $2"
         )))
         .bind(env_id)
         .bind(generation - KEEP)

@@ -43,7 +43,7 @@ type RawRegistry = (
     Option<String>,
     Option<Vec<u8>>,
     Option<String>,
-    bool,
+    super::Flag,
     i64,
     i64,
 );
@@ -65,9 +65,9 @@ impl Store {
             ),
             None => None,
         };
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.begin_write().await?;
         sqlx::query(
-            "INSERT INTO registries (environment_id, registry, username, secret, ca_pem, builds, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) \
+            "INSERT INTO registries (environment_id, registry, username, secret, ca_pem, builds, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
              ON CONFLICT (environment_id, registry) DO UPDATE SET username = excluded.username, secret = excluded.secret, ca_pem = excluded.ca_pem, builds = excluded.builds, updated_at = excluded.updated_at",
         )
         .bind(env_id)
@@ -75,7 +75,7 @@ impl Store {
         .bind(&row.username)
         .bind(secret)
         .bind(&row.ca_pem)
-        .bind(row.builds)
+        .bind(super::Flag(row.builds))
         .bind(now)
         .bind(now)
         .execute(&mut *tx)
@@ -83,7 +83,7 @@ impl Store {
         if row.builds {
             // One build registry per environment: the newest one named.
             sqlx::query(
-                "UPDATE registries SET builds = 0 WHERE environment_id = ? AND registry <> ?",
+                "UPDATE registries SET builds = 0 WHERE environment_id = $1 AND registry <> $2",
             )
             .bind(env_id)
             .bind(&row.registry)
@@ -99,7 +99,7 @@ impl Store {
     /// without the account it needs, as if there were none.
     pub async fn registries(&self, env_id: &str) -> Result<Vec<RegistryRow>> {
         let raw: Vec<RawRegistry> = sqlx::query_as(
-            "SELECT registry, username, secret, ca_pem, builds, created_at, updated_at FROM registries WHERE environment_id = ? ORDER BY registry",
+            "SELECT registry, username, secret, ca_pem, builds, created_at, updated_at FROM registries WHERE environment_id = $1 ORDER BY registry",
         )
         .bind(env_id)
         .fetch_all(&self.reader)
@@ -126,7 +126,7 @@ impl Store {
                     username,
                     password,
                     ca_pem,
-                    builds,
+                    builds: builds.into(),
                     created_at,
                     updated_at,
                 })
@@ -136,11 +136,12 @@ impl Store {
 
     /// Removes a registry; whether there was one.
     pub async fn remove_registry(&self, env_id: &str, registry: &str) -> Result<bool> {
-        let done = sqlx::query("DELETE FROM registries WHERE environment_id = ? AND registry = ?")
-            .bind(env_id)
-            .bind(registry)
-            .execute(&self.writer)
-            .await?;
+        let done =
+            sqlx::query("DELETE FROM registries WHERE environment_id = $1 AND registry = $2")
+                .bind(env_id)
+                .bind(registry)
+                .execute(&self.writer)
+                .await?;
         Ok(done.rows_affected() > 0)
     }
 

@@ -15,8 +15,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{FromRow, SqlitePool};
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::sqlite::SqliteConnectOptions;
+use sqlx::{AnyPool, ConnectOptions, Executor, FromRow};
 
 use corral_control::states::{Actual, Desired, parse_health};
 use corral_proto::{Health, HostFacts};
@@ -25,6 +26,8 @@ use crate::secrets::{SecretHash, new_id};
 use crate::text::clip;
 use crate::vault::Vault;
 use sealed::Column;
+pub(crate) use sql::Flag;
+use sql::Statement;
 
 mod audit;
 mod generations;
@@ -33,6 +36,7 @@ mod images;
 mod netpolicy;
 mod overlay;
 mod sealed;
+mod sql;
 mod stacks;
 mod users;
 pub use images::{PolicyRow, RegistryRow};
@@ -50,6 +54,9 @@ pub enum StoreError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    /// The datastore's address or settings are wrong.
+    #[error("{0}")]
+    Config(String),
     #[error("corrupt row: {0}")]
     Corrupt(String),
     /// A group commit (see `group`) failed; every write in it was rolled back.
@@ -61,6 +68,30 @@ pub enum StoreError {
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+impl StoreError {
+    /// The datastore could not be reached (a connection refused, broken or timed out, the
+    /// database shutting down): the operation did not reach it, as opposed to a failure of
+    /// what it asked for.
+    pub fn is_unreachable(&self) -> bool {
+        match self {
+            StoreError::Db(e) => match e {
+                sqlx::Error::Io(_)
+                | sqlx::Error::Tls(_)
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::WorkerCrashed => true,
+                // SQLSTATE class 08: connection exception; 57P01–57P05: the server is
+                // shutting down, starting, or cut the session.
+                sqlx::Error::Database(d) => d
+                    .code()
+                    .is_some_and(|c| c.starts_with("08") || c.starts_with("57P")),
+                _ => false,
+            },
+            _ => false,
+        }
+    }
+}
 
 /// Creates the datastore file with mode 0600 if it is missing, and makes it and SQLite's files
 /// beside it 0600 if they are not.
@@ -84,10 +115,69 @@ fn make_private(path: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The address of a PostgreSQL datastore. It may carry a password, so it is never shown:
+/// `Debug` and [`PostgresUrl::name`] give the host, port and database only.
+#[derive(Clone)]
+pub struct PostgresUrl(String);
+
+impl PostgresUrl {
+    /// Checks that `url` is a `postgres://` (or `postgresql://`) URL with a host.
+    pub fn parse(url: &str) -> Result<PostgresUrl> {
+        let parsed = url::Url::parse(url).map_err(|e| {
+            StoreError::Config(format!("--datastore is not a URL ({e}); write postgres://USER@HOST:PORT/DATABASE?sslmode=verify-full&sslrootcert=CA.pem"))
+        })?;
+        if !matches!(parsed.scheme(), "postgres" | "postgresql") {
+            return Err(StoreError::Config(format!(
+                "--datastore must be a postgres:// URL, not {}:// (without --datastore the datastore is SQLite in --data-dir)",
+                parsed.scheme()
+            )));
+        }
+        if parsed.host_str().is_none_or(str::is_empty) {
+            return Err(StoreError::Config(
+                "--datastore names no host: write postgres://USER@HOST:PORT/DATABASE".into(),
+            ));
+        }
+        Ok(PostgresUrl(url.to_owned()))
+    }
+
+    /// `postgres://HOST:PORT/DATABASE`, without user, password or parameters.
+    pub fn name(&self) -> String {
+        match url::Url::parse(&self.0) {
+            Ok(u) => format!(
+                "postgres://{}:{}{}",
+                u.host_str().unwrap_or_default(),
+                u.port().unwrap_or(5432),
+                u.path()
+            ),
+            Err(_) => "postgres://?".into(),
+        }
+    }
+
+    fn options(&self) -> Result<AnyConnectOptions> {
+        Ok(AnyConnectOptions::from_str(&self.0)?)
+    }
+}
+
+impl std::fmt::Debug for PostgresUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.name())
+    }
+}
+
+/// Which database engine holds the datastore.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    /// A file in the data directory (the default).
+    Sqlite,
+    /// A PostgreSQL database (`--datastore postgres://…`).
+    Postgres,
+}
+
 #[derive(Clone)]
 pub struct Store {
-    writer: SqlitePool,
-    reader: SqlitePool,
+    engine: Engine,
+    writer: AnyPool,
+    reader: AnyPool,
     /// Seals the columns that may carry secrets (see `sealed`).
     vault: Arc<Vault>,
     /// Agents' replies, written in groups (`complete_command`).
@@ -97,6 +187,12 @@ pub struct Store {
     /// Containers whose removal a host confirmed, deleted in groups (`delete_container`).
     deletes: group::Group<String, ()>,
 }
+
+/// The longest a PostgreSQL statement waits for a pooled connection (see `open_postgres`).
+const PG_ACQUIRE: Duration = Duration::from_secs(3);
+
+/// The PostgreSQL advisory lock every write transaction holds (`begin_write`): "corral w".
+const WRITE_LOCK: i64 = 0x636f_7272_616c_2077;
 
 /// Rows written by one multi-row statement at most (SQLite allows 32,766 parameters; a
 /// container row has 14).
@@ -113,24 +209,24 @@ struct SealedCommand {
 
 /// Queues commands, many rows to a statement.
 async fn insert_commands(
-    conn: &mut sqlx::SqliteConnection,
+    conn: &mut sqlx::AnyConnection,
     commands: &[SealedCommand],
     now: i64,
 ) -> Result<()> {
     for chunk in commands.chunks(ROWS_PER_STATEMENT) {
-        let mut q = sqlx::QueryBuilder::new(
+        let mut q = Statement::new(
             "INSERT INTO commands (id, host_id, kind, payload, state, created_at, deadline_at) ",
         );
-        q.push_values(chunk, |mut b, c| {
-            b.push_bind(&c.id)
-                .push_bind(&c.host_id)
-                .push_bind(&c.kind)
-                .push_bind(&c.payload)
-                .push_bind("pending")
-                .push_bind(now)
-                .push_bind(c.deadline);
+        q.values(chunk, |b, c| {
+            b.bind(c.id.as_str())
+                .bind(c.host_id.as_str())
+                .bind(c.kind.as_str())
+                .bind(c.payload.as_str())
+                .bind("pending")
+                .bind(now)
+                .bind(c.deadline);
         });
-        q.build().execute(&mut *conn).await?;
+        q.query()?.execute(&mut *conn).await?;
     }
     Ok(())
 }
@@ -381,7 +477,7 @@ pub struct ContainerRow {
 /// A container row's `desired`, `actual` and `health` columns as typed states; a name this
 /// build does not know is a decoding error.
 pub(crate) fn container_states(
-    row: &sqlx::sqlite::SqliteRow,
+    row: &sqlx::any::AnyRow,
 ) -> std::result::Result<(Desired, Actual, Option<Health>), sqlx::Error> {
     use sqlx::Row;
     let bad = |column: &str, e: corral_control::states::UnknownState| sqlx::Error::ColumnDecode {
@@ -398,8 +494,8 @@ pub(crate) fn container_states(
     ))
 }
 
-impl<'r> FromRow<'r, sqlx::sqlite::SqliteRow> for ContainerRow {
-    fn from_row(row: &'r sqlx::sqlite::SqliteRow) -> std::result::Result<Self, sqlx::Error> {
+impl<'r> FromRow<'r, sqlx::any::AnyRow> for ContainerRow {
+    fn from_row(row: &'r sqlx::any::AnyRow) -> std::result::Result<Self, sqlx::Error> {
         use sqlx::Row;
         let (desired, actual, health) = container_states(row)?;
         Ok(ContainerRow {
@@ -443,13 +539,10 @@ impl Store {
                 format!("cannot make {} private (mode 0600): {e}", path.display()),
             )))
         })?;
-        let url = format!("sqlite://{}", path.display());
-        let opts = SqliteConnectOptions::from_str(&url)?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
-            .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(10));
+        sqlx::any::install_default_drivers();
+        let file = SqliteConnectOptions::new().filename(path);
+        let url =
+            |opts: SqliteConnectOptions| AnyConnectOptions::from_str(opts.to_url_lossy().as_str());
         // No ping before each use: a connection to a local file does not go stale, and for
         // SQLite a ping is a round trip through the connection's worker thread — as much as the
         // query itself (it doubled the thread hand-offs of every statement on a pool). Without
@@ -459,46 +552,144 @@ impl Store {
         // in 2 MiB, and every miss is a read system call on the writer's thread — the one
         // thread every write waits for. (The readers' caches are emptied by every write
         // anyway, WAL being what it is, so they keep the default.)
-        let writer = SqlitePoolOptions::new()
+        // The settings are PRAGMAs run on each new connection: the `Any` driver opens SQLite
+        // from a URL, which carries the file and its mode but not these.
+        let writer = AnyPoolOptions::new()
             .max_connections(1)
             .test_before_acquire(false)
-            .connect_with(opts.clone().pragma("cache_size", "-65536"))
+            .after_connect(|conn, _| {
+                Box::pin(async move {
+                    conn.execute(
+                        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+                         PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000; \
+                         PRAGMA cache_size = -65536;",
+                    )
+                    .await
+                    .map(|_| ())
+                })
+            })
+            .connect_with(url(file.clone().create_if_missing(true))?)
             .await?;
-        sqlx::migrate!("./migrations").run(&writer).await?;
-        let reader = SqlitePoolOptions::new()
+        sqlx::migrate!("./migrations/sqlite").run(&writer).await?;
+        let reader = AnyPoolOptions::new()
             .max_connections(4)
             .test_before_acquire(false)
-            .connect_with(opts.read_only(true))
+            .after_connect(|conn, _| {
+                Box::pin(async move {
+                    conn.execute("PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;")
+                        .await
+                        .map(|_| ())
+                })
+            })
+            .connect_with(url(file.read_only(true))?)
             .await?;
+        Ok(Store::start(Engine::Sqlite, writer, reader, vault))
+    }
+
+    /// Opens the PostgreSQL datastore at `url` (`postgres://…`; `sslmode`, `sslrootcert` and the
+    /// other libpq parameters in it apply) and runs the migrations. Fails if the database cannot
+    /// be reached: a server does not start on a datastore it cannot read.
+    pub async fn open_postgres(url: &PostgresUrl, vault: Arc<Vault>) -> Result<Store> {
+        sqlx::any::install_default_drivers();
+        let opts = url.options()?;
+        // Writes: one connection, as with SQLite, so one server's write transactions are
+        // serialised in the process exactly as they are there (same code, same outcomes);
+        // servers sharing the database serialise theirs with a transaction-scoped lock
+        // (`begin_write`). Reads: a few connections, checked before use — a connection to a
+        // database over the network can die while it sits in the pool. A request waits at most
+        // `PG_ACQUIRE` for a connection (the pool retries connecting, with backoff, meanwhile):
+        // while the database is away, requests are refused as unavailable within seconds, well
+        // before a client (or the connection gate's deadline for authenticating) gives up.
+        let writer = AnyPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(PG_ACQUIRE)
+            .connect_with(opts.clone())
+            .await?;
+        sqlx::migrate!("./migrations/postgres").run(&writer).await?;
+        // One server per database: several active servers need a leader for the reconciler
+        // and the periodic work, which is not built yet.
+        let lock = active_lock(&opts).await?.ok_or_else(|| {
+            StoreError::Conflict(format!(
+                "another corral server is running on {}: run one server per database (several active servers on one database are not supported yet). Stop the other one first; this one may then start",
+                url.name()
+            ))
+        })?;
+        tokio::spawn(keep_active_lock(lock, opts.clone(), url.name()));
+        let reader = AnyPoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(PG_ACQUIRE)
+            .connect_with(opts)
+            .await?;
+        Ok(Store::start(Engine::Postgres, writer, reader, vault))
+    }
+
+    /// The store over its pools, with its group-commit tasks started.
+    fn start(engine: Engine, writer: AnyPool, reader: AnyPool, vault: Arc<Vault>) -> Store {
         let replies = {
             let writer = writer.clone();
             group::Group::start(Arc::new(move |items: Vec<ReplyWrite>| {
                 let writer = writer.clone();
-                Box::pin(async move { complete_commands(&writer, items).await })
+                Box::pin(async move { complete_commands(engine, &writer, items).await })
             }))
         };
         let statuses = {
             let writer = writer.clone();
             group::Group::start(Arc::new(move |items: Vec<StatusWrite>| {
                 let writer = writer.clone();
-                Box::pin(async move { record_statuses(&writer, items).await })
+                Box::pin(async move { record_statuses(engine, &writer, items).await })
             }))
         };
         let deletes = {
             let writer = writer.clone();
             group::Group::start(Arc::new(move |ids: Vec<String>| {
                 let writer = writer.clone();
-                Box::pin(async move { delete_containers(&writer, ids).await })
+                Box::pin(async move { delete_containers(engine, &writer, ids).await })
             }))
         };
-        Ok(Store {
+        Store {
+            engine,
             writer,
             reader,
             vault,
             replies,
             statuses,
             deletes,
-        })
+        }
+    }
+
+    /// Which engine holds the datastore.
+    pub fn engine(&self) -> Engine {
+        self.engine
+    }
+
+    /// Whether the datastore answers: one trivial read, on a connection of the readers' pool
+    /// (with PostgreSQL: a round trip to the database). For `/healthz`.
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.reader).await?;
+        Ok(())
+    }
+
+    /// Whether the PostgreSQL database at `url` already holds a corral datastore (its tables
+    /// are there). Decides whether a server starting on it starts a deployment or joins one.
+    pub async fn postgres_holds_data(url: &PostgresUrl) -> Result<bool> {
+        use sqlx::Connection;
+        sqlx::any::install_default_drivers();
+        let mut conn = sqlx::AnyConnection::connect_with(&url.options()?).await?;
+        let tables: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = current_schema() AND table_name = 'environments'",
+        )
+        .fetch_one(&mut conn)
+        .await?;
+        conn.close().await?;
+        Ok(tables > 0)
+    }
+
+    /// Begins a write transaction. On PostgreSQL it first takes a transaction-scoped advisory
+    /// lock that every server's writes share: write transactions are then serialised across
+    /// servers as SQLite serialises them in one file, so a read-then-write (a name taken, a
+    /// subnet leased, a token's last use) cannot interleave with another's.
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>> {
+        begin_write(self.engine, &self.writer).await
     }
 
     /// Seals every value an earlier version wrote in clear into a column that may carry
@@ -511,7 +702,7 @@ impl Store {
                 .await?;
         for (id, spec) in clear {
             let value = sealed::seal(&self.vault, Column::ContainerSpec, &id, &spec)?;
-            sqlx::query("UPDATE containers SET spec = ? WHERE id = ?")
+            sqlx::query("UPDATE containers SET spec = $1 WHERE id = $2")
                 .bind(value)
                 .bind(&id)
                 .execute(&self.writer)
@@ -526,7 +717,7 @@ impl Store {
         for (stack_id, name, spec) in clear {
             let key = format!("{stack_id}/{name}");
             let value = sealed::seal(&self.vault, Column::ServiceSpec, &key, &spec)?;
-            sqlx::query("UPDATE services SET spec = ? WHERE stack_id = ? AND name = ?")
+            sqlx::query("UPDATE services SET spec = $1 WHERE stack_id = $2 AND name = $3")
                 .bind(value)
                 .bind(&stack_id)
                 .bind(&name)
@@ -540,7 +731,7 @@ impl Store {
                 .await?;
         for (id, payload) in clear {
             let value = sealed::seal(&self.vault, Column::CommandPayload, &id, &payload)?;
-            sqlx::query("UPDATE commands SET payload = ? WHERE id = ?")
+            sqlx::query("UPDATE commands SET payload = $1 WHERE id = $2")
                 .bind(value)
                 .bind(&id)
                 .execute(&self.writer)
@@ -575,7 +766,7 @@ impl Store {
     }
 
     pub async fn set_key_check(&self, sealed: &[u8]) -> Result<()> {
-        sqlx::query("INSERT INTO key_check (id, sealed) VALUES (1, ?) ON CONFLICT (id) DO UPDATE SET sealed = excluded.sealed")
+        sqlx::query("INSERT INTO key_check (id, sealed) VALUES (1, $1) ON CONFLICT (id) DO UPDATE SET sealed = excluded.sealed")
             .bind(sealed)
             .execute(&self.writer)
             .await?;
@@ -593,7 +784,7 @@ impl Store {
             name: name.to_owned(),
             created_at: now,
         };
-        sqlx::query("INSERT INTO environments (id, name, created_at) VALUES (?, ?, ?)")
+        sqlx::query("INSERT INTO environments (id, name, created_at) VALUES ($1, $2, $3)")
             .bind(&env.id)
             .bind(&env.name)
             .bind(env.created_at)
@@ -604,7 +795,7 @@ impl Store {
 
     pub async fn environment_by_name(&self, name: &str) -> Result<Option<Environment>> {
         Ok(sqlx::query_as(
-            "SELECT id, name, created_at FROM environments WHERE name = ? AND removed_at IS NULL",
+            "SELECT id, name, created_at FROM environments WHERE name = $1 AND removed_at IS NULL",
         )
         .bind(name)
         .fetch_optional(&self.reader)
@@ -613,7 +804,7 @@ impl Store {
 
     pub async fn environment_by_id(&self, id: &str) -> Result<Option<Environment>> {
         Ok(
-            sqlx::query_as("SELECT id, name, created_at FROM environments WHERE id = ?")
+            sqlx::query_as("SELECT id, name, created_at FROM environments WHERE id = $1")
                 .bind(id)
                 .fetch_optional(&self.reader)
                 .await?,
@@ -665,7 +856,7 @@ impl Store {
         };
         let done = sqlx::query(
             "INSERT INTO environments (id, name, created_at, overlay_cidr, overlay_host_prefix, overlay_mode) \
-             VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO NOTHING",
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (name) DO NOTHING",
         )
         .bind(&env.id)
         .bind(&env.name)
@@ -682,18 +873,18 @@ impl Store {
     /// revoked and its row renamed `NAME#ID` (freeing the name) and marked removed, in one
     /// transaction. Otherwise nothing changes and the answer says what is left.
     pub async fn remove_environment(&self, env: &Environment, now: i64) -> Result<EnvRemoval> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.begin_write().await?;
         let names = |sql: &'static str| sqlx::query_scalar::<_, String>(sql).bind(env.id.clone());
         let hosts = names(
-            "SELECT name FROM hosts WHERE environment_id = ? AND removed_at IS NULL ORDER BY name",
+            "SELECT name FROM hosts WHERE environment_id = $1 AND removed_at IS NULL ORDER BY name",
         )
         .fetch_all(&mut *tx)
         .await?;
-        let stacks = names("SELECT name FROM stacks WHERE environment_id = ? ORDER BY name")
+        let stacks = names("SELECT name FROM stacks WHERE environment_id = $1 ORDER BY name")
             .fetch_all(&mut *tx)
             .await?;
         let containers =
-            names("SELECT name FROM containers WHERE environment_id = ? ORDER BY name")
+            names("SELECT name FROM containers WHERE environment_id = $1 ORDER BY name")
                 .fetch_all(&mut *tx)
                 .await?;
         if !(hosts.is_empty() && stacks.is_empty() && containers.is_empty()) {
@@ -704,14 +895,14 @@ impl Store {
             });
         }
         sqlx::query(
-            "UPDATE registration_tokens SET revoked_at = ? WHERE environment_id = ? AND revoked_at IS NULL",
+            "UPDATE registration_tokens SET revoked_at = $1 WHERE environment_id = $2 AND revoked_at IS NULL",
         )
         .bind(now)
         .bind(&env.id)
         .execute(&mut *tx)
         .await?;
         sqlx::query(
-            "UPDATE environments SET removed_at = ?, name = name || '#' || id WHERE id = ?",
+            "UPDATE environments SET removed_at = $1, name = name || '#' || id WHERE id = $2",
         )
         .bind(now)
         .bind(&env.id)
@@ -740,7 +931,7 @@ impl Store {
     ) -> Result<String> {
         let id = new_id("key");
         sqlx::query(
-            "INSERT INTO api_keys (id, name, role, secret_hash, created_at, user_id) VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO api_keys (id, name, role, secret_hash, created_at, user_id) VALUES ($1, $2, $3, $4, $5, $6)",
         )
         .bind(&id)
         .bind(name)
@@ -755,10 +946,12 @@ impl Store {
 
     pub async fn api_key_by_hash(&self, hash: &SecretHash) -> Result<Option<ApiKeyRow>> {
         Ok(
-            sqlx::query_as("SELECT id, name, role, revoked_at FROM api_keys WHERE secret_hash = ?")
-                .bind(hash.as_bytes())
-                .fetch_optional(&self.reader)
-                .await?,
+            sqlx::query_as(
+                "SELECT id, name, role, revoked_at FROM api_keys WHERE secret_hash = $1",
+            )
+            .bind(hash.as_bytes())
+            .fetch_optional(&self.reader)
+            .await?,
         )
     }
 
@@ -766,7 +959,7 @@ impl Store {
 
     pub async fn insert_token(&self, token: &TokenRow) -> Result<()> {
         sqlx::query(
-            "INSERT INTO registration_tokens (id, environment_id, secret_hash, created_at, expires_at, max_uses, uses) VALUES (?, ?, ?, ?, ?, ?, 0)",
+            "INSERT INTO registration_tokens (id, environment_id, secret_hash, created_at, expires_at, max_uses, uses) VALUES ($1, $2, $3, $4, $5, $6, 0)",
         )
         .bind(&token.id)
         .bind(&token.environment_id)
@@ -790,7 +983,7 @@ impl Store {
     /// Revokes a token. Revoking twice is not an error; an unknown id is.
     pub async fn revoke_token(&self, id: &str, now: i64) -> Result<()> {
         let done = sqlx::query(
-            "UPDATE registration_tokens SET revoked_at = COALESCE(revoked_at, ?) WHERE id = ?",
+            "UPDATE registration_tokens SET revoked_at = COALESCE(revoked_at, $1) WHERE id = $2",
         )
         .bind(now)
         .bind(id)
@@ -819,8 +1012,8 @@ impl Store {
         token: &SecretHash,
     ) -> Result<Option<String>> {
         Ok(sqlx::query_scalar(
-            "SELECT environment_id FROM registration_tokens WHERE secret_hash = ? \
-             AND NOT EXISTS (SELECT 1 FROM hosts WHERE credential_hash = ?)",
+            "SELECT environment_id FROM registration_tokens WHERE secret_hash = $1 \
+             AND NOT EXISTS (SELECT 1 FROM hosts WHERE credential_hash = $2)",
         )
         .bind(token.as_bytes())
         .bind(credential.as_bytes())
@@ -848,7 +1041,7 @@ impl Store {
         } = *arrival;
         let by_credential = || {
             sqlx::query_as::<_, HostRow>(sqlx::AssertSqlSafe(format!(
-                "SELECT {HOST_COLUMNS} FROM hosts WHERE credential_hash = ?"
+                "SELECT {HOST_COLUMNS} FROM hosts WHERE credential_hash = $1"
             )))
             .bind(credential.as_bytes())
         };
@@ -864,7 +1057,7 @@ impl Store {
             // Not in a transaction with the read: the update applies only to a live host, and
             // one removed in between is read again and refused as removed.
             let done = sqlx::query(
-                "UPDATE hosts SET hostname = ?, agent_version = ?, os = ?, kernel = ?, arch = ?, remote_addr = ?, last_seen_at = ? WHERE id = ? AND removed_at IS NULL",
+                "UPDATE hosts SET hostname = $1, agent_version = $2, os = $3, kernel = $4, arch = $5, remote_addr = $6, last_seen_at = $7 WHERE id = $8 AND removed_at IS NULL",
             )
             .bind(&facts.hostname)
             .bind(agent_version)
@@ -897,7 +1090,7 @@ impl Store {
         let Some(token_hash) = token else {
             return Ok(AgentAuth::UnknownCredential);
         };
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.begin_write().await?;
         // Read again inside the transaction: two agents with one credential race here.
         if let Some(host) = by_credential().fetch_optional(&mut *tx).await? {
             return Ok(match host.removed_at {
@@ -918,8 +1111,8 @@ impl Store {
         let found: Option<TokenAndName> = sqlx::query_as(
             "SELECT t.id, t.environment_id, t.secret_hash, t.created_at, t.expires_at, t.max_uses, t.uses, t.revoked_at, \
              e.name AS environment_name, \
-             (SELECT h.id FROM hosts h WHERE h.environment_id = t.environment_id AND h.name = ? AND h.removed_at IS NULL) AS name_taken_by \
-             FROM registration_tokens t JOIN environments e ON e.id = t.environment_id WHERE t.secret_hash = ?",
+             (SELECT h.id FROM hosts h WHERE h.environment_id = t.environment_id AND h.name = $1 AND h.removed_at IS NULL) AS name_taken_by \
+             FROM registration_tokens t JOIN environments e ON e.id = t.environment_id WHERE t.secret_hash = $2",
         )
         .bind(&facts.name)
         .bind(token_hash.as_bytes())
@@ -969,18 +1162,30 @@ impl Store {
         );
         // Three statements (four with the audit entry), one hand-off (SQLite runs them in
         // order, each taking its own parameters in turn), inside the transaction.
-        const REGISTER: &str = "INSERT INTO hosts (id, environment_id, name, labels, credential_hash, token_id, hostname, agent_version, os, kernel, arch, remote_addr, registered_at, last_seen_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?); \
-             UPDATE registration_tokens SET uses = uses + 1 WHERE id = ?; \
-             INSERT INTO events (at, kind, host_id, message) VALUES (?, 'host_registered', ?, ?);";
-        const REGISTER_AUDITED: &str = "INSERT INTO hosts (id, environment_id, name, labels, credential_hash, token_id, hostname, agent_version, os, kernel, arch, remote_addr, registered_at, last_seen_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?); \
-             UPDATE registration_tokens SET uses = uses + 1 WHERE id = ?; \
-             INSERT INTO events (at, kind, host_id, message) VALUES (?, 'host_registered', ?, ?); \
-             INSERT INTO audit_log (seq, at, actor, key_id, role, environment, action, target, outcome, source, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?);";
+        const REGISTER: &str = "INSERT INTO hosts (id, environment_id, name, labels, credential_hash, token_id, hostname, agent_version, os, kernel, arch, remote_addr, registered_at, last_seen_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14); \
+             UPDATE registration_tokens SET uses = uses + 1 WHERE id = $15; \
+             INSERT INTO events (at, kind, host_id, message) VALUES ($16, 'host_registered', $17, $18);";
+        const REGISTER_AUDITED: &str = "INSERT INTO hosts (id, environment_id, name, labels, credential_hash, token_id, hostname, agent_version, os, kernel, arch, remote_addr, registered_at, last_seen_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14); \
+             UPDATE registration_tokens SET uses = uses + 1 WHERE id = $15; \
+             INSERT INTO events (at, kind, host_id, message) VALUES ($16, 'host_registered', $17, $18); \
+             INSERT INTO audit_log (seq, at, actor, key_id, role, environment, action, target, outcome, source, hash) VALUES ($19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29);";
+        // PostgreSQL runs one statement per prepared query: there the same writes are one
+        // statement of data-modifying `WITH` clauses (same parameters, same numbers).
+        const REGISTER_PG: &str = "WITH h AS (INSERT INTO hosts (id, environment_id, name, labels, credential_hash, token_id, hostname, agent_version, os, kernel, arch, remote_addr, registered_at, last_seen_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)), \
+             t AS (UPDATE registration_tokens SET uses = uses + 1 WHERE id = $15), \
+             e AS (INSERT INTO events (at, kind, host_id, message) VALUES ($16, 'host_registered', $17, $18)) \
+             SELECT 1";
+        const REGISTER_AUDITED_PG: &str = "WITH h AS (INSERT INTO hosts (id, environment_id, name, labels, credential_hash, token_id, hostname, agent_version, os, kernel, arch, remote_addr, registered_at, last_seen_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)), \
+             t AS (UPDATE registration_tokens SET uses = uses + 1 WHERE id = $15), \
+             e AS (INSERT INTO events (at, kind, host_id, message) VALUES ($16, 'host_registered', $17, $18)), \
+             a AS (INSERT INTO audit_log (seq, at, actor, key_id, role, environment, action, target, outcome, source, hash) VALUES ($19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29)) \
+             SELECT 1";
         let sealed = audit.map(|seal| seal(&host));
-        let query = sqlx::query(if sealed.is_some() {
-            REGISTER_AUDITED
-        } else {
-            REGISTER
+        let query = sqlx::query(match (self.engine, sealed.is_some()) {
+            (Engine::Sqlite, false) => REGISTER,
+            (Engine::Sqlite, true) => REGISTER_AUDITED,
+            (Engine::Postgres, false) => REGISTER_PG,
+            (Engine::Postgres, true) => REGISTER_AUDITED_PG,
         })
         .bind(&host.id)
         .bind(&host.environment_id)
@@ -998,8 +1203,8 @@ impl Store {
         .bind(host.last_seen_at)
         .bind(&token.id)
         .bind(now)
-        .bind(clip(&host.id, MAX_EVENT_KIND))
-        .bind(clip(&event, MAX_EVENT_MESSAGE));
+        .bind(clip(&host.id, MAX_EVENT_KIND).into_owned())
+        .bind(clip(&event, MAX_EVENT_MESSAGE).into_owned());
         let query = match &sealed {
             Some((entry, hash)) => audit::bind_entry(query, entry, hash),
             None => query,
@@ -1066,19 +1271,19 @@ impl Store {
         let sql = match kind {
             Named::Host => {
                 "SELECT x.id, e.name FROM hosts x JOIN environments e ON e.id = x.environment_id \
-                 WHERE e.removed_at IS NULL AND x.removed_at IS NULL AND (x.id = ?1 OR x.name = ?1)"
+                 WHERE e.removed_at IS NULL AND x.removed_at IS NULL AND (x.id = $1 OR x.name = $1)"
             }
             Named::Container => {
                 "SELECT x.id, e.name FROM containers x JOIN environments e ON e.id = x.environment_id \
-                 WHERE e.removed_at IS NULL AND (x.id = ?1 OR x.name = ?1)"
+                 WHERE e.removed_at IS NULL AND (x.id = $1 OR x.name = $1)"
             }
             Named::Stack => {
                 "SELECT x.id, e.name FROM stacks x JOIN environments e ON e.id = x.environment_id \
-                 WHERE e.removed_at IS NULL AND (x.id = ?1 OR x.name = ?1)"
+                 WHERE e.removed_at IS NULL AND (x.id = $1 OR x.name = $1)"
             }
             Named::Token => {
                 "SELECT x.id, e.name FROM registration_tokens x JOIN environments e ON e.id = x.environment_id \
-                 WHERE e.removed_at IS NULL AND x.id = ?1"
+                 WHERE e.removed_at IS NULL AND x.id = $1"
             }
         };
         Ok(sqlx::query_as(sql)
@@ -1089,7 +1294,7 @@ impl Store {
 
     pub async fn find_host(&self, id_or_name: &str) -> Result<HostRow> {
         let rows: Vec<HostRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT {HOST_COLUMNS} FROM hosts WHERE removed_at IS NULL AND (id = ? OR name = ?)"
+            "SELECT {HOST_COLUMNS} FROM hosts WHERE removed_at IS NULL AND (id = $1 OR name = $2)"
         )))
         .bind(id_or_name)
         .bind(id_or_name)
@@ -1100,9 +1305,9 @@ impl Store {
 
     /// Removes a host: its credential is revoked for good; the row stays as a tombstone.
     pub async fn remove_host(&self, id: &str, now: i64) -> Result<()> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.begin_write().await?;
         let done =
-            sqlx::query("UPDATE hosts SET removed_at = ? WHERE id = ? AND removed_at IS NULL")
+            sqlx::query("UPDATE hosts SET removed_at = $1 WHERE id = $2 AND removed_at IS NULL")
                 .bind(now)
                 .bind(id)
                 .execute(&mut *tx)
@@ -1111,7 +1316,7 @@ impl Store {
             return Err(StoreError::NotFound(format!("no live host with id {id:?}")));
         }
         // Out of the overlay at once: peers drop its key on the next sync.
-        sqlx::query("DELETE FROM overlay_leases WHERE host_id = ?")
+        sqlx::query("DELETE FROM overlay_leases WHERE host_id = $1")
             .bind(id)
             .execute(&mut *tx)
             .await?;
@@ -1128,7 +1333,7 @@ impl Store {
     }
 
     pub async fn touch_host(&self, id: &str, last_seen: i64) -> Result<()> {
-        sqlx::query("UPDATE hosts SET last_seen_at = MAX(last_seen_at, ?) WHERE id = ?")
+        sqlx::query("UPDATE hosts SET last_seen_at = CASE WHEN last_seen_at > $1 THEN last_seen_at ELSE $1 END WHERE id = $2")
             .bind(last_seen)
             .bind(id)
             .execute(&self.writer)
@@ -1155,16 +1360,17 @@ impl Store {
     /// Whether the host has a command still to deliver or to hear back about (a read, on a
     /// reader: a connecting host with none — every new one — costs the writer nothing here).
     pub async fn has_open_commands(&self, host_id: &str) -> Result<bool> {
-        Ok(sqlx::query_scalar(
-            "SELECT EXISTS(SELECT 1 FROM commands WHERE host_id = ? AND state IN ('pending', 'sent'))",
+        Ok(sqlx::query_scalar::<_, Flag>(
+            "SELECT EXISTS(SELECT 1 FROM commands WHERE host_id = $1 AND state IN ('pending', 'sent'))",
         )
         .bind(host_id)
         .fetch_one(&self.reader)
-        .await?)
+        .await?
+        .into())
     }
 
     pub async fn requeue_sent_commands(&self, host_id: &str) -> Result<()> {
-        sqlx::query("UPDATE commands SET state = 'pending' WHERE host_id = ? AND state = 'sent'")
+        sqlx::query("UPDATE commands SET state = 'pending' WHERE host_id = $1 AND state = 'sent'")
             .bind(host_id)
             .execute(&self.writer)
             .await?;
@@ -1183,7 +1389,7 @@ impl Store {
         // One statement: a session draining thousands of commands costs one writer round
         // trip per batch, not one per command.
         let mut rows: Vec<(String, String, String, i64, i64)> = sqlx::query_as(
-            "UPDATE commands SET state = 'sent', sent_at = ?1 WHERE id IN (SELECT id FROM commands WHERE host_id = ?2 AND state = 'pending' AND deadline_at > ?1 ORDER BY created_at, id LIMIT ?3) RETURNING id, kind, payload, deadline_at, created_at",
+            "UPDATE commands SET state = 'sent', sent_at = $1 WHERE id IN (SELECT id FROM commands WHERE host_id = $2 AND state = 'pending' AND deadline_at > $1 ORDER BY created_at, id LIMIT $3) RETURNING id, kind, payload, deadline_at, created_at",
         )
         .bind(now)
         .bind(host_id)
@@ -1207,7 +1413,7 @@ impl Store {
                     })
                     .map_err(|e| StoreError::Corrupt(e.to_string()))?;
                     sqlx::query(
-                        "UPDATE commands SET state = 'failed', finished_at = ?, result = ? WHERE id = ?",
+                        "UPDATE commands SET state = 'failed', finished_at = $1, result = $2 WHERE id = $3",
                     )
                     .bind(now)
                     .bind(result)
@@ -1224,7 +1430,7 @@ impl Store {
     /// What a command asked for (`None`: no such command).
     pub async fn command(&self, id: &str) -> Result<Option<corral_proto::CommandBody>> {
         let row: Option<(String, String)> =
-            sqlx::query_as("SELECT kind, payload FROM commands WHERE id = ?")
+            sqlx::query_as("SELECT kind, payload FROM commands WHERE id = $1")
                 .bind(id)
                 .fetch_optional(&self.reader)
                 .await?;
@@ -1252,7 +1458,7 @@ impl Store {
     /// Expires open commands past their deadline; returns their ids.
     pub async fn expire_commands(&self, now: i64) -> Result<Vec<String>> {
         let ids: Vec<(String,)> = sqlx::query_as(
-            "UPDATE commands SET state = 'expired', finished_at = ? WHERE state IN ('pending', 'sent') AND deadline_at <= ? RETURNING id",
+            "UPDATE commands SET state = 'expired', finished_at = $1 WHERE state IN ('pending', 'sent') AND deadline_at <= $2 RETURNING id",
         )
         .bind(now)
         .bind(now)
@@ -1273,7 +1479,7 @@ impl Store {
         })
         .map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let ids: Vec<(String,)> = sqlx::query_as(
-            "UPDATE commands SET state = 'failed', finished_at = ?, result = ? WHERE host_id = ? AND state IN ('pending', 'sent') RETURNING id",
+            "UPDATE commands SET state = 'failed', finished_at = $1, result = $2 WHERE host_id = $3 AND state IN ('pending', 'sent') RETURNING id",
         )
         .bind(now)
         .bind(result)
@@ -1287,7 +1493,7 @@ impl Store {
 
     pub async fn insert_container(&self, c: &ContainerRow) -> Result<()> {
         let done = sqlx::query(
-            "INSERT INTO containers (id, environment_id, host_id, name, image, spec, desired, actual, created_at, updated_at, stack_id, service, slot, spec_hash) VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            "INSERT INTO containers (id, environment_id, host_id, name, image, spec, desired, actual, created_at, updated_at, stack_id, service, slot, spec_hash) VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', $8, $9, $10, $11, $12, $13) ON CONFLICT DO NOTHING",
         )
         .bind(&c.id)
         .bind(&c.environment_id)
@@ -1336,32 +1542,32 @@ impl Store {
         }
         // Many rows to a statement: a pass's thousands of replicas cost a few statements,
         // not two each (every statement is a hand-off to the writer's thread and back).
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.begin_write().await?;
         let mut inserted: std::collections::HashSet<String> =
             std::collections::HashSet::with_capacity(items.len());
         let rows: Vec<_> = items.iter().zip(&specs).collect();
         for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-            let mut q = sqlx::QueryBuilder::new(
+            let mut q = Statement::new(
                 "INSERT INTO containers (id, environment_id, host_id, name, image, spec, desired, actual, created_at, updated_at, stack_id, service, slot, spec_hash) ",
             );
-            q.push_values(chunk, |mut b, ((c, _), spec)| {
-                b.push_bind(&c.id)
-                    .push_bind(&c.environment_id)
-                    .push_bind(&c.host_id)
-                    .push_bind(&c.name)
-                    .push_bind(&c.image)
-                    .push_bind(*spec)
-                    .push_bind(c.desired.as_str())
-                    .push_bind("pending")
-                    .push_bind(c.created_at)
-                    .push_bind(c.created_at)
-                    .push_bind(&c.stack_id)
-                    .push_bind(&c.service)
-                    .push_bind(c.slot)
-                    .push_bind(&c.spec_hash);
+            q.values(chunk, |b, ((c, _), spec)| {
+                b.bind(c.id.as_str())
+                    .bind(c.environment_id.as_str())
+                    .bind(c.host_id.as_str())
+                    .bind(c.name.as_str())
+                    .bind(c.image.as_str())
+                    .bind(spec.as_str())
+                    .bind(c.desired.as_str())
+                    .bind("pending")
+                    .bind(c.created_at)
+                    .bind(c.created_at)
+                    .bind(c.stack_id.as_deref())
+                    .bind(c.service.as_deref())
+                    .bind(c.slot)
+                    .bind(c.spec_hash.as_deref());
             });
             q.push(" ON CONFLICT DO NOTHING RETURNING id");
-            let ids: Vec<String> = q.build_query_scalar().fetch_all(&mut *tx).await?;
+            let ids: Vec<String> = q.query_scalar()?.fetch_all(&mut *tx).await?;
             inserted.extend(ids);
         }
         let with_rows: Vec<SealedCommand> = items
@@ -1416,7 +1622,7 @@ impl Store {
     pub async fn environment_containers(&self, environment_id: &str) -> Result<Vec<ContainerRow>> {
         let columns = CONTAINER_COLUMNS.replace(" spec,", " '' AS spec,");
         Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT {columns} FROM containers WHERE environment_id = ?"
+            "SELECT {columns} FROM containers WHERE environment_id = $1"
         )))
         .bind(environment_id)
         .fetch_all(&self.reader)
@@ -1428,13 +1634,9 @@ impl Store {
     pub async fn container_specs(&self, ids: &[&str]) -> Result<Vec<(String, String)>> {
         let mut out = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(ROWS_PER_STATEMENT) {
-            let mut q = sqlx::QueryBuilder::new("SELECT id, spec FROM containers WHERE id IN (");
-            let mut list = q.separated(", ");
-            for id in chunk {
-                list.push_bind(*id);
-            }
-            q.push(")");
-            let rows: Vec<(String, String)> = q.build_query_as().fetch_all(&self.reader).await?;
+            let mut q = Statement::new("SELECT id, spec FROM containers WHERE id IN ");
+            q.list(chunk.iter().copied());
+            let rows: Vec<(String, String)> = q.query_as()?.fetch_all(&self.reader).await?;
             for (id, spec) in rows {
                 let spec = sealed::open(&self.vault, Column::ContainerSpec, &id, &spec)?;
                 out.push((id, spec));
@@ -1445,7 +1647,7 @@ impl Store {
 
     pub async fn host_containers(&self, host_id: &str) -> Result<Vec<ContainerRow>> {
         let rows = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT {CONTAINER_COLUMNS} FROM containers WHERE host_id = ?"
+            "SELECT {CONTAINER_COLUMNS} FROM containers WHERE host_id = $1"
         )))
         .bind(host_id)
         .fetch_all(&self.reader)
@@ -1455,7 +1657,7 @@ impl Store {
 
     pub async fn find_container(&self, id_or_name: &str) -> Result<ContainerRow> {
         let rows: Vec<ContainerRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT {CONTAINER_COLUMNS} FROM containers WHERE id = ? OR name = ?"
+            "SELECT {CONTAINER_COLUMNS} FROM containers WHERE id = $1 OR name = $2"
         )))
         .bind(id_or_name)
         .bind(id_or_name)
@@ -1474,7 +1676,7 @@ impl Store {
     /// The host a container belongs to, if there is such a container.
     pub async fn container_host(&self, id: &str) -> Result<Option<String>> {
         Ok(
-            sqlx::query_scalar("SELECT host_id FROM containers WHERE id = ?")
+            sqlx::query_scalar("SELECT host_id FROM containers WHERE id = $1")
                 .bind(id)
                 .fetch_optional(&self.reader)
                 .await?,
@@ -1482,7 +1684,7 @@ impl Store {
     }
 
     pub async fn set_desired(&self, id: &str, desired: Desired, now: i64) -> Result<()> {
-        sqlx::query("UPDATE containers SET desired = ?, updated_at = ? WHERE id = ?")
+        sqlx::query("UPDATE containers SET desired = $1, updated_at = $2 WHERE id = $3")
             .bind(desired.as_str())
             .bind(now)
             .bind(id)
@@ -1502,7 +1704,7 @@ impl Store {
         now: i64,
     ) -> Result<bool> {
         let done = sqlx::query(
-            "UPDATE containers SET actual = ?, docker_id = COALESCE(?, docker_id), exit_code = ?, updated_at = ? WHERE id = ? AND host_id = ?",
+            "UPDATE containers SET actual = $1, docker_id = COALESCE($2, docker_id), exit_code = $3, updated_at = $4 WHERE id = $5 AND host_id = $6",
         )
         .bind(actual.as_str())
         .bind(docker_id)
@@ -1547,18 +1749,13 @@ impl Store {
             .iter()
             .map(|(_, host_id, command)| self.seal_command(host_id, command))
             .collect::<Result<Vec<_>>>()?;
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.begin_write().await?;
         for chunk in items.chunks(ROWS_PER_STATEMENT) {
-            let mut q =
-                sqlx::QueryBuilder::new("UPDATE containers SET desired = 'removed', updated_at = ");
-            q.push_bind(now);
-            q.push(" WHERE desired != 'removed' AND id IN (");
-            let mut list = q.separated(", ");
-            for (id, _, _) in chunk {
-                list.push_bind(*id);
-            }
-            q.push(")");
-            q.build().execute(&mut *tx).await?;
+            let mut q = Statement::new("UPDATE containers SET desired = 'removed', updated_at = ");
+            q.bind(now);
+            q.push(" WHERE desired != 'removed' AND id IN ");
+            q.list(chunk.iter().map(|(id, _, _)| *id));
+            q.query()?.execute(&mut *tx).await?;
         }
         insert_commands(&mut tx, &commands, now).await?;
         tx.commit().await?;
@@ -1574,7 +1771,7 @@ impl Store {
         host_id: Option<&str>,
         message: &str,
     ) -> Result<()> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.begin_write().await?;
         insert_event(&mut tx, now, kind, host_id, message).await?;
         tx.commit().await?;
         Ok(())
@@ -1594,7 +1791,7 @@ impl Store {
             bytes: i64,
         }
         let rows: Vec<Stored> = sqlx::query_as(
-            "SELECT id, at, substr(kind, 1, ?) AS kind, host_id, substr(message, 1, ?) AS head, length(CAST(message AS BLOB)) AS bytes FROM events ORDER BY id DESC LIMIT ?",
+            "SELECT id, at, substr(kind, 1, CAST($1 AS INTEGER)) AS kind, host_id, substr(message, 1, CAST($2 AS INTEGER)) AS head, octet_length(message) AS bytes FROM events ORDER BY id DESC LIMIT $3",
         )
         .bind(MAX_EVENT_KIND as i64)
         .bind(MAX_EVENT_MESSAGE as i64)
@@ -1635,7 +1832,7 @@ impl Store {
         let mut old = 0;
         loop {
             let done = sqlx::query(
-                "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE at < ? ORDER BY id LIMIT ?)",
+                "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE at < $1 ORDER BY id LIMIT $2)",
             )
             .bind(before)
             .bind(PRUNE_BATCH)
@@ -1652,7 +1849,7 @@ impl Store {
         let mut surplus = 0;
         loop {
             let done = sqlx::query(
-                "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE id <= (SELECT MAX(id) FROM events) - ? ORDER BY id LIMIT ?)",
+                "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE id <= (SELECT MAX(id) FROM events) - $1 ORDER BY id LIMIT $2)",
             )
             .bind(max_rows.max(1))
             .bind(PRUNE_BATCH)
@@ -1725,17 +1922,17 @@ pub(crate) fn one_by_id_or_name<T>(
 }
 
 async fn insert_event(
-    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     now: i64,
     kind: &str,
     host_id: Option<&str>,
     message: &str,
 ) -> Result<()> {
-    sqlx::query("INSERT INTO events (at, kind, host_id, message) VALUES (?, ?, ?, ?)")
+    sqlx::query("INSERT INTO events (at, kind, host_id, message) VALUES ($1, $2, $3, $4)")
         .bind(now)
-        .bind(clip(kind, MAX_EVENT_KIND))
-        .bind(host_id.map(|h| clip(h, MAX_EVENT_KIND)))
-        .bind(clip(message, MAX_EVENT_MESSAGE))
+        .bind(clip(kind, MAX_EVENT_KIND).into_owned())
+        .bind(host_id.map(|h| clip(h, MAX_EVENT_KIND).into_owned()))
+        .bind(clip(message, MAX_EVENT_MESSAGE).into_owned())
         .execute(&mut **tx)
         .await?;
     Ok(())
@@ -1754,9 +1951,76 @@ fn command_body(id: &str, kind: &str, payload: &str) -> Result<corral_proto::Com
     }
 }
 
+/// The session-scoped PostgreSQL advisory lock an active server holds ("corral a"); released by
+/// PostgreSQL when the server's connection ends, however it ends.
+const ACTIVE_LOCK: i64 = 0x636f_7272_616c_2061;
+
+/// A connection holding the active-server lock, or `None` if another session holds it.
+async fn active_lock(opts: &AnyConnectOptions) -> Result<Option<sqlx::AnyConnection>> {
+    use sqlx::Connection;
+    let mut conn = sqlx::AnyConnection::connect_with(opts).await?;
+    let got: Flag = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+        .bind(ACTIVE_LOCK)
+        .fetch_one(&mut conn)
+        .await?;
+    Ok(got.0.then_some(conn))
+}
+
+/// Keeps the active-server lock: checks its connection every 2 s; when it breaks (the database
+/// restarted, the network was cut), takes the lock again as soon as the database answers. If
+/// another server took it meanwhile, this process exits: two servers must never act on one
+/// datastore, and the one that holds the lock is the one that stays.
+async fn keep_active_lock(mut conn: sqlx::AnyConnection, opts: AnyConnectOptions, name: String) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        if sqlx::query("SELECT 1").execute(&mut conn).await.is_ok() {
+            continue;
+        }
+        tracing::warn!(datastore = %name, "lost the connection that holds the active-server lock; taking it again");
+        conn = loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            match active_lock(&opts).await {
+                Ok(Some(conn)) => {
+                    tracing::info!(datastore = %name, "active-server lock held again");
+                    break conn;
+                }
+                Ok(None) => {
+                    tracing::error!(
+                        datastore = %name,
+                        "another corral server took the datastore while this one was cut off from it; stopping, so that two servers never act on one datastore"
+                    );
+                    std::process::exit(1);
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "the datastore does not answer yet");
+                }
+            }
+        };
+    }
+}
+
+/// Begins a write transaction on `writer` (see `Store::begin_write`).
+async fn begin_write(
+    engine: Engine,
+    writer: &AnyPool,
+) -> Result<sqlx::Transaction<'static, sqlx::Any>> {
+    let mut tx = writer.begin().await?;
+    if engine == Engine::Postgres {
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(WRITE_LOCK)
+            .execute(&mut *tx)
+            .await?;
+    }
+    Ok(tx)
+}
+
 /// Records a group of replies in one transaction: each is accepted only from its command's
 /// host and only while the command is open, in the order they came.
-async fn complete_commands(writer: &SqlitePool, items: Vec<ReplyWrite>) -> Result<Vec<Completion>> {
+async fn complete_commands(
+    engine: Engine,
+    writer: &AnyPool,
+    items: Vec<ReplyWrite>,
+) -> Result<Vec<Completion>> {
     let mut encoded = Vec::with_capacity(items.len());
     for (id, host_id, result, now) in &items {
         let new_state = match result {
@@ -1766,7 +2030,7 @@ async fn complete_commands(writer: &SqlitePool, items: Vec<ReplyWrite>) -> Resul
         let text = serde_json::to_string(result).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         encoded.push((id, host_id, new_state, text, *now));
     }
-    let mut tx = writer.begin().await?;
+    let mut tx = begin_write(engine, writer).await?;
     // Accepted: the replies whose command was open and addressed to the host that answered.
     // A group that answers one command more than once (a replay, or a forgery racing the
     // real reply) is written one reply after the other, so each is judged as it would have
@@ -1781,18 +2045,18 @@ async fn complete_commands(writer: &SqlitePool, items: Vec<ReplyWrite>) -> Resul
     };
     let mut out = Vec::with_capacity(items.len());
     for chunk in singles {
-        let mut q = sqlx::QueryBuilder::new("WITH r(id, host_id, state, result, at) AS (");
-        q.push_values(chunk, |mut b, (id, host_id, state, text, now)| {
-            b.push_bind(*id)
-                .push_bind(*host_id)
-                .push_bind(*state)
-                .push_bind(text)
-                .push_bind(*now);
+        let mut q = Statement::new("WITH r(id, host_id, state, result, at) AS (");
+        q.values(chunk, |b, (id, host_id, state, text, now)| {
+            b.bind(id.as_str())
+                .bind(host_id.as_str())
+                .bind(*state)
+                .bind(text.as_str())
+                .bind(*now);
         });
         q.push(
             ") UPDATE commands SET state = r.state, finished_at = r.at, result = r.result FROM r WHERE commands.id = r.id AND commands.host_id = r.host_id AND commands.state IN ('pending', 'sent') RETURNING commands.id",
         );
-        let done: Vec<String> = q.build_query_scalar().fetch_all(&mut *tx).await?;
+        let done: Vec<String> = q.query_scalar()?.fetch_all(&mut *tx).await?;
         accepted.extend(done);
         for (id, host_id, ..) in chunk {
             if accepted.remove(id.as_str()) {
@@ -1801,7 +2065,7 @@ async fn complete_commands(writer: &SqlitePool, items: Vec<ReplyWrite>) -> Resul
             }
             // Refused: look again to say why (rare; a command once finished never reopens).
             let row: Option<(String, String)> =
-                sqlx::query_as("SELECT host_id, state FROM commands WHERE id = ?")
+                sqlx::query_as("SELECT host_id, state FROM commands WHERE id = $1")
                     .bind(id.as_str())
                     .fetch_optional(&mut *tx)
                     .await?;
@@ -1818,8 +2082,12 @@ async fn complete_commands(writer: &SqlitePool, items: Vec<ReplyWrite>) -> Resul
 
 /// Records a group of container statuses in one transaction; for each, whether such a
 /// container is on the host that reported it.
-async fn record_statuses(writer: &SqlitePool, items: Vec<StatusWrite>) -> Result<Vec<bool>> {
-    let mut tx = writer.begin().await?;
+async fn record_statuses(
+    engine: Engine,
+    writer: &AnyPool,
+    items: Vec<StatusWrite>,
+) -> Result<Vec<bool>> {
+    let mut tx = begin_write(engine, writer).await?;
     // One statement per chunk. Two statuses of one container in a group: the later one is
     // what the host said last, so it is the one written.
     let mut last: HashMap<(&str, &str), usize> = HashMap::new();
@@ -1830,25 +2098,25 @@ async fn record_statuses(writer: &SqlitePool, items: Vec<StatusWrite>) -> Result
     latest.sort_unstable();
     let mut updated: std::collections::HashSet<(String, String)> = std::collections::HashSet::new();
     for chunk in latest.chunks(ROWS_PER_STATEMENT) {
-        let mut q = sqlx::QueryBuilder::new(
+        let mut q = Statement::new(
             "WITH r(id, host_id, actual, docker_id, exit_code, health, restart_count, ip, at) AS (",
         );
-        q.push_values(chunk, |mut b, &i| {
+        q.values(chunk, |b, &i| {
             let (host_id, status, now) = &items[i];
-            b.push_bind(&status.corral_id)
-                .push_bind(host_id)
-                .push_bind(status.state.as_str())
-                .push_bind(&status.docker_id)
-                .push_bind(status.exit_code)
-                .push_bind(status.health.map(Health::as_str))
-                .push_bind(status.restart_count)
-                .push_bind(&status.ip)
-                .push_bind(*now);
+            b.bind(status.corral_id.as_str())
+                .bind(host_id.as_str())
+                .bind(status.state.as_str())
+                .bind(status.docker_id.as_str())
+                .bind(status.exit_code)
+                .bind(status.health.map(Health::as_str))
+                .bind(status.restart_count)
+                .bind(status.ip.as_deref())
+                .bind(*now);
         });
         q.push(
             ") UPDATE containers SET actual = r.actual, docker_id = r.docker_id, exit_code = r.exit_code, health = r.health, restart_count = r.restart_count, ip = r.ip, updated_at = r.at FROM r WHERE containers.id = r.id AND containers.host_id = r.host_id RETURNING containers.id, containers.host_id",
         );
-        let rows: Vec<(String, String)> = q.build_query_as().fetch_all(&mut *tx).await?;
+        let rows: Vec<(String, String)> = q.query_as()?.fetch_all(&mut *tx).await?;
         updated.extend(rows);
     }
     tx.commit().await?;
@@ -1859,16 +2127,12 @@ async fn record_statuses(writer: &SqlitePool, items: Vec<StatusWrite>) -> Result
 }
 
 /// Deletes a group of containers' rows in one transaction.
-async fn delete_containers(writer: &SqlitePool, ids: Vec<String>) -> Result<Vec<()>> {
-    let mut tx = writer.begin().await?;
+async fn delete_containers(engine: Engine, writer: &AnyPool, ids: Vec<String>) -> Result<Vec<()>> {
+    let mut tx = begin_write(engine, writer).await?;
     for chunk in ids.chunks(ROWS_PER_STATEMENT) {
-        let mut q = sqlx::QueryBuilder::new("DELETE FROM containers WHERE id IN (");
-        let mut list = q.separated(", ");
-        for id in chunk {
-            list.push_bind(id);
-        }
-        q.push(")");
-        q.build().execute(&mut *tx).await?;
+        let mut q = Statement::new("DELETE FROM containers WHERE id IN ");
+        q.list(chunk.iter().map(String::as_str));
+        q.query()?.execute(&mut *tx).await?;
     }
     tx.commit().await?;
     Ok(vec![(); ids.len()])

@@ -35,7 +35,7 @@ impl Store {
     /// The environment's stacks that carry rules of their own: (stack, rules as JSON).
     pub async fn stack_policies(&self, env_id: &str) -> Result<Vec<(String, String)>> {
         Ok(sqlx::query_as(
-            "SELECT name, policy FROM stacks WHERE environment_id = ? AND policy IS NOT NULL ORDER BY name",
+            "SELECT name, policy FROM stacks WHERE environment_id = $1 AND policy IS NOT NULL ORDER BY name",
         )
         .bind(env_id)
         .fetch_all(&self.reader)
@@ -46,7 +46,7 @@ impl Store {
     /// as stored). For `policy test`, warnings and the services diagram.
     pub async fn service_labels(&self, env_id: &str) -> Result<Vec<(String, String, String)>> {
         Ok(sqlx::query_as(
-            "SELECT s.name, v.name, v.labels FROM services v JOIN stacks s ON s.id = v.stack_id WHERE s.environment_id = ? ORDER BY s.name, v.name",
+            "SELECT s.name, v.name, v.labels FROM services v JOIN stacks s ON s.id = v.stack_id WHERE s.environment_id = $1 ORDER BY s.name, v.name",
         )
         .bind(env_id)
         .fetch_all(&self.reader)

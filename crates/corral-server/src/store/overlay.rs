@@ -42,8 +42,8 @@ pub struct NameRow {
     pub labels: String,
 }
 
-impl<'r> FromRow<'r, sqlx::sqlite::SqliteRow> for NameRow {
-    fn from_row(row: &'r sqlx::sqlite::SqliteRow) -> std::result::Result<Self, sqlx::Error> {
+impl<'r> FromRow<'r, sqlx::any::AnyRow> for NameRow {
+    fn from_row(row: &'r sqlx::any::AnyRow) -> std::result::Result<Self, sqlx::Error> {
         use sqlx::Row;
         let (desired, actual, health) = super::container_states(row)?;
         Ok(NameRow {
@@ -86,7 +86,7 @@ pub struct OverlayMemberRow {
 impl Store {
     pub async fn overlay_env(&self, env_id: &str) -> Result<Option<OverlayEnvRow>> {
         Ok(sqlx::query_as(
-            "SELECT id, name, overlay_mode, overlay_cidr, overlay_host_prefix, overlay_psk, overlay_psk_generation FROM environments WHERE id = ?",
+            "SELECT id, name, overlay_mode, overlay_cidr, overlay_host_prefix, overlay_psk, overlay_psk_generation FROM environments WHERE id = $1",
         )
         .bind(env_id)
         .fetch_optional(&self.writer)
@@ -102,7 +102,7 @@ impl Store {
         previous: i64,
     ) -> Result<bool> {
         let done = sqlx::query(
-            "UPDATE environments SET overlay_psk = ?, overlay_psk_generation = ? WHERE id = ? AND overlay_psk_generation = ?",
+            "UPDATE environments SET overlay_psk = $1, overlay_psk_generation = $2 WHERE id = $3 AND overlay_psk_generation = $4",
         )
         .bind(sealed)
         .bind(previous + 1)
@@ -114,7 +114,7 @@ impl Store {
     }
 
     pub async fn set_overlay_range(&self, env_id: &str, cidr: &str) -> Result<()> {
-        sqlx::query("UPDATE environments SET overlay_cidr = ? WHERE id = ?")
+        sqlx::query("UPDATE environments SET overlay_cidr = $1 WHERE id = $2")
             .bind(cidr)
             .bind(env_id)
             .execute(&self.writer)
@@ -126,8 +126,8 @@ impl Store {
     /// all have the same size). Returns whether it was stored.
     pub async fn set_overlay_host_prefix(&self, env_id: &str, prefix: u8) -> Result<bool> {
         let done = sqlx::query(
-            "UPDATE environments SET overlay_host_prefix = ? WHERE id = ? \
-             AND NOT EXISTS (SELECT 1 FROM overlay_leases WHERE environment_id = ?)",
+            "UPDATE environments SET overlay_host_prefix = $1 WHERE id = $2 \
+             AND NOT EXISTS (SELECT 1 FROM overlay_leases WHERE environment_id = $3)",
         )
         .bind(i64::from(prefix))
         .bind(env_id)
@@ -138,7 +138,7 @@ impl Store {
     }
 
     pub async fn set_overlay_mode(&self, env_id: &str, mode: OverlayMode) -> Result<()> {
-        sqlx::query("UPDATE environments SET overlay_mode = ? WHERE id = ?")
+        sqlx::query("UPDATE environments SET overlay_mode = $1 WHERE id = $2")
             .bind(mode.as_str())
             .bind(env_id)
             .execute(&self.writer)
@@ -153,7 +153,7 @@ impl Store {
         endpoint: Option<&str>,
     ) -> Result<()> {
         sqlx::query(
-            "UPDATE hosts SET overlay_public_key = COALESCE(?, overlay_public_key), overlay_endpoint = COALESCE(?, overlay_endpoint) WHERE id = ?",
+            "UPDATE hosts SET overlay_public_key = COALESCE($1, overlay_public_key), overlay_endpoint = COALESCE($2, overlay_endpoint) WHERE id = $3",
         )
         .bind(public_key)
         .bind(endpoint)
@@ -168,7 +168,7 @@ impl Store {
         Ok(sqlx::query_as(
             "SELECT h.id, h.name, h.environment_id, h.overlay_public_key, h.overlay_endpoint, l.subnet \
              FROM hosts h LEFT JOIN overlay_leases l ON l.host_id = h.id \
-             WHERE h.environment_id = ? AND h.removed_at IS NULL ORDER BY h.name",
+             WHERE h.environment_id = $1 AND h.removed_at IS NULL ORDER BY h.name",
         )
         .bind(env_id)
         .fetch_all(&self.writer)
@@ -183,7 +183,7 @@ impl Store {
         Ok(sqlx::query_as(
             "SELECT h.id, h.name, h.environment_id, h.overlay_public_key, h.overlay_endpoint, l.subnet \
              FROM overlay_leases l JOIN hosts h ON h.id = l.host_id \
-             WHERE l.environment_id = ? AND h.environment_id = ? AND h.removed_at IS NULL",
+             WHERE l.environment_id = $1 AND h.environment_id = $2 AND h.removed_at IS NULL",
         )
         .bind(env_id)
         .bind(env_id)
@@ -217,9 +217,9 @@ impl Store {
     /// number, and the stacks' count and last changes summed. Small reads only.
     pub async fn live_counters(&self) -> Result<LiveCounters> {
         let (counters, last_event, stacks, stacks_changed): (i64, i64, i64, i64) = sqlx::query_as(
-            "SELECT (SELECT COALESCE(SUM(overlay + names + policy), 0) FROM change_counters), \
+            "SELECT (SELECT CAST(COALESCE(SUM(overlay + names + policy), 0) AS BIGINT) FROM change_counters), \
                  (SELECT COALESCE(MAX(id), 0) FROM events), \
-                 (SELECT COUNT(*) FROM stacks), (SELECT COALESCE(SUM(updated_at), 0) FROM stacks)",
+                 (SELECT COUNT(*) FROM stacks), (SELECT CAST(COALESCE(SUM(updated_at), 0) AS BIGINT) FROM stacks)",
         )
         .fetch_one(&self.reader)
         .await?;
@@ -237,7 +237,7 @@ impl Store {
              COALESCE(v.labels, '{}') AS labels \
              FROM containers c JOIN stacks s ON s.id = c.stack_id \
              LEFT JOIN services v ON v.stack_id = c.stack_id AND v.name = c.service \
-             WHERE c.environment_id = ? AND c.service IS NOT NULL AND c.ip IS NOT NULL",
+             WHERE c.environment_id = $1 AND c.service IS NOT NULL AND c.ip IS NOT NULL",
         )
         .bind(env_id)
         .fetch_all(&self.reader)
@@ -247,7 +247,7 @@ impl Store {
     /// The host's lease, if it has one.
     pub async fn lease_of(&self, host_id: &str) -> Result<Option<String>> {
         Ok(
-            sqlx::query_scalar("SELECT subnet FROM overlay_leases WHERE host_id = ?")
+            sqlx::query_scalar("SELECT subnet FROM overlay_leases WHERE host_id = $1")
                 .bind(host_id)
                 .fetch_optional(&self.writer)
                 .await?,
@@ -257,7 +257,7 @@ impl Store {
     /// Every subnet leased in the environment.
     pub async fn overlay_leases(&self, env_id: &str) -> Result<Vec<(String, String)>> {
         Ok(
-            sqlx::query_as("SELECT host_id, subnet FROM overlay_leases WHERE environment_id = ?")
+            sqlx::query_as("SELECT host_id, subnet FROM overlay_leases WHERE environment_id = $1")
                 .bind(env_id)
                 .fetch_all(&self.writer)
                 .await?,
@@ -268,7 +268,7 @@ impl Store {
     /// keyed registration asks it).
     pub async fn overlay_lease_count(&self, env_id: &str) -> Result<u64> {
         let n: i64 =
-            sqlx::query_scalar("SELECT COUNT(*) FROM overlay_leases WHERE environment_id = ?")
+            sqlx::query_scalar("SELECT COUNT(*) FROM overlay_leases WHERE environment_id = $1")
                 .bind(env_id)
                 .fetch_one(&self.reader)
                 .await?;
@@ -285,7 +285,7 @@ impl Store {
     /// Records a lease; false if the subnet or the host already has one.
     pub async fn insert_lease(&self, env_id: &str, host_id: &str, subnet: &str) -> Result<bool> {
         let done = sqlx::query(
-            "INSERT INTO overlay_leases (environment_id, host_id, subnet) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+            "INSERT INTO overlay_leases (environment_id, host_id, subnet) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
         )
         .bind(env_id)
         .bind(host_id)

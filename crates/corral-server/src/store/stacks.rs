@@ -14,6 +14,7 @@ pub struct StackRow {
     pub name: String,
     #[sqlx(try_from = "String")]
     pub state: StackState,
+    #[sqlx(try_from = "super::Flag")]
     pub remove_volumes: bool,
     /// JSON array of the Docker names of its named volumes.
     pub volumes: String,
@@ -76,9 +77,9 @@ impl Store {
         w: &StackWrite<'_>,
         now: i64,
     ) -> Result<(String, bool, Vec<String>)> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.begin_write().await?;
         let existing: Option<StackRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT {STACK_COLUMNS} FROM stacks WHERE environment_id = ? AND name = ?"
+            "SELECT {STACK_COLUMNS} FROM stacks WHERE environment_id = $1 AND name = $2"
         )))
         .bind(w.environment_id)
         .bind(w.name)
@@ -95,7 +96,7 @@ impl Store {
             }
             Some(s) => {
                 sqlx::query(
-                    "UPDATE stacks SET volumes = ?, policy = ?, updated_at = ? WHERE id = ?",
+                    "UPDATE stacks SET volumes = $1, policy = $2, updated_at = $3 WHERE id = $4",
                 )
                 .bind(&volumes)
                 .bind(w.policy)
@@ -108,7 +109,7 @@ impl Store {
             None => {
                 let id = new_id("stk");
                 sqlx::query(
-                    "INSERT INTO stacks (id, environment_id, name, volumes, policy, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO stacks (id, environment_id, name, volumes, policy, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
                 )
                 .bind(&id)
                 .bind(w.environment_id)
@@ -123,7 +124,7 @@ impl Store {
             }
         };
         let old: Vec<ServiceRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT {SERVICE_COLUMNS} FROM services WHERE stack_id = ?"
+            "SELECT {SERVICE_COLUMNS} FROM services WHERE stack_id = $1"
         )))
         .bind(&stack_id)
         .fetch_all(&mut *tx)
@@ -137,7 +138,7 @@ impl Store {
                 changed.push(svc.name.clone());
             }
             sqlx::query(
-                "INSERT INTO services (stack_id, name, spec, spec_hash, replicas, position, labels) VALUES (?, ?, ?, ?, ?, ?, ?) \
+                "INSERT INTO services (stack_id, name, spec, spec_hash, replicas, position, labels) VALUES ($1, $2, $3, $4, $5, $6, $7) \
                  ON CONFLICT (stack_id, name) DO UPDATE SET spec = excluded.spec, spec_hash = excluded.spec_hash, replicas = excluded.replicas, position = excluded.position, labels = excluded.labels",
             )
             .bind(&stack_id)
@@ -160,14 +161,14 @@ impl Store {
         }
         for o in &old {
             if !w.services.iter().any(|s| s.name == o.name) {
-                sqlx::query("DELETE FROM services WHERE stack_id = ? AND name = ?")
+                sqlx::query("DELETE FROM services WHERE stack_id = $1 AND name = $2")
                     .bind(&stack_id)
                     .bind(&o.name)
                     .execute(&mut *tx)
                     .await?;
             }
         }
-        sqlx::query("DELETE FROM stack_files WHERE stack_id = ?")
+        sqlx::query("DELETE FROM stack_files WHERE stack_id = $1")
             .bind(&stack_id)
             .execute(&mut *tx)
             .await?;
@@ -177,11 +178,11 @@ impl Store {
                 .seal(content, &file_aad(&stack_id, digest))
                 .map_err(|e| StoreError::Corrupt(format!("cannot seal a stack file: {e}")))?;
             sqlx::query(
-                "INSERT INTO stack_files (stack_id, digest, secret, content) VALUES (?, ?, ?, ?)",
+                "INSERT INTO stack_files (stack_id, digest, secret, content) VALUES ($1, $2, $3, $4)",
             )
             .bind(&stack_id)
             .bind(digest)
-            .bind(secret)
+            .bind(super::Flag(*secret))
             .bind(sealed)
             .execute(&mut *tx)
             .await?;
@@ -200,7 +201,7 @@ impl Store {
 
     pub async fn find_stack(&self, id_or_name: &str) -> Result<StackRow> {
         let rows: Vec<StackRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT {STACK_COLUMNS} FROM stacks WHERE id = ? OR name = ?"
+            "SELECT {STACK_COLUMNS} FROM stacks WHERE id = $1 OR name = $2"
         )))
         .bind(id_or_name)
         .bind(id_or_name)
@@ -214,7 +215,7 @@ impl Store {
     /// [`StoreError::Corrupt`].
     pub async fn services(&self, stack_id: &str) -> Result<Vec<ServiceRow>> {
         let mut rows: Vec<ServiceRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT {SERVICE_COLUMNS} FROM services WHERE stack_id = ? ORDER BY position, name"
+            "SELECT {SERVICE_COLUMNS} FROM services WHERE stack_id = $1 ORDER BY position, name"
         )))
         .bind(stack_id)
         .fetch_all(&self.reader)
@@ -228,7 +229,7 @@ impl Store {
 
     pub async fn stack_containers(&self, stack_id: &str) -> Result<Vec<ContainerRow>> {
         let rows = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT {CONTAINER_COLUMNS} FROM containers WHERE stack_id = ? ORDER BY service, slot, created_at"
+            "SELECT {CONTAINER_COLUMNS} FROM containers WHERE stack_id = $1 ORDER BY service, slot, created_at"
         )))
         .bind(stack_id)
         .fetch_all(&self.reader)
@@ -247,21 +248,22 @@ impl Store {
         max_total: u64,
         now: i64,
     ) -> Result<SetReplicas> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.begin_write().await?;
         let others: i64 = sqlx::query_scalar(
-            "SELECT COALESCE(SUM(replicas), 0) FROM services WHERE stack_id = ? AND name != ?",
+            "SELECT CAST(COALESCE(SUM(replicas), 0) AS BIGINT) FROM services WHERE stack_id = $1 AND name != $2",
         )
         .bind(stack_id)
         .bind(service)
         .fetch_one(&mut *tx)
         .await?;
         let total = u64::try_from(others).unwrap_or(0) + u64::from(replicas);
-        let done = sqlx::query("UPDATE services SET replicas = ? WHERE stack_id = ? AND name = ?")
-            .bind(i64::from(replicas))
-            .bind(stack_id)
-            .bind(service)
-            .execute(&mut *tx)
-            .await?;
+        let done =
+            sqlx::query("UPDATE services SET replicas = $1 WHERE stack_id = $2 AND name = $3")
+                .bind(i64::from(replicas))
+                .bind(stack_id)
+                .bind(service)
+                .execute(&mut *tx)
+                .await?;
         if done.rows_affected() == 0 {
             return Ok(SetReplicas::NoService);
         }
@@ -269,7 +271,7 @@ impl Store {
             // Dropped without a commit: nothing changes.
             return Ok(SetReplicas::OverTotal { total });
         }
-        sqlx::query("UPDATE stacks SET updated_at = ? WHERE id = ?")
+        sqlx::query("UPDATE stacks SET updated_at = $1 WHERE id = $2")
             .bind(now)
             .bind(stack_id)
             .execute(&mut *tx)
@@ -286,9 +288,9 @@ impl Store {
         now: i64,
     ) -> Result<()> {
         sqlx::query(
-            "UPDATE stacks SET state = 'removing', remove_volumes = MAX(remove_volumes, ?), updated_at = ? WHERE id = ?",
+            "UPDATE stacks SET state = 'removing', remove_volumes = CASE WHEN remove_volumes = 1 THEN 1 ELSE $1 END, updated_at = $2 WHERE id = $3",
         )
-        .bind(remove_volumes)
+        .bind(super::Flag(remove_volumes))
         .bind(now)
         .bind(stack_id)
         .execute(&self.writer)
@@ -308,7 +310,7 @@ impl Store {
         let mut out = Vec::with_capacity(digests.len());
         for digest in digests {
             let sealed: Option<Vec<u8>> = sqlx::query_scalar(
-                "SELECT content FROM stack_files WHERE stack_id = ? AND digest = ?",
+                "SELECT content FROM stack_files WHERE stack_id = $1 AND digest = $2",
             )
             .bind(stack_id)
             .bind(digest)
@@ -333,16 +335,16 @@ impl Store {
     }
 
     pub async fn delete_stack(&self, stack_id: &str) -> Result<()> {
-        let mut tx = self.writer.begin().await?;
-        sqlx::query("DELETE FROM stack_files WHERE stack_id = ?")
+        let mut tx = self.begin_write().await?;
+        sqlx::query("DELETE FROM stack_files WHERE stack_id = $1")
             .bind(stack_id)
             .execute(&mut *tx)
             .await?;
-        sqlx::query("DELETE FROM services WHERE stack_id = ?")
+        sqlx::query("DELETE FROM services WHERE stack_id = $1")
             .bind(stack_id)
             .execute(&mut *tx)
             .await?;
-        sqlx::query("DELETE FROM stacks WHERE id = ?")
+        sqlx::query("DELETE FROM stacks WHERE id = $1")
             .bind(stack_id)
             .execute(&mut *tx)
             .await?;

@@ -14,6 +14,7 @@ pub struct UserRow {
     pub name: String,
     /// argon2id PHC string; `None` for a user who cannot log in with a password.
     pub password_hash: Option<String>,
+    #[sqlx(try_from = "super::Flag")]
     pub admin: bool,
     /// `local`, or `ldap` for a directory user (roles from their groups at each login).
     pub source: String,
@@ -62,13 +63,13 @@ impl Store {
     ) -> Result<Option<UserRow>> {
         let id = new_id("user");
         let done = sqlx::query(
-            "INSERT INTO users (id, name, password_hash, admin, created_at) VALUES (?, ?, ?, ?, ?) \
+            "INSERT INTO users (id, name, password_hash, admin, created_at) VALUES ($1, $2, $3, $4, $5) \
              ON CONFLICT DO NOTHING",
         )
         .bind(&id)
         .bind(name)
         .bind(password_hash)
-        .bind(admin)
+        .bind(super::Flag(admin))
         .bind(now)
         .execute(&self.writer)
         .await?;
@@ -89,17 +90,17 @@ impl Store {
         roles: &[(String, EnvRole)],
         now: i64,
     ) -> Result<Option<UserRow>> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.begin_write().await?;
         let existing: Option<(String, String)> =
-            sqlx::query_as("SELECT id, source FROM users WHERE name = ? AND removed_at IS NULL")
+            sqlx::query_as("SELECT id, source FROM users WHERE name = $1 AND removed_at IS NULL")
                 .bind(name)
                 .fetch_optional(&mut *tx)
                 .await?;
         let id = match existing {
             Some((_, source)) if source != "ldap" => return Ok(None),
             Some((id, _)) => {
-                sqlx::query("UPDATE users SET admin = ? WHERE id = ?")
-                    .bind(admin)
+                sqlx::query("UPDATE users SET admin = $1 WHERE id = $2")
+                    .bind(super::Flag(admin))
                     .bind(&id)
                     .execute(&mut *tx)
                     .await?;
@@ -108,25 +109,25 @@ impl Store {
             None => {
                 let id = new_id("user");
                 sqlx::query(
-                    "INSERT INTO users (id, name, admin, source, created_at) VALUES (?, ?, ?, 'ldap', ?)",
+                    "INSERT INTO users (id, name, admin, source, created_at) VALUES ($1, $2, $3, 'ldap', $4)",
                 )
                 .bind(&id)
                 .bind(name)
-                .bind(admin)
+                .bind(super::Flag(admin))
                 .bind(now)
                 .execute(&mut *tx)
                 .await?;
                 id
             }
         };
-        sqlx::query("DELETE FROM memberships WHERE user_id = ?")
+        sqlx::query("DELETE FROM memberships WHERE user_id = $1")
             .bind(&id)
             .execute(&mut *tx)
             .await?;
         for (env, role) in roles {
             sqlx::query(
                 "INSERT INTO memberships (user_id, environment_id, role) \
-                 SELECT ?, id, ? FROM environments WHERE name = ? AND removed_at IS NULL",
+                 SELECT $1, id, $2 FROM environments WHERE name = $3 AND removed_at IS NULL",
             )
             .bind(&id)
             .bind(role.as_str())
@@ -149,7 +150,7 @@ impl Store {
 
     pub async fn user_by_name(&self, name: &str) -> Result<Option<UserRow>> {
         Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT {USER_COLUMNS} FROM users WHERE name = ? AND removed_at IS NULL"
+            "SELECT {USER_COLUMNS} FROM users WHERE name = $1 AND removed_at IS NULL"
         )))
         .bind(name)
         .fetch_optional(&self.writer)
@@ -158,18 +159,20 @@ impl Store {
 
     /// Removes a user: every key of theirs revoked and every role dropped, at once.
     pub async fn remove_user(&self, user_id: &str, now: i64) -> Result<()> {
-        let mut tx = self.writer.begin().await?;
-        sqlx::query("UPDATE users SET removed_at = ? WHERE id = ?")
+        let mut tx = self.begin_write().await?;
+        sqlx::query("UPDATE users SET removed_at = $1 WHERE id = $2")
             .bind(now)
             .bind(user_id)
             .execute(&mut *tx)
             .await?;
-        sqlx::query("UPDATE api_keys SET revoked_at = ? WHERE user_id = ? AND revoked_at IS NULL")
-            .bind(now)
-            .bind(user_id)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("DELETE FROM memberships WHERE user_id = ?")
+        sqlx::query(
+            "UPDATE api_keys SET revoked_at = $1 WHERE user_id = $2 AND revoked_at IS NULL",
+        )
+        .bind(now)
+        .bind(user_id)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM memberships WHERE user_id = $1")
             .bind(user_id)
             .execute(&mut *tx)
             .await?;
@@ -188,7 +191,7 @@ impl Store {
 
     pub async fn set_password(&self, user_id: &str, hash: &str) -> Result<()> {
         sqlx::query(
-            "UPDATE users SET password_hash = ?, failed_logins = 0, locked_until = NULL WHERE id = ?",
+            "UPDATE users SET password_hash = $1, failed_logins = 0, locked_until = NULL WHERE id = $2",
         )
         .bind(hash)
         .bind(user_id)
@@ -208,7 +211,7 @@ impl Store {
         max_secs: i64,
     ) -> Result<Option<i64>> {
         let failed: i64 = sqlx::query_scalar(
-            "UPDATE users SET failed_logins = failed_logins + 1 WHERE id = ? RETURNING failed_logins",
+            "UPDATE users SET failed_logins = failed_logins + 1 WHERE id = $1 RETURNING failed_logins",
         )
         .bind(user_id)
         .fetch_one(&self.writer)
@@ -219,7 +222,7 @@ impl Store {
         let doublings = u32::try_from((failed - free).min(20)).unwrap_or(20);
         let secs = base_secs.saturating_mul(1 << doublings).min(max_secs);
         let until = now + secs;
-        sqlx::query("UPDATE users SET locked_until = ? WHERE id = ?")
+        sqlx::query("UPDATE users SET locked_until = $1 WHERE id = $2")
             .bind(until)
             .bind(user_id)
             .execute(&self.writer)
@@ -228,7 +231,7 @@ impl Store {
     }
 
     pub async fn login_succeeded(&self, user_id: &str) -> Result<()> {
-        sqlx::query("UPDATE users SET failed_logins = 0, locked_until = NULL WHERE id = ?")
+        sqlx::query("UPDATE users SET failed_logins = 0, locked_until = NULL WHERE id = $1")
             .bind(user_id)
             .execute(&self.writer)
             .await?;
@@ -247,7 +250,7 @@ impl Store {
         let id = new_id("key");
         sqlx::query(
             "INSERT INTO api_keys (id, name, role, secret_hash, created_at, user_id, expires_at) \
-             VALUES (?, ?, 'user', ?, ?, ?, ?)",
+             VALUES ($1, $2, 'user', $3, $4, $5, $6)",
         )
         .bind(&id)
         .bind(name)
@@ -270,12 +273,12 @@ impl Store {
             Option<i64>,
             Option<String>,
             Option<String>,
-            Option<bool>,
+            Option<super::Flag>,
             Option<i64>,
         );
         let row: Option<Row> = sqlx::query_as(
             "SELECT k.id, k.name, k.revoked_at, k.expires_at, u.id, u.name, u.admin, u.removed_at \
-             FROM api_keys k LEFT JOIN users u ON u.id = k.user_id WHERE k.secret_hash = ?",
+             FROM api_keys k LEFT JOIN users u ON u.id = k.user_id WHERE k.secret_hash = $1",
         )
         .bind(hash.as_bytes())
         .fetch_optional(&self.reader)
@@ -297,7 +300,7 @@ impl Store {
             expires_at,
             user_id,
             user_name,
-            admin,
+            admin: admin.into(),
             user_removed: removed.is_some(),
         }))
     }
@@ -306,7 +309,7 @@ impl Store {
     pub async fn key_live(&self, key_id: &str, now: i64) -> Result<bool> {
         let n: i64 = sqlx::query_scalar(
             "SELECT COUNT(*) FROM api_keys k JOIN users u ON u.id = k.user_id \
-             WHERE k.id = ? AND k.revoked_at IS NULL AND (k.expires_at IS NULL OR k.expires_at > ?) \
+             WHERE k.id = $1 AND k.revoked_at IS NULL AND (k.expires_at IS NULL OR k.expires_at > $2) \
              AND u.removed_at IS NULL",
         )
         .bind(key_id)
@@ -318,7 +321,7 @@ impl Store {
 
     pub async fn user_keys(&self, user_id: &str) -> Result<Vec<KeyRow>> {
         Ok(sqlx::query_as(
-            "SELECT id, name, created_at, expires_at, revoked_at FROM api_keys WHERE user_id = ? ORDER BY created_at, id",
+            "SELECT id, name, created_at, expires_at, revoked_at FROM api_keys WHERE user_id = $1 ORDER BY created_at, id",
         )
         .bind(user_id)
         .fetch_all(&self.reader)
@@ -328,7 +331,7 @@ impl Store {
     /// Revokes a key of `user_id`; false when the user has no such live key.
     pub async fn revoke_user_key(&self, user_id: &str, key_id: &str, now: i64) -> Result<bool> {
         let done = sqlx::query(
-            "UPDATE api_keys SET revoked_at = ? WHERE id = ? AND user_id = ? AND revoked_at IS NULL",
+            "UPDATE api_keys SET revoked_at = $1 WHERE id = $2 AND user_id = $3 AND revoked_at IS NULL",
         )
         .bind(now)
         .bind(key_id)
@@ -343,7 +346,7 @@ impl Store {
     pub async fn memberships(&self, user_id: &str) -> Result<Vec<(String, EnvRole)>> {
         let rows: Vec<(String, String)> = sqlx::query_as(
             "SELECT e.name, m.role FROM memberships m JOIN environments e ON e.id = m.environment_id \
-             WHERE m.user_id = ? AND e.removed_at IS NULL ORDER BY e.name",
+             WHERE m.user_id = $1 AND e.removed_at IS NULL ORDER BY e.name",
         )
         .bind(user_id)
         .fetch_all(&self.reader)
@@ -382,7 +385,7 @@ impl Store {
         match role {
             Some(role) => {
                 sqlx::query(
-                    "INSERT INTO memberships (user_id, environment_id, role) VALUES (?, ?, ?) \
+                    "INSERT INTO memberships (user_id, environment_id, role) VALUES ($1, $2, $3) \
                      ON CONFLICT (user_id, environment_id) DO UPDATE SET role = excluded.role",
                 )
                 .bind(user_id)
@@ -392,7 +395,7 @@ impl Store {
                 .await?;
             }
             None => {
-                sqlx::query("DELETE FROM memberships WHERE user_id = ? AND environment_id = ?")
+                sqlx::query("DELETE FROM memberships WHERE user_id = $1 AND environment_id = $2")
                     .bind(user_id)
                     .bind(env_id)
                     .execute(&self.writer)

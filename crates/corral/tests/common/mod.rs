@@ -77,6 +77,23 @@ pub struct Server {
     pub proc: Option<Proc>,
     pub env: AdminEnv,
     starts: u32,
+    /// The server's PostgreSQL, when the suite runs on that datastore (see [`on_postgres`]);
+    /// declared after `proc`, so it stops after the server.
+    pub postgres: Option<corral_testkit::Postgres>,
+    /// The datastore URL the server is started with (`CORRAL_DATASTORE`), if any.
+    pub datastore: Option<String>,
+}
+
+/// Whether this run keeps the servers' datastores in PostgreSQL: `CORRAL_TEST_DATASTORE=postgres`
+/// (`scripts/test.sh` runs the control-plane, container and stack tests a second time so).
+/// Each [`Server`] then gets a PostgreSQL cluster of its own (TLS, verify-full) and is started
+/// with `CORRAL_DATASTORE`; any other value fails the test.
+pub fn on_postgres() -> bool {
+    match std::env::var("CORRAL_TEST_DATASTORE").as_deref() {
+        Err(_) | Ok("") | Ok("sqlite") => false,
+        Ok("postgres") => true,
+        Ok(other) => panic!("CORRAL_TEST_DATASTORE={other:?}: it is sqlite or postgres"),
+    }
 }
 
 pub const FAST_HEARTBEATS: &[&str] = &["--heartbeat-interval", "1s", "--dead-after", "3s"];
@@ -86,7 +103,16 @@ impl Server {
         Server::start_on(dir, free_port(), extra)
     }
 
+    /// A server whose datastore is the PostgreSQL database at `url`.
+    pub fn start_on_datastore(dir: &Path, url: &str, extra: &[&str]) -> Server {
+        Server::new(dir, free_port(), extra, Some(url.to_owned()))
+    }
+
     pub fn start_on(dir: &Path, port: u16, extra: &[&str]) -> Server {
+        Server::new(dir, port, extra, None)
+    }
+
+    fn new(dir: &Path, port: u16, extra: &[&str], datastore: Option<String>) -> Server {
         let mut s = Server {
             dir: dir.to_owned(),
             port,
@@ -98,6 +124,8 @@ impl Server {
                 checksum: String::new(),
             },
             starts: 0,
+            postgres: None,
+            datastore,
         };
         s.launch();
         s
@@ -129,6 +157,45 @@ impl Server {
         format!("https://127.0.0.1:{}", self.port)
     }
 
+    /// Everything the datastore holds, to search for what must not be there: the SQLite file
+    /// and its write-ahead log, or a dump of the server's PostgreSQL database.
+    pub fn datastore_bytes(&self) -> Vec<u8> {
+        match &self.postgres {
+            Some(pg) => pg.dump("corral").into_bytes(),
+            None => {
+                let mut bytes = std::fs::read(self.dir.join("corral.db")).expect("corral.db");
+                bytes.extend(std::fs::read(self.dir.join("corral.db-wal")).unwrap_or_default());
+                bytes
+            }
+        }
+    }
+
+    /// Runs one SQL statement on the datastore behind the server's back (with the server
+    /// stopped, for a SQLite file), as damage or an earlier version would have written it.
+    pub fn datastore_exec(&self, sql: &str) {
+        match &self.postgres {
+            Some(pg) => {
+                pg.psql_in("corral", sql);
+            }
+            None => {
+                let out = std::process::Command::new("python3")
+                    .args([
+                        "-c",
+                        "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); c.execute(sys.argv[2]); c.commit()",
+                    ])
+                    .arg(self.dir.join("corral.db"))
+                    .arg(sql)
+                    .output()
+                    .expect("python3");
+                assert!(
+                    out.status.success(),
+                    "{sql}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
+    }
+
     fn launch(&mut self) {
         std::fs::create_dir_all(&self.dir).expect("data dir");
         self.starts += 1;
@@ -140,7 +207,18 @@ impl Server {
         }
         args.extend(self.extra.iter().map(String::as_str));
         let log = self.dir.join(format!("server-{}.log", self.starts));
-        let mut proc = spawn_corral(&args, log, &[]);
+        if on_postgres() && self.datastore.is_none() {
+            let pg = corral_testkit::Postgres::start();
+            self.datastore = Some(pg.database("corral"));
+            self.postgres = Some(pg);
+        }
+        let envs: Vec<(&str, &str)> = self
+            .datastore
+            .as_deref()
+            .map(|u| ("CORRAL_DATASTORE", u))
+            .into_iter()
+            .collect();
+        let mut proc = spawn_corral(&args, log, &envs);
         wait_for_server(&mut proc);
         self.env = read_admin_env(&self.dir.join("admin.env")).expect("admin.env");
         self.proc = Some(proc);
@@ -252,6 +330,20 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         self.kill9();
+        // On PostgreSQL, a statement the database refused is a query written for SQLite only
+        // (a function, a type, two statements in one): whatever the test checked, it fails.
+        if self.postgres.is_some() && !std::thread::panicking() {
+            for n in 1..=self.starts {
+                let log = std::fs::read_to_string(self.dir.join(format!("server-{n}.log")))
+                    .unwrap_or_default();
+                if let Some(line) = log
+                    .lines()
+                    .find(|l| l.contains("error returned from database"))
+                {
+                    panic!("the server's PostgreSQL refused a statement:\n{line}");
+                }
+            }
+        }
     }
 }
 

@@ -1,0 +1,271 @@
+//! The PostgreSQL datastore (`--datastore postgres://…`, or `CORRAL_DATASTORE`): a real
+//! PostgreSQL 15 with TLS only (verify-full against its own CA), a real `corral server` on it.
+//! The rest of the control-plane, container and stack tests run on it too when
+//! `CORRAL_TEST_DATASTORE=postgres` (see `common::on_postgres`).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use corral_testkit::Postgres;
+
+fn healthz(server: &Server) -> (u16, String) {
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "-o", "-", "-w", "\n%{http_code}", "--max-time", "20"])
+        .arg("--cacert")
+        .arg(server.dir.join("pki/ca.pem"))
+        .arg(format!("{}/healthz", server.url()))
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_owned())
+}
+
+/// Starts `corral server` on `url` (given in CORRAL_DATASTORE) in `dir`; waits until it serves
+/// or exits. Returns the process and whether it serves.
+fn server_on(dir: &std::path::Path, url: &str, extra: &[&str]) -> (Proc, u16) {
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let data = dir.display().to_string();
+    let mut args = vec!["server", "--data-dir", &data, "--listen", &listen];
+    args.extend(extra);
+    let log = dir.with_extension(format!("{port}.log"));
+    let proc = spawn_corral(&args, log, &[("CORRAL_DATASTORE", url)]);
+    (proc, port)
+}
+
+#[test]
+fn a_server_on_postgres_keeps_its_state_and_rides_out_a_database_outage() {
+    require::tool("curl", "curl");
+    let mut pg = Postgres::start();
+    let url = pg.database("corral_main");
+    let tmp = tmp();
+    let dir = tmp.path().join("data");
+    let mut server = Server::start_on_datastore(&dir, &url, &[]);
+    // No SQLite file: the datastore is the database.
+    assert!(!dir.join("corral.db").exists());
+    assert!(
+        server.log().contains("datastore: PostgreSQL"),
+        "{}",
+        server.log()
+    );
+    assert_eq!(healthz(&server).0, 200);
+
+    // State written through the API is in PostgreSQL.
+    server.cli_ok(&["env", "create", "staging"]);
+    let (token_id, token_secret) = server.token(&["--env", "staging"]);
+    let in_db = pg.psql_in("corral_main", "SELECT name FROM environments ORDER BY name");
+    assert!(in_db.contains("staging"), "{in_db}");
+    // No secret in clear in the database: neither the admin key nor the token.
+    let dump = pg.dump("corral_main");
+    assert!(dump.contains("staging"), "the dump holds the state");
+    assert!(!dump.contains(&server.env.api_key));
+    assert!(!dump.contains(&token_secret));
+
+    // The password in the URL is never written out: not in the log, not in admin.env.
+    let password = url
+        .split_once("corral:")
+        .and_then(|(_, r)| r.split_once('@'))
+        .map(|(p, _)| p.to_owned())
+        .unwrap();
+    assert!(!server.log().contains(&password));
+    assert!(
+        !std::fs::read_to_string(dir.join("admin.env"))
+            .unwrap()
+            .contains(&password)
+    );
+
+    // The database goes away: /healthz says so, a write is refused as unavailable (not a
+    // generic failure), and nothing is half-applied.
+    pg.stop();
+    wait_until(
+        Duration::from_secs(30),
+        "/healthz to report the outage",
+        || healthz(&server).0 == 503,
+    );
+    let (_, body) = healthz(&server);
+    assert!(body.contains("datastore"), "{body}");
+    let out = server.cli(&["env", "create", "during-outage"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("datastore cannot be reached"),
+        "{err}\n{}",
+        server.log()
+    );
+
+    // Back: the server reconnects by itself, serves again, and the refused write is not there.
+    pg.start_again();
+    wait_until(
+        Duration::from_secs(60),
+        "/healthz ok after the outage",
+        || healthz(&server).0 == 200,
+    );
+    let envs = server.cli_json(&["env", "ls"]);
+    let names: Vec<&str> = envs
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["name"].as_str())
+        .collect();
+    assert!(names.contains(&"staging"), "{names:?}");
+    assert!(!names.contains(&"during-outage"), "{names:?}");
+    server.cli_ok(&["env", "create", "after-outage"]);
+
+    // A restart finds everything where it was (the same admin key, the same token).
+    server.restart();
+    let tokens = server.cli_json(&["token", "ls"]);
+    assert!(
+        tokens
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["id"] == token_id.as_str()),
+        "{tokens}"
+    );
+}
+
+#[test]
+fn a_second_server_joins_a_deployment_only_with_its_master_key_and_ca() {
+    let pg = Postgres::start();
+    let url = pg.database("corral_join");
+    let tmp = tmp();
+    let first = tmp.path().join("first");
+    let (mut a, _) = server_on(&first, &url, &[]);
+    wait_for_server(&mut a);
+
+    // While the first runs, no second server starts on the database (one active server per
+    // database until a leader is elected for the reconciler).
+    let busy = tmp.path().join("busy");
+    std::fs::create_dir_all(busy.join("pki")).unwrap();
+    for f in ["master.key", "pki/ca.pem", "pki/ca-key.pem"] {
+        std::fs::copy(first.join(f), busy.join(f)).unwrap();
+    }
+    let (mut b, _) = server_on(&busy, &url, &[]);
+    assert!(!b.wait_exit(Duration::from_secs(60)).success());
+    assert!(
+        b.log_text().contains("another corral server is running"),
+        "{}",
+        b.log_text()
+    );
+    a.stop();
+
+    // A new data dir on a database that holds a deployment: refused, saying what to copy.
+    let second = tmp.path().join("second");
+    let (mut b, _) = server_on(&second, &url, &[]);
+    let status = b.wait_exit(Duration::from_secs(60));
+    assert!(!status.success());
+    let log = b.log_text();
+    assert!(log.contains("copy master.key"), "{log}");
+    assert!(!second.join("master.key").exists(), "no new key was made");
+
+    // With the deployment's master key and CA it starts (the first server stopped), on the
+    // same state, and presents a certificate of the same CA (an agent's pin does not change).
+    std::fs::create_dir_all(second.join("pki")).unwrap();
+    for f in ["master.key", "pki/ca.pem", "pki/ca-key.pem"] {
+        std::fs::copy(first.join(f), second.join(f)).unwrap();
+    }
+    let (mut b, _) = server_on(&second, &url, &[]);
+    wait_for_server(&mut b);
+    let a_env = read_admin_env(&first.join("admin.env")).unwrap();
+    let b_env = read_admin_env(&second.join("admin.env")).unwrap();
+    assert_eq!(a_env.checksum, b_env.checksum);
+    // The first server's admin key works on the second (one datastore of keys).
+    let out = std::process::Command::new(corral_bin())
+        .args(["env", "ls", "-o", "json"])
+        .env("CORRAL_SERVER", &b_env.server)
+        .env("CORRAL_API_KEY", &a_env.api_key)
+        .env("CORRAL_CA_CHECKSUM", &b_env.checksum)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Another master key is refused: it cannot open the deployment's sealed secrets.
+    b.stop();
+    let third = tmp.path().join("third");
+    std::fs::create_dir_all(third.join("pki")).unwrap();
+    for f in ["pki/ca.pem", "pki/ca-key.pem"] {
+        std::fs::copy(first.join(f), third.join(f)).unwrap();
+    }
+    std::fs::write(third.join("master.key"), [7u8; 32]).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(
+        third.join("master.key"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    let (mut c, _) = server_on(&third, &url, &[]);
+    assert!(!c.wait_exit(Duration::from_secs(60)).success());
+    assert!(
+        c.log_text().contains("does not open this datastore"),
+        "{}",
+        c.log_text()
+    );
+}
+
+#[test]
+fn bad_datastore_addresses_are_refused_with_the_reason() {
+    let pg = Postgres::start();
+    let good = pg.database("corral_bad");
+    let tmp = tmp();
+    let refused = |name: &str, url: &str, says: &[&str]| {
+        let dir = tmp.path().join(name);
+        let (mut p, _) = server_on(&dir, url, &[]);
+        let status = p.wait_exit(Duration::from_secs(60));
+        assert!(!status.success(), "{name}: the server started");
+        let log = p.log_text();
+        for s in says {
+            assert!(log.contains(s), "{name}: no {s:?} in\n{log}");
+        }
+        let password = good
+            .split_once("corral:")
+            .and_then(|(_, r)| r.split_once('@'))
+            .map(|(p, _)| p.to_owned())
+            .unwrap();
+        assert!(
+            !log.contains(&password),
+            "{name}: the password is in the log"
+        );
+    };
+    refused(
+        "mysql",
+        "mysql://corral@127.0.0.1/x",
+        &["must be a postgres:// URL"],
+    );
+    refused("not-a-url", "not a url", &["is not a URL"]);
+    // TLS is required by the cluster; a client that turns it off is turned away.
+    refused(
+        "plain",
+        &good.replace("sslmode=verify-full", "sslmode=disable"),
+        &["no encryption"],
+    );
+    // verify-full against another CA: the certificate is not trusted.
+    let other_ca = tmp.path().join("other-ca");
+    corral_testkit::certs::ca_and_server(&other_ca, "127.0.0.1", "another CA");
+    refused(
+        "wrong-ca",
+        &good.replace(
+            &pg.ca().display().to_string(),
+            &other_ca.join("ca.crt").display().to_string(),
+        ),
+        &["certificate"],
+    );
+    refused(
+        "wrong-password",
+        &good.replace("corral:pw-", "corral:wrong-"),
+        &["password authentication failed"],
+    );
+    refused(
+        "no-database",
+        &good.replace("/corral_bad?", "/corral_missing?"),
+        &["corral_missing"],
+    );
+}

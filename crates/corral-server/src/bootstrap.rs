@@ -90,6 +90,9 @@ pub struct ServerOptions {
     pub max_stack_replicas: u64,
     /// The datastore, when it is a PostgreSQL database; `None`: SQLite in the data dir.
     pub datastore: Option<crate::store::PostgresUrl>,
+    /// With `datastore`: wait while another server is active on the database, and take over
+    /// when it stops (instead of refusing to start).
+    pub standby: bool,
 }
 
 /// Most replicas one stack may have by default, all its services together (`corral up` and
@@ -118,6 +121,7 @@ impl ServerOptions {
             ldap: None,
             max_stack_replicas: DEFAULT_MAX_STACK_REPLICAS,
             datastore: None,
+            standby: false,
         }
     }
 }
@@ -235,7 +239,7 @@ pub(crate) async fn bootstrap(
     let store = match &options.datastore {
         None => Store::open_sqlite(&dir.join(data_dir::DB_FILE), vault.clone()).await?,
         Some(url) => {
-            let store = Store::open_postgres(url, vault.clone()).await?;
+            let store = Store::open_postgres(url, vault.clone(), options.standby).await?;
             tracing::info!(datastore = %url.name(), "datastore: PostgreSQL");
             store
         }

@@ -260,6 +260,11 @@ pub struct ServerArgs {
     /// process's arguments). The data dir still holds master.key, pki/ and admin.env.
     #[arg(long, env = "CORRAL_DATASTORE", hide_env_values = true, value_parser = parse_datastore)]
     pub datastore: Option<corral_server::store::PostgresUrl>,
+    /// With --datastore: if another server is active on the database, wait and take over
+    /// when it stops or is cut off from the database (a crash: at once; a frozen server: after
+    /// 10 s of silence), instead of refusing to start. One server writes at a time.
+    #[arg(long, requires = "datastore")]
+    pub standby: bool,
     /// The URL agents dial (default: https://<hostname>:<port>).
     #[arg(long, env = "CORRAL_ADVERTISE_URL")]
     pub advertise_url: Option<String>,

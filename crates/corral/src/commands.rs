@@ -248,6 +248,7 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
     options.event_max_rows = args.event_max_rows;
     options.max_stack_replicas = args.max_stack_replicas;
     options.datastore = args.datastore.clone();
+    options.standby = args.standby;
     options.event_rate_limit = args.event_rate_limit;
     options.event_rate_window = args.event_rate_window;
     if let (Some(url), Some(ca), Some(user_dn), Some(group_base)) = (

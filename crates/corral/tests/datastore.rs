@@ -138,8 +138,8 @@ fn a_second_server_joins_a_deployment_only_with_its_master_key_and_ca() {
     let (mut a, _) = server_on(&first, &url, &[]);
     wait_for_server(&mut a);
 
-    // While the first runs, no second server starts on the database (one active server per
-    // database until a leader is elected for the reconciler).
+    // While the first runs, a second server without --standby does not start on the database
+    // (one server writes at a time).
     let busy = tmp.path().join("busy");
     std::fs::create_dir_all(busy.join("pki")).unwrap();
     for f in ["master.key", "pki/ca.pem", "pki/ca-key.pem"] {
@@ -148,7 +148,7 @@ fn a_second_server_joins_a_deployment_only_with_its_master_key_and_ca() {
     let (mut b, _) = server_on(&busy, &url, &[]);
     assert!(!b.wait_exit(Duration::from_secs(60)).success());
     assert!(
-        b.log_text().contains("another corral server is running"),
+        b.log_text().contains("another corral server is active"),
         "{}",
         b.log_text()
     );
@@ -267,5 +267,112 @@ fn bad_datastore_addresses_are_refused_with_the_reason() {
         "no-database",
         &good.replace("/corral_bad?", "/corral_missing?"),
         &["corral_missing"],
+    );
+}
+
+/// Copies the deployment's master key and CA from one data dir to a new one (how a second
+/// server is set up).
+fn copy_identity(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to.join("pki")).unwrap();
+    for f in ["master.key", "pki/ca.pem", "pki/ca-key.pem"] {
+        std::fs::copy(from.join(f), to.join(f)).unwrap();
+    }
+}
+
+fn cli_on(dir: &std::path::Path, key: &str, args: &[&str]) -> std::process::Output {
+    let env = read_admin_env(&dir.join("admin.env")).expect("admin.env");
+    std::process::Command::new(corral_bin())
+        .args(args)
+        .env("CORRAL_SERVER", &env.server)
+        .env("CORRAL_API_KEY", key)
+        .env("CORRAL_CA_CHECKSUM", &env.checksum)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_standby_takes_over_from_a_dead_or_frozen_server_which_never_writes_again() {
+    let pg = Postgres::start();
+    let url = pg.database("corral_ha");
+    let tmp = tmp();
+    let a_dir = tmp.path().join("a");
+    let mut a = Server::start_on_datastore(&a_dir, &url, &[]);
+    let admin_key = a.env.api_key.clone();
+    a.cli_ok(&["env", "create", "before"]);
+
+    // B waits as a standby: it serves nothing (no admin.env, no listener yet).
+    let b_dir = tmp.path().join("b");
+    copy_identity(&a_dir, &b_dir);
+    let (mut b, _) = server_on(&b_dir, &url, &["--standby"]);
+    wait_until(Duration::from_secs(30), "B waiting as a standby", || {
+        b.log_text()
+            .contains("standby: another corral server is active")
+    });
+    assert!(!b_dir.join("admin.env").exists());
+
+    // A crashes: B takes over at once (PostgreSQL ends A's session, and its lock with it).
+    let crashed = std::time::Instant::now();
+    a.kill9();
+    wait_for_server(&mut b);
+    println!(
+        "crash: standby serving {:.2} s after the active server was killed",
+        crashed.elapsed().as_secs_f64()
+    );
+    let out = cli_on(&b_dir, &admin_key, &["env", "ls", "-o", "json"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("before"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A comes back as a standby behind B; B freezes (SIGSTOP: its connections stay open).
+    let (mut a2, _) = server_on(&a_dir, &url, &["--standby"]);
+    wait_until(Duration::from_secs(30), "A waiting as a standby", || {
+        a2.log_text()
+            .contains("standby: another corral server is active")
+    });
+    let frozen = std::time::Instant::now();
+    b.signal("STOP");
+    wait_until(
+        Duration::from_secs(60),
+        "A to take over from frozen B",
+        || {
+            assert!(a2.running(), "{}", a2.log_text());
+            a2.log_text().contains("is running")
+        },
+    );
+    println!(
+        "freeze: standby serving {:.2} s after the active server was frozen",
+        frozen.elapsed().as_secs_f64()
+    );
+    let out = cli_on(&a_dir, &admin_key, &["env", "create", "after-freeze"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // B resumes: it finds the lock taken and exits without writing. Its writer session was
+    // ended by PostgreSQL while it was frozen, and a new one cannot take the lock, so there
+    // is no connection through which it could write.
+    let events_before = pg.psql_in("corral_ha", "SELECT count(*) FROM events");
+    b.signal("CONT");
+    let status = b.wait_exit(Duration::from_secs(30));
+    assert!(!status.success());
+    assert!(
+        b.log_text()
+            .contains("another corral server took over the datastore"),
+        "{}",
+        b.log_text()
+    );
+    // Nothing written by B after it resumed: every event since is A's own doing, and A is
+    // idle (no hosts, no stacks), so the count has not moved.
+    let events_after = pg.psql_in("corral_ha", "SELECT count(*) FROM events");
+    assert_eq!(events_before, events_after);
+    let out = cli_on(&a_dir, &admin_key, &["env", "ls", "-o", "json"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("before") && text.contains("after-freeze"),
+        "{text}"
     );
 }

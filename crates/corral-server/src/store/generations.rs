@@ -70,7 +70,7 @@ impl Store {
         now: i64,
     ) -> Result<i64> {
         let table = kind.table();
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.writer.begin().await?;
         let last: Option<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
             "SELECT MAX(generation) FROM {table} WHERE environment_id = $1"
         )))

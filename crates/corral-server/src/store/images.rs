@@ -65,7 +65,7 @@ impl Store {
             ),
             None => None,
         };
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.writer.begin().await?;
         sqlx::query(
             "INSERT INTO registries (environment_id, registry, username, secret, ca_pem, builds, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
              ON CONFLICT (environment_id, registry) DO UPDATE SET username = excluded.username, secret = excluded.secret, ca_pem = excluded.ca_pem, builds = excluded.builds, updated_at = excluded.updated_at",

@@ -191,9 +191,6 @@ pub struct Store {
 /// The longest a PostgreSQL statement waits for a pooled connection (see `open_postgres`).
 const PG_ACQUIRE: Duration = Duration::from_secs(3);
 
-/// The PostgreSQL advisory lock every write transaction holds (`begin_write`): "corral w".
-const WRITE_LOCK: i64 = 0x636f_7272_616c_2077;
-
 /// Rows written by one multi-row statement at most (SQLite allows 32,766 parameters; a
 /// container row has 14).
 const ROWS_PER_STATEMENT: usize = 500;
@@ -589,32 +586,56 @@ impl Store {
     /// Opens the PostgreSQL datastore at `url` (`postgres://…`; `sslmode`, `sslrootcert` and the
     /// other libpq parameters in it apply) and runs the migrations. Fails if the database cannot
     /// be reached: a server does not start on a datastore it cannot read.
-    pub async fn open_postgres(url: &PostgresUrl, vault: Arc<Vault>) -> Result<Store> {
+    pub async fn open_postgres(
+        url: &PostgresUrl,
+        vault: Arc<Vault>,
+        standby: bool,
+    ) -> Result<Store> {
         sqlx::any::install_default_drivers();
         let opts = url.options()?;
-        // Writes: one connection, as with SQLite, so one server's write transactions are
-        // serialised in the process exactly as they are there (same code, same outcomes);
-        // servers sharing the database serialise theirs with a transaction-scoped lock
-        // (`begin_write`). Reads: a few connections, checked before use — a connection to a
-        // database over the network can die while it sits in the pool. A request waits at most
-        // `PG_ACQUIRE` for a connection (the pool retries connecting, with backoff, meanwhile):
-        // while the database is away, requests are refused as unavailable within seconds, well
-        // before a client (or the connection gate's deadline for authenticating) gives up.
-        let writer = AnyPoolOptions::new()
-            .max_connections(1)
-            .acquire_timeout(PG_ACQUIRE)
-            .connect_with(opts.clone())
-            .await?;
+        let name = url.name();
+        // Writes: one connection, as with SQLite, so the server's write transactions are
+        // serialised exactly as they are there (same code, same outcomes). That connection is
+        // also the fence between servers: it holds the active-server lock (`writer_pool`), so
+        // only the active server can write at all, and one that lost the lock (cut off, or
+        // frozen past `idle_session_timeout`) has no connection left that can.
+        let session = Arc::new(std::sync::atomic::AtomicI32::new(0));
+        let mut waiting = false;
+        let writer = loop {
+            // Who holds the lock is asked first, on a connection of its own: a pool whose
+            // connections are refused would only time out.
+            if lock_holder(&opts).await?.is_none() {
+                match writer_pool(opts.clone(), session.clone()).await {
+                    Ok(pool) => break pool,
+                    // Another server took it in between.
+                    Err(e) if lock_holder(&opts).await?.is_some() => {
+                        tracing::debug!(error = %e, "the write lock was taken first by another server");
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            if !standby {
+                return Err(StoreError::Conflict(format!(
+                    "another corral server is active on {name}: one server writes to a database at a time. Stop it first, or start this one with --standby to take over when it stops"
+                )));
+            }
+            if !waiting {
+                tracing::info!(
+                    datastore = %name,
+                    "standby: another corral server is active on this database; this one takes over when it stops"
+                );
+                waiting = true;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        };
+        tracing::info!(datastore = %name, "this server is the active one (it holds the datastore's write lock)");
         sqlx::migrate!("./migrations/postgres").run(&writer).await?;
-        // One server per database: several active servers need a leader for the reconciler
-        // and the periodic work, which is not built yet.
-        let lock = active_lock(&opts).await?.ok_or_else(|| {
-            StoreError::Conflict(format!(
-                "another corral server is running on {}: run one server per database (several active servers on one database are not supported yet). Stop the other one first; this one may then start",
-                url.name()
-            ))
-        })?;
-        tokio::spawn(keep_active_lock(lock, opts.clone(), url.name()));
+        tokio::spawn(keep_writer(writer.clone(), opts.clone(), session, name));
+        // Reads: a few connections, checked before use — a connection to a database over the
+        // network can die while it sits in the pool. A request waits at most `PG_ACQUIRE` for
+        // a connection (the pool retries connecting, with backoff, meanwhile): while the
+        // database is away, requests are refused as unavailable within seconds, well before a
+        // client (or the connection gate's deadline for authenticating) gives up.
         let reader = AnyPoolOptions::new()
             .max_connections(4)
             .acquire_timeout(PG_ACQUIRE)
@@ -629,21 +650,21 @@ impl Store {
             let writer = writer.clone();
             group::Group::start(Arc::new(move |items: Vec<ReplyWrite>| {
                 let writer = writer.clone();
-                Box::pin(async move { complete_commands(engine, &writer, items).await })
+                Box::pin(async move { complete_commands(&writer, items).await })
             }))
         };
         let statuses = {
             let writer = writer.clone();
             group::Group::start(Arc::new(move |items: Vec<StatusWrite>| {
                 let writer = writer.clone();
-                Box::pin(async move { record_statuses(engine, &writer, items).await })
+                Box::pin(async move { record_statuses(&writer, items).await })
             }))
         };
         let deletes = {
             let writer = writer.clone();
             group::Group::start(Arc::new(move |ids: Vec<String>| {
                 let writer = writer.clone();
-                Box::pin(async move { delete_containers(engine, &writer, ids).await })
+                Box::pin(async move { delete_containers(&writer, ids).await })
             }))
         };
         Store {
@@ -682,14 +703,6 @@ impl Store {
         .await?;
         conn.close().await?;
         Ok(tables > 0)
-    }
-
-    /// Begins a write transaction. On PostgreSQL it first takes a transaction-scoped advisory
-    /// lock that every server's writes share: write transactions are then serialised across
-    /// servers as SQLite serialises them in one file, so a read-then-write (a name taken, a
-    /// subnet leased, a token's last use) cannot interleave with another's.
-    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>> {
-        begin_write(self.engine, &self.writer).await
     }
 
     /// Seals every value an earlier version wrote in clear into a column that may carry
@@ -873,7 +886,7 @@ impl Store {
     /// revoked and its row renamed `NAME#ID` (freeing the name) and marked removed, in one
     /// transaction. Otherwise nothing changes and the answer says what is left.
     pub async fn remove_environment(&self, env: &Environment, now: i64) -> Result<EnvRemoval> {
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.writer.begin().await?;
         let names = |sql: &'static str| sqlx::query_scalar::<_, String>(sql).bind(env.id.clone());
         let hosts = names(
             "SELECT name FROM hosts WHERE environment_id = $1 AND removed_at IS NULL ORDER BY name",
@@ -1090,7 +1103,7 @@ impl Store {
         let Some(token_hash) = token else {
             return Ok(AgentAuth::UnknownCredential);
         };
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.writer.begin().await?;
         // Read again inside the transaction: two agents with one credential race here.
         if let Some(host) = by_credential().fetch_optional(&mut *tx).await? {
             return Ok(match host.removed_at {
@@ -1305,7 +1318,7 @@ impl Store {
 
     /// Removes a host: its credential is revoked for good; the row stays as a tombstone.
     pub async fn remove_host(&self, id: &str, now: i64) -> Result<()> {
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.writer.begin().await?;
         let done =
             sqlx::query("UPDATE hosts SET removed_at = $1 WHERE id = $2 AND removed_at IS NULL")
                 .bind(now)
@@ -1542,7 +1555,7 @@ impl Store {
         }
         // Many rows to a statement: a pass's thousands of replicas cost a few statements,
         // not two each (every statement is a hand-off to the writer's thread and back).
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.writer.begin().await?;
         let mut inserted: std::collections::HashSet<String> =
             std::collections::HashSet::with_capacity(items.len());
         let rows: Vec<_> = items.iter().zip(&specs).collect();
@@ -1749,7 +1762,7 @@ impl Store {
             .iter()
             .map(|(_, host_id, command)| self.seal_command(host_id, command))
             .collect::<Result<Vec<_>>>()?;
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.writer.begin().await?;
         for chunk in items.chunks(ROWS_PER_STATEMENT) {
             let mut q = Statement::new("UPDATE containers SET desired = 'removed', updated_at = ");
             q.bind(now);
@@ -1771,7 +1784,7 @@ impl Store {
         host_id: Option<&str>,
         message: &str,
     ) -> Result<()> {
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.writer.begin().await?;
         insert_event(&mut tx, now, kind, host_id, message).await?;
         tx.commit().await?;
         Ok(())
@@ -1951,76 +1964,111 @@ fn command_body(id: &str, kind: &str, payload: &str) -> Result<corral_proto::Com
     }
 }
 
-/// The session-scoped PostgreSQL advisory lock an active server holds ("corral a"); released by
-/// PostgreSQL when the server's connection ends, however it ends.
+/// The session-scoped PostgreSQL advisory lock the active server's writer connection holds
+/// ("corral a"); PostgreSQL releases it when that session ends, however it ends.
 const ACTIVE_LOCK: i64 = 0x636f_7272_616c_2061;
 
-/// A connection holding the active-server lock, or `None` if another session holds it.
-async fn active_lock(opts: &AnyConnectOptions) -> Result<Option<sqlx::AnyConnection>> {
+/// How long PostgreSQL keeps the active server's writer session while it says nothing: a
+/// frozen server (SIGSTOP, a stalled VM) loses the lock after this, and a standby takes over.
+/// The server speaks every `WRITER_KEEPALIVE`, so a live one never comes close.
+const ACTIVE_IDLE_LIMIT: &str = "10s";
+const WRITER_KEEPALIVE: Duration = Duration::from_secs(2);
+
+/// Refused: another server holds the active-server lock.
+#[derive(Debug, thiserror::Error)]
+#[error("another corral server is active on this database (it holds the write lock)")]
+struct NotActive;
+
+/// The backend process id of the session that holds the active-server lock, if one does (a
+/// query on a connection of its own). An advisory lock on a 64-bit key is listed in
+/// `pg_locks` as its high and low halves.
+async fn lock_holder(opts: &AnyConnectOptions) -> Result<Option<i32>> {
     use sqlx::Connection;
     let mut conn = sqlx::AnyConnection::connect_with(opts).await?;
-    let got: Flag = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-        .bind(ACTIVE_LOCK)
-        .fetch_one(&mut conn)
-        .await?;
-    Ok(got.0.then_some(conn))
+    let holder: Option<i32> = sqlx::query_scalar(
+        "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted \
+         AND CAST(classid AS BIGINT) = $1 AND CAST(objid AS BIGINT) = $2 AND objsubid = 1",
+    )
+    .bind(ACTIVE_LOCK >> 32)
+    .bind(ACTIVE_LOCK & 0xffff_ffff)
+    .fetch_optional(&mut conn)
+    .await?;
+    conn.close().await?;
+    Ok(holder)
 }
 
-/// Keeps the active-server lock: checks its connection every 2 s; when it breaks (the database
-/// restarted, the network was cut), takes the lock again as soon as the database answers. If
-/// another server took it meanwhile, this process exits: two servers must never act on one
-/// datastore, and the one that holds the lock is the one that stays.
-async fn keep_active_lock(mut conn: sqlx::AnyConnection, opts: AnyConnectOptions, name: String) {
+/// The writer pool: one connection that, as it is made, takes the active-server lock — or is
+/// refused with `NotActive` — and records its backend process id in `session`. The pool never
+/// retires it on its own (no idle or age limit), since a new connection means the lock
+/// released and taken again. A connection the database ended (an outage, the idle limit) is
+/// replaced by one that must take the lock again: after an outage it gets it back, unless
+/// another server took over meanwhile.
+async fn writer_pool(
+    opts: AnyConnectOptions,
+    session: Arc<std::sync::atomic::AtomicI32>,
+) -> std::result::Result<AnyPool, sqlx::Error> {
+    AnyPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(PG_ACQUIRE)
+        .idle_timeout(None)
+        .max_lifetime(None)
+        .after_connect(move |conn, _| {
+            let session = session.clone();
+            Box::pin(async move {
+                let got: Flag = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+                    .bind(ACTIVE_LOCK)
+                    .fetch_one(&mut *conn)
+                    .await?;
+                if !got.0 {
+                    return Err(sqlx::Error::Configuration(Box::new(NotActive)));
+                }
+                let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+                    .fetch_one(&mut *conn)
+                    .await?;
+                session.store(pid, std::sync::atomic::Ordering::Relaxed);
+                conn.execute(sqlx::AssertSqlSafe(format!(
+                    "SET idle_session_timeout = '{ACTIVE_IDLE_LIMIT}'"
+                )))
+                .await?;
+                Ok(())
+            })
+        })
+        .connect_with(opts)
+        .await
+}
+
+/// Keeps the writer's session (and with it the lock) alive: a statement every
+/// `WRITER_KEEPALIVE`. When that fails, asks who holds the lock: another server's session
+/// (this one was cut off or frozen long enough for a standby to take over) makes the process
+/// exit — it can no longer write, and two servers must never both act on one datastore.
+async fn keep_writer(
+    writer: AnyPool,
+    opts: AnyConnectOptions,
+    session: Arc<std::sync::atomic::AtomicI32>,
+    name: String,
+) {
     loop {
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        if sqlx::query("SELECT 1").execute(&mut conn).await.is_ok() {
+        tokio::time::sleep(WRITER_KEEPALIVE).await;
+        let Err(e) = sqlx::query("SELECT 1").execute(&writer).await else {
             continue;
-        }
-        tracing::warn!(datastore = %name, "lost the connection that holds the active-server lock; taking it again");
-        conn = loop {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            match active_lock(&opts).await {
-                Ok(Some(conn)) => {
-                    tracing::info!(datastore = %name, "active-server lock held again");
-                    break conn;
-                }
-                Ok(None) => {
-                    tracing::error!(
-                        datastore = %name,
-                        "another corral server took the datastore while this one was cut off from it; stopping, so that two servers never act on one datastore"
-                    );
-                    std::process::exit(1);
-                }
-                Err(e) => {
-                    tracing::debug!(error = %e, "the datastore does not answer yet");
-                }
-            }
         };
+        let ours = session.load(std::sync::atomic::Ordering::Relaxed);
+        match lock_holder(&opts).await {
+            Ok(Some(holder)) if holder != ours => {
+                tracing::error!(
+                    datastore = %name,
+                    "another corral server took over the datastore while this one was cut off from it or stopped; exiting, so that two servers never act on one datastore"
+                );
+                std::process::exit(1);
+            }
+            _ => tracing::warn!(datastore = %name, error = %e, "the datastore does not answer"),
+        }
     }
-}
-
-/// Begins a write transaction on `writer` (see `Store::begin_write`).
-async fn begin_write(
-    engine: Engine,
-    writer: &AnyPool,
-) -> Result<sqlx::Transaction<'static, sqlx::Any>> {
-    let mut tx = writer.begin().await?;
-    if engine == Engine::Postgres {
-        sqlx::query("SELECT pg_advisory_xact_lock($1)")
-            .bind(WRITE_LOCK)
-            .execute(&mut *tx)
-            .await?;
-    }
-    Ok(tx)
 }
 
 /// Records a group of replies in one transaction: each is accepted only from its command's
 /// host and only while the command is open, in the order they came.
-async fn complete_commands(
-    engine: Engine,
-    writer: &AnyPool,
-    items: Vec<ReplyWrite>,
-) -> Result<Vec<Completion>> {
+async fn complete_commands(writer: &AnyPool, items: Vec<ReplyWrite>) -> Result<Vec<Completion>> {
     let mut encoded = Vec::with_capacity(items.len());
     for (id, host_id, result, now) in &items {
         let new_state = match result {
@@ -2030,7 +2078,7 @@ async fn complete_commands(
         let text = serde_json::to_string(result).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         encoded.push((id, host_id, new_state, text, *now));
     }
-    let mut tx = begin_write(engine, writer).await?;
+    let mut tx = writer.begin().await?;
     // Accepted: the replies whose command was open and addressed to the host that answered.
     // A group that answers one command more than once (a replay, or a forgery racing the
     // real reply) is written one reply after the other, so each is judged as it would have
@@ -2082,12 +2130,8 @@ async fn complete_commands(
 
 /// Records a group of container statuses in one transaction; for each, whether such a
 /// container is on the host that reported it.
-async fn record_statuses(
-    engine: Engine,
-    writer: &AnyPool,
-    items: Vec<StatusWrite>,
-) -> Result<Vec<bool>> {
-    let mut tx = begin_write(engine, writer).await?;
+async fn record_statuses(writer: &AnyPool, items: Vec<StatusWrite>) -> Result<Vec<bool>> {
+    let mut tx = writer.begin().await?;
     // One statement per chunk. Two statuses of one container in a group: the later one is
     // what the host said last, so it is the one written.
     let mut last: HashMap<(&str, &str), usize> = HashMap::new();
@@ -2127,8 +2171,8 @@ async fn record_statuses(
 }
 
 /// Deletes a group of containers' rows in one transaction.
-async fn delete_containers(engine: Engine, writer: &AnyPool, ids: Vec<String>) -> Result<Vec<()>> {
-    let mut tx = begin_write(engine, writer).await?;
+async fn delete_containers(writer: &AnyPool, ids: Vec<String>) -> Result<Vec<()>> {
+    let mut tx = writer.begin().await?;
     for chunk in ids.chunks(ROWS_PER_STATEMENT) {
         let mut q = Statement::new("DELETE FROM containers WHERE id IN ");
         q.list(chunk.iter().map(String::as_str));

@@ -77,7 +77,7 @@ impl Store {
         w: &StackWrite<'_>,
         now: i64,
     ) -> Result<(String, bool, Vec<String>)> {
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.writer.begin().await?;
         let existing: Option<StackRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT {STACK_COLUMNS} FROM stacks WHERE environment_id = $1 AND name = $2"
         )))
@@ -248,7 +248,7 @@ impl Store {
         max_total: u64,
         now: i64,
     ) -> Result<SetReplicas> {
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.writer.begin().await?;
         let others: i64 = sqlx::query_scalar(
             "SELECT CAST(COALESCE(SUM(replicas), 0) AS BIGINT) FROM services WHERE stack_id = $1 AND name != $2",
         )
@@ -335,7 +335,7 @@ impl Store {
     }
 
     pub async fn delete_stack(&self, stack_id: &str) -> Result<()> {
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.writer.begin().await?;
         sqlx::query("DELETE FROM stack_files WHERE stack_id = $1")
             .bind(stack_id)
             .execute(&mut *tx)

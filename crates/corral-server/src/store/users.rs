@@ -90,7 +90,7 @@ impl Store {
         roles: &[(String, EnvRole)],
         now: i64,
     ) -> Result<Option<UserRow>> {
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.writer.begin().await?;
         let existing: Option<(String, String)> =
             sqlx::query_as("SELECT id, source FROM users WHERE name = $1 AND removed_at IS NULL")
                 .bind(name)
@@ -159,7 +159,7 @@ impl Store {
 
     /// Removes a user: every key of theirs revoked and every role dropped, at once.
     pub async fn remove_user(&self, user_id: &str, now: i64) -> Result<()> {
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.writer.begin().await?;
         sqlx::query("UPDATE users SET removed_at = $1 WHERE id = $2")
             .bind(now)
             .bind(user_id)

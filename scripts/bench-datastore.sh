@@ -71,8 +71,10 @@ psql -X -q -h "$PGDIR/socket" -p "$PGPORT" -U postgres \
 start_server() {
     local name=$1 url=${2:-} port
     port=$(free_port)
-    CORRAL_DATASTORE=$url "$BIN" server --listen 127.0.0.1:"$port" --data-dir "$DIR/$name" \
+    if [ -n "$url" ]; then export CORRAL_DATASTORE=$url; else unset CORRAL_DATASTORE; fi
+    "$BIN" server --listen 127.0.0.1:"$port" --data-dir "$DIR/$name" \
         --max-stack-replicas 10000 >"$DIR/$name.log" 2>&1 &
+    unset CORRAL_DATASTORE
     PIDS+=($!)
     for _ in $(seq 200); do [ -f "$DIR/$name/admin.env" ] && break; sleep 0.1; done
     [ -f "$DIR/$name/admin.env" ] || { cat "$DIR/$name.log" >&2; exit 1; }

@@ -25,6 +25,22 @@ pub async fn live(state: &AppState) -> Result<corral_firewall::Topology> {
     }
     server.listen_port = state.local_port;
     server.advertised_url = Some(state.advertise_url.clone());
+    // On PostgreSQL the server dials its database: that flow is in the rules too (its address
+    // when the URL gives one other than loopback; a name is resolved by whoever applies the
+    // rules).
+    if let Some((host, port)) = state.options.datastore.as_ref().and_then(|u| u.host_port()) {
+        server.datastore = Some(t::Datastore {
+            name: "postgres".into(),
+            addresses: host
+                .trim_matches(['[', ']'])
+                .parse::<std::net::IpAddr>()
+                .ok()
+                .filter(|ip| !ip.is_loopback())
+                .into_iter()
+                .collect(),
+            port,
+        });
+    }
     let envs = state.store.environments().await?;
     let mut topo = corral_firewall::Topology::new(server);
     for e in &envs {

@@ -152,6 +152,12 @@ fn a_second_server_joins_a_deployment_only_with_its_master_key_and_ca() {
         "{}",
         b.log_text()
     );
+    // Another deployment, in another database of the same cluster, is not held back: the
+    // lock belongs to the database.
+    let other_url = pg.database("corral_other");
+    let (mut other, _) = server_on(&tmp.path().join("other"), &other_url, &[]);
+    wait_for_server(&mut other);
+    other.stop();
     a.stop();
 
     // A new data dir on a database that holds a deployment: refused, saying what to copy.
@@ -375,4 +381,24 @@ fn a_standby_takes_over_from_a_dead_or_frozen_server_which_never_writes_again() 
         text.contains("before") && text.contains("after-freeze"),
         "{text}"
     );
+}
+
+#[test]
+fn the_firewall_rules_include_the_servers_flow_to_its_database() {
+    let pg = Postgres::start();
+    let url = pg.database("corral_fw");
+    let tmp = tmp();
+    // The planner refuses a loopback-only listener (agents elsewhere could not connect), as
+    // in tests/firewall.rs.
+    let port = free_port();
+    let listen = format!("0.0.0.0:{port}");
+    let advertise = format!("https://192.0.2.10:{port}");
+    let server = Server::start_on_datastore(
+        &tmp.path().join("data"),
+        &url,
+        &["--listen", &listen, "--advertise-url", &advertise],
+    );
+    let md = server.cli_ok(&["firewall"]);
+    assert!(md.contains("PostgreSQL"), "{md}");
+    assert!(md.contains(&format!("| {} |", pg.port)), "{md}");
 }

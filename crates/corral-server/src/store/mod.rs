@@ -153,6 +153,12 @@ impl PostgresUrl {
         }
     }
 
+    /// The database's host (a name or an address) and port (5432 when the URL names none).
+    pub fn host_port(&self) -> Option<(String, u16)> {
+        let u = url::Url::parse(&self.0).ok()?;
+        Some((u.host_str()?.to_owned(), u.port().unwrap_or(5432)))
+    }
+
     fn options(&self) -> Result<AnyConnectOptions> {
         Ok(AnyConnectOptions::from_str(&self.0)?)
     }
@@ -1981,12 +1987,14 @@ struct NotActive;
 
 /// The backend process id of the session that holds the active-server lock, if one does (a
 /// query on a connection of its own). An advisory lock on a 64-bit key is listed in
-/// `pg_locks` as its high and low halves.
+/// `pg_locks` as its high and low halves; advisory locks belong to a database, so deployments
+/// in other databases of the same cluster hold locks of their own.
 async fn lock_holder(opts: &AnyConnectOptions) -> Result<Option<i32>> {
     use sqlx::Connection;
     let mut conn = sqlx::AnyConnection::connect_with(opts).await?;
     let holder: Option<i32> = sqlx::query_scalar(
         "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted \
+         AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
          AND CAST(classid AS BIGINT) = $1 AND CAST(objid AS BIGINT) = $2 AND objsubid = 1",
     )
     .bind(ACTIVE_LOCK >> 32)

@@ -212,12 +212,14 @@ struct SealedCommand {
 
 /// Queues commands, many rows to a statement.
 async fn insert_commands(
+    engine: Engine,
     conn: &mut sqlx::AnyConnection,
     commands: &[SealedCommand],
     now: i64,
 ) -> Result<()> {
     for chunk in commands.chunks(ROWS_PER_STATEMENT) {
         let mut q = Statement::new(
+            engine,
             "INSERT INTO commands (id, host_id, kind, payload, state, created_at, deadline_at) ",
         );
         q.values(chunk, |b, c| {
@@ -656,21 +658,21 @@ impl Store {
             let writer = writer.clone();
             group::Group::start(Arc::new(move |items: Vec<ReplyWrite>| {
                 let writer = writer.clone();
-                Box::pin(async move { complete_commands(&writer, items).await })
+                Box::pin(async move { complete_commands(engine, &writer, items).await })
             }))
         };
         let statuses = {
             let writer = writer.clone();
             group::Group::start(Arc::new(move |items: Vec<StatusWrite>| {
                 let writer = writer.clone();
-                Box::pin(async move { record_statuses(&writer, items).await })
+                Box::pin(async move { record_statuses(engine, &writer, items).await })
             }))
         };
         let deletes = {
             let writer = writer.clone();
             group::Group::start(Arc::new(move |ids: Vec<String>| {
                 let writer = writer.clone();
-                Box::pin(async move { delete_containers(&writer, ids).await })
+                Box::pin(async move { delete_containers(engine, &writer, ids).await })
             }))
         };
         Store {
@@ -1371,7 +1373,7 @@ impl Store {
         let command = self.seal_command(host_id, command)?;
         // One statement, no transaction around it.
         let mut conn = self.writer.acquire().await?;
-        insert_commands(&mut conn, std::slice::from_ref(&command), now).await
+        insert_commands(self.engine, &mut conn, std::slice::from_ref(&command), now).await
     }
 
     /// Commands sent to `host_id` and never answered become pending again (its connection
@@ -1567,6 +1569,7 @@ impl Store {
         let rows: Vec<_> = items.iter().zip(&specs).collect();
         for chunk in rows.chunks(ROWS_PER_STATEMENT) {
             let mut q = Statement::new(
+                self.engine,
                 "INSERT INTO containers (id, environment_id, host_id, name, image, spec, desired, actual, created_at, updated_at, stack_id, service, slot, spec_hash) ",
             );
             q.values(chunk, |b, ((c, _), spec)| {
@@ -1595,7 +1598,7 @@ impl Store {
             .filter(|((c, _), _)| inserted.contains(&c.id))
             .map(|(_, command)| command)
             .collect();
-        insert_commands(&mut tx, &with_rows, now).await?;
+        insert_commands(self.engine, &mut tx, &with_rows, now).await?;
         tx.commit().await?;
         Ok(items
             .iter()
@@ -1653,7 +1656,7 @@ impl Store {
     pub async fn container_specs(&self, ids: &[&str]) -> Result<Vec<(String, String)>> {
         let mut out = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(ROWS_PER_STATEMENT) {
-            let mut q = Statement::new("SELECT id, spec FROM containers WHERE id IN ");
+            let mut q = Statement::new(self.engine, "SELECT id, spec FROM containers WHERE id IN ");
             q.list(chunk.iter().copied());
             let rows: Vec<(String, String)> = q.query_as()?.fetch_all(&self.reader).await?;
             for (id, spec) in rows {
@@ -1770,13 +1773,16 @@ impl Store {
             .collect::<Result<Vec<_>>>()?;
         let mut tx = self.writer.begin().await?;
         for chunk in items.chunks(ROWS_PER_STATEMENT) {
-            let mut q = Statement::new("UPDATE containers SET desired = 'removed', updated_at = ");
+            let mut q = Statement::new(
+                self.engine,
+                "UPDATE containers SET desired = 'removed', updated_at = ",
+            );
             q.bind(now);
             q.push(" WHERE desired != 'removed' AND id IN ");
             q.list(chunk.iter().map(|(id, _, _)| *id));
             q.query()?.execute(&mut *tx).await?;
         }
-        insert_commands(&mut tx, &commands, now).await?;
+        insert_commands(self.engine, &mut tx, &commands, now).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -2076,7 +2082,11 @@ async fn keep_writer(
 
 /// Records a group of replies in one transaction: each is accepted only from its command's
 /// host and only while the command is open, in the order they came.
-async fn complete_commands(writer: &AnyPool, items: Vec<ReplyWrite>) -> Result<Vec<Completion>> {
+async fn complete_commands(
+    engine: Engine,
+    writer: &AnyPool,
+    items: Vec<ReplyWrite>,
+) -> Result<Vec<Completion>> {
     let mut encoded = Vec::with_capacity(items.len());
     for (id, host_id, result, now) in &items {
         let new_state = match result {
@@ -2101,7 +2111,7 @@ async fn complete_commands(writer: &AnyPool, items: Vec<ReplyWrite>) -> Result<V
     };
     let mut out = Vec::with_capacity(items.len());
     for chunk in singles {
-        let mut q = Statement::new("WITH r(id, host_id, state, result, at) AS (");
+        let mut q = Statement::new(engine, "WITH r(id, host_id, state, result, at) AS (");
         q.values(chunk, |b, (id, host_id, state, text, now)| {
             b.bind(id.as_str())
                 .bind(host_id.as_str())
@@ -2138,7 +2148,11 @@ async fn complete_commands(writer: &AnyPool, items: Vec<ReplyWrite>) -> Result<V
 
 /// Records a group of container statuses in one transaction; for each, whether such a
 /// container is on the host that reported it.
-async fn record_statuses(writer: &AnyPool, items: Vec<StatusWrite>) -> Result<Vec<bool>> {
+async fn record_statuses(
+    engine: Engine,
+    writer: &AnyPool,
+    items: Vec<StatusWrite>,
+) -> Result<Vec<bool>> {
     let mut tx = writer.begin().await?;
     // One statement per chunk. Two statuses of one container in a group: the later one is
     // what the host said last, so it is the one written.
@@ -2151,6 +2165,7 @@ async fn record_statuses(writer: &AnyPool, items: Vec<StatusWrite>) -> Result<Ve
     let mut updated: std::collections::HashSet<(String, String)> = std::collections::HashSet::new();
     for chunk in latest.chunks(ROWS_PER_STATEMENT) {
         let mut q = Statement::new(
+            engine,
             "WITH r(id, host_id, actual, docker_id, exit_code, health, restart_count, ip, at) AS (",
         );
         q.values(chunk, |b, &i| {
@@ -2179,10 +2194,10 @@ async fn record_statuses(writer: &AnyPool, items: Vec<StatusWrite>) -> Result<Ve
 }
 
 /// Deletes a group of containers' rows in one transaction.
-async fn delete_containers(writer: &AnyPool, ids: Vec<String>) -> Result<Vec<()>> {
+async fn delete_containers(engine: Engine, writer: &AnyPool, ids: Vec<String>) -> Result<Vec<()>> {
     let mut tx = writer.begin().await?;
     for chunk in ids.chunks(ROWS_PER_STATEMENT) {
-        let mut q = Statement::new("DELETE FROM containers WHERE id IN ");
+        let mut q = Statement::new(engine, "DELETE FROM containers WHERE id IN ");
         q.list(chunk.iter().map(String::as_str));
         q.query()?.execute(&mut *tx).await?;
     }

@@ -26,6 +26,8 @@ pub struct Postgres {
     settings: Vec<String>,
     uid: u32,
     gid: u32,
+    /// How many times it was started (names its log files).
+    starts: u32,
 }
 
 fn free_port() -> u16 {
@@ -142,6 +144,7 @@ impl Postgres {
             uid,
             gid,
             dir,
+            starts: 0,
         };
         pg.launch();
         pg.psql(&format!(
@@ -156,6 +159,7 @@ impl Postgres {
     }
 
     fn launch(&mut self) {
+        self.starts += 1;
         let p = |f: &str| self.root().join(f).display().to_string();
         let mut cmd = Command::new(Path::new(BIN).join("postgres"));
         cmd.args([
@@ -174,11 +178,8 @@ impl Postgres {
             cmd.args(["-c", s]);
         }
         cmd.uid(self.uid).gid(self.gid).current_dir(self.root());
-        let log = std::env::temp_dir().join(format!(
-            "corral-pg-{}-{}.log",
-            std::process::id(),
-            self.port
-        ));
+        // In the cluster's directory, so it goes with it (a new file per start).
+        let log = self.root().join(format!("postgres-{}.log", self.starts));
         let mut proc = Proc::spawn(cmd, log);
         let socket = p("socket");
         let port = self.port.to_string();

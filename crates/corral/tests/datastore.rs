@@ -181,13 +181,7 @@ fn a_second_server_joins_a_deployment_only_with_its_master_key_and_ca() {
     let b_env = read_admin_env(&second.join("admin.env")).unwrap();
     assert_eq!(a_env.checksum, b_env.checksum);
     // The first server's admin key works on the second (one datastore of keys).
-    let out = std::process::Command::new(corral_bin())
-        .args(["env", "ls", "-o", "json"])
-        .env("CORRAL_SERVER", &b_env.server)
-        .env("CORRAL_API_KEY", &a_env.api_key)
-        .env("CORRAL_CA_CHECKSUM", &b_env.checksum)
-        .output()
-        .unwrap();
+    let out = cli_on(&second, &a_env.api_key, &["env", "ls", "-o", "json"]);
     assert!(
         out.status.success(),
         "{}",

@@ -177,22 +177,7 @@ impl Server {
             Some(pg) => {
                 pg.psql_in("corral", sql);
             }
-            None => {
-                let out = std::process::Command::new("python3")
-                    .args([
-                        "-c",
-                        "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); c.execute(sys.argv[2]); c.commit()",
-                    ])
-                    .arg(self.dir.join("corral.db"))
-                    .arg(sql)
-                    .output()
-                    .expect("python3");
-                assert!(
-                    out.status.success(),
-                    "{sql}: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-            }
+            None => self::sql(&self.dir.join("corral.db"), sql),
         }
     }
 

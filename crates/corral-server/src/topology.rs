@@ -28,7 +28,7 @@ pub async fn live(state: &AppState) -> Result<corral_firewall::Topology> {
     // On PostgreSQL the server dials its database: that flow is in the rules too (its address
     // when the URL gives one other than loopback; a name is resolved by whoever applies the
     // rules).
-    if let Some((host, port)) = state.options.datastore.as_ref().and_then(|u| u.host_port()) {
+    if let Some((host, port)) = state.options.datastore.as_ref().map(|u| u.host_port()) {
         server.datastore = Some(t::Datastore {
             name: "postgres".into(),
             addresses: host

@@ -118,7 +118,14 @@ fn make_private(path: &Path) -> std::io::Result<()> {
 /// The address of a PostgreSQL datastore. It may carry a password, so it is never shown:
 /// `Debug` and [`PostgresUrl::name`] give the host, port and database only.
 #[derive(Clone)]
-pub struct PostgresUrl(String);
+pub struct PostgresUrl {
+    /// The URL as given (its password and parameters included), for connecting.
+    url: url::Url,
+    /// The database's host (a name or an address), checked present by `parse`.
+    host: String,
+    /// Its port (5432 when the URL names none).
+    port: u16,
+}
 
 impl PostgresUrl {
     /// Checks that `url` is a `postgres://` (or `postgresql://`) URL with a host.
@@ -132,35 +139,33 @@ impl PostgresUrl {
                 parsed.scheme()
             )));
         }
-        if parsed.host_str().is_none_or(str::is_empty) {
-            return Err(StoreError::Config(
-                "--datastore names no host: write postgres://USER@HOST:PORT/DATABASE".into(),
-            ));
-        }
-        Ok(PostgresUrl(url.to_owned()))
+        let host = match parsed.host_str() {
+            Some(h) if !h.is_empty() => h.to_owned(),
+            _ => {
+                return Err(StoreError::Config(
+                    "--datastore names no host: write postgres://USER@HOST:PORT/DATABASE".into(),
+                ));
+            }
+        };
+        Ok(PostgresUrl {
+            port: parsed.port().unwrap_or(5432),
+            host,
+            url: parsed,
+        })
     }
 
     /// `postgres://HOST:PORT/DATABASE`, without user, password or parameters.
     pub fn name(&self) -> String {
-        match url::Url::parse(&self.0) {
-            Ok(u) => format!(
-                "postgres://{}:{}{}",
-                u.host_str().unwrap_or_default(),
-                u.port().unwrap_or(5432),
-                u.path()
-            ),
-            Err(_) => "postgres://?".into(),
-        }
+        format!("postgres://{}:{}{}", self.host, self.port, self.url.path())
     }
 
-    /// The database's host (a name or an address) and port (5432 when the URL names none).
-    pub fn host_port(&self) -> Option<(String, u16)> {
-        let u = url::Url::parse(&self.0).ok()?;
-        Some((u.host_str()?.to_owned(), u.port().unwrap_or(5432)))
+    /// The database's host (a name or an address) and port.
+    pub fn host_port(&self) -> (&str, u16) {
+        (&self.host, self.port)
     }
 
     fn options(&self) -> Result<AnyConnectOptions> {
-        Ok(AnyConnectOptions::from_str(&self.0)?)
+        Ok(AnyConnectOptions::from_str(self.url.as_str())?)
     }
 }
 
@@ -684,11 +689,6 @@ impl Store {
             statuses,
             deletes,
         }
-    }
-
-    /// Which engine holds the datastore.
-    pub fn engine(&self) -> Engine {
-        self.engine
     }
 
     /// Whether the datastore answers: one trivial read, on a connection of the readers' pool

@@ -67,6 +67,9 @@ pub enum AgentError {
 #[derive(Debug, Clone)]
 pub struct AgentOptions {
     pub server: Option<String>,
+    /// More servers of the same deployment (`--server` repeated), dialed in turn when one
+    /// cannot be reached.
+    pub more_servers: Vec<String>,
     pub token: Option<String>,
     pub ca_checksum: Option<CaChecksum>,
     pub state_dir: PathBuf,
@@ -92,6 +95,7 @@ impl AgentOptions {
     pub fn new(state_dir: PathBuf) -> Self {
         AgentOptions {
             server: None,
+            more_servers: Vec::new(),
             token: None,
             ca_checksum: None,
             state_dir,
@@ -115,7 +119,7 @@ pub async fn run(
 ) -> Result<(), AgentError> {
     corral_tls::install_default_provider();
     let mut st = state::AgentState::load_or_init(&options)?;
-    let dialer = std::sync::Arc::new(Dialer::new(&st.server, st.ca_checksum)?);
+    let mut servers = Servers::new(&st)?;
     // A firewall change left unconfirmed by a previous run is undone before anything else.
     match firewall::rollback_pending(st.dir()) {
         Ok(true) => tracing::warn!("rolled back firewall rules that were never confirmed"),
@@ -176,18 +180,20 @@ pub async fn run(
         let attempt = async {
             let auth = st.auth(options.token.as_deref())?;
             let hello = dial::hello(auth, facts.clone());
+            let (url, dialer) = servers.current();
             match dialer.connect(hello).await {
                 Ok((tunnel, welcome)) => {
                     st.mark_registered(&welcome)?;
+                    servers.learn(&st);
                     tracing::info!(
-                        server = %st.server,
+                        server = %url,
                         host = %welcome.host_name,
                         id = %welcome.host_id,
                         environment = %welcome.environment,
                         "connected to the server"
                     );
                     let ctx = Context {
-                        server: st.server.clone(),
+                        server: url.clone(),
                         pin: st.ca_checksum.to_string(),
                         state_dir: st.dir().to_owned(),
                         dialer: dialer.clone(),
@@ -214,7 +220,7 @@ pub async fn run(
                     Ok(None)
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "cannot reach the server");
+                    tracing::warn!(server = %url, error = %e, "cannot reach the server");
                     Ok(None)
                 }
             }
@@ -237,12 +243,60 @@ pub async fn run(
             }
             None => {}
         }
+        // The next attempt goes to the next server of the deployment (when there are
+        // several): the one just tried may be the one that died.
+        servers.next();
         let delay = backoff.next_delay(u64::from_le_bytes(state::random_bytes::<8>()));
         tracing::info!(delay_ms = delay.as_millis() as u64, "reconnecting");
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
             _ = &mut stop => return Ok(()),
         }
+    }
+}
+
+/// The servers this agent dials, in turn: its own `--server` first, then the others it was
+/// given or told of.
+struct Servers {
+    pin: CaChecksum,
+    dialers: Vec<(String, std::sync::Arc<Dialer>)>,
+    at: usize,
+}
+
+impl Servers {
+    fn new(st: &state::AgentState) -> Result<Servers, AgentError> {
+        let mut servers = Servers {
+            pin: st.ca_checksum,
+            dialers: vec![(
+                st.server.clone(),
+                std::sync::Arc::new(Dialer::new(&st.server, st.ca_checksum)?),
+            )],
+            at: 0,
+        };
+        servers.learn(st);
+        Ok(servers)
+    }
+
+    /// Adds a dialer for each server the state knows and this list lacks.
+    fn learn(&mut self, st: &state::AgentState) {
+        for url in &st.servers {
+            if self.dialers.iter().any(|(u, _)| u == url) {
+                continue;
+            }
+            match Dialer::new(url, self.pin) {
+                Ok(d) => self.dialers.push((url.clone(), std::sync::Arc::new(d))),
+                Err(e) => tracing::warn!(server = %url, error = %e, "ignoring a server"),
+            }
+        }
+    }
+
+    fn current(&self) -> (String, std::sync::Arc<Dialer>) {
+        let (url, dialer) = &self.dialers[self.at % self.dialers.len()];
+        (url.clone(), dialer.clone())
+    }
+
+    fn next(&mut self) {
+        self.at = (self.at + 1) % self.dialers.len();
     }
 }
 

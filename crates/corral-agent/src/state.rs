@@ -24,11 +24,17 @@ struct Saved {
     name: String,
     host_id: Option<String>,
     registered: bool,
+    /// The deployment's other servers (repeated `--server`, the welcome's list).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    servers: Vec<String>,
 }
 
 pub struct AgentState {
     dir: PathBuf,
     pub server: String,
+    /// Other servers of the deployment, dialed when `server` cannot be reached (at most
+    /// `MAX_SERVERS`, each an https:// URL the dialer reads).
+    pub servers: Vec<String>,
     pub ca_checksum: CaChecksum,
     pub name: String,
     pub host_id: Option<String>,
@@ -115,15 +121,28 @@ impl AgentState {
             Err(e) => return Err(io(format!("cannot read {}", cred_path.display()))(e)),
         };
         let server_changed = saved.as_ref().is_some_and(|s| s.server != server);
-        let st = AgentState {
+        let mut servers = Vec::new();
+        for url in &options.more_servers {
+            crate::dial::parse_server_url(url)?;
+            servers.push(url.clone());
+        }
+        servers.extend(
+            saved
+                .as_ref()
+                .map(|s| s.servers.clone())
+                .unwrap_or_default(),
+        );
+        let mut st = AgentState {
             dir,
             server,
+            servers: Vec::new(),
             ca_checksum,
             name,
             host_id: saved.as_ref().and_then(|s| s.host_id.clone()),
             registered: saved.as_ref().is_some_and(|s| s.registered) && !server_changed,
             credential,
         };
+        st.learn_servers(&servers);
         st.save()?;
         Ok(st)
     }
@@ -140,10 +159,34 @@ impl AgentState {
             name: self.name.clone(),
             host_id: self.host_id.clone(),
             registered: self.registered,
+            servers: self.servers.clone(),
         };
         let bytes = serde_json::to_vec_pretty(&saved)
             .map_err(|e| AgentError::Config(format!("cannot encode agent state: {e}")))?;
         write_private(&path, &bytes).map_err(io(format!("cannot write {}", path.display())))
+    }
+
+    /// Adds the servers of `urls` this agent does not know yet (never its own `server`; a URL
+    /// the dialer cannot read is skipped), up to `MAX_SERVERS` in all. Whether any was new.
+    pub fn learn_servers(&mut self, urls: &[String]) -> bool {
+        let mut learned = false;
+        for url in urls.iter().take(corral_proto::MAX_SERVERS) {
+            let url = url.trim_end_matches('/');
+            if url == self.server.trim_end_matches('/')
+                || self.servers.iter().any(|s| s == url)
+                || self.servers.len() + 1 >= corral_proto::MAX_SERVERS
+            {
+                continue;
+            }
+            match crate::dial::parse_server_url(url) {
+                Ok(_) => {
+                    self.servers.push(url.to_owned());
+                    learned = true;
+                }
+                Err(e) => tracing::warn!(error = %e, "ignoring a server URL"),
+            }
+        }
+        learned
     }
 
     /// How to authenticate on the next connection.
@@ -161,8 +204,9 @@ impl AgentState {
 
     /// The server welcomed us: from now on the credential alone is enough.
     pub fn mark_registered(&mut self, welcome: &Welcome) -> Result<(), AgentError> {
+        let learned = self.learn_servers(&welcome.servers);
         if self.registered && self.host_id.as_deref() == Some(welcome.host_id.as_str()) {
-            return Ok(());
+            return if learned { self.save() } else { Ok(()) };
         }
         self.registered = true;
         self.host_id = Some(welcome.host_id.clone());

@@ -972,7 +972,14 @@ pub struct Welcome {
     /// earlier release could not read one).
     #[serde(default)]
     pub overlay_stats: bool,
+    /// Where the deployment's servers are reached (their advertised URLs, this one's first):
+    /// an agent that loses its server dials the others. At most [`MAX_SERVERS`] are read.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub servers: Vec<String>,
 }
+
+/// Most server URLs a [`Welcome`] lists (an agent keeps no more).
+pub const MAX_SERVERS: usize = 16;
 
 /// Limits on the strings inside a [`Hello`], checked by the server before it stores anything.
 pub mod limits {

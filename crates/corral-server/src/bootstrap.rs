@@ -21,7 +21,7 @@ use corral_tls::files::write_private;
 
 use crate::pki;
 use crate::secrets::{SecretHash, new_secret};
-use crate::store::Store;
+use crate::store::{Membership, ServerRow, Store};
 use crate::time_fmt::now_unix;
 
 #[derive(Debug, Clone)]
@@ -90,9 +90,9 @@ pub struct ServerOptions {
     pub max_stack_replicas: u64,
     /// The datastore, when it is a PostgreSQL database; `None`: SQLite in the data dir.
     pub datastore: Option<crate::store::PostgresUrl>,
-    /// With `datastore`: wait while another server is active on the database, and take over
-    /// when it stops (instead of refusing to start).
-    pub standby: bool,
+    /// Where the other servers of a deployment on PostgreSQL reach this one (`--peer-url`;
+    /// by default the advertised URL): a waiting server relays its connections there.
+    pub peer_url: Option<String>,
 }
 
 /// Most replicas one stack may have by default, all its services together (`corral up` and
@@ -121,7 +121,7 @@ impl ServerOptions {
             ldap: None,
             max_stack_replicas: DEFAULT_MAX_STACK_REPLICAS,
             datastore: None,
-            standby: false,
+            peer_url: None,
         }
     }
 }
@@ -132,6 +132,7 @@ pub(crate) struct Booted {
     pub tls: Option<rustls::ServerConfig>,
     pub checksum: CaChecksum,
     pub advertise_url: String,
+    pub peer_url: String,
     pub local_url: String,
     pub admin_env: PathBuf,
 }
@@ -158,22 +159,29 @@ pub fn url_host(url: &str) -> Option<String> {
     (!host.is_empty()).then(|| host.to_owned())
 }
 
-fn validate_url(url: &str) -> Result<(), ServerError> {
+fn validate_url(url: &str, flag: &str) -> Result<(), ServerError> {
     let ok_scheme = url.starts_with("https://") || url.starts_with("http://");
     if !ok_scheme || url_host(url).is_none() || url.len() > 2048 {
         return Err(ServerError::Config(format!(
-            "--advertise-url {url:?} must be an http(s) URL with a host, e.g. https://corral.example.com:8443"
+            "{flag} {url:?} must be an http(s) URL with a host, e.g. https://corral.example.com:8443"
         )));
     }
     Ok(())
 }
 
-pub(crate) async fn bootstrap(
+/// Where this server is reached: by a client on this machine, by agents, by the other servers;
+/// and the names its certificate is for.
+pub(crate) struct Addresses {
+    pub local_url: String,
+    pub advertise_url: String,
+    pub peer_url: String,
+    pub sans: Vec<String>,
+}
+
+pub(crate) fn addresses(
     options: &ServerOptions,
     local_addr: SocketAddr,
-) -> Result<Booted, ServerError> {
-    let dir = &options.data_dir;
-    let now = now_unix();
+) -> Result<Addresses, ServerError> {
     let scheme = match options.tls {
         TlsMode::InsecureHttp => "http",
         _ => "https",
@@ -189,7 +197,7 @@ pub(crate) async fn bootstrap(
     };
     let advertise_url = match &options.advertise_url {
         Some(u) => {
-            validate_url(u)?;
+            validate_url(u, "--advertise-url")?;
             u.trim_end_matches('/').to_owned()
         }
         None if local_addr.ip().is_unspecified() => {
@@ -202,6 +210,18 @@ pub(crate) async fn bootstrap(
         }
         None => local_url.clone(),
     };
+    let peer_url = match &options.peer_url {
+        Some(u) => {
+            validate_url(u, "--peer-url")?;
+            if !u.starts_with("https://") {
+                return Err(ServerError::Config(format!(
+                    "--peer-url {u:?} must be an https:// URL: servers relay to each other over TLS only"
+                )));
+            }
+            u.trim_end_matches('/').to_owned()
+        }
+        None => advertise_url.clone(),
+    };
 
     let mut sans = vec!["localhost".to_string(), "127.0.0.1".to_string()];
     let h = hostname();
@@ -211,11 +231,30 @@ pub(crate) async fn bootstrap(
     if !local_addr.ip().is_unspecified() {
         sans.push(local_addr.ip().to_string());
     }
-    if let Some(host) = url_host(&advertise_url) {
-        sans.push(host);
-    }
+    sans.extend(url_host(&advertise_url));
+    sans.extend(url_host(&peer_url));
     sans.sort();
     sans.dedup();
+    Ok(Addresses {
+        local_url,
+        advertise_url,
+        peer_url,
+        sans,
+    })
+}
+
+pub(crate) async fn bootstrap(
+    options: &ServerOptions,
+    local_addr: SocketAddr,
+) -> Result<Booted, ServerError> {
+    let dir = &options.data_dir;
+    let now = now_unix();
+    let Addresses {
+        local_url,
+        advertise_url,
+        peer_url,
+        sans,
+    } = addresses(options, local_addr)?;
 
     // Nothing is written before the options are known to be sound.
     let custom = match &options.tls {
@@ -239,7 +278,7 @@ pub(crate) async fn bootstrap(
     let store = match &options.datastore {
         None => Store::open_sqlite(&dir.join(data_dir::DB_FILE), vault.clone()).await?,
         Some(url) => {
-            let store = Store::open_postgres(url, vault.clone(), options.standby).await?;
+            let store = Store::open_postgres(url, vault.clone()).await?;
             tracing::info!(datastore = %url.name(), "datastore: PostgreSQL");
             store
         }
@@ -254,33 +293,7 @@ pub(crate) async fn bootstrap(
     }
     store.ensure_environment("default", now).await?;
 
-    let (tls, checksum) = match &options.tls {
-        TlsMode::InsecureHttp => {
-            tracing::warn!(
-                "--insecure-http: serving plain HTTP. Only run this behind a TLS-terminating proxy; agents pin the proxy's CA instead"
-            );
-            let p = pki::load_or_create(&dir.join("pki"), &sans, now)?;
-            (None, p.checksum)
-        }
-        _ => {
-            let p = match custom {
-                Some(p) => p,
-                None => pki::load_or_create(&dir.join("pki"), &sans, now)?,
-            };
-            let mut cfg = rustls::ServerConfig::builder_with_provider(corral_tls::provider())
-                .with_safe_default_protocol_versions()
-                .map_err(|e| ServerError::Config(e.to_string()))?
-                .with_no_client_auth()
-                .with_single_cert(p.chain, p.key)
-                .map_err(|e| {
-                    ServerError::Config(format!("the server certificate or key is unusable: {e}"))
-                })?;
-            // HTTP/2 for browsers (the web UI's long-lived streams share one connection),
-            // HTTP/1.1 for the agents' WebSocket and the CLI.
-            cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-            (Some(cfg), p.checksum)
-        }
-    };
+    let (tls, checksum) = server_tls(options, &sans, now, custom)?;
 
     let admin_env = dir.join("admin.env");
     let existing_key = read_env_file(&admin_env)
@@ -316,9 +329,100 @@ pub(crate) async fn bootstrap(
         tls,
         checksum,
         advertise_url,
+        peer_url,
         local_url,
         admin_env,
     })
+}
+
+/// The server's TLS configuration (none with `--insecure-http`) and its CA's checksum: the
+/// operator's chain (`custom`) or the data dir's CA and a leaf for `sans`.
+fn server_tls(
+    options: &ServerOptions,
+    sans: &[String],
+    now: i64,
+    custom: Option<pki::Pki>,
+) -> Result<(Option<rustls::ServerConfig>, CaChecksum), ServerError> {
+    let pki_dir = options.data_dir.join("pki");
+    if let TlsMode::InsecureHttp = options.tls {
+        tracing::warn!(
+            "--insecure-http: serving plain HTTP. Only run this behind a TLS-terminating proxy; agents pin the proxy's CA instead"
+        );
+        return Ok((None, pki::load_or_create(&pki_dir, sans, now)?.checksum));
+    }
+    let p = match custom {
+        Some(p) => p,
+        None => pki::load_or_create(&pki_dir, sans, now)?,
+    };
+    let mut cfg = rustls::ServerConfig::builder_with_provider(corral_tls::provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ServerError::Config(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(p.chain, p.key)
+        .map_err(|e| {
+            ServerError::Config(format!("the server certificate or key is unusable: {e}"))
+        })?;
+    // HTTP/2 for browsers (the web UI's long-lived streams share one connection),
+    // HTTP/1.1 for the agents' WebSocket and the CLI.
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok((Some(cfg), p.checksum))
+}
+
+/// What a server needs to relay its connections to the active one while it waits for the
+/// datastore's write lock (`relay::follow`).
+pub(crate) struct Follower {
+    pub tls: rustls::ServerConfig,
+    pub checksum: CaChecksum,
+    pub relay_secret: [u8; 32],
+    pub me: ServerRow,
+    pub membership: Membership,
+}
+
+/// `Some` when this server starts on a PostgreSQL datastore that holds a deployment whose
+/// write lock another server holds: this one then relays until it takes over. The data dir
+/// must be one that may join (`data_dir::prepare_external`: the deployment's key and CA).
+/// Plain HTTP (`--insecure-http`) never relays: the relay's secret travels over TLS only.
+pub(crate) async fn follower(
+    options: &ServerOptions,
+    local_addr: SocketAddr,
+    server_id: &str,
+) -> Result<Option<Follower>, ServerError> {
+    let Some(url) = &options.datastore else {
+        return Ok(None);
+    };
+    if matches!(options.tls, TlsMode::InsecureHttp)
+        || !Store::postgres_holds_data(url).await?
+        || !crate::store::another_is_active(url).await?
+    {
+        return Ok(None);
+    }
+    let addresses = addresses(options, local_addr)?;
+    let custom = match &options.tls {
+        TlsMode::Custom { cert, key } => Some(pki::load_custom(cert, key)?),
+        _ => None,
+    };
+    let own_ca = custom.is_none();
+    let dir = &options.data_dir;
+    data_dir::prepare_external(dir, options.init, own_ca, true, &url.name())?;
+    let vault = crate::vault::Vault::load(dir).map_err(|e| ServerError::Config(e.to_string()))?;
+    let (tls, checksum) = server_tls(options, &addresses.sans, now_unix(), custom)?;
+    let Some(tls) = tls else {
+        return Ok(None);
+    };
+    let membership = Membership::connect(url).await?;
+    Ok(Some(Follower {
+        tls,
+        checksum,
+        relay_secret: *vault.relay_secret(),
+        me: ServerRow {
+            id: server_id.to_owned(),
+            advertise_url: addresses.advertise_url,
+            peer_url: addresses.peer_url,
+            seen_at: crate::time_fmt::now_unix_millis(),
+            active: false,
+        },
+        membership,
+    }))
 }
 
 /// What the check value seals, and the owner it is bound to.

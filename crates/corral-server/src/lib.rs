@@ -40,6 +40,7 @@ pub mod netpolicy;
 pub mod overlay;
 pub mod pki;
 pub mod process;
+pub mod relay;
 pub mod secrets;
 pub mod stacks;
 pub mod state;
@@ -123,10 +124,39 @@ pub async fn start(options: ServerOptions) -> Result<RunningServer, ServerError>
         })?;
     listener.set_nonblocking(true).map_err(listener_error)?;
     let local_addr = listener.local_addr().map_err(listener_error)?;
+    // On PostgreSQL with another server active, this one relays every connection to it while
+    // it waits for the write lock (`bootstrap` waits for it), and serves on its own after.
+    let server_id = secrets::new_id("srv-");
+    let following = match bootstrap::follower(&options, local_addr, &server_id).await? {
+        Some(f) => Some(
+            relay::follow(
+                listener.try_clone().map_err(listener_error)?,
+                relay::FollowParts {
+                    tls: f.tls,
+                    checksum: f.checksum,
+                    relay_secret: f.relay_secret,
+                    me: f.me,
+                    membership: f.membership,
+                },
+            )
+            .map_err(listener_error)?,
+        ),
+        None => None,
+    };
     let boot = bootstrap::bootstrap(&options, local_addr).await?;
+    drop(following);
+    let me = store::ServerRow {
+        id: server_id,
+        advertise_url: boot.advertise_url.clone(),
+        peer_url: boot.peer_url.clone(),
+        seen_at: time_fmt::now_unix_millis(),
+        active: true,
+    };
+    boot.store.claim_active(&me).await?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let state = Arc::new(AppState {
         store: boot.store,
+        servers: state::servers::ServerList::new(&me.advertise_url),
         registry: Default::default(),
         dispatcher: Default::default(),
         metrics: Default::default(),
@@ -159,6 +189,7 @@ pub async fn start(options: ServerOptions) -> Result<RunningServer, ServerError>
     tokio::spawn(overlay::run(state.clone()));
     tokio::spawn(state::events::run(state.clone()));
     tokio::spawn(live::run(state.clone()));
+    tokio::spawn(state::servers::keep_claim(state.clone(), me));
     let app = api::router(state.clone());
     let handle = axum_server::Handle::new();
     let make = app.into_make_service_with_connect_info::<SocketAddr>();
@@ -169,10 +200,14 @@ pub async fn start(options: ServerOptions) -> Result<RunningServer, ServerError>
     let task = match boot.tls {
         Some(tls) => {
             let cfg = axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(tls));
+            let relay_secret = Arc::new(*state.vault.relay_secret());
             let mut server = axum_server::from_tcp_rustls(listener, cfg)
                 .map_err(listener_error)?
-                .map(|tls| state::gate::Handshaken {
-                    inner: tls.acceptor(gate),
+                .map(move |tls| relay::RelayAcceptor {
+                    inner: state::gate::Handshaken {
+                        inner: tls.acceptor(gate),
+                    },
+                    secret: relay_secret.clone(),
                 })
                 .handle(handle.clone());
             limit_headers(server.http_builder());

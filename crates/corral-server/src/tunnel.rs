@@ -465,6 +465,7 @@ async fn run_session(
         dead_after_ms: state.options.dead_after.as_millis() as u64,
         max_message_bytes: limit,
         overlay_stats: true,
+        servers: state.servers.urls(),
     });
     let mut ended = AGENT_GONE;
     if send(&mut socket, &welcome, limit).await {

@@ -37,6 +37,9 @@ pub struct Vault {
     rng: SystemRandom,
     /// The audit log's chain key, derived from the master key.
     audit_key: ring::hmac::Key,
+    /// What a server relaying a connection to the active one proves it holds the master key
+    /// with (`relay`): HMAC-SHA-256 of a fixed label under the master key.
+    relay_secret: [u8; 32],
 }
 
 impl Vault {
@@ -84,12 +87,19 @@ impl Vault {
                 .map_err(|_| VaultError::BadKey(path.display().to_string()))?,
             rng: SystemRandom::new(),
             audit_key: corral_control::audit::chain_key(key),
+            relay_secret: relay_secret(key),
         })
     }
 
     /// The key the audit log's entries are chained with (see `corral_control::audit`).
     pub fn audit_key(&self) -> &ring::hmac::Key {
         &self.audit_key
+    }
+
+    /// The servers' relay secret (see `relay`); every server of a deployment holds the same
+    /// master key, so the same secret, and nothing else does.
+    pub fn relay_secret(&self) -> &[u8; 32] {
+        &self.relay_secret
     }
 
     /// `nonce || ciphertext+tag`.
@@ -115,6 +125,14 @@ impl Vault {
             .decrypt(&XNonce::from(nonce), Payload { msg: body, aad })
             .map_err(|_| VaultError::Open)
     }
+}
+
+fn relay_secret(master_key: &[u8]) -> [u8; 32] {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, master_key);
+    let tag = ring::hmac::sign(&key, b"corral server relay v1");
+    let mut out = [0u8; 32];
+    out.copy_from_slice(tag.as_ref());
+    out
 }
 
 #[cfg(test)]

@@ -21,6 +21,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("pki", 1),
     ("error", 2),
     ("bootstrap", 2),
+    ("relay", 2),
     // What a running server holds.
     ("state", 3),
     // Typed calls to agents over the durable command queue.

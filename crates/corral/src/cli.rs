@@ -260,14 +260,16 @@ pub struct ServerArgs {
     /// process's arguments). The data dir still holds master.key, pki/ and admin.env.
     #[arg(long, env = "CORRAL_DATASTORE", hide_env_values = true, value_parser = parse_datastore)]
     pub datastore: Option<corral_server::store::PostgresUrl>,
-    /// With --datastore: if another server is active on the database, wait and take over
-    /// when it stops or is cut off from the database (a crash: at once; a frozen server: after
-    /// 10 s of silence), instead of refusing to start. One server writes at a time.
-    #[arg(long, requires = "datastore")]
-    pub standby: bool,
     /// The URL agents dial (default: https://<hostname>:<port>).
     #[arg(long, env = "CORRAL_ADVERTISE_URL")]
     pub advertise_url: Option<String>,
+    /// With --datastore: the https:// URL the other servers of the deployment reach this one
+    /// at (default: --advertise-url). Any number of servers may run on one database: the one
+    /// holding its write lock is active, every other one relays its connections there and
+    /// takes over when it stops (a crash: at once; a frozen server: after 4 s of silence).
+    /// Behind a load balancer, give each server its own address here.
+    #[arg(long, env = "CORRAL_PEER_URL", requires = "datastore")]
+    pub peer_url: Option<String>,
     /// Serve this certificate chain (server certificate first, the CA agents pin last)…
     #[arg(long, requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
@@ -356,9 +358,11 @@ pub struct ServerArgs {
 
 #[derive(Args, Debug)]
 pub struct AgentArgs {
-    /// The server's URL, e.g. https://corral.example.com:8443.
-    #[arg(long, env = "CORRAL_AGENT_SERVER")]
-    pub server: Option<String>,
+    /// The server's URL, e.g. https://corral.example.com:8443. Repeat it (or give several,
+    /// comma-separated, in the variable) for a deployment of several servers: the agent dials
+    /// the next when one cannot be reached, and learns the others from the server too.
+    #[arg(long, env = "CORRAL_AGENT_SERVER", value_delimiter = ',')]
+    pub server: Vec<String>,
     /// Registration token (first start only).
     #[arg(long, env = "CORRAL_AGENT_TOKEN")]
     pub token: Option<String>,

@@ -248,7 +248,7 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
     options.event_max_rows = args.event_max_rows;
     options.max_stack_replicas = args.max_stack_replicas;
     options.datastore = args.datastore.clone();
-    options.standby = args.standby;
+    options.peer_url = args.peer_url;
     options.event_rate_limit = args.event_rate_limit;
     options.event_rate_window = args.event_rate_window;
     if let (Some(url), Some(ca), Some(user_dn), Some(group_base)) = (
@@ -341,7 +341,9 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
 
 async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     let mut opts = corral_agent::AgentOptions::new(args.state_dir);
-    opts.server = args.server;
+    let mut servers = args.server.into_iter();
+    opts.server = servers.next();
+    opts.more_servers = servers.collect();
     opts.token = args.token;
     opts.ca_checksum = args
         .ca_checksum

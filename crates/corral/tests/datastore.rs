@@ -138,20 +138,26 @@ fn a_second_server_joins_a_deployment_only_with_its_master_key_and_ca() {
     let (mut a, _) = server_on(&first, &url, &[]);
     wait_for_server(&mut a);
 
-    // While the first runs, a second server without --standby does not start on the database
-    // (one server writes at a time).
+    // While the first runs, a second server on the database does not write: it relays every
+    // connection to the first (the one holding the write lock), and serves the same API.
     let busy = tmp.path().join("busy");
-    std::fs::create_dir_all(busy.join("pki")).unwrap();
-    for f in ["master.key", "pki/ca.pem", "pki/ca-key.pem"] {
-        std::fs::copy(first.join(f), busy.join(f)).unwrap();
-    }
-    let (mut b, _) = server_on(&busy, &url, &[]);
-    assert!(!b.wait_exit(Duration::from_secs(60)).success());
-    assert!(
-        b.log_text().contains("another corral server is active"),
-        "{}",
-        b.log_text()
+    copy_identity(&first, &busy);
+    let (mut b, b_port) = server_on(&busy, &url, &[]);
+    wait_until(
+        Duration::from_secs(30),
+        "the second server relaying",
+        || {
+            assert!(b.running(), "{}", b.log_text());
+            b.log_text().contains("relaying to the active server")
+        },
     );
+    assert!(!busy.join("admin.env").exists(), "it wrote nothing yet");
+    let a_env = read_admin_env(&first.join("admin.env")).unwrap();
+    let out = cli_at(b_port, &a_env, &["env", "create", "through-relay"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let envs = cli_on(&first, &a_env.api_key, &["env", "ls", "-o", "json"]);
+    assert!(text(&envs).contains("through-relay"), "{}", text(&envs));
+    b.stop();
     // Another deployment, in another database of the same cluster, is not held back: the
     // lock belongs to the database.
     let other_url = pg.database("corral_other");
@@ -279,6 +285,17 @@ fn copy_identity(from: &std::path::Path, to: &std::path::Path) {
     }
 }
 
+/// The CLI at `https://127.0.0.1:PORT` with `env`'s key and pin.
+fn cli_at(port: u16, env: &AdminEnv, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(corral_bin())
+        .args(args)
+        .env("CORRAL_SERVER", format!("https://127.0.0.1:{port}"))
+        .env("CORRAL_API_KEY", &env.api_key)
+        .env("CORRAL_CA_CHECKSUM", &env.checksum)
+        .output()
+        .unwrap()
+}
+
 fn cli_on(dir: &std::path::Path, key: &str, args: &[&str]) -> std::process::Output {
     let env = read_admin_env(&dir.join("admin.env")).expect("admin.env");
     std::process::Command::new(corral_bin())
@@ -300,15 +317,16 @@ fn a_standby_takes_over_from_a_dead_or_frozen_server_which_never_writes_again() 
     let admin_key = a.env.api_key.clone();
     a.cli_ok(&["env", "create", "before"]);
 
-    // B waits as a standby: it serves nothing (no admin.env, no listener yet).
+    // B waits as a standby, relaying to A: the API answers through it.
     let b_dir = tmp.path().join("b");
     copy_identity(&a_dir, &b_dir);
-    let (mut b, _) = server_on(&b_dir, &url, &["--standby"]);
-    wait_until(Duration::from_secs(30), "B waiting as a standby", || {
-        b.log_text()
-            .contains("standby: another corral server is active")
+    let (mut b, b_port) = server_on(&b_dir, &url, &[]);
+    wait_until(Duration::from_secs(30), "B relaying to A", || {
+        b.log_text().contains("relaying to the active server")
     });
     assert!(!b_dir.join("admin.env").exists());
+    let out = cli_at(b_port, &a.env, &["env", "ls", "-o", "json"]);
+    assert!(text(&out).contains("before"), "{}", text(&out));
 
     // A crashes: B takes over at once (PostgreSQL ends A's session, and its lock with it).
     let crashed = std::time::Instant::now();
@@ -326,10 +344,9 @@ fn a_standby_takes_over_from_a_dead_or_frozen_server_which_never_writes_again() 
     );
 
     // A comes back as a standby behind B; B freezes (SIGSTOP: its connections stay open).
-    let (mut a2, _) = server_on(&a_dir, &url, &["--standby"]);
-    wait_until(Duration::from_secs(30), "A waiting as a standby", || {
-        a2.log_text()
-            .contains("standby: another corral server is active")
+    let (mut a2, _) = server_on(&a_dir, &url, &[]);
+    wait_until(Duration::from_secs(30), "A relaying to B", || {
+        a2.log_text().contains("relaying to the active server")
     });
     let frozen = std::time::Instant::now();
     b.signal("STOP");

@@ -83,7 +83,18 @@ pub fn router(state: Arc<AppState>) -> Router {
         state.clone(),
         metrics::observe,
     ))
+    .layer(axum::middleware::map_request(relayed_client))
     .with_state(state)
+}
+
+/// A request that came through another server of the deployment (`relay`) is the client's,
+/// not that server's: its address — for login throttling, the audit log and a tunnel's
+/// overlay endpoint — is the one the relaying server vouched for.
+async fn relayed_client(mut req: axum::extract::Request) -> axum::extract::Request {
+    if let Some(crate::relay::RelayedFrom(from)) = req.extensions().get().copied() {
+        req.extensions_mut().insert(ConnectInfo(from));
+    }
+    req
 }
 
 /// An error answer: a status and a message that says what to do.

@@ -17,6 +17,7 @@ pub mod progress;
 pub mod pulls;
 pub mod reconciler;
 pub mod registry;
+pub mod servers;
 pub mod streams;
 pub mod waiters;
 
@@ -31,6 +32,8 @@ use crate::bootstrap::ServerOptions;
 /// Shared state of a running server.
 pub struct AppState {
     pub store: crate::store::Store,
+    /// The deployment's servers (this one active), as agents are told of them.
+    pub servers: servers::ServerList,
     pub registry: registry::Registry,
     pub dispatcher: waiters::Waiters,
     pub streams: streams::Streams,

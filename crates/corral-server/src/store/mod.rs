@@ -36,11 +36,13 @@ mod images;
 mod netpolicy;
 mod overlay;
 mod sealed;
+mod servers;
 mod sql;
 mod stacks;
 mod users;
 pub use images::{PolicyRow, RegistryRow};
 pub use overlay::{ChangeCounters, LiveCounters, NameRow, OverlayEnvRow, OverlayMemberRow};
+pub use servers::{Membership, ServerRow};
 pub use stacks::{ServiceRow, SetReplicas, StackRow, StackWrite};
 pub use users::{EnvRole, FIRST_ADMIN_ID, KeyAuth, KeyRow, UserRow};
 
@@ -599,11 +601,7 @@ impl Store {
     /// Opens the PostgreSQL datastore at `url` (`postgres://…`; `sslmode`, `sslrootcert` and the
     /// other libpq parameters in it apply) and runs the migrations. Fails if the database cannot
     /// be reached: a server does not start on a datastore it cannot read.
-    pub async fn open_postgres(
-        url: &PostgresUrl,
-        vault: Arc<Vault>,
-        standby: bool,
-    ) -> Result<Store> {
+    pub async fn open_postgres(url: &PostgresUrl, vault: Arc<Vault>) -> Result<Store> {
         sqlx::any::install_default_drivers();
         let opts = url.options()?;
         let name = url.name();
@@ -611,7 +609,8 @@ impl Store {
         // serialised exactly as they are there (same code, same outcomes). That connection is
         // also the fence between servers: it holds the active-server lock (`writer_pool`), so
         // only the active server can write at all, and one that lost the lock (cut off, or
-        // frozen past `idle_session_timeout`) has no connection left that can.
+        // frozen past `idle_session_timeout`) has no connection left that can. While another
+        // server holds it, this one waits (and relays to it, see `relay`).
         let session = Arc::new(std::sync::atomic::AtomicI32::new(0));
         let mut waiting = false;
         let writer = loop {
@@ -627,19 +626,14 @@ impl Store {
                     Err(e) => return Err(e.into()),
                 }
             }
-            if !standby {
-                return Err(StoreError::Conflict(format!(
-                    "another corral server is active on {name}: one server writes to a database at a time. Stop it first, or start this one with --standby to take over when it stops"
-                )));
-            }
             if !waiting {
                 tracing::info!(
                     datastore = %name,
-                    "standby: another corral server is active on this database; this one takes over when it stops"
+                    "standby: another corral server is active on this database; this one relays to it and takes over when it stops"
                 );
                 waiting = true;
             }
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            tokio::time::sleep(Duration::from_millis(250)).await;
         };
         tracing::info!(datastore = %name, "this server is the active one (it holds the datastore's write lock)");
         sqlx::migrate!("./migrations/postgres").run(&writer).await?;
@@ -1983,8 +1977,14 @@ const ACTIVE_LOCK: i64 = 0x636f_7272_616c_2061;
 /// How long PostgreSQL keeps the active server's writer session while it says nothing: a
 /// frozen server (SIGSTOP, a stalled VM) loses the lock after this, and a standby takes over.
 /// The server speaks every `WRITER_KEEPALIVE`, so a live one never comes close.
-const ACTIVE_IDLE_LIMIT: &str = "10s";
-const WRITER_KEEPALIVE: Duration = Duration::from_secs(2);
+const ACTIVE_IDLE_LIMIT: &str = "4s";
+const WRITER_KEEPALIVE: Duration = Duration::from_secs(1);
+
+/// Whether another server's session holds the active-server lock on `url`'s database.
+pub async fn another_is_active(url: &PostgresUrl) -> Result<bool> {
+    sqlx::any::install_default_drivers();
+    Ok(lock_holder(&url.options()?).await?.is_some())
+}
 
 /// Refused: another server holds the active-server lock.
 #[derive(Debug, thiserror::Error)]

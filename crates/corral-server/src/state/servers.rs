@@ -1,0 +1,72 @@
+//! The deployment's servers as agents are told of them (the welcome's `servers`), and the
+//! active server's loop that keeps its own row in the datastore fresh (`store::servers`).
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use corral_proto::MAX_SERVERS;
+
+use super::AppState;
+use crate::store::ServerRow;
+
+/// How often the active server refreshes its row and rereads the others'.
+const REFRESH_EVERY: Duration = Duration::from_secs(5);
+/// A server silent for longer is not listed to agents.
+const LISTED_FOR_MS: i64 = 30_000;
+
+/// The advertised URLs of the servers seen lately, this one's first.
+pub struct ServerList {
+    own: String,
+    urls: RwLock<Arc<Vec<String>>>,
+}
+
+impl ServerList {
+    pub fn new(own_url: &str) -> ServerList {
+        ServerList {
+            own: own_url.to_owned(),
+            urls: RwLock::new(Arc::new(vec![own_url.to_owned()])),
+        }
+    }
+
+    pub fn urls(&self) -> Vec<String> {
+        match self.urls.read() {
+            Ok(u) => u.as_ref().clone(),
+            Err(poisoned) => poisoned.into_inner().as_ref().clone(),
+        }
+    }
+
+    /// Replaces the list with this server's URL and the distinct URLs of `rows`.
+    pub fn set(&self, rows: &[ServerRow]) {
+        let mut urls = vec![self.own.clone()];
+        for r in rows {
+            if urls.len() >= MAX_SERVERS {
+                break;
+            }
+            if !urls.contains(&r.advertise_url) {
+                urls.push(r.advertise_url.clone());
+            }
+        }
+        match self.urls.write() {
+            Ok(mut u) => *u = Arc::new(urls),
+            Err(poisoned) => *poisoned.into_inner() = Arc::new(urls),
+        }
+    }
+}
+
+/// While this server runs: refreshes its row as the active one and rereads the servers seen
+/// lately. A failure is logged and tried again next time (the list keeps what it held).
+pub async fn keep_claim(state: Arc<AppState>, mut me: ServerRow) {
+    loop {
+        let now = crate::time_fmt::now_unix_millis();
+        me.seen_at = now;
+        let read = match state.store.claim_active(&me).await {
+            Ok(()) => state.store.servers_seen_since(now - LISTED_FOR_MS).await,
+            Err(e) => Err(e),
+        };
+        match read {
+            Ok(rows) => state.servers.set(&rows),
+            Err(e) => tracing::warn!(error = %e, "cannot refresh the list of servers"),
+        }
+        tokio::time::sleep(REFRESH_EVERY).await;
+    }
+}

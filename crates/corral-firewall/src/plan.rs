@@ -200,6 +200,8 @@ pub enum FlowKind {
     Ssh,
     /// Server → PostgreSQL.
     Datastore,
+    /// Server → server: a waiting server relays its connections to the active one.
+    ServerRelay,
     /// DNS egress.
     Dns,
     /// NTP egress.
@@ -1620,6 +1622,27 @@ impl<'a> FlowPlanner<'a> {
                     .to_string(),
             });
         }
+        // Several servers: each relays its clients' connections to the one holding the
+        // datastore's write lock, on the same port.
+        if !self.t.server.replicas.is_empty()
+            && let Some(ports) = single_port(self.checked.ports.listen)
+        {
+            self.flows.push(Flow {
+                group: GroupKind::Server,
+                direction: Direction::Inbound,
+                traffic: Traffic::Tcp { ports },
+                source: SERVER_GROUP,
+                destination: SERVER_GROUP,
+                kind: FlowKind::ServerRelay,
+                service: None,
+                purpose: "Server replicas relay their clients' connections to the active \
+                          server (TLS, the deployment's CA)"
+                    .to_string(),
+                impact_if_removed: "Agents, users and the CLI reach only the active server \
+                                    directly; through another they get no answer"
+                    .to_string(),
+            });
+        }
         self.administration(GroupKind::Server, &SERVER_GROUP);
     }
 
@@ -1640,6 +1663,24 @@ impl<'a> FlowPlanner<'a> {
                     .to_string(),
                 impact_if_removed: "The server cannot load or store state: API calls and \
                                     scheduling fail"
+                    .to_string(),
+            });
+        }
+        if !self.t.server.replicas.is_empty()
+            && let Some(ports) = single_port(self.checked.ports.listen)
+        {
+            self.flows.push(Flow {
+                group: GroupKind::Server,
+                direction: Direction::Outbound,
+                traffic: Traffic::Tcp { ports },
+                source: SERVER_GROUP,
+                destination: SERVER_GROUP,
+                kind: FlowKind::ServerRelay,
+                service: None,
+                purpose: "A waiting server relays its clients' connections to the active one"
+                    .to_string(),
+                impact_if_removed: "Agents, users and the CLI reach only the active server \
+                                    directly; through another they get no answer"
                     .to_string(),
             });
         }

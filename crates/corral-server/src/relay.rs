@@ -56,6 +56,12 @@ pub const ACTIVE_FRESH_MS: i64 = 15_000;
 #[derive(Debug, Clone, Copy)]
 pub struct RelayedFrom(pub SocketAddr);
 
+/// The TCP peer of the connection a request came on — for a relayed one the relaying
+/// server's side, while `ConnectInfo` holds the client's address: what the connection gate
+/// (`state::gate`) knows the connection by. Set by the API's first layer on every request.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionPeer(pub SocketAddr);
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -426,11 +432,11 @@ async fn relay_one(
     let alpn = client.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
     // During a takeover there may be no active server for a moment: wait for one (a little).
     let deadline = tokio::time::Instant::now() + HANDSHAKE_WAIT;
-    let mut upstream = loop {
+    let (mut upstream, relaying_to) = loop {
         let peer = active.borrow_and_update().clone();
         if let Some(peer) = peer.filter(|p| *p != dial.own_peer_url) {
             match dial.to(&peer, alpn.as_deref()).await {
-                Ok(up) => break up,
+                Ok(up) => break (up, peer),
                 Err(e) => tracing::debug!(%peer, error = %e, "cannot reach the active server"),
             }
         }
@@ -445,7 +451,24 @@ async fn relay_one(
         }
     };
     upstream.write_all(&preamble(&dial.secret, from)).await?;
-    tokio::io::copy_bidirectional(&mut client, &mut upstream).await?;
+    // Until either end closes — or another server became the active one (this one among
+    // them): then the one relayed to was cut off or frozen, and a client still connected
+    // to it through here would wait out its own dead-peer timeout before dialing again.
+    let superseded = async {
+        while active.changed().await.is_ok() {
+            if active.borrow().as_deref() != Some(relaying_to.as_str()) {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        copied = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
+            copied?;
+        }
+        () = superseded => {
+            tracing::debug!(%from, "the active server changed: ending a relayed connection");
+        }
+    }
     Ok(())
 }
 

@@ -41,6 +41,30 @@ pub async fn live(state: &AppState) -> Result<corral_firewall::Topology> {
             port,
         });
     }
+    // The other servers of the deployment (seen in the last hour): they relay to this one,
+    // the active one (only the active one answers the API).
+    let since = crate::time_fmt::now_unix_millis() - 3_600_000;
+    for other in state.store.servers_seen_since(since).await? {
+        if other.active {
+            continue;
+        }
+        let Some(host) = url::Url::parse(&other.peer_url)
+            .ok()
+            .and_then(|u| u.host_str().map(str::to_owned))
+        else {
+            continue;
+        };
+        let host = host.trim_matches(['[', ']']).to_owned();
+        server.replicas.push(t::Machine {
+            addresses: host
+                .parse::<std::net::IpAddr>()
+                .ok()
+                .filter(|ip| !ip.is_loopback())
+                .into_iter()
+                .collect(),
+            name: host,
+        });
+    }
     let envs = state.store.environments().await?;
     let mut topo = corral_firewall::Topology::new(server);
     for e in &envs {

@@ -185,8 +185,14 @@ async fn discard_input(socket: &mut WebSocket) {
     .await;
 }
 
-/// Serves one agent connection until it ends.
-pub async fn serve(state: Arc<AppState>, mut socket: WebSocket, remote: SocketAddr) {
+/// Serves one agent connection until it ends. `remote` is the agent's address; `peer` what
+/// the connection gate knows the connection by (the relaying server's side when relayed).
+pub async fn serve(
+    state: Arc<AppState>,
+    mut socket: WebSocket,
+    remote: SocketAddr,
+    peer: SocketAddr,
+) {
     let limit = state.options.max_message_bytes;
     let hello = match tokio::time::timeout(HELLO_TIMEOUT, recv(&mut socket, limit)).await {
         Err(_) => {
@@ -226,7 +232,7 @@ pub async fn serve(state: Arc<AppState>, mut socket: WebSocket, remote: SocketAd
         Ok(h) => {
             // An authenticated tunnel no longer counts against the cap on unauthenticated
             // connections (and is never closed by it).
-            state.gate.authenticated(remote);
+            state.gate.authenticated(peer);
             h
         }
         Err((reason, message)) => {

@@ -412,4 +412,120 @@ fn the_firewall_rules_include_the_servers_flow_to_its_database() {
     let md = server.cli_ok(&["firewall"]);
     assert!(md.contains("PostgreSQL"), "{md}");
     assert!(md.contains(&format!("| {} |", pg.port)), "{md}");
+    assert!(!md.contains("relay"), "one server relays to nobody: {md}");
+
+    // A second server joins (it relays to the first; nobody dials it here, so it sends
+    // nothing): the rules now let the servers reach each other on the server port.
+    let second = tmp.path().join("second");
+    copy_identity(&server.dir, &second);
+    let second_port = free_port();
+    let (mut b, _) = server_on(
+        &second,
+        &url,
+        &[
+            "--peer-url",
+            &format!("https://192.0.2.11:{second_port}"),
+            "--advertise-url",
+            &format!("https://192.0.2.11:{second_port}"),
+        ],
+    );
+    wait_until(
+        Duration::from_secs(30),
+        "the second server relaying",
+        || {
+            assert!(b.running(), "{}", b.log_text());
+            b.log_text().contains("relaying to the active server")
+        },
+    );
+    let md = server.cli_ok(&["firewall"]);
+    assert!(md.contains("relay their clients' connections"), "{md}");
+    let nft = server.cli_ok(&["firewall", "--format", "nftables", "--role", "server"]);
+    assert!(nft.contains("192.0.2.11"), "{nft}");
+    b.stop();
+}
+
+/// Sends `preamble` and then one HTTP request on a new TLS connection to `server`; returns
+/// what came back before the server closed (nothing when it refused the connection).
+fn relayed_request(server: &Server, preamble: &[u8], request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let mut tls = pinned_dialer(server).tls().await.unwrap();
+        // A refused connection may be closed while this still writes.
+        let _ = tls.write_all(preamble).await;
+        let _ = tls.write_all(request.as_bytes()).await;
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(20), tls.read_to_end(&mut answer)).await;
+        String::from_utf8_lossy(&answer).into_owned()
+    })
+}
+
+/// The relay secret, as every server of the deployment derives it from its master key.
+fn relay_secret_hex(dir: &std::path::Path) -> String {
+    let key = std::fs::read(dir.join("master.key")).unwrap();
+    let tag = ring::hmac::sign(
+        &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &key),
+        b"corral server relay v1",
+    );
+    tag.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[test]
+fn only_a_server_holding_the_master_key_may_relay_and_say_whose_connection_it_is() {
+    let tmp = tmp();
+    let server = Server::start(&tmp.path().join("data"), &[]);
+    let post = |name: &str| {
+        let body = format!("{{\"name\":\"{name}\"}}");
+        format!(
+            "POST /v1/environments HTTP/1.1\r\nHost: corral\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            server.env.api_key,
+            body.len()
+        )
+    };
+    // With the deployment's secret: served, and the client's address is the one the relaying
+    // server gave (the audit log records it, not the connection's own).
+    let right = format!(
+        "CORRAL-RELAY/1 {} 192.0.2.77:4242\n",
+        relay_secret_hex(&server.dir)
+    );
+    let answer = relayed_request(&server, right.as_bytes(), &post("relayed"));
+    assert!(answer.starts_with("HTTP/1.1 201"), "{answer}");
+    let audit = server.cli_json(&["audit", "ls", "--limit", "1000"]);
+    let entry = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["action"] == "POST /v1/environments")
+        .unwrap_or_else(|| panic!("{audit:#}"))
+        .clone();
+    assert_eq!(entry["source"], "192.0.2.77:4242", "{entry}");
+
+    // With another secret (another deployment's key, or a guess): closed without an answer,
+    // and nothing done.
+    let wrong = format!("CORRAL-RELAY/1 {} 192.0.2.78:4242\n", "0".repeat(64));
+    let answer = relayed_request(&server, wrong.as_bytes(), &post("forged"));
+    assert_eq!(answer, "", "a forged relay was answered");
+    wait_until(Duration::from_secs(10), "the refusal in the log", || {
+        server.log().contains("refused a relayed connection")
+    });
+    // A preamble that does not read (no address), and one far too long: closed too.
+    let bad = format!("CORRAL-RELAY/1 {}\n", relay_secret_hex(&server.dir));
+    assert_eq!(relayed_request(&server, bad.as_bytes(), &post("bad")), "");
+    let long = format!("CORRAL-RELAY/1 {}\n", "a".repeat(100_000));
+    assert_eq!(relayed_request(&server, long.as_bytes(), &post("long")), "");
+    let envs = server.cli_ok(&["env", "ls"]);
+    assert!(envs.contains("relayed"), "{envs}");
+    for absent in ["forged", "bad", "long"] {
+        assert!(!envs.contains(absent), "{envs}");
+    }
+    // Without a preamble, HTTP as ever.
+    let plain = relayed_request(
+        &server,
+        b"",
+        "GET /healthz HTTP/1.1\r\nHost: corral\r\nConnection: close\r\n\r\n",
+    );
+    assert!(plain.starts_with("HTTP/1.1 200"), "{plain}");
 }

@@ -343,6 +343,20 @@ fn a_rolling_stack_converges_exactly_through_ten_kills_of_the_active_server_and_
     std::thread::sleep(Duration::from_secs(2));
     assert!(converged(&stack, 11), "{:?}", containers(&stack));
 
+    // A relayed tunnel is an authenticated connection on the active server like any other:
+    // the cap on unauthenticated connections (they live 15 s) never closes it. Over 20 s the
+    // agent does not connect again.
+    let agent_log = tmp.path().join("agent.log");
+    let connections = || {
+        std::fs::read_to_string(&agent_log)
+            .unwrap()
+            .matches("connected to the server")
+            .count()
+    };
+    let before = connections();
+    std::thread::sleep(Duration::from_secs(20));
+    assert_eq!(connections(), before, "the agent's tunnel was closed");
+
     // The agent learned every server from its welcome (the URLs the servers advertise).
     let saved = std::fs::read_to_string(state_dir.join("agent.json")).unwrap();
     for s in &servers {

@@ -529,6 +529,7 @@ pub(crate) fn rule_comment(flow: &Flow) -> String {
         (FlowKind::Overlay, _) => "corral overlay between hosts".to_string(),
         (FlowKind::Ssh, _) => "corral SSH from admin networks".to_string(),
         (FlowKind::Datastore, _) => "corral datastore".to_string(),
+        (FlowKind::ServerRelay, _) => "corral server relay".to_string(),
         (FlowKind::PathMtu, _) => "corral path MTU discovery".to_string(),
         (FlowKind::Dns, _) => "corral DNS".to_string(),
         (FlowKind::Ntp, _) => "corral NTP".to_string(),

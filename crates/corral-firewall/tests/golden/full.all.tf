@@ -60,6 +60,15 @@ resource "aws_vpc_security_group_ingress_rule" "corral_server_in_tcp_8443_hosts"
   referenced_security_group_id = aws_security_group.corral_hosts.id
 }
 
+resource "aws_vpc_security_group_ingress_rule" "corral_server_in_tcp_8443_server" {
+  security_group_id            = aws_security_group.corral_server.id
+  description                  = "Server replicas relay their clients connections to the active server (TLS, the deployment s CA)"
+  ip_protocol                  = "tcp"
+  from_port                    = 8443
+  to_port                      = 8443
+  referenced_security_group_id = aws_security_group.corral_server.id
+}
+
 resource "aws_vpc_security_group_ingress_rule" "corral_server_in_tcp_22_203_0_113_0_24" {
   security_group_id            = aws_security_group.corral_server.id
   description                  = "SSH administration from the admin networks"
@@ -103,6 +112,15 @@ resource "aws_vpc_security_group_egress_rule" "corral_server_out_tcp_5432_datast
   from_port                    = 5432
   to_port                      = 5432
   referenced_security_group_id = aws_security_group.corral_datastore.id
+}
+
+resource "aws_vpc_security_group_egress_rule" "corral_server_out_tcp_8443_server" {
+  security_group_id            = aws_security_group.corral_server.id
+  description                  = "A waiting server relays its clients connections to the active one"
+  ip_protocol                  = "tcp"
+  from_port                    = 8443
+  to_port                      = 8443
+  referenced_security_group_id = aws_security_group.corral_server.id
 }
 
 resource "aws_vpc_security_group_egress_rule" "corral_server_out_udp_53_10_0_0_2_32" {

@@ -91,10 +91,21 @@ pub fn router(state: Arc<AppState>) -> Router {
 /// not that server's: its address — for login throttling, the audit log and a tunnel's
 /// overlay endpoint — is the one the relaying server vouched for.
 async fn relayed_client(mut req: axum::extract::Request) -> axum::extract::Request {
+    if let Some(ConnectInfo(peer)) = req.extensions().get::<ConnectInfo<SocketAddr>>().copied() {
+        req.extensions_mut()
+            .insert(crate::relay::ConnectionPeer(peer));
+    }
     if let Some(crate::relay::RelayedFrom(from)) = req.extensions().get().copied() {
         req.extensions_mut().insert(ConnectInfo(from));
     }
     req
+}
+
+/// What the connection gate knows a request's connection by (see `relay::ConnectionPeer`).
+pub(crate) fn gate_peer(extensions: &axum::http::Extensions, client: SocketAddr) -> SocketAddr {
+    extensions
+        .get::<crate::relay::ConnectionPeer>()
+        .map_or(client, |p| p.0)
 }
 
 /// An error answer: a status and a message that says what to do.
@@ -254,7 +265,9 @@ impl FromRequestParts<Arc<AppState>> for Principal {
         // An authenticated connection no longer counts against the cap on unauthenticated
         // ones (and is never closed by it).
         if let Some(ConnectInfo(addr)) = parts.extensions.get::<ConnectInfo<SocketAddr>>() {
-            state.gate.authenticated(*addr);
+            state
+                .gate
+                .authenticated(gate_peer(&parts.extensions, *addr));
         }
         Ok(principal)
     }
@@ -481,6 +494,7 @@ async fn connect(
         return ApiError::new(StatusCode::BAD_REQUEST, "Sec-WebSocket-Key is missing")
             .into_response();
     };
+    let peer = gate_peer(req.extensions(), remote);
     let on_upgrade = hyper::upgrade::on(&mut req);
     let limit = state.options.max_message_bytes;
     let config = tungstenite::protocol::WebSocketConfig::default()
@@ -499,7 +513,7 @@ async fn connect(
                     Some(config),
                 )
                 .await;
-                crate::tunnel::serve(state, socket, remote).await;
+                crate::tunnel::serve(state, socket, remote, peer).await;
             }
             Err(e) => tracing::debug!(%remote, error = %e, "a tunnel upgrade failed"),
         }

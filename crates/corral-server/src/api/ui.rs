@@ -158,6 +158,7 @@ fn roles(p: &Principal) -> Vec<RoleView> {
 pub(super) async fn login(
     State(state): State<Arc<AppState>>,
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    peer: Option<axum::Extension<crate::relay::ConnectionPeer>>,
     body: Body<WebLoginRequest>,
 ) -> Response {
     let Json(req) = match body {
@@ -223,7 +224,9 @@ pub(super) async fn login(
     };
     // Logged in: the connection no longer counts as unauthenticated (it carries the page's
     // requests from now on, over HTTP/2 all of them).
-    state.gate.authenticated(remote);
+    state
+        .gate
+        .authenticated(peer.map_or(remote, |axum::Extension(p)| p.0));
     let mut r = (StatusCode::CREATED, Json(view)).into_response();
     if let Some(cookie) = session_cookie_header(&minted.key, WEB_SESSION_SECS) {
         r.headers_mut().insert(header::SET_COOKIE, cookie);
@@ -241,13 +244,16 @@ pub(super) async fn login(
 pub(super) async fn session(
     State(state): State<Arc<AppState>>,
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    peer: Option<axum::Extension<crate::relay::ConnectionPeer>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let Some(presented) = super::presented_key(&headers)? else {
         return Ok(StatusCode::NO_CONTENT.into_response());
     };
     let p = super::authenticate_key(&presented.key, &state).await?;
-    state.gate.authenticated(remote);
+    state
+        .gate
+        .authenticated(peer.map_or(remote, |axum::Extension(p)| p.0));
     let view = WebSessionView {
         user: p.user_name.clone(),
         admin: p.admin,

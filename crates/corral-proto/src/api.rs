@@ -62,6 +62,22 @@ pub struct TokenView {
     pub state: String,
 }
 
+/// A server of the deployment in `GET /v1/servers`: several servers on one PostgreSQL
+/// datastore, one of them active (it holds the write lock; the others relay to it).
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ServerView {
+    /// The server's id for this run (`srv-…`; a new one at every start).
+    pub id: String,
+    /// Where agents reach it (`--advertise-url`).
+    pub advertise_url: String,
+    /// Where the other servers reach it (`--peer-url`).
+    pub peer_url: String,
+    /// When it last said it runs (RFC 3339).
+    pub seen_at: String,
+    /// It holds the datastore's write lock: it acts, the others relay to it.
+    pub active: bool,
+}
+
 /// A host in `GET /v1/hosts` and `GET /v1/hosts/{id}`: its registered facts beside its live
 /// tunnel state.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]

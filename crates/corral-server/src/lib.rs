@@ -156,7 +156,7 @@ pub async fn start(options: ServerOptions) -> Result<RunningServer, ServerError>
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let state = Arc::new(AppState {
         store: boot.store,
-        servers: state::servers::ServerList::new(&me.advertise_url),
+        servers: state::servers::ServerList::new(&me),
         registry: Default::default(),
         dispatcher: Default::default(),
         metrics: Default::default(),

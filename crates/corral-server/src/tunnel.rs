@@ -525,6 +525,12 @@ async fn session_loop(
             "the server is shutting down".into(),
         ));
     }
+    // Cut off from the datastore (see `Store::cut_off`) with other servers to go to: the
+    // agent goes to one of them. A server alone keeps its agents through an outage.
+    let mut cut_off = state.store.cut_off();
+    if *cut_off.borrow_and_update() && state.servers.has_others() {
+        return Some((CloseReason::ServerError, CUT_OFF.into()));
+    }
     // Commands sent on an earlier connection and never answered go out again, with every
     // pending one, straight from the datastore. A host with none (every new host, most
     // reconnecting ones) is not sent looking for them: one read instead of two writes. One
@@ -656,9 +662,17 @@ async fn session_loop(
                     "the server is shutting down; reconnect with backoff".into(),
                 ));
             }
+            Ok(()) = cut_off.changed() => {
+                if *cut_off.borrow_and_update() && state.servers.has_others() {
+                    return Some((CloseReason::ServerError, CUT_OFF.into()));
+                }
+            }
         }
     }
 }
+
+/// Why an agent is sent away while its server cannot reach the datastore.
+const CUT_OFF: &str = "this server is cut off from its datastore; reconnect (another server of the deployment may be active)";
 
 #[cfg(test)]
 mod tests {

@@ -8,6 +8,27 @@ use crate::output::print;
 
 pub async fn run(action: ServerAction) -> anyhow::Result<()> {
     match action {
+        ServerAction::Ls { conn, out } => {
+            let servers: Vec<corral_proto::api::ServerView> = crate::client::Client::new(&conn)?
+                .get("/v1/servers")
+                .await?;
+            print(out.format, &servers, |list| {
+                crate::output::table(
+                    &["ID", "ROLE", "ADVERTISED URL", "PEER URL", "SEEN"],
+                    list.iter()
+                        .map(|s| {
+                            vec![
+                                s.id.clone(),
+                                if s.active { "active" } else { "relaying" }.to_owned(),
+                                s.advertise_url.clone(),
+                                s.peer_url.clone(),
+                                s.seen_at.clone(),
+                            ]
+                        })
+                        .collect(),
+                )
+            })
+        }
         ServerAction::Backup {
             data_dir,
             out,

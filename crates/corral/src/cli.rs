@@ -211,6 +211,14 @@ pub struct ServerCommand {
 
 #[derive(Subcommand, Debug)]
 pub enum ServerAction {
+    /// The deployment's servers (several on one PostgreSQL datastore): which one is active,
+    /// where agents and the other servers reach each, when each was last seen.
+    Ls {
+        #[command(flatten)]
+        conn: Conn,
+        #[command(flatten)]
+        out: Out,
+    },
     /// Write a backup of a data dir to one file (the server may be running).
     ///
     /// A consistent snapshot of the datastore and the CA sealed with the master key. The master

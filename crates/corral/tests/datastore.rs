@@ -529,3 +529,152 @@ fn only_a_server_holding_the_master_key_may_relay_and_say_whose_connection_it_is
     );
     assert!(plain.starts_with("HTTP/1.1 200"), "{plain}");
 }
+
+/// A TCP link from a loopback port to PostgreSQL that can be cut — every connection it
+/// carries closed, new ones closed as they come — and healed: a network cut between one
+/// server and the database, the others unaffected.
+struct Link {
+    port: u16,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    carried: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl Link {
+    fn to(target: u16) -> Link {
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let carried = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (c, held) = (cut.clone(), carried.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                if c.load(Ordering::SeqCst) {
+                    continue; // dropped: closed at once
+                }
+                let Ok(upstream) = std::net::TcpStream::connect(("127.0.0.1", target)) else {
+                    continue;
+                };
+                let mut held = held.lock().unwrap();
+                held.push(client.try_clone().unwrap());
+                held.push(upstream.try_clone().unwrap());
+                for (mut from, mut to) in [
+                    (client.try_clone().unwrap(), upstream.try_clone().unwrap()),
+                    (upstream, client),
+                ] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Link { port, cut, carried }
+    }
+
+    fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+        for s in self.carried.lock().unwrap().drain(..) {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    fn heal(&self) {
+        self.cut.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn a_server_cut_off_from_postgres_stops_writing_sends_its_agents_away_and_exits_when_back() {
+    let pg = Postgres::start();
+    let url = pg.database("corral_cut");
+    let link = Link::to(pg.port);
+    let through_link = url.replace(
+        &format!("127.0.0.1:{}/", pg.port),
+        &format!("127.0.0.1:{}/", link.port),
+    );
+    assert_ne!(through_link, url);
+    let tmp = tmp();
+    // A reaches the database through the link; B directly, and relays to A.
+    let mut a = Server::start_on_datastore(&tmp.path().join("a"), &through_link, FAST_HEARTBEATS);
+    let b_dir = tmp.path().join("b");
+    copy_identity(&a.dir, &b_dir);
+    let (mut b, b_port) = server_on(&b_dir, &url, FAST_HEARTBEATS);
+    wait_until(Duration::from_secs(30), "B relaying to A", || {
+        b.log_text().contains("relaying to the active server")
+    });
+    // A lists B among the deployment's servers (so its agents have somewhere else to go).
+    wait_until(Duration::from_secs(30), "A to list B", || {
+        let servers = a.cli_json(&["server", "ls"]);
+        let servers = servers.as_array().unwrap();
+        servers.len() == 2 && servers[0]["active"] == true && servers[1]["active"] == false
+    });
+    // An agent that knows both.
+    let (_, token) = a.token(&[]);
+    let b_url = format!("https://127.0.0.1:{b_port}");
+    let agent = start_agent(
+        &a,
+        &tmp.path().join("agent"),
+        "cut-1",
+        Some(&token),
+        &["--server", &b_url],
+    );
+    wait_until(Duration::from_secs(30), "the agent connected", || {
+        a.host_state("cut-1").as_deref() == Some("active")
+    });
+
+    // The cut: A cannot write (503, nothing applied) ...
+    link.cut();
+    wait_until(Duration::from_secs(30), "A refusing writes", || {
+        let out = a.cli(&["env", "create", "during-cut"]);
+        !out.status.success() && text(&out).contains("datastore cannot be reached")
+    });
+    // ... B, which still reaches the database, takes over (PostgreSQL ended A's session when
+    // its connection closed, and the write lock with it) ...
+    wait_until(Duration::from_secs(30), "B to take over", || {
+        assert!(b.running(), "{}", b.log_text());
+        b.log_text().contains("is running")
+    });
+    // ... and A sends its agents away once it has been cut off for longer than the lock's
+    // idle limit: the agent comes back through B, to B.
+    wait_until(Duration::from_secs(60), "the agent on B", || {
+        let out = cli_at(b_port, &a.env, &["host", "ls", "-o", "json"]);
+        text(&out).contains("\"cut-1\"")
+            && serde_json::from_slice::<serde_json::Value>(&out.stdout).is_ok_and(|v| {
+                v.as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|h| h["name"] == "cut-1" && h["state"] == "active")
+            })
+    });
+    assert!(
+        a.log().contains("cut off from the datastore"),
+        "{}",
+        a.log()
+    );
+    assert!(
+        agent.log_text().contains("cut off from its datastore"),
+        "{}",
+        agent.log_text()
+    );
+    let out = cli_at(b_port, &a.env, &["env", "create", "after-cut"]);
+    assert!(out.status.success(), "{}", text(&out));
+
+    // The link heals: A finds the lock taken and exits without writing.
+    link.heal();
+    let mut proc = a.proc.take().unwrap();
+    let status = proc.wait_exit(Duration::from_secs(30));
+    assert!(!status.success());
+    assert!(
+        proc.log_text()
+            .contains("another corral server took over the datastore"),
+        "{}",
+        proc.log_text()
+    );
+    let envs = text(&cli_at(b_port, &a.env, &["env", "ls"]));
+    assert!(
+        envs.contains("after-cut") && !envs.contains("during-cut"),
+        "{envs}"
+    );
+}

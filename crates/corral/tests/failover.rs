@@ -363,6 +363,17 @@ fn a_rolling_stack_converges_exactly_through_ten_kills_of_the_active_server_and_
         assert!(saved.contains(s.as_str()), "{saved}");
     }
 
+    // Two servers left running, asked through either: one active, one relaying.
+    let relaying = (0..3).find(|&i| i != via && i != frozen).unwrap();
+    wait_until(Duration::from_secs(60), "two servers listed", || {
+        let listed = json_at(&nodes[relaying], &env, &["server", "ls"]);
+        let listed = listed.as_array().unwrap();
+        listed.len() == 2
+            && listed[0]["active"] == true
+            && listed[0]["advertise_url"] == nodes[via].url()
+            && listed[1]["advertise_url"] == nodes[relaying].url()
+    });
+
     let out = cli_at(
         &nodes[via],
         &env,

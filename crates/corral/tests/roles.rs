@@ -555,6 +555,13 @@ async fn every_route_answers_each_role_as_the_roles_table_says() {
             ),
             r("/v1/hosts", Method::GET, "/v1/hosts".into(), None, AnyUser),
             r(
+                "/v1/servers",
+                Method::GET,
+                "/v1/servers".into(),
+                None,
+                AnyUser,
+            ),
+            r(
                 "/v1/hosts/{id}",
                 Method::GET,
                 format!("/v1/hosts/{host}"),

@@ -19,6 +19,7 @@ mod metrics;
 mod netpolicy;
 mod network;
 mod openapi;
+mod servers;
 mod stacks;
 mod tokens;
 mod ui;

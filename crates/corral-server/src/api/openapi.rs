@@ -14,8 +14,8 @@ use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
 use utoipa_axum::routes;
 
 use super::{
-    audit, containers, doctor, environments, events, hosts, images, netpolicy, network, stacks,
-    tokens, ui, users,
+    audit, containers, doctor, environments, events, hosts, images, netpolicy, network, servers,
+    stacks, tokens, ui, users,
 };
 use crate::state::AppState;
 use corral_proto::api::ErrorBody;
@@ -55,6 +55,7 @@ pub(super) fn router() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(tokens::list, tokens::create))
         .routes(routes!(tokens::revoke))
         .routes(routes!(hosts::list))
+        .routes(routes!(servers::list))
         .routes(routes!(hosts::get, hosts::remove))
         .routes(routes!(doctor::run))
         .routes(routes!(network::apply_firewall))

@@ -14,17 +14,29 @@ const REFRESH_EVERY: Duration = Duration::from_secs(5);
 /// A server silent for longer is not listed to agents.
 const LISTED_FOR_MS: i64 = 30_000;
 
-/// The advertised URLs of the servers seen lately, this one's first.
+/// The servers seen lately as of the last refresh (at most `REFRESH_EVERY` old), this one
+/// first: what the welcome lists, what `GET /v1/servers` shows, and what decides whether
+/// agents have somewhere else to go.
 pub struct ServerList {
-    own: String,
+    own: ServerRow,
+    rows: RwLock<Arc<Vec<ServerRow>>>,
     urls: RwLock<Arc<Vec<String>>>,
 }
 
 impl ServerList {
-    pub fn new(own_url: &str) -> ServerList {
+    pub fn new(own: &ServerRow) -> ServerList {
         ServerList {
-            own: own_url.to_owned(),
-            urls: RwLock::new(Arc::new(vec![own_url.to_owned()])),
+            own: own.clone(),
+            rows: RwLock::new(Arc::new(vec![own.clone()])),
+            urls: RwLock::new(Arc::new(vec![own.advertise_url.clone()])),
+        }
+    }
+
+    /// The servers as of the last refresh, this one first.
+    pub fn rows(&self) -> Arc<Vec<ServerRow>> {
+        match self.rows.read() {
+            Ok(r) => r.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
         }
     }
 
@@ -35,9 +47,24 @@ impl ServerList {
         }
     }
 
-    /// Replaces the list with this server's URL and the distinct URLs of `rows`.
+    /// Whether other servers of the deployment were seen lately.
+    pub fn has_others(&self) -> bool {
+        self.rows().len() > 1
+    }
+
+    /// Replaces the list with this server and `rows` (this server's own among them is
+    /// skipped: it goes first).
     pub fn set(&self, rows: &[ServerRow]) {
-        let mut urls = vec![self.own.clone()];
+        let mut all = vec![self.own.clone()];
+        all.extend(rows.iter().filter(|r| r.id != self.own.id).cloned());
+        if let Some(mine) = rows.iter().find(|r| r.id == self.own.id) {
+            all[0] = mine.clone();
+        }
+        match self.rows.write() {
+            Ok(mut r) => *r = Arc::new(all),
+            Err(poisoned) => *poisoned.into_inner() = Arc::new(all),
+        }
+        let mut urls = vec![self.own.advertise_url.clone()];
         for r in rows {
             if urls.len() >= MAX_SERVERS {
                 break;

@@ -199,6 +199,10 @@ pub struct Store {
     statuses: group::Group<StatusWrite, bool>,
     /// Containers whose removal a host confirmed, deleted in groups (`delete_container`).
     deletes: group::Group<String, ()>,
+    /// True while this server has been cut off from a PostgreSQL datastore for longer than
+    /// the write lock's idle limit: another server may be active by now (`keep_writer`).
+    /// Never true on SQLite.
+    cut_off: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 /// The longest a PostgreSQL statement waits for a pooled connection (see `open_postgres`).
@@ -595,7 +599,8 @@ impl Store {
             })
             .connect_with(url(file.read_only(true))?)
             .await?;
-        Ok(Store::start(Engine::Sqlite, writer, reader, vault))
+        let cut_off = Arc::new(tokio::sync::watch::channel(false).0);
+        Ok(Store::start(Engine::Sqlite, writer, reader, vault, cut_off))
     }
 
     /// Opens the PostgreSQL datastore at `url` (`postgres://…`; `sslmode`, `sslrootcert` and the
@@ -637,7 +642,14 @@ impl Store {
         };
         tracing::info!(datastore = %name, "this server is the active one (it holds the datastore's write lock)");
         sqlx::migrate!("./migrations/postgres").run(&writer).await?;
-        tokio::spawn(keep_writer(writer.clone(), opts.clone(), session, name));
+        let cut_off = Arc::new(tokio::sync::watch::channel(false).0);
+        tokio::spawn(keep_writer(
+            writer.clone(),
+            opts.clone(),
+            session,
+            name,
+            cut_off.clone(),
+        ));
         // Reads: a few connections, checked before use — a connection to a database over the
         // network can die while it sits in the pool. A request waits at most `PG_ACQUIRE` for
         // a connection (the pool retries connecting, with backoff, meanwhile): while the
@@ -648,11 +660,23 @@ impl Store {
             .acquire_timeout(PG_ACQUIRE)
             .connect_with(opts)
             .await?;
-        Ok(Store::start(Engine::Postgres, writer, reader, vault))
+        Ok(Store::start(
+            Engine::Postgres,
+            writer,
+            reader,
+            vault,
+            cut_off,
+        ))
     }
 
     /// The store over its pools, with its group-commit tasks started.
-    fn start(engine: Engine, writer: AnyPool, reader: AnyPool, vault: Arc<Vault>) -> Store {
+    fn start(
+        engine: Engine,
+        writer: AnyPool,
+        reader: AnyPool,
+        vault: Arc<Vault>,
+        cut_off: Arc<tokio::sync::watch::Sender<bool>>,
+    ) -> Store {
         let replies = {
             let writer = writer.clone();
             group::Group::start(Arc::new(move |items: Vec<ReplyWrite>| {
@@ -682,7 +706,14 @@ impl Store {
             replies,
             statuses,
             deletes,
+            cut_off,
         }
+    }
+
+    /// Whether this server is cut off from its datastore (see `Store::cut_off`'s field): the
+    /// agent sessions end while it is, so that agents go to a server that can act.
+    pub fn cut_off(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.cut_off.subscribe()
     }
 
     /// Whether the datastore answers: one trivial read, on a connection of the readers' pool
@@ -1977,7 +2008,7 @@ const ACTIVE_LOCK: i64 = 0x636f_7272_616c_2061;
 /// How long PostgreSQL keeps the active server's writer session while it says nothing: a
 /// frozen server (SIGSTOP, a stalled VM) loses the lock after this, and a standby takes over.
 /// The server speaks every `WRITER_KEEPALIVE`, so a live one never comes close.
-const ACTIVE_IDLE_LIMIT: &str = "4s";
+const ACTIVE_IDLE: Duration = Duration::from_secs(4);
 const WRITER_KEEPALIVE: Duration = Duration::from_secs(1);
 
 /// Whether another server's session holds the active-server lock on `url`'s database.
@@ -2041,7 +2072,8 @@ async fn writer_pool(
                     .await?;
                 session.store(pid, std::sync::atomic::Ordering::Relaxed);
                 conn.execute(sqlx::AssertSqlSafe(format!(
-                    "SET idle_session_timeout = '{ACTIVE_IDLE_LIMIT}'"
+                    "SET idle_session_timeout = '{}s'",
+                    ACTIVE_IDLE.as_secs()
                 )))
                 .await?;
                 Ok(())
@@ -2060,20 +2092,45 @@ async fn keep_writer(
     opts: AnyConnectOptions,
     session: Arc<std::sync::atomic::AtomicI32>,
     name: String,
+    cut_off: Arc<tokio::sync::watch::Sender<bool>>,
 ) {
+    let mut failing_since: Option<std::time::Instant> = None;
     loop {
         tokio::time::sleep(WRITER_KEEPALIVE).await;
-        let Err(e) = sqlx::query("SELECT 1").execute(&writer).await else {
+        // Bounded: on a link that drops packets silently a statement would wait for TCP to
+        // give up (minutes).
+        let ping = tokio::time::timeout(PG_ACQUIRE, sqlx::query("SELECT 1").execute(&writer));
+        let Err(e) = ping
+            .await
+            .map_err(|_| "no answer within 3 s".to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()))
+        else {
+            if failing_since.take().is_some() && *cut_off.borrow() {
+                tracing::info!(datastore = %name, "the datastore answers again; this server is still the active one");
+                cut_off.send_replace(false);
+            }
             continue;
         };
+        let since = *failing_since.get_or_insert_with(std::time::Instant::now);
         let ours = session.load(std::sync::atomic::Ordering::Relaxed);
-        match lock_holder(&opts).await {
+        let holder = tokio::time::timeout(PG_ACQUIRE, lock_holder(&opts))
+            .await
+            .unwrap_or(Ok(None));
+        match holder {
             Ok(Some(holder)) if holder != ours => {
                 tracing::error!(
                     datastore = %name,
                     "another corral server took over the datastore while this one was cut off from it or stopped; exiting, so that two servers never act on one datastore"
                 );
                 std::process::exit(1);
+            }
+            // Past the idle limit PostgreSQL has ended the writer's session if it could see
+            // it, and another server may hold the lock: the agents connected here are told to
+            // go (they dial the deployment's other servers), so none waits on a server that
+            // can neither write nor know whether it is still the active one.
+            _ if since.elapsed() >= ACTIVE_IDLE && !*cut_off.borrow() => {
+                tracing::error!(datastore = %name, error = %e, "cut off from the datastore for longer than the write lock's idle limit: sending the agents away until it answers");
+                cut_off.send_replace(true);
             }
             _ => tracing::warn!(datastore = %name, error = %e, "the datastore does not answer"),
         }

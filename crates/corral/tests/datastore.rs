@@ -278,22 +278,9 @@ fn bad_datastore_addresses_are_refused_with_the_reason() {
 
 /// Copies the deployment's master key and CA from one data dir to a new one (how a second
 /// server is set up).
-fn copy_identity(from: &std::path::Path, to: &std::path::Path) {
-    std::fs::create_dir_all(to.join("pki")).unwrap();
-    for f in ["master.key", "pki/ca.pem", "pki/ca-key.pem"] {
-        std::fs::copy(from.join(f), to.join(f)).unwrap();
-    }
-}
-
 /// The CLI at `https://127.0.0.1:PORT` with `env`'s key and pin.
 fn cli_at(port: u16, env: &AdminEnv, args: &[&str]) -> std::process::Output {
-    std::process::Command::new(corral_bin())
-        .args(args)
-        .env("CORRAL_SERVER", format!("https://127.0.0.1:{port}"))
-        .env("CORRAL_API_KEY", &env.api_key)
-        .env("CORRAL_CA_CHECKSUM", &env.checksum)
-        .output()
-        .unwrap()
+    cli_to(&format!("https://127.0.0.1:{port}"), env, args)
 }
 
 fn cli_on(dir: &std::path::Path, key: &str, args: &[&str]) -> std::process::Output {
@@ -374,14 +361,7 @@ fn a_standby_takes_over_from_a_dead_or_frozen_server_which_never_writes_again() 
     // is no connection through which it could write.
     let events_before = pg.psql_in("corral_ha", "SELECT count(*) FROM events");
     b.signal("CONT");
-    let status = b.wait_exit(Duration::from_secs(30));
-    assert!(!status.success());
-    assert!(
-        b.log_text()
-            .contains("another corral server took over the datastore"),
-        "{}",
-        b.log_text()
-    );
+    assert_fenced_exit(&mut b);
     // Nothing written by B after it resumed: every event since is A's own doing, and A is
     // idle (no hosts, no stacks), so the count has not moved.
     let events_after = pg.psql_in("corral_ha", "SELECT count(*) FROM events");
@@ -663,15 +643,7 @@ fn a_server_cut_off_from_postgres_stops_writing_sends_its_agents_away_and_exits_
 
     // The link heals: A finds the lock taken and exits without writing.
     link.heal();
-    let mut proc = a.proc.take().unwrap();
-    let status = proc.wait_exit(Duration::from_secs(30));
-    assert!(!status.success());
-    assert!(
-        proc.log_text()
-            .contains("another corral server took over the datastore"),
-        "{}",
-        proc.log_text()
-    );
+    assert_fenced_exit(a.proc.as_mut().unwrap());
     let envs = text(&cli_at(b_port, &a.env, &["env", "ls"]));
     assert!(
         envs.contains("after-cut") && !envs.contains("during-cut"),

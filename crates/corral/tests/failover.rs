@@ -69,13 +69,7 @@ impl Node {
 }
 
 fn cli_at(node: &Node, env: &AdminEnv, args: &[&str]) -> std::process::Output {
-    std::process::Command::new(corral_bin())
-        .args(args)
-        .env("CORRAL_SERVER", node.url())
-        .env("CORRAL_API_KEY", &env.api_key)
-        .env("CORRAL_CA_CHECKSUM", &env.checksum)
-        .output()
-        .unwrap()
+    cli_to(&node.url(), env, args)
 }
 
 fn json_at(node: &Node, env: &AdminEnv, args: &[&str]) -> Value {
@@ -84,13 +78,6 @@ fn json_at(node: &Node, env: &AdminEnv, args: &[&str]) -> Value {
     let out = cli_at(node, env, &args);
     assert!(out.status.success(), "{}", text(&out));
     serde_json::from_slice(&out.stdout).unwrap()
-}
-
-fn copy_identity(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to.join("pki")).unwrap();
-    for f in ["master.key", "pki/ca.pem", "pki/ca-key.pem"] {
-        std::fs::copy(from.join(f), to.join(f)).unwrap();
-    }
 }
 
 /// The stack's containers in Docker (all states), as (slot, ROUND, running).
@@ -170,6 +157,29 @@ fn below(n: u64) -> u64 {
     u64::from(nanos.wrapping_mul(2_654_435_761)) % n
 }
 
+/// Writes round `round` of the stack to `file`, deploys it through `node` with `--wait`, and
+/// checks it converged exactly.
+fn deploy_and_wait(node: &Node, env: &AdminEnv, file: &Path, stack: &str, round: u32) {
+    std::fs::write(file, compose(round)).unwrap();
+    let file_arg = file.display().to_string();
+    let out = cli_at(
+        node,
+        env,
+        &[
+            "up",
+            "-f",
+            &file_arg,
+            "-p",
+            stack,
+            "--wait",
+            "--timeout",
+            "120s",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(converged(stack, round), "{:?}", containers(stack));
+}
+
 fn active_index(nodes: &mut [Node]) -> Option<usize> {
     nodes.iter_mut().position(Node::is_active)
 }
@@ -236,23 +246,7 @@ fn a_rolling_stack_converges_exactly_through_ten_kills_of_the_active_server_and_
 
     let file = tmp.path().join("stack.yaml");
     let file_arg = file.display().to_string();
-    std::fs::write(&file, compose(0)).unwrap();
-    let out = cli_at(
-        &nodes[1],
-        &env,
-        &[
-            "up",
-            "-f",
-            &file_arg,
-            "-p",
-            &stack,
-            "--wait",
-            "--timeout",
-            "120s",
-        ],
-    );
-    assert!(out.status.success(), "{}", text(&out));
-    assert!(converged(&stack, 0), "{:?}", containers(&stack));
+    deploy_and_wait(&nodes[1], &env, &file, &stack, 0);
 
     let mut takeovers = Vec::new();
     let mut convergences = Vec::new();
@@ -312,33 +306,10 @@ fn a_rolling_stack_converges_exactly_through_ten_kills_of_the_active_server_and_
         stopped.elapsed().as_secs_f64()
     );
     let via = active_index(&mut nodes).unwrap();
-    std::fs::write(&file, compose(11)).unwrap();
-    let out = cli_at(
-        &nodes[via],
-        &env,
-        &[
-            "up",
-            "-f",
-            &file_arg,
-            "-p",
-            &stack,
-            "--wait",
-            "--timeout",
-            "120s",
-        ],
-    );
-    assert!(out.status.success(), "{}", text(&out));
-    assert!(converged(&stack, 11), "{:?}", containers(&stack));
+    deploy_and_wait(&nodes[via], &env, &file, &stack, 11);
     let proc = nodes[frozen].proc.as_mut().unwrap();
     proc.signal("CONT");
-    let status = proc.wait_exit(Duration::from_secs(30));
-    assert!(!status.success());
-    assert!(
-        proc.log_text()
-            .contains("another corral server took over the datastore"),
-        "{}",
-        proc.log_text()
-    );
+    assert_fenced_exit(proc);
     // Still exactly the desired containers: the resumed server changed nothing.
     std::thread::sleep(Duration::from_secs(2));
     assert!(converged(&stack, 11), "{:?}", containers(&stack));

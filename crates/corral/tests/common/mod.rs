@@ -582,3 +582,36 @@ impl Drop for StackCleanup {
         }
     }
 }
+
+/// Copies a deployment's identity — `master.key` and its CA — from one data dir to a new one:
+/// how a second server joins a deployment on one PostgreSQL datastore.
+pub fn copy_identity(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to.join("pki")).expect("pki dir");
+    for f in ["master.key", "pki/ca.pem", "pki/ca-key.pem"] {
+        std::fs::copy(from.join(f), to.join(f)).expect("copy the deployment's identity");
+    }
+}
+
+/// The CLI against the server at `url` with `env`'s key and pin.
+pub fn cli_to(url: &str, env: &AdminEnv, args: &[&str]) -> Output {
+    Command::new(corral_bin())
+        .args(args)
+        .env("CORRAL_SERVER", url)
+        .env("CORRAL_API_KEY", &env.api_key)
+        .env("CORRAL_CA_CHECKSUM", &env.checksum)
+        .output()
+        .expect("run corral")
+}
+
+/// Waits for a server that lost the datastore's write lock to another to exit, and checks it
+/// said why (it exits rather than act beside the new active server).
+#[track_caller]
+pub fn assert_fenced_exit(proc: &mut Proc) {
+    let status = proc.wait_exit(std::time::Duration::from_secs(30));
+    assert!(!status.success());
+    let log = proc.log_text();
+    assert!(
+        log.contains("another corral server took over the datastore"),
+        "{log}"
+    );
+}

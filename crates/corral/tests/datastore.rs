@@ -131,6 +131,7 @@ fn a_server_on_postgres_keeps_its_state_and_rides_out_a_database_outage() {
 
 #[test]
 fn a_second_server_joins_a_deployment_only_with_its_master_key_and_ca() {
+    require::tool("curl", "curl");
     let pg = Postgres::start();
     let url = pg.database("corral_join");
     let tmp = tmp();
@@ -157,6 +158,23 @@ fn a_second_server_joins_a_deployment_only_with_its_master_key_and_ca() {
     assert!(out.status.success(), "{}", text(&out));
     let envs = cli_on(&first, &a_env.api_key, &["env", "ls", "-o", "json"]);
     assert!(text(&envs).contains("through-relay"), "{}", text(&envs));
+    // A browser's HTTP/2 goes through too: the relay asks the active server for the protocol
+    // the client chose.
+    let out = std::process::Command::new("curl")
+        .args([
+            "-sS",
+            "--http2",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_version} %{http_code}",
+        ])
+        .arg("--cacert")
+        .arg(busy.join("pki/ca.pem"))
+        .arg(format!("https://127.0.0.1:{b_port}/healthz"))
+        .output()
+        .expect("curl");
+    assert_eq!(text(&out).trim(), "2 200", "{}", text(&out));
     b.stop();
     // Another deployment, in another database of the same cluster, is not held back: the
     // lock belongs to the database.

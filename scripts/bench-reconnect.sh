@@ -56,6 +56,7 @@ serve
 SAMPLER=$!
 wait "$LOAD" || true
 LOAD=
+[ -s "$DIR/report.json" ] || { echo "the load ended without a report:" >&2; tail -20 "$DIR/load.log" >&2; exit 1; }
 # What the new server saw of the storm (its own metrics): connections closed by the cap on
 # unauthenticated ones, and refusals by reason.
 curl -sS --fail --cacert "$DIR/data/pki/ca.pem" -H "Authorization: Bearer $CORRAL_API_KEY" \

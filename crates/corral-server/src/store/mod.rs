@@ -2071,11 +2071,19 @@ async fn writer_pool(
                     .fetch_one(&mut *conn)
                     .await?;
                 session.store(pid, std::sync::atomic::Ordering::Relaxed);
-                conn.execute(sqlx::AssertSqlSafe(format!(
-                    "SET idle_session_timeout = '{}s'",
-                    ACTIVE_IDLE.as_secs()
-                )))
-                .await?;
+                // Both limits: `idle_session_timeout` does not apply inside a transaction, so
+                // a server frozen between a transaction's statements would keep the lock for
+                // good without the second one.
+                for limit in [
+                    "idle_session_timeout",
+                    "idle_in_transaction_session_timeout",
+                ] {
+                    conn.execute(sqlx::AssertSqlSafe(format!(
+                        "SET {limit} = '{}s'",
+                        ACTIVE_IDLE.as_secs()
+                    )))
+                    .await?;
+                }
                 Ok(())
             })
         })

@@ -2060,6 +2060,13 @@ async fn writer_pool(
         .after_connect(move |conn, _| {
             let session = session.clone();
             Box::pin(async move {
+                // The session's id is recorded before it takes the lock, so that whoever
+                // sees this session holding the lock (`keep_writer`) knows it as this
+                // server's own.
+                let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+                    .fetch_one(&mut *conn)
+                    .await?;
+                session.store(pid, std::sync::atomic::Ordering::SeqCst);
                 let got: Flag = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
                     .bind(ACTIVE_LOCK)
                     .fetch_one(&mut *conn)
@@ -2067,10 +2074,6 @@ async fn writer_pool(
                 if !got.0 {
                     return Err(sqlx::Error::Configuration(Box::new(NotActive)));
                 }
-                let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
-                    .fetch_one(&mut *conn)
-                    .await?;
-                session.store(pid, std::sync::atomic::Ordering::Relaxed);
                 // Both limits: `idle_session_timeout` does not apply inside a transaction, so
                 // a server frozen between a transaction's statements would keep the lock for
                 // good without the second one.
@@ -2120,10 +2123,12 @@ async fn keep_writer(
             continue;
         };
         let since = *failing_since.get_or_insert_with(std::time::Instant::now);
-        let ours = session.load(std::sync::atomic::Ordering::Relaxed);
         let holder = tokio::time::timeout(PG_ACQUIRE, lock_holder(&opts))
             .await
             .unwrap_or(Ok(None));
+        // Read after the holder: the pool may have made a new writer session (with the
+        // lock) meanwhile, and that one is this server's own.
+        let ours = session.load(std::sync::atomic::Ordering::SeqCst);
         match holder {
             Ok(Some(holder)) if holder != ours => {
                 tracing::error!(

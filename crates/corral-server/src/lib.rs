@@ -129,17 +129,8 @@ pub async fn start(options: ServerOptions) -> Result<RunningServer, ServerError>
     let server_id = secrets::new_id("srv-");
     let following = match bootstrap::follower(&options, local_addr, &server_id).await? {
         Some(f) => Some(
-            relay::follow(
-                listener.try_clone().map_err(listener_error)?,
-                relay::FollowParts {
-                    tls: f.tls,
-                    checksum: f.checksum,
-                    relay_secret: f.relay_secret,
-                    me: f.me,
-                    membership: f.membership,
-                },
-            )
-            .map_err(listener_error)?,
+            relay::follow(listener.try_clone().map_err(listener_error)?, f)
+                .map_err(listener_error)?,
         ),
         None => None,
     };
@@ -189,7 +180,11 @@ pub async fn start(options: ServerOptions) -> Result<RunningServer, ServerError>
     tokio::spawn(overlay::run(state.clone()));
     tokio::spawn(state::events::run(state.clone()));
     tokio::spawn(live::run(state.clone()));
-    tokio::spawn(state::servers::keep_claim(state.clone(), me));
+    // Only a shared datastore has other servers to learn of; on SQLite the row written at
+    // start is all there is, and a write every few seconds would be idle cost for nothing.
+    if options.datastore.is_some() {
+        tokio::spawn(state::servers::keep_claim(state.clone(), me));
+    }
     let app = api::router(state.clone());
     let handle = axum_server::Handle::new();
     let make = app.into_make_service_with_connect_info::<SocketAddr>();

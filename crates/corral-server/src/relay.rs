@@ -26,11 +26,11 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use corral_tls::CaChecksum;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::{Semaphore, watch};
 
+use crate::bootstrap::Follower;
 use crate::store::{Membership, ServerRow};
 
 /// What a relayed connection starts with, after TLS.
@@ -271,22 +271,17 @@ where
                     tracing::warn!(error = %e, "refused a relayed connection");
                 }
             })?;
-            Ok(match first {
-                FirstBytes::Plain(bytes) => (
-                    Rewind::new(bytes, stream),
-                    Relayed {
-                        inner: service,
-                        from: None,
-                    },
-                ),
-                FirstBytes::Relayed(from, bytes) => (
-                    Rewind::new(bytes, stream),
-                    Relayed {
-                        inner: service,
-                        from: Some(from),
-                    },
-                ),
-            })
+            let (bytes, from) = match first {
+                FirstBytes::Plain(bytes) => (bytes, None),
+                FirstBytes::Relayed(from, bytes) => (bytes, Some(from)),
+            };
+            Ok((
+                Rewind::new(bytes, stream),
+                Relayed {
+                    inner: service,
+                    from,
+                },
+            ))
         })
     }
 }
@@ -305,18 +300,9 @@ impl Drop for Following {
     }
 }
 
-/// What `follow` needs.
-pub struct FollowParts {
-    pub tls: rustls::ServerConfig,
-    pub checksum: CaChecksum,
-    pub relay_secret: [u8; 32],
-    pub me: ServerRow,
-    pub membership: Membership,
-}
-
 /// Accepts on `listener` and relays every connection to the active server, while announcing
 /// this server's row and reading which server is active.
-pub fn follow(listener: std::net::TcpListener, parts: FollowParts) -> io::Result<Following> {
+pub(crate) fn follow(listener: std::net::TcpListener, parts: Follower) -> io::Result<Following> {
     let listener = tokio::net::TcpListener::from_std(listener)?;
     let (active_tx, active_rx) = watch::channel(None::<String>);
     let look = tokio::spawn(look_for_active(

@@ -11,6 +11,17 @@ use crate::dispatch::{self, CallError};
 use crate::error::{Error, Result};
 use crate::state::AppState;
 
+/// A URL's host as the rules' address: an IP literal other than loopback (a name is resolved
+/// by whoever applies the rules; loopback says nothing about the network).
+fn routable_address(host: &str) -> Vec<std::net::IpAddr> {
+    host.trim_matches(['[', ']'])
+        .parse::<std::net::IpAddr>()
+        .ok()
+        .filter(|ip| !ip.is_loopback())
+        .into_iter()
+        .collect()
+}
+
 /// The deployment as the firewall planner and the diagram see it, from live state: the
 /// server's listener and advertised URL, every host with the address its tunnel comes from
 /// (loopback addresses are left out: they say nothing about the network), its labels and
@@ -31,13 +42,7 @@ pub async fn live(state: &AppState) -> Result<corral_firewall::Topology> {
     if let Some((host, port)) = state.options.datastore.as_ref().map(|u| u.host_port()) {
         server.datastore = Some(t::Datastore {
             name: "postgres".into(),
-            addresses: host
-                .trim_matches(['[', ']'])
-                .parse::<std::net::IpAddr>()
-                .ok()
-                .filter(|ip| !ip.is_loopback())
-                .into_iter()
-                .collect(),
+            addresses: routable_address(host),
             port,
         });
     }
@@ -56,12 +61,7 @@ pub async fn live(state: &AppState) -> Result<corral_firewall::Topology> {
         };
         let host = host.trim_matches(['[', ']']).to_owned();
         server.replicas.push(t::Machine {
-            addresses: host
-                .parse::<std::net::IpAddr>()
-                .ok()
-                .filter(|ip| !ip.is_loopback())
-                .into_iter()
-                .collect(),
+            addresses: routable_address(&host),
             name: host,
         });
     }

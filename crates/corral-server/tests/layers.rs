@@ -21,9 +21,9 @@ const LAYERS: &[(&str, u32)] = &[
     ("pki", 1),
     ("error", 2),
     ("bootstrap", 2),
-    ("relay", 2),
     // What a running server holds.
     ("state", 3),
+    ("relay", 3),
     // Typed calls to agents over the durable command queue.
     ("dispatch", 4),
     // Domain operations: images (registries, admission, resolution) first, since running a

@@ -20,7 +20,6 @@ const LISTED_FOR_MS: i64 = 30_000;
 pub struct ServerList {
     own: ServerRow,
     rows: RwLock<Arc<Vec<ServerRow>>>,
-    urls: RwLock<Arc<Vec<String>>>,
 }
 
 impl ServerList {
@@ -28,7 +27,6 @@ impl ServerList {
         ServerList {
             own: own.clone(),
             rows: RwLock::new(Arc::new(vec![own.clone()])),
-            urls: RwLock::new(Arc::new(vec![own.advertise_url.clone()])),
         }
     }
 
@@ -40,11 +38,19 @@ impl ServerList {
         }
     }
 
+    /// Their distinct advertised URLs, this server's first, at most `MAX_SERVERS`: what the
+    /// welcome lists.
     pub fn urls(&self) -> Vec<String> {
-        match self.urls.read() {
-            Ok(u) => u.as_ref().clone(),
-            Err(poisoned) => poisoned.into_inner().as_ref().clone(),
+        let mut urls: Vec<String> = Vec::new();
+        for r in self.rows().iter() {
+            if urls.len() >= MAX_SERVERS {
+                break;
+            }
+            if !urls.contains(&r.advertise_url) {
+                urls.push(r.advertise_url.clone());
+            }
         }
+        urls
     }
 
     /// Whether other servers of the deployment were seen lately.
@@ -63,19 +69,6 @@ impl ServerList {
         match self.rows.write() {
             Ok(mut r) => *r = Arc::new(all),
             Err(poisoned) => *poisoned.into_inner() = Arc::new(all),
-        }
-        let mut urls = vec![self.own.advertise_url.clone()];
-        for r in rows {
-            if urls.len() >= MAX_SERVERS {
-                break;
-            }
-            if !urls.contains(&r.advertise_url) {
-                urls.push(r.advertise_url.clone());
-            }
-        }
-        match self.urls.write() {
-            Ok(mut u) => *u = Arc::new(urls),
-            Err(poisoned) => *poisoned.into_inner() = Arc::new(urls),
         }
     }
 }

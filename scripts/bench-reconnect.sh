@@ -44,7 +44,9 @@ until grep -qs "holding" "$DIR/load.log"; do
     kill -0 "$LOAD" 2>/dev/null || { cat "$DIR/load.log" >&2; exit 1; }
     sleep 0.5
 done
-sleep 2
+# The load scrapes the server's memory and CPU 2 s after it is holding: stop the server after
+# that, not during it.
+sleep 5
 echo "stopping the server (SIG$SIGNAL) and starting it again" >&2
 kill -"$SIGNAL" "$SERVER"; wait "$SERVER" 2>/dev/null || true
 serve

@@ -160,13 +160,42 @@ impl Dialer {
 
     /// Opens the TLS WebSocket, without saying hello.
     pub async fn open(&self) -> Result<Tunnel, DialError> {
-        tokio::time::timeout(CONNECT_TIMEOUT, self.open_inner())
+        self.open_from(None).await
+    }
+
+    /// Like [`Dialer::open`], from the source address `from` (any port).
+    pub async fn open_from(&self, from: Option<std::net::IpAddr>) -> Result<Tunnel, DialError> {
+        tokio::time::timeout(CONNECT_TIMEOUT, self.open_inner_from(from))
             .await
             .map_err(|_| DialError::Timeout("connecting to the server"))?
     }
 
-    async fn open_inner(&self) -> Result<Tunnel, DialError> {
-        let tcp = TcpStream::connect(&self.addr)
+    /// A TCP connection to the server, from `from` if given.
+    async fn tcp_from(&self, from: Option<std::net::IpAddr>) -> std::io::Result<TcpStream> {
+        let Some(from) = from else {
+            return TcpStream::connect(&self.addr).await;
+        };
+        let to = tokio::net::lookup_host(&self.addr)
+            .await?
+            .find(|a| a.is_ipv4() == from.is_ipv4())
+            .ok_or_else(|| {
+                std::io::Error::new(
+                    std::io::ErrorKind::AddrNotAvailable,
+                    format!("no address of the family of {from}"),
+                )
+            })?;
+        let socket = if from.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.bind(std::net::SocketAddr::new(from, 0))?;
+        socket.connect(to).await
+    }
+
+    async fn open_inner_from(&self, from: Option<std::net::IpAddr>) -> Result<Tunnel, DialError> {
+        let tcp = self
+            .tcp_from(from)
             .await
             .map_err(|source| DialError::Connect {
                 addr: self.addr.clone(),
@@ -195,7 +224,19 @@ impl Dialer {
 
     /// Opens the tunnel and says hello. Returns the tunnel once the server welcomed us.
     pub async fn connect(&self, hello: Hello) -> Result<(Tunnel, Welcome), DialError> {
-        let mut tunnel = self.open().await?;
+        self.connect_from(hello, None).await
+    }
+
+    /// Like [`Dialer::connect`], from the source address `from` (any port). Simulated agents
+    /// of a benchmark on one machine use an address each, as agents on hosts of their own would:
+    /// ten thousand tunnels from one address to one port use up its ephemeral ports, and the
+    /// kernel's search for a free one then costs more than the TLS handshake.
+    pub async fn connect_from(
+        &self,
+        hello: Hello,
+        from: Option<std::net::IpAddr>,
+    ) -> Result<(Tunnel, Welcome), DialError> {
+        let mut tunnel = self.open_from(from).await?;
         tunnel.send(&AgentMessage::hello(hello)).await?;
         let answer = tokio::time::timeout(WELCOME_TIMEOUT, tunnel.recv())
             .await
@@ -322,5 +363,29 @@ impl Tunnel {
     /// Closes politely.
     pub async fn close(mut self) {
         let _ = self.ws.close(None).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_dial_from_a_source_address_arrives_from_it() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let dialer = Dialer::new(
+            &format!("https://127.0.0.1:{port}"),
+            CaChecksum::of_der(b"not a certificate"),
+        )
+        .unwrap();
+        for from in [Some([127, 1, 0, 7]), None] {
+            let from = from.map(std::net::IpAddr::from);
+            let (dialed, accepted) = tokio::join!(dialer.tcp_from(from), listener.accept());
+            let (local, (_, peer)) = (dialed.unwrap().local_addr().unwrap(), accepted.unwrap());
+            assert_eq!(local, peer);
+            let expected = from.unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]));
+            assert_eq!(peer.ip(), expected);
+        }
     }
 }

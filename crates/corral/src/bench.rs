@@ -304,6 +304,27 @@ impl Progress {
     }
 }
 
+/// The source address of simulated agent `i` when the server is on this machine's loopback
+/// (127.0.0.0/8): one of its own, as an agent on a host of its own would have. From one address,
+/// ten thousand tunnels and their reconnects use up the ephemeral ports towards the server's
+/// one port, and the kernel's search for a free port (in `connect`) took most of the CPU of a
+/// reconnect storm, more than every TLS handshake together.
+pub(crate) fn simulated_source(server_host: &str, i: usize) -> Option<std::net::IpAddr> {
+    let server: std::net::Ipv4Addr = server_host.parse().ok()?;
+    if !server.is_loopback() {
+        return None;
+    }
+    // 127.1.0.1 onwards, a last octet of 1 to 250: never a network or broadcast look-alike.
+    let (hi, lo) = (i / 250, i % 250);
+    let octets = [
+        127,
+        1 + (hi / 250 % 250) as u8,
+        (hi % 250) as u8,
+        1 + lo as u8,
+    ];
+    Some(std::net::IpAddr::from(octets))
+}
+
 pub async fn connect(b: ConnectBench) -> anyhow::Result<()> {
     if b.agents == 0 {
         bail!("--agents must be at least 1");
@@ -352,6 +373,7 @@ pub async fn connect(b: ConnectBench) -> anyhow::Result<()> {
         let reconnects = reconnects.clone();
         let reconnect = b.reconnect;
         let name = format!("bench-{run_id}-{i}");
+        let source = simulated_source(dialer.host(), i);
         let ping_every = b.ping_interval;
         let overlay = b.overlay;
         let docker = b.docker;
@@ -370,7 +392,7 @@ pub async fn connect(b: ConnectBench) -> anyhow::Result<()> {
                 },
                 facts.clone(),
             );
-            let (mut tunnel, welcome) = match dialer.connect(hello).await {
+            let (mut tunnel, welcome) = match dialer.connect_from(hello, source).await {
                 Ok(x) => x,
                 Err(e) => {
                     let _ = done_tx.send(Err(e.to_string()));
@@ -462,7 +484,7 @@ pub async fn connect(b: ConnectBench) -> anyhow::Result<()> {
                         },
                         facts.clone(),
                     );
-                    match dialer.connect(hello).await {
+                    match dialer.connect_from(hello, source).await {
                         Ok((again, _)) => {
                             tunnel = again;
                             backoff.reset();
@@ -920,4 +942,26 @@ pub async fn api(
         ),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::simulated_source;
+
+    #[test]
+    fn simulated_agents_on_loopback_dial_from_addresses_of_their_own() {
+        let all: std::collections::HashSet<_> = (0..200_000)
+            .map(|i| simulated_source("127.0.0.1", i).unwrap())
+            .collect();
+        assert_eq!(all.len(), 200_000);
+        assert!(all.iter().all(|a| match a {
+            std::net::IpAddr::V4(v4) => {
+                let [a, b, _, d] = v4.octets();
+                a == 127 && b >= 1 && (1..=250).contains(&d)
+            }
+            std::net::IpAddr::V6(_) => false,
+        }));
+        assert_eq!(simulated_source("192.0.2.10", 3), None);
+        assert_eq!(simulated_source("corral.example", 3), None);
+    }
 }

@@ -242,6 +242,7 @@ pub async fn deploy(b: DeployBench) -> anyhow::Result<()> {
         let stop_rx = stop_rx.clone();
         let work = work.clone();
         let name = format!("bench-{run_id}-{i}");
+        let source = crate::bench::simulated_source(dialer.host(), i);
         let delay = b.run_delay;
         tasks.push(tokio::spawn(async move {
             let permit = limit.acquire_owned().await;
@@ -253,7 +254,7 @@ pub async fn deploy(b: DeployBench) -> anyhow::Result<()> {
                 Auth::Register { token, credential },
                 simulated_facts(name, false),
             );
-            let (mut tunnel, welcome) = match dialer.connect(hello).await {
+            let (mut tunnel, welcome) = match dialer.connect_from(hello, source).await {
                 Ok(x) => x,
                 Err(e) => {
                     let _ = done_tx.send(Err(e.to_string()));

@@ -33,6 +33,7 @@ pub(super) async fn metrics(
         unauthenticated_connections_max: state.gate.cap() as u64,
         connections_evicted: state.gate.evictions(),
         connections_shed: state.gate.shed(),
+        connections_waiting: state.gate.waiting() as u64,
         overlay: state.registry.overlay_stats(),
         resident_memory_bytes: crate::process::resident_bytes().unwrap_or(0),
         cpu_seconds: crate::process::cpu_seconds().unwrap_or(0.0),

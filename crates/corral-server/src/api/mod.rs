@@ -496,6 +496,9 @@ async fn connect(
             .into_response();
     };
     let peer = gate_peer(req.extensions(), remote);
+    // From here it is an agent at work, not an idle connection: the gate keeps it until its
+    // hello is admitted (a reconnect storm's admissions queue for the datastore).
+    state.gate.tunnel_asked(peer);
     let on_upgrade = hyper::upgrade::on(&mut req);
     let limit = state.options.max_message_bytes;
     let config = tungstenite::protocol::WebSocketConfig::default()

@@ -8,13 +8,21 @@
 //! people who have authenticated are never counted or closed by the gate.
 //!
 //! Which one goes when the cap is reached: the oldest that finished its TLS handshake and has
-//! not authenticated since (what a flood of idle connections holds); else, among those still
-//! in their handshake, the oldest once it has had [`HANDSHAKE_GRACE`]; else none — the
-//! newcomer is shed before its handshake (closed at once, costing nothing). A fleet of agents
-//! that all reconnect at once after a server restart fills the cap with handshakes in
-//! progress: closing the oldest of them (the one nearest to finishing) for every newcomer let
-//! almost none finish, while shedding the newcomers lets every admitted one finish and the
-//! shed ones retry after their backoff.
+//! asked for nothing since (what a flood of idle connections holds); else, among those still
+//! at work, the oldest once it has had its grace — [`HANDSHAKE_GRACE`] for a TLS handshake,
+//! [`TUNNEL_GRACE`] for an agent's tunnel between its upgrade request and its admission —
+//! else none: the newcomer waits in line, before its handshake (an open socket and nothing
+//! more), for a place to come free — at most [`WAIT_FOR_ROOM`], and at most four times the
+//! cap of them wait — and is shed (closed, costing nothing) when the line is full or its wait
+//! is over. A
+//! fleet of agents that all reconnect at once after a server restart fills the cap with
+//! connections at work: closing the oldest of them (the one nearest to finishing) for every
+//! newcomer let almost none finish — first for handshakes, then, once those were kept, for
+//! tunnels that had finished theirs and waited for their admission — while shedding the
+//! newcomers lets every admitted one finish. Shed at once, though, a newcomer's agent backs
+//! off and its delay doubles each time; the few shed again and again were the last to return
+//! (seconds after everyone else). Waiting in line, it is let in as soon as one finishes: the
+//! kernel's accept queue, kept in order and bounded, in front of the gate.
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -36,6 +44,17 @@ pub const UNAUTHENTICATED_FOR: Duration = Duration::from_secs(15);
 /// milliseconds; a thousand at once on two cores, about a second).
 pub const HANDSHAKE_GRACE: Duration = Duration::from_secs(3);
 
+/// How long an agent's tunnel is safe from eviction between its upgrade request and its
+/// admission: the tunnel's own hello deadline (10 s). In a reconnect storm admissions queue
+/// for the datastore; one closed there has done all its work for nothing.
+pub const TUNNEL_GRACE: Duration = Duration::from_secs(10);
+
+/// How long a newcomer waits for a place before it is shed.
+pub const WAIT_FOR_ROOM: Duration = HANDSHAKE_GRACE;
+
+/// How many newcomers may wait for a place, per place under the cap.
+const WAITING_PER_PLACE: usize = 4;
+
 /// How often, at most, the gate logs that it closed connections.
 const LOG_EVERY: Duration = Duration::from_secs(10);
 
@@ -44,6 +63,9 @@ struct Slot {
     admitted: Instant,
     /// Its TLS handshake is done (at once for plain HTTP).
     handshaken: AtomicBool,
+    /// When it asked for an agent's tunnel, in milliseconds since `admitted` plus one (0: it
+    /// has not): from then on it is at work, not idle.
+    tunnel_asked: AtomicU64,
     evicted: AtomicBool,
     /// Authenticated: no longer counted, never evicted.
     trusted: AtomicBool,
@@ -56,9 +78,24 @@ impl Slot {
         Slot {
             admitted: Instant::now(),
             handshaken: AtomicBool::new(handshaken),
+            tunnel_asked: AtomicU64::new(0),
             evicted: AtomicBool::new(false),
             trusted: AtomicBool::new(false),
             waker: Mutex::new(None),
+        }
+    }
+
+    /// Finished its handshake and asked for nothing since: what an idle flood holds.
+    fn idle(&self) -> bool {
+        self.handshaken.load(Ordering::Acquire) && self.tunnel_asked.load(Ordering::Acquire) == 0
+    }
+
+    /// At work (in its handshake, or a tunnel awaiting admission) for longer than its grace.
+    fn past_grace(&self, now: Instant) -> bool {
+        let age = now.saturating_duration_since(self.admitted);
+        match self.tunnel_asked.load(Ordering::Acquire) {
+            0 => age >= HANDSHAKE_GRACE,
+            asked => age.saturating_sub(Duration::from_millis(asked - 1)) >= TUNNEL_GRACE,
         }
     }
 
@@ -85,7 +122,20 @@ pub struct Gate {
     held: Mutex<Held>,
     evicted: AtomicU64,
     shed: AtomicU64,
+    /// Newcomers waiting for a place now.
+    waiting: std::sync::atomic::AtomicUsize,
+    /// A place came free (one waiter is woken for each).
+    freed: tokio::sync::Notify,
     last_log: Mutex<Option<(Instant, u64)>>,
+}
+
+/// One newcomer's place in line: counted while it waits.
+struct InLine<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl Drop for InLine<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Gate {
@@ -95,6 +145,8 @@ impl Gate {
             held: Mutex::new(Held::default()),
             evicted: AtomicU64::new(0),
             shed: AtomicU64::new(0),
+            waiting: std::sync::atomic::AtomicUsize::new(0),
+            freed: tokio::sync::Notify::new(),
             last_log: Mutex::new(None),
         }
     }
@@ -103,10 +155,56 @@ impl Gate {
         self.held.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A connection from `addr` was accepted (`handshaken`: it has no TLS handshake to do).
-    /// At the cap, closes one unauthenticated connection to make room, or sheds this one
-    /// (`None`) when every one held is still in a handshake younger than its grace.
+    /// A connection from `addr` was accepted (`handshaken`: it has no TLS handshake to do): it
+    /// is admitted, or waits in line for a place (see the module's notes), or is shed (`None`).
+    async fn enter(&self, addr: SocketAddr, handshaken: bool) -> Option<Arc<Slot>> {
+        // Nobody waiting: straight in if there is room. Otherwise to the back of the line.
+        if self.waiting.load(Ordering::Acquire) == 0
+            && let Some(slot) = self.try_admit(addr, handshaken)
+        {
+            return Some(slot);
+        }
+        if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.cap * WAITING_PER_PLACE {
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
+            self.shed.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        let _in_line = InLine(&self.waiting);
+        let deadline = tokio::time::Instant::now() + WAIT_FOR_ROOM;
+        loop {
+            let freed = self.freed.notified();
+            tokio::pin!(freed);
+            // Registered before looking, so a place freed in between is not missed.
+            freed.as_mut().enable();
+            if let Some(slot) = self.try_admit(addr, handshaken) {
+                return Some(slot);
+            }
+            tokio::select! {
+                _ = &mut freed => {}
+                _ = tokio::time::sleep_until(deadline) => break,
+            }
+        }
+        // The wait is over: by now the handshakes that filled the gate may be past their grace.
+        let slot = self.try_admit(addr, handshaken);
+        if slot.is_none() {
+            self.shed.fetch_add(1, Ordering::Relaxed);
+        }
+        slot
+    }
+
+    /// Like [`Gate::enter`] without waiting: `None` (counted as shed) when there is no room.
+    #[cfg(test)]
     fn admit(&self, addr: SocketAddr, handshaken: bool) -> Option<Arc<Slot>> {
+        let slot = self.try_admit(addr, handshaken);
+        if slot.is_none() {
+            self.shed.fetch_add(1, Ordering::Relaxed);
+        }
+        slot
+    }
+
+    /// Admits a connection from `addr`. At the cap, closes one unauthenticated connection to
+    /// make room, or admits none (`None`) when every one held is at work within its grace.
+    fn try_admit(&self, addr: SocketAddr, handshaken: bool) -> Option<Arc<Slot>> {
         let slot = Arc::new(Slot::new(handshaken));
         let mut evicted = Vec::new();
         {
@@ -116,27 +214,16 @@ impl Gate {
                 held.order.remove(&old_seq);
                 old.trusted.store(true, Ordering::Release);
             }
+            let now = Instant::now();
             while held.by_addr.len() >= self.cap {
-                let idle = held
-                    .order
-                    .iter()
-                    .find(|(_, a)| {
-                        held.by_addr
-                            .get(*a)
-                            .is_some_and(|(_, s)| s.handshaken.load(Ordering::Acquire))
-                    })
-                    .map(|(seq, a)| (*seq, *a));
-                let oldest = held.order.first_key_value().map(|(seq, a)| (*seq, *a));
-                let victim = idle.or(oldest.filter(|(_, a)| {
-                    held.by_addr
-                        .get(a)
-                        .is_some_and(|(_, s)| s.admitted.elapsed() >= HANDSHAKE_GRACE)
-                }));
-                let Some((seq, victim)) = victim else {
-                    drop(held);
-                    self.shed.fetch_add(1, Ordering::Relaxed);
-                    return None;
+                let first = |pick: &dyn Fn(&Slot) -> bool| {
+                    held.order
+                        .iter()
+                        .find(|(_, a)| held.by_addr.get(*a).is_some_and(|(_, s)| pick(s)))
+                        .map(|(seq, a)| (*seq, *a))
                 };
+                let victim = first(&Slot::idle).or_else(|| first(&|s| s.past_grace(now)));
+                let (seq, victim) = victim?;
                 held.order.remove(&seq);
                 if let Some((_, s)) = held.by_addr.remove(&victim) {
                     evicted.push((victim, s));
@@ -171,12 +258,23 @@ impl Gate {
         }
     }
 
+    /// The connection from `addr` asked for an agent's tunnel: it is at work, no longer idle,
+    /// until its admission (or [`TUNNEL_GRACE`]).
+    pub fn tunnel_asked(&self, addr: SocketAddr) {
+        let held = self.held();
+        if let Some((_, slot)) = held.by_addr.get(&addr) {
+            let since = slot.admitted.elapsed().as_millis() as u64;
+            slot.tunnel_asked.store(since + 1, Ordering::Release);
+        }
+    }
+
     /// The connection from `addr` authenticated: it is no longer counted or evicted.
     pub fn authenticated(&self, addr: SocketAddr) {
         let mut held = self.held();
         if let Some((seq, slot)) = held.by_addr.remove(&addr) {
             held.order.remove(&seq);
             slot.trusted.store(true, Ordering::Release);
+            self.freed.notify_one();
         }
     }
 
@@ -188,6 +286,7 @@ impl Gate {
             let seq = *seq;
             held.by_addr.remove(&addr);
             held.order.remove(&seq);
+            self.freed.notify_one();
         }
     }
 
@@ -201,8 +300,13 @@ impl Gate {
         self.evicted.load(Ordering::Relaxed)
     }
 
-    /// Connections refused before their handshake because the cap was full of handshakes
-    /// in progress, since start.
+    /// Newcomers waiting for a place now.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::Acquire)
+    }
+
+    /// Connections refused before their handshake because the cap was full of work in
+    /// progress and the line full or their wait over, since start.
     pub fn shed(&self) -> u64 {
         self.shed.load(Ordering::Relaxed)
     }
@@ -221,10 +325,10 @@ pub struct GateAcceptor {
     pub tls: bool,
 }
 
-impl<S> axum_server::accept::Accept<tokio::net::TcpStream, S> for GateAcceptor {
+impl<S: Send + 'static> axum_server::accept::Accept<tokio::net::TcpStream, S> for GateAcceptor {
     type Stream = Gated<tokio::net::TcpStream>;
     type Service = S;
-    type Future = std::future::Ready<io::Result<(Self::Stream, S)>>;
+    type Future = Pin<Box<dyn Future<Output = io::Result<(Self::Stream, S)>> + Send>>;
 
     fn accept(&self, stream: tokio::net::TcpStream, service: S) -> Self::Future {
         // Every message here (a reply, a welcome, a command) is written whole and should leave
@@ -233,22 +337,25 @@ impl<S> axum_server::accept::Accept<tokio::net::TcpStream, S> for GateAcceptor {
         // registration and many API replies 40 ms slower than their work. Failing to set it
         // only costs that latency.
         let _ = stream.set_nodelay(true);
-        std::future::ready(stream.peer_addr().and_then(|addr| {
-            let Some(slot) = self.gate.admit(addr, !self.tls) else {
+        let gate = self.gate.clone();
+        let handshaken = !self.tls;
+        Box::pin(async move {
+            let addr = stream.peer_addr()?;
+            let Some(slot) = gate.enter(addr, handshaken).await else {
                 return Err(io::Error::new(
                     io::ErrorKind::ConnectionRefused,
-                    "shed: the gate is full of handshakes in progress",
+                    "shed: the gate is full of connections at work and of newcomers waiting",
                 ));
             };
             let gated = Gated {
                 io: stream,
                 slot,
-                gate: self.gate.clone(),
+                gate,
                 addr,
                 deadline: Some(Box::pin(tokio::time::sleep(UNAUTHENTICATED_FOR))),
             };
             Ok((gated, service))
-        }))
+        })
     }
 }
 
@@ -431,5 +538,61 @@ mod tests {
                 .all(|s| !s.evicted.load(Ordering::Acquire))
         );
         assert_eq!(gate.unauthenticated(), 3);
+    }
+
+    #[test]
+    fn a_tunnel_awaiting_admission_is_at_work_not_idle() {
+        let gate = Gate::new(2);
+        let tunnel = gate.admit(addr(1), true).unwrap();
+        gate.tunnel_asked(addr(1));
+        let idle = gate.admit(addr(2), true).unwrap();
+        // The idle one goes, though the tunnel is older and has finished its handshake too.
+        let _third = gate.admit(addr(3), true).unwrap();
+        assert!(idle.evicted.load(Ordering::Acquire));
+        assert!(!tunnel.evicted.load(Ordering::Acquire));
+        // Only work in progress left, all within its grace: the newcomer is shed.
+        gate.tunnel_asked(addr(3));
+        assert!(gate.admit(addr(4), true).is_none());
+        assert!(!tunnel.evicted.load(Ordering::Acquire));
+        // Past its grace (the tunnel's hello deadline), the oldest at work goes.
+        let later = Instant::now() + TUNNEL_GRACE;
+        assert!(tunnel.past_grace(later) && !tunnel.past_grace(Instant::now()));
+    }
+
+    #[tokio::test]
+    async fn a_newcomer_waits_in_line_for_a_place_and_is_shed_when_the_line_is_full_or_its_wait_over()
+     {
+        let gate = Arc::new(Gate::new(1));
+        let first = gate.enter(addr(1), false).await.unwrap();
+        // The gate holds one handshake, young: the next ones wait.
+        let waiters: Vec<_> = (2..=5)
+            .map(|port| {
+                let gate = gate.clone();
+                tokio::spawn(async move { gate.enter(addr(port), false).await })
+            })
+            .collect();
+        while gate.waiting() < 4 {
+            tokio::task::yield_now().await;
+        }
+        // The line (four per place) is full: one more is shed at once.
+        assert!(gate.enter(addr(6), false).await.is_none());
+        assert_eq!(gate.shed(), 1);
+        // A place comes free: the first in line takes it.
+        gate.leave(addr(1), &first);
+        let (done, _, rest) = futures_util::future::select_all(waiters).await;
+        let second = done.unwrap().unwrap();
+        assert_eq!(gate.unauthenticated(), 1);
+        assert_eq!(gate.evictions(), 0);
+        // It asks for a tunnel at once (so it is within its grace for longer than the wait).
+        second.tunnel_asked.store(1, Ordering::Release);
+        // The others wait out WAIT_FOR_ROOM, then are shed: the one held is within its grace.
+        let started = Instant::now();
+        for waiter in rest {
+            assert!(waiter.await.unwrap().is_none());
+        }
+        assert!(started.elapsed() + Duration::from_millis(100) >= WAIT_FOR_ROOM);
+        assert_eq!(gate.shed(), 4);
+        assert_eq!(gate.waiting(), 0);
+        assert!(!second.evicted.load(Ordering::Acquire));
     }
 }

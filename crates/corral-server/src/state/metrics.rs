@@ -72,6 +72,8 @@ pub struct Snapshot {
     pub unauthenticated_connections_max: u64,
     pub connections_evicted: u64,
     pub connections_shed: u64,
+    /// Newcomers waiting for a place under the cap on unauthenticated connections.
+    pub connections_waiting: u64,
     /// Each connected host's overlay as its agent last reported it: (host name, figures).
     pub overlay: Vec<(String, corral_proto::OverlayStats)>,
     pub resident_memory_bytes: u64,
@@ -210,7 +212,7 @@ impl Metrics {
 
 impl prometheus_client::collector::Collector for Snapshot {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
-        let gauges: [(&str, &str, i64); 10] = [
+        let gauges: [(&str, &str, i64); 11] = [
             (
                 "corral_reconciler_unplaced_replicas",
                 "Stack replicas the last reconciler pass could not place",
@@ -247,6 +249,11 @@ impl prometheus_client::collector::Collector for Snapshot {
                 signed(self.unauthenticated_connections_max),
             ),
             (
+                "corral_connections_waiting",
+                "Connections waiting, before their TLS handshake, for a place under that cap",
+                signed(self.connections_waiting),
+            ),
+            (
                 "process_resident_memory_bytes",
                 "Resident memory size in bytes",
                 signed(self.resident_memory_bytes),
@@ -274,7 +281,7 @@ impl prometheus_client::collector::Collector for Snapshot {
             ),
             (
                 "corral_connections_shed",
-                "Connections refused before their TLS handshake because the cap was full of handshakes in progress",
+                "Connections refused before their TLS handshake: the cap was full of connections at work and the line of those waiting full, or their wait over",
                 self.connections_shed,
             ),
         ];

@@ -1069,7 +1069,7 @@ impl Store {
 
     /// Admits an agent: a known credential, or a registration with a token. Few statements,
     /// since every connecting agent goes through here and each is a hand-off to the datastore's
-    /// thread: a known host is one read and one update; a registration is one transaction of a
+    /// thread: a known host is one read (by a reader) and one update; a registration is one transaction of a
     /// read of the credential, one of the token with the name's owner and the environment's
     /// name, and one batch that writes the host, the token's use and the event.
     pub async fn authenticate_agent(
@@ -1096,7 +1096,9 @@ impl Store {
             name: host.name,
             removed_at: host.removed_at.unwrap_or_default(),
         };
-        if let Some(host) = by_credential().fetch_optional(&self.writer).await? {
+        // The look-up is a reader's: a reconnect storm's thousands of logins then cost the
+        // one writer a single update each, not a read and an update.
+        if let Some(host) = by_credential().fetch_optional(&self.reader).await? {
             if host.removed_at.is_some() {
                 return Ok(removed(host));
             }

@@ -14,9 +14,8 @@
 //! else none: the newcomer waits in line, before its handshake (an open socket and nothing
 //! more), for a place to come free — at most [`WAIT_FOR_ROOM`], and at most four times the
 //! cap of them wait — and is shed (closed, costing nothing) when the line is full or its wait
-//! is over. A
-//! fleet of agents that all reconnect at once after a server restart fills the cap with
-//! connections at work: closing the oldest of them (the one nearest to finishing) for every
+//! is over. A fleet of agents that all reconnect at once after a server restart fills the cap
+//! with connections at work: closing the oldest of them (the one nearest to finishing) for every
 //! newcomer let almost none finish — first for handshakes, then, once those were kept, for
 //! tunnels that had finished theirs and waited for their admission — while shedding the
 //! newcomers lets every admitted one finish. Shed at once, though, a newcomer's agent backs
@@ -185,15 +184,10 @@ impl Gate {
             }
         }
         // The wait is over: by now the handshakes that filled the gate may be past their grace.
-        let slot = self.try_admit(addr, handshaken);
-        if slot.is_none() {
-            self.shed.fetch_add(1, Ordering::Relaxed);
-        }
-        slot
+        self.admit(addr, handshaken)
     }
 
     /// Like [`Gate::enter`] without waiting: `None` (counted as shed) when there is no room.
-    #[cfg(test)]
     fn admit(&self, addr: SocketAddr, handshaken: bool) -> Option<Arc<Slot>> {
         let slot = self.try_admit(addr, handshaken);
         if slot.is_none() {

@@ -1069,9 +1069,9 @@ impl Store {
 
     /// Admits an agent: a known credential, or a registration with a token. Few statements,
     /// since every connecting agent goes through here and each is a hand-off to the datastore's
-    /// thread: a known host is one read (by a reader) and one update; a registration is one transaction of a
-    /// read of the credential, one of the token with the name's owner and the environment's
-    /// name, and one batch that writes the host, the token's use and the event.
+    /// thread: a known host is one read (by a reader) and one update; a registration is one
+    /// transaction of a read of the credential, one of the token with the name's owner and the
+    /// environment's name, and one batch that writes the host, the token's use and the event.
     pub async fn authenticate_agent(
         &self,
         credential: &SecretHash,

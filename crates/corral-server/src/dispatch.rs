@@ -1,17 +1,19 @@
 //! The durable command queue's live half: submitting work for a host, delivering it down the
 //! host's tunnel, accepting replies, and waking whoever waits for the outcome.
 //!
-//! The datastore is the source of truth (`commands` table). A command is `pending` until it is
-//! written to a tunnel, then `sent`; a reply makes it `acked` or `failed`; the expiry sweep makes
-//! it `expired` past its deadline. Commands not finished are delivered again whenever the host
-//! reconnects, including after a server restart; agents carry out a redelivered command
-//! idempotently.
+//! The datastore is the source of truth (`commands` table). A command is `pending` until its
+//! host answers: a reply makes it `acked` or `failed`, the expiry sweep makes it `expired` past
+//! its deadline. Which pending commands a connection has written is kept by its session
+//! ([`Delivery`]), so delivering costs the writer nothing, and everything still pending goes
+//! out again whenever the host reconnects, including after a server restart; agents carry out
+//! a redelivered command idempotently.
 //!
 //! A reply is accepted only from the host the command was addressed to, and only once. Any other
 //! reply is dropped and recorded as a security event (`forged_reply`, `replayed_reply`,
 //! `unknown_reply`).
 
 use std::marker::PhantomData;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use corral_proto::{Command, CommandBody, CommandResult, Request};
@@ -21,7 +23,7 @@ use crate::error::Error;
 use crate::secrets::new_id;
 use crate::state::AppState;
 pub use crate::state::waiters::Outcome;
-use crate::store::{Completion, StoreError};
+use crate::store::{Completion, Delivered, StoreError};
 use crate::text::{MAX_ID, quoted};
 use crate::time_fmt::now_unix;
 
@@ -322,9 +324,16 @@ pub async fn send_removes(
 }
 
 /// Handles replies that arrived on `host_id`'s tunnel, in the order they came: all are
-/// written at once (they share group commits instead of waiting for one each), then each is
-/// settled, or recorded as a refused reply, in order.
-pub async fn on_replies(state: &AppState, host_id: &str, replies: Vec<(String, CommandResult)>) {
+/// written at once (they share group commits instead of waiting for one each), the commands
+/// they finished are taken out of the session's outstanding ones (`answers`; returns whether
+/// that made room in its full window), then each is settled, or recorded as a refused reply,
+/// in order.
+pub async fn on_replies(
+    state: &AppState,
+    host_id: &str,
+    replies: Vec<(String, CommandResult)>,
+    answers: &AnswersWritten,
+) -> bool {
     let now = now_unix();
     let completions = futures_util::future::join_all(
         replies
@@ -332,9 +341,23 @@ pub async fn on_replies(state: &AppState, host_id: &str, replies: Vec<(String, C
             .map(|(id, result)| state.store.complete_command(id, host_id, result, now)),
     )
     .await;
+    // Committed: no longer pending, so no longer outstanding on the session.
+    let made_room = answers.answered(
+        replies
+            .iter()
+            .zip(&completions)
+            .filter(|(_, c)| {
+                matches!(
+                    c,
+                    Ok(Completion::Accepted | Completion::AlreadyFinished { .. })
+                )
+            })
+            .map(|((id, _), _)| id.as_str()),
+    );
     for ((command_id, result), completion) in replies.into_iter().zip(completions) {
         on_completion(state, host_id, &command_id, result, completion).await;
     }
+    made_room
 }
 
 async fn on_completion(
@@ -391,25 +414,107 @@ async fn on_completion(
 /// How many commands a session reads from the datastore at a time.
 pub const BATCH: usize = 64;
 
-/// A (re)connected host's commands that went out on an earlier connection and were never
-/// answered are pending again, to go out on this one.
-pub async fn redeliver(state: &AppState, host_id: &str) -> Result<(), StoreError> {
-    state.store.requeue_sent_commands(host_id).await
+/// How many commands a session keeps written to its tunnel and unanswered at most: past it,
+/// the session waits for answers before writing more (what a host has not answered waits in
+/// the datastore, not in the server's or the agent's memory).
+pub const WINDOW: usize = 512;
+
+/// A session's delivery of its host's commands: what it has written to the tunnel and not
+/// yet seen settled (see `store::queue`). A new connection starts with nothing written, so
+/// everything still pending goes out again on it.
+pub struct Delivery<'a> {
+    state: &'a AppState,
+    host_id: String,
+    written: Arc<Mutex<Delivered>>,
 }
 
-/// The host's next pending commands (oldest first, at most [`BATCH`]), marked sent. A stored
-/// command that no longer reads fails at once with the reason, and its waiter hears it.
-pub async fn next_batch(state: &AppState, host_id: &str) -> Result<Vec<Command>, StoreError> {
-    let taken = state
-        .store
-        .take_pending_commands(host_id, now_unix(), BATCH)
-        .await?;
-    for (id, why) in taken.unreadable {
-        tracing::error!(command = %id, "{why}");
-        let failed = Outcome::Done(CommandResult::Failed { message: why });
-        state.dispatcher.settle(state, &id, failed).await;
+/// The reply writer's end of a [`Delivery`]: it takes answered commands out.
+pub struct AnswersWritten {
+    metrics: crate::state::metrics::Metrics,
+    written: Arc<Mutex<Delivered>>,
+}
+
+/// What one look at the queue gave.
+pub struct Taken {
+    /// To write to the tunnel now, oldest first.
+    pub commands: Vec<Command>,
+    /// More may be waiting: look again without waiting for a wake-up.
+    pub more: bool,
+}
+
+fn lock(written: &Mutex<Delivered>) -> std::sync::MutexGuard<'_, Delivered> {
+    // Every method of `Delivered` leaves it whole: one a panicking holder left is usable.
+    written
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl<'a> Delivery<'a> {
+    pub fn new(state: &'a AppState, host_id: &str) -> Self {
+        Delivery {
+            state,
+            host_id: host_id.to_owned(),
+            written: Arc::default(),
+        }
     }
-    Ok(taken.commands)
+
+    /// The end the session's reply writer holds.
+    pub fn answers(&self) -> AnswersWritten {
+        AnswersWritten {
+            metrics: self.state.metrics.clone(),
+            written: self.written.clone(),
+        }
+    }
+
+    /// The host's next pending commands not yet written on this connection (oldest first, at
+    /// most [`BATCH`], none past [`WINDOW`]: with a full window, nothing, and the reply
+    /// writer wakes the session when answers make room). A stored command that no longer
+    /// reads fails at once with the reason, and its waiter hears it.
+    pub async fn next_batch(&mut self) -> Result<Taken, StoreError> {
+        let want = WINDOW.saturating_sub(lock(&self.written).len()).min(BATCH);
+        if want == 0 {
+            return Ok(Taken {
+                commands: Vec::new(),
+                more: false,
+            });
+        }
+        let taken = self
+            .state
+            .store
+            .take_pending_commands(&self.host_id, now_unix(), &self.written, want)
+            .await?;
+        self.state.metrics.commands_written(
+            taken.commands.len() as i64 + taken.unreadable.len() as i64 - taken.pruned as i64,
+        );
+        for (id, why) in taken.unreadable {
+            tracing::error!(command = %id, "{why}");
+            let failed = Outcome::Done(CommandResult::Failed { message: why });
+            self.state.dispatcher.settle(self.state, &id, failed).await;
+        }
+        let room = lock(&self.written).len() < WINDOW;
+        Ok(Taken {
+            commands: taken.commands,
+            more: taken.more && room,
+        })
+    }
+}
+
+impl AnswersWritten {
+    /// The answers to these commands are committed: they are no longer outstanding. Returns
+    /// whether that made room in the session's full window (wake the session).
+    pub fn answered<'a>(&self, ids: impl IntoIterator<Item = &'a str>) -> bool {
+        let answered = lock(&self.written).answered(ids, WINDOW);
+        self.metrics.commands_written(-(answered.removed as i64));
+        answered.made_room
+    }
+}
+
+impl Drop for Delivery<'_> {
+    fn drop(&mut self) {
+        // What this connection wrote and never heard answered is pending for the next one.
+        let outstanding = lock(&self.written).clear();
+        self.state.metrics.commands_written(-(outstanding as i64));
+    }
 }
 
 /// Marks overdue commands expired and wakes their waiters. Runs until the server shuts down.

@@ -531,23 +531,11 @@ async fn session_loop(
     if *cut_off.borrow_and_update() && state.servers.has_others() {
         return Some((CloseReason::ServerError, CUT_OFF.into()));
     }
-    // Commands sent on an earlier connection and never answered go out again, with every
-    // pending one, straight from the datastore. A host with none (every new host, most
-    // reconnecting ones) is not sent looking for them: one read instead of two writes. One
-    // queued after this read wakes the loop below (the session is already attached).
-    let open = maybe_commands
-        && state
-        .store
-        .has_open_commands(host_id)
-        .await
-        .unwrap_or_else(|e| {
-            tracing::error!(error = %e, "cannot tell whether a host has open commands; looking");
-            true
-        });
-    if open && let Err(e) = crate::dispatch::redeliver(state, host_id).await {
-        tracing::error!(error = %e, "cannot queue a host's unanswered commands again");
-    }
-    let mut more_commands = open;
+    // Everything pending goes out on this connection, what an earlier one wrote and never
+    // heard answered included (agents carry out a redelivered command idempotently). A host
+    // registered just now has none to look for.
+    let mut delivery = crate::dispatch::Delivery::new(state, host_id);
+    let mut more_commands = maybe_commands;
     // Replies are recorded by a task of their own, as many at a time as have arrived (each
     // waits for its group commit: one after the other, a host's thousand replies waited a
     // thousand commits), their effects in the order they came. It ends with the session,
@@ -557,23 +545,31 @@ async fn session_loop(
     {
         let state = state.clone();
         let host_id = host_id.to_owned();
+        // It takes answered commands out of the session's outstanding ones, and wakes the
+        // session when that makes room in its full window.
+        let answers = delivery.answers();
+        let wake = ends.commands.clone();
         tokio::spawn(async move {
             let mut batch = Vec::with_capacity(REPLIES_QUEUED);
             while queued.recv_many(&mut batch, REPLIES_QUEUED).await > 0 {
-                crate::dispatch::on_replies(&state, &host_id, std::mem::take(&mut batch)).await;
+                let replies = std::mem::take(&mut batch);
+                if crate::dispatch::on_replies(&state, &host_id, replies, &answers).await {
+                    wake.notify_one();
+                }
             }
         });
     }
     loop {
         // Drain the host's pending commands a batch at a time, each written (and so waited
-        // for) before the next is read: the datastore is the queue, memory here is bounded,
-        // the socket applies backpressure. Outside the select below, so that taking a batch
-        // (which marks it sent) is never cancelled halfway by another event.
+        // for) before the next is read, at most `dispatch::WINDOW` unanswered: the datastore
+        // is the queue, memory here is bounded, the socket applies backpressure. Outside the
+        // select below, so that a batch counted as written is never cancelled halfway by
+        // another event.
         if more_commands {
-            match crate::dispatch::next_batch(state, host_id).await {
-                Ok(batch) => {
-                    more_commands = batch.len() == crate::dispatch::BATCH;
-                    for command in batch {
+            match delivery.next_batch().await {
+                Ok(taken) => {
+                    more_commands = taken.more;
+                    for command in taken.commands {
                         if !send(socket, &ServerMessage::Command(command), limit).await {
                             return None;
                         }

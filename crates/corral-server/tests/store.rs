@@ -10,7 +10,7 @@ use corral_proto::{
 };
 use corral_server::secrets::{SecretHash, new_id};
 use corral_server::store::{
-    Admitted, AgentAuth, Arrival, Completion, ContainerRow, Store, StoreError, TokenRow,
+    Admitted, AgentAuth, Arrival, Completion, ContainerRow, Delivered, Store, StoreError, TokenRow,
 };
 use corral_server::vault::Vault;
 
@@ -79,7 +79,7 @@ fn command(id: &str, deadline: i64) -> Command {
 }
 
 #[tokio::test]
-async fn commands_go_pending_sent_then_acked_once_and_only_from_their_host() {
+async fn commands_go_out_once_per_connection_then_are_acked_once_and_only_from_their_host() {
     let (_dir, store) = store().await;
     let a = host(&store, "a").await;
     let b = host(&store, "b").await;
@@ -93,44 +93,53 @@ async fn commands_go_pending_sent_then_acked_once_and_only_from_their_host() {
         .unwrap();
 
     // What goes out is what is pending and within its deadline, typed as it was stored, and
-    // it goes out once: taken, it is sent.
-    let taken = store.take_pending_commands(&a, 30, 64).await.unwrap();
+    // it goes out once on a connection: taken, it counts as written.
+    let on_a = std::sync::Mutex::new(Delivered::default());
+    let taken = store
+        .take_pending_commands(&a, 30, &on_a, 64)
+        .await
+        .unwrap();
     assert_eq!(taken.commands, vec![command("cmd-1", 100)]);
     assert!(taken.unreadable.is_empty());
+    assert!(!taken.more);
     assert!(
         store
-            .take_pending_commands(&a, 30, 64)
+            .take_pending_commands(&a, 30, &on_a, 64)
             .await
             .unwrap()
             .commands
             .is_empty()
     );
+    assert_eq!(on_a.lock().unwrap().len(), 1);
     assert!(
         store
-            .take_pending_commands(&b, 30, 64)
+            .take_pending_commands(&b, 30, &Default::default(), 64)
             .await
             .unwrap()
             .commands
             .is_empty()
     );
-    // A reconnect makes what was sent and never answered pending again.
-    store.requeue_sent_commands(&a).await.unwrap();
-    let again = store.take_pending_commands(&a, 30, 64).await.unwrap();
+    // A new connection sends what was written and never answered again.
+    let again = store
+        .take_pending_commands(&a, 30, &Default::default(), 64)
+        .await
+        .unwrap();
     assert_eq!(again.commands, vec![command("cmd-1", 100)]);
-    // Batches are bounded, oldest first.
+    // Batches are bounded, oldest first, and say when more wait.
     for i in 0..5 {
         store
             .insert_command(&b, &command(&format!("cmd-b{i}"), 100), 11 + i)
             .await
             .unwrap();
     }
-    let first = store
-        .take_pending_commands(&b, 30, 2)
-        .await
-        .unwrap()
-        .commands;
-    let ids: Vec<&str> = first.iter().map(|c| c.id.as_str()).collect();
+    let on_b = std::sync::Mutex::new(Delivered::default());
+    let first = store.take_pending_commands(&b, 30, &on_b, 2).await.unwrap();
+    let ids: Vec<&str> = first.commands.iter().map(|c| c.id.as_str()).collect();
     assert_eq!(ids, ["cmd-b0", "cmd-b1"]);
+    assert!(first.more);
+    let second = store.take_pending_commands(&b, 30, &on_b, 2).await.unwrap();
+    let ids: Vec<&str> = second.commands.iter().map(|c| c.id.as_str()).collect();
+    assert_eq!(ids, ["cmd-b2", "cmd-b3"]);
     store.fail_host_commands(&b, "cleared", 30).await.unwrap();
     assert_eq!(
         store.command("cmd-1").await.unwrap(),
@@ -148,6 +157,13 @@ async fn commands_go_pending_sent_then_acked_once_and_only_from_their_host() {
         store.complete_command("cmd-1", &a, &ok, 31).await.unwrap(),
         Completion::Accepted
     ));
+    // Answered, it leaves the connection's count at its next look (and is not written again).
+    let after = store
+        .take_pending_commands(&a, 31, &on_a, 64)
+        .await
+        .unwrap();
+    assert!(after.commands.is_empty());
+    assert!(on_a.lock().unwrap().is_empty());
     assert!(matches!(
         store.complete_command("cmd-1", &a, &ok, 32).await.unwrap(),
         Completion::AlreadyFinished { .. }
@@ -201,7 +217,10 @@ async fn a_stored_command_that_no_longer_reads_is_an_error_not_an_empty_command(
         .insert_command(&a, &command("cmd-2", 100), 11)
         .await
         .unwrap();
-    let taken = store.take_pending_commands(&a, 20, 64).await.unwrap();
+    let taken = store
+        .take_pending_commands(&a, 20, &Default::default(), 64)
+        .await
+        .unwrap();
     assert_eq!(taken.commands, vec![command("cmd-2", 100)]);
     assert_eq!(taken.unreadable.len(), 1);
     assert_eq!(taken.unreadable[0].0, "cmd-1");
@@ -538,7 +557,7 @@ async fn replies_written_together_are_each_judged_as_alone() {
     }
     assert_eq!(
         store
-            .take_pending_commands(&a, 20, n)
+            .take_pending_commands(&a, 20, &Default::default(), n)
             .await
             .unwrap()
             .commands
@@ -647,7 +666,10 @@ async fn new_replicas_land_with_their_commands_and_a_taken_name_leaves_out_only_
         store.environment_containers(&env.id).await.unwrap().len(),
         1200
     );
-    let sent = store.take_pending_commands(&a, 20, 5000).await.unwrap();
+    let sent = store
+        .take_pending_commands(&a, 20, &Default::default(), 5000)
+        .await
+        .unwrap();
     assert_eq!(sent.commands.len(), 1199);
     assert!(!sent.commands.iter().any(|c| c.id == "cmd-700"));
     // Oldest first, as stored.
@@ -689,7 +711,7 @@ async fn removals_are_marked_and_queued_together_and_deleted_in_groups() {
     assert!(rows.iter().all(|r| r.desired == Desired::Removed));
     assert_eq!(
         store
-            .take_pending_commands(&a, 20, 5000)
+            .take_pending_commands(&a, 20, &Default::default(), 5000)
             .await
             .unwrap()
             .commands

@@ -420,6 +420,86 @@ async fn a_burst_of_commands_all_reach_a_connected_host() {
     assert_eq!(slots.len(), REPLICAS);
 }
 
+/// A host with more commands than a session keeps unanswered (512) is sent that many, and
+/// the rest wait in the datastore until it answers: then they follow, each once, with
+/// nothing sent twice on the one connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_is_sent_at_most_a_window_of_unanswered_commands() {
+    const REPLICAS: usize = 700;
+    const WINDOW: usize = 512;
+    let t = tmp();
+    let server = Server::start(&t.path().join("data"), &[]);
+    let (_, token) = server.token(&[]);
+    let mut a = raw_agent(&server, &token, &credential(), "host-a").await;
+    docker_available(&server, &mut a, "host-a").await;
+    let out = up_answering_the_image_check(
+        &server,
+        &mut a,
+        t.path(),
+        "window",
+        REPLICAS,
+        serde_json::json!([]),
+    )
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut runs = Vec::new();
+    while runs.len() < WINDOW {
+        runs.push(next_command(&mut a).await);
+    }
+    // The server says so: a full window in flight, the rest pending, and nothing more comes.
+    wait_until(Duration::from_secs(10), "the window counted", || {
+        let now = scrape(&server);
+        value(&now, "corral_commands_in_flight", &[]) == WINDOW as f64
+            && value(&now, "corral_commands_pending", &[]) == (REPLICAS - WINDOW) as f64
+    });
+    let quiet_until = tokio::time::Instant::now() + Duration::from_millis(500);
+    while let Ok(message) = tokio::time::timeout_at(quiet_until, a.recv()).await {
+        if let Ok(ServerMessage::Command(c)) = message {
+            panic!("a command came past the window: {}", c.id);
+        }
+    }
+    // Answering brings the rest, each replica's run once.
+    let mut slots = std::collections::BTreeSet::new();
+    while slots.len() < REPLICAS {
+        let c = match runs.pop() {
+            Some(c) => c,
+            None => next_command(&mut a).await,
+        };
+        let corral_proto::CommandBody::ContainerRun(spec) = &c.body else {
+            panic!("unexpected command {:?}", c.body);
+        };
+        let slot = spec.labels[corral_proto::labels::SLOT].clone();
+        assert!(slots.insert(slot.clone()), "slot {slot} delivered twice");
+        let status = corral_proto::ContainerStatus {
+            corral_id: spec.corral_id.clone(),
+            docker_id: format!("{:064x}", slots.len()),
+            name: spec.name.clone(),
+            state: corral_proto::ContainerState::Running,
+            exit_code: None,
+            health: None,
+            restart_count: 0,
+            ip: None,
+        };
+        a.send(&AgentMessage::Reply {
+            command_id: c.id.clone(),
+            result: CommandResult::Ok {
+                value: serde_json::to_value(status).unwrap(),
+            },
+        })
+        .await
+        .unwrap();
+    }
+    wait_until(Duration::from_secs(10), "every run answered", || {
+        let now = scrape(&server);
+        value(&now, "corral_commands_in_flight", &[]) == 0.0
+            && value(&now, "corral_commands_pending", &[]) == 0.0
+    });
+}
+
 type Exposition = openmetrics_parser::MetricsExposition<
     openmetrics_parser::OpenMetricsType,
     openmetrics_parser::OpenMetricsValue,
@@ -518,6 +598,7 @@ async fn the_metrics_parse_and_move_when_tunnels_commands_and_replicas_do() {
         1.0
     );
     assert_eq!(value(&after, "corral_commands_in_flight", &[]), 2.0);
+    assert_eq!(value(&after, "corral_commands_pending", &[]), 0.0);
     assert_eq!(
         value(&after, "corral_reconciler_actions", &kind("run")),
         2.0
@@ -564,6 +645,10 @@ async fn the_metrics_parse_and_move_when_tunnels_commands_and_replicas_do() {
         ) == 1.0
             && value(&now, "corral_agents_connected", &[]) == 0.0
     });
+    // Its two unanswered runs are no longer in flight: they wait for its next connection.
+    let gone = scrape(&server);
+    assert_eq!(value(&gone, "corral_commands_in_flight", &[]), 0.0);
+    assert_eq!(value(&gone, "corral_commands_pending", &[]), 2.0);
     // A registration with a bad token is refused before any session, and counted so.
     let refused = pinned_dialer(&server)
         .connect(corral_agent::dial::hello(

@@ -15,7 +15,11 @@ pub(super) async fn metrics(
     State(state): State<Arc<AppState>>,
 ) -> Result<Response, ApiError> {
     let hosts = state.store.host_count().await?;
-    let (commands_pending, commands_sent) = state.store.open_command_counts().await?;
+    // Open commands are `pending` in the datastore until answered; those already written to a
+    // tunnel are counted by the sessions.
+    let commands_open = state.store.open_command_count().await?;
+    let commands_sent = state.metrics.commands_in_flight().min(commands_open);
+    let commands_pending = commands_open - commands_sent;
     let snapshot = Snapshot {
         agents_connected: state.registry.len() as u64,
         hosts,

@@ -12,7 +12,7 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -33,6 +33,9 @@ pub struct Metrics {
     tunnel_disconnects: Family<Labels, Counter>,
     commands_submitted: Family<Labels, Counter>,
     commands_expired: Counter,
+    /// Commands the sessions have written to their tunnels and not seen settled yet (each
+    /// session adds what it writes and takes away what it prunes and, at its end, the rest).
+    commands_written: Gauge,
     command_seconds: Histograms,
     reconciler_pass_seconds: Histogram,
     reconciler_actions: Family<Labels, Counter>,
@@ -48,6 +51,7 @@ impl Default for Metrics {
             tunnel_disconnects: Family::default(),
             commands_submitted: Family::default(),
             commands_expired: Counter::default(),
+            commands_written: Gauge::default(),
             command_seconds: Family::new_with_constructor(latency),
             reconciler_pass_seconds: latency(),
             reconciler_actions: Family::default(),
@@ -107,6 +111,16 @@ impl Metrics {
         self.commands_submitted
             .get_or_create(&vec![("kind", kind.to_owned())])
             .inc();
+    }
+
+    /// A session's count of commands written and not seen settled moved by `delta`.
+    pub fn commands_written(&self, delta: i64) {
+        self.commands_written.inc_by(delta);
+    }
+
+    /// Commands written to their hosts' tunnels and not seen settled yet, all sessions.
+    pub fn commands_in_flight(&self) -> u64 {
+        u64::try_from(self.commands_written.get()).unwrap_or(0)
     }
 
     /// The expiry sweep found `n` commands past their deadline, unanswered.

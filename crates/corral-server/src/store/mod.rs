@@ -35,6 +35,7 @@ mod group;
 mod images;
 mod netpolicy;
 mod overlay;
+mod queue;
 mod sealed;
 mod servers;
 mod sql;
@@ -42,6 +43,7 @@ mod stacks;
 mod users;
 pub use images::{PolicyRow, RegistryRow};
 pub use overlay::{ChangeCounters, LiveCounters, NameRow, OverlayEnvRow, OverlayMemberRow};
+pub use queue::{Absorbed, Answered, Delivered, TakenCommands};
 pub use servers::{Membership, ServerRow};
 pub use stacks::{ServiceRow, SetReplicas, StackRow, StackWrite};
 pub use users::{EnvRole, FIRST_ADMIN_ID, KeyAuth, KeyRow, UserRow};
@@ -389,15 +391,6 @@ impl TryFrom<String> for Role {
             _ => Err(UnknownRole(text)),
         }
     }
-}
-
-/// What [`Store::take_pending_commands`] took.
-#[derive(Debug, Default)]
-pub struct TakenCommands {
-    /// Marked sent, to go out now.
-    pub commands: Vec<corral_proto::Command>,
-    /// Marked failed: (command id, why it does not read).
-    pub unreadable: Vec<(String, String)>,
 }
 
 /// The outcome of presenting a credential (with or without a registration token).
@@ -1279,22 +1272,17 @@ impl Store {
             .await?)
     }
 
-    /// How many hosts are registered (not removed).
-    /// Commands waiting to be written to their host (`pending`) and written but not answered
-    /// (`sent`): index range counts, however many finished commands are kept.
-    pub async fn open_command_counts(&self) -> Result<(u64, u64)> {
-        let (pending, sent): (i64, i64) = sqlx::query_as(
-            "SELECT (SELECT COUNT(*) FROM commands WHERE state = 'pending'), \
-                    (SELECT COUNT(*) FROM commands WHERE state = 'sent')",
-        )
-        .fetch_one(&self.reader)
-        .await?;
-        Ok((
-            u64::try_from(pending).unwrap_or(0),
-            u64::try_from(sent).unwrap_or(0),
-        ))
+    /// Commands not answered yet (`pending`: waiting to be written to their host, or written
+    /// and waiting for the answer; sessions count the latter): an index range count, however
+    /// many finished commands are kept.
+    pub async fn open_command_count(&self) -> Result<u64> {
+        let open: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM commands WHERE state = 'pending'")
+            .fetch_one(&self.reader)
+            .await?;
+        Ok(u64::try_from(open).unwrap_or(0))
     }
 
+    /// How many hosts are registered (not removed).
     pub async fn host_count(&self) -> Result<u64> {
         let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM hosts WHERE removed_at IS NULL")
             .fetch_one(&self.reader)
@@ -1403,78 +1391,6 @@ impl Store {
         insert_commands(self.engine, &mut conn, std::slice::from_ref(&command), now).await
     }
 
-    /// Commands sent to `host_id` and never answered become pending again (its connection
-    /// ended before the answer came).
-    /// Whether the host has a command still to deliver or to hear back about (a read, on a
-    /// reader: a connecting host with none — every new one — costs the writer nothing here).
-    pub async fn has_open_commands(&self, host_id: &str) -> Result<bool> {
-        Ok(sqlx::query_scalar::<_, Flag>(
-            "SELECT EXISTS(SELECT 1 FROM commands WHERE host_id = $1 AND state IN ('pending', 'sent'))",
-        )
-        .bind(host_id)
-        .fetch_one(&self.reader)
-        .await?
-        .into())
-    }
-
-    pub async fn requeue_sent_commands(&self, host_id: &str) -> Result<()> {
-        sqlx::query("UPDATE commands SET state = 'pending' WHERE host_id = $1 AND state = 'sent'")
-            .bind(host_id)
-            .execute(&self.writer)
-            .await?;
-        Ok(())
-    }
-
-    /// Up to `limit` of the host's pending commands still within their deadline, oldest
-    /// first, marked `sent` by the same statement. One whose payload no longer reads is
-    /// marked `failed` with the reason instead, and listed apart.
-    pub async fn take_pending_commands(
-        &self,
-        host_id: &str,
-        now: i64,
-        limit: usize,
-    ) -> Result<TakenCommands> {
-        // One statement: a session draining thousands of commands costs one writer round
-        // trip per batch, not one per command.
-        let mut rows: Vec<(String, String, String, i64, i64)> = sqlx::query_as(
-            "UPDATE commands SET state = 'sent', sent_at = $1 WHERE id IN (SELECT id FROM commands WHERE host_id = $2 AND state = 'pending' AND deadline_at > $1 ORDER BY created_at, id LIMIT $3) RETURNING id, kind, payload, deadline_at, created_at",
-        )
-        .bind(now)
-        .bind(host_id)
-        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .fetch_all(&self.writer)
-        .await?;
-        // RETURNING gives no order.
-        rows.sort_by(|a, b| (a.4, &a.0).cmp(&(b.4, &b.0)));
-        let mut taken = TakenCommands::default();
-        for (id, kind, payload, deadline, _) in rows {
-            let body = sealed::open(&self.vault, Column::CommandPayload, &id, &payload)
-                .and_then(|payload| command_body(&id, &kind, &payload));
-            match body {
-                Ok(body) => taken
-                    .commands
-                    .push(corral_proto::Command { id, body, deadline }),
-                Err(e) => {
-                    let why = e.to_string();
-                    let result = serde_json::to_string(&corral_proto::CommandResult::Failed {
-                        message: why.clone(),
-                    })
-                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                    sqlx::query(
-                        "UPDATE commands SET state = 'failed', finished_at = $1, result = $2 WHERE id = $3",
-                    )
-                    .bind(now)
-                    .bind(result)
-                    .bind(&id)
-                    .execute(&self.writer)
-                    .await?;
-                    taken.unreadable.push((id, why));
-                }
-            }
-        }
-        Ok(taken)
-    }
-
     /// What a command asked for (`None`: no such command).
     pub async fn command(&self, id: &str) -> Result<Option<corral_proto::CommandBody>> {
         let row: Option<(String, String)> =
@@ -1506,7 +1422,7 @@ impl Store {
     /// Expires open commands past their deadline; returns their ids.
     pub async fn expire_commands(&self, now: i64) -> Result<Vec<String>> {
         let ids: Vec<(String,)> = sqlx::query_as(
-            "UPDATE commands SET state = 'expired', finished_at = $1 WHERE state IN ('pending', 'sent') AND deadline_at <= $2 RETURNING id",
+            "UPDATE commands SET state = 'expired', finished_at = $1 WHERE state = 'pending' AND deadline_at <= $2 RETURNING id",
         )
         .bind(now)
         .bind(now)
@@ -1527,7 +1443,7 @@ impl Store {
         })
         .map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let ids: Vec<(String,)> = sqlx::query_as(
-            "UPDATE commands SET state = 'failed', finished_at = $1, result = $2 WHERE host_id = $3 AND state IN ('pending', 'sent') RETURNING id",
+            "UPDATE commands SET state = 'failed', finished_at = $1, result = $2 WHERE host_id = $3 AND state = 'pending' RETURNING id",
         )
         .bind(now)
         .bind(result)
@@ -2192,7 +2108,7 @@ async fn complete_commands(
                 .bind(*now);
         });
         q.push(
-            ") UPDATE commands SET state = r.state, finished_at = r.at, result = r.result FROM r WHERE commands.id = r.id AND commands.host_id = r.host_id AND commands.state IN ('pending', 'sent') RETURNING commands.id",
+            ") UPDATE commands SET state = r.state, finished_at = r.at, result = r.result FROM r WHERE commands.id = r.id AND commands.host_id = r.host_id AND commands.state = 'pending' RETURNING commands.id",
         );
         let done: Vec<String> = q.query_scalar()?.fetch_all(&mut *tx).await?;
         accepted.extend(done);

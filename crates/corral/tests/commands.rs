@@ -381,11 +381,12 @@ async fn an_unreadable_reply_fails_the_operation_and_stores_nothing() {
     assert_eq!(stacks, serde_json::json!([]), "nothing stored");
 }
 
-/// A burst of commands for one connected host all arrive, without a reconnect: the session
-/// reads them from the datastore in batches instead of a queue that dropped what did not fit.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_burst_of_commands_all_reach_a_connected_host() {
-    const REPLICAS: usize = 300;
+/// A server, one raw agent whose host has Docker, and a stack of `replicas` replicas deployed
+/// on it (the image check answered, no run answered yet).
+async fn stack_on_one_raw_host(
+    project: &str,
+    replicas: usize,
+) -> (tempfile::TempDir, Server, Tunnel) {
     let t = tmp();
     let server = Server::start(&t.path().join("data"), &[]);
     let (_, token) = server.token(&[]);
@@ -395,8 +396,8 @@ async fn a_burst_of_commands_all_reach_a_connected_host() {
         &server,
         &mut a,
         t.path(),
-        "burst",
-        REPLICAS,
+        project,
+        replicas,
         serde_json::json!([]),
     )
     .await;
@@ -405,6 +406,15 @@ async fn a_burst_of_commands_all_reach_a_connected_host() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    (t, server, a)
+}
+
+/// A burst of commands for one connected host all arrive, without a reconnect: the session
+/// reads them from the datastore in batches instead of a queue that dropped what did not fit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_commands_all_reach_a_connected_host() {
+    const REPLICAS: usize = 300;
+    let (_t, _server, mut a) = stack_on_one_raw_host("burst", REPLICAS).await;
     // Nothing is answered, so nothing is retried: every replica's run command arrives once.
     let mut slots = std::collections::BTreeSet::new();
     while slots.len() < REPLICAS {
@@ -427,25 +437,7 @@ async fn a_burst_of_commands_all_reach_a_connected_host() {
 async fn a_host_is_sent_at_most_a_window_of_unanswered_commands() {
     const REPLICAS: usize = 700;
     const WINDOW: usize = 512;
-    let t = tmp();
-    let server = Server::start(&t.path().join("data"), &[]);
-    let (_, token) = server.token(&[]);
-    let mut a = raw_agent(&server, &token, &credential(), "host-a").await;
-    docker_available(&server, &mut a, "host-a").await;
-    let out = up_answering_the_image_check(
-        &server,
-        &mut a,
-        t.path(),
-        "window",
-        REPLICAS,
-        serde_json::json!([]),
-    )
-    .await;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (_t, server, mut a) = stack_on_one_raw_host("window", REPLICAS).await;
     let mut runs = Vec::new();
     while runs.len() < WINDOW {
         runs.push(next_command(&mut a).await);

@@ -68,6 +68,27 @@ impl Node {
     }
 }
 
+/// A failing test shows what each server said: every start's log, the last lines of each.
+impl Drop for Node {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        for n in 1..=self.starts {
+            let path = self.dir.with_extension(format!("{n}.log"));
+            let log = std::fs::read_to_string(&path).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(40)..];
+            eprintln!(
+                "--- {} (last {} lines) ---\n{}",
+                path.display(),
+                tail.len(),
+                tail.join("\n")
+            );
+        }
+    }
+}
+
 fn cli_at(node: &Node, env: &AdminEnv, args: &[&str]) -> std::process::Output {
     cli_to(&node.url(), env, args)
 }

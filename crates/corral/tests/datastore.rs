@@ -294,8 +294,6 @@ fn bad_datastore_addresses_are_refused_with_the_reason() {
     );
 }
 
-/// Copies the deployment's master key and CA from one data dir to a new one (how a second
-/// server is set up).
 /// The CLI at `https://127.0.0.1:PORT` with `env`'s key and pin.
 fn cli_at(port: u16, env: &AdminEnv, args: &[&str]) -> std::process::Output {
     cli_to(&format!("https://127.0.0.1:{port}"), env, args)
@@ -390,6 +388,51 @@ fn a_standby_takes_over_from_a_dead_or_frozen_server_which_never_writes_again() 
         text.contains("before") && text.contains("after-freeze"),
         "{text}"
     );
+}
+
+#[test]
+fn a_standby_rides_out_a_database_outage_and_still_serves_after_it() {
+    let mut pg = Postgres::start();
+    let url = pg.database("corral_standby_outage");
+    let tmp = tmp();
+    let a_dir = tmp.path().join("a");
+    let a = Server::start_on_datastore(&a_dir, &url, &[]);
+    let b_dir = tmp.path().join("b");
+    copy_identity(&a_dir, &b_dir);
+    let (mut b, b_port) = server_on(&b_dir, &url, &[]);
+    wait_until(Duration::from_secs(30), "B waiting for the lock", || {
+        b.log_text()
+            .contains("standby: another corral server is active")
+    });
+
+    // The database goes away: the standby cannot ask who holds the lock, says so, and waits.
+    pg.stop();
+    wait_until(
+        Duration::from_secs(30),
+        "the standby to notice the outage",
+        || {
+            assert!(b.running(), "the standby exited:\n{}", b.log_text());
+            b.log_text()
+                .contains("standby: cannot ask the datastore who is active")
+        },
+    );
+    pg.start_again();
+
+    // Back: one of the two holds the lock again (A, reconnecting, or B, taking over; the other
+    // then exits fenced), and B is still there, serving through the relay or on its own.
+    wait_until(
+        Duration::from_secs(60),
+        "the API through B after the outage",
+        || {
+            assert!(b.running(), "the standby exited:\n{}", b.log_text());
+            cli_at(b_port, &a.env, &["env", "ls"]).status.success()
+        },
+    );
+    let out = cli_at(b_port, &a.env, &["env", "create", "after-outage"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = cli_at(b_port, &a.env, &["env", "ls", "-o", "json"]);
+    assert!(text(&out).contains("after-outage"), "{}", text(&out));
+    assert!(b.running(), "{}", b.log_text());
 }
 
 #[test]

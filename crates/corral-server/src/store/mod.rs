@@ -611,17 +611,43 @@ impl Store {
         // server holds it, this one waits (and relays to it, see `relay`).
         let session = Arc::new(std::sync::atomic::AtomicI32::new(0));
         let mut waiting = false;
+        // A standby outlives a moment of trouble with the database (a restart, a connection
+        // refused under load): it is not acting, and exiting would leave the deployment one
+        // server short. Only a writer that fails to start again and again with nobody holding
+        // the lock (a setting this PostgreSQL refuses, say) is an error worth stopping for.
+        let mut failed_alone = 0u32;
+        let mut troubled = false;
         let writer = loop {
             // Who holds the lock is asked first, on a connection of its own: a pool whose
             // connections are refused would only time out.
-            if lock_holder(&opts).await?.is_none() {
+            let held = match lock_holder(&opts).await {
+                Ok(holder) => {
+                    troubled = false;
+                    holder.is_some()
+                }
+                Err(e) if !waiting => return Err(e),
+                Err(e) => {
+                    if !troubled {
+                        tracing::warn!(datastore = %name, error = %e, "standby: cannot ask the datastore who is active; trying again");
+                        troubled = true;
+                    }
+                    true
+                }
+            };
+            if !held {
                 match writer_pool(opts.clone(), session.clone()).await {
                     Ok(pool) => break pool,
-                    // Another server took it in between.
-                    Err(e) if lock_holder(&opts).await?.is_some() => {
-                        tracing::debug!(error = %e, "the write lock was taken first by another server");
+                    // Most often another server took it in between (the pool's tries at the
+                    // lock were refused until its wait ran out); or the one that took it let
+                    // go again before this asked. Either way: look again.
+                    Err(e) => {
+                        let taken = matches!(lock_holder(&opts).await, Ok(Some(_)));
+                        failed_alone = if taken { 0 } else { failed_alone + 1 };
+                        if failed_alone >= WRITER_TRIES {
+                            return Err(e.into());
+                        }
+                        tracing::debug!(error = %e, taken, "the write lock was not taken; looking again");
                     }
-                    Err(e) => return Err(e.into()),
                 }
             }
             if !waiting {
@@ -1928,6 +1954,9 @@ const ACTIVE_LOCK: i64 = 0x636f_7272_616c_2061;
 /// The server speaks every `WRITER_KEEPALIVE`, so a live one never comes close.
 const ACTIVE_IDLE: Duration = Duration::from_secs(4);
 const WRITER_KEEPALIVE: Duration = Duration::from_secs(1);
+/// Times in a row the writer may fail to start with no other server holding the lock before
+/// the server gives up (each try waits up to `PG_ACQUIRE`).
+const WRITER_TRIES: u32 = 3;
 
 /// Whether another server's session holds the active-server lock on `url`'s database.
 pub async fn another_is_active(url: &PostgresUrl) -> Result<bool> {

@@ -303,6 +303,25 @@ impl Tunnel {
         self.send_raw(Message::text(text)).await
     }
 
+    /// Queues a message without flushing: [`Tunnel::flush`] writes what was queued (or a
+    /// full write buffer does). For a burst of messages that should leave in one write.
+    pub async fn feed(&mut self, msg: &AgentMessage) -> Result<(), DialError> {
+        let text = corral_proto::encode(msg, self.limit)
+            .map_err(|e| DialError::Protocol(e.to_string()))?;
+        self.ws
+            .feed(Message::text(text))
+            .await
+            .map_err(|e| DialError::Closed(e.to_string()))
+    }
+
+    /// Writes what [`Tunnel::feed`] queued.
+    pub async fn flush(&mut self) -> Result<(), DialError> {
+        self.ws
+            .flush()
+            .await
+            .map_err(|e| DialError::Closed(e.to_string()))
+    }
+
     /// Sends a raw frame (tests and the benchmark use it to send what a real agent never would).
     pub async fn send_raw(&mut self, msg: Message) -> Result<(), DialError> {
         self.ws

@@ -108,6 +108,34 @@ async fn send(socket: &mut WebSocket, msg: &ServerMessage, limit: usize) -> bool
     }
 }
 
+/// Writes messages one after the other and flushes once at the end: a batch of commands
+/// leaves in one write to the socket (and as few TLS records as fit), not one flush each. A
+/// message over a frame goes in frames, each flushed (see [`send_text`]).
+async fn send_all(
+    socket: &mut WebSocket,
+    messages: impl IntoIterator<Item = ServerMessage>,
+    limit: usize,
+) -> bool {
+    for msg in messages {
+        let text = match corral_proto::encode(&msg, limit) {
+            Ok(text) => text,
+            Err(e) => {
+                tracing::error!(error = %e, "refusing to send an oversized message");
+                return false;
+            }
+        };
+        let written = if text.len() <= FRAGMENT_BYTES {
+            socket.feed(Message::Text(text.into())).await
+        } else {
+            send_text(socket, text).await
+        };
+        if written.is_err() {
+            return false;
+        }
+    }
+    socket.flush().await.is_ok()
+}
+
 /// Sends one text message, in frames of at most [`FRAGMENT_BYTES`], each flushed before the
 /// next is formatted (so only one is ever buffered).
 async fn send_text<S>(socket: &mut S, text: String) -> Result<(), tungstenite::Error>
@@ -569,10 +597,9 @@ async fn session_loop(
             match delivery.next_batch().await {
                 Ok(taken) => {
                     more_commands = taken.more;
-                    for command in taken.commands {
-                        if !send(socket, &ServerMessage::Command(command), limit).await {
-                            return None;
-                        }
+                    let commands = taken.commands.into_iter().map(ServerMessage::Command);
+                    if !send_all(socket, commands, limit).await {
+                        return None;
                     }
                 }
                 Err(e) => {

@@ -533,15 +533,19 @@ async fn host_loop(
                 }
             }
             _ = async { tokio::time::sleep_until(next_due.unwrap_or(next_ping)).await }, if next_due.is_some() => {
+                // Everything due leaves in one write, as the server's batches of commands do.
                 let now = tokio::time::Instant::now();
                 while let Some((at, _)) = due.front() {
                     if *at > now {
                         break;
                     }
                     let Some((_, reply)) = due.pop_front() else { break };
-                    if tunnel.send(&reply).await.is_err() {
+                    if tunnel.feed(&reply).await.is_err() {
                         return;
                     }
+                }
+                if tunnel.flush().await.is_err() {
+                    return;
                 }
             }
             message = tunnel.recv() => match message {

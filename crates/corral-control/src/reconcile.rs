@@ -94,7 +94,7 @@ pub struct Input<'a> {
     pub hosts: &'a [HostState],
     pub containers: &'a [Replica],
     /// Containers of other stacks and single containers on these hosts: they hold ports and
-    /// reservations.
+    /// reservations. Read only to place replicas: a stack being removed may pass none.
     pub others: &'a [Existing],
     /// Containers with a command under way: nothing new is decided for them.
     pub in_flight: &'a HashSet<String>,

@@ -390,6 +390,14 @@ fn a_standby_takes_over_from_a_dead_or_frozen_server_which_never_writes_again() 
     );
 }
 
+/// Waits until `ready`, failing at once if the standby `b` exits meanwhile.
+fn while_running(b: &mut Proc, secs: u64, what: &str, mut ready: impl FnMut(&Proc) -> bool) {
+    wait_until(Duration::from_secs(secs), what, || {
+        assert!(b.running(), "the standby exited:\n{}", b.log_text());
+        ready(b)
+    });
+}
+
 #[test]
 fn a_standby_rides_out_a_database_outage_and_still_serves_after_it() {
     let mut pg = Postgres::start();
@@ -407,27 +415,17 @@ fn a_standby_rides_out_a_database_outage_and_still_serves_after_it() {
 
     // The database goes away: the standby cannot ask who holds the lock, says so, and waits.
     pg.stop();
-    wait_until(
-        Duration::from_secs(30),
-        "the standby to notice the outage",
-        || {
-            assert!(b.running(), "the standby exited:\n{}", b.log_text());
-            b.log_text()
-                .contains("standby: cannot ask the datastore who is active")
-        },
-    );
+    while_running(&mut b, 30, "the standby to notice the outage", |b| {
+        b.log_text()
+            .contains("standby: cannot ask the datastore who is active")
+    });
     pg.start_again();
 
     // Back: one of the two holds the lock again (A, reconnecting, or B, taking over; the other
     // then exits fenced), and B is still there, serving through the relay or on its own.
-    wait_until(
-        Duration::from_secs(60),
-        "the API through B after the outage",
-        || {
-            assert!(b.running(), "the standby exited:\n{}", b.log_text());
-            cli_at(b_port, &a.env, &["env", "ls"]).status.success()
-        },
-    );
+    while_running(&mut b, 60, "the API through B after the outage", |_| {
+        cli_at(b_port, &a.env, &["env", "ls"]).status.success()
+    });
     let out = cli_at(b_port, &a.env, &["env", "create", "after-outage"]);
     assert!(out.status.success(), "{}", text(&out));
     let out = cli_at(b_port, &a.env, &["env", "ls", "-o", "json"]);

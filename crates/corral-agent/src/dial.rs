@@ -298,9 +298,8 @@ pub struct Tunnel {
 
 impl Tunnel {
     pub async fn send(&mut self, msg: &AgentMessage) -> Result<(), DialError> {
-        let text = corral_proto::encode(msg, self.limit)
-            .map_err(|e| DialError::Protocol(e.to_string()))?;
-        self.send_raw(Message::text(text)).await
+        self.feed(msg).await?;
+        self.flush().await
     }
 
     /// Queues a message without flushing: [`Tunnel::flush`] writes what was queued (or a

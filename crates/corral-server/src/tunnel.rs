@@ -99,13 +99,17 @@ const FRAGMENT_BYTES: usize = 16 * 1024;
 const AGENT_GONE: &str = "agent_gone";
 
 async fn send(socket: &mut WebSocket, msg: &ServerMessage, limit: usize) -> bool {
-    match corral_proto::encode(msg, limit) {
-        Ok(text) => send_text(socket, text).await.is_ok(),
-        Err(e) => {
-            tracing::error!(error = %e, "refusing to send an oversized message");
-            false
-        }
+    match encode_out(msg, limit) {
+        Some(text) => send_text(socket, text).await.is_ok(),
+        None => false,
     }
+}
+
+/// A message as text for the wire, or `None` (logged) when it is over the limit.
+fn encode_out(msg: &ServerMessage, limit: usize) -> Option<String> {
+    corral_proto::encode(msg, limit)
+        .map_err(|e| tracing::error!(error = %e, "refusing to send an oversized message"))
+        .ok()
 }
 
 /// Writes messages one after the other and flushes once at the end: a batch of commands
@@ -117,12 +121,8 @@ async fn send_all(
     limit: usize,
 ) -> bool {
     for msg in messages {
-        let text = match corral_proto::encode(&msg, limit) {
-            Ok(text) => text,
-            Err(e) => {
-                tracing::error!(error = %e, "refusing to send an oversized message");
-                return false;
-            }
+        let Some(text) = encode_out(&msg, limit) else {
+            return false;
         };
         let written = if text.len() <= FRAGMENT_BYTES {
             socket.feed(Message::Text(text.into())).await

@@ -27,7 +27,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use corral_proto::{ContainerState, Health, RestartPolicyName};
-use corral_scheduler::{self as sched, Existing, RemovalReason, ServiceRef};
+use corral_scheduler::{self as sched, Existing, Held, RemovalReason, ServiceRef};
 
 use crate::define::{DependsOn, ServiceDef};
 use crate::states::{self, Actual, Desired};
@@ -93,10 +93,12 @@ pub struct Input<'a> {
     pub services: &'a [Service],
     pub hosts: &'a [HostState],
     pub containers: &'a [Replica],
-    /// Containers of other stacks and single containers on these hosts: they hold ports and
-    /// reservations. Read only to place replicas: a stack being removed may pass none.
-    pub others: &'a [Existing],
-    /// Containers with a command under way: nothing new is decided for them.
+    /// What containers of other stacks and single containers hold on these hosts (ports,
+    /// reservations, overlay addresses), summed per host: no service of this stack refers to
+    /// them. Read only to place replicas: a stack being removed may pass none.
+    pub others: &'a [Held],
+    /// Containers with a command under way: nothing new is decided for them (only the
+    /// stack's own are looked up).
     pub in_flight: &'a HashSet<String>,
     pub memory: &'a HashMap<String, ServiceMemory>,
 }
@@ -243,7 +245,7 @@ pub fn decide(input: &Input<'_>) -> Decision {
         return d;
     }
     let sorted = sort_replicas(&pass, &mut d);
-    let mut existing: Vec<Existing> = input.others.to_vec();
+    let mut existing: Vec<Existing> = Vec::new();
     let mut scheduled = Vec::new();
     for svc in input.services {
         update_step(&pass, svc, &sorted, &mut d, &mut existing);
@@ -513,6 +515,7 @@ fn schedule(
             })
             .collect(),
         existing,
+        held: input.others.to_vec(),
     };
     let plan = sched::schedule(&snapshot);
     for p in plan.placements {
@@ -708,7 +711,7 @@ mod tests {
         services: Vec<Service>,
         hosts: Vec<HostState>,
         containers: Vec<Replica>,
-        others: Vec<Existing>,
+        others: Vec<Held>,
         in_flight: HashSet<String>,
         memory: HashMap<String, ServiceMemory>,
     }
@@ -1560,14 +1563,11 @@ mod tests {
             vec![ready_host("h1"), ready_host("h2")],
             vec![],
         );
-        w.others.push(Existing {
+        w.others.push(Held {
             host_id: "h1".into(),
-            stack: "other".into(),
-            service: "proxy".into(),
-            slot: 0,
             ports: vec![HostPort::tcp(8080)],
             reservations: Resources::default(),
-            overlay_address: true,
+            overlay_addresses: 1,
         });
         let d = w.decide();
         assert_eq!(d.actions, [run("web", 1, "h2")]);

@@ -12,6 +12,7 @@
 //!   [`Constraint`]s (`node.hostname`, `node.id`, `node.labels.KEY`, `==`/`!=`), published host
 //!   ports, reservations, `spread`, `max_per_host`, `affinity` and `anti_affinity`.
 //! - [`Existing`] containers: what already runs where (slot, ports, reservations).
+//! - [`Held`]: what containers outside the plan occupy, summed per host.
 //!
 //! # Output ([`Plan`])
 //! - `placements`: one per missing slot that found a host.
@@ -91,6 +92,26 @@ pub struct Snapshot {
     pub services: Vec<ServiceSpec>,
     #[serde(default)]
     pub existing: Vec<Existing>,
+    /// What containers outside the plan hold, summed per host (see [`Held`]).
+    #[serde(default)]
+    pub held: Vec<Held>,
+}
+
+/// What containers that no service of the snapshot is, or refers to, hold on one host, summed:
+/// their published ports, reservations and overlay addresses. They are never removed and count
+/// for no (anti-)affinity, so only what they occupy matters: one entry per host stands for any
+/// number of them (the reconciler sums every other stack of an environment this way, where
+/// listing each as an [`Existing`] cost a copy of the environment per stack). Several entries
+/// for one host add up; one for a host absent from the snapshot is ignored.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Held {
+    pub host_id: String,
+    #[serde(default)]
+    pub ports: Vec<HostPort>,
+    #[serde(default)]
+    pub reservations: Resources,
+    #[serde(default)]
+    pub overlay_addresses: u32,
 }
 
 /// A Docker host and what it can hold.

@@ -7,14 +7,15 @@ use std::collections::{BTreeSet, BinaryHeap, HashMap};
 use crate::bitset::BitSet;
 use crate::explain::{self, Why};
 use crate::{
-    Constraint, ConstraintField, ConstraintOp, Existing, Host, HostPort, Placement, Plan, Protocol,
-    Removal, RemovalReason, Resources, ServiceSpec, Snapshot, Unplaced,
+    Constraint, ConstraintField, ConstraintOp, Existing, Held, Host, HostPort, Placement, Plan,
+    Protocol, Removal, RemovalReason, Resources, ServiceSpec, Snapshot, Unplaced,
 };
 
 /// Places every missing replica of `snapshot.services`; see the crate docs for the rules.
 pub fn schedule(snapshot: &Snapshot) -> Plan {
     let mut s = Scheduler::new(snapshot);
     s.absorb_existing(&snapshot.existing);
+    s.absorb_held(&snapshot.held);
     s.by_load = (s.hosts.iter().enumerate())
         .map(|(rank, h)| (h.load, rank as Rank))
         .collect();
@@ -172,10 +173,8 @@ impl<'a> HostState<'a> {
             .is_none_or(|n| self.addresses < n)
     }
 
-    fn occupy(&mut self, ports: impl IntoIterator<Item = u32>, res: Resources, address: bool) {
-        if address {
-            self.addresses = self.addresses.saturating_add(1);
-        }
+    fn occupy(&mut self, ports: impl IntoIterator<Item = u32>, res: Resources, addresses: u32) {
+        self.addresses = self.addresses.saturating_add(addresses);
         for key in ports {
             if let Err(at) = self.ports.binary_search(&key) {
                 self.ports.insert(at, key);
@@ -278,6 +277,19 @@ impl<'a> Scheduler<'a> {
         self.sids.get(stack)?.get(service).copied()
     }
 
+    /// What containers outside the plan occupy, host by host.
+    fn absorb_held(&mut self, held: &[Held]) {
+        for h in held {
+            if let Some(&rank) = self.by_id.get(h.host_id.as_str()) {
+                self.hosts[rank as usize].occupy(
+                    h.ports.iter().map(|&p| port_key(p)),
+                    h.reservations,
+                    h.overlay_addresses,
+                );
+            }
+        }
+    }
+
     /// Existing containers: who keeps which slot, what they occupy, what goes.
     fn absorb_existing(&mut self, existing: &'a [Existing]) {
         // Pick the keeper of each slot: the first listed on a ready host, else the first listed.
@@ -333,7 +345,7 @@ impl<'a> Scheduler<'a> {
             self.hosts[rank as usize].occupy(
                 e.ports.iter().map(|&p| port_key(p)),
                 e.reservations,
-                e.overlay_address,
+                u32::from(e.overlay_address),
             );
             if spec.is_none() {
                 *self.running[sid].entry(rank).or_default() += 1;
@@ -531,7 +543,11 @@ impl<'a> Scheduler<'a> {
     fn place(&mut self, spec: &ServiceSpec, needs: &Needs, slot: u32, rank: usize) {
         let h = &mut self.hosts[rank];
         self.by_load.remove(&(h.load, rank as Rank));
-        h.occupy(needs.ports.iter().copied(), needs.res, needs.address);
+        h.occupy(
+            needs.ports.iter().copied(),
+            needs.res,
+            u32::from(needs.address),
+        );
         self.by_load.insert((h.load, rank as Rank));
         *self.running[needs.sid].entry(rank as Rank).or_default() += 1;
         self.plan.placements.push(Placement {

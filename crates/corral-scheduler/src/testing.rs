@@ -20,7 +20,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use crate::{
-    Constraint, Existing, Host, HostPort, Plan, Resources, ServiceRef, ServiceSpec, Snapshot,
+    Constraint, Existing, Held, Host, HostPort, Plan, Resources, ServiceRef, ServiceSpec, Snapshot,
 };
 
 /// One GiB in bytes.
@@ -193,6 +193,11 @@ impl SnapshotBuilder {
         self
     }
 
+    pub fn held(mut self, held: Held) -> SnapshotBuilder {
+        self.snapshot.held.push(held);
+        self
+    }
+
     pub fn build(self) -> Snapshot {
         self.snapshot
     }
@@ -283,6 +288,21 @@ pub fn check_plan(snapshot: &Snapshot, plan: &Plan) -> Result<(), String> {
                 .or_default()
                 .entry(&e.host_id)
                 .or_default() += 1;
+        }
+    }
+    for h in &snapshot.held {
+        if !hosts.contains_key(h.host_id.as_str()) {
+            continue;
+        }
+        let u = used.entry(&h.host_id).or_default();
+        u.0 = u.0.saturating_add(h.reservations.cpu_millis);
+        u.1 = u.1.saturating_add(h.reservations.memory_bytes);
+        addresses.entry(&h.host_id).or_default().0 += u64::from(h.overlay_addresses);
+        let mut own: Vec<HostPort> = h.ports.clone();
+        own.sort_unstable();
+        own.dedup();
+        for p in own {
+            *ports.entry((&h.host_id, p)).or_default() += 1;
         }
     }
     let existing_ports = ports.clone();

@@ -1,13 +1,15 @@
 //! Property tests over generated snapshots: no constraint violated, no host port
 //! double-booked (existing containers included), no over-commit, deterministic and
 //! order-independent, and spreading; and, for snapshots without affinity, the plan equals that
-//! of a naive reference scheduler (a scan of every host for every replica).
+//! of a naive reference scheduler (a scan of every host for every replica); and containers
+//! that nothing refers to may be summed per host ([`Held`]) without changing the plan.
 
 use std::collections::{HashMap, HashSet};
 
 use corral_scheduler::testing::{GIB, check_plan, host, service};
 use corral_scheduler::{
-    Constraint, Existing, Host, HostPort, Resources, ServiceRef, ServiceSpec, Snapshot, schedule,
+    Constraint, Existing, Held, Host, HostPort, Resources, ServiceRef, ServiceSpec, Snapshot,
+    schedule,
 };
 use proptest::prelude::*;
 
@@ -116,16 +118,19 @@ fn arb_service(i: usize, hosts: usize, services: usize) -> impl Strategy<Value =
 fn arb_existing(hosts: usize, services: usize) -> impl Strategy<Value = Existing> {
     (
         0..hosts + 1,
-        0..services + 1,
+        0..services + 2,
         0..9u32,
         arb_ports(),
         arb_resources(),
         any::<bool>(),
     )
         .prop_map(move |(h, s, slot, ports, reservations, overlay_address)| {
-            // Index `hosts` is a host that is gone; index `services` a service not desired.
+            // Index `hosts` is a host that is gone; index `services` a service not desired;
+            // `services + 1` one that nothing refers to either.
             let (stack, service) = if s == services {
                 ("x".to_owned(), "ghost".to_owned())
+            } else if s > services {
+                ("y".to_owned(), "bystander".to_owned())
             } else {
                 name(s)
             };
@@ -141,6 +146,45 @@ fn arb_existing(hosts: usize, services: usize) -> impl Strategy<Value = Existing
         })
 }
 
+fn arb_held(hosts: usize) -> impl Strategy<Value = Held> {
+    (0..hosts + 1, arb_ports(), arb_resources(), 0..3u32).prop_map(
+        move |(h, ports, reservations, overlay_addresses)| Held {
+            host_id: format!("id{h}"),
+            ports,
+            reservations,
+            overlay_addresses,
+        },
+    )
+}
+
+/// `snap` with its containers of `y/bystander` (which no service is or refers to) summed
+/// per host into `held`, one entry per host, in reverse order of hosts.
+fn folded(snap: &Snapshot) -> Snapshot {
+    let mut out = snap.clone();
+    let mut sums: Vec<Held> = Vec::new();
+    for e in snap.existing.iter().filter(|e| e.stack == "y") {
+        let i = match sums.iter().position(|h| h.host_id == e.host_id) {
+            Some(i) => i,
+            None => {
+                sums.push(Held {
+                    host_id: e.host_id.clone(),
+                    ..Held::default()
+                });
+                sums.len() - 1
+            }
+        };
+        let h = &mut sums[i];
+        h.ports.extend(e.ports.iter().copied());
+        h.reservations.cpu_millis += e.reservations.cpu_millis;
+        h.reservations.memory_bytes += e.reservations.memory_bytes;
+        h.overlay_addresses += u32::from(e.overlay_address);
+    }
+    sums.reverse();
+    out.existing.retain(|e| e.stack != "y");
+    out.held.extend(sums);
+    out
+}
+
 fn arb_snapshot() -> impl Strategy<Value = Snapshot> {
     (0..10usize, 1..6usize).prop_flat_map(|(nh, ns)| {
         let hosts: Vec<_> = (0..nh).map(arb_host).collect();
@@ -149,11 +193,13 @@ fn arb_snapshot() -> impl Strategy<Value = Snapshot> {
             hosts,
             services,
             proptest::collection::vec(arb_existing(nh, ns), 0..10),
+            proptest::collection::vec(arb_held(nh), 0..3),
         )
-            .prop_map(|(hosts, services, existing)| Snapshot {
+            .prop_map(|(hosts, services, existing, held)| Snapshot {
                 hosts,
                 services,
                 existing,
+                held,
             })
     })
 }
@@ -179,6 +225,15 @@ fn reference(snap: &Snapshot) -> Vec<(String, String, u32, String)> {
         addresses[r] += u32::from(e.overlay_address);
         runs.entry((e.stack.clone(), e.service.clone()))
             .or_insert_with(|| vec![0; hosts.len()])[r] += 1;
+    }
+    for h in &snap.held {
+        let Some(r) = rank_of(&h.host_id) else {
+            continue;
+        };
+        used[r].0 += h.reservations.cpu_millis;
+        used[r].1 += h.reservations.memory_bytes;
+        ports[r].extend(h.ports.iter().copied());
+        addresses[r] += h.overlay_addresses;
     }
     let ratio = |u: u64, c: u64| -> u64 {
         if c == 0 {
@@ -309,7 +364,7 @@ proptest! {
         spec.constraints = constraints.clone();
         spec.ports = ports;
         spec.reservations = res;
-        let snap = Snapshot { hosts, services: vec![spec], existing: vec![] };
+        let snap = Snapshot { hosts, services: vec![spec], existing: vec![], held: vec![] };
         let plan = schedule(&snap);
         prop_assert!(plan.unplaced.is_empty(), "{:?}", plan.unplaced);
         let mut used: Vec<&str> = plan.placements.iter().map(|p| p.host_id.as_str()).collect();
@@ -327,7 +382,7 @@ proptest! {
         for s in &mut snap.services {
             s.affinity.clear();
         }
-        snap.existing.retain(|e| e.service == "ghost");
+        snap.existing.retain(|e| e.service == "ghost" || e.stack == "y");
         let plan = schedule(&snap);
         let got: Vec<_> = plan
             .placements
@@ -335,6 +390,14 @@ proptest! {
             .map(|p| (p.stack.clone(), p.service.clone(), p.slot, p.host_id.clone()))
             .collect();
         prop_assert_eq!(got, reference(&snap));
+    }
+
+    /// Summing what nothing refers to per host changes nothing: same plan, explanations
+    /// included.
+    #[test]
+    fn containers_summed_per_host_place_like_containers_listed(snap in arb_snapshot()) {
+        let folded = folded(&snap);
+        prop_assert_eq!(schedule(&folded), schedule(&snap));
     }
 
     /// Constraints print and parse back to themselves.

@@ -816,3 +816,88 @@ fn an_agent_that_would_join_a_full_overlay_range_is_refused_and_keeps_trying() {
         "nothing recorded of the refused host"
     );
 }
+
+/// What one stack holds on a host — a published port, a CPU reservation — keeps another
+/// stack's replicas off it (`up` refuses, naming the host and what is taken, and changes
+/// nothing), while a stack that asks for neither still lands beside it; once the first stack
+/// is gone, the same `up` succeeds. Placement sees the other stacks only through what they
+/// hold per host.
+#[test]
+fn another_stacks_port_and_reservation_keep_a_stack_off_the_host_until_it_goes() {
+    require_docker();
+    let t = tmp();
+    let holder = stack_name("holder");
+    let wants_port = stack_name("wants-port");
+    let wants_cpu = stack_name("wants-cpu");
+    let bystander = stack_name("bystander");
+    let _cleanups = [
+        StackCleanup(holder.clone()),
+        StackCleanup(wants_port.clone()),
+        StackCleanup(wants_cpu.clone()),
+        StackCleanup(bystander.clone()),
+    ];
+    let server = Server::start(&t.path().join("data"), &[]);
+    let _agent = agent_with_docker(&server, t.path(), "h1");
+    let cpus = server
+        .hosts()
+        .into_iter()
+        .find(|h| h["name"] == "h1")
+        .and_then(|h| h["docker"]["info"]["cpus"].as_u64())
+        .expect("h1 reports its CPUs");
+    // The holder reserves all but half a CPU; the other asks for one.
+    let reserved = format!("{}", cpus as f64 - 0.5);
+    let port = free_port();
+    let holder_file = write(
+        t.path(),
+        "holder.yaml",
+        &format!(
+            "services:\n  web:\n    image: {IMAGE}\n    command: {SLEEPER}\n    ports: [\"127.0.0.1:{port}:80\"]\n    deploy: {{ resources: {{ reservations: {{ cpus: \"{reserved}\" }} }} }}\n"
+        ),
+    );
+    up_ok(&server, &holder_file, &holder);
+
+    let port_file = write(
+        t.path(),
+        "wants-port.yaml",
+        &format!(
+            "services:\n  api:\n    image: {IMAGE}\n    command: {SLEEPER}\n    ports: [\"127.0.0.1:{port}:80\"]\n"
+        ),
+    );
+    let cpu_file = write(
+        t.path(),
+        "wants-cpu.yaml",
+        &format!(
+            "services:\n  job:\n    image: {IMAGE}\n    command: {SLEEPER}\n    deploy: {{ resources: {{ reservations: {{ cpus: \"1\" }} }} }}\n"
+        ),
+    );
+    let out = up(&server, &port_file, &wants_port, &["--timeout", "30s"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains(&format!("h1 port {port}/tcp taken")),
+        "{err}"
+    );
+    let out = up(&server, &cpu_file, &wants_cpu, &["--timeout", "30s"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("h1 has 500m CPU free, needs 1000m"),
+        "{err}"
+    );
+    let stacks = server.cli_ok(&["stack", "ls"]);
+    assert!(
+        !stacks.contains(&wants_port) && !stacks.contains(&wants_cpu),
+        "a refused up changes nothing: {stacks}"
+    );
+    // Holding a port and CPU, not the host: what asks for neither lands beside it.
+    let bystander_file = write(
+        t.path(),
+        "bystander.yaml",
+        &format!("services:\n  idle:\n    image: {IMAGE}\n    command: {SLEEPER}\n"),
+    );
+    up_ok(&server, &bystander_file, &bystander);
+
+    server.cli_ok(&["down", "-p", &holder, "--timeout", "60s"]);
+    up_ok(&server, &port_file, &wants_port);
+    up_ok(&server, &cpu_file, &wants_cpu);
+    assert_eq!(running(&wants_port, "api").len(), 1);
+    assert_eq!(running(&wants_cpu, "job").len(), 1);
+}

@@ -86,6 +86,36 @@ fn ps(server: &Server, stack: &str) -> Value {
     server.cli_json(&["ps", "-p", stack])[0].clone()
 }
 
+/// `corral stack ls` sums the stack up as `corral ps` shows it (it counts containers by
+/// state instead of reading each): call where the stack is settled.
+fn listed_as_viewed(server: &Server, view: &Value) {
+    let listed = server.cli_json(&["stack", "ls"]);
+    let summary = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == view["name"])
+        .unwrap_or_else(|| panic!("{} is not listed: {listed}", view["name"]));
+    let services = view["services"].as_array().unwrap();
+    let sum = |key: &str| -> u64 { services.iter().map(|s| s[key].as_u64().unwrap()).sum() };
+    assert_eq!(summary["state"], view["state"], "{summary} / {view}");
+    assert_eq!(
+        summary["environment"], view["environment"],
+        "{summary} / {view}"
+    );
+    assert_eq!(
+        summary["converged"], view["converged"],
+        "{summary} / {view}"
+    );
+    assert_eq!(summary["services"], services.len(), "{summary} / {view}");
+    assert_eq!(summary["running"], sum("ready"), "{summary} / {view}");
+    assert_eq!(summary["desired"], sum("desired"), "{summary} / {view}");
+    assert_eq!(
+        summary["updated_at"], view["updated_at"],
+        "{summary} / {view}"
+    );
+}
+
 fn service<'a>(view: &'a Value, name: &str) -> &'a Value {
     view["services"]
         .as_array()
@@ -189,6 +219,7 @@ volumes:
     let view = ps(&server, &stack);
     assert_eq!(view["converged"], true, "{view}");
     assert_eq!(service(&view, "worker")["ready"], 2);
+    listed_as_viewed(&server, &view);
     assert!(http_get(port).contains("hello-world"), "{}", http_get(port));
 
     // Labels, network aliases, volume, restart policy and start order, as Docker sees them.
@@ -612,7 +643,9 @@ fn a_server_restart_changes_nothing_in_a_running_stack() {
     let mut after = running(&stack, "svc");
     after.sort();
     assert_eq!(before, after, "containers changed across a server restart");
-    assert_eq!(ps(&server, &stack)["converged"], true);
+    let view = ps(&server, &stack);
+    assert_eq!(view["converged"], true);
+    listed_as_viewed(&server, &view);
     server.cli_ok(&["down", "-p", &stack, "--timeout", "60s"]);
 }
 
@@ -662,6 +695,7 @@ fn a_definition_that_no_longer_reads_fails_the_stack_and_removes_nothing() {
         error.contains("service web") && error.contains("cannot be read"),
         "{view}"
     );
+    listed_as_viewed(&server, &view);
     assert!(
         server
             .events()

@@ -126,6 +126,28 @@ struct Holds {
     by_stack: HashMap<String, HashMap<usize, Hold>>,
 }
 
+/// How many containers' specs one read of the datastore brings (and the pass holds as text).
+const SPECS_PER_READ: usize = 2_048;
+
+/// Equal spec facts, one allocation each.
+#[derive(Default)]
+struct SharedFacts(HashSet<Arc<SpecFacts>>);
+
+impl SharedFacts {
+    fn of(&mut self, spec: &ContainerSpec) -> Arc<SpecFacts> {
+        let facts = SpecFacts {
+            ports: host_ports(spec),
+            overlay: takes_overlay_address(spec),
+        };
+        if let Some(shared) = self.0.get(&facts) {
+            return shared.clone();
+        }
+        let shared = Arc::new(facts);
+        self.0.insert(shared.clone());
+        shared
+    }
+}
+
 /// The services of one stack as stored, or why they cannot be read.
 fn read_services(
     stack: &StackRow,
@@ -211,29 +233,28 @@ impl World {
                 .map(|c| c.id.as_str())
                 .collect()
         };
-        let read = if unseen.is_empty() {
-            Vec::new()
-        } else {
-            state.store.container_specs(&unseen).await?
-        };
-        // A container whose spec does not read holds ports nobody can know: its host takes
-        // no new replica until it is gone.
-        let mut specs = HashMap::with_capacity(containers.len());
-        {
-            let mut inner = state.reconciler.lock();
-            for (id, text) in read {
+        // Read in chunks, each parsed before the next is read: after a restart every
+        // container is unseen, and a million specs' texts at once would be gigabytes.
+        let mut read: Vec<(String, Option<Arc<SpecFacts>>)> = Vec::with_capacity(unseen.len());
+        let mut shared = SharedFacts::default();
+        for chunk in unseen.chunks(SPECS_PER_READ) {
+            for (id, text) in state.store.container_specs(chunk).await? {
+                // A container whose spec does not read holds ports nobody can know: its host
+                // takes no new replica until it is gone.
                 let facts = match serde_json::from_str::<ContainerSpec>(&text) {
-                    Ok(spec) => Some(Arc::new(SpecFacts {
-                        ports: host_ports(&spec),
-                        overlay: takes_overlay_address(&spec),
-                    })),
+                    Ok(spec) => Some(shared.of(&spec)),
                     Err(e) => {
                         tracing::error!(container = %id, error = %e, "container spec unreadable; its host is not schedulable");
                         None
                     }
                 };
-                inner.specs.insert(id, facts);
+                read.push((id, facts));
             }
+        }
+        let mut specs = HashMap::with_capacity(containers.len());
+        {
+            let mut inner = state.reconciler.lock();
+            inner.specs.extend(read);
             for c in &containers {
                 // One created since its spec was read (and so not read) counts next pass.
                 if let Some(facts) = inner.specs.get(&c.id) {
@@ -417,10 +438,11 @@ async fn pass_all(state: &Arc<AppState>) -> Result<(), StoreError> {
     }
     let live: HashSet<&str> = stacks.iter().map(|s| s.id.as_str()).collect();
     let mut inner = state.reconciler.lock();
-    // Containers no world holds any more are forgotten.
+    // Containers no world holds any more are forgotten (but not those this pass made).
+    let fresh = std::mem::take(&mut inner.fresh);
     inner
         .specs
-        .retain(|id, _| worlds.values().any(|w| w.specs.contains_key(id)));
+        .retain(|id, _| fresh.contains(id) || worlds.values().any(|w| w.specs.contains_key(id)));
     inner.status.retain(|k, _| live.contains(k.as_str()));
     inner.services.retain(|(k, _), _| live.contains(k.as_str()));
     Ok(())
@@ -512,6 +534,7 @@ async fn pass_stack(
     // New replicas are prepared here and stored, with their commands, in one transaction
     // after the loop.
     let mut extras = Extras::default();
+    let mut shared = SharedFacts::default();
     let mut runs = Vec::new();
     let mut removals = Vec::new();
     for action in decision.actions {
@@ -530,6 +553,13 @@ async fn pass_stack(
             } => {
                 if let Some(svc) = services.iter().find(|s| s.name == service) {
                     let replica = new_replica(stack, &env_name, svc, slot, &host_id)?;
+                    // Known now: the next pass need not read it back.
+                    let facts = shared.of(&replica.1);
+                    {
+                        let mut inner = state.reconciler.lock();
+                        inner.specs.insert(replica.0.id.clone(), Some(facts));
+                        inner.fresh.insert(replica.0.id.clone());
+                    }
                     match extras.add_to(state, stack, &svc.name, replica.1).await {
                         Ok(spec) => runs.push((replica.0, spec)),
                         // Without what rides with its command it is not started at all.

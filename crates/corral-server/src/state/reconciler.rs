@@ -2,7 +2,7 @@
 //! service's back-off and update timing, and which containers have a command under way.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use corral_control::reconcile::ServiceMemory;
 use corral_control::unplaced::Unplaced;
@@ -40,12 +40,17 @@ pub(crate) struct Inner {
     pub(crate) in_flight: HashSet<String>,
     pub(crate) status: HashMap<String, StackStatus>,
     /// What each container's stored spec says that placement needs, read once per container
-    /// (a container's spec never changes): `None` when it does not read.
-    pub(crate) specs: HashMap<String, Option<std::sync::Arc<SpecFacts>>>,
+    /// (a container's spec never changes): `None` when it does not read. Replicas made by
+    /// a pass are entered as they are made, so their specs are never read back.
+    pub(crate) specs: HashMap<String, Option<Arc<SpecFacts>>>,
+    /// Containers entered in `specs` since the last pass ended: kept by that pass's clean-up
+    /// although the world it gathered does not hold them yet.
+    pub(crate) fresh: HashSet<String>,
 }
 
-/// What placement needs of a container's spec.
-#[derive(Debug)]
+/// What placement needs of a container's spec. Equal facts share one allocation (all the
+/// replicas of a service have the same).
+#[derive(Debug, PartialEq, Eq, Hash)]
 pub struct SpecFacts {
     /// Host ports it publishes.
     pub ports: Vec<corral_scheduler::HostPort>,

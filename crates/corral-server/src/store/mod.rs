@@ -45,7 +45,7 @@ pub use images::{PolicyRow, RegistryRow};
 pub use overlay::{ChangeCounters, LiveCounters, NameRow, OverlayEnvRow, OverlayMemberRow};
 pub use queue::{Absorbed, Answered, Delivered, TakenCommands};
 pub use servers::{Membership, ServerRow};
-pub use stacks::{ServiceRow, SetReplicas, StackRow, StackWrite};
+pub use stacks::{ContainerCount, ServiceRow, SetReplicas, StackRow, StackWrite};
 pub use users::{EnvRole, FIRST_ADMIN_ID, KeyAuth, KeyRow, UserRow};
 
 #[derive(Debug, thiserror::Error)]

@@ -1,6 +1,7 @@
 //! Stacks and their services: the desired state `corral up` stores and the reconciler reads.
 
-use corral_control::states::StackState;
+use corral_control::states::{Actual, Desired, StackState};
+use corral_proto::Health;
 use sqlx::FromRow;
 
 use super::sealed::{self, Column};
@@ -30,6 +31,39 @@ pub struct ServiceRow {
     pub spec_hash: String,
     pub replicas: i64,
     pub position: i64,
+}
+
+/// Containers of one stack that share everything `corral stack ls` counts by, and how many.
+#[derive(Debug, Clone)]
+pub struct ContainerCount {
+    pub stack_id: String,
+    pub service: Option<String>,
+    /// The service definition they were made from (compare `ServiceRow::spec_hash`).
+    pub spec_hash: Option<String>,
+    pub desired: Desired,
+    pub actual: Actual,
+    pub health: Option<Health>,
+    pub count: u32,
+}
+
+impl<'r> FromRow<'r, sqlx::any::AnyRow> for ContainerCount {
+    fn from_row(row: &'r sqlx::any::AnyRow) -> std::result::Result<Self, sqlx::Error> {
+        use sqlx::Row;
+        let (desired, actual, health) = super::container_states(row)?;
+        let count: i64 = row.try_get("n")?;
+        Ok(ContainerCount {
+            stack_id: row.try_get("stack_id")?,
+            service: row.try_get("service")?,
+            spec_hash: row.try_get("spec_hash")?,
+            desired,
+            actual,
+            health,
+            count: u32::try_from(count).map_err(|e| sqlx::Error::ColumnDecode {
+                index: "n".into(),
+                source: Box::new(e),
+            })?,
+        })
+    }
 }
 
 /// What `corral up` writes: the whole desired state of one stack.
@@ -235,6 +269,18 @@ impl Store {
         .fetch_all(&self.reader)
         .await?;
         self.open_containers(rows)
+    }
+
+    /// Every stack's containers counted by service, definition and state: what the stack
+    /// list shows, without reading a row (or opening a spec) per container.
+    pub async fn stack_container_counts(&self) -> Result<Vec<ContainerCount>> {
+        Ok(sqlx::query_as(
+            "SELECT stack_id, service, spec_hash, desired, actual, health, COUNT(*) AS n \
+             FROM containers WHERE stack_id IS NOT NULL \
+             GROUP BY stack_id, service, spec_hash, desired, actual, health",
+        )
+        .fetch_all(&self.reader)
+        .await?)
     }
 
     /// `corral scale`: returns false when the stack has no such service.

@@ -293,6 +293,28 @@ pub async fn send_runs(
     Ok(batch.submitted(state, &hosts, |i| taken.contains(&i)))
 }
 
+/// Queues one request for each of `hosts`, all in one transaction, and delivers them at once
+/// to the hosts that are connected (a stack's clean-up on every host of its environment).
+/// The pending replies come back in the order of `hosts`.
+pub async fn send_to_each<R: Request + Clone>(
+    state: &AppState,
+    hosts: &[&str],
+    request: R,
+    ttl: Duration,
+) -> Result<Vec<Pending<R>>, StoreError> {
+    let batch = Batch::new(state, vec![request; hosts.len()], ttl);
+    let items: Vec<(&str, &Command)> = hosts.iter().copied().zip(&batch.commands).collect();
+    if let Err(e) = state.store.insert_commands(&items, now_unix()).await {
+        batch.abandon(state);
+        return Err(e);
+    }
+    Ok(batch
+        .submitted(state, hosts, |_| false)
+        .into_iter()
+        .flatten()
+        .collect())
+}
+
 /// Marks containers removed and queues the commands that remove them, all in one transaction,
 /// and delivers them at once to the hosts that are connected: a reconciler pass's removals.
 /// Each item is (container id, its host, the request); the pending replies come back in order.

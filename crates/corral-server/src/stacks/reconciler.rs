@@ -959,12 +959,17 @@ async fn start_replica(
 }
 
 /// The stack's containers are gone: remove its network (and volumes) on every connected host
-/// of its environment, then the stack itself.
+/// of its environment (one transaction queues them all), then the stack itself. The waiting
+/// and the deletion run beside the passes, so stacks removed together finish together
+/// instead of one after another; until it ends, passes leave the stack alone.
 async fn finish_removal(
     state: &Arc<AppState>,
     world: &World,
     stack: &StackRow,
 ) -> Result<(), StoreError> {
+    let Some(finishing) = Finishing::mark(state, &stack.id) else {
+        return Ok(());
+    };
     let volumes: Vec<String> = if stack.remove_volumes {
         serde_json::from_str(&stack.volumes)
             .map_err(|e| StoreError::Corrupt(format!("stack {}: volumes: {e}", stack.name)))?
@@ -976,29 +981,72 @@ async fn finish_removal(
         network: network_name(&stack.name),
         volumes,
     };
-    let mut waits = Vec::new();
-    for h in world.hosts.iter().filter(|h| h.ready) {
-        let pending = dispatch::send(state, &h.id, cleanup.clone(), CLEANUP_TTL).await?;
-        waits.push((h.name.clone(), pending));
-    }
-    for (host, pending) in waits {
-        match pending.wait().await {
-            Ok(_) | Err(CallError::Expired | CallError::Abandoned) => {}
-            Err(e) => {
-                let message = e.to_string();
-                state
-                    .record_event(
-                        "stack_cleanup_failed",
-                        None,
-                        &format!("stack {} on host {host}: {message}", stack.name),
-                    )
-                    .await;
+    let ready: Vec<&HostState> = world.hosts.iter().filter(|h| h.ready).collect();
+    let ids: Vec<&str> = ready.iter().map(|h| h.id.as_str()).collect();
+    let names: Vec<String> = ready.iter().map(|h| h.name.clone()).collect();
+    let pending = dispatch::send_to_each(state, &ids, cleanup, CLEANUP_TTL).await?;
+    let state = state.clone();
+    let stack = stack.clone();
+    tokio::spawn(async move {
+        let outcomes = futures_util::future::join_all(pending.into_iter().map(|p| p.wait())).await;
+        for (host, outcome) in names.iter().zip(outcomes) {
+            match outcome {
+                Ok(_) | Err(CallError::Expired | CallError::Abandoned) => {}
+                Err(e) => {
+                    state
+                        .record_event(
+                            "stack_cleanup_failed",
+                            None,
+                            &format!("stack {} on host {host}: {e}", stack.name),
+                        )
+                        .await;
+                }
             }
         }
-    }
-    state.store.delete_stack(&stack.id).await?;
-    state
-        .record_event("stack_removed", None, &format!("stack {}", stack.name))
-        .await;
+        match state.store.delete_stack(&stack.id).await {
+            Ok(()) => {
+                state
+                    .record_event("stack_removed", None, &format!("stack {}", stack.name))
+                    .await;
+            }
+            // The next pass tries again.
+            Err(e) => {
+                tracing::error!(stack = %stack.name, error = %e, "cannot delete a removed stack")
+            }
+        }
+        drop(finishing);
+    });
     Ok(())
+}
+
+/// A stack whose removal is being finished: passes leave it alone until the mark is dropped.
+struct Finishing {
+    state: Arc<AppState>,
+    stack_id: String,
+}
+
+impl Finishing {
+    /// `None`: its removal is already being finished.
+    fn mark(state: &Arc<AppState>, stack_id: &str) -> Option<Finishing> {
+        let fresh = state
+            .reconciler
+            .lock()
+            .finishing
+            .insert(stack_id.to_owned());
+        fresh.then(|| Finishing {
+            state: state.clone(),
+            stack_id: stack_id.to_owned(),
+        })
+    }
+}
+
+impl Drop for Finishing {
+    fn drop(&mut self) {
+        self.state
+            .reconciler
+            .lock()
+            .finishing
+            .remove(&self.stack_id);
+        self.state.reconciler.wake();
+    }
 }

@@ -46,6 +46,8 @@ pub(crate) struct Inner {
     /// Containers entered in `specs` since the last pass ended: kept by that pass's clean-up
     /// although the world it gathered does not hold them yet.
     pub(crate) fresh: HashSet<String>,
+    /// Stacks whose removal is being finished (their hosts clean up, then the row goes).
+    pub(crate) finishing: HashSet<String>,
 }
 
 /// What placement needs of a container's spec. Equal facts share one allocation (all the

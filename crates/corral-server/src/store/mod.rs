@@ -1417,6 +1417,22 @@ impl Store {
         insert_commands(self.engine, &mut conn, std::slice::from_ref(&command), now).await
     }
 
+    /// Queues many commands, each for its host, in one transaction.
+    pub async fn insert_commands(
+        &self,
+        items: &[(&str, &corral_proto::Command)],
+        now: i64,
+    ) -> Result<()> {
+        let commands = items
+            .iter()
+            .map(|(host_id, command)| self.seal_command(host_id, command))
+            .collect::<Result<Vec<_>>>()?;
+        let mut tx = self.writer.begin().await?;
+        insert_commands(self.engine, &mut tx, &commands, now).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// What a command asked for (`None`: no such command).
     pub async fn command(&self, id: &str) -> Result<Option<corral_proto::CommandBody>> {
         let row: Option<(String, String)> =

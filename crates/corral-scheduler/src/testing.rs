@@ -253,21 +253,34 @@ pub fn check_plan(snapshot: &Snapshot, plan: &Plan) -> Result<(), String> {
     // Overlay addresses held per host: (by existing containers, by placements).
     let mut addresses: HashMap<&str, (u64, u64)> = HashMap::new();
     let mut ports: HashMap<(&str, HostPort), usize> = HashMap::new();
-    for e in &snapshot.existing {
-        if !hosts.contains_key(e.host_id.as_str()) {
+    // What existing containers and `held` occupy: (host, ports, reservations, addresses).
+    let occupying = (snapshot.existing.iter())
+        .map(|e| {
+            let addresses = u64::from(e.overlay_address);
+            (&e.host_id, &e.ports, e.reservations, addresses)
+        })
+        .chain(snapshot.held.iter().map(|h| {
+            let addresses = u64::from(h.overlay_addresses);
+            (&h.host_id, &h.ports, h.reservations, addresses)
+        }));
+    for (host_id, held_ports, reservations, held_addresses) in occupying {
+        if !hosts.contains_key(host_id.as_str()) {
             continue;
         }
-        let u = used.entry(&e.host_id).or_default();
-        u.0 = u.0.saturating_add(e.reservations.cpu_millis);
-        u.1 = u.1.saturating_add(e.reservations.memory_bytes);
-        if e.overlay_address {
-            addresses.entry(&e.host_id).or_default().0 += 1;
-        }
-        let mut own: Vec<HostPort> = e.ports.clone();
+        let u = used.entry(host_id).or_default();
+        u.0 = u.0.saturating_add(reservations.cpu_millis);
+        u.1 = u.1.saturating_add(reservations.memory_bytes);
+        addresses.entry(host_id).or_default().0 += held_addresses;
+        let mut own: Vec<HostPort> = held_ports.clone();
         own.sort_unstable();
         own.dedup();
         for p in own {
-            *ports.entry((&e.host_id, p)).or_default() += 1;
+            *ports.entry((host_id, p)).or_default() += 1;
+        }
+    }
+    for e in &snapshot.existing {
+        if !hosts.contains_key(e.host_id.as_str()) {
+            continue;
         }
         let key = (
             e.stack.as_str(),
@@ -288,21 +301,6 @@ pub fn check_plan(snapshot: &Snapshot, plan: &Plan) -> Result<(), String> {
                 .or_default()
                 .entry(&e.host_id)
                 .or_default() += 1;
-        }
-    }
-    for h in &snapshot.held {
-        if !hosts.contains_key(h.host_id.as_str()) {
-            continue;
-        }
-        let u = used.entry(&h.host_id).or_default();
-        u.0 = u.0.saturating_add(h.reservations.cpu_millis);
-        u.1 = u.1.saturating_add(h.reservations.memory_bytes);
-        addresses.entry(&h.host_id).or_default().0 += u64::from(h.overlay_addresses);
-        let mut own: Vec<HostPort> = h.ports.clone();
-        own.sort_unstable();
-        own.dedup();
-        for p in own {
-            *ports.entry((&h.host_id, p)).or_default() += 1;
         }
     }
     let existing_ports = ports.clone();

@@ -78,6 +78,8 @@ pub struct ServerOptions {
     pub init: bool,
     /// Security and audit events older than this are deleted.
     pub event_retention: Duration,
+    /// Finished commands whose deadline passed longer ago than this are deleted.
+    pub command_retention: Duration,
     /// At most this many events are kept (the oldest go first).
     pub event_max_rows: u64,
     /// At most this many events of one kind from one host are recorded one by one per
@@ -115,6 +117,7 @@ impl ServerOptions {
             max_unauthenticated: DEFAULT_MAX_UNAUTHENTICATED,
             init: false,
             event_retention: Duration::from_secs(30 * 86_400),
+            command_retention: Duration::from_secs(86_400),
             event_max_rows: 100_000,
             event_rate_limit: 20,
             event_rate_window: Duration::from_secs(60),

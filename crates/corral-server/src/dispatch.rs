@@ -539,14 +539,23 @@ impl Drop for Delivery<'_> {
     }
 }
 
-/// Marks overdue commands expired and wakes their waiters. Runs until the server shuts down.
+/// How often finished commands past their retention are looked for.
+const PRUNE_EVERY: Duration = Duration::from_secs(10);
+
+/// Marks overdue commands expired and wakes their waiters, and deletes finished commands past
+/// `--command-retention`. Runs until the server shuts down.
 pub async fn expiry_loop(state: std::sync::Arc<AppState>) {
     let mut shutdown = state.shutdown.clone();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut pruned_at = std::time::Instant::now();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = shutdown.changed() => return,
+        }
+        if pruned_at.elapsed() >= PRUNE_EVERY {
+            pruned_at = std::time::Instant::now();
+            prune_finished(&state).await;
         }
         match state.store.expire_commands(now_unix()).await {
             Ok(ids) => {
@@ -557,6 +566,26 @@ pub async fn expiry_loop(state: std::sync::Arc<AppState>) {
             }
             Err(e) => tracing::error!(error = %e, "command expiry failed"),
         }
+    }
+}
+
+/// Deletes finished commands whose deadline is older than the retention: a finished command
+/// is kept only to say why a late or repeated reply is refused, and its payload may carry
+/// (sealed) registry credentials and file contents, which should not stay for ever.
+async fn prune_finished(state: &AppState) {
+    let retention = i64::try_from(state.options.command_retention.as_secs()).unwrap_or(i64::MAX);
+    let before = now_unix().saturating_sub(retention.max(1));
+    match state.store.prune_commands(before).await {
+        Ok(0) => {}
+        Ok(n) => {
+            state.metrics.commands_pruned(n);
+            tracing::info!(
+                commands = n,
+                retention_secs = retention,
+                "pruned finished commands"
+            );
+        }
+        Err(e) => tracing::error!(error = %e, "cannot prune finished commands"),
     }
 }
 

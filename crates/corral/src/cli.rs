@@ -326,6 +326,10 @@ pub struct ServerArgs {
     /// Delete security and audit events older than this.
     #[arg(long, default_value = "30d", value_parser = parse_positive_duration)]
     pub event_retention: std::time::Duration,
+    /// Delete finished commands (answered, failed, expired) whose deadline passed longer ago
+    /// than this.
+    #[arg(long, default_value = "1d", value_parser = parse_positive_duration)]
+    pub command_retention: std::time::Duration,
     /// Keep at most this many events (the oldest are deleted first).
     #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub event_max_rows: u64,

@@ -245,6 +245,7 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
     options.max_unauthenticated = args.max_unauthenticated_connections;
     options.init = args.init;
     options.event_retention = args.event_retention;
+    options.command_retention = args.command_retention;
     options.event_max_rows = args.event_max_rows;
     options.max_stack_replicas = args.max_stack_replicas;
     options.datastore = args.datastore.clone();

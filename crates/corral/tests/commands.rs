@@ -387,8 +387,17 @@ async fn stack_on_one_raw_host(
     project: &str,
     replicas: usize,
 ) -> (tempfile::TempDir, Server, Tunnel) {
+    stack_on_one_raw_host_with(project, replicas, &[]).await
+}
+
+/// As [`stack_on_one_raw_host`], the server started with `server_args`.
+async fn stack_on_one_raw_host_with(
+    project: &str,
+    replicas: usize,
+    server_args: &[&str],
+) -> (tempfile::TempDir, Server, Tunnel) {
     let t = tmp();
-    let server = Server::start(&t.path().join("data"), &[]);
+    let server = Server::start(&t.path().join("data"), server_args);
     let (_, token) = server.token(&[]);
     let mut a = raw_agent(&server, &token, &credential(), "host-a").await;
     docker_available(&server, &mut a, "host-a").await;
@@ -490,6 +499,82 @@ async fn a_host_is_sent_at_most_a_window_of_unanswered_commands() {
         value(&now, "corral_commands_in_flight", &[]) == 0.0
             && value(&now, "corral_commands_pending", &[]) == 0.0
     });
+}
+
+/// Finished commands are deleted once their deadline is older than `--command-retention`,
+/// sealed payloads and all: the metric counts them, a repeat of a deleted command's reply is
+/// then refused as unknown (no longer as replayed), the host stays connected and the
+/// replicas it runs are untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finished_commands_are_deleted_once_their_retention_has_passed() {
+    const REPLICAS: usize = 3;
+    let (_t, server, mut a) = stack_on_one_raw_host_with(
+        "pruned",
+        REPLICAS,
+        &["--command-retention", "1s", "--command-ttl", "2s"],
+    )
+    .await;
+    let mut answered = Vec::new();
+    while answered.len() < REPLICAS {
+        let c = next_command(&mut a).await;
+        let corral_proto::CommandBody::ContainerRun(spec) = &c.body else {
+            continue;
+        };
+        let status = corral_proto::ContainerStatus {
+            corral_id: spec.corral_id.clone(),
+            docker_id: format!("{:064x}", answered.len() + 1),
+            name: spec.name.clone(),
+            state: corral_proto::ContainerState::Running,
+            exit_code: None,
+            health: None,
+            restart_count: 0,
+            ip: None,
+        };
+        let reply = AgentMessage::Reply {
+            command_id: c.id.clone(),
+            result: CommandResult::Ok {
+                value: serde_json::to_value(status).unwrap(),
+            },
+        };
+        a.send(&reply).await.unwrap();
+        answered.push(reply);
+    }
+    // The image check and the runs: deleted within the retention, the deadline and a sweep.
+    wait_until(
+        Duration::from_secs(30),
+        "the finished commands pruned",
+        || value(&scrape(&server), "corral_commands_pruned", &[]) >= (REPLICAS + 1) as f64,
+    );
+    assert!(server.log().contains("pruned finished commands"));
+    let AgentMessage::Reply { command_id, .. } = &answered[0] else {
+        unreachable!()
+    };
+    a.send(&answered[0]).await.unwrap();
+    wait_until(
+        Duration::from_secs(10),
+        "the repeat refused as unknown",
+        || {
+            server.events().iter().any(|e| {
+                e["kind"] == "unknown_reply" && e["message"].as_str().unwrap().contains(command_id)
+            })
+        },
+    );
+    assert!(
+        !server
+            .events()
+            .iter()
+            .any(|e| e["kind"] == "replayed_reply"),
+        "the command is gone, not remembered as answered"
+    );
+    assert_eq!(server.host_state("host-a").as_deref(), Some("active"));
+    let view = server.cli_json(&["ps", "-p", "pruned"]);
+    let ready: u64 = view[0]["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["ready"].as_u64().unwrap())
+        .sum();
+    assert_eq!(ready, REPLICAS as u64, "{view}");
 }
 
 type Exposition = openmetrics_parser::MetricsExposition<

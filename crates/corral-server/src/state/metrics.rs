@@ -33,6 +33,7 @@ pub struct Metrics {
     tunnel_disconnects: Family<Labels, Counter>,
     commands_submitted: Family<Labels, Counter>,
     commands_expired: Counter,
+    commands_pruned: Counter,
     /// Commands the sessions have written to their tunnels and not seen settled yet (each
     /// session adds what it writes and takes away what it prunes and, at its end, the rest).
     commands_written: Gauge,
@@ -51,6 +52,7 @@ impl Default for Metrics {
             tunnel_disconnects: Family::default(),
             commands_submitted: Family::default(),
             commands_expired: Counter::default(),
+            commands_pruned: Counter::default(),
             commands_written: Gauge::default(),
             command_seconds: Family::new_with_constructor(latency),
             reconciler_pass_seconds: latency(),
@@ -128,6 +130,11 @@ impl Metrics {
         self.commands_expired.inc_by(n);
     }
 
+    /// `n` finished commands past their retention were deleted.
+    pub fn commands_pruned(&self, n: u64) {
+        self.commands_pruned.inc_by(n);
+    }
+
     /// A command this server submitted was settled (`outcome`: `done` or `expired`) after
     /// `took`.
     pub fn command_settled(&self, kind: &'static str, outcome: &'static str, took: Duration) {
@@ -191,6 +198,11 @@ impl Metrics {
             "corral_commands_expired",
             "Commands whose deadline passed unanswered",
             self.commands_expired.clone(),
+        );
+        registry.register(
+            "corral_commands_pruned",
+            "Finished commands deleted once their retention had passed (`--command-retention`)",
+            self.commands_pruned.clone(),
         );
         registry.register(
             "corral_command_duration_seconds",

@@ -1473,6 +1473,29 @@ impl Store {
         Ok(ids.into_iter().map(|(id,)| id).collect())
     }
 
+    /// Deletes finished commands (answered, failed or expired) whose deadline passed before
+    /// `before` (unix seconds), payloads and results with them, at most [`PRUNE_BATCH`] per
+    /// statement so that other writes wait no longer than one batch. A command ends by its
+    /// deadline (within the expiry sweep's second), so its deadline dates its end; the
+    /// `commands_deadline` index (state, deadline) finds them. Returns how many went.
+    pub async fn prune_commands(&self, before: i64) -> Result<u64> {
+        let mut deleted = 0;
+        loop {
+            let done = sqlx::query(
+                "DELETE FROM commands WHERE id IN (SELECT id FROM commands WHERE state IN ('acked', 'failed', 'expired') AND deadline_at < $1 LIMIT $2)",
+            )
+            .bind(before)
+            .bind(PRUNE_BATCH)
+            .execute(&self.writer)
+            .await?
+            .rows_affected();
+            deleted += done;
+            if done < PRUNE_BATCH as u64 {
+                return Ok(deleted);
+            }
+        }
+    }
+
     /// Fails every open command of a host (it was removed).
     pub async fn fail_host_commands(
         &self,

@@ -418,6 +418,26 @@ async fn stack_on_one_raw_host_with(
     (t, server, a)
 }
 
+/// The reply of a host that ran `spec` as its `n`th container: running.
+fn running_reply(command_id: &str, spec: &corral_proto::ContainerSpec, n: usize) -> AgentMessage {
+    let status = corral_proto::ContainerStatus {
+        corral_id: spec.corral_id.clone(),
+        docker_id: format!("{n:064x}"),
+        name: spec.name.clone(),
+        state: corral_proto::ContainerState::Running,
+        exit_code: None,
+        health: None,
+        restart_count: 0,
+        ip: None,
+    };
+    AgentMessage::Reply {
+        command_id: command_id.to_owned(),
+        result: CommandResult::Ok {
+            value: serde_json::to_value(status).unwrap(),
+        },
+    }
+}
+
 /// A burst of commands for one connected host all arrive, without a reconnect: the session
 /// reads them from the datastore in batches instead of a queue that dropped what did not fit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -475,24 +495,9 @@ async fn a_host_is_sent_at_most_a_window_of_unanswered_commands() {
         };
         let slot = spec.labels[corral_proto::labels::SLOT].clone();
         assert!(slots.insert(slot.clone()), "slot {slot} delivered twice");
-        let status = corral_proto::ContainerStatus {
-            corral_id: spec.corral_id.clone(),
-            docker_id: format!("{:064x}", slots.len()),
-            name: spec.name.clone(),
-            state: corral_proto::ContainerState::Running,
-            exit_code: None,
-            health: None,
-            restart_count: 0,
-            ip: None,
-        };
-        a.send(&AgentMessage::Reply {
-            command_id: c.id.clone(),
-            result: CommandResult::Ok {
-                value: serde_json::to_value(status).unwrap(),
-            },
-        })
-        .await
-        .unwrap();
+        a.send(&running_reply(&c.id, spec, slots.len()))
+            .await
+            .unwrap();
     }
     wait_until(Duration::from_secs(10), "every run answered", || {
         let now = scrape(&server);
@@ -520,22 +525,7 @@ async fn finished_commands_are_deleted_once_their_retention_has_passed() {
         let corral_proto::CommandBody::ContainerRun(spec) = &c.body else {
             continue;
         };
-        let status = corral_proto::ContainerStatus {
-            corral_id: spec.corral_id.clone(),
-            docker_id: format!("{:064x}", answered.len() + 1),
-            name: spec.name.clone(),
-            state: corral_proto::ContainerState::Running,
-            exit_code: None,
-            health: None,
-            restart_count: 0,
-            ip: None,
-        };
-        let reply = AgentMessage::Reply {
-            command_id: c.id.clone(),
-            result: CommandResult::Ok {
-                value: serde_json::to_value(status).unwrap(),
-            },
-        };
+        let reply = running_reply(&c.id, spec, answered.len() + 1);
         a.send(&reply).await.unwrap();
         answered.push(reply);
     }
